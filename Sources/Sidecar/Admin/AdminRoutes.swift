@@ -1,0 +1,34 @@
+import Hummingbird
+import NIOCore
+import Upstreams
+
+/// The admin/control port (default 127.0.0.1:9090), kept apart from the data path as Envoy keeps its
+/// admin port apart. Health, readiness and metrics are open; control routes require the admin token.
+struct AdminRoutes: Sendable {
+    let metrics: GatewayMetrics
+    let readiness: Readiness
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("healthz") { _, _ in
+            Self.json(["status": "ok"], status: .ok)
+        }
+        router.get("readyz") { _, _ in
+            let ready = readiness.isReady
+            return Self.json(
+                ["status": .string(ready ? "ready" : (readiness.isDraining ? "draining" : "starting"))],
+                status: ready ? .ok : .serviceUnavailable)
+        }
+        router.get("metrics") { _, _ in
+            let bytes = metrics.exposition()
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        }
+    }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: value.serialized)))
+    }
+}

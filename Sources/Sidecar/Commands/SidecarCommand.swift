@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Policy
+
+/// `sidecar run | check-config | version`.
+public struct SidecarCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "sidecar",
+        abstract: "A proxy beside each AI agent: authenticates it, enforces policy, injects credentials, calls its tools.",
+        subcommands: [Run.self, CheckConfig.self, Version.self],
+        defaultSubcommand: Run.self)
+
+    public init() {}
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the sidecar (embedded default: mock upstreams, no Redis).")
+
+        @Option(name: .long, help: "YAML configuration file; without it the embedded default is used.")
+        var config: String?
+
+        func run() async throws {
+            let loaded: SidecarConfig
+            do {
+                loaded = try ConfigLoader.load(path: config)
+            } catch {
+                FileHandle.standardError.write(Data("configuration error: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            let level = Logger.Level(rawValue: loaded.logLevel) ?? .info
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+            try await SidecarApp.run(config: loaded)
+        }
+    }
+
+    struct CheckConfig: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check-config", abstract: "Validate a configuration file; exit 1 naming the offending field.")
+
+        @Argument(help: "YAML configuration file.")
+        var file: String
+
+        func run() throws {
+            do {
+                _ = try ConfigLoader.load(path: file, environment: [:])
+                print("ok: \(file)")
+            } catch {
+                FileHandle.standardError.write(Data("\(file): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Version: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the version.")
+        func run() { print("sidecar \(GatewayMetrics.version)") }
+    }
+}
+
+extension SidecarCommand {
+    /// Parses the command line and runs the chosen subcommand (async ones asynchronously).
+    ///
+    /// `main.swift` calls this instead of `main()` because it must install NIO's executor first, and
+    /// top-level code resolves `run()` to the synchronous overload.
+    public static func runMain() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Policy
+import Upstreams
+
+/// Reads `SidecarConfig` from YAML plus environment overrides, naming the field path of any mistake.
+public enum ConfigLoader {
+    /// Loads a file (or the embedded default when `path` is nil) and applies the environment.
+    public static func load(path: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(DocumentError)
+        -> SidecarConfig
+    {
+        var config = SidecarConfig()
+        if let path {
+            let text: String
+            do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+                throw DocumentError(path: "", message: "cannot read \(path)")
+            }
+            config = try parse(text)
+        }
+        try applyEnvironment(environment, to: &config)
+        return config
+    }
+
+    public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
+        let root = DocumentReader(try YAMLDocument.parse(text))
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock"])
+        if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
+        var c = SidecarConfig()
+
+        let listen = root["listen"]
+        try listen.checkKeys(["proxy", "admin"])
+        if let s = try listen["proxy"].string() { c.proxyListen = try hostPort(s, listen["proxy"]) }
+        if let s = try listen["admin"].string() { c.adminListen = try hostPort(s, listen["admin"]) }
+
+        let limits = root["limits"]
+        try limits.checkKeys(["max_header_bytes", "max_request_body_bytes", "max_response_body_bytes", "idle_timeout", "drain_timeout"])
+        c.limits.maxHeaderBytes = try limits["max_header_bytes"].int(default: c.limits.maxHeaderBytes, range: 1024...1_048_576)
+        c.limits.maxRequestBodyBytes = try limits["max_request_body_bytes"].int(default: c.limits.maxRequestBodyBytes, range: 0...1_073_741_824)
+        c.limits.maxResponseBodyBytes = try limits["max_response_body_bytes"].int(default: c.limits.maxResponseBodyBytes, range: 1024...1_073_741_824)
+        c.limits.idleTimeout = try positive(limits["idle_timeout"], default: c.limits.idleTimeout)
+        c.limits.drainTimeout = try limits["drain_timeout"].duration(default: c.limits.drainTimeout)
+
+        let upstream = root["upstream"]
+        try upstream.checkKeys(["ca_bundle", "http2", "max_connections_per_host"])
+        if let ca = try upstream["ca_bundle"].string() {
+            guard FileManager.default.isReadableFile(atPath: ca) else { throw upstream["ca_bundle"].error("file not readable: \(ca)") }
+            c.caBundlePath = ca
+        }
+        c.http2 = try upstream["http2"].bool(default: true)
+        c.maxConnectionsPerHost = try upstream["max_connections_per_host"].int(default: 256, range: 1...10_000)
+
+        let tools = root["tools"]
+        for (name, node) in try tools.entries() {
+            guard let tool = Tool(rawValue: name) else {
+                throw node.error("unknown tool (known: \(Tool.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            c.tools[tool] = try toolConfig(tool, node)
+        }
+        var seenHosts: [String: Tool] = [:]
+        for tool in Tool.allCases {
+            for host in c.tools[tool]!.hosts {
+                if let other = seenHosts[host.lowercased()], other != tool {
+                    throw tools[tool.rawValue]["hosts"].error("host \(host) is already listed for \(other)")
+                }
+                seenHosts[host.lowercased()] = tool
+            }
+        }
+
+        let log = root["log"]
+        try log.checkKeys(["level", "access_log"])
+        c.logLevel = try logLevel(try log["level"].string(default: "info"), log["level"])
+        c.accessLog = try log["access_log"].bool(default: true)
+
+        let mock = root["mock"]
+        try mock.checkKeys(["stream_delay"])
+        c.mockStreamDelay = try mock["stream_delay"].duration(default: c.mockStreamDelay)
+
+        let redis = root["redis"]
+        try redis.checkKeys(["url"])
+        c.redisURL = try redis["url"].string()
+        return c
+    }
+
+    static func toolConfig(_ tool: Tool, _ node: DocumentReader) throws(DocumentError) -> ToolConfig {
+        try node.checkKeys(["mode", "base_url", "hosts", "connect_timeout", "timeout", "credential_env", "upgrade_to_https"])
+        var t = ToolConfig.defaults(for: tool)
+        if let m = try node["mode"].string() {
+            guard let mode = ToolMode(rawValue: m) else { throw node["mode"].error("expected mock or live") }
+            t.mode = mode
+        }
+        if let raw = try node["base_url"].string() {
+            guard tool != .httpFetch else { throw node["base_url"].error("http_fetch has no base URL: it goes where the agent asks") }
+            do { t.baseURL = try TargetURL.parse(raw) } catch { throw node["base_url"].error(error.reason) }
+            guard t.baseURL.query == nil else { throw node["base_url"].error("must not carry a query") }
+        }
+        if let hosts = try node["hosts"].strings() {
+            guard tool != .httpFetch else { throw node["hosts"].error("http_fetch is every host not listed for another tool") }
+            t.hosts = hosts.map { $0.lowercased() }
+        }
+        t.connectTimeout = try positive(node["connect_timeout"], default: t.connectTimeout)
+        t.timeout = try positive(node["timeout"], default: t.timeout)
+        t.credentialEnv = try node["credential_env"].string() ?? t.credentialEnv
+        t.upgradeToHTTPS = try node["upgrade_to_https"].bool(default: false)
+        if t.upgradeToHTTPS, tool != .httpFetch { throw node["upgrade_to_https"].error("only applies to http_fetch") }
+        return t
+    }
+
+    /// Environment overrides, documented in the README's configuration reference.
+    static func applyEnvironment(_ env: [String: String], to c: inout SidecarConfig) throws(DocumentError) {
+        if let s = env["SIDECAR_PROXY_LISTEN"], !s.isEmpty {
+            guard let hp = HostPort.parse(s) else { throw DocumentError(path: "env.SIDECAR_PROXY_LISTEN", message: "expected host:port") }
+            c.proxyListen = hp
+        }
+        if let s = env["SIDECAR_ADMIN_LISTEN"], !s.isEmpty {
+            guard let hp = HostPort.parse(s) else { throw DocumentError(path: "env.SIDECAR_ADMIN_LISTEN", message: "expected host:port") }
+            c.adminListen = hp
+        }
+        if let s = env["SIDECAR_LOG_LEVEL"] ?? env["LOG_LEVEL"], !s.isEmpty {
+            c.logLevel = try logLevel(s, DocumentReader(nil, path: "env.SIDECAR_LOG_LEVEL"))
+        }
+        if let s = env["FF_CHAOS"], !s.isEmpty {
+            switch s.lowercased() {
+            case "on", "1", "true": c.chaosEnabled = true
+            case "off", "0", "false": c.chaosEnabled = false
+            default: throw DocumentError(path: "env.FF_CHAOS", message: "expected on or off")
+            }
+        }
+        if let s = env["REDIS_URL"], !s.isEmpty { c.redisURL = s }
+        if let s = env["SIDECAR_MODE"], !s.isEmpty {
+            guard let mode = ToolMode(rawValue: s) else { throw DocumentError(path: "env.SIDECAR_MODE", message: "expected mock or live") }
+            for tool in Tool.allCases { c.tools[tool]!.mode = mode }
+        }
+    }
+
+    static func hostPort(_ s: String, _ node: DocumentReader) throws(DocumentError) -> HostPort {
+        guard let hp = HostPort.parse(s) else { throw node.error("expected host:port, got '\(s)'") }
+        return hp
+    }
+
+    static func positive(_ node: DocumentReader, default value: Duration) throws(DocumentError) -> Duration {
+        let d = try node.duration(default: value)
+        guard d > .zero else { throw node.error("must be greater than zero") }
+        return d
+    }
+
+    static func logLevel(_ s: String, _ node: DocumentReader) throws(DocumentError) -> String {
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        guard levels.contains(s.lowercased()) else { throw node.error("expected one of \(levels.joined(separator: ", "))") }
+        return s.lowercased()
+    }
+}

@@ -1,0 +1,90 @@
+import Policy
+import Upstreams
+
+/// A listen address `host:port` (port 0 = pick a free one; the chosen port is logged at start).
+public struct HostPort: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public static func parse(_ s: String) -> HostPort? {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else {
+            return nil
+        }
+        var host = String(s[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return HostPort(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Whether a tool's calls go to the real API or are answered by the adapter's mock.
+public enum ToolMode: String, Sendable, Hashable {
+    case mock
+    case live
+}
+
+/// Per-tool configuration.
+public struct ToolConfig: Sendable, Hashable {
+    public var mode: ToolMode
+    public var baseURL: TargetURL
+    /// Upstream host names that identify the tool on the forward-proxy path.
+    public var hosts: [String]
+    public var connectTimeout: Duration
+    /// Overall deadline of one call, including all attempts and the whole response body.
+    public var timeout: Duration
+    /// Name of the environment variable holding the credential (data-plane setups without a vault).
+    public var credentialEnv: String?
+    /// `http_fetch` only: use https upstream even when the agent asked for http.
+    public var upgradeToHTTPS: Bool
+
+    public static func defaults(for tool: Tool) -> ToolConfig {
+        ToolConfig(
+            mode: .mock, baseURL: ToolEndpoint.defaultBaseURL(for: tool),
+            hosts: EntryClassifier.defaultHosts[tool] ?? [], connectTimeout: .seconds(5),
+            timeout: tool == .openai ? .seconds(120) : .seconds(30),
+            credentialEnv: [.serpapi: "SERPAPI_API_KEY", .openai: "OPENAI_API_KEY", .gmailSend: "GMAIL_ACCESS_TOKEN"][tool],
+            upgradeToHTTPS: false)
+    }
+}
+
+/// Size and time limits of the proxy listener.
+public struct ListenerLimits: Sendable, Hashable {
+    /// Request line plus all header fields; larger heads get 431.
+    public var maxHeaderBytes = 32 * 1024
+    public var maxRequestBodyBytes = 1024 * 1024
+    public var maxResponseBodyBytes = 32 * 1024 * 1024
+    /// A connection that sends nothing for this long between requests (or mid-request) is closed.
+    public var idleTimeout: Duration = .seconds(60)
+    /// How long in-flight requests may take to finish after SIGTERM before connections are cut.
+    public var drainTimeout: Duration = .seconds(15)
+}
+
+/// The whole configuration, compiled once at start and on reload.
+public struct SidecarConfig: Sendable {
+    public var proxyListen = HostPort(host: "127.0.0.1", port: 8080)
+    public var adminListen = HostPort(host: "127.0.0.1", port: 9090)
+    public var limits = ListenerLimits()
+    public var caBundlePath: String?
+    public var http2 = true
+    public var maxConnectionsPerHost = 256
+    public var tools: [Tool: ToolConfig] = Dictionary(uniqueKeysWithValues: Tool.allCases.map { ($0, ToolConfig.defaults(for: $0)) })
+    public var logLevel = "info"
+    public var accessLog = true
+    /// `FF_CHAOS=on` at start.
+    public var chaosEnabled = false
+    /// Shared state for a fleet; nil = the embedded store.
+    public var redisURL: String?
+    /// Pause between chunks of mock streaming answers.
+    public var mockStreamDelay: Duration = .milliseconds(5)
+
+    public init() {}
+
+    public var mockTools: Set<Tool> { Set(tools.filter { $0.value.mode == .mock }.map(\.key)) }
+}

@@ -1,0 +1,36 @@
+/// The one canonical line per request (as Smokescreen logs one decision line): who, which tool and
+/// action, what happened, how long it took, how many bytes. Built from `RequestRecord`, which carries
+/// no URL path, query, body, header value or credential.
+struct AccessLog: Sendable {
+    let enabled: Bool
+
+    func write(_ r: RequestRecord) {
+        guard enabled else { return }
+        LogSink.write(Self.line(r))
+    }
+
+    static func line(_ r: RequestRecord) -> String {
+        var s = "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"info\",\"msg\":\"access\",\"request_id\":"
+        JSONText.append(r.requestID, to: &s)
+        s += ",\"entry\":\"\(r.entry?.rawValue ?? "none")\",\"method\":"
+        JSONText.append(r.method, to: &s)
+        s += ",\"tool\":\"\(r.toolLabel)\",\"action\":\"\(r.actionLabel)\",\"status\":\(r.status),\"outcome\":\"\(r.outcome)\""
+        if let u = r.upstreamStatus { s += ",\"upstream_status\":\(u)" }
+        if let h = r.upstreamHost {
+            s += ",\"upstream_host\":"
+            JSONText.append(h, to: &s)
+        }
+        if r.mock { s += ",\"mock\":true" }
+        s += ",\"duration_ms\":\(ms(r.totalDuration))"
+        if let up = r.upstreamDuration { s += ",\"upstream_ms\":\(ms(up))" }
+        s += ",\"bytes_in\":\(r.bytesIn),\"bytes_out\":\(r.bytesOut)}"
+        return s
+    }
+
+    static func ms(_ d: Duration?) -> String {
+        guard let d else { return "0" }
+        let (s, atto) = d.components
+        let micros = s * 1_000_000 + atto / 1_000_000_000_000
+        return "\(micros / 1000).\(String(repeating: "0", count: 3 - String(micros % 1000).count))\(micros % 1000)"
+    }
+}

@@ -1,0 +1,87 @@
+import Prometheus
+import Upstreams
+
+/// The sidecar's Prometheus metrics, all created through the registry with HELP text (so
+/// `promtool check metrics` passes) and with labels from closed sets only.
+///
+/// Every labelled series of the hot path is created up front and kept in immutable dictionaries, so
+/// recording a request takes no registry lock.
+public final class GatewayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    public static let version = "0.4.0"
+
+    private let requests: [String: Prometheus.Counter]
+    private let outcomes: [String: Prometheus.Counter]
+    private let requestDuration: [String: DurationHistogram]
+    private let upstreamDuration: [String: DurationHistogram]
+    let inFlight: Gauge
+
+    static let toolLabels = Tool.allCases.map(\.rawValue) + ["none"]
+    static let statusClasses = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"]
+    static let buckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
+        .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(120),
+    ]
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var requests: [String: Prometheus.Counter] = [:]
+        var outcomes: [String: Prometheus.Counter] = [:]
+        var requestDuration: [String: DurationHistogram] = [:]
+        var upstreamDuration: [String: DurationHistogram] = [:]
+        let requestsName = MetricNameDescriptor(
+            namespace: "gateway", metricName: "requests", unitName: "total",
+            helpText: "Requests handled by the proxy listener, by tool, action and status class.")
+        let outcomesName = MetricNameDescriptor(
+            namespace: "gateway", metricName: "outcomes", unitName: "total",
+            helpText: "Requests by outcome: ok or the stable problem code of the refusal or failure.")
+        let durationName = MetricNameDescriptor(
+            namespace: "gateway", metricName: "request_duration", unitName: "seconds",
+            helpText: "Time from the request head to the last response byte, by tool.")
+        let upstreamName = MetricNameDescriptor(
+            namespace: "gateway", metricName: "upstream_duration", unitName: "seconds",
+            helpText: "Time from sending upstream to the last upstream byte, by tool.")
+        for tool in Self.toolLabels {
+            let actions = (Tool(rawValue: tool)?.actions ?? []) + ["none"]
+            for action in actions {
+                for cls in Self.statusClasses {
+                    requests["\(tool)|\(action)|\(cls)"] = registry.makeCounter(
+                        descriptor: requestsName, labels: [("tool", tool), ("action", action), ("code", cls)])
+                }
+            }
+            for outcome in ["ok"] + GatewayError.catalog.map(\.code) {
+                outcomes["\(tool)|\(outcome)"] = registry.makeCounter(
+                    descriptor: outcomesName, labels: [("tool", tool), ("outcome", outcome)])
+            }
+            requestDuration[tool] = registry.makeDurationHistogram(descriptor: durationName, labels: [("tool", tool)], buckets: Self.buckets)
+            upstreamDuration[tool] = registry.makeDurationHistogram(descriptor: upstreamName, labels: [("tool", tool)], buckets: Self.buckets)
+        }
+        self.requests = requests
+        self.outcomes = outcomes
+        self.requestDuration = requestDuration
+        self.upstreamDuration = upstreamDuration
+        self.inFlight = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "requests_in_flight", unitName: "",
+                helpText: "Requests currently being handled by the proxy listener."))
+        registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "build_info", unitName: "",
+                helpText: "Build information; the value is always 1."),
+            labels: [("version", Self.version)]
+        ).set(to: 1.0)
+    }
+
+    /// Records a finished request.
+    func record(_ r: RequestRecord) {
+        let tool = r.toolLabel
+        let action = r.tool?.actions.contains(r.actionLabel) == true ? r.actionLabel : "none"
+        requests["\(tool)|\(action)|\(r.statusClass)"]?.increment()
+        (outcomes["\(tool)|\(r.outcome)"] ?? outcomes["\(tool)|internal_error"])?.increment()
+        if let total = r.totalDuration { requestDuration[tool]?.record(total) }
+        if let up = r.upstreamDuration { upstreamDuration[tool]?.record(up) }
+    }
+
+    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+}

@@ -1,0 +1,122 @@
+import NIOHTTP1
+
+/// Every way the sidecar refuses or fails a request, each with a stable machine-readable `code`.
+///
+/// Modelled on async-http-client's errors: a struct over a private code, so new codes never break a
+/// `switch` in a caller, and the HTTP status belongs to the code (as Hummingbird's errors know theirs).
+/// `ResponseMapper` is the one place that turns it into an RFC 9457 problem+json response.
+public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
+    enum Code: String, Sendable, CaseIterable {
+        // The agent's mistakes: 4xx.
+        case malformedRequest = "malformed_request"
+        case invalidFraming = "invalid_framing"
+        case headersTooLarge = "headers_too_large"
+        case bodyTooLarge = "body_too_large"
+        case routeNotFound = "route_not_found"
+        case methodNotAllowed = "method_not_allowed"
+        case invalidTarget = "invalid_target"
+        case unknownAction = "unknown_action"
+        case invalidBody = "invalid_body"
+        case invalidParameter = "invalid_parameter"
+        case unsupportedMediaType = "unsupported_media_type"
+        case connectRefused = "connect_refused"
+        // The upstream's failures: 5xx.
+        case upstreamUnreachable = "upstream_unreachable"
+        case upstreamTimeout = "upstream_timeout"
+        case upstreamProtocolError = "upstream_protocol_error"
+        case upstreamResponseTooLarge = "upstream_response_too_large"
+        case credentialUnavailable = "credential_unavailable"
+        case shuttingDown = "shutting_down"
+        case internalError = "internal_error"
+
+        var status: HTTPResponseStatus {
+            switch self {
+            case .malformedRequest, .invalidFraming, .invalidTarget, .unknownAction, .invalidBody, .invalidParameter:
+                return .badRequest
+            case .headersTooLarge: return .requestHeaderFieldsTooLarge
+            case .bodyTooLarge: return .payloadTooLarge
+            case .routeNotFound: return .notFound
+            case .methodNotAllowed: return .methodNotAllowed
+            case .unsupportedMediaType: return .unsupportedMediaType
+            case .connectRefused: return .forbidden
+            case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
+            case .upstreamTimeout: return .gatewayTimeout
+            case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
+            case .internalError: return .internalServerError
+            }
+        }
+
+        var title: String {
+            switch self {
+            case .malformedRequest: return "Malformed HTTP request"
+            case .invalidFraming: return "Invalid message framing"
+            case .headersTooLarge: return "Request header fields too large"
+            case .bodyTooLarge: return "Request body too large"
+            case .routeNotFound: return "No such route"
+            case .methodNotAllowed: return "Method not allowed"
+            case .invalidTarget: return "Invalid request target"
+            case .unknownAction: return "Unknown tool action"
+            case .invalidBody: return "Invalid request body"
+            case .invalidParameter: return "Invalid parameter"
+            case .unsupportedMediaType: return "Unsupported media type"
+            case .connectRefused: return "CONNECT tunnels are not supported"
+            case .upstreamUnreachable: return "Upstream unreachable"
+            case .upstreamTimeout: return "Upstream timed out"
+            case .upstreamProtocolError: return "Upstream protocol error"
+            case .upstreamResponseTooLarge: return "Upstream response too large"
+            case .credentialUnavailable: return "Tool credential unavailable"
+            case .shuttingDown: return "Sidecar is shutting down"
+            case .internalError: return "Internal error"
+            }
+        }
+    }
+
+    let code: Code
+    /// Human-readable detail, safe to show the agent: it never contains secrets or policy internals.
+    public let detail: String
+    /// Extra response headers (`Allow`, `Retry-After`, `Proxy-Authenticate`, ...).
+    public var headers: [(String, String)]
+
+    init(_ code: Code, _ detail: String, headers: [(String, String)] = []) {
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+    }
+
+    public var status: HTTPResponseStatus { code.status }
+    public var codeString: String { code.rawValue }
+    public var title: String { code.title }
+    public var description: String { "\(code.rawValue): \(detail)" }
+
+    public static func == (l: Self, r: Self) -> Bool { l.code == r.code && l.detail == r.detail }
+    public func hash(into h: inout Hasher) {
+        h.combine(code)
+        h.combine(detail)
+    }
+
+    /// All codes with their status and title, for the README's error table and its test.
+    public static var catalog: [(code: String, status: Int, title: String)] {
+        Code.allCases.map { ($0.rawValue, Int($0.status.code), $0.title) }
+    }
+
+    // MARK: Constructors used by the stages
+
+    static func malformed(_ detail: String) -> Self { .init(.malformedRequest, detail) }
+    static func framing(_ detail: String) -> Self { .init(.invalidFraming, detail) }
+    static func headersTooLarge(limit: Int) -> Self { .init(.headersTooLarge, "request head exceeds \(limit) bytes") }
+    static func bodyTooLarge(limit: Int) -> Self { .init(.bodyTooLarge, "request body exceeds \(limit) bytes") }
+    static func routeNotFound() -> Self {
+        .init(.routeNotFound, "no route for this path; use /openai/v1/..., /serpapi/search, /gmail/v1/..., /fetch?url=, /api/proxy-request, or an absolute http:// URL through the proxy")
+    }
+    static func methodNotAllowed(_ allowed: [String]) -> Self {
+        .init(.methodNotAllowed, "allowed: \(allowed.joined(separator: ", "))", headers: [("Allow", allowed.joined(separator: ", "))])
+    }
+    static func invalidTarget(_ detail: String) -> Self { .init(.invalidTarget, detail) }
+    static func connectRefused() -> Self {
+        .init(.connectRefused, "the sidecar does not open CONNECT tunnels: send plain http:// URLs through the proxy (HTTP_PROXY) and it originates TLS to the upstream itself")
+    }
+    static func credentialUnavailable(_ tool: String) -> Self {
+        .init(.credentialUnavailable, "no credential is configured for \(tool); the call was not forwarded")
+    }
+    static func internalError() -> Self { .init(.internalError, "the sidecar failed to handle this request") }
+}

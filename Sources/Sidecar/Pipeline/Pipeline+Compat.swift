@@ -1,0 +1,55 @@
+import NIOCore
+import NIOHTTP1
+import Upstreams
+
+/// The 4Runr compatibility API: `POST /api/proxy-request {tool, action, params}` answered with
+/// `{success, data, metadata}`. The call goes through exactly the same stages as the native routes;
+/// only the envelope differs. The upstream body is buffered (bounded) to be wrapped.
+extension Pipeline {
+    func compat(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+        if let type = request.head.headers.first(name: "content-type"), !type.lowercased().hasPrefix("application/json") {
+            throw GatewayError(ToolRequestError.unsupportedMediaType("send application/json"))
+        }
+        guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
+            throw GatewayError(ToolRequestError.invalidBody("expected a JSON object {tool, action, params}"))
+        }
+        guard let toolName = json["tool"]?.stringValue else { throw GatewayError(ToolRequestError.invalidParameter("tool is required")) }
+        guard let tool = Tool(rawValue: toolName) else {
+            throw GatewayError(ToolRequestError.unknownAction("unknown tool '\(toolName.prefix(40))'; tools: serpapi, openai, http_fetch, gmail_send"))
+        }
+        record.tool = tool
+        guard let action = json["action"]?.stringValue else { throw GatewayError(ToolRequestError.invalidParameter("action is required")) }
+        let params = json["params"] ?? .object([:])
+        let adapter = adapters.adapter(for: tool)
+        var toolRequest: ToolRequest
+        do { toolRequest = try adapter.compatRequest(action: action, params: params) } catch { throw GatewayError(error) }
+        // The agent's own tracing headers travel with the call; nothing else from the envelope does.
+        for name in ["traceparent", "tracestate"] {
+            if let v = request.head.headers.first(name: name) { toolRequest.headers.replaceOrAdd(name: name, value: v) }
+        }
+        let call: ToolCall
+        do { call = try adapter.interpret(toolRequest) } catch { throw GatewayError(error) }
+        record.action = call.action
+
+        let response = try await forward(call, requestID: request.requestID, record: &record)
+        let data: ByteBuffer
+        do {
+            data = try await response.body.collect(upTo: settings.maxResponseBodyBytes)
+        } catch {
+            throw GatewayError(HTTPClientTransport.classify(error))
+        }
+        record.upstreamDuration = record.upstreamStart.map { ContinuousClock.now - $0 }
+        let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
+        let ok = (200..<300).contains(response.status.code)
+        let envelope: JSONValue = [
+            "success": .bool(ok),
+            "data": parsed,
+            "metadata": [
+                "tool": .string(tool.rawValue), "action": .string(call.action), "request_id": .string(request.requestID),
+                "upstream_status": .number(Double(response.status.code)), "mock": .bool(record.mock),
+                "duration_ms": .number(Double(Int((ContinuousClock.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((ContinuousClock.now - record.start).components.seconds) * 1000)),
+            ],
+        ]
+        return ResponseMapper.json(envelope, status: ok ? .ok : response.status, requestID: request.requestID)
+    }
+}

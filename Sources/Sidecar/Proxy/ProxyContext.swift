@@ -1,0 +1,31 @@
+import Logging
+import Synchronization
+
+/// Set once graceful shutdown begins: responses then carry `Connection: close`.
+final class DrainState: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var isDraining: Bool { flag.load(ordering: .relaxed) }
+    func startDraining() { flag.store(true, ordering: .relaxed) }
+}
+
+/// What every proxy connection shares: the pipeline, limits, metrics and the access log.
+final class ProxyContext: Sendable {
+    let pipeline: Pipeline
+    let limits: ListenerLimits
+    let metrics: GatewayMetrics
+    let accessLog: AccessLog
+    let draining = DrainState()
+
+    init(pipeline: Pipeline, limits: ListenerLimits, metrics: GatewayMetrics, accessLog: AccessLog) {
+        self.pipeline = pipeline
+        self.limits = limits
+        self.metrics = metrics
+        self.accessLog = accessLog
+    }
+
+    /// Records a finished request: one access log line and the request metrics.
+    func finish(_ record: RequestRecord) {
+        metrics.record(record)
+        accessLog.write(record)
+    }
+}

@@ -1,0 +1,95 @@
+import NIOCore
+import NIOHTTP1
+
+/// Gmail: `users.messages.send` (a raw RFC 2822 message, base64url) and `users.getProfile`.
+/// The access token is injected as a bearer; sending is never retried or cached.
+public struct GmailAdapter: ToolAdapter {
+    public let tool = Tool.gmailSend
+
+    public init() {}
+
+    public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
+        let parts = request.path.split(separator: "/", omittingEmptySubsequences: false)
+        // ["", "gmail", "v1", "users", userId, ...]
+        guard parts.count >= 6, parts[1] == "gmail", parts[2] == "v1", parts[3] == "users", !parts[4].isEmpty else {
+            throw .unknownAction("gmail_send supports POST /gmail/v1/users/{id}/messages/send and GET /gmail/v1/users/{id}/profile")
+        }
+        let userId = String(parts[4])
+        let rest = parts[5...].joined(separator: "/")
+        switch (request.method, rest) {
+        case (.POST, "messages/send"):
+            guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
+                throw .invalidBody("messages.send needs a JSON body {\"raw\": base64url}")
+            }
+            guard let raw = json["raw"]?.stringValue else { throw .invalidParameter("raw is required") }
+            guard let bytes = Base64.decode(raw) else { throw .invalidParameter("raw is not base64url") }
+            guard let message = RFC2822Message.parse(bytes) else { throw .invalidParameter("raw is not an RFC 2822 message") }
+            let params = GmailParameters(
+                userId: userId, recipients: message.recipients,
+                subjectBytes: message.values("subject").first?.utf8.count ?? 0, bodyBytes: message.bodyBytes,
+                headerInjection: message.headerInjection)
+            return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(params))
+        case (.GET, "profile"):
+            let params = GmailParameters(userId: userId, recipients: [], subjectBytes: 0, bodyBytes: 0, headerInjection: false)
+            return ToolCall(tool: tool, action: "profile", request: request, parameters: .gmail(params))
+        default:
+            throw .unknownAction("gmail_send supports POST .../messages/send and GET .../profile")
+        }
+    }
+
+    public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
+        switch action {
+        case "profile":
+            return ToolRequest(method: .GET, path: "/gmail/v1/users/me/profile")
+        case "send":
+            func list(_ key: String) throws(ToolRequestError) -> [String] {
+                switch params[key] {
+                case nil, .null?: return []
+                case .string(let s)?: return [s]
+                case .array(let a)?:
+                    var out: [String] = []
+                    for v in a {
+                        guard let s = v.stringValue else { throw .invalidParameter("params.\(key) must be strings") }
+                        out.append(s)
+                    }
+                    return out
+                default: throw .invalidParameter("params.\(key) must be a string or a list of strings")
+                }
+            }
+            let composed = RFC2822Message.compose(
+                from: params["from"]?.stringValue, to: try list("to"), cc: try list("cc"), bcc: try list("bcc"),
+                subject: params["subject"]?.stringValue ?? "", body: params["body"]?.stringValue ?? "")
+            let bytes: [UInt8]
+            switch composed {
+            case .success(let b): bytes = b
+            case .failure(let e): throw e
+            }
+            let body = JSONValue.object(["raw": .string(Base64.encodeURL(bytes))]).serialized
+            return ToolRequest(
+                method: .POST, path: "/gmail/v1/users/me/messages/send", headers: ["Content-Type": "application/json"],
+                body: ByteBuffer(string: body))
+        default:
+            throw .unknownAction("gmail_send actions are send, profile")
+        }
+    }
+
+    public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
+        request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(credential.reveal())")
+    }
+
+    public func traits(of call: ToolCall) -> CallTraits {
+        call.action == "send"
+            ? CallTraits(idempotent: false, cacheable: false, sideEffecting: true)
+            : CallTraits(idempotent: true, cacheable: false, sideEffecting: false)
+    }
+
+    public func mockResponse(for call: ToolCall) -> UpstreamResponse {
+        if call.action == "profile" {
+            return Mock.json(["emailAddress": "agent@example.com", "messagesTotal": 42, "threadsTotal": 17, "historyId": "123456"])
+        }
+        let seed = Mock.hash(call.request.body?.readableBytesView ?? ByteBuffer().readableBytesView)
+        return Mock.json([
+            "id": .string(Mock.hex(seed)), "threadId": .string(Mock.hex(seed &* 31)), "labelIds": ["SENT"],
+        ])
+    }
+}

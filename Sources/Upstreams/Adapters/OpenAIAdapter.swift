@@ -1,0 +1,192 @@
+import NIOCore
+import NIOHTTP1
+
+/// OpenAI: chat completions, embeddings and responses.
+///
+/// The body is parsed once to read `model`, the token cap and `stream`; the original bytes go upstream
+/// unchanged. The agent's own `Authorization` is removed by the header rules; the real key is injected.
+public struct OpenAIAdapter: ToolAdapter {
+    public let tool = Tool.openai
+    /// Pause between mock SSE chunks, so mock streaming is observable as streaming.
+    public let mockStreamDelay: Duration
+
+    public init(mockStreamDelay: Duration = .milliseconds(5)) { self.mockStreamDelay = mockStreamDelay }
+
+    static let actionByPath: [String: String] = [
+        "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+    ]
+    static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
+
+    public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
+        var request = request
+        // SDKs configured with base_url ".../openai" (no /v1) still reach the same endpoints.
+        if !request.path.hasPrefix("/v1/") { request.path = "/v1" + request.path }
+        guard let action = Self.actionByPath[request.path] else {
+            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")
+        }
+        guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
+        guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
+            throw .invalidBody("openai \(action) needs a JSON object body")
+        }
+        let model = json["model"]
+        if let model, model.stringValue == nil { throw .invalidParameter("model must be a string") }
+        var maxTokens: Int?
+        for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+            guard let v = json[key], v != .null else { continue }
+            guard let n = v.intValue, n >= 0 else { throw .invalidParameter("\(key) must be a non-negative integer") }
+            maxTokens = n
+        }
+        let stream = json["stream"]?.boolValue ?? false
+        if let s = json["stream"], s != .null, s.boolValue == nil { throw .invalidParameter("stream must be a boolean") }
+        let temperature = json["temperature"]?.doubleValue
+        let params = OpenAIParameters(
+            model: model?.stringValue, maxTokens: maxTokens, stream: stream, temperature: temperature,
+            estimatedInputTokens: max(1, body.readableBytes / 4))
+        return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
+    }
+
+    public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
+        guard let path = Self.pathByAction[action] else {
+            throw .unknownAction("openai actions are chat, embeddings, responses")
+        }
+        guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
+        if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
+            object["messages"] = [["role": "user", "content": .string(prompt)]]
+            object["prompt"] = nil
+        }
+        if action == "chat", object["model"] == nil { object["model"] = "gpt-4o-mini" }
+        let text = JSONValue.object(object).serialized
+        return ToolRequest(
+            method: .POST, path: path, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: text))
+    }
+
+    public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
+        request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(credential.reveal())")
+    }
+
+    public func traits(of call: ToolCall) -> CallTraits {
+        guard case .openai(let p) = call.parameters else { return .init(idempotent: false, cacheable: false, sideEffecting: false) }
+        // A completion is not idempotent in content, but repeating a failed one has no side effect.
+        return CallTraits(idempotent: true, cacheable: !p.stream && p.temperature == 0, sideEffecting: false)
+    }
+
+    // MARK: Mock
+
+    public func mockResponse(for call: ToolCall) -> UpstreamResponse {
+        guard let json = Mock.bodyJSON(call), case .openai(let p) = call.parameters else {
+            return Mock.openAIError("mock: body is not JSON")
+        }
+        let seed = Mock.hash(call.request.body?.readableBytesView ?? ByteBuffer().readableBytesView)
+        let model = p.model ?? "gpt-4o-mini"
+        let prompt = p.estimatedInputTokens
+        switch call.action {
+        case "chat":
+            let reply = Self.mockReply(to: json)
+            let completion = min(Self.tokenCount(reply), p.maxTokens ?? Int.max)
+            if p.stream {
+                return streamResponse(
+                    id: "chatcmpl-mock-\(Mock.hex(seed))", model: model, reply: reply, promptTokens: prompt,
+                    completionTokens: completion, includeUsage: json["stream_options"]?["include_usage"]?.boolValue ?? false)
+            }
+            return Mock.json([
+                "id": .string("chatcmpl-mock-\(Mock.hex(seed))"), "object": "chat.completion", "created": 1_700_000_000,
+                "model": .string(model), "system_fingerprint": "fp_mock",
+                "choices": [[
+                    "index": 0, "message": ["role": "assistant", "content": .string(reply), "refusal": nil],
+                    "logprobs": nil, "finish_reason": "stop",
+                ]],
+                "usage": ["prompt_tokens": .number(Double(prompt)), "completion_tokens": .number(Double(completion)),
+                          "total_tokens": .number(Double(prompt + completion))],
+            ])
+        case "embeddings":
+            let inputs: [JSONValue]
+            switch json["input"] {
+            case .array(let a)?: inputs = a
+            case let v?: inputs = [v]
+            case nil: return Mock.openAIError("mock: input is required")
+            }
+            let base64 = json["encoding_format"]?.stringValue == "base64"
+            var data: [JSONValue] = []
+            for (i, input) in inputs.enumerated() {
+                let vector = Self.mockEmbedding(seed: Mock.hash(input.serialized.utf8), dimensions: 8)
+                let embedding: JSONValue = base64 ? .string(Self.float32Base64(vector)) : .array(vector.map { .number(Double($0)) })
+                data.append(["object": "embedding", "index": .number(Double(i)), "embedding": embedding])
+            }
+            return Mock.json([
+                "object": "list", "data": .array(data), "model": .string(model),
+                "usage": ["prompt_tokens": .number(Double(prompt)), "total_tokens": .number(Double(prompt))],
+            ])
+        default:  // responses
+            let reply = "Mock response \(Mock.hex(seed).prefix(8))."
+            let completion = Self.tokenCount(reply)
+            return Mock.json([
+                "id": .string("resp_mock\(Mock.hex(seed))"), "object": "response", "created_at": 1_700_000_000,
+                "status": "completed", "model": .string(model), "error": nil, "incomplete_details": nil,
+                "output": [[
+                    "type": "message", "id": .string("msg_mock\(Mock.hex(seed))"), "status": "completed", "role": "assistant",
+                    "content": [["type": "output_text", "text": .string(reply), "annotations": []]],
+                ]],
+                "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
+                "usage": ["input_tokens": .number(Double(prompt)), "output_tokens": .number(Double(completion)),
+                          "total_tokens": .number(Double(prompt + completion)),
+                          "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0]],
+            ])
+        }
+    }
+
+    private func streamResponse(
+        id: String, model: String, reply: String, promptTokens: Int, completionTokens: Int, includeUsage: Bool
+    ) -> UpstreamResponse {
+        func chunk(_ delta: JSONValue, finish: JSONValue = nil, usage: JSONValue = nil, choices: Bool = true) -> ByteBuffer {
+            var obj: [String: JSONValue] = [
+                "id": .string(id), "object": "chat.completion.chunk", "created": 1_700_000_000, "model": .string(model),
+                "system_fingerprint": "fp_mock",
+                "choices": choices ? [["index": 0, "delta": delta, "logprobs": nil, "finish_reason": finish]] : [],
+            ]
+            if usage != .null { obj["usage"] = usage }
+            return ByteBuffer(string: "data: \(JSONValue.object(obj).serialized)\n\n")
+        }
+        var chunks = [chunk(["role": "assistant", "content": ""])]
+        var words = reply.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        for i in words.indices.dropLast() { words[i] += " " }
+        for w in words { chunks.append(chunk(["content": .string(w)])) }
+        chunks.append(chunk([:], finish: "stop"))
+        if includeUsage {
+            chunks.append(chunk([:], usage: [
+                "prompt_tokens": .number(Double(promptTokens)), "completion_tokens": .number(Double(completionTokens)),
+                "total_tokens": .number(Double(promptTokens + completionTokens)),
+            ], choices: false))
+        }
+        chunks.append(ByteBuffer(string: "data: [DONE]\n\n"))
+        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(chunks, delay: mockStreamDelay))
+    }
+
+    static func mockReply(to json: JSONValue) -> String {
+        var last = ""
+        for m in json["messages"]?.arrayValue ?? [] where m["role"]?.stringValue == "user" {
+            if let s = m["content"]?.stringValue { last = s }
+            else if let parts = m["content"]?.arrayValue { last = parts.compactMap { $0["text"]?.stringValue }.joined(separator: " ") }
+        }
+        let excerpt = String(last.prefix(40))
+        return "This is a mock reply from the agent sidecar to: \(excerpt)"
+    }
+
+    static func tokenCount(_ s: String) -> Int { max(1, s.split(separator: " ").count) }
+
+    static func mockEmbedding(seed: UInt64, dimensions: Int) -> [Float] {
+        var state = seed | 1
+        return (0..<dimensions).map { _ in
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return Float(Int(state % 2001) - 1000) / 1000
+        }
+    }
+
+    static func float32Base64(_ v: [Float]) -> String {
+        var bytes: [UInt8] = []
+        for f in v { withUnsafeBytes(of: f.bitPattern.littleEndian) { bytes.append(contentsOf: $0) } }
+        return Base64.encode(bytes)
+    }
+}

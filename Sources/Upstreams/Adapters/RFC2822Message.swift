@@ -1,0 +1,142 @@
+/// Just enough RFC 5322 to guard an outgoing email: header fields (unfolded), recipients, body size.
+///
+/// Gmail's `users.messages.send` takes the whole message as base64url in `raw`, so the sidecar must
+/// read the message to know who it is sent to.
+public struct RFC2822Message: Sendable, Hashable {
+    public var headers: [(name: String, value: String)]
+    public var bodyBytes: Int
+    /// A header line held a CR that is not part of a CRLF line ending.
+    public var headerInjection: Bool
+
+    public static func == (l: Self, r: Self) -> Bool {
+        l.bodyBytes == r.bodyBytes && l.headerInjection == r.headerInjection
+            && l.headers.elementsEqual(r.headers, by: { $0.name == $1.name && $0.value == $1.value })
+    }
+    public func hash(into h: inout Hasher) {
+        h.combine(bodyBytes)
+        for x in headers { h.combine(x.name); h.combine(x.value) }
+    }
+
+    public func values(_ name: String) -> [String] {
+        headers.filter { $0.name.lowercased() == name.lowercased() }.map(\.value)
+    }
+
+    /// Lowercased addresses from To, Cc and Bcc.
+    public var recipients: [String] {
+        ["to", "cc", "bcc"].flatMap { values($0) }.flatMap { RFC2822Message.addresses(in: $0) }
+    }
+
+    public static func parse(_ bytes: [UInt8]) -> RFC2822Message? {
+        // The header section ends at the first empty line (CRLF CRLF, or LF LF as many libraries write).
+        var end = bytes.count
+        var bodyStart = bytes.count
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == 10 {
+                if i + 1 < bytes.count, bytes[i + 1] == 10 { end = i; bodyStart = i + 2; break }
+                if i + 2 < bytes.count, bytes[i + 1] == 13, bytes[i + 2] == 10 { end = i; bodyStart = i + 3; break }
+            }
+            i += 1
+        }
+        guard let text = String(validating: bytes[0..<end], as: UTF8.self) else { return nil }
+        var injection = false
+        var lines: [Substring] = []
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            var line = raw
+            if line.hasSuffix("\r") { line = line.dropLast() }
+            if line.contains("\r") { injection = true }
+            lines.append(line)
+        }
+        var headers: [(String, String)] = []
+        for line in lines where !line.isEmpty {
+            if line.first == " " || line.first == "\t" {
+                guard !headers.isEmpty else { return nil }
+                headers[headers.count - 1].1 += " " + line.trimmedOWS
+                continue
+            }
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            let name = String(line[..<colon])
+            guard !name.isEmpty, !name.contains(" ") else { return nil }
+            headers.append((name, line[line.index(after: colon)...].trimmedOWS))
+        }
+        guard !headers.isEmpty else { return nil }
+        return RFC2822Message(
+            headers: headers.map { (name: $0.0, value: $0.1) }, bodyBytes: max(0, bytes.count - bodyStart),
+            headerInjection: injection)
+    }
+
+    /// Addresses in an address-list header value: `a@b.c, "Doe, J" <j@d.e>, Group: x@y.z;`.
+    public static func addresses(in value: String) -> [String] {
+        var out: [String] = []
+        var current = ""
+        var inQuote = false
+        var angle = 0
+        var inComment = 0
+        func flush() {
+            let item = current.trimmedOWS
+            current = ""
+            guard !item.isEmpty else { return }
+            var addr: Substring = Substring(item)
+            if let lt = item.lastIndex(of: "<"), let gt = item.lastIndex(of: ">"), lt < gt {
+                addr = item[item.index(after: lt)..<gt]
+            } else if let colon = item.firstIndex(of: ":") {  // group syntax
+                addr = item[item.index(after: colon)...]
+            }
+            let a = addr.trimmedOWS.lowercased().trimmingSuffix(";")
+            if a.contains("@") { out.append(a) }
+        }
+        for ch in value {
+            switch ch {
+            case "\"" where inComment == 0: inQuote.toggle(); current.append(ch)
+            case "(" where !inQuote: inComment += 1
+            case ")" where !inQuote && inComment > 0: inComment -= 1
+            case _ where inComment > 0: continue
+            case "<" where !inQuote: angle += 1; current.append(ch)
+            case ">" where !inQuote: angle = max(0, angle - 1); current.append(ch)
+            case "," where !inQuote && angle == 0: flush()
+            case ";" where !inQuote && angle == 0: flush()
+            default: current.append(ch)
+            }
+        }
+        flush()
+        return out
+    }
+
+    /// Composes a plain-text message from structured fields (the compatibility API).
+    /// Values containing CR or LF are refused: composing them would let a caller inject headers.
+    public static func compose(
+        from: String?, to: [String], cc: [String], bcc: [String], subject: String, body: String
+    ) -> Result<[UInt8], ToolRequestError> {
+        for v in [from ?? "", subject] + to + cc + bcc where v.contains("\r") || v.contains("\n") {
+            return .failure(.invalidParameter("header values must not contain CR or LF"))
+        }
+        guard !to.isEmpty else { return .failure(.invalidParameter("params.to is required")) }
+        var text = ""
+        if let from { text += "From: \(from)\r\n" }
+        text += "To: \(to.joined(separator: ", "))\r\n"
+        if !cc.isEmpty { text += "Cc: \(cc.joined(separator: ", "))\r\n" }
+        if !bcc.isEmpty { text += "Bcc: \(bcc.joined(separator: ", "))\r\n" }
+        text += "Subject: \(subject)\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        text += body.replacingCRLF()
+        return .success(Array(text.utf8))
+    }
+}
+
+extension String {
+    fileprivate func trimmingSuffix(_ s: String) -> String {
+        var x = self
+        while x.hasSuffix(s) { x.removeLast(s.count) }
+        return x
+    }
+
+    /// Normalizes line endings to CRLF, as RFC 5322 requires.
+    fileprivate func replacingCRLF() -> String {
+        var out = ""
+        var lastWasCR = false
+        for ch in self.unicodeScalars {
+            if ch == "\n", !lastWasCR { out += "\r\n" } else { out.unicodeScalars.append(ch) }
+            lastWasCR = ch == "\r"
+        }
+        return out
+    }
+}

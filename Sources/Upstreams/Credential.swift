@@ -1,0 +1,42 @@
+/// A tool's real credential (an API key or an OAuth access token).
+///
+/// It redacts itself in every description, debug description and mirror, so a credential that ends up in
+/// string interpolation, a log metadata value or a `dump()` prints `<redacted>`. The only way to the
+/// plaintext is `reveal()`, which is called in exactly one place: when the credential is written into
+/// the upstream request.
+public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible,
+    CustomReflectable
+{
+    private let value: String
+    /// The sealed entry's version, so a rotation is observable without revealing anything.
+    public let version: Int
+
+    public init(_ value: String, version: Int = 1) {
+        self.value = value
+        self.version = version
+    }
+
+    public func reveal() -> String { value }
+
+    public var isEmpty: Bool { value.isEmpty }
+
+    public var description: String { "Credential(v\(version), <redacted>)" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["version": version]) }
+}
+
+/// Where adapters get a tool's credential from. The data plane fills it from configuration and the
+/// environment; the vault (sealed, versioned entries) plugs in behind the same protocol.
+public protocol CredentialSource: Sendable {
+    /// The credential to use for `tool`, or nil when none is configured.
+    func credential(for tool: Tool) async throws -> Credential?
+}
+
+/// Credentials that never change while the process runs.
+public struct StaticCredentials: CredentialSource {
+    private let byTool: [Tool: Credential]
+
+    public init(_ byTool: [Tool: Credential]) { self.byTool = byTool }
+
+    public func credential(for tool: Tool) async throws -> Credential? { byTool[tool] }
+}

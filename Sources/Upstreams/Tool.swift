@@ -1,0 +1,33 @@
+/// The four tools the sidecar brokers. The raw value is the stable name used in configuration,
+/// policy documents, metrics labels and log lines, so it must never change.
+public enum Tool: String, Sendable, Hashable, CaseIterable, Codable, CustomStringConvertible {
+    case serpapi
+    case openai
+    case httpFetch = "http_fetch"
+    case gmailSend = "gmail_send"
+
+    public var description: String { rawValue }
+
+    /// Every action of the tool. Actions are a closed set so they can be metric labels and policy keys.
+    public var actions: [String] {
+        switch self {
+        case .serpapi: return ["search"]
+        case .openai: return ["chat", "embeddings", "responses"]
+        case .httpFetch: return ["get", "head"]
+        case .gmailSend: return ["send", "profile"]
+        }
+    }
+
+    /// The reverse-route prefix an SDK uses as its base URL (`/openai/v1/...`).
+    public var reversePrefix: String {
+        switch self {
+        case .serpapi: return "/serpapi"
+        case .openai: return "/openai"
+        case .httpFetch: return "/fetch"
+        case .gmailSend: return "/gmail"
+        }
+    }
+
+    /// Whether the sidecar holds the tool's real credential (the agent's own key is removed).
+    public var isBrokered: Bool { self != .httpFetch }
+}

@@ -1,0 +1,132 @@
+import NIOCore
+import NIOHTTP1
+
+/// A request addressed to a tool, before the adapter has decided what it means.
+///
+/// Every entry form (forward proxy, reverse route, 4Runr compatibility API) produces one of these, so
+/// everything after classification is the same code path.
+public struct ToolRequest: Sendable {
+    public var method: HTTPMethod
+    /// The upstream-relative path, e.g. `/v1/chat/completions`.
+    public var path: String
+    public var query: QueryString
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer?
+    /// For `http_fetch`: the destination the agent asked for.
+    public var target: TargetURL?
+
+    public init(
+        method: HTTPMethod, path: String, query: QueryString = .init(), headers: HTTPHeaders = [:],
+        body: ByteBuffer? = nil, target: TargetURL? = nil
+    ) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.target = target
+    }
+}
+
+/// One classified tool call: the tool, its action, and the typed parameters policy decides on.
+public struct ToolCall: Sendable {
+    public var tool: Tool
+    public var action: String
+    public var request: ToolRequest
+    public var parameters: ToolParameters
+
+    public init(tool: Tool, action: String, request: ToolRequest, parameters: ToolParameters) {
+        self.tool = tool
+        self.action = action
+        self.request = request
+        self.parameters = parameters
+    }
+
+    /// `tool:action`, the key of scopes and policy rules.
+    public var scope: String { "\(tool.rawValue):\(action)" }
+}
+
+/// The parameters of a call that a policy may guard, extracted once by the tool's adapter.
+public enum ToolParameters: Sendable, Hashable {
+    case serpapi(SerpAPIParameters)
+    case openai(OpenAIParameters)
+    case httpFetch(HTTPFetchParameters)
+    case gmail(GmailParameters)
+}
+
+public struct SerpAPIParameters: Sendable, Hashable {
+    public var query: String?
+    public var engine: String
+    public var num: Int?
+    public init(query: String?, engine: String, num: Int?) {
+        self.query = query
+        self.engine = engine
+        self.num = num
+    }
+}
+
+public struct OpenAIParameters: Sendable, Hashable {
+    public var model: String?
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, whichever the request used.
+    public var maxTokens: Int?
+    public var stream: Bool
+    public var temperature: Double?
+    /// Rough size of the input in tokens (bytes / 4), used to reserve a budget before the call.
+    public var estimatedInputTokens: Int
+    public init(model: String?, maxTokens: Int?, stream: Bool, temperature: Double?, estimatedInputTokens: Int) {
+        self.model = model
+        self.maxTokens = maxTokens
+        self.stream = stream
+        self.temperature = temperature
+        self.estimatedInputTokens = estimatedInputTokens
+    }
+}
+
+public struct HTTPFetchParameters: Sendable, Hashable {
+    public var url: TargetURL
+    public var method: String
+    public init(url: TargetURL, method: String) {
+        self.url = url
+        self.method = method
+    }
+}
+
+public struct GmailParameters: Sendable, Hashable {
+    public var userId: String
+    /// Lowercased addresses from To, Cc and Bcc.
+    public var recipients: [String]
+    public var subjectBytes: Int
+    public var bodyBytes: Int
+    /// A header value carried a bare CR or LF (header injection attempt).
+    public var headerInjection: Bool
+    public init(userId: String, recipients: [String], subjectBytes: Int, bodyBytes: Int, headerInjection: Bool) {
+        self.userId = userId
+        self.recipients = recipients
+        self.subjectBytes = subjectBytes
+        self.bodyBytes = bodyBytes
+        self.headerInjection = headerInjection
+    }
+
+    public var recipientDomains: [String] {
+        recipients.compactMap { addr in addr.lastIndex(of: "@").map { String(addr[addr.index(after: $0)...]) } }
+    }
+}
+
+/// Why an adapter could not make sense of a request. Always the agent's mistake (4xx).
+public struct ToolRequestError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case unknownAction = "unknown_action"
+        case invalidBody = "invalid_body"
+        case invalidParameter = "invalid_parameter"
+        case unsupportedMediaType = "unsupported_media_type"
+    }
+    public let kind: Kind
+    public let detail: String
+
+    public static func unknownAction(_ detail: String) -> Self { .init(kind: .unknownAction, detail: detail) }
+    public static func invalidBody(_ detail: String) -> Self { .init(kind: .invalidBody, detail: detail) }
+    public static func invalidParameter(_ detail: String) -> Self { .init(kind: .invalidParameter, detail: detail) }
+    public static func unsupportedMediaType(_ detail: String) -> Self { .init(kind: .unsupportedMediaType, detail: detail) }
+
+    public var description: String { "\(kind.rawValue): \(detail)" }
+}

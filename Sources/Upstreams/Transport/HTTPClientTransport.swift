@@ -1,0 +1,115 @@
+import AsyncHTTPClient
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// Connection settings of one tool's upstream client.
+public struct UpstreamClientSettings: Sendable, Hashable {
+    public var connectTimeout: Duration
+    /// PEM bundle of CAs to trust instead of the system store (tests, private upstreams).
+    public var caBundlePath: String?
+    /// Offer HTTP/2 through ALPN (HTTP/1.1 is used when the upstream does not select h2).
+    public var http2: Bool
+    public var maxConnectionsPerHost: Int
+    public var idleTimeout: Duration
+
+    public init(
+        connectTimeout: Duration = .seconds(5), caBundlePath: String? = nil, http2: Bool = true,
+        maxConnectionsPerHost: Int = 256, idleTimeout: Duration = .seconds(60)
+    ) {
+        self.connectTimeout = connectTimeout
+        self.caBundlePath = caBundlePath
+        self.http2 = http2
+        self.maxConnectionsPerHost = maxConnectionsPerHost
+        self.idleTimeout = idleTimeout
+    }
+}
+
+/// The live transport: one pooled async-http-client per tool (keep-alive, TLS, HTTP/2 via ALPN).
+///
+/// AHC's async API asks its event-loop group for `any()` loop, which is the *current* loop when the
+/// caller runs on one. The proxy runs each connection's work on that connection's event loop, so
+/// upstream connections are taken from (and created on) the inbound connection's loop: no thread hops.
+public final class HTTPClientTransport: UpstreamTransport {
+    private let clients: [Tool: HTTPClient]
+    private let logger: Logger
+
+    public init(
+        settings: [Tool: UpstreamClientSettings], eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "upstream")
+    ) throws {
+        var clients: [Tool: HTTPClient] = [:]
+        for tool in Tool.allCases {
+            let s = settings[tool] ?? UpstreamClientSettings()
+            var tls = TLSConfiguration.makeClientConfiguration()
+            if let path = s.caBundlePath { tls.trustRoots = .file(path) }
+            var config = HTTPClient.Configuration(
+                tlsConfiguration: tls, redirectConfiguration: .disallow,
+                timeout: .init(connect: TimeAmount(s.connectTimeout), read: nil),
+                connectionPool: .init(idleTimeout: TimeAmount(s.idleTimeout)),
+                proxy: nil, ignoreUncleanSSLShutdown: false, decompression: .disabled)
+            config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = s.maxConnectionsPerHost
+            // Our own retry layer decides about retries; a refused connect must fail fast.
+            config.connectionPool.retryConnectionEstablishment = false
+            config.httpVersion = s.http2 ? .automatic : .http1Only
+            clients[tool] = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: config, backgroundActivityLogger: logger)
+        }
+        self.clients = clients
+        self.logger = logger
+    }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        var out = HTTPClientRequest(url: request.url.description)
+        out.method = request.method
+        out.headers = request.headers
+        if let body = request.body { out.body = .bytes(body) }
+        do {
+            let response = try await clients[request.tool]!.execute(out, deadline: request.deadline, logger: nil)
+            return UpstreamResponse(status: response.status, headers: response.headers, body: .client(response.body))
+        } catch {
+            throw Self.classify(error)
+        }
+    }
+
+    public func shutdown() async {
+        for client in clients.values { try? await client.shutdown() }
+    }
+
+    /// Maps client errors to transport failure kinds, by type, never by message text.
+    public static func classify(_ error: any Error) -> UpstreamError {
+        if let e = error as? UpstreamError { return e }
+        if let e = error as? HTTPClientError {
+            switch e {
+            case .connectTimeout, .tlsHandshakeTimeout, .getConnectionFromPoolTimeout:
+                return UpstreamError(.unreachable, beforeSend: true, detail: "connect timeout")
+            case .deadlineExceeded, .readTimeout, .writeTimeout:
+                return UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded")
+            case .cancelled, .requestStreamCancelled:
+                return UpstreamError(.cancelled, beforeSend: false, detail: "cancelled")
+            case .remoteConnectionClosed:
+                return UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream")
+            case .invalidURL, .emptyHost, .emptyScheme:
+                return UpstreamError(.unreachable, beforeSend: true, detail: "invalid upstream URL")
+            default:
+                return UpstreamError(.protocolError, beforeSend: false, detail: "client error \(e.shortDescription)")
+            }
+        }
+        if error is CancellationError { return UpstreamError(.cancelled, beforeSend: false, detail: "cancelled") }
+        if error is NIOConnectionError || error is SocketAddressError || error is NIOSSLError {
+            return UpstreamError(.unreachable, beforeSend: true, detail: String(describing: type(of: error)))
+        }
+        if let e = error as? ChannelError {
+            if case .connectTimeout = e { return UpstreamError(.unreachable, beforeSend: true, detail: "connect timeout") }
+            return UpstreamError(.protocolError, beforeSend: false, detail: "channel error")
+        }
+        if let e = error as? IOError {
+            return UpstreamError(.unreachable, beforeSend: true, detail: "io error \(e.errnoCode)")
+        }
+        if error is HTTPParserError {
+            return UpstreamError(.protocolError, beforeSend: false, detail: "malformed upstream response")
+        }
+        return UpstreamError(.protocolError, beforeSend: false, detail: String(describing: type(of: error)))
+    }
+}

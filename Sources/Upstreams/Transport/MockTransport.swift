@@ -1,0 +1,30 @@
+/// Answers every call with its adapter's deterministic mock, without touching the network.
+///
+/// It sits at the same seam as the live transport, so chaos, retries, breakers and the cache treat mock
+/// answers exactly like real ones.
+public struct MockTransport: UpstreamTransport {
+    private let adapters: ToolAdapters
+
+    public init(adapters: ToolAdapters) { self.adapters = adapters }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        adapters.adapter(for: request.tool).mockResponse(for: request.call)
+    }
+}
+
+/// Sends each tool's calls to the mock or the live transport, as configured per tool.
+public struct ModeSwitchTransport: UpstreamTransport {
+    private let live: any UpstreamTransport
+    private let mock: any UpstreamTransport
+    private let mockTools: Set<Tool>
+
+    public init(live: any UpstreamTransport, mock: any UpstreamTransport, mockTools: Set<Tool>) {
+        self.live = live
+        self.mock = mock
+        self.mockTools = mockTools
+    }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        mockTools.contains(request.tool) ? try await mock.send(request) : try await live.send(request)
+    }
+}

@@ -1,0 +1,165 @@
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+
+/// The request as it will leave the sidecar: final URL, cleaned and injected headers, body.
+public struct UpstreamRequest: Sendable {
+    /// The classified call this request was built from (mocks, chaos and breakers key on it).
+    public var call: ToolCall
+    public var method: HTTPMethod
+    public var url: TargetURL
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer?
+    /// The overall deadline of the call; every attempt and the whole response body must fit in it.
+    public var deadline: NIODeadline
+
+    public var tool: Tool { call.tool }
+    public var action: String { call.action }
+
+    public init(call: ToolCall, method: HTTPMethod, url: TargetURL, headers: HTTPHeaders, body: ByteBuffer?, deadline: NIODeadline) {
+        self.call = call
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.deadline = deadline
+    }
+}
+
+/// An upstream answer whose body may still be arriving.
+public struct UpstreamResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: UpstreamBody
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders, body: UpstreamBody) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// The seam between the pipeline and the network. The live implementation is `HTTPClientTransport`;
+/// `MockTransport` answers with each adapter's deterministic mock; tests and chaos wrap either.
+public protocol UpstreamTransport: Sendable {
+    func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse
+}
+
+/// A transport failure, classified so the pipeline (and later the retry loop and breaker) can react
+/// without matching words in error messages.
+public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Hashable {
+        /// DNS, TCP connect or TLS handshake failed: nothing was sent.
+        case unreachable
+        /// Connect or overall deadline passed.
+        case timeout
+        /// Connection broke or the upstream spoke broken HTTP after the request was sent.
+        case protocolError = "protocol_error"
+        /// The response exceeded the configured size limit.
+        case responseTooLarge = "response_too_large"
+        /// The agent went away or the call was cancelled.
+        case cancelled
+    }
+
+    public let kind: Kind
+    /// True when the failure happened before any request byte could have reached the upstream,
+    /// so a retry (or giving back quota) is safe even for side-effecting calls.
+    public let beforeSend: Bool
+    /// Short, secret-free text for logs.
+    public let detail: String
+
+    public init(_ kind: Kind, beforeSend: Bool, detail: String) {
+        self.kind = kind
+        self.beforeSend = beforeSend
+        self.detail = detail
+    }
+
+    public var description: String { "\(kind.rawValue)(\(detail))" }
+}
+
+/// A response body as an async sequence of buffers: a live upstream body (backpressured), or a mock's
+/// chunks with an optional pause between them (so mock streaming really streams).
+public struct UpstreamBody: AsyncSequence, Sendable {
+    public typealias Element = ByteBuffer
+
+    enum Storage: Sendable {
+        case chunks([ByteBuffer], delay: Duration)
+        case client(HTTPClientResponse.Body)
+        case stream(AsyncThrowingStream<ByteBuffer, any Error>)
+    }
+
+    let storage: Storage
+
+    public static var empty: UpstreamBody { .init(storage: .chunks([], delay: .zero)) }
+
+    public static func bytes(_ buffer: ByteBuffer) -> UpstreamBody {
+        .init(storage: .chunks(buffer.readableBytes == 0 ? [] : [buffer], delay: .zero))
+    }
+
+    public static func chunks(_ chunks: [ByteBuffer], delay: Duration = .zero) -> UpstreamBody {
+        .init(storage: .chunks(chunks, delay: delay))
+    }
+
+    public static func client(_ body: HTTPClientResponse.Body) -> UpstreamBody { .init(storage: .client(body)) }
+
+    public static func stream(_ stream: AsyncThrowingStream<ByteBuffer, any Error>) -> UpstreamBody {
+        .init(storage: .stream(stream))
+    }
+
+    /// The whole body when it is already in memory (mock answers), without iterating.
+    public var bufferedBytes: ByteBuffer? {
+        guard case .chunks(let chunks, _) = storage else { return nil }
+        guard chunks.count > 1 else { return chunks.first ?? ByteBuffer() }
+        var all = ByteBuffer()
+        for var c in chunks { all.writeBuffer(&c) }
+        return all
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        switch storage {
+        case .chunks(let chunks, let delay): return AsyncIterator(state: .chunks(chunks[...], delay: delay, first: true))
+        case .client(let body): return AsyncIterator(state: .client(body.makeAsyncIterator()))
+        case .stream(let s): return AsyncIterator(state: .stream(s.makeAsyncIterator()))
+        }
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        enum State {
+            case chunks(ArraySlice<ByteBuffer>, delay: Duration, first: Bool)
+            case client(HTTPClientResponse.Body.AsyncIterator)
+            case stream(AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator)
+        }
+        var state: State
+
+        public mutating func next() async throws -> ByteBuffer? {
+            switch state {
+            case .chunks(var rest, let delay, let first):
+                guard let next = rest.popFirst() else { return nil }
+                if !first, delay > .zero { try await Task.sleep(for: delay) }
+                state = .chunks(rest, delay: delay, first: false)
+                return next
+            case .client(var it):
+                let next = try await it.next()
+                state = .client(it)
+                return next
+            case .stream(var it):
+                let next = try await it.next()
+                state = .stream(it)
+                return next
+            }
+        }
+    }
+
+    /// Reads the whole body, failing once it exceeds `limit` bytes.
+    public func collect(upTo limit: Int) async throws -> ByteBuffer {
+        if let b = bufferedBytes, b.readableBytes <= limit { return b }
+        var all = ByteBuffer()
+        for try await var chunk in self {
+            guard all.readableBytes + chunk.readableBytes <= limit else {
+                throw UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes")
+            }
+            all.writeBuffer(&chunk)
+        }
+        return all
+    }
+}
