@@ -65,10 +65,11 @@ public enum SidecarApp {
             ])
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: admin), .init(service: proxy)],
+                services: [.init(service: AccessLogFlusher(writer: context.accessLog.writer)), .init(service: admin), .init(service: proxy)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: hbLogger))
         try await group.run()
         await live.shutdown()
+        context.accessLog.writer.flush()
         logger.info("stopped")
     }
 
@@ -83,5 +84,14 @@ public enum SidecarApp {
     static func format(_ address: SocketAddress) -> String {
         let ip = address.ipAddress ?? "?"
         return ip.contains(":") ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
+    }
+}
+
+/// Flushes buffered access-log lines until shutdown (it stops last, after the proxy has drained).
+struct AccessLogFlusher: Service {
+    let writer: BufferedLineWriter
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await writer.runFlusher() }
     }
 }

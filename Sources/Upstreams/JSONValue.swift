@@ -65,6 +65,7 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// (mock answers and cache keys depend on that).
     public var serialized: String {
         var out = ""
+        out.reserveCapacity(256)
         write(into: &out)
         return out
     }
@@ -96,7 +97,18 @@ public enum JSONValue: Sendable, Hashable, Codable {
     }
 
     public static func writeString(_ s: String, into out: inout String) {
+        // Fast path: most strings need no escaping and are appended whole.
+        var needsEscape = false
+        for b in s.utf8 where b < 0x20 || b == 0x22 || b == 0x5C {
+            needsEscape = true
+            break
+        }
         out += "\""
+        guard needsEscape else {
+            out += s
+            out += "\""
+            return
+        }
         for scalar in s.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -49,17 +49,21 @@ public enum ConfigLoader {
         c.maxConnectionsPerHost = try upstream["max_connections_per_host"].int(default: 256, range: 1...10_000)
 
         let tools = root["tools"]
+        var explicit = Set<Tool>()
         for (name, node) in try tools.entries() {
             guard let tool = Tool(rawValue: name) else {
                 throw node.error("unknown tool (known: \(Tool.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
             c.tools[tool] = try toolConfig(tool, node)
+            if node["hosts"].isPresent { explicit.insert(tool) }
         }
         var seenHosts: [String: Tool] = [:]
         for tool in Tool.allCases {
             for host in c.tools[tool]!.hosts {
                 if let other = seenHosts[host.lowercased()], other != tool {
-                    throw tools[tool.rawValue]["hosts"].error("host \(host) is already listed for \(other)")
+                    // Blame the list the operator wrote, not a default.
+                    let (culprit, victim) = explicit.contains(tool) ? (tool, other) : (other, tool)
+                    throw tools[culprit.rawValue]["hosts"].error("host \(host) is already listed for \(victim)")
                 }
                 seenHosts[host.lowercased()] = tool
             }

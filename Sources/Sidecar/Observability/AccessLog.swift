@@ -1,24 +1,29 @@
+import Upstreams
+
 /// The one canonical line per request (as Smokescreen logs one decision line): who, which tool and
 /// action, what happened, how long it took, how many bytes. Built from `RequestRecord`, which carries
 /// no URL path, query, body, header value or credential.
 struct AccessLog: Sendable {
     let enabled: Bool
+    let writer = BufferedLineWriter()
 
     func write(_ r: RequestRecord) {
         guard enabled else { return }
-        LogSink.write(Self.line(r))
+        writer.append(Self.line(r))
     }
 
     static func line(_ r: RequestRecord) -> String {
-        var s = "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"info\",\"msg\":\"access\",\"request_id\":"
-        JSONText.append(r.requestID, to: &s)
+        var s = ""
+        s.reserveCapacity(400)
+        s += "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"info\",\"msg\":\"access\",\"request_id\":"
+        JSONValue.writeString(r.requestID, into: &s)
         s += ",\"entry\":\"\(r.entry?.rawValue ?? "none")\",\"method\":"
-        JSONText.append(r.method, to: &s)
+        JSONValue.writeString(r.method, into: &s)
         s += ",\"tool\":\"\(r.toolLabel)\",\"action\":\"\(r.actionLabel)\",\"status\":\(r.status),\"outcome\":\"\(r.outcome)\""
         if let u = r.upstreamStatus { s += ",\"upstream_status\":\(u)" }
         if let h = r.upstreamHost {
             s += ",\"upstream_host\":"
-            JSONText.append(h, to: &s)
+            JSONValue.writeString(h, into: &s)
         }
         if r.mock { s += ",\"mock\":true" }
         s += ",\"duration_ms\":\(ms(r.totalDuration))"

@@ -17,6 +17,8 @@ public final class GatewayMetrics: Sendable {
     let inFlight: Gauge
 
     static let toolLabels = Tool.allCases.map(\.rawValue) + ["none"]
+    /// `ok`, every problem code, and `client_closed` (the agent went away mid-response).
+    static let outcomes = ["ok", "client_closed"] + GatewayError.catalog.map(\.code)
     static let statusClasses = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"]
     static let buckets: [Duration] = [
         .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -50,7 +52,7 @@ public final class GatewayMetrics: Sendable {
                         descriptor: requestsName, labels: [("tool", tool), ("action", action), ("code", cls)])
                 }
             }
-            for outcome in ["ok"] + GatewayError.catalog.map(\.code) {
+            for outcome in Self.outcomes {
                 outcomes["\(tool)|\(outcome)"] = registry.makeCounter(
                     descriptor: outcomesName, labels: [("tool", tool), ("outcome", outcome)])
             }

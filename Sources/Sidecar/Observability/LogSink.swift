@@ -6,6 +6,8 @@ import Musl
 import Darwin
 #endif
 import Logging
+import Synchronization
+import Upstreams
 
 /// Writes whole JSON lines to standard output with one `write(2)` each, so concurrent lines never
 /// interleave and nothing is lost in a userspace buffer if the process is killed.
@@ -13,16 +15,18 @@ enum LogSink {
     static func write(_ line: String) {
         var line = line
         line.append("\n")
-        line.withUTF8 { buf in
-            var offset = 0
-            while offset < buf.count {
-                let n = Glibc.write(1, buf.baseAddress! + offset, buf.count - offset)
-                if n <= 0 {
-                    if n < 0, errno == EINTR { continue }
-                    return
-                }
-                offset += n
+        line.withUTF8 { writeAll($0) }
+    }
+
+    static func writeAll(_ buf: UnsafeBufferPointer<UInt8>) {
+        var offset = 0
+        while offset < buf.count {
+            let n = Glibc.write(1, buf.baseAddress! + offset, buf.count - offset)
+            if n <= 0 {
+                if n < 0, errno == EINTR { continue }
+                return
             }
+            offset += n
         }
     }
 
@@ -60,39 +64,59 @@ public struct JSONLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var line = "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"\(event.level.rawValue)\",\"logger\":"
-        JSONText.append(label, to: &line)
+        JSONValue.writeString(label, into: &line)
         line += ",\"msg\":"
-        JSONText.append(event.message.description, to: &line)
+        JSONValue.writeString(event.message.description, into: &line)
         var merged = metadata
         if let extra = event.metadata { merged.merge(extra, uniquingKeysWith: { _, new in new }) }
         for key in merged.keys.sorted() {
             line += ","
-            JSONText.append(key, to: &line)
+            JSONValue.writeString(key, into: &line)
             line += ":"
-            JSONText.append(merged[key]!.description, to: &line)
+            JSONValue.writeString(merged[key]!.description, into: &line)
         }
         line += "}"
         LogSink.write(line)
     }
 }
 
-/// Minimal JSON string escaping for log lines.
-enum JSONText {
-    static func append(_ s: String, to out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
+/// Access-log lines are many (one per request), so they are buffered and written in batches: when the
+/// buffer passes 64 KiB, every 100 ms, and at shutdown (as nginx's `access_log ... buffer= flush=`).
+/// Other log lines go straight out through `LogSink.write`.
+final class BufferedLineWriter: Sendable {
+    private let buffer = Mutex<[UInt8]>([])
+    static let flushBytes = 64 * 1024
+
+    init() { buffer.withLock { $0.reserveCapacity(Self.flushBytes * 2) } }
+
+    func append(_ line: String) {
+        var full: [UInt8]?
+        buffer.withLock { b in
+            b.append(contentsOf: line.utf8)
+            b.append(10)
+            if b.count >= Self.flushBytes {
+                full = b
+                b.removeAll(keepingCapacity: true)
             }
         }
-        out += "\""
+        if let full { full.withUnsafeBufferPointer { LogSink.writeAll($0) } }
+    }
+
+    func flush() {
+        let pending = buffer.withLock { b -> [UInt8] in
+            let out = b
+            b.removeAll(keepingCapacity: true)
+            return out
+        }
+        if !pending.isEmpty { pending.withUnsafeBufferPointer { LogSink.writeAll($0) } }
+    }
+
+    /// Flushes every `interval` until cancelled, then once more.
+    func runFlusher(interval: Duration = .milliseconds(100)) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            flush()
+        }
+        flush()
     }
 }

@@ -38,7 +38,7 @@ extension GatewayError {
         case .invalidChunkSize:
             self = .framing("invalid chunk size in chunked body")
         default:
-            self = .malformed("the request is not valid HTTP/1.1")
+            self = .malformed("the request is not valid HTTP/1.1 (bad syntax, or ambiguous framing such as Content-Length together with Transfer-Encoding)")
         }
     }
 }

@@ -55,14 +55,16 @@ actor ProxyConnection {
         // Framing and size checks the decoder does not make.
         if let problem = Self.framingProblem(head, limits: limits) {
             record.outcome = problem.codeString
-            try await write(ResponseMapper.problem(problem, requestID: requestID), version: head.version, close: true, outbound: outbound, record: &record)
+            try await write(ResponseMapper.problem(problem, requestID: requestID), request: head, close: true, outbound: outbound, record: &record)
+            await lingeringClose(&iterator)
             return false
         }
         let declared = head.headers.first(name: "content-length").flatMap(Int.init)
         if let declared, declared > limits.maxRequestBodyBytes {
             let problem = GatewayError.bodyTooLarge(limit: limits.maxRequestBodyBytes)
             record.outcome = problem.codeString
-            try await write(ResponseMapper.problem(problem, requestID: requestID), version: head.version, close: true, outbound: outbound, record: &record)
+            try await write(ResponseMapper.problem(problem, requestID: requestID), request: head, close: true, outbound: outbound, record: &record)
+            await lingeringClose(&iterator)
             return false
         }
         if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
@@ -78,7 +80,8 @@ actor ProxyConnection {
                 if size > limits.maxRequestBodyBytes {
                     let problem = GatewayError.bodyTooLarge(limit: limits.maxRequestBodyBytes)
                     record.outcome = problem.codeString
-                    try await write(ResponseMapper.problem(problem, requestID: requestID), version: head.version, close: true, outbound: outbound, record: &record)
+                    try await write(ResponseMapper.problem(problem, requestID: requestID), request: head, close: true, outbound: outbound, record: &record)
+                    await lingeringClose(&iterator)
                     return false
                 }
                 if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
@@ -92,23 +95,45 @@ actor ProxyConnection {
 
         let response = await context.pipeline.handle(InboundRequest(head: head, body: body, requestID: requestID), record: &record)
         let close = !head.isKeepAlive || context.draining.isDraining
-        try await write(response, version: head.version, close: close, outbound: outbound, record: &record)
-        return !close
+        let reusable = try await write(response, request: head, close: close, outbound: outbound, record: &record)
+        return !close && reusable
+    }
+
+    /// After refusing a request whose body is still arriving: shut our side and discard input until the
+    /// client closes or two seconds pass, so the kernel does not answer the unread bytes with a reset
+    /// that could destroy the refusal before the client reads it.
+    private func lingeringClose(
+        _ iterator: inout NIOAsyncChannelInboundStream<HTTPServerRequestPart>.AsyncIterator
+    ) async {
+        let channel = self.channel.channel
+        try? await channel.close(mode: .output)
+        let timer = channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        defer { timer.cancel() }
+        do {
+            while try await iterator.next(isolation: self) != nil {}
+        } catch {}
     }
 
     /// Writes a response; a buffered one in a single flush, a streamed one chunk by chunk.
+    /// Returns false when the body had to be delimited by closing the connection.
+    @discardableResult
     private func write(
-        _ response: ProxyResponse, version: HTTPVersion, close: Bool,
+        _ response: ProxyResponse, request: HTTPRequestHead, close: Bool,
         outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, record: inout RequestRecord
-    ) async throws {
-        var headers = response.headers
-        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: version, status: response.status, headers: headers)
+    ) async throws -> Bool {
+        var buffered: ByteBuffer?
+        if case .buffer(let b) = response.body { buffered = b }
+        let framing = ResponseFraming.decide(
+            headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
+            bufferedLength: buffered?.readableBytes)
+        var headers = framing.headers
+        if close || framing.closeAfter { headers.replaceOrAdd(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
         record.status = Int(response.status.code)
         switch response.body {
         case .buffer(let buffer):
-            record.bytesOut = buffer.readableBytes
-            if buffer.readableBytes > 0 {
+            if framing.sendBody, buffer.readableBytes > 0 {
+                record.bytesOut = buffer.readableBytes
                 try await outbound.write(contentsOf: [.head(head), .body(.byteBuffer(buffer)), .end(nil)])
             } else {
                 try await outbound.write(contentsOf: [.head(head), .end(nil)])
@@ -122,7 +147,7 @@ actor ProxyConnection {
             while true {
                 let chunk: ByteBuffer?
                 do {
-                    chunk = try await iterator.next(isolation: self)
+                    chunk = try await iterator.next()
                 } catch {
                     // The upstream failed mid-body: the head is gone, so the only honest signal left is
                     // to cut the connection instead of ending the message normally.
@@ -131,6 +156,7 @@ actor ProxyConnection {
                     throw error
                 }
                 guard let chunk else { break }
+                guard framing.sendBody else { continue }
                 record.bytesOut += chunk.readableBytes
                 if record.bytesOut > limit {
                     record.outcome = "upstream_response_too_large"
@@ -146,6 +172,7 @@ actor ProxyConnection {
             record.upstreamDuration = record.upstreamStart.map { ContinuousClock.now - $0 }
             try await outbound.write(.end(nil))
         }
+        return !framing.closeAfter
     }
 
     /// Content-Length / Transfer-Encoding combinations that make the body's length ambiguous

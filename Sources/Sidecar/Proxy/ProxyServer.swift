@@ -38,6 +38,9 @@ final class ProxyServer: Service {
         decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = 512
         let decoderLimitConfiguration = decoderLimits
+        var encoderSettings = HTTPResponseEncoder.Configuration()
+        encoderSettings.automaticallySetFramingHeaders = false
+        let encoderConfiguration = encoderSettings
         let idle = TimeAmount(limits.idleTimeout)
 
         let server = try await ServerBootstrap(group: group)
@@ -54,18 +57,24 @@ final class ProxyServer: Service {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    try sync.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
-                        withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimitConfiguration)
+                    // Decoder, encoder and pipelining assistance wired by hand (not through
+                    // configureHTTPServerPipeline) so the encoder is not paired with the decoder: it then
+                    // leaves framing to ResponseFraming, which can answer a refused CONNECT with a body.
+                    try sync.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
                     try sync.addHandler(
-                        ParseErrorResponder(maxHeaderBytes: limits.maxHeaderBytes) { error, requestID in
+                        ByteToMessageHandler(
+                            HTTPRequestDecoder(
+                                leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
+                                limitConfiguration: decoderLimitConfiguration)))
+                    try sync.addHandler(HTTPServerPipelineHandler())
+                    try sync.addHandler(
+                        ConnectionGuard(maxHeaderBytes: limits.maxHeaderBytes) { error, requestID in
                             var record = RequestRecord(requestID: requestID, method: "-", start: .now)
                             record.status = Int(error.status.code)
                             record.outcome = error.codeString
                             record.totalDuration = .zero
                             context.finish(record)
                         })
-                    try sync.addHandler(IdleConnectionCloser())
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
                         wrappingChannelSynchronously: channel)
                 }

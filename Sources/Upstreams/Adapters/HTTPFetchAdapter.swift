@@ -29,7 +29,7 @@ public struct HTTPFetchAdapter: ToolAdapter {
         var headers = HTTPHeaders()
         if let extra = params["headers"]?.objectValue {
             for (name, value) in extra.sorted(by: { $0.key < $1.key }) {
-                guard let v = value.stringValue, !v.contains("\r"), !v.contains("\n"), !name.contains(":") else {
+                guard let v = value.stringValue, !v.hasLineBreak, !name.hasLineBreak, !name.contains(":") else {
                     throw .invalidParameter("params.headers values must be single-line strings")
                 }
                 headers.add(name: name, value: v)

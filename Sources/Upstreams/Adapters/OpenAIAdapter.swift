@@ -92,11 +92,18 @@ public struct OpenAIAdapter: ToolAdapter {
                 "id": .string("chatcmpl-mock-\(Mock.hex(seed))"), "object": "chat.completion", "created": 1_700_000_000,
                 "model": .string(model), "system_fingerprint": "fp_mock",
                 "choices": [[
-                    "index": 0, "message": ["role": "assistant", "content": .string(reply), "refusal": nil],
+                    "index": 0, "message": ["role": "assistant", "content": .string(reply), "refusal": nil, "annotations": []],
                     "logprobs": nil, "finish_reason": "stop",
                 ]],
-                "usage": ["prompt_tokens": .number(Double(prompt)), "completion_tokens": .number(Double(completion)),
-                          "total_tokens": .number(Double(prompt + completion))],
+                "usage": [
+                    "prompt_tokens": .number(Double(prompt)), "completion_tokens": .number(Double(completion)),
+                    "total_tokens": .number(Double(prompt + completion)),
+                    "prompt_tokens_details": ["cached_tokens": 0, "audio_tokens": 0],
+                    "completion_tokens_details": [
+                        "reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                    ],
+                ],
+                "service_tier": "default",
             ])
         case "embeddings":
             let inputs: [JSONValue]

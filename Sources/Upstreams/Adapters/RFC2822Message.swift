@@ -38,14 +38,15 @@ public struct RFC2822Message: Sendable, Hashable {
             }
             i += 1
         }
-        guard let text = String(validating: bytes[0..<end], as: UTF8.self) else { return nil }
+        // Split on LF as bytes: in a Swift String "\r\n" is one Character and would not split.
         var injection = false
         var lines: [Substring] = []
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            var line = raw
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            if line.contains("\r") { injection = true }
-            lines.append(line)
+        for rawLine in bytes[0..<end].split(separator: 10, omittingEmptySubsequences: false) {
+            var line = rawLine[...]
+            if line.last == 13 { line = line.dropLast() }
+            if line.contains(13) { injection = true }
+            guard let text = String(validating: line, as: UTF8.self) else { return nil }
+            lines.append(Substring(text))
         }
         var headers: [(String, String)] = []
         for line in lines where !line.isEmpty {
@@ -107,7 +108,7 @@ public struct RFC2822Message: Sendable, Hashable {
     public static func compose(
         from: String?, to: [String], cc: [String], bcc: [String], subject: String, body: String
     ) -> Result<[UInt8], ToolRequestError> {
-        for v in [from ?? "", subject] + to + cc + bcc where v.contains("\r") || v.contains("\n") {
+        for v in [from ?? "", subject] + to + cc + bcc where v.hasLineBreak {
             return .failure(.invalidParameter("header values must not contain CR or LF"))
         }
         guard !to.isEmpty else { return .failure(.invalidParameter("params.to is required")) }
@@ -139,4 +140,9 @@ extension String {
         }
         return out
     }
+}
+
+extension StringProtocol {
+    /// CR or LF anywhere, checked on bytes (a Swift `Character` may be the pair "\r\n").
+    public var hasLineBreak: Bool { utf8.contains(13) || utf8.contains(10) }
 }

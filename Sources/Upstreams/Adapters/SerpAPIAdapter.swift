@@ -72,11 +72,16 @@ public struct SerpAPIAdapter: ToolAdapter {
         return Mock.json([
             "search_metadata": [
                 "id": .string("mock-\(Mock.hex(seed))"), "status": "Success",
+                "json_endpoint": .string("https://serpapi.com/searches/mock/\(Mock.hex(seed)).json"),
+                "google_url": .string("https://www.google.com/search?q=\(QueryString.encode(q))"),
                 "created_at": "2026-01-01 00:00:00 UTC", "processed_at": "2026-01-01 00:00:00 UTC",
                 "total_time_taken": 0.01,
             ],
-            "search_parameters": ["engine": .string(p.engine), "q": .string(q)],
-            "search_information": ["organic_results_state": "Results for exact spelling"],
+            "search_parameters": ["engine": .string(p.engine), "q": .string(q), "google_domain": "google.com", "device": "desktop"],
+            "search_information": [
+                "organic_results_state": "Results for exact spelling", "total_results": .number(Double(count)),
+                "time_taken_displayed": 0.01,
+            ],
             "organic_results": .array(results),
         ])
     }

@@ -1,0 +1,31 @@
+# The README's two commands: `make run` and `make test`.
+.PHONY: setup build run test unit e2e bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	swift build
+
+# Installs what is missing, builds, and runs the sidecar on its embedded default (mocks, no Redis).
+run: build
+	@scripts/run-dev.sh
+
+# The whole test suite: pure and handler tests (swift test), then end-to-end with the real binary.
+test: setup
+	swift build --build-tests
+	swift test --skip-build
+	python3 -m pytest -q -p no:cacheprovider Tests/e2e
+
+unit:
+	swift build --build-tests && swift test --skip-build
+
+e2e:
+	swift build && python3 -m pytest -q -p no:cacheprovider Tests/e2e
+
+bench:
+	WITH_BENCH=1 scripts/setup.sh
+	bench/run.sh
+
+clean:
+	rm -rf .build

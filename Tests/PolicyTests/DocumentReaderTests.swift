@@ -1,0 +1,43 @@
+import Testing
+
+@testable import Policy
+
+@Suite("Document reader")
+struct DocumentReaderTests {
+    let doc = DocumentNode.mapping([
+        .init(key: "tools", value: .mapping([
+            .init(key: "openai", value: .mapping([
+                .init(key: "timeout", value: .scalar("soon", quoted: false)),
+                .init(key: "hosts", value: .sequence([.scalar("a", quoted: false), .mapping([])])),
+                .init(key: "port", value: .scalar("80", quoted: true)),
+            ]))
+        ]))
+    ])
+
+    @Test func errorsNameTheFieldPath() {
+        let r = DocumentReader(doc)
+        #expect(throws: DocumentError(path: "tools.openai.timeout", message: "expected a duration like 30s, 250ms or 5m, got 'soon'")) {
+            try r["tools"]["openai"]["timeout"].duration()
+        }
+        #expect(throws: DocumentError(path: "tools.openai.hosts[1]", message: "expected a string")) {
+            try r["tools"]["openai"]["hosts"].strings()
+        }
+        #expect(throws: DocumentError(path: "tools.openai.port", message: "expected an integer, got '80'")) {
+            try r["tools"]["openai"]["port"].int()
+        }
+        #expect(throws: DocumentError.self) { try r["tools"]["openai"].checkKeys(["timeout"]) }
+    }
+
+    @Test(arguments: [
+        ("250ms", Duration.milliseconds(250)), ("30s", .seconds(30)), ("5m", .seconds(300)), ("2h", .seconds(7200)),
+        ("1d", .seconds(86400)), ("1.5s", .milliseconds(1500)), ("10", .seconds(10)),
+    ])
+    func parsesDurations(_ text: String, _ expected: Duration) {
+        #expect(DocumentReader.parseDuration(text) == expected)
+    }
+
+    @Test(arguments: ["", "abc", "-1s", "5x", "ms"])
+    func rejectsDurations(_ text: String) {
+        #expect(DocumentReader.parseDuration(text) == nil)
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Testing
+import Upstreams
+
+@testable import Sidecar
+
+@Suite("Problem mapping")
+struct GatewayErrorTests {
+    @Test func everyAgentMistakeIs4xxAndEveryUpstreamFailure5xx() {
+        for entry in GatewayError.catalog {
+            if entry.code.hasPrefix("upstream_") || ["credential_unavailable", "shutting_down", "internal_error"].contains(entry.code) {
+                #expect(entry.status >= 500, "\(entry.code)")
+            } else {
+                #expect((400..<500).contains(entry.status), "\(entry.code)")
+            }
+        }
+    }
+
+    @Test(arguments: [
+        (HTTPParserError.headerOverflow, 431, "headers_too_large"),
+        (.invalidContentLength, 400, "invalid_framing"),
+        (.unexpectedContentLength, 400, "invalid_framing"),
+        (.invalidChunkSize, 400, "invalid_framing"),
+        (.invalidMethod, 400, "malformed_request"),
+        (.invalidHeaderToken, 400, "malformed_request"),
+        (.unknown, 400, "malformed_request"),
+    ])
+    func parserErrors(_ error: HTTPParserError, _ status: Int, _ code: String) {
+        let mapped = GatewayError(parserError: error, maxHeaderBytes: 1024)
+        #expect(Int(mapped.status.code) == status)
+        #expect(mapped.codeString == code)
+    }
+
+    @Test(arguments: [
+        (UpstreamError(.unreachable, beforeSend: true, detail: "x"), 502, "upstream_unreachable"),
+        (UpstreamError(.timeout, beforeSend: false, detail: "x"), 504, "upstream_timeout"),
+        (UpstreamError(.protocolError, beforeSend: false, detail: "x"), 502, "upstream_protocol_error"),
+        (UpstreamError(.responseTooLarge, beforeSend: false, detail: "x"), 502, "upstream_response_too_large"),
+    ])
+    func upstreamErrors(_ error: UpstreamError, _ status: Int, _ code: String) {
+        let mapped = GatewayError(error)
+        #expect(Int(mapped.status.code) == status && mapped.codeString == code)
+    }
+
+    @Test(arguments: [
+        (ClassificationError.routeNotFound, 404, "route_not_found"),
+        (.methodNotAllowed(allowed: ["POST"]), 405, "method_not_allowed"),
+        (.invalidTarget("bad"), 400, "invalid_target"),
+    ])
+    func classificationErrors(_ error: ClassificationError, _ status: Int, _ code: String) {
+        let mapped = GatewayError(error)
+        #expect(Int(mapped.status.code) == status && mapped.codeString == code)
+    }
+
+    @Test func problemJSONHasTheRFC9457MembersAndTheRequestID() throws {
+        let response = ResponseMapper.problem(.methodNotAllowed(["POST"]), requestID: "rid-9", entry: .compat)
+        #expect(response.status == .methodNotAllowed)
+        #expect(response.headers["content-type"] == ["application/problem+json"])
+        #expect(response.headers["allow"] == ["POST"])
+        #expect(response.headers["x-request-id"] == ["rid-9"])
+        guard case .buffer(let body) = response.body else { Issue.record("not buffered"); return }
+        let json = try #require(JSONValue.parse(body.readableBytesView))
+        #expect(json["type"] == "urn:agent-sidecar:problem:method_not_allowed")
+        #expect(json["status"] == 405 && json["code"] == "method_not_allowed" && json["request_id"] == "rid-9")
+        #expect(json["title"] != nil && json["detail"] != nil)
+        #expect(json["success"] == false)
+        #expect(Int(response.headers.first(name: "content-length")!) == body.readableBytes)
+    }
+
+    /// The README's error-code table is part of the contract: every code, with its status, must be in it.
+    @Test func readmeListsEveryCode() throws {
+        let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/SidecarTests/GatewayErrorTests.swift", with: "README.md"), encoding: .utf8)
+        for entry in GatewayError.catalog {
+            #expect(readme.contains("| `\(entry.code)` | \(entry.status) |"), "README is missing \(entry.code)")
+        }
+    }
+}
+
+@Suite("Framing checks")
+struct FramingTests {
+    static func head(_ headers: [(String, String)], uri: String = "/x") -> HTTPRequestHead {
+        HTTPRequestHead(version: .http1_1, method: .POST, uri: uri, headers: HTTPHeaders(headers))
+    }
+
+    @Test(arguments: [
+        ([("Content-Length", "5"), ("Transfer-Encoding", "chunked")], "invalid_framing"),
+        ([("Content-Length", "5"), ("Content-Length", "5")], "invalid_framing"),
+        ([("Content-Length", "5, 5")], "invalid_framing"),
+        ([("Content-Length", "+5")], "invalid_framing"),
+        ([("Content-Length", "abc")], "invalid_framing"),
+        ([("Transfer-Encoding", "gzip, chunked")], "invalid_framing"),
+    ])
+    func refusesAmbiguousFraming(_ headers: [(String, String)], _ code: String) {
+        #expect(ProxyConnection.framingProblem(Self.head(headers), limits: ListenerLimits())?.codeString == code)
+    }
+
+    @Test func acceptsNormalFramingAndRefusesHugeTargets() {
+        #expect(ProxyConnection.framingProblem(Self.head([("Content-Length", "5")]), limits: ListenerLimits()) == nil)
+        #expect(ProxyConnection.framingProblem(Self.head([("Transfer-Encoding", "chunked")]), limits: ListenerLimits()) == nil)
+        var limits = ListenerLimits()
+        limits.maxHeaderBytes = 1024
+        #expect(ProxyConnection.framingProblem(Self.head([], uri: "/" + String(repeating: "a", count: 2000)), limits: limits)?.codeString == "headers_too_large")
+    }
+}

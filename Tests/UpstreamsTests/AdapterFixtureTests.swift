@@ -1,0 +1,193 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@testable import Upstreams
+
+/// Adapters against recorded request/response fixtures: the real APIs' requests are interpreted into the
+/// right action and parameters, and mock answers have the recorded real answers' shape.
+@Suite("Adapters against recorded fixtures")
+struct AdapterFixtureTests {
+    static func fixture(_ name: String) throws -> ByteBuffer {
+        let url = try #require(Bundle.module.url(forResource: name, withExtension: nil, subdirectory: "Fixtures"))
+        return ByteBuffer(bytes: try Data(contentsOf: url))
+    }
+
+    static func json(_ name: String) throws -> JSONValue {
+        let bytes = try fixture(name)
+        return try #require(JSONValue.parse(bytes.readableBytesView))
+    }
+
+    /// Paths where `mock` lacks a field of `recorded` or has it with another JSON type.
+    static func shapeMismatches(_ mock: JSONValue, _ recorded: JSONValue, path: String = "$") -> [String] {
+        switch (mock, recorded) {
+        case (.object(let m), .object(let r)):
+            return r.keys.sorted().flatMap { key -> [String] in
+                guard let mv = m[key] else { return ["\(path).\(key) missing"] }
+                return shapeMismatches(mv, r[key]!, path: "\(path).\(key)")
+            }
+        case (.array(let m), .array(let r)):
+            guard let rf = r.first else { return [] }
+            guard let mf = m.first else { return ["\(path)[] empty"] }
+            return shapeMismatches(mf, rf, path: "\(path)[0]")
+        case (.null, _), (_, .null): return []
+        case (.string, .string), (.number, .number), (.bool, .bool): return []
+        default: return ["\(path) type differs"]
+        }
+    }
+
+    static func mockBody(_ response: UpstreamResponse) throws -> JSONValue {
+        let bytes = try #require(response.body.bufferedBytes)
+        return try #require(JSONValue.parse(bytes.readableBytesView))
+    }
+
+    @Test func openAIChatRequestAndMockShape() throws {
+        let adapter = OpenAIAdapter()
+        let call = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/chat/completions", body: try Self.fixture("openai_chat_request.json")))
+        #expect(call.action == "chat")
+        guard case .openai(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(p.model == "gpt-4o-mini" && p.maxTokens == 256 && !p.stream && p.temperature == 0.2)
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        #expect(Self.shapeMismatches(mock, try Self.json("openai_chat_response.json")) == [])
+    }
+
+    @Test func openAIStreamingMockMatchesRecordedChunks() async throws {
+        let adapter = OpenAIAdapter(mockStreamDelay: .zero)
+        let body = ByteBuffer(string: #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#)
+        let call = try adapter.interpret(ToolRequest(method: .POST, path: "/chat/completions", body: body))
+        #expect(call.request.path == "/v1/chat/completions")
+        let response = adapter.mockResponse(for: call)
+        #expect(response.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true)
+        var chunks: [String] = []
+        for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
+        #expect(chunks.count > 3)
+        #expect(chunks.last == "data: [DONE]\n\n")
+        let recorded = String(buffer: try Self.fixture("openai_chat_stream.txt"))
+            .components(separatedBy: "\n\n").filter { $0.hasPrefix("data: {") }
+            .compactMap { JSONValue.parse(Array($0.dropFirst(6).utf8)) }
+        let mocked = chunks.filter { $0.hasPrefix("data: {") }.compactMap { JSONValue.parse(Array($0.dropFirst(6).dropLast(2).utf8)) }
+        #expect(Self.shapeMismatches(mocked[0], recorded[0]) == [])
+        #expect(Self.shapeMismatches(mocked[1], recorded[1]) == [])
+        #expect(Self.shapeMismatches(mocked.last!, recorded.last!) == [], "usage chunk")
+    }
+
+    @Test func openAIEmbeddingsHonourBase64Encoding() throws {
+        let adapter = OpenAIAdapter()
+        let call = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/embeddings", body: try Self.fixture("openai_embeddings_request.json")))
+        #expect(call.action == "embeddings")
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        let data = try #require(mock["data"]?.arrayValue)
+        #expect(data.count == 2)
+        let encoded = try #require(data[0]["embedding"]?.stringValue)
+        #expect(Base64.decode(encoded)?.count == 8 * 4)
+        var floats = try Self.json("openai_embeddings_response.json")
+        if case .object(var o) = floats { o["data"] = nil; floats = .object(o) }
+        #expect(Self.shapeMismatches(mock, floats) == [])
+    }
+
+    @Test func openAIResponsesRequestAndMockShape() throws {
+        let adapter = OpenAIAdapter()
+        let call = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/responses", body: try Self.fixture("openai_responses_request.json")))
+        guard case .openai(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(call.action == "responses" && p.maxTokens == 100 && p.model == "gpt-4.1-mini")
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        #expect(Self.shapeMismatches(mock, try Self.json("openai_responses_response.json")) == [])
+    }
+
+    @Test func openAIRejectsWhatIsNotAnAction() {
+        let adapter = OpenAIAdapter()
+        #expect(throws: ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")) {
+            try adapter.interpret(ToolRequest(method: .GET, path: "/v1/models"))
+        }
+        #expect(throws: ToolRequestError.invalidBody("openai chat needs a JSON object body")) {
+            try adapter.interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: "not json")))
+        }
+        #expect(throws: ToolRequestError.invalidParameter("max_tokens must be a non-negative integer")) {
+            try adapter.interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: #"{"model":"m","max_tokens":"lots"}"#)))
+        }
+    }
+
+    @Test func serpAPIRemovesTheAgentsKeyAndMocksTheRealShape() throws {
+        let adapter = SerpAPIAdapter()
+        let call = try adapter.interpret(
+            ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: "q=Coffee&engine=Google&num=3&api_key=agent-supplied")))
+        #expect(call.request.query.first("api_key") == nil)
+        guard case .serpapi(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(p.query == "Coffee" && p.engine == "google" && p.num == 3)
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        #expect(Self.shapeMismatches(mock, try Self.json("serpapi_search_response.json")) == [])
+        #expect(mock["organic_results"]?.arrayValue?.count == 3)
+    }
+
+    @Test func gmailSendReadsRecipientsFromTheRawMessage() throws {
+        let adapter = GmailAdapter()
+        let call = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/gmail/v1/users/me/messages/send", body: try Self.fixture("gmail_send_request.json")))
+        #expect(call.action == "send")
+        guard case .gmail(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(p.recipients == ["jane@partner.example", "bob@example.org", "team@example.com"])
+        #expect(p.recipientDomains == ["partner.example", "example.org", "example.com"])
+        #expect(p.subjectBytes == "Quarterly numbers".utf8.count)
+        #expect(!p.headerInjection)
+        #expect(adapter.traits(of: call).sideEffecting && !adapter.traits(of: call).idempotent)
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        #expect(Self.shapeMismatches(mock, try Self.json("gmail_send_response.json")) == [])
+    }
+
+    @Test func gmailProfile() throws {
+        let adapter = GmailAdapter()
+        let call = try adapter.interpret(ToolRequest(method: .GET, path: "/gmail/v1/users/me/profile"))
+        #expect(call.action == "profile")
+        let mock = try Self.mockBody(adapter.mockResponse(for: call))
+        #expect(Self.shapeMismatches(mock, try Self.json("gmail_profile_response.json")) == [])
+    }
+
+    @Test func gmailCompatComposesAndRefusesHeaderInjection() throws {
+        let adapter = GmailAdapter()
+        let request = try adapter.compatRequest(
+            action: "send", params: ["to": ["a@x.example", "b@y.example"], "subject": "Hi", "body": "line1\nline2"])
+        let call = try adapter.interpret(request)
+        guard case .gmail(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(p.recipients == ["a@x.example", "b@y.example"])
+        #expect(throws: ToolRequestError.invalidParameter("header values must not contain CR or LF")) {
+            try adapter.compatRequest(action: "send", params: ["to": "a@x.example", "subject": "Hi\r\nBcc: evil@attacker.example"])
+        }
+    }
+
+    @Test func fetchActionsAndMock() throws {
+        let adapter = HTTPFetchAdapter()
+        let target = try TargetURL.parse("https://example.com/page")
+        let get = try adapter.interpret(ToolRequest(method: .GET, path: "/page", target: target))
+        #expect(get.action == "get")
+        let head = try adapter.interpret(ToolRequest(method: .HEAD, path: "/page", target: target))
+        #expect(head.action == "head")
+        #expect(throws: ToolRequestError.self) { try adapter.interpret(ToolRequest(method: .POST, path: "/page", target: target)) }
+        let page = try #require(adapter.mockResponse(for: get).body.bufferedBytes)
+        #expect(String(buffer: page).contains("<html>"))
+        #expect(adapter.mockResponse(for: head).body.bufferedBytes?.readableBytes == 0)
+    }
+}
+
+@Suite("RFC 5322 addresses")
+struct AddressTests {
+    @Test(arguments: [
+        ("a@b.c", ["a@b.c"]),
+        ("Jane <JANE@Example.COM>", ["jane@example.com"]),
+        ("\"Doe, J\" <j@d.e>, x@y.z", ["j@d.e", "x@y.z"]),
+        ("undisclosed-recipients:;", []),
+        ("Team: a@t.example, b@t.example;", ["a@t.example", "b@t.example"]),
+        ("a@b.c (comment, with comma)", ["a@b.c"]),
+    ])
+    func extracts(_ value: String, _ expected: [String]) {
+        #expect(RFC2822Message.addresses(in: value) == expected)
+    }
+
+    @Test func flagsABareCRInHeaders() throws {
+        let message = try #require(RFC2822Message.parse(Array("To: a@b.c\rBcc: x@y.z\r\nSubject: s\r\n\r\nbody".utf8)))
+        #expect(message.headerInjection)
+    }
+}

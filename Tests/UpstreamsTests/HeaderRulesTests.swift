@@ -1,0 +1,56 @@
+import NIOHTTP1
+import Testing
+
+@testable import Upstreams
+
+@Suite("Header rules (RFC 9110 §7.6.1)")
+struct HeaderRulesTests {
+    @Test func stripsHopByHopIncludingFieldsNamedInConnection() {
+        let headers = HTTPHeaders([
+            ("Connection", "keep-alive, X-Secret-Hop"), ("X-Secret-Hop", "1"), ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic abc"), ("Proxy-Connection", "keep-alive"), ("TE", "trailers"),
+            ("Trailer", "x"), ("Upgrade", "h2c"), ("Transfer-Encoding", "chunked"), ("Accept", "*/*"),
+        ])
+        let out = HeaderRules.removingHopByHop(headers)
+        #expect(out.map(\.name) == ["Accept"])
+    }
+
+    @Test func upstreamHeadersForABrokeredTool() {
+        let agent = HTTPHeaders([
+            ("Host", "127.0.0.1:8080"), ("Authorization", "Bearer agent-key"), ("X-Forwarded-For", "10.0.0.1"),
+            ("Forwarded", "for=10.0.0.1"), ("X-Real-IP", "10.0.0.1"), ("X-Agent-Token", "tok"), ("Via", "1.0 corp"),
+            ("X-Request-Id", "agent-chosen"), ("Content-Length", "5"), ("Expect", "100-continue"),
+            ("Content-Type", "application/json"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ])
+        let target = TargetURL(scheme: "https", host: "api.openai.com")
+        let out = HeaderRules.upstreamHeaders(from: agent, tool: .openai, target: target, requestID: "rid-1")
+        #expect(out["authorization"].isEmpty)
+        #expect(out["x-forwarded-for"].isEmpty && out["forwarded"].isEmpty && out["x-real-ip"].isEmpty)
+        #expect(out["x-agent-token"].isEmpty && out["content-length"].isEmpty && out["expect"].isEmpty)
+        #expect(out["host"] == ["api.openai.com"])
+        #expect(out["via"] == ["1.0 corp, 1.1 agent-sidecar"])
+        #expect(out["x-request-id"] == ["rid-1"])
+        #expect(out["content-type"] == ["application/json"])
+        #expect(out["traceparent"].count == 1)
+    }
+
+    @Test func fetchKeepsTheAgentsOwnAuthorization() {
+        let agent = HTTPHeaders([("Authorization", "Bearer site-token"), ("Cookie", "a=b")])
+        let target = TargetURL(scheme: "http", host: "example.com", port: 8080)
+        let out = HeaderRules.upstreamHeaders(from: agent, tool: .httpFetch, target: target, requestID: "r")
+        #expect(out["authorization"] == ["Bearer site-token"])
+        #expect(out["host"] == ["example.com:8080"])
+    }
+
+    @Test func agentHeadersDropUpstreamConnectionFieldsAndAddVia() {
+        let upstream = HTTPHeaders([
+            ("Connection", "close"), ("Transfer-Encoding", "chunked"), ("Content-Type", "text/event-stream"),
+            ("X-Request-Id", "upstream-id"),
+        ])
+        let out = HeaderRules.agentHeaders(from: upstream, requestID: "rid")
+        #expect(out["connection"].isEmpty && out["transfer-encoding"].isEmpty)
+        #expect(out["x-request-id"] == ["rid"])
+        #expect(out["via"] == ["1.1 agent-sidecar"])
+        #expect(out["content-type"] == ["text/event-stream"])
+    }
+}

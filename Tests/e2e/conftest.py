@@ -1,0 +1,317 @@
+"""End-to-end harness: the real `sidecar` binary, fake upstreams (HTTPS with a CA made at test time),
+real clients. Everything binds 127.0.0.1 on port 0 and is stopped by PID when the test ends."""
+
+import datetime
+import http.server
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("SIDECAR_BIN", ROOT / ".build" / "debug" / "sidecar"))
+
+
+# ---------------------------------------------------------------- test PKI
+
+
+class PKI:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidecar test CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        import ipaddress
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca_pem = directory / "ca.pem"
+        self.cert_pem = directory / "server.pem"
+        self.key_pem = directory / "server.key"
+        self.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+
+    def server_context(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_pem, self.key_pem)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+# ---------------------------------------------------------------- fake upstream
+
+
+class Recorded:
+    def __init__(self, method, path, headers, body):
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+
+class FakeUpstream:
+    """A threaded HTTP/1.1 server (TLS optional) that records every request and answers from `routes`:
+    path prefix -> handler(request_handler, recorded). The default answers 200 with a small JSON body."""
+
+    def __init__(self, tls_context=None):
+        self.requests: list[Recorded] = []
+        self.routes = {}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def handle_any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rec = Recorded(self.command, self.path, list(self.headers.items()), body)
+                outer.requests.append(rec)
+                for prefix, fn in sorted(outer.routes.items(), key=lambda kv: -len(kv[0])):
+                    if self.path.startswith(prefix):
+                        return fn(self, rec)
+                outer.send_json(self, 200, {"ok": True, "path": self.path.split("?")[0]})
+
+            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls_context is not None:
+            self.server.socket = tls_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.scheme = "https" if tls_context else "http"
+        self.base_url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def send_json(h, status, obj, extra_headers=()):
+        data = json.dumps(obj).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in extra_headers:
+            h.send_header(k, v)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def https_upstream(pki):
+    up = FakeUpstream(pki.server_context())
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def http_upstream():
+    up = FakeUpstream(None)
+    yield up
+    up.close()
+
+
+# ---------------------------------------------------------------- the sidecar process
+
+
+class Sidecar:
+    """The real binary with a YAML config, on port 0; addresses are read from its 'listening' log lines."""
+
+    def __init__(self, config_yaml: str | None, env: dict | None = None, args=None):
+        self.dir = Path(tempfile.mkdtemp(prefix="sidecar-e2e-"))
+        cmd = [str(BIN), "run"]
+        if config_yaml is not None:
+            path = self.dir / "sidecar.yaml"
+            path.write_text(config_yaml)
+            cmd += ["--config", str(path)]
+        cmd += list(args or [])
+        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
+        full_env.setdefault("SIDECAR_PROXY_LISTEN", "127.0.0.1:0")
+        full_env.setdefault("SIDECAR_ADMIN_LISTEN", "127.0.0.1:0")
+        full_env.update(env or {})
+        self.lines: list[str] = []
+        self._q: "queue.Queue[str]" = queue.Queue()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=self.dir)
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.proxy = self.admin = None
+        deadline = time.time() + 30
+        while (self.proxy is None or self.admin is None) and time.time() < deadline:
+            try:
+                line = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if '"msg":"listening"' in line:
+                rec = json.loads(line)
+                setattr(self, rec["listener"], rec["address"])
+        if self.proxy is None or self.admin is None:
+            self.stop()
+            raise RuntimeError("sidecar did not start:\n" + "\n".join(self.lines[-30:]))
+        self.proxy_url = f"http://{self.proxy}"
+        self.admin_url = f"http://{self.admin}"
+        self.proxy_port = int(self.proxy.rsplit(":", 1)[1])
+
+    def _pump(self):
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            self._q.put(line)
+
+    def logs(self, msg=None):
+        out = []
+        for line in list(self.lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if msg is None or rec.get("msg") == msg:
+                out.append(rec)
+        return out
+
+    def wait_for_log(self, predicate, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for rec in self.logs():
+                if predicate(rec):
+                    return rec
+            time.sleep(0.02)
+        raise AssertionError("log line not seen; last lines:\n" + "\n".join(self.lines[-20:]))
+
+    def access(self, request_id):
+        return self.wait_for_log(lambda r: r.get("msg") == "access" and r.get("request_id") == request_id)
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def sidecar_factory():
+    started = []
+
+    def start(config_yaml=None, env=None, args=None):
+        s = Sidecar(config_yaml, env, args)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def live_config(pki, upstream, extra: str = "", tools_extra: str = "") -> str:
+    """Every brokered tool live against `upstream`, which the sidecar trusts through the test CA."""
+    return f"""
+version: 1
+upstream:
+  ca_bundle: {pki.ca_pem}
+limits:
+  drain_timeout: 10s
+tools:
+  serpapi: {{mode: live, base_url: "{upstream.base_url}", hosts: [serpapi.com], timeout: 3s}}
+  openai: {{mode: live, base_url: "{upstream.base_url}", timeout: 5s}}
+  gmail_send: {{mode: live, base_url: "{upstream.base_url}"}}
+  http_fetch: {{mode: live, timeout: 3s}}
+{tools_extra}
+{extra}
+"""
+
+
+LIVE_ENV = {"SERPAPI_API_KEY": "serp-REAL-0123456789", "OPENAI_API_KEY": "sk-REAL-0123456789abcdef",
+            "GMAIL_ACCESS_TOKEN": "ya29.REAL-gmail-token"}
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Sends bytes on a fresh connection and returns the first response: read until the head and a body
+    of Content-Length bytes have arrived, or until the server closes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            head, sep, body = out.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+                if m and len(body) >= int(m.group(1)):
+                    return out
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def parse_response(raw: bytes):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body

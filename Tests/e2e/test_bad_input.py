@@ -1,0 +1,104 @@
+"""Every client mistake gets a clear 4xx problem+json answer, upstream failures their 5xx, and the
+process never crashes."""
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from conftest import LIVE_ENV, live_config, parse_response, raw_request
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def sidecar(pki, https_upstream, sidecar_factory):
+    def slow(h, rec):
+        time.sleep(3)
+        https_upstream.send_json(h, 200, {"late": True})
+    https_upstream.routes["/v1/embeddings"] = slow
+    cfg = live_config(pki, https_upstream, extra="", tools_extra="")
+    cfg = cfg.replace("openai: {mode: live", "openai: {mode: live, connect_timeout: 1s").replace("timeout: 5s}", "timeout: 1s}")
+    cfg = cfg.replace(f'gmail_send: {{mode: live, base_url: "{https_upstream.base_url}"}}',
+                      f'gmail_send: {{mode: live, base_url: "https://127.0.0.1:{free_port()}", timeout: 3s}}')
+    cfg += "\nlimits:\n  max_header_bytes: 8192\n  max_request_body_bytes: 65536\n"
+    cfg = cfg.replace("limits:\n  drain_timeout: 10s\n", "")
+    s = sidecar_factory(cfg, env=LIVE_ENV)
+    s.upstream = https_upstream
+    return s
+
+
+CASES = [
+    ("malformed request line", b"GARBAGE\r\n\r\n", 400, "malformed_request"),
+    ("bad header token", b"GET /serpapi/search HTTP/1.1\r\nHo st: x\r\n\r\n", 400, "malformed_request"),
+    ("headers too large", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, "headers_too_large"),
+    ("request-target too long", b"GET /serpapi/search?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431, "headers_too_large"),
+    ("body too large (declared)", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", 413, "body_too_large"),
+    ("body too large (chunked)", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     + (b"8000\r\n" + b"a" * 0x8000 + b"\r\n") * 3 + b"0\r\n\r\n", 413, "body_too_large"),
+    ("content-length and transfer-encoding", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, None),
+    ("duplicate content-length", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400, "invalid_framing"),
+    ("invalid content-length", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}", 400, "invalid_framing"),
+    ("no route", b"GET /nothing/here HTTP/1.1\r\nHost: x\r\n\r\n", 404, "route_not_found"),
+    ("unknown action", b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 400, "unknown_action"),
+    ("unknown gmail action", b"DELETE /gmail/v1/users/me/messages/1 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "unknown_action"),
+    ("invalid json body", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{{{", 400, "invalid_body"),
+    ("fetch without url", b"GET /fetch HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    ("fetch with a non-http url", b"GET /fetch?url=file%3A%2F%2F%2Fetc%2Fpasswd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    ("absolute-form with bad port", b"GET http://example.com:99999/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    ("compat with GET", b"GET /api/proxy-request HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    ("CONNECT", b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n", 403, "connect_refused"),
+]
+
+
+@pytest.mark.parametrize("name,data,status,code", CASES, ids=[c[0] for c in CASES])
+def test_client_mistakes(sidecar, name, data, status, code):
+    got_status, headers, body = parse_response(raw_request(sidecar.proxy_port, data))
+    assert got_status == status
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body[: int(headers["content-length"])])
+    assert problem["status"] == status and problem["title"] and problem["detail"] and problem["request_id"]
+    if code:
+        assert problem["code"] == code
+    assert headers["x-request-id"] == problem["request_id"]
+    # Still alive and serving.
+    assert requests.get(f"{sidecar.admin_url}/healthz", timeout=5).status_code == 200
+
+
+def test_upstream_unreachable_is_502(sidecar):
+    r = requests.get(f"{sidecar.proxy_url}/gmail/v1/users/me/profile", timeout=10)
+    assert r.status_code == 502
+    assert r.json()["code"] == "upstream_unreachable"
+
+
+def test_upstream_deadline_is_504(sidecar):
+    started = time.time()
+    r = requests.post(f"{sidecar.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+    assert r.status_code == 504
+    assert r.json()["code"] == "upstream_timeout"
+    assert time.time() - started < 2.5
+
+
+def test_keep_alive_connection_survives_a_refusal(sidecar):
+    with requests.Session() as session:
+        assert session.get(f"{sidecar.proxy_url}/nothing", timeout=5).status_code == 404
+        assert session.get(f"{sidecar.proxy_url}/serpapi/search?q=x", timeout=5).status_code == 200
+        assert session.get(f"{sidecar.proxy_url}/openai/v1/models", timeout=5).status_code == 400
+
+
+def test_no_5xx_for_any_mistake_in_the_access_log(sidecar):
+    for _, data, _, _ in CASES:
+        raw_request(sidecar.proxy_port, data)
+    time.sleep(0.3)
+    for line in sidecar.logs("access"):
+        if line["outcome"] not in ("upstream_unreachable", "upstream_timeout"):
+            assert line["status"] < 500, line

@@ -1,0 +1,94 @@
+"""Forward proxy and reverse routes with real clients (curl, requests) against a fake HTTPS upstream."""
+
+import json
+import subprocess
+
+import requests
+
+from conftest import LIVE_ENV, live_config
+
+
+def test_curl_forward_proxy_originates_tls_and_injects_the_key(pki, https_upstream, sidecar_factory):
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    out = subprocess.run(
+        ["curl", "-sS", "-i", "-x", s.proxy_url, "-H", "X-Forwarded-For: 10.9.8.7", "-H", "X-Request-Id: curl-req-1",
+         "-U", "agent:whatever", "http://serpapi.com/search.json?q=coffee&api_key=agent-guess"],
+        capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.replace("\r\n", "\n").partition("\n\n")
+    assert head.startswith("HTTP/1.1 200")
+    assert "x-request-id: curl-req-1" in head.lower()
+    assert "via: 1.1 agent-sidecar" in head.lower()
+    assert json.loads(body)["path"] == "/search.json"
+    # What reached the upstream: TLS (the fake only speaks https), the real key, no agent key,
+    # no proxy credentials, no client address, the request id.
+    rec = https_upstream.requests[-1]
+    assert "api_key=serp-REAL-0123456789" in rec.path
+    assert "agent-guess" not in rec.path
+    assert rec.header("Proxy-Authorization") is None
+    assert rec.header("X-Forwarded-For") is None
+    assert rec.header("X-Request-Id") == "curl-req-1"
+    assert rec.header("Host") == f"127.0.0.1:{https_upstream.port}"
+    assert "1.1 agent-sidecar" in rec.header("Via")
+    # Nothing secret in what the agent saw.
+    assert "serp-REAL" not in out.stdout
+    line = s.access("curl-req-1")
+    assert line["tool"] == "serpapi" and line["action"] == "search" and line["entry"] == "forward" and line["status"] == 200
+    assert "serp-REAL" not in json.dumps(line)
+
+
+def test_requests_http_fetch_through_proxy(http_upstream, pki, sidecar_factory):
+    s = sidecar_factory(live_config(pki, http_upstream), env=LIVE_ENV)
+    r = requests.get(f"{http_upstream.base_url}/page?x=1", proxies={"http": s.proxy_url}, timeout=10,
+                     headers={"Authorization": "Bearer site-token"})
+    assert r.status_code == 200
+    assert r.json()["path"] == "/page"
+    rec = http_upstream.requests[-1]
+    assert rec.path == "/page?x=1"
+    # http_fetch brokers no credential, so the agent's own Authorization for the site passes through.
+    assert rec.header("Authorization") == "Bearer site-token"
+    line = s.access(r.headers["X-Request-Id"])
+    assert line["tool"] == "http_fetch" and line["action"] == "get" and line["upstream_host"] == "127.0.0.1"
+
+
+def test_reverse_routes_and_compat_api(pki, https_upstream, sidecar_factory):
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=tea", timeout=10)
+    assert r.status_code == 200 and "api_key=serp-REAL" in https_upstream.requests[-1].path
+
+    r = requests.post(f"{s.proxy_url}/gmail/gmail/v1/users/me/messages/send", timeout=10)
+    assert r.status_code == 400  # /gmail/gmail/... is not a Gmail endpoint: unknown action
+    raw = "To: a@example.com\r\nSubject: hi\r\n\r\nhello"
+    import base64
+    r = requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send",
+                      json={"raw": base64.urlsafe_b64encode(raw.encode()).decode()}, timeout=10)
+    assert r.status_code == 200
+    assert https_upstream.requests[-1].header("Authorization") == "Bearer ya29.REAL-gmail-token"
+
+    r = requests.post(f"{s.proxy_url}/api/proxy-request",
+                      json={"tool": "openai", "action": "chat", "params": {"model": "gpt-4o-mini", "prompt": "hi"}}, timeout=10)
+    assert r.status_code == 200
+    env = r.json()
+    assert env["success"] is True and env["metadata"]["tool"] == "openai" and env["data"]["ok"] is True
+    up = https_upstream.requests[-1]
+    assert up.path == "/v1/chat/completions"
+    assert up.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert json.loads(up.body)["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_embedded_default_mocks_every_tool_without_any_key(sidecar_factory):
+    s = sidecar_factory(None, env={})
+    calls = [
+        {"tool": "serpapi", "action": "search", "params": {"q": "coffee"}},
+        {"tool": "openai", "action": "chat", "params": {"prompt": "hello"}},
+        {"tool": "openai", "action": "embeddings", "params": {"model": "text-embedding-3-small", "input": "x"}},
+        {"tool": "http_fetch", "action": "get", "params": {"url": "https://example.com/"}},
+        {"tool": "gmail_send", "action": "send", "params": {"to": "a@example.com", "subject": "s", "body": "b"}},
+        {"tool": "gmail_send", "action": "profile", "params": {}},
+    ]
+    for call in calls:
+        r = requests.post(f"{s.proxy_url}/api/proxy-request", json=call, timeout=10)
+        assert r.status_code == 200, (call, r.text)
+        assert r.json()["success"] is True and r.json()["metadata"]["mock"] is True
+    r = requests.get("http://serpapi.com/search?q=x", proxies={"http": s.proxy_url}, timeout=10)
+    assert r.json()["search_metadata"]["status"] == "Success"

@@ -1,0 +1,103 @@
+"""Admin port, metrics, configuration CLI and graceful shutdown."""
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import BIN, LIVE_ENV, live_config
+
+
+def test_health_readiness_and_metrics_pass_promtool(sidecar_factory, tmp_path):
+    s = sidecar_factory(None)
+    assert requests.get(f"{s.admin_url}/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["status"] == "ready"
+    for _ in range(5):
+        requests.get("http://serpapi.com/search?q=x", proxies={"http": s.proxy_url}, timeout=5)
+    requests.get(f"{s.proxy_url}/nothing", timeout=5)
+    text = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert 'gateway_requests_total{tool="serpapi",action="search",code="2xx"} 5' in text
+    assert 'gateway_outcomes_total{tool="none",outcome="route_not_found"} 1' in text
+    assert "gateway_request_duration_seconds_bucket" in text and "gateway_upstream_duration_seconds_bucket" in text
+    assert "gateway_requests_in_flight" in text and 'gateway_build_info{version="' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_readiness_does_not_flap_under_load(sidecar_factory):
+    s = sidecar_factory(None)
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as session:
+            while not stop.is_set():
+                session.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=5)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(50):
+            assert requests.get(f"{s.admin_url}/readyz", timeout=5).status_code == 200
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(pki, https_upstream, sidecar_factory):
+    def slow(h, rec):
+        time.sleep(1.5)
+        https_upstream.send_json(h, 200, {"slow": True})
+
+    https_upstream.routes["/search"] = slow
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    result = {}
+
+    def call():
+        result["r"] = requests.get(f"{s.proxy_url}/serpapi/search?q=slow", timeout=10)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.5)
+    s.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    # New connections are refused while the old request drains.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=2)
+    t.join(timeout=10)
+    assert result["r"].status_code == 200 and result["r"].json() == {"slow": True}
+    assert result["r"].headers.get("Connection", "").lower() == "close"
+    assert s.proc.wait(timeout=10) == 0
+    assert any(l.get("msg") == "proxy listener drained" for l in s.logs())
+
+
+def test_check_config_names_the_offending_field(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("version: 1\ntools:\n  openai: {mode: mock}\n")
+    p = subprocess.run([str(BIN), "check-config", str(good)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ntools:\n  openai: {mode: mock, timeout: forever}\n")
+    p = subprocess.run([str(BIN), "check-config", str(bad)], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "tools.openai.timeout" in p.stderr
+    p = subprocess.run([str(BIN), "version"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("sidecar ")
+
+
+def test_deploy_examples_are_valid():
+    from conftest import ROOT
+    for path in sorted((ROOT / "deploy").glob("*.yaml")):
+        if path.name.startswith("policy") or path.name.startswith("k8s") or path.name.startswith("prometheus") or path.name.startswith("alert"):
+            continue
+        p = subprocess.run([str(BIN), "check-config", str(path)], capture_output=True, text=True)
+        assert p.returncode == 0, (path, p.stderr)

@@ -1,0 +1,113 @@
+"""The official `openai` package through the sidecar: base_url, HTTP_PROXY, and true streaming."""
+
+import json
+import os
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import LIVE_ENV, live_config
+
+COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from upstream"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+}
+
+
+def chunk(content=None, finish=None):
+    delta = {} if content is None else {"content": content}
+    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+def completion_route(up):
+    def handler(h, rec):
+        up.send_json(h, 200, COMPLETION)
+    return handler
+
+
+def test_sdk_with_base_url(pki, https_upstream, sidecar_factory):
+    https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="agent-does-not-have-a-key", max_retries=0)
+    resp = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
+    assert resp.choices[0].message.content == "hello from upstream"
+    rec = https_upstream.requests[-1]
+    assert rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert json.loads(rec.body)["max_tokens"] == 16
+
+
+def test_sdk_with_http_proxy(pki, https_upstream, sidecar_factory, monkeypatch):
+    https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    monkeypatch.setenv("HTTP_PROXY", f"http://agent:token@{s.proxy}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    # The agent speaks plain http to api.openai.com through the proxy; the sidecar originates TLS.
+    client = openai.OpenAI(base_url="http://api.openai.com/v1", api_key="agent-does-not-have-a-key", max_retries=0)
+    resp = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert resp.usage.total_tokens == 6
+    rec = https_upstream.requests[-1]
+    assert rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert rec.header("Proxy-Authorization") is None
+    line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("tool") == "openai")
+    assert line["entry"] == "forward"
+
+
+def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, https_upstream, sidecar_factory):
+    first_chunk_seen = threading.Event()
+    upstream_finished = threading.Event()
+
+    def stream(h, rec):
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(text):
+            data = text.encode()
+            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+
+        send(chunk("Hel"))
+        # Do not finish until the agent has seen the first chunk: a buffering proxy deadlocks here
+        # (and the test fails on the timeout below).
+        first_chunk_seen.wait(timeout=10)
+        for part in ["lo", " wor", "ld"]:
+            send(chunk(part))
+        send(chunk(finish="stop"))
+        send("data: [DONE]\n\n")
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+        upstream_finished.set()
+
+    https_upstream.routes["/v1/chat/completions"] = stream
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="x", max_retries=0, timeout=15)
+    started = time.time()
+    pieces = []
+    for ev in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+        if ev.choices and ev.choices[0].delta.content:
+            if not pieces:
+                assert not upstream_finished.is_set(), "first chunk arrived only after the upstream finished"
+                first_chunk_seen.set()
+            pieces.append(ev.choices[0].delta.content)
+    assert "".join(pieces) == "Hello world"
+    assert time.time() - started < 8
+
+
+def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
+    s = sidecar_factory(None, env={})
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="x", max_retries=0)
+    text = "".join(ev.choices[0].delta.content or "" for ev in
+                   client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}], stream=True)
+                   if ev.choices)
+    assert text.startswith("This is a mock reply")
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
+    resp = client.responses.create(model="gpt-4.1-mini", input="hi")
+    assert resp.output_text.startswith("Mock response")

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: the sidecar vs nginx reverse-proxying to the same fast local backend, in one run.
+#
+#   backend:  nginx, one worker, `return 200` of a 120-byte JSON body (keep-alive)
+#   nginx:    reverse proxy to the backend with upstream keep-alive, access log on (to a file)
+#   sidecar:  release build; serpapi reverse route (/serpapi/search?q=...) with base_url = the backend,
+#             so every request is classified, interpreted, has its key injected and its headers rewritten;
+#             access log on (to a file)
+#   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1
+#
+# Prints req/s, p50 and p99 of each, the ratio, and the sidecar's RSS under load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port)
+
+[[ -x .build/release/sidecar ]] || swift build -c release --product sidecar
+
+cat > "$WORK/backend.conf" <<CONF
+worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$BACKEND;
+    location / { default_type application/json; return 200 '{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'; } } }
+CONF
+cat > "$WORK/proxy.conf" <<CONF
+worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
+events { worker_connections 4096; }
+http { access_log $WORK/nginx-access.log; keepalive_requests 100000;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$WORK/sidecar.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$PROXY", admin: "127.0.0.1:$ADMIN"}
+tools:
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+CONF
+
+nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
+nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
+SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$NGINX/search?q=x" >/dev/null
+curl -fs "http://127.0.0.1:$PROXY/serpapi/search?q=x" >/dev/null
+
+run_wrk() { # name url
+  wrk -t2 -c"$CONNS" -d3s "$2" >/dev/null
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$2" > "$WORK/$1.txt"
+}
+rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
+errors() { awk '/Non-2xx|Socket errors/ {print}' "$WORK/$1.txt"; }
+
+run_wrk nginx "http://127.0.0.1:$NGINX/search?q=bench"
+RSS_MAX=0
+( while kill -0 $SIDECAR 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDECAR/status; sleep 0.5; done ) > "$WORK/rss.txt" &
+SAMPLER=$!
+run_wrk sidecar "http://127.0.0.1:$PROXY/serpapi/search?q=bench"
+kill $SAMPLER 2>/dev/null || true
+RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
+HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
+
+NR=$(rps nginx); SR=$(rps sidecar)
+RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
+REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+  echo "data-plane benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s"
+  printf "%-8s %10s %10s %10s\n" "" "req/s" "p50" "p99"
+  printf "%-8s %10s %10s %10s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)"
+  printf "%-8s %10s %10s %10s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)"
+  echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
+  echo "sidecar RSS under load: max sampled ${RSS_MAX} kB, high-water ${HWM} kB"
+  errors nginx | sed 's/^/nginx: /'
+  errors sidecar | sed 's/^/sidecar: /'
+} | tee "$REPORT"
