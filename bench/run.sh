@@ -24,6 +24,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port)
 
 [[ -x .build/release/sidecar ]] || swift build -c release --product sidecar
+[[ -x .build/release/upstream-ceiling ]] || swift build -c release --product upstream-ceiling
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -72,6 +73,8 @@ RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
 
 NR=$(rps nginx); SR=$(rps sidecar)
+# What async-http-client alone reaches against the same backend: the ceiling of any AHC-based proxy here.
+CEIL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION")
 RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
 REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
@@ -80,6 +83,7 @@ REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
   printf "%-8s %10s %10s %10s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)"
   printf "%-8s %10s %10s %10s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)"
   echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
+  echo "async-http-client alone against the same backend: $CEIL req/s (ratio to nginx $(python3 -c "print(f'{$CEIL/$NR:.2f}')"))"
   echo "sidecar RSS under load: max sampled ${RSS_MAX} kB, high-water ${HWM} kB"
   errors nginx | sed 's/^/nginx: /'
   errors sidecar | sed 's/^/sidecar: /'

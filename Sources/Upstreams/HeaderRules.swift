@@ -36,7 +36,7 @@ public enum HeaderRules {
             }
         }
         var out = HTTPHeaders()
-        for (name, value) in headers where !named.contains(name.lowercased()) {
+        for (name, value) in headers where !named.contains(name.hasNoUppercaseASCII ? name : name.lowercased()) {
             out.add(name: name, value: value)
         }
         return out
@@ -50,7 +50,7 @@ public enum HeaderRules {
         let cleaned = removingHopByHop(agentHeaders)
         var via: [String] = []
         for (name, value) in cleaned {
-            let lower = name.lowercased()
+            let lower = name.hasNoUppercaseASCII ? name : name.lowercased()
             if neverUpstream.contains(lower) { continue }
             if tool.isBrokered, agentCredentialHeaders.contains(lower) { continue }
             if lower == "x-request-id" { continue }
@@ -87,4 +87,9 @@ extension StringProtocol {
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
         return String(s)
     }
+}
+
+extension String {
+    /// True when lowercasing would not change the string (saves an allocation per header name).
+    var hasNoUppercaseASCII: Bool { utf8.allSatisfy { $0 < 0x41 || $0 > 0x5A } }
 }

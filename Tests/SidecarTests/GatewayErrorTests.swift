@@ -93,14 +93,14 @@ struct FramingTests {
         ([("Transfer-Encoding", "gzip, chunked")], "invalid_framing"),
     ])
     func refusesAmbiguousFraming(_ headers: [(String, String)], _ code: String) {
-        #expect(ProxyConnection.framingProblem(Self.head(headers), limits: ListenerLimits())?.codeString == code)
+        #expect(ProxyHTTPHandler.framingProblem(Self.head(headers), limits: ListenerLimits())?.codeString == code)
     }
 
     @Test func acceptsNormalFramingAndRefusesHugeTargets() {
-        #expect(ProxyConnection.framingProblem(Self.head([("Content-Length", "5")]), limits: ListenerLimits()) == nil)
-        #expect(ProxyConnection.framingProblem(Self.head([("Transfer-Encoding", "chunked")]), limits: ListenerLimits()) == nil)
+        #expect(ProxyHTTPHandler.framingProblem(Self.head([("Content-Length", "5")]), limits: ListenerLimits()) == nil)
+        #expect(ProxyHTTPHandler.framingProblem(Self.head([("Transfer-Encoding", "chunked")]), limits: ListenerLimits()) == nil)
         var limits = ListenerLimits()
         limits.maxHeaderBytes = 1024
-        #expect(ProxyConnection.framingProblem(Self.head([], uri: "/" + String(repeating: "a", count: 2000)), limits: limits)?.codeString == "headers_too_large")
+        #expect(ProxyHTTPHandler.framingProblem(Self.head([], uri: "/" + String(repeating: "a", count: 2000)), limits: limits)?.codeString == "headers_too_large")
     }
 }

@@ -102,3 +102,20 @@ def test_no_5xx_for_any_mistake_in_the_access_log(sidecar):
     for line in sidecar.logs("access"):
         if line["outcome"] not in ("upstream_unreachable", "upstream_timeout"):
             assert line["status"] < 500, line
+
+
+def test_pipelined_requests_are_all_answered_in_order(sidecar):
+    """Two requests in one write: NIO hands the second over as soon as the first response ends, so
+    the handler must already be idle by then (a regression once dropped it)."""
+    import socket as so
+    s = so.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=a HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-1\r\n\r\n"
+              b"GET /nothing HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-2\r\n\r\n")
+    data = b""
+    deadline = time.time() + 5
+    while data.count(b"HTTP/1.1 ") < 2 and time.time() < deadline:
+        data += s.recv(65536)
+    s.close()
+    first, second = data.index(b"pipe-1"), data.index(b"pipe-2")
+    assert data.startswith(b"HTTP/1.1 200") and first < second
+    assert b"HTTP/1.1 404" in data

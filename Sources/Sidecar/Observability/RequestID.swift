@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOHTTP1
 
 /// The id that ties an access log line, the upstream request and the agent's response together.
@@ -15,9 +18,10 @@ enum RequestID {
         return generate()
     }
 
+    /// 128 bits from a per-thread generator seeded from the system CSPRNG: request ids must not collide
+    /// or be guessable across requests, but need not cost two `getrandom` calls each.
     static func generate() -> String {
-        var g = SystemRandomNumberGenerator()
-        return hex(g.next()) + hex(g.next())
+        withFastRandom { g in hex(g.next()) + hex(g.next()) }
     }
 
     static func isSafe(_ s: String) -> Bool {
@@ -32,4 +36,45 @@ enum RequestID {
         let s = String(v, radix: 16)
         return String(repeating: "0", count: 16 - s.count) + s
     }
+}
+
+/// xoshiro256** seeded once per thread from `SystemRandomNumberGenerator`.
+struct FastRandom: RandomNumberGenerator {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    init() {
+        var seed = SystemRandomNumberGenerator()
+        s = (seed.next(), seed.next(), seed.next(), seed.next())
+    }
+
+    mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = s.3 << 45 | s.3 >> 19
+        return result
+    }
+}
+
+private final class FastRandomBox { var generator = FastRandom() }
+
+private let fastRandomKey: pthread_key_t = {
+    var key = pthread_key_t()
+    pthread_key_create(&key) { if let p = $0 { Unmanaged<AnyObject>.fromOpaque(p).release() } }
+    return key
+}()
+
+func withFastRandom<T>(_ body: (inout FastRandom) -> T) -> T {
+    let box: FastRandomBox
+    if let raw = pthread_getspecific(fastRandomKey) {
+        box = Unmanaged<FastRandomBox>.fromOpaque(raw).takeUnretainedValue()
+    } else {
+        box = FastRandomBox()
+        pthread_setspecific(fastRandomKey, Unmanaged.passRetained(box).toOpaque())
+    }
+    return body(&box.generator)
 }

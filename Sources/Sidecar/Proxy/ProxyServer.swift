@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOHTTP1
@@ -31,6 +32,7 @@ final class ProxyServer: Service {
     func run() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let quiesce = ServerQuiescingHelper(group: group)
+        let connections = ConnectionRegistry()
         let limits = context.limits
         let context = self.context
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
@@ -53,8 +55,10 @@ final class ProxyServer: Service {
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .bind(host: listen.host, port: listen.port) { channel in
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 256 * 1024))
+            .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    connections.add(channel)
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(IdleStateHandler(readTimeout: idle))
                     // Decoder, encoder and pipelining assistance wired by hand (not through
@@ -75,45 +79,52 @@ final class ProxyServer: Service {
                             record.totalDuration = .zero
                             context.finish(record)
                         })
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                        wrappingChannelSynchronously: channel)
+                    try sync.addHandler(ProxyHTTPHandler(shared: context))
                 }
             }
-        if let address = server.channel.localAddress { onBound(address) }
+            .bind(host: listen.host, port: listen.port).get()
+        if let address = server.localAddress { onBound(address) }
         readiness.markProxyBound()
 
-        await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { connections in
-                        for try await channel in inbound {
-                            connections.addTask { await ProxyConnection(channel: channel, context: context).serve() }
-                        }
-                    }
-                }
+        // Wait for SIGTERM/SIGINT (or cancellation), then drain.
+        try? await gracefulShutdown()
+        logger.info("draining proxy listener", metadata: ["drain_timeout": "\(limits.drainTimeout)"])
+        context.draining.startDraining()
+        readiness.markDraining()
+        let drained = group.next().makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: drained)
+        let drainedInTime = await withTaskGroup(of: Bool.self) { race in
+            race.addTask { (try? await drained.futureResult.get()) != nil }
+            race.addTask {
+                try? await Task.sleep(for: limits.drainTimeout)
+                return false
             }
-            // Wait for SIGTERM/SIGINT (or cancellation), then drain: closing the server channel ends
-            // the accept loop, and the connection task group finishes once every connection has.
-            try? await gracefulShutdown()
-            logger.info("draining proxy listener", metadata: ["drain_timeout": "\(limits.drainTimeout)"])
-            context.draining.startDraining()
-            readiness.markDraining()
-            quiesce.initiateShutdown(promise: nil)
-            group.addTask {
-                try await Task.sleep(for: limits.drainTimeout)
-                throw DrainTimeout()
+            let first = await race.next() ?? false
+            if !first {
+                // Cutting the connections completes `drained`, which lets the group finish.
+                logger.warning("drain deadline passed; closing remaining connections", metadata: ["connections": "\(connections.count)"])
+                connections.closeAll()
             }
-            do {
-                _ = try await group.next()
-                logger.info("proxy listener drained")
-            } catch is DrainTimeout {
-                logger.warning("drain deadline passed; closing remaining connections")
-            } catch {
-                logger.error("proxy listener failed", metadata: ["error": "\(type(of: error))"])
-            }
-            group.cancelAll()
+            race.cancelAll()
+            return first
         }
+        if drainedInTime { logger.info("proxy listener drained") }
+    }
+}
+
+/// Every open agent connection, so the drain deadline can cut what is left.
+final class ConnectionRegistry: Sendable {
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+
+    func add(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        channels.withLockedValue { $0[id] = channel }
+        channel.closeFuture.whenComplete { _ in _ = self.channels.withLockedValue { $0.removeValue(forKey: id) } }
     }
 
-    struct DrainTimeout: Error {}
+    var count: Int { channels.withLockedValue { $0.count } }
+
+    func closeAll() {
+        for channel in channels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+    }
 }

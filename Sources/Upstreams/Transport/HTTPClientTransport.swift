@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import NIOConcurrencyHelpers
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -35,6 +36,7 @@ public struct UpstreamClientSettings: Sendable, Hashable {
 public final class HTTPClientTransport: UpstreamTransport {
     private let clients: [Tool: HTTPClient]
     private let logger: Logger
+    private let eventLoopGroup: any EventLoopGroup
 
     public init(
         settings: [Tool: UpstreamClientSettings], eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -58,16 +60,32 @@ public final class HTTPClientTransport: UpstreamTransport {
         }
         self.clients = clients
         self.logger = logger
+        self.eventLoopGroup = eventLoopGroup
     }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
-        var out = HTTPClientRequest(url: request.url.description)
-        out.method = request.method
-        out.headers = request.headers
-        if let body = request.body { out.body = .bytes(body) }
+        let outgoing: HTTPClient.Request
         do {
-            let response = try await clients[request.tool]!.execute(out, deadline: request.deadline, logger: nil)
-            return UpstreamResponse(status: response.status, headers: response.headers, body: .client(response.body))
+            outgoing = try HTTPClient.Request(
+                url: request.url.description, method: request.method, headers: request.headers,
+                body: request.body.map { .byteBuffer($0) })
+        } catch {
+            throw UpstreamError(.unreachable, beforeSend: true, detail: "invalid upstream URL")
+        }
+        // The delegate API (rather than AHC's async one) lets the response be consumed without a task
+        // switch per part, and pins the upstream connection to this event loop explicitly.
+        let eventLoop = MultiThreadedEventLoopGroup.currentEventLoop ?? eventLoopGroup.any()
+        let delegate = StreamingResponseDelegate(eventLoop: eventLoop)
+        let task = clients[request.tool]!.execute(
+            request: outgoing, delegate: delegate, eventLoop: .delegateAndChannel(on: eventLoop),
+            deadline: request.deadline, logger: nil)
+        delegate.attach(task)
+        do {
+            return try await withTaskCancellationHandler {
+                try await delegate.head.futureResult.get()
+            } onCancel: {
+                task.cancel()
+            }
         } catch {
             throw Self.classify(error)
         }
@@ -111,5 +129,45 @@ public final class HTTPClientTransport: UpstreamTransport {
             return UpstreamError(.protocolError, beforeSend: false, detail: "malformed upstream response")
         }
         return UpstreamError(.protocolError, beforeSend: false, detail: String(describing: type(of: error)))
+    }
+}
+
+/// Receives one upstream response on the connection's event loop: resolves `head` with an
+/// `UpstreamResponse` whose body is a `BodyStream` fed by the following parts.
+final class StreamingResponseDelegate: HTTPClientResponseDelegate, @unchecked Sendable {
+    typealias Response = Void
+
+    let head: EventLoopPromise<UpstreamResponse>
+    let body: BodyStream
+    private let task: NIOLockedValueBox<HTTPClient.Task<Void>?>
+
+    init(eventLoop: any EventLoop) {
+        head = eventLoop.makePromise(of: UpstreamResponse.self)
+        let task = NIOLockedValueBox<HTTPClient.Task<Void>?>(nil)
+        self.task = task
+        // When the consumer gives up on the body (agent gone, size limit), abort the upstream call.
+        body = BodyStream(onCancel: { task.withLockedValue { $0?.cancel() } })
+    }
+
+    func attach(_ task: HTTPClient.Task<Void>) {
+        self.task.withLockedValue { $0 = task }
+    }
+
+    func didReceiveHead(task: HTTPClient.Task<Void>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        self.head.succeed(UpstreamResponse(status: head.status, headers: head.headers, body: .stream(body)))
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<Void>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        body.append(buffer, on: task.eventLoop)
+    }
+
+    func didReceiveError(task: HTTPClient.Task<Void>, _ error: any Error) {
+        head.fail(error)
+        body.fail(HTTPClientTransport.classify(error))
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<Void>) throws {
+        body.finish()
     }
 }

@@ -86,6 +86,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case chunks([ByteBuffer], delay: Duration)
         case client(HTTPClientResponse.Body)
         case stream(AsyncThrowingStream<ByteBuffer, any Error>)
+        case bodyStream(BodyStream)
     }
 
     let storage: Storage
@@ -106,6 +107,21 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         .init(storage: .stream(stream))
     }
 
+    public static func stream(_ stream: BodyStream) -> UpstreamBody { .init(storage: .bodyStream(stream)) }
+
+    /// The whole body if it is already in memory: a mock's chunks, or a live body that has fully arrived
+    /// (then it is taken out of the stream). Lets the proxy answer small responses in one write.
+    public func takeCompleteBody() -> ByteBuffer? {
+        if let b = bufferedBytes { return b }
+        if case .bodyStream(let s) = storage { return s.completeBody() }
+        return nil
+    }
+
+    /// Stops the upstream transfer (the agent went away or a limit was hit).
+    public func cancel() {
+        if case .bodyStream(let s) = storage { s.cancel() }
+    }
+
     /// The whole body when it is already in memory (mock answers), without iterating.
     public var bufferedBytes: ByteBuffer? {
         guard case .chunks(let chunks, _) = storage else { return nil }
@@ -120,6 +136,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case .chunks(let chunks, let delay): return AsyncIterator(state: .chunks(chunks[...], delay: delay, first: true))
         case .client(let body): return AsyncIterator(state: .client(body.makeAsyncIterator()))
         case .stream(let s): return AsyncIterator(state: .stream(s.makeAsyncIterator()))
+        case .bodyStream(let s): return AsyncIterator(state: .bodyStream(s))
         }
     }
 
@@ -128,6 +145,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case chunks(ArraySlice<ByteBuffer>, delay: Duration, first: Bool)
             case client(HTTPClientResponse.Body.AsyncIterator)
             case stream(AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator)
+            case bodyStream(BodyStream)
         }
         var state: State
 
@@ -146,6 +164,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 let next = try await it.next()
                 state = .stream(it)
                 return next
+            case .bodyStream(let s):
+                return try await s.next()
             }
         }
     }

@@ -1,0 +1,154 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A single-consumer buffer between an event-loop producer (the HTTP client delegate) and an async
+/// consumer (the proxy writing to the agent).
+///
+/// Built for the common case of small upstream answers: when the whole body has already arrived, `next()`
+/// returns without suspending and `completeBody()` hands it over in one piece, so the proxy writes head,
+/// body and end in a single flush. Large bodies get backpressure: past `highWater` buffered bytes the
+/// producer's future is held until the consumer catches up.
+public final class BodyStream: @unchecked Sendable {
+    private struct State {
+        var chunks = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+        var buffered = 0
+        var finished = false
+        var failure: (any Error)?
+        var consumer: CheckedContinuation<ByteBuffer?, any Error>?
+        var producer: EventLoopPromise<Void>?
+        var cancelled = false
+    }
+
+    private let lock = NIOLock()
+    private var state = State()
+    private let highWater: Int
+    private let onCancel: @Sendable () -> Void
+
+    public init(highWater: Int = 256 * 1024, onCancel: @escaping @Sendable () -> Void = {}) {
+        self.highWater = highWater
+        self.onCancel = onCancel
+    }
+
+    // MARK: Producer side (event loop)
+
+    /// Adds a chunk; the returned future completes when the producer may send more.
+    public func append(_ chunk: ByteBuffer, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let action: (CheckedContinuation<ByteBuffer?, any Error>?, EventLoopFuture<Void>) = lock.withLock {
+            if state.cancelled { return (nil, eventLoop.makeSucceededVoidFuture()) }
+            if let consumer = state.consumer {
+                state.consumer = nil
+                return (consumer, eventLoop.makeSucceededVoidFuture())
+            }
+            state.chunks.append(chunk)
+            state.buffered += chunk.readableBytes
+            if state.buffered > highWater {
+                let p = eventLoop.makePromise(of: Void.self)
+                state.producer = p
+                return (nil, p.futureResult)
+            }
+            return (nil, eventLoop.makeSucceededVoidFuture())
+        }
+        action.0?.resume(returning: chunk)
+        return action.1
+    }
+
+    public func finish() {
+        let consumer: CheckedContinuation<ByteBuffer?, any Error>? = lock.withLock {
+            state.finished = true
+            defer { state.consumer = nil }
+            return state.consumer
+        }
+        consumer?.resume(returning: nil)
+    }
+
+    public func fail(_ error: any Error) {
+        let consumer: CheckedContinuation<ByteBuffer?, any Error>? = lock.withLock {
+            if state.finished { return nil }
+            state.failure = error
+            state.finished = true
+            defer { state.consumer = nil }
+            return state.consumer
+        }
+        consumer?.resume(throwing: error)
+    }
+
+    // MARK: Consumer side
+
+    /// The whole body, if it has fully arrived and nothing was consumed yet; nil otherwise.
+    public func completeBody() -> ByteBuffer? {
+        lock.withLock {
+            guard state.finished, state.failure == nil else { return nil }
+            var all = state.chunks.popFirst() ?? ByteBuffer()
+            while var next = state.chunks.popFirst() { all.writeBuffer(&next) }
+            state.buffered = 0
+            return all
+        }
+    }
+
+    public func next() async throws -> ByteBuffer? {
+        enum Immediate {
+            case chunk(ByteBuffer, EventLoopPromise<Void>?)
+            case end
+            case failed(any Error)
+            case wait
+        }
+        let immediate: Immediate = lock.withLock {
+            if let c = state.chunks.popFirst() {
+                state.buffered -= c.readableBytes
+                var release: EventLoopPromise<Void>?
+                if state.buffered <= highWater / 2, let p = state.producer {
+                    state.producer = nil
+                    release = p
+                }
+                return .chunk(c, release)
+            }
+            if let f = state.failure { return .failed(f) }
+            if state.finished { return .end }
+            return .wait
+        }
+        switch immediate {
+        case .chunk(let c, let release):
+            release?.succeed(())
+            return c
+        case .end: return nil
+        case .failed(let e): throw e
+        case .wait: break
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<ByteBuffer?, any Error>) in
+                let resumeNow: Result<ByteBuffer?, any Error>? = lock.withLock {
+                    if let c = state.chunks.popFirst() {
+                        state.buffered -= c.readableBytes
+                        return .success(c)
+                    }
+                    if let f = state.failure { return .failure(f) }
+                    if state.finished { return .success(nil) }
+                    if state.cancelled { return .failure(CancellationError()) }
+                    state.consumer = cont
+                    return nil
+                }
+                if let resumeNow { cont.resume(with: resumeNow) }
+            }
+        } onCancel: {
+            self.cancel()
+        }
+    }
+
+    /// The consumer is gone: drop buffered data, release the producer, abort the upstream call.
+    public func cancel() {
+        let (consumer, producer): (CheckedContinuation<ByteBuffer?, any Error>?, EventLoopPromise<Void>?) = lock.withLock {
+            guard !state.cancelled else { return (nil, nil) }
+            state.cancelled = true
+            state.chunks.removeAll()
+            state.buffered = 0
+            defer {
+                state.consumer = nil
+                state.producer = nil
+            }
+            return (state.consumer, state.producer)
+        }
+        consumer?.resume(throwing: CancellationError())
+        producer?.succeed(())
+        onCancel()
+    }
+}
