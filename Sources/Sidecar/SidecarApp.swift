@@ -1,16 +1,37 @@
+import AsyncHTTPClient
+import Crypto
 import Foundation
 import Hummingbird
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
+import Policy
 import ServiceLifecycle
+import UnixSignals
 import Upstreams
 
 /// Assembles the sidecar from a configuration and runs it until SIGTERM/SIGINT.
 public enum SidecarApp {
+    /// Wall-clock seconds. Only the Sidecar module reads the clock; Policy gets time passed in.
+    static let unixNow: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }
+
     public static func run(config: SidecarConfig, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
         let logger = Logger(label: "sidecar")
         let metrics = GatewayMetrics()
+        try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+
+        // Identity: store, in-memory state, keys, authenticator.
+        let store = try SQLiteIdentityStore(path: config.databasePath)
+        let identityState = IdentityState(store: store)
+        try await identityState.refresh()
+        let (authenticator, minter) = try buildAuthentication(config, environment, identityState, metrics, logger)
+        let (adminToken, generatedAdminToken) = try AdminToken.load(path: config.adminTokenPath, environment: environment)
+        if generatedAdminToken {
+            logger.notice("generated the admin token", metadata: ["file": "\(config.adminTokenPath)"])
+        }
+
+        // Upstreams and credentials.
         let adapters = ToolAdapters(mockStreamDelay: config.mockStreamDelay)
         var settings: [Tool: UpstreamClientSettings] = [:]
         for (tool, t) in config.tools {
@@ -20,10 +41,21 @@ public enum SidecarApp {
         }
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
         let transport = ModeSwitchTransport(live: live, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)
-        let credentials = StaticCredentials(Self.credentialsFromEnvironment(config, environment))
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let ca = config.caBundlePath { tls.trustRoots = .file(ca) }
+        let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
+        let gmail = GmailTokenProvider(endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow)
+        let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
+        let credentials = try VaultCredentialSource(
+            directory: config.vaultDir, kek: kek, fallback: credentialsFromEnvironment(config, environment), gmail: gmail)
+        if !credentials.versions.isEmpty {
+            logger.info("vault unsealed", metadata: ["versions": "\(credentials.versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
+        }
+
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
-            transport: transport, credentials: credentials, settings: PipelineSettings(config: config))
+            transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
+            authenticator: authenticator, metrics: metrics)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(enabled: config.accessLog))
@@ -36,14 +68,16 @@ public enum SidecarApp {
             }
         }
 
-        let proxy = ProxyServer(
-            listen: config.proxyListen, context: context, readiness: readiness, logger: logger
-        ) { address in
+        let proxy = ProxyServer(listen: config.proxyListen, context: context, readiness: readiness, logger: logger) { address in
             logger.info("listening", metadata: ["listener": "proxy", "address": "\(Self.format(address))"])
         }
 
+        let identity = IdentityService(
+            state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
         let router = Router()
         AdminRoutes(metrics: metrics, readiness: readiness).register(on: router)
+        let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
+        ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
         let admin = Application(
@@ -61,16 +95,65 @@ public enum SidecarApp {
             metadata: [
                 "version": "\(GatewayMetrics.version)",
                 "mock_tools": "\(config.mockTools.map(\.rawValue).sorted().joined(separator: ","))",
+                "auth": "\(config.auth.required ? "required" : "off")", "sidecar_id": "\(config.auth.sidecarID)",
                 "chaos": "\(config.chaosEnabled)", "state": "\(config.redisURL == nil ? "embedded" : "redis")",
             ])
+        let reload = ReloadOnHangup(logger: logger) {
+            let versions = try credentials.reload()
+            logger.info("credentials reloaded", metadata: ["versions": "\(versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: AccessLogFlusher(writer: context.accessLog.writer)), .init(service: admin), .init(service: proxy)],
+                services: [
+                    .init(service: AccessLogFlusher(writer: context.accessLog.writer)), .init(service: reload),
+                    .init(service: admin), .init(service: proxy),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: hbLogger))
         try await group.run()
         await live.shutdown()
+        try? await oauthClient.shutdown()
         context.accessLog.writer.flush()
         logger.info("stopped")
+    }
+
+    /// Loads (or, in the default state directory, generates) the keys and builds the authenticator and,
+    /// when this host holds an issuer signing key, the minter used by the control API.
+    static func buildAuthentication(
+        _ config: SidecarConfig, _ environment: [String: String], _ state: IdentityState, _ metrics: GatewayMetrics, _ logger: Logger
+    ) throws -> (Authenticator?, TokenMinter?) {
+        guard config.auth.required else {
+            logger.warning("authentication is OFF: every call runs as the anonymous agent (auth.required: false)")
+            return (nil, nil)
+        }
+        var keys = try KeyFiles.load(directory: config.keysDir)
+        var hs256: SymmetricKey?
+        if let name = config.auth.hs256SecretEnv {
+            guard let secret = environment[name], secret.utf8.count >= 32 else {
+                throw KeyError("auth.hs256_secret_env: $\(name) must hold at least 32 bytes")
+            }
+            hs256 = SymmetricKey(data: Array(secret.utf8))
+        }
+        if keys.decryption.isEmpty, config.auth.keysDir == nil {
+            let generated = try KeyFiles.initialize(directory: config.keysDir)
+            logger.notice(
+                "generated fleet and issuer keys", metadata: ["dir": "\(config.keysDir)", "fleet_kid": "\(generated.fleetKid)", "issuer_kid": "\(generated.issuerKid)"])
+            keys = try KeyFiles.load(directory: config.keysDir)
+        }
+        guard !keys.decryption.isEmpty else { throw KeyError("no fleet decryption key (fleet-*.key.pem) in \(config.keysDir)") }
+        var issuerKeys = keys.verification
+        if let hs256 { issuerKeys.append(.hs256(kid: config.auth.hs256Kid, hs256)) }
+        guard !issuerKeys.isEmpty else { throw KeyError("no issuer verification key (issuer-*.pub.pem) in \(config.keysDir)") }
+        let verifier = TokenVerifier(
+            decryptionKeys: keys.decryption, issuerKeys: issuerKeys, issuer: config.auth.issuer, audience: config.auth.audience,
+            leeway: config.auth.leeway.components.seconds)
+        let authenticator = Authenticator(
+            verifier: verifier, state: state, settings: config.auth, metrics: metrics, now: unixNow, logger: logger)
+        var minter: TokenMinter?
+        let signing: IssuerSigningKey? = keys.signing.last ?? hs256.map { .hs256(kid: config.auth.hs256Kid, $0) }
+        if let signing {
+            minter = TokenMinter(signingKey: signing, encryptionKey: keys.encryption.last ?? keys.decryption.last!.publicKey)
+        }
+        return (authenticator, minter)
     }
 
     static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) -> [Tool: Credential] {
@@ -93,5 +176,21 @@ struct AccessLogFlusher: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await writer.runFlusher() }
+    }
+}
+
+/// SIGHUP reloads what can change at run time (credentials now; the policy document with the policy
+/// issue). A failed reload is logged and the previous state stays.
+struct ReloadOnHangup: Service {
+    let logger: Logger
+    let reload: @Sendable () throws -> Void
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                do { try reload() } catch { logger.error("reload failed; keeping the previous state", metadata: ["error": "\(error)"]) }
+            }
+        }
     }
 }

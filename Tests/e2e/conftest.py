@@ -202,6 +202,33 @@ class Sidecar:
         self.admin_url = f"http://{self.admin}"
         self.proxy_port = int(self.proxy.rsplit(":", 1)[1])
 
+    @property
+    def admin_token(self):
+        return (self.dir / ".state" / "admin.token").read_text().strip()
+
+    def admin_request(self, method, path, json_body=None, token=None, **kw):
+        import requests
+        headers = kw.pop("headers", {})
+        headers.setdefault("Authorization", f"Bearer {token or self.admin_token}")
+        return requests.request(method, f"{self.admin_url}{path}", json=json_body, headers=headers, timeout=10, **kw)
+
+    def new_agent(self, role="scraper", name="agent"):
+        r = self.admin_request("POST", "/api/agents", {"name": name, "role": role, "created_by": "e2e"})
+        assert r.status_code == 201, r.text
+        return r.json()["agent_id"]
+
+    def new_token(self, agent_id=None, ttl="10m", scopes=None, role="scraper"):
+        agent_id = agent_id or self.new_agent(role=role)
+        body = {"ttl": ttl}
+        if scopes is not None:
+            body["scopes"] = scopes
+        r = self.admin_request("POST", f"/api/agents/{agent_id}/tokens", body)
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def proxy_url_with(self, token):
+        return f"http://agent:{token}@{self.proxy}"
+
     def _pump(self):
         for raw in self.proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
@@ -259,11 +286,12 @@ def sidecar_factory():
         s.stop()
 
 
-def live_config(pki, upstream, extra: str = "", tools_extra: str = "") -> str:
+def live_config(pki, upstream, extra: str = "", tools_extra: str = "", auth: bool = True) -> str:
     """Every brokered tool live against `upstream`, which the sidecar trusts through the test CA."""
+    auth_block = "" if auth else "auth:\n  required: false\n"
     return f"""
 version: 1
-upstream:
+{auth_block}upstream:
   ca_bundle: {pki.ca_pem}
 limits:
   drain_timeout: 10s

@@ -25,7 +25,8 @@ def sidecar(pki, https_upstream, sidecar_factory):
         time.sleep(3)
         https_upstream.send_json(h, 200, {"late": True})
     https_upstream.routes["/v1/embeddings"] = slow
-    cfg = live_config(pki, https_upstream, extra="", tools_extra="")
+    # Data-plane input checks, without authentication in the way (identity has its own tests).
+    cfg = live_config(pki, https_upstream, extra="", tools_extra="", auth=False)
     cfg = cfg.replace("openai: {mode: live", "openai: {mode: live, connect_timeout: 1s").replace("timeout: 5s}", "timeout: 1s}")
     cfg = cfg.replace(f'gmail_send: {{mode: live, base_url: "{https_upstream.base_url}"}}',
                       f'gmail_send: {{mode: live, base_url: "https://127.0.0.1:{free_port()}", timeout: 3s}}')

@@ -17,8 +17,9 @@ def test_health_readiness_and_metrics_pass_promtool(sidecar_factory, tmp_path):
     s = sidecar_factory(None)
     assert requests.get(f"{s.admin_url}/healthz", timeout=5).json() == {"status": "ok"}
     assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["status"] == "ready"
+    proxy = s.proxy_url_with(s.new_token())
     for _ in range(5):
-        requests.get("http://serpapi.com/search?q=x", proxies={"http": s.proxy_url}, timeout=5)
+        requests.get("http://serpapi.com/search?q=x", proxies={"http": proxy}, timeout=5)
     requests.get(f"{s.proxy_url}/nothing", timeout=5)
     text = requests.get(f"{s.admin_url}/metrics", timeout=5).text
     assert 'gateway_requests_total{tool="serpapi",action="search",code="2xx"} 5' in text
@@ -35,11 +36,12 @@ def test_health_readiness_and_metrics_pass_promtool(sidecar_factory, tmp_path):
 def test_readiness_does_not_flap_under_load(sidecar_factory):
     s = sidecar_factory(None)
     stop = threading.Event()
+    token = s.new_token()
 
     def load():
         with requests.Session() as session:
             while not stop.is_set():
-                session.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=5)
+                session.get(f"{s.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=5)
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
@@ -61,9 +63,10 @@ def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(pki, https_upst
     https_upstream.routes["/search"] = slow
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
     result = {}
+    token = s.new_token()
 
     def call():
-        result["r"] = requests.get(f"{s.proxy_url}/serpapi/search?q=slow", timeout=10)
+        result["r"] = requests.get(f"{s.proxy_url}/serpapi/search?q=slow", headers={"X-Agent-Token": token}, timeout=10)
 
     t = threading.Thread(target=call)
     t.start()
@@ -72,7 +75,7 @@ def test_sigterm_lets_an_in_flight_request_finish_and_exits_zero(pki, https_upst
     time.sleep(0.2)
     # New connections are refused while the old request drains.
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=2)
+        requests.get(f"{s.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=2)
     t.join(timeout=10)
     assert result["r"].status_code == 200 and result["r"].json() == {"slow": True}
     assert result["r"].headers.get("Connection", "").lower() == "close"

@@ -33,7 +33,8 @@ def completion_route(up):
 def test_sdk_with_base_url(pki, https_upstream, sidecar_factory):
     https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
-    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="agent-does-not-have-a-key", max_retries=0)
+    # The agent's "API key" is its sidecar token; the real key never leaves the sidecar.
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0)
     resp = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
     assert resp.choices[0].message.content == "hello from upstream"
     rec = https_upstream.requests[-1]
@@ -44,7 +45,7 @@ def test_sdk_with_base_url(pki, https_upstream, sidecar_factory):
 def test_sdk_with_http_proxy(pki, https_upstream, sidecar_factory, monkeypatch):
     https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
-    monkeypatch.setenv("HTTP_PROXY", f"http://agent:token@{s.proxy}")
+    monkeypatch.setenv("HTTP_PROXY", s.proxy_url_with(s.new_token()))
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     # The agent speaks plain http to api.openai.com through the proxy; the sidecar originates TLS.
@@ -87,7 +88,7 @@ def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, http
 
     https_upstream.routes["/v1/chat/completions"] = stream
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
-    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="x", max_retries=0, timeout=15)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0, timeout=15)
     started = time.time()
     pieces = []
     for ev in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
@@ -102,7 +103,7 @@ def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, http
 
 def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     s = sidecar_factory(None, env={})
-    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0)
     text = "".join(ev.choices[0].delta.content or "" for ev in
                    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}], stream=True)
                    if ev.choices)

@@ -22,7 +22,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock"])
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin"])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
 
@@ -81,6 +81,43 @@ public enum ConfigLoader {
         let redis = root["redis"]
         try redis.checkKeys(["url"])
         c.redisURL = try redis["url"].string()
+
+        let auth = root["auth"]
+        try auth.checkKeys([
+            "required", "issuer", "audience", "leeway", "max_ttl", "default_ttl", "keys_dir", "hs256_secret_env", "hs256_kid",
+            "sidecar_id", "require_registered_agents",
+        ])
+        c.auth.required = try auth["required"].bool(default: true)
+        c.auth.issuer = try auth["issuer"].string(default: c.auth.issuer)
+        c.auth.audience = try auth["audience"].string(default: c.auth.audience)
+        c.auth.leeway = try auth["leeway"].duration(default: c.auth.leeway)
+        c.auth.maxTTL = try positive(auth["max_ttl"], default: c.auth.maxTTL)
+        c.auth.defaultTTL = try positive(auth["default_ttl"], default: c.auth.defaultTTL)
+        guard c.auth.defaultTTL <= c.auth.maxTTL else { throw auth["default_ttl"].error("must not exceed max_ttl") }
+        c.auth.keysDir = try auth["keys_dir"].string()
+        c.auth.hs256SecretEnv = try auth["hs256_secret_env"].string()
+        c.auth.hs256Kid = try auth["hs256_kid"].string(default: c.auth.hs256Kid)
+        c.auth.sidecarID = try auth["sidecar_id"].string(default: c.auth.sidecarID)
+        c.auth.requireRegisteredAgents = try auth["require_registered_agents"].bool(default: true)
+
+        let vault = root["vault"]
+        try vault.checkKeys(["dir", "kek_env", "kek_file", "gmail_token_url"])
+        c.vault.dir = try vault["dir"].string()
+        c.vault.kekEnv = try vault["kek_env"].string(default: c.vault.kekEnv)
+        c.vault.kekFile = try vault["kek_file"].string()
+        if let url = try vault["gmail_token_url"].string() {
+            do { _ = try TargetURL.parse(url) } catch { throw vault["gmail_token_url"].error(error.reason) }
+            c.vault.gmailTokenURL = url
+        }
+
+        let state = root["state"]
+        try state.checkKeys(["dir"])
+        c.stateDir = try state["dir"].string(default: c.stateDir)
+
+        let admin = root["admin"]
+        try admin.checkKeys(["token_file", "max_body_bytes"])
+        c.adminTokenFile = try admin["token_file"].string()
+        c.adminMaxBodyBytes = try admin["max_body_bytes"].int(default: c.adminMaxBodyBytes, range: 1024...16_777_216)
         return c
     }
 
@@ -129,6 +166,8 @@ public enum ConfigLoader {
             }
         }
         if let s = env["REDIS_URL"], !s.isEmpty { c.redisURL = s }
+        if let s = env["SIDECAR_ID"], !s.isEmpty { c.auth.sidecarID = s }
+        if let s = env["SIDECAR_STATE_DIR"], !s.isEmpty { c.stateDir = s }
         if let s = env["SIDECAR_MODE"], !s.isEmpty {
             guard let mode = ToolMode(rawValue: s) else { throw DocumentError(path: "env.SIDECAR_MODE", message: "expected mock or live") }
             for tool in Tool.allCases { c.tools[tool]!.mode = mode }

@@ -1,3 +1,4 @@
+import Foundation
 import Policy
 import Upstreams
 
@@ -66,6 +67,36 @@ public struct ListenerLimits: Sendable, Hashable {
     public var drainTimeout: Duration = .seconds(15)
 }
 
+/// How agents authenticate (DESIGN.md §5).
+public struct AuthSettings: Sendable, Hashable {
+    /// Off only for local experiments: every call is then made on behalf of an anonymous agent.
+    public var required = true
+    public var issuer = "agent-sidecar"
+    public var audience = "agent-sidecar"
+    public var leeway: Duration = .seconds(30)
+    /// Longest lifetime a minted token may have.
+    public var maxTTL: Duration = .seconds(24 * 3600)
+    public var defaultTTL: Duration = .seconds(15 * 60)
+    /// Directory of `keys init` files; default `<state.dir>/keys`, generated on first start if empty.
+    public var keysDir: String?
+    /// Shared secret (from this environment variable) that also verifies HS256 tokens; single host only.
+    public var hs256SecretEnv: String?
+    public var hs256Kid = "hs256"
+    /// This sidecar's id, for tokens bound to sidecars (`SIDECAR_ID` overrides).
+    public var sidecarID = "sidecar-1"
+    /// Tokens of agents this sidecar does not know are refused (`agent_unknown`).
+    public var requireRegisteredAgents = true
+}
+
+/// Where the sealed credential entries live and how they are unsealed.
+public struct VaultSettings: Sendable, Hashable {
+    /// Directory of `*.sealed` files; default `<state.dir>/vault`.
+    public var dir: String?
+    public var kekEnv = "KEK_BASE64"
+    public var kekFile: String?
+    public var gmailTokenURL = "https://oauth2.googleapis.com/token"
+}
+
 /// The whole configuration, compiled once at start and on reload.
 public struct SidecarConfig: Sendable {
     public var proxyListen = HostPort(host: "127.0.0.1", port: 8080)
@@ -83,6 +114,19 @@ public struct SidecarConfig: Sendable {
     public var redisURL: String?
     /// Pause between chunks of mock streaming answers.
     public var mockStreamDelay: Duration = .milliseconds(5)
+    public var auth = AuthSettings()
+    public var vault = VaultSettings()
+    /// Embedded store, generated keys and the admin token file live here.
+    public var stateDir = ".state"
+    /// File holding the admin token (`SIDECAR_ADMIN_TOKEN` overrides); default `<state.dir>/admin.token`,
+    /// generated on first start.
+    public var adminTokenFile: String?
+    public var adminMaxBodyBytes = 64 * 1024
+
+    public var keysDir: String { auth.keysDir ?? (stateDir as NSString).appendingPathComponent("keys") }
+    public var vaultDir: String { vault.dir ?? (stateDir as NSString).appendingPathComponent("vault") }
+    public var databasePath: String { (stateDir as NSString).appendingPathComponent("sidecar.sqlite") }
+    public var adminTokenPath: String { adminTokenFile ?? (stateDir as NSString).appendingPathComponent("admin.token") }
 
     public init() {}
 

@@ -25,6 +25,14 @@ struct AccessLog: Sendable {
             s += ",\"upstream_host\":"
             JSONValue.writeString(h, into: &s)
         }
+        if let a = r.agentID {
+            s += ",\"agent_id\":"
+            JSONValue.writeString(a, into: &s)
+        }
+        if let t = r.tokenID {
+            s += ",\"token_id\":"
+            JSONValue.writeString(t, into: &s)
+        }
         if r.mock { s += ",\"mock\":true" }
         s += ",\"duration_ms\":\(ms(r.totalDuration))"
         if let up = r.upstreamDuration { s += ",\"upstream_ms\":\(ms(up))" }

@@ -15,6 +15,17 @@ public final class GatewayMetrics: Sendable {
     private let requestDuration: [String: DurationHistogram]
     private let upstreamDuration: [String: DurationHistogram]
     let inFlight: Gauge
+    private let tokenValidations: [String: Prometheus.Counter]
+    private let tokenExpirations: Prometheus.Counter
+    let tokenGenerations: Prometheus.Counter
+    let agentCreations: Prometheus.Counter
+    private let securityEvents: [String: Prometheus.Counter]
+
+    static let tokenResults = [
+        "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
+        "agent_disabled", "agent_unknown", "provenance_mismatch",
+    ]
+    static let securityKinds = ["provenance_mismatch", "revoked_use", "forgery", "scope_violation", "admin_auth_failure"]
 
     static let toolLabels = Tool.allCases.map(\.rawValue) + ["none"]
     /// `ok`, every problem code, and `client_closed` (the agent went away mid-response).
@@ -67,6 +78,30 @@ public final class GatewayMetrics: Sendable {
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "requests_in_flight", unitName: "",
                 helpText: "Requests currently being handled by the proxy listener."))
+        let validations = MetricNameDescriptor(
+            namespace: "gateway", metricName: "token_validations", unitName: "total",
+            helpText: "Agent token checks by result: ok (verified), cached, or the refusal code.")
+        tokenValidations = Dictionary(uniqueKeysWithValues: Self.tokenResults.map {
+            ($0, registry.makeCounter(descriptor: validations, labels: [("result", $0)]))
+        })
+        tokenExpirations = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "token_expirations", unitName: "total",
+                helpText: "Requests refused because the agent token had expired."))
+        tokenGenerations = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "token_generations", unitName: "total",
+                helpText: "Agent tokens minted by the control API."))
+        agentCreations = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "agent_creations", unitName: "total",
+                helpText: "Agents registered through the control API."))
+        let security = MetricNameDescriptor(
+            namespace: "gateway", metricName: "security_events", unitName: "total",
+            helpText: "Security-relevant refusals: forged tokens, revoked-token use, provenance mismatches, scope violations, admin auth failures.")
+        securityEvents = Dictionary(uniqueKeysWithValues: Self.securityKinds.map {
+            ($0, registry.makeCounter(descriptor: security, labels: [("kind", $0)]))
+        })
         registry.makeGauge(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "build_info", unitName: "",
@@ -84,6 +119,10 @@ public final class GatewayMetrics: Sendable {
         if let total = r.totalDuration { requestDuration[tool]?.record(total) }
         if let up = r.upstreamDuration { upstreamDuration[tool]?.record(up) }
     }
+
+    func tokenValidation(_ result: String) { tokenValidations[result]?.increment() }
+    func tokenExpired() { tokenExpirations.increment() }
+    func securityEvent(_ kind: String) { securityEvents[kind]?.increment() }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }
 }

@@ -15,6 +15,11 @@ struct RequestRecord: Sendable {
     var outcome: String = "ok"
     var upstreamStatus: Int?
     var upstreamHost: String?
+    /// The authenticated agent and token id (never the token).
+    var agentID: String?
+    var tokenID: String?
+    /// Set when the token is near expiry: the response then recommends rotation.
+    var tokenExpiresAt: Int64?
     var mock = false
     var bytesIn = 0
     var bytesOut = 0

@@ -1,4 +1,5 @@
 import NIOHTTP1
+import Upstreams
 
 /// Every way the sidecar refuses or fails a request, each with a stable machine-readable `code`.
 ///
@@ -20,6 +21,21 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidParameter = "invalid_parameter"
         case unsupportedMediaType = "unsupported_media_type"
         case connectRefused = "connect_refused"
+        // Identity (401 on reverse routes and the compatibility API, 407 on the forward proxy).
+        case tokenMissing = "token_missing"
+        case tokenMalformed = "token_malformed"
+        case tokenInvalid = "token_invalid"
+        case tokenExpired = "token_expired"
+        case tokenRevoked = "token_revoked"
+        case agentDisabled = "agent_disabled"
+        case agentUnknown = "agent_unknown"
+        case provenanceMismatch = "provenance_mismatch"
+        case scopeDenied = "scope_denied"
+        // Control API.
+        case adminUnauthorized = "admin_unauthorized"
+        case invalidJSON = "invalid_json"
+        case validationFailed = "validation_failed"
+        case notFound = "not_found"
         // The upstream's failures: 5xx.
         case upstreamUnreachable = "upstream_unreachable"
         case upstreamTimeout = "upstream_timeout"
@@ -38,7 +54,13 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .routeNotFound: return .notFound
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
-            case .connectRefused: return .forbidden
+            case .connectRefused, .scopeDenied: return .forbidden
+            case .tokenMissing, .tokenMalformed, .tokenInvalid, .tokenExpired, .tokenRevoked, .agentDisabled, .agentUnknown,
+                .provenanceMismatch, .adminUnauthorized:
+                return .unauthorized
+            case .invalidJSON: return .badRequest
+            case .validationFailed: return .unprocessableEntity
+            case .notFound: return .notFound
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
             case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
@@ -60,6 +82,19 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .invalidParameter: return "Invalid parameter"
             case .unsupportedMediaType: return "Unsupported media type"
             case .connectRefused: return "CONNECT tunnels are not supported"
+            case .tokenMissing: return "Agent token required"
+            case .tokenMalformed: return "Agent token malformed"
+            case .tokenInvalid: return "Agent token invalid"
+            case .tokenExpired: return "Agent token expired"
+            case .tokenRevoked: return "Agent token revoked"
+            case .agentDisabled: return "Agent disabled"
+            case .agentUnknown: return "Agent unknown"
+            case .provenanceMismatch: return "Token presented by the wrong agent or sidecar"
+            case .scopeDenied: return "Outside the agent's scopes"
+            case .adminUnauthorized: return "Admin token required"
+            case .invalidJSON: return "Malformed JSON"
+            case .validationFailed: return "Validation failed"
+            case .notFound: return "Not found"
             case .upstreamUnreachable: return "Upstream unreachable"
             case .upstreamTimeout: return "Upstream timed out"
             case .upstreamProtocolError: return "Upstream protocol error"
@@ -76,6 +111,10 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     public let detail: String
     /// Extra response headers (`Allow`, `Retry-After`, `Proxy-Authenticate`, ...).
     public var headers: [(String, String)]
+    /// Extra members of the problem document (e.g. `errors` of a validation failure).
+    public var extensions: [String: JSONValue] = [:]
+    /// Set for authentication failures on the forward proxy: 407 instead of 401.
+    var proxyAuthentication = false
 
     init(_ code: Code, _ detail: String, headers: [(String, String)] = []) {
         self.code = code
@@ -83,7 +122,24 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         self.headers = headers
     }
 
-    public var status: HTTPResponseStatus { code.status }
+    public var status: HTTPResponseStatus {
+        proxyAuthentication && code.status == .unauthorized ? .proxyAuthenticationRequired : code.status
+    }
+
+    /// Authentication failures tell the client how to authenticate: `Proxy-Authenticate` on the forward
+    /// proxy (which is what makes curl and requests resend with the proxy credentials), else
+    /// `WWW-Authenticate`.
+    func forEntry(_ entry: Entry?) -> GatewayError {
+        guard code.status == .unauthorized, code != .adminUnauthorized else { return self }
+        var e = self
+        if entry == .forward {
+            e.proxyAuthentication = true
+            e.headers.append(("Proxy-Authenticate", #"Basic realm="agent-sidecar", charset="UTF-8""#))
+        } else {
+            e.headers.append(("WWW-Authenticate", #"Bearer realm="agent-sidecar""#))
+        }
+        return e
+    }
     public var codeString: String { code.rawValue }
     public var title: String { code.title }
     public var description: String { "\(code.rawValue): \(detail)" }

@@ -13,6 +13,10 @@ extension Pipeline {
         guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
             throw GatewayError(ToolRequestError.invalidBody("expected a JSON object {tool, action, params}"))
         }
+        // The 4Runr SDKs send the token in the body; headers work too.
+        let token = json["agent_token"]?.stringValue.map { ($0, TokenCarrier.compatBody) }
+            ?? TokenExtractor.token(in: request.head.headers, forwardProxy: false)
+        let identity = try authenticate(token: token, headers: request.head.headers, record: &record)
         guard let toolName = json["tool"]?.stringValue else { throw GatewayError(ToolRequestError.invalidParameter("tool is required")) }
         guard let tool = Tool(rawValue: toolName) else {
             throw GatewayError(ToolRequestError.unknownAction("unknown tool '\(toolName.prefix(40))'; tools: serpapi, openai, http_fetch, gmail_send"))
@@ -30,6 +34,7 @@ extension Pipeline {
         let call: ToolCall
         do { call = try adapter.interpret(toolRequest) } catch { throw GatewayError(error) }
         record.action = call.action
+        try checkScope(call, identity: identity)
 
         let response = try await forward(call, requestID: request.requestID, record: &record)
         let data: ByteBuffer

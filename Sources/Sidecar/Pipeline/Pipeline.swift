@@ -40,25 +40,71 @@ final class Pipeline: Sendable {
     let transport: any UpstreamTransport
     let credentials: any CredentialSource
     let settings: PipelineSettings
+    /// nil when authentication is turned off (every call runs as the anonymous agent).
+    let authenticator: Authenticator?
+    let metrics: GatewayMetrics?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
-        credentials: any CredentialSource, settings: PipelineSettings
+        credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
+        metrics: GatewayMetrics? = nil
     ) {
         self.classifier = classifier
         self.adapters = adapters
         self.transport = transport
         self.credentials = credentials
         self.settings = settings
+        self.authenticator = authenticator
+        self.metrics = metrics
     }
 
     func handle(_ request: InboundRequest, record: inout RequestRecord) async -> ProxyResponse {
+        var response: ProxyResponse
         do {
-            return try await run(request, record: &record)
+            response = try await run(request, record: &record)
         } catch {
             record.outcome = error.codeString
-            return ResponseMapper.problem(error, requestID: request.requestID, entry: record.entry)
+            response = ResponseMapper.problem(error.forEntry(record.entry), requestID: request.requestID, entry: record.entry)
         }
+        if let expiresAt = record.tokenExpiresAt {
+            response.headers.add(name: "X-Token-Rotation-Recommended", value: "true")
+            response.headers.add(name: "X-Token-Expires-At", value: RFC3339.format(expiresAt))
+        }
+        return response
+    }
+
+    /// The authenticate stage. Returns the identity, or `.anonymous` when authentication is off.
+    func authenticate(token: (String, TokenCarrier)?, headers: HTTPHeaders, record: inout RequestRecord) throws(GatewayError) -> AgentIdentity {
+        guard let authenticator else { return .anonymous }
+        switch authenticator.authenticate(token: token?.0, presentedAgentID: headers.first(name: "x-agent-id")) {
+        case .success(let identity):
+            record.agentID = identity.agentID
+            record.tokenID = identity.tokenID
+            if identity.rotationRecommended(now: authenticator.now()) { record.tokenExpiresAt = identity.expiresAt }
+            return identity
+        case .failure(let error):
+            throw error
+        }
+    }
+
+    /// The token's own scopes narrow what the agent may call.
+    func checkScope(_ call: ToolCall, identity: AgentIdentity) throws(GatewayError) {
+        guard identity.tokenAllows(call.scope) else {
+            metrics?.securityEvent("scope_violation")
+            throw GatewayError(.scopeDenied, "the token does not allow \(call.scope)")
+        }
+    }
+
+    /// Removes whatever carried the token, so it never goes upstream.
+    static func removingCarrier(_ carrier: TokenCarrier?, from headers: HTTPHeaders) -> HTTPHeaders {
+        var headers = headers
+        switch carrier {
+        case .authorization?: headers.remove(name: "authorization")
+        case .proxyAuthorization?: headers.remove(name: "proxy-authorization")
+        case .agentTokenHeader?: headers.remove(name: "x-agent-token")
+        case .compatBody?, nil: break
+        }
+        return headers
     }
 
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
@@ -76,10 +122,13 @@ final class Pipeline: Sendable {
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
             record.tool = tool
+            let token = TokenExtractor.token(in: request.head.headers, forwardProxy: entry == .forward)
+            let identity = try authenticate(token: token, headers: request.head.headers, record: &record)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),
-                headers: request.head.headers, body: request.body, target: target)
+                headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
             let call = try interpret(toolRequest, tool: tool, record: &record)
+            try checkScope(call, identity: identity)
             let response = try await forward(call, requestID: request.requestID, record: &record)
             return ProxyResponse(
                 status: response.status,
@@ -109,17 +158,25 @@ final class Pipeline: Sendable {
         let mock = settings.mockTools.contains(tool)
         record.mock = mock
         record.upstreamHost = mock ? nil : upstream.url.host
+        var scrubber = SecretScrubber([])
         if tool.isBrokered {
-            let credential = try? await credentials.credential(for: tool)
+            // Compressed bodies could hide an echoed credential from the scrubber.
+            upstream.headers.replaceOrAdd(name: "Accept-Encoding", value: "identity")
+            let credential: Credential?
+            do { credential = try await credentials.credential(for: tool) } catch {
+                if !mock { throw GatewayError(.credentialUnavailable, "the \(tool.rawValue) credential could not be obtained") }
+                credential = nil
+            }
             if let credential, !credential.isEmpty {
                 adapters.adapter(for: tool).authorize(&upstream, with: credential)
+                scrubber = SecretScrubber([credential.reveal()])
             } else if !mock {
                 // Never forward a brokered call unauthenticated.
                 throw GatewayError.credentialUnavailable(tool.rawValue)
             }
         }
         record.upstreamStart = .now
-        let response: UpstreamResponse
+        var response: UpstreamResponse
         do {
             response = try await transport.send(upstream)
         } catch {
@@ -127,6 +184,8 @@ final class Pipeline: Sendable {
             throw GatewayError(error)
         }
         record.upstreamStatus = Int(response.status.code)
+        response.headers = scrubber.scrub(response.headers)
+        response.body = response.body.scrubbed(by: scrubber)
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.maxResponseBodyBytes {
             throw GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "content-length \(length)"))
         }

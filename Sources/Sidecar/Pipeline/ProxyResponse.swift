@@ -28,6 +28,7 @@ enum ResponseMapper {
         ]
         // The 4Runr SDKs read `success`; problem+json allows extension members.
         if entry == .compat { fields["success"] = false }
+        for (k, v) in error.extensions { fields[k] = v }
         let text = JSONValue.object(fields).serialized
         var headers = HTTPHeaders([
             ("Content-Type", "application/problem+json"), ("Content-Length", String(text.utf8.count)),

@@ -87,6 +87,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case client(HTTPClientResponse.Body)
         case stream(AsyncThrowingStream<ByteBuffer, any Error>)
         case bodyStream(BodyStream)
+        indirect case scrubbed(UpstreamBody, SecretScrubber)
     }
 
     let storage: Storage
@@ -109,21 +110,34 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     public static func stream(_ stream: BodyStream) -> UpstreamBody { .init(storage: .bodyStream(stream)) }
 
+    /// The same body with echoed credentials replaced.
+    public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
+        scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
+    }
+
     /// The whole body if it is already in memory: a mock's chunks, or a live body that has fully arrived
     /// (then it is taken out of the stream). Lets the proxy answer small responses in one write.
     public func takeCompleteBody() -> ByteBuffer? {
         if let b = bufferedBytes { return b }
-        if case .bodyStream(let s) = storage { return s.completeBody() }
-        return nil
+        switch storage {
+        case .bodyStream(let s): return s.completeBody()
+        case .scrubbed(let base, let scrubber): return base.takeCompleteBody().map { scrubber.scrub($0) }
+        default: return nil
+        }
     }
 
     /// Stops the upstream transfer (the agent went away or a limit was hit).
     public func cancel() {
-        if case .bodyStream(let s) = storage { s.cancel() }
+        switch storage {
+        case .bodyStream(let s): s.cancel()
+        case .scrubbed(let base, _): base.cancel()
+        default: break
+        }
     }
 
     /// The whole body when it is already in memory (mock answers), without iterating.
     public var bufferedBytes: ByteBuffer? {
+        if case .scrubbed(let base, let scrubber) = storage { return base.bufferedBytes.map { scrubber.scrub($0) } }
         guard case .chunks(let chunks, _) = storage else { return nil }
         guard chunks.count > 1 else { return chunks.first ?? ByteBuffer() }
         var all = ByteBuffer()
@@ -137,6 +151,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case .client(let body): return AsyncIterator(state: .client(body.makeAsyncIterator()))
         case .stream(let s): return AsyncIterator(state: .stream(s.makeAsyncIterator()))
         case .bodyStream(let s): return AsyncIterator(state: .bodyStream(s))
+        case .scrubbed(let base, let scrubber):
+            return AsyncIterator(state: .scrubbed(AsyncIterator.Box(base.makeAsyncIterator()), scrubber, carry: [], done: false))
         }
     }
 
@@ -146,8 +162,15 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case client(HTTPClientResponse.Body.AsyncIterator)
             case stream(AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator)
             case bodyStream(BodyStream)
+            case scrubbed(Box, SecretScrubber, carry: [UInt8], done: Bool)
         }
         var state: State
+
+        /// Boxes the wrapped iterator (an enum case cannot hold its own type inline).
+        final class Box {
+            var iterator: AsyncIterator
+            init(_ iterator: AsyncIterator) { self.iterator = iterator }
+        }
 
         public mutating func next() async throws -> ByteBuffer? {
             switch state {
@@ -166,6 +189,18 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 return next
             case .bodyStream(let s):
                 return try await s.next()
+            case .scrubbed(let box, let scrubber, var carry, let done):
+                if done { return nil }
+                while true {
+                    guard let chunk = try await box.iterator.next() else {
+                        state = .scrubbed(box, scrubber, carry: [], done: true)
+                        if carry.isEmpty { return nil }
+                        return scrubber.scrub(chunk: ByteBuffer(), carry: &carry, final: true)
+                    }
+                    let out = scrubber.scrub(chunk: chunk, carry: &carry, final: false)
+                    state = .scrubbed(box, scrubber, carry: carry, done: false)
+                    if out.readableBytes > 0 { return out }
+                }
             }
         }
     }

@@ -1,0 +1,71 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// The admin token that guards every mutating or secret-revealing control route. Redacts itself.
+struct AdminToken: Sendable, CustomStringConvertible {
+    private let digest: [UInt8]
+
+    init(_ token: String) { digest = Array(SHA256.hash(data: Array(token.utf8))) }
+
+    /// `SIDECAR_ADMIN_TOKEN`, else the token file; the file is created (0600, 256 random bits) on first
+    /// start so a fresh install is never left with a guessable default.
+    static func load(path: String, environment: [String: String]) throws -> (AdminToken, generated: Bool) {
+        if let t = environment["SIDECAR_ADMIN_TOKEN"], !t.isEmpty { return (AdminToken(t), false) }
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard t.count >= 16 else { throw VaultError("\(path): admin token must be at least 16 characters") }
+            return (AdminToken(t), false)
+        }
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let token = "adm_" + RequestID.generate() + RequestID.generate()
+        guard FileManager.default.createFile(atPath: path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw VaultError("cannot write \(path)")
+        }
+        return (AdminToken(token), true)
+    }
+
+    /// Constant-time comparison of digests, so timing does not leak how much of a guess was right.
+    func matches(_ presented: String) -> Bool {
+        let other = Array(SHA256.hash(data: Array(presented.utf8)))
+        var diff: UInt8 = 0
+        for i in 0..<digest.count { diff |= digest[i] ^ other[i] }
+        return diff == 0
+    }
+
+    var description: String { "AdminToken(<redacted>)" }
+}
+
+/// Requires `Authorization: Bearer <admin token>` on the control routes it wraps; 401 otherwise.
+struct AdminAuthMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: AdminToken
+    let metrics: GatewayMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer "),
+            token.matches(String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+        else {
+            metrics.securityEvent("admin_auth_failure")
+            var error = GatewayError(.adminUnauthorized, "send Authorization: Bearer <admin token>")
+            error.headers = [("WWW-Authenticate", #"Bearer realm="agent-sidecar-admin""#)]
+            return AdminProblem.response(error)
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Problem+json responses on the admin port, from the same error catalog as the proxy.
+enum AdminProblem {
+    static func response(_ error: GatewayError) -> Response {
+        let requestID = RequestID.generate()
+        let problem = ResponseMapper.problem(error, requestID: requestID)
+        var headers = HTTPFields()
+        for (name, value) in problem.headers {
+            if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
+        }
+        guard case .buffer(let body) = problem.body else { return Response(status: .internalServerError) }
+        return Response(status: .init(code: Int(error.status.code)), headers: headers, body: .init(byteBuffer: body))
+    }
+}

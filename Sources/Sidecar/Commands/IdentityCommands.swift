@@ -1,0 +1,132 @@
+import ArgumentParser
+import Foundation
+import Policy
+import Upstreams
+
+/// `sidecar keys init DIR`
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage the fleet and issuer keys.", subcommands: [Init.self])
+
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create the fleet's RSA-2048 decryption key and an ES256 issuer key pair (private files 0600).")
+
+        @Argument(help: "Directory to write the key files into.")
+        var directory: String
+
+        func run() throws {
+            let generated = try KeyFiles.initialize(directory: directory)
+            print("fleet key id:  \(generated.fleetKid)")
+            print("issuer key id: \(generated.issuerKid)")
+            for f in generated.files { print("wrote \(f)") }
+            print("sidecars need fleet-*.key.pem and issuer-*.pub.pem; issuers need issuer-*.key.pem and fleet-*.pub.pem")
+        }
+    }
+}
+
+/// `sidecar token issue --agent ID --role R --ttl 15m [--scope tool:action ...]`
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "token", abstract: "Mint agent tokens.", subcommands: [Issue.self])
+
+    struct Issue: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a token (needs only the issuer private key and the fleet public key).")
+
+        @Option(help: "Agent id (the token's sub).") var agent: String
+        @Option(help: "Role.") var role: String
+        @Option(help: "Lifetime, e.g. 15m; at most auth.max_ttl.") var ttl: String = "15m"
+        @Option(name: .customLong("scope"), help: "tool:action (repeatable) narrowing the role.") var scopes: [String] = []
+        @Option(help: "Sidecar id the token is bound to (repeatable).") var sidecar: [String] = []
+        @Option(help: "Directory with issuer-*.key.pem and fleet-*.pub.pem (default: <state.dir>/keys).") var keysDir: String?
+        @Option(help: "Configuration file for issuer, audience, max_ttl and the state directory.") var config: String?
+
+        func run() throws {
+            let cfg = try ConfigLoader.load(path: config)
+            guard let lifetime = DocumentReader.parseDuration(ttl), lifetime > .zero else {
+                throw ValidationError("--ttl must be a duration like 15m")
+            }
+            guard lifetime <= cfg.auth.maxTTL else {
+                throw ValidationError("--ttl exceeds auth.max_ttl (\(cfg.auth.maxTTL.components.seconds)s)")
+            }
+            let known = Set(Tool.allCases.flatMap { t in t.actions.map { "\(t.rawValue):\($0)" } + ["\(t.rawValue):*"] })
+            for s in scopes where !known.contains(s) { throw ValidationError("unknown scope \(s)") }
+            let keys = try KeyFiles.load(directory: keysDir ?? cfg.keysDir)
+            guard let signing = keys.signing.last else { throw ValidationError("no issuer-*.key.pem found") }
+            guard let encryption = keys.encryption.last else { throw ValidationError("no fleet-*.pub.pem found") }
+            let now = Int64(Date().timeIntervalSince1970)
+            let claims = TokenClaims(
+                iss: cfg.auth.issuer, sub: agent, aud: [cfg.auth.audience], iat: now, nbf: now, exp: now + lifetime.components.seconds,
+                jti: "tok_" + RequestID.generate().prefix(24), role: role, scopes: scopes.isEmpty ? nil : scopes,
+                sidecars: sidecar.isEmpty ? nil : sidecar)
+            print(try TokenMinter(signingKey: signing, encryptionKey: encryption).mint(claims))
+        }
+    }
+}
+
+/// `sidecar secrets seal --tool openai --from-env OPENAI_API_KEY --out FILE`
+struct Secrets: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage sealed tool credentials.", subcommands: [Seal.self, NewKEK.self])
+
+    struct Seal: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Seal a credential (AES-256-GCM under the key-encryption key) into a versioned vault entry.")
+
+        @Option(help: "serpapi, openai or gmail_send.") var tool: String
+        @Option(help: "Environment variable holding the secret.") var fromEnv: String?
+        @Option(help: "File holding the secret (for Gmail: JSON {refresh_token, client_id, client_secret}).") var fromFile: String?
+        @Option(help: "Output file, or a directory (the file is then <tool>-v<version>.sealed).") var out: String
+        @Option(help: "api_key or oauth_refresh (default: oauth_refresh for gmail_send JSON, else api_key).") var kind: String?
+        @Option(help: "Version; default one more than the highest sealed for the tool next to the output.") var version: Int?
+        @Option(help: "Key-encryption key file (32 bytes or base64); default $KEK_BASE64.") var kekFile: String?
+
+        func run() throws {
+            guard let tool = Tool(rawValue: tool), tool.isBrokered else { throw ValidationError("--tool must be serpapi, openai or gmail_send") }
+            let env = ProcessInfo.processInfo.environment
+            guard let kek = try KeyEncryptionKey.load(env: "KEK_BASE64", file: kekFile, environment: env) else {
+                throw ValidationError("no key-encryption key: set KEK_BASE64 (sidecar secrets new-kek) or pass --kek-file")
+            }
+            var secret: [UInt8]
+            switch (fromEnv, fromFile) {
+            case (let name?, nil):
+                guard let v = env[name], !v.isEmpty else { throw ValidationError("$\(name) is empty") }
+                secret = Array(v.utf8)
+            case (nil, let path?):
+                secret = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+            default:
+                throw ValidationError("pass exactly one of --from-env and --from-file")
+            }
+            defer { for i in secret.indices { secret[i] = 0 } }
+            let isJSON = (try? JSONDecoder().decode(OAuthRefreshSecret.self, from: Data(secret))) != nil
+            let sealedKind: SealedEntry.Kind
+            switch kind {
+            case nil: sealedKind = (tool == .gmailSend && isJSON) ? .oauthRefresh : .apiKey
+            case let k?:
+                guard let parsed = SealedEntry.Kind(rawValue: k) else { throw ValidationError("--kind must be api_key or oauth_refresh") }
+                sealedKind = parsed
+            }
+            if sealedKind == .oauthRefresh, !isJSON {
+                throw ValidationError("oauth_refresh secrets are JSON {refresh_token, client_id, client_secret}")
+            }
+            if sealedKind == .apiKey {
+                while let last = secret.last, last == 10 || last == 13 || last == 32 { secret.removeLast() }
+            }
+            var isDirectory: ObjCBool = false
+            let outIsDirectory = FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) && isDirectory.boolValue
+            let directory = outIsDirectory ? out : (out as NSString).deletingLastPathComponent
+            let v = version ?? VaultContents.nextVersion(for: tool, in: directory.isEmpty ? "." : directory)
+            let entry = try SealedEntry.seal(secret, tool: tool, version: v, kind: sealedKind, kek: kek, now: Int64(Date().timeIntervalSince1970))
+            let path = outIsDirectory ? (out as NSString).appendingPathComponent("\(tool.rawValue)-v\(v).sealed") : out
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            guard FileManager.default.createFile(atPath: path, contents: try encoder.encode(entry), attributes: [.posixPermissions: 0o600]) else {
+                throw ValidationError("cannot write \(path)")
+            }
+            print("sealed \(tool.rawValue) v\(v) (\(sealedKind.rawValue)) into \(path)")
+        }
+    }
+
+    struct NewKEK: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "new-kek", abstract: "Print a fresh random key-encryption key (base64).")
+        func run() { print(KeyEncryptionKey.generate()) }
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import Policy
+
+/// The authenticated agent behind a request.
+struct AgentIdentity: Sendable, Hashable {
+    var agentID: String
+    var role: String
+    /// Token id (`jti`): in the access log, never the token.
+    var tokenID: String
+    /// The token's own `tool:action` scopes, which narrow the role (nil = no narrowing).
+    var scopes: Set<String>?
+    var issuedAt: Int64
+    var expiresAt: Int64
+
+    /// Anonymous identity used when authentication is turned off (local experiments only).
+    static let anonymous = AgentIdentity(agentID: "anonymous", role: "anonymous", tokenID: "-", scopes: nil, issuedAt: 0, expiresAt: .max)
+
+    /// Under 20 % of the lifetime or 5 minutes left: time to fetch a new token.
+    func rotationRecommended(now: Int64) -> Bool {
+        guard expiresAt != .max else { return false }
+        let remaining = expiresAt - now
+        return remaining < 300 || Double(remaining) < 0.2 * Double(expiresAt - issuedAt)
+    }
+
+    /// `tool:action` allowed by the token's own scopes (`tool:*` allows every action of the tool).
+    func tokenAllows(_ scope: String) -> Bool {
+        guard let scopes else { return true }
+        if scopes.contains(scope) { return true }
+        if let colon = scope.firstIndex(of: ":") { return scopes.contains(scope[..<colon] + ":*") }
+        return false
+    }
+}
+
+/// Where a token was found, so exactly that carrier is removed before the request goes upstream.
+enum TokenCarrier: Sendable, Hashable {
+    case proxyAuthorization
+    case agentTokenHeader
+    case authorization
+    case compatBody
+}
+
+/// Finds the presented token. The forward proxy reads `Proxy-Authorization` (Basic with the token as
+/// password — what `HTTP_PROXY=http://agent:TOKEN@host:port` makes every client send — or Bearer) and
+/// `X-Agent-Token`; reverse routes also read `Authorization: Bearer` (the OpenAI SDK's `api_key`).
+/// On the forward proxy `Authorization` belongs to the destination site and is never read.
+enum TokenExtractor {
+    static func token(in headers: HTTPHeadersLike, forwardProxy: Bool) -> (String, TokenCarrier)? {
+        if let value = headers.first(name: "proxy-authorization"), let token = credential(fromAuthorization: value) {
+            return (token, .proxyAuthorization)
+        }
+        if let value = headers.first(name: "x-agent-token"), !value.isEmpty { return (value, .agentTokenHeader) }
+        if !forwardProxy, let value = headers.first(name: "authorization"), let token = credential(fromAuthorization: value) {
+            return (token, .authorization)
+        }
+        return nil
+    }
+
+    /// `Basic base64(user:token)` → token; `Bearer token` → token.
+    static func credential(fromAuthorization value: String) -> String? {
+        let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2 else { return nil }
+        switch parts[0].lowercased() {
+        case "bearer": return String(parts[1])
+        case "basic":
+            guard let data = Data(base64Encoded: String(parts[1])), let text = String(data: data, encoding: .utf8),
+                let colon = text.firstIndex(of: ":")
+            else { return nil }
+            let password = String(text[text.index(after: colon)...])
+            return password.isEmpty ? nil : password
+        default: return nil
+        }
+    }
+}
+
+/// The little of `HTTPHeaders` the extractor needs (keeps it testable without NIO types).
+protocol HTTPHeadersLike {
+    func first(name: String) -> String?
+}

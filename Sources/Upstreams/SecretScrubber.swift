@@ -1,0 +1,68 @@
+import NIOCore
+import NIOHTTP1
+
+/// Replaces credential values an upstream echoes back (in a header or anywhere in the body) before the
+/// agent sees them. Streaming-safe: a secret split across chunks is still caught, and only a chunk's
+/// tail that could be the start of a secret is held back, so SSE events are not delayed.
+public struct SecretScrubber: Sendable {
+    public static let replacement: [UInt8] = Array("[REDACTED]".utf8)
+    let secrets: [[UInt8]]
+
+    /// Values shorter than 8 bytes are ignored: too likely to occur by chance.
+    public init(_ secrets: [String]) {
+        self.secrets = secrets.map { Array($0.utf8) }.filter { $0.count >= 8 }
+    }
+
+    public var isEmpty: Bool { secrets.isEmpty }
+
+    public func scrub(_ headers: HTTPHeaders) -> HTTPHeaders {
+        guard !isEmpty else { return headers }
+        var out = HTTPHeaders()
+        for (name, value) in headers {
+            let bytes = Array(value.utf8)
+            let (clean, _) = replace(bytes, holdBack: false)
+            out.add(name: name, value: clean == bytes ? value : String(decoding: clean, as: UTF8.self))
+        }
+        return out
+    }
+
+    public func scrub(_ buffer: ByteBuffer) -> ByteBuffer {
+        guard !isEmpty else { return buffer }
+        let (clean, _) = replace(Array(buffer.readableBytesView), holdBack: false)
+        return ByteBuffer(bytes: clean)
+    }
+
+    /// Scrubs one chunk of a stream. `carry` holds back bytes that may begin a secret; pass `final` for
+    /// the last call (an empty chunk flushes the carry).
+    public func scrub(chunk: ByteBuffer, carry: inout [UInt8], final: Bool) -> ByteBuffer {
+        guard !isEmpty else { return chunk }
+        let data = carry + Array(chunk.readableBytesView)
+        let (clean, held) = replace(data, holdBack: !final)
+        carry = held
+        return ByteBuffer(bytes: clean)
+    }
+
+    /// Replaces every occurrence; optionally splits off the longest tail that is a proper prefix of a secret.
+    func replace(_ data: [UInt8], holdBack: Bool) -> (out: [UInt8], held: [UInt8]) {
+        var out: [UInt8] = []
+        out.reserveCapacity(data.count)
+        var i = 0
+        outer: while i < data.count {
+            for s in secrets where data[i] == s[0] && i + s.count <= data.count {
+                if data[i..<(i + s.count)].elementsEqual(s) {
+                    out.append(contentsOf: Self.replacement)
+                    i += s.count
+                    continue outer
+                }
+            }
+            if holdBack, startsPartialSecret(data[i...]) { return (out, Array(data[i...])) }
+            out.append(data[i])
+            i += 1
+        }
+        return (out, [])
+    }
+
+    private func startsPartialSecret(_ tail: ArraySlice<UInt8>) -> Bool {
+        secrets.contains { s in tail.count < s.count && s.starts(with: tail) }
+    }
+}
