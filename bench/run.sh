@@ -5,7 +5,9 @@
 #   nginx:    reverse proxy to the backend with upstream keep-alive, access log on (to a file)
 #   sidecar:  release build; serpapi reverse route (/serpapi/search?q=...) with base_url = the backend,
 #             so every request is classified, interpreted, has its key injected and its headers rewritten;
-#             access log on (to a file)
+#             access log on (to a file); authentication off
+#   +auth:    a second sidecar, identical but with authentication on: every request carries an agent
+#             token (X-Agent-Token) that is checked on the cached path (digest, revocation, agent status)
 #   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1
 #
 # Prints req/s, p50 and p99 of each, the ratio, and the sidecar's RSS under load.
@@ -21,10 +23,10 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port)
+BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port)
 
-[[ -x .build/release/sidecar ]] || swift build -c release --product sidecar
-[[ -x .build/release/upstream-ceiling ]] || swift build -c release --product upstream-ceiling
+swift build -c release --product sidecar >&2
+swift build -c release --product upstream-ceiling >&2
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -44,6 +46,15 @@ CONF
 cat > "$WORK/sidecar.yaml" <<CONF
 version: 1
 listen: {proxy: "127.0.0.1:$PROXY", admin: "127.0.0.1:$ADMIN"}
+auth: {required: false}
+state: {dir: "$WORK/state-off"}
+tools:
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+CONF
+cat > "$WORK/sidecar-auth.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$PROXY2", admin: "127.0.0.1:$ADMIN2"}
+state: {dir: "$WORK/state-on"}
 tools:
   serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
 CONF
@@ -51,13 +62,21 @@ CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
 SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar-auth.yaml" > "$WORK/sidecar-auth.log" 2>&1 & SIDECAR_AUTH=$!; PIDS+=($SIDECAR_AUTH)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$ADMIN2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+ADMIN_TOKEN=$(cat "$WORK/state-on/admin.token")
+AGENT=$(curl -fs -X POST "http://127.0.0.1:$ADMIN2/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  -d '{"name":"bench","role":"scraper","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+TOKEN=$(curl -fs -X POST "http://127.0.0.1:$ADMIN2/api/agents/$AGENT/tokens" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+  -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+curl -fs "http://127.0.0.1:$PROXY2/serpapi/search?q=x" -H "X-Agent-Token: $TOKEN" >/dev/null
 curl -fs "http://127.0.0.1:$NGINX/search?q=x" >/dev/null
 curl -fs "http://127.0.0.1:$PROXY/serpapi/search?q=x" >/dev/null
 
-run_wrk() { # name url
-  wrk -t2 -c"$CONNS" -d3s "$2" >/dev/null
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$2" > "$WORK/$1.txt"
+run_wrk() { # name url [header]
+  local h=(); [[ -n "${3:-}" ]] && h=(-H "$3")
+  wrk -t2 -c"$CONNS" -d3s "${h[@]}" "$2" >/dev/null
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${h[@]}" "$2" > "$WORK/$1.txt"
 }
 rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
@@ -71,8 +90,9 @@ run_wrk sidecar "http://127.0.0.1:$PROXY/serpapi/search?q=bench"
 kill $SAMPLER 2>/dev/null || true
 RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
+run_wrk sidecar-auth "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "X-Agent-Token: $TOKEN"
 
-NR=$(rps nginx); SR=$(rps sidecar)
+NR=$(rps nginx); SR=$(rps sidecar); AR=$(rps sidecar-auth)
 # What async-http-client alone reaches against the same backend: the ceiling of any AHC-based proxy here.
 CEIL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION")
 RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
@@ -82,9 +102,14 @@ REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
   printf "%-8s %10s %10s %10s\n" "" "req/s" "p50" "p99"
   printf "%-8s %10s %10s %10s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)"
   printf "%-8s %10s %10s %10s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)"
+  printf "%-8s %10s %10s %10s\n" +auth "$AR" "$(pct sidecar-auth 50%)" "$(pct sidecar-auth 99%)"
   echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
+  echo "ratio auth on/off req/s: $(python3 -c "print(f'{$AR/$SR:.2f}')") (target >= 0.95)"
   echo "async-http-client alone against the same backend: $CEIL req/s (ratio to nginx $(python3 -c "print(f'{$CEIL/$NR:.2f}')"))"
   echo "sidecar RSS under load: max sampled ${RSS_MAX} kB, high-water ${HWM} kB"
   errors nginx | sed 's/^/nginx: /'
   errors sidecar | sed 's/^/sidecar: /'
+  errors sidecar-auth | sed 's/^/sidecar+auth: /'
+  echo "token verification on one core (sidecar bench tokens):"
+  .build/release/sidecar bench tokens --seconds 2 | sed 's/^/  /'
 } | tee "$REPORT"

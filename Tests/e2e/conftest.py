@@ -179,6 +179,7 @@ class Sidecar:
         full_env.setdefault("SIDECAR_PROXY_LISTEN", "127.0.0.1:0")
         full_env.setdefault("SIDECAR_ADMIN_LISTEN", "127.0.0.1:0")
         full_env.update(env or {})
+        self.state_dir = Path(full_env.get("SIDECAR_STATE_DIR") or (self.dir / ".state"))
         self.lines: list[str] = []
         self._q: "queue.Queue[str]" = queue.Queue()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=self.dir)
@@ -204,7 +205,7 @@ class Sidecar:
 
     @property
     def admin_token(self):
-        return (self.dir / ".state" / "admin.token").read_text().strip()
+        return (self.state_dir / "admin.token").read_text().strip()
 
     def admin_request(self, method, path, json_body=None, token=None, **kw):
         import requests

@@ -184,10 +184,15 @@ final class Pipeline: Sendable {
             throw GatewayError(error)
         }
         record.upstreamStatus = Int(response.status.code)
-        response.headers = scrubber.scrub(response.headers)
-        response.body = response.body.scrubbed(by: scrubber)
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.maxResponseBodyBytes {
+            response.body.cancel()
             throw GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "content-length \(length)"))
+        }
+        if !scrubber.isEmpty {
+            response.headers = scrubber.scrub(response.headers)
+            response.body = response.body.scrubbed(by: scrubber)
+            // Replacing a secret changes the length; the framing is recomputed for what is sent.
+            response.headers.remove(name: "content-length")
         }
         return response
     }
