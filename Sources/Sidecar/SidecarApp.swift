@@ -21,10 +21,31 @@ public enum SidecarApp {
         let metrics = GatewayMetrics()
         try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
 
-        // Identity: store, in-memory state, keys, authenticator.
-        let store = try SQLiteIdentityStore(path: config.databasePath)
+        // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
+        var redis: RedisClient?
+        var endpoint: RedisEndpoint?
+        if let url = config.redisURL {
+            endpoint = RedisEndpoint.parse(url)
+            redis = RedisClient(
+                endpoint: endpoint!, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
+                connectTimeout: config.redisConnectTimeout, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+        }
+        let store: any IdentityStore = try redis.map { RedisIdentityStore(redis: $0) } ?? SQLiteIdentityStore(path: config.databasePath)
         let identityState = IdentityState(store: store)
-        try await identityState.refresh()
+        do {
+            try await identityState.refresh()
+        } catch {
+            logger.error("cannot load identities from the store; starting with none until it answers", metadata: ["error": "\(error)"])
+        }
+        let policy = try PolicyRuntime(file: config.policyFile, metrics: metrics, logger: logger)
+        let limits: any LimitStore
+        var embeddedLimits: EmbeddedLimitStore?
+        if let redis {
+            limits = RedisLimitStore(redis: redis, failure: config.stateFailure, metrics: metrics, logger: logger)
+        } else {
+            embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath)
+            limits = embeddedLimits!
+        }
         let (authenticator, minter) = try buildAuthentication(config, environment, identityState, metrics, logger)
         let (adminToken, generatedAdminToken) = try AdminToken.load(path: config.adminTokenPath, environment: environment)
         if generatedAdminToken {
@@ -55,7 +76,7 @@ public enum SidecarApp {
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
-            authenticator: authenticator, metrics: metrics)
+            authenticator: authenticator, metrics: metrics, policy: policy, limits: limits)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(enabled: config.accessLog))
@@ -75,9 +96,9 @@ public enum SidecarApp {
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
         let router = Router()
-        AdminRoutes(metrics: metrics, readiness: readiness).register(on: router)
+        AdminRoutes(metrics: metrics, readiness: readiness, redis: redis).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
-        ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes).register(on: api)
+        ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
         let admin = Application(
@@ -96,17 +117,26 @@ public enum SidecarApp {
                 "version": "\(GatewayMetrics.version)",
                 "mock_tools": "\(config.mockTools.map(\.rawValue).sorted().joined(separator: ","))",
                 "auth": "\(config.auth.required ? "required" : "off")", "sidecar_id": "\(config.auth.sidecarID)",
-                "chaos": "\(config.chaosEnabled)", "state": "\(config.redisURL == nil ? "embedded" : "redis")",
+                "chaos": "\(config.chaosEnabled)", "state": "\(endpoint.map { "\($0)" } ?? "embedded")",
+                "policy": "\(policy.policy.hash.prefix(16))",
             ])
         let reload = ReloadOnHangup(logger: logger) {
             let versions = try credentials.reload()
             logger.info("credentials reloaded", metadata: ["versions": "\(versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
+            try policy.reload(reason: "SIGHUP")
+        }
+        var background: [@Sendable () async -> Void] = []
+        if config.policyWatch { background.append { await policy.watch() } }
+        if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
+        if let endpoint {
+            let subscriber = IdentitySubscriber(endpoint: endpoint, state: identityState, authenticator: authenticator, logger: logger)
+            background.append { await subscriber.run() }
         }
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: AccessLogFlusher(writer: context.accessLog.writer)), .init(service: reload),
-                    .init(service: admin), .init(service: proxy),
+                    .init(service: AccessLogFlusher(writer: context.accessLog.writer)), .init(service: BackgroundTasks(tasks: background)),
+                    .init(service: reload), .init(service: admin), .init(service: proxy),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: hbLogger))
         try await group.run()
@@ -190,6 +220,20 @@ struct ReloadOnHangup: Service {
         await cancelWhenGracefulShutdown {
             for await _ in signals {
                 do { try reload() } catch { logger.error("reload failed; keeping the previous state", metadata: ["error": "\(error)"]) }
+            }
+        }
+    }
+}
+
+/// Long-running helpers (policy file watch, limit persistence, identity subscription) that stop when the
+/// proxy has drained.
+struct BackgroundTasks: Service {
+    let tasks: [@Sendable () async -> Void]
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                for task in tasks { group.addTask { await task() } }
             }
         }
     }

@@ -213,12 +213,12 @@ class Sidecar:
         headers.setdefault("Authorization", f"Bearer {token or self.admin_token}")
         return requests.request(method, f"{self.admin_url}{path}", json=json_body, headers=headers, timeout=10, **kw)
 
-    def new_agent(self, role="scraper", name="agent"):
+    def new_agent(self, role="developer", name="agent"):
         r = self.admin_request("POST", "/api/agents", {"name": name, "role": role, "created_by": "e2e"})
         assert r.status_code == 201, r.text
         return r.json()["agent_id"]
 
-    def new_token(self, agent_id=None, ttl="10m", scopes=None, role="scraper"):
+    def new_token(self, agent_id=None, ttl="10m", scopes=None, role="developer"):
         agent_id = agent_id or self.new_agent(role=role)
         body = {"ttl": ttl}
         if scopes is not None:

@@ -88,7 +88,7 @@ def test_reverse_routes_and_compat_api(pki, https_upstream, sidecar_factory):
 
 def test_embedded_default_mocks_every_tool_without_any_key(sidecar_factory):
     s = sidecar_factory(None, env={})
-    token = s.new_token(scopes=None, role="engager")
+    token = s.new_token(scopes=None, role="developer")
     calls = [
         {"tool": "serpapi", "action": "search", "params": {"q": "coffee"}},
         {"tool": "openai", "action": "chat", "params": {"prompt": "hello"}},

@@ -193,7 +193,7 @@ def test_agents_and_revocations_survive_a_restart(sidecar_factory, tmp_path):
     state = tmp_path / "state"
     env = {"SIDECAR_STATE_DIR": str(state)}
     s = sidecar_factory(None, env=env)
-    agent = s.new_agent(role="enricher", name="persistent")
+    agent = s.new_agent(role="scraper", name="persistent")
     token = s.new_token(agent_id=agent)
     assert call(s, token).status_code == 200
     token_id = s.admin_request("GET", f"/api/agents/{agent}/tokens").json()["tokens"][0]["token_id"]

@@ -7,6 +7,7 @@ import Upstreams
 struct AdminRoutes: Sendable {
     let metrics: GatewayMetrics
     let readiness: Readiness
+    var redis: RedisClient? = nil
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("healthz") { _, _ in
@@ -14,9 +15,11 @@ struct AdminRoutes: Sendable {
         }
         router.get("readyz") { _, _ in
             let ready = readiness.isReady
-            return Self.json(
-                ["status": .string(ready ? "ready" : (readiness.isDraining ? "draining" : "starting"))],
-                status: ready ? .ok : .serviceUnavailable)
+            var body: [String: JSONValue] = ["status": .string(ready ? "ready" : (readiness.isDraining ? "draining" : "starting"))]
+            // Redis is reported but never makes the sidecar unready: without it the failure policy
+            // answers (local limits or 503 state_unavailable), which is better than no sidecar at all.
+            if let redis { body["redis"] = .string(await redis.ping() ? "up" : "down (failure policy active)") }
+            return Self.json(.object(body), status: ready ? .ok : .serviceUnavailable)
         }
         router.get("metrics") { _, _ in
             let bytes = metrics.exposition()

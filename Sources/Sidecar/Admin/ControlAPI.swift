@@ -12,11 +12,13 @@ struct ControlAPI: Sendable {
     let credentials: VaultCredentialSource?
     let maxBodyBytes: Int
     let knownScopes: Set<String>
+    let policy: PolicyRuntime?
 
-    init(identity: IdentityService, credentials: VaultCredentialSource?, maxBodyBytes: Int) {
+    init(identity: IdentityService, credentials: VaultCredentialSource?, maxBodyBytes: Int, policy: PolicyRuntime? = nil) {
         self.identity = identity
         self.credentials = credentials
         self.maxBodyBytes = maxBodyBytes
+        self.policy = policy
         var scopes = Set<String>()
         for tool in Tool.allCases {
             scopes.insert("\(tool.rawValue):*")
@@ -39,6 +41,49 @@ struct ControlAPI: Sendable {
         group.post("generate-token") { request, _ in try await self.issueToken(request, agentID: nil, compat: true) }
         group.post("tokens/:id/revoke") { _, context in try await self.revoke(context.parameters.get("id") ?? "") }
         group.post("credentials/reload") { _, _ in self.reloadCredentials() }
+        group.get("policy") { _, _ in self.policyInfo() }
+        group.post("policy/reload") { _, _ in self.reloadPolicy() }
+        group.put("policy") { request, _ in try await self.replacePolicy(request) }
+    }
+
+    // MARK: Policy
+
+    func policyInfo() -> Response {
+        guard let policy else { return AdminProblem.response(Self.unknown("policy")) }
+        let p = policy.policy
+        return Self.json(
+            ["version": .number(Double(p.version)), "hash": .string(p.hash), "roles": .array(p.roleNames.map { .string($0) }),
+             "source": .string(policy.file ?? "embedded")], status: .ok)
+    }
+
+    func reloadPolicy() -> Response {
+        guard let policy else { return AdminProblem.response(Self.unknown("policy")) }
+        do {
+            try policy.reload(reason: "api")
+            return policyInfo()
+        } catch {
+            return AdminProblem.response(Self.invalidPolicy(error))
+        }
+    }
+
+    func replacePolicy(_ request: Request) async throws -> Response {
+        guard let policy else { return AdminProblem.response(Self.unknown("policy")) }
+        let body: ByteBuffer
+        do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
+            return AdminProblem.response(GatewayError(.bodyTooLarge, "request body exceeds \(maxBodyBytes) bytes"))
+        }
+        do {
+            try policy.install(String(buffer: body), reason: "api PUT", persist: true)
+            return policyInfo()
+        } catch {
+            return AdminProblem.response(Self.invalidPolicy(error))
+        }
+    }
+
+    static func invalidPolicy(_ error: DocumentError) -> GatewayError {
+        var e = GatewayError(.validationFailed, "the policy document is invalid; the previous policy stays active")
+        e.extensions["errors"] = [["field": .string(error.path), "message": .string(error.message)]]
+        return e
     }
 
     // MARK: Handlers
@@ -53,6 +98,9 @@ struct ControlAPI: Sendable {
         let name = v.string(body, "name", pattern: nil, maxLength: 128)
         let role = v.string(body, "role", pattern: "^[a-z0-9_-]{1,64}$", maxLength: 64)
         let createdBy = v.string(body, "created_by", pattern: nil, maxLength: 128)
+        if let role, let policy, policy.policy.roles[role] == nil {
+            v.fail("role", "is not a role of the active policy")
+        }
         if let e = v.error { return AdminProblem.response(e) }
         let agent = try await identity.createAgent(name: name!, role: role!, createdBy: createdBy!)
         return Self.json(Self.agentJSON(agent), status: .created)

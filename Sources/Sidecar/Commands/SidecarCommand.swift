@@ -8,7 +8,7 @@ public struct SidecarCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "sidecar",
         abstract: "A proxy beside each AI agent: authenticates it, enforces policy, injects credentials, calls its tools.",
-        subcommands: [Run.self, CheckConfig.self, Version.self, Keys.self, TokenCommand.self, Secrets.self, Bench.self],
+        subcommands: [Run.self, CheckConfig.self, CheckPolicy.self, Version.self, Keys.self, TokenCommand.self, Secrets.self, Bench.self],
         defaultSubcommand: Run.self)
 
     public init() {}
@@ -42,8 +42,32 @@ public struct SidecarCommand: AsyncParsableCommand {
 
         func run() throws {
             do {
-                _ = try ConfigLoader.load(path: file, environment: [:])
+                let config = try ConfigLoader.load(path: file, environment: [:])
+                if let policy = config.policyFile {
+                    let text = try PolicyRuntime.read(policy)
+                    do { _ = try PolicyRuntime.compile(text) } catch {
+                        throw DocumentError(path: "policy.file(\(policy))." + error.path, message: error.message)
+                    }
+                }
                 print("ok: \(file)")
+            } catch {
+                FileHandle.standardError.write(Data("\(file): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct CheckPolicy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check-policy", abstract: "Validate a policy document; exit 1 naming the offending field.")
+
+        @Argument(help: "YAML policy file.")
+        var file: String
+
+        func run() throws {
+            do {
+                let compiled = try PolicyRuntime.compile(PolicyRuntime.read(file))
+                print("ok: \(file) (roles: \(compiled.roleNames.joined(separator: ", ")); hash \(compiled.hash.prefix(16)))")
             } catch {
                 FileHandle.standardError.write(Data("\(file): \(error)\n".utf8))
                 throw ExitCode(1)

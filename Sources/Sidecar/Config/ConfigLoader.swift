@@ -22,7 +22,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin"])
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy"])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
 
@@ -79,8 +79,19 @@ public enum ConfigLoader {
         c.mockStreamDelay = try mock["stream_delay"].duration(default: c.mockStreamDelay)
 
         let redis = root["redis"]
-        try redis.checkKeys(["url"])
+        try redis.checkKeys(["url", "pool_size", "command_timeout", "connect_timeout"])
         c.redisURL = try redis["url"].string()
+        if let url = c.redisURL, RedisEndpoint.parse(url) == nil {
+            throw redis["url"].error("expected redis://[[user]:password@]host[:port][/db]")
+        }
+        c.redisPoolSize = try redis["pool_size"].int(default: 2, range: 1...64)
+        c.redisCommandTimeout = try positive(redis["command_timeout"], default: c.redisCommandTimeout)
+        c.redisConnectTimeout = try positive(redis["connect_timeout"], default: c.redisConnectTimeout)
+
+        let policy = root["policy"]
+        try policy.checkKeys(["file", "watch"])
+        c.policyFile = try policy["file"].string()
+        c.policyWatch = try policy["watch"].bool(default: true)
 
         let auth = root["auth"]
         try auth.checkKeys([
@@ -111,8 +122,18 @@ public enum ConfigLoader {
         }
 
         let state = root["state"]
-        try state.checkKeys(["dir"])
+        try state.checkKeys(["dir", "on_redis_failure"])
         c.stateDir = try state["dir"].string(default: c.stateDir)
+        let failure = state["on_redis_failure"]
+        try failure.checkKeys(["rate", "concurrency", "quota", "budget"])
+        func action(_ key: String, _ value: StateFailurePolicy.Action) throws(DocumentError) -> StateFailurePolicy.Action {
+            guard let s = try failure[key].string() else { return value }
+            guard let a = StateFailurePolicy.Action(rawValue: s) else { throw failure[key].error("expected closed, local or open") }
+            return a
+        }
+        c.stateFailure = StateFailurePolicy(
+            rate: try action("rate", .local), concurrency: try action("concurrency", .local), quota: try action("quota", .closed),
+            budget: try action("budget", .closed))
 
         let admin = root["admin"]
         try admin.checkKeys(["token_file", "max_body_bytes"])
@@ -165,7 +186,11 @@ public enum ConfigLoader {
             default: throw DocumentError(path: "env.FF_CHAOS", message: "expected on or off")
             }
         }
-        if let s = env["REDIS_URL"], !s.isEmpty { c.redisURL = s }
+        if let s = env["REDIS_URL"], !s.isEmpty {
+            guard RedisEndpoint.parse(s) != nil else { throw DocumentError(path: "env.REDIS_URL", message: "expected redis://[[user]:password@]host[:port][/db]") }
+            c.redisURL = s
+        }
+        if let s = env["SIDECAR_POLICY_FILE"], !s.isEmpty { c.policyFile = s }
         if let s = env["SIDECAR_ID"], !s.isEmpty { c.auth.sidecarID = s }
         if let s = env["SIDECAR_STATE_DIR"], !s.isEmpty { c.stateDir = s }
         if let s = env["SIDECAR_MODE"], !s.isEmpty {

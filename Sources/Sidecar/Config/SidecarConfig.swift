@@ -122,6 +122,13 @@ public struct SidecarConfig: Sendable {
     /// generated on first start.
     public var adminTokenFile: String?
     public var adminMaxBodyBytes = 64 * 1024
+    /// Policy document; nil = the embedded default (no limits, original role defaults).
+    public var policyFile: String?
+    public var policyWatch = true
+    public var redisPoolSize = 2
+    public var redisCommandTimeout: Duration = .milliseconds(250)
+    public var redisConnectTimeout: Duration = .milliseconds(500)
+    var stateFailure = StateFailurePolicy()
 
     public var keysDir: String { auth.keysDir ?? (stateDir as NSString).appendingPathComponent("keys") }
     public var vaultDir: String { vault.dir ?? (stateDir as NSString).appendingPathComponent("vault") }

@@ -1,3 +1,4 @@
+import Policy
 import Prometheus
 import Upstreams
 
@@ -20,6 +21,14 @@ public final class GatewayMetrics: Sendable {
     let tokenGenerations: Prometheus.Counter
     let agentCreations: Prometheus.Counter
     private let securityEvents: [String: Prometheus.Counter]
+    private let stateFallbacks: [String: Prometheus.Counter]
+    let policyReloadFailures: Prometheus.Counter
+    private let policyDenials: [String: Prometheus.Counter]
+    private let policyWouldDeny: [String: Prometheus.Counter]
+    private let rateLimitDecisions: [String: Prometheus.Counter]
+    private let redisErrors: Prometheus.Counter
+    private let redisLatency: DurationHistogram
+    static let denialKinds = PolicyDenial.Kind.allCases.map(\.rawValue)
 
     static let tokenResults = [
         "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
@@ -102,6 +111,37 @@ public final class GatewayMetrics: Sendable {
         securityEvents = Dictionary(uniqueKeysWithValues: Self.securityKinds.map {
             ($0, registry.makeCounter(descriptor: security, labels: [("kind", $0)]))
         })
+        let fallback = MetricNameDescriptor(
+            namespace: "gateway", metricName: "state_fallback", unitName: "total",
+            helpText: "Limit decisions made under the failure policy because the shared state was unavailable, by limit class.")
+        stateFallbacks = Dictionary(uniqueKeysWithValues: ["rate", "quota", "budget", "concurrency"].map {
+            ($0, registry.makeCounter(descriptor: fallback, labels: [("class", $0)]))
+        })
+        policyReloadFailures = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "policy_reload_failures", unitName: "total",
+                helpText: "Policy documents rejected on reload; the previous policy stayed active."))
+        let denials = MetricNameDescriptor(
+            namespace: "gateway", metricName: "policy_denials", unitName: "total", helpText: "Calls refused by policy, by kind.")
+        policyDenials = Dictionary(uniqueKeysWithValues: Self.denialKinds.map { ($0, registry.makeCounter(descriptor: denials, labels: [("kind", $0)])) })
+        let would = MetricNameDescriptor(
+            namespace: "gateway", metricName: "policy_would_deny", unitName: "total",
+            helpText: "Calls a report-mode rule would have refused (allowed), by kind.")
+        policyWouldDeny = Dictionary(uniqueKeysWithValues: Self.denialKinds.map { ($0, registry.makeCounter(descriptor: would, labels: [("kind", $0)])) })
+        let decisions = MetricNameDescriptor(
+            namespace: "gateway", metricName: "ratelimit_decisions", unitName: "total",
+            helpText: "Rate-limit decisions: allowed, limited, or would_limit (report mode).")
+        rateLimitDecisions = Dictionary(uniqueKeysWithValues: ["allowed", "limited", "would_limit"].map {
+            ($0, registry.makeCounter(descriptor: decisions, labels: [("result", $0)]))
+        })
+        redisErrors = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "redis_errors", unitName: "total", helpText: "Redis commands that failed or timed out."))
+        redisLatency = registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "redis_latency", unitName: "seconds", helpText: "Redis command round trips."),
+            buckets: [.microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+                      .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250)])
         registry.makeGauge(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "build_info", unitName: "",
@@ -121,6 +161,16 @@ public final class GatewayMetrics: Sendable {
     }
 
     func tokenValidation(_ result: String) { tokenValidations[result]?.increment() }
+    func stateFallback(_ kind: String) { stateFallbacks[kind]?.increment() }
+    func policyDenied(_ kind: String) { policyDenials[kind]?.increment() }
+    func policyWouldDeny(_ kind: String) { policyWouldDeny[kind]?.increment() }
+    func rateLimitDecision(_ result: String) { rateLimitDecisions[result]?.increment() }
+
+    /// Records one Redis command (latency nil when it failed).
+    func redisCommand(_ latency: Duration?, failed: Bool) {
+        if failed { redisErrors.increment() }
+        if let latency { redisLatency.record(latency) }
+    }
     func tokenExpired() { tokenExpirations.increment() }
     func securityEvent(_ kind: String) { securityEvents[kind]?.increment() }
 

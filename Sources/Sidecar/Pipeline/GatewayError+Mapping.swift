@@ -21,6 +21,7 @@ extension GatewayError {
     }
 
     init(_ e: UpstreamError) {
+        defer { nothingSent = e.beforeSend }
         switch e.kind {
         case .unreachable: self.init(.upstreamUnreachable, "could not connect to the upstream (\(e.detail))")
         case .timeout: self.init(.upstreamTimeout, "the upstream did not answer within the deadline")

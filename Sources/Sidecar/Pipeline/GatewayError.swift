@@ -31,6 +31,14 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case agentUnknown = "agent_unknown"
         case provenanceMismatch = "provenance_mismatch"
         case scopeDenied = "scope_denied"
+        // Policy.
+        case paramDenied = "param_denied"
+        case offHours = "off_hours"
+        case rateLimited = "rate_limited"
+        case quotaExceeded = "quota_exceeded"
+        case budgetExhausted = "budget_exhausted"
+        case concurrencyLimited = "concurrency_limited"
+        case stateUnavailable = "state_unavailable"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
@@ -54,7 +62,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .routeNotFound: return .notFound
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
-            case .connectRefused, .scopeDenied: return .forbidden
+            case .connectRefused, .scopeDenied, .paramDenied, .offHours: return .forbidden
+            case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited: return .tooManyRequests
+            case .stateUnavailable: return .serviceUnavailable
             case .tokenMissing, .tokenMalformed, .tokenInvalid, .tokenExpired, .tokenRevoked, .agentDisabled, .agentUnknown,
                 .provenanceMismatch, .adminUnauthorized:
                 return .unauthorized
@@ -91,6 +101,13 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .agentUnknown: return "Agent unknown"
             case .provenanceMismatch: return "Token presented by the wrong agent or sidecar"
             case .scopeDenied: return "Outside the agent's scopes"
+            case .paramDenied: return "Parameter not allowed"
+            case .offHours: return "Outside the allowed time window"
+            case .rateLimited: return "Rate limit exceeded"
+            case .quotaExceeded: return "Quota exceeded"
+            case .budgetExhausted: return "Budget exhausted"
+            case .concurrencyLimited: return "Too many calls in flight"
+            case .stateUnavailable: return "Shared limit state unavailable"
             case .adminUnauthorized: return "Admin token required"
             case .invalidJSON: return "Malformed JSON"
             case .validationFailed: return "Validation failed"
@@ -115,6 +132,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     public var extensions: [String: JSONValue] = [:]
     /// Set for authentication failures on the forward proxy: 407 instead of 401.
     var proxyAuthentication = false
+    /// Nothing reached the upstream (connect failed, no credential): an admitted call gets its quota back.
+    var nothingSent = false
 
     init(_ code: Code, _ detail: String, headers: [(String, String)] = []) {
         self.code = code
@@ -172,7 +191,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         .init(.connectRefused, "the sidecar does not open CONNECT tunnels: send plain http:// URLs through the proxy (HTTP_PROXY) and it originates TLS to the upstream itself")
     }
     static func credentialUnavailable(_ tool: String) -> Self {
-        .init(.credentialUnavailable, "no credential is configured for \(tool); the call was not forwarded")
+        var e = GatewayError(.credentialUnavailable, "no credential is configured for \(tool); the call was not forwarded")
+        e.nothingSent = true
+        return e
     }
     static func internalError() -> Self { .init(.internalError, "the sidecar failed to handle this request") }
 }

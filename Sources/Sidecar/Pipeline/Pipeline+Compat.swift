@@ -31,18 +31,30 @@ extension Pipeline {
         for name in ["traceparent", "tracestate"] {
             if let v = request.head.headers.first(name: name) { toolRequest.headers.replaceOrAdd(name: name, value: v) }
         }
-        let call: ToolCall
+        var call: ToolCall
         do { call = try adapter.interpret(toolRequest) } catch { throw GatewayError(error) }
         record.action = call.action
         try checkScope(call, identity: identity)
-
-        let response = try await forward(call, requestID: request.requestID, record: &record)
+        let admitted = try await admit(call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
+        let response: UpstreamResponse
+        do {
+            response = try await forward(admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, record: &record)
+        } catch {
+            await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
+            throw error
+        }
         let data: ByteBuffer
         do {
             data = try await response.body.collect(upTo: settings.maxResponseBodyBytes)
         } catch {
+            await settle(admitted, refund: false, upstreamStatus: nil)
             throw GatewayError(HTTPClientTransport.classify(error))
         }
+        if let meter = admitted?.meter {
+            meter.observe(data)
+            meter.finish()
+        }
+        await settle(admitted, refund: false, upstreamStatus: Int(response.status.code))
         record.upstreamDuration = record.upstreamStart.map { ContinuousClock.now - $0 }
         let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
         let ok = (200..<300).contains(response.status.code)

@@ -1,4 +1,5 @@
 import NIOCore
+import Policy
 import NIOHTTP1
 import Upstreams
 
@@ -43,12 +44,17 @@ final class Pipeline: Sendable {
     /// nil when authentication is turned off (every call runs as the anonymous agent).
     let authenticator: Authenticator?
     let metrics: GatewayMetrics?
+    /// nil in tests that exercise only the data plane.
+    let policy: PolicyRuntime?
+    let limits: (any LimitStore)?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
-        metrics: GatewayMetrics? = nil
+        metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil
     ) {
+        self.policy = policy
+        self.limits = limits
         self.classifier = classifier
         self.adapters = adapters
         self.transport = transport
@@ -127,14 +133,34 @@ final class Pipeline: Sendable {
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
-            let call = try interpret(toolRequest, tool: tool, record: &record)
+            var call = try interpret(toolRequest, tool: tool, record: &record)
             try checkScope(call, identity: identity)
-            let response = try await forward(call, requestID: request.requestID, record: &record)
+            let admitted = try await admit(call, identity: identity, bodyBytes: request.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
+            if admitted?.meter != nil { call = Self.requestingUsage(call) }
+            var response: UpstreamResponse
+            do {
+                response = try await forward(call, requestID: request.requestID, record: &record)
+            } catch {
+                await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
+                throw error
+            }
+            if let meter = admitted?.meter {
+                response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
+            }
+            let status = Int(response.status.code)
+            let body: ProxyResponse.Body
+            if let buffered = response.body.bufferedBytes {
+                body = .buffer(buffered)
+            } else {
+                body = .stream(response.body, limit: settings.maxResponseBodyBytes)
+            }
+            var completion: (@Sendable () async -> Void)?
+            if let admitted {
+                completion = { await self.settle(admitted, refund: false, upstreamStatus: status) }
+            }
             return ProxyResponse(
-                status: response.status,
-                headers: HeaderRules.agentHeaders(from: response.headers, requestID: request.requestID),
-                body: response.body.bufferedBytes.map { .buffer($0) }
-                    ?? .stream(response.body, limit: settings.maxResponseBodyBytes))
+                status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: request.requestID),
+                body: body, completion: completion)
         }
     }
 

@@ -13,6 +13,8 @@ struct ProxyResponse: Sendable {
     var status: HTTPResponseStatus
     var headers: HTTPHeaders
     var body: Body
+    /// Runs once the response has been written (or abandoned): settles the call's limits.
+    var completion: (@Sendable () async -> Void)?
 }
 
 /// The one place where every refusal and failure becomes an HTTP response (RFC 9457 problem+json).

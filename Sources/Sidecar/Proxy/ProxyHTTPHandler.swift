@@ -129,6 +129,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             var record = record
             let response = await shared.pipeline.handle(request, record: &record)
             await sink.respond(response, to: request.head, draining: shared.draining, record: &record)
+            // After the last byte (or after giving up): release the concurrency slot, settle budgets.
+            await response.completion?()
         }
     }
 

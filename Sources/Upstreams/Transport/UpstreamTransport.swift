@@ -88,6 +88,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case stream(AsyncThrowingStream<ByteBuffer, any Error>)
         case bodyStream(BodyStream)
         indirect case scrubbed(UpstreamBody, SecretScrubber)
+        indirect case observed(UpstreamBody, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
     }
 
     let storage: Storage
@@ -110,6 +111,11 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     public static func stream(_ stream: BodyStream) -> UpstreamBody { .init(storage: .bodyStream(stream)) }
 
+    /// The same body, with every chunk shown to `observe` and `finished` called at its end.
+    public func observed(by observe: @escaping @Sendable (ByteBuffer) -> Void, finished: @escaping @Sendable () -> Void) -> UpstreamBody {
+        .init(storage: .observed(self, observe, finished))
+    }
+
     /// The same body with echoed credentials replaced.
     public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
         scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
@@ -122,6 +128,12 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         switch storage {
         case .bodyStream(let s): return s.completeBody()
         case .scrubbed(let base, let scrubber): return base.takeCompleteBody().map { scrubber.scrub($0) }
+        case .observed(let base, let observe, let finished):
+            return base.takeCompleteBody().map { b in
+                observe(b)
+                finished()
+                return b
+            }
         default: return nil
         }
     }
@@ -130,7 +142,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     public func cancel() {
         switch storage {
         case .bodyStream(let s): s.cancel()
-        case .scrubbed(let base, _): base.cancel()
+        case .scrubbed(let base, _), .observed(let base, _, _): base.cancel()
         default: break
         }
     }
@@ -138,6 +150,13 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     /// The whole body when it is already in memory (mock answers), without iterating.
     public var bufferedBytes: ByteBuffer? {
         if case .scrubbed(let base, let scrubber) = storage { return base.bufferedBytes.map { scrubber.scrub($0) } }
+        if case .observed(let base, let observe, let finished) = storage {
+            return base.bufferedBytes.map { b in
+                observe(b)
+                finished()
+                return b
+            }
+        }
         guard case .chunks(let chunks, _) = storage else { return nil }
         guard chunks.count > 1 else { return chunks.first ?? ByteBuffer() }
         var all = ByteBuffer()
@@ -153,6 +172,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case .bodyStream(let s): return AsyncIterator(state: .bodyStream(s))
         case .scrubbed(let base, let scrubber):
             return AsyncIterator(state: .scrubbed(AsyncIterator.Box(base.makeAsyncIterator()), scrubber, carry: [], done: false))
+        case .observed(let base, let observe, let finished):
+            return AsyncIterator(state: .observed(AsyncIterator.Box(base.makeAsyncIterator()), observe, finished))
         }
     }
 
@@ -163,6 +184,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case stream(AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator)
             case bodyStream(BodyStream)
             case scrubbed(Box, SecretScrubber, carry: [UInt8], done: Bool)
+            case observed(Box, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
         }
         var state: State
 
@@ -201,6 +223,13 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                     state = .scrubbed(box, scrubber, carry: carry, done: false)
                     if out.readableBytes > 0 { return out }
                 }
+            case .observed(let box, let observe, let finished):
+                guard let chunk = try await box.iterator.next() else {
+                    finished()
+                    return nil
+                }
+                observe(chunk)
+                return chunk
             }
         }
     }

@@ -1,0 +1,91 @@
+import Crypto
+import Foundation
+
+/// A `tool:action`, `tool:*` or `*` pattern.
+public struct ScopePattern: Sendable, Hashable, CustomStringConvertible {
+    public let tool: String?
+    public let action: String?
+
+    public init?(_ text: String, known: [String: [String]]) {
+        if text == "*" {
+            tool = nil
+            action = nil
+            return
+        }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, let actions = known[parts[0]] else { return nil }
+        guard parts[1] == "*" || actions.contains(parts[1]) else { return nil }
+        tool = parts[0]
+        action = parts[1] == "*" ? nil : parts[1]
+    }
+
+    public func matches(tool t: String, action a: String) -> Bool {
+        (tool == nil || tool == t) && (action == nil || action == a)
+    }
+
+    public var description: String { tool.map { "\($0):\(action ?? "*")" } ?? "*" }
+}
+
+/// Parameter guards of a rule, per tool.
+public struct Guards: Sendable, Hashable {
+    public var allowHosts: [HostPattern]?
+    public var blockHosts: [HostPattern] = []
+    public var schemes: Set<String>?
+    public var ports: Set<Int>?
+    public var methods: Set<String>?
+    public var models: Set<String>?
+    public var maxTokens: Int?
+    public var allowStream: Bool?
+    public var allowedDomains: [HostPattern]?
+    public var maxRecipients: Int?
+    public var maxSubjectBytes: Int?
+    public var maxEmailBodyBytes: Int?
+    public var rejectCRLF = true
+    public var engines: Set<String>?
+    public var maxNum: Int?
+    public var maxBodyBytes: Int?
+
+    public init() {}
+}
+
+/// One rule: which calls it applies to, its mode, guards, time window and limits.
+public struct Rule: Sendable, Hashable {
+    public var scope: ScopePattern
+    public var mode: LimitCheck.Mode = .enforce
+    public var guards = Guards()
+    public var guardMode: LimitCheck.Mode = .enforce
+    public var timeWindow: TimeWindow?
+    public var timeWindowMode: LimitCheck.Mode = .enforce
+    public var rate: (limit: Int, period: Double, burst: Int, mode: LimitCheck.Mode)?
+    public var quota: (limit: Int, window: CalendarWindow, cost: Int, mode: LimitCheck.Mode)?
+    public var budget: (tokens: Int, window: CalendarWindow, mode: LimitCheck.Mode)?
+    /// Position in the document (`roles.scraper.rules[1]`), to key its counters and name it in logs.
+    public var id: String
+
+    public static func == (l: Rule, r: Rule) -> Bool { l.id == r.id }
+    public func hash(into h: inout Hasher) { h.combine(id) }
+}
+
+/// A role (or an agent's overrides): what it may call, its rules, its concurrency.
+public struct RolePolicy: Sendable, Hashable {
+    public var allow: [ScopePattern]
+    public var rules: [Rule]
+    public var concurrency: Int?
+    public var concurrencyMode: LimitCheck.Mode = .enforce
+}
+
+/// An immutable, validated policy: compiled once, swapped whole on reload.
+public struct CompiledPolicy: Sendable {
+    public let version: Int
+    /// SHA-256 of the source text: what `GET /api/policy` reports and logs name.
+    public let hash: String
+    public let roles: [String: RolePolicy]
+    public let agents: [String: RolePolicy]
+    public let source: String
+
+    public var roleNames: [String] { roles.keys.sorted() }
+
+    static func digest(_ text: String) -> String {
+        SHA256.hash(data: Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+}

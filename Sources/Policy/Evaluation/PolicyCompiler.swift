@@ -1,0 +1,192 @@
+import Foundation
+
+/// Compiles a policy document into a `CompiledPolicy`, or fails naming the field path of the first error.
+///
+///     version: 1
+///     roles:
+///       scraper:
+///         allow: [serpapi:search, "http_fetch:*"]
+///         concurrency: 4
+///         rules:
+///           - scope: "http_fetch:*"
+///             mode: enforce                     # or report: allowed, logged and counted as would-deny
+///             guards: {allow_hosts: ["*.example.com"], schemes: [https]}
+///             time_window: {timezone: America/New_York, days: [mon, tue, wed, thu, fri], hours: ["08:00-18:00"]}
+///             rate: {limit: 10, per: 1s, burst: 20}
+///             quota: {limit: 1000, window: day, timezone: UTC, cost: 1}
+///             budget: {tokens: 200000, window: day, timezone: UTC}
+///     agents:
+///       agt_123: {allow: [...], rules: [...], concurrency: 2}
+public enum PolicyCompiler {
+    /// The tools and actions a policy may name.
+    public static let knownActions: [String: [String]] = [
+        "serpapi": ["search"], "openai": ["chat", "embeddings", "responses"], "http_fetch": ["get", "head"],
+        "gmail_send": ["send", "profile"],
+    ]
+
+    public static func compile(_ node: DocumentNode, source: String) throws(DocumentError) -> CompiledPolicy {
+        let root = DocumentReader(node)
+        try root.checkKeys(["version", "roles", "agents"])
+        let version = try root["version"].int() ?? 1
+        guard version == 1 else { throw root["version"].error("unsupported version \(version) (expected 1)") }
+        var roles: [String: RolePolicy] = [:]
+        for (name, roleNode) in try root["roles"].entries() {
+            guard name.range(of: "^[a-z0-9_-]{1,64}$", options: .regularExpression) != nil else {
+                throw roleNode.error("role names are 1-64 of a-z, 0-9, _ and -")
+            }
+            roles[name] = try compileRole(roleNode, id: "roles.\(name)", requireAllow: true)
+        }
+        guard !roles.isEmpty else { throw root["roles"].error("at least one role is required") }
+        var agents: [String: RolePolicy] = [:]
+        for (id, agentNode) in try root["agents"].entries() {
+            agents[id] = try compileRole(agentNode, id: "agents.\(id)", requireAllow: false)
+        }
+        return CompiledPolicy(version: version, hash: CompiledPolicy.digest(source), roles: roles, agents: agents, source: source)
+    }
+
+    static func compileRole(_ node: DocumentReader, id: String, requireAllow: Bool) throws(DocumentError) -> RolePolicy {
+        try node.checkKeys(["allow", "rules", "concurrency", "concurrency_mode"])
+        var allow: [ScopePattern] = []
+        for e in try node["allow"].elements() {
+            guard let text = try e.string(), let p = ScopePattern(text, known: knownActions) else {
+                throw e.error("expected tool:action, tool:* or * for a known tool and action")
+            }
+            allow.append(p)
+        }
+        if requireAllow, !node["allow"].isPresent { throw node["allow"].error("is required (a list of tool:action scopes)") }
+        var rules: [Rule] = []
+        for (i, ruleNode) in try node["rules"].elements().enumerated() {
+            rules.append(try compileRule(ruleNode, id: "\(id).rules[\(i)]"))
+        }
+        let concurrency = try node["concurrency"].int()
+        if let c = concurrency, c < 1 { throw node["concurrency"].error("must be at least 1") }
+        return RolePolicy(
+            allow: allow, rules: rules, concurrency: concurrency, concurrencyMode: try mode(node["concurrency_mode"], default: .enforce))
+    }
+
+    static func mode(_ node: DocumentReader, default value: LimitCheck.Mode) throws(DocumentError) -> LimitCheck.Mode {
+        guard let s = try node.string() else { return value }
+        guard let m = LimitCheck.Mode(rawValue: s) else { throw node.error("expected enforce or report") }
+        return m
+    }
+
+    static func timeZone(_ node: DocumentReader) throws(DocumentError) -> TimeZone {
+        let name = try node.string() ?? "UTC"
+        guard let tz = TimeZone(identifier: name) else { throw node.error("unknown IANA time zone '\(name)'") }
+        return tz
+    }
+
+    static func positiveInt(_ node: DocumentReader, required: Bool = true) throws(DocumentError) -> Int? {
+        guard let v = try node.int() else {
+            if required { throw node.error("is required") }
+            return nil
+        }
+        guard v >= 1 else { throw node.error("must be at least 1") }
+        return v
+    }
+
+    static func compileRule(_ node: DocumentReader, id: String) throws(DocumentError) -> Rule {
+        try node.checkKeys(["scope", "mode", "guards", "time_window", "rate", "quota", "budget"])
+        guard let scopeText = try node["scope"].string(), let scope = ScopePattern(scopeText, known: knownActions) else {
+            throw node["scope"].error("expected tool:action, tool:* or * for a known tool and action")
+        }
+        var rule = Rule(scope: scope, id: id)
+        rule.mode = try mode(node["mode"], default: .enforce)
+        rule.guardMode = rule.mode
+        rule.timeWindowMode = rule.mode
+
+        let g = node["guards"]
+        try g.checkKeys([
+            "allow_hosts", "block_hosts", "schemes", "ports", "methods", "models", "max_tokens", "allow_stream",
+            "allowed_domains", "max_recipients", "max_subject_bytes", "max_email_body_bytes", "reject_crlf", "engines",
+            "max_num", "max_body_bytes", "mode",
+        ])
+        func hosts(_ n: DocumentReader) throws(DocumentError) -> [HostPattern]? {
+            guard let list = try n.strings() else { return nil }
+            var out: [HostPattern] = []
+            for (i, s) in list.enumerated() {
+                guard let p = HostPattern(s) else {
+                    throw DocumentError(path: "\(n.path)[\(i)]", message: "expected a host name or *.domain (no other wildcards)")
+                }
+                out.append(p)
+            }
+            return out
+        }
+        rule.guards.allowHosts = try hosts(g["allow_hosts"])
+        rule.guards.blockHosts = try hosts(g["block_hosts"]) ?? []
+        rule.guards.schemes = try g["schemes"].strings().map { Set($0.map { $0.lowercased() }) }
+        if let ports = try g["ports"].elements().isEmpty ? nil : g["ports"].elements() {
+            var set = Set<Int>()
+            for p in ports {
+                guard let v = try p.int(), (1...65535).contains(v) else { throw p.error("expected a port 1-65535") }
+                set.insert(v)
+            }
+            rule.guards.ports = set
+        }
+        rule.guards.methods = try g["methods"].strings().map { Set($0.map { $0.uppercased() }) }
+        rule.guards.models = try g["models"].strings().map(Set.init)
+        rule.guards.maxTokens = try positiveInt(g["max_tokens"], required: false)
+        rule.guards.allowStream = try g["allow_stream"].bool()
+        rule.guards.allowedDomains = try hosts(g["allowed_domains"])
+        rule.guards.maxRecipients = try positiveInt(g["max_recipients"], required: false)
+        rule.guards.maxSubjectBytes = try positiveInt(g["max_subject_bytes"], required: false)
+        rule.guards.maxEmailBodyBytes = try positiveInt(g["max_email_body_bytes"], required: false)
+        rule.guards.rejectCRLF = try g["reject_crlf"].bool(default: true)
+        rule.guards.engines = try g["engines"].strings().map { Set($0.map { $0.lowercased() }) }
+        rule.guards.maxNum = try positiveInt(g["max_num"], required: false)
+        rule.guards.maxBodyBytes = try positiveInt(g["max_body_bytes"], required: false)
+        rule.guardMode = try mode(g["mode"], default: rule.mode)
+
+        let tw = node["time_window"]
+        if tw.isPresent {
+            try tw.checkKeys(["timezone", "days", "hours", "mode"])
+            var days = Set<Int>()
+            for (i, d) in (try tw["days"].strings() ?? Array(TimeWindow.dayNames.keys)).enumerated() {
+                guard let n = TimeWindow.dayNames[d.lowercased()] else {
+                    throw DocumentError(path: "\(tw["days"].path)[\(i)]", message: "expected mon, tue, wed, thu, fri, sat or sun")
+                }
+                days.insert(n)
+            }
+            var ranges: [TimeWindow.Range] = []
+            for (i, h) in (try tw["hours"].strings() ?? []).enumerated() {
+                guard let r = TimeWindow.parseRange(h) else {
+                    throw DocumentError(path: "\(tw["hours"].path)[\(i)]", message: "expected HH:MM-HH:MM")
+                }
+                ranges.append(r)
+            }
+            rule.timeWindow = TimeWindow(timeZone: try timeZone(tw["timezone"]), days: days, ranges: ranges)
+            rule.timeWindowMode = try mode(tw["mode"], default: rule.mode)
+        }
+
+        let rate = node["rate"]
+        if rate.isPresent {
+            try rate.checkKeys(["limit", "per", "burst", "mode"])
+            let limit = try positiveInt(rate["limit"])!
+            guard let per = try rate["per"].duration(), per > .zero else { throw rate["per"].error("expected a duration like 1s or 1m") }
+            let burst = try positiveInt(rate["burst"], required: false) ?? 1
+            let ms = Double(per.components.seconds) * 1000 + Double(per.components.attoseconds) / 1e15
+            rule.rate = (limit, ms, burst, try mode(rate["mode"], default: rule.mode))
+        }
+        let quota = node["quota"]
+        if quota.isPresent {
+            try quota.checkKeys(["limit", "window", "timezone", "cost", "mode"])
+            let limit = try positiveInt(quota["limit"])!
+            guard let w = try quota["window"].string(), let period = CalendarPeriod(rawValue: w) else {
+                throw quota["window"].error("expected hour, day, week or month")
+            }
+            let cost = try positiveInt(quota["cost"], required: false) ?? 1
+            rule.quota = (limit, CalendarWindow(period: period, timeZone: try timeZone(quota["timezone"])), cost, try mode(quota["mode"], default: rule.mode))
+        }
+        let budget = node["budget"]
+        if budget.isPresent {
+            try budget.checkKeys(["tokens", "window", "timezone", "mode"])
+            guard scope.tool == "openai" else { throw budget.error("budgets count OpenAI tokens: the rule's scope must be openai:*") }
+            let tokens = try positiveInt(budget["tokens"])!
+            guard let w = try budget["window"].string(), let period = CalendarPeriod(rawValue: w) else {
+                throw budget["window"].error("expected hour, day, week or month")
+            }
+            rule.budget = (tokens, CalendarWindow(period: period, timeZone: try timeZone(budget["timezone"])), try mode(budget["mode"], default: rule.mode))
+        }
+        return rule
+    }
+}

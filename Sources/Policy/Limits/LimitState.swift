@@ -1,0 +1,117 @@
+/// The counters of one host, and the admission algorithm over them — the same semantics the Redis
+/// script implements, so the embedded store, the Redis store and the local fallback limiter agree.
+/// A value type with the time passed in; the caller owns locking and persistence.
+public struct LimitState: Sendable {
+    /// GCRA theoretical arrival times, by `agent|key`, in unix ms.
+    public var tats: [String: Double] = [:]
+    /// Quota and budget usage by `agent|key|window`, with the window's end (for expiry).
+    public var counters: [String: Counter] = [:]
+    /// Concurrency leases by `agent`: lease id → expiry (unix ms).
+    public var leases: [String: [String: Int64]] = [:]
+
+    public struct Counter: Sendable, Hashable {
+        public var used: Int
+        public var expires: Int64
+        public init(used: Int, expires: Int64) {
+            self.used = used
+            self.expires = expires
+        }
+    }
+
+    public init() {}
+
+    /// Counter keys touched since the last `takeDirty()` (for write-behind persistence).
+    public private(set) var dirty: Set<String> = []
+
+    public mutating func takeDirty() -> Set<String> {
+        defer { dirty = [] }
+        return dirty
+    }
+
+    static func windowChoice(_ w: LimitCheck.WindowPair, now: Int64) -> (index: Int, id: String, end: Int64) {
+        now < w.currentEnd ? (0, w.currentID, w.currentEnd) : (1, w.nextID, w.nextEnd)
+    }
+
+    /// Decides every check; applies them only if no enforce-mode check refuses.
+    public mutating func admit(agent: String, checks: [LimitCheck], leaseID: String, now: Int64, leaseTTL: Int64 = 300_000) -> Admission {
+        var results: [LimitResult] = []
+        var admitted = true
+        for check in checks {
+            let result: LimitResult
+            switch check.kind {
+            case .concurrency:
+                let live = (leases[agent] ?? [:]).filter { $0.value > now }
+                let ok = live.count < check.limit
+                result = LimitResult(allowed: ok, remaining: max(0, check.limit - live.count - (ok ? 1 : 0)), resetMilliseconds: ok ? 0 : 1000)
+            case .rate:
+                let outcome = check.gcra.attempt(now: Double(now), tat: tats["\(agent)|\(check.key)"])
+                result = LimitResult(allowed: outcome.allowed, remaining: outcome.remaining, resetMilliseconds: Int64(outcome.retryAfter.rounded(.up)))
+            case .quota, .budget:
+                let w = Self.windowChoice(check.window!, now: now)
+                let used = counters["\(agent)|\(check.key)|\(w.id)"].map { $0.expires > now ? $0.used : 0 } ?? 0
+                let ok = used + check.cost <= check.limit
+                result = LimitResult(
+                    allowed: ok, remaining: max(0, check.limit - used - (ok ? check.cost : 0)), resetMilliseconds: w.end - now,
+                    windowIndex: w.index)
+            }
+            if !result.allowed, check.mode == .enforce { admitted = false }
+            results.append(result)
+        }
+        guard admitted else { return Admission(admitted: false, results: results, leaseID: leaseID) }
+        for (check, result) in zip(checks, results) {
+            switch check.kind {
+            case .concurrency:
+                var live = (leases[agent] ?? [:]).filter { $0.value > now }
+                live[leaseID] = now + leaseTTL
+                leases[agent] = live
+            case .rate:
+                guard result.allowed else { continue }
+                tats["\(agent)|\(check.key)"] = check.gcra.attempt(now: Double(now), tat: tats["\(agent)|\(check.key)"]).tat
+            case .quota, .budget:
+                let w = Self.windowChoice(check.window!, now: now)
+                let key = "\(agent)|\(check.key)|\(w.id)"
+                var c = counters[key].flatMap { $0.expires > now ? $0 : nil } ?? Counter(used: 0, expires: w.end)
+                c.used += check.cost
+                counters[key] = c
+                dirty.insert(key)
+            }
+        }
+        return Admission(admitted: true, results: results, leaseID: leaseID)
+    }
+
+    public mutating func settle(agent: String, _ s: Settlement, now: Int64) {
+        for (check, result) in zip(s.checks, s.results) {
+            switch check.kind {
+            case .concurrency:
+                leases[agent]?[s.leaseID] = nil
+            case .rate:
+                break
+            case .quota, .budget:
+                let window = check.window!
+                let id = result.windowIndex == 0 ? window.currentID : window.nextID
+                let key = "\(agent)|\(check.key)|\(id)"
+                guard var c = counters[key] else { continue }
+                switch s.outcome {
+                case .refunded:
+                    c.used = max(0, c.used - check.cost)
+                case .completed(let usage?) where check.kind == .budget:
+                    c.used = max(0, c.used + usage - check.cost)
+                case .completed:
+                    continue
+                }
+                counters[key] = c
+                dirty.insert(key)
+            }
+        }
+    }
+
+    /// Drops expired counters, leases and idle rate state.
+    public mutating func prune(now: Int64) {
+        counters = counters.filter { $0.value.expires > now }
+        for (agent, l) in leases {
+            let live = l.filter { $0.value > now }
+            leases[agent] = live.isEmpty ? nil : live
+        }
+        tats = tats.filter { $0.value > Double(now) }
+    }
+}

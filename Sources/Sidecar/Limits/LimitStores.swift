@@ -1,0 +1,241 @@
+import Foundation
+import GRDB
+import Logging
+import Policy
+import Synchronization
+
+/// Wall-clock milliseconds for the stores that use host time (embedded store, local fallback).
+let unixMillis: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+
+/// Counters in this process, behind a lock. Used as the embedded store's engine and as the local
+/// limiter the Redis store falls back to.
+final class LocalLimiter: Sendable {
+    let state = Mutex(LimitState())
+    private let now: @Sendable () -> Int64
+
+    init(now: @escaping @Sendable () -> Int64 = unixMillis) { self.now = now }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String) -> Admission {
+        let now = self.now()
+        return state.withLock { $0.admit(agent: agent, checks: checks, leaseID: leaseID, now: now) }
+    }
+
+    func settle(agent: String, _ settlement: Settlement) {
+        let now = self.now()
+        state.withLock { $0.settle(agent: agent, settlement, now: now) }
+    }
+}
+
+/// The embedded store: counters in memory, quota and budget usage persisted to SQLite (written behind,
+/// every 200 ms and at shutdown), so a restart does not hand out a fresh day's quota. A crash loses at
+/// most the last 200 ms of counts.
+final class EmbeddedLimitStore: LimitStore {
+    let limiter: LocalLimiter
+    private let db: DatabaseQueue
+
+    init(databasePath: String, now: @escaping @Sendable () -> Int64 = unixMillis) throws {
+        limiter = LocalLimiter(now: now)
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        db = databasePath == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabaseQueue(path: databasePath, configuration: config)
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-limits") { db in
+            try db.execute(sql: "CREATE TABLE IF NOT EXISTS limit_counters (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)")
+        }
+        try migrator.migrate(db)
+        let nowMS = now()
+        let rows = try db.read { db in try Row.fetchAll(db, sql: "SELECT key, used, expires FROM limit_counters WHERE expires > ?", arguments: [nowMS]) }
+        limiter.state.withLock { state in
+            for row in rows { state.counters[row["key"]] = LimitState.Counter(used: row["used"], expires: row["expires"]) }
+        }
+    }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String) async throws -> Admission {
+        limiter.admit(agent: agent, checks: checks, leaseID: leaseID)
+    }
+
+    func settle(agent: String, _ settlement: Settlement) async throws {
+        limiter.settle(agent: agent, settlement)
+    }
+
+    /// Writes changed counters; drops expired ones.
+    func flush() throws {
+        let (changes, nowMS): ([(String, LimitState.Counter?)], Int64) = limiter.state.withLock { state in
+            let keys = state.takeDirty()
+            return (keys.map { ($0, state.counters[$0]) }, unixMillis())
+        }
+        guard !changes.isEmpty else { return }
+        try db.write { db in
+            for (key, counter) in changes {
+                if let c = counter {
+                    try db.execute(sql: "INSERT OR REPLACE INTO limit_counters (key, used, expires) VALUES (?, ?, ?)", arguments: [key, c.used, c.expires])
+                } else {
+                    try db.execute(sql: "DELETE FROM limit_counters WHERE key = ?", arguments: [key])
+                }
+            }
+            try db.execute(sql: "DELETE FROM limit_counters WHERE expires <= ?", arguments: [nowMS])
+        }
+    }
+
+    func runFlusher(logger: Logger) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            do { try flush() } catch { logger.error("cannot persist limit counters", metadata: ["error": "\(error)"]) }
+            limiter.state.withLock { $0.prune(now: unixMillis()) }
+        }
+        try? flush()
+    }
+}
+
+/// What to do with each class of limit when the shared store cannot be reached.
+struct StateFailurePolicy: Sendable, Hashable {
+    enum Action: String, Sendable, Hashable {
+        /// Refuse the request: 503 `state_unavailable`.
+        case closed
+        /// Decide with this host's own counters at the configured limits.
+        case local
+        /// Let the request through unchecked.
+        case open
+    }
+
+    var rate: Action = .local
+    var concurrency: Action = .local
+    var quota: Action = .closed
+    var budget: Action = .closed
+
+    func action(for kind: LimitCheck.Kind) -> Action {
+        switch kind {
+        case .rate: return rate
+        case .concurrency: return concurrency
+        case .quota: return quota
+        case .budget: return budget
+        }
+    }
+}
+
+/// The shared state was unreachable and a limit of a fail-closed class applied.
+struct StateUnavailable: Error, Sendable {
+    let kind: LimitCheck.Kind
+}
+
+/// Limits shared across a fleet in Redis: one `EVALSHA` per request; on Redis failure, each class follows
+/// its failure policy, counted in `gateway_state_fallback_total{class}`.
+final class RedisLimitStore: LimitStore {
+    let redis: RedisClient
+    let failure: StateFailurePolicy
+    let local = LocalLimiter()
+    let metrics: GatewayMetrics
+    let logger: Logger
+    private let leaseTTL: Int64 = 300_000
+    private let degraded = Atomic<Bool>(false)
+
+    init(redis: RedisClient, failure: StateFailurePolicy, metrics: GatewayMetrics, logger: Logger) {
+        self.redis = redis
+        self.failure = failure
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    static func tag(_ agent: String) -> String { "{a:\(agent)}" }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String) async throws -> Admission {
+        guard !checks.isEmpty else { return Admission(admitted: true, results: [], leaseID: leaseID) }
+        let tag = Self.tag(agent)
+        var keys: [String] = []
+        var args: [String] = [leaseID, String(leaseTTL), String(checks.count)]
+        for c in checks {
+            switch c.kind {
+            case .concurrency:
+                keys.append("\(tag):c")
+                args += ["c", c.mode == .enforce ? "1" : "0", String(c.limit), "0", "0", "0"]
+            case .rate:
+                keys.append("\(tag):\(c.key)")
+                let g = c.gcra
+                args += ["r", c.mode == .enforce ? "1" : "0", String(c.limit), String(Int64(g.interval * 1000)), String(Int64(g.tolerance * 1000)), "0"]
+            case .quota, .budget:
+                let w = c.window!
+                keys += ["\(tag):\(c.key):\(w.currentID)", "\(tag):\(c.key):\(w.nextID)"]
+                args += [c.kind == .quota ? "q" : "b", c.mode == .enforce ? "1" : "0", String(c.limit), String(c.cost), String(w.currentEnd), String(w.nextEnd)]
+            }
+        }
+        do {
+            let reply = try await redis.evalsha(AdmissionScripts.admit, keys: keys, args: args)
+            guard let a = reply.array, a.count == 2 + 4 * checks.count, let admitted = a[0].int else {
+                throw RedisError(kind: .protocolError, message: "unexpected admission reply")
+            }
+            recovered()
+            var results: [LimitResult] = []
+            for i in 0..<checks.count {
+                let b = 2 + i * 4
+                results.append(
+                    LimitResult(
+                        allowed: a[b].int == 1, remaining: Int(a[b + 1].int ?? 0), resetMilliseconds: a[b + 2].int ?? 0,
+                        windowIndex: Int(a[b + 3].int ?? 0)))
+            }
+            return Admission(admitted: admitted == 1, results: results, leaseID: leaseID)
+        } catch let error as RedisError {
+            return try fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
+        }
+    }
+
+    /// Applies the per-class failure policy when Redis cannot answer.
+    private func fallback(agent: String, checks: [LimitCheck], leaseID: String, error: RedisError) throws -> Admission {
+        if !degraded.exchange(true, ordering: .relaxed) {
+            logger.error("shared state unavailable; applying the failure policy", metadata: ["error": "\(error)"])
+        }
+        for kind in Set(checks.map(\.kind)) { metrics.stateFallback(kind.rawValue) }
+        if let closed = checks.first(where: { $0.mode == .enforce && failure.action(for: $0.kind) == .closed }) {
+            throw StateUnavailable(kind: closed.kind)
+        }
+        let localChecks = checks.filter { failure.action(for: $0.kind) == .local }
+        let decided = local.admit(agent: agent, checks: localChecks, leaseID: leaseID)
+        var results: [LimitResult] = []
+        var iterator = decided.results.makeIterator()
+        for c in checks {
+            if failure.action(for: c.kind) == .local {
+                results.append(iterator.next()!)
+            } else {
+                results.append(LimitResult(allowed: true, remaining: c.limit, resetMilliseconds: 0))
+            }
+        }
+        return Admission(admitted: decided.admitted, results: results, leaseID: leaseID, local: true)
+    }
+
+    private func recovered() {
+        if degraded.exchange(false, ordering: .relaxed) { logger.notice("shared state reachable again") }
+    }
+
+    func settle(agent: String, _ s: Settlement) async throws {
+        if s.local {
+            local.settle(agent: agent, s)
+            return
+        }
+        let tag = Self.tag(agent)
+        var keys: [String] = []
+        var args: [String] = [s.leaseID, "0"]
+        var n = 0
+        for (c, r) in zip(s.checks, s.results) {
+            switch c.kind {
+            case .concurrency:
+                keys.append("\(tag):c")
+                args += ["c", "0"]
+            case .rate:
+                continue
+            case .quota, .budget:
+                let id = r.windowIndex == 0 ? c.window!.currentID : c.window!.nextID
+                let delta: Int
+                switch s.outcome {
+                case .refunded: delta = -c.cost
+                case .completed(let usage?) where c.kind == .budget: delta = usage - c.cost
+                case .completed: continue
+                }
+                keys.append("\(tag):\(c.key):\(id)")
+                args += ["q", String(delta)]
+            }
+            n += 1
+        }
+        guard n > 0 else { return }
+        args[1] = String(n)
+        _ = try await redis.evalsha(AdmissionScripts.settle, keys: keys, args: args)
+    }
+}

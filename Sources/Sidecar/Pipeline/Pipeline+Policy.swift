@@ -1,0 +1,148 @@
+import Foundation
+import NIOCore
+import Policy
+import Upstreams
+
+/// The policy and admission stages: evaluate (scope, guards, time window), then admit the stateful
+/// limits (concurrency, rate, quota, budget) in one atomic step, then settle after the call.
+extension Pipeline {
+    /// An admitted call: what to settle afterwards.
+    struct Admitted: Sendable {
+        var agent: String
+        var checks: [LimitCheck]
+        var admission: Admission
+        var meter: OpenAIUsageMeter?
+    }
+
+    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String, record: inout RequestRecord) async throws(GatewayError) -> Admitted? {
+        guard let policy, let limits else { return nil }
+        let request = PolicyRequest(
+            agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
+            action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
+        let evaluation = policy.evaluator.evaluate(request, at: Date())
+        for w in evaluation.wouldDeny { metrics?.policyWouldDeny(w.kind.rawValue) }
+        if let denial = evaluation.denial {
+            metrics?.policyDenied(denial.kind.rawValue)
+            throw Self.error(for: denial)
+        }
+        guard !evaluation.checks.isEmpty else { return nil }
+        let admission: Admission
+        do {
+            admission = try await limits.admit(agent: identity.agentID, checks: evaluation.checks, leaseID: requestID)
+        } catch let e as StateUnavailable {
+            throw GatewayError(.stateUnavailable, "the shared \(e.kind.rawValue) state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+        } catch {
+            throw GatewayError(.stateUnavailable, "the limit state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+        }
+        for (check, result) in zip(evaluation.checks, admission.results) {
+            if check.kind == .rate {
+                metrics?.rateLimitDecision(result.allowed ? "allowed" : (check.mode == .enforce ? "limited" : "would_limit"))
+            }
+            if !result.allowed, check.mode == .report { metrics?.policyWouldDeny(check.kind.denialKind.rawValue) }
+        }
+        guard admission.admitted else {
+            let index = evaluation.checks.indices.first { !admission.results[$0].allowed && evaluation.checks[$0].mode == .enforce }!
+            let check = evaluation.checks[index]
+            metrics?.policyDenied(check.kind.denialKind.rawValue)
+            throw Self.limitError(check, admission.results[index])
+        }
+        return Admitted(agent: identity.agentID, checks: evaluation.checks, admission: admission, meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
+    }
+
+    /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.
+    func settle(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?) async {
+        guard let admitted, let limits else { return }
+        let outcome: Settlement.Outcome
+        if refund {
+            outcome = .refunded
+        } else if let usage = admitted.meter?.totalTokens {
+            outcome = .completed(usage: usage)
+        } else if let status = upstreamStatus, status >= 400 {
+            // An error answer consumed no tokens.
+            outcome = .completed(usage: admitted.meter == nil ? nil : 0)
+        } else {
+            outcome = .completed(usage: nil)
+        }
+        try? await limits.settle(agent: admitted.agent, Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome))
+    }
+
+    static func policyParameters(_ p: ToolParameters) -> CallParameters {
+        switch p {
+        case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
+        case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)
+        case .httpFetch(let f): return .fetch(scheme: f.url.scheme, host: f.url.host, port: f.url.port, method: f.method)
+        case .gmail(let g):
+            return .gmail(
+                recipientDomains: g.recipientDomains, recipients: g.recipients.count, subjectBytes: g.subjectBytes,
+                bodyBytes: g.bodyBytes, headerInjection: g.headerInjection)
+        }
+    }
+
+    static func error(for denial: PolicyDenial) -> GatewayError {
+        switch denial.kind {
+        case .scope: return GatewayError(.scopeDenied, denial.detail)
+        case .parameter:
+            var e = GatewayError(.paramDenied, denial.detail)
+            if let p = denial.parameter { e.extensions["parameter"] = .string(p) }
+            return e
+        case .offHours: return GatewayError(.offHours, denial.detail)
+        case .concurrency: return GatewayError(.concurrencyLimited, denial.detail)
+        case .rate: return GatewayError(.rateLimited, denial.detail)
+        case .quota: return GatewayError(.quotaExceeded, denial.detail)
+        case .budget: return GatewayError(.budgetExhausted, denial.detail)
+        }
+    }
+
+    /// A 429 with `Retry-After`, the IETF `RateLimit-Policy` / `RateLimit` fields and the widespread
+    /// `X-RateLimit-*` ones.
+    static func limitError(_ check: LimitCheck, _ result: LimitResult) -> GatewayError {
+        let retry = max(1, Int((Double(result.resetMilliseconds) / 1000).rounded(.up)))
+        let name = check.kind.rawValue
+        let window: Int
+        switch check.kind {
+        case .rate: window = max(1, Int((check.periodMilliseconds / 1000).rounded(.up)))
+        case .quota, .budget: window = Int((check.window?.length ?? 1000) / 1000)
+        case .concurrency: window = 1
+        }
+        let detail: String
+        let code: GatewayError.Code
+        switch check.kind {
+        case .rate:
+            code = .rateLimited
+            detail = "rate limit reached; retry in \(retry) s"
+        case .quota:
+            code = .quotaExceeded
+            detail = "quota for this window used up; it resets in \(retry) s"
+        case .budget:
+            code = .budgetExhausted
+            detail = "token budget for this window is exhausted (this call reserves \(check.cost) tokens); it resets in \(retry) s"
+        case .concurrency:
+            code = .concurrencyLimited
+            detail = "too many calls of this agent in flight"
+        }
+        return GatewayError(
+            code, detail,
+            headers: [
+                ("Retry-After", String(retry)),
+                ("RateLimit-Policy", "\"\(name)\";q=\(check.limit);w=\(window)"),
+                ("RateLimit", "\"\(name)\";r=\(result.remaining);t=\(retry)"),
+                ("X-RateLimit-Limit", String(check.limit)),
+                ("X-RateLimit-Remaining", String(result.remaining)),
+                ("X-RateLimit-Reset", String(retry)),
+            ])
+    }
+
+    /// Asks OpenAI to include usage in a streamed answer, so the budget settles from the real count.
+    static func requestingUsage(_ call: ToolCall) -> ToolCall {
+        guard call.action == "chat", case .openai(let p) = call.parameters, p.stream, let body = call.request.body,
+            case .object(var o)? = JSONValue.parse(body.readableBytesView)
+        else { return call }
+        var options = o["stream_options"]?.objectValue ?? [:]
+        guard options["include_usage"] != true else { return call }
+        options["include_usage"] = true
+        o["stream_options"] = .object(options)
+        var out = call
+        out.request.body = ByteBuffer(string: JSONValue.object(o).serialized)
+        return out
+    }
+}

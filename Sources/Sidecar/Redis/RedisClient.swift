@@ -1,0 +1,104 @@
+import Crypto
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A small pool of pipelined Redis connections with timeouts and reconnect-with-backoff.
+///
+/// Connections are made lazily; a slot whose connection failed is not retried before its backoff
+/// (50 ms doubling to 2 s) has passed, so a dead Redis costs callers a fast `unavailable` error instead of
+/// a connect timeout each — which is what lets the failure policy (fail open / closed) answer quickly.
+final class RedisClient: Sendable {
+    let endpoint: RedisEndpoint
+    let commandTimeout: TimeAmount
+    let connectTimeout: TimeAmount
+    private let slots: [Slot]
+    private let next = Atomic<Int>(0)
+    private let observe: @Sendable (Duration?, Bool) -> Void
+
+    /// - Parameter observe: called per command with its latency (nil on failure) and whether it failed.
+    init(
+        endpoint: RedisEndpoint, poolSize: Int = 2, commandTimeout: Duration = .milliseconds(250),
+        connectTimeout: Duration = .milliseconds(500), observe: @escaping @Sendable (Duration?, Bool) -> Void = { _, _ in }
+    ) {
+        self.endpoint = endpoint
+        self.commandTimeout = TimeAmount(commandTimeout)
+        self.connectTimeout = TimeAmount(connectTimeout)
+        self.observe = observe
+        slots = (0..<max(1, poolSize)).map { _ in Slot() }
+    }
+
+    /// One connection and its reconnect backoff.
+    actor Slot {
+        private var connection: RedisConnection?
+        private var connecting: Task<RedisConnection, any Error>?
+        private var retryAt: ContinuousClock.Instant = .now
+        private var backoff: Duration = .milliseconds(50)
+
+        func get(_ client: RedisClient) async throws -> RedisConnection {
+            if let c = connection, c.isActive { return c }
+            connection = nil
+            if let t = connecting { return try await t.value }
+            guard ContinuousClock.now >= retryAt else { throw RedisError.unavailable("reconnecting") }
+            let task = Task {
+                try await RedisConnection.connect(client.endpoint, timeout: client.connectTimeout, group: MultiThreadedEventLoopGroup.singleton)
+            }
+            connecting = task
+            defer { connecting = nil }
+            do {
+                let c = try await task.value
+                connection = c
+                backoff = .milliseconds(50)
+                return c
+            } catch {
+                retryAt = .now + backoff
+                backoff = min(backoff * 2, .seconds(2))
+                throw error
+            }
+        }
+    }
+
+    func send(_ args: [String]) async throws -> RedisValue {
+        let start = ContinuousClock.now
+        do {
+            let slot = slots[abs(next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count)]
+            let connection = try await slot.get(self)
+            let reply = try await connection.send(args, timeout: commandTimeout)
+            observe(.now - start, false)
+            return reply
+        } catch {
+            observe(nil, true)
+            throw error
+        }
+    }
+
+    /// Runs a Lua script by SHA, loading it on NOSCRIPT (after a Redis restart or failover).
+    func evalsha(_ script: LuaScript, keys: [String], args: [String]) async throws -> RedisValue {
+        let reply = try await send(["EVALSHA", script.sha1, String(keys.count)] + keys + args)
+        if case .error(let e) = reply, e.hasPrefix("NOSCRIPT") {
+            _ = try await send(["SCRIPT", "LOAD", script.source])
+            return try await send(["EVALSHA", script.sha1, String(keys.count)] + keys + args)
+        }
+        if case .error(let e) = reply { throw RedisError.server(e) }
+        return reply
+    }
+
+    func ping() async -> Bool {
+        if case .simple("PONG")? = try? await send(["PING"]) { return true }
+        return false
+    }
+}
+
+/// A Lua script and its SHA-1 (what EVALSHA names).
+struct LuaScript: Sendable {
+    let source: String
+    let sha1: String
+
+    init(_ source: String) {
+        self.source = source
+        sha1 = Insecure.SHA1.hash(data: Array(source.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+import Foundation

@@ -1,0 +1,181 @@
+import NIOCore
+import NIOPosix
+
+/// One outgoing command with the promise its reply completes.
+struct RedisOutbound {
+    var bytes: ByteBuffer
+    var promise: EventLoopPromise<RedisValue>?
+}
+
+/// Pipelines commands on one connection: replies complete promises in order. In subscriber mode,
+/// replies without a waiting command (published messages) go to `onPush`.
+final class RedisChannelHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = RedisOutbound
+    typealias OutboundOut = ByteBuffer
+
+    private let reader = HiredisReader()
+    private var pending = CircularBuffer<EventLoopPromise<RedisValue>>(initialCapacity: 16)
+    private let onPush: (@Sendable (RedisValue) -> Void)?
+
+    init(onPush: (@Sendable (RedisValue) -> Void)? = nil) { self.onPush = onPush }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let out = Self.unwrapOutboundIn(data)
+        if let p = out.promise { pending.append(p) }
+        context.write(Self.wrapOutboundOut(out.bytes), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        do {
+            try reader.feed(Self.unwrapInboundIn(data))
+            while let reply = try reader.next() {
+                if let onPush, isPush(reply) {
+                    onPush(reply)
+                } else if let p = pending.popFirst() {
+                    p.succeed(reply)
+                } else {
+                    onPush?(reply)
+                }
+            }
+        } catch {
+            fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    private func isPush(_ v: RedisValue) -> Bool {
+        guard let a = v.array, let kind = a.first?.string else { return false }
+        return kind == "message" || kind == "pmessage"
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(RedisError.unavailable("connection closed"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(RedisError.unavailable("connection error"))
+        context.close(promise: nil)
+    }
+
+    private func fail(_ error: any Error) {
+        while let p = pending.popFirst() { p.fail(error) }
+    }
+}
+
+/// A connected, authenticated Redis connection.
+final class RedisConnection: Sendable {
+    let channel: any Channel
+
+    init(channel: any Channel) { self.channel = channel }
+
+    var isActive: Bool { channel.isActive }
+
+    static func connect(
+        _ endpoint: RedisEndpoint, timeout: TimeAmount, group: any EventLoopGroup,
+        onPush: (@Sendable (RedisValue) -> Void)? = nil
+    ) async throws -> RedisConnection {
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(timeout)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
+                    }
+                }
+                .connect(host: endpoint.host, port: endpoint.port).get()
+        } catch {
+            throw RedisError.unavailable("cannot connect to \(endpoint.host):\(endpoint.port)")
+        }
+        let connection = RedisConnection(channel: channel)
+        do {
+            if let password = endpoint.password {
+                let auth = endpoint.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
+                if case .error(let e) = try await connection.send(auth, timeout: timeout) { throw RedisError.server(e) }
+            }
+            if endpoint.database != 0 {
+                if case .error(let e) = try await connection.send(["SELECT", String(endpoint.database)], timeout: timeout) {
+                    throw RedisError.server(e)
+                }
+            }
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+        return connection
+    }
+
+    /// Sends one command; a reply that does not arrive within `timeout` closes the connection (the
+    /// reply stream can no longer be matched to commands).
+    func send(_ args: [String], timeout: TimeAmount) async throws -> RedisValue {
+        let promise = channel.eventLoop.makePromise(of: RedisValue.self)
+        var buffer = channel.allocator.buffer(capacity: 64)
+        RESP.encode(args, into: &buffer)
+        let channel = self.channel
+        let timer = channel.eventLoop.scheduleTask(in: timeout) {
+            promise.fail(RedisError.timeout())
+            channel.close(promise: nil)
+        }
+        channel.writeAndFlush(RedisOutbound(bytes: buffer, promise: promise)).whenFailure { error in
+            promise.fail(RedisError.unavailable("write failed"))
+        }
+        defer { timer.cancel() }
+        return try await promise.futureResult.get()
+    }
+
+    func close() { channel.close(promise: nil) }
+}
+
+/// Where Redis is, from `REDIS_URL` (`redis://[[user]:password@]host[:port][/db]`).
+struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
+    var host: String
+    var port: Int
+    var username: String?
+    var password: String?
+    var database: Int
+
+    static func parse(_ url: String) -> RedisEndpoint? {
+        guard url.hasPrefix("redis://") else { return nil }
+        var rest = Substring(url.dropFirst("redis://".count))
+        var username: String?
+        var password: String?
+        if let at = rest.lastIndex(of: "@") {
+            let userinfo = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            if let colon = userinfo.firstIndex(of: ":") {
+                let u = userinfo[..<colon]
+                username = u.isEmpty ? nil : String(u).removingPercentEncoding
+                password = String(userinfo[userinfo.index(after: colon)...]).removingPercentEncoding
+            } else {
+                password = String(userinfo).removingPercentEncoding
+            }
+        }
+        var database = 0
+        if let slash = rest.firstIndex(of: "/") {
+            let db = rest[rest.index(after: slash)...]
+            if !db.isEmpty {
+                guard let d = Int(db), d >= 0 else { return nil }
+                database = d
+            }
+            rest = rest[..<slash]
+        }
+        var host = String(rest)
+        var port = 6379
+        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
+            guard let p = Int(rest[rest.index(after: colon)...]), (1...65535).contains(p) else { return nil }
+            port = p
+            host = String(rest[..<colon])
+        }
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return RedisEndpoint(host: host, port: port, username: username, password: password, database: database)
+    }
+
+    /// Never prints the password.
+    var description: String { "redis://\(password == nil ? "" : "***@")\(host):\(port)/\(database)" }
+}
+
+import Foundation

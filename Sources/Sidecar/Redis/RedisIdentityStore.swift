@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+import NIOPosix
+
+/// Agents, token metadata and revocations in Redis, shared by a fleet. Every change is also published on
+/// `sidecar:identity`, so other sidecars apply it within milliseconds (`IdentitySubscriber`).
+final class RedisIdentityStore: IdentityStore {
+    let redis: RedisClient
+    static let channel = "sidecar:identity"
+    private let encoder = JSONEncoder()
+
+    init(redis: RedisClient) { self.redis = redis }
+
+    private func check(_ v: RedisValue) throws -> RedisValue {
+        if case .error(let e) = v { throw RedisError.server(e) }
+        return v
+    }
+
+    private func json<T: Encodable>(_ value: T) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ v: RedisValue) -> T? {
+        guard case .bulk(let b?) = v else { return nil }
+        return try? JSONDecoder().decode(T.self, from: Data(b))
+    }
+
+    private func publish(_ message: [String: String]) async throws {
+        _ = try check(await redis.send(["PUBLISH", Self.channel, try json(message)]))
+    }
+
+    func createAgent(_ agent: AgentRecord) async throws {
+        let reply = try check(await redis.send(["HSETNX", "sidecar:agents", agent.id, try json(agent)]))
+        guard reply.int == 1 else { throw RedisError.server("agent \(agent.id) exists") }
+        try await publish(["type": "agent", "id": agent.id, "status": agent.status.rawValue])
+    }
+
+    func agent(id: String) async throws -> AgentRecord? {
+        decode(AgentRecord.self, try check(await redis.send(["HGET", "sidecar:agents", id])))
+    }
+
+    func agents(role: String?, status: AgentRecord.Status?) async throws -> [AgentRecord] {
+        let all = try check(await redis.send(["HVALS", "sidecar:agents"])).array ?? []
+        return all.compactMap { decode(AgentRecord.self, $0) }
+            .filter { (role == nil || $0.role == role) && (status == nil || $0.status == status) }
+            .sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    func setAgentStatus(id: String, status: AgentRecord.Status) async throws -> Bool {
+        guard var agent = try await agent(id: id) else { return false }
+        agent.status = status
+        _ = try check(await redis.send(["HSET", "sidecar:agents", id, try json(agent)]))
+        try await publish(["type": "agent", "id": id, "status": status.rawValue])
+        return true
+    }
+
+    func recordToken(_ token: TokenRecord) async throws {
+        let reply = try check(await redis.send(["HSETNX", "sidecar:tokens", token.jti, try json(token)]))
+        if reply.int == 1 { _ = try check(await redis.send(["SADD", "sidecar:agent-tokens:\(token.agentId)", token.jti])) }
+    }
+
+    func token(jti: String) async throws -> TokenRecord? {
+        decode(TokenRecord.self, try check(await redis.send(["HGET", "sidecar:tokens", jti])))
+    }
+
+    func tokens(agentId: String) async throws -> [TokenRecord] {
+        let ids = try check(await redis.send(["SMEMBERS", "sidecar:agent-tokens:\(agentId)"])).array?.compactMap(\.string) ?? []
+        guard !ids.isEmpty else { return [] }
+        let values = try check(await redis.send(["HMGET", "sidecar:tokens"] + ids)).array ?? []
+        return values.compactMap { decode(TokenRecord.self, $0) }.sorted { ($0.issuedAt, $0.jti) < ($1.issuedAt, $1.jti) }
+    }
+
+    func revokeToken(jti: String, at: Int64) async throws -> Bool {
+        guard var record = try await token(jti: jti) else { return false }
+        if record.revokedAt == nil {
+            record.revokedAt = at
+            _ = try check(await redis.send(["HSET", "sidecar:tokens", jti, try json(record)]))
+        }
+        _ = try check(await redis.send(["SADD", "sidecar:revoked", jti]))
+        try await publish(["type": "revoke", "jti": jti])
+        return true
+    }
+
+    func snapshot() async throws -> IdentitySnapshot {
+        var s = IdentitySnapshot()
+        for v in try check(await redis.send(["HVALS", "sidecar:agents"])).array ?? [] {
+            if let a = decode(AgentRecord.self, v) { s.agents[a.id] = a.status }
+        }
+        s.revoked = Set(try check(await redis.send(["SMEMBERS", "sidecar:revoked"])).array?.compactMap(\.string) ?? [])
+        return s
+    }
+}
+
+/// Keeps this sidecar's identity snapshot in step with the fleet: applies published changes at once,
+/// and reloads the whole snapshot after (re)connecting and every 30 s, in case a message was missed.
+struct IdentitySubscriber: Sendable {
+    let endpoint: RedisEndpoint
+    let state: IdentityState
+    let authenticator: Authenticator?
+    let logger: Logger
+
+    func run() async {
+        var backoff: Duration = .milliseconds(50)
+        while !Task.isCancelled {
+            do {
+                let (stream, continuation) = AsyncStream<RedisValue>.makeStream()
+                let connection = try await RedisConnection.connect(
+                    endpoint, timeout: .milliseconds(500), group: MultiThreadedEventLoopGroup.singleton,
+                    onPush: { continuation.yield($0) })
+                connection.channel.closeFuture.whenComplete { _ in continuation.finish() }
+                _ = try await connection.send(["SUBSCRIBE", RedisIdentityStore.channel], timeout: .seconds(1))
+                try? await state.refresh()
+                backoff = .milliseconds(50)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .seconds(30))
+                            try? await state.refresh()
+                        }
+                    }
+                    group.addTask {
+                        for await message in stream { apply(message) }
+                    }
+                    _ = try await group.next()
+                    group.cancelAll()
+                }
+                connection.close()
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("identity subscription lost; retrying", metadata: ["backoff_ms": "\(backoff.components.attoseconds / 1_000_000_000_000_000)"])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+            }
+        }
+    }
+
+    func apply(_ message: RedisValue) {
+        guard let parts = message.array, parts.count == 3, parts[0].string == "message", let text = parts[2].string,
+            let json = try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+        else { return }
+        switch json["type"] {
+        case "revoke":
+            guard let jti = json["jti"] else { return }
+            state.apply { $0.revoked.insert(jti) }
+            authenticator?.evict(jti: jti)
+        case "agent":
+            guard let id = json["id"], let status = json["status"].flatMap(AgentRecord.Status.init(rawValue:)) else { return }
+            state.apply { $0.agents[id] = status }
+            if status == .disabled { authenticator?.evict(agent: id) }
+        default:
+            break
+        }
+    }
+}
