@@ -36,6 +36,13 @@ public struct LimitCheck: Sendable, Hashable {
         public var nextID: String
         public var nextEnd: Int64
         public var length: Int64 { max(1, nextEnd - currentEnd) }
+
+        public init(currentID: String, currentEnd: Int64, nextID: String, nextEnd: Int64) {
+            self.currentID = currentID
+            self.currentEnd = currentEnd
+            self.nextID = nextID
+            self.nextEnd = nextEnd
+        }
     }
 
     public init(kind: Kind, mode: Mode, key: String, limit: Int) {

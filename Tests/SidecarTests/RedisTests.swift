@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+import Policy
+import Testing
+
+@testable import Sidecar
+
+/// A real `redis-server` on a free loopback port, stopped by PID when the test ends.
+final class RedisServer: @unchecked Sendable {
+    let port: Int
+    private let process = Process()
+
+    init() throws {
+        port = Self.freePort()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var url: String { "redis://127.0.0.1:\(port)/0" }
+
+    func waitUntilUp(_ client: RedisClient) async throws {
+        for _ in 0..<100 {
+            if await client.ping() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw RedisError.unavailable("redis-server did not start")
+    }
+
+    /// Kills by PID and polls briefly (Foundation's `waitUntilExit` can hang inside async tests on Linux).
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        for _ in 0..<100 where process.isRunning { usleep(10_000) }
+    }
+
+    deinit { stop() }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    static var available: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/redis-server") }
+}
+
+@Suite("Redis", .enabled(if: RedisServer.available, "redis-server is not installed (apt-get install redis-server)"))
+struct RedisTests {
+    static func client(_ server: RedisServer) -> RedisClient {
+        RedisClient(endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500))
+    }
+
+    @Test func endpointParsing() {
+        let e = RedisEndpoint.parse("redis://user:p%40ss@cache.internal:6380/3")!
+        #expect(e.host == "cache.internal" && e.port == 6380 && e.username == "user" && e.password == "p@ss" && e.database == 3)
+        #expect(!e.description.contains("p@ss"))
+        #expect(RedisEndpoint.parse("redis://:secret@127.0.0.1")?.password == "secret")
+        #expect(RedisEndpoint.parse("http://x") == nil && RedisEndpoint.parse("redis://h:99999") == nil)
+    }
+
+    @Test func identityStoreContract() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        try await IdentityStoreContract.run(RedisIdentityStore(redis: client))
+    }
+
+    /// The Lua script and `LimitState` must agree: the same sequence of admissions gives the same answers.
+    @Test func scriptMatchesTheEmbeddedSemantics() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        let far = Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000
+        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q:serpapi:search:day", limit: 5)
+        quota.window = .init(currentID: "d1", currentEnd: far, nextID: "d2", nextEnd: far + 86_400_000)
+        var rate = LimitCheck(kind: .rate, mode: .enforce, key: "r:serpapi:search", limit: 1000)
+        rate.periodMilliseconds = 1000
+        rate.burst = 1000
+        let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 3)
+        var local = LimitState()
+        var admissions: [Admission] = []
+        for i in 0..<8 {
+            let r = try await store.admit(agent: "agt", checks: [conc, rate, quota], leaseID: "l\(i)")
+            let l = local.admit(agent: "agt", checks: [conc, rate, quota], leaseID: "l\(i)", now: Int64(Date().timeIntervalSince1970 * 1000))
+            #expect(r.admitted == l.admitted, "request \(i)")
+            #expect(r.results.map(\.allowed) == l.results.map(\.allowed), "request \(i)")
+            #expect(r.results[2].remaining == l.results[2].remaining, "request \(i)")
+            if r.admitted { admissions.append(r) }
+            if i % 2 == 1, let first = admissions.first {
+                admissions.removeFirst()
+                let s = Settlement(checks: [conc, rate, quota], admission: first, outcome: .completed(usage: nil))
+                try await store.settle(agent: "agt", s)
+                local.settle(agent: "agt", Settlement(checks: [conc, rate, quota], admission: Admission(admitted: true, results: first.results, leaseID: first.leaseID), outcome: .completed(usage: nil)), now: 0)
+            }
+        }
+    }
+
+    @Test func noscriptIsHandledByReloading() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        let c = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
+        #expect(try await store.admit(agent: "a", checks: [c], leaseID: "1").admitted)
+        _ = try await client.send(["SCRIPT", "FLUSH"])
+        #expect(try await !store.admit(agent: "a", checks: [c], leaseID: "2").admitted, "still decided, after reloading the script")
+    }
+
+    @Test func failurePolicyWhenRedisIsDown() async throws {
+        let server = try RedisServer()
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        let metrics = GatewayMetrics()
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: metrics, logger: Logger(label: "t"))
+        server.stop()
+        var rate = LimitCheck(kind: .rate, mode: .enforce, key: "r", limit: 2)
+        rate.periodMilliseconds = 60_000
+        rate.burst = 2
+        // Rate limits fall back to this host's own limiter at the same rate.
+        let outcomes = try await (0..<4).asyncMap { i in try await store.admit(agent: "a", checks: [rate], leaseID: "\(i)").admitted }
+        #expect(outcomes == [true, true, false, false])
+        // Quotas fail closed.
+        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q", limit: 10)
+        quota.window = .init(currentID: "w", currentEnd: .max / 2, nextID: "w2", nextEnd: .max / 2 + 1)
+        await #expect(throws: StateUnavailable.self) { try await store.admit(agent: "a", checks: [quota], leaseID: "q") }
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        #expect(text.contains(#"gateway_state_fallback_total{class="rate"} 4"#))
+        #expect(text.contains(#"gateway_state_fallback_total{class="quota"} 1"#))
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ f: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await f(e)) }
+        return out
+    }
+}
