@@ -26,6 +26,7 @@ e2e:
 bench:
 	WITH_BENCH=1 scripts/setup.sh
 	bench/run.sh
+	bench/limits.sh
 
 clean:
 	rm -rf .build

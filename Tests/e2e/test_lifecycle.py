@@ -100,7 +100,23 @@ def test_check_config_names_the_offending_field(tmp_path):
 def test_deploy_examples_are_valid():
     from conftest import ROOT
     for path in sorted((ROOT / "deploy").glob("*.yaml")):
-        if path.name.startswith("policy") or path.name.startswith("k8s") or path.name.startswith("prometheus") or path.name.startswith("alert"):
+        if path.name.startswith("policy"):
+            p = subprocess.run([str(BIN), "check-policy", str(path)], capture_output=True, text=True)
+        elif path.name.startswith("sidecar"):
+            p = subprocess.run([str(BIN), "check-config", str(path)], capture_output=True, text=True)
+        elif path.name == "alerts.yaml" and shutil.which("promtool"):
+            p = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+        elif path.name == "prometheus.yaml" and shutil.which("promtool"):
+            p = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True, cwd=path.parent)
+        else:
             continue
-        p = subprocess.run([str(BIN), "check-config", str(path)], capture_output=True, text=True)
-        assert p.returncode == 0, (path, p.stderr)
+        assert p.returncode == 0, (path, p.stdout, p.stderr)
+    import json
+    json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+
+
+def test_check_policy_names_the_offending_field(tmp_path):
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("version: 1\nroles:\n  r:\n    allow: [\"serpapi:search\"]\n    rules:\n      - {scope: \"serpapi:search\", rate: {limit: 5, per: soon}}\n")
+    p = subprocess.run([str(BIN), "check-policy", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 1 and "roles.r.rules[0].rate.per" in p.stderr

@@ -28,22 +28,37 @@ struct ControlAPI: Sendable {
     }
 
     func register(on group: RouterGroup<BasicRequestContext>) {
-        group.post("agents") { request, _ in try await self.createAgent(request) }
-        group.post("create-agent") { request, _ in try await self.createAgent(request) }
-        group.get("agents") { request, _ in try await self.listAgents(request) }
-        group.get("agents/:id") { _, context in try await self.getAgent(context.parameters.get("id") ?? "") }
-        group.post("agents/:id/disable") { _, context in try await self.setStatus(context.parameters.get("id") ?? "", .disabled) }
-        group.post("agents/:id/enable") { _, context in try await self.setStatus(context.parameters.get("id") ?? "", .active) }
-        group.post("agents/:id/tokens") { request, context in
-            try await self.issueToken(request, agentID: context.parameters.get("id") ?? "", compat: false)
+        group.post("agents") { request, _ in await self.guarded { try await self.createAgent(request) } }
+        group.post("create-agent") { request, _ in await self.guarded { try await self.createAgent(request) } }
+        group.get("agents") { request, _ in await self.guarded { try await self.listAgents(request) } }
+        group.get("agents/:id") { _, context in await self.guarded { try await self.getAgent(context.parameters.get("id") ?? "") } }
+        group.post("agents/:id/disable") { _, context in
+            await self.guarded { try await self.setStatus(context.parameters.get("id") ?? "", .disabled) }
         }
-        group.get("agents/:id/tokens") { _, context in try await self.listTokens(context.parameters.get("id") ?? "") }
-        group.post("generate-token") { request, _ in try await self.issueToken(request, agentID: nil, compat: true) }
-        group.post("tokens/:id/revoke") { _, context in try await self.revoke(context.parameters.get("id") ?? "") }
+        group.post("agents/:id/enable") { _, context in
+            await self.guarded { try await self.setStatus(context.parameters.get("id") ?? "", .active) }
+        }
+        group.post("agents/:id/tokens") { request, context in
+            await self.guarded { try await self.issueToken(request, agentID: context.parameters.get("id") ?? "", compat: false) }
+        }
+        group.get("agents/:id/tokens") { _, context in await self.guarded { try await self.listTokens(context.parameters.get("id") ?? "") } }
+        group.post("generate-token") { request, _ in await self.guarded { try await self.issueToken(request, agentID: nil, compat: true) } }
+        group.post("tokens/:id/revoke") { _, context in await self.guarded { try await self.revoke(context.parameters.get("id") ?? "") } }
         group.post("credentials/reload") { _, _ in self.reloadCredentials() }
         group.get("policy") { _, _ in self.policyInfo() }
         group.post("policy/reload") { _, _ in self.reloadPolicy() }
         group.put("policy") { request, _ in try await self.replacePolicy(request) }
+    }
+
+    /// A store that cannot be reached (Redis down) is a 503 problem, never a bare 500.
+    func guarded(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch {
+            var e = GatewayError(.stateUnavailable, "the identity store is unavailable; try again shortly")
+            e.headers = [("Retry-After", "1")]
+            return AdminProblem.response(e)
+        }
     }
 
     // MARK: Policy

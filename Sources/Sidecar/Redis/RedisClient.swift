@@ -1,10 +1,14 @@
 import Crypto
+import NIOConcurrencyHelpers
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
 
-/// A small pool of pipelined Redis connections with timeouts and reconnect-with-backoff.
+/// A small pool of pipelined Redis connections with timeouts and reconnect-with-backoff: one connection
+/// per event loop, and a command goes out on the connection of the loop it is issued from, so the reply
+/// resumes the request on its own loop (no thread hop; on this 2-core VM a hop costs more than the
+/// round trip).
 ///
 /// Connections are made lazily; a slot whose connection failed is not retried before its backoff
 /// (50 ms doubling to 2 s) has passed, so a dead Redis costs callers a fast `unavailable` error instead of
@@ -14,6 +18,7 @@ final class RedisClient: Sendable {
     let commandTimeout: TimeAmount
     let connectTimeout: TimeAmount
     private let slots: [Slot]
+    private let slotByLoop: [ObjectIdentifier: Slot]
     private let next = Atomic<Int>(0)
     private let observe: @Sendable (Duration?, Bool) -> Void
 
@@ -26,12 +31,27 @@ final class RedisClient: Sendable {
         self.commandTimeout = TimeAmount(commandTimeout)
         self.connectTimeout = TimeAmount(connectTimeout)
         self.observe = observe
-        slots = (0..<max(1, poolSize)).map { _ in Slot() }
+        var slots: [Slot] = []
+        var byLoop: [ObjectIdentifier: Slot] = [:]
+        for loop in MultiThreadedEventLoopGroup.singleton.makeIterator() {
+            for _ in 0..<max(1, poolSize / 2) {
+                let slot = Slot(eventLoop: loop)
+                slots.append(slot)
+                if byLoop[ObjectIdentifier(loop)] == nil { byLoop[ObjectIdentifier(loop)] = slot }
+            }
+        }
+        self.slots = slots
+        slotByLoop = byLoop
     }
 
-    /// One connection and its reconnect backoff.
+    /// One connection and its reconnect backoff. The live connection is also published in `current`, so
+    /// the common case (connected) takes no actor hop.
     actor Slot {
+        nonisolated let current = NIOLockedValueBox<RedisConnection?>(nil)
+        nonisolated let eventLoop: any EventLoop
         private var connection: RedisConnection?
+
+        init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
         private var connecting: Task<RedisConnection, any Error>?
         private var retryAt: ContinuousClock.Instant = .now
         private var backoff: Duration = .milliseconds(50)
@@ -41,14 +61,16 @@ final class RedisClient: Sendable {
             connection = nil
             if let t = connecting { return try await t.value }
             guard ContinuousClock.now >= retryAt else { throw RedisError.unavailable("reconnecting") }
+            let loop = eventLoop
             let task = Task {
-                try await RedisConnection.connect(client.endpoint, timeout: client.connectTimeout, group: MultiThreadedEventLoopGroup.singleton)
+                try await RedisConnection.connect(client.endpoint, timeout: client.connectTimeout, group: loop)
             }
             connecting = task
             defer { connecting = nil }
             do {
                 let c = try await task.value
                 connection = c
+                current.withLockedValue { $0 = c }
                 backoff = .milliseconds(50)
                 return c
             } catch {
@@ -62,8 +84,14 @@ final class RedisClient: Sendable {
     func send(_ args: [String]) async throws -> RedisValue {
         let start = ContinuousClock.now
         do {
-            let slot = slots[abs(next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count)]
-            let connection = try await slot.get(self)
+            let slot = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { slotByLoop[ObjectIdentifier($0)] }
+                ?? slots[abs(next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count)]
+            let connection: RedisConnection
+            if let live = slot.current.withLockedValue({ $0 }), live.isActive {
+                connection = live
+            } else {
+                connection = try await slot.get(self)
+            }
             let reply = try await connection.send(args, timeout: commandTimeout)
             observe(.now - start, false)
             return reply

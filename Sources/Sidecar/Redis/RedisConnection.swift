@@ -1,10 +1,11 @@
 import NIOCore
 import NIOPosix
 
-/// One outgoing command with the promise its reply completes.
+/// One outgoing command with the promise its reply completes and the time by which it must.
 struct RedisOutbound {
     var bytes: ByteBuffer
     var promise: EventLoopPromise<RedisValue>?
+    var deadline: NIODeadline = .distantFuture
 }
 
 /// Pipelines commands on one connection: replies complete promises in order. In subscriber mode,
@@ -15,14 +16,30 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private let reader = HiredisReader()
-    private var pending = CircularBuffer<EventLoopPromise<RedisValue>>(initialCapacity: 16)
+    private var pending = CircularBuffer<(promise: EventLoopPromise<RedisValue>, deadline: NIODeadline)>(initialCapacity: 16)
     private let onPush: (@Sendable (RedisValue) -> Void)?
+    private var timer: RepeatedTask?
 
     init(onPush: (@Sendable (RedisValue) -> Void)? = nil) { self.onPush = onPush }
 
+    /// Replies arrive in order, so one periodic check of the oldest command replaces a timer per command:
+    /// if it is overdue, the connection can no longer be trusted and is closed (failing every waiter).
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(25), delay: .milliseconds(25)) { _ in
+            let (handler, context) = loopBound.value
+            if let oldest = handler.pending.first, oldest.deadline < .now() {
+                handler.fail(RedisError.timeout())
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let out = Self.unwrapOutboundIn(data)
-        if let p = out.promise { pending.append(p) }
+        if let p = out.promise { pending.append((p, out.deadline)) }
         context.write(Self.wrapOutboundOut(out.bytes), promise: promise)
     }
 
@@ -33,7 +50,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
                 if let onPush, isPush(reply) {
                     onPush(reply)
                 } else if let p = pending.popFirst() {
-                    p.succeed(reply)
+                    p.promise.succeed(reply)
                 } else {
                     onPush?(reply)
                 }
@@ -60,7 +77,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     private func fail(_ error: any Error) {
-        while let p = pending.popFirst() { p.fail(error) }
+        while let p = pending.popFirst() { p.promise.fail(error) }
     }
 }
 
@@ -114,15 +131,9 @@ final class RedisConnection: Sendable {
         let promise = channel.eventLoop.makePromise(of: RedisValue.self)
         var buffer = channel.allocator.buffer(capacity: 64)
         RESP.encode(args, into: &buffer)
-        let channel = self.channel
-        let timer = channel.eventLoop.scheduleTask(in: timeout) {
-            promise.fail(RedisError.timeout())
-            channel.close(promise: nil)
-        }
-        channel.writeAndFlush(RedisOutbound(bytes: buffer, promise: promise)).whenFailure { error in
+        channel.writeAndFlush(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout)).whenFailure { _ in
             promise.fail(RedisError.unavailable("write failed"))
         }
-        defer { timer.cancel() }
         return try await promise.futureResult.get()
     }
 

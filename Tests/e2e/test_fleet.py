@@ -1,0 +1,308 @@
+"""Policy and fleet-wide limits with a real redis-server: exact quotas across three sidecars, a shared
+rate limit, revocation propagation, Redis failure and recovery, policy reloads under load."""
+
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import BIN, Sidecar
+
+ADMIN = "adm_fleet_admin_token_0123456789"
+
+POLICY = """
+version: 1
+roles:
+  developer: {allow: ["*"]}
+  limited:
+    allow: ["serpapi:search", "http_fetch:*", "openai:chat"]
+    rules:
+      - scope: serpapi:search
+        quota: {limit: 50, window: day, timezone: America/New_York}
+      - scope: "http_fetch:get"
+        rate: {limit: 20, per: 1s, burst: 1}
+      - scope: openai:chat
+        guards: {models: [gpt-4o-mini], max_tokens: 200}
+        budget: {tokens: 400, window: day, timezone: UTC}
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Redis:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis():
+    r = Redis()
+    yield r
+    r.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path, sidecar_factory):
+    """Starts sidecars sharing one Redis, one key set and one admin token."""
+    keys = tmp_path / "keys"
+    subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+
+    def start(redis_url, n=1, extra_env=None, sidecar_ids=None):
+        out = []
+        for i in range(n):
+            cfg = f"version: 1\nauth: {{keys_dir: \"{keys}\"}}\npolicy: {{file: \"{policy}\"}}\nlimits: {{drain_timeout: 2s}}\n"
+            env = {"SIDECAR_ADMIN_TOKEN": ADMIN, "SIDECAR_STATE_DIR": str(tmp_path / f"state{i}-{len(out)}-{time.time_ns()}"),
+                   "SIDECAR_ID": (sidecar_ids or [f"sc-{i}"] * n)[i]}
+            if redis_url:
+                env["REDIS_URL"] = redis_url
+            env.update(extra_env or {})
+            out.append(sidecar_factory(cfg, env=env))
+        return out
+
+    start.policy = policy
+    return start
+
+
+def token_for(s: Sidecar, role="limited"):
+    agent = s.admin_request("POST", "/api/agents", {"name": "fleet", "role": role, "created_by": "e2e"}, token=ADMIN).json()["agent_id"]
+    r = s.admin_request("POST", f"/api/agents/{agent}/tokens", {"ttl": "30m"}, token=ADMIN)
+    assert r.status_code == 201, r.text
+    return agent, r.json()["token"]
+
+
+def wait_known(sidecars, token, path="/serpapi/search?q=warm"):
+    """A fresh agent reaches every sidecar through Redis pub/sub; wait until all accept the token."""
+    deadline = time.time() + 5
+    for s in sidecars:
+        while True:
+            r = requests.get(f"{s.proxy_url}/fetch?url=https%3A%2F%2Fexample.com%2F", headers={"X-Agent-Token": token}, timeout=5)
+            if r.status_code != 401:
+                break
+            assert time.time() < deadline, r.text
+            time.sleep(0.02)
+
+
+def test_quota_of_50_is_exactly_50_across_three_sidecars(redis, fleet):
+    sidecars = fleet(redis.url, n=3)
+    _, token = token_for(sidecars[0])
+    wait_known(sidecars, token)
+
+    def call(i):
+        s = sidecars[i % 3]
+        r = requests.get(f"{s.proxy_url}/serpapi/search?q=quota-{i}", headers={"X-Agent-Token": token}, timeout=15)
+        return r.status_code, (r.json().get("code") if r.status_code != 200 else "ok"), r.headers
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(call, range(300)))
+    statuses = [r[0] for r in results]
+    assert statuses.count(200) == 50, statuses.count(200)
+    assert statuses.count(429) == 250
+    assert {r[1] for r in results if r[0] == 429} == {"quota_exceeded"}
+    refused = next(r[2] for r in results if r[0] == 429)
+    assert int(refused["Retry-After"]) > 0 and refused["X-RateLimit-Limit"] == "50" and refused["X-RateLimit-Remaining"] == "0"
+    assert refused["RateLimit-Policy"].startswith('"quota";q=50;w=')
+    served = {s.proxy: sum(1 for l in s.logs("access") if l.get("outcome") == "ok" and l.get("tool") == "serpapi") for s in sidecars}
+    assert sum(served.values()) == 50 and all(v > 0 for v in served.values()), served
+
+
+def test_rate_limit_of_20_per_second_holds_across_two_sidecars(redis, fleet):
+    sidecars = fleet(redis.url, n=2)
+    _, token = token_for(sidecars[0])
+    wait_known(sidecars, token)
+    time.sleep(1.1)  # let the warm-up calls age out of the rate window
+    stop = time.time() + 10
+    ok = []
+    lock = threading.Lock()
+
+    def worker(k):
+        with requests.Session() as session:
+            s = sidecars[k % 2]
+            while time.time() < stop:
+                r = session.get(f"{s.proxy_url}/fetch?url=https%3A%2F%2Fexample.com%2F{k}", headers={"X-Agent-Token": token}, timeout=5)
+                if r.status_code == 200:
+                    with lock:
+                        ok.append(time.time())
+                else:
+                    assert r.status_code == 429 and r.json()["code"] == "rate_limited"
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 180 <= len(ok) <= 221, len(ok)  # 20/s for 10 s (+1 burst), within ±10 %
+
+
+def test_revocation_on_one_sidecar_refuses_on_the_other_within_100ms(redis, fleet):
+    a, b = fleet(redis.url, n=2)
+    agent, token = token_for(a, role="developer")
+    wait_known([a, b], token)
+    token_id = a.admin_request("GET", f"/api/agents/{agent}/tokens", token=ADMIN).json()["tokens"][0]["token_id"]
+    with requests.Session() as session:
+        assert session.get(f"{b.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=5).status_code == 200
+        assert a.admin_request("POST", f"/api/tokens/{token_id}/revoke", token=ADMIN).status_code == 200
+        revoked_at = time.time()
+        while True:
+            r = session.get(f"{b.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=5)
+            if r.status_code == 401:
+                break
+            assert time.time() - revoked_at < 1
+        elapsed = time.time() - revoked_at
+    assert r.json()["code"] == "token_revoked"
+    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms"
+
+
+def test_redis_down_fails_quotas_closed_rates_open_and_recovers(redis, fleet):
+    (s,) = fleet(redis.url, n=1)
+    _, token = token_for(s)
+    headers = {"X-Agent-Token": token}
+    assert requests.get(f"{s.proxy_url}/serpapi/search?q=1", headers=headers, timeout=5).status_code == 200
+    redis.kill()
+    time.sleep(0.2)
+    statuses = []
+    for i in range(20):
+        statuses.append(requests.get(f"{s.proxy_url}/serpapi/search?q={i}", headers=headers, timeout=5))
+        statuses.append(requests.get(f"{s.proxy_url}/fetch?url=https%3A%2F%2Fexample.com%2F", headers=headers, timeout=5))
+    quota = [r for r in statuses[::2]]
+    rate = [r for r in statuses[1::2]]
+    assert all(r.status_code == 503 and r.json()["code"] == "state_unavailable" for r in quota)
+    assert {r.status_code for r in rate} <= {200, 429} and any(r.status_code == 200 for r in rate), [r.status_code for r in rate]
+    assert all(r.status_code != 500 for r in statuses)
+    ready = requests.get(f"{s.admin_url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["redis"].startswith("down")
+    metrics = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert 'gateway_state_fallback_total{class="quota"}' in metrics and "gateway_redis_errors_total" in metrics
+    # While Redis is down the control API answers 503 problems, not 500s.
+    r = s.admin_request("POST", "/api/agents", {"name": "x", "role": "limited", "created_by": "e2e"}, token=ADMIN)
+    assert r.status_code == 503 and r.json()["code"] == "state_unavailable"
+    redis.start()  # same port; the identity store is empty again, so register afresh
+    deadline = time.time() + 10
+    while True:
+        r = s.admin_request("POST", "/api/agents", {"name": "fleet", "role": "limited", "created_by": "e2e"}, token=ADMIN)
+        if r.status_code == 201:
+            agent = r.json()["agent_id"]
+            fresh = s.admin_request("POST", f"/api/agents/{agent}/tokens", {"ttl": "5m"}, token=ADMIN).json()["token"]
+            r = requests.get(f"{s.proxy_url}/serpapi/search?q=back", headers={"X-Agent-Token": fresh}, timeout=5)
+            if r.status_code == 200:
+                break
+        assert r.status_code in (201, 401, 503), r.text
+        assert time.time() < deadline, r.text
+        time.sleep(0.2)
+    assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["redis"] == "up"
+
+
+def test_policy_reload_under_load_fails_no_request(fleet):
+    (s,) = fleet(None, n=1)
+    _, token = token_for(s, role="developer")
+    stop = threading.Event()
+    results = []
+
+    def load():
+        with requests.Session() as session:
+            while not stop.is_set():
+                results.append(session.get(f"{s.proxy_url}/serpapi/search?q=reload", headers={"X-Agent-Token": token}, timeout=5).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        original = s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"]
+        for i in range(10):
+            text = POLICY + f"\n# revision {i}\n"
+            r = requests.put(f"{s.admin_url}/api/policy", data=text, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
+            assert r.status_code == 200, r.text
+            assert s.admin_request("POST", "/api/policy/reload", token=ADMIN).status_code == 200
+            time.sleep(0.05)
+        active = s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"]
+        assert active != original
+        bad = requests.put(f"{s.admin_url}/api/policy", data="version: 1\nroles:\n  x: {allow: [\"ftp:get\"]}\n",
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "roles.x.allow[0]"
+        assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
+        # A bad file on disk is refused too, and counted.
+        fleet.policy.write_text("version: 1\nroles: {}\n")
+        time.sleep(1.5)
+        assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(results) > 100 and set(results) == {200}, (len(results), set(results))
+    metrics = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert "gateway_policy_reload_failures_total 2" in metrics
+
+
+def test_embedded_quota_counts_survive_a_restart(tmp_path, sidecar_factory):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nroles:\n  r:\n    allow: [\"serpapi:search\"]\n    rules:\n"
+                      "      - {scope: \"serpapi:search\", quota: {limit: 3, window: day}}\n")
+    env = {"SIDECAR_STATE_DIR": str(tmp_path / "state"), "SIDECAR_ADMIN_TOKEN": ADMIN}
+    cfg = f"version: 1\npolicy: {{file: \"{policy}\"}}\n"
+    s = sidecar_factory(cfg, env=env)
+    agent, token = token_for(s, role="r")
+    for _ in range(2):
+        assert requests.get(f"{s.proxy_url}/serpapi/search?q=a", headers={"X-Agent-Token": token}, timeout=5).status_code == 200
+    assert s.stop() == 0
+    s2 = sidecar_factory(cfg, env=env)
+    codes = [requests.get(f"{s2.proxy_url}/serpapi/search?q=b", headers={"X-Agent-Token": token}, timeout=5).status_code for _ in range(3)]
+    assert codes == [200, 429, 429]
+
+
+def test_guards_and_budgets_over_http(fleet):
+    (s,) = fleet(None, n=1)
+    _, token = token_for(s)
+    h = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", headers=h, timeout=5,
+                      json={"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 403 and r.json()["code"] == "param_denied" and r.json()["parameter"] == "model"
+    assert "gpt-4o-mini" not in r.text, "the refusal never reveals the allowed values"
+    # Budget 400 tokens/day; each call reserves max_tokens (150) + its input (~27), then settles to the
+    # real usage (~40 tokens in mock mode, streamed or not). Without settlement only two calls would fit.
+    passed = 0
+    for i in range(10):
+        body = {"model": "gpt-4o-mini", "max_tokens": 150, "messages": [{"role": "user", "content": f"hello {i}"}], "stream": i % 2 == 1}
+        r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", headers=h, json=body, timeout=5)
+        if r.status_code == 200:
+            passed += 1
+        else:
+            assert r.status_code == 429 and r.json()["code"] == "budget_exhausted"
+    assert 5 <= passed <= 8, passed
+    r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", headers=h, timeout=5,
+                      json={"model": "gpt-4o-mini", "max_tokens": 1000, "messages": []})
+    assert r.status_code == 403 and r.json()["parameter"] == "max_tokens"

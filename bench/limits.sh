@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Limits benchmark: the same proxied call (serpapi route to a fast nginx backend, agent token on the cached
+# path) through two sidecars in one run — one deciding its limits in the embedded store, one in Redis
+# (one EVALSHA per request: concurrency + rate + quota). Limits are set high so nothing is refused:
+# this measures the cost of deciding, not of refusing. Target: Redis >= 0.8x embedded req/s, p99 within +0.5 ms.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and saturation (throughput cost)
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
+swift build -c release --product sidecar >&2
+
+cat > "$WORK/backend.conf" <<CONF
+worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$BACKEND; location / { default_type application/json; return 200 '{"organic_results":[]}'; } } }
+CONF
+cat > "$WORK/policy.yaml" <<CONF
+version: 1
+roles:
+  bench:
+    allow: ["serpapi:search"]
+    concurrency: 1000
+    rules:
+      - scope: "serpapi:search"
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+CONF
+mkdir -p "$WORK/keys" && .build/release/sidecar keys init "$WORK/keys" >/dev/null
+for n in embedded redis; do
+  if [[ $n == embedded ]]; then P=$P1; A=$A1; R=""; else P=$P2; A=$A2; R="redis: {url: \"redis://127.0.0.1:$REDIS/0\"}"; fi
+  cat > "$WORK/$n.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
+state: {dir: "$WORK/state-$n"}
+auth: {keys_dir: "$WORK/keys"}
+policy: {file: "$WORK/policy.yaml"}
+tools:
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+$R
+CONF
+done
+nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
+redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
+sleep 0.3
+SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k .build/release/sidecar run --config "$WORK/embedded.yaml" > "$WORK/embedded.log" 2>&1 & PIDS+=($!)
+SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k .build/release/sidecar run --config "$WORK/redis.yaml" > "$WORK/redis.log" 2>&1 & PIDS+=($!)
+for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
+token() { # admin-port
+  local agent; agent=$(curl -fs -X POST "http://127.0.0.1:$1/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+  curl -fs -X POST "http://127.0.0.1:$1/api/agents/$agent/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+    -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
+T1=$(token $A1); T2=$(token $A2)
+run() { wrk -t2 -c"$4" -d3s -H "X-Agent-Token: $3" "$2" >/dev/null; wrk -t2 -c"$4" -d"${DURATION}s" --latency -H "X-Agent-Token: $3" "$2" > "$WORK/$1.txt"; }
+rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
+ms() { python3 -c "v='$1'; print(float(v[:-2]) if v.endswith('ms') else float(v[:-2])/1000 if v.endswith('us') else float(v[:-1])*1000)"; }
+REPORT="$OUT/limits-$(date -u +%Y%m%dT%H%M%SZ).txt"
+echo "limits benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -d${DURATION}s, redis-server on the same 2 cores" | tee "$REPORT"
+for c in $LOADS; do
+  run embedded-$c "http://127.0.0.1:$P1/serpapi/search?q=bench" "$T1" "$c"
+  run redis-$c "http://127.0.0.1:$P2/serpapi/search?q=bench" "$T2" "$c"
+  ER=$(rps embedded-$c); RR=$(rps redis-$c)
+  {
+    echo "-- $c connections"
+    printf "%-9s %10s %10s %10s\n" "" "req/s" "p50" "p99"
+    printf "%-9s %10s %10s %10s\n" embedded "$ER" "$(pct embedded-$c 50%)" "$(pct embedded-$c 99%)"
+    printf "%-9s %10s %10s %10s\n" redis "$RR" "$(pct redis-$c 50%)" "$(pct redis-$c 99%)"
+    echo "ratio redis/embedded req/s: $(python3 -c "print(f'{$RR/$ER:.2f}')") (target >= 0.8)"
+    echo "p99 difference: $(python3 -c "print(f'{$(ms "$(pct redis-$c 99%)") - $(ms "$(pct embedded-$c 99%)"):+.2f} ms')") (target <= +0.5 ms)"
+    grep -h "Non-2xx" "$WORK"/embedded-$c.txt "$WORK"/redis-$c.txt || true
+  } | tee -a "$REPORT"
+done
