@@ -61,9 +61,21 @@ public enum SidecarApp {
                 maxConnectionsPerHost: config.maxConnectionsPerHost)
         }
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
-        let transport = ModeSwitchTransport(live: live, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caBundlePath { tls.trustRoots = .file(ca) }
+        let egress = EgressGuard(allowed: config.egressAllow, ownListeners: Self.ownListeners(config))
+        let fetch = try SafeFetchTransport(
+            egress: egress, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
+        let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: live)
+        let modes = ModeSwitchTransport(live: routed, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)
+        let chaos = ChaosTransport(base: modes, settings: config.chaos, now: unixMillis) { tool, kind in metrics.chaosInjected(tool, kind) }
+        let fleet = redis.map {
+            FleetResilience(
+                redis: $0, sidecarID: config.auth.sidecarID, budgetRatio: config.resilience.retryBudgetRatio,
+                budgetMinimumPerSecond: config.resilience.retryBudgetMinimumPerSecond)
+        }
+        let resilience = ResilientCaller(transport: chaos, settings: config.resilience, metrics: metrics, logger: logger, fleet: fleet)
+        let transport = chaos
         let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
         let gmail = GmailTokenProvider(endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow)
         let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
@@ -76,7 +88,7 @@ public enum SidecarApp {
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
-            authenticator: authenticator, metrics: metrics, policy: policy, limits: limits)
+            authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(enabled: config.accessLog))
@@ -99,6 +111,7 @@ public enum SidecarApp {
         AdminRoutes(metrics: metrics, readiness: readiness, redis: redis).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
+        ChaosAPI(chaos: chaos, redis: redis, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
         let admin = Application(
@@ -117,7 +130,7 @@ public enum SidecarApp {
                 "version": "\(GatewayMetrics.version)",
                 "mock_tools": "\(config.mockTools.map(\.rawValue).sorted().joined(separator: ","))",
                 "auth": "\(config.auth.required ? "required" : "off")", "sidecar_id": "\(config.auth.sidecarID)",
-                "chaos": "\(config.chaosEnabled)", "state": "\(endpoint.map { "\($0)" } ?? "embedded")",
+                "chaos": "\(config.chaos.enabled)", "state": "\(endpoint.map { "\($0)" } ?? "embedded")",
                 "policy": "\(policy.policy.hash.prefix(16))",
             ])
         let reload = ReloadOnHangup(logger: logger) {
@@ -129,9 +142,26 @@ public enum SidecarApp {
         if config.policyWatch { background.append { await policy.watch() } }
         if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
         if let endpoint {
-            let subscriber = IdentitySubscriber(endpoint: endpoint, state: identityState, authenticator: authenticator, logger: logger)
-            background.append { await subscriber.run() }
+            var subscriber = FleetSubscriber(endpoint: endpoint, state: identityState, authenticator: authenticator, logger: logger)
+            subscriber.handlers[FleetResilience.breakerChannel] = { text in
+                guard let json = JSONValue.parse(Array(text.utf8)), let key = json["key"]?.stringValue,
+                    json["from"]?.stringValue != config.auth.sidecarID
+                else { return }
+                if json["state"] == "open", let until = json["until"]?.intValue {
+                    resilience.applyFleetOpen(key: key, until: Int64(until))
+                } else if json["state"] == "closed" {
+                    resilience.applyFleetClosed(key: key)
+                }
+            }
+            subscriber.handlers[FleetResilience.chaosChannel] = { text in
+                guard let settings = try? JSONDecoder().decode(ChaosSettings.self, from: Data(text.utf8)) else { return }
+                chaos.update(settings)
+                logger.notice("chaos updated by the fleet", metadata: ["enabled": "\(settings.enabled)"])
+            }
+            let running = subscriber
+            background.append { await running.run() }
         }
+        if let fleet { background.append { await fleet.runFlusher() } }
         let group = ServiceGroup(
             configuration: .init(
                 services: [
@@ -184,6 +214,15 @@ public enum SidecarApp {
             minter = TokenMinter(signingKey: signing, encryptionKey: keys.encryption.last ?? keys.decryption.last!.publicKey)
         }
         return (authenticator, minter)
+    }
+
+    /// The sidecar's own listeners, which http_fetch must never be pointed at.
+    static func ownListeners(_ config: SidecarConfig) -> [EgressGuard.Listener] {
+        [config.proxyListen, config.adminListen].map { hp in
+            let ip = IPAddress.parse(hp.host)
+            let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
+            return EgressGuard.Listener(address: any ? nil : ip, port: hp.port)
+        }
     }
 
     static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) -> [Tool: Credential] {

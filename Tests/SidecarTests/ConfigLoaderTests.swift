@@ -10,7 +10,7 @@ struct ConfigLoaderTests {
         let c = try ConfigLoader.load(path: nil, environment: [:])
         #expect(c.proxyListen.description == "127.0.0.1:8080" && c.adminListen.description == "127.0.0.1:9090")
         #expect(c.mockTools == Set(Tool.allCases))
-        #expect(c.redisURL == nil && !c.chaosEnabled)
+        #expect(c.redisURL == nil && !c.chaos.enabled)
     }
 
     @Test func readsAFullDocument() throws {
@@ -62,7 +62,7 @@ struct ConfigLoaderTests {
         try ConfigLoader.applyEnvironment(
             ["SIDECAR_PROXY_LISTEN": "127.0.0.1:0", "FF_CHAOS": "on", "REDIS_URL": "redis://127.0.0.1:6379/0", "SIDECAR_MODE": "live", "LOG_LEVEL": "warning"],
             to: &c)
-        #expect(c.proxyListen.port == 0 && c.chaosEnabled && c.redisURL == "redis://127.0.0.1:6379/0")
+        #expect(c.proxyListen.port == 0 && c.chaos.enabled && c.redisURL == "redis://127.0.0.1:6379/0")
         #expect(c.mockTools.isEmpty && c.logLevel == "warning")
         #expect(throws: DocumentError.self) { try ConfigLoader.applyEnvironment(["FF_CHAOS": "sometimes"], to: &c) }
     }

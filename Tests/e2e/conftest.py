@@ -296,6 +296,8 @@ version: 1
   ca_bundle: {pki.ca_pem}
 limits:
   drain_timeout: 10s
+egress:
+  allow_cidrs: ["127.0.0.0/8"]   # the fake upstreams run on loopback, which http_fetch refuses by default
 tools:
   serpapi: {{mode: live, base_url: "{upstream.base_url}", hosts: [serpapi.com], timeout: 3s}}
   openai: {{mode: live, base_url: "{upstream.base_url}", timeout: 5s}}

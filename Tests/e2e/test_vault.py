@@ -81,7 +81,8 @@ def test_rotation_under_load_fails_no_request(pki, https_upstream, sidecar_facto
     def load():
         with requests.Session() as session:
             while not stop.is_set():
-                r = session.get(f"{s.proxy_url}/serpapi/search?q=rot", headers={"X-Agent-Token": token}, timeout=10)
+                # A fresh query each time: a cached answer would not reach the upstream.
+                r = session.get(f"{s.proxy_url}/serpapi/search?q=rot-{os.urandom(4).hex()}", headers={"X-Agent-Token": token}, timeout=10)
                 results.append(r.status_code)
 
     threads = [threading.Thread(target=load) for _ in range(4)]

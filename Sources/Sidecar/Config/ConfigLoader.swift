@@ -22,7 +22,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy"])
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos"])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
 
@@ -68,6 +68,16 @@ public enum ConfigLoader {
                 seenHosts[host.lowercased()] = tool
             }
         }
+
+        try resilience(root["resilience"], tools: tools, into: &c)
+        let egress = root["egress"]
+        try egress.checkKeys(["allow_cidrs", "follow_redirects"])
+        for (i, text) in (try egress["allow_cidrs"].strings() ?? []).enumerated() {
+            guard let cidr = CIDR(text) else { throw DocumentError(path: "\(egress["allow_cidrs"].path)[\(i)]", message: "expected a CIDR like 10.1.0.0/16") }
+            c.egressAllow.append(cidr)
+        }
+        c.followRedirects = try egress["follow_redirects"].int(default: 0, range: 0...10)
+        c.chaos = try chaosSettings(root["chaos"])
 
         let log = root["log"]
         try log.checkKeys(["level", "access_log"])
@@ -142,8 +152,102 @@ public enum ConfigLoader {
         return c
     }
 
+    static func resilience(_ node: DocumentReader, tools: DocumentReader, into c: inout SidecarConfig) throws(DocumentError) {
+        try node.checkKeys(["retry", "breaker", "bulkhead", "cache"])
+        var r = c.resilience
+        let retry = node["retry"]
+        try retry.checkKeys(["max_attempts", "base_delay", "max_delay", "budget_ratio", "budget_min_per_second"])
+        let breaker = node["breaker"]
+        try breaker.checkKeys(["window", "minimum_volume", "failure_rate", "consecutive_failures", "open", "max_open", "half_open_probes"])
+        let bulkhead = node["bulkhead"]
+        try bulkhead.checkKeys(["max_concurrent", "queue", "wait"])
+        let cache = node["cache"]
+        try cache.checkKeys(["max_bytes", "max_entry_bytes", "stale_if_error", "openai"])
+        for tool in Tool.allCases {
+            var t = r.tools[tool]!
+            if tool != .gmailSend { t.retry.maxAttempts = try retry["max_attempts"].int(default: t.retry.maxAttempts, range: 1...10) }
+            t.retry.baseDelayMilliseconds = try positive(retry["base_delay"], default: .milliseconds(t.retry.baseDelayMilliseconds)).milliseconds
+            t.retry.maxDelayMilliseconds = try positive(retry["max_delay"], default: .milliseconds(t.retry.maxDelayMilliseconds)).milliseconds
+            t.breaker.windowMilliseconds = try positive(breaker["window"], default: .milliseconds(t.breaker.windowMilliseconds)).milliseconds
+            t.breaker.minimumVolume = try breaker["minimum_volume"].int(default: t.breaker.minimumVolume, range: 1...100_000)
+            if let rate = try breaker["failure_rate"].double() {
+                guard rate > 0, rate <= 1 else { throw breaker["failure_rate"].error("must be in (0, 1]") }
+                t.breaker.failureRate = rate
+            }
+            t.breaker.consecutiveFailures = try breaker["consecutive_failures"].int(default: t.breaker.consecutiveFailures, range: 1...10_000)
+            t.breaker.baseOpenMilliseconds = try positive(breaker["open"], default: .milliseconds(t.breaker.baseOpenMilliseconds)).milliseconds
+            t.breaker.maxOpenMilliseconds = try positive(breaker["max_open"], default: .milliseconds(t.breaker.maxOpenMilliseconds)).milliseconds
+            t.breaker.halfOpenProbes = try breaker["half_open_probes"].int(default: t.breaker.halfOpenProbes, range: 1...100)
+            t.maxConcurrent = try bulkhead["max_concurrent"].int(default: t.maxConcurrent, range: 1...100_000)
+            t.queue = try bulkhead["queue"].int(default: t.queue, range: 0...1_000_000)
+            t.queueWait = try positive(bulkhead["wait"], default: t.queueWait)
+            // Per-tool overrides.
+            let tn = tools[tool.rawValue]
+            if let v = try tn["max_concurrent"].int() { t.maxConcurrent = v }
+            if let v = try tn["retry_attempts"].int() {
+                guard (1...10).contains(v) else { throw tn["retry_attempts"].error("must be between 1 and 10") }
+                guard tool != .gmailSend || v == 1 else { throw tn["retry_attempts"].error("gmail_send is never retried (a retry could send twice)") }
+                t.retry.maxAttempts = v
+            }
+            if let v = try tn["cache_ttl"].duration() {
+                guard tool != .gmailSend || v == .zero else { throw tn["cache_ttl"].error("gmail_send answers are never cached") }
+                t.cacheTTL = v
+            }
+            r.tools[tool] = t
+        }
+        if let ratio = try retry["budget_ratio"].double() {
+            guard ratio >= 0, ratio <= 1 else { throw retry["budget_ratio"].error("must be between 0 and 1") }
+            r.retryBudgetRatio = ratio
+        }
+        if let m = try retry["budget_min_per_second"].double() {
+            guard m >= 0 else { throw retry["budget_min_per_second"].error("must not be negative") }
+            r.retryBudgetMinimumPerSecond = m
+        }
+        r.cacheMaxBytes = try cache["max_bytes"].int(default: r.cacheMaxBytes, range: 0...(1 << 34))
+        r.cacheMaxEntryBytes = try cache["max_entry_bytes"].int(default: r.cacheMaxEntryBytes, range: 0...(1 << 30))
+        r.staleIfError = try cache["stale_if_error"].duration(default: r.staleIfError)
+        r.openAICache = try cache["openai"].bool(default: false)
+        c.resilience = r
+    }
+
+    /// `chaos:` — faults per tool (`"*"` for every tool); `FF_CHAOS=on` switches it on at start.
+    static func chaosSettings(_ node: DocumentReader) throws(DocumentError) -> ChaosSettings {
+        try node.checkKeys(["enabled", "seed", "duration", "gmail_opt_in", "tools"])
+        var s = ChaosSettings()
+        s.enabled = try node["enabled"].bool(default: false)
+        if let seed = try node["seed"].int() { s.seed = UInt64(bitPattern: Int64(seed)) }
+        if let d = try node["duration"].duration() { s.until = Int64(Date().timeIntervalSince1970 * 1000) + d.milliseconds }
+        s.gmailOptIn = try node["gmail_opt_in"].bool(default: false)
+        for (name, f) in try node["tools"].entries() {
+            guard name == "*" || Tool(rawValue: name) != nil else { throw f.error("unknown tool") }
+            try f.checkKeys(["error_rate", "error_statuses", "rate_limit_rate", "retry_after", "timeout_rate", "latency_min_ms", "latency_max_ms", "truncate_rate"])
+            var faults = ChaosFaults()
+            func rate(_ key: String) throws(DocumentError) -> Double {
+                let v = try f[key].double() ?? 0
+                guard (0...1).contains(v) else { throw f[key].error("must be between 0 and 1") }
+                return v
+            }
+            faults.errorRate = try rate("error_rate")
+            faults.rateLimitRate = try rate("rate_limit_rate")
+            faults.timeoutRate = try rate("timeout_rate")
+            faults.truncateRate = try rate("truncate_rate")
+            if let statuses = try f["error_statuses"].strings() {
+                let codes = statuses.compactMap(Int.init)
+                guard codes.count == statuses.count, codes.allSatisfy({ (500...599).contains($0) }) else {
+                    throw f["error_statuses"].error("expected 5xx status codes")
+                }
+                faults.errorStatuses = codes
+            }
+            faults.retryAfterSeconds = try f["retry_after"].int(default: 1, range: 0...3600)
+            faults.latencyMinMilliseconds = try f["latency_min_ms"].int(default: 0, range: 0...600_000)
+            faults.latencyMaxMilliseconds = try f["latency_max_ms"].int(default: faults.latencyMinMilliseconds, range: faults.latencyMinMilliseconds...600_000)
+            s.tools[name] = faults
+        }
+        return s
+    }
+
     static func toolConfig(_ tool: Tool, _ node: DocumentReader) throws(DocumentError) -> ToolConfig {
-        try node.checkKeys(["mode", "base_url", "hosts", "connect_timeout", "timeout", "credential_env", "upgrade_to_https"])
+        try node.checkKeys(["mode", "base_url", "hosts", "connect_timeout", "timeout", "credential_env", "upgrade_to_https", "max_concurrent", "retry_attempts", "cache_ttl"])
         var t = ToolConfig.defaults(for: tool)
         if let m = try node["mode"].string() {
             guard let mode = ToolMode(rawValue: m) else { throw node["mode"].error("expected mock or live") }
@@ -181,8 +285,22 @@ public enum ConfigLoader {
         }
         if let s = env["FF_CHAOS"], !s.isEmpty {
             switch s.lowercased() {
-            case "on", "1", "true": c.chaosEnabled = true
-            case "off", "0", "false": c.chaosEnabled = false
+            case "on", "1", "true":
+                c.chaos.enabled = true
+                c.chaos.enabled = true
+                if c.chaos.tools.isEmpty {
+                    // A moderate default mix when nothing is configured.
+                    var f = ChaosFaults()
+                    f.errorRate = 0.1
+                    f.rateLimitRate = 0.05
+                    f.timeoutRate = 0.02
+                    f.truncateRate = 0.02
+                    f.latencyMaxMilliseconds = 200
+                    c.chaos.tools["*"] = f
+                }
+            case "off", "0", "false":
+                c.chaos.enabled = false
+                c.chaos.enabled = false
             default: throw DocumentError(path: "env.FF_CHAOS", message: "expected on or off")
             }
         }

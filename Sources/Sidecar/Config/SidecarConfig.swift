@@ -108,8 +108,6 @@ public struct SidecarConfig: Sendable {
     public var tools: [Tool: ToolConfig] = Dictionary(uniqueKeysWithValues: Tool.allCases.map { ($0, ToolConfig.defaults(for: $0)) })
     public var logLevel = "info"
     public var accessLog = true
-    /// `FF_CHAOS=on` at start.
-    public var chaosEnabled = false
     /// Shared state for a fleet; nil = the embedded store.
     public var redisURL: String?
     /// Pause between chunks of mock streaming answers.
@@ -129,6 +127,11 @@ public struct SidecarConfig: Sendable {
     public var redisCommandTimeout: Duration = .milliseconds(250)
     public var redisConnectTimeout: Duration = .milliseconds(500)
     var stateFailure = StateFailurePolicy()
+    var resilience = ResilienceSettings()
+    /// Address ranges http_fetch may reach although they are internal (e.g. a lab network).
+    public var egressAllow: [CIDR] = []
+    public var followRedirects = 0
+    public var chaos = ChaosSettings()
 
     public var keysDir: String { auth.keysDir ?? (stateDir as NSString).appendingPathComponent("keys") }
     public var vaultDir: String { vault.dir ?? (stateDir as NSString).appendingPathComponent("vault") }

@@ -34,6 +34,10 @@ struct AccessLog: Sendable {
             JSONValue.writeString(t, into: &s)
         }
         if r.mock { s += ",\"mock\":true" }
+        if let c = r.cache { s += ",\"cache\":\"\(c)\"" }
+        if r.retries > 0 { s += ",\"retries\":\(r.retries)" }
+        if let b = r.breaker { s += ",\"breaker\":\"\(b)\"" }
+        if let c = r.chaos { s += ",\"chaos\":\"\(c)\"" }
         s += ",\"duration_ms\":\(ms(r.totalDuration))"
         if let up = r.upstreamDuration { s += ",\"upstream_ms\":\(ms(up))" }
         s += ",\"bytes_in\":\(r.bytesIn),\"bytes_out\":\(r.bytesOut)}"

@@ -29,6 +29,20 @@ public final class GatewayMetrics: Sendable {
     private let redisErrors: Prometheus.Counter
     private let redisLatency: DurationHistogram
     static let denialKinds = PolicyDenial.Kind.allCases.map(\.rawValue)
+    private let breakerStates: [String: Gauge]
+    private let breakerTransitions: [String: Prometheus.Counter]
+    private let breakerFastFails: [String: Prometheus.Counter]
+    private let retries: [String: Prometheus.Counter]
+    private let retrySuccesses: [String: Prometheus.Counter]
+    private let retryBudgetExhaustions: [String: Prometheus.Counter]
+    private let cacheHits: [String: Prometheus.Counter]
+    private let cacheMisses: [String: Prometheus.Counter]
+    private let cacheStales: [String: Prometheus.Counter]
+    private let cacheBytesGauge: Gauge
+    private let bulkheadQueues: [String: Gauge]
+    private let bulkheadRejections: [String: Prometheus.Counter]
+    private let chaosInjected: [String: Prometheus.Counter]
+    static let chaosKinds = ["error", "rate_limit", "timeout", "latency", "truncate"]
 
     static let tokenResults = [
         "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
@@ -142,6 +156,48 @@ public final class GatewayMetrics: Sendable {
                 namespace: "gateway", metricName: "redis_latency", unitName: "seconds", helpText: "Redis command round trips."),
             buckets: [.microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
                       .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250)])
+        let tools = Tool.allCases.map(\.rawValue)
+        func perTool<M>(_ make: (String) -> M) -> [String: M] { Dictionary(uniqueKeysWithValues: tools.map { ($0, make($0)) }) }
+        let bState = MetricNameDescriptor(namespace: "gateway", metricName: "breaker_state", unitName: "",
+            helpText: "Circuit breaker state per tool: 0 closed, 1 half-open, 2 open (http_fetch: the worst of its per-host breakers).")
+        breakerStates = perTool { registry.makeGauge(descriptor: bState, labels: [("tool", $0)]) }
+        let bTrans = MetricNameDescriptor(namespace: "gateway", metricName: "breaker_transitions", unitName: "total",
+            helpText: "Circuit breaker transitions, by tool and new state.")
+        var transitions: [String: Prometheus.Counter] = [:]
+        for t in tools { for st in ["closed", "half_open", "open"] { transitions["\(t)|\(st)"] = registry.makeCounter(descriptor: bTrans, labels: [("tool", t), ("to", st)]) } }
+        breakerTransitions = transitions
+        let bFast = MetricNameDescriptor(namespace: "gateway", metricName: "breaker_fastfail", unitName: "total",
+            helpText: "Calls refused by an open circuit breaker without touching the network.")
+        breakerFastFails = perTool { registry.makeCounter(descriptor: bFast, labels: [("tool", $0)]) }
+        let rTotal = MetricNameDescriptor(namespace: "gateway", metricName: "retries", unitName: "total", helpText: "Upstream retries, by tool and reason.")
+        var r: [String: Prometheus.Counter] = [:]
+        for t in tools { for reason in RetryPolicy.Reason.allCases { r["\(t)|\(reason.rawValue)"] = registry.makeCounter(descriptor: rTotal, labels: [("tool", t), ("reason", reason.rawValue)]) } }
+        retries = r
+        let rSuccess = MetricNameDescriptor(namespace: "gateway", metricName: "retry_success", unitName: "total", helpText: "Calls that succeeded after at least one retry.")
+        retrySuccesses = perTool { registry.makeCounter(descriptor: rSuccess, labels: [("tool", $0)]) }
+        let rBudget = MetricNameDescriptor(namespace: "gateway", metricName: "retry_budget_exhausted", unitName: "total",
+            helpText: "Retries skipped because the retry budget was spent.")
+        retryBudgetExhaustions = perTool { registry.makeCounter(descriptor: rBudget, labels: [("tool", $0)]) }
+        let cHit = MetricNameDescriptor(namespace: "gateway", metricName: "cache_hits", unitName: "total", helpText: "Answers served from the response cache.")
+        cacheHits = perTool { registry.makeCounter(descriptor: cHit, labels: [("tool", $0)]) }
+        let cMiss = MetricNameDescriptor(namespace: "gateway", metricName: "cache_misses", unitName: "total", helpText: "Cacheable calls that went upstream.")
+        cacheMisses = perTool { registry.makeCounter(descriptor: cMiss, labels: [("tool", $0)]) }
+        let cStale = MetricNameDescriptor(namespace: "gateway", metricName: "cache_stale", unitName: "total",
+            helpText: "Expired answers served because the upstream could not answer (breaker open or failing).")
+        cacheStales = perTool { registry.makeCounter(descriptor: cStale, labels: [("tool", $0)]) }
+        cacheBytesGauge = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "cache", unitName: "bytes",
+            helpText: "Bytes held by the response cache."))
+        let qLen = MetricNameDescriptor(namespace: "gateway", metricName: "bulkhead_queue", unitName: "",
+            helpText: "Calls waiting for an upstream slot, by tool.")
+        bulkheadQueues = perTool { registry.makeGauge(descriptor: qLen, labels: [("tool", $0)]) }
+        let qRej = MetricNameDescriptor(namespace: "gateway", metricName: "bulkhead_rejections", unitName: "total",
+            helpText: "Calls refused with tool_saturated (queue full or wait timed out).")
+        bulkheadRejections = perTool { registry.makeCounter(descriptor: qRej, labels: [("tool", $0)]) }
+        let chaos = MetricNameDescriptor(namespace: "gateway", metricName: "chaos_injected", unitName: "total",
+            helpText: "Faults injected by chaos mode, by tool and kind.")
+        var c: [String: Prometheus.Counter] = [:]
+        for t in tools { for k in Self.chaosKinds { c["\(t)|\(k)"] = registry.makeCounter(descriptor: chaos, labels: [("tool", t), ("kind", k)]) } }
+        chaosInjected = c
         registry.makeGauge(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "build_info", unitName: "",
@@ -165,6 +221,20 @@ public final class GatewayMetrics: Sendable {
     func policyDenied(_ kind: String) { policyDenials[kind]?.increment() }
     func policyWouldDeny(_ kind: String) { policyWouldDeny[kind]?.increment() }
     func rateLimitDecision(_ result: String) { rateLimitDecisions[result]?.increment() }
+
+    func breakerState(_ tool: Tool, _ value: Int) { breakerStates[tool.rawValue]?.set(to: Double(value)) }
+    func breakerTransition(_ tool: Tool, to state: String) { breakerTransitions["\(tool.rawValue)|\(state)"]?.increment() }
+    func breakerFastFail(_ tool: Tool) { breakerFastFails[tool.rawValue]?.increment() }
+    func retry(_ tool: Tool, reason: String) { retries["\(tool.rawValue)|\(reason)"]?.increment() }
+    func retrySuccess(_ tool: Tool) { retrySuccesses[tool.rawValue]?.increment() }
+    func retryBudgetExhausted(_ tool: Tool) { retryBudgetExhaustions[tool.rawValue]?.increment() }
+    func cacheHit(_ tool: Tool) { cacheHits[tool.rawValue]?.increment() }
+    func cacheMiss(_ tool: Tool) { cacheMisses[tool.rawValue]?.increment() }
+    func cacheStale(_ tool: Tool) { cacheStales[tool.rawValue]?.increment() }
+    func cacheBytes(_ bytes: Int) { cacheBytesGauge.set(to: Double(bytes)) }
+    func bulkheadQueue(_ tool: Tool, _ n: Int) { bulkheadQueues[tool.rawValue]?.set(to: Double(n)) }
+    func bulkheadRejection(_ tool: Tool) { bulkheadRejections[tool.rawValue]?.increment() }
+    func chaosInjected(_ tool: Tool, _ kind: String) { chaosInjected["\(tool.rawValue)|\(kind)"]?.increment() }
 
     /// Records one Redis command (latency nil when it failed).
     func redisCommand(_ latency: Duration?, failed: Bool) {

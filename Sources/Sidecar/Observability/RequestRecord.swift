@@ -20,6 +20,13 @@ struct RequestRecord: Sendable {
     var tokenID: String?
     /// Set when the token is near expiry: the response then recommends rotation.
     var tokenExpiresAt: Int64?
+    /// `HIT`, `MISS` or `STALE` for cacheable calls.
+    var cache: String?
+    var retries = 0
+    /// `open` when an open breaker answered.
+    var breaker: String?
+    /// The chaos fault injected, if any.
+    var chaos: String?
     var mock = false
     var bytesIn = 0
     var bytesOut = 0

@@ -21,12 +21,16 @@ extension GatewayError {
     }
 
     init(_ e: UpstreamError) {
-        defer { nothingSent = e.beforeSend }
+        defer {
+            nothingSent = e.beforeSend
+            if let kind = e.chaos { headers.append(("X-Chaos-Injected", kind)) }
+        }
         switch e.kind {
         case .unreachable: self.init(.upstreamUnreachable, "could not connect to the upstream (\(e.detail))")
         case .timeout: self.init(.upstreamTimeout, "the upstream did not answer within the deadline")
         case .protocolError, .cancelled: self.init(.upstreamProtocolError, "the upstream connection failed (\(e.detail))")
         case .responseTooLarge: self.init(.upstreamResponseTooLarge, "the upstream response exceeded the size limit")
+        case .egressDenied: self.init(.egressDenied, "the destination is not allowed for http_fetch (\(e.detail))")
         }
     }
 

@@ -39,6 +39,10 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case budgetExhausted = "budget_exhausted"
         case concurrencyLimited = "concurrency_limited"
         case stateUnavailable = "state_unavailable"
+        // Resilience and egress.
+        case egressDenied = "egress_denied"
+        case breakerOpen = "breaker_open"
+        case toolSaturated = "tool_saturated"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
@@ -62,7 +66,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .routeNotFound: return .notFound
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
-            case .connectRefused, .scopeDenied, .paramDenied, .offHours: return .forbidden
+            case .connectRefused, .scopeDenied, .paramDenied, .offHours, .egressDenied: return .forbidden
+            case .breakerOpen, .toolSaturated: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
             case .tokenMissing, .tokenMalformed, .tokenInvalid, .tokenExpired, .tokenRevoked, .agentDisabled, .agentUnknown,
@@ -108,6 +113,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .budgetExhausted: return "Budget exhausted"
             case .concurrencyLimited: return "Too many calls in flight"
             case .stateUnavailable: return "Shared limit state unavailable"
+            case .egressDenied: return "Destination not allowed"
+            case .breakerOpen: return "Tool temporarily unavailable (circuit open)"
+            case .toolSaturated: return "Tool saturated"
             case .adminUnauthorized: return "Admin token required"
             case .invalidJSON: return "Malformed JSON"
             case .validationFailed: return "Validation failed"

@@ -37,13 +37,15 @@ extension Pipeline {
         try checkScope(call, identity: identity)
         let admitted = try await admit(call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
         let response: UpstreamResponse
+        let release: @Sendable () -> Void
         do {
-            response = try await forward(admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, record: &record)
+            (response, release) = try await forward(admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, record: &record)
         } catch {
             await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
             throw error
         }
         let data: ByteBuffer
+        defer { release() }
         do {
             data = try await response.body.collect(upTo: settings.maxResponseBodyBytes)
         } catch {

@@ -47,14 +47,21 @@ final class Pipeline: Sendable {
     /// nil in tests that exercise only the data plane.
     let policy: PolicyRuntime?
     let limits: (any LimitStore)?
+    /// Cache, breakers, bulkheads and retries around the transport; nil = the bare transport (tests).
+    let resilience: ResilientCaller?
+    /// SSRF defence for http_fetch: IP-literal destinations are checked here (names by the transport).
+    let egress: EgressGuard?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
-        metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil
+        metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
+        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil
     ) {
         self.policy = policy
         self.limits = limits
+        self.resilience = resilience
+        self.egress = egress
         self.classifier = classifier
         self.adapters = adapters
         self.transport = transport
@@ -138,8 +145,9 @@ final class Pipeline: Sendable {
             let admitted = try await admit(call, identity: identity, bodyBytes: request.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
             if admitted?.meter != nil { call = Self.requestingUsage(call) }
             var response: UpstreamResponse
+            let release: @Sendable () -> Void
             do {
-                response = try await forward(call, requestID: request.requestID, record: &record)
+                (response, release) = try await forward(call, requestID: request.requestID, record: &record)
             } catch {
                 await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
                 throw error
@@ -154,9 +162,9 @@ final class Pipeline: Sendable {
             } else {
                 body = .stream(response.body, limit: settings.maxResponseBodyBytes)
             }
-            var completion: (@Sendable () async -> Void)?
-            if let admitted {
-                completion = { await self.settle(admitted, refund: false, upstreamStatus: status) }
+            let completion: @Sendable () async -> Void = {
+                release()
+                await self.settle(admitted, refund: false, upstreamStatus: status)
             }
             return ProxyResponse(
                 status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: request.requestID),
@@ -174,23 +182,41 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// Credential, then upstream. Returns the upstream response with its body still streaming.
-    func forward(_ call: ToolCall, requestID: String, record: inout RequestRecord) async throws(GatewayError) -> UpstreamResponse {
+    /// Credential, then upstream (through cache, breaker, bulkhead and retries). Returns the response with
+    /// its body still streaming, and the release to call once it has been consumed.
+    func forward(_ call: ToolCall, requestID: String, record: inout RequestRecord) async throws(GatewayError)
+        -> (UpstreamResponse, @Sendable () -> Void)
+    {
         let tool = call.tool
         let endpoint = settings.endpoints[tool] ?? ToolEndpoint(baseURL: ToolEndpoint.defaultBaseURL(for: tool))
-        let timeout = settings.timeouts[tool] ?? .seconds(30)
+        var timeout = settings.timeouts[tool] ?? .seconds(30)
+        // The agent may narrow (never widen) the deadline: X-Request-Timeout: 2.5 or 500ms.
+        if let raw = call.request.headers.first(name: "x-request-timeout"),
+            let asked = Double(raw).map({ Duration.milliseconds(Int64($0 * 1000)) }) ?? DocumentReader.parseDuration(raw), asked > .zero
+        {
+            timeout = min(timeout, asked)
+        }
         var upstream = UpstreamRequestBuilder.build(
             call: call, endpoint: endpoint, requestID: requestID, deadline: .now() + TimeAmount(timeout))
         let mock = settings.mockTools.contains(tool)
         record.mock = mock
         record.upstreamHost = mock ? nil : upstream.url.host
+        if tool == .httpFetch, let egress, let ip = IPAddress.parse(upstream.url.host), let why = egress.refusal(ip, port: upstream.url.port) {
+            var e = GatewayError(.egressDenied, "the destination is not allowed for http_fetch (\(why))")
+            e.nothingSent = true
+            throw e
+        }
         var scrubber = SecretScrubber([])
         if tool.isBrokered {
             // Compressed bodies could hide an echoed credential from the scrubber.
             upstream.headers.replaceOrAdd(name: "Accept-Encoding", value: "identity")
             let credential: Credential?
             do { credential = try await credentials.credential(for: tool) } catch {
-                if !mock { throw GatewayError(.credentialUnavailable, "the \(tool.rawValue) credential could not be obtained") }
+                if !mock {
+                    var e = GatewayError(.credentialUnavailable, "the \(tool.rawValue) credential could not be obtained")
+                    e.nothingSent = true
+                    throw e
+                }
                 credential = nil
             }
             if let credential, !credential.isEmpty {
@@ -203,15 +229,30 @@ final class Pipeline: Sendable {
         }
         record.upstreamStart = .now
         var response: UpstreamResponse
-        do {
-            response = try await transport.send(upstream)
-        } catch {
-            record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
-            throw GatewayError(error)
+        var release: @Sendable () -> Void = {}
+        if let resilience {
+            let traits = adapters.adapter(for: tool).traits(of: call)
+            do {
+                let result = try await resilience.call(upstream, traits: traits, cacheKey: cacheKey(call, upstream), record: &record)
+                response = result.response
+                release = result.release
+            } catch {
+                record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
+                throw error
+            }
+        } else {
+            do {
+                response = try await transport.send(upstream)
+            } catch {
+                record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
+                throw GatewayError(error)
+            }
         }
         record.upstreamStatus = Int(response.status.code)
+        record.chaos = response.headers.first(name: "x-chaos-injected")
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.maxResponseBodyBytes {
             response.body.cancel()
+            release()
             throw GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "content-length \(length)"))
         }
         if !scrubber.isEmpty {
@@ -220,6 +261,30 @@ final class Pipeline: Sendable {
             // Replacing a secret changes the length; the framing is recomputed for what is sent.
             response.headers.remove(name: "content-length")
         }
-        return response
+        return (response, release)
+    }
+
+    /// The cache key of a cacheable call, or nil (DESIGN.md §8: serpapi searches; http_fetch GET without
+    /// the agent's own credentials; openai only when enabled, non-streaming, temperature 0; never Gmail).
+    func cacheKey(_ call: ToolCall, _ upstream: UpstreamRequest) -> String? {
+        guard let resilience, resilience.settings.tools[call.tool]!.cacheTTL > .zero else { return nil }
+        let agentDirectives = call.request.headers["cache-control"].joined(separator: ",").lowercased()
+        if agentDirectives.contains("no-cache") || agentDirectives.contains("no-store") { return nil }
+        switch call.parameters {
+        case .serpapi:
+            return ResponseCache.serpAPIKey(call)
+        case .httpFetch(let p):
+            guard call.action == "get", !call.request.headers.contains(name: "authorization"), !call.request.headers.contains(name: "cookie") else {
+                return nil
+            }
+            return ResponseCache.key(["http_fetch", p.url.description])
+        case .openai(let p):
+            guard resilience.settings.openAICache, !p.stream, p.temperature == 0, let body = call.request.body,
+                let json = JSONValue.parse(body.readableBytesView)
+            else { return nil }
+            return ResponseCache.key(["openai", call.request.path, json.serialized])
+        case .gmail:
+            return nil
+        }
     }
 }

@@ -89,16 +89,21 @@ final class RedisIdentityStore: IdentityStore {
     }
 }
 
-/// Keeps this sidecar's identity snapshot in step with the fleet: applies published changes at once,
-/// and reloads the whole snapshot after (re)connecting and every 30 s, in case a message was missed.
-struct IdentitySubscriber: Sendable {
+/// Keeps this sidecar in step with the fleet through Redis pub/sub: identity changes (revocations,
+/// disabled agents) apply at once, as do breaker states and chaos switches published by other sidecars.
+/// After (re)connecting, and every 30 s, the identity snapshot is reloaded whole, in case a message was
+/// missed while disconnected.
+struct FleetSubscriber: Sendable {
     let endpoint: RedisEndpoint
     let state: IdentityState
     let authenticator: Authenticator?
     let logger: Logger
+    /// Other channels and their handlers (breakers, chaos).
+    var handlers: [String: @Sendable (String) -> Void] = [:]
 
     func run() async {
         var backoff: Duration = .milliseconds(50)
+        let channels = [RedisIdentityStore.channel] + handlers.keys.sorted()
         while !Task.isCancelled {
             do {
                 let (stream, continuation) = AsyncStream<RedisValue>.makeStream()
@@ -106,7 +111,7 @@ struct IdentitySubscriber: Sendable {
                     endpoint, timeout: .milliseconds(500), group: MultiThreadedEventLoopGroup.singleton,
                     onPush: { continuation.yield($0) })
                 connection.channel.closeFuture.whenComplete { _ in continuation.finish() }
-                _ = try await connection.send(["SUBSCRIBE", RedisIdentityStore.channel], timeout: .seconds(1))
+                _ = try await connection.send(["SUBSCRIBE"] + channels, timeout: .seconds(1))
                 try? await state.refresh()
                 backoff = .milliseconds(50)
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -117,7 +122,7 @@ struct IdentitySubscriber: Sendable {
                         }
                     }
                     group.addTask {
-                        for await message in stream { apply(message) }
+                        for await message in stream { dispatch(message) }
                     }
                     _ = try await group.next()
                     group.cancelAll()
@@ -125,17 +130,22 @@ struct IdentitySubscriber: Sendable {
                 connection.close()
             } catch {
                 if Task.isCancelled { return }
-                logger.warning("identity subscription lost; retrying", metadata: ["backoff_ms": "\(backoff.components.attoseconds / 1_000_000_000_000_000)"])
+                logger.warning("fleet subscription lost; retrying", metadata: ["backoff_ms": "\(backoff.milliseconds)"])
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(2))
             }
         }
     }
 
-    func apply(_ message: RedisValue) {
-        guard let parts = message.array, parts.count == 3, parts[0].string == "message", let text = parts[2].string,
-            let json = try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+    func dispatch(_ message: RedisValue) {
+        guard let parts = message.array, parts.count == 3, parts[0].string == "message", let channel = parts[1].string,
+            let text = parts[2].string
         else { return }
+        if channel == RedisIdentityStore.channel { apply(text) } else { handlers[channel]?(text) }
+    }
+
+    func apply(_ text: String) {
+        guard let json = try? JSONDecoder().decode([String: String].self, from: Data(text.utf8)) else { return }
         switch json["type"] {
         case "revoke":
             guard let jti = json["jti"] else { return }

@@ -28,3 +28,19 @@ public struct ModeSwitchTransport: UpstreamTransport {
         mockTools.contains(request.tool) ? try await mock.send(request) : try await live.send(request)
     }
 }
+
+/// Sends each tool's calls to its own transport (http_fetch to the SSRF-safe one, the rest to the
+/// pooled client).
+public struct ToolRouterTransport: UpstreamTransport {
+    private let routes: [Tool: any UpstreamTransport]
+    private let fallback: any UpstreamTransport
+
+    public init(routes: [Tool: any UpstreamTransport], fallback: any UpstreamTransport) {
+        self.routes = routes
+        self.fallback = fallback
+    }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        try await (routes[request.tool] ?? fallback).send(request)
+    }
+}

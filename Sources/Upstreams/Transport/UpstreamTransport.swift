@@ -59,6 +59,8 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
         case responseTooLarge = "response_too_large"
         /// The agent went away or the call was cancelled.
         case cancelled
+        /// The destination is an address the egress guard refuses (SSRF defence); nothing was sent.
+        case egressDenied = "egress_denied"
     }
 
     public let kind: Kind
@@ -67,6 +69,8 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
     public let beforeSend: Bool
     /// Short, secret-free text for logs.
     public let detail: String
+    /// Set when chaos mode injected this failure (the answer then says so).
+    public var chaos: String?
 
     public init(_ kind: Kind, beforeSend: Bool, detail: String) {
         self.kind = kind
@@ -89,6 +93,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case bodyStream(BodyStream)
         indirect case scrubbed(UpstreamBody, SecretScrubber)
         indirect case observed(UpstreamBody, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
+        indirect case truncated(UpstreamBody)
     }
 
     let storage: Storage
@@ -116,6 +121,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         .init(storage: .observed(self, observe, finished))
     }
 
+    /// The first half of the body's first chunk, then a broken connection (chaos `truncate`).
+    public static func truncated(_ body: UpstreamBody) -> UpstreamBody { .init(storage: .truncated(body)) }
+
     /// The same body with echoed credentials replaced.
     public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
         scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
@@ -142,7 +150,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     public func cancel() {
         switch storage {
         case .bodyStream(let s): s.cancel()
-        case .scrubbed(let base, _), .observed(let base, _, _): base.cancel()
+        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base): base.cancel()
         default: break
         }
     }
@@ -174,6 +182,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             return AsyncIterator(state: .scrubbed(AsyncIterator.Box(base.makeAsyncIterator()), scrubber, carry: [], done: false))
         case .observed(let base, let observe, let finished):
             return AsyncIterator(state: .observed(AsyncIterator.Box(base.makeAsyncIterator()), observe, finished))
+        case .truncated(let base):
+            return AsyncIterator(state: .truncated(AsyncIterator.Box(base.makeAsyncIterator()), sent: false))
         }
     }
 
@@ -185,6 +195,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case bodyStream(BodyStream)
             case scrubbed(Box, SecretScrubber, carry: [UInt8], done: Bool)
             case observed(Box, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
+            case truncated(Box, sent: Bool)
         }
         var state: State
 
@@ -230,6 +241,15 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 }
                 observe(chunk)
                 return chunk
+            case .truncated(let box, let sent):
+                if sent {
+                    var e = UpstreamError(.protocolError, beforeSend: false, detail: "connection closed mid-body")
+                    e.chaos = "truncate"
+                    throw e
+                }
+                state = .truncated(box, sent: true)
+                guard var chunk = try await box.iterator.next() else { return nil }
+                return chunk.readSlice(length: Swift.max(1, chunk.readableBytes / 2)) ?? chunk
             }
         }
     }

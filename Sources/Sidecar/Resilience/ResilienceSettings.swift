@@ -1,0 +1,30 @@
+import Upstreams
+
+/// Resilience knobs per tool, compiled from `resilience:` and `tools.<tool>.*` in the configuration.
+struct ToolResilience: Sendable, Hashable {
+    var retry = RetryPolicy()
+    var breaker = CircuitBreaker.Settings()
+    var maxConcurrent = 256
+    var queue = 512
+    var queueWait: Duration = .seconds(1)
+    /// Cache lifetime (serpapi, openai) or the cap on `Cache-Control` lifetimes (http_fetch); zero = off.
+    var cacheTTL: Duration = .zero
+}
+
+struct ResilienceSettings: Sendable, Hashable {
+    var tools: [Tool: ToolResilience] = Dictionary(uniqueKeysWithValues: Tool.allCases.map { ($0, ToolResilience()) })
+    var retryBudgetRatio = 0.2
+    var retryBudgetMinimumPerSecond = 5.0
+    var cacheMaxBytes = 64 * 1024 * 1024
+    var cacheMaxEntryBytes = 1024 * 1024
+    /// How long an expired answer may still be served when the upstream cannot answer.
+    var staleIfError: Duration = .seconds(300)
+    var openAICache = false
+
+    init() {
+        tools[.serpapi]!.cacheTTL = .seconds(600)
+        tools[.httpFetch]!.cacheTTL = .seconds(300)
+        tools[.openai]!.cacheTTL = .seconds(3600)
+        tools[.gmailSend]!.retry.maxAttempts = 1
+    }
+}

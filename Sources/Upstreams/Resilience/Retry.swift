@@ -1,0 +1,128 @@
+import NIOHTTP1
+
+/// Per-tool retry rules (DESIGN.md §8): what may be retried, how long to wait, and how many attempts.
+public struct RetryPolicy: Sendable, Hashable {
+    public var maxAttempts: Int
+    public var baseDelayMilliseconds: Int64
+    public var maxDelayMilliseconds: Int64
+
+    public init(maxAttempts: Int = 3, baseDelayMilliseconds: Int64 = 100, maxDelayMilliseconds: Int64 = 2_000) {
+        self.maxAttempts = maxAttempts
+        self.baseDelayMilliseconds = baseDelayMilliseconds
+        self.maxDelayMilliseconds = maxDelayMilliseconds
+    }
+
+    public enum Reason: String, Sendable, Hashable, CaseIterable {
+        case status5xx = "5xx"
+        case throttled = "429"
+        case timeout
+        case connect
+    }
+
+    /// Why an attempt's result may be retried for this call, or nil. Side-effecting calls (Gmail send)
+    /// are never retried: a retry could send the email twice. OpenAI retries on 429, 5xx and connect
+    /// errors; the others (GET/HEAD) on 5xx, timeouts and connect errors.
+    public static func reason(tool: Tool, traits: CallTraits, method: HTTPMethod, status: Int?, error: UpstreamError?) -> Reason? {
+        if traits.sideEffecting || !traits.idempotent { return nil }
+        if tool == .httpFetch || tool == .serpapi, method != .GET, method != .HEAD { return nil }
+        if let error {
+            switch error.kind {
+            case .unreachable: return .connect
+            case .timeout: return tool == .openai ? nil : .timeout
+            case .protocolError: return error.beforeSend ? .connect : nil
+            case .responseTooLarge, .cancelled, .egressDenied: return nil
+            }
+        }
+        guard let status else { return nil }
+        if status == 429 { return tool == .openai ? .throttled : nil }
+        if (500...599).contains(status), status != 501 { return .status5xx }
+        return nil
+    }
+
+    /// Full-jitter exponential backoff (`random` in [0, 1)): a uniform wait in [0, min(cap, base·2ⁿ)].
+    public func backoff(attempt: Int, random: Double) -> Int64 {
+        let ceiling = min(Double(maxDelayMilliseconds), Double(baseDelayMilliseconds) * Double(1 << min(attempt, 20)))
+        return Int64(ceiling * random)
+    }
+
+    /// The server's own wait hint: `retry-after-ms`, `Retry-After` (seconds or an HTTP date is not
+    /// parsed — seconds only), or OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`).
+    public static func serverDelay(_ headers: HTTPHeaders) -> Int64? {
+        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init), ms >= 0 { return Int64(ms) }
+        if let s = headers.first(name: "retry-after").flatMap(Double.init), s >= 0 { return Int64(s * 1000) }
+        let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"].compactMap {
+            headers.first(name: $0).flatMap(parseGoDuration)
+        }
+        return resets.max()
+    }
+
+    /// `6m0s`, `1.5s`, `20ms` (the format OpenAI uses).
+    static func parseGoDuration(_ s: String) -> Int64? {
+        if let seconds = Double(s) { return Int64(seconds * 1000) }
+        var total = 0.0
+        var number = ""
+        var i = s.startIndex
+        var sawUnit = false
+        while i < s.endIndex {
+            let c = s[i]
+            if c.isNumber || c == "." {
+                number.append(c)
+                i = s.index(after: i)
+                continue
+            }
+            var unit = String(c)
+            let next = s.index(after: i)
+            if c == "m", next < s.endIndex, s[next] == "s" { unit = "ms"; i = next }
+            guard let v = Double(number) else { return nil }
+            switch unit {
+            case "h": total += v * 3_600_000
+            case "m": total += v * 60_000
+            case "s": total += v * 1000
+            case "ms": total += v
+            default: return nil
+            }
+            number = ""
+            sawUnit = true
+            i = s.index(after: i)
+        }
+        return sawUnit && number.isEmpty ? Int64(total) : nil
+    }
+}
+
+/// Retries at most a share of requests (plus a small floor per second), so a failing upstream is not hit
+/// by a retry storm: each request deposits `ratio` tokens, each retry costs one; the floor refills at
+/// `minimumPerSecond`. A value type with the time passed in.
+public struct RetryBudget: Sendable, Hashable {
+    public let ratio: Double
+    public let minimumPerSecond: Double
+    public let maxTokens: Double
+    private var tokens: Double
+    private var floorTokens: Double
+    private var last: Int64 = 0
+
+    public init(ratio: Double = 0.2, minimumPerSecond: Double = 5, maxTokens: Double = 100) {
+        self.ratio = ratio
+        self.minimumPerSecond = minimumPerSecond
+        self.maxTokens = maxTokens
+        tokens = 0
+        floorTokens = minimumPerSecond
+    }
+
+    public mutating func onRequest() { tokens = min(maxTokens, tokens + ratio) }
+
+    /// Takes one retry if the budget allows it.
+    public mutating func tryRetry(now: Int64) -> Bool {
+        if last == 0 { last = now }
+        floorTokens = min(minimumPerSecond, floorTokens + Double(now - last) / 1000 * minimumPerSecond)
+        last = now
+        if tokens >= 1 {
+            tokens -= 1
+            return true
+        }
+        if floorTokens >= 1 {
+            floorTokens -= 1
+            return true
+        }
+        return false
+    }
+}

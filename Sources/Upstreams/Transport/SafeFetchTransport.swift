@@ -1,0 +1,259 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Resolves host names. A protocol so the SSRF tests can feed it any answer.
+public protocol HostResolver: Sendable {
+    func resolve(host: String, port: Int) async throws -> [IPAddress]
+}
+
+/// `getaddrinfo` on NIO's blocking thread pool.
+public struct SystemResolver: HostResolver {
+    public init() {}
+
+    public func resolve(host: String, port: Int) async throws -> [IPAddress] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var hints = addrinfo()
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            var result: UnsafeMutablePointer<addrinfo>?
+            let rc = getaddrinfo(host, String(port), &hints, &result)
+            guard rc == 0, let first = result else {
+                throw UpstreamError(.unreachable, beforeSend: true, detail: "cannot resolve host")
+            }
+            defer { freeaddrinfo(first) }
+            var out: [IPAddress] = []
+            var p: UnsafeMutablePointer<addrinfo>? = first
+            while let info = p {
+                if info.pointee.ai_family == AF_INET, let sa = info.pointee.ai_addr {
+                    let v4 = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
+                    out.append(.v4(UInt32(bigEndian: v4)))
+                } else if info.pointee.ai_family == AF_INET6, let sa = info.pointee.ai_addr {
+                    let bytes = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { ptr in
+                        withUnsafeBytes(of: ptr.pointee.sin6_addr) { Array($0) }
+                    }
+                    out.append(.v6(bytes))
+                }
+                p = info.pointee.ai_next
+            }
+            var seen = Set<IPAddress>()
+            return out.filter { seen.insert($0).inserted }
+        }
+    }
+}
+
+/// The `http_fetch` transport: resolves the destination itself, checks every address with the
+/// `EgressGuard`, and connects to a checked address (SNI and certificate checks still use the name), so
+/// no second lookup can swap in an internal address. Redirects are not followed unless configured;
+/// each hop is then checked again. One connection per fetch (no pooling: arbitrary destinations, low
+/// volume, and nothing to reuse across agents safely).
+public final class SafeFetchTransport: UpstreamTransport {
+    let egress: EgressGuard
+    let resolver: any HostResolver
+    let sslContext: NIOSSLContext
+    let connectTimeout: Duration
+    let maxRedirects: Int
+
+    public init(egress: EgressGuard, resolver: any HostResolver = SystemResolver(), tls: TLSConfiguration, connectTimeout: Duration, maxRedirects: Int = 0) throws {
+        self.egress = egress
+        self.resolver = resolver
+        self.sslContext = try NIOSSLContext(configuration: tls)
+        self.connectTimeout = connectTimeout
+        self.maxRedirects = maxRedirects
+    }
+
+    /// The checked addresses for a target, or the reason it is refused.
+    public func checkedAddresses(for url: TargetURL) async throws(UpstreamError) -> [IPAddress] {
+        let addresses: [IPAddress]
+        if let literal = IPAddress.parse(url.host) {
+            addresses = [literal]
+        } else {
+            if url.host.allSatisfy({ $0.isNumber || $0 == "." || $0 == "x" || $0 == "X" }) {
+                throw UpstreamError(.egressDenied, beforeSend: true, detail: "unparseable numeric host")
+            }
+            do { addresses = try await resolver.resolve(host: url.host, port: url.port) } catch {
+                throw (error as? UpstreamError) ?? UpstreamError(.unreachable, beforeSend: true, detail: "cannot resolve host")
+            }
+        }
+        guard !addresses.isEmpty else { throw UpstreamError(.unreachable, beforeSend: true, detail: "no address for host") }
+        // Refuse if any address is refused: picking the "good" one would let a name mix internal targets in.
+        for ip in addresses {
+            if let why = egress.refusal(ip, port: url.port) {
+                throw UpstreamError(.egressDenied, beforeSend: true, detail: "destination is \(why)")
+            }
+        }
+        return addresses
+    }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        var current = request
+        for hop in 0...maxRedirects {
+            let addresses = try await checkedAddresses(for: current.url)
+            let response = try await exchange(current, addresses: addresses)
+            let code = Int(response.status.code)
+            guard hop < maxRedirects, [301, 302, 303, 307, 308].contains(code),
+                let location = response.headers.first(name: "location"), let next = Self.resolve(location, against: current.url)
+            else { return response }
+            response.body.cancel()
+            current.url = next
+            current.headers.replaceOrAdd(name: "Host", value: next.authority)
+            if code == 303 || ((code == 301 || code == 302) && current.method == .POST) {
+                current.method = .GET
+                current.body = nil
+            }
+        }
+        throw UpstreamError(.protocolError, beforeSend: false, detail: "too many redirects")
+    }
+
+    static func resolve(_ location: String, against base: TargetURL) -> TargetURL? {
+        if location.hasPrefix("http://") || location.hasPrefix("https://") { return try? TargetURL.parse(location) }
+        guard location.hasPrefix("/") else { return nil }
+        var url = base
+        if let q = location.firstIndex(of: "?") {
+            url.path = String(location[..<q])
+            url.query = String(location[location.index(after: q)...])
+        } else {
+            url.path = location
+            url.query = nil
+        }
+        return url
+    }
+
+    private func exchange(_ request: UpstreamRequest, addresses: [IPAddress]) async throws(UpstreamError) -> UpstreamResponse {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
+        var channel: (any Channel)?
+        let handler = FetchResponseHandler(eventLoop: loop)
+        for ip in addresses {
+            let address: SocketAddress
+            do { address = try SocketAddress(ipAddress: ip.socketString, port: request.url.port) } catch { continue }
+            let sslContext = request.url.scheme == "https" ? self.sslContext : nil
+            // SNI and certificate verification use the name, never the address we connect to.
+            let serverName = IPAddress.parse(request.url.host) == nil ? request.url.host : nil
+            let bootstrap = ClientBootstrap(group: loop)
+                .connectTimeout(TimeAmount(connectTimeout))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        if let sslContext { try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName)) }
+                        try sync.addHTTPClientHandlers()
+                        try sync.addHandler(handler)
+                    }
+                }
+            if let c = try? await bootstrap.connect(to: address).get() {
+                channel = c
+                break
+            }
+        }
+        guard let channel else { throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed") }
+        let deadline = channel.eventLoop.scheduleTask(deadline: request.deadline) {
+            handler.fail(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
+            channel.close(promise: nil)
+        }
+        handler.head.futureResult.whenComplete { _ in }
+        handler.body.onEnd = { deadline.cancel() }
+        var headers = request.headers
+        headers.replaceOrAdd(name: "Connection", value: "close")
+        if let body = request.body { headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes)) }
+        let head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.url.pathAndQuery, headers: headers)
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if let body = request.body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        do {
+            return try await withTaskCancellationHandler {
+                try await handler.head.futureResult.get()
+            } onCancel: {
+                channel.close(promise: nil)
+            }
+        } catch {
+            deadline.cancel()
+            channel.close(promise: nil)
+            throw HTTPClientTransport.classify(error)
+        }
+    }
+}
+
+extension IPAddress {
+    var socketString: String {
+        switch self {
+        case .v4: return description
+        case .v6(let b):
+            return stride(from: 0, to: 16, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }.joined(separator: ":")
+        }
+    }
+}
+
+/// Delivers one HTTP response into a `BodyStream`, pausing reads while the consumer is behind.
+final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = NIOAny
+    typealias OutboundOut = NIOAny
+
+    let head: EventLoopPromise<UpstreamResponse>
+    let body: FetchBody
+    private var paused = false
+    private var pendingRead = false
+    private var context: ChannelHandlerContext?
+
+    final class FetchBody: @unchecked Sendable {
+        let stream: BodyStream
+        var onEnd: () -> Void = {}
+        init(stream: BodyStream) { self.stream = stream }
+    }
+
+    init(eventLoop: any EventLoop) {
+        head = eventLoop.makePromise(of: UpstreamResponse.self)
+        body = FetchBody(stream: BodyStream())
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func fail(_ error: any Error) {
+        head.fail(error)
+        body.stream.fail(error)
+        body.onEnd()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch Self.unwrapInboundIn(data) {
+        case .head(let h):
+            if (100..<200).contains(h.status.code) { return }
+            head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(body.stream)))
+        case .body(let chunk):
+            // Pause reading until the consumer has caught up; an already-completed future resumes at once.
+            paused = true
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            body.stream.append(chunk, on: context.eventLoop).whenComplete { _ in
+                let h = loopBound.value
+                h.paused = false
+                if h.pendingRead {
+                    h.pendingRead = false
+                    h.context?.read()
+                }
+            }
+        case .end:
+            body.stream.finish()
+            body.onEnd()
+            context.close(promise: nil)
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if paused { pendingRead = true } else { context.read() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(HTTPClientTransport.classify(error))
+        context.close(promise: nil)
+    }
+}
