@@ -1,0 +1,165 @@
+import Testing
+
+@testable import Upstreams
+
+/// The breaker as a pure state machine: fixed clock (ms), fixed "random" for the jitter.
+@Suite("Circuit breaker state machine")
+struct CircuitBreakerTests {
+    static func settings(
+        volume: Int = 10, rate: Double = 0.5, consecutive: Int = 5, base: Int64 = 1000, cap: Int64 = 8000, jitter: Double = 0, probes: Int = 1
+    ) -> CircuitBreaker.Settings {
+        var s = CircuitBreaker.Settings()
+        s.windowMilliseconds = 10_000
+        s.buckets = 10
+        s.minimumVolume = volume
+        s.failureRate = rate
+        s.consecutiveFailures = consecutive
+        s.baseOpenMilliseconds = base
+        s.maxOpenMilliseconds = cap
+        s.jitter = jitter
+        s.halfOpenProbes = probes
+        return s
+    }
+
+    /// Feeds outcomes one per millisecond from `start`; returns the time after the last one.
+    @discardableResult
+    static func feed(_ b: inout CircuitBreaker, _ outcomes: [CircuitBreaker.Outcome], start: Int64 = 1_000_000) -> Int64 {
+        var t = start
+        for o in outcomes {
+            _ = b.onRequest(now: t)
+            b.onOutcome(o, probe: false, now: t, random: 0.5)
+            t += 1
+        }
+        return t
+    }
+
+    struct Row: Sendable, CustomTestStringConvertible {
+        var name: String
+        var outcomes: [CircuitBreaker.Outcome]
+        var opens: Bool
+        var testDescription: String { name }
+    }
+
+    @Test(arguments: [
+        Row(name: "4 failures in a row stay closed (threshold 5)", outcomes: Array(repeating: .failure, count: 4), opens: false),
+        Row(name: "5 failures in a row open", outcomes: Array(repeating: .failure, count: 5), opens: true),
+        Row(name: "alternating 4 ok / 4 fail under minimum volume stay closed",
+            outcomes: [.success, .failure, .success, .failure, .success, .failure, .success, .failure], opens: false),
+        Row(name: "50% failures at volume 10 open",
+            outcomes: [.success, .failure, .success, .failure, .success, .failure, .success, .failure, .success, .failure], opens: true),
+        Row(name: "40% failures at volume 10 stay closed",
+            outcomes: [.success, .failure, .success, .failure, .success, .failure, .success, .failure, .success, .success], opens: false),
+        Row(name: "429s never trip", outcomes: Array(repeating: .throttled, count: 50), opens: false),
+        Row(name: "other 4xx and sidecar refusals never trip", outcomes: Array(repeating: .ignored, count: 50), opens: false),
+        Row(name: "429s between failures do not reset the streak",
+            outcomes: [.failure, .throttled, .failure, .throttled, .failure, .failure, .ignored, .failure], opens: true),
+        Row(name: "a success resets the streak", outcomes: [.failure, .failure, .failure, .failure, .success, .failure, .failure, .failure, .failure], opens: false),
+    ])
+    func tripping(_ row: Row) {
+        var b = CircuitBreaker(settings: Self.settings())
+        Self.feed(&b, row.outcomes)
+        #expect((b.state == .open) == row.opens, "\(row.name)")
+    }
+
+    @Test func failuresOutsideTheRollingWindowAreForgotten() {
+        var b = CircuitBreaker(settings: Self.settings(volume: 6, consecutive: 100))
+        // 3 failures + 2 successes, then 11 s later 3 more failures + 1 success: never 6 in one window.
+        var t = Self.feed(&b, [.failure, .failure, .failure, .success, .success])
+        t += 11_000
+        Self.feed(&b, [.success, .failure, .failure, .failure], start: t)
+        #expect(b.state == .closed)
+        // Within one window the same mix trips (6 calls, 50% failures).
+        var c = CircuitBreaker(settings: Self.settings(volume: 6, consecutive: 100))
+        Self.feed(&c, [.failure, .failure, .failure, .success, .success, .success])
+        #expect(c.state == .open)
+    }
+
+    @Test func openRejectsWithTheRemainingTimeThenAdmitsBoundedProbes() {
+        var b = CircuitBreaker(settings: Self.settings(probes: 2))
+        let t = Self.feed(&b, Array(repeating: .failure, count: 5))
+        let openedAt = t - 1
+        #expect(b.reopensAt == openedAt + 1000)
+        let r1 = b.onRequest(now: openedAt + 400)
+        #expect(r1 == .reject(retryAfterMilliseconds: 600))
+        let r2 = b.onRequest(now: openedAt + 1000)
+        #expect(r2 == .probe)
+        #expect(b.state == .halfOpen)
+        let r3 = b.onRequest(now: openedAt + 1001)
+        #expect(r3 == .probe)
+        let third = b.onRequest(now: openedAt + 1002)
+        guard case .reject = third else {
+            Issue.record("a third concurrent probe must be refused")
+            return
+        }
+        // One success closes.
+        let r4 = b.onOutcome(.success, probe: true, now: openedAt + 1010, random: 0.5)
+        #expect(r4 == .closed)
+        let r5 = b.onRequest(now: openedAt + 1011)
+        #expect(r5 == .allow)
+    }
+
+    @Test func aFailedProbeReopensForTwiceAsLongUpToTheCap() {
+        var b = CircuitBreaker(settings: Self.settings(base: 1000, cap: 5000))
+        var t = Self.feed(&b, Array(repeating: .failure, count: 5))
+        var periods: [Int64] = []
+        periods.append(b.reopensAt - (t - 1))
+        for _ in 0..<4 {
+            t = b.reopensAt
+            let r6 = b.onRequest(now: t)
+            #expect(r6 == .probe)
+            b.onOutcome(.failure, probe: true, now: t, random: 0.5)
+            #expect(b.state == .open)
+            periods.append(b.reopensAt - t)
+        }
+        #expect(periods == [1000, 2000, 4000, 5000, 5000])
+        // Recovery resets the growth.
+        t = b.reopensAt
+        _ = b.onRequest(now: t)
+        b.onOutcome(.success, probe: true, now: t, random: 0.5)
+        t = Self.feed(&b, Array(repeating: .failure, count: 5), start: t + 1)
+        #expect(b.reopensAt - (t - 1) == 1000)
+    }
+
+    @Test(arguments: [(0.0, 800), (0.5, 1000), (0.999_999, 1199)] as [(Double, Int64)])
+    func jitterSpreadsTheOpenPeriod(_ random: Double, _ expected: Int64) {
+        var b = CircuitBreaker(settings: Self.settings(consecutive: 1, base: 1000, jitter: 0.2))
+        _ = b.onRequest(now: 5000)
+        b.onOutcome(.failure, probe: false, now: 5000, random: random)
+        #expect(b.reopensAt - 5000 == expected)
+    }
+
+    @Test func aThrottledOrIgnoredProbeFreesItsSlotWithoutDeciding() {
+        var b = CircuitBreaker(settings: Self.settings(consecutive: 1))
+        Self.feed(&b, [.failure], start: 0)
+        let t = b.reopensAt
+        let r7 = b.onRequest(now: t)
+        #expect(r7 == .probe)
+        let r8 = b.onOutcome(.throttled, probe: true, now: t, random: 0.5)
+        #expect(r8 == nil)
+        #expect(b.state == .halfOpen)
+        let r9 = b.onRequest(now: t + 1)
+        #expect(r9 == .probe)
+    }
+
+    @Test func theFleetCanForceItOpenButNotShortenIt() {
+        var b = CircuitBreaker(settings: Self.settings())
+        let r10 = b.forceOpen(until: 10_000, now: 1000)
+        #expect(r10 == .open)
+        let r11 = b.onRequest(now: 2000)
+        #expect(r11 == .reject(retryAfterMilliseconds: 8000))
+        let r12 = b.forceOpen(until: 5_000, now: 2000)
+        #expect(r12 == nil)
+        #expect(b.reopensAt == 10_000)
+        let r13 = b.forceOpen(until: 500, now: 2000)
+        #expect(r13 == nil)
+        let r14 = b.forceOpen(until: 12_000, now: 2000)
+        #expect(r14 == nil)
+        #expect(b.reopensAt == 12_000)
+    }
+
+    @Test func gaugeValues() {
+        #expect(CircuitBreaker.State.closed.gaugeValue == 0)
+        #expect(CircuitBreaker.State.halfOpen.gaugeValue == 1)
+        #expect(CircuitBreaker.State.open.gaugeValue == 2)
+    }
+}
