@@ -1,0 +1,271 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import Testing
+import Upstreams
+
+@testable import Sidecar
+
+/// The resilience stack with a scripted transport and a hand-driven clock.
+@Suite("Resilient caller (cache, breaker, bulkhead, retries)")
+struct ResilientCallerTests {
+    /// Answers the n-th call (from 0) with the script's result; counts calls.
+    final class ScriptedTransport: UpstreamTransport {
+        let calls = Mutex(0)
+        let script: @Sendable (Int) -> Result<UpstreamResponse, UpstreamError>
+        let delay: Duration
+        init(delay: Duration = .zero, _ script: @escaping @Sendable (Int) -> Result<UpstreamResponse, UpstreamError>) {
+            self.script = script
+            self.delay = delay
+        }
+        func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+            let n = calls.withLock { c in defer { c += 1 }; return c }
+            if delay > .zero { try? await Task.sleep(for: delay) }
+            return try script(n).get()
+        }
+        var count: Int { calls.withLock { $0 } }
+    }
+
+    final class FakeClock: Sendable {
+        let ms = Atomic<Int64>(1_000_000_000)
+        func advance(_ d: Int64) { ms.add(d, ordering: .relaxed) }
+        var now: @Sendable () -> Int64 { { self.ms.load(ordering: .relaxed) } }
+    }
+
+    static func answer(_ status: Int, _ body: String = "{}", headers: [(String, String)] = []) -> Result<UpstreamResponse, UpstreamError> {
+        .success(UpstreamResponse(
+            status: HTTPResponseStatus(statusCode: status), headers: HTTPHeaders([("Content-Type", "application/json")] + headers),
+            body: .bytes(ByteBuffer(string: body))))
+    }
+
+    static func settings(_ tweak: (inout ResilienceSettings) -> Void = { _ in }) -> ResilienceSettings {
+        var s = ResilienceSettings()
+        for tool in Tool.allCases {
+            s.tools[tool]!.retry = RetryPolicy(maxAttempts: tool == .gmailSend ? 1 : 3, baseDelayMilliseconds: 1, maxDelayMilliseconds: 5)
+        }
+        tweak(&s)
+        return s
+    }
+
+    static func caller(_ t: any UpstreamTransport, _ s: ResilienceSettings = settings(), clock: FakeClock = FakeClock()) -> ResilientCaller {
+        ResilientCaller(transport: t, settings: s, metrics: GatewayMetrics(), logger: Logger(label: "test"), now: clock.now)
+    }
+
+    static func serp(_ q: String = "coffee") throws -> (UpstreamRequest, CallTraits, String) {
+        let adapter = SerpAPIAdapter()
+        let call = try adapter.interpret(ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: "q=\(q)")))
+        let request = UpstreamRequest(call: call, method: .GET, url: TargetURL(scheme: "https", host: "serpapi.com", path: "/search", query: "q=\(q)"),
+                                      headers: [:], body: nil, deadline: .now() + .seconds(5))
+        return (request, adapter.traits(of: call), ResponseCache.serpAPIKey(call))
+    }
+
+    static func gmailSend() throws -> (UpstreamRequest, CallTraits) {
+        let adapter = GmailAdapter()
+        let body = #"{"raw":"VG86IGFAZXhhbXBsZS5jb20NClN1YmplY3Q6IGhpDQoNCmhp"}"#
+        let call = try adapter.interpret(ToolRequest(method: .POST, path: "/gmail/v1/users/me/messages/send", headers: ["Content-Type": "application/json"], body: ByteBuffer(string: body)))
+        let request = UpstreamRequest(call: call, method: .POST, url: TargetURL(scheme: "https", host: "gmail.googleapis.com", path: "/gmail/v1/users/me/messages/send"),
+                                      headers: [:], body: ByteBuffer(string: body), deadline: .now() + .seconds(5))
+        return (request, adapter.traits(of: call))
+    }
+
+    static func record() -> RequestRecord { RequestRecord(requestID: "r", method: "GET", start: .now) }
+
+    /// Calls and returns (status or error code, X-Cache, record).
+    static func call(_ c: ResilientCaller, _ r: UpstreamRequest, _ traits: CallTraits, key: String?) async -> (String, String?, RequestRecord, [(String, String)]) {
+        var rec = record()
+        do {
+            let result = try await c.call(r, traits: traits, cacheKey: key, record: &rec)
+            defer { result.release() }
+            result.response.body.cancel()
+            return ("\(result.response.status.code)", result.response.headers.first(name: "x-cache"), rec, result.response.headers.map { ($0.name, $0.value) })
+        } catch {
+            return (error.codeString, nil, rec, error.headers)
+        }
+    }
+
+    @Test func fiveFailuresOpenTheBreakerWhichThenFastFailsWithoutTheNetwork() async throws {
+        let t = ScriptedTransport { _ in Self.answer(503) }
+        let clock = FakeClock()
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 }, clock: clock)
+        let (r, traits, _) = try Self.serp()
+        for _ in 0..<5 { #expect(await Self.call(c, r, traits, key: nil).0 == "503") }
+        #expect(c.breakerState("serpapi") == .open)
+        let (code, _, rec, headers) = await Self.call(c, r, traits, key: nil)
+        #expect(code == "breaker_open")
+        #expect(rec.breaker == "open")
+        #expect(headers.contains { $0.0 == "Retry-After" && Int($0.1)! >= 1 })
+        #expect(t.count == 5)
+
+        // After the open period exactly one probe goes out; its failure re-opens the breaker.
+        clock.advance(3_000)
+        #expect(await Self.call(c, r, traits, key: nil).0 == "503")  // the probe fails (same script) and is not retried
+        #expect(c.breakerState("serpapi") == .open)
+        #expect(t.count == 6)
+    }
+
+    @Test func aHealthyProbeClosesTheBreaker() async throws {
+        let failing = Atomic<Bool>(true)
+        let t = ScriptedTransport { _ in failing.load(ordering: .relaxed) ? Self.answer(500) : Self.answer(200) }
+        let clock = FakeClock()
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 }, clock: clock)
+        let (r, traits, _) = try Self.serp()
+        for _ in 0..<5 { _ = await Self.call(c, r, traits, key: nil) }
+        #expect(c.breakerState("serpapi") == .open)
+        failing.store(false, ordering: .relaxed)
+        clock.advance(3_000)
+        #expect(await Self.call(c, r, traits, key: nil).0 == "200")
+        #expect(c.breakerState("serpapi") == .closed)
+        #expect(await Self.call(c, r, traits, key: nil).0 == "200")
+    }
+
+    @Test func http429AndOther4xxNeverTrip() async throws {
+        let t = ScriptedTransport { n in n % 2 == 0 ? Self.answer(429, headers: [("Retry-After", "0")]) : Self.answer(404) }
+        let c = Self.caller(t)
+        let (r, traits, _) = try Self.serp()
+        for _ in 0..<30 { _ = await Self.call(c, r, traits, key: nil) }
+        #expect(c.breakerState("serpapi") == .closed)
+    }
+
+    @Test func transientFailuresAreRetriedAndCounted() async throws {
+        let t = ScriptedTransport { n in n < 2 ? Self.answer(503) : Self.answer(200, #"{"ok":true}"#) }
+        let c = Self.caller(t)
+        let (r, traits, _) = try Self.serp()
+        let (code, _, rec, _) = await Self.call(c, r, traits, key: nil)
+        #expect(code == "200")
+        #expect(rec.retries == 2 && t.count == 3)
+    }
+
+    @Test func connectErrorsAreRetriedThenReported() async throws {
+        let t = ScriptedTransport { _ in .failure(UpstreamError(.unreachable, beforeSend: true, detail: "refused")) }
+        let c = Self.caller(t)
+        let (r, traits, _) = try Self.serp()
+        let (code, _, rec, _) = await Self.call(c, r, traits, key: nil)
+        #expect(code == "upstream_unreachable")
+        #expect(rec.retries == 2 && t.count == 3)
+    }
+
+    @Test func gmailSendIsNeverRetried() async throws {
+        for failure in [Self.answer(503), .failure(UpstreamError(.timeout, beforeSend: false, detail: "deadline")),
+                        .failure(UpstreamError(.unreachable, beforeSend: true, detail: "refused"))] as [Result<UpstreamResponse, UpstreamError>] {
+            let t = ScriptedTransport { _ in failure }
+            // Even with a retry policy configured, the side-effecting trait wins.
+            let c = Self.caller(t, Self.settings { $0.tools[.gmailSend]!.retry.maxAttempts = 5 })
+            let (r, traits) = try Self.gmailSend()
+            let (_, _, rec, _) = await Self.call(c, r, traits, key: nil)
+            #expect(t.count == 1 && rec.retries == 0)
+        }
+    }
+
+    @Test func theRetryBudgetStopsARetryStorm() async throws {
+        let t = ScriptedTransport { _ in Self.answer(503) }
+        let c = Self.caller(t, Self.settings {
+            $0.retryBudgetRatio = 0.1
+            $0.retryBudgetMinimumPerSecond = 1
+            $0.tools[.serpapi]!.breaker.consecutiveFailures = 10_000
+            $0.tools[.serpapi]!.breaker.minimumVolume = 10_000
+        })
+        let (r, traits, _) = try Self.serp()
+        for _ in 0..<100 { _ = await Self.call(c, r, traits, key: nil) }
+        // 100 calls: at most 10 % retries plus the floor of 1 (time does not move).
+        #expect(t.count <= 100 + 10 + 1)
+        #expect(t.count >= 100 + 9)
+    }
+
+    @Test func cacheMissThenHitThenStaleWhenTheUpstreamFails() async throws {
+        let fail = Atomic<Bool>(false)
+        let t = ScriptedTransport { _ in fail.load(ordering: .relaxed) ? Self.answer(503) : Self.answer(200, #"{"organic_results":[1]}"#) }
+        let clock = FakeClock()
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 }, clock: clock)
+        let (r, traits, key) = try Self.serp()
+        #expect(await Self.call(c, r, traits, key: key).1 == "MISS")
+        #expect(await Self.call(c, r, traits, key: key).1 == "HIT")
+        #expect(t.count == 1)
+        // Past the TTL (600 s) the upstream is asked again; if it fails, the expired answer is served, marked.
+        clock.advance(601_000)
+        fail.store(true, ordering: .relaxed)
+        let (code, marker, _, headers) = await Self.call(c, r, traits, key: key)
+        #expect(code == "200" && marker == "STALE")
+        #expect(headers.contains { $0.0 == "Warning" })
+        #expect(t.count == 2)
+        // Past the stale window (300 s more) nothing is served from cache.
+        clock.advance(301_000)
+        #expect(await Self.call(c, r, traits, key: key).0 == "503")
+    }
+
+    @Test func aStaleAnswerIsServedWhileTheBreakerIsOpen() async throws {
+        let fail = Atomic<Bool>(false)
+        let t = ScriptedTransport { _ in fail.load(ordering: .relaxed) ? Self.answer(503) : Self.answer(200, #"{"organic_results":[]}"#) }
+        let clock = FakeClock()
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 }, clock: clock)
+        let (r, traits, key) = try Self.serp("cached")
+        _ = await Self.call(c, r, traits, key: key)
+        clock.advance(601_000)
+        fail.store(true, ordering: .relaxed)
+        for i in 0..<5 { _ = await Self.call(c, try Self.serp("other\(i)").0, traits, key: nil) }
+        #expect(c.breakerState("serpapi") == .open)
+        let before = t.count
+        let (code, marker, rec, _) = await Self.call(c, r, traits, key: key)
+        #expect(code == "200" && marker == "STALE" && rec.breaker == "open")
+        #expect(t.count == before)
+    }
+
+    @Test func errorsAndNoStoreAnswersAreNotCached() async throws {
+        let t = ScriptedTransport { n in n == 0 ? Self.answer(500) : Self.answer(200, "{}", headers: [("Cache-Control", "no-store")]) }
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 })
+        let (r, traits, key) = try Self.serp()
+        for _ in 0..<3 { #expect(await Self.call(c, r, traits, key: key).1 != "HIT") }
+        #expect(t.count == 3)
+    }
+
+    @Test func concurrentMissesMakeOneUpstreamCall() async throws {
+        let t = ScriptedTransport(delay: .milliseconds(50)) { _ in Self.answer(200, #"{"organic_results":[]}"#) }
+        let c = Self.caller(t)
+        let (r, traits, key) = try Self.serp("popular")
+        let markers = await withTaskGroup(of: String?.self) { g in
+            for _ in 0..<10 { g.addTask { await Self.call(c, r, traits, key: key).1 } }
+            var out: [String?] = []
+            for await m in g { out.append(m) }
+            return out
+        }
+        #expect(t.count == 1)
+        #expect(markers.filter { $0 == "MISS" }.count == 1 && markers.filter { $0 == "HIT" }.count == 9)
+    }
+
+    @Test func aFullBulkheadAnswersToolSaturated() async throws {
+        let t = ScriptedTransport(delay: .milliseconds(200)) { _ in Self.answer(200) }
+        let c = Self.caller(t, Self.settings {
+            $0.tools[.serpapi]!.maxConcurrent = 1
+            $0.tools[.serpapi]!.queue = 1
+            $0.tools[.serpapi]!.queueWait = .milliseconds(50)
+        })
+        let (r, traits, _) = try Self.serp()
+        let codes = await withTaskGroup(of: String.self) { g in
+            for _ in 0..<3 { g.addTask { await Self.call(c, r, traits, key: nil).0 } }
+            var out: [String] = []
+            for await code in g { out.append(code) }
+            return out.sorted()
+        }
+        #expect(codes == ["200", "tool_saturated", "tool_saturated"])
+        #expect(t.count == 1)
+    }
+
+    @Test func breakersForFetchAreKeptPerDestinationHost() throws {
+        let a = try HTTPFetchAdapter().interpret(ToolRequest(method: .GET, path: "/fetch", target: TargetURL.parse("https://a.example/x")))
+        let b = try HTTPFetchAdapter().interpret(ToolRequest(method: .GET, path: "/fetch", target: TargetURL.parse("https://b.example/x")))
+        func req(_ call: ToolCall) -> UpstreamRequest {
+            UpstreamRequest(call: call, method: .GET, url: call.request.target!, headers: [:], body: nil, deadline: .now())
+        }
+        #expect(ResilientCaller.breakerKey(req(a)) == "http_fetch|a.example")
+        #expect(ResilientCaller.breakerKey(req(a)) != ResilientCaller.breakerKey(req(b)))
+    }
+
+    @Test(arguments: [
+        (200, nil, CircuitBreaker.Outcome.success), (404, nil, .ignored), (429, nil, .throttled), (500, nil, .failure), (503, nil, .failure),
+        (nil, UpstreamError(.timeout, beforeSend: false, detail: ""), .failure), (nil, UpstreamError(.unreachable, beforeSend: true, detail: ""), .failure),
+        (nil, UpstreamError(.egressDenied, beforeSend: true, detail: ""), .ignored), (nil, UpstreamError(.cancelled, beforeSend: false, detail: ""), .ignored),
+    ] as [(Int?, UpstreamError?, CircuitBreaker.Outcome)])
+    func outcomeClassification(_ status: Int?, _ error: UpstreamError?, _ expected: CircuitBreaker.Outcome) {
+        #expect(ResilientCaller.outcome(status: status, error: error) == expected)
+    }
+}
