@@ -102,6 +102,7 @@ public enum SidecarApp {
         }
 
         let proxy = ProxyServer(listen: config.proxyListen, context: context, readiness: readiness, logger: logger) { address in
+            egress.own.add(Self.listener(address))
             logger.info("listening", metadata: ["listener": "proxy", "address": "\(Self.format(address))"])
         }
 
@@ -119,6 +120,7 @@ public enum SidecarApp {
             configuration: .init(address: .hostname(config.adminListen.host, port: config.adminListen.port), serverName: nil),
             onServerRunning: { channel in
                 if let address = channel.localAddress {
+                    egress.own.add(Self.listener(address))
                     logger.info("listening", metadata: ["listener": "admin", "address": "\(Self.format(address))"])
                 }
             },
@@ -223,6 +225,13 @@ public enum SidecarApp {
             let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
             return EgressGuard.Listener(address: any ? nil : ip, port: hp.port)
         }
+    }
+
+    /// A bound listener as the egress guard sees it (a wildcard address means every local address).
+    static func listener(_ address: SocketAddress) -> EgressGuard.Listener {
+        let ip = address.ipAddress.flatMap(IPAddress.parse)
+        let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
+        return EgressGuard.Listener(address: any ? nil : ip, port: address.port ?? 0)
     }
 
     static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) -> [Tool: Credential] {

@@ -287,7 +287,6 @@ public enum ConfigLoader {
             switch s.lowercased() {
             case "on", "1", "true":
                 c.chaos.enabled = true
-                c.chaos.enabled = true
                 if c.chaos.tools.isEmpty {
                     // A moderate default mix when nothing is configured.
                     var f = ChaosFaults()

@@ -63,6 +63,16 @@ public struct ChaosSettings: Sendable, Hashable, Codable {
 
     enum CodingKeys: String, CodingKey { case enabled, tools, seed, until, gmailOptIn = "gmail_opt_in" }
 
+    /// Every key is optional (`{"enabled": false}` is a whole document).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? false
+        tools = try c.decodeIfPresent([String: ChaosFaults].self, forKey: .tools) ?? [:]
+        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
+        until = try c.decodeIfPresent(Int64.self, forKey: .until)
+        gmailOptIn = try c.decodeIfPresent(Bool.self, forKey: .gmailOptIn) ?? false
+    }
+
     public func faults(for tool: Tool, now: Int64) -> ChaosFaults? {
         guard enabled, until.map({ now < $0 }) ?? true else { return nil }
         if tool == .gmailSend, !gmailOptIn { return nil }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// An IPv4 or IPv6 address.
 public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
     case v4(UInt32)
@@ -138,12 +140,14 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
 /// allows the range: loopback, RFC 1918, link-local (cloud metadata 169.254.169.254), CGNAT 100.64/10,
 /// ULA fc00::/7, unspecified, multicast, reserved and documentation ranges, IPv6 forms that embed IPv4
 /// (mapped, compatible, NAT64, 6to4, Teredo), and the sidecar's own listeners.
-public struct EgressGuard: Sendable, Hashable {
+public struct EgressGuard: Sendable {
     public var allowed: [CIDR]
-    /// The sidecar's listeners: (address or nil for "any local address", port).
-    public var ownListeners: [Listener]
+    /// The sidecar's own listeners. Shared and updatable: with port 0 the real ports are known only after
+    /// the listeners are bound, and every copy of the guard must see them.
+    public let own: OwnListeners
 
     public struct Listener: Sendable, Hashable {
+        /// nil for "any local address" (a listener on 0.0.0.0 or ::).
         public var address: IPAddress?
         public var port: Int
         public init(address: IPAddress?, port: Int) {
@@ -152,9 +156,17 @@ public struct EgressGuard: Sendable, Hashable {
         }
     }
 
+    /// The set of the sidecar's listeners.
+    public final class OwnListeners: Sendable {
+        private let listeners: Mutex<[Listener]>
+        public init(_ initial: [Listener] = []) { listeners = Mutex(initial) }
+        public func add(_ l: Listener) { listeners.withLock { $0.append(l) } }
+        public var all: [Listener] { listeners.withLock { $0 } }
+    }
+
     public init(allowed: [CIDR] = [], ownListeners: [Listener] = []) {
         self.allowed = allowed
-        self.ownListeners = ownListeners
+        self.own = OwnListeners(ownListeners.filter { $0.port != 0 })
     }
 
     static let deniedV4: [(CIDR, String)] = [
@@ -173,7 +185,7 @@ public struct EgressGuard: Sendable, Hashable {
 
     /// nil when the address may be connected to; else why not.
     public func refusal(_ ip: IPAddress, port: Int) -> String? {
-        for listener in ownListeners where listener.port == port {
+        for listener in own.all where listener.port == port {
             if listener.address == nil || listener.address == ip { return "the sidecar's own listener" }
         }
         if allowed.contains(where: { $0.contains(ip) }) { return nil }
