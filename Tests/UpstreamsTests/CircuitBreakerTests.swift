@@ -53,6 +53,10 @@ struct CircuitBreakerTests {
         Row(name: "other 4xx and sidecar refusals never trip", outcomes: Array(repeating: .ignored, count: 50), opens: false),
         Row(name: "429s between failures do not reset the streak",
             outcomes: [.failure, .throttled, .failure, .throttled, .failure, .failure, .ignored, .failure], opens: true),
+        Row(name: "at volume, a run of failures under the failure rate does not trip",
+            outcomes: Array(repeating: .success, count: 20) + Array(repeating: .failure, count: 6), opens: false),
+        Row(name: "at volume, the rate trips",
+            outcomes: Array(repeating: .success, count: 20) + Array(repeating: .failure, count: 20), opens: true),
         Row(name: "a success resets the streak", outcomes: [.failure, .failure, .failure, .failure, .success, .failure, .failure, .failure, .failure], opens: false),
     ])
     func tripping(_ row: Row) {
@@ -72,6 +76,33 @@ struct CircuitBreakerTests {
         var c = CircuitBreaker(settings: Self.settings(volume: 6, consecutive: 100))
         Self.feed(&c, [.failure, .failure, .failure, .success, .success, .success])
         #expect(c.state == .open)
+    }
+
+    @Test func anOutageAfterALongHealthyStretchTripsOnTheRecentBuckets() {
+        var b = CircuitBreaker(settings: Self.settings(volume: 10, consecutive: 1000))
+        // 8 s of 100 successes per second, then failures at 100 per second.
+        for ms in stride(from: Int64(0), to: 8_000, by: 10) {
+            _ = b.onRequest(now: ms)
+            b.onOutcome(.success, probe: false, now: ms, random: 0.5)
+        }
+        var tripAt: Int64?
+        for ms in stride(from: Int64(8_000), to: 18_000, by: 10) where tripAt == nil {
+            _ = b.onRequest(now: ms)
+            if b.onOutcome(.failure, probe: false, now: ms, random: 0.5) == .open { tripAt = ms }
+        }
+        // The whole window (800 successes) would need ~8 s of failures; the recent 2 s need ~1 s.
+        let after = (tripAt ?? 99_999) - 8_000
+        #expect(after > 0 && after <= 1_500, "tripped \(after) ms after the outage began")
+    }
+
+    @Test func aSteadyThirtyPercentErrorRateNeverTrips() {
+        var b = CircuitBreaker(settings: Self.settings())
+        var rng = SplitMix64(seed: 30)
+        for ms in stride(from: Int64(0), to: 60_000, by: 5) {
+            _ = b.onRequest(now: ms)
+            b.onOutcome(rng.nextDouble() < 0.3 ? .failure : .success, probe: false, now: ms, random: 0.5)
+        }
+        #expect(b.state == .closed)
     }
 
     @Test func openRejectsWithTheRemainingTimeThenAdmitsBoundedProbes() {

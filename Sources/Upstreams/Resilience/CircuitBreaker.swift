@@ -2,8 +2,10 @@
 /// classified outcomes — never by error message text.
 ///
 /// - closed: requests pass; outcomes go into a rolling window (buckets). It trips when, with at least
-///   `minimumVolume` calls in the window, the failure rate reaches `failureRate`, or after
-///   `consecutiveFailures` failures in a row.
+///   `minimumVolume` calls in the window, the failure rate reaches `failureRate`, or — while the window
+///   holds fewer calls than that — after `consecutiveFailures` failures in a row. The rate is checked over
+///   the whole window and over its most recent fifth (with 5× the minimum volume), so an outage after a
+///   long healthy stretch is caught in about a fifth of the window.
 /// - open: requests are refused at once (`retryAfter`), for an open period that grows exponentially with
 ///   each consecutive trip (`baseOpen` × 2ⁿ, capped at `maxOpen`) with ± `jitter` so a fleet does not
 ///   probe in lockstep.
@@ -121,9 +123,26 @@ public struct CircuitBreaker: Sendable, Hashable {
         }
         let f = failures.reduce(0, +)
         let total = f + successes.reduce(0, +)
-        if consecutive >= settings.consecutiveFailures
-            || (total >= settings.minimumVolume && Double(f) / Double(total) >= settings.failureRate)
-        {
+        // The most recent fifth of the window (2 of 10 buckets) decides too, so a hard outage after a long
+        // healthy stretch trips in about a second instead of waiting for old successes to age out. It needs
+        // five times the minimum volume: a small sample of a 30 % error rate too often shows 50 %.
+        var recentFailures = 0
+        var recentTotal = 0
+        for back in 0..<max(1, settings.buckets / 5) {
+            let i = (index - back + settings.buckets) % settings.buckets
+            recentFailures += failures[i]
+            recentTotal += failures[i] + successes[i]
+        }
+        // Below the minimum volume a rate means nothing, so a run of failures decides; at volume the rate
+        // decides (a 30 % transient error rate makes runs of 5 common at 100 req/s, and must not trip).
+        let tripping: Bool
+        if total < settings.minimumVolume {
+            tripping = consecutive >= settings.consecutiveFailures
+        } else {
+            tripping = Double(f) / Double(total) >= settings.failureRate
+                || (recentTotal >= 5 * settings.minimumVolume && Double(recentFailures) / Double(recentTotal) >= settings.failureRate)
+        }
+        if tripping {
             return trip(now: now, random: random)
         }
         return nil
