@@ -1,5 +1,5 @@
 # The README's two commands: `make run` and `make test`.
-.PHONY: setup build run test unit e2e bench clean
+.PHONY: setup build run test unit e2e bench chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -27,6 +27,11 @@ bench:
 	WITH_BENCH=1 scripts/setup.sh
 	bench/run.sh
 	bench/limits.sh
+
+# The chaos experiments (chaos/README in the main README): breaker, retries, cache, gmail, fleet.
+chaos: setup
+	swift build -c release
+	chaos/run.sh
 
 clean:
 	rm -rf .build

@@ -16,8 +16,7 @@ FAIL_SECONDS = float(os.environ.get("FAIL_SECONDS", "30"))
 WINDOW_S, OPEN_S, MAX_OPEN_S = 10, 2, 8
 
 
-def main():
-    ex = Experiment("breaker")
+def main(ex):
     pki = PKI(tmpdir("pki"))
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
@@ -88,8 +87,7 @@ resilience:
     opens = metric(s, "gateway_breaker_transitions_total", tool="serpapi", to="open")
     ex.figure("transitions to open / fast-fails (metrics)", f"{opens:.0f} / {metric(s, 'gateway_breaker_fastfail_total', tool='serpapi'):.0f}")
     ex.check("each transition logged once", len(s.logs("circuit breaker open")) == opens, f"{len(s.logs('circuit breaker open'))} log lines")
-    return ex.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(Experiment.run("breaker", main))

@@ -12,8 +12,7 @@ from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, 
 FAILURE_RATE, BUDGET_RATIO, BUDGET_FLOOR, SECONDS = 0.30, 0.5, 5, 20
 
 
-def main():
-    ex = Experiment("retries")
+def main(ex):
     pki = PKI(tmpdir("pki"))
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
@@ -62,8 +61,7 @@ resilience:
              f"{retries:.0f} retries ≤ {BUDGET_RATIO} × {calls} calls + {BUDGET_FLOOR}/s floor = {allowed:.0f} "
              f"({retries / calls * 100:.1f} % of calls)")
     ex.check("transient errors did not open the breaker", opens == 0, f"{opens:.0f} openings")
-    return ex.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(Experiment.run("retries", main))

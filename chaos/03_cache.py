@@ -14,8 +14,7 @@ from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, 
 TTL_S, SECONDS, QUERIES = 2, 20, 60
 
 
-def main():
-    ex = Experiment("cache")
+def main(ex):
     pki = PKI(tmpdir("pki"))
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
@@ -55,8 +54,7 @@ def main():
     ex.check("zero STALE answers while the upstream is healthy", marks.count("STALE") == 0)
     ex.check("every call answered 200", all(st == 200 for _, (st, _, _) in results))
     ex.check("no API key in any cache key or answer", all("serp-REAL" not in str(r) for r in results))
-    return ex.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(Experiment.run("cache", main))

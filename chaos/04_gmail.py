@@ -14,8 +14,7 @@ from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, 
 MESSAGES = 300
 
 
-def main():
-    ex = Experiment("gmail")
+def main(ex):
     pki = PKI(tmpdir("pki"))
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
@@ -67,8 +66,7 @@ chaos:
              f"{metric(s, 'gateway_chaos_injected_total', tool='gmail_send'):.0f} injections")
     ex.check("zero duplicate sends recorded by the fake upstream", not dupes, f"{len(dupes)} duplicated subjects")
     ex.check("zero sidecar retries of gmail_send", retries == 0, f"gateway_retries_total{{tool=gmail_send}} = {retries:.0f}")
-    return ex.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(Experiment.run("gmail", main))

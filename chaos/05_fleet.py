@@ -22,8 +22,7 @@ def wait_until(pred, timeout=3.0):
     return None
 
 
-def main():
-    ex = Experiment("fleet")
+def main(ex):
     pki = PKI(tmpdir("pki"))
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
@@ -37,7 +36,9 @@ def main():
     ex.cleanup.append(a.stop)
     b = live_sidecar(pki, up, extra=extra, serpapi_extra=", cache_ttl: 0s, retry_attempts: 1", env=dict(env, SIDECAR_ID="sc-b"), redis=redis, keys=keys)
     ex.cleanup.append(b.stop)
-    token = a.new_token()  # agents live in Redis: the token works on both
+    # Agents live in Redis: an agent made through A has tokens that work on B.
+    agent = a.admin_request("POST", "/api/agents", {"name": "fleet", "role": "developer", "created_by": "chaos"}, token=ADMIN).json()["agent_id"]
+    token = b.admin_request("POST", f"/api/agents/{agent}/tokens", {"ttl": "10m"}, token=ADMIN).json()["token"]
 
     def serp(s, q):
         return requests.get(f"{s.proxy_url}/serpapi/search.json", params={"q": q}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -68,8 +69,7 @@ def main():
     ex.check("B learned the open breaker from the fleet", took is not None and rb.json().get("code") == "breaker_open",
              f"B open {((took or 0) * 1000):.0f} ms after A tripped")
     ex.check("B did not touch the failing upstream", len(up.requests) == before)
-    return ex.finish()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(Experiment.run("fleet", main))

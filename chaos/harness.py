@@ -131,6 +131,18 @@ class Experiment:
         self.checks.append((label, bool(ok)))
         print(f"   [{'ok' if ok else 'FAIL'}] {label}{(' — ' + detail) if detail else ''}", flush=True)
 
+    @staticmethod
+    def run(name, body):
+        """Runs body(ex); an exception is a failed check; cleanup always runs. Returns the exit status."""
+        ex = Experiment(name)
+        try:
+            body(ex)
+        except Exception:  # noqa: BLE001
+            import traceback
+            traceback.print_exc()
+            ex.check("experiment completed without an error", False)
+        return ex.finish()
+
     def finish(self):
         for c in reversed(self.cleanup):
             try:

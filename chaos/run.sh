@@ -14,7 +14,8 @@ for script in 0*.py; do
   out=$(timeout 300 python3 "$script" 2>&1)
   rc=$?
   echo "$out"
-  summary+=("$(echo "$out" | grep -E '^(PASS|FAIL) ' | tail -1 || echo "FAIL $script (rc $rc)")")
+  line=$(echo "$out" | grep -E '^(PASS|FAIL) ' | tail -1)
+  summary+=("${line:-FAIL $script (exit $rc, no verdict)}")
   [ $rc -eq 0 ] || status=1
 done
 echo "== summary"

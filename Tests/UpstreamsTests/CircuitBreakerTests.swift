@@ -53,8 +53,10 @@ struct CircuitBreakerTests {
         Row(name: "other 4xx and sidecar refusals never trip", outcomes: Array(repeating: .ignored, count: 50), opens: false),
         Row(name: "429s between failures do not reset the streak",
             outcomes: [.failure, .throttled, .failure, .throttled, .failure, .failure, .ignored, .failure], opens: true),
-        Row(name: "at volume, a run of failures under the failure rate does not trip",
-            outcomes: Array(repeating: .success, count: 20) + Array(repeating: .failure, count: 6), opens: false),
+        Row(name: "with enough recent calls, a run of failures under the failure rate does not trip",
+            outcomes: Array(repeating: .success, count: 60) + Array(repeating: .failure, count: 6), opens: false),
+        Row(name: "with few recent calls, a run of failures trips even under the failure rate",
+            outcomes: Array(repeating: .success, count: 20) + Array(repeating: .failure, count: 5), opens: true),
         Row(name: "at volume, the rate trips",
             outcomes: Array(repeating: .success, count: 20) + Array(repeating: .failure, count: 20), opens: true),
         Row(name: "a success resets the streak", outcomes: [.failure, .failure, .failure, .failure, .success, .failure, .failure, .failure, .failure], opens: false),
@@ -79,7 +81,7 @@ struct CircuitBreakerTests {
     }
 
     @Test func anOutageAfterALongHealthyStretchTripsOnTheRecentBuckets() {
-        var b = CircuitBreaker(settings: Self.settings(volume: 10, consecutive: 1000))
+        var b = CircuitBreaker(settings: Self.settings(volume: 10, consecutive: 1000))  // runs alone never trip here
         // 8 s of 100 successes per second, then failures at 100 per second.
         for ms in stride(from: Int64(0), to: 8_000, by: 10) {
             _ = b.onRequest(now: ms)
@@ -93,6 +95,22 @@ struct CircuitBreakerTests {
         // The whole window (800 successes) would need ~8 s of failures; the recent 2 s need ~1 s.
         let after = (tripAt ?? 99_999) - 8_000
         #expect(after > 0 && after <= 1_500, "tripped \(after) ms after the outage began")
+    }
+
+    @Test func aClosedLoopCallerThatSlowsDownIsCaughtByTheRun() {
+        // 50 calls/s healthy, then every call fails and the caller slows to 2 calls/s.
+        var b = CircuitBreaker(settings: Self.settings())
+        for ms in stride(from: Int64(0), to: 10_000, by: 20) {
+            _ = b.onRequest(now: ms)
+            b.onOutcome(.success, probe: false, now: ms, random: 0.5)
+        }
+        var tripAt: Int64?
+        for ms in stride(from: Int64(10_000), to: 20_000, by: 500) where tripAt == nil {
+            _ = b.onRequest(now: ms)
+            if b.onOutcome(.failure, probe: false, now: ms, random: 0.5) == .open { tripAt = ms }
+        }
+        let after = (tripAt ?? 99_999) - 10_000
+        #expect(after <= 2_500, "tripped \(after) ms after the outage began")
     }
 
     @Test func aSteadyThirtyPercentErrorRateNeverTrips() {

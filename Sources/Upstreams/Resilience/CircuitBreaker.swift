@@ -1,11 +1,10 @@
 /// A circuit breaker as a value-type state machine with the time passed in (milliseconds), driven by
 /// classified outcomes — never by error message text.
 ///
-/// - closed: requests pass; outcomes go into a rolling window (buckets). It trips when, with at least
-///   `minimumVolume` calls in the window, the failure rate reaches `failureRate`, or — while the window
-///   holds fewer calls than that — after `consecutiveFailures` failures in a row. The rate is checked over
-///   the whole window and over its most recent fifth (with 5× the minimum volume), so an outage after a
-///   long healthy stretch is caught in about a fifth of the window.
+/// - closed: requests pass; outcomes go into a rolling window (buckets). It trips when the failure rate
+///   reaches `failureRate` over the whole window (with at least `minimumVolume` calls) or over its most
+///   recent fifth (with at least 5 × `minimumVolume`), or after `consecutiveFailures` failures in a row
+///   unless that recent fifth holds enough calls for its rate to decide.
 /// - open: requests are refused at once (`retryAfter`), for an open period that grows exponentially with
 ///   each consecutive trip (`baseOpen` × 2ⁿ, capped at `maxOpen`) with ± `jitter` so a fleet does not
 ///   probe in lockstep.
@@ -133,15 +132,13 @@ public struct CircuitBreaker: Sendable, Hashable {
             recentFailures += failures[i]
             recentTotal += failures[i] + successes[i]
         }
-        // Below the minimum volume a rate means nothing, so a run of failures decides; at volume the rate
-        // decides (a 30 % transient error rate makes runs of 5 common at 100 req/s, and must not trip).
-        let tripping: Bool
-        if total < settings.minimumVolume {
-            tripping = consecutive >= settings.consecutiveFailures
-        } else {
-            tripping = Double(f) / Double(total) >= settings.failureRate
-                || (recentTotal >= 5 * settings.minimumVolume && Double(recentFailures) / Double(recentTotal) >= settings.failureRate)
-        }
+        let recentDecides = recentTotal >= 5 * settings.minimumVolume
+        // A run of failures trips unless the recent calls are enough for their rate to decide: at 100 req/s
+        // a 30 % transient error rate makes runs of 5 common, and retries handle those; when callers slow
+        // down because every call fails (closed-loop agents), the run is what catches the outage quickly.
+        let tripping = (!recentDecides && consecutive >= settings.consecutiveFailures)
+            || (total >= settings.minimumVolume && Double(f) / Double(total) >= settings.failureRate)
+            || (recentDecides && Double(recentFailures) / Double(recentTotal) >= settings.failureRate)
         if tripping {
             return trip(now: now, random: random)
         }
