@@ -23,14 +23,14 @@ done
 ADMIN_TOKEN=$(cat "$STATE/admin.token")
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 AGENT=$(curl -fsS -X POST "http://$ADMIN/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" \
-  -H 'Content-Type: application/json' -d '{"name":"demo","role":"engager","created_by":"make run"}' | json agent_id)
+  -H 'Content-Type: application/json' -d '{"name":"demo","role":"developer","created_by":"make run"}' | json agent_id)
 TOKEN=$(curl -fsS -X POST "http://$ADMIN/api/agents/$AGENT/tokens" -H "Authorization: Bearer $ADMIN_TOKEN" \
   -H 'Content-Type: application/json' -d '{"ttl":"8h"}' | json token)
 
 cat >&2 <<MSG
 
   agent sidecar is running (pid $PID): proxy http://$PROXY, admin http://$ADMIN
-  every tool is mocked; no API key is needed. A demo agent ($AGENT) has a token for 8 hours:
+  every tool is mocked; no API key is needed. A demo agent ($AGENT, role developer: every tool) has a token for 8 hours:
 
   export AGENT_TOKEN=$TOKEN
 
