@@ -112,7 +112,7 @@ public enum SidecarApp {
         AdminRoutes(metrics: metrics, readiness: readiness, redis: redis).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
-        ChaosAPI(chaos: chaos, redis: redis, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
+        ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
         let admin = Application(
@@ -155,10 +155,18 @@ public enum SidecarApp {
                     resilience.applyFleetClosed(key: key)
                 }
             }
-            subscriber.handlers[FleetResilience.chaosChannel] = { text in
-                guard let settings = try? JSONDecoder().decode(ChaosSettings.self, from: Data(text.utf8)) else { return }
+            let applyChaos: @Sendable (String) -> Void = { text in
+                guard let settings = try? JSONDecoder().decode(ChaosSettings.self, from: Data(text.utf8)), settings != chaos.current else { return }
                 chaos.update(settings)
                 logger.notice("chaos updated by the fleet", metadata: ["enabled": "\(settings.enabled)"])
+            }
+            subscriber.handlers[FleetResilience.chaosChannel] = applyChaos
+            if let fleet {
+                // Catch up on what the fleet decided while this sidecar was starting or disconnected.
+                subscriber.onConnect = {
+                    for (key, until) in await fleet.openBreakers() { resilience.applyFleetOpen(key: key, until: until) }
+                    if let text = await fleet.currentChaos() { applyChaos(text) }
+                }
             }
             let running = subscriber
             background.append { await running.run() }

@@ -12,7 +12,7 @@ import urllib.parse
 import pytest
 import requests
 
-from conftest import LIVE_ENV, FakeUpstream, Sidecar, live_config
+from conftest import BIN, LIVE_ENV, FakeUpstream, Sidecar, live_config
 
 RESILIENCE = """
 resilience:
@@ -332,3 +332,44 @@ def test_ff_chaos_on_at_start_and_gmail_excluded(pki, https_upstream, sidecar_fa
         r = requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json={"raw": raw}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 200 and "X-Chaos-Injected" not in r.headers
     assert sends.calls == 3
+
+
+def test_fleet_breaker_and_chaos_reach_sidecars_that_start_later(pki, https_upstream, sidecar_factory, tmp_path):
+    from test_fleet import Redis
+    redis = Redis()
+    try:
+        keys = tmp_path / "keys"
+        subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+        admin = "adm_resilience_fleet_token_0123456789"
+
+        def start(sid):
+            cfg = live_config(pki, https_upstream, extra=RESILIENCE + f'auth: {{keys_dir: "{keys}"}}\n').replace(
+                "hosts: [serpapi.com], timeout: 3s}", "hosts: [serpapi.com], timeout: 3s, retry_attempts: 1, cache_ttl: 0s}")
+            return sidecar_factory(cfg, env={**LIVE_ENV, "REDIS_URL": redis.url, "SIDECAR_ADMIN_TOKEN": admin, "SIDECAR_ID": sid,
+                                             "SIDECAR_STATE_DIR": str(tmp_path / sid)})
+
+        a = start("sc-a")
+        agent = a.admin_request("POST", "/api/agents", {"name": "f", "role": "developer", "created_by": "e2e"}, token=admin).json()["agent_id"]
+        token = a.admin_request("POST", f"/api/agents/{agent}/tokens", {"ttl": "10m"}, token=admin).json()["token"]
+        https_upstream.routes["/search"] = Switch(503)
+        for i in range(3):
+            serp(a, token, f"f{i}")
+        assert serp(a, token, "open").json()["code"] == "breaker_open"
+        # Chaos for the whole fleet, then a sidecar that was not running when either was published.
+        assert a.admin_request("PUT", "/api/chaos", {"enabled": True, "fleet": True, "tools": {"openai": {"error_rate": 1}}},
+                               token=admin).status_code == 200
+        before = len(https_upstream.requests)
+        c = start("sc-c")
+        deadline = time.time() + 3
+        while time.time() < deadline and metric(c, "gateway_breaker_state", tool="serpapi") != 2:
+            time.sleep(0.05)
+        r = serp(c, token, "late")
+        assert r.status_code == 503 and r.json()["code"] == "breaker_open"
+        assert len(https_upstream.requests) == before
+        assert c.admin_request("GET", "/api/chaos", token=admin).json()["enabled"] is True
+        # Fleet chaos without Redis is refused before anything is applied.
+        solo = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+        r = solo.admin_request("PUT", "/api/chaos", {"enabled": True, "fleet": True})
+        assert r.status_code == 422 and solo.admin_request("GET", "/api/chaos").json()["enabled"] is False
+    finally:
+        redis.kill()

@@ -12,7 +12,7 @@ import Upstreams
 ///      "tools": {"serpapi": {"error_rate": 0.3, "error_statuses": [503]}, "*": {"latency_max_ms": 200}}}
 struct ChaosAPI: Sendable {
     let chaos: ChaosTransport
-    let redis: RedisClient?
+    let fleetState: FleetResilience?
     let maxBodyBytes: Int
     let logger: Logger
 
@@ -52,12 +52,15 @@ struct ChaosAPI: Sendable {
         } catch {
             return Self.invalid("tools", "rates are between 0 and 1, error statuses are 5xx, 0 <= latency_min_ms <= latency_max_ms")
         }
+        if fleet, fleetState == nil { return Self.invalid("fleet", "needs Redis (REDIS_URL)") }
         chaos.update(settings)
         logger.notice("chaos updated", metadata: ["enabled": "\(settings.enabled)", "fleet": "\(fleet)"])
-        if fleet {
-            guard let redis else { return Self.invalid("fleet", "needs Redis (REDIS_URL)") }
+        if fleet, let fleetState {
             let text = String(decoding: (try? JSONEncoder().encode(settings)) ?? Data(), as: UTF8.self)
-            _ = try? await redis.send(["PUBLISH", FleetResilience.chaosChannel, text])
+            do { try await fleetState.publishChaos(text, until: settings.until) } catch {
+                logger.warning("could not publish chaos settings to the fleet", metadata: ["error": "\(error)"])
+                return AdminProblem.response(GatewayError(.stateUnavailable, "Redis did not take the fleet chaos settings; this sidecar applied them"))
+            }
         }
         return Self.describe(settings)
     }

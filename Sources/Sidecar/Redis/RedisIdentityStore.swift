@@ -100,6 +100,8 @@ struct FleetSubscriber: Sendable {
     let logger: Logger
     /// Other channels and their handlers (breakers, chaos).
     var handlers: [String: @Sendable (String) -> Void] = [:]
+    /// Runs after each (re)subscription: catches up on state published while this sidecar was away.
+    var onConnect: @Sendable () async -> Void = {}
 
     func run() async {
         var backoff: Duration = .milliseconds(50)
@@ -113,6 +115,7 @@ struct FleetSubscriber: Sendable {
                 connection.channel.closeFuture.whenComplete { _ in continuation.finish() }
                 _ = try await connection.send(["SUBSCRIBE"] + channels, timeout: .seconds(1))
                 try? await state.refresh()
+                await onConnect()
                 backoff = .milliseconds(50)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {

@@ -23,14 +23,57 @@ final class FleetResilience: Sendable {
         budgetMinimumPerWindow = Int(budgetMinimumPerSecond * 10)
     }
 
+    static let openKeyPrefix = "{breaker}:open:"
+    static let chaosKey = "{sidecar}:chaos"
+
+    /// Publishes a trip, and keeps it as a key that expires when the open period ends, so a sidecar that
+    /// starts (or reconnects) later obeys it too.
     func publishOpen(key: String, until: Int64) {
         let message = #"{"key":"\#(key)","state":"open","until":\#(until),"from":"\#(sidecarID)"}"#
-        Task { _ = try? await redis.send(["PUBLISH", Self.breakerChannel, message]) }
+        let ttl = max(1, until - Int64(Date().timeIntervalSince1970 * 1000))
+        Task {
+            _ = try? await redis.send(["SET", Self.openKeyPrefix + key, String(until), "PX", String(ttl)])
+            _ = try? await redis.send(["PUBLISH", Self.breakerChannel, message])
+        }
     }
 
     func publishClosed(key: String) {
         let message = #"{"key":"\#(key)","state":"closed","from":"\#(sidecarID)"}"#
-        Task { _ = try? await redis.send(["PUBLISH", Self.breakerChannel, message]) }
+        Task {
+            _ = try? await redis.send(["DEL", Self.openKeyPrefix + key])
+            _ = try? await redis.send(["PUBLISH", Self.breakerChannel, message])
+        }
+    }
+
+    /// The breakers the fleet holds open now: (breaker key, reopens at unix ms). Bounded SCAN.
+    func openBreakers() async -> [(String, Int64)] {
+        var cursor = "0"
+        var keys: [String] = []
+        for _ in 0..<100 {
+            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", Self.openKeyPrefix + "*", "COUNT", "1000"]),
+                let parts = reply.array, parts.count == 2, let next = parts[0].string
+            else { break }
+            keys += (parts[1].array ?? []).compactMap(\.string)
+            cursor = next
+            if cursor == "0" { break }
+        }
+        guard !keys.isEmpty, let values = try? await redis.send(["MGET"] + keys), let list = values.array else { return [] }
+        return zip(keys, list).compactMap { key, value in
+            value.int.map { (String(key.dropFirst(Self.openKeyPrefix.count)), $0) }
+        }
+    }
+
+    /// Stores fleet chaos settings (expiring with their auto-off time) and publishes them.
+    func publishChaos(_ json: String, until: Int64?) async throws {
+        var set = ["SET", Self.chaosKey, json]
+        if let until { set += ["PX", String(max(1, until - Int64(Date().timeIntervalSince1970 * 1000)))] }
+        _ = try await redis.send(set)
+        _ = try await redis.send(["PUBLISH", Self.chaosChannel, json])
+    }
+
+    /// The fleet's chaos settings, if any were published and have not expired.
+    func currentChaos() async -> String? {
+        try? await redis.send(["GET", Self.chaosKey]).string
     }
 
     /// One probe per fleet: whoever sets the lock probes; the others keep failing fast.
