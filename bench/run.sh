@@ -49,14 +49,14 @@ listen: {proxy: "127.0.0.1:$PROXY", admin: "127.0.0.1:$ADMIN"}
 auth: {required: false}
 state: {dir: "$WORK/state-off"}
 tools:
-  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND", cache_ttl: 0s}
 CONF
 cat > "$WORK/sidecar-auth.yaml" <<CONF
 version: 1
 listen: {proxy: "127.0.0.1:$PROXY2", admin: "127.0.0.1:$ADMIN2"}
 state: {dir: "$WORK/state-on"}
 tools:
-  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND", cache_ttl: 0s}
 CONF
 
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
