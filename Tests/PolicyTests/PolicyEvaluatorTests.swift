@@ -38,7 +38,7 @@ struct HostPatternTests {
 
 @Suite("Policy compilation and evaluation")
 struct PolicyEvaluatorTests {
-    nonisolated(unsafe) static let document = YAMLish.node([
+    static let document = YAMLish.node([
         "version": 1,
         "roles": [
             "scraper": [
@@ -89,6 +89,36 @@ struct PolicyEvaluatorTests {
         let e = Self.evaluator.evaluate(Self.request("scraper", "http_fetch", "get", Self.fetch(url)), at: Self.now)
         #expect(e.denial?.parameter == refusedParameter)
         if refusedParameter != nil { #expect(e.denial?.kind == .parameter && !(e.denial?.detail.contains("example.org") ?? true)) }
+    }
+
+    @Test func fetchRulesCanGrantInternalRangesOnlyToTheirOwnCalls() throws {
+        let doc = YAMLish.node([
+            "version": 1,
+            "roles": [
+                "internal": [
+                    "allow": ["http_fetch:*", "serpapi:search"],
+                    "rules": [["scope": "http_fetch:get", "guards": ["allow_cidrs": ["10.20.0.0/16", "fd00:1::/64"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>],
+                ] as KeyValuePairs<String, Any>,
+                "other": ["allow": ["http_fetch:*"]] as KeyValuePairs<String, Any>,
+            ] as KeyValuePairs<String, Any>,
+        ] as KeyValuePairs<String, Any>)
+        let evaluator = PolicyEvaluator(policy: try PolicyCompiler.compile(doc, source: "t", isCIDR: { $0.contains("/") }))
+        let get = evaluator.evaluate(Self.request("internal", "http_fetch", "get", Self.fetch(("http", "10.20.1.2", 80))), at: Self.now)
+        #expect(get.denial == nil && get.egressAllow == ["10.20.0.0/16", "fd00:1::/64"])
+        let head = evaluator.evaluate(Self.request("internal", "http_fetch", "head", Self.fetch(("http", "10.20.1.2", 80))), at: Self.now)
+        #expect(head.egressAllow.isEmpty, "the grant belongs to the rule's scope only")
+        #expect(evaluator.evaluate(Self.request("other", "http_fetch", "get", Self.fetch(("http", "10.20.1.2", 80))), at: Self.now).egressAllow.isEmpty)
+        // Invalid ranges are refused with their path; without a validator no range is accepted.
+        let bad = YAMLish.node([
+            "version": 1,
+            "roles": ["r": ["allow": ["http_fetch:*"], "rules": [["scope": "http_fetch:get", "guards": ["allow_cidrs": ["10.0.0.0/8", "nonsense"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>,
+        ] as KeyValuePairs<String, Any>)
+        #expect(throws: DocumentError.self) { try PolicyCompiler.compile(bad, source: "t", isCIDR: { $0.contains("/") }) }
+        do {
+            _ = try PolicyCompiler.compile(bad, source: "t", isCIDR: { $0.contains("/") })
+        } catch {
+            #expect(error.path == "roles.r.rules[0].guards.allow_cidrs[1]")
+        }
     }
 
     @Test func scopeIsCheckedFirstAndTokenScopesNarrow() {

@@ -373,3 +373,30 @@ def test_fleet_breaker_and_chaos_reach_sidecars_that_start_later(pki, https_upst
         assert r.status_code == 422 and solo.admin_request("GET", "/api/chaos").json()["enabled"] is False
     finally:
         redis.kill()
+
+
+def test_policy_can_grant_an_internal_range_to_one_role(http_upstream, sidecar_factory, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("""
+version: 1
+roles:
+  developer: {allow: ["*"]}
+  intranet:
+    allow: ["http_fetch:*"]
+    rules:
+      - scope: http_fetch:get
+        guards: {allow_cidrs: ["127.0.0.0/8"]}
+""")
+    s = sidecar_factory(f'version: 1\npolicy: {{file: "{policy}"}}\ntools:\n  http_fetch: {{mode: live, timeout: 2s}}\n')
+    intranet, developer = s.new_token(role="intranet"), s.new_token(role="developer")
+    assert fetch(s, intranet, f"{http_upstream.base_url}/wiki").status_code == 200
+    r = fetch(s, developer, f"{http_upstream.base_url}/wiki")
+    assert r.status_code == 403 and r.json()["code"] == "egress_denied"
+    # The grant never covers the sidecar's own listeners, nor ranges it does not name.
+    assert fetch(s, intranet, f"{s.admin_url}/metrics").json()["code"] == "egress_denied"
+    assert fetch(s, intranet, "http://169.254.169.254/").json()["code"] == "egress_denied"
+    # An invalid range is refused at reload with its field path; the old policy stays.
+    r = s.admin_request("PUT", "/api/policy", data="version: 1\nroles:\n  r:\n    allow: [\"http_fetch:*\"]\n    rules:\n      - scope: http_fetch:get\n        guards: {allow_cidrs: [\"10.0.0.0/33\"]}\n",
+                        headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 422 and "roles.r.rules[0].guards.allow_cidrs[0]" in r.text
+    assert fetch(s, intranet, f"{http_upstream.base_url}/wiki").status_code == 200

@@ -44,6 +44,9 @@ public struct Guards: Sendable, Hashable {
     public var engines: Set<String>?
     public var maxNum: Int?
     public var maxBodyBytes: Int?
+    /// http_fetch: internal address ranges this rule lets the agent reach (a grant, not a refusal; the
+    /// egress guard still refuses everything else and the sidecar's own listeners).
+    public var allowCIDRs: [String] = []
 
     public init() {}
 }

@@ -24,7 +24,11 @@ public enum PolicyCompiler {
         "gmail_send": ["send", "profile"],
     ]
 
-    public static func compile(_ node: DocumentNode, source: String) throws(DocumentError) -> CompiledPolicy {
+    /// `isCIDR` validates `allow_cidrs` entries: address ranges are the transport's business, so the
+    /// module that parses them for connecting also judges them here (Policy stays free of networking).
+    public static func compile(
+        _ node: DocumentNode, source: String, isCIDR: (String) -> Bool = { _ in false }
+    ) throws(DocumentError) -> CompiledPolicy {
         let root = DocumentReader(node)
         try root.checkKeys(["version", "roles", "agents"])
         let version = try root["version"].int() ?? 1
@@ -34,17 +38,17 @@ public enum PolicyCompiler {
             guard name.range(of: "^[a-z0-9_-]{1,64}$", options: .regularExpression) != nil else {
                 throw roleNode.error("role names are 1-64 of a-z, 0-9, _ and -")
             }
-            roles[name] = try compileRole(roleNode, id: "roles.\(name)", requireAllow: true)
+            roles[name] = try compileRole(roleNode, id: "roles.\(name)", requireAllow: true, isCIDR: isCIDR)
         }
         guard !roles.isEmpty else { throw root["roles"].error("at least one role is required") }
         var agents: [String: RolePolicy] = [:]
         for (id, agentNode) in try root["agents"].entries() {
-            agents[id] = try compileRole(agentNode, id: "agents.\(id)", requireAllow: false)
+            agents[id] = try compileRole(agentNode, id: "agents.\(id)", requireAllow: false, isCIDR: isCIDR)
         }
         return CompiledPolicy(version: version, hash: CompiledPolicy.digest(source), roles: roles, agents: agents, source: source)
     }
 
-    static func compileRole(_ node: DocumentReader, id: String, requireAllow: Bool) throws(DocumentError) -> RolePolicy {
+    static func compileRole(_ node: DocumentReader, id: String, requireAllow: Bool, isCIDR: (String) -> Bool) throws(DocumentError) -> RolePolicy {
         try node.checkKeys(["allow", "rules", "concurrency", "concurrency_mode"])
         var allow: [ScopePattern] = []
         for e in try node["allow"].elements() {
@@ -56,7 +60,7 @@ public enum PolicyCompiler {
         if requireAllow, !node["allow"].isPresent { throw node["allow"].error("is required (a list of tool:action scopes)") }
         var rules: [Rule] = []
         for (i, ruleNode) in try node["rules"].elements().enumerated() {
-            rules.append(try compileRule(ruleNode, id: "\(id).rules[\(i)]"))
+            rules.append(try compileRule(ruleNode, id: "\(id).rules[\(i)]", isCIDR: isCIDR))
         }
         let concurrency = try node["concurrency"].int()
         if let c = concurrency, c < 1 { throw node["concurrency"].error("must be at least 1") }
@@ -85,7 +89,7 @@ public enum PolicyCompiler {
         return v
     }
 
-    static func compileRule(_ node: DocumentReader, id: String) throws(DocumentError) -> Rule {
+    static func compileRule(_ node: DocumentReader, id: String, isCIDR: (String) -> Bool = { _ in false }) throws(DocumentError) -> Rule {
         try node.checkKeys(["scope", "mode", "guards", "time_window", "rate", "quota", "budget"])
         guard let scopeText = try node["scope"].string(), let scope = ScopePattern(scopeText, known: knownActions) else {
             throw node["scope"].error("expected tool:action, tool:* or * for a known tool and action")
@@ -99,7 +103,7 @@ public enum PolicyCompiler {
         try g.checkKeys([
             "allow_hosts", "block_hosts", "schemes", "ports", "methods", "models", "max_tokens", "allow_stream",
             "allowed_domains", "max_recipients", "max_subject_bytes", "max_email_body_bytes", "reject_crlf", "engines",
-            "max_num", "max_body_bytes", "mode",
+            "max_num", "max_body_bytes", "allow_cidrs", "mode",
         ])
         func hosts(_ n: DocumentReader) throws(DocumentError) -> [HostPattern]? {
             guard let list = try n.strings() else { return nil }
@@ -135,6 +139,10 @@ public enum PolicyCompiler {
         rule.guards.engines = try g["engines"].strings().map { Set($0.map { $0.lowercased() }) }
         rule.guards.maxNum = try positiveInt(g["max_num"], required: false)
         rule.guards.maxBodyBytes = try positiveInt(g["max_body_bytes"], required: false)
+        for (i, text) in (try g["allow_cidrs"].strings() ?? []).enumerated() {
+            guard isCIDR(text) else { throw DocumentError(path: "\(g["allow_cidrs"].path)[\(i)]", message: "expected a CIDR like 10.20.0.0/16") }
+            rule.guards.allowCIDRs.append(text)
+        }
         rule.guardMode = try mode(g["mode"], default: rule.mode)
 
         let tw = node["time_window"]

@@ -32,6 +32,8 @@ public struct PolicyEvaluation: Sendable, Hashable {
     public var wouldDeny: [PolicyDenial]
     /// The rule ids that applied (for logs).
     public var budgetTool: Bool
+    /// http_fetch: internal ranges the matching rules grant (`guards.allow_cidrs`).
+    public var egressAllow: [String] = []
 
     public init(denial: PolicyDenial? = nil, checks: [LimitCheck] = [], wouldDeny: [PolicyDenial] = [], budgetTool: Bool = false) {
         self.denial = denial

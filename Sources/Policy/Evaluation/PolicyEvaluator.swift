@@ -52,6 +52,7 @@ public struct PolicyEvaluator: Sendable {
                 evaluation.wouldDeny.append(denial)
             }
         }
+        for rule in rules where !rule.guards.allowCIDRs.isEmpty { evaluation.egressAllow += rule.guards.allowCIDRs }
         // 4. Stateful checks, in order.
         if let max = overrides?.concurrency ?? role?.concurrency {
             evaluation.checks.append(LimitCheck(kind: .concurrency, mode: overrides?.concurrency != nil ? overrides!.concurrencyMode : role!.concurrencyMode, key: "c", limit: max))

@@ -35,11 +35,13 @@ extension Pipeline {
         do { call = try adapter.interpret(toolRequest) } catch { throw GatewayError(error) }
         record.action = call.action
         try checkScope(call, identity: identity)
-        let admitted = try await admit(call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
+        let (admitted, egressAllow) = try await admit(
+            call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
         let response: UpstreamResponse
         let release: @Sendable () -> Void
         do {
-            (response, release) = try await forward(admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, record: &record)
+            (response, release) = try await forward(
+                admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, egressAllow: egressAllow, record: &record)
         } catch {
             await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
             throw error

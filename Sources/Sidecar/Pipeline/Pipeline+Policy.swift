@@ -14,8 +14,12 @@ extension Pipeline {
         var meter: OpenAIUsageMeter?
     }
 
-    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String, record: inout RequestRecord) async throws(GatewayError) -> Admitted? {
-        guard let policy, let limits else { return nil }
+    /// Evaluates the policy and admits the call against its limits. Returns the admission (nil when no
+    /// stateful limit applies) and the internal ranges the policy grants an http_fetch call.
+    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String, record: inout RequestRecord) async throws(GatewayError)
+        -> (admitted: Admitted?, egressAllow: [CIDR])
+    {
+        guard let policy, let limits else { return (nil, []) }
         let request = PolicyRequest(
             agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
             action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
@@ -25,7 +29,8 @@ extension Pipeline {
             metrics?.policyDenied(denial.kind.rawValue)
             throw Self.error(for: denial)
         }
-        guard !evaluation.checks.isEmpty else { return nil }
+        let egressAllow = evaluation.egressAllow.compactMap(CIDR.init)  // validated when the policy compiled
+        guard !evaluation.checks.isEmpty else { return (nil, egressAllow) }
         let admission: Admission
         do {
             admission = try await limits.admit(agent: identity.agentID, checks: evaluation.checks, leaseID: requestID)
@@ -46,7 +51,8 @@ extension Pipeline {
             metrics?.policyDenied(check.kind.denialKind.rawValue)
             throw Self.limitError(check, admission.results[index])
         }
-        return Admitted(agent: identity.agentID, checks: evaluation.checks, admission: admission, meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
+        let admitted = Admitted(agent: identity.agentID, checks: evaluation.checks, admission: admission, meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
+        return (admitted, egressAllow)
     }
 
     /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.

@@ -142,12 +142,13 @@ final class Pipeline: Sendable {
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
             var call = try interpret(toolRequest, tool: tool, record: &record)
             try checkScope(call, identity: identity)
-            let admitted = try await admit(call, identity: identity, bodyBytes: request.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
+            let (admitted, egressAllow) = try await admit(
+                call, identity: identity, bodyBytes: request.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
             if admitted?.meter != nil { call = Self.requestingUsage(call) }
             var response: UpstreamResponse
             let release: @Sendable () -> Void
             do {
-                (response, release) = try await forward(call, requestID: request.requestID, record: &record)
+                (response, release) = try await forward(call, requestID: request.requestID, egressAllow: egressAllow, record: &record)
             } catch {
                 await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
                 throw error
@@ -184,7 +185,7 @@ final class Pipeline: Sendable {
 
     /// Credential, then upstream (through cache, breaker, bulkhead and retries). Returns the response with
     /// its body still streaming, and the release to call once it has been consumed.
-    func forward(_ call: ToolCall, requestID: String, record: inout RequestRecord) async throws(GatewayError)
+    func forward(_ call: ToolCall, requestID: String, egressAllow: [CIDR] = [], record: inout RequestRecord) async throws(GatewayError)
         -> (UpstreamResponse, @Sendable () -> Void)
     {
         let tool = call.tool
@@ -198,10 +199,11 @@ final class Pipeline: Sendable {
         }
         var upstream = UpstreamRequestBuilder.build(
             call: call, endpoint: endpoint, requestID: requestID, deadline: .now() + TimeAmount(timeout))
+        upstream.egressAllow = egressAllow
         let mock = settings.mockTools.contains(tool)
         record.mock = mock
         record.upstreamHost = mock ? nil : upstream.url.host
-        if tool == .httpFetch, let egress, let ip = IPAddress.parse(upstream.url.host), let why = egress.refusal(ip, port: upstream.url.port) {
+        if tool == .httpFetch, let egress, let ip = IPAddress.parse(upstream.url.host), let why = egress.refusal(ip, port: upstream.url.port, granted: egressAllow) {
             var e = GatewayError(.egressDenied, "the destination is not allowed for http_fetch (\(why))")
             e.nothingSent = true
             throw e

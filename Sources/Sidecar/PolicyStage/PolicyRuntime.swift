@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Policy
+import Upstreams
 import Synchronization
 
 /// The active policy: compiled once, swapped whole. A reload compiles and validates first; an invalid
@@ -42,7 +43,7 @@ final class PolicyRuntime: Sendable {
     var policy: CompiledPolicy { evaluator.policy }
 
     static func compile(_ text: String) throws(DocumentError) -> CompiledPolicy {
-        try PolicyCompiler.compile(YAMLDocument.parse(text), source: text)
+        try PolicyCompiler.compile(YAMLDocument.parse(text), source: text, isCIDR: { CIDR($0) != nil })
     }
 
     static func read(_ path: String) throws -> String {

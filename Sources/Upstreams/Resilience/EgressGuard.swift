@@ -184,11 +184,12 @@ public struct EgressGuard: Sendable {
     ].map { (CIDR($0.0)!, $0.1) }
 
     /// nil when the address may be connected to; else why not.
-    public func refusal(_ ip: IPAddress, port: Int) -> String? {
+    /// `granted`: ranges the policy allows for this one call.
+    public func refusal(_ ip: IPAddress, port: Int, granted: [CIDR] = []) -> String? {
         for listener in own.all where listener.port == port {
             if listener.address == nil || listener.address == ip { return "the sidecar's own listener" }
         }
-        if allowed.contains(where: { $0.contains(ip) }) { return nil }
+        if allowed.contains(where: { $0.contains(ip) }) || granted.contains(where: { $0.contains(ip) }) { return nil }
         let table: [(CIDR, String)]
         switch ip {
         case .v4: table = Self.deniedV4

@@ -68,7 +68,7 @@ public final class SafeFetchTransport: UpstreamTransport {
     }
 
     /// The checked addresses for a target, or the reason it is refused.
-    public func checkedAddresses(for url: TargetURL) async throws(UpstreamError) -> [IPAddress] {
+    public func checkedAddresses(for url: TargetURL, granted: [CIDR] = []) async throws(UpstreamError) -> [IPAddress] {
         let addresses: [IPAddress]
         if let literal = IPAddress.parse(url.host) {
             addresses = [literal]
@@ -83,7 +83,7 @@ public final class SafeFetchTransport: UpstreamTransport {
         guard !addresses.isEmpty else { throw UpstreamError(.unreachable, beforeSend: true, detail: "no address for host") }
         // Refuse if any address is refused: picking the "good" one would let a name mix internal targets in.
         for ip in addresses {
-            if let why = egress.refusal(ip, port: url.port) {
+            if let why = egress.refusal(ip, port: url.port, granted: granted) {
                 throw UpstreamError(.egressDenied, beforeSend: true, detail: "destination is \(why)")
             }
         }
@@ -93,7 +93,7 @@ public final class SafeFetchTransport: UpstreamTransport {
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         var current = request
         for hop in 0...maxRedirects {
-            let addresses = try await checkedAddresses(for: current.url)
+            let addresses = try await checkedAddresses(for: current.url, granted: current.egressAllow)
             let response = try await exchange(current, addresses: addresses)
             let code = Int(response.status.code)
             guard hop < maxRedirects, [301, 302, 303, 307, 308].contains(code),

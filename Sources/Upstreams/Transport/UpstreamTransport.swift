@@ -12,6 +12,8 @@ public struct UpstreamRequest: Sendable {
     public var body: ByteBuffer?
     /// The overall deadline of the call; every attempt and the whole response body must fit in it.
     public var deadline: NIODeadline
+    /// http_fetch: internal ranges the policy grants this call, on top of the configured ones.
+    public var egressAllow: [CIDR] = []
 
     public var tool: Tool { call.tool }
     public var action: String { call.action }
