@@ -227,18 +227,17 @@ final class ResilientCaller: Sendable {
 
     private func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
         let r = random()
-        let (change, reopens, state) = breakers.withLock { b -> (CircuitBreaker.State?, Int64, CircuitBreaker.State) in
+        let (change, reopens) = breakers.withLock { b -> (CircuitBreaker.State?, Int64) in
             var br = b[key] ?? CircuitBreaker(settings: settings.tools[tool]!.breaker)
             let change = br.onOutcome(outcome, probe: probe, now: now(), random: r)
             b[key] = br
-            return (change, br.reopensAt, br.state)
+            return (change, br.reopensAt)
         }
         if let change {
             transitioned(key: key, tool: tool, to: change, reopensAt: reopens)
             if change == .open { fleet?.publishOpen(key: key, until: reopens) }
             if change == .closed { fleet?.publishClosed(key: key) }
         }
-        _ = state
     }
 
     private func transitioned(key: String, tool: Tool, to state: CircuitBreaker.State, reopensAt: Int64) {
