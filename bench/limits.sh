@@ -44,7 +44,7 @@ state: {dir: "$WORK/state-$n"}
 auth: {keys_dir: "$WORK/keys"}
 policy: {file: "$WORK/policy.yaml"}
 tools:
-  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND", cache_ttl: 0s}
 $R
 CONF
 done
