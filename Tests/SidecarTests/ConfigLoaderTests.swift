@@ -47,6 +47,19 @@ struct ConfigLoaderTests {
         ("log: {level: loud}", "log.level"),
         ("version: 2", "version"),
         ("listn: {}", "listn"),
+        ("tools: {gmail_send: {retry_attempts: 2}}", "tools.gmail_send.retry_attempts"),
+        ("tools: {gmail_send: {cache_ttl: 5m}}", "tools.gmail_send.cache_ttl"),
+        ("tools: {serpapi: {retry_attempts: 0}}", "tools.serpapi.retry_attempts"),
+        ("resilience: {breaker: {failure_rate: 1.5}}", "resilience.breaker.failure_rate"),
+        ("resilience: {breaker: {open: never}}", "resilience.breaker.open"),
+        ("resilience: {retry: {budget_ratio: 2}}", "resilience.retry.budget_ratio"),
+        ("resilience: {bulkhead: {max_concurrent: 0}}", "resilience.bulkhead.max_concurrent"),
+        ("resilience: {cache: {size: 1}}", "resilience.cache.size"),
+        ("egress: {allow_cidrs: [10.0.0.0/8, localhost]}", "egress.allow_cidrs[1]"),
+        ("egress: {follow_redirects: 50}", "egress.follow_redirects"),
+        ("chaos: {tools: {serpapi: {error_rate: 1.2}}}", "chaos.tools.serpapi.error_rate"),
+        ("chaos: {tools: {serpapi: {error_statuses: [404]}}}", "chaos.tools.serpapi.error_statuses"),
+        ("chaos: {tools: {nosuch: {error_rate: 0.1}}}", "chaos.tools.nosuch"),
     ])
     func namesTheOffendingField(_ yaml: String, _ path: String) {
         do {
@@ -55,6 +68,32 @@ struct ConfigLoaderTests {
         } catch {
             #expect(error.path == path)
         }
+    }
+
+    @Test func readsTheResilienceEgressAndChaosKeys() throws {
+        let c = try ConfigLoader.parse("""
+            resilience:
+              retry: {max_attempts: 4, base_delay: 50ms, max_delay: 1s, budget_ratio: 0.3, budget_min_per_second: 2}
+              breaker: {window: 20s, minimum_volume: 30, failure_rate: 0.6, consecutive_failures: 7, open: 3s, max_open: 30s, half_open_probes: 2}
+              bulkhead: {max_concurrent: 10, queue: 5, wait: 250ms}
+              cache: {max_bytes: 1000000, max_entry_bytes: 5000, stale_if_error: 1m, openai: true}
+            tools:
+              serpapi: {max_concurrent: 3, retry_attempts: 2, cache_ttl: 30s}
+            egress: {allow_cidrs: [10.20.0.0/16, "fd00::/8"], follow_redirects: 2}
+            chaos: {enabled: true, seed: 9, gmail_opt_in: true, tools: {"*": {error_rate: 0.5, error_statuses: [503], latency_min_ms: 5, latency_max_ms: 9}}}
+            """)
+        let r = c.resilience
+        #expect(r.tools[.openai]!.retry == RetryPolicy(maxAttempts: 4, baseDelayMilliseconds: 50, maxDelayMilliseconds: 1000))
+        #expect(r.tools[.serpapi]!.retry.maxAttempts == 2 && r.tools[.gmailSend]!.retry.maxAttempts == 1)
+        #expect(r.tools[.serpapi]!.maxConcurrent == 3 && r.tools[.openai]!.maxConcurrent == 10 && r.tools[.openai]!.queue == 5)
+        #expect(r.tools[.serpapi]!.cacheTTL == .seconds(30) && r.tools[.httpFetch]!.cacheTTL == .seconds(300))
+        let b = r.tools[.openai]!.breaker
+        #expect(b.windowMilliseconds == 20_000 && b.minimumVolume == 30 && b.failureRate == 0.6 && b.consecutiveFailures == 7)
+        #expect(b.baseOpenMilliseconds == 3000 && b.maxOpenMilliseconds == 30_000 && b.halfOpenProbes == 2)
+        #expect(r.retryBudgetRatio == 0.3 && r.retryBudgetMinimumPerSecond == 2 && r.cacheMaxBytes == 1_000_000 && r.openAICache)
+        #expect(c.egressAllow.map(\.description) == ["10.20.0.0/16", "fd00:0:0:0:0:0:0:0/8"] && c.followRedirects == 2)
+        #expect(c.chaos.enabled && c.chaos.seed == 9 && c.chaos.gmailOptIn && c.chaos.tools["*"]?.errorStatuses == [503])
+        #expect(c.chaos.tools["*"]?.latencyMaxMilliseconds == 9)
     }
 
     @Test func environmentOverrides() throws {
