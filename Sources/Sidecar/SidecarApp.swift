@@ -74,7 +74,9 @@ public enum SidecarApp {
                 redis: $0, sidecarID: config.auth.sidecarID, budgetRatio: config.resilience.retryBudgetRatio,
                 budgetMinimumPerSecond: config.resilience.retryBudgetMinimumPerSecond)
         }
-        let resilience = ResilientCaller(transport: chaos, settings: config.resilience, metrics: metrics, logger: logger, fleet: fleet)
+        let sharedCache = config.resilience.sharedCache ? redis.map { RedisSharedCache(redis: $0, now: unixMillis) } : nil
+        let resilience = ResilientCaller(
+            transport: chaos, settings: config.resilience, metrics: metrics, logger: logger, fleet: fleet, shared: sharedCache)
         let transport = chaos
         let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
         let gmail = GmailTokenProvider(endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow)

@@ -48,8 +48,21 @@ struct ResilientCallerTests {
         return s
     }
 
-    static func caller(_ t: any UpstreamTransport, _ s: ResilienceSettings = settings(), clock: FakeClock = FakeClock()) -> ResilientCaller {
-        ResilientCaller(transport: t, settings: s, metrics: GatewayMetrics(), logger: Logger(label: "test"), now: clock.now)
+    static func caller(
+        _ t: any UpstreamTransport, _ s: ResilienceSettings = settings(), clock: FakeClock = FakeClock(), shared: (any SharedCacheStore)? = nil
+    ) -> ResilientCaller {
+        ResilientCaller(transport: t, settings: s, metrics: GatewayMetrics(), logger: Logger(label: "test"), shared: shared, now: clock.now)
+    }
+
+    /// A shared-cache fake: a dictionary, and what was put.
+    final class FakeSharedCache: SharedCacheStore {
+        let entries = Mutex<[String: CachedResponse]>([:])
+        let gets = Mutex(0)
+        func get(_ key: String) async -> CachedResponse? {
+            gets.withLock { $0 += 1 }
+            return entries.withLock { $0[key] }
+        }
+        func put(_ key: String, _ response: CachedResponse) { entries.withLock { $0[key] = response } }
     }
 
     static func serp(_ q: String = "coffee") throws -> (UpstreamRequest, CallTraits, String) {
@@ -248,6 +261,63 @@ struct ResilientCallerTests {
         }
         #expect(codes == ["200", "tool_saturated", "tool_saturated"])
         #expect(t.count == 1)
+    }
+
+    @Test func aLocalMissIsAnsweredFromTheFleetsSharedCache() async throws {
+        let t = ScriptedTransport { _ in Self.answer(200, #"{"organic_results":["fresh"]}"#) }
+        let clock = FakeClock()
+        let shared = FakeSharedCache()
+        let (r, traits, key) = try Self.serp("shared")
+        let now = clock.now()
+        shared.put(key, CachedResponse(status: .ok, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: #"{"from":"fleet"}"#),
+                                       storedAt: now - 5_000, expiresAt: now + 60_000, staleUntil: now + 360_000))
+        let c = Self.caller(t, clock: clock, shared: shared)
+        let (code, marker, _, headers) = await Self.call(c, r, traits, key: key)
+        #expect(code == "200" && marker == "HIT" && t.count == 0)
+        #expect(headers.contains { $0.0 == "Age" && $0.1 == "5" })
+        // Now in the local cache too: no second shared lookup.
+        #expect(await Self.call(c, r, traits, key: key).1 == "HIT")
+        #expect(shared.gets.withLock { $0 } == 1)
+    }
+
+    @Test func whatOneSidecarStoresIsPutInTheSharedCache() async throws {
+        let t = ScriptedTransport { _ in Self.answer(200, #"{"organic_results":[]}"#) }
+        let shared = FakeSharedCache()
+        let (r, traits, key) = try Self.serp("put")
+        _ = await Self.call(Self.caller(t, shared: shared), r, traits, key: key)
+        let stored = try #require(shared.entries.withLock { $0[key] })
+        #expect(String(buffer: stored.body) == #"{"organic_results":[]}"#)
+        // A second sidecar (its own local cache) answers from it without calling the upstream.
+        _ = await Self.call(Self.caller(t, shared: shared), r, traits, key: key)
+        #expect(t.count == 1)
+    }
+
+    @Test func anExpiredSharedAnswerIsOnlyServedStaleWhenTheUpstreamFails() async throws {
+        let t = ScriptedTransport { _ in Self.answer(503) }
+        let clock = FakeClock()
+        let shared = FakeSharedCache()
+        let (r, traits, key) = try Self.serp("old")
+        let now = clock.now()
+        shared.put(key, CachedResponse(status: .ok, headers: [:], body: ByteBuffer(string: "{}"), storedAt: now - 700_000,
+                                       expiresAt: now - 100_000, staleUntil: now + 200_000))
+        let c = Self.caller(t, Self.settings { $0.tools[.serpapi]!.retry.maxAttempts = 1 }, clock: clock, shared: shared)
+        let (code, marker, _, _) = await Self.call(c, r, traits, key: key)
+        #expect(code == "200" && marker == "STALE" && t.count == 1)
+    }
+
+    @Test func theSharedFormRoundTripsAnyBody() throws {
+        var body = ByteBuffer()
+        body.writeBytes((0..<256).map { UInt8($0) })
+        let r = CachedResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "application/octet-stream"), ("X-A", "1"), ("X-A", "2")]),
+                               body: body, storedAt: 1, expiresAt: 2, staleUntil: 3)
+        let text = try #require(RedisSharedCache.encode(r))
+        let back = try #require(RedisSharedCache.decode(text))
+        #expect(back.status == .ok && back.body == body && back.headers["x-a"] == ["1", "2"])
+        #expect(back.storedAt == 1 && back.expiresAt == 2 && back.staleUntil == 3)
+        for garbage in ["", "{}", "not json", #"{"status":200,"headers":[["a"]],"body":"","storedAt":1,"expiresAt":2,"staleUntil":3}"#,
+                        #"{"status":99,"headers":[],"body":"","storedAt":1,"expiresAt":2,"staleUntil":3}"#] {
+            #expect(RedisSharedCache.decode(garbage) == nil, "\(garbage)")
+        }
     }
 
     @Test func breakersForFetchAreKeptPerDestinationHost() throws {

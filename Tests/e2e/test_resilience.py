@@ -2,6 +2,7 @@
 scripted ways, real clients (requests, curl), metrics read from /metrics."""
 
 import base64
+import os
 import concurrent.futures
 import re
 import subprocess
@@ -400,3 +401,52 @@ roles:
                         headers={"Content-Type": "application/yaml"})
     assert r.status_code == 422 and "roles.r.rules[0].guards.allow_cidrs[0]" in r.text
     assert fetch(s, intranet, f"{http_upstream.base_url}/wiki").status_code == 200
+
+
+def test_shared_cache_one_sidecars_miss_is_the_fleets_hit(pki, https_upstream, sidecar_factory, tmp_path):
+    from test_fleet import Redis
+    search = Switch(200)
+    https_upstream.routes["/search"] = search
+    redis = Redis()
+    try:
+        keys = tmp_path / "keys"
+        subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+        admin = "adm_shared_cache_token_0123456789"
+        extra = f'resilience:\n  cache: {{shared: true}}\nauth: {{keys_dir: "{keys}"}}\n'
+
+        def start(sid):
+            return sidecar_factory(live_config(pki, https_upstream, extra=extra),
+                                   env={**LIVE_ENV, "REDIS_URL": redis.url, "SIDECAR_ADMIN_TOKEN": admin, "SIDECAR_ID": sid,
+                                        "SIDECAR_STATE_DIR": str(tmp_path / sid)})
+
+        a, b = start("sc-a"), start("sc-b")
+        agent = a.admin_request("POST", "/api/agents", {"name": "c", "role": "developer", "created_by": "e2e"}, token=admin).json()["agent_id"]
+        token = a.admin_request("POST", f"/api/agents/{agent}/tokens", {"ttl": "10m"}, token=admin).json()["token"]
+        assert serp(a, token, "fleetwide").headers["X-Cache"] == "MISS"
+        time.sleep(0.2)  # the put is asynchronous
+        r = serp(b, token, "fleetwide")
+        assert r.status_code == 200 and r.headers["X-Cache"] == "HIT"
+        assert search.calls == 1
+        assert metric(b, "gateway_cache_shared_hits_total", tool="serpapi") == 1
+        # What Redis holds: a digest key (no query in clear) and the upstream's answer (no credential).
+        out = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan", "--pattern", "cache:*"], capture_output=True, text=True)
+        stored = out.stdout.split()
+        assert len(stored) == 1 and "fleetwide" not in stored[0]
+        value = subprocess.run(["redis-cli", "-p", str(redis.port), "GET", stored[0]], capture_output=True, text=True).stdout
+        assert "serp-REAL" not in value
+        # Redis gone: the shared level is a miss, never a failure.
+        redis.kill()
+        r = serp(b, token, "after-redis")
+        assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
+    finally:
+        if redis.proc.poll() is None:
+            redis.kill()
+
+
+def test_shared_cache_without_redis_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: 1\nresilience:\n  cache: {shared: true}\n")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(SIDECAR_PROXY_LISTEN="127.0.0.1:0", SIDECAR_ADMIN_LISTEN="127.0.0.1:0", SIDECAR_STATE_DIR=str(tmp_path / "state"))
+    p = subprocess.run([str(BIN), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=20, env=env)
+    assert p.returncode != 0 and "resilience.cache.shared" in p.stdout + p.stderr

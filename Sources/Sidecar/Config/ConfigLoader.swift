@@ -17,6 +17,9 @@ public enum ConfigLoader {
             config = try parse(text)
         }
         try applyEnvironment(environment, to: &config)
+        if config.resilience.sharedCache, config.redisURL == nil {
+            throw DocumentError(path: "resilience.cache.shared", message: "needs Redis (redis.url or REDIS_URL)")
+        }
         return config
     }
 
@@ -162,7 +165,7 @@ public enum ConfigLoader {
         let bulkhead = node["bulkhead"]
         try bulkhead.checkKeys(["max_concurrent", "queue", "wait"])
         let cache = node["cache"]
-        try cache.checkKeys(["max_bytes", "max_entry_bytes", "stale_if_error", "openai"])
+        try cache.checkKeys(["max_bytes", "max_entry_bytes", "stale_if_error", "openai", "shared"])
         for tool in Tool.allCases {
             var t = r.tools[tool]!
             if tool != .gmailSend { t.retry.maxAttempts = try retry["max_attempts"].int(default: t.retry.maxAttempts, range: 1...10) }
@@ -207,6 +210,7 @@ public enum ConfigLoader {
         r.cacheMaxEntryBytes = try cache["max_entry_bytes"].int(default: r.cacheMaxEntryBytes, range: 0...(1 << 30))
         r.staleIfError = try cache["stale_if_error"].duration(default: r.staleIfError)
         r.openAICache = try cache["openai"].bool(default: false)
+        r.sharedCache = try cache["shared"].bool(default: false)
         c.resilience = r
     }
 

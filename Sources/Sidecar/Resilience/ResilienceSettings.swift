@@ -20,6 +20,8 @@ struct ResilienceSettings: Sendable, Hashable {
     /// How long an expired answer may still be served when the upstream cannot answer.
     var staleIfError: Duration = .seconds(300)
     var openAICache = false
+    /// Also keep cacheable answers in Redis, so one sidecar's miss is the fleet's hit (needs Redis).
+    var sharedCache = false
 
     init() {
         tools[.serpapi]!.cacheTTL = .seconds(600)

@@ -21,18 +21,24 @@ final class ResilientCaller: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     let fleet: FleetResilience?
+    /// The fleet's shared cache (Redis), consulted by the leader of a local miss.
+    let shared: (any SharedCacheStore)?
     private let breakers = Mutex<[String: CircuitBreaker]>([:])
     private let budgets: Mutex<[Tool: RetryBudget]>
     private let bulkheads: [Tool: Bulkhead]
     private let rng = Mutex(SplitMix64(seed: UInt64.random(in: 1...UInt64.max)))
     let now: @Sendable () -> Int64
 
-    init(transport: any UpstreamTransport, settings: ResilienceSettings, metrics: GatewayMetrics, logger: Logger, fleet: FleetResilience? = nil, now: @escaping @Sendable () -> Int64 = unixMillis) {
+    init(
+        transport: any UpstreamTransport, settings: ResilienceSettings, metrics: GatewayMetrics, logger: Logger, fleet: FleetResilience? = nil,
+        shared: (any SharedCacheStore)? = nil, now: @escaping @Sendable () -> Int64 = unixMillis
+    ) {
         self.transport = transport
         self.settings = settings
         self.metrics = metrics
         self.logger = logger
         self.fleet = fleet
+        self.shared = shared
         self.now = now
         cache = ResponseCache(maxBytes: settings.cacheMaxBytes, maxEntryBytes: settings.cacheMaxEntryBytes)
         budgets = Mutex(Dictionary(uniqueKeysWithValues: Tool.allCases.map {
@@ -73,7 +79,18 @@ final class ResilientCaller: Sendable {
             }
             leader = cache.beginFetch(key)
             if !leader {
-                if let shared = await cache.wait(for: key) { return served(shared, tool: tool, marker: "HIT", record: &record) }
+                if let answer = await cache.wait(for: key) { return served(answer, tool: tool, marker: "HIT", record: &record) }
+            }
+            // The leader asks the fleet before going upstream; its answer also wakes the local waiters.
+            if leader, let shared, let remote = await shared.get(key) {
+                let t = now()
+                if remote.expiresAt > t {
+                    cache.endFetch(key, storing: remote)
+                    leader = false
+                    metrics.cacheSharedHit(tool)
+                    return served(remote, tool: tool, marker: "HIT", record: &record)
+                }
+                if stale == nil, remote.staleUntil > t { stale = remote }
             }
             metrics.cacheMiss(tool)
         }
@@ -170,6 +187,7 @@ final class ResilientCaller: Sendable {
                 if leader, let stored = storable(final, tool: tool) {
                     final.body = .bytes(stored.body)
                     cache.endFetch(key, storing: stored)
+                    shared?.put(key, stored)
                     metrics.cacheBytes(cache.totalBytes)
                     leader = false
                 }
