@@ -140,6 +140,21 @@ struct ResilientCallerTests {
         #expect(c.breakerState("serpapi") == .closed)
     }
 
+    @Test func a429WithAWaitHintPausesTheToolForEveryCaller() async throws {
+        let t = ScriptedTransport { n in n == 0 ? Self.answer(429, headers: [("Retry-After", "2")]) : Self.answer(200) }
+        let clock = FakeClock()
+        let c = Self.caller(t, clock: clock)
+        let (r, traits, _) = try Self.serp()
+        #expect(await Self.call(c, r, traits, key: nil).0 == "429")  // the upstream's own answer, passed on
+        let (code, _, rec, headers) = await Self.call(c, try Self.serp("other").0, traits, key: nil)
+        #expect(code == "tool_throttled" && rec.breaker == "throttled")
+        #expect(headers.contains { $0.0 == "Retry-After" && $0.1 == "2" })
+        #expect(t.count == 1, "held without touching the upstream")
+        clock.advance(2_000)
+        #expect(await Self.call(c, r, traits, key: nil).0 == "200")
+        #expect(c.breakerState("serpapi") == .closed)
+    }
+
     @Test func transientFailuresAreRetriedAndCounted() async throws {
         let t = ScriptedTransport { n in n < 2 ? Self.answer(503) : Self.answer(200, #"{"ok":true}"#) }
         let c = Self.caller(t)

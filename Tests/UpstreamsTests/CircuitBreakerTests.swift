@@ -206,6 +206,37 @@ struct CircuitBreakerTests {
         #expect(b.reopensAt == 12_000)
     }
 
+    @Test func aWaitHintFrom429PausesTheToolUntilItPassesCappedAndNeverTrips() {
+        var s = Self.settings()
+        s.maxThrottleMilliseconds = 5_000
+        var b = CircuitBreaker(settings: s)
+        _ = b.onRequest(now: 1_000)
+        b.onOutcome(.throttled, probe: false, now: 1_000, random: 0.5)
+        b.onThrottleHint(waitMilliseconds: 2_000, now: 1_000)
+        let during = b.onRequest(now: 2_500)
+        #expect(during == .throttled(retryAfterMilliseconds: 500))
+        let after = b.onRequest(now: 3_000)
+        #expect(after == .allow && b.state == .closed)
+        // A shorter hint never shortens a pause; a huge one is capped.
+        b.onThrottleHint(waitMilliseconds: 600_000, now: 4_000)
+        b.onThrottleHint(waitMilliseconds: 10, now: 4_000)
+        let capped = b.onRequest(now: 4_000)
+        #expect(capped == .throttled(retryAfterMilliseconds: 5_000))
+        // Zero or negative hints do nothing.
+        var c = CircuitBreaker(settings: s)
+        c.onThrottleHint(waitMilliseconds: 0, now: 0)
+        let zero = c.onRequest(now: 0)
+        #expect(zero == .allow)
+        // An open breaker answers as open, not throttled.
+        var d = CircuitBreaker(settings: Self.settings(consecutive: 1))
+        Self.feed(&d, [.failure], start: 0)
+        d.onThrottleHint(waitMilliseconds: 100_000, now: 1)
+        guard case .reject = d.onRequest(now: 2) else {
+            Issue.record("open wins over throttled")
+            return
+        }
+    }
+
     @Test func gaugeValues() {
         #expect(CircuitBreaker.State.closed.gaugeValue == 0)
         #expect(CircuitBreaker.State.halfOpen.gaugeValue == 1)

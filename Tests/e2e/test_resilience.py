@@ -450,3 +450,27 @@ def test_shared_cache_without_redis_is_a_config_error(tmp_path):
     env.update(SIDECAR_PROXY_LISTEN="127.0.0.1:0", SIDECAR_ADMIN_LISTEN="127.0.0.1:0", SIDECAR_STATE_DIR=str(tmp_path / "state"))
     p = subprocess.run([str(BIN), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=20, env=env)
     assert p.returncode != 0 and "resilience.cache.shared" in p.stdout + p.stderr
+
+
+def test_a_429_with_retry_after_pauses_the_tool_for_every_agent(pki, https_upstream, sidecar_factory):
+    state = {"n": 0}
+
+    def limited(h, rec):
+        state["n"] += 1
+        if state["n"] == 1:
+            return FakeUpstream.send_json(h, 429, {"error": "slow down"}, [("Retry-After", "1")])
+        FakeUpstream.send_json(h, 200, {"organic_results": []})
+
+    https_upstream.routes["/search"] = limited
+    s = sidecar_factory(live_config(pki, https_upstream).replace(
+        "hosts: [serpapi.com], timeout: 3s}", "hosts: [serpapi.com], timeout: 3s, cache_ttl: 0s}"), env=LIVE_ENV)
+    a, b = s.new_token(), s.new_token()
+    r = serp(s, a, "first")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"  # the upstream's answer, passed on
+    r = serp(s, b, "second", headers={"X-Request-Id": "throttled-1"})
+    assert r.status_code == 429 and r.json()["code"] == "tool_throttled" and r.headers["Retry-After"] == "1"
+    assert state["n"] == 1, "paused calls never reach the upstream"
+    assert s.access("throttled-1")["breaker"] == "throttled"
+    assert metric(s, "gateway_breaker_state", tool="serpapi") == 0, "a 429 never trips the breaker"
+    time.sleep(1.1)
+    assert serp(s, b, "third").status_code == 200

@@ -43,6 +43,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case egressDenied = "egress_denied"
         case breakerOpen = "breaker_open"
         case toolSaturated = "tool_saturated"
+        case toolThrottled = "tool_throttled"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
@@ -68,7 +69,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .unsupportedMediaType: return .unsupportedMediaType
             case .connectRefused, .scopeDenied, .paramDenied, .offHours, .egressDenied: return .forbidden
             case .breakerOpen, .toolSaturated: return .serviceUnavailable
-            case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited: return .tooManyRequests
+            case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
             case .tokenMissing, .tokenMalformed, .tokenInvalid, .tokenExpired, .tokenRevoked, .agentDisabled, .agentUnknown,
                 .provenanceMismatch, .adminUnauthorized:
@@ -116,6 +117,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .egressDenied: return "Destination not allowed"
             case .breakerOpen: return "Tool temporarily unavailable (circuit open)"
             case .toolSaturated: return "Tool saturated"
+            case .toolThrottled: return "Tool asked to slow down"
             case .adminUnauthorized: return "Admin token required"
             case .invalidJSON: return "Malformed JSON"
             case .validationFailed: return "Validation failed"

@@ -117,6 +117,14 @@ final class ResilientCaller: Sendable {
             e.nothingSent = true
             throw e
         }
+        if case .throttled(let retryAfter) = decision {
+            record.breaker = "throttled"
+            if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
+            var e = GatewayError(.toolThrottled, "\(tool.rawValue) asked the sidecar to slow down; calls are paused briefly")
+            e.headers = [("Retry-After", String(max(1, (retryAfter + 999) / 1000)))]
+            e.nothingSent = true
+            throw e
+        }
         let probe: Bool
         if case .probe = decision { probe = true } else { probe = false }
 
@@ -149,6 +157,10 @@ final class ResilientCaller: Sendable {
             do { response = try await transport.send(request) } catch { failure = error }
             let outcome = Self.outcome(status: response.map { Int($0.status.code) }, error: failure)
             recordBreaker(key: key, tool: tool, outcome: outcome, probe: probe && attempt == 1)
+            if let r = response, r.status == .tooManyRequests, let wait = RetryPolicy.serverDelay(r.headers) {
+                let t = now()
+                breakers.withLock { b in b[key]?.onThrottleHint(waitMilliseconds: wait, now: t) }
+            }
             let reason = RetryPolicy.reason(
                 tool: tool, traits: traits, method: request.method, status: response.map { Int($0.status.code) }, error: failure)
             if let reason, attempt < policy.maxAttempts, !probe, await mayRetry(tool) {

@@ -10,8 +10,8 @@
 ///   probe in lockstep.
 /// - half-open: at most `halfOpenProbes` probes pass at a time; one success closes, one failure re-opens.
 ///
-/// 429 answers slow the breaker (they count as neither success nor failure, and their `Retry-After` is
-/// honoured by the retry loop); other 4xx and failures the sidecar caused never count.
+/// 429 answers slow the tool down instead (they count as neither success nor failure; a wait hint pauses
+/// the tool until it passes, see `onThrottleHint`); other 4xx and failures the sidecar caused never count.
 public struct CircuitBreaker: Sendable, Hashable {
     public struct Settings: Sendable, Hashable {
         public var windowMilliseconds: Int64 = 10_000
@@ -24,6 +24,8 @@ public struct CircuitBreaker: Sendable, Hashable {
         /// Fraction of the open period added or removed at random.
         public var jitter = 0.2
         public var halfOpenProbes = 1
+        /// Longest pause a 429's wait hint may impose on the whole tool.
+        public var maxThrottleMilliseconds: Int64 = 60_000
 
         public init() {}
     }
@@ -51,6 +53,8 @@ public struct CircuitBreaker: Sendable, Hashable {
         /// Half-open probe: report its outcome with `probe: true`.
         case probe
         case reject(retryAfterMilliseconds: Int64)
+        /// The upstream answered 429 with a wait hint that has not passed: hold every call until then.
+        case throttled(retryAfterMilliseconds: Int64)
     }
 
     public let settings: Settings
@@ -62,6 +66,7 @@ public struct CircuitBreaker: Sendable, Hashable {
     private var trips = 0
     private var openUntil: Int64 = 0
     private var probesInFlight = 0
+    private var throttledUntil: Int64 = 0
 
     public init(settings: Settings = Settings()) {
         self.settings = settings
@@ -74,6 +79,7 @@ public struct CircuitBreaker: Sendable, Hashable {
 
     /// Asks whether a request may go out now. `random` in [0, 1) drives the jitter of a new open period.
     public mutating func onRequest(now: Int64) -> Decision {
+        if state != .open, now < throttledUntil { return .throttled(retryAfterMilliseconds: throttledUntil - now) }
         switch state {
         case .closed:
             return .allow
@@ -143,6 +149,14 @@ public struct CircuitBreaker: Sendable, Hashable {
             return trip(now: now, random: random)
         }
         return nil
+    }
+
+    /// A 429 carried a wait hint (`Retry-After`, `retry-after-ms`, `x-ratelimit-reset-*`): the credential
+    /// is shared by every agent, so the whole tool (or fetch host) pauses until then, capped. It never
+    /// trips the breaker.
+    public mutating func onThrottleHint(waitMilliseconds: Int64, now: Int64) {
+        guard waitMilliseconds > 0 else { return }
+        throttledUntil = max(throttledUntil, now + min(waitMilliseconds, settings.maxThrottleMilliseconds))
     }
 
     /// Forces the open state until `until` (another sidecar of the fleet tripped first).
