@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Experiment 4 — gmail. Chaos on gmail_send with the explicit opt-in (errors, 429s, timeouts, truncated
 bodies, latency): every message is sent by the agent exactly once, and the fake Gmail must record zero
-duplicate sends — the sidecar never retries a send, whatever the failure."""
+duplicate sends — the sidecar never retries a send, whatever the failure. The injected 429s carry
+`Retry-After: 0`: a 429 with a real wait hint would pause gmail_send for every agent (tool_throttled, tested
+end to end), and this experiment is about what happens to the sends that do go out."""
 
 import base64
 import collections
@@ -36,7 +38,7 @@ chaos:
   seed: 4
   gmail_opt_in: true
   tools:
-    gmail_send: {error_rate: 0.2, error_statuses: [500, 503], rate_limit_rate: 0.1, timeout_rate: 0.05, truncate_rate: 0.1, latency_min_ms: 0, latency_max_ms: 20}
+    gmail_send: {error_rate: 0.2, error_statuses: [500, 503], rate_limit_rate: 0.1, retry_after: 0, timeout_rate: 0.05, truncate_rate: 0.1, latency_min_ms: 0, latency_max_ms: 20}
 """
     s = live_sidecar(pki, up, extra=extra)
     ex.cleanup.append(s.stop)
