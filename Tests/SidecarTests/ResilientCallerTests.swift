@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Synchronization
 import Testing
 import Upstreams
@@ -258,6 +259,31 @@ struct ResilientCallerTests {
         }
         #expect(t.count == 1)
         #expect(markers.filter { $0 == "MISS" }.count == 1 && markers.filter { $0 == "HIT" }.count == 9)
+    }
+
+    @Test func anAnswerWhoseBodyArrivesAfterItsHeadIsStillCachedForTheWaiters() async throws {
+        // A live upstream: the head first, the body 30 ms later (as a slow TLS upstream delivers it).
+        let t = ScriptedTransport(delay: .milliseconds(20)) { _ in
+            let stream = BodyStream()
+            let body = #"{"organic_results":["late"]}"#
+            Task {
+                try? await Task.sleep(for: .milliseconds(30))
+                _ = stream.append(ByteBuffer(string: body), on: MultiThreadedEventLoopGroup.singleton.any())
+                stream.finish()
+            }
+            return .success(UpstreamResponse(
+                status: .ok, headers: HTTPHeaders([("Content-Type", "application/json"), ("Content-Length", String(body.utf8.count))]), body: .stream(stream)))
+        }
+        let c = Self.caller(t)
+        let (r, traits, key) = try Self.serp("late")
+        let markers = await withTaskGroup(of: String?.self) { g in
+            for _ in 0..<6 { g.addTask { await Self.call(c, r, traits, key: key).1 } }
+            var out: [String?] = []
+            for await m in g { out.append(m) }
+            return out
+        }
+        #expect(t.count == 1 && markers.filter { $0 == "HIT" }.count == 5)
+        #expect(await Self.call(c, r, traits, key: key).1 == "HIT")
     }
 
     @Test func aFullBulkheadAnswersToolSaturated() async throws {

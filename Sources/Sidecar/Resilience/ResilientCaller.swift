@@ -196,8 +196,18 @@ final class ResilientCaller: Sendable {
             if let key = cacheKey {
                 final.headers.replaceOrAdd(name: "X-Cache", value: "MISS")
                 record.cache = "MISS"
-                if leader, let stored = storable(final, tool: tool) {
-                    final.body = .bytes(stored.body)
+                if leader, let complete = final.body.takeCompleteBody() { final.body = .bytes(complete) }
+                if leader, cacheable(final, tool: tool) {
+                    // Read the (bounded, declared-length) body now: an answer whose body arrives after its
+                    // head must still be stored, or concurrent waiters would all go upstream.
+                    let body: ByteBuffer
+                    do { body = try await final.body.collect(upTo: settings.cacheMaxEntryBytes) } catch {
+                        release()
+                        if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
+                        throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "the upstream body broke off"))
+                    }
+                    let stored = entry(final, body: body, tool: tool)
+                    final.body = .bytes(body)
                     cache.endFetch(key, storing: stored)
                     shared?.put(key, stored)
                     metrics.cacheBytes(cache.totalBytes)
@@ -218,25 +228,31 @@ final class ResilientCaller: Sendable {
         return Result(response: UpstreamResponse(status: c.status, headers: headers, body: .bytes(c.body)), release: {})
     }
 
-    /// A cacheable answer (200, small, complete, allowed by its headers) as a cache entry.
-    private func storable(_ response: UpstreamResponse, tool: Tool) -> CachedResponse? {
-        guard response.status == .ok else { return nil }
-        let ttlCap = settings.tools[tool]!.cacheTTL.milliseconds
-        guard ttlCap > 0 else { return nil }
+    /// Whether an answer may be stored: a 200 the headers allow, with a declared length within the entry
+    /// limit (or already complete and small), and a lifetime.
+    private func cacheable(_ response: UpstreamResponse, tool: Tool) -> Bool {
+        guard response.status == .ok, ttl(response, tool: tool) != nil else { return false }
+        if let length = response.headers.first(name: "content-length").flatMap(Int.init) { return length <= settings.cacheMaxEntryBytes }
+        return (response.body.bufferedBytes?.readableBytes).map { $0 <= settings.cacheMaxEntryBytes } ?? false
+    }
+
+    /// How long the answer stays fresh: the tool's TTL, or for http_fetch what `Cache-Control`/`Expires` allow (capped).
+    private func ttl(_ response: UpstreamResponse, tool: Tool) -> Int64? {
+        let cap = settings.tools[tool]!.cacheTTL.milliseconds
+        guard cap > 0 else { return nil }
+        if tool == .httpFetch { return ResponseCache.freshness(response.headers, now: now(), cap: cap) }
+        if response.headers["cache-control"].contains(where: { $0.lowercased().contains("no-store") }) { return nil }
+        return cap
+    }
+
+    private func entry(_ response: UpstreamResponse, body: ByteBuffer, tool: Tool) -> CachedResponse {
         let now = self.now()
-        let ttl: Int64
-        if tool == .httpFetch {
-            guard let fresh = ResponseCache.freshness(response.headers, now: now, cap: ttlCap) else { return nil }
-            ttl = fresh
-        } else {
-            if response.headers["cache-control"].contains(where: { $0.lowercased().contains("no-store") }) { return nil }
-            ttl = ttlCap
-        }
-        if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.cacheMaxEntryBytes { return nil }
-        guard let body = response.body.takeCompleteBody(), body.readableBytes <= settings.cacheMaxEntryBytes else { return nil }
+        let ttl = ttl(response, tool: tool) ?? 0
         var headers = response.headers
         headers.remove(name: "x-chaos-injected")
-        return CachedResponse(status: response.status, headers: headers, body: body, storedAt: now, expiresAt: now + ttl, staleUntil: now + ttl + settings.staleIfError.milliseconds)
+        return CachedResponse(
+            status: response.status, headers: headers, body: body, storedAt: now, expiresAt: now + ttl,
+            staleUntil: now + ttl + settings.staleIfError.milliseconds)
     }
 
     // MARK: Breakers and budgets
