@@ -86,8 +86,13 @@ def test_breaker_opens_fast_fails_without_the_network_and_recovers(pki, https_up
     assert len(transitions) == 1
     # Recovery: the upstream heals; after the open period one probe closes the breaker.
     route.status = 200
-    time.sleep(1.7)
-    assert serp(s, token, "probe").status_code == 200
+    time.sleep(1.5)  # the open period: 1.5 s ± 20 % jitter; fast-failed calls until then touch nothing
+    deadline = time.time() + 3
+    while (r := serp(s, token, "probe")).status_code != 200 and time.time() < deadline:
+        assert r.json()["code"] == "breaker_open"
+        time.sleep(0.05)
+    assert r.status_code == 200
+    assert route.calls == 4, "exactly one probe went out"
     assert metric(s, "gateway_breaker_state", tool="serpapi") == 0
     assert serp(s, token, "after").status_code == 200
     assert s.logs("circuit breaker closed")
@@ -344,7 +349,9 @@ def test_fleet_breaker_and_chaos_reach_sidecars_that_start_later(pki, https_upst
         admin = "adm_resilience_fleet_token_0123456789"
 
         def start(sid):
-            cfg = live_config(pki, https_upstream, extra=RESILIENCE + f'auth: {{keys_dir: "{keys}"}}\n').replace(
+            # A long open period: the late sidecar must start while the fleet's breaker is still open.
+            slow = RESILIENCE.replace("open: 1500ms, max_open: 1500ms", "open: 20s, max_open: 20s")
+            cfg = live_config(pki, https_upstream, extra=slow + f'auth: {{keys_dir: "{keys}"}}\n').replace(
                 "hosts: [serpapi.com], timeout: 3s}", "hosts: [serpapi.com], timeout: 3s, retry_attempts: 1, cache_ttl: 0s}")
             return sidecar_factory(cfg, env={**LIVE_ENV, "REDIS_URL": redis.url, "SIDECAR_ADMIN_TOKEN": admin, "SIDECAR_ID": sid,
                                              "SIDECAR_STATE_DIR": str(tmp_path / sid)})
