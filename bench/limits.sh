@@ -3,17 +3,8 @@
 # path) through two sidecars in one run — one deciding its limits in the embedded store, one in Redis
 # (one EVALSHA per request: concurrency + rate + quota). Limits are set high so nothing is refused:
 # this measures the cost of deciding, not of refusing. Target: Redis >= 0.8x embedded req/s, p99 within +0.5 ms.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10}
+source "$(dirname "$0")/common.sh"
 LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and saturation (throughput cost)
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
 swift build -c release --product sidecar >&2
 

@@ -11,18 +11,8 @@
 #   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1
 #
 # Prints req/s, p50 and p99 of each, the ratio, and the sidecar's RSS under load.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10}
+source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port)
 
 swift build -c release --product sidecar >&2

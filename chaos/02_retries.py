@@ -5,9 +5,8 @@ calls must succeed, and the retries must stay within the configured retry budget
 import random
 import threading
 
-import requests
 
-from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
+from harness import session, PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
 
 FAILURE_RATE, BUDGET_RATIO, BUDGET_FLOOR, SECONDS = 0.30, 0.5, 5, 20
 
@@ -36,12 +35,9 @@ resilience:
     s = live_sidecar(pki, up, extra=extra, serpapi_extra=", cache_ttl: 0s")
     ex.cleanup.append(s.stop)
     token = s.new_token()
-    local = threading.local()
 
     def call(i):
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
-        r = local.s.get(f"{s.proxy_url}/serpapi/search.json", params={"q": f"q{i}"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r = session().get(f"{s.proxy_url}/serpapi/search.json", params={"q": f"q{i}"}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         return r.status_code
 
     results = drive(call, threads=8, seconds=SECONDS, max_calls=50_000)

@@ -7,9 +7,8 @@ import random
 import threading
 import time
 
-import requests
 
-from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
+from harness import session, PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
 
 TTL_S, SECONDS, QUERIES = 2, 20, 60
 
@@ -31,11 +30,10 @@ def main(ex):
     local = threading.local()
 
     def call(i):
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
+        if not hasattr(local, "rng"):
             local.rng = random.Random(i)
         q = local.rng.choices(range(QUERIES), weights)[0]
-        r = local.s.get(f"{s.proxy_url}/serpapi/search.json", params={"q": f"query {q}", "num": "10"},
+        r = session().get(f"{s.proxy_url}/serpapi/search.json", params={"q": f"query {q}", "num": "10"},
                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
         age = time.time() - r.json()["made_at"]
         return r.status_code, r.headers.get("X-Cache"), age

@@ -11,7 +11,7 @@ import threading
 
 import requests
 
-from harness import PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
+from harness import session, PKI, Experiment, FakeUpstream, drive, live_sidecar, metric, tmpdir
 
 MESSAGES = 300
 
@@ -43,14 +43,11 @@ chaos:
     s = live_sidecar(pki, up, extra=extra)
     ex.cleanup.append(s.stop)
     token = s.new_token()
-    local = threading.local()
 
     def call(i):
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
         raw = base64.urlsafe_b64encode(f"To: a@example.com\r\nSubject: message {i}\r\n\r\nhello {i}".encode()).decode().rstrip("=")
         try:
-            r = local.s.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json={"raw": raw}, headers={"Authorization": f"Bearer {token}",
+            r = session().post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json={"raw": raw}, headers={"Authorization": f"Bearer {token}",
                              "X-Request-Timeout": "1s"}, timeout=10)
             return r.status_code, r.headers.get("X-Chaos-Injected")
         except requests.exceptions.RequestException:

@@ -27,7 +27,7 @@ def main(ex):
     up = FakeUpstream(pki.server_context())
     ex.cleanup.append(up.close)
     redis = Redis()
-    ex.cleanup.append(redis.stop)
+    ex.cleanup.append(redis.kill)
     keys = tmpdir("keys") / "k"
     subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
     env = {"SIDECAR_ADMIN_TOKEN": ADMIN}

@@ -4,11 +4,8 @@ a bounded load driver, /metrics and access-log readers, and PASS/FAIL reporting.
 Everything binds 127.0.0.1 on random ports and is stopped by PID. The sidecar binary is
 $SIDECAR_BIN, else .build/release/sidecar, else .build/debug/sidecar."""
 
-import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,48 +18,15 @@ if "SIDECAR_BIN" not in os.environ:
     os.environ["SIDECAR_BIN"] = str(release if release.exists() else ROOT / ".build" / "debug" / "sidecar")
 sys.path.insert(0, str(ROOT / "Tests" / "e2e"))
 
-from conftest import BIN, LIVE_ENV, PKI, FakeUpstream, Sidecar  # noqa: E402
+from conftest import BIN, LIVE_ENV, PKI, FakeUpstream, Redis, Sidecar  # noqa: E402
 
 import requests  # noqa: E402
 
-__all__ = ["BIN", "LIVE_ENV", "PKI", "FakeUpstream", "Sidecar", "Redis", "Experiment", "metric", "percentile", "drive", "tmpdir"]
+__all__ = ["BIN", "LIVE_ENV", "PKI", "FakeUpstream", "Sidecar", "Redis", "Experiment", "metric", "percentile", "drive", "session", "tmpdir"]
 
 
 def tmpdir(prefix):
     return Path(tempfile.mkdtemp(prefix=f"chaos-{prefix}-"))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Redis:
-    """A throwaway redis-server on a random loopback port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def metric(sidecar, name, **labels):
@@ -85,6 +49,16 @@ def percentile(values, p):
         return float("nan")
     v = sorted(values)
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+_local = threading.local()
+
+
+def session():
+    """This thread's HTTP session (keep-alive to the sidecar, one per load thread)."""
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
 
 
 def drive(fn, threads, seconds, pause=0.0, max_calls=1_000_000):

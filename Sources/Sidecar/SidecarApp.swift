@@ -63,7 +63,9 @@ public enum SidecarApp {
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caBundlePath { tls.trustRoots = .file(ca) }
-        let egress = EgressGuard(allowed: config.egressAllow, ownListeners: Self.ownListeners(config))
+        // The configured listeners now (a fixed port is known before it is bound), the bound ones as they come up.
+        let egress = EgressGuard(
+            allowed: config.egressAllow, ownListeners: [config.proxyListen, config.adminListen].map { Self.listener(host: $0.host, port: $0.port) })
         let fetch = try SafeFetchTransport(
             egress: egress, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
         let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: live)
@@ -228,20 +230,15 @@ public enum SidecarApp {
         return (authenticator, minter)
     }
 
-    /// The sidecar's own listeners, which http_fetch must never be pointed at.
-    static func ownListeners(_ config: SidecarConfig) -> [EgressGuard.Listener] {
-        [config.proxyListen, config.adminListen].map { hp in
-            let ip = IPAddress.parse(hp.host)
-            let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
-            return EgressGuard.Listener(address: any ? nil : ip, port: hp.port)
-        }
+    /// A listener as the egress guard sees it (a wildcard address means every local address).
+    static func listener(host: String, port: Int) -> EgressGuard.Listener {
+        let ip = IPAddress.parse(host)
+        let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
+        return EgressGuard.Listener(address: any ? nil : ip, port: port)
     }
 
-    /// A bound listener as the egress guard sees it (a wildcard address means every local address).
     static func listener(_ address: SocketAddress) -> EgressGuard.Listener {
-        let ip = address.ipAddress.flatMap(IPAddress.parse)
-        let any = ip == .v4(0) || ip == .v6(Array(repeating: 0, count: 16))
-        return EgressGuard.Listener(address: any ? nil : ip, port: address.port ?? 0)
+        listener(host: address.ipAddress ?? "", port: address.port ?? 0)
     }
 
     static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) -> [Tool: Credential] {

@@ -2,21 +2,13 @@
 process never crashes."""
 
 import json
-import socket
 import time
 
 import pytest
 import requests
 
-from conftest import LIVE_ENV, live_config, parse_response, raw_request
+from conftest import LIVE_ENV, free_port, live_config, parse_response, raw_request
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

@@ -2,18 +2,14 @@
 rate limit, revocation propagation, Redis failure and recovery, policy reloads under load."""
 
 import concurrent.futures
-import os
-import signal
-import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import BIN, Sidecar
+from conftest import BIN, Redis, Sidecar
 
 ADMIN = "adm_fleet_admin_token_0123456789"
 
@@ -32,40 +28,6 @@ roles:
         guards: {models: [gpt-4o-mini], max_tokens: 200}
         budget: {tokens: 400, window: day, timezone: UTC}
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Redis:
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture

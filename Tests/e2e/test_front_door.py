@@ -4,21 +4,13 @@ its embedded default and prints commands; the printed commands must work as prin
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_make_run_prints_commands_that_work(tmp_path):

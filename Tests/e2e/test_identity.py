@@ -7,11 +7,10 @@ import os
 import stat
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives import hashes, hmac
 from joserfc import jwe, jws
 from joserfc.jwk import ECKey, RSAKey
 

@@ -8,12 +8,11 @@ import re
 import subprocess
 import threading
 import time
-import urllib.parse
 
 import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, FakeUpstream, Sidecar, live_config
+from conftest import BIN, LIVE_ENV, FakeUpstream, Redis, Sidecar, live_config
 
 RESILIENCE = """
 resilience:
@@ -341,7 +340,6 @@ def test_ff_chaos_on_at_start_and_gmail_excluded(pki, https_upstream, sidecar_fa
 
 
 def test_fleet_breaker_and_chaos_reach_sidecars_that_start_later(pki, https_upstream, sidecar_factory, tmp_path):
-    from test_fleet import Redis
     redis = Redis()
     try:
         keys = tmp_path / "keys"
@@ -411,7 +409,6 @@ roles:
 
 
 def test_shared_cache_one_sidecars_miss_is_the_fleets_hit(pki, https_upstream, sidecar_factory, tmp_path):
-    from test_fleet import Redis
     search = Switch(200)
     https_upstream.routes["/search"] = search
     redis = Redis()

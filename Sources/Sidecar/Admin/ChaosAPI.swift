@@ -41,7 +41,7 @@ struct ChaosAPI: Sendable {
             guard let text = d.stringValue, let duration = DocumentReader.parseDuration(text), duration > .zero else {
                 return Self.invalid("duration", "expected a duration like 5m")
             }
-            object["until"] = .number(Double(Int64(Date().timeIntervalSince1970 * 1000) + duration.milliseconds))
+            object["until"] = .number(Double(unixMillis() + duration.milliseconds))
         }
         for (tool, _) in object["tools"]?.objectValue ?? [:] where tool != "*" && Tool(rawValue: tool) == nil {
             return Self.invalid("tools.\(tool)", "unknown tool")

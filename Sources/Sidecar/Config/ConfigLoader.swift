@@ -220,7 +220,7 @@ public enum ConfigLoader {
         var s = ChaosSettings()
         s.enabled = try node["enabled"].bool(default: false)
         if let seed = try node["seed"].int() { s.seed = UInt64(bitPattern: Int64(seed)) }
-        if let d = try node["duration"].duration() { s.until = Int64(Date().timeIntervalSince1970 * 1000) + d.milliseconds }
+        if let d = try node["duration"].duration() { s.until = unixMillis() + d.milliseconds }
         s.gmailOptIn = try node["gmail_opt_in"].bool(default: false)
         for (name, f) in try node["tools"].entries() {
             guard name == "*" || Tool(rawValue: name) != nil else { throw f.error("unknown tool") }

@@ -30,7 +30,7 @@ final class FleetResilience: Sendable {
     /// starts (or reconnects) later obeys it too.
     func publishOpen(key: String, until: Int64) {
         let message = #"{"key":"\#(key)","state":"open","until":\#(until),"from":"\#(sidecarID)"}"#
-        let ttl = max(1, until - Int64(Date().timeIntervalSince1970 * 1000))
+        let ttl = max(1, until - unixMillis())
         Task {
             _ = try? await redis.send(["SET", Self.openKeyPrefix + key, String(until), "PX", String(ttl)])
             _ = try? await redis.send(["PUBLISH", Self.breakerChannel, message])
@@ -66,7 +66,7 @@ final class FleetResilience: Sendable {
     /// Stores fleet chaos settings (expiring with their auto-off time) and publishes them.
     func publishChaos(_ json: String, until: Int64?) async throws {
         var set = ["SET", Self.chaosKey, json]
-        if let until { set += ["PX", String(max(1, until - Int64(Date().timeIntervalSince1970 * 1000)))] }
+        if let until { set += ["PX", String(max(1, until - unixMillis()))] }
         _ = try await redis.send(set)
         _ = try await redis.send(["PUBLISH", Self.chaosChannel, json])
     }

@@ -108,20 +108,24 @@ final class ResilientCaller: Sendable {
             decision = .reject(retryAfterMilliseconds: 1000)
             breakers.withLock { b in _ = b[key].map { var br = $0; br.onOutcome(.ignored, probe: true, now: now(), random: 0); b[key] = br } }
         }
-        if case .reject(let retryAfter) = decision {
+        // A paused tool (open breaker, or a 429's wait hint) is answered without the network: a stale
+        // answer when there is one, else a problem with Retry-After.
+        let paused: (code: GatewayError.Code, detail: String, retryAfter: Int64)?
+        switch decision {
+        case .reject(let ms):
             metrics.breakerFastFail(tool)
             record.breaker = "open"
-            if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
-            var e = GatewayError(.breakerOpen, "\(tool.rawValue) is failing; calls are paused")
-            e.headers = [("Retry-After", String(max(1, (retryAfter + 999) / 1000)))]
-            e.nothingSent = true
-            throw e
-        }
-        if case .throttled(let retryAfter) = decision {
+            paused = (.breakerOpen, "\(tool.rawValue) is failing; calls are paused", ms)
+        case .throttled(let ms):
             record.breaker = "throttled"
+            paused = (.toolThrottled, "\(tool.rawValue) asked the sidecar to slow down; calls are paused briefly", ms)
+        case .allow, .probe:
+            paused = nil
+        }
+        if let paused {
             if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
-            var e = GatewayError(.toolThrottled, "\(tool.rawValue) asked the sidecar to slow down; calls are paused briefly")
-            e.headers = [("Retry-After", String(max(1, (retryAfter + 999) / 1000)))]
+            var e = GatewayError(paused.code, paused.detail)
+            e.headers = [("Retry-After", String(max(1, (paused.retryAfter + 999) / 1000)))]
             e.nothingSent = true
             throw e
         }

@@ -32,7 +32,9 @@ public final class ChaosTransport: UpstreamTransport {
     private func roll() -> Double { rng.withLock { $0.nextDouble() } }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
-        guard let f = settings.withLock({ $0 }).faults(for: request.tool, now: now()) else { return try await base.send(request) }
+        let t = now()
+        // Only the tool's faults leave the lock, not a copy of every tool's settings on each call.
+        guard let f = settings.withLock({ $0.faults(for: request.tool, now: t) }) else { return try await base.send(request) }
         let r = roll()
         var edge = f.errorRate
         if r < edge {

@@ -130,7 +130,7 @@ public final class SafeFetchTransport: UpstreamTransport {
         let handler = FetchResponseHandler(eventLoop: loop)
         for ip in addresses {
             let address: SocketAddress
-            do { address = try SocketAddress(ipAddress: ip.socketString, port: request.url.port) } catch { continue }
+            do { address = try SocketAddress(ipAddress: ip.description, port: request.url.port) } catch { continue }
             let sslContext = request.url.scheme == "https" ? self.sslContext : nil
             // SNI and certificate verification use the name, never the address we connect to.
             let serverName = IPAddress.parse(request.url.host) == nil ? request.url.host : nil
@@ -174,16 +174,6 @@ public final class SafeFetchTransport: UpstreamTransport {
             deadline.cancel()
             channel.close(promise: nil)
             throw HTTPClientTransport.classify(error)
-        }
-    }
-}
-
-extension IPAddress {
-    var socketString: String {
-        switch self {
-        case .v4: return description
-        case .v6(let b):
-            return stride(from: 0, to: 16, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }.joined(separator: ":")
         }
     }
 }
