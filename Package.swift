@@ -84,10 +84,11 @@ let package = Package(
             name: "SidecarMain",
             dependencies: ["Sidecar", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
-        // bench/run.sh: the request rate async-http-client alone reaches on this machine.
+        // bench/run.sh: the request rate an upstream client alone (AHC or the HTTP/1.1 pool) reaches here.
         .executableTarget(
             name: "UpstreamCeiling",
             dependencies: [
+                "Upstreams",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -83,8 +83,9 @@ HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
 run_wrk sidecar-auth "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "X-Agent-Token: $TOKEN"
 
 NR=$(rps nginx); SR=$(rps sidecar); AR=$(rps sidecar-auth)
-# What async-http-client alone reaches against the same backend: the ceiling of any AHC-based proxy here.
-CEIL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION")
+# What each upstream client alone reaches against the same backend: the ceiling of a proxy built on it.
+CEIL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION" ahc)
+CEIL_POOL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION" pool)
 RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
 REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
@@ -95,7 +96,8 @@ REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
   printf "%-8s %10s %10s %10s\n" +auth "$AR" "$(pct sidecar-auth 50%)" "$(pct sidecar-auth 99%)"
   echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
   echo "ratio auth on/off req/s: $(python3 -c "print(f'{$AR/$SR:.2f}')") (target >= 0.95)"
-  echo "async-http-client alone against the same backend: $CEIL req/s (ratio to nginx $(python3 -c "print(f'{$CEIL/$NR:.2f}')"))"
+  echo "clients alone against the same backend (no proxy): async-http-client $CEIL req/s ($(python3 -c "print(f'{$CEIL/$NR:.2f}')")x nginx)," \
+    "the sidecar's HTTP/1.1 pool $CEIL_POOL req/s ($(python3 -c "print(f'{$CEIL_POOL/$NR:.2f}')")x nginx)"
   echo "sidecar RSS under load: max sampled ${RSS_MAX} kB, high-water ${HWM} kB"
   errors nginx | sed 's/^/nginx: /'
   errors sidecar | sed 's/^/sidecar: /'

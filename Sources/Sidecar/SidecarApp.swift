@@ -63,12 +63,15 @@ public enum SidecarApp {
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caBundlePath { tls.trustRoots = .file(ca) }
+        let pool = try HTTP1ConnectionPool(
+            connectTimeouts: config.tools.mapValues(\.connectTimeout), maxIdlePerOrigin: config.maxConnectionsPerHost, tls: tls)
+        let clients = ProtocolRouterTransport(http1: pool, http2Capable: live, offerHTTP2: config.http2)
         // The configured listeners now (a fixed port is known before it is bound), the bound ones as they come up.
         let egress = EgressGuard(
             allowed: config.egressAllow, ownListeners: [config.proxyListen, config.adminListen].map { Self.listener(host: $0.host, port: $0.port) })
         let fetch = try SafeFetchTransport(
             egress: egress, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
-        let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: live)
+        let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: clients)
         let modes = ModeSwitchTransport(live: routed, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)
         let chaos = ChaosTransport(base: modes, settings: config.chaos, now: unixMillis) { tool, kind in metrics.chaosInjected(tool, kind) }
         let fleet = redis.map {
@@ -185,6 +188,7 @@ public enum SidecarApp {
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: hbLogger))
         try await group.run()
         await live.shutdown()
+        pool.shutdown()
         try? await oauthClient.shutdown()
         context.accessLog.writer.flush()
         logger.info("stopped")

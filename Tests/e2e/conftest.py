@@ -326,13 +326,16 @@ def sidecar_factory():
         s.stop()
 
 
-def live_config(pki, upstream, extra: str = "", tools_extra: str = "", auth: bool = True) -> str:
-    """Every brokered tool live against `upstream`, which the sidecar trusts through the test CA."""
+def live_config(pki, upstream, extra: str = "", tools_extra: str = "", auth: bool = True, http2: bool = True) -> str:
+    """Every brokered tool live against `upstream`, which the sidecar trusts through the test CA.
+    With `http2=False`, TLS upstreams go through the sidecar's own HTTP/1.1 pool instead of
+    async-http-client (cleartext upstreams always do)."""
     auth_block = "" if auth else "auth:\n  required: false\n"
     return f"""
 version: 1
 {auth_block}upstream:
   ca_bundle: {pki.ca_pem}
+  http2: {"true" if http2 else "false"}
 limits:
   drain_timeout: 10s
 egress:

@@ -3,13 +3,15 @@
 import json
 import subprocess
 
+import pytest
 import requests
 
 from conftest import LIVE_ENV, live_config
 
 
-def test_curl_forward_proxy_originates_tls_and_injects_the_key(pki, https_upstream, sidecar_factory):
-    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+@pytest.mark.parametrize("http2", [True, False], ids=["ahc", "h1pool"])
+def test_curl_forward_proxy_originates_tls_and_injects_the_key(pki, https_upstream, sidecar_factory, http2):
+    s = sidecar_factory(live_config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     token = s.new_token()
     out = subprocess.run(
         ["curl", "-sS", "-i", "-x", s.proxy_url, "-H", "X-Forwarded-For: 10.9.8.7", "-H", "X-Request-Id: curl-req-1",

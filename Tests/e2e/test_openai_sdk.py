@@ -30,9 +30,10 @@ def completion_route(up):
     return handler
 
 
-def test_sdk_with_base_url(pki, https_upstream, sidecar_factory):
+@pytest.mark.parametrize("http2", [True, False], ids=["ahc", "h1pool"])
+def test_sdk_with_base_url(pki, https_upstream, sidecar_factory, http2):
     https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
-    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    s = sidecar_factory(live_config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     # The agent's "API key" is its sidecar token; the real key never leaves the sidecar.
     client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0)
     resp = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
@@ -59,7 +60,8 @@ def test_sdk_with_http_proxy(pki, https_upstream, sidecar_factory, monkeypatch):
     assert line["entry"] == "forward"
 
 
-def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, https_upstream, sidecar_factory):
+@pytest.mark.parametrize("http2", [True, False], ids=["ahc", "h1pool"])
+def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, https_upstream, sidecar_factory, http2):
     first_chunk_seen = threading.Event()
     upstream_finished = threading.Event()
 
@@ -87,7 +89,7 @@ def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, http
         upstream_finished.set()
 
     https_upstream.routes["/v1/chat/completions"] = stream
-    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    s = sidecar_factory(live_config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0, timeout=15)
     started = time.time()
     pieces = []

@@ -1,0 +1,228 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// Keep-alive HTTP/1.1 connections to upstream origins, kept per event loop: the sidecar's own upstream
+/// client for every origin that is not offered HTTP/2 (cleartext upstreams, and TLS upstreams of tools
+/// configured with `http2: false`).
+///
+/// Why not async-http-client for these: on this 2-core machine AHC's per-request machinery (request
+/// validation, its connection-pool state machine, task, delegate and promise objects, a lock per part)
+/// cost more CPU than the whole rest of the proxy. This pool does the minimum: take an idle connection
+/// of the calling loop (or connect one on it), write the request, complete a promise with the head, feed
+/// the body into a `BodyStream` with backpressure, and after the last byte put the connection back.
+/// AHC stays the client for TLS origins that may speak HTTP/2.
+///
+/// A connection taken from the idle list can have been closed by the server a moment ago; if it dies
+/// before any response byte arrives and the request is replayable (GET/HEAD), it is sent once more on a
+/// fresh connection, as browsers and Go's client do. Anything else is reported, never silently repeated.
+public final class HTTP1ConnectionPool: UpstreamTransport {
+    struct Origin: Hashable, Sendable {
+        let loop: ObjectIdentifier
+        let tls: Bool
+        let host: String
+        let port: Int
+    }
+
+    private let connectTimeouts: [Tool: Duration]
+    /// Idle connections older than this are closed instead of reused.
+    private let idleTimeout: TimeAmount
+    /// Idle connections kept per origin and event loop; more are closed after use.
+    private let maxIdlePerOrigin: Int
+    private let sslContext: NIOSSLContext
+    private let group: any EventLoopGroup
+    private let idle = NIOLockedValueBox<[Origin: [PooledConnection]]>([:])
+
+    public init(
+        connectTimeouts: [Tool: Duration], idleTimeout: Duration = .seconds(60), maxIdlePerOrigin: Int = 256, tls: TLSConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) throws {
+        self.connectTimeouts = connectTimeouts
+        self.idleTimeout = TimeAmount(idleTimeout)
+        self.maxIdlePerOrigin = maxIdlePerOrigin
+        var tls = tls
+        tls.applicationProtocols = ["http/1.1"]
+        self.sslContext = try NIOSSLContext(configuration: tls)
+        self.group = group
+    }
+
+    public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? group.any()
+        let exchange = Exchange(request: request, loop: loop)
+        let origin = Origin(loop: ObjectIdentifier(loop), tls: request.url.scheme == "https", host: request.url.host, port: request.url.port)
+        if loop.inEventLoop {
+            start(exchange, origin: origin)
+        } else {
+            loop.execute { self.start(exchange, origin: origin) }
+        }
+        do {
+            return try await withTaskCancellationHandler {
+                try await exchange.head.futureResult.get()
+            } onCancel: {
+                loop.execute { exchange.cancel() }
+            }
+        } catch {
+            throw HTTPClientTransport.classify(error)
+        }
+    }
+
+    /// Closes every idle connection (in-flight ones finish or fail on their own).
+    public func shutdown() {
+        let all = idle.withLockedValue { pools in
+            defer { pools.removeAll() }
+            return pools.values.flatMap { $0 }
+        }
+        for connection in all { connection.channel.close(promise: nil) }
+    }
+
+    /// Number of idle connections (tests).
+    public var idleCount: Int { idle.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } }
+
+    // MARK: On the loop
+
+    private func start(_ exchange: Exchange, origin: Origin) {
+        exchange.loop.preconditionInEventLoop()
+        guard !exchange.isDone else { return }
+        exchange.armDeadline()
+        if let connection = takeIdle(origin) {
+            connection.handler.run(exchange, reused: true)
+            return
+        }
+        let handler = PooledConnectionHandler(pool: self, origin: origin)
+        let ssl = origin.tls ? sslContext : nil
+        let serverName = IPAddress.parse(origin.host) == nil ? origin.host : nil
+        ClientBootstrap(group: exchange.loop)
+            .connectTimeout(TimeAmount(connectTimeouts[exchange.request.tool] ?? .seconds(5)))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let ssl { try sync.addHandler(NIOSSLClientHandler(context: ssl, serverHostname: serverName)) }
+                    try sync.addHTTPClientHandlers()
+                    try sync.addHandler(handler)
+                }
+            }
+            .connect(host: origin.host, port: origin.port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    if exchange.isDone {
+                        // Nobody waits any more (deadline or cancel while connecting): keep it for the next.
+                        self.release(PooledConnection(channel: channel, handler: handler), origin: origin)
+                    } else {
+                        handler.run(exchange, reused: false)
+                    }
+                case .failure(let error):
+                    exchange.fail(Self.connectFailure(error))
+                }
+            }
+    }
+
+    static func connectFailure(_ error: any Error) -> UpstreamError {
+        let classified = HTTPClientTransport.classify(error)
+        // Every failure to set up a connection happened before the request was written.
+        return classified.beforeSend ? classified : UpstreamError(.unreachable, beforeSend: true, detail: classified.detail)
+    }
+
+    /// A reused connection closed before answering: send a replayable request again on a new one.
+    func replay(_ exchange: Exchange, origin: Origin) {
+        exchange.replayed = true
+        start(exchange, origin: origin)
+    }
+
+    private func takeIdle(_ origin: Origin) -> PooledConnection? {
+        let now = NIODeadline.now()
+        while true {
+            let candidate: PooledConnection? = idle.withLockedValue { pools in pools[origin]?.popLast() }
+            guard let candidate else { return nil }
+            if candidate.channel.isActive, candidate.since + idleTimeout > now { return candidate }
+            candidate.channel.close(promise: nil)
+        }
+    }
+
+    func release(_ connection: PooledConnection, origin: Origin) {
+        var connection = connection
+        connection.since = .now()
+        let maxIdle = maxIdlePerOrigin
+        let kept: Bool = idle.withLockedValue { pools in
+            guard (pools[origin]?.count ?? 0) < maxIdle else { return false }
+            pools[origin, default: []].append(connection)
+            return true
+        }
+        if !kept { connection.channel.close(promise: nil) }
+    }
+}
+
+struct PooledConnection: Sendable {
+    let channel: any Channel
+    let handler: PooledConnectionHandler
+    var since = NIODeadline.now()
+}
+
+/// One request and its answer. Confined to its event loop after creation.
+final class Exchange: @unchecked Sendable {
+    let request: UpstreamRequest
+    let loop: any EventLoop
+    let head: EventLoopPromise<UpstreamResponse>
+    let body: BodyStream
+    /// The connection carrying it, while it does.
+    var connection: PooledConnectionHandler?
+    var replayed = false
+    private(set) var isDone = false
+    private var deadline: Scheduled<Void>?
+
+    init(request: UpstreamRequest, loop: any EventLoop) {
+        self.request = request
+        self.loop = loop
+        self.head = loop.makePromise(of: UpstreamResponse.self)
+        // The consumer giving up on the body (agent gone, size limit, retry) aborts the exchange.
+        let hook = CancelHook()
+        self.body = BodyStream(onCancel: { loop.execute { hook.exchange?.cancel() } })
+        hook.exchange = self
+    }
+
+    /// Lets the body's cancel reach the exchange without a reference cycle.
+    private final class CancelHook: @unchecked Sendable {
+        weak var exchange: Exchange?
+    }
+
+    /// A request may be sent again after a reused connection closed unanswered only if repeating it
+    /// cannot do anything twice.
+    var replayable: Bool { !replayed && (request.method == .GET || request.method == .HEAD) }
+
+    func armDeadline() {
+        guard deadline == nil else { return }
+        deadline = loop.scheduleTask(deadline: request.deadline) { [weak self] in
+            self?.abort(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
+        }
+    }
+
+    /// The whole response has arrived.
+    func finished() {
+        isDone = true
+        connection = nil
+        deadline?.cancel()
+        body.finish()
+    }
+
+    func fail(_ error: UpstreamError) {
+        guard !isDone else { return }
+        isDone = true
+        connection = nil
+        deadline?.cancel()
+        head.fail(error)
+        body.fail(error)
+    }
+
+    /// Ends the exchange early and closes its connection (which cannot be reused mid-response).
+    func abort(_ error: UpstreamError) {
+        guard !isDone else { return }
+        let c = connection
+        fail(error)
+        c?.closeAfterAbort()
+    }
+
+    func cancel() { abort(UpstreamError(.cancelled, beforeSend: false, detail: "cancelled")) }
+}

@@ -1,0 +1,125 @@
+import NIOCore
+import NIOHTTP1
+
+/// The last handler of a pooled upstream connection: carries one `Exchange` at a time, hands the
+/// response head to its promise, streams the body into its `BodyStream` (pausing reads while the
+/// consumer is behind) and returns the connection to the pool after a complete keep-alive response.
+final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let pool: HTTP1ConnectionPool
+    private let origin: HTTP1ConnectionPool.Origin
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    /// The current exchange was sent on a connection that had served others before.
+    private var reused = false
+    /// A byte of the current response has arrived (after which nothing is replayed).
+    private var answered = false
+    private var keepAlive = true
+    private var paused = false
+    private var pendingRead = false
+
+    init(pool: HTTP1ConnectionPool, origin: HTTP1ConnectionPool.Origin) {
+        self.pool = pool
+        self.origin = origin
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Writes the exchange's request (on the loop).
+    func run(_ exchange: Exchange, reused: Bool) {
+        guard let context, context.channel.isActive else {
+            return reused && exchange.replayable
+                ? pool.replay(exchange, origin: origin)
+                : exchange.fail(UpstreamError(.unreachable, beforeSend: true, detail: "connection closed before use"))
+        }
+        self.exchange = exchange
+        self.reused = reused
+        answered = false
+        keepAlive = true
+        exchange.connection = self
+        let request = exchange.request
+        var headers = request.headers
+        if let body = request.body {
+            headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        } else if request.method == .POST || request.method == .PUT || request.method == .PATCH {
+            headers.replaceOrAdd(name: "Content-Length", value: "0")
+        }
+        let head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.url.pathAndQuery, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if let body = request.body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// The exchange was given up mid-flight: the connection is in an unknown state, so it goes.
+    func closeAfterAbort() {
+        exchange = nil
+        keepAlive = false
+        context?.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        guard let exchange else {
+            // Bytes nobody asked for (a late answer to an abandoned exchange): the connection is unusable.
+            context.close(promise: nil)
+            return
+        }
+        answered = true
+        switch part {
+        case .head(let h):
+            if (100..<200).contains(h.status.code) { return }
+            keepAlive = h.isKeepAlive
+            exchange.head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(exchange.body)))
+        case .body(let chunk):
+            // Pause reading until the consumer has caught up; an already-completed future resumes at once.
+            paused = true
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            exchange.body.append(chunk, on: context.eventLoop).whenComplete { _ in
+                let h = loopBound.value
+                h.paused = false
+                if h.pendingRead {
+                    h.pendingRead = false
+                    h.context?.read()
+                }
+            }
+        case .end:
+            self.exchange = nil
+            exchange.finished()
+            if keepAlive, context.channel.isActive {
+                pool.release(PooledConnection(channel: context.channel, handler: self), origin: origin)
+            } else {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if paused { pendingRead = true } else { context.read() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        lost(UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        lost(HTTPClientTransport.classify(error))
+        context.close(promise: nil)
+    }
+
+    /// The connection broke under the current exchange: replay it if that is safe, else report.
+    private func lost(_ error: UpstreamError) {
+        guard let exchange else { return }
+        self.exchange = nil
+        exchange.connection = nil
+        if reused, !answered, exchange.replayable {
+            pool.replay(exchange, origin: origin)
+        } else {
+            exchange.fail(error)
+        }
+    }
+}

@@ -1,0 +1,236 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+@testable import Upstreams
+
+/// The per-loop HTTP/1.1 pool against a scripted local server that counts its connections.
+@Suite struct HTTP1ConnectionPoolTests {
+    /// A server answering by path:
+    /// - `/ok`: 200 "ok", keep-alive
+    /// - `/close`: 200 "ok" with `Connection: close`
+    /// - `/slow`: answers after 2 s
+    /// - `/stream`: three chunks 100 ms apart
+    /// - `/bye`: 200 "ok", keep-alive, then the server closes the connection 50 ms later (its idle timeout)
+    /// - `/flaky`: the first request on a connection is answered, later ones get the connection closed
+    final class ScriptedServer: Sendable {
+        let channel: any Channel
+        let accepted = NIOLockedValueBox(0)
+        let requests = NIOLockedValueBox<[String]>([])
+        var port: Int { channel.localAddress!.port! }
+
+        init(group: any EventLoopGroup) async throws {
+            let accepted = self.accepted
+            let requests = self.requests
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { ch in
+                    accepted.withLockedValue { $0 += 1 }
+                    return ch.eventLoop.makeCompletedFuture {
+                        try ch.pipeline.syncOperations.configureHTTPServerPipeline()
+                        try ch.pipeline.syncOperations.addHandler(Handler(requests: requests))
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).get()
+        }
+
+        func close() { channel.close(promise: nil) }
+
+        final class Handler: ChannelInboundHandler, @unchecked Sendable {
+            typealias InboundIn = HTTPServerRequestPart
+            typealias OutboundOut = HTTPServerResponsePart
+            let requests: NIOLockedValueBox<[String]>
+            var served = 0
+            var uri = ""
+            init(requests: NIOLockedValueBox<[String]>) { self.requests = requests }
+
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+                switch Self.unwrapInboundIn(data) {
+                case .head(let head):
+                    uri = head.uri
+                    requests.withLockedValue { $0.append("\(head.method.rawValue) \(head.uri)") }
+                case .body:
+                    break
+                case .end:
+                    served += 1
+                    answer(context)
+                }
+            }
+
+            private func answer(_ context: ChannelHandlerContext) {
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                switch uri {
+                case "/close":
+                    write(context, "ok", close: true)
+                case "/slow":
+                    context.eventLoop.scheduleTask(in: .seconds(2)) { Self.write(bound.value, "late", close: false) }
+                case "/stream":
+                    let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["Transfer-Encoding": "chunked"])
+                    context.writeAndFlush(Self.wrapOutboundOut(.head(head)), promise: nil)
+                    for i in 1...3 {
+                        context.eventLoop.scheduleTask(in: .milliseconds(Int64(100 * i))) {
+                            let c = bound.value
+                            c.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "chunk\(i);")))), promise: nil)
+                            if i == 3 { c.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil) }
+                        }
+                    }
+                case "/bye":
+                    write(context, "ok", close: false)
+                    context.eventLoop.scheduleTask(in: .milliseconds(50)) { bound.value.close(promise: nil) }
+                case "/flaky" where served > 1:
+                    context.close(promise: nil)
+                default:
+                    write(context, "ok", close: false)
+                }
+            }
+
+            private func write(_ context: ChannelHandlerContext, _ body: String, close: Bool) { Self.write(context, body, close: close) }
+
+            static func write(_ context: ChannelHandlerContext, _ body: String, close: Bool) {
+                var headers = HTTPHeaders([("Content-Length", String(body.utf8.count))])
+                if close { headers.add(name: "Connection", value: "close") }
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if close { bound.value.close(promise: nil) } }
+            }
+        }
+    }
+
+    /// One loop, so every call finds the connections the previous one left.
+    static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+    static func pool() throws -> HTTP1ConnectionPool {
+        try HTTP1ConnectionPool(connectTimeouts: [:], tls: .makeClientConfiguration(), group: group)
+    }
+
+    static func request(_ port: Int, _ path: String, method: HTTPMethod = .GET, timeout: TimeAmount = .seconds(5)) throws -> UpstreamRequest {
+        let target = try TargetURL.parse("http://127.0.0.1:\(port)\(path)")
+        let call = try HTTPFetchAdapter().interpret(ToolRequest(method: .GET, path: "/fetch", target: target))
+        let body = method == .POST ? ByteBuffer(string: "{}") : nil
+        return UpstreamRequest(call: call, method: method, url: target, headers: ["Host": target.authority], body: body, deadline: .now() + timeout)
+    }
+
+    static func fetch(_ pool: HTTP1ConnectionPool, _ request: UpstreamRequest) async throws -> (HTTPResponseStatus, String) {
+        let response = try await pool.send(request)
+        return (response.status, String(buffer: try await response.body.collect(upTo: 1 << 20)))
+    }
+
+    @Test func keepAliveConnectionsAreReused() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        for _ in 0..<5 {
+            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            #expect(status == .ok)
+            #expect(body == "ok")
+        }
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+        #expect(pool.idleCount == 1)
+    }
+
+    @Test func connectionCloseIsNotReused() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        for _ in 0..<3 { _ = try await Self.fetch(pool, Self.request(server.port, "/close")) }
+        #expect(server.accepted.withLockedValue { $0 } == 3)
+        #expect(pool.idleCount == 0)
+    }
+
+    @Test func aConnectionTheServerClosedWhileIdleIsNotUsed() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        _ = try await Self.fetch(pool, Self.request(server.port, "/bye"))
+        #expect(pool.idleCount == 1)
+        try await Task.sleep(for: .milliseconds(200))
+        let (status, _) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+        #expect(status == .ok)
+        #expect(server.accepted.withLockedValue { $0 } == 2)
+    }
+
+    @Test func aReplayableRequestIsSentAgainWhenAReusedConnectionDiesUnanswered() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        _ = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
+        let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
+        #expect(status == .ok)
+        #expect(body == "ok")
+        #expect(server.accepted.withLockedValue { $0 } == 2)
+        #expect(server.requests.withLockedValue { $0 } == ["GET /flaky", "GET /flaky", "GET /flaky"])
+    }
+
+    @Test func aPostIsNeverSentTwice() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        _ = try await Self.fetch(pool, Self.request(server.port, "/flaky", method: .POST))
+        await #expect {
+            _ = try await pool.send(Self.request(server.port, "/flaky", method: .POST))
+        } throws: { ($0 as? UpstreamError)?.kind == .protocolError && ($0 as? UpstreamError)?.beforeSend == false }
+        #expect(server.requests.withLockedValue { $0 } == ["POST /flaky", "POST /flaky"])
+    }
+
+    @Test func theDeadlineEndsTheCallAndTheConnection() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        let start = ContinuousClock.now
+        await #expect {
+            _ = try await pool.send(Self.request(server.port, "/slow", timeout: .milliseconds(200)))
+        } throws: { ($0 as? UpstreamError)?.kind == .timeout }
+        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(pool.idleCount == 0)
+    }
+
+    @Test func bodiesStreamAndTheConnectionIsReusedAfterTheLastByte() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        let response = try await pool.send(Self.request(server.port, "/stream"))
+        var chunks: [String] = []
+        for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
+        #expect(chunks.count >= 2)
+        #expect(chunks.joined() == "chunk1;chunk2;chunk3;")
+        #expect(pool.idleCount == 1)
+        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+    }
+
+    @Test func abandoningABodyClosesItsConnection() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        let response = try await pool.send(Self.request(server.port, "/stream"))
+        var iterator = response.body.makeAsyncIterator()
+        _ = try await iterator.next()
+        response.body.cancel()
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(pool.idleCount == 0)
+        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+        #expect(server.accepted.withLockedValue { $0 } == 2)
+    }
+
+    @Test func aRefusedConnectIsUnreachableBeforeSend() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        let port = server.port
+        try await server.channel.close()
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        await #expect {
+            _ = try await pool.send(Self.request(port, "/ok"))
+        } throws: { ($0 as? UpstreamError)?.kind == .unreachable && ($0 as? UpstreamError)?.beforeSend == true }
+    }
+}
