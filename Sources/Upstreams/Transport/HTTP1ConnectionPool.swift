@@ -93,17 +93,9 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         let handler = PooledConnectionHandler(pool: self, origin: origin)
         let ssl = origin.tls ? sslContext : nil
         let serverName = IPAddress.parse(origin.host) == nil ? origin.host : nil
-        ClientBootstrap(group: exchange.loop)
-            .connectTimeout(TimeAmount(connectTimeouts[exchange.request.tool] ?? .seconds(5)))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    if let ssl { try sync.addHandler(NIOSSLClientHandler(context: ssl, serverHostname: serverName)) }
-                    try sync.addHTTPClientHandlers()
-                    try sync.addHandler(handler)
-                }
-            }
+        ClientBootstrap.upstreamHTTP1(
+            on: exchange.loop, connectTimeout: connectTimeouts[exchange.request.tool] ?? .seconds(5), tls: ssl, serverName: serverName,
+            handler: handler)
             .connect(host: origin.host, port: origin.port)
             .whenComplete { result in
                 switch result {

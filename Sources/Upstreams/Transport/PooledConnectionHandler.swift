@@ -18,8 +18,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// A byte of the current response has arrived (after which nothing is replayed).
     private var answered = false
     private var keepAlive = true
-    private var paused = false
-    private var pendingRead = false
+    private let readPause = ReadPause()
 
     init(pool: HTTP1ConnectionPool, origin: HTTP1ConnectionPool.Origin) {
         self.pool = pool
@@ -75,17 +74,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             keepAlive = h.isKeepAlive
             exchange.head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(exchange.body)))
         case .body(let chunk):
-            // Pause reading until the consumer has caught up; an already-completed future resumes at once.
-            paused = true
-            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            exchange.body.append(chunk, on: context.eventLoop).whenComplete { _ in
-                let h = loopBound.value
-                h.paused = false
-                if h.pendingRead {
-                    h.pendingRead = false
-                    h.context?.read()
-                }
-            }
+            readPause.feed(chunk, to: exchange.body, context: context)
         case .end:
             self.exchange = nil
             exchange.finished()
@@ -98,7 +87,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if paused { pendingRead = true } else { context.read() }
+        readPause.read(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -134,17 +134,8 @@ public final class SafeFetchTransport: UpstreamTransport {
             let sslContext = request.url.scheme == "https" ? self.sslContext : nil
             // SNI and certificate verification use the name, never the address we connect to.
             let serverName = IPAddress.parse(request.url.host) == nil ? request.url.host : nil
-            let bootstrap = ClientBootstrap(group: loop)
-                .connectTimeout(TimeAmount(connectTimeout))
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let sync = channel.pipeline.syncOperations
-                        if let sslContext { try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName)) }
-                        try sync.addHTTPClientHandlers()
-                        try sync.addHandler(handler)
-                    }
-                }
+            let bootstrap = ClientBootstrap.upstreamHTTP1(
+                on: loop, connectTimeout: connectTimeout, tls: sslContext, serverName: serverName, handler: handler)
             if let c = try? await bootstrap.connect(to: address).get() {
                 channel = c
                 break
@@ -186,8 +177,7 @@ final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     let head: EventLoopPromise<UpstreamResponse>
     let body: FetchBody
-    private var paused = false
-    private var pendingRead = false
+    private let readPause = ReadPause()
     private var context: ChannelHandlerContext?
 
     final class FetchBody: @unchecked Sendable {
@@ -215,17 +205,7 @@ final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
             if (100..<200).contains(h.status.code) { return }
             head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(body.stream)))
         case .body(let chunk):
-            // Pause reading until the consumer has caught up; an already-completed future resumes at once.
-            paused = true
-            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            body.stream.append(chunk, on: context.eventLoop).whenComplete { _ in
-                let h = loopBound.value
-                h.paused = false
-                if h.pendingRead {
-                    h.pendingRead = false
-                    h.context?.read()
-                }
-            }
+            readPause.feed(chunk, to: body.stream, context: context)
         case .end:
             body.stream.finish()
             body.onEnd()
@@ -234,7 +214,7 @@ final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if paused { pendingRead = true } else { context.read() }
+        readPause.read(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
