@@ -10,10 +10,19 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
     private let value: String
     /// The sealed entry's version, so a rotation is observable without revealing anything.
     public let version: Int
+    /// The value's bytes, taken once, for the scrubber that looks for echoes of it in every answer.
+    let bytes: [UInt8]
 
     public init(_ value: String, version: Int = 1) {
         self.value = value
         self.version = version
+        self.bytes = Array(value.utf8)
+    }
+
+    public static func == (lhs: Credential, rhs: Credential) -> Bool { lhs.value == rhs.value && lhs.version == rhs.version }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(value)
+        hasher.combine(version)
     }
 
     public func reveal() -> String { value }

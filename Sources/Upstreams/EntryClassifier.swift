@@ -52,6 +52,9 @@ public struct EntryClassifier: Sendable {
         .gmailSend: ["gmail.googleapis.com"],
     ]
 
+    /// Reverse-route prefixes whose rest is the upstream path, with their trailing slash.
+    private static let reversePrefixes: [(Tool, String)] = [(.openai, Tool.openai.reversePrefix + "/"), (.serpapi, Tool.serpapi.reversePrefix + "/")]
+
     public func tool(forHost host: String) -> Tool { toolByHost[host.lowercased()] ?? .httpFetch }
 
     public func classify(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {
@@ -94,11 +97,8 @@ public struct EntryClassifier: Sendable {
                 return .failure(.invalidTarget(error.reason))
             }
         }
-        for tool in [Tool.openai, .serpapi] {
-            let prefix = tool.reversePrefix
-            if path.hasPrefix(prefix + "/") {
-                return .success(.tool(entry: .reverse, tool: tool, path: String(path.dropFirst(prefix.count)), query: query, target: nil))
-            }
+        for (tool, prefix) in Self.reversePrefixes where path.hasPrefix(prefix) {
+            return .success(.tool(entry: .reverse, tool: tool, path: String(path.dropFirst(prefix.count - 1)), query: query, target: nil))
         }
         // Gmail's real API paths start with /gmail/v1/, so the prefix is kept in the upstream path.
         if path.hasPrefix("/gmail/") {

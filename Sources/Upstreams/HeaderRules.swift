@@ -5,38 +5,19 @@ import NIOHTTP1
 /// Hop-by-hop fields describe one connection, not the message, so they never cross the proxy. On the
 /// way up we also drop everything that would identify the agent's machine or carry the sidecar's own
 /// authentication; on the way down we drop what would describe the upstream's connection.
+///
+/// Each direction is one pass over the fields with a case-insensitive byte comparison against the
+/// known names (`HeaderName`), so no field name is lowercased (allocated) on the data path.
 public enum HeaderRules {
     /// The `Via` pseudonym this sidecar adds to forwarded messages.
     public static let viaValue = "1.1 agent-sidecar"
 
-    static let hopByHop: Set<String> = [
-        "connection", "proxy-connection", "keep-alive", "te", "trailer", "upgrade", "transfer-encoding",
-        "proxy-authorization", "proxy-authenticate",
-    ]
-
-    /// Never sent to a third party: client addresses, sidecar-internal controls, framing we recompute.
-    static let neverUpstream: Set<String> = [
-        "host", "content-length", "expect",
-        "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "forwarded", "x-real-ip",
-        "x-agent-token", "x-agent-id", "x-run-id", "x-request-timeout",
-    ]
-
-    /// Agent-supplied credentials for brokered tools: the sidecar injects the real one instead.
-    static let agentCredentialHeaders: Set<String> = ["authorization", "x-api-key", "api-key", "cookie"]
-
     /// Removes hop-by-hop fields, including every field named in `Connection` (and `Proxy-Connection`).
     public static func removingHopByHop(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var named = hopByHop
-        for field in ["connection", "proxy-connection"] {
-            for value in headers[field] {
-                for token in value.split(separator: ",") {
-                    let name = token.trimmedOWS.lowercased()
-                    if !name.isEmpty { named.insert(name) }
-                }
-            }
-        }
+        let named = connectionNamed(headers)
         var out = HTTPHeaders()
-        for (name, value) in headers where !named.contains(name.hasNoUppercaseASCII ? name : name.lowercased()) {
+        out.reserveCapacity(headers.count)
+        for (name, value) in headers where !HeaderName.classify(name).isHopByHop && !named.contains(name) {
             out.add(name: name, value: value)
         }
         return out
@@ -46,37 +27,136 @@ public enum HeaderRules {
     public static func upstreamHeaders(
         from agentHeaders: HTTPHeaders, tool: Tool, target: TargetURL, requestID: String
     ) -> HTTPHeaders {
+        let named = connectionNamed(agentHeaders)
         var headers = HTTPHeaders()
-        let cleaned = removingHopByHop(agentHeaders)
-        var via: [String] = []
-        for (name, value) in cleaned {
-            let lower = name.hasNoUppercaseASCII ? name : name.lowercased()
-            if neverUpstream.contains(lower) { continue }
-            if tool.isBrokered, agentCredentialHeaders.contains(lower) { continue }
-            if lower == "x-request-id" { continue }
-            if lower == "via" {
-                via.append(value)
-                continue
+        headers.reserveCapacity(agentHeaders.count + 3)
+        var via: String?
+        for (name, value) in agentHeaders where !named.contains(name) {
+            switch HeaderName.classify(name) {
+            case .hopByHop, .neverUpstream, .requestID: continue
+            case .agentCredential where tool.isBrokered: continue
+            case .via: via = via.map { $0 + ", " + value } ?? value
+            case .agentCredential, .other: headers.add(name: name, value: value)
             }
-            headers.add(name: name, value: value)
         }
-        via.append(viaValue)
         headers.add(name: "Host", value: target.authority)
-        headers.add(name: "Via", value: via.joined(separator: ", "))
+        headers.add(name: "Via", value: via.map { $0 + ", " + viaValue } ?? viaValue)
         headers.add(name: "X-Request-Id", value: requestID)
         return headers
     }
 
     /// The headers the agent sees from an upstream response.
     public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String) -> HTTPHeaders {
-        var headers = removingHopByHop(upstreamHeaders)
-        headers.remove(name: "x-request-id")
-        let via = headers["via"]
-        headers.remove(name: "via")
-        headers.add(name: "Via", value: (via + [viaValue]).joined(separator: ", "))
+        let named = connectionNamed(upstreamHeaders)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(upstreamHeaders.count + 2)
+        var via: String?
+        for (name, value) in upstreamHeaders where !named.contains(name) {
+            switch HeaderName.classify(name) {
+            case .hopByHop, .requestID: continue
+            case .via: via = via.map { $0 + ", " + value } ?? value
+            case .neverUpstream, .agentCredential, .other: headers.add(name: name, value: value)
+            }
+        }
+        headers.add(name: "Via", value: via.map { $0 + ", " + viaValue } ?? viaValue)
         headers.add(name: "X-Request-Id", value: requestID)
         return headers
     }
+
+    /// Field names listed in `Connection` / `Proxy-Connection` (they are hop-by-hop too). Usually none.
+    static func connectionNamed(_ headers: HTTPHeaders) -> ConnectionNamed {
+        var names: [String] = []
+        for (name, value) in headers where HeaderName.classify(name).isConnection {
+            for token in value.split(separator: ",") {
+                let n = token.trimmedOWS
+                if !n.isEmpty, !HeaderName.classify(n).isHopByHop { names.append(n) }
+            }
+        }
+        return ConnectionNamed(names: names)
+    }
+
+    /// The extra hop-by-hop names of one message, compared case-insensitively.
+    struct ConnectionNamed {
+        let names: [String]
+        func contains(_ name: String) -> Bool {
+            names.isEmpty ? false : names.contains { HeaderName.equalsIgnoringCase($0, name) }
+        }
+    }
+}
+
+/// What a field name means to the proxy, decided by comparing its bytes case-insensitively against the
+/// names the rules know (most names match none and are decided by their length alone).
+enum HeaderName {
+    enum Class {
+        /// RFC 9110 §7.6.1 hop-by-hop fields, `Proxy-Authorization` and `Proxy-Authenticate`.
+        case hopByHop(connection: Bool)
+        /// Client addresses, sidecar-internal controls and framing the proxy recomputes.
+        case neverUpstream
+        /// Credentials an agent might send for a brokered tool (the sidecar injects the real one).
+        case agentCredential
+        case requestID
+        case via
+        case other
+
+        var isHopByHop: Bool {
+            if case .hopByHop = self { return true }
+            return false
+        }
+
+        var isConnection: Bool {
+            if case .hopByHop(true) = self { return true }
+            return false
+        }
+    }
+
+    private static let table: [(String, Class)] = [
+        ("connection", .hopByHop(connection: true)), ("proxy-connection", .hopByHop(connection: true)),
+        ("keep-alive", .hopByHop(connection: false)), ("te", .hopByHop(connection: false)),
+        ("trailer", .hopByHop(connection: false)), ("upgrade", .hopByHop(connection: false)),
+        ("transfer-encoding", .hopByHop(connection: false)), ("proxy-authorization", .hopByHop(connection: false)),
+        ("proxy-authenticate", .hopByHop(connection: false)),
+        ("host", .neverUpstream), ("content-length", .neverUpstream), ("expect", .neverUpstream),
+        ("x-forwarded-for", .neverUpstream), ("x-forwarded-host", .neverUpstream), ("x-forwarded-proto", .neverUpstream),
+        ("x-forwarded-port", .neverUpstream), ("forwarded", .neverUpstream), ("x-real-ip", .neverUpstream),
+        ("x-agent-token", .neverUpstream), ("x-agent-id", .neverUpstream), ("x-run-id", .neverUpstream),
+        ("x-request-timeout", .neverUpstream),
+        ("authorization", .agentCredential), ("x-api-key", .agentCredential), ("api-key", .agentCredential),
+        ("cookie", .agentCredential),
+        ("x-request-id", .requestID), ("via", .via),
+    ]
+
+    /// The table bucketed by name length, so a name is compared only with names of its own length.
+    private static let byLength: [[(name: [UInt8], class: Class)]] = {
+        var buckets = [[(name: [UInt8], class: Class)]](repeating: [], count: 32)
+        for (name, c) in table { buckets[name.utf8.count].append((Array(name.utf8), c)) }
+        return buckets
+    }()
+
+    static func classify<S: StringProtocol>(_ name: S) -> Class {
+        let count = name.utf8.count
+        guard count < byLength.count else { return .other }
+        let bucket = byLength[count]
+        if bucket.isEmpty { return .other }
+        for entry in bucket where matches(name.utf8, lowercase: entry.name) { return entry.class }
+        return .other
+    }
+
+    /// ASCII case-insensitive equality of two field names.
+    static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
+    }
+
+    private static func matches<U: Sequence<UInt8>>(_ bytes: U, lowercase: [UInt8]) -> Bool {
+        var i = 0
+        for b in bytes {
+            if lower(b) != lowercase[i] { return false }
+            i += 1
+        }
+        return true
+    }
+
+    @inline(__always) private static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
 }
 
 extension StringProtocol {
@@ -87,9 +167,4 @@ extension StringProtocol {
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
         return String(s)
     }
-}
-
-extension String {
-    /// True when lowercasing would not change the string (saves an allocation per header name).
-    var hasNoUppercaseASCII: Bool { utf8.allSatisfy { $0 < 0x41 || $0 > 0x5A } }
 }

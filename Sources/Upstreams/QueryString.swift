@@ -1,33 +1,50 @@
 /// An ordered list of `application/x-www-form-urlencoded` query items.
 ///
 /// Used to read policy-relevant parameters (SerpAPI `q`, `engine`, `num`), to remove an agent-supplied
-/// `api_key`, and to build the cache key from a normalized query.
+/// `api_key`, and to build the cache key from a normalized query. A parsed query that is not changed is
+/// forwarded exactly as the agent encoded it (as a proxy should), without being encoded again.
 public struct QueryString: Sendable, Hashable {
-    public var items: [(name: String, value: String)]
+    public var items: [(name: String, value: String)] { didSet { raw = nil } }
+    /// The text it was parsed from, while the items are unchanged.
+    private var raw: String?
 
     public init(_ items: [(name: String, value: String)] = []) { self.items = items }
 
     public init(parsing raw: String?) {
-        var items: [(String, String)] = []
+        var items: [(name: String, value: String)] = []
         guard let raw, !raw.isEmpty else { self.items = []; return }
-        for pair in raw.split(separator: "&", omittingEmptySubsequences: true) {
-            if let eq = pair.firstIndex(of: "=") {
-                items.append((QueryString.decode(pair[..<eq]), QueryString.decode(pair[pair.index(after: eq)...])))
+        for pair in raw.utf8.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
+            let pair = Substring(pair)
+            if let eq = pair.utf8.firstIndex(of: UInt8(ascii: "=")) {
+                items.append((QueryString.decode(pair[..<eq]), QueryString.decode(pair[pair.utf8.index(after: eq)...])))
             } else {
                 items.append((QueryString.decode(pair), ""))
             }
         }
-        self.items = items.map { (name: $0.0, value: $0.1) }
+        self.items = items
+        self.raw = raw
     }
 
     public func first(_ name: String) -> String? { items.first(where: { $0.name == name })?.value }
 
-    public mutating func removeAll(named name: String) { items.removeAll { $0.name == name } }
+    public mutating func removeAll(named name: String) {
+        guard items.contains(where: { $0.name == name }) else { return }
+        items.removeAll { $0.name == name }
+    }
 
     public mutating func append(_ name: String, _ value: String) { items.append((name: name, value: value)) }
 
     public var encoded: String {
-        items.map { "\(QueryString.encode($0.name))=\(QueryString.encode($0.value))" }.joined(separator: "&")
+        if let raw { return raw }
+        var out: [UInt8] = []
+        out.reserveCapacity(items.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 })
+        for (i, item) in items.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: "&")) }
+            Self.encode(item.name, into: &out)
+            out.append(UInt8(ascii: "="))
+            Self.encode(item.value, into: &out)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public static func == (lhs: QueryString, rhs: QueryString) -> Bool {
@@ -42,6 +59,8 @@ public struct QueryString: Sendable, Hashable {
     }
 
     static func decode<S: StringProtocol>(_ s: S) -> String {
+        // Most names and values need no decoding at all.
+        if !s.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) { return String(s) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(s.utf8.count)
         var it = Array(s.utf8)[...]
@@ -61,21 +80,27 @@ public struct QueryString: Sendable, Hashable {
     }
 
     static func encode(_ s: String) -> String {
-        var out = ""
+        var out: [UInt8] = []
         out.reserveCapacity(s.utf8.count)
+        encode(s, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Percent-encodes everything but the RFC 3986 unreserved characters.
+    static func encode(_ s: String, into out: inout [UInt8]) {
+        let hex: StaticString = "0123456789ABCDEF"
         for b in s.utf8 {
             switch b {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
                 UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
+                out.append(b)
             default:
-                out += "%"
-                out += String(b, radix: 16, uppercase: true).count == 1
-                    ? "0" + String(b, radix: 16, uppercase: true) : String(b, radix: 16, uppercase: true)
+                out.append(UInt8(ascii: "%"))
+                out.append(hex.utf8Start[Int(b >> 4)])
+                out.append(hex.utf8Start[Int(b & 0xF)])
             }
         }
-        return out
     }
 
     private static func hexValue(_ b: UInt8) -> UInt8? {

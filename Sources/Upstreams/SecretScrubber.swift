@@ -1,22 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import NIOCore
 import NIOHTTP1
 
 /// Replaces credential values an upstream echoes back (in a header or anywhere in the body) before the
 /// agent sees them. Streaming-safe: a secret split across chunks is still caught, and only a chunk's
 /// tail that could be the start of a secret is held back, so SSE events are not delayed.
+///
+/// Every answer of a brokered tool passes through it, and almost none contains a secret: each form first
+/// searches (`memchr`, `memcmp`) and hands the input back untouched (no copy) when there is nothing to replace.
 public struct SecretScrubber: Sendable {
     public static let replacement: [UInt8] = Array("[REDACTED]".utf8)
     let secrets: [[UInt8]]
 
     /// Values shorter than 8 bytes are ignored: too likely to occur by chance.
-    public init(_ secrets: [String]) {
-        self.secrets = secrets.map { Array($0.utf8) }.filter { $0.count >= 8 }
-    }
+    public init(_ secrets: [String]) { self.init(bytes: secrets.map { Array($0.utf8) }) }
+
+    /// From credentials, whose bytes were taken once when they were loaded.
+    public init(credentials: [Credential]) { self.init(bytes: credentials.map(\.bytes)) }
+
+    init(bytes: [[UInt8]]) { self.secrets = bytes.filter { $0.count >= 8 } }
 
     public var isEmpty: Bool { secrets.isEmpty }
 
     public func scrub(_ headers: HTTPHeaders) -> HTTPHeaders {
-        guard !isEmpty else { return headers }
+        guard !isEmpty, headers.contains(where: { occurs(in: $0.value) }) else { return headers }
         var out = HTTPHeaders()
         for (name, value) in headers {
             let bytes = Array(value.utf8)
@@ -27,7 +40,7 @@ public struct SecretScrubber: Sendable {
     }
 
     public func scrub(_ buffer: ByteBuffer) -> ByteBuffer {
-        guard !isEmpty else { return buffer }
+        guard !isEmpty, buffer.withUnsafeReadableBytes({ occurs(in: $0) }) else { return buffer }
         let (clean, _) = replace(Array(buffer.readableBytesView), holdBack: false)
         return ByteBuffer(bytes: clean)
     }
@@ -36,10 +49,47 @@ public struct SecretScrubber: Sendable {
     /// the last call (an empty chunk flushes the carry).
     public func scrub(chunk: ByteBuffer, carry: inout [UInt8], final: Bool) -> ByteBuffer {
         guard !isEmpty else { return chunk }
+        if carry.isEmpty, !chunk.withUnsafeReadableBytes({ occurs(in: $0) || (!final && endsWithPartialSecret($0)) }) {
+            return chunk
+        }
         let data = carry + Array(chunk.readableBytesView)
         let (clean, held) = replace(data, holdBack: !final)
         carry = held
         return ByteBuffer(bytes: clean)
+    }
+
+    /// Whether any secret occurs in `bytes` (`memchr` for the first byte, then `memcmp`).
+    func occurs(in bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return false }
+        for s in secrets where s.count <= bytes.count {
+            let found = s.withUnsafeBytes { needle -> Bool in
+                let end = base + (bytes.count - needle.count + 1)
+                var p = base
+                while p < end {
+                    guard let hit = memchr(p, Int32(needle[0]), end - p) else { return false }
+                    if memcmp(hit, needle.baseAddress!, needle.count) == 0 { return true }
+                    p = UnsafeRawPointer(hit) + 1
+                }
+                return false
+            }
+            if found { return true }
+        }
+        return false
+    }
+
+    func occurs(in value: String) -> Bool {
+        var value = value
+        return value.withUTF8 { occurs(in: UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Whether the last bytes are a proper prefix of a secret (which the next chunk may complete).
+    func endsWithPartialSecret(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        for s in secrets {
+            for k in stride(from: min(s.count - 1, bytes.count), through: 1, by: -1) where bytes[bytes.count - k] == s[0] {
+                if s.withUnsafeBytes({ memcmp(bytes.baseAddress! + (bytes.count - k), $0.baseAddress!, k) }) == 0 { return true }
+            }
+        }
+        return false
     }
 
     /// Replaces every occurrence; optionally splits off the longest tail that is a proper prefix of a secret.

@@ -8,15 +8,24 @@ public enum Tool: String, Sendable, Hashable, CaseIterable, Codable, CustomStrin
 
     public var description: String { rawValue }
 
-    /// Every action of the tool. Actions are a closed set so they can be metric labels and policy keys.
-    public var actions: [String] {
+    /// Position in `allCases`. Hashing and comparing by it keeps the hot path's `[Tool: …]` lookups off
+    /// the raw value's string hashing.
+    public var index: Int {
         switch self {
-        case .serpapi: return ["search"]
-        case .openai: return ["chat", "embeddings", "responses"]
-        case .httpFetch: return ["get", "head"]
-        case .gmailSend: return ["send", "profile"]
+        case .serpapi: return 0
+        case .openai: return 1
+        case .httpFetch: return 2
+        case .gmailSend: return 3
         }
     }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(index) }
+    public static func == (lhs: Tool, rhs: Tool) -> Bool { lhs.index == rhs.index }
+
+    /// Every action of the tool. Actions are a closed set so they can be metric labels and policy keys.
+    public var actions: [String] { Self.actionLists[index] }
+
+    private static let actionLists = [["search"], ["chat", "embeddings", "responses"], ["get", "head"], ["send", "profile"]]
 
     /// The reverse-route prefix an SDK uses as its base URL (`/openai/v1/...`).
     public var reversePrefix: String {

@@ -53,4 +53,27 @@ struct HeaderRulesTests {
         #expect(out["via"] == ["1.1 agent-sidecar"])
         #expect(out["content-type"] == ["text/event-stream"])
     }
+
+    @Test(arguments: [
+        ("Connection", true), ("CONNECTION", true), ("connection", true), ("Keep-Alive", true), ("te", true), ("TE", true),
+        ("Transfer-Encoding", true), ("Proxy-Authorization", true), ("proxy-authenticate", true), ("Upgrade", true),
+        ("Content-Type", false), ("Conection", false), ("X-Connection", false), ("Teapot", false), ("", false), ("T", false),
+    ])
+    func hopByHopNamesMatchInAnyCase(name: String, hop: Bool) {
+        #expect(HeaderName.classify(name).isHopByHop == hop)
+    }
+
+    @Test func namesListedInConnectionAreDroppedInAnyCaseAndSeveralViasMerge() {
+        let headers = HTTPHeaders([
+            ("connection", "X-Hop-One"), ("Proxy-Connection", " x-hop-two ,"), ("x-hop-one", "1"), ("X-HOP-TWO", "2"),
+            ("Via", "1.0 a"), ("VIA", "1.1 b"), ("Accept", "*/*"),
+        ])
+        let target = TargetURL(scheme: "https", host: "serpapi.com")
+        let up = HeaderRules.upstreamHeaders(from: headers, tool: .serpapi, target: target, requestID: "r")
+        #expect(up.map(\.name) == ["Accept", "Host", "Via", "X-Request-Id"])
+        #expect(up["via"] == ["1.0 a, 1.1 b, 1.1 agent-sidecar"])
+        let down = HeaderRules.agentHeaders(from: headers, requestID: "r")
+        #expect(down.map(\.name) == ["Accept", "Via", "X-Request-Id"])
+        #expect(down["via"] == ["1.0 a, 1.1 b, 1.1 agent-sidecar"])
+    }
 }

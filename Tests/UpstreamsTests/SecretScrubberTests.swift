@@ -42,4 +42,34 @@ struct SecretScrubberTests {
     @Test func shortValuesAreIgnored() {
         #expect(SecretScrubber(["abc"]).isEmpty)
     }
+
+    @Test func cleanInputIsHandedBackWithoutACopy() {
+        let body = ByteBuffer(string: #"{"search_metadata":{"status":"Success"}}"#)
+        let out = scrubber.scrub(body)
+        #expect(out == body)
+        #expect(out.withUnsafeReadableBytes { $0.baseAddress } == body.withUnsafeReadableBytes { $0.baseAddress })
+        let headers = HTTPHeaders([("Content-Type", "application/json")])
+        #expect(scrubber.scrub(headers) == headers)
+        var carry: [UInt8] = []
+        let chunk = ByteBuffer(string: "data: {}\n\n")
+        let streamed = scrubber.scrub(chunk: chunk, carry: &carry, final: false)
+        #expect(streamed.withUnsafeReadableBytes { $0.baseAddress } == chunk.withUnsafeReadableBytes { $0.baseAddress } && carry.isEmpty)
+    }
+
+    @Test(arguments: [("", 1), ("", 15), ("xx ", 2), ("data: ", 16), ("", 0)])
+    func aSecretCompletedByTheNextChunkIsCaught(lead: String, split: Int) {
+        let secret = "sk-SECRET-123456"
+        var carry: [UInt8] = []
+        var out = String(buffer: scrubber.scrub(chunk: ByteBuffer(string: lead + secret.prefix(split)), carry: &carry, final: false))
+        out += String(buffer: scrubber.scrub(chunk: ByteBuffer(string: secret.dropFirst(split) + " tail"), carry: &carry, final: false))
+        out += String(buffer: scrubber.scrub(chunk: ByteBuffer(), carry: &carry, final: true))
+        #expect(out == lead + "[REDACTED] tail")
+    }
+
+    @Test func credentialsKeepTheirBytesAndStayRedacted() {
+        let credential = Credential("sk-SECRET-123456", version: 3)
+        #expect(SecretScrubber(credentials: [credential]).scrub(ByteBuffer(string: "x sk-SECRET-123456")) == ByteBuffer(string: "x [REDACTED]"))
+        #expect("\(credential)" == "Credential(v3, <redacted>)")
+        #expect(credential == Credential("sk-SECRET-123456", version: 3) && credential != Credential("sk-SECRET-123456", version: 4))
+    }
 }

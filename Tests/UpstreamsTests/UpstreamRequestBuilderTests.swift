@@ -56,4 +56,21 @@ struct UpstreamRequestBuilderTests {
         #expect(q.first("y") == "1+1")
         #expect(QueryString(parsing: q.encoded) == q)
     }
+
+    @Test func anUnchangedQueryIsForwardedAsTheAgentEncodedIt() throws {
+        let adapter = SerpAPIAdapter()
+        let call = try adapter.interpret(ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: "q=a+b&hl=en%2Dus")))
+        var request = UpstreamRequestBuilder.build(
+            call: call, endpoint: ToolEndpoint(baseURL: try TargetURL.parse("https://serpapi.com")), requestID: "r", deadline: .now())
+        #expect(request.url.query == "q=a+b&hl=en%2Dus")
+        adapter.authorize(&request, with: Credential("K&Y=1"))
+        #expect(request.url.query == "q=a+b&hl=en%2Dus&api_key=K%26Y%3D1")
+        // A key that is still in the upstream query (a base URL's, say) is replaced, never doubled.
+        request.url.query = "api_key=OLD&q=x"
+        adapter.authorize(&request, with: Credential("NEW"))
+        #expect(request.url.query == "q=x&api_key=NEW")
+        request.url.query = nil
+        adapter.authorize(&request, with: Credential("NEW"))
+        #expect(request.url.query == "api_key=NEW")
+    }
 }

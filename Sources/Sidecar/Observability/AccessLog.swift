@@ -1,53 +1,194 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Upstreams
 
 /// The one canonical line per request (as Smokescreen logs one decision line): who, which tool and
 /// action, what happened, how long it took, how many bytes. Built from `RequestRecord`, which carries
 /// no URL path, query, body, header value or credential.
+///
+/// It is written for every request, so it is built as bytes straight into one buffer (no intermediate
+/// strings); the text is exactly what the JSON encoding of the same fields would be.
 struct AccessLog: Sendable {
     let enabled: Bool
     let writer = BufferedLineWriter()
 
     func write(_ r: RequestRecord) {
         guard enabled else { return }
-        writer.append(Self.line(r))
+        var line: [UInt8] = []
+        line.reserveCapacity(384)
+        Self.append(r, to: &line)
+        writer.append(line)
     }
 
     static func line(_ r: RequestRecord) -> String {
-        var s = ""
-        s.reserveCapacity(400)
-        s += "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"info\",\"msg\":\"access\",\"request_id\":"
-        JSONValue.writeString(r.requestID, into: &s)
-        s += ",\"entry\":\"\(r.entry?.rawValue ?? "none")\",\"method\":"
-        JSONValue.writeString(r.method, into: &s)
-        s += ",\"tool\":\"\(r.toolLabel)\",\"action\":\"\(r.actionLabel)\",\"status\":\(r.status),\"outcome\":\"\(r.outcome)\""
-        if let u = r.upstreamStatus { s += ",\"upstream_status\":\(u)" }
+        var out: [UInt8] = []
+        append(r, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func append(_ r: RequestRecord, to s: inout [UInt8]) {
+        s.append(contentsOf: #"{"ts":""#.utf8)
+        LogTimestamp.append(to: &s)
+        s.append(contentsOf: #"","level":"info","msg":"access","request_id":"#.utf8)
+        JSONBytes.string(r.requestID, into: &s)
+        s.append(contentsOf: #","entry":""#.utf8)
+        s.append(contentsOf: (r.entry?.rawValue ?? "none").utf8)
+        s.append(contentsOf: #"","method":"#.utf8)
+        JSONBytes.string(r.method, into: &s)
+        s.append(contentsOf: #","tool":""#.utf8)
+        s.append(contentsOf: r.toolLabel.utf8)
+        s.append(contentsOf: #"","action":""#.utf8)
+        s.append(contentsOf: r.actionLabel.utf8)
+        s.append(contentsOf: #"","status":"#.utf8)
+        JSONBytes.integer(r.status, into: &s)
+        s.append(contentsOf: #","outcome":""#.utf8)
+        s.append(contentsOf: r.outcome.utf8)
+        s.append(UInt8(ascii: "\""))
+        if let u = r.upstreamStatus {
+            s.append(contentsOf: #","upstream_status":"#.utf8)
+            JSONBytes.integer(u, into: &s)
+        }
         if let h = r.upstreamHost {
-            s += ",\"upstream_host\":"
-            JSONValue.writeString(h, into: &s)
+            s.append(contentsOf: #","upstream_host":"#.utf8)
+            JSONBytes.string(h, into: &s)
         }
         if let a = r.agentID {
-            s += ",\"agent_id\":"
-            JSONValue.writeString(a, into: &s)
+            s.append(contentsOf: #","agent_id":"#.utf8)
+            JSONBytes.string(a, into: &s)
         }
         if let t = r.tokenID {
-            s += ",\"token_id\":"
-            JSONValue.writeString(t, into: &s)
+            s.append(contentsOf: #","token_id":"#.utf8)
+            JSONBytes.string(t, into: &s)
         }
-        if r.mock { s += ",\"mock\":true" }
-        if let c = r.cache { s += ",\"cache\":\"\(c)\"" }
-        if r.retries > 0 { s += ",\"retries\":\(r.retries)" }
-        if let b = r.breaker { s += ",\"breaker\":\"\(b)\"" }
-        if let c = r.chaos { s += ",\"chaos\":\"\(c)\"" }
-        s += ",\"duration_ms\":\(ms(r.totalDuration))"
-        if let up = r.upstreamDuration { s += ",\"upstream_ms\":\(ms(up))" }
-        s += ",\"bytes_in\":\(r.bytesIn),\"bytes_out\":\(r.bytesOut)}"
-        return s
+        if r.mock { s.append(contentsOf: #","mock":true"#.utf8) }
+        if let c = r.cache {
+            s.append(contentsOf: #","cache":"#.utf8)
+            JSONBytes.string(c, into: &s)
+        }
+        if r.retries > 0 {
+            s.append(contentsOf: #","retries":"#.utf8)
+            JSONBytes.integer(r.retries, into: &s)
+        }
+        if let b = r.breaker {
+            s.append(contentsOf: #","breaker":"#.utf8)
+            JSONBytes.string(b, into: &s)
+        }
+        if let c = r.chaos {
+            s.append(contentsOf: #","chaos":"#.utf8)
+            JSONBytes.string(c, into: &s)
+        }
+        s.append(contentsOf: #","duration_ms":"#.utf8)
+        milliseconds(r.totalDuration, into: &s)
+        if let up = r.upstreamDuration {
+            s.append(contentsOf: #","upstream_ms":"#.utf8)
+            milliseconds(up, into: &s)
+        }
+        s.append(contentsOf: #","bytes_in":"#.utf8)
+        JSONBytes.integer(r.bytesIn, into: &s)
+        s.append(contentsOf: #","bytes_out":"#.utf8)
+        JSONBytes.integer(r.bytesOut, into: &s)
+        s.append(UInt8(ascii: "}"))
     }
 
     static func ms(_ d: Duration?) -> String {
-        guard let d else { return "0" }
-        let (s, atto) = d.components
-        let micros = s * 1_000_000 + atto / 1_000_000_000_000
-        return "\(micros / 1000).\(String(repeating: "0", count: 3 - String(micros % 1000).count))\(micros % 1000)"
+        var out: [UInt8] = []
+        milliseconds(d, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Milliseconds with three decimals (microsecond resolution), e.g. `12.045`.
+    static func milliseconds(_ d: Duration?, into s: inout [UInt8]) {
+        guard let d else { return s.append(UInt8(ascii: "0")) }
+        let (seconds, atto) = d.components
+        let micros = max(0, seconds * 1_000_000 + atto / 1_000_000_000_000)
+        JSONBytes.integer(Int(micros / 1000), into: &s)
+        s.append(UInt8(ascii: "."))
+        let frac = Int(micros % 1000)
+        s.append(UInt8(ascii: "0") + UInt8(frac / 100))
+        s.append(UInt8(ascii: "0") + UInt8(frac / 10 % 10))
+        s.append(UInt8(ascii: "0") + UInt8(frac % 10))
+    }
+}
+
+/// JSON pieces written as bytes.
+enum JSONBytes {
+    static func string(_ value: String, into s: inout [UInt8]) {
+        s.append(UInt8(ascii: "\""))
+        for b in value.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): s.append(contentsOf: #"\""#.utf8)
+            case UInt8(ascii: "\\"): s.append(contentsOf: #"\\"#.utf8)
+            case UInt8(ascii: "\n"): s.append(contentsOf: #"\n"#.utf8)
+            case UInt8(ascii: "\r"): s.append(contentsOf: #"\r"#.utf8)
+            case UInt8(ascii: "\t"): s.append(contentsOf: #"\t"#.utf8)
+            case 0..<0x20:
+                let hex: StaticString = "0123456789abcdef"
+                s.append(contentsOf: #"\u00"#.utf8)
+                s.append(hex.utf8Start[Int(b >> 4)])
+                s.append(hex.utf8Start[Int(b & 0xF)])
+            default: s.append(b)
+            }
+        }
+        s.append(UInt8(ascii: "\""))
+    }
+
+    static func integer(_ value: Int, into s: inout [UInt8]) {
+        if value < 0 { s.append(UInt8(ascii: "-")) }
+        var v = value.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[n] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+                n += 1
+            } while v > 0
+            for i in stride(from: n - 1, through: 0, by: -1) { s.append(d[i]) }
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamps with milliseconds. The part up to the seconds changes once a second, so it is
+/// formatted once per second per thread and reused.
+enum LogTimestamp {
+    private final class Cache {
+        var second = -1
+        var prefix: [UInt8] = []
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { if let p = $0 { Unmanaged<AnyObject>.fromOpaque(p).release() } }
+        return key
+    }()
+
+    static func append(to s: inout [UInt8]) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let cache: Cache
+        if let raw = pthread_getspecific(key) {
+            cache = Unmanaged<Cache>.fromOpaque(raw).takeUnretainedValue()
+        } else {
+            cache = Cache()
+            pthread_setspecific(key, Unmanaged.passRetained(cache).toOpaque())
+        }
+        if cache.second != ts.tv_sec {
+            cache.second = ts.tv_sec
+            let full = LogSink.timestamp(seconds: ts.tv_sec, milliseconds: 0)
+            cache.prefix = Array(full.utf8.dropLast(4))  // without ".000Z"
+        }
+        s.append(contentsOf: cache.prefix)
+        let ms = Int(ts.tv_nsec / 1_000_000)
+        s.append(UInt8(ascii: "."))
+        s.append(UInt8(ascii: "0") + UInt8(ms / 100))
+        s.append(UInt8(ascii: "0") + UInt8(ms / 10 % 10))
+        s.append(UInt8(ascii: "0") + UInt8(ms % 10))
+        s.append(UInt8(ascii: "Z"))
     }
 }

@@ -11,10 +11,12 @@ public final class GatewayMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     public static let version = "0.4.0"
 
-    private let requests: [String: Prometheus.Counter]
-    private let outcomes: [String: Prometheus.Counter]
-    private let requestDuration: [String: DurationHistogram]
-    private let upstreamDuration: [String: DurationHistogram]
+    /// Per request: indexed by tool (`toolLabels` order), then action, then status class.
+    private let requests: [[[Prometheus.Counter]]]
+    /// Indexed by tool, then keyed by outcome.
+    private let outcomes: [[String: Prometheus.Counter]]
+    private let requestDuration: [DurationHistogram]
+    private let upstreamDuration: [DurationHistogram]
     let inFlight: Gauge
     private let tokenValidations: [String: Prometheus.Counter]
     private let tokenExpirations: Prometheus.Counter
@@ -63,10 +65,10 @@ public final class GatewayMetrics: Sendable {
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
-        var requests: [String: Prometheus.Counter] = [:]
-        var outcomes: [String: Prometheus.Counter] = [:]
-        var requestDuration: [String: DurationHistogram] = [:]
-        var upstreamDuration: [String: DurationHistogram] = [:]
+        var requests: [[[Prometheus.Counter]]] = []
+        var outcomes: [[String: Prometheus.Counter]] = []
+        var requestDuration: [DurationHistogram] = []
+        var upstreamDuration: [DurationHistogram] = []
         let requestsName = MetricNameDescriptor(
             namespace: "gateway", metricName: "requests", unitName: "total",
             helpText: "Requests handled by the proxy listener, by tool, action and status class.")
@@ -80,19 +82,16 @@ public final class GatewayMetrics: Sendable {
             namespace: "gateway", metricName: "upstream_duration", unitName: "seconds",
             helpText: "Time from sending upstream to the last upstream byte, by tool.")
         for tool in Self.toolLabels {
-            let actions = (Tool(rawValue: tool)?.actions ?? []) + ["none"]
-            for action in actions {
-                for cls in Self.statusClasses {
-                    requests["\(tool)|\(action)|\(cls)"] = registry.makeCounter(
-                        descriptor: requestsName, labels: [("tool", tool), ("action", action), ("code", cls)])
+            requests.append(Self.actionLabels(tool).map { action in
+                Self.statusClasses.map { cls in
+                    registry.makeCounter(descriptor: requestsName, labels: [("tool", tool), ("action", action), ("code", cls)])
                 }
-            }
-            for outcome in Self.outcomes {
-                outcomes["\(tool)|\(outcome)"] = registry.makeCounter(
-                    descriptor: outcomesName, labels: [("tool", tool), ("outcome", outcome)])
-            }
-            requestDuration[tool] = registry.makeDurationHistogram(descriptor: durationName, labels: [("tool", tool)], buckets: Self.buckets)
-            upstreamDuration[tool] = registry.makeDurationHistogram(descriptor: upstreamName, labels: [("tool", tool)], buckets: Self.buckets)
+            })
+            outcomes.append(Dictionary(uniqueKeysWithValues: Self.outcomes.map { outcome in
+                (outcome, registry.makeCounter(descriptor: outcomesName, labels: [("tool", tool), ("outcome", outcome)]))
+            }))
+            requestDuration.append(registry.makeDurationHistogram(descriptor: durationName, labels: [("tool", tool)], buckets: Self.buckets))
+            upstreamDuration.append(registry.makeDurationHistogram(descriptor: upstreamName, labels: [("tool", tool)], buckets: Self.buckets))
         }
         self.requests = requests
         self.outcomes = outcomes
@@ -211,13 +210,19 @@ public final class GatewayMetrics: Sendable {
     }
 
     /// Records a finished request.
+    /// The actions of a tool label, then `none`.
+    static func actionLabels(_ tool: String) -> [String] { (Tool(rawValue: tool)?.actions ?? []) + ["none"] }
+
+    /// Records a finished request: array lookups and one dictionary lookup, no label strings built.
     func record(_ r: RequestRecord) {
-        let tool = r.toolLabel
-        let action = r.tool?.actions.contains(r.actionLabel) == true ? r.actionLabel : "none"
-        requests["\(tool)|\(action)|\(r.statusClass)"]?.increment()
-        (outcomes["\(tool)|\(r.outcome)"] ?? outcomes["\(tool)|internal_error"])?.increment()
-        if let total = r.totalDuration { requestDuration[tool]?.record(total) }
-        if let up = r.upstreamDuration { upstreamDuration[tool]?.record(up) }
+        let tool = r.tool?.index ?? Tool.allCases.count
+        let actions = r.tool?.actions ?? []
+        let action = r.action.flatMap { actions.firstIndex(of: $0) } ?? actions.count
+        let cls = (100..<600).contains(r.status) ? r.status / 100 - 1 : Self.statusClasses.count - 1
+        requests[tool][action][cls].increment()
+        (outcomes[tool][r.outcome] ?? outcomes[tool]["internal_error"])?.increment()
+        if let total = r.totalDuration { requestDuration[tool].record(total) }
+        if let up = r.upstreamDuration { upstreamDuration[tool].record(up) }
     }
 
     func tokenValidation(_ result: String) { tokenValidations[result]?.increment() }

@@ -34,7 +34,11 @@ enum LogSink {
     static func timestamp() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        var t = ts.tv_sec
+        return timestamp(seconds: ts.tv_sec, milliseconds: Int32(ts.tv_nsec / 1_000_000))
+    }
+
+    static func timestamp(seconds: Int, milliseconds: Int32) -> String {
+        var t = seconds
         var tm = tm()
         gmtime_r(&t, &tm)
         func pad(_ v: Int32, _ width: Int) -> String {
@@ -42,7 +46,7 @@ enum LogSink {
             return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
         }
         return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T"
-            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(milliseconds, 3))Z"
     }
 }
 
@@ -89,10 +93,12 @@ final class BufferedLineWriter: Sendable {
 
     init() { buffer.withLock { $0.reserveCapacity(Self.flushBytes * 2) } }
 
-    func append(_ line: String) {
+    func append(_ line: String) { append(Array(line.utf8)) }
+
+    func append(_ line: [UInt8]) {
         var full: [UInt8]?
         buffer.withLock { b in
-            b.append(contentsOf: line.utf8)
+            b.append(contentsOf: line)
             b.append(10)
             if b.count >= Self.flushBytes {
                 full = b

@@ -21,7 +21,15 @@ enum RequestID {
     /// 128 bits from a per-thread generator seeded from the system CSPRNG: request ids must not collide
     /// or be guessable across requests, but need not cost two `getrandom` calls each.
     static func generate() -> String {
-        withFastRandom { g in hex(g.next()) + hex(g.next()) }
+        let (a, b) = withFastRandom { g in (g.next(), g.next()) }
+        return String(unsafeUninitializedCapacity: 32) { out in
+            let digits: StaticString = "0123456789abcdef"
+            for i in 0..<16 {
+                out[i] = digits.utf8Start[Int((a >> UInt64(60 - 4 * i)) & 0xF)]
+                out[16 + i] = digits.utf8Start[Int((b >> UInt64(60 - 4 * i)) & 0xF)]
+            }
+            return 32
+        }
     }
 
     static func isSafe(_ s: String) -> Bool {
@@ -30,11 +38,6 @@ enum RequestID {
                 (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x2E
                     || b == 0x5F || b == 0x3A
             }
-    }
-
-    private static func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
     }
 }
 

@@ -223,7 +223,7 @@ final class Pipeline: Sendable {
             }
             if let credential, !credential.isEmpty {
                 adapters.adapter(for: tool).authorize(&upstream, with: credential)
-                scrubber = SecretScrubber([credential.reveal()])
+                scrubber = SecretScrubber(credentials: [credential])
             } else if !mock {
                 // Never forward a brokered call unauthenticated.
                 throw GatewayError.credentialUnavailable(tool.rawValue)

@@ -2,26 +2,47 @@ import NIOCore
 import NIOHTTP1
 import Upstreams
 
-/// Serves the requests of one agent connection.
+/// Serves the requests of one agent connection: the only handler behind NIO's request decoder.
 ///
 /// It collects a request (head and body, within the limits), hands it to the async pipeline in a task,
-/// and writes the answer back — buffered answers in one flush, streamed upstream bodies chunk by chunk,
-/// suspending only when the socket's write buffer is full. The task starts on this connection's event
-/// loop, and because the process runs Swift concurrency on NIO's loops it stays there, so the upstream
-/// connection is taken from the same loop. If the agent disconnects, the task is cancelled and with it
-/// the upstream call.
+/// and writes the answer back as bytes it encodes itself (`ResponseEncoder`) — buffered answers in one
+/// write, streamed upstream bodies chunk by chunk, suspending only when the socket's write buffer is
+/// full. The task starts on this connection's event loop, and because the process runs Swift
+/// concurrency on NIO's loops it stays there, so the upstream connection is taken from the same loop.
+/// If the agent disconnects, the task is cancelled and with it the upstream call.
+///
+/// The connection duties that used to be separate handlers live here too, so each request part crosses
+/// one handler instead of five:
+/// - **pipelining**: parts that arrive while a response is pending are queued (bounded; past the bound
+///   reads stop) and served in order after it. Reads are not paused for every request, which would cost
+///   two `epoll_ctl` calls per request.
+/// - **graceful shutdown**: on `ChannelShouldQuiesceEvent` an idle connection closes at once, a busy one
+///   after its current response.
+/// - **idle timeout**: a connection that sends nothing for `limits.idleTimeout` between requests or
+///   while sending one (slowloris) is closed — never one that waits for, or streams, its response.
+/// - **parse errors** become a problem+json answer (a bare 400 tells an agent nothing), then a lingering
+///   close: the stream can no longer be trusted.
 ///
 /// All stored state is confined to the event loop; the task reaches it only through `Sink`.
-final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private enum State {
         case idle
         case collecting(head: HTTPRequestHead, body: ByteBuffer?, record: RequestRecord)
-        case processing(record: RequestRecord)
-        /// Refused mid-request: our side is shut, input is discarded until the client closes.
+        /// Handed to the pipeline; its response is not finished yet.
+        case processing
+        /// Refused mid-request, or a parse error: our side is shut, input is discarded until the client
+        /// closes.
         case discarding
+    }
+
+    /// What arrived while a response was pending, in order.
+    private enum Queued {
+        case part(HTTPServerRequestPart)
+        case parseError(HTTPParserError)
     }
 
     private let shared: ProxyContext
@@ -29,45 +50,135 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var inFlight: Task<Void, Never>?
     private var writabilityWaiters: [CheckedContinuation<Void, any Error>] = []
+    /// The current streamed response uses chunked framing.
+    private var chunkedResponse = false
+
+    private var queued = CircularBuffer<Queued>()
+    private var queuedBytes = 0
+    /// Reads are stopped because the queue is full; `readPending` remembers a read asked for meanwhile.
+    private var readHeld = false
+    private var readPending = false
+    /// Shutting down: no new request is taken on this connection.
+    private var quiescing = false
+
+    private var lastRead = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
 
     init(shared: ProxyContext) { self.shared = shared }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    private var limits: ListenerLimits { shared.limits }
+    /// One more whole request may wait behind the current one; beyond that, reading stops.
+    private var queueLimit: Int { limits.maxHeaderBytes + limits.maxRequestBodyBytes }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armIdleCheck(at: .now() + TimeAmount(limits.idleTimeout)) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if idleCheck == nil { armIdleCheck(at: .now() + TimeAmount(limits.idleTimeout)) }
+        context.fireChannelActive()
+    }
 
     // MARK: Inbound events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
+        let part = Self.unwrapInboundIn(data)
+        switch state {
+        case .discarding:
+            return
+        case .processing:
+            enqueue(.part(part))
+        case .idle, .collecting:
+            if queued.isEmpty { deliver(part, context: context) } else { enqueue(.part(part)) }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        lastRead = .now()
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readHeld { readPending = true } else { context.read() }
+    }
+
+    private func deliver(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
-            guard case .idle = state else { return }
+            guard case .idle = state, !quiescing else { return }
             let requestID = RequestID.from(head.headers)
             var record = RequestRecord(requestID: requestID, method: head.method.rawValue, start: .now)
             shared.metrics.inFlight.increment()
-            let limits = shared.limits
             if let problem = Self.framingProblem(head, limits: limits) {
-                return refuse(problem, head: head, record: &record)
+                return refuse(problem, version: head.version, method: head.method, record: &record)
             }
             if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), head: head, record: &record)
+                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), version: head.version, method: head.method, record: &record)
             }
             if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
-                context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+                var interim = context.channel.allocator.buffer(capacity: 32)
+                interim.writeStaticString(ResponseEncoder.continueLine)
+                context.writeAndFlush(Self.wrapOutboundOut(interim), promise: nil)
             }
             state = .collecting(head: head, body: nil, record: record)
         case .body(var chunk):
             guard case .collecting(let head, var body, var record) = state else { return }
-            state = .processing(record: record)  // releases `body`'s storage for in-place appends
-            if (body?.readableBytes ?? 0) + chunk.readableBytes > shared.limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: shared.limits.maxRequestBodyBytes), head: head, record: &record)
+            state = .processing  // releases `body`'s storage for in-place appends
+            if (body?.readableBytes ?? 0) + chunk.readableBytes > limits.maxRequestBodyBytes {
+                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), version: head.version, method: head.method, record: &record)
             }
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
             state = .collecting(head: head, body: body, record: record)
         case .end:
             guard case .collecting(let head, let body, var record) = state else { return }
             record.bytesIn = body?.readableBytes ?? 0
-            state = .processing(record: record)
+            state = .processing
             start(InboundRequest(head: head, body: body, requestID: record.requestID), record: record, context: context)
+        }
+    }
+
+    private func enqueue(_ event: Queued) {
+        guard !quiescing else { return }
+        queued.append(event)
+        if case .part(let part) = event { queuedBytes += Self.size(of: part) }
+        if queuedBytes > queueLimit { readHeld = true }
+    }
+
+    /// Serves what queued up behind the response that just finished, until one of it is pending again.
+    private func drainQueue(context: ChannelHandlerContext) {
+        while !queued.isEmpty {
+            switch state {
+            case .processing, .discarding: return
+            case .idle, .collecting: break
+            }
+            switch queued.removeFirst() {
+            case .part(let part):
+                queuedBytes -= Self.size(of: part)
+                deliver(part, context: context)
+            case .parseError(let error):
+                answerParseError(error, context: context)
+            }
+        }
+        if readHeld {
+            readHeld = false
+            if readPending {
+                readPending = false
+                context.read()
+            }
+        }
+    }
+
+    private static func size(of part: HTTPServerRequestPart) -> Int {
+        switch part {
+        case .head(let h): return h.uri.utf8.count + h.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        case .body(let b): return b.readableBytes
+        case .end: return 0
         }
     }
 
@@ -77,6 +188,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
         inFlight?.cancel()
         resumeWriters(with: ChannelError.ioOnClosedChannel)
         if case .collecting(_, _, var record) = state {
@@ -84,7 +196,46 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             complete(&record)
         }
         state = .discarding
+        queued.removeAll()
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
+        quiescing = true
+        queued.removeAll()
+        queuedBytes = 0
+        if case .idle = state { context.close(promise: nil) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // After a refusal or parse error the decoder may refuse further input: expected while discarding.
+        if case .discarding = state { return }
+        guard let parserError = error as? HTTPParserError else { return context.fireErrorCaught(error) }
+        if case .processing = state {
+            // It belongs to a pipelined request: answered in order, after the current response.
+            return enqueue(.parseError(parserError))
+        }
+        answerParseError(parserError, context: context)
+    }
+
+    // MARK: Idle timeout
+
+    private func armIdleCheck(at deadline: NIODeadline) {
+        guard let context else { return }
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in self?.idleCheckFired() }
+    }
+
+    private func idleCheckFired() {
+        guard let context else { return }
+        let idle = TimeAmount(limits.idleTimeout)
+        if case .processing = state { return armIdleCheck(at: .now() + idle) }
+        if case .discarding = state { return }
+        if lastRead + idle <= .now() {
+            context.close(promise: nil)
+        } else {
+            armIdleCheck(at: lastRead + idle)
+        }
     }
 
     // MARK: Refusals before the pipeline
@@ -92,25 +243,42 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Answers with a problem and closes: shuts our side, then discards input until the client closes or
     /// two seconds pass. Closing at once with unread input would make the kernel send a reset that can
     /// destroy the answer before the client reads it.
-    private func refuse(_ problem: GatewayError, head: HTTPRequestHead, record: inout RequestRecord) {
+    private func refuse(_ problem: GatewayError, version: HTTPVersion, method: HTTPMethod, record: inout RequestRecord) {
         guard let context else { return }
         record.outcome = problem.codeString
         let response = ResponseMapper.problem(problem, requestID: record.requestID)
         var headers = response.headers
         headers.replaceOrAdd(name: "Connection", value: "close")
         record.status = Int(problem.status.code)
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: problem.status, headers: headers))), promise: nil)
-        if case .buffer(let body) = response.body, head.method != .HEAD {
+        let head = HTTPResponseHead(version: version, status: problem.status, headers: headers)
+        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + 512)
+        ResponseEncoder.writeHead(head, into: &buffer)
+        if case .buffer(var body) = response.body, method != .HEAD {
             record.bytesOut = body.readableBytes
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            buffer.writeBuffer(&body)
         }
         let channel = context.channel
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+        context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
         complete(&record)
         state = .discarding
+        queued.removeAll()
+    }
+
+    /// A request the decoder could not parse: one log line, then the problem answer.
+    private func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        let mapped = GatewayError(parserError: error, maxHeaderBytes: limits.maxHeaderBytes)
+        var record: RequestRecord
+        if case .collecting(_, _, let started) = state {
+            record = started
+        } else {
+            // Nothing of it was understood: it gets a fresh id (and is not counted as in flight).
+            shared.metrics.inFlight.increment()
+            record = RequestRecord(requestID: RequestID.generate(), method: "-", start: .now)
+        }
+        refuse(mapped, version: .http1_1, method: .GET, record: &record)
     }
 
     /// Records a finished request: one access log line and the request metrics.
@@ -160,8 +328,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
 
         /// Writes the response and completes the request. The final write and the completion happen in
-        /// one step on the loop, so a pipelined next request (which NIO delivers as soon as `.end` is
-        /// written) always finds the handler idle.
+        /// one step on the loop, and a pipelined next request is served only after it.
         func respond(_ response: ProxyResponse, to request: HTTPRequestHead, draining: DrainState, record: inout RequestRecord) async {
             var buffered: ByteBuffer?
             var stream: UpstreamBody?
@@ -208,7 +375,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
             guard let stream else { return await abort(record) }
             do {
-                try await onLoop { try $0.writeHead(head) }
+                try await onLoop { try $0.writeHead(head, chunked: framing.chunked) }
                 var iterator = stream.makeAsyncIterator()
                 while true {
                     let chunk: ByteBuffer?
@@ -249,6 +416,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         func abort(_ record: RequestRecord) async {
             try? await onLoop { handler in
                 handler.finishRequest(record, keepAlive: false)
+                handler.context?.close(promise: nil)
             }
         }
     }
@@ -257,47 +425,77 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func writeWhole(_ head: HTTPResponseHead, body: ByteBuffer?, completing record: RequestRecord, keepAlive: Bool) {
         guard let context else { return finishRequest(record, keepAlive: false) }
-        finishRequest(record, keepAlive: true)
-        context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
-        if let body { context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        writeFinalEnd(context, keepAlive: keepAlive)
-    }
-
-    /// Ends the response; a connection that may not be reused is closed once the end is flushed.
-    private func writeFinalEnd(_ context: ChannelHandlerContext, keepAlive: Bool) {
-        if keepAlive {
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
-        } else {
-            let channel = context.channel
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        let bodyBytes = body?.readableBytes ?? 0
+        let coalesce = bodyBytes <= ResponseEncoder.coalesceLimit
+        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + (coalesce ? bodyBytes : 0))
+        ResponseEncoder.writeHead(head, into: &buffer)
+        if var body {
+            if coalesce {
+                buffer.writeBuffer(&body)
+            } else {
+                context.write(Self.wrapOutboundOut(buffer), promise: nil)
+                buffer = body
+            }
         }
+        writeFinal(buffer, context: context, keepAlive: keepAlive)
+        finishRequest(record, keepAlive: keepAlive)
     }
 
-    /// Records the request and makes the handler ready for the next one (before the final write).
-    private func finishRequest(_ record: RequestRecord, keepAlive: Bool) {
-        var record = record
-        inFlight = nil
-        complete(&record)
-        if case .processing = state { state = .idle }
-        if !keepAlive { context?.close(promise: nil) }
-    }
-
-    private func writeHead(_ head: HTTPResponseHead) throws {
+    private func writeHead(_ head: HTTPResponseHead, chunked: Bool) throws {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
-        context.writeAndFlush(Self.wrapOutboundOut(.head(head)), promise: nil)
+        chunkedResponse = chunked
+        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head))
+        ResponseEncoder.writeHead(head, into: &buffer)
+        context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
     }
 
     /// Returns true when the caller must wait for writability before sending more.
     private func writeBody(_ chunk: ByteBuffer) throws -> Bool {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
-        context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
+        if chunkedResponse {
+            guard chunk.readableBytes > 0 else { return !context.channel.isWritable }
+            var framed = context.channel.allocator.buffer(capacity: chunk.readableBytes + 20)
+            ResponseEncoder.writeChunk(chunk, into: &framed)
+            context.writeAndFlush(Self.wrapOutboundOut(framed), promise: nil)
+        } else {
+            context.writeAndFlush(Self.wrapOutboundOut(chunk), promise: nil)
+        }
         return !context.channel.isWritable
     }
 
     private func writeEnd(completing record: RequestRecord, keepAlive: Bool) throws {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
-        finishRequest(record, keepAlive: true)
-        writeFinalEnd(context, keepAlive: keepAlive)
+        var end = context.channel.allocator.buffer(capacity: chunkedResponse ? 8 : 0)
+        if chunkedResponse { end.writeStaticString(ResponseEncoder.lastChunk) }
+        writeFinal(end, context: context, keepAlive: keepAlive)
+        finishRequest(record, keepAlive: keepAlive)
+    }
+
+    /// Writes the last bytes of a response; a connection that may not be reused is closed once they are
+    /// flushed.
+    private func writeFinal(_ buffer: ByteBuffer, context: ChannelHandlerContext, keepAlive: Bool) {
+        if keepAlive && !quiescing {
+            context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
+        } else {
+            let channel = context.channel
+            context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    /// Records the request and makes the handler ready for the next one (after the final write). A
+    /// connection that is not kept alive takes no further request (its close follows the final flush).
+    private func finishRequest(_ record: RequestRecord, keepAlive: Bool) {
+        var record = record
+        inFlight = nil
+        chunkedResponse = false
+        complete(&record)
+        guard keepAlive, !quiescing else {
+            state = .discarding
+            queued.removeAll()
+            return
+        }
+        if case .processing = state { state = .idle }
+        if let context { drainQueue(context: context) }
     }
 
     private func resumeWriters(with error: (any Error)?) {

@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// The proxy listener as a lifecycle service.
 ///
 /// On graceful shutdown (SIGTERM/SIGINT) it stops accepting at once, tells every connection to finish
-/// its current request and close (`ChannelShouldQuiesceEvent`, handled by NIO's pipelining handler), and
+/// its current request and close (`ChannelShouldQuiesceEvent`, handled by `ProxyHTTPHandler`), and
 /// waits up to the drain deadline before cutting what is left.
 final class ProxyServer: Service {
     private let listen: HostPort
@@ -40,11 +40,6 @@ final class ProxyServer: Service {
         decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = 512
         let decoderLimitConfiguration = decoderLimits
-        var encoderSettings = HTTPResponseEncoder.Configuration()
-        encoderSettings.automaticallySetFramingHeaders = false
-        let encoderConfiguration = encoderSettings
-        let idle = TimeAmount(limits.idleTimeout)
-
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -60,25 +55,13 @@ final class ProxyServer: Service {
                 channel.eventLoop.makeCompletedFuture {
                     connections.add(channel)
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    // Decoder, encoder and pipelining assistance wired by hand (not through
-                    // configureHTTPServerPipeline) so the encoder is not paired with the decoder: it then
-                    // leaves framing to ResponseFraming, which can answer a refused CONNECT with a body.
-                    try sync.addHandler(HTTPResponseEncoder(configuration: encoderConfiguration))
+                    // NIO's decoder (llhttp) and one handler, which also encodes the answers, queues
+                    // pipelined requests, quiesces, times out idle connections and answers parse errors.
                     try sync.addHandler(
                         ByteToMessageHandler(
                             HTTPRequestDecoder(
                                 leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
                                 limitConfiguration: decoderLimitConfiguration)))
-                    try sync.addHandler(HTTPServerPipelineHandler())
-                    try sync.addHandler(
-                        ConnectionGuard(maxHeaderBytes: limits.maxHeaderBytes) { error, requestID in
-                            var record = RequestRecord(requestID: requestID, method: "-", start: .now)
-                            record.status = Int(error.status.code)
-                            record.outcome = error.codeString
-                            record.totalDuration = .zero
-                            context.finish(record)
-                        })
                     try sync.addHandler(ProxyHTTPHandler(shared: context))
                 }
             }

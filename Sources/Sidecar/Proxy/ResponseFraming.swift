@@ -2,8 +2,9 @@ import NIOHTTP1
 
 /// Decides how a response is framed on the agent's connection (RFC 9112 §6). Pure.
 ///
-/// The encoder runs with automatic framing off, because NIO's automatic framing drops the body of every
-/// response to `CONNECT` — and a refused `CONNECT` is owed a problem+json body explaining why.
+/// The proxy frames its answers itself (`ResponseEncoder`) rather than leaving it to NIO's automatic
+/// framing, which would drop the body of every response to `CONNECT` — and a refused `CONNECT` is owed
+/// a problem+json body explaining why.
 enum ResponseFraming {
     struct Decision: Equatable {
         var headers: HTTPHeaders
@@ -11,6 +12,8 @@ enum ResponseFraming {
         var sendBody: Bool
         /// The body is delimited by closing the connection (HTTP/1.0 without Content-Length).
         var closeAfter: Bool
+        /// The body goes out with `Transfer-Encoding: chunked` (a stream of unknown length on HTTP/1.1).
+        var chunked = false
     }
 
     static func decide(
@@ -37,7 +40,7 @@ enum ResponseFraming {
         headers.remove(name: "content-length")
         if version.major > 1 || (version.major == 1 && version.minor >= 1) {
             headers.add(name: "Transfer-Encoding", value: "chunked")
-            return Decision(headers: headers, sendBody: true, closeAfter: false)
+            return Decision(headers: headers, sendBody: true, closeAfter: false, chunked: true)
         }
         return Decision(headers: headers, sendBody: true, closeAfter: true)
     }

@@ -98,15 +98,13 @@ final class ResilientCaller: Sendable {
 
         // Breaker: fast-fail without touching the network.
         let key = Self.breakerKey(request)
+        // Mutated in place (through the default subscript), so the bucket arrays are never copied.
         var decision = breakers.withLock { b in
-            var br = b[key] ?? CircuitBreaker(settings: settings.tools[tool]!.breaker)
-            let d = br.onRequest(now: now())
-            b[key] = br
-            return d
+            b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].onRequest(now: now())
         }
         if case .probe = decision, let fleet, !(await fleet.acquireProbe(key)) {
             decision = .reject(retryAfterMilliseconds: 1000)
-            breakers.withLock { b in _ = b[key].map { var br = $0; br.onOutcome(.ignored, probe: true, now: now(), random: 0); b[key] = br } }
+            breakers.withLock { b in _ = b[key]?.onOutcome(.ignored, probe: true, now: now(), random: 0) }
         }
         // A paused tool (open breaker, or a 429's wait hint) is answered without the network: a stale
         // answer when there is one, else a problem with Retry-After.
@@ -278,10 +276,8 @@ final class ResilientCaller: Sendable {
     private func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
         let r = random()
         let (change, reopens) = breakers.withLock { b -> (CircuitBreaker.State?, Int64) in
-            var br = b[key] ?? CircuitBreaker(settings: settings.tools[tool]!.breaker)
-            let change = br.onOutcome(outcome, probe: probe, now: now(), random: r)
-            b[key] = br
-            return (change, br.reopensAt)
+            let change = b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].onOutcome(outcome, probe: probe, now: now(), random: r)
+            return (change, b[key]!.reopensAt)
         }
         if let change {
             transitioned(key: key, tool: tool, to: change, reopensAt: reopens)
@@ -310,10 +306,7 @@ final class ResilientCaller: Sendable {
     func applyFleetOpen(key: String, until: Int64) {
         guard let tool = Tool(rawValue: String(key.split(separator: "|").first ?? "")) else { return }
         let change = breakers.withLock { b -> CircuitBreaker.State? in
-            var br = b[key] ?? CircuitBreaker(settings: settings.tools[tool]!.breaker)
-            let c = br.forceOpen(until: until, now: now())
-            b[key] = br
-            return c
+            b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].forceOpen(until: until, now: now())
         }
         if let change { transitioned(key: key, tool: tool, to: change, reopensAt: until) }
     }

@@ -41,10 +41,18 @@ public struct SerpAPIAdapter: ToolAdapter {
     }
 
     public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
-        var query = QueryString(parsing: request.url.query)
-        query.removeAll(named: "api_key")
-        query.append("api_key", credential.reveal())
-        request.url.query = query.encoded
+        let key = "api_key=" + QueryString.encode(credential.reveal())
+        // `interpret` already removed an agent's key; only a query that still names one is rebuilt.
+        if let query = request.url.query, query.contains("api_key") {
+            var items = QueryString(parsing: query)
+            items.removeAll(named: "api_key")
+            let rest = items.encoded
+            request.url.query = rest.isEmpty ? key : rest + "&" + key
+        } else if let query = request.url.query, !query.isEmpty {
+            request.url.query = query + "&" + key
+        } else {
+            request.url.query = key
+        }
     }
 
     public func traits(of call: ToolCall) -> CallTraits {

@@ -85,11 +85,13 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     private func start(_ exchange: Exchange, origin: Origin) {
         exchange.loop.preconditionInEventLoop()
         guard !exchange.isDone else { return }
-        exchange.armDeadline()
         if let connection = takeIdle(origin) {
+            // The connection's own timer watches the deadline (no timer per request).
             connection.handler.run(exchange, reused: true)
             return
         }
+        // Connecting can take until the connect timeout: the exchange watches its deadline meanwhile.
+        exchange.armDeadline()
         let handler = PooledConnectionHandler(pool: self, origin: origin)
         let ssl = origin.tls ? sslContext : nil
         let serverName = IPAddress.parse(origin.host) == nil ? origin.host : nil

@@ -19,6 +19,11 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var answered = false
     private var keepAlive = true
     private let readPause = ReadPause()
+    /// Watches the deadline of the exchange in flight. It is not re-armed per request: exchanges on a
+    /// keep-alive connection have ever later deadlines, so it fires about once per deadline span and
+    /// re-arms for whichever exchange is current then.
+    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineTimerAt = NIODeadline.distantFuture
 
     init(pool: HTTP1ConnectionPool, origin: HTTP1ConnectionPool.Origin) {
         self.pool = pool
@@ -40,6 +45,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         answered = false
         keepAlive = true
         exchange.connection = self
+        watchDeadline(exchange.request.deadline, context: context)
         let request = exchange.request
         var headers = request.headers
         if let body = request.body {
@@ -51,6 +57,25 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body = request.body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    private func watchDeadline(_ deadline: NIODeadline, context: ChannelHandlerContext) {
+        if deadlineTimer != nil, deadlineTimerAt <= deadline { return }
+        deadlineTimer?.cancel()
+        deadlineTimerAt = deadline
+        deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            self?.deadlineTimerFired()
+        }
+    }
+
+    private func deadlineTimerFired() {
+        deadlineTimer = nil
+        guard let exchange, let context else { return }
+        if exchange.request.deadline <= .now() {
+            exchange.abort(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
+        } else {
+            watchDeadline(exchange.request.deadline, context: context)
+        }
     }
 
     /// The exchange was given up mid-flight: the connection is in an unknown state, so it goes.
@@ -91,6 +116,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        deadlineTimer?.cancel()
         lost(UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream"))
         context.fireChannelInactive()
     }

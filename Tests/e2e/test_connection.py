@@ -1,0 +1,154 @@
+"""The agent connection's own duties (ProxyHTTPHandler): pipelining, idle timeouts, graceful shutdown of
+idle keep-alive connections, parse errors behind a pending response, and the bytes of the answers."""
+
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import LIVE_ENV, live_config, parse_response
+
+
+@pytest.fixture
+def sidecar(pki, http_upstream, sidecar_factory):
+    def slow(h, rec):
+        time.sleep(2.0)
+        http_upstream.send_json(h, 200, {"slow": True})
+    http_upstream.routes["/search?q=slow"] = slow
+    cfg = live_config(pki, http_upstream, auth=False)
+    cfg = cfg.replace("limits:\n  drain_timeout: 10s\n", "limits:\n  drain_timeout: 10s\n  idle_timeout: 1s\n")
+    s = sidecar_factory(cfg, env=LIVE_ENV)
+    s.upstream = http_upstream
+    return s
+
+
+def read_responses(sock, count, timeout=5.0):
+    """Reads until `count` complete Content-Length-framed responses have arrived (or the peer closes)."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        complete, rest = 0, data
+        while True:
+            head, sep, body = rest.partition(b"\r\n\r\n")
+            if not sep:
+                break
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v.strip())
+            if len(body) < length:
+                break
+            complete += 1
+            rest = body[length:]
+        if complete >= count:
+            return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def closed_within(sock, seconds):
+    """True when the peer closes the connection within `seconds` (recv returns EOF or a reset)."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_many_pipelined_requests_are_answered_in_order(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    burst = b"".join(
+        f"GET /serpapi/search?q=p{i} HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-{i}\r\n\r\n".encode() for i in range(20))
+    s.sendall(burst)
+    data = read_responses(s, 20)
+    s.close()
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 20
+    positions = [data.index(f"x-request-id: pipe-{i}\r\n".encode(), 0) if f"x-request-id: pipe-{i}\r\n".encode() in data
+                 else data.index(f"X-Request-Id: pipe-{i}\r\n".encode()) for i in range(20)]
+    assert positions == sorted(positions)
+
+
+def test_a_parse_error_behind_a_pending_request_is_answered_after_it(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=first HTTP/1.1\r\nHost: x\r\nX-Request-Id: good-1\r\n\r\nGARBAGE\r\n\r\n")
+    data = read_responses(s, 2)
+    s.close()
+    first_end = data.index(b"good-1")
+    second = data.index(b"HTTP/1.1 400", first_end)
+    status, headers, body = parse_response(data[second:])
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body[: int(headers["content-length"])])["code"] == "malformed_request"
+
+
+def test_a_stalled_request_head_is_cut_after_the_idle_timeout(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\n")  # never finished (slowloris)
+    started = time.time()
+    assert closed_within(s, 4.0)
+    assert 0.8 < time.time() - started < 3.5
+    s.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_but_a_slow_answer_is_not(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    # The upstream takes 2 s, twice the idle timeout: waiting for an answer is not idleness.
+    s.sendall(b"GET /serpapi/search?q=slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_responses(s, 1, timeout=6)
+    assert data.startswith(b"HTTP/1.1 200") and b'"slow": true' in data
+    started = time.time()
+    assert closed_within(s, 4.0)
+    assert time.time() - started < 3.5
+    s.close()
+
+
+def test_sigterm_closes_idle_keep_alive_connections_at_once(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_responses(s, 1).startswith(b"HTTP/1.1 200")
+    started = time.time()
+    sidecar.signal()
+    assert closed_within(s, 3.0)
+    assert sidecar.proc.wait(timeout=5) == 0
+    # Far sooner than the 10 s drain deadline: nothing was in flight.
+    assert time.time() - started < 3.0
+    s.close()
+
+
+def test_http_1_0_answers_close_and_head_answers_carry_no_body(sidecar):
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=x HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    status, headers, body = parse_response(data)
+    assert data.startswith(b"HTTP/1.0 200") and headers["connection"] == "close"
+    assert len(body) == int(headers["content-length"])
+
+    # HEAD: a length but no body, and the connection stays usable for the next request.
+    url = f"http://127.0.0.1:{sidecar.upstream.port}/page"
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(f"HEAD /fetch?url={url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.settimeout(5)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(65536)
+    status, headers, rest = parse_response(head)
+    assert status == 200 and int(headers["content-length"]) > 0 and rest == b""
+    s.sendall(b"GET /serpapi/search?q=after-head HTTP/1.1\r\nHost: x\r\nX-Request-Id: after-head\r\n\r\n")
+    data = read_responses(s, 1)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 200") and b"after-head" in data
