@@ -39,6 +39,22 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
 public protocol CredentialSource: Sendable {
     /// The credential to use for `tool`, or nil when none is configured.
     func credential(for tool: Tool) async throws -> Credential?
+
+    /// The credential when it is in memory and nothing has to be fetched or refreshed first; `.pending`
+    /// sends the call through `credential(for:)`.
+    func readyCredential(for tool: Tool) -> CredentialLookup
+}
+
+extension CredentialSource {
+    public func readyCredential(for tool: Tool) -> CredentialLookup { .pending }
+}
+
+/// A credential lookup that does not wait.
+public enum CredentialLookup: Sendable {
+    /// The credential (nil when none is configured).
+    case ready(Credential?)
+    /// It has to be fetched (an OAuth refresh, say).
+    case pending
 }
 
 /// Credentials that never change while the process runs.
@@ -48,4 +64,6 @@ public struct StaticCredentials: CredentialSource {
     public init(_ byTool: [Tool: Credential]) { self.byTool = byTool }
 
     public func credential(for tool: Tool) async throws -> Credential? { byTool[tool] }
+
+    public func readyCredential(for tool: Tool) -> CredentialLookup { .ready(byTool[tool]) }
 }

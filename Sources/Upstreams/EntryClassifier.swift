@@ -74,19 +74,21 @@ public struct EntryClassifier: Sendable {
     }
 
     private func classifyOriginForm(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {
+        // Byte-wise: request-targets are ASCII (the decoder refuses anything else), and comparing
+        // Characters would cost a grapheme walk per request.
         let path: Substring
         let query: String?
-        if let q = uri.firstIndex(of: "?") {
+        if let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) {
             path = uri[..<q]
-            query = String(uri[uri.index(after: q)...])
+            query = String(uri[uri.utf8.index(after: q)...])
         } else {
             path = Substring(uri)
             query = nil
         }
-        if path == "/api/proxy-request" {
+        if path.utf8.elementsEqual("/api/proxy-request".utf8) {
             return method == .POST ? .success(.compat) : .failure(.methodNotAllowed(allowed: ["POST"]))
         }
-        if path == "/fetch" {
+        if path.utf8.elementsEqual("/fetch".utf8) {
             guard let raw = QueryString(parsing: query).first("url"), !raw.isEmpty else {
                 return .failure(.invalidTarget("/fetch needs a url query parameter"))
             }
@@ -97,11 +99,12 @@ public struct EntryClassifier: Sendable {
                 return .failure(.invalidTarget(error.reason))
             }
         }
-        for (tool, prefix) in Self.reversePrefixes where path.hasPrefix(prefix) {
-            return .success(.tool(entry: .reverse, tool: tool, path: String(path.dropFirst(prefix.count - 1)), query: query, target: nil))
+        for (tool, prefix) in Self.reversePrefixes where path.utf8.starts(with: prefix.utf8) {
+            let rest = path.utf8.index(path.utf8.startIndex, offsetBy: prefix.utf8.count - 1)
+            return .success(.tool(entry: .reverse, tool: tool, path: String(path[rest...]), query: query, target: nil))
         }
         // Gmail's real API paths start with /gmail/v1/, so the prefix is kept in the upstream path.
-        if path.hasPrefix("/gmail/") {
+        if path.utf8.starts(with: "/gmail/".utf8) {
             return .success(.tool(entry: .reverse, tool: .gmailSend, path: String(path), query: query, target: nil))
         }
         return .failure(.routeNotFound)

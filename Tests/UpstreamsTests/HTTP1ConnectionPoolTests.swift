@@ -233,4 +233,29 @@ import Testing
             _ = try await pool.send(Self.request(port, "/ok"))
         } throws: { ($0 as? UpstreamError)?.kind == .unreachable && ($0 as? UpstreamError)?.beforeSend == true }
     }
+
+    /// The head is handed over with the whole body when both arrive in one read, so the proxy can write
+    /// a small answer in one go; a body still arriving is streamed after its head. Started on the loop.
+    @Test func aSmallAnswerIsHandedOverWholeAndAStreamAfterItsHead() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let server = try await ScriptedServer(group: group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        let loop = group.next()
+        for (path, whole) in [("/ok", true), ("/stream", false)] {
+            let started = try #require(pool.start(Self.request(server.port, path), on: loop))
+            let (complete, body) = try await started.response.flatMapWithEventLoop { response, loop in
+                loop.makeSucceededFuture((response.body.takeCompleteBody().map { String(buffer: $0) }, response.body))
+            }.get()
+            #expect((complete != nil) == whole, "\(path)")
+            if whole {
+                #expect(complete == "ok")
+            } else {
+                #expect(String(buffer: try await body.collect(upTo: 1024)) == "chunk1;chunk2;chunk3;")
+            }
+        }
+        #expect(pool.idleCount == 1)
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+    }
 }

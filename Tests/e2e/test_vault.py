@@ -104,8 +104,11 @@ def test_rotation_under_load_fails_no_request(pki, https_upstream, sidecar_facto
             t.join()
     assert len(results) > 50 and set(results) == {200}, (len(results), set(results))
     keys = [rec.path.split("api_key=")[1] for rec in https_upstream.requests if "api_key=" in rec.path]
-    seen = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
-    assert seen == ["serp-ROTATE-v1-xxxxxxxx", "serp-ROTATE-v2-xxxxxxxx", "serp-ROTATE-v3-xxxxxxxx"], seen
+    # Each version takes over in turn. A call that took its key just before a reload still finishes
+    # with it, so with four agents in flight the upstream may see one old key after a new one.
+    first_seen = sorted(set(keys), key=keys.index)
+    assert first_seen == ["serp-ROTATE-v1-xxxxxxxx", "serp-ROTATE-v2-xxxxxxxx", "serp-ROTATE-v3-xxxxxxxx"], first_seen
+    assert keys[-1] == "serp-ROTATE-v3-xxxxxxxx"
 
 
 def test_gmail_refresh_token_is_exchanged_once_and_cached(pki, https_upstream, sidecar_factory, tmp_path):

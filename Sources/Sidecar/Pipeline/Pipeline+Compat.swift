@@ -36,7 +36,7 @@ extension Pipeline {
         record.action = call.action
         try checkScope(call, identity: identity)
         let (admitted, egressAllow) = try await admit(
-            call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
+            call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID)
         let response: UpstreamResponse
         let release: @Sendable () -> Void
         do {

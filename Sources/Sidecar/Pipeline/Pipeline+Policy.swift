@@ -14,12 +14,18 @@ extension Pipeline {
         var meter: OpenAIUsageMeter?
     }
 
-    /// Evaluates the policy and admits the call against its limits. Returns the admission (nil when no
-    /// stateful limit applies) and the internal ranges the policy grants an http_fetch call.
-    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String, record: inout RequestRecord) async throws(GatewayError)
-        -> (admitted: Admitted?, egressAllow: [CIDR])
-    {
-        guard let policy, let limits else { return (nil, []) }
+    /// What the policy decided for a call that it allows: the stateful checks still to admit, and the
+    /// internal ranges it grants an http_fetch call.
+    struct Evaluated: Sendable {
+        var checks: [LimitCheck] = []
+        var egressAllow: [CIDR] = []
+        var budgetTool = false
+    }
+
+    /// Evaluates the policy (scope, guards, time window): synchronous, no state touched. Throws the
+    /// refusal.
+    func evaluate(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int) throws(GatewayError) -> Evaluated {
+        guard let policy, limits != nil else { return Evaluated() }
         let request = PolicyRequest(
             agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
             action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
@@ -29,30 +35,45 @@ extension Pipeline {
             metrics?.policyDenied(denial.kind.rawValue)
             throw Self.error(for: denial)
         }
-        let egressAllow = evaluation.egressAllow.compactMap(CIDR.init)  // validated when the policy compiled
-        guard !evaluation.checks.isEmpty else { return (nil, egressAllow) }
+        // Validated when the policy compiled.
+        return Evaluated(checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init), budgetTool: evaluation.budgetTool)
+    }
+
+    /// Admits the call against its stateful limits (concurrency, rate, quota, budget) in one atomic
+    /// step. nil when no such limit applies.
+    func admitLimits(_ evaluated: Evaluated, identity: AgentIdentity, requestID: String) async throws(GatewayError) -> Admitted? {
+        guard !evaluated.checks.isEmpty, let limits else { return nil }
+        let checks = evaluated.checks
         let admission: Admission
         do {
-            admission = try await limits.admit(agent: identity.agentID, checks: evaluation.checks, leaseID: requestID)
+            admission = try await limits.admit(agent: identity.agentID, checks: checks, leaseID: requestID)
         } catch let e as StateUnavailable {
             throw GatewayError(.stateUnavailable, "the shared \(e.kind.rawValue) state is unavailable; try again shortly", headers: [("Retry-After", "1")])
         } catch {
             throw GatewayError(.stateUnavailable, "the limit state is unavailable; try again shortly", headers: [("Retry-After", "1")])
         }
-        for (check, result) in zip(evaluation.checks, admission.results) {
+        for (check, result) in zip(checks, admission.results) {
             if check.kind == .rate {
                 metrics?.rateLimitDecision(result.allowed ? "allowed" : (check.mode == .enforce ? "limited" : "would_limit"))
             }
             if !result.allowed, check.mode == .report { metrics?.policyWouldDeny(check.kind.denialKind.rawValue) }
         }
         guard admission.admitted else {
-            let index = evaluation.checks.indices.first { !admission.results[$0].allowed && evaluation.checks[$0].mode == .enforce }!
-            let check = evaluation.checks[index]
+            let index = checks.indices.first { !admission.results[$0].allowed && checks[$0].mode == .enforce }!
+            let check = checks[index]
             metrics?.policyDenied(check.kind.denialKind.rawValue)
             throw Self.limitError(check, admission.results[index])
         }
-        let admitted = Admitted(agent: identity.agentID, checks: evaluation.checks, admission: admission, meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
-        return (admitted, egressAllow)
+        return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.budgetTool ? OpenAIUsageMeter() : nil)
+    }
+
+    /// Evaluates the policy and admits the call against its limits. Returns the admission (nil when no
+    /// stateful limit applies) and the internal ranges the policy grants an http_fetch call.
+    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String) async throws(GatewayError)
+        -> (admitted: Admitted?, egressAllow: [CIDR])
+    {
+        let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes)
+        return (try await admitLimits(evaluated, identity: identity, requestID: requestID), evaluated.egressAllow)
     }
 
     /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.

@@ -76,14 +76,131 @@ final class Pipeline: Sendable {
         do {
             response = try await run(request, record: &record)
         } catch {
-            record.outcome = error.codeString
-            response = ResponseMapper.problem(error.forEntry(record.entry), requestID: request.requestID, entry: record.entry)
+            response = problem(error, request: request, record: &record)
         }
+        decorate(&response, record: record)
+        return response
+    }
+
+    /// A request answered by the pipeline, with the record its stages filled in.
+    struct Handled: Sendable {
+        var response: ProxyResponse
+        var record: RequestRecord
+    }
+
+    /// Runs a request without a Swift task as far as its stages allow, on the connection's loop: the
+    /// common call — a policy without stateful limits, a credential in memory, no cache, a closed
+    /// breaker, a free bulkhead and an HTTP/1.1 or mock upstream — is answered entirely through event-loop
+    /// futures. Wherever a stage has to wait (limit state, a credential refresh, a cache or bulkhead wait,
+    /// a retry, an async-only transport), the same stages continue in a task from there. The answer is
+    /// the same either way; only the cost differs.
+    func start(_ request: InboundRequest, record: RequestRecord, on loop: any EventLoop) -> (EventLoopFuture<Handled>, cancel: @Sendable () -> Void) {
+        var record = record
+        let prepared: Prepared
+        do {
+            guard let p = try prepare(request, record: &record) else {
+                return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+                    try await self.compat(request, record: &r)
+                }
+            }
+            prepared = p
+        } catch {
+            return (loop.makeSucceededFuture(answer(problem(error, request: request, record: &record), record: record)), {})
+        }
+        guard prepared.evaluated.checks.isEmpty else {
+            return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.call(prepared, record: &r)
+            }
+        }
+        let outbound: Outbound
+        do {
+            guard let credential = try readyCredential(for: prepared.call.tool) else {
+                return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+                    try await self.call(prepared, record: &r)
+                }
+            }
+            outbound = try self.outbound(prepared.call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
+        } catch {
+            return (loop.makeSucceededFuture(answer(problem(error, request: request, record: &record), record: record)), {})
+        }
+        let requestID = request.requestID
+        if let resilience {
+            let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
+            if let (outcome, cancel) = resilience.start(
+                outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record)
+            {
+                let handled = outcome.map { o -> Handled in
+                    var record = o.record
+                    do throws(GatewayError) {
+                        let result = try o.result.get()
+                        let response = try self.received(result.response, release: result.release, outbound, record: &record)
+                        return self.answer(self.proxyResponse(response, release: result.release, admitted: nil, requestID: requestID), record: record)
+                    } catch {
+                        if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
+                        return self.answer(self.problem(error, request: request, record: &record), record: record)
+                    }
+                }
+                return (handled, cancel)
+            }
+        } else if let started = transport.start(outbound.upstream, on: loop) {
+            let sent = record
+            let handled = started.response.map { response -> Handled in
+                var record = sent
+                do throws(GatewayError) {
+                    let response = try self.received(response, release: {}, outbound, record: &record)
+                    return self.answer(self.proxyResponse(response, release: {}, admitted: nil, requestID: requestID), record: record)
+                } catch {
+                    return self.answer(self.problem(error, request: request, record: &record), record: record)
+                }
+            }.flatMapErrorThrowing { error -> Handled in
+                var record = sent
+                record.upstreamDuration = record.upstreamStart.map { .now - $0 }
+                return self.answer(self.problem(GatewayError(HTTPClientTransport.classify(error)), request: request, record: &record), record: record)
+            }
+            return (handled, started.cancel)
+        }
+        return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+            try await self.send(outbound, admitted: nil, record: &r)
+        }
+    }
+
+    /// The rest of a request in a task, behind a future on the loop.
+    private func continued(
+        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord,
+        _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
+    ) -> (EventLoopFuture<Handled>, cancel: @Sendable () -> Void) {
+        let promise = loop.makePromise(of: Handled.self)
+        let task = Task {
+            var record = record
+            do throws(GatewayError) {
+                let response = try await body(&record)
+                return answer(response, record: record)
+            } catch {
+                return answer(problem(error, request: request, record: &record), record: record)
+            }
+        }
+        promise.completeWithTask { await task.value }
+        return (promise.futureResult, { task.cancel() })
+    }
+
+    private func answer(_ response: ProxyResponse, record: RequestRecord) -> Handled {
+        var response = response
+        decorate(&response, record: record)
+        return Handled(response: response, record: record)
+    }
+
+    /// Every refusal or failure as the agent's answer (one place: `ResponseMapper`).
+    private func problem(_ error: GatewayError, request: InboundRequest, record: inout RequestRecord) -> ProxyResponse {
+        record.outcome = error.codeString
+        return ResponseMapper.problem(error.forEntry(record.entry), requestID: request.requestID, entry: record.entry)
+    }
+
+    /// Headers every answer gets: the token rotation hint near its expiry.
+    private func decorate(_ response: inout ProxyResponse, record: RequestRecord) {
         if let expiresAt = record.tokenExpiresAt {
             response.headers.add(name: "X-Token-Rotation-Recommended", value: "true")
             response.headers.add(name: "X-Token-Expires-At", value: RFC3339.format(expiresAt))
         }
-        return response
     }
 
     /// The authenticate stage. Returns the identity, or `.anonymous` when authentication is off.
@@ -120,7 +237,24 @@ final class Pipeline: Sendable {
         return headers
     }
 
+    /// A tool call through the synchronous stages: classified, authenticated, interpreted, within the
+    /// token's scopes and allowed by the policy.
+    struct Prepared: Sendable {
+        var call: ToolCall
+        var identity: AgentIdentity
+        var evaluated: Evaluated
+        var bodyBytes: Int
+        var requestID: String
+    }
+
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+        guard let prepared = try prepare(request, record: &record) else { return try await compat(request, record: &record) }
+        return try await call(prepared, record: &record)
+    }
+
+    /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the
+    /// compatibility API, whose envelope is read by `compat`.
+    func prepare(_ request: InboundRequest, record: inout RequestRecord) throws(GatewayError) -> Prepared? {
         let classification: Classification
         switch classifier.classify(method: request.head.method, uri: request.head.uri) {
         case .success(let c): classification = c
@@ -131,7 +265,7 @@ final class Pipeline: Sendable {
             throw GatewayError.connectRefused()
         case .compat:
             record.entry = .compat
-            return try await compat(request, record: &record)
+            return nil
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
             record.tool = tool
@@ -140,37 +274,68 @@ final class Pipeline: Sendable {
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
-            var call = try interpret(toolRequest, tool: tool, record: &record)
+            let call = try interpret(toolRequest, tool: tool, record: &record)
             try checkScope(call, identity: identity)
-            let (admitted, egressAllow) = try await admit(
-                call, identity: identity, bodyBytes: request.body?.readableBytes ?? 0, requestID: request.requestID, record: &record)
-            if admitted?.meter != nil { call = Self.requestingUsage(call) }
-            var response: UpstreamResponse
-            let release: @Sendable () -> Void
-            do {
-                (response, release) = try await forward(call, requestID: request.requestID, egressAllow: egressAllow, record: &record)
-            } catch {
-                await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
-                throw error
-            }
-            if let meter = admitted?.meter {
-                response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
-            }
-            let status = Int(response.status.code)
-            let body: ProxyResponse.Body
-            if let buffered = response.body.bufferedBytes {
-                body = .buffer(buffered)
-            } else {
-                body = .stream(response.body, limit: settings.maxResponseBodyBytes)
-            }
-            let completion: @Sendable () async -> Void = {
+            let bodyBytes = request.body?.readableBytes ?? 0
+            let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes)
+            return Prepared(call: call, identity: identity, evaluated: evaluated, bodyBytes: bodyBytes, requestID: request.requestID)
+        }
+    }
+
+    /// admit (limits) ─► credential ─► upstream ─► the agent's answer.
+    func call(_ prepared: Prepared, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+        let admitted = try await admitLimits(prepared.evaluated, identity: prepared.identity, requestID: prepared.requestID)
+        let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
+        let outbound: Outbound
+        do {
+            let credential = try await self.credential(for: call.tool)
+            outbound = try self.outbound(call, requestID: prepared.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
+        } catch {
+            await settle(admitted, refund: true, upstreamStatus: nil)
+            throw error
+        }
+        return try await send(outbound, admitted: admitted, record: &record)
+    }
+
+    /// The upstream call (through cache, breaker, bulkhead and retries) and the agent's answer.
+    func send(_ outbound: Outbound, admitted: Admitted?, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+        let response: UpstreamResponse
+        let release: @Sendable () -> Void
+        do {
+            (response, release) = try await upstream(outbound, record: &record)
+        } catch {
+            await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
+            throw error
+        }
+        return proxyResponse(response, release: release, admitted: admitted, requestID: outbound.requestID)
+    }
+
+    /// The upstream answer as the agent's: usage metered for budgets, headers cleaned, and what to do
+    /// once the body has been written (free the bulkhead slot, settle the limits).
+    func proxyResponse(_ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String) -> ProxyResponse {
+        var response = response
+        if let meter = admitted?.meter {
+            response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
+        }
+        let status = Int(response.status.code)
+        let body: ProxyResponse.Body
+        if let buffered = response.body.bufferedBytes {
+            body = .buffer(buffered)
+        } else {
+            body = .stream(response.body, limit: settings.maxResponseBodyBytes)
+        }
+        let completion: ProxyResponse.Completion
+        if let admitted {
+            completion = .async {
                 release()
                 await self.settle(admitted, refund: false, upstreamStatus: status)
             }
-            return ProxyResponse(
-                status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: request.requestID),
-                body: body, completion: completion)
+        } else {
+            completion = .sync(release)
         }
+        return ProxyResponse(
+            status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: requestID),
+            body: body, completion: completion)
     }
 
     private func interpret(_ request: ToolRequest, tool: Tool, record: inout RequestRecord) throws(GatewayError) -> ToolCall {
@@ -183,10 +348,40 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// Credential, then upstream (through cache, breaker, bulkhead and retries). Returns the response with
-    /// its body still streaming, and the release to call once it has been consumed.
-    func forward(_ call: ToolCall, requestID: String, egressAllow: [CIDR] = [], record: inout RequestRecord) async throws(GatewayError)
-        -> (UpstreamResponse, @Sendable () -> Void)
+    /// The request as it will leave the sidecar, and what the answer must be cleaned of.
+    struct Outbound: Sendable {
+        var call: ToolCall
+        var upstream: UpstreamRequest
+        var scrubber: SecretScrubber
+        var requestID: String
+    }
+
+    /// The tool's credential, for brokered tools; nil for http_fetch and for mocks without one.
+    func credential(for tool: Tool) async throws(GatewayError) -> Credential? {
+        guard tool.isBrokered else { return nil }
+        do { return try await credentials.credential(for: tool) } catch {
+            guard settings.mockTools.contains(tool) else {
+                var e = GatewayError(.credentialUnavailable, "the \(tool.rawValue) credential could not be obtained")
+                e.nothingSent = true
+                throw e
+            }
+            return nil
+        }
+    }
+
+    /// The credential when it is in memory (no refresh to wait for): `.some(credential)`, where the
+    /// credential itself is nil for http_fetch and mocks without one; nil when it has to be fetched.
+    func readyCredential(for tool: Tool) throws(GatewayError) -> Credential?? {
+        guard tool.isBrokered else { return .some(nil) }
+        switch credentials.readyCredential(for: tool) {
+        case .ready(let c): return .some(c)
+        case .pending: return nil
+        }
+    }
+
+    /// endpoint ─► deadline ─► upstream request ─► egress check ─► credential injected (synchronous).
+    func outbound(_ call: ToolCall, requestID: String, egressAllow: [CIDR], credential: Credential?, record: inout RequestRecord) throws(GatewayError)
+        -> Outbound
     {
         let tool = call.tool
         let endpoint = settings.endpoints[tool] ?? ToolEndpoint(baseURL: ToolEndpoint.defaultBaseURL(for: tool))
@@ -212,15 +407,6 @@ final class Pipeline: Sendable {
         if tool.isBrokered {
             // Compressed bodies could hide an echoed credential from the scrubber.
             upstream.headers.replaceOrAdd(name: "Accept-Encoding", value: "identity")
-            let credential: Credential?
-            do { credential = try await credentials.credential(for: tool) } catch {
-                if !mock {
-                    var e = GatewayError(.credentialUnavailable, "the \(tool.rawValue) credential could not be obtained")
-                    e.nothingSent = true
-                    throw e
-                }
-                credential = nil
-            }
             if let credential, !credential.isEmpty {
                 adapters.adapter(for: tool).authorize(&upstream, with: credential)
                 scrubber = SecretScrubber(credentials: [credential])
@@ -230,12 +416,19 @@ final class Pipeline: Sendable {
             }
         }
         record.upstreamStart = .now
-        var response: UpstreamResponse
+        return Outbound(call: call, upstream: upstream, scrubber: scrubber, requestID: requestID)
+    }
+
+    /// Upstream through cache, breaker, bulkhead and retries. Returns the response with its body still
+    /// streaming, and the release to call once it has been consumed.
+    func upstream(_ outbound: Outbound, record: inout RequestRecord) async throws(GatewayError) -> (UpstreamResponse, @Sendable () -> Void) {
+        let response: UpstreamResponse
         var release: @Sendable () -> Void = {}
         if let resilience {
-            let traits = adapters.adapter(for: tool).traits(of: call)
+            let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
             do {
-                let result = try await resilience.call(upstream, traits: traits, cacheKey: cacheKey(call, upstream), record: &record)
+                let result = try await resilience.call(
+                    outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), record: &record)
                 response = result.response
                 release = result.release
             } catch {
@@ -244,12 +437,20 @@ final class Pipeline: Sendable {
             }
         } else {
             do {
-                response = try await transport.send(upstream)
+                response = try await transport.send(outbound.upstream)
             } catch {
                 record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
                 throw GatewayError(error)
             }
         }
+        return (try received(response, release: release, outbound, record: &record), release)
+    }
+
+    /// An upstream answer checked (declared size) and cleaned of echoed credentials (synchronous).
+    func received(_ response: UpstreamResponse, release: @Sendable () -> Void, _ outbound: Outbound, record: inout RequestRecord) throws(GatewayError)
+        -> UpstreamResponse
+    {
+        var response = response
         record.upstreamStatus = Int(response.status.code)
         record.chaos = response.headers.first(name: "x-chaos-injected")
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.maxResponseBodyBytes {
@@ -257,13 +458,23 @@ final class Pipeline: Sendable {
             release()
             throw GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "content-length \(length)"))
         }
+        let scrubber = outbound.scrubber
         if !scrubber.isEmpty {
             response.headers = scrubber.scrub(response.headers)
             response.body = response.body.scrubbed(by: scrubber)
             // Replacing a secret changes the length; the framing is recomputed for what is sent.
             response.headers.remove(name: "content-length")
         }
-        return (response, release)
+        return response
+    }
+
+    /// Credential, then upstream (for the compatibility API, which wraps the answer itself).
+    func forward(_ call: ToolCall, requestID: String, egressAllow: [CIDR] = [], record: inout RequestRecord) async throws(GatewayError)
+        -> (UpstreamResponse, @Sendable () -> Void)
+    {
+        let credential = try await self.credential(for: call.tool)
+        let outbound = try self.outbound(call, requestID: requestID, egressAllow: egressAllow, credential: credential, record: &record)
+        return try await upstream(outbound, record: &record)
     }
 
     /// The cache key of a cacheable call, or nil (DESIGN.md §8: serpapi searches; http_fetch GET without

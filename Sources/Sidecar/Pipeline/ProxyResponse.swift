@@ -10,11 +10,19 @@ struct ProxyResponse: Sendable {
         case stream(UpstreamBody, limit: Int)
     }
 
+    /// What runs once the response has been written (or abandoned).
+    enum Completion: Sendable {
+        case none
+        /// Frees the call's bulkhead slot: done on the loop.
+        case sync(@Sendable () -> Void)
+        /// Also settles the call's limits (a store round trip): done in a task.
+        case async(@Sendable () async -> Void)
+    }
+
     var status: HTTPResponseStatus
     var headers: HTTPHeaders
     var body: Body
-    /// Runs once the response has been written (or abandoned): settles the call's limits.
-    var completion: (@Sendable () async -> Void)?
+    var completion: Completion = .none
 }
 
 /// The one place where every refusal and failure becomes an HTTP response (RFC 9457 problem+json).

@@ -48,10 +48,14 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let shared: ProxyContext
     private var state = State.idle
     private var context: ChannelHandlerContext?
+    /// The task writing a streamed answer.
     private var inFlight: Task<Void, Never>?
+    /// Aborts the call in flight (its upstream request) when the agent goes away.
+    private var cancelInFlight: (@Sendable () -> Void)?
     private var writabilityWaiters: [CheckedContinuation<Void, any Error>] = []
     /// The current streamed response uses chunked framing.
     private var chunkedResponse = false
+    private var flushPending = false
 
     private var queued = CircularBuffer<Queued>()
     private var queuedBytes = 0
@@ -190,6 +194,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         inFlight?.cancel()
+        cancelInFlight?()
         resumeWriters(with: ChannelError.ioOnClosedChannel)
         if case .collecting(_, _, var record) = state {
             record.outcome = "client_closed"
@@ -288,18 +293,94 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         shared.finish(record)
     }
 
-    // MARK: The pipeline task
+    // MARK: The pipeline
 
+    /// Starts the pipeline on this loop. Most calls are answered through event-loop futures alone (see
+    /// `Pipeline.start`); the answer is written here as soon as it is complete.
     private func start(_ request: InboundRequest, record: RequestRecord, context: ChannelHandlerContext) {
-        let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop)
-        let shared = self.shared
-        inFlight = Task {
-            var record = record
-            let response = await shared.pipeline.handle(request, record: &record)
-            await sink.respond(response, to: request.head, draining: shared.draining, record: &record)
-            // After the last byte (or after giving up): release the concurrency slot, settle budgets.
-            await response.completion?()
+        let (handled, cancel) = shared.pipeline.start(request, record: record, on: context.eventLoop)
+        cancelInFlight = cancel
+        handled.assumeIsolated().whenSuccess { handled in self.respond(handled, to: request.head) }
+    }
+
+    /// Writes an answer: a complete body at once, on the loop; a body still arriving from a task, which
+    /// suspends while the socket is full. Then frees what the call held.
+    private func respond(_ handled: Pipeline.Handled, to request: HTTPRequestHead) {
+        cancelInFlight = nil
+        var record = handled.record
+        let response = handled.response
+        guard let context, context.channel.isActive else {
+            // The agent went away while the call was in flight.
+            if case .stream(let body, _) = response.body { body.cancel() }
+            record.outcome = "client_closed"
+            finishRequest(record, keepAlive: false)
+            return Self.complete(response.completion)
         }
+        if case .whole(let answer, let body) = Self.wholeBody(response, record: &record) {
+            respondWhole(answer, body: body, to: request, record: record)
+            return Self.complete(response.completion)
+        }
+        let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop)
+        let draining = shared.draining
+        inFlight = Task {
+            await sink.respond(response, to: request, draining: draining, record: &record)
+            // After the last byte (or after giving up): release the concurrency slot, settle budgets.
+            switch response.completion {
+            case .none: break
+            case .sync(let release): release()
+            case .async(let settle): await settle()
+            }
+        }
+    }
+
+    private static func complete(_ completion: ProxyResponse.Completion) {
+        switch completion {
+        case .none: break
+        case .sync(let release): release()
+        case .async(let settle): Task { await settle() }
+        }
+    }
+
+    private enum Whole {
+        case whole(ProxyResponse, ByteBuffer)
+        case stream
+    }
+
+    /// The answer's body if it is all there: buffered, or an upstream body that has fully arrived (most
+    /// small answers have, by the time their head is handed over). Over the size limit, the answer
+    /// becomes the problem that says so.
+    private static func wholeBody(_ response: ProxyResponse, record: inout RequestRecord) -> Whole {
+        switch response.body {
+        case .buffer(let body):
+            return .whole(response, body)
+        case .stream(let body, let limit):
+            guard let complete = body.takeCompleteBody() else { return .stream }
+            guard complete.readableBytes <= limit else {
+                record.outcome = "upstream_response_too_large"
+                let problem = ResponseMapper.problem(
+                    GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "")), requestID: record.requestID)
+                guard case .buffer(let text) = problem.body else { return .stream }
+                return .whole(problem, text)
+            }
+            return .whole(response, complete)
+        }
+    }
+
+    /// Frames and writes a whole answer in one write, and completes the request.
+    private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: RequestRecord) {
+        var record = record
+        let framing = ResponseFraming.decide(
+            headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
+            bufferedLength: body.readableBytes)
+        let close = !request.isKeepAlive || shared.draining.isDraining || framing.closeAfter
+        var headers = framing.headers
+        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
+        record.status = Int(response.status.code)
+        let sent = framing.sendBody && body.readableBytes > 0 ? body : nil
+        record.bytesOut = sent?.readableBytes ?? 0
+        if let start = record.upstreamStart, record.upstreamDuration == nil { record.upstreamDuration = .now - start }
+        writeWhole(head, body: sent, completing: record, keepAlive: !close)
     }
 
     /// The task's only door into the event-loop-confined handler: every call runs on the loop (directly
@@ -327,51 +408,36 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
 
-        /// Writes the response and completes the request. The final write and the completion happen in
-        /// one step on the loop, and a pipelined next request is served only after it.
+        /// Writes a response whose body is still arriving, chunk by chunk, and completes the request.
+        /// The final write and the completion happen in one step on the loop, and a pipelined next
+        /// request is served only after it.
         func respond(_ response: ProxyResponse, to request: HTTPRequestHead, draining: DrainState, record: inout RequestRecord) async {
-            var buffered: ByteBuffer?
             var stream: UpstreamBody?
             var limit = Int.max
-            switch response.body {
-            case .buffer(let b): buffered = b
-            case .stream(let body, let l):
-                limit = l
-                // Small upstream answers have usually arrived whole by now: write them in one go.
-                if let complete = body.takeCompleteBody() {
-                    if complete.readableBytes > l {
-                        record.outcome = "upstream_response_too_large"
-                        let problem = ResponseMapper.problem(
-                            GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "")), requestID: record.requestID)
-                        return await respond(problem, to: request, draining: draining, record: &record)
-                    }
-                    buffered = complete
-                } else {
-                    stream = body
-                }
-            }
-            let framing = ResponseFraming.decide(
-                headers: response.headers, requestMethod: request.method, status: response.status,
-                version: request.version, bufferedLength: buffered?.readableBytes)
-            let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
-            var headers = framing.headers
-            if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-            let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
-            record.status = Int(response.status.code)
-
-            if let buffered {
-                let body = framing.sendBody && buffered.readableBytes > 0 ? buffered : nil
-                record.bytesOut = body?.readableBytes ?? 0
-                if let start = record.upstreamStart, record.upstreamDuration == nil { record.upstreamDuration = .now - start }
+            switch ProxyHTTPHandler.wholeBody(response, record: &record) {
+            case .whole(let answer, let body):
                 let final = record
                 do {
-                    try await onLoop { $0.writeWhole(head, body: body, completing: final, keepAlive: !close) }
+                    try await onLoop { $0.respondWhole(answer, body: body, to: request, record: final) }
                 } catch {
                     record.outcome = "client_closed"
                     await abort(record)
                 }
                 return
+            case .stream:
+                if case .stream(let body, let l) = response.body {
+                    stream = body
+                    limit = l
+                }
             }
+            let framing = ResponseFraming.decide(
+                headers: response.headers, requestMethod: request.method, status: response.status,
+                version: request.version, bufferedLength: nil)
+            let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
+            var headers = framing.headers
+            if close { headers.replaceOrAdd(name: "Connection", value: "close") }
+            let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
+            record.status = Int(response.status.code)
 
             guard let stream else { return await abort(record) }
             do {
@@ -475,10 +541,23 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// flushed.
     private func writeFinal(_ buffer: ByteBuffer, context: ChannelHandlerContext, keepAlive: Bool) {
         if keepAlive && !quiescing {
-            context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
+            context.write(Self.wrapOutboundOut(buffer), promise: nil)
+            flushAtEndOfTick(context)
         } else {
             let channel = context.channel
             context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    /// Flushes once the loop has handled this round of I/O events, so the answers of one round leave in
+    /// a burst (the agent's side then wakes once for several of them) instead of one wake-up each.
+    private func flushAtEndOfTick(_ context: ChannelHandlerContext) {
+        guard !flushPending else { return }
+        flushPending = true
+        context.eventLoop.assumeIsolated().execute { [weak self] in
+            guard let self else { return }
+            self.flushPending = false
+            self.context?.flush()
         }
     }
 

@@ -64,73 +64,202 @@ final class ResilientCaller: Sendable {
 
     // MARK: The call
 
-    func call(_ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, record: inout RequestRecord) async throws(GatewayError) -> Result {
-        let tool = request.tool
+    /// What one call carries from stage to stage (the async `call` and the loop start share the stages).
+    struct Call: Sendable {
+        let request: UpstreamRequest
+        let traits: CallTraits
+        let cacheKey: String?
+        let breakerKey: String
+        /// This call fetches for every concurrent miss of its cache key.
         var leader = false
         var stale: CachedResponse?
-        if let key = cacheKey {
-            switch cache.lookup(key, now: now()) {
-            case .fresh(let hit):
-                return served(hit, tool: tool, marker: "HIT", record: &record)
-            case .stale(let s):
-                stale = s
-            case .miss:
-                break
-            }
-            leader = cache.beginFetch(key)
-            if !leader {
-                if let answer = await cache.wait(for: key) { return served(answer, tool: tool, marker: "HIT", record: &record) }
-            }
-            // The leader asks the fleet before going upstream; its answer also wakes the local waiters.
-            if leader, let shared, let remote = await shared.get(key) {
-                let t = now()
-                if remote.expiresAt > t {
-                    cache.endFetch(key, storing: remote)
-                    leader = false
-                    metrics.cacheSharedHit(tool)
-                    return served(remote, tool: tool, marker: "HIT", record: &record)
-                }
-                if stale == nil, remote.staleUntil > t { stale = remote }
-            }
-            metrics.cacheMiss(tool)
-        }
-        defer { if leader, let key = cacheKey { cache.endFetch(key, storing: nil) } }
+        var probe = false
+        var attempt = 0
+        var retried = false
+        /// Frees the bulkhead slot (once the body has been consumed).
+        var release: @Sendable () -> Void = {}
 
-        // Breaker: fast-fail without touching the network.
-        let key = Self.breakerKey(request)
-        // Mutated in place (through the default subscript), so the bucket arrays are never copied.
-        var decision = breakers.withLock { b in
-            b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].onRequest(now: now())
+        var tool: Tool { request.tool }
+
+        init(_ request: UpstreamRequest, traits: CallTraits, cacheKey: String?) {
+            self.request = request
+            self.traits = traits
+            self.cacheKey = cacheKey
+            breakerKey = ResilientCaller.breakerKey(request)
         }
+    }
+
+    /// One attempt's result.
+    enum Sent: Sendable {
+        case response(UpstreamResponse)
+        case failure(UpstreamError)
+
+        var status: Int? {
+            if case .response(let r) = self { return Int(r.status.code) }
+            return nil
+        }
+        var error: UpstreamError? {
+            if case .failure(let e) = self { return e }
+            return nil
+        }
+    }
+
+    func call(_ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, record: inout RequestRecord) async throws(GatewayError) -> Result {
+        var c = Call(request, traits: traits, cacheKey: cacheKey)
+        if let served = await lookUpCache(&c, record: &record) { return served }
+        defer { if c.leader, let key = c.cacheKey { cache.endFetch(key, storing: nil) } }
+        if let served = try await admit(&c, decision: decide(c), record: &record) { return served }
+        return try await attempts(&c, first: nil, record: &record)
+    }
+
+    /// A call started on `loop` without a task, when no stage has to wait: no cache key, a closed
+    /// breaker, a free bulkhead slot and a transport that can start on the loop. Whatever has to wait
+    /// after all (a half-open probe, a queued bulkhead, a transport without a loop start, a retry)
+    /// continues in a task behind the same future. Returns nil, having done nothing, for calls with a
+    /// cache key (use `call`).
+    func start(
+        _ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, on loop: any EventLoop, record: RequestRecord
+    ) -> (outcome: EventLoopFuture<Outcome>, cancel: @Sendable () -> Void)? {
+        guard cacheKey == nil else { return nil }
+        var c = Call(request, traits: traits, cacheKey: nil)
+        var record = record
+        let decision = decide(c)
+        guard case .allow = decision, tryBulkhead(c.tool) else {
+            do {
+                if let served = try refuseIfPaused(&c, decision, record: &record) {
+                    return (loop.makeSucceededFuture(Outcome(result: .success(served), record: record)), {})
+                }
+            } catch {
+                return (loop.makeSucceededFuture(Outcome(result: .failure(error), record: record)), {})
+            }
+            // A probe, or a busy bulkhead: the rest of admission waits, in a task.
+            let call = c
+            let begun = record
+            return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
+                var c = call
+                if let served = try await self.admit(&c, decision: decision, record: &r) { return served }
+                return try await self.attempts(&c, first: nil, record: &r)
+            }
+        }
+        beginAttempts(&c)
+        let begun = record
+        guard let started = transport.start(request, on: loop) else {
+            let call = c
+            return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
+                var c = call
+                return try await self.attempts(&c, first: nil, record: &r)
+            }
+        }
+        c.attempt = 1
+        let promise = loop.makePromise(of: Outcome.self)
+        let relay = CancelRelay(started.cancel)
+        let call = c
+        started.response.whenComplete { result in
+            var c = call
+            let sent: Sent
+            switch result {
+            case .success(let r): sent = .response(r)
+            case .failure(let e): sent = .failure(e as? UpstreamError ?? HTTPClientTransport.classify(e))
+            }
+            guard let reason = self.assess(&c, sent) else {
+                return promise.succeed(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try self.settleAttempt(&c, sent, record: &r).result })
+            }
+            // A retry waits (budget, backoff): it continues in a task.
+            let attempted = c
+            let task = Task {
+                await Outcome.of(begun) { (r: inout RequestRecord) throws(GatewayError) in
+                    var c = attempted
+                    return try await self.retryOrFinish(&c, sent, reason: reason, record: &r)
+                }
+            }
+            relay.replace { task.cancel() }
+            promise.completeWithTask { await task.value }
+        }
+        return (promise.futureResult, { relay.cancel() })
+    }
+
+    /// The result of a started call with the request record as its stages left it.
+    struct Outcome: Sendable {
+        var result: Swift.Result<Result, GatewayError>
+        var record: RequestRecord
+
+        static func now(_ record: RequestRecord, _ body: (inout RequestRecord) throws(GatewayError) -> Result) -> Outcome {
+            var record = record
+            do { return Outcome(result: .success(try body(&record)), record: record) } catch {
+                return Outcome(result: .failure(error), record: record)
+            }
+        }
+
+        static func of(_ record: RequestRecord, _ body: (inout RequestRecord) async throws(GatewayError) -> Result) async -> Outcome {
+            var record = record
+            do { return Outcome(result: .success(try await body(&record)), record: record) } catch {
+                return Outcome(result: .failure(error), record: record)
+            }
+        }
+    }
+
+    private func continued(
+        on loop: any EventLoop, record: RequestRecord, _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> Result
+    ) -> (EventLoopFuture<Outcome>, cancel: @Sendable () -> Void) {
+        let promise = loop.makePromise(of: Outcome.self)
+        let task = Task { await Outcome.of(record, body) }
+        promise.completeWithTask { await task.value }
+        return (promise.futureResult, { task.cancel() })
+    }
+
+    // MARK: Stages
+
+    /// Fresh hits answer at once; concurrent misses share one upstream call; the leader asks the fleet.
+    private func lookUpCache(_ c: inout Call, record: inout RequestRecord) async -> Result? {
+        guard let key = c.cacheKey else { return nil }
+        let tool = c.tool
+        switch cache.lookup(key, now: now()) {
+        case .fresh(let hit):
+            return served(hit, tool: tool, marker: "HIT", record: &record)
+        case .stale(let s):
+            c.stale = s
+        case .miss:
+            break
+        }
+        c.leader = cache.beginFetch(key)
+        if !c.leader {
+            if let answer = await cache.wait(for: key) { return served(answer, tool: tool, marker: "HIT", record: &record) }
+        }
+        // The leader asks the fleet before going upstream; its answer also wakes the local waiters.
+        if c.leader, let shared, let remote = await shared.get(key) {
+            let t = now()
+            if remote.expiresAt > t {
+                cache.endFetch(key, storing: remote)
+                c.leader = false
+                metrics.cacheSharedHit(tool)
+                return served(remote, tool: tool, marker: "HIT", record: &record)
+            }
+            if c.stale == nil, remote.staleUntil > t { c.stale = remote }
+        }
+        metrics.cacheMiss(tool)
+        return nil
+    }
+
+    /// The breaker's word on this call. Mutated in place (through the default subscript), so the bucket
+    /// arrays are never copied; a half-open probe is counted here.
+    private func decide(_ c: Call) -> CircuitBreaker.Decision {
+        breakers.withLock { b in
+            b[c.breakerKey, default: CircuitBreaker(settings: settings.tools[c.tool]!.breaker)].onRequest(now: now())
+        }
+    }
+
+    /// Turns the breaker's decision into a go-ahead: one probe per fleet, a refusal (or a stale answer)
+    /// for a paused tool, then a bulkhead slot. Returns a served stale answer, or nil to go ahead.
+    private func admit(_ c: inout Call, decision: CircuitBreaker.Decision, record: inout RequestRecord) async throws(GatewayError) -> Result? {
+        var decision = decision
+        let key = c.breakerKey
         if case .probe = decision, let fleet, !(await fleet.acquireProbe(key)) {
             decision = .reject(retryAfterMilliseconds: 1000)
             breakers.withLock { b in _ = b[key]?.onOutcome(.ignored, probe: true, now: now(), random: 0) }
         }
-        // A paused tool (open breaker, or a 429's wait hint) is answered without the network: a stale
-        // answer when there is one, else a problem with Retry-After.
-        let paused: (code: GatewayError.Code, detail: String, retryAfter: Int64)?
-        switch decision {
-        case .reject(let ms):
-            metrics.breakerFastFail(tool)
-            record.breaker = "open"
-            paused = (.breakerOpen, "\(tool.rawValue) is failing; calls are paused", ms)
-        case .throttled(let ms):
-            record.breaker = "throttled"
-            paused = (.toolThrottled, "\(tool.rawValue) asked the sidecar to slow down; calls are paused briefly", ms)
-        case .allow, .probe:
-            paused = nil
-        }
-        if let paused {
-            if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
-            var e = GatewayError(paused.code, paused.detail)
-            e.headers = [("Retry-After", String(max(1, (paused.retryAfter + 999) / 1000)))]
-            e.nothingSent = true
-            throw e
-        }
-        let probe: Bool
-        if case .probe = decision { probe = true } else { probe = false }
-
-        // Bulkhead.
+        if let served = try refuseIfPaused(&c, decision, record: &record) { return served }
+        if case .probe = decision { c.probe = true }
+        let tool = c.tool
         let bulkhead = bulkheads[tool]!
         metrics.bulkheadQueue(tool, bulkhead.queueLength + 1)
         do {
@@ -144,79 +273,150 @@ final class ResilientCaller: Sendable {
             throw e
         }
         metrics.bulkheadQueue(tool, bulkhead.queueLength)
-        let release: @Sendable () -> Void = { bulkhead.release() }
+        beginAttempts(&c)
+        return nil
+    }
 
-        // Attempts.
-        budgets.withLock { $0[tool]!.onRequest() }
-        fleet?.countRequest(tool)
-        let policy = settings.tools[tool]!.retry
-        var attempt = 0
-        var retried = false
+    /// A paused tool (open breaker, or a 429's wait hint) is answered without the network: a stale
+    /// answer when there is one, else a problem with Retry-After. nil when the call may go ahead.
+    private func refuseIfPaused(_ c: inout Call, _ decision: CircuitBreaker.Decision, record: inout RequestRecord) throws(GatewayError) -> Result? {
+        let tool = c.tool
+        let paused: (code: GatewayError.Code, detail: String, retryAfter: Int64)
+        switch decision {
+        case .reject(let ms):
+            metrics.breakerFastFail(tool)
+            record.breaker = "open"
+            paused = (.breakerOpen, "\(tool.rawValue) is failing; calls are paused", ms)
+        case .throttled(let ms):
+            record.breaker = "throttled"
+            paused = (.toolThrottled, "\(tool.rawValue) asked the sidecar to slow down; calls are paused briefly", ms)
+        case .allow, .probe:
+            return nil
+        }
+        if let stale = c.stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
+        var e = GatewayError(paused.code, paused.detail)
+        e.headers = [("Retry-After", String(max(1, (paused.retryAfter + 999) / 1000)))]
+        e.nothingSent = true
+        throw e
+    }
+
+    /// A bulkhead slot without waiting (the loop start).
+    private func tryBulkhead(_ tool: Tool) -> Bool { bulkheads[tool]!.tryAcquire() }
+
+    /// The call holds its bulkhead slot: count it for the retry budgets and arm the release.
+    private func beginAttempts(_ c: inout Call) {
+        let bulkhead = bulkheads[c.tool]!
+        c.release = { bulkhead.release() }
+        budgets.withLock { $0[c.tool]!.onRequest() }
+        fleet?.countRequest(c.tool)
+    }
+
+    /// Sends until an answer is final: the per-tool retry policy, full-jitter backoff or the server's own
+    /// hint, inside the deadline and the retry budget. `first` is an attempt already made.
+    private func attempts(_ c: inout Call, first: Sent?, record: inout RequestRecord) async throws(GatewayError) -> Result {
+        var pending = first
         while true {
-            attempt += 1
-            var response: UpstreamResponse?
-            var failure: UpstreamError?
-            do { response = try await transport.send(request) } catch { failure = error }
-            let outcome = Self.outcome(status: response.map { Int($0.status.code) }, error: failure)
-            recordBreaker(key: key, tool: tool, outcome: outcome, probe: probe && attempt == 1)
-            if let r = response, r.status == .tooManyRequests, let wait = RetryPolicy.serverDelay(r.headers) {
-                let t = now()
-                breakers.withLock { b in b[key]?.onThrottleHint(waitMilliseconds: wait, now: t) }
+            let sent: Sent
+            if let p = pending {
+                sent = p
+                pending = nil
+            } else {
+                c.attempt += 1
+                do { sent = .response(try await transport.send(c.request)) } catch { sent = .failure(error) }
             }
-            let reason = RetryPolicy.reason(
-                tool: tool, traits: traits, method: request.method, status: response.map { Int($0.status.code) }, error: failure)
-            if let reason, attempt < policy.maxAttempts, !probe, await mayRetry(tool) {
-                var delay = policy.backoff(attempt: attempt - 1, random: random())
-                if let hint = response.flatMap({ RetryPolicy.serverDelay($0.headers) }) { delay = max(delay, hint) }
-                if NIODeadline.now() + .milliseconds(delay) + .milliseconds(50) < request.deadline,
-                    breakers.withLock({ $0[key]?.state }) == .closed
-                {
-                    response?.body.cancel()
-                    metrics.retry(tool, reason: reason.rawValue)
-                    retried = true
-                    record.retries += 1
-                    if delay > 0 { try? await Task.sleep(for: .milliseconds(delay)) }
-                    continue
-                }
-            } else if reason != nil, attempt < policy.maxAttempts, !probe {
-                metrics.retryBudgetExhausted(tool)
-            }
-            // Final answer of this call.
-            if let failure {
-                release()
-                if let stale, failure.kind != .cancelled { return served(stale, tool: tool, marker: "STALE", record: &record) }
-                throw GatewayError(failure)
-            }
-            var final = response!
+            guard let reason = assess(&c, sent) else { return try await finish(&c, sent, record: &record) }
+            if try await retries(&c, sent, reason: reason, record: &record) { continue }
+            return try await finish(&c, sent, record: &record)
+        }
+    }
+
+    /// After a retryable attempt made on the loop: retry in this task, or take its answer.
+    private func retryOrFinish(_ c: inout Call, _ sent: Sent, reason: RetryPolicy.Reason, record: inout RequestRecord) async throws(GatewayError) -> Result {
+        if try await retries(&c, sent, reason: reason, record: &record) { return try await attempts(&c, first: nil, record: &record) }
+        return try await finish(&c, sent, record: &record)
+    }
+
+    /// Records an attempt's outcome with the breaker (and a 429's wait hint); returns why it may be
+    /// retried, or nil when its answer is final.
+    private func assess(_ c: inout Call, _ sent: Sent) -> RetryPolicy.Reason? {
+        let tool = c.tool
+        let outcome = Self.outcome(status: sent.status, error: sent.error)
+        recordBreaker(key: c.breakerKey, tool: tool, outcome: outcome, probe: c.probe && c.attempt == 1)
+        if case .response(let r) = sent, r.status == .tooManyRequests, let wait = RetryPolicy.serverDelay(r.headers) {
+            let t = now()
+            breakers.withLock { b in b[c.breakerKey]?.onThrottleHint(waitMilliseconds: wait, now: t) }
+        }
+        let reason = RetryPolicy.reason(tool: tool, traits: c.traits, method: c.request.method, status: sent.status, error: sent.error)
+        guard let reason, c.attempt < settings.tools[tool]!.retry.maxAttempts, !c.probe else { return nil }
+        return reason
+    }
+
+    /// Whether a retryable attempt is retried (budget, deadline, breaker still closed); if so, waits the
+    /// backoff first.
+    private func retries(_ c: inout Call, _ sent: Sent, reason: RetryPolicy.Reason, record: inout RequestRecord) async throws(GatewayError) -> Bool {
+        let tool = c.tool
+        guard await mayRetry(tool) else {
+            metrics.retryBudgetExhausted(tool)
+            return false
+        }
+        var delay = settings.tools[tool]!.retry.backoff(attempt: c.attempt - 1, random: random())
+        if case .response(let r) = sent, let hint = RetryPolicy.serverDelay(r.headers) { delay = max(delay, hint) }
+        guard NIODeadline.now() + .milliseconds(delay) + .milliseconds(50) < c.request.deadline,
+            breakers.withLock({ $0[c.breakerKey]?.state }) == .closed
+        else { return false }
+        if case .response(let r) = sent { r.body.cancel() }
+        metrics.retry(tool, reason: reason.rawValue)
+        c.retried = true
+        record.retries += 1
+        if delay > 0 { try? await Task.sleep(for: .milliseconds(delay)) }
+        return true
+    }
+
+    /// The final answer of the call, stored in the cache when it is the leader's and cacheable.
+    private func finish(_ c: inout Call, _ sent: Sent, record: inout RequestRecord) async throws(GatewayError) -> Result {
+        var (result, fresh) = try settleAttempt(&c, sent, record: &record)
+        guard let key = c.cacheKey, fresh else { return result }
+        if c.leader, let complete = result.response.body.takeCompleteBody() { result.response.body = .bytes(complete) }
+        guard c.leader, cacheable(result.response, tool: c.tool) else { return result }
+        // Read the (bounded, declared-length) body now: an answer whose body arrives after its head must
+        // still be stored, or concurrent waiters would all go upstream.
+        let body: ByteBuffer
+        do { body = try await result.response.body.collect(upTo: settings.cacheMaxEntryBytes) } catch {
+            c.release()
+            if let stale = c.stale { return served(stale, tool: c.tool, marker: "STALE", record: &record) }
+            throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "the upstream body broke off"))
+        }
+        let stored = entry(result.response, body: body, tool: c.tool)
+        result.response.body = .bytes(body)
+        cache.endFetch(key, storing: stored)
+        shared?.put(key, stored)
+        metrics.cacheBytes(cache.totalBytes)
+        c.leader = false
+        return result
+    }
+
+    /// The final attempt as the agent's answer (`fresh`), or its failure — or a stale answer instead of
+    /// either when there is one.
+    private func settleAttempt(_ c: inout Call, _ sent: Sent, record: inout RequestRecord) throws(GatewayError) -> (result: Result, fresh: Bool) {
+        let tool = c.tool
+        switch sent {
+        case .failure(let failure):
+            c.release()
+            if let stale = c.stale, failure.kind != .cancelled { return (served(stale, tool: tool, marker: "STALE", record: &record), false) }
+            throw GatewayError(failure)
+        case .response(var final):
             let status = Int(final.status.code)
-            if retried, (200..<500).contains(status), status != 429 { metrics.retrySuccess(tool) }
-            if status >= 500, let stale {
+            if c.retried, (200..<500).contains(status), status != 429 { metrics.retrySuccess(tool) }
+            if status >= 500, let stale = c.stale {
                 final.body.cancel()
-                release()
-                return served(stale, tool: tool, marker: "STALE", record: &record)
+                c.release()
+                return (served(stale, tool: tool, marker: "STALE", record: &record), false)
             }
-            if let key = cacheKey {
+            if c.cacheKey != nil {
                 final.headers.replaceOrAdd(name: "X-Cache", value: "MISS")
                 record.cache = "MISS"
-                if leader, let complete = final.body.takeCompleteBody() { final.body = .bytes(complete) }
-                if leader, cacheable(final, tool: tool) {
-                    // Read the (bounded, declared-length) body now: an answer whose body arrives after its
-                    // head must still be stored, or concurrent waiters would all go upstream.
-                    let body: ByteBuffer
-                    do { body = try await final.body.collect(upTo: settings.cacheMaxEntryBytes) } catch {
-                        release()
-                        if let stale { return served(stale, tool: tool, marker: "STALE", record: &record) }
-                        throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "the upstream body broke off"))
-                    }
-                    let stored = entry(final, body: body, tool: tool)
-                    final.body = .bytes(body)
-                    cache.endFetch(key, storing: stored)
-                    shared?.put(key, stored)
-                    metrics.cacheBytes(cache.totalBytes)
-                    leader = false
-                }
             }
-            return Result(response: final, release: release)
+            return (Result(response: final, release: c.release), true)
         }
     }
 
@@ -273,7 +473,7 @@ final class ResilientCaller: Sendable {
         return .success
     }
 
-    private func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
+    func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
         let r = random()
         let (change, reopens) = breakers.withLock { b -> (CircuitBreaker.State?, Int64) in
             let change = b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].onOutcome(outcome, probe: probe, now: now(), random: r)

@@ -30,6 +30,15 @@ final class VaultCredentialSource: CredentialSource {
 
     var versions: [Tool: Int] { contents.withLock { $0.versions } }
 
+    /// API keys and environment credentials are in memory; an OAuth access token may need a refresh.
+    func readyCredential(for tool: Tool) -> CredentialLookup {
+        switch contents.withLock({ $0.secrets[tool] }) {
+        case .apiKey(let c)?: return .ready(c)
+        case .oauthRefresh?: return .pending
+        case nil: return .ready(fallback[tool])
+        }
+    }
+
     func credential(for tool: Tool) async throws -> Credential? {
         switch contents.withLock({ $0.secrets[tool] }) {
         case .apiKey(let c)?: return c

@@ -43,7 +43,7 @@ public struct SerpAPIAdapter: ToolAdapter {
     public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
         let key = "api_key=" + QueryString.encode(credential.reveal())
         // `interpret` already removed an agent's key; only a query that still names one is rebuilt.
-        if let query = request.url.query, query.contains("api_key") {
+        if let query = request.url.query, query.containsBytes("api_key") {
             var items = QueryString(parsing: query)
             items.removeAll(named: "api_key")
             let rest = items.encoded

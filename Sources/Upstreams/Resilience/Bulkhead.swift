@@ -25,6 +25,15 @@ public final class Bulkhead: Sendable {
     public var queueLength: Int { state.withLock { $0.waiters.count } }
     public var active: Int { state.withLock { $0.active } }
 
+    /// Takes a free slot without waiting; false when none is free or others already wait (they go first).
+    public func tryAcquire() -> Bool {
+        state.withLock { s in
+            guard s.active < maxConcurrent, s.waiters.isEmpty else { return false }
+            s.active += 1
+            return true
+        }
+    }
+
     /// Takes a slot, waiting (in order) up to `wait`; throws `Saturated` when the queue is full or the
     /// wait times out.
     public func acquire() async throws {

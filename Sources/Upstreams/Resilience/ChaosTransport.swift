@@ -31,6 +31,13 @@ public final class ChaosTransport: UpstreamTransport {
 
     private func roll() -> Double { rng.withLock { $0.nextDouble() } }
 
+    /// Without faults for the tool, the base transport's loop start; with faults, the async `send`.
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        let t = now()
+        guard settings.withLock({ $0.faults(for: request.tool, now: t) }) == nil else { return nil }
+        return base.start(request, on: loop)
+    }
+
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         let t = now()
         // Only the tool's faults leave the lock, not a copy of every tool's settings on each call.

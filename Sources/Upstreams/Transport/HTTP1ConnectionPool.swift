@@ -49,7 +49,21 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
-        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? group.any()
+        let started = begin(request, on: MultiThreadedEventLoopGroup.currentEventLoop ?? group.any())
+        do {
+            return try await withTaskCancellationHandler {
+                try await started.response.get()
+            } onCancel: {
+                started.cancel()
+            }
+        } catch {
+            throw HTTPClientTransport.classify(error)
+        }
+    }
+
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? { begin(request, on: loop) }
+
+    private func begin(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall {
         let exchange = Exchange(request: request, loop: loop)
         let origin = Origin(loop: ObjectIdentifier(loop), tls: request.url.scheme == "https", host: request.url.host, port: request.url.port)
         if loop.inEventLoop {
@@ -57,15 +71,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         } else {
             loop.execute { self.start(exchange, origin: origin) }
         }
-        do {
-            return try await withTaskCancellationHandler {
-                try await exchange.head.futureResult.get()
-            } onCancel: {
-                loop.execute { exchange.cancel() }
-            }
-        } catch {
-            throw HTTPClientTransport.classify(error)
-        }
+        return StartedCall(response: exchange.head.futureResult, cancel: { loop.execute { exchange.cancel() } })
     }
 
     /// Closes every idle connection (in-flight ones finish or fail on their own).

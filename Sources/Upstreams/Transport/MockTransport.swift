@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Answers every call with its adapter's deterministic mock, without touching the network.
 ///
 /// It sits at the same seam as the live transport, so chaos, retries, breakers and the cache treat mock
@@ -9,6 +11,10 @@ public struct MockTransport: UpstreamTransport {
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         adapters.adapter(for: request.tool).mockResponse(for: request.call)
+    }
+
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        .answered(adapters.adapter(for: request.tool).mockResponse(for: request.call), on: loop)
     }
 }
 
@@ -27,6 +33,10 @@ public struct ModeSwitchTransport: UpstreamTransport {
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         mockTools.contains(request.tool) ? try await mock.send(request) : try await live.send(request)
     }
+
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        mockTools.contains(request.tool) ? mock.start(request, on: loop) : live.start(request, on: loop)
+    }
 }
 
 /// Sends each tool's calls to its own transport (http_fetch to the SSRF-safe one, the rest to the
@@ -42,5 +52,9 @@ public struct ToolRouterTransport: UpstreamTransport {
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         try await (routes[request.tool] ?? fallback).send(request)
+    }
+
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        (routes[request.tool] ?? fallback).start(request, on: loop)
     }
 }

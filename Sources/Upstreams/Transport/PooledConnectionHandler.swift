@@ -17,6 +17,9 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var reused = false
     /// A byte of the current response has arrived (after which nothing is replayed).
     private var answered = false
+    /// The current response's head, until it is handed over.
+    private var pendingHead: UpstreamResponse?
+    private var flushPending = false
     private var keepAlive = true
     private let readPause = ReadPause()
     /// Watches the deadline of the exchange in flight. It is not re-armed per request: exchanges on a
@@ -56,7 +59,17 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         let head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.url.pathAndQuery, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body = request.body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        // Flushed once the loop has handled this round of I/O events: the requests of one round reach
+        // the upstream in a burst.
+        if !flushPending {
+            flushPending = true
+            context.eventLoop.assumeIsolated().execute { [weak self] in
+                guard let self else { return }
+                self.flushPending = false
+                self.context?.flush()
+            }
+        }
     }
 
     private func watchDeadline(_ deadline: NIODeadline, context: ChannelHandlerContext) {
@@ -81,6 +94,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// The exchange was given up mid-flight: the connection is in an unknown state, so it goes.
     func closeAfterAbort() {
         exchange = nil
+        pendingHead = nil
         keepAlive = false
         context?.close(promise: nil)
     }
@@ -97,18 +111,32 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         case .head(let h):
             if (100..<200).contains(h.status.code) { return }
             keepAlive = h.isKeepAlive
-            exchange.head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(exchange.body)))
+            // Handed over at the end of the message or of this read, whichever comes first: a small
+            // answer then arrives with its whole body, which the proxy writes in one go.
+            pendingHead = UpstreamResponse(status: h.status, headers: h.headers, body: .stream(exchange.body))
         case .body(let chunk):
             readPause.feed(chunk, to: exchange.body, context: context)
         case .end:
+            // Back in the pool before the consumer can see the end of the body.
             self.exchange = nil
-            exchange.finished()
+            let head = pendingHead
+            pendingHead = nil
             if keepAlive, context.channel.isActive {
                 pool.release(PooledConnection(channel: context.channel, handler: self), origin: origin)
             } else {
                 context.close(promise: nil)
             }
+            exchange.finished()
+            if let head { exchange.head.succeed(head) }
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let exchange, let head = pendingHead {
+            pendingHead = nil
+            exchange.head.succeed(head)
+        }
+        context.fireChannelReadComplete()
     }
 
     func read(context: ChannelHandlerContext) {
@@ -128,6 +156,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The connection broke under the current exchange: replay it if that is safe, else report.
     private func lost(_ error: UpstreamError) {
+        pendingHead = nil
         guard let exchange else { return }
         self.exchange = nil
         exchange.connection = nil

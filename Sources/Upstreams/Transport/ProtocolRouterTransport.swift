@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Picks the upstream client by what the origin can speak: TLS origins offered HTTP/2 go to
 /// async-http-client (ALPN, multiplexing); every HTTP/1.1-only origin — cleartext, or TLS with
 /// `upstream.http2: false` — goes to the sidecar's own per-loop keep-alive pool, which costs a fraction
@@ -18,5 +20,9 @@ public struct ProtocolRouterTransport: UpstreamTransport {
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         usesHTTP1Pool(request.url) ? try await http1.send(request) : try await http2Capable.send(request)
+    }
+
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        usesHTTP1Pool(request.url) ? http1.start(request, on: loop) : http2Capable.start(request, on: loop)
     }
 }

@@ -41,10 +41,37 @@ public struct UpstreamResponse: Sendable {
     }
 }
 
-/// The seam between the pipeline and the network. The live implementation is `HTTPClientTransport`;
-/// `MockTransport` answers with each adapter's deterministic mock; tests and chaos wrap either.
+/// The seam between the pipeline and the network. The live implementations are the HTTP/1.1 pool,
+/// `HTTPClientTransport` and `SafeFetchTransport`; `MockTransport` answers with each adapter's
+/// deterministic mock; tests and chaos wrap either.
 public protocol UpstreamTransport: Sendable {
     func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse
+
+    /// Starts the call on `loop` (the calling event loop) and reports through a future, for a request
+    /// whose every stage can run without suspending: the proxy then needs no Swift task for it. Returns
+    /// nil, having done nothing, when this transport cannot; `send` then serves the call.
+    func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall?
+}
+
+extension UpstreamTransport {
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? { nil }
+}
+
+/// A call started on an event loop: its response (the future fails with `UpstreamError`) and how to
+/// abort it (the agent went away).
+public struct StartedCall: Sendable {
+    public let response: EventLoopFuture<UpstreamResponse>
+    public let cancel: @Sendable () -> Void
+
+    public init(response: EventLoopFuture<UpstreamResponse>, cancel: @escaping @Sendable () -> Void) {
+        self.response = response
+        self.cancel = cancel
+    }
+
+    /// An answer that is already there (mocks, injected faults).
+    public static func answered(_ response: UpstreamResponse, on loop: any EventLoop) -> StartedCall {
+        StartedCall(response: loop.makeSucceededFuture(response), cancel: {})
+    }
 }
 
 /// A transport failure, classified so the pipeline (and later the retry loop and breaker) can react
