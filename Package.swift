@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .executable(name: "sidecar", targets: ["SidecarMain"]),
         .executable(name: "upstream-ceiling", targets: ["UpstreamCeiling"]),
+        .executable(name: "relay-floor", targets: ["RelayFloor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
@@ -92,6 +93,15 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        // bench/run.sh: a bare NIO HTTP/1.1 relay (no sidecar logic), the floor of a proxy on this stack here.
+        .executableTarget(
+            name: "RelayFloor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),

@@ -8,15 +8,19 @@
 #             access log on (to a file); authentication off
 #   +auth:    a second sidecar, identical but with authentication on: every request carries an agent
 #             token (X-Agent-Token) that is checked on the cached path (digest, revocation, agent status)
+#   floor:    relay-floor, a bare SwiftNIO HTTP/1.1 relay with none of the sidecar's work (no policy,
+#             headers, credentials, resilience, logs or metrics): what any proxy on this stack costs here
 #   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1
 #
-# Prints req/s, p50 and p99 of each, the ratio, and the sidecar's RSS under load.
+# Prints req/s, p50 and p99 of each, the ratios, the CPU each proxy spends per request (user+system,
+# from /proc, all its threads and workers), and the sidecar's RSS under load.
 source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
-BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port)
+BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port); FLOOR=$(free_port)
 
 swift build -c release --product sidecar >&2
 swift build -c release --product upstream-ceiling >&2
+swift build -c release --product relay-floor >&2
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -50,7 +54,8 @@ tools:
 CONF
 
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
-nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
+nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
+.build/release/relay-floor "$FLOOR" "$BACKEND" > "$WORK/floor.log" 2>&1 & FLOOR_PID=$!; PIDS+=($FLOOR_PID)
 SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
 SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar-auth.yaml" > "$WORK/sidecar-auth.log" 2>&1 & SIDECAR_AUTH=$!; PIDS+=($SIDECAR_AUTH)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$ADMIN2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -62,27 +67,36 @@ TOKEN=$(curl -fs -X POST "http://127.0.0.1:$ADMIN2/api/agents/$AGENT/tokens" -H 
 curl -fs "http://127.0.0.1:$PROXY2/serpapi/search?q=x" -H "X-Agent-Token: $TOKEN" >/dev/null
 curl -fs "http://127.0.0.1:$NGINX/search?q=x" >/dev/null
 curl -fs "http://127.0.0.1:$PROXY/serpapi/search?q=x" >/dev/null
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$FLOOR/serpapi/search?q=x" >/dev/null 2>&1 && break; sleep 0.1; done
 
-run_wrk() { # name url [header]
-  local h=(); [[ -n "${3:-}" ]] && h=(-H "$3")
+# CPU ticks (user+system) of a process, its threads and its children (nginx workers).
+ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+run_wrk() { # name url pid [header]
+  local h=(); [[ -n "${4:-}" ]] && h=(-H "$4")
   wrk -t2 -c"$CONNS" -d3s "${h[@]}" "$2" >/dev/null
+  local t1; t1=$(ticks "$3")
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${h[@]}" "$2" > "$WORK/$1.txt"
+  local t2; t2=$(ticks "$3")
+  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.txt")
+  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.cpu"
 }
+cpu() { cat "$WORK/$1.cpu"; }
 rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
 errors() { awk '/Non-2xx|Socket errors/ {print}' "$WORK/$1.txt"; }
 
-run_wrk nginx "http://127.0.0.1:$NGINX/search?q=bench"
+run_wrk nginx "http://127.0.0.1:$NGINX/search?q=bench" "$NGINX_PID"
+run_wrk floor "http://127.0.0.1:$FLOOR/serpapi/search?q=bench" "$FLOOR_PID"
 RSS_MAX=0
 ( while kill -0 $SIDECAR 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDECAR/status; sleep 0.5; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
-run_wrk sidecar "http://127.0.0.1:$PROXY/serpapi/search?q=bench"
+run_wrk sidecar "http://127.0.0.1:$PROXY/serpapi/search?q=bench" "$SIDECAR"
 kill $SAMPLER 2>/dev/null || true
 RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
-run_wrk sidecar-auth "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "X-Agent-Token: $TOKEN"
+run_wrk sidecar-auth "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "$SIDECAR_AUTH" "X-Agent-Token: $TOKEN"
 
-NR=$(rps nginx); SR=$(rps sidecar); AR=$(rps sidecar-auth)
+NR=$(rps nginx); SR=$(rps sidecar); AR=$(rps sidecar-auth); FR=$(rps floor)
 # What each upstream client alone reaches against the same backend: the ceiling of a proxy built on it.
 CEIL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION" ahc)
 CEIL_POOL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=bench" "$CONNS" "$DURATION" pool)
@@ -90,11 +104,13 @@ RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
 REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
   echo "data-plane benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s"
-  printf "%-8s %10s %10s %10s\n" "" "req/s" "p50" "p99"
-  printf "%-8s %10s %10s %10s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)"
-  printf "%-8s %10s %10s %10s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)"
-  printf "%-8s %10s %10s %10s\n" +auth "$AR" "$(pct sidecar-auth 50%)" "$(pct sidecar-auth 99%)"
+  printf "%-8s %10s %10s %10s %14s\n" "" "req/s" "p50" "p99" "cpu us/req"
+  printf "%-8s %10s %10s %10s %14s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)" "$(cpu nginx)"
+  printf "%-8s %10s %10s %10s %14s\n" floor "$FR" "$(pct floor 50%)" "$(pct floor 99%)" "$(cpu floor)"
+  printf "%-8s %10s %10s %10s %14s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)" "$(cpu sidecar)"
+  printf "%-8s %10s %10s %10s %14s\n" +auth "$AR" "$(pct sidecar-auth 50%)" "$(pct sidecar-auth 99%)" "$(cpu sidecar-auth)"
   echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
+  echo "ratio relay-floor/nginx req/s: $(python3 -c "print(f'{$FR/$NR:.2f}')") (a bare NIO relay: the most a proxy on this stack reaches here)"
   echo "ratio auth on/off req/s: $(python3 -c "print(f'{$AR/$SR:.2f}')") (target >= 0.95)"
   echo "clients alone against the same backend (no proxy): async-http-client $CEIL req/s ($(python3 -c "print(f'{$CEIL/$NR:.2f}')")x nginx)," \
     "the sidecar's HTTP/1.1 pool $CEIL_POOL req/s ($(python3 -c "print(f'{$CEIL_POOL/$NR:.2f}')")x nginx)"
@@ -102,6 +118,7 @@ REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
   errors nginx | sed 's/^/nginx: /'
   errors sidecar | sed 's/^/sidecar: /'
   errors sidecar-auth | sed 's/^/sidecar+auth: /'
+  errors floor | sed 's/^/floor: /'
   echo "token verification on one core (sidecar bench tokens):"
   .build/release/sidecar bench tokens --seconds 2 | sed 's/^/  /'
 } | tee "$REPORT"
