@@ -114,3 +114,19 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
     resp = client.responses.create(model="gpt-4.1-mini", input="hi")
     assert resp.output_text.startswith("Mock response")
+
+
+def test_mock_streams_reach_the_agent_chunk_by_chunk(sidecar_factory, tmp_path):
+    """A mocked `stream: true` answer is paced like a live one (mock.stream_delay between chunks), not
+    written in one piece at the end."""
+    cfg = "version: 1\nauth:\n  required: false\nmock:\n  stream_delay: 150ms\ntools:\n  openai: {mode: mock}\n"
+    s = sidecar_factory(cfg, env={"SIDECAR_STATE_DIR": str(tmp_path / "state")})
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key="unused", max_retries=0, timeout=30)
+    arrivals = []
+    for ev in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}], stream=True):
+        if ev.choices and ev.choices[0].delta.content:
+            arrivals.append(time.time())
+    assert len(arrivals) >= 4
+    # Chunks arrive spread over the stream, not together once it is over.
+    assert arrivals[-1] - arrivals[0] > 0.3
+

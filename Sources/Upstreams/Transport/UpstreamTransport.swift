@@ -184,7 +184,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         }
     }
 
-    /// The whole body when it is already in memory (mock answers), without iterating.
+    /// The whole body when it is already in memory (mock answers), without iterating. A mock stream
+    /// with a pause between its chunks is not: it must reach the agent chunk by chunk, as a live one does.
     public var bufferedBytes: ByteBuffer? {
         if case .scrubbed(let base, let scrubber) = storage { return base.bufferedBytes.map { scrubber.scrub($0) } }
         if case .observed(let base, let observe, let finished) = storage {
@@ -194,8 +195,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 return b
             }
         }
-        guard case .chunks(let chunks, _) = storage else { return nil }
+        guard case .chunks(let chunks, let delay) = storage else { return nil }
         guard chunks.count > 1 else { return chunks.first ?? ByteBuffer() }
+        guard delay == .zero else { return nil }
         var all = ByteBuffer()
         for var c in chunks { all.writeBuffer(&c) }
         return all
