@@ -12,11 +12,17 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
     public let version: Int
     /// The value's bytes, taken once, for the scrubber that looks for echoes of it in every answer.
     let bytes: [UInt8]
+    /// What the scrubber searches for (nothing when the value is too short to search for safely).
+    let scrubbed: [[UInt8]]
+    /// The value percent-encoded for a query string (SerpAPI's `api_key`), encoded once.
+    let queryEncoded: String
 
     public init(_ value: String, version: Int = 1) {
         self.value = value
         self.version = version
         self.bytes = Array(value.utf8)
+        self.scrubbed = SecretScrubber(bytes: [bytes]).secrets
+        self.queryEncoded = QueryString.encode(value)
     }
 
     public static func == (lhs: Credential, rhs: Credential) -> Bool { lhs.value == rhs.value && lhs.version == rhs.version }

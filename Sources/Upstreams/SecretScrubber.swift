@@ -24,6 +24,9 @@ public struct SecretScrubber: Sendable {
     /// From credentials, whose bytes were taken once when they were loaded.
     public init(credentials: [Credential]) { self.init(bytes: credentials.map(\.bytes)) }
 
+    /// For one credential: its search form was built when it was loaded, so this allocates nothing.
+    public init(credential: Credential) { secrets = credential.scrubbed }
+
     init(bytes: [[UInt8]]) { self.secrets = bytes.filter { $0.count >= 8 } }
 
     public var isEmpty: Bool { secrets.isEmpty }

@@ -409,7 +409,7 @@ final class Pipeline: Sendable {
             upstream.headers.replaceOrAdd(name: "Accept-Encoding", value: "identity")
             if let credential, !credential.isEmpty {
                 adapters.adapter(for: tool).authorize(&upstream, with: credential)
-                scrubber = SecretScrubber(credentials: [credential])
+                scrubber = SecretScrubber(credential: credential)
             } else if !mock {
                 // Never forward a brokered call unauthenticated.
                 throw GatewayError.credentialUnavailable(tool.rawValue)

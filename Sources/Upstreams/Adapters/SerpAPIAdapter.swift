@@ -41,18 +41,22 @@ public struct SerpAPIAdapter: ToolAdapter {
     }
 
     public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
-        let key = "api_key=" + QueryString.encode(credential.reveal())
         // `interpret` already removed an agent's key; only a query that still names one is rebuilt.
-        if let query = request.url.query, query.containsBytes("api_key") {
-            var items = QueryString(parsing: query)
+        var rest = request.url.query ?? ""
+        if rest.containsBytes("api_key") {
+            var items = QueryString(parsing: rest)
             items.removeAll(named: "api_key")
-            let rest = items.encoded
-            request.url.query = rest.isEmpty ? key : rest + "&" + key
-        } else if let query = request.url.query, !query.isEmpty {
-            request.url.query = query + "&" + key
-        } else {
-            request.url.query = key
+            rest = items.encoded
         }
+        var query = ""
+        query.reserveCapacity(rest.utf8.count + 9 + credential.queryEncoded.utf8.count)
+        if !rest.isEmpty {
+            query += rest
+            query += "&"
+        }
+        query += "api_key="
+        query += credential.queryEncoded
+        request.url.query = query
     }
 
     public func traits(of call: ToolCall) -> CallTraits {

@@ -23,11 +23,20 @@ public final class BodyStream: @unchecked Sendable {
     private var state = State()
     private let highWater: Int
     private let onCancel: @Sendable () -> Void
+    /// Told when the consumer gives up (instead of `onCancel`, without a closure and a weak box per
+    /// body); held strongly until `detach`, which its owner calls once the exchange is over.
+    private var owner: (any BodyStreamOwner)?
 
     public init(highWater: Int = 256 * 1024, onCancel: @escaping @Sendable () -> Void = {}) {
         self.highWater = highWater
         self.onCancel = onCancel
     }
+
+    /// Routes the consumer's cancel to `owner` until `detach()`.
+    public func attach(_ owner: any BodyStreamOwner) { lock.withLock { self.owner = owner } }
+
+    /// Ends the link to the owner (breaks the owner ↔ body reference cycle once the exchange is over).
+    public func detach() { lock.withLock { owner = nil } }
 
     // MARK: Producer side (event loop)
 
@@ -136,19 +145,26 @@ public final class BodyStream: @unchecked Sendable {
 
     /// The consumer is gone: drop buffered data, release the producer, abort the upstream call.
     public func cancel() {
-        let (consumer, producer): (CheckedContinuation<ByteBuffer?, any Error>?, EventLoopPromise<Void>?) = lock.withLock {
-            guard !state.cancelled else { return (nil, nil) }
+        let (consumer, producer, owner): (CheckedContinuation<ByteBuffer?, any Error>?, EventLoopPromise<Void>?, (any BodyStreamOwner)?) = lock.withLock {
+            guard !state.cancelled else { return (nil, nil, nil) }
             state.cancelled = true
             state.chunks.removeAll()
             state.buffered = 0
             defer {
                 state.consumer = nil
                 state.producer = nil
+                self.owner = nil
             }
-            return (state.consumer, state.producer)
+            return (state.consumer, state.producer, self.owner)
         }
         consumer?.resume(throwing: CancellationError())
         producer?.succeed(())
+        owner?.bodyCancelled()
         onCancel()
     }
+}
+
+/// What a `BodyStream` tells when its consumer gives up (the agent went away, a size limit, a retry).
+public protocol BodyStreamOwner: AnyObject, Sendable {
+    func bodyCancelled()
 }

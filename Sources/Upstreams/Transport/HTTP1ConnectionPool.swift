@@ -162,7 +162,7 @@ struct PooledConnection: Sendable {
 }
 
 /// One request and its answer. Confined to its event loop after creation.
-final class Exchange: @unchecked Sendable {
+final class Exchange: BodyStreamOwner, @unchecked Sendable {
     let request: UpstreamRequest
     let loop: any EventLoop
     let head: EventLoopPromise<UpstreamResponse>
@@ -177,16 +177,13 @@ final class Exchange: @unchecked Sendable {
         self.request = request
         self.loop = loop
         self.head = loop.makePromise(of: UpstreamResponse.self)
-        // The consumer giving up on the body (agent gone, size limit, retry) aborts the exchange.
-        let hook = CancelHook()
-        self.body = BodyStream(onCancel: { loop.execute { hook.exchange?.cancel() } })
-        hook.exchange = self
+        self.body = BodyStream()
+        // The consumer giving up on the body (agent gone, size limit, retry) aborts the exchange; the
+        // link is dropped when the exchange ends, so the two do not keep each other alive.
+        body.attach(self)
     }
 
-    /// Lets the body's cancel reach the exchange without a reference cycle.
-    private final class CancelHook: @unchecked Sendable {
-        weak var exchange: Exchange?
-    }
+    func bodyCancelled() { loop.execute { self.cancel() } }
 
     /// A request may be sent again after a reused connection closed unanswered only if repeating it
     /// cannot do anything twice.
@@ -204,6 +201,7 @@ final class Exchange: @unchecked Sendable {
         isDone = true
         connection = nil
         deadline?.cancel()
+        body.detach()
         body.finish()
     }
 
@@ -212,6 +210,7 @@ final class Exchange: @unchecked Sendable {
         isDone = true
         connection = nil
         deadline?.cancel()
+        body.detach()
         head.fail(error)
         body.fail(error)
     }
