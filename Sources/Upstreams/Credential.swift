@@ -10,9 +10,8 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
     private let value: String
     /// The sealed entry's version, so a rotation is observable without revealing anything.
     public let version: Int
-    /// The value's bytes, taken once, for the scrubber that looks for echoes of it in every answer.
-    let bytes: [UInt8]
-    /// What the scrubber searches for (nothing when the value is too short to search for safely).
+    /// What the scrubber searches for in every answer (nothing when the value is too short to search for
+    /// safely), taken once when the credential is loaded.
     let scrubbed: [[UInt8]]
     /// The value percent-encoded for a query string (SerpAPI's `api_key`), encoded once.
     let queryEncoded: String
@@ -20,8 +19,7 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
     public init(_ value: String, version: Int = 1) {
         self.value = value
         self.version = version
-        self.bytes = Array(value.utf8)
-        self.scrubbed = SecretScrubber(bytes: [bytes]).secrets
+        self.scrubbed = SecretScrubber(bytes: [Array(value.utf8)]).secrets
         self.queryEncoded = QueryString.encode(value)
     }
 

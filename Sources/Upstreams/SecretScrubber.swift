@@ -13,16 +13,13 @@ import NIOHTTP1
 /// tail that could be the start of a secret is held back, so SSE events are not delayed.
 ///
 /// Every answer of a brokered tool passes through it, and almost none contains a secret: each form first
-/// searches (`memchr`, `memcmp`) and hands the input back untouched (no copy) when there is nothing to replace.
+/// searches (`ByteSearch`) and hands the input back untouched (no copy) when there is nothing to replace.
 public struct SecretScrubber: Sendable {
     public static let replacement: [UInt8] = Array("[REDACTED]".utf8)
     let secrets: [[UInt8]]
 
     /// Values shorter than 8 bytes are ignored: too likely to occur by chance.
     public init(_ secrets: [String]) { self.init(bytes: secrets.map { Array($0.utf8) }) }
-
-    /// From credentials, whose bytes were taken once when they were loaded.
-    public init(credentials: [Credential]) { self.init(bytes: credentials.map(\.bytes)) }
 
     /// For one credential: its search form was built when it was loaded, so this allocates nothing.
     public init(credential: Credential) { secrets = credential.scrubbed }
@@ -61,23 +58,9 @@ public struct SecretScrubber: Sendable {
         return ByteBuffer(bytes: clean)
     }
 
-    /// Whether any secret occurs in `bytes` (`memchr` for the first byte, then `memcmp`).
+    /// Whether any secret occurs in `bytes`.
     func occurs(in bytes: UnsafeRawBufferPointer) -> Bool {
-        guard let base = bytes.baseAddress else { return false }
-        for s in secrets where s.count <= bytes.count {
-            let found = s.withUnsafeBytes { needle -> Bool in
-                let end = base + (bytes.count - needle.count + 1)
-                var p = base
-                while p < end {
-                    guard let hit = memchr(p, Int32(needle[0]), end - p) else { return false }
-                    if memcmp(hit, needle.baseAddress!, needle.count) == 0 { return true }
-                    p = UnsafeRawPointer(hit) + 1
-                }
-                return false
-            }
-            if found { return true }
-        }
-        return false
+        secrets.contains { s in s.withUnsafeBytes { ByteSearch.contains($0, in: bytes) } }
     }
 
     func occurs(in value: String) -> Bool {

@@ -287,7 +287,7 @@ struct ResilientCallerTests {
     }
 
     @Test func aFullBulkheadAnswersToolSaturated() async throws {
-        let t = ScriptedTransport(delay: .milliseconds(200)) { _ in Self.answer(200) }
+        let t = ScriptedTransport(delay: .seconds(1)) { _ in Self.answer(200) }
         let c = Self.caller(t, Self.settings {
             $0.tools[.serpapi]!.maxConcurrent = 1
             $0.tools[.serpapi]!.queue = 1

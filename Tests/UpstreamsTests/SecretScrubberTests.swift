@@ -68,7 +68,7 @@ struct SecretScrubberTests {
 
     @Test func credentialsKeepTheirBytesAndStayRedacted() {
         let credential = Credential("sk-SECRET-123456", version: 3)
-        #expect(SecretScrubber(credentials: [credential]).scrub(ByteBuffer(string: "x sk-SECRET-123456")) == ByteBuffer(string: "x [REDACTED]"))
+        #expect(SecretScrubber(credential: credential).scrub(ByteBuffer(string: "x sk-SECRET-123456")) == ByteBuffer(string: "x [REDACTED]"))
         #expect("\(credential)" == "Credential(v3, <redacted>)")
         #expect(credential == Credential("sk-SECRET-123456", version: 3) && credential != Credential("sk-SECRET-123456", version: 4))
     }

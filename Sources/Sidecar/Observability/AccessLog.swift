@@ -34,65 +34,50 @@ struct AccessLog: Sendable {
     static func append(_ r: RequestRecord, to s: inout [UInt8]) {
         s.append(contentsOf: #"{"ts":""#.utf8)
         LogTimestamp.append(to: &s)
-        s.append(contentsOf: #"","level":"info","msg":"access","request_id":"#.utf8)
-        JSONBytes.string(r.requestID, into: &s)
-        s.append(contentsOf: #","entry":""#.utf8)
-        s.append(contentsOf: (r.entry?.rawValue ?? "none").utf8)
-        s.append(contentsOf: #"","method":"#.utf8)
-        JSONBytes.string(r.method, into: &s)
-        s.append(contentsOf: #","tool":""#.utf8)
-        s.append(contentsOf: r.toolLabel.utf8)
-        s.append(contentsOf: #"","action":""#.utf8)
-        s.append(contentsOf: r.actionLabel.utf8)
-        s.append(contentsOf: #"","status":"#.utf8)
-        JSONBytes.integer(r.status, into: &s)
-        s.append(contentsOf: #","outcome":""#.utf8)
-        s.append(contentsOf: r.outcome.utf8)
-        s.append(UInt8(ascii: "\""))
-        if let u = r.upstreamStatus {
-            s.append(contentsOf: #","upstream_status":"#.utf8)
-            JSONBytes.integer(u, into: &s)
-        }
-        if let h = r.upstreamHost {
-            s.append(contentsOf: #","upstream_host":"#.utf8)
-            JSONBytes.string(h, into: &s)
-        }
-        if let a = r.agentID {
-            s.append(contentsOf: #","agent_id":"#.utf8)
-            JSONBytes.string(a, into: &s)
-        }
-        if let t = r.tokenID {
-            s.append(contentsOf: #","token_id":"#.utf8)
-            JSONBytes.string(t, into: &s)
-        }
+        s.append(contentsOf: #"","level":"info","msg":"access""#.utf8)
+        string("request_id", r.requestID, &s)
+        string("entry", r.entry?.rawValue ?? "none", &s)
+        string("method", r.method, &s)
+        string("tool", r.toolLabel, &s)
+        string("action", r.actionLabel, &s)
+        integer("status", r.status, &s)
+        string("outcome", r.outcome, &s)
+        if let u = r.upstreamStatus { integer("upstream_status", u, &s) }
+        if let h = r.upstreamHost { string("upstream_host", h, &s) }
+        if let a = r.agentID { string("agent_id", a, &s) }
+        if let t = r.tokenID { string("token_id", t, &s) }
         if r.mock { s.append(contentsOf: #","mock":true"#.utf8) }
-        if let c = r.cache {
-            s.append(contentsOf: #","cache":"#.utf8)
-            JSONBytes.string(c, into: &s)
-        }
-        if r.retries > 0 {
-            s.append(contentsOf: #","retries":"#.utf8)
-            JSONBytes.integer(r.retries, into: &s)
-        }
-        if let b = r.breaker {
-            s.append(contentsOf: #","breaker":"#.utf8)
-            JSONBytes.string(b, into: &s)
-        }
-        if let c = r.chaos {
-            s.append(contentsOf: #","chaos":"#.utf8)
-            JSONBytes.string(c, into: &s)
-        }
-        s.append(contentsOf: #","duration_ms":"#.utf8)
+        if let c = r.cache { string("cache", c, &s) }
+        if r.retries > 0 { integer("retries", r.retries, &s) }
+        if let b = r.breaker { string("breaker", b, &s) }
+        if let c = r.chaos { string("chaos", c, &s) }
+        name("duration_ms", &s)
         milliseconds(r.totalDuration, into: &s)
         if let up = r.upstreamDuration {
-            s.append(contentsOf: #","upstream_ms":"#.utf8)
+            name("upstream_ms", &s)
             milliseconds(up, into: &s)
         }
-        s.append(contentsOf: #","bytes_in":"#.utf8)
-        JSONBytes.integer(r.bytesIn, into: &s)
-        s.append(contentsOf: #","bytes_out":"#.utf8)
-        JSONBytes.integer(r.bytesOut, into: &s)
+        integer("bytes_in", r.bytesIn, &s)
+        integer("bytes_out", r.bytesOut, &s)
         s.append(UInt8(ascii: "}"))
+    }
+
+    /// `,"name":` — the fields' names are literals that need no escaping.
+    private static func name(_ name: StaticString, _ s: inout [UInt8]) {
+        s.append(contentsOf: #","#.utf8)
+        s.append(UInt8(ascii: "\""))
+        s.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        s.append(contentsOf: #"":"#.utf8)
+    }
+
+    private static func string(_ field: StaticString, _ value: String, _ s: inout [UInt8]) {
+        name(field, &s)
+        JSONBytes.string(value, into: &s)
+    }
+
+    private static func integer(_ field: StaticString, _ value: Int, _ s: inout [UInt8]) {
+        name(field, &s)
+        JSONBytes.integer(value, into: &s)
     }
 
     static func ms(_ d: Duration?) -> String {
@@ -162,22 +147,12 @@ enum LogTimestamp {
         var prefix: [UInt8] = []
     }
 
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key) { if let p = $0 { Unmanaged<AnyObject>.fromOpaque(p).release() } }
-        return key
-    }()
+    private static let caches = PerThread { Cache() }
 
     static func append(to s: inout [UInt8]) {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        let cache: Cache
-        if let raw = pthread_getspecific(key) {
-            cache = Unmanaged<Cache>.fromOpaque(raw).takeUnretainedValue()
-        } else {
-            cache = Cache()
-            pthread_setspecific(key, Unmanaged.passRetained(cache).toOpaque())
-        }
+        let cache = caches.value
         if cache.second != ts.tv_sec {
             cache.second = ts.tv_sec
             let full = LogSink.timestamp(seconds: ts.tv_sec, milliseconds: 0)

@@ -65,19 +65,6 @@ struct FastRandom: RandomNumberGenerator {
 
 private final class FastRandomBox { var generator = FastRandom() }
 
-private let fastRandomKey: pthread_key_t = {
-    var key = pthread_key_t()
-    pthread_key_create(&key) { if let p = $0 { Unmanaged<AnyObject>.fromOpaque(p).release() } }
-    return key
-}()
+private let fastRandom = PerThread { FastRandomBox() }
 
-func withFastRandom<T>(_ body: (inout FastRandom) -> T) -> T {
-    let box: FastRandomBox
-    if let raw = pthread_getspecific(fastRandomKey) {
-        box = Unmanaged<FastRandomBox>.fromOpaque(raw).takeUnretainedValue()
-    } else {
-        box = FastRandomBox()
-        pthread_setspecific(fastRandomKey, Unmanaged.passRetained(box).toOpaque())
-    }
-    return body(&box.generator)
-}
+func withFastRandom<T>(_ body: (inout FastRandom) -> T) -> T { body(&fastRandom.value.generator) }

@@ -112,55 +112,49 @@ final class Pipeline: Sendable {
                 try await self.call(prepared, record: &r)
             }
         }
+        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
+            return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.call(prepared, record: &r)
+            }
+        }
         let outbound: Outbound
         do {
-            guard let credential = try readyCredential(for: prepared.call.tool) else {
-                return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
-                    try await self.call(prepared, record: &r)
-                }
-            }
             outbound = try self.outbound(prepared.call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
         } catch {
             return (loop.makeSucceededFuture(answer(problem(error, request: request, record: &record), record: record)), {})
         }
-        let requestID = request.requestID
         if let resilience {
             let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
             if let (outcome, cancel) = resilience.start(
                 outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record)
             {
-                let handled = outcome.map { o -> Handled in
-                    var record = o.record
-                    do throws(GatewayError) {
-                        let result = try o.result.get()
-                        let response = try self.received(result.response, release: result.release, outbound, record: &record)
-                        return self.answer(self.proxyResponse(response, release: result.release, admitted: nil, requestID: requestID), record: record)
-                    } catch {
-                        if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
-                        return self.answer(self.problem(error, request: request, record: &record), record: record)
-                    }
-                }
-                return (handled, cancel)
+                return (outcome.map { self.answered($0.result, outbound, request: request, record: $0.record) }, cancel)
             }
         } else if let started = transport.start(outbound.upstream, on: loop) {
             let sent = record
-            let handled = started.response.map { response -> Handled in
-                var record = sent
-                do throws(GatewayError) {
-                    let response = try self.received(response, release: {}, outbound, record: &record)
-                    return self.answer(self.proxyResponse(response, release: {}, admitted: nil, requestID: requestID), record: record)
-                } catch {
-                    return self.answer(self.problem(error, request: request, record: &record), record: record)
-                }
-            }.flatMapErrorThrowing { error -> Handled in
-                var record = sent
-                record.upstreamDuration = record.upstreamStart.map { .now - $0 }
-                return self.answer(self.problem(GatewayError(HTTPClientTransport.classify(error)), request: request, record: &record), record: record)
-            }
+            let handled = started.response
+                .map { self.answered(.success(ResilientCaller.Result(response: $0, release: {})), outbound, request: request, record: sent) }
+                .recover { self.answered(.failure(GatewayError(HTTPClientTransport.classify($0))), outbound, request: request, record: sent) }
             return (handled, started.cancel)
         }
         return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
             try await self.send(outbound, admitted: nil, record: &r)
+        }
+    }
+
+    /// The end of a call made on the loop: the upstream answer checked, cleaned and wrapped, or the
+    /// failure as a problem.
+    private func answered(
+        _ result: Swift.Result<ResilientCaller.Result, GatewayError>, _ outbound: Outbound, request: InboundRequest, record: RequestRecord
+    ) -> Handled {
+        var record = record
+        do throws(GatewayError) {
+            let call = try result.get()
+            let response = try received(call.response, release: call.release, outbound, record: &record)
+            return answer(proxyResponse(response, release: call.release, admitted: nil, requestID: request.requestID), record: record)
+        } catch {
+            if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
+            return answer(problem(error, request: request, record: &record), record: record)
         }
     }
 
@@ -170,17 +164,16 @@ final class Pipeline: Sendable {
         _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
     ) -> (EventLoopFuture<Handled>, cancel: @Sendable () -> Void) {
         let promise = loop.makePromise(of: Handled.self)
-        let task = Task {
+        let cancel = promise.succeed(inTask: {
             var record = record
             do throws(GatewayError) {
                 let response = try await body(&record)
-                return answer(response, record: record)
+                return self.answer(response, record: record)
             } catch {
-                return answer(problem(error, request: request, record: &record), record: record)
+                return self.answer(self.problem(error, request: request, record: &record), record: record)
             }
-        }
-        promise.completeWithTask { await task.value }
-        return (promise.futureResult, { task.cancel() })
+        })
+        return (promise.futureResult, cancel)
     }
 
     private func answer(_ response: ProxyResponse, record: RequestRecord) -> Handled {
@@ -369,14 +362,10 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// The credential when it is in memory (no refresh to wait for): `.some(credential)`, where the
-    /// credential itself is nil for http_fetch and mocks without one; nil when it has to be fetched.
-    func readyCredential(for tool: Tool) throws(GatewayError) -> Credential?? {
-        guard tool.isBrokered else { return .some(nil) }
-        switch credentials.readyCredential(for: tool) {
-        case .ready(let c): return .some(c)
-        case .pending: return nil
-        }
+    /// The credential when it is in memory (no refresh to wait for); `.ready(nil)` for http_fetch, which
+    /// brokers none.
+    func readyCredential(for tool: Tool) -> CredentialLookup {
+        tool.isBrokered ? credentials.readyCredential(for: tool) : .ready(nil)
     }
 
     /// endpoint ─► deadline ─► upstream request ─► egress check ─► credential injected (synchronous).

@@ -17,6 +17,24 @@ struct ProxyResponse: Sendable {
         case sync(@Sendable () -> Void)
         /// Also settles the call's limits (a store round trip): done in a task.
         case async(@Sendable () async -> Void)
+
+        /// Runs it from a task, after a streamed body.
+        func run() async {
+            switch self {
+            case .none: break
+            case .sync(let release): release()
+            case .async(let settle): await settle()
+            }
+        }
+
+        /// Runs it from the loop: a release at once, a settlement in a task of its own.
+        func start() {
+            switch self {
+            case .none: break
+            case .sync(let release): release()
+            case .async(let settle): Task { await settle() }
+            }
+        }
     }
 
     var status: HTTPResponseStatus

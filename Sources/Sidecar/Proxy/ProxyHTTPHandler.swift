@@ -55,7 +55,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var writabilityWaiters: [CheckedContinuation<Void, any Error>] = []
     /// The current streamed response uses chunked framing.
     private var chunkedResponse = false
-    private var flushPending = false
+    /// The answers of one round of I/O events leave in a burst.
+    private let deferredFlush = DeferredFlush()
 
     private var queued = CircularBuffer<Queued>()
     private var queuedBytes = 0
@@ -314,36 +315,24 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if case .stream(let body, _) = response.body { body.cancel() }
             record.outcome = "client_closed"
             finishRequest(record, keepAlive: false)
-            return Self.complete(response.completion)
+            return response.completion.start()
         }
         if case .whole(let answer, let body) = Self.wholeBody(response, record: &record) {
             respondWhole(answer, body: body, to: request, record: record)
-            return Self.complete(response.completion)
+            return response.completion.start()
         }
         let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop)
         let draining = shared.draining
         inFlight = Task {
             await sink.respond(response, to: request, draining: draining, record: &record)
             // After the last byte (or after giving up): release the concurrency slot, settle budgets.
-            switch response.completion {
-            case .none: break
-            case .sync(let release): release()
-            case .async(let settle): await settle()
-            }
-        }
-    }
-
-    private static func complete(_ completion: ProxyResponse.Completion) {
-        switch completion {
-        case .none: break
-        case .sync(let release): release()
-        case .async(let settle): Task { await settle() }
+            await response.completion.run()
         }
     }
 
     private enum Whole {
         case whole(ProxyResponse, ByteBuffer)
-        case stream
+        case stream(UpstreamBody, limit: Int)
     }
 
     /// The answer's body if it is all there: buffered, or an upstream body that has fully arrived (most
@@ -354,28 +343,36 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .buffer(let body):
             return .whole(response, body)
         case .stream(let body, let limit):
-            guard let complete = body.takeCompleteBody() else { return .stream }
+            guard let complete = body.takeCompleteBody() else { return .stream(body, limit: limit) }
             guard complete.readableBytes <= limit else {
                 record.outcome = "upstream_response_too_large"
                 let problem = ResponseMapper.problem(
                     GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "")), requestID: record.requestID)
-                guard case .buffer(let text) = problem.body else { return .stream }
+                guard case .buffer(let text) = problem.body else { return .stream(body, limit: limit) }
                 return .whole(problem, text)
             }
             return .whole(response, complete)
         }
     }
 
+    /// The answer's head as framed for this request (`Connection: close` when the connection ends after
+    /// it), the framing, and whether it does end.
+    private static func head(
+        _ response: ProxyResponse, to request: HTTPRequestHead, bufferedLength: Int?, draining: DrainState
+    ) -> (head: HTTPResponseHead, framing: ResponseFraming.Decision, close: Bool) {
+        let framing = ResponseFraming.decide(
+            headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
+            bufferedLength: bufferedLength)
+        let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
+        var headers = framing.headers
+        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
+        return (HTTPResponseHead(version: request.version, status: response.status, headers: headers), framing, close)
+    }
+
     /// Frames and writes a whole answer in one write, and completes the request.
     private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: RequestRecord) {
         var record = record
-        let framing = ResponseFraming.decide(
-            headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
-            bufferedLength: body.readableBytes)
-        let close = !request.isKeepAlive || shared.draining.isDraining || framing.closeAfter
-        var headers = framing.headers
-        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
+        let (head, framing, close) = Self.head(response, to: request, bufferedLength: body.readableBytes, draining: shared.draining)
         record.status = Int(response.status.code)
         let sent = framing.sendBody && body.readableBytes > 0 ? body : nil
         record.bytesOut = sent?.readableBytes ?? 0
@@ -412,8 +409,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// The final write and the completion happen in one step on the loop, and a pipelined next
         /// request is served only after it.
         func respond(_ response: ProxyResponse, to request: HTTPRequestHead, draining: DrainState, record: inout RequestRecord) async {
-            var stream: UpstreamBody?
-            var limit = Int.max
+            let stream: UpstreamBody
+            let limit: Int
             switch ProxyHTTPHandler.wholeBody(response, record: &record) {
             case .whole(let answer, let body):
                 let final = record
@@ -424,22 +421,13 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     await abort(record)
                 }
                 return
-            case .stream:
-                if case .stream(let body, let l) = response.body {
-                    stream = body
-                    limit = l
-                }
+            case .stream(let body, let l):
+                stream = body
+                limit = l
             }
-            let framing = ResponseFraming.decide(
-                headers: response.headers, requestMethod: request.method, status: response.status,
-                version: request.version, bufferedLength: nil)
-            let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
-            var headers = framing.headers
-            if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-            let head = HTTPResponseHead(version: request.version, status: response.status, headers: headers)
+            let (head, framing, close) = ProxyHTTPHandler.head(response, to: request, bufferedLength: nil, draining: draining)
             record.status = Int(response.status.code)
 
-            guard let stream else { return await abort(record) }
             do {
                 try await onLoop { try $0.writeHead(head, chunked: framing.chunked) }
                 var iterator = stream.makeAsyncIterator()
@@ -542,22 +530,10 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func writeFinal(_ buffer: ByteBuffer, context: ChannelHandlerContext, keepAlive: Bool) {
         if keepAlive && !quiescing {
             context.write(Self.wrapOutboundOut(buffer), promise: nil)
-            flushAtEndOfTick(context)
+            deferredFlush.flush(context)
         } else {
             let channel = context.channel
             context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-        }
-    }
-
-    /// Flushes once the loop has handled this round of I/O events, so the answers of one round leave in
-    /// a burst (the agent's side then wakes once for several of them) instead of one wake-up each.
-    private func flushAtEndOfTick(_ context: ChannelHandlerContext) {
-        guard !flushPending else { return }
-        flushPending = true
-        context.eventLoop.assumeIsolated().execute { [weak self] in
-            guard let self else { return }
-            self.flushPending = false
-            self.context?.flush()
         }
     }
 

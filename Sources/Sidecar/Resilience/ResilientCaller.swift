@@ -109,7 +109,7 @@ final class ResilientCaller: Sendable {
         if let served = await lookUpCache(&c, record: &record) { return served }
         defer { if c.leader, let key = c.cacheKey { cache.endFetch(key, storing: nil) } }
         if let served = try await admit(&c, decision: decide(c), record: &record) { return served }
-        return try await attempts(&c, first: nil, record: &record)
+        return try await attempts(&c, record: &record)
     }
 
     /// A call started on `loop` without a task, when no stage has to wait: no cache key, a closed
@@ -124,7 +124,7 @@ final class ResilientCaller: Sendable {
         var c = Call(request, traits: traits, cacheKey: nil)
         var record = record
         let decision = decide(c)
-        guard case .allow = decision, tryBulkhead(c.tool) else {
+        guard case .allow = decision, bulkheads[c.tool]!.tryAcquire() else {
             do {
                 if let served = try refuseIfPaused(&c, decision, record: &record) {
                     return (loop.makeSucceededFuture(Outcome(result: .success(served), record: record)), {})
@@ -138,7 +138,7 @@ final class ResilientCaller: Sendable {
             return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
                 var c = call
                 if let served = try await self.admit(&c, decision: decision, record: &r) { return served }
-                return try await self.attempts(&c, first: nil, record: &r)
+                return try await self.attempts(&c, record: &r)
             }
         }
         beginAttempts(&c)
@@ -147,7 +147,7 @@ final class ResilientCaller: Sendable {
             let call = c
             return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
                 var c = call
-                return try await self.attempts(&c, first: nil, record: &r)
+                return try await self.attempts(&c, record: &r)
             }
         }
         c.attempt = 1
@@ -159,21 +159,19 @@ final class ResilientCaller: Sendable {
             let sent: Sent
             switch result {
             case .success(let r): sent = .response(r)
-            case .failure(let e): sent = .failure(e as? UpstreamError ?? HTTPClientTransport.classify(e))
+            case .failure(let e): sent = .failure(HTTPClientTransport.classify(e))
             }
             guard let reason = self.assess(&c, sent) else {
                 return promise.succeed(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try self.settleAttempt(&c, sent, record: &r).result })
             }
             // A retry waits (budget, backoff): it continues in a task.
             let attempted = c
-            let task = Task {
+            relay.replace(promise.succeed(inTask: {
                 await Outcome.of(begun) { (r: inout RequestRecord) throws(GatewayError) in
                     var c = attempted
                     return try await self.retryOrFinish(&c, sent, reason: reason, record: &r)
                 }
-            }
-            relay.replace { task.cancel() }
-            promise.completeWithTask { await task.value }
+            }))
         }
         return (promise.futureResult, { relay.cancel() })
     }
@@ -202,9 +200,7 @@ final class ResilientCaller: Sendable {
         on loop: any EventLoop, record: RequestRecord, _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> Result
     ) -> (EventLoopFuture<Outcome>, cancel: @Sendable () -> Void) {
         let promise = loop.makePromise(of: Outcome.self)
-        let task = Task { await Outcome.of(record, body) }
-        promise.completeWithTask { await task.value }
-        return (promise.futureResult, { task.cancel() })
+        return (promise.futureResult, promise.succeed(inTask: { await Outcome.of(record, body) }))
     }
 
     // MARK: Stages
@@ -300,9 +296,6 @@ final class ResilientCaller: Sendable {
         throw e
     }
 
-    /// A bulkhead slot without waiting (the loop start).
-    private func tryBulkhead(_ tool: Tool) -> Bool { bulkheads[tool]!.tryAcquire() }
-
     /// The call holds its bulkhead slot: count it for the retry budgets and arm the release.
     private func beginAttempts(_ c: inout Call) {
         let bulkhead = bulkheads[c.tool]!
@@ -312,18 +305,12 @@ final class ResilientCaller: Sendable {
     }
 
     /// Sends until an answer is final: the per-tool retry policy, full-jitter backoff or the server's own
-    /// hint, inside the deadline and the retry budget. `first` is an attempt already made.
-    private func attempts(_ c: inout Call, first: Sent?, record: inout RequestRecord) async throws(GatewayError) -> Result {
-        var pending = first
+    /// hint, inside the deadline and the retry budget.
+    private func attempts(_ c: inout Call, record: inout RequestRecord) async throws(GatewayError) -> Result {
         while true {
+            c.attempt += 1
             let sent: Sent
-            if let p = pending {
-                sent = p
-                pending = nil
-            } else {
-                c.attempt += 1
-                do { sent = .response(try await transport.send(c.request)) } catch { sent = .failure(error) }
-            }
+            do { sent = .response(try await transport.send(c.request)) } catch { sent = .failure(error) }
             guard let reason = assess(&c, sent) else { return try await finish(&c, sent, record: &record) }
             if try await retries(&c, sent, reason: reason, record: &record) { continue }
             return try await finish(&c, sent, record: &record)
@@ -332,7 +319,7 @@ final class ResilientCaller: Sendable {
 
     /// After a retryable attempt made on the loop: retry in this task, or take its answer.
     private func retryOrFinish(_ c: inout Call, _ sent: Sent, reason: RetryPolicy.Reason, record: inout RequestRecord) async throws(GatewayError) -> Result {
-        if try await retries(&c, sent, reason: reason, record: &record) { return try await attempts(&c, first: nil, record: &record) }
+        if try await retries(&c, sent, reason: reason, record: &record) { return try await attempts(&c, record: &record) }
         return try await finish(&c, sent, record: &record)
     }
 

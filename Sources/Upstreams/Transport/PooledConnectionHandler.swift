@@ -19,7 +19,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var answered = false
     /// The current response's head, until it is handed over.
     private var pendingHead: UpstreamResponse?
-    private var flushPending = false
+    private let deferredFlush = DeferredFlush()
     private var keepAlive = true
     private let readPause = ReadPause()
     /// Watches the deadline of the exchange in flight. It is not re-armed per request: exchanges on a
@@ -60,16 +60,8 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body = request.body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.write(wrapOutboundOut(.end(nil)), promise: nil)
-        // Flushed once the loop has handled this round of I/O events: the requests of one round reach
-        // the upstream in a burst.
-        if !flushPending {
-            flushPending = true
-            context.eventLoop.assumeIsolated().execute { [weak self] in
-                guard let self else { return }
-                self.flushPending = false
-                self.context?.flush()
-            }
-        }
+        // The requests of one round of events reach the upstream in a burst.
+        deferredFlush.flush(context)
     }
 
     private func watchDeadline(_ deadline: NIODeadline, context: ChannelHandlerContext) {

@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Substring search over bytes: `memchr` for the needle's first byte, then `memcmp`. Foundation's
+/// `contains` and the generic `firstRange(of:)` each cost more than the rest of a request's query
+/// handling, and the scrubber runs this over every answer body.
+enum ByteSearch {
+    static func contains(_ needle: UnsafeRawBufferPointer, in haystack: UnsafeRawBufferPointer) -> Bool {
+        guard let n = needle.baseAddress, needle.count > 0 else { return true }
+        guard let base = haystack.baseAddress, needle.count <= haystack.count else { return false }
+        let end = base + (haystack.count - needle.count + 1)
+        var p = base
+        while p < end {
+            guard let hit = memchr(p, Int32(needle[0]), end - p) else { return false }
+            if memcmp(hit, n, needle.count) == 0 { return true }
+            p = UnsafeRawPointer(hit) + 1
+        }
+        return false
+    }
+}
+
+extension String {
+    /// Whether the bytes of `needle` occur in the string.
+    func containsBytes(_ needle: StaticString) -> Bool {
+        var copy = self
+        return copy.withUTF8 { hay in
+            ByteSearch.contains(UnsafeRawBufferPointer(start: needle.utf8Start, count: needle.utf8CodeUnitCount), in: UnsafeRawBufferPointer(hay))
+        }
+    }
+}
