@@ -86,7 +86,7 @@ public enum HeaderRules {
 
 /// What a field name means to the proxy, decided by comparing its bytes case-insensitively against the
 /// names the rules know (most names match none and are decided by their length alone).
-enum HeaderName {
+public enum HeaderName {
     enum Class {
         /// RFC 9110 §7.6.1 hop-by-hop fields, `Proxy-Authorization` and `Proxy-Authenticate`.
         case hopByHop(connection: Bool)
@@ -142,7 +142,7 @@ enum HeaderName {
     }
 
     /// ASCII case-insensitive equality of two field names.
-    static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
+    public static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
         return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
     }

@@ -26,7 +26,7 @@ public struct TargetURL: Sendable, Hashable, CustomStringConvertible {
 
     public var isDefaultPort: Bool { port == TargetURL.defaultPort(for: scheme) }
 
-    public var hostIsIPv6: Bool { host.contains(":") }
+    public var hostIsIPv6: Bool { host.utf8.contains(UInt8(ascii: ":")) }
 
     /// `host[:port]` as it belongs in a `Host` header (port omitted when it is the scheme's default).
     public var authority: String {

@@ -6,7 +6,11 @@ import Testing
 
 @Suite("Response encoder")
 struct ResponseEncoderTests {
-    private func head(_ head: HTTPResponseHead) -> String {
+    /// The fields written as they are: a length the message states itself, keep-alive.
+    static let asIs = ResponseFraming.Decision(length: nil, dropLength: false, sendBody: true, closeAfter: false)
+
+    private func head(_ head: HTTPResponseHead, framing: ResponseFraming.Decision = asIs, close: Bool = false) -> String {
+        let head = ResponseEncoder.Head(version: head.version, status: head.status, headers: head.headers, framing: framing, close: close)
         var buffer = ByteBuffer()
         ResponseEncoder.writeHead(head, into: &buffer)
         #expect(buffer.readableBytes <= ResponseEncoder.headSize(head))
@@ -37,6 +41,21 @@ struct ResponseEncoderTests {
         ])
         let text = head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))
         #expect(text == "HTTP/1.1 200 OK\r\nX-Good: value with spaces, commas; and = signs\r\nX-Utf8: naïve\r\n\r\n")
+    }
+
+    /// The proxy's framing replaces the message's own, and the connection is the proxy's to describe.
+    @Test func framingAndConnectionFieldsAreTheProxys() {
+        let headers = HTTPHeaders([
+            ("Content-Length", "999"), ("Transfer-Encoding", "chunked"), ("Connection", "keep-alive"), ("X-A", "1"),
+        ])
+        let buffered = ResponseFraming.Decision(length: 12, dropLength: true, sendBody: true, closeAfter: false)
+        #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers), framing: buffered)
+            == "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 12\r\n\r\n")
+        let stream = ResponseFraming.Decision(length: nil, dropLength: true, sendBody: true, closeAfter: false, chunked: true)
+        #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers), framing: stream, close: true)
+            == "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))
+            == "HTTP/1.1 200 OK\r\nContent-Length: 999\r\nX-A: 1\r\n\r\n")
     }
 
     @Test(arguments: [(1, "1"), (15, "f"), (16, "10"), (255, "ff"), (4096, "1000"), (0x12345, "12345")])

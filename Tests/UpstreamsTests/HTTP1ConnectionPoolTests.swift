@@ -15,6 +15,8 @@ import Testing
     /// - `/stream`: three chunks 100 ms apart
     /// - `/bye`: 200 "ok", keep-alive, then the server closes the connection 50 ms later (its idle timeout)
     /// - `/flaky`: the first request on a connection is answered, later ones get the connection closed
+    /// - any `HEAD`: 200 with `Content-Length: 2` and no body (RFC 9110 §9.3.2)
+    /// - any body is echoed after the path in `requests`
     final class ScriptedServer: Sendable {
         let channel: any Channel
         let accepted = NIOLockedValueBox(0)
@@ -44,15 +46,17 @@ import Testing
             let requests: NIOLockedValueBox<[String]>
             var served = 0
             var uri = ""
+            var method = HTTPMethod.GET
             init(requests: NIOLockedValueBox<[String]>) { self.requests = requests }
 
             func channelRead(context: ChannelHandlerContext, data: NIOAny) {
                 switch Self.unwrapInboundIn(data) {
                 case .head(let head):
                     uri = head.uri
+                    method = head.method
                     requests.withLockedValue { $0.append("\(head.method.rawValue) \(head.uri)") }
-                case .body:
-                    break
+                case .body(let body):
+                    requests.withLockedValue { $0[$0.count - 1] += " " + String(buffer: body) }
                 case .end:
                     served += 1
                     answer(context)
@@ -61,6 +65,12 @@ import Testing
 
             private func answer(_ context: ChannelHandlerContext) {
                 let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                if method == .HEAD {
+                    let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["Content-Length": "2"])
+                    context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
+                    context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+                    return
+                }
                 switch uri {
                 case "/close":
                     write(context, "ok", close: true)
@@ -106,11 +116,15 @@ import Testing
         try HTTP1ConnectionPool(connectTimeouts: [:], tls: .makeClientConfiguration(), group: group)
     }
 
-    static func request(_ port: Int, _ path: String, method: HTTPMethod = .GET, timeout: TimeAmount = .seconds(5)) throws -> UpstreamRequest {
+    static func request(
+        _ port: Int, _ path: String, method: HTTPMethod = .GET, headers: HTTPHeaders = [:], timeout: TimeAmount = .seconds(5)
+    ) throws -> UpstreamRequest {
         let target = try TargetURL.parse("http://127.0.0.1:\(port)\(path)")
         let call = try HTTPFetchAdapter().interpret(ToolRequest(method: .GET, path: "/fetch", target: target))
         let body = method == .POST ? ByteBuffer(string: "{}") : nil
-        return UpstreamRequest(call: call, method: method, url: target, headers: ["Host": target.authority], body: body, deadline: .now() + timeout)
+        var all: HTTPHeaders = ["Host": target.authority]
+        all.add(contentsOf: headers)
+        return UpstreamRequest(call: call, method: method, url: target, headers: all, body: body, deadline: .now() + timeout)
     }
 
     static func fetch(_ pool: HTTP1ConnectionPool, _ request: UpstreamRequest) async throws -> (HTTPResponseStatus, String) {
@@ -177,7 +191,7 @@ import Testing
         await #expect {
             _ = try await pool.send(Self.request(server.port, "/flaky", method: .POST))
         } throws: { ($0 as? UpstreamError)?.kind == .protocolError && ($0 as? UpstreamError)?.beforeSend == false }
-        #expect(server.requests.withLockedValue { $0 } == ["POST /flaky", "POST /flaky"])
+        #expect(server.requests.withLockedValue { $0 } == ["POST /flaky {}", "POST /flaky {}"])
     }
 
     @Test func theDeadlineEndsTheCallAndTheConnection() async throws {
@@ -257,5 +271,59 @@ import Testing
         }
         #expect(pool.idleCount == 1)
         #expect(server.accepted.withLockedValue { $0 } == 1)
+    }
+
+    /// The pool writes requests as bytes, so the response decoder is told each method: the answer to
+    /// a HEAD has a length but no body, and the next answer on the connection must not be read as it.
+    @Test func aHeadAnswerHasNoBodyAndTheConnectionGoesOn() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        for method in [HTTPMethod.HEAD, .GET, .HEAD, .HEAD, .GET] {
+            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok", method: method))
+            #expect(status == .ok)
+            #expect(body == (method == .HEAD ? "" : "ok"), "\(method)")
+        }
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+    }
+
+    @Test func aBodyIsFramedByItsLength() async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        // A stale framing field from the caller is replaced, never sent beside the real length.
+        let request = try Self.request(server.port, "/ok?a=1", method: .POST, headers: ["Content-Length": "99", "Transfer-Encoding": "chunked"])
+        let (status, _) = try await Self.fetch(pool, request)
+        #expect(status == .ok)
+        #expect(server.requests.withLockedValue { $0 } == ["POST /ok?a=1 {}"])
+    }
+
+    /// What NIO's request validator refused, the encoder refuses — before a byte is written, so the
+    /// connection stays usable and the failure is safe to retry.
+    @Test(arguments: [
+        ("header value with CR LF", "/ok", HTTPHeaders([("X-Note", "a\r\nInjected: 1")])),
+        ("header value with NUL", "/ok", HTTPHeaders([("X-Note", "a\u{0}b")])),
+        ("header name with space", "/ok", HTTPHeaders([("X Note", "a")])),
+        ("empty header name", "/ok", HTTPHeaders([("", "a")])),
+        ("space in the path", "/o k", HTTPHeaders()),
+        ("quote in the query", "/ok?q=\"x\"", HTTPHeaders()),
+    ])
+    func anInvalidRequestIsRefusedBeforeSending(_ name: String, _ path: String, _ headers: HTTPHeaders) async throws {
+        let server = try await ScriptedServer(group: Self.group)
+        defer { server.close() }
+        let pool = try Self.pool()
+        defer { pool.shutdown() }
+        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+        var request = try Self.request(server.port, "/ok", headers: headers)
+        request.url.path = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        request.url.query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init)
+        await #expect(throws: UpstreamError(.protocolError, beforeSend: true, detail: "request is not valid HTTP (control character or bad token)"), "\(name)") {
+            _ = try await Self.fetch(pool, request)
+        }
+        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+        #expect(server.requests.withLockedValue { $0 } == ["GET /ok", "GET /ok"], "\(name)")
+        #expect(server.accepted.withLockedValue { $0 } == 1, "\(name)")
     }
 }

@@ -156,7 +156,7 @@ enum LogTimestamp {
         if cache.second != ts.tv_sec {
             cache.second = ts.tv_sec
             let full = LogSink.timestamp(seconds: ts.tv_sec, milliseconds: 0)
-            cache.prefix = Array(full.utf8.dropLast(4))  // without ".000Z"
+            cache.prefix = Array(full.utf8.dropLast(5))  // without ".000Z"
         }
         s.append(contentsOf: cache.prefix)
         let ms = Int(ts.tv_nsec / 1_000_000)

@@ -253,13 +253,15 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context else { return }
         record.outcome = problem.codeString
         let response = ResponseMapper.problem(problem, requestID: record.requestID)
-        var headers = response.headers
-        headers.replaceOrAdd(name: "Connection", value: "close")
         record.status = Int(problem.status.code)
-        let head = HTTPResponseHead(version: version, status: problem.status, headers: headers)
-        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + 512)
+        var body = ByteBuffer()
+        if case .buffer(let b) = response.body { body = b }
+        let framing = ResponseFraming.decide(
+            headers: response.headers, requestMethod: method, status: problem.status, version: version, bufferedLength: body.readableBytes)
+        let head = ResponseEncoder.Head(version: version, status: problem.status, headers: response.headers, framing: framing, close: true)
+        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + body.readableBytes)
         ResponseEncoder.writeHead(head, into: &buffer)
-        if case .buffer(var body) = response.body, method != .HEAD {
+        if framing.sendBody {
             record.bytesOut = body.readableBytes
             buffer.writeBuffer(&body)
         }
@@ -356,28 +358,25 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The answer's head as framed for this request (`Connection: close` when the connection ends after
-    /// it), the framing, and whether it does end.
+    /// it).
     private static func head(
         _ response: ProxyResponse, to request: HTTPRequestHead, bufferedLength: Int?, draining: DrainState
-    ) -> (head: HTTPResponseHead, framing: ResponseFraming.Decision, close: Bool) {
+    ) -> ResponseEncoder.Head {
         let framing = ResponseFraming.decide(
             headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
             bufferedLength: bufferedLength)
         let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
-        var headers = framing.headers
-        if close { headers.replaceOrAdd(name: "Connection", value: "close") }
-        return (HTTPResponseHead(version: request.version, status: response.status, headers: headers), framing, close)
+        return ResponseEncoder.Head(version: request.version, status: response.status, headers: response.headers, framing: framing, close: close)
     }
 
-    /// Frames and writes a whole answer in one write, and completes the request.
     private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: RequestRecord) {
         var record = record
-        let (head, framing, close) = Self.head(response, to: request, bufferedLength: body.readableBytes, draining: shared.draining)
+        let head = Self.head(response, to: request, bufferedLength: body.readableBytes, draining: shared.draining)
         record.status = Int(response.status.code)
-        let sent = framing.sendBody && body.readableBytes > 0 ? body : nil
+        let sent = head.framing.sendBody && body.readableBytes > 0 ? body : nil
         record.bytesOut = sent?.readableBytes ?? 0
         if let start = record.upstreamStart, record.upstreamDuration == nil { record.upstreamDuration = .now - start }
-        writeWhole(head, body: sent, completing: record, keepAlive: !close)
+        writeWhole(head, body: sent, completing: record, keepAlive: !head.close)
     }
 
     /// The task's only door into the event-loop-confined handler: every call runs on the loop (directly
@@ -425,11 +424,12 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 stream = body
                 limit = l
             }
-            let (head, framing, close) = ProxyHTTPHandler.head(response, to: request, bufferedLength: nil, draining: draining)
+            let head = ProxyHTTPHandler.head(response, to: request, bufferedLength: nil, draining: draining)
+            let framing = head.framing
             record.status = Int(response.status.code)
 
             do {
-                try await onLoop { try $0.writeHead(head, chunked: framing.chunked) }
+                try await onLoop { try $0.writeHead(head) }
                 var iterator = stream.makeAsyncIterator()
                 while true {
                     let chunk: ByteBuffer?
@@ -459,7 +459,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
                 let final = record
-                try await onLoop { try $0.writeEnd(completing: final, keepAlive: !close) }
+                try await onLoop { try $0.writeEnd(completing: final, keepAlive: !head.close) }
             } catch {
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
                 await abort(record)
@@ -477,7 +477,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Writes (on the loop)
 
-    private func writeWhole(_ head: HTTPResponseHead, body: ByteBuffer?, completing record: RequestRecord, keepAlive: Bool) {
+    private func writeWhole(_ head: ResponseEncoder.Head, body: ByteBuffer?, completing record: RequestRecord, keepAlive: Bool) {
         guard let context else { return finishRequest(record, keepAlive: false) }
         let bodyBytes = body?.readableBytes ?? 0
         let coalesce = bodyBytes <= ResponseEncoder.coalesceLimit
@@ -495,9 +495,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         finishRequest(record, keepAlive: keepAlive)
     }
 
-    private func writeHead(_ head: HTTPResponseHead, chunked: Bool) throws {
+    private func writeHead(_ head: ResponseEncoder.Head) throws {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
-        chunkedResponse = chunked
+        chunkedResponse = head.framing.chunked
         var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head))
         ResponseEncoder.writeHead(head, into: &buffer)
         context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
@@ -570,7 +570,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let lengths = head.headers["content-length"]
         let te = head.headers["transfer-encoding"]
         if !lengths.isEmpty, !te.isEmpty { return .framing("both Content-Length and Transfer-Encoding are present") }
-        if lengths.count > 1 || lengths.contains(where: { $0.contains(",") }) { return .framing("duplicate Content-Length") }
+        if lengths.count > 1 || lengths.contains(where: { $0.utf8.contains(UInt8(ascii: ",")) }) { return .framing("duplicate Content-Length") }
         if let l = lengths.first, Int(l) == nil || l.hasPrefix("+") || l.hasPrefix("-") { return .framing("invalid Content-Length") }
         if te.count > 1 || te.contains(where: { $0.lowercased() != "chunked" }) {
             return .framing("only a single Transfer-Encoding: chunked is accepted")

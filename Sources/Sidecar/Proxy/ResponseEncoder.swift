@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import Upstreams
 
 /// Serializes responses to the agent's connection (RFC 9112). Pure.
 ///
@@ -14,16 +15,28 @@ enum ResponseEncoder {
     static let continueLine: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
     static let lastChunk: StaticString = "0\r\n\r\n"
 
+    /// A response head as it goes on the wire: the message's fields with the proxy's framing applied
+    /// (`ResponseFraming.Decision.keeps`), then the framing and connection fields it decided.
+    struct Head: Sendable {
+        var version: HTTPVersion
+        var status: HTTPResponseStatus
+        var headers: HTTPHeaders
+        var framing: ResponseFraming.Decision
+        /// The connection ends after this answer (`Connection: close`).
+        var close: Bool
+    }
+
     /// Bytes the head will take (exact for valid fields), so its buffer is allocated once.
-    static func headSize(_ head: HTTPResponseHead) -> Int {
-        var n = 32 + head.status.reasonPhrase.utf8.count
+    static func headSize(_ head: Head) -> Int {
+        var n = 96 + head.status.reasonPhrase.utf8.count
         for (name, value) in head.headers { n += name.utf8.count + value.utf8.count + 4 }
         return n
     }
 
     /// Status line, fields, blank line. A field whose name or value could break the message framing
-    /// (CR, LF, NUL, or a bad name) is left out rather than written: no input may split a response.
-    static func writeHead(_ head: HTTPResponseHead, into buffer: inout ByteBuffer) {
+    /// (a control character, or a name that is not a token) is left out rather than written: no input
+    /// may split a response.
+    static func writeHead(_ head: Head, into buffer: inout ByteBuffer) {
         switch (head.version.major, head.version.minor) {
         case (1, 0): buffer.writeStaticString("HTTP/1.0 ")
         default: buffer.writeStaticString("HTTP/1.1 ")
@@ -34,14 +47,21 @@ enum ResponseEncoder {
         buffer.writeInteger(UInt8(ascii: "0") + UInt8(code % 10))
         buffer.writeInteger(UInt8(ascii: " "))
         let reason = head.status.reasonPhrase
-        if Self.isSafeValue(reason) { buffer.writeString(reason) }
+        if FieldSyntax.isValue(reason) { buffer.writeString(reason) }
         buffer.writeStaticString("\r\n")
-        for (name, value) in head.headers where Self.isSafeName(name) && Self.isSafeValue(value) {
+        for (name, value) in head.headers where head.framing.keeps(name) && FieldSyntax.isToken(name) && FieldSyntax.isValue(value) {
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
             buffer.writeStaticString("\r\n")
         }
+        if let length = head.framing.length {
+            buffer.writeStaticString("Content-Length: ")
+            buffer.writeString(String(length))
+            buffer.writeStaticString("\r\n")
+        }
+        if head.framing.chunked { buffer.writeStaticString("Transfer-Encoding: chunked\r\n") }
+        if head.close { buffer.writeStaticString("Connection: close\r\n") }
         buffer.writeStaticString("\r\n")
     }
 
@@ -64,28 +84,5 @@ enum ResponseEncoder {
             buffer.writeInteger(digits.utf8Start[(value >> shift) & 0xF])
             shift -= 4
         }
-    }
-
-    /// A field name must be a non-empty token (RFC 9110 §5.6.2).
-    static func isSafeName(_ name: String) -> Bool {
-        guard !name.isEmpty else { return false }
-        for b in name.utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
-                UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "^"),
-                UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-                continue
-            default:
-                return false
-            }
-        }
-        return true
-    }
-
-    /// A field value must not contain CR, LF or NUL.
-    static func isSafeValue(_ value: String) -> Bool {
-        for b in value.utf8 where b == 13 || b == 10 || b == 0 { return false }
-        return true
     }
 }

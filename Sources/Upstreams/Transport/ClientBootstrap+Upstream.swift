@@ -5,10 +5,32 @@ import NIOSSL
 
 extension ClientBootstrap {
     /// An upstream HTTP/1.1 connection: optional TLS (SNI and certificate checks by `serverName`), NIO's
-    /// client codec, then `handler`. Used by the pool and by the SSRF-checked fetch transport.
+    /// client codec, then `handler`. Used by the SSRF-checked fetch transport.
     static func upstreamHTTP1(
         on loop: any EventLoop, connectTimeout: Duration, tls: NIOSSLContext?, serverName: String?,
         handler: any ChannelHandler & Sendable
+    ) -> ClientBootstrap {
+        upstream(on: loop, connectTimeout: connectTimeout, tls: tls, serverName: serverName) { sync in
+            try sync.addHTTPClientHandlers()
+            try sync.addHandler(handler)
+        }
+    }
+
+    /// A pooled upstream connection: optional TLS, NIO's response decoder, then the pool's handler,
+    /// which writes requests as bytes itself (`RequestHeadEncoder`).
+    static func pooledHTTP1(
+        on loop: any EventLoop, connectTimeout: Duration, tls: NIOSSLContext?, serverName: String?,
+        handler: PooledConnectionHandler
+    ) -> ClientBootstrap {
+        upstream(on: loop, connectTimeout: connectTimeout, tls: tls, serverName: serverName) { sync in
+            try sync.addHandler(ByteToMessageHandler(handler.responseDecoder))
+            try sync.addHandler(handler)
+        }
+    }
+
+    private static func upstream(
+        on loop: any EventLoop, connectTimeout: Duration, tls: NIOSSLContext?, serverName: String?,
+        handlers: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void
     ) -> ClientBootstrap {
         ClientBootstrap(group: loop)
             .connectTimeout(TimeAmount(connectTimeout))
@@ -17,8 +39,7 @@ extension ClientBootstrap {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls { try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName)) }
-                    try sync.addHTTPClientHandlers()
-                    try sync.addHandler(handler)
+                    try handlers(sync)
                 }
             }
     }

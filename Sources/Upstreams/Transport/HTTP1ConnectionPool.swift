@@ -33,7 +33,10 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     private let maxIdlePerOrigin: Int
     private let sslContext: NIOSSLContext
     private let group: any EventLoopGroup
-    private let idle = NIOLockedValueBox<[Origin: [PooledConnection]]>([:])
+    /// One idle list per event loop of `group`, fixed at init (so finding it takes no lock).
+    private let idleByLoop: [ObjectIdentifier: IdleList]
+    /// Lists of loops from other groups (tests), made on first use.
+    private let strayIdle = NIOLockedValueBox<[ObjectIdentifier: IdleList]>([:])
 
     public init(
         connectTimeouts: [Tool: Duration], idleTimeout: Duration = .seconds(60), maxIdlePerOrigin: Int = 256, tls: TLSConfiguration,
@@ -46,7 +49,22 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         tls.applicationProtocols = ["http/1.1"]
         self.sslContext = try NIOSSLContext(configuration: tls)
         self.group = group
+        var lists: [ObjectIdentifier: IdleList] = [:]
+        for loop in group.makeIterator() { lists[ObjectIdentifier(loop)] = IdleList() }
+        self.idleByLoop = lists
     }
+
+    private func idleList(_ loop: ObjectIdentifier) -> IdleList {
+        if let list = idleByLoop[loop] { return list }
+        return strayIdle.withLockedValue { lists in
+            if let list = lists[loop] { return list }
+            let list = IdleList()
+            lists[loop] = list
+            return list
+        }
+    }
+
+    private var allIdleLists: [IdleList] { Array(idleByLoop.values) + strayIdle.withLockedValue { Array($0.values) } }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         let started = begin(request, on: MultiThreadedEventLoopGroup.currentEventLoop ?? group.any())
@@ -76,15 +94,11 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
 
     /// Closes every idle connection (in-flight ones finish or fail on their own).
     public func shutdown() {
-        let all = idle.withLockedValue { pools in
-            defer { pools.removeAll() }
-            return pools.values.flatMap { $0 }
-        }
-        for connection in all { connection.channel.close(promise: nil) }
+        for connection in allIdleLists.flatMap({ $0.removeAll() }) { connection.channel.close(promise: nil) }
     }
 
     /// Number of idle connections (tests).
-    public var idleCount: Int { idle.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } }
+    public var idleCount: Int { allIdleLists.reduce(0) { $0 + $1.count } }
 
     // MARK: On the loop
 
@@ -101,7 +115,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         let handler = PooledConnectionHandler(pool: self, origin: origin)
         let ssl = origin.tls ? sslContext : nil
         let serverName = IPAddress.parse(origin.host) == nil ? origin.host : nil
-        ClientBootstrap.upstreamHTTP1(
+        ClientBootstrap.pooledHTTP1(
             on: exchange.loop, connectTimeout: connectTimeouts[exchange.request.tool] ?? .seconds(5), tls: ssl, serverName: serverName,
             handler: handler)
             .connect(host: origin.host, port: origin.port)
@@ -134,9 +148,9 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
 
     private func takeIdle(_ origin: Origin) -> PooledConnection? {
         let now = NIODeadline.now()
+        let list = idleList(origin.loop)
         while true {
-            let candidate: PooledConnection? = idle.withLockedValue { pools in pools[origin]?.popLast() }
-            guard let candidate else { return nil }
+            guard let candidate = list.take(origin) else { return nil }
             if candidate.channel.isActive, candidate.since + idleTimeout > now { return candidate }
             candidate.channel.close(promise: nil)
         }
@@ -145,14 +159,47 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     func release(_ connection: PooledConnection, origin: Origin) {
         var connection = connection
         connection.since = .now()
-        let maxIdle = maxIdlePerOrigin
-        let kept: Bool = idle.withLockedValue { pools in
-            guard (pools[origin]?.count ?? 0) < maxIdle else { return false }
-            pools[origin, default: []].append(connection)
+        if !idleList(origin.loop).put(connection, origin: origin, max: maxIdlePerOrigin) { connection.channel.close(promise: nil) }
+    }
+}
+
+/// The idle connections of one event loop, by origin. Taken and put back on that loop; `shutdown` and
+/// `idleCount` read it from elsewhere, hence the lock (uncontended on the data path). A loop talks to
+/// few origins, so they are found by a scan, not by hashing a host name per request.
+final class IdleList: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var origins: [HTTP1ConnectionPool.Origin] = []
+    private var connections: [[PooledConnection]] = []
+
+    func take(_ origin: HTTP1ConnectionPool.Origin) -> PooledConnection? {
+        lock.withLock {
+            guard let i = origins.firstIndex(of: origin) else { return nil }
+            return connections[i].popLast()
+        }
+    }
+
+    /// False when the origin already has `max` idle connections (the caller closes this one).
+    func put(_ connection: PooledConnection, origin: HTTP1ConnectionPool.Origin, max: Int) -> Bool {
+        lock.withLock {
+            guard let i = origins.firstIndex(of: origin) else {
+                origins.append(origin)
+                connections.append([connection])
+                return true
+            }
+            guard connections[i].count < max else { return false }
+            connections[i].append(connection)
             return true
         }
-        if !kept { connection.channel.close(promise: nil) }
     }
+
+    func removeAll() -> [PooledConnection] {
+        lock.withLock {
+            defer { connections = connections.map { _ in [] } }
+            return connections.flatMap { $0 }
+        }
+    }
+
+    var count: Int { lock.withLock { connections.reduce(0) { $0 + $1.count } } }
 }
 
 struct PooledConnection: Sendable {

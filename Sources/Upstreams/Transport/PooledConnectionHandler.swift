@@ -4,10 +4,13 @@ import NIOHTTP1
 /// The last handler of a pooled upstream connection: carries one `Exchange` at a time, hands the
 /// response head to its promise, streams the body into its `BodyStream` (pausing reads while the
 /// consumer is behind) and returns the connection to the pool after a complete keep-alive response.
+///
+/// It writes requests as bytes (`RequestHeadEncoder`); NIO's response decoder below it learns each
+/// request's method from `responseDecoder` (a response to HEAD has no body).
 final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let pool: HTTP1ConnectionPool
     private let origin: HTTP1ConnectionPool.Origin
@@ -27,6 +30,8 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// re-arms for whichever exchange is current then.
     private var deadlineTimer: Scheduled<Void>?
     private var deadlineTimerAt = NIODeadline.distantFuture
+    /// The decoder of this connection's responses (added below this handler by `ClientBootstrap.pooledHTTP1`).
+    let responseDecoder = UpstreamResponseDecoder()
 
     init(pool: HTTP1ConnectionPool, origin: HTTP1ConnectionPool.Origin) {
         self.pool = pool
@@ -43,23 +48,22 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 ? pool.replay(exchange, origin: origin)
                 : exchange.fail(UpstreamError(.unreachable, beforeSend: true, detail: "connection closed before use"))
         }
+        let request = exchange.request
+        guard let encoded = RequestHeadEncoder.encode(request, allocator: context.channel.allocator) else {
+            // Nothing was written, so the connection is as clean as it was.
+            pool.release(PooledConnection(channel: context.channel, handler: self), origin: origin)
+            return exchange.fail(
+                UpstreamError(.protocolError, beforeSend: true, detail: "request is not valid HTTP (control character or bad token)"))
+        }
         self.exchange = exchange
         self.reused = reused
         answered = false
         keepAlive = true
         exchange.connection = self
-        watchDeadline(exchange.request.deadline, context: context)
-        let request = exchange.request
-        var headers = request.headers
-        if let body = request.body {
-            headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
-        } else if request.method == .POST || request.method == .PUT || request.method == .PATCH {
-            headers.replaceOrAdd(name: "Content-Length", value: "0")
-        }
-        let head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.url.pathAndQuery, headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if let body = request.body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        watchDeadline(request.deadline, context: context)
+        responseDecoder.expectResponse(to: request.method)
+        context.write(wrapOutboundOut(encoded.head), promise: nil)
+        if let body = encoded.body { context.write(wrapOutboundOut(body), promise: nil) }
         // The requests of one round of events reach the upstream in a burst.
         deferredFlush.flush(context)
     }

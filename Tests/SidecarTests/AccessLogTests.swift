@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+import Upstreams
+
+@testable import Sidecar
+
+@Suite("Access log line")
+struct AccessLogTests {
+    private func parsed(_ record: RequestRecord) throws -> [String: Any] {
+        let line = AccessLog.line(record)
+        let object = try JSONSerialization.jsonObject(with: Data(line.utf8))
+        return try #require(object as? [String: Any])
+    }
+
+    /// The timestamp's per-second prefix is cached; the cache once kept the prefix's trailing "." and
+    /// every line read `...:53..873Z`, which no RFC 3339 parser accepts.
+    @Test func timestampIsRFC3339WithMilliseconds() throws {
+        let record = RequestRecord(requestID: "r-1", method: "GET", start: .now)
+        for _ in 0..<3 {  // the first call fills the cache, the next ones read it
+            let ts = try #require(try parsed(record)["ts"] as? String)
+            let pattern = #/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/#
+            #expect(ts.wholeMatch(of: pattern) != nil, "\(ts)")
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            let date = try #require(formatter.date(from: ts))
+            #expect(abs(date.timeIntervalSinceNow) < 5)
+        }
+    }
+
+    @Test func fieldsAreTheRecordsAndEscaped() throws {
+        var record = RequestRecord(requestID: "id\"with\\quote\n", method: "GET", start: .now)
+        record.tool = .serpapi
+        record.action = "search"
+        record.status = 200
+        record.upstreamStatus = 200
+        record.bytesOut = 121
+        record.totalDuration = .microseconds(12_045)
+        let line = try parsed(record)
+        #expect(line["request_id"] as? String == "id\"with\\quote\n")
+        #expect(line["tool"] as? String == "serpapi")
+        #expect(line["action"] as? String == "search")
+        #expect(line["status"] as? Int == 200)
+        #expect(line["upstream_status"] as? Int == 200)
+        #expect(line["bytes_out"] as? Int == 121)
+        #expect(line["outcome"] as? String == "ok")
+        #expect(AccessLog.ms(.microseconds(12_045)) == "12.045")
+        #expect((line["duration_ms"] as? NSNumber)?.doubleValue == 12.045)
+    }
+}

@@ -1,0 +1,59 @@
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@testable import Upstreams
+
+@Suite("Upstream request encoder")
+struct RequestHeadEncoderTests {
+    private func request(_ method: HTTPMethod, _ url: String, _ headers: HTTPHeaders, body: String? = nil) throws -> UpstreamRequest {
+        let target = try TargetURL.parse(url)
+        let call = try HTTPFetchAdapter().interpret(ToolRequest(method: .GET, path: "/fetch", target: target))
+        return UpstreamRequest(call: call, method: method, url: target, headers: headers, body: body.map { ByteBuffer(string: $0) }, deadline: .now())
+    }
+
+    private func bytes(_ r: UpstreamRequest) throws -> (String, String?) {
+        let e = try #require(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()))
+        return (String(buffer: e.head), e.body.map { String(buffer: $0) })
+    }
+
+    @Test func requestLineFieldsAndBlankLine() throws {
+        let (text, body) = try bytes(request(.GET, "http://h:81/p/a?q=1&b=%20", ["Host": "h:81", "Via": "1.1 agent-sidecar"]))
+        #expect(text == "GET /p/a?q=1&b=%20 HTTP/1.1\r\nHost: h:81\r\nVia: 1.1 agent-sidecar\r\n\r\n")
+        #expect(body == nil)
+    }
+
+    @Test func aSmallBodyFollowsTheHeadInOneBufferWithItsLength() throws {
+        let (text, body) = try bytes(request(.POST, "http://h/v1", ["Host": "h", "content-length": "1"], body: "{\"a\":1}"))
+        #expect(text == "POST /v1 HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n{\"a\":1}")
+        #expect(body == nil)
+    }
+
+    @Test func anEmptyPostSaysSoAndAGetSaysNothing() throws {
+        #expect(try bytes(request(.POST, "http://h/", ["Host": "h"])).0 == "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        #expect(try bytes(request(.GET, "http://h/", ["Host": "h", "Transfer-Encoding": "chunked"])).0 == "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    }
+
+    @Test func aLargeBodyIsWrittenAfterTheHead() throws {
+        let big = String(repeating: "x", count: RequestHeadEncoder.coalesceLimit + 1)
+        let (text, body) = try bytes(request(.POST, "http://h/", ["Host": "h"], body: big))
+        #expect(text == "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \(big.utf8.count)\r\n\r\n")
+        #expect(body == big)
+    }
+
+    @Test func invalidPartsRefuseTheWholeRequest() throws {
+        var r = try request(.GET, "http://h/", ["Host": "h"])
+        r.headers.add(name: "X-A", value: "1\r\nX-B: 2")
+        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        r = try request(.RAW(value: "GE T"), "http://h/", ["Host": "h"])
+        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        r = try request(.GET, "http://h/", ["Host": "h"])
+        r.url.path = "/a\nb"
+        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        // HTAB is allowed in a value; other controls are not.
+        r = try request(.GET, "http://h/", ["Host": "h", "X-T": "a\tb"])
+        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) != nil)
+        r = try request(.GET, "http://h/", ["Host": "h", "X-T": "a\u{7F}b"])
+        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+    }
+}
