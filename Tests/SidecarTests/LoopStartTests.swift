@@ -58,9 +58,22 @@ struct LoopStartTests {
         ResilientCallerTests.caller(t, ResilientCallerTests.settings(tweak))
     }
 
+    /// Starts on the loop; the outcome arrives through the future. Nil when the call was not started.
+    static func begin(
+        _ c: ResilientCaller, _ r: UpstreamRequest, _ traits: CallTraits, cacheKey: String? = nil
+    ) -> (EventLoopFuture<ResilientCaller.Outcome>, cancel: @Sendable () -> Void)? {
+        let promise = loop.makePromise(of: ResilientCaller.Outcome.self)
+        let cancel = c.start(r, traits: traits, cacheKey: cacheKey, on: loop, record: ResilientCallerTests.record()) { promise.succeed($0) }
+        guard let cancel else {
+            promise.fail(CancellationError())
+            return nil
+        }
+        return (promise.futureResult, cancel)
+    }
+
     /// Starts on the loop and waits for the outcome: (status or error code, record).
     static func start(_ c: ResilientCaller, _ r: UpstreamRequest, _ traits: CallTraits) async throws -> (String, RequestRecord) {
-        let (future, _) = try #require(c.start(r, traits: traits, cacheKey: nil, on: loop, record: ResilientCallerTests.record()))
+        let (future, _) = try #require(begin(c, r, traits))
         let outcome = try await future.get()
         switch outcome.result {
         case .success(let result):
@@ -82,7 +95,7 @@ struct LoopStartTests {
     @Test func aCallWithACacheKeyIsLeftToTheAsyncPath() throws {
         let t = LoopTransport { _ in ResilientCallerTests.answer(200) }
         let (r, traits, key) = try ResilientCallerTests.serp()
-        #expect(Self.caller(t).start(r, traits: traits, cacheKey: key, on: Self.loop, record: ResilientCallerTests.record()) == nil)
+        #expect(Self.begin(Self.caller(t), r, traits, cacheKey: key) == nil)
         #expect(t.started.withLock { $0 } == 0)
     }
 
@@ -118,9 +131,9 @@ struct LoopStartTests {
         let (r, traits, _) = try ResilientCallerTests.serp()
         let c = Self.caller(t) { s in s.tools[.serpapi]!.maxConcurrent = 1 }
         // The first call holds the only slot until its answer is released.
-        let (first, _) = try #require(c.start(r, traits: traits, cacheKey: nil, on: Self.loop, record: ResilientCallerTests.record()))
+        let (first, _) = try #require(Self.begin(c, r, traits))
         let held = try await first.get()
-        let (second, _) = try #require(c.start(r, traits: traits, cacheKey: nil, on: Self.loop, record: ResilientCallerTests.record()))
+        let (second, _) = try #require(Self.begin(c, r, traits))
         try await Task.sleep(for: .milliseconds(50))
         #expect(t.sent.withLock { $0 } == 0, "the second call waits for the slot")
         try held.result.get().release()
@@ -132,7 +145,7 @@ struct LoopStartTests {
     @Test func cancellingAStartedCallAbortsIt() async throws {
         let t = LoopTransport(hold: true) { _ in ResilientCallerTests.answer(200) }
         let (r, traits, _) = try ResilientCallerTests.serp()
-        let (future, cancel) = try #require(Self.caller(t).start(r, traits: traits, cacheKey: nil, on: Self.loop, record: ResilientCallerTests.record()))
+        let (future, cancel) = try #require(Self.begin(Self.caller(t), r, traits))
         cancel()
         let outcome = try await future.get()
         guard case .failure(let e) = outcome.result else { Issue.record("a cancelled call answered"); return }
@@ -151,8 +164,9 @@ struct LoopStartTests {
     }
 
     static func handled(_ p: Pipeline, _ request: InboundRequest) async throws -> Pipeline.Handled {
-        let (future, _) = p.start(request, record: RequestRecord(requestID: "rid-1", method: "GET", start: .now), on: loop)
-        return try await future.get()
+        let promise = loop.makePromise(of: Pipeline.Handled.self)
+        _ = p.start(request, record: RequestRecord(requestID: "rid-1", method: "GET", start: .now), on: loop) { promise.succeed($0) }
+        return try await promise.futureResult.get()
     }
 
     @Test(arguments: [true, false])

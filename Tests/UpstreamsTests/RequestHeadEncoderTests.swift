@@ -57,3 +57,22 @@ struct RequestHeadEncoderTests {
         #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
     }
 }
+
+/// The byte sets are written as bit masks; this checks them against the RFCs' lists, byte by byte.
+@Suite("Field syntax")
+struct FieldSyntaxTests {
+    static let alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+    @Test func everyASCIIByteIsClassifiedAsTheRFCsSay() {
+        let token = Set((Self.alnum + "!#$%&'*+-.^_`|~").utf8)
+        let target = Set((Self.alnum + "-._~:/?#[]@!$&'()*+,;=%").utf8)
+        for b in UInt8(0)..<128 {
+            let s = String(decoding: [b], as: UTF8.self)
+            #expect(FieldSyntax.isToken(s) == token.contains(b), "token \(b)")
+            #expect(FieldSyntax.isRequestTarget(s) == target.contains(b), "target \(b)")
+            #expect(FieldSyntax.isValue(s) == (b >= 0x20 && b != 0x7F || b == 0x09), "value \(b)")
+        }
+        #expect(!FieldSyntax.isToken("naïve") && !FieldSyntax.isRequestTarget("/naïve") && FieldSyntax.isValue("naïve"))
+        #expect(!FieldSyntax.isToken(""))
+    }
+}

@@ -90,30 +90,36 @@ final class Pipeline: Sendable {
 
     /// Runs a request without a Swift task as far as its stages allow, on the connection's loop: the
     /// common call — a policy without stateful limits, a credential in memory, no cache, a closed
-    /// breaker, a free bulkhead and an HTTP/1.1 or mock upstream — is answered entirely through event-loop
-    /// futures. Wherever a stage has to wait (limit state, a credential refresh, a cache or bulkhead wait,
-    /// a retry, an async-only transport), the same stages continue in a task from there. The answer is
+    /// breaker, a free bulkhead and an HTTP/1.1 or mock upstream — is answered entirely on the loop.
+    /// Wherever a stage has to wait (limit state, a credential refresh, a cache or bulkhead wait, a
+    /// retry, an async-only transport), the same stages continue in a task from there. The answer is
     /// the same either way; only the cost differs.
-    func start(_ request: InboundRequest, record: RequestRecord, on loop: any EventLoop) -> (EventLoopFuture<Handled>, cancel: @Sendable () -> Void) {
+    ///
+    /// `then` gets the answer once, on `loop` — at once, before this returns, when nothing had to wait
+    /// (a refusal, a mock). Returns how to cancel the request.
+    func start(
+        _ request: InboundRequest, record: RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
+    ) -> @Sendable () -> Void {
         var record = record
         let prepared: Prepared
         do {
             guard let p = try prepare(request, record: &record) else {
-                return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+                return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                     try await self.compat(request, record: &r)
                 }
             }
             prepared = p
         } catch {
-            return (loop.makeSucceededFuture(answer(problem(error, request: request, record: &record), record: record)), {})
+            then(answer(problem(error, request: request, record: &record), record: record))
+            return {}
         }
         guard prepared.evaluated.checks.isEmpty else {
-            return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 try await self.call(prepared, record: &r)
             }
         }
         guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
-            return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 try await self.call(prepared, record: &r)
             }
         }
@@ -121,23 +127,30 @@ final class Pipeline: Sendable {
         do {
             outbound = try self.outbound(prepared.call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
         } catch {
-            return (loop.makeSucceededFuture(answer(problem(error, request: request, record: &record), record: record)), {})
+            then(answer(problem(error, request: request, record: &record), record: record))
+            return {}
         }
         if let resilience {
             let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
-            if let (outcome, cancel) = resilience.start(
-                outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record)
+            if let cancel = resilience.start(
+                outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record,
+                then: { outcome in then(self.answered(outcome.result, outbound, request: request, record: outcome.record)) })
             {
-                return (outcome.map { self.answered($0.result, outbound, request: request, record: $0.record) }, cancel)
+                return cancel
             }
         } else if let started = transport.start(outbound.upstream, on: loop) {
             let sent = record
-            let handled = started.response
-                .map { self.answered(.success(ResilientCaller.Result(response: $0, release: {})), outbound, request: request, record: sent) }
-                .recover { self.answered(.failure(GatewayError(HTTPClientTransport.classify($0))), outbound, request: request, record: sent) }
-            return (handled, started.cancel)
+            started.response.whenComplete { result in
+                switch result {
+                case .success(let response):
+                    then(self.answered(.success(ResilientCaller.Result(response: response, release: {})), outbound, request: request, record: sent))
+                case .failure(let error):
+                    then(self.answered(.failure(GatewayError(HTTPClientTransport.classify(error))), outbound, request: request, record: sent))
+                }
+            }
+            return started.cancel
         }
-        return continued(request, on: loop, record: record) { (r: inout RequestRecord) throws(GatewayError) in
+        return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
             try await self.send(outbound, admitted: nil, record: &r)
         }
     }
@@ -158,13 +171,12 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// The rest of a request in a task, behind a future on the loop.
+    /// The rest of a request in a task; its answer goes to `then` on the loop.
     private func continued(
-        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord,
+        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (Handled) -> Void,
         _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
-    ) -> (EventLoopFuture<Handled>, cancel: @Sendable () -> Void) {
-        let promise = loop.makePromise(of: Handled.self)
-        let cancel = promise.succeed(inTask: {
+    ) -> @Sendable () -> Void {
+        loop.run(inTask: {
             var record = record
             do throws(GatewayError) {
                 let response = try await body(&record)
@@ -172,8 +184,7 @@ final class Pipeline: Sendable {
             } catch {
                 return self.answer(self.problem(error, request: request, record: &record), record: record)
             }
-        })
-        return (promise.futureResult, cancel)
+        }, then: then)
     }
 
     private func answer(_ response: ProxyResponse, record: RequestRecord) -> Handled {

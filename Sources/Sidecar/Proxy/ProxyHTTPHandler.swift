@@ -52,6 +52,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var inFlight: Task<Void, Never>?
     /// Aborts the call in flight (its upstream request) when the agent goes away.
     private var cancelInFlight: (@Sendable () -> Void)?
+    /// Answers handed to `respond` on this connection (tells `start` whether its call is still pending).
+    private var answered = 0
     private var writabilityWaiters: [CheckedContinuation<Void, any Error>] = []
     /// The current streamed response uses chunked framing.
     private var chunkedResponse = false
@@ -298,18 +300,25 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: The pipeline
 
-    /// Starts the pipeline on this loop. Most calls are answered through event-loop futures alone (see
+    /// Starts the pipeline on this loop. Most calls are answered on the loop alone (see
     /// `Pipeline.start`); the answer is written here as soon as it is complete.
     private func start(_ request: InboundRequest, record: RequestRecord, context: ChannelHandlerContext) {
-        let (handled, cancel) = shared.pipeline.start(request, record: record, on: context.eventLoop)
-        cancelInFlight = cancel
-        handled.assumeIsolated().whenSuccess { handled in self.respond(handled, to: request.head) }
+        let answeredBefore = answered
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let head = request.head
+        let cancel = shared.pipeline.start(request, record: record, on: context.eventLoop) { handled in
+            handler.value.respond(handled, to: head)
+        }
+        // An answer that was ready at once has been written already (and the next queued request may
+        // have started, with its own cancel): only a pending call keeps this one.
+        if answered == answeredBefore { cancelInFlight = cancel }
     }
 
     /// Writes an answer: a complete body at once, on the loop; a body still arriving from a task, which
     /// suspends while the socket is full. Then frees what the call held.
     private func respond(_ handled: Pipeline.Handled, to request: HTTPRequestHead) {
         cancelInFlight = nil
+        answered &+= 1
         var record = handled.record
         let response = handled.response
         guard let context, context.channel.isActive else {

@@ -115,11 +115,16 @@ final class ResilientCaller: Sendable {
     /// A call started on `loop` without a task, when no stage has to wait: no cache key, a closed
     /// breaker, a free bulkhead slot and a transport that can start on the loop. Whatever has to wait
     /// after all (a half-open probe, a queued bulkhead, a transport without a loop start, a retry)
-    /// continues in a task behind the same future. Returns nil, having done nothing, for calls with a
-    /// cache key (use `call`).
+    /// continues in a task. Either way `then` gets the outcome once, on `loop` (at once, before this
+    /// returns, when nothing had to wait). Returns how to cancel the call, or nil, having done nothing,
+    /// for calls with a cache key (use `call`).
+    ///
+    /// A callback rather than a future: on this path every future hop was a promise, a callback list
+    /// and a generic copy of the outcome per request.
     func start(
-        _ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, on loop: any EventLoop, record: RequestRecord
-    ) -> (outcome: EventLoopFuture<Outcome>, cancel: @Sendable () -> Void)? {
+        _ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, on loop: any EventLoop, record: RequestRecord,
+        then: @escaping @Sendable (Outcome) -> Void
+    ) -> (@Sendable () -> Void)? {
         guard cacheKey == nil else { return nil }
         var c = Call(request, traits: traits, cacheKey: nil)
         var record = record
@@ -127,15 +132,17 @@ final class ResilientCaller: Sendable {
         guard case .allow = decision, bulkheads[c.tool]!.tryAcquire() else {
             do {
                 if let served = try refuseIfPaused(&c, decision, record: &record) {
-                    return (loop.makeSucceededFuture(Outcome(result: .success(served), record: record)), {})
+                    then(Outcome(result: .success(served), record: record))
+                    return {}
                 }
             } catch {
-                return (loop.makeSucceededFuture(Outcome(result: .failure(error), record: record)), {})
+                then(Outcome(result: .failure(error), record: record))
+                return {}
             }
             // A probe, or a busy bulkhead: the rest of admission waits, in a task.
             let call = c
             let begun = record
-            return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
+            return continued(on: loop, record: begun, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 var c = call
                 if let served = try await self.admit(&c, decision: decision, record: &r) { return served }
                 return try await self.attempts(&c, record: &r)
@@ -145,13 +152,12 @@ final class ResilientCaller: Sendable {
         let begun = record
         guard let started = transport.start(request, on: loop) else {
             let call = c
-            return continued(on: loop, record: begun) { (r: inout RequestRecord) throws(GatewayError) in
+            return continued(on: loop, record: begun, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 var c = call
                 return try await self.attempts(&c, record: &r)
             }
         }
         c.attempt = 1
-        let promise = loop.makePromise(of: Outcome.self)
         let relay = CancelRelay(started.cancel)
         let call = c
         started.response.whenComplete { result in
@@ -162,18 +168,18 @@ final class ResilientCaller: Sendable {
             case .failure(let e): sent = .failure(HTTPClientTransport.classify(e))
             }
             guard let reason = self.assess(&c, sent) else {
-                return promise.succeed(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try self.settleAttempt(&c, sent, record: &r).result })
+                return then(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try self.settleAttempt(&c, sent, record: &r).result })
             }
             // A retry waits (budget, backoff): it continues in a task.
             let attempted = c
-            relay.replace(promise.succeed(inTask: {
+            relay.replace(loop.run(inTask: {
                 await Outcome.of(begun) { (r: inout RequestRecord) throws(GatewayError) in
                     var c = attempted
                     return try await self.retryOrFinish(&c, sent, reason: reason, record: &r)
                 }
-            }))
+            }, then: then))
         }
-        return (promise.futureResult, { relay.cancel() })
+        return { relay.cancel() }
     }
 
     /// The result of a started call with the request record as its stages left it.
@@ -197,10 +203,10 @@ final class ResilientCaller: Sendable {
     }
 
     private func continued(
-        on loop: any EventLoop, record: RequestRecord, _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> Result
-    ) -> (EventLoopFuture<Outcome>, cancel: @Sendable () -> Void) {
-        let promise = loop.makePromise(of: Outcome.self)
-        return (promise.futureResult, promise.succeed(inTask: { await Outcome.of(record, body) }))
+        on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (Outcome) -> Void,
+        _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> Result
+    ) -> @Sendable () -> Void {
+        loop.run(inTask: { await Outcome.of(record, body) }, then: then)
     }
 
     // MARK: Stages
