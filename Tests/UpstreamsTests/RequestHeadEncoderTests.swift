@@ -13,7 +13,7 @@ struct RequestHeadEncoderTests {
     }
 
     private func bytes(_ r: UpstreamRequest) throws -> (String, String?) {
-        let e = try #require(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()))
+        let e = try #require(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }))
         return (String(buffer: e.head), e.body.map { String(buffer: $0) })
     }
 
@@ -44,17 +44,17 @@ struct RequestHeadEncoderTests {
     @Test func invalidPartsRefuseTheWholeRequest() throws {
         var r = try request(.GET, "http://h/", ["Host": "h"])
         r.headers.add(name: "X-A", value: "1\r\nX-B: 2")
-        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        #expect(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }) == nil)
         r = try request(.RAW(value: "GE T"), "http://h/", ["Host": "h"])
-        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        #expect(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }) == nil)
         r = try request(.GET, "http://h/", ["Host": "h"])
         r.url.path = "/a\nb"
-        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        #expect(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }) == nil)
         // HTAB is allowed in a value; other controls are not.
         r = try request(.GET, "http://h/", ["Host": "h", "X-T": "a\tb"])
-        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) != nil)
+        #expect(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }) != nil)
         r = try request(.GET, "http://h/", ["Host": "h", "X-T": "a\u{7F}b"])
-        #expect(RequestHeadEncoder.encode(r, allocator: ByteBufferAllocator()) == nil)
+        #expect(RequestHeadEncoder.encode(r, buffer: { ByteBufferAllocator().buffer(capacity: $0) }) == nil)
     }
 }
 

@@ -52,6 +52,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var inFlight: Task<Void, Never>?
     /// Aborts the call in flight (its upstream request) when the agent goes away.
     private var cancelInFlight: (@Sendable () -> Void)?
+    /// The buffer the last answer's head was written into, for the next one.
+    private var writeBuffer = ReusableBuffer()
     /// Answers handed to `respond` on this connection (tells `start` whether its call is still pending).
     private var answered = 0
     private var writabilityWaiters: [CheckedContinuation<Void, any Error>] = []
@@ -490,16 +492,19 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context else { return finishRequest(record, keepAlive: false) }
         let bodyBytes = body?.readableBytes ?? 0
         let coalesce = bodyBytes <= ResponseEncoder.coalesceLimit
-        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + (coalesce ? bodyBytes : 0))
+        var buffer = writeBuffer.take(capacity: ResponseEncoder.headSize(head) + (coalesce ? bodyBytes : 0), allocator: context.channel.allocator)
         ResponseEncoder.writeHead(head, into: &buffer)
         if var body {
             if coalesce {
                 buffer.writeBuffer(&body)
             } else {
+                writeBuffer.keep(buffer)
                 context.write(Self.wrapOutboundOut(buffer), promise: nil)
                 buffer = body
             }
         }
+        // Kept only once complete: a reference held while writing would make the writes copy.
+        if coalesce { writeBuffer.keep(buffer) }
         writeFinal(buffer, context: context, keepAlive: keepAlive)
         finishRequest(record, keepAlive: keepAlive)
     }
@@ -507,8 +512,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func writeHead(_ head: ResponseEncoder.Head) throws {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
         chunkedResponse = head.framing.chunked
-        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head))
+        var buffer = writeBuffer.take(capacity: ResponseEncoder.headSize(head), allocator: context.channel.allocator)
         ResponseEncoder.writeHead(head, into: &buffer)
+        writeBuffer.keep(buffer)
         context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
     }
 

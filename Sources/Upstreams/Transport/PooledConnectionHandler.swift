@@ -23,6 +23,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// The current response's head, until it is handed over.
     private var pendingHead: UpstreamResponse?
     private let deferredFlush = DeferredFlush()
+    private var writeBuffer = ReusableBuffer()
     private var keepAlive = true
     private let readPause = ReadPause()
     /// Watches the deadline of the exchange in flight. It is not re-armed per request: exchanges on a
@@ -49,7 +50,8 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 : exchange.fail(UpstreamError(.unreachable, beforeSend: true, detail: "connection closed before use"))
         }
         let request = exchange.request
-        guard let encoded = RequestHeadEncoder.encode(request, allocator: context.channel.allocator) else {
+        let allocator = context.channel.allocator
+        guard let encoded = RequestHeadEncoder.encode(request, buffer: { writeBuffer.take(capacity: $0, allocator: allocator) }) else {
             // Nothing was written, so the connection is as clean as it was.
             pool.release(PooledConnection(channel: context.channel, handler: self), origin: origin)
             return exchange.fail(
@@ -63,6 +65,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         watchDeadline(request.deadline, context: context)
         responseDecoder.expectResponse(to: request.method)
         context.write(wrapOutboundOut(encoded.head), promise: nil)
+        writeBuffer.keep(encoded.head)
         if let body = encoded.body { context.write(wrapOutboundOut(body), promise: nil) }
         // The requests of one round of events reach the upstream in a burst.
         deferredFlush.flush(context)

@@ -19,8 +19,9 @@ enum RequestHeadEncoder {
         var body: ByteBuffer?
     }
 
-    /// The request's bytes, or nil if some part of it is not valid HTTP (nothing may be written then).
-    static func encode(_ request: UpstreamRequest, allocator: ByteBufferAllocator) -> Encoded? {
+    /// The request's bytes in a buffer from `buffer(capacity)`, or nil if some part of it is not valid
+    /// HTTP (nothing may be written then).
+    static func encode(_ request: UpstreamRequest, buffer make: (Int) -> ByteBuffer) -> Encoded? {
         let method = request.method.rawValue
         let url = request.url
         guard FieldSyntax.isToken(method), FieldSyntax.isRequestTarget(url.path),
@@ -36,7 +37,7 @@ enum RequestHeadEncoder {
         let coalesce = (request.body?.readableBytes ?? 0) <= coalesceLimit
         if coalesce { size += request.body?.readableBytes ?? 0 }
 
-        var buffer = allocator.buffer(capacity: size)
+        var buffer = make(size)
         buffer.writeString(method)
         buffer.writeInteger(UInt8(ascii: " "))
         buffer.writeString(url.path)
