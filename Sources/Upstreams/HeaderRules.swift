@@ -67,9 +67,13 @@ public enum HeaderRules {
     static func connectionNamed(_ headers: HTTPHeaders) -> ConnectionNamed {
         var names: [String] = []
         for (name, value) in headers where HeaderName.classify(name).isConnection {
-            for token in value.split(separator: ",") {
-                let n = token.trimmedOWS
-                if !n.isEmpty, !HeaderName.classify(n).isHopByHop { names.append(n) }
+            // Walked in place: the usual `keep-alive` / `close` names nothing and should cost nothing.
+            var rest = Substring(value)
+            while !rest.isEmpty {
+                let end = rest.firstIndex(of: ",") ?? rest.endIndex
+                let token = rest[..<end].trimmingOWS
+                if !token.isEmpty, !HeaderName.classify(token).isHopByHop { names.append(String(token)) }
+                rest = end < rest.endIndex ? rest[rest.index(after: end)...] : rest[rest.endIndex...]
             }
         }
         return ConnectionNamed(names: names)
@@ -161,10 +165,15 @@ public enum HeaderName {
 
 extension StringProtocol {
     /// Trims optional whitespace (SP / HTAB) as HTTP defines it.
-    var trimmedOWS: String {
-        var s = Substring(self)
+    var trimmedOWS: String { String(Substring(self).trimmingOWS) }
+}
+
+extension Substring {
+    /// `trimmedOWS` without making a string.
+    var trimmingOWS: Substring {
+        var s = self
         while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
+        return s
     }
 }

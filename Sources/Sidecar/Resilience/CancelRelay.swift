@@ -2,7 +2,7 @@ import Synchronization
 
 /// How to abort a call whose work may move from the event loop into a task (a retry): the current
 /// action is replaced as the work moves, and a cancel that came first runs the new action at once.
-final class CancelRelay: Sendable {
+class CancelRelay: @unchecked Sendable {
     private let state: Mutex<(cancelled: Bool, action: (@Sendable () -> Void)?)>
 
     init(_ action: @escaping @Sendable () -> Void) { state = Mutex((false, action)) }

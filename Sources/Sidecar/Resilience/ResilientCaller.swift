@@ -158,28 +158,51 @@ final class ResilientCaller: Sendable {
             }
         }
         c.attempt = 1
-        let relay = CancelRelay(started.cancel)
-        let call = c
-        started.response.whenComplete { result in
-            var c = call
+        let attempt = LoopAttempt(caller: self, call: c, begun: begun, loop: loop, then: then, cancel: started.cancel)
+        started.response.whenComplete { attempt.answered($0) }
+        return { attempt.cancel() }
+    }
+
+    /// A call started on the loop, until its first answer: what that answer needs, and the relay of a
+    /// cancel to whichever stage holds the call (the transport, then a retry's task). One object per call
+    /// instead of a relay plus closure contexts holding copies of the call and the record.
+    private final class LoopAttempt: CancelRelay, @unchecked Sendable {
+        let caller: ResilientCaller
+        /// Touched only on `loop`, in `answered`.
+        var call: Call
+        let begun: RequestRecord
+        let loop: any EventLoop
+        let then: @Sendable (Outcome) -> Void
+
+        init(caller: ResilientCaller, call: Call, begun: RequestRecord, loop: any EventLoop, then: @escaping @Sendable (Outcome) -> Void, cancel: @escaping @Sendable () -> Void) {
+            self.caller = caller
+            self.call = call
+            self.begun = begun
+            self.loop = loop
+            self.then = then
+            super.init(cancel)
+        }
+
+        func answered(_ result: Swift.Result<UpstreamResponse, any Error>) {
             let sent: Sent
             switch result {
             case .success(let r): sent = .response(r)
             case .failure(let e): sent = .failure(HTTPClientTransport.classify(e))
             }
-            guard let reason = self.assess(&c, sent) else {
-                return then(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try self.settleAttempt(&c, sent, record: &r).result })
+            let caller = self.caller
+            guard let reason = caller.assess(&call, sent) else {
+                return then(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try caller.settleAttempt(&call, sent, record: &r).result })
             }
             // A retry waits (budget, backoff): it continues in a task.
-            let attempted = c
-            relay.replace(loop.run(inTask: {
+            let attempted = call
+            let begun = self.begun
+            replace(loop.run(inTask: {
                 await Outcome.of(begun) { (r: inout RequestRecord) throws(GatewayError) in
                     var c = attempted
-                    return try await self.retryOrFinish(&c, sent, reason: reason, record: &r)
+                    return try await caller.retryOrFinish(&c, sent, reason: reason, record: &r)
                 }
             }, then: then))
         }
-        return { relay.cancel() }
     }
 
     /// The result of a started call with the request record as its stages left it.
