@@ -38,6 +38,7 @@ struct GatewayErrorTests {
         (UpstreamError(.timeout, beforeSend: false, detail: "x"), 504, "upstream_timeout"),
         (UpstreamError(.protocolError, beforeSend: false, detail: "x"), 502, "upstream_protocol_error"),
         (UpstreamError(.responseTooLarge, beforeSend: false, detail: "x"), 502, "upstream_response_too_large"),
+        (UpstreamError(.invalidRequest, beforeSend: true, detail: "x"), 400, "malformed_request"),
     ])
     func upstreamErrors(_ error: UpstreamError, _ status: Int, _ code: String) {
         let mapped = GatewayError(error)

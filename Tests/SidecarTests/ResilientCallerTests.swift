@@ -375,6 +375,8 @@ struct ResilientCallerTests {
         (200, nil, CircuitBreaker.Outcome.success), (404, nil, .ignored), (429, nil, .throttled), (500, nil, .failure), (503, nil, .failure),
         (nil, UpstreamError(.timeout, beforeSend: false, detail: ""), .failure), (nil, UpstreamError(.unreachable, beforeSend: true, detail: ""), .failure),
         (nil, UpstreamError(.egressDenied, beforeSend: true, detail: ""), .ignored), (nil, UpstreamError(.cancelled, beforeSend: false, detail: ""), .ignored),
+        // An agent's unsendable request says nothing about the upstream: it must not open the breaker.
+        (nil, UpstreamError(.invalidRequest, beforeSend: true, detail: ""), .ignored),
     ] as [(Int?, UpstreamError?, CircuitBreaker.Outcome)])
     func outcomeClassification(_ status: Int?, _ error: UpstreamError?, _ expected: CircuitBreaker.Outcome) {
         #expect(ResilientCaller.outcome(status: status, error: error) == expected)

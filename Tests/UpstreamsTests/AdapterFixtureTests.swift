@@ -158,6 +158,16 @@ struct AdapterFixtureTests {
         }
     }
 
+    @Test(arguments: [["X-A": "a\r\nInjected: 1"], ["X-A": "a\u{1}b"], ["Bad Name": "v"], ["X:A": "v"], ["": "v"], ["X-A": 1]] as [JSONValue])
+    func fetchCompatRefusesFieldsThatCannotBeSent(_ headers: JSONValue) {
+        #expect(throws: ToolRequestError.invalidParameter("params.headers: names must be tokens, values strings without control characters")) {
+            try HTTPFetchAdapter().compatRequest(action: "get", params: ["url": "http://example.com/", "headers": headers])
+        }
+        #expect(throws: Never.self) {
+            try HTTPFetchAdapter().compatRequest(action: "get", params: ["url": "http://example.com/", "headers": ["X-A": "tab\tand naïve"]])
+        }
+    }
+
     @Test func fetchActionsAndMock() throws {
         let adapter = HTTPFetchAdapter()
         let target = try TargetURL.parse("https://example.com/page")

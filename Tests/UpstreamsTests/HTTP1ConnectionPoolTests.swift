@@ -319,7 +319,7 @@ import Testing
         var request = try Self.request(server.port, "/ok", headers: headers)
         request.url.path = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
         request.url.query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init)
-        await #expect(throws: UpstreamError(.protocolError, beforeSend: true, detail: "request is not valid HTTP (control character or bad token)"), "\(name)") {
+        await #expect(throws: UpstreamError(.invalidRequest, beforeSend: true, detail: "a control character, or a name that is not a token"), "\(name)") {
             _ = try await Self.fetch(pool, request)
         }
         _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))

@@ -38,6 +38,7 @@ struct RetryTests {
         Row(tool: .httpFetch, traits: readOnly, method: .GET, error: resetBeforeSend, expected: .connect),
         Row(tool: .httpFetch, traits: readOnly, method: .GET, error: resetAfterSend, expected: nil),
         Row(tool: .httpFetch, traits: readOnly, method: .GET, error: UpstreamError(.egressDenied, beforeSend: true, detail: "x"), expected: nil),
+        Row(tool: .serpapi, traits: readOnly, method: .GET, error: UpstreamError(.invalidRequest, beforeSend: true, detail: "x"), expected: nil),
         Row(tool: .openai, traits: chat, method: .POST, status: 429, expected: .throttled),
         Row(tool: .openai, traits: chat, method: .POST, status: 503, expected: .status5xx),
         Row(tool: .openai, traits: chat, method: .POST, error: connect, expected: .connect),

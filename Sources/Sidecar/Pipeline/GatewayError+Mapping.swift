@@ -31,6 +31,7 @@ extension GatewayError {
         case .protocolError, .cancelled: self.init(.upstreamProtocolError, "the upstream connection failed (\(e.detail))")
         case .responseTooLarge: self.init(.upstreamResponseTooLarge, "the upstream response exceeded the size limit")
         case .egressDenied: self.init(.egressDenied, "the destination is not allowed for http_fetch (\(e.detail))")
+        case .invalidRequest: self = .malformed("the request cannot be forwarded as valid HTTP (\(e.detail))")
         }
     }
 

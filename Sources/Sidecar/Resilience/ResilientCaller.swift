@@ -479,7 +479,7 @@ final class ResilientCaller: Sendable {
         if let error {
             switch error.kind {
             case .unreachable, .timeout, .protocolError: return .failure
-            case .cancelled, .responseTooLarge, .egressDenied: return .ignored
+            case .cancelled, .responseTooLarge, .egressDenied, .invalidRequest: return .ignored
             }
         }
         guard let status else { return .ignored }

@@ -29,8 +29,9 @@ public struct HTTPFetchAdapter: ToolAdapter {
         var headers = HTTPHeaders()
         if let extra = params["headers"]?.objectValue {
             for (name, value) in extra.sorted(by: { $0.key < $1.key }) {
-                guard let v = value.stringValue, !v.hasLineBreak, !name.hasLineBreak, !name.contains(":") else {
-                    throw .invalidParameter("params.headers values must be single-line strings")
+                // Checked as the encoder will (FieldSyntax): an unsendable field is the agent's mistake, a 400.
+                guard let v = value.stringValue, FieldSyntax.isToken(name), FieldSyntax.isValue(v) else {
+                    throw .invalidParameter("params.headers: names must be tokens, values strings without control characters")
                 }
                 headers.add(name: name, value: v)
             }

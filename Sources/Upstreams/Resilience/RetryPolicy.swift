@@ -30,7 +30,7 @@ public struct RetryPolicy: Sendable, Hashable {
             case .unreachable: return .connect
             case .timeout: return tool == .openai ? nil : .timeout
             case .protocolError: return error.beforeSend ? .connect : nil
-            case .responseTooLarge, .cancelled, .egressDenied: return nil
+            case .responseTooLarge, .cancelled, .egressDenied, .invalidRequest: return nil
             }
         }
         guard let status else { return nil }

@@ -55,7 +55,7 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             // Nothing was written, so the connection is as clean as it was.
             pool.release(PooledConnection(channel: context.channel, handler: self), origin: origin)
             return exchange.fail(
-                UpstreamError(.protocolError, beforeSend: true, detail: "request is not valid HTTP (control character or bad token)"))
+                UpstreamError(.invalidRequest, beforeSend: true, detail: "a control character, or a name that is not a token"))
         }
         self.exchange = exchange
         self.reused = reused

@@ -90,6 +90,10 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
         case cancelled
         /// The destination is an address the egress guard refuses (SSRF defence); nothing was sent.
         case egressDenied = "egress_denied"
+        /// The request cannot be written as valid HTTP (a control character in a field or the target,
+        /// a method or field name that is not a token); nothing was sent. The caller's mistake: never
+        /// retried, never a failure of the upstream.
+        case invalidRequest = "invalid_request"
     }
 
     public let kind: Kind
