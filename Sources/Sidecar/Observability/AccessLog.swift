@@ -19,10 +19,8 @@ struct AccessLog: Sendable {
 
     func write(_ r: RequestRecord) {
         guard enabled else { return }
-        var line: [UInt8] = []
-        line.reserveCapacity(384)
-        Self.append(r, to: &line)
-        writer.append(line)
+        // Formatted straight into the shared buffer: no line of its own to allocate and copy.
+        writer.append { Self.append(r, to: &$0) }
     }
 
     static func line(_ r: RequestRecord) -> String {
@@ -35,48 +33,45 @@ struct AccessLog: Sendable {
         s.append(contentsOf: #"{"ts":""#.utf8)
         LogTimestamp.append(to: &s)
         s.append(contentsOf: #"","level":"info","msg":"access""#.utf8)
-        string("request_id", r.requestID, &s)
-        string("entry", r.entry?.rawValue ?? "none", &s)
-        string("method", r.method, &s)
-        string("tool", r.toolLabel, &s)
-        string("action", r.actionLabel, &s)
-        integer("status", r.status, &s)
-        string("outcome", r.outcome, &s)
-        if let u = r.upstreamStatus { integer("upstream_status", u, &s) }
-        if let h = r.upstreamHost { string("upstream_host", h, &s) }
-        if let a = r.agentID { string("agent_id", a, &s) }
-        if let t = r.tokenID { string("token_id", t, &s) }
+        string(#","request_id":"#, r.requestID, &s)
+        string(#","entry":"#, r.entry?.rawValue ?? "none", &s)
+        string(#","method":"#, r.method, &s)
+        string(#","tool":"#, r.toolLabel, &s)
+        string(#","action":"#, r.actionLabel, &s)
+        integer(#","status":"#, r.status, &s)
+        string(#","outcome":"#, r.outcome, &s)
+        if let u = r.upstreamStatus { integer(#","upstream_status":"#, u, &s) }
+        if let h = r.upstreamHost { string(#","upstream_host":"#, h, &s) }
+        if let a = r.agentID { string(#","agent_id":"#, a, &s) }
+        if let t = r.tokenID { string(#","token_id":"#, t, &s) }
         if r.mock { s.append(contentsOf: #","mock":true"#.utf8) }
-        if let c = r.cache { string("cache", c, &s) }
-        if r.retries > 0 { integer("retries", r.retries, &s) }
-        if let b = r.breaker { string("breaker", b, &s) }
-        if let c = r.chaos { string("chaos", c, &s) }
-        name("duration_ms", &s)
+        if let c = r.cache { string(#","cache":"#, c, &s) }
+        if r.retries > 0 { integer(#","retries":"#, r.retries, &s) }
+        if let b = r.breaker { string(#","breaker":"#, b, &s) }
+        if let c = r.chaos { string(#","chaos":"#, c, &s) }
+        literal(#","duration_ms":"#, &s)
         milliseconds(r.totalDuration, into: &s)
         if let up = r.upstreamDuration {
-            name("upstream_ms", &s)
+            literal(#","upstream_ms":"#, &s)
             milliseconds(up, into: &s)
         }
-        integer("bytes_in", r.bytesIn, &s)
-        integer("bytes_out", r.bytesOut, &s)
+        integer(#","bytes_in":"#, r.bytesIn, &s)
+        integer(#","bytes_out":"#, r.bytesOut, &s)
         s.append(UInt8(ascii: "}"))
     }
 
-    /// `,"name":` — the fields' names are literals that need no escaping.
-    private static func name(_ name: StaticString, _ s: inout [UInt8]) {
-        s.append(contentsOf: #","#.utf8)
-        s.append(UInt8(ascii: "\""))
-        s.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-        s.append(contentsOf: #"":"#.utf8)
+    /// A field's `,"name":` as one literal (names need no escaping): one copy per field.
+    private static func literal(_ text: StaticString, _ s: inout [UInt8]) {
+        s.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
     private static func string(_ field: StaticString, _ value: String, _ s: inout [UInt8]) {
-        name(field, &s)
+        literal(field, &s)
         JSONBytes.string(value, into: &s)
     }
 
     private static func integer(_ field: StaticString, _ value: Int, _ s: inout [UInt8]) {
-        name(field, &s)
+        literal(field, &s)
         JSONBytes.integer(value, into: &s)
     }
 
@@ -104,6 +99,12 @@ struct AccessLog: Sendable {
 enum JSONBytes {
     static func string(_ value: String, into s: inout [UInt8]) {
         s.append(UInt8(ascii: "\""))
+        // Ids, names and codes need no escaping: copied in one piece.
+        if !value.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            s.append(contentsOf: value.utf8)
+            s.append(UInt8(ascii: "\""))
+            return
+        }
         for b in value.utf8 {
             switch b {
             case UInt8(ascii: "\""): s.append(contentsOf: #"\""#.utf8)

@@ -93,12 +93,12 @@ final class BufferedLineWriter: Sendable {
 
     init() { buffer.withLock { $0.reserveCapacity(Self.flushBytes * 2) } }
 
-    func append(_ line: String) { append(Array(line.utf8)) }
-
-    func append(_ line: [UInt8]) {
+    /// Appends the line `write` produces (and a newline) under the buffer's lock, so it is formatted in
+    /// place; `write` must be quick.
+    func append(_ write: (inout [UInt8]) -> Void) {
         var full: [UInt8]?
         buffer.withLock { b in
-            b.append(contentsOf: line)
+            write(&b)
             b.append(10)
             if b.count >= Self.flushBytes {
                 full = b
