@@ -145,8 +145,20 @@ public enum HeaderName {
         return .other
     }
 
+    /// Whether a field name is `lowercase` (a lowercase literal), ignoring ASCII case. Not generic, so
+    /// callers in other modules get the compiled byte loop rather than a generic one.
+    public static func named(_ name: String, _ lowercase: StaticString) -> Bool {
+        var name = name
+        return name.withUTF8 { bytes in
+            guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+            let expected = lowercase.utf8Start
+            for i in 0..<bytes.count where lower(bytes[i]) != expected[i] { return false }
+            return true
+        }
+    }
+
     /// ASCII case-insensitive equality of two field names.
-    public static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
+    static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
         return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
     }

@@ -27,9 +27,9 @@ enum ResponseFraming {
         /// `Content-Length` unless replaced or dropped.
         func keeps(_ name: String) -> Bool {
             switch name.utf8.count {
-            case 10: !HeaderName.equalsIgnoringCase(name, "connection")
-            case 14: !(dropLength || length != nil) || !HeaderName.equalsIgnoringCase(name, "content-length")
-            case 17: !HeaderName.equalsIgnoringCase(name, "transfer-encoding")
+            case 10: !HeaderName.named(name, "connection")
+            case 14: !(dropLength || length != nil) || !HeaderName.named(name, "content-length")
+            case 17: !HeaderName.named(name, "transfer-encoding")
             default: true
             }
         }
@@ -40,7 +40,7 @@ enum ResponseFraming {
         bufferedLength: Int?
     ) -> Decision {
         let code = status.code
-        let lengths = headers.count { HeaderName.equalsIgnoringCase($0.name, "content-length") }
+        let lengths = headers.count { HeaderName.named($0.name, "content-length") }
         let bodyless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
         if bodyless {
             // A HEAD or 304 answer may still say how long the body would be; 1xx and 204 must not.

@@ -71,7 +71,7 @@ enum RequestHeadEncoder {
     private static func isFraming(_ name: String) -> Bool {
         let n = name.utf8.count
         guard n == 14 || n == 17 else { return false }
-        return HeaderName.equalsIgnoringCase(name, "content-length") || HeaderName.equalsIgnoringCase(name, "transfer-encoding")
+        return HeaderName.named(name, "content-length") || HeaderName.named(name, "transfer-encoding")
     }
 }
 
