@@ -21,12 +21,25 @@ final class RedisServer: @unchecked Sendable {
 
     var url: String { "redis://127.0.0.1:\(port)/0" }
 
+    /// Waits for the port to accept connections before the client tries it: a client slot that tried
+    /// too early backs off (50 ms and more) and would fail the test's first commands on that slot.
     func waitUntilUp(_ client: RedisClient) async throws {
-        for _ in 0..<100 {
-            if await client.ping() { return }
-            try await Task.sleep(for: .milliseconds(50))
+        for _ in 0..<200 {
+            if Self.accepts(port), await client.ping() { return }
+            try await Task.sleep(for: .milliseconds(25))
         }
         throw RedisError.unavailable("redis-server did not start")
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        let len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } } == 0
     }
 
     /// Kills by PID and polls briefly (Foundation's `waitUntilExit` can hang inside async tests on Linux).
@@ -106,6 +119,29 @@ struct RedisTests {
                 local.settle(agent: "agt", Settlement(checks: [conc, rate, quota], admission: Admission(admitted: true, results: first.results, leaseID: first.leaseID), outcome: .completed(usage: nil)), now: 0)
             }
         }
+    }
+
+    /// Freeing a lease alone is a plain ZREM; a refund goes through the settle script. Both must free
+    /// the slot, and only the refund gives the quota back.
+    @Test func settlementsFreeTheLeaseAndRefundTheQuota() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        let far = Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000
+        let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
+        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q", limit: 10)
+        quota.window = .init(currentID: "d1", currentEnd: far, nextID: "d2", nextEnd: far + 86_400_000)
+        let first = try await store.admit(agent: "s", checks: [conc, quota], leaseID: "1")
+        #expect(first.admitted && first.results[1].remaining == 9)
+        #expect(try await !store.admit(agent: "s", checks: [conc, quota], leaseID: "2").admitted, "the only slot is taken")
+        try await store.settle(agent: "s", Settlement(checks: [conc, quota], admission: first, outcome: .completed(usage: nil)))
+        let second = try await store.admit(agent: "s", checks: [conc, quota], leaseID: "3")
+        #expect(second.admitted && second.results[1].remaining == 8, "completed: slot free, quota kept")
+        try await store.settle(agent: "s", Settlement(checks: [conc, quota], admission: second, outcome: .refunded))
+        let third = try await store.admit(agent: "s", checks: [conc, quota], leaseID: "4")
+        #expect(third.admitted && third.results[1].remaining == 8, "refunded: slot free, quota given back")
     }
 
     @Test func noscriptIsHandledByReloading() async throws {
