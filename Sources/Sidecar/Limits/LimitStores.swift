@@ -58,14 +58,16 @@ final class EmbeddedLimitStore: LimitStore {
         limiter.settle(agent: agent, settlement)
     }
 
-    /// Writes changed counters; drops expired ones.
-    func flush() throws {
+    /// Writes changed counters; drops expired ones. On GRDB's writer queue, never on the caller's
+    /// thread: the flusher is a task on an event loop, and a blocking commit (an fsync can take
+    /// hundreds of milliseconds) stalled every connection of that loop.
+    func flush() async throws {
         let (changes, nowMS): ([(String, LimitState.Counter?)], Int64) = limiter.state.withLock { state in
             let keys = state.takeDirty()
             return (keys.map { ($0, state.counters[$0]) }, unixMillis())
         }
         guard !changes.isEmpty else { return }
-        try db.write { db in
+        try await db.write { db in
             for (key, counter) in changes {
                 if let c = counter {
                     try db.execute(sql: "INSERT OR REPLACE INTO limit_counters (key, used, expires) VALUES (?, ?, ?)", arguments: [key, c.used, c.expires])
@@ -80,10 +82,10 @@ final class EmbeddedLimitStore: LimitStore {
     func runFlusher(logger: Logger) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(200))
-            do { try flush() } catch { logger.error("cannot persist limit counters", metadata: ["error": "\(error)"]) }
+            do { try await flush() } catch { logger.error("cannot persist limit counters", metadata: ["error": "\(error)"]) }
             limiter.state.withLock { $0.prune(now: unixMillis()) }
         }
-        try? flush()
+        try? await flush()
     }
 }
 
