@@ -28,6 +28,9 @@ public struct LimitState: Sendable {
         return dirty
     }
 
+    /// Gives back keys whose write failed, so the next flush writes them (with their values then).
+    public mutating func markDirty(_ keys: some Sequence<String>) { dirty.formUnion(keys) }
+
     static func windowChoice(_ w: LimitCheck.WindowPair, now: Int64) -> (index: Int, id: String, end: Int64) {
         now < w.currentEnd ? (0, w.currentID, w.currentEnd) : (1, w.nextID, w.nextEnd)
     }

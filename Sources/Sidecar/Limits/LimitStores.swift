@@ -67,6 +67,16 @@ final class EmbeddedLimitStore: LimitStore {
             return (keys.map { ($0, state.counters[$0]) }, unixMillis())
         }
         guard !changes.isEmpty else { return }
+        do {
+            try await write(changes, now: nowMS)
+        } catch {
+            // Not written (cancelled, disk full): the next flush tries these keys again.
+            limiter.state.withLock { $0.markDirty(changes.map(\.0)) }
+            throw error
+        }
+    }
+
+    private func write(_ changes: [(String, LimitState.Counter?)], now nowMS: Int64) async throws {
         try await db.write { db in
             for (key, counter) in changes {
                 if let c = counter {
@@ -82,10 +92,13 @@ final class EmbeddedLimitStore: LimitStore {
     func runFlusher(logger: Logger) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(200))
+            if Task.isCancelled { break }
             do { try await flush() } catch { logger.error("cannot persist limit counters", metadata: ["error": "\(error)"]) }
             limiter.state.withLock { $0.prune(now: unixMillis()) }
         }
-        try? await flush()
+        // The last write at shutdown, outside this cancelled task (GRDB's async write refuses to start
+        // in a cancelled one).
+        await Task { try? await self.flush() }.value
     }
 }
 
