@@ -76,3 +76,33 @@ struct FieldSyntaxTests {
         #expect(!FieldSyntax.isToken(""))
     }
 }
+
+@Suite("Reusable write buffer")
+struct ReusableBufferTests {
+    static func address(_ b: ByteBuffer) -> UnsafeRawPointer? { b.withVeryUnsafeBytes { UnsafeRawPointer($0.baseAddress) } }
+
+    /// A buffer the channel still holds must never be written again: the next message gets its own.
+    @Test func aBufferStillHeldIsNeverReused() {
+        var reusable = ReusableBuffer()
+        var sent = reusable.take(capacity: 64, allocator: ByteBufferAllocator())
+        sent.writeString("first answer")
+        reusable.keep(sent)
+        var next = reusable.take(capacity: 64, allocator: ByteBufferAllocator())
+        next.writeString("second")
+        #expect(String(buffer: sent) == "first answer")
+        #expect(String(buffer: next) == "second")
+        #expect(Self.address(sent) != Self.address(next))
+    }
+
+    @Test func aWrittenBufferIsClearedAndReusedInPlace() {
+        var reusable = ReusableBuffer()
+        var first = reusable.take(capacity: 64, allocator: ByteBufferAllocator())
+        first.writeString("first answer")
+        let storage = Self.address(first)
+        reusable.keep(first)
+        first = ByteBuffer()  // the channel has written and released it
+        let second = reusable.take(capacity: 32, allocator: ByteBufferAllocator())
+        #expect(second.readableBytes == 0)
+        #expect(Self.address(second) == storage)
+    }
+}
