@@ -12,52 +12,45 @@ public enum HeaderRules {
     /// The `Via` pseudonym this sidecar adds to forwarded messages.
     public static let viaValue = "1.1 agent-sidecar"
 
-    /// Removes hop-by-hop fields, including every field named in `Connection` (and `Proxy-Connection`).
-    public static func removingHopByHop(_ headers: HTTPHeaders) -> HTTPHeaders {
-        let named = connectionNamed(headers)
-        var out = HTTPHeaders()
-        out.reserveCapacity(headers.count)
-        for (name, value) in headers where !HeaderName.classify(name).isHopByHop && !named.contains(name) {
-            out.add(name: name, value: value)
-        }
-        return out
-    }
-
     /// The headers an upstream sees: cleaned, `Host` from the target, `Via` appended, request id attached.
     public static func upstreamHeaders(
         from agentHeaders: HTTPHeaders, tool: Tool, target: TargetURL, requestID: String
     ) -> HTTPHeaders {
-        let named = connectionNamed(agentHeaders)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(agentHeaders.count + 3)
-        var via: String?
-        for (name, value) in agentHeaders where !named.contains(name) {
-            switch HeaderName.classify(name) {
-            case .hopByHop, .neverUpstream, .requestID: continue
-            case .agentCredential where tool.isBrokered: continue
-            case .via: via = via.map { $0 + ", " + value } ?? value
-            case .agentCredential, .other: headers.add(name: name, value: value)
+        forwarded(agentHeaders, host: target.authority, requestID: requestID) { field in
+            switch field {
+            case .hopByHop, .neverUpstream, .requestID, .via: true
+            case .agentCredential: tool.isBrokered
+            case .other: false
             }
         }
-        headers.add(name: "Host", value: target.authority)
-        headers.add(name: "Via", value: via.map { $0 + ", " + viaValue } ?? viaValue)
-        headers.add(name: "X-Request-Id", value: requestID)
-        return headers
     }
 
     /// The headers the agent sees from an upstream response.
     public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String) -> HTTPHeaders {
-        let named = connectionNamed(upstreamHeaders)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(upstreamHeaders.count + 2)
-        var via: String?
-        for (name, value) in upstreamHeaders where !named.contains(name) {
-            switch HeaderName.classify(name) {
-            case .hopByHop, .requestID: continue
-            case .via: via = via.map { $0 + ", " + value } ?? value
-            case .neverUpstream, .agentCredential, .other: headers.add(name: name, value: value)
+        forwarded(upstreamHeaders, host: nil, requestID: requestID) { field in
+            switch field {
+            case .hopByHop, .requestID, .via: true
+            case .neverUpstream, .agentCredential, .other: false
             }
         }
+    }
+
+    /// One pass for either direction: every field named in `Connection` and every field `drops` names is
+    /// left out; the message's `Via` values are gathered into one with ours appended; `Host` (when given),
+    /// `Via` and the request id close the list.
+    private static func forwarded(
+        _ source: HTTPHeaders, host: String?, requestID: String, drops: (HeaderName.Class) -> Bool
+    ) -> HTTPHeaders {
+        let named = connectionNamed(source)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(source.count + 3)
+        var via: String?
+        for (name, value) in source where !named.contains(name) {
+            let field = HeaderName.classify(name)
+            if case .via = field { via = via.map { $0 + ", " + value } ?? value }
+            if !drops(field) { headers.add(name: name, value: value) }
+        }
+        if let host { headers.add(name: "Host", value: host) }
         headers.add(name: "Via", value: via.map { $0 + ", " + viaValue } ?? viaValue)
         headers.add(name: "X-Request-Id", value: requestID)
         return headers
@@ -67,13 +60,10 @@ public enum HeaderRules {
     static func connectionNamed(_ headers: HTTPHeaders) -> ConnectionNamed {
         var names: [String] = []
         for (name, value) in headers where HeaderName.classify(name).isConnection {
-            // Walked in place: the usual `keep-alive` / `close` names nothing and should cost nothing.
-            var rest = Substring(value)
-            while !rest.isEmpty {
-                let end = rest.firstIndex(of: ",") ?? rest.endIndex
-                let token = rest[..<end].trimmingOWS
+            // The usual `keep-alive` / `close` names nothing and should cost nothing.
+            Substring(value).forEachPiece(separatedBy: UInt8(ascii: ",")) { piece in
+                let token = piece.trimmingOWS
                 if !token.isEmpty, !HeaderName.classify(token).isHopByHop { names.append(String(token)) }
-                rest = end < rest.endIndex ? rest[rest.index(after: end)...] : rest[rest.endIndex...]
             }
         }
         return ConnectionNamed(names: names)
@@ -181,6 +171,18 @@ extension StringProtocol {
 }
 
 extension Substring {
+    /// Calls `body` with each piece between `separator` bytes (empty pieces included), walked in place:
+    /// no array of pieces for a query string or a `Connection` value on every request.
+    func forEachPiece(separatedBy separator: UInt8, _ body: (Substring) -> Void) {
+        var start = utf8.startIndex
+        while true {
+            let end = utf8[start...].firstIndex(of: separator) ?? utf8.endIndex
+            body(self[start..<end])
+            guard end < utf8.endIndex else { return }
+            start = utf8.index(after: end)
+        }
+    }
+
     /// `trimmedOWS` without making a string.
     var trimmingOWS: Substring {
         var s = self

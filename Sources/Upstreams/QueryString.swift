@@ -13,20 +13,13 @@ public struct QueryString: Sendable, Hashable {
     public init(parsing raw: String?) {
         var items: [(name: String, value: String)] = []
         guard let raw, !raw.isEmpty else { self.items = []; return }
-        // Walked in place (no array of pieces): this runs for every request that has a query.
-        let utf8 = raw.utf8
-        var start = utf8.startIndex
-        while start < utf8.endIndex {
-            let end = utf8[start...].firstIndex(of: UInt8(ascii: "&")) ?? utf8.endIndex
-            if start < end {
-                let pair = raw[start..<end]
-                if let eq = pair.utf8.firstIndex(of: UInt8(ascii: "=")) {
-                    items.append((QueryString.decode(pair[..<eq]), QueryString.decode(pair[pair.utf8.index(after: eq)...])))
-                } else {
-                    items.append((QueryString.decode(pair), ""))
-                }
+        Substring(raw).forEachPiece(separatedBy: UInt8(ascii: "&")) { pair in
+            guard !pair.isEmpty else { return }
+            if let eq = pair.utf8.firstIndex(of: UInt8(ascii: "=")) {
+                items.append((QueryString.decode(pair[..<eq]), QueryString.decode(pair[pair.utf8.index(after: eq)...])))
+            } else {
+                items.append((QueryString.decode(pair), ""))
             }
-            start = end < utf8.endIndex ? utf8.index(after: end) : end
         }
         self.items = items
         self.raw = raw

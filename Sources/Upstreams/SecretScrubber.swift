@@ -1,10 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import NIOCore
 import NIOHTTP1
 
@@ -68,14 +61,10 @@ public struct SecretScrubber: Sendable {
         return value.withUTF8 { occurs(in: UnsafeRawBufferPointer($0)) }
     }
 
-    /// Whether the last bytes are a proper prefix of a secret (which the next chunk may complete).
+    /// Whether some tail of `bytes` is a proper prefix of a secret (which the next chunk may complete).
     func endsWithPartialSecret(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        for s in secrets {
-            for k in stride(from: min(s.count - 1, bytes.count), through: 1, by: -1) where bytes[bytes.count - k] == s[0] {
-                if s.withUnsafeBytes({ memcmp(bytes.baseAddress! + (bytes.count - k), $0.baseAddress!, k) }) == 0 { return true }
-            }
-        }
-        return false
+        let longest = min(bytes.count, (secrets.map(\.count).max() ?? 1) - 1)
+        return longest > 0 && (1...longest).contains { isPartialSecret(bytes[(bytes.count - $0)...]) }
     }
 
     /// Replaces every occurrence; optionally splits off the longest tail that is a proper prefix of a secret.
@@ -91,14 +80,15 @@ public struct SecretScrubber: Sendable {
                     continue outer
                 }
             }
-            if holdBack, startsPartialSecret(data[i...]) { return (out, Array(data[i...])) }
+            if holdBack, isPartialSecret(data[i...]) { return (out, Array(data[i...])) }
             out.append(data[i])
             i += 1
         }
         return (out, [])
     }
 
-    private func startsPartialSecret(_ tail: ArraySlice<UInt8>) -> Bool {
-        secrets.contains { s in tail.count < s.count && s.starts(with: tail) }
+    /// Whether `tail` is a proper prefix of a secret.
+    private func isPartialSecret<Tail: Collection<UInt8>>(_ tail: Tail) -> Bool {
+        secrets.contains { s in tail.count < s.count && tail.first == s[0] && s.starts(with: tail) }
     }
 }

@@ -4,14 +4,19 @@ import Testing
 
 @testable import Sidecar
 
-@Suite("Embedded limit store")
-struct EmbeddedLimitStoreTests {
-    static func quota() -> LimitCheck {
+extension LimitCheck {
+    /// An enforced quota whose current window ends an hour from now (the tests' stores agree on it).
+    static func hourLeftQuota(_ key: String, limit: Int) -> LimitCheck {
         let far = Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000
-        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q", limit: 5)
+        var quota = LimitCheck(kind: .quota, mode: .enforce, key: key, limit: limit)
         quota.window = .init(currentID: "d1", currentEnd: far, nextID: "d2", nextEnd: far + 86_400_000)
         return quota
     }
+}
+
+@Suite("Embedded limit store")
+struct EmbeddedLimitStoreTests {
+    static func quota() -> LimitCheck { .hourLeftQuota("q", limit: 5) }
 
     /// A flush that cannot write (here: its task is cancelled, as at shutdown) keeps its counters for
     /// the next one; they once were dropped, and a restart handed out the quota again.

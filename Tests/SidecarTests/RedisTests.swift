@@ -69,6 +69,13 @@ final class RedisServer: @unchecked Sendable {
 
 @Suite("Redis", .enabled(if: RedisServer.available, "redis-server is not installed (apt-get install redis-server)"))
 struct RedisTests {
+    /// A limit store on `server`, once the server answers.
+    static func limitStore(_ server: RedisServer) async throws -> RedisLimitStore {
+        let client = Self.client(server)
+        try await server.waitUntilUp(client)
+        return RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+    }
+
     static func client(_ server: RedisServer) -> RedisClient {
         RedisClient(endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500))
     }
@@ -93,12 +100,8 @@ struct RedisTests {
     @Test func scriptMatchesTheEmbeddedSemantics() async throws {
         let server = try RedisServer()
         defer { server.stop() }
-        let client = Self.client(server)
-        try await server.waitUntilUp(client)
-        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
-        let far = Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000
-        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q:serpapi:search:day", limit: 5)
-        quota.window = .init(currentID: "d1", currentEnd: far, nextID: "d2", nextEnd: far + 86_400_000)
+        let store = try await Self.limitStore(server)
+        let quota = LimitCheck.hourLeftQuota("q:serpapi:search:day", limit: 5)
         var rate = LimitCheck(kind: .rate, mode: .enforce, key: "r:serpapi:search", limit: 1000)
         rate.periodMilliseconds = 1000
         rate.burst = 1000
@@ -126,13 +129,9 @@ struct RedisTests {
     @Test func settlementsFreeTheLeaseAndRefundTheQuota() async throws {
         let server = try RedisServer()
         defer { server.stop() }
-        let client = Self.client(server)
-        try await server.waitUntilUp(client)
-        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
-        let far = Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000
+        let store = try await Self.limitStore(server)
         let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
-        var quota = LimitCheck(kind: .quota, mode: .enforce, key: "q", limit: 10)
-        quota.window = .init(currentID: "d1", currentEnd: far, nextID: "d2", nextEnd: far + 86_400_000)
+        let quota = LimitCheck.hourLeftQuota("q", limit: 10)
         let first = try await store.admit(agent: "s", checks: [conc, quota], leaseID: "1")
         #expect(first.admitted && first.results[1].remaining == 9)
         #expect(try await !store.admit(agent: "s", checks: [conc, quota], leaseID: "2").admitted, "the only slot is taken")
@@ -147,12 +146,10 @@ struct RedisTests {
     @Test func noscriptIsHandledByReloading() async throws {
         let server = try RedisServer()
         defer { server.stop() }
-        let client = Self.client(server)
-        try await server.waitUntilUp(client)
-        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        let store = try await Self.limitStore(server)
         let c = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
         #expect(try await store.admit(agent: "a", checks: [c], leaseID: "1").admitted)
-        _ = try await client.send(["SCRIPT", "FLUSH"])
+        _ = try await store.redis.send(["SCRIPT", "FLUSH"])
         #expect(try await !store.admit(agent: "a", checks: [c], leaseID: "2").admitted, "still decided, after reloading the script")
     }
 

@@ -11,8 +11,9 @@ struct HeaderRulesTests {
             ("Proxy-Authorization", "Basic abc"), ("Proxy-Connection", "keep-alive"), ("TE", "trailers"),
             ("Trailer", "x"), ("Upgrade", "h2c"), ("Transfer-Encoding", "chunked"), ("Accept", "*/*"),
         ])
-        let out = HeaderRules.removingHopByHop(headers)
-        #expect(out.map(\.name) == ["Accept"])
+        // Of the message's own fields only Accept crosses (then the proxy's Via and request id).
+        let out = HeaderRules.agentHeaders(from: headers, requestID: "r")
+        #expect(out.map(\.name) == ["Accept", "Via", "X-Request-Id"])
     }
 
     @Test func upstreamHeadersForABrokeredTool() {

@@ -30,13 +30,8 @@ enum LogSink {
         }
     }
 
-    /// RFC 3339 UTC timestamp with milliseconds, without Foundation's formatter cost.
-    static func timestamp() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return timestamp(seconds: ts.tv_sec, milliseconds: Int32(ts.tv_nsec / 1_000_000))
-    }
-
+    /// RFC 3339 UTC timestamp with milliseconds, without Foundation's formatter cost (lines take the
+    /// current one from `LogTimestamp`, which formats the seconds once per second).
     static func timestamp(seconds: Int, milliseconds: Int32) -> String {
         var t = seconds
         var tm = tm()
@@ -67,7 +62,9 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = "{\"ts\":\"\(LogSink.timestamp())\",\"level\":\"\(event.level.rawValue)\",\"logger\":"
+        var ts: [UInt8] = []
+        LogTimestamp.append(to: &ts)
+        var line = "{\"ts\":\"\(String(decoding: ts, as: UTF8.self))\",\"level\":\"\(event.level.rawValue)\",\"logger\":"
         JSONValue.writeString(label, into: &line)
         line += ",\"msg\":"
         JSONValue.writeString(event.message.description, into: &line)

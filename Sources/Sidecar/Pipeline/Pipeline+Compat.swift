@@ -31,34 +31,28 @@ extension Pipeline {
         for name in ["traceparent", "tracestate"] {
             if let v = request.head.headers.first(name: name) { toolRequest.headers.replaceOrAdd(name: name, value: v) }
         }
-        var call: ToolCall
+        let call: ToolCall
         do { call = try adapter.interpret(toolRequest) } catch { throw GatewayError(error) }
         record.action = call.action
         try checkScope(call, identity: identity)
-        let (admitted, egressAllow) = try await admit(
-            call, identity: identity, bodyBytes: toolRequest.body?.readableBytes ?? 0, requestID: request.requestID)
-        let response: UpstreamResponse
-        let release: @Sendable () -> Void
-        do {
-            (response, release) = try await forward(
-                admitted?.meter != nil ? Self.requestingUsage(call) : call, requestID: request.requestID, egressAllow: egressAllow, record: &record)
-        } catch {
-            await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
-            throw error
-        }
+        let bodyBytes = toolRequest.body?.readableBytes ?? 0
+        let prepared = Prepared(
+            call: call, identity: identity, evaluated: try evaluate(call, identity: identity, bodyBytes: bodyBytes), bodyBytes: bodyBytes,
+            requestID: request.requestID)
+        // The native stages; the answer's body is read here (metered for budgets) and wrapped, and its
+        // completion (slot, settlement) runs once it has been read.
+        let response = try await self.call(prepared, record: &record)
         let data: ByteBuffer
-        defer { release() }
         do {
-            data = try await response.body.collect(upTo: settings.maxResponseBodyBytes)
+            switch response.body {
+            case .buffer(let b): data = b
+            case .stream(let s, let limit): data = try await s.collect(upTo: limit)
+            }
         } catch {
-            await settle(admitted, refund: false, upstreamStatus: nil)
+            await response.completion.run()
             throw GatewayError(HTTPClientTransport.classify(error))
         }
-        if let meter = admitted?.meter {
-            meter.observe(data)
-            meter.finish()
-        }
-        await settle(admitted, refund: false, upstreamStatus: Int(response.status.code))
+        await response.completion.run()
         record.upstreamDuration = record.upstreamStart.map { ContinuousClock.now - $0 }
         let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
         let ok = (200..<300).contains(response.status.code)

@@ -67,15 +67,6 @@ extension Pipeline {
         return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.budgetTool ? OpenAIUsageMeter() : nil)
     }
 
-    /// Evaluates the policy and admits the call against its limits. Returns the admission (nil when no
-    /// stateful limit applies) and the internal ranges the policy grants an http_fetch call.
-    func admit(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, requestID: String) async throws(GatewayError)
-        -> (admitted: Admitted?, egressAllow: [CIDR])
-    {
-        let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes)
-        return (try await admitLimits(evaluated, identity: identity, requestID: requestID), evaluated.egressAllow)
-    }
-
     /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.
     func settle(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?) async {
         guard let admitted, let limits else { return }

@@ -113,12 +113,8 @@ final class Pipeline: Sendable {
             then(answer(problem(error, request: request, record: &record), record: record))
             return {}
         }
-        guard prepared.evaluated.checks.isEmpty else {
-            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-                try await self.call(prepared, record: &r)
-            }
-        }
-        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
+        // Stateful limits, or a credential to fetch: the rest waits, in a task.
+        guard prepared.evaluated.checks.isEmpty, case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
             return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 try await self.call(prepared, record: &r)
             }
@@ -141,12 +137,8 @@ final class Pipeline: Sendable {
         } else if let started = transport.start(outbound.upstream, on: loop) {
             let sent = record
             started.response.whenComplete { result in
-                switch result {
-                case .success(let response):
-                    then(self.answered(.success(ResilientCaller.Result(response: response, release: {})), outbound, request: request, record: sent))
-                case .failure(let error):
-                    then(self.answered(.failure(GatewayError(HTTPClientTransport.classify(error))), outbound, request: request, record: sent))
-                }
+                let call = result.map { ResilientCaller.Result(response: $0, release: {}) }.mapError { GatewayError(HTTPClientTransport.classify($0)) }
+                then(self.answered(call, outbound, request: request, record: sent))
             }
             return started.cancel
         }
@@ -466,15 +458,6 @@ final class Pipeline: Sendable {
             response.headers.remove(name: "content-length")
         }
         return response
-    }
-
-    /// Credential, then upstream (for the compatibility API, which wraps the answer itself).
-    func forward(_ call: ToolCall, requestID: String, egressAllow: [CIDR] = [], record: inout RequestRecord) async throws(GatewayError)
-        -> (UpstreamResponse, @Sendable () -> Void)
-    {
-        let credential = try await self.credential(for: call.tool)
-        let outbound = try self.outbound(call, requestID: requestID, egressAllow: egressAllow, credential: credential, record: &record)
-        return try await upstream(outbound, record: &record)
     }
 
     /// The cache key of a cacheable call, or nil (DESIGN.md §8: serpapi searches; http_fetch GET without

@@ -4,12 +4,13 @@ import Upstreams
 
 /// Serves the requests of one agent connection: the only handler behind NIO's request decoder.
 ///
-/// It collects a request (head and body, within the limits), hands it to the async pipeline in a task,
-/// and writes the answer back as bytes it encodes itself (`ResponseEncoder`) — buffered answers in one
-/// write, streamed upstream bodies chunk by chunk, suspending only when the socket's write buffer is
-/// full. The task starts on this connection's event loop, and because the process runs Swift
-/// concurrency on NIO's loops it stays there, so the upstream connection is taken from the same loop.
-/// If the agent disconnects, the task is cancelled and with it the upstream call.
+/// It collects a request (head and body, within the limits), starts the pipeline on this connection's
+/// event loop (`Pipeline.start`: the common call needs no task; a stage that waits continues in one, and
+/// because the process runs Swift concurrency on NIO's loops it stays on this loop, so the upstream
+/// connection is taken from the same loop), and writes the answer back as bytes it encodes itself
+/// (`ResponseEncoder`) — complete answers in one write, streamed upstream bodies chunk by chunk from a
+/// task that suspends only while the socket's write buffer is full. If the agent disconnects, the call
+/// in flight is cancelled and with it the upstream request.
 ///
 /// The connection duties that used to be separate handlers live here too, so each request part crosses
 /// one handler instead of five:
@@ -260,17 +261,13 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         record.status = Int(problem.status.code)
         var body = ByteBuffer()
         if case .buffer(let b) = response.body { body = b }
-        let framing = ResponseFraming.decide(
-            headers: response.headers, requestMethod: method, status: problem.status, version: version, bufferedLength: body.readableBytes)
-        let head = ResponseEncoder.Head(version: version, status: problem.status, headers: response.headers, framing: framing, close: true)
-        var buffer = context.channel.allocator.buffer(capacity: ResponseEncoder.headSize(head) + body.readableBytes)
-        ResponseEncoder.writeHead(head, into: &buffer)
-        if framing.sendBody {
-            record.bytesOut = body.readableBytes
-            buffer.writeBuffer(&body)
-        }
+        let head = Self.head(response, method: method, version: version, bufferedLength: body.readableBytes, closing: true)
+        let sent = Self.sentBody(head, body)
+        record.bytesOut = sent?.readableBytes ?? 0
+        let (first, rest) = encodedWhole(head, body: sent, context: context)
+        if rest != nil { context.write(Self.wrapOutboundOut(first), promise: nil) }
         let channel = context.channel
-        context.writeAndFlush(Self.wrapOutboundOut(buffer)).whenComplete { _ in
+        context.writeAndFlush(Self.wrapOutboundOut(rest ?? first)).whenComplete { _ in
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
@@ -286,7 +283,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if case .collecting(_, _, let started) = state {
             record = started
         } else {
-            // Nothing of it was understood: it gets a fresh id (and is not counted as in flight).
+            // Nothing of it was understood: it gets a fresh id, and is counted in flight like any request
+            // (`complete` counts it out).
             shared.metrics.inFlight.increment()
             record = RequestRecord(requestID: RequestID.generate(), method: "-", start: .now)
         }
@@ -330,14 +328,21 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             finishRequest(record, keepAlive: false)
             return response.completion.start()
         }
-        if case .whole(let answer, let body) = Self.wholeBody(response, record: &record) {
+        let stream: UpstreamBody
+        let limit: Int
+        switch Self.wholeBody(response, record: &record) {
+        case .whole(let answer, let body):
             respondWhole(answer, body: body, to: request, record: record)
             return response.completion.start()
+        case .stream(let body, let l):
+            (stream, limit) = (body, l)
         }
         let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop)
-        let draining = shared.draining
+        let head = Self.head(
+            response, method: request.method, version: request.version, bufferedLength: nil,
+            closing: closes(after: request))
         inFlight = Task {
-            await sink.respond(response, to: request, draining: draining, record: &record)
+            await sink.respond(stream, limit: limit, head: head, record: &record)
             // After the last byte (or after giving up): release the concurrency slot, settle budgets.
             await response.completion.run()
         }
@@ -368,23 +373,33 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// The answer's head as framed for this request (`Connection: close` when the connection ends after
-    /// it).
+    /// The answer's head as framed for a request of `method` and `version` (`Connection: close` when
+    /// the connection ends after it: `closing`, or a body delimited by the close).
     private static func head(
-        _ response: ProxyResponse, to request: HTTPRequestHead, bufferedLength: Int?, draining: DrainState
+        _ response: ProxyResponse, method: HTTPMethod, version: HTTPVersion, bufferedLength: Int?, closing: Bool
     ) -> ResponseEncoder.Head {
         let framing = ResponseFraming.decide(
-            headers: response.headers, requestMethod: request.method, status: response.status, version: request.version,
-            bufferedLength: bufferedLength)
-        let close = !request.isKeepAlive || draining.isDraining || framing.closeAfter
-        return ResponseEncoder.Head(version: request.version, status: response.status, headers: response.headers, framing: framing, close: close)
+            headers: response.headers, requestMethod: method, status: response.status, version: version, bufferedLength: bufferedLength)
+        return ResponseEncoder.Head(
+            version: version, status: response.status, headers: response.headers, framing: framing, close: closing || framing.closeAfter)
+    }
+
+    /// Whether the connection ends after answering `request`: the agent asked for it, or the sidecar
+    /// is draining.
+    private func closes(after request: HTTPRequestHead) -> Bool { !request.isKeepAlive || shared.draining.isDraining }
+
+    /// The body that goes out after `head` (none for HEAD, 1xx, 204, 304, or when empty).
+    private static func sentBody(_ head: ResponseEncoder.Head, _ body: ByteBuffer) -> ByteBuffer? {
+        head.framing.sendBody && body.readableBytes > 0 ? body : nil
     }
 
     private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: RequestRecord) {
         var record = record
-        let head = Self.head(response, to: request, bufferedLength: body.readableBytes, draining: shared.draining)
+        let head = Self.head(
+            response, method: request.method, version: request.version, bufferedLength: body.readableBytes,
+            closing: closes(after: request))
         record.status = Int(response.status.code)
-        let sent = head.framing.sendBody && body.readableBytes > 0 ? body : nil
+        let sent = Self.sentBody(head, body)
         record.bytesOut = sent?.readableBytes ?? 0
         if let start = record.upstreamStart, record.upstreamDuration == nil { record.upstreamDuration = .now - start }
         writeWhole(head, body: sent, completing: record, keepAlive: !head.close)
@@ -418,26 +433,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// Writes a response whose body is still arriving, chunk by chunk, and completes the request.
         /// The final write and the completion happen in one step on the loop, and a pipelined next
         /// request is served only after it.
-        func respond(_ response: ProxyResponse, to request: HTTPRequestHead, draining: DrainState, record: inout RequestRecord) async {
-            let stream: UpstreamBody
-            let limit: Int
-            switch ProxyHTTPHandler.wholeBody(response, record: &record) {
-            case .whole(let answer, let body):
-                let final = record
-                do {
-                    try await onLoop { $0.respondWhole(answer, body: body, to: request, record: final) }
-                } catch {
-                    record.outcome = "client_closed"
-                    await abort(record)
-                }
-                return
-            case .stream(let body, let l):
-                stream = body
-                limit = l
-            }
-            let head = ProxyHTTPHandler.head(response, to: request, bufferedLength: nil, draining: draining)
+        func respond(_ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, record: inout RequestRecord) async {
             let framing = head.framing
-            record.status = Int(response.status.code)
+            record.status = Int(head.status.code)
 
             do {
                 try await onLoop { try $0.writeHead(head) }
@@ -490,23 +488,23 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func writeWhole(_ head: ResponseEncoder.Head, body: ByteBuffer?, completing record: RequestRecord, keepAlive: Bool) {
         guard let context else { return finishRequest(record, keepAlive: false) }
+        let (first, rest) = encodedWhole(head, body: body, context: context)
+        if rest != nil { context.write(Self.wrapOutboundOut(first), promise: nil) }
+        writeFinal(rest ?? first, context: context, keepAlive: keepAlive)
+        finishRequest(record, keepAlive: keepAlive)
+    }
+
+    /// A complete answer as bytes: head and body in one buffer (this connection's reusable one) when the
+    /// body is small enough to copy, else the head's buffer and then the body itself.
+    private func encodedWhole(_ head: ResponseEncoder.Head, body: ByteBuffer?, context: ChannelHandlerContext) -> (ByteBuffer, rest: ByteBuffer?) {
         let bodyBytes = body?.readableBytes ?? 0
         let coalesce = bodyBytes <= ResponseEncoder.coalesceLimit
         var buffer = writeBuffer.take(capacity: ResponseEncoder.headSize(head) + (coalesce ? bodyBytes : 0), allocator: context.channel.allocator)
         ResponseEncoder.writeHead(head, into: &buffer)
-        if var body {
-            if coalesce {
-                buffer.writeBuffer(&body)
-            } else {
-                writeBuffer.keep(buffer)
-                context.write(Self.wrapOutboundOut(buffer), promise: nil)
-                buffer = body
-            }
-        }
+        if var body, coalesce { buffer.writeBuffer(&body) }
         // Kept only once complete: a reference held while writing would make the writes copy.
-        if coalesce { writeBuffer.keep(buffer) }
-        writeFinal(buffer, context: context, keepAlive: keepAlive)
-        finishRequest(record, keepAlive: keepAlive)
+        writeBuffer.keep(buffer)
+        return (buffer, coalesce ? nil : body)
     }
 
     private func writeHead(_ head: ResponseEncoder.Head) throws {

@@ -336,17 +336,15 @@ final class ResilientCaller: Sendable {
     /// Sends until an answer is final: the per-tool retry policy, full-jitter backoff or the server's own
     /// hint, inside the deadline and the retry budget.
     private func attempts(_ c: inout Call, record: inout RequestRecord) async throws(GatewayError) -> Result {
-        while true {
-            c.attempt += 1
-            let sent: Sent
-            do { sent = .response(try await transport.send(c.request)) } catch { sent = .failure(error) }
-            guard let reason = assess(&c, sent) else { return try await finish(&c, sent, record: &record) }
-            if try await retries(&c, sent, reason: reason, record: &record) { continue }
-            return try await finish(&c, sent, record: &record)
-        }
+        c.attempt += 1
+        let sent: Sent
+        do { sent = .response(try await transport.send(c.request)) } catch { sent = .failure(error) }
+        guard let reason = assess(&c, sent) else { return try await finish(&c, sent, record: &record) }
+        return try await retryOrFinish(&c, sent, reason: reason, record: &record)
     }
 
-    /// After a retryable attempt made on the loop: retry in this task, or take its answer.
+    /// After a retryable attempt (made here or on the loop): the next attempt, or its answer. Bounded by
+    /// the tool's `maxAttempts`, so the recursion with `attempts` is too.
     private func retryOrFinish(_ c: inout Call, _ sent: Sent, reason: RetryPolicy.Reason, record: inout RequestRecord) async throws(GatewayError) -> Result {
         if try await retries(&c, sent, reason: reason, record: &record) { return try await attempts(&c, record: &record) }
         return try await finish(&c, sent, record: &record)

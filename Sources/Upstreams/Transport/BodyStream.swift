@@ -22,15 +22,12 @@ public final class BodyStream: @unchecked Sendable {
     private let lock = NIOLock()
     private var state = State()
     private let highWater: Int
-    private let onCancel: @Sendable () -> Void
-    /// Told when the consumer gives up (instead of `onCancel`, without a closure and a weak box per
-    /// body); held strongly until `detach`, which its owner calls once the exchange is over.
+    /// Told when the consumer gives up, so the upstream call is aborted (no closure and weak box per
+    /// body); held strongly until `detach` or a cancel (an owner that holds the body detaches once its
+    /// exchange is over, which ends the cycle).
     private var owner: (any BodyStreamOwner)?
 
-    public init(highWater: Int = 256 * 1024, onCancel: @escaping @Sendable () -> Void = {}) {
-        self.highWater = highWater
-        self.onCancel = onCancel
-    }
+    public init(highWater: Int = 256 * 1024) { self.highWater = highWater }
 
     /// Routes the consumer's cancel to `owner` until `detach()`.
     public func attach(_ owner: any BodyStreamOwner) { lock.withLock { self.owner = owner } }
@@ -160,7 +157,6 @@ public final class BodyStream: @unchecked Sendable {
         consumer?.resume(throwing: CancellationError())
         producer?.succeed(())
         owner?.bodyCancelled()
-        onCancel()
     }
 }
 

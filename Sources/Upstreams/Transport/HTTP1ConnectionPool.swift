@@ -89,7 +89,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         } else {
             loop.execute { self.start(exchange, origin: origin) }
         }
-        return StartedCall(response: exchange.head.futureResult, cancel: { loop.execute { exchange.cancel() } })
+        return StartedCall(response: exchange.head.futureResult, cancel: { exchange.bodyCancelled() })
     }
 
     /// Closes every idle connection (in-flight ones finish or fail on their own).
@@ -191,6 +191,7 @@ final class Exchange: BodyStreamOwner, @unchecked Sendable {
         body.attach(self)
     }
 
+    /// From any thread: the caller or the body's consumer gave up.
     func bodyCancelled() { loop.execute { self.cancel() } }
 
     /// A request may be sent again after a reused connection closed unanswered only if repeating it

@@ -139,18 +139,23 @@ final class StreamingResponseDelegate: HTTPClientResponseDelegate, @unchecked Se
 
     let head: EventLoopPromise<UpstreamResponse>
     let body: BodyStream
-    private let task: NIOLockedValueBox<HTTPClient.Task<Void>?>
+    private let canceller = TaskCanceller()
+
+    /// Aborts the upstream call when the body's consumer gives up (agent gone, size limit). It holds
+    /// only the task, so the body does not keep the delegate alive.
+    private final class TaskCanceller: BodyStreamOwner, @unchecked Sendable {
+        let task = NIOLockedValueBox<HTTPClient.Task<Void>?>(nil)
+        func bodyCancelled() { task.withLockedValue { $0?.cancel() } }
+    }
 
     init(eventLoop: any EventLoop) {
         head = eventLoop.makePromise(of: UpstreamResponse.self)
-        let task = NIOLockedValueBox<HTTPClient.Task<Void>?>(nil)
-        self.task = task
-        // When the consumer gives up on the body (agent gone, size limit), abort the upstream call.
-        body = BodyStream(onCancel: { task.withLockedValue { $0?.cancel() } })
+        body = BodyStream()
+        body.attach(canceller)
     }
 
     func attach(_ task: HTTPClient.Task<Void>) {
-        self.task.withLockedValue { $0 = task }
+        canceller.task.withLockedValue { $0 = task }
     }
 
     func didReceiveHead(task: HTTPClient.Task<Void>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {

@@ -165,17 +165,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     /// The whole body if it is already in memory: a mock's chunks, or a live body that has fully arrived
     /// (then it is taken out of the stream). Lets the proxy answer small responses in one write.
     public func takeCompleteBody() -> ByteBuffer? {
-        if let b = bufferedBytes { return b }
-        switch storage {
-        case .bodyStream(let s): return s.completeBody()
-        case .scrubbed(let base, let scrubber): return base.takeCompleteBody().map { scrubber.scrub($0) }
-        case .observed(let base, let observe, let finished):
-            return base.takeCompleteBody().map { b in
-                observe(b)
-                finished()
-                return b
-            }
-        default: return nil
+        whole { storage in
+            if case .bodyStream(let s) = storage { return s.completeBody() }
+            return Self.inMemory(storage)
         }
     }
 
@@ -190,15 +182,25 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     /// The whole body when it is already in memory (mock answers), without iterating. A mock stream
     /// with a pause between its chunks is not: it must reach the agent chunk by chunk, as a live one does.
-    public var bufferedBytes: ByteBuffer? {
-        if case .scrubbed(let base, let scrubber) = storage { return base.bufferedBytes.map { scrubber.scrub($0) } }
-        if case .observed(let base, let observe, let finished) = storage {
-            return base.bufferedBytes.map { b in
+    public var bufferedBytes: ByteBuffer? { whole(Self.inMemory) }
+
+    /// The whole body as `leaf` finds it beneath the scrubbing and metering wrappers, passed back up
+    /// through them (scrubbed; shown to the meter, which is then told the body ended).
+    private func whole(_ leaf: (Storage) -> ByteBuffer?) -> ByteBuffer? {
+        switch storage {
+        case .scrubbed(let base, let scrubber): return base.whole(leaf).map { scrubber.scrub($0) }
+        case .observed(let base, let observe, let finished):
+            return base.whole(leaf).map { b in
                 observe(b)
                 finished()
                 return b
             }
+        default: return leaf(storage)
         }
+    }
+
+    /// A mock's chunks in one buffer, unless they are paced.
+    private static func inMemory(_ storage: Storage) -> ByteBuffer? {
         guard case .chunks(let chunks, let delay) = storage else { return nil }
         guard chunks.count > 1 else { return chunks.first ?? ByteBuffer() }
         guard delay == .zero else { return nil }
