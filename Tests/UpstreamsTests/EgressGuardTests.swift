@@ -197,4 +197,42 @@ struct EgressGuardTests {
             _ = try await follow.send(Self.request("http://127.0.0.1:\(port)/to-metadata"))
         } throws: { ($0 as? UpstreamError)?.kind == .egressDenied }
     }
+
+    /// Answers with a head promising a megabyte, sends one chunk and then stalls; tells when the
+    /// client's connection closes.
+    final class StallingServer: ChannelInboundHandler, Sendable {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let closed: @Sendable () -> Void
+        init(closed: @escaping @Sendable () -> Void) { self.closed = closed }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard case .head = Self.unwrapInboundIn(data) else { return }
+            let headers = HTTPHeaders([("Content-Length", "1000000")])
+            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: 0x61, count: 4096)))), promise: nil)
+        }
+        func channelInactive(context: ChannelHandlerContext) { closed() }
+    }
+
+    @Test func aBodyTheConsumerGivesUpOnClosesTheFetchConnection() async throws {
+        let closedAt = Mutex<ContinuousClock.Instant?>(nil)
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try ch.pipeline.syncOperations.addHandler(StallingServer { closedAt.withLock { $0 = .now } })
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+        let t = try Self.transport(EgressGuard(allowed: [CIDR("127.0.0.0/8")!]))
+        // The request's deadline is 5 s away: only the cancel can close the connection within the wait.
+        let response = try await t.send(Self.request("http://127.0.0.1:\(server.localAddress!.port!)/big"))
+        #expect(response.status == .ok)
+        let cancelled = ContinuousClock.now
+        response.body.cancel()
+        for _ in 0..<200 where closedAt.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+        let closed = try #require(closedAt.withLock { $0 }, "the fetch connection stayed open after the body was cancelled")
+        #expect(closed - cancelled < .seconds(2))
+    }
 }

@@ -141,7 +141,10 @@ public final class SafeFetchTransport: UpstreamTransport {
                 break
             }
         }
-        guard let channel else { throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed") }
+        guard let channel else {
+            handler.body.stream.detach()
+            throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed")
+        }
         let deadline = channel.eventLoop.scheduleTask(deadline: request.deadline) {
             handler.fail(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
             channel.close(promise: nil)
@@ -170,7 +173,11 @@ public final class SafeFetchTransport: UpstreamTransport {
 }
 
 /// Delivers one HTTP response into a `BodyStream`, pausing reads while the consumer is behind.
-final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
+///
+/// It owns its body stream: when the consumer gives up (the agent went away, a size limit, a redirect
+/// being followed) the fetch connection is closed at once instead of downloading on until its deadline.
+/// The link is dropped when the response ends or fails, which ends the handler ↔ stream cycle.
+final class FetchResponseHandler: ChannelDuplexHandler, BodyStreamOwner, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
@@ -186,15 +193,33 @@ final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
         init(stream: BodyStream) { self.stream = stream }
     }
 
+    private let eventLoop: any EventLoop
+
     init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
         head = eventLoop.makePromise(of: UpstreamResponse.self)
         body = FetchBody(stream: BodyStream())
+        body.stream.attach(self)
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        body.stream.detach()
+    }
+
+    /// From any thread: the body's consumer is gone, so nothing more of this response is wanted.
+    func bodyCancelled() {
+        eventLoop.execute {
+            self.body.onEnd()
+            self.context?.close(promise: nil)
+        }
+    }
+
     func fail(_ error: any Error) {
         head.fail(error)
+        body.stream.detach()
         body.stream.fail(error)
         body.onEnd()
     }
@@ -207,6 +232,7 @@ final class FetchResponseHandler: ChannelDuplexHandler, @unchecked Sendable {
         case .body(let chunk):
             readPause.feed(chunk, to: body.stream, context: context)
         case .end:
+            body.stream.detach()
             body.stream.finish()
             body.onEnd()
             context.close(promise: nil)
