@@ -105,4 +105,13 @@ struct ReusableBufferTests {
         #expect(second.readableBytes == 0)
         #expect(Self.address(second) == storage)
     }
+
+    /// One field in one write: name, separator, value, line end — also when the value is empty, the
+    /// buffer has to grow, or the value is not ASCII.
+    @Test(arguments: [("X-A", "1"), ("X-Empty", ""), ("X-Long", String(repeating: "v", count: 5000)), ("X-Utf8", "caf\u{e9}")])
+    func writeFieldWritesOneWholeField(_ field: (String, String)) {
+        var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\n")
+        buffer.writeField(field.0, field.1)
+        #expect(String(buffer: buffer) == "HTTP/1.1 200 OK\r\n\(field.0): \(field.1)\r\n")
+    }
 }

@@ -50,10 +50,7 @@ enum ResponseEncoder {
         if FieldSyntax.isValue(reason) { buffer.writeString(reason) }
         buffer.writeStaticString("\r\n")
         for (name, value) in head.headers where head.framing.keeps(name) && FieldSyntax.isToken(name) && FieldSyntax.isValue(value) {
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
+            buffer.writeField(name, value)
         }
         if let length = head.framing.length {
             buffer.writeStaticString("Content-Length: ")

@@ -47,10 +47,7 @@ enum RequestHeadEncoder {
         }
         buffer.writeStaticString(" HTTP/1.1\r\n")
         for (name, value) in request.headers where !isFraming(name) {
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
+            buffer.writeField(name, value)
         }
         if let length {
             buffer.writeStaticString("Content-Length: ")
