@@ -98,7 +98,9 @@ public enum SidecarApp {
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress)
         let readiness = Readiness()
         let context = ProxyContext(
-            pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(enabled: config.accessLog))
+            pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
+                enabled: config.accessLog,
+                writer: BufferedLineWriter(onDropped: { metrics.accessLogDrops.increment(by: Int64($0)) })))
 
         for tool in Tool.allCases where tool.isBrokered && config.tools[tool]?.mode == .live {
             if (try? await credentials.credential(for: tool)) == nil {

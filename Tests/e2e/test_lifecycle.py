@@ -120,3 +120,52 @@ def test_check_policy_names_the_offending_field(tmp_path):
     bad.write_text("version: 1\nroles:\n  r:\n    allow: [\"serpapi:search\"]\n    rules:\n      - {scope: \"serpapi:search\", rate: {limit: 5, per: soon}}\n")
     p = subprocess.run([str(BIN), "check-policy", str(bad)], capture_output=True, text=True)
     assert p.returncode == 1 and "roles.r.rules[0].rate.per" in p.stderr
+
+
+def test_a_stalled_log_reader_does_not_stall_the_proxy(tmp_path):
+    """Standard output is a pipe nobody reads (a stuck log collector): once its 64 KiB are full, every
+    further write to it blocks. The proxy must keep answering — access lines wait in the writer's
+    buffer, off the event loops — and once the reader catches up, every line arrives whole."""
+    from conftest import free_port
+
+    proxy_port, admin_port = free_port(), free_port()
+    (tmp_path / "sidecar.yaml").write_text(
+        f"""version: 1
+listen: {{proxy: "127.0.0.1:{proxy_port}", admin: "127.0.0.1:{admin_port}"}}
+auth: {{required: false}}
+state: {{dir: "{tmp_path / 'state'}"}}
+tools:
+  serpapi: {{mode: mock}}
+""")
+    proc = subprocess.Popen([str(BIN), "run", "--config", str(tmp_path / "sidecar.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        n = 1500  # about 0.6 MB of access lines: ten times what the pipe holds
+        with requests.Session() as session:
+            for i in range(n):
+                r = session.get(f"http://127.0.0.1:{proxy_port}/serpapi/search?q=x",
+                                headers={"X-Request-Id": f"stall-{i}"}, timeout=5)
+                assert r.status_code == 200
+        metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
+        assert "gateway_access_log_dropped_lines_total 0" in metrics
+
+        out = []
+        reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
+        reader.start()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(line) for line in out[0].decode().splitlines()]  # every line whole JSON
+    ids = [r["request_id"] for r in lines if r.get("msg") == "access"]
+    assert ids == [f"stall-{i}" for i in range(n)]

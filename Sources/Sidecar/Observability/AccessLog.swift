@@ -15,7 +15,12 @@ import Upstreams
 /// strings); the text is exactly what the JSON encoding of the same fields would be.
 struct AccessLog: Sendable {
     let enabled: Bool
-    let writer = BufferedLineWriter()
+    let writer: BufferedLineWriter
+
+    init(enabled: Bool, writer: BufferedLineWriter = BufferedLineWriter()) {
+        self.enabled = enabled
+        self.writer = writer
+    }
 
     func write(_ r: RequestRecord) {
         guard enabled else { return }

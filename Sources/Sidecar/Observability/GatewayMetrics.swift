@@ -29,6 +29,8 @@ public final class GatewayMetrics: Sendable {
     private let policyWouldDeny: [String: Prometheus.Counter]
     private let rateLimitDecisions: [String: Prometheus.Counter]
     private let redisErrors: Prometheus.Counter
+    /// Access-log lines lost because the log output did not keep up (`BufferedLineWriter`).
+    let accessLogDrops: Prometheus.Counter
     private let redisLatency: DurationHistogram
     static let denialKinds = PolicyDenial.Kind.allCases.map(\.rawValue)
     private let breakerStates: [String: Gauge]
@@ -148,6 +150,10 @@ public final class GatewayMetrics: Sendable {
         rateLimitDecisions = Dictionary(uniqueKeysWithValues: ["allowed", "limited", "would_limit"].map {
             ($0, registry.makeCounter(descriptor: decisions, labels: [("result", $0)]))
         })
+        accessLogDrops = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "gateway", metricName: "access_log_dropped_lines", unitName: "total",
+                helpText: "Access-log lines dropped because standard output did not keep up (its buffer was full)."))
         redisErrors = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "redis_errors", unitName: "total", helpText: "Redis commands that failed or timed out."))

@@ -6,6 +6,8 @@ import Musl
 import Darwin
 #endif
 import Logging
+import NIOConcurrencyHelpers
+import NIOPosix
 import Synchronization
 import Upstreams
 
@@ -81,45 +83,127 @@ public struct JSONLogHandler: LogHandler {
     }
 }
 
-/// Access-log lines are many (one per request), so they are buffered and written in batches: when the
-/// buffer passes 64 KiB, every 100 ms, and at shutdown (as nginx's `access_log ... buffer= flush=`).
-/// Other log lines go straight out through `LogSink.write`.
-final class BufferedLineWriter: Sendable {
-    private let buffer = Mutex<[UInt8]>([])
+/// Access-log lines are many (one per request), so they are buffered and written in batches by a
+/// thread of their own: when the buffer passes 64 KiB, every 100 ms, and at shutdown (as nginx's
+/// `access_log ... buffer= flush=`). Unlike nginx, no event loop ever waits for standard output: a slow
+/// or stalled reader of the log (a full pipe, a stuck collector) holds up only the writer thread. While
+/// it is held, lines collect up to `maxPending` bytes; beyond that they are dropped and counted
+/// (`gateway_access_log_dropped_lines_total`, and one warning line once output moves again) — the
+/// proxy keeps answering rather than stall every connection on its log. Other log lines go straight
+/// out through `LogSink.write`.
+final class BufferedLineWriter: @unchecked Sendable {
     static let flushBytes = 64 * 1024
+    /// About 40 000 access lines: a reader stalled for a second at full load loses nothing.
+    static let defaultMaxPending = 16 * 1024 * 1024
 
-    init() { buffer.withLock { $0.reserveCapacity(Self.flushBytes * 2) } }
+    /// The lock's value is 1 when the writer thread should act now (a full batch, or stop).
+    private let state = ConditionLock(value: 0)
+    // Guarded by `state`:
+    private var pending: [UInt8] = []
+    private var dropped = 0
+    private var stopping = false
+    private var running = false
+    /// Held while bytes go out, so batches leave in the order they were taken.
+    private let output = NIOLock()
+    private let maxPending: Int
+    private let sink: @Sendable (UnsafeBufferPointer<UInt8>) -> Void
+    private let onDropped: @Sendable (Int) -> Void
+    private var thread: NIOThreadPool?
+
+    init(
+        maxPending: Int = BufferedLineWriter.defaultMaxPending,
+        sink: @escaping @Sendable (UnsafeBufferPointer<UInt8>) -> Void = { LogSink.writeAll($0) },
+        onDropped: @escaping @Sendable (Int) -> Void = { _ in }
+    ) {
+        self.maxPending = maxPending
+        self.sink = sink
+        self.onDropped = onDropped
+        pending.reserveCapacity(Self.flushBytes * 2)
+    }
 
     /// Appends the line `write` produces (and a newline) under the buffer's lock, so it is formatted in
-    /// place; `write` must be quick.
+    /// place; `write` must be quick. Never waits for output.
     func append(_ write: (inout [UInt8]) -> Void) {
-        var full: [UInt8]?
-        buffer.withLock { b in
-            write(&b)
-            b.append(10)
-            if b.count >= Self.flushBytes {
-                full = b
-                b.removeAll(keepingCapacity: true)
+        state.lock()
+        guard pending.count < maxPending else {
+            dropped += 1
+            return state.unlock()
+        }
+        write(&pending)
+        pending.append(10)
+        if running, pending.count >= Self.flushBytes, !stopping {
+            state.unlock(withValue: 1)
+        } else {
+            state.unlock()
+        }
+    }
+
+    /// Starts the writer thread (once).
+    func start(interval: Duration = .milliseconds(100)) {
+        state.lock()
+        guard !running else { return state.unlock() }
+        running = true
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        thread = pool
+        state.unlock()
+        pool.start()
+        let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+        pool.submit { _ in
+            while true {
+                if !self.state.lock(whenValue: 1, timeoutSeconds: seconds) { self.state.lock() }
+                let stop = self.stopping
+                self.state.unlock(withValue: 0)
+                self.flush()
+                if stop { return }
             }
         }
-        if let full { full.withUnsafeBufferPointer { LogSink.writeAll($0) } }
     }
 
+    /// Writes out what is pending, and the count of lines dropped since the last write. Safe from any
+    /// thread; batches leave in the order they were taken.
     func flush() {
-        let pending = buffer.withLock { b -> [UInt8] in
-            let out = b
-            b.removeAll(keepingCapacity: true)
-            return out
+        output.withLock {
+            state.lock()
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            let lost = dropped
+            dropped = 0
+            state.unlock()
+            if !batch.isEmpty { batch.withUnsafeBufferPointer { sink($0) } }
+            if lost > 0 {
+                onDropped(lost)
+                var line: [UInt8] = []
+                line.append(contentsOf: #"{"ts":""#.utf8)
+                LogTimestamp.append(to: &line)
+                line.append(contentsOf: #"","level":"warning","msg":"access log lines dropped: the log output did not keep up","dropped":"#.utf8)
+                line.append(contentsOf: String(lost).utf8)
+                line.append(contentsOf: "}\n".utf8)
+                line.withUnsafeBufferPointer { sink($0) }
+            }
         }
-        if !pending.isEmpty { pending.withUnsafeBufferPointer { LogSink.writeAll($0) } }
     }
 
-    /// Flushes every `interval` until cancelled, then once more.
+    /// Stops the writer thread after a last write of everything pending; later lines are written by
+    /// `flush()`.
+    func stop() {
+        state.lock()
+        guard running else { return state.unlock() }
+        stopping = true
+        let pool = thread
+        state.unlock(withValue: 1)
+        try? pool?.syncShutdownGracefully()
+        state.lock()
+        thread = nil
+        running = false
+        stopping = false
+        state.unlock()
+    }
+
+    /// Writes from its thread until cancelled, then stops it (with a last write).
     func runFlusher(interval: Duration = .milliseconds(100)) async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
-            flush()
-        }
-        flush()
+        start(interval: interval)
+        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        // `stop` waits for the thread: not on a cooperative (here: event-loop) thread.
+        try? await NIOThreadPool.singleton.runIfActive { self.stop() }
     }
 }
