@@ -199,11 +199,11 @@ import Testing
         defer { server.close() }
         let pool = try Self.pool()
         defer { pool.shutdown() }
-        let start = ContinuousClock.now
+        // `/slow` answers after 2 s: a timeout error (not the late answer) is the deadline at work. No
+        // wall-clock bound — one (< 1 s) failed once at 1.19 s with the whole suite loading two cores.
         await #expect {
             _ = try await pool.send(Self.request(server.port, "/slow", timeout: .milliseconds(200)))
         } throws: { ($0 as? UpstreamError)?.kind == .timeout }
-        #expect(ContinuousClock.now - start < .seconds(1))
         #expect(pool.idleCount == 0)
     }
 
