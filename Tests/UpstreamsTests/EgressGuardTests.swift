@@ -214,7 +214,10 @@ struct EgressGuardTests {
         func channelInactive(context: ChannelHandlerContext) { closed() }
     }
 
-    @Test func aBodyTheConsumerGivesUpOnClosesTheFetchConnection() async throws {
+    /// Directly, and through a name whose first address refuses the connection (the handler then
+    /// serves a second attempt, and the failed one letting go of it must not unlink it).
+    @Test(arguments: ["127.0.0.1", "second-address.test"])
+    func aBodyTheConsumerGivesUpOnClosesTheFetchConnection(_ host: String) async throws {
         let closedAt = Mutex<ContinuousClock.Instant?>(nil)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { ch in
@@ -225,9 +228,10 @@ struct EgressGuardTests {
             }
             .bind(host: "127.0.0.1", port: 0).get()
         defer { server.close(promise: nil) }
-        let t = try Self.transport(EgressGuard(allowed: [CIDR("127.0.0.0/8")!]))
+        let resolver = FakeResolver(["second-address.test": ["127.0.0.2", "127.0.0.1"]])
+        let t = try Self.transport(EgressGuard(allowed: [CIDR("127.0.0.0/8")!]), resolver: resolver)
         // The request's deadline is 5 s away: only the cancel can close the connection within the wait.
-        let response = try await t.send(Self.request("http://127.0.0.1:\(server.localAddress!.port!)/big"))
+        let response = try await t.send(Self.request("http://\(host):\(server.localAddress!.port!)/big"))
         #expect(response.status == .ok)
         let cancelled = ContinuousClock.now
         response.body.cancel()

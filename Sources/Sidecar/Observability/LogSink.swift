@@ -20,15 +20,22 @@ enum LogSink {
         line.withUTF8 { writeAll($0) }
     }
 
+    /// One writer at a time: a write of more than `PIPE_BUF` bytes to a pipe can be split, and a line
+    /// written from another thread would land inside the split batch (seen with a stalled reader: a
+    /// shutdown line inside a 64 KiB access batch).
+    private static let stdout = NIOLock()
+
     static func writeAll(_ buf: UnsafeBufferPointer<UInt8>) {
-        var offset = 0
-        while offset < buf.count {
-            let n = Glibc.write(1, buf.baseAddress! + offset, buf.count - offset)
-            if n <= 0 {
-                if n < 0, errno == EINTR { continue }
-                return
+        stdout.withLock {
+            var offset = 0
+            while offset < buf.count {
+                let n = Glibc.write(1, buf.baseAddress! + offset, buf.count - offset)
+                if n <= 0 {
+                    if n < 0, errno == EINTR { continue }
+                    return
+                }
+                offset += n
             }
-            offset += n
         }
     }
 

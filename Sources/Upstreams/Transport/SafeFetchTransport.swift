@@ -141,10 +141,7 @@ public final class SafeFetchTransport: UpstreamTransport {
                 break
             }
         }
-        guard let channel else {
-            handler.body.stream.detach()
-            throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed")
-        }
+        guard let channel else { throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed") }
         let deadline = channel.eventLoop.scheduleTask(deadline: request.deadline) {
             handler.fail(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
             channel.close(promise: nil)
@@ -199,12 +196,18 @@ final class FetchResponseHandler: ChannelDuplexHandler, BodyStreamOwner, @unchec
         self.eventLoop = eventLoop
         head = eventLoop.makePromise(of: UpstreamResponse.self)
         body = FetchBody(stream: BodyStream())
+    }
+
+    /// One handler serves the connection attempts to a name's addresses in turn: it links to the
+    /// stream while it is in a live pipeline, and a failed attempt's pipeline letting go of it (which
+    /// can come after the next attempt took it) does not unlink the current one.
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         body.stream.attach(self)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-
     func handlerRemoved(context: ChannelHandlerContext) {
+        guard context === self.context else { return }
         self.context = nil
         body.stream.detach()
     }
