@@ -116,6 +116,15 @@ import Testing
         try HTTP1ConnectionPool(connectTimeouts: [:], tls: .makeClientConfiguration(), group: group)
     }
 
+    /// A scripted server and a pool for one test, both closed after it.
+    static func withServerAndPool(_ body: (ScriptedServer, HTTP1ConnectionPool) async throws -> Void) async throws {
+        let server = try await ScriptedServer(group: group)
+        defer { server.close() }
+        let pool = try pool()
+        defer { pool.shutdown() }
+        try await body(server, pool)
+    }
+
     static func request(
         _ port: Int, _ path: String, method: HTTPMethod = .GET, headers: HTTPHeaders = [:], timeout: TimeAmount = .seconds(5)
     ) throws -> UpstreamRequest {
@@ -133,108 +142,92 @@ import Testing
     }
 
     @Test func keepAliveConnectionsAreReused() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        for _ in 0..<5 {
-            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-            #expect(status == .ok)
-            #expect(body == "ok")
+        try await Self.withServerAndPool { server, pool in
+            for _ in 0..<5 {
+                let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+                #expect(status == .ok)
+                #expect(body == "ok")
+            }
+            #expect(server.accepted.withLockedValue { $0 } == 1)
+            #expect(pool.idleCount == 1)
         }
-        #expect(server.accepted.withLockedValue { $0 } == 1)
-        #expect(pool.idleCount == 1)
     }
 
     @Test func connectionCloseIsNotReused() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        for _ in 0..<3 { _ = try await Self.fetch(pool, Self.request(server.port, "/close")) }
-        #expect(server.accepted.withLockedValue { $0 } == 3)
-        #expect(pool.idleCount == 0)
+        try await Self.withServerAndPool { server, pool in
+            for _ in 0..<3 { _ = try await Self.fetch(pool, Self.request(server.port, "/close")) }
+            #expect(server.accepted.withLockedValue { $0 } == 3)
+            #expect(pool.idleCount == 0)
+        }
     }
 
     @Test func aConnectionTheServerClosedWhileIdleIsNotUsed() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        _ = try await Self.fetch(pool, Self.request(server.port, "/bye"))
-        #expect(pool.idleCount == 1)
-        try await Task.sleep(for: .milliseconds(200))
-        let (status, _) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-        #expect(status == .ok)
-        #expect(server.accepted.withLockedValue { $0 } == 2)
+        try await Self.withServerAndPool { server, pool in
+            _ = try await Self.fetch(pool, Self.request(server.port, "/bye"))
+            #expect(pool.idleCount == 1)
+            try await Task.sleep(for: .milliseconds(200))
+            let (status, _) = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            #expect(status == .ok)
+            #expect(server.accepted.withLockedValue { $0 } == 2)
+        }
     }
 
     @Test func aReplayableRequestIsSentAgainWhenAReusedConnectionDiesUnanswered() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        _ = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
-        let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
-        #expect(status == .ok)
-        #expect(body == "ok")
-        #expect(server.accepted.withLockedValue { $0 } == 2)
-        #expect(server.requests.withLockedValue { $0 } == ["GET /flaky", "GET /flaky", "GET /flaky"])
+        try await Self.withServerAndPool { server, pool in
+            _ = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
+            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/flaky"))
+            #expect(status == .ok)
+            #expect(body == "ok")
+            #expect(server.accepted.withLockedValue { $0 } == 2)
+            #expect(server.requests.withLockedValue { $0 } == ["GET /flaky", "GET /flaky", "GET /flaky"])
+        }
     }
 
     @Test func aPostIsNeverSentTwice() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        _ = try await Self.fetch(pool, Self.request(server.port, "/flaky", method: .POST))
-        await #expect {
-            _ = try await pool.send(Self.request(server.port, "/flaky", method: .POST))
-        } throws: { ($0 as? UpstreamError)?.kind == .protocolError && ($0 as? UpstreamError)?.beforeSend == false }
-        #expect(server.requests.withLockedValue { $0 } == ["POST /flaky {}", "POST /flaky {}"])
+        try await Self.withServerAndPool { server, pool in
+            _ = try await Self.fetch(pool, Self.request(server.port, "/flaky", method: .POST))
+            await #expect {
+                _ = try await pool.send(Self.request(server.port, "/flaky", method: .POST))
+            } throws: { ($0 as? UpstreamError)?.kind == .protocolError && ($0 as? UpstreamError)?.beforeSend == false }
+            #expect(server.requests.withLockedValue { $0 } == ["POST /flaky {}", "POST /flaky {}"])
+        }
     }
 
     @Test func theDeadlineEndsTheCallAndTheConnection() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        // `/slow` answers after 2 s: a timeout error (not the late answer) is the deadline at work. No
-        // wall-clock bound — one (< 1 s) failed once at 1.19 s with the whole suite loading two cores.
-        await #expect {
-            _ = try await pool.send(Self.request(server.port, "/slow", timeout: .milliseconds(200)))
-        } throws: { ($0 as? UpstreamError)?.kind == .timeout }
-        #expect(pool.idleCount == 0)
+        try await Self.withServerAndPool { server, pool in
+            // `/slow` answers after 2 s: a timeout error (not the late answer) is the deadline at work. No
+            // wall-clock bound — one (< 1 s) failed once at 1.19 s with the whole suite loading two cores.
+            await #expect {
+                _ = try await pool.send(Self.request(server.port, "/slow", timeout: .milliseconds(200)))
+            } throws: { ($0 as? UpstreamError)?.kind == .timeout }
+            #expect(pool.idleCount == 0)
+        }
     }
 
     @Test func bodiesStreamAndTheConnectionIsReusedAfterTheLastByte() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        let response = try await pool.send(Self.request(server.port, "/stream"))
-        var chunks: [String] = []
-        for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
-        #expect(chunks.count >= 2)
-        #expect(chunks.joined() == "chunk1;chunk2;chunk3;")
-        #expect(pool.idleCount == 1)
-        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-        #expect(server.accepted.withLockedValue { $0 } == 1)
+        try await Self.withServerAndPool { server, pool in
+            let response = try await pool.send(Self.request(server.port, "/stream"))
+            var chunks: [String] = []
+            for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
+            #expect(chunks.count >= 2)
+            #expect(chunks.joined() == "chunk1;chunk2;chunk3;")
+            #expect(pool.idleCount == 1)
+            _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            #expect(server.accepted.withLockedValue { $0 } == 1)
+        }
     }
 
     @Test func abandoningABodyClosesItsConnection() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        let response = try await pool.send(Self.request(server.port, "/stream"))
-        var iterator = response.body.makeAsyncIterator()
-        _ = try await iterator.next()
-        response.body.cancel()
-        try await Task.sleep(for: .milliseconds(50))
-        #expect(pool.idleCount == 0)
-        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-        #expect(server.accepted.withLockedValue { $0 } == 2)
+        try await Self.withServerAndPool { server, pool in
+            let response = try await pool.send(Self.request(server.port, "/stream"))
+            var iterator = response.body.makeAsyncIterator()
+            _ = try await iterator.next()
+            response.body.cancel()
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(pool.idleCount == 0)
+            _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            #expect(server.accepted.withLockedValue { $0 } == 2)
+        }
     }
 
     @Test func aRefusedConnectIsUnreachableBeforeSend() async throws {
@@ -276,28 +269,24 @@ import Testing
     /// The pool writes requests as bytes, so the response decoder is told each method: the answer to
     /// a HEAD has a length but no body, and the next answer on the connection must not be read as it.
     @Test func aHeadAnswerHasNoBodyAndTheConnectionGoesOn() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        for method in [HTTPMethod.HEAD, .GET, .HEAD, .HEAD, .GET] {
-            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok", method: method))
-            #expect(status == .ok)
-            #expect(body == (method == .HEAD ? "" : "ok"), "\(method)")
+        try await Self.withServerAndPool { server, pool in
+            for method in [HTTPMethod.HEAD, .GET, .HEAD, .HEAD, .GET] {
+                let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/ok", method: method))
+                #expect(status == .ok)
+                #expect(body == (method == .HEAD ? "" : "ok"), "\(method)")
+            }
+            #expect(server.accepted.withLockedValue { $0 } == 1)
         }
-        #expect(server.accepted.withLockedValue { $0 } == 1)
     }
 
     @Test func aBodyIsFramedByItsLength() async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        // A stale framing field from the caller is replaced, never sent beside the real length.
-        let request = try Self.request(server.port, "/ok?a=1", method: .POST, headers: ["Content-Length": "99", "Transfer-Encoding": "chunked"])
-        let (status, _) = try await Self.fetch(pool, request)
-        #expect(status == .ok)
-        #expect(server.requests.withLockedValue { $0 } == ["POST /ok?a=1 {}"])
+        try await Self.withServerAndPool { server, pool in
+            // A stale framing field from the caller is replaced, never sent beside the real length.
+            let request = try Self.request(server.port, "/ok?a=1", method: .POST, headers: ["Content-Length": "99", "Transfer-Encoding": "chunked"])
+            let (status, _) = try await Self.fetch(pool, request)
+            #expect(status == .ok)
+            #expect(server.requests.withLockedValue { $0 } == ["POST /ok?a=1 {}"])
+        }
     }
 
     /// What NIO's request validator refused, the encoder refuses — before a byte is written, so the
@@ -311,19 +300,17 @@ import Testing
         ("quote in the query", "/ok?q=\"x\"", HTTPHeaders()),
     ])
     func anInvalidRequestIsRefusedBeforeSending(_ name: String, _ path: String, _ headers: HTTPHeaders) async throws {
-        let server = try await ScriptedServer(group: Self.group)
-        defer { server.close() }
-        let pool = try Self.pool()
-        defer { pool.shutdown() }
-        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-        var request = try Self.request(server.port, "/ok", headers: headers)
-        request.url.path = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
-        request.url.query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init)
-        await #expect(throws: UpstreamError(.invalidRequest, beforeSend: true, detail: "a control character, or a name that is not a token"), "\(name)") {
-            _ = try await Self.fetch(pool, request)
+        try await Self.withServerAndPool { server, pool in
+            _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            var request = try Self.request(server.port, "/ok", headers: headers)
+            request.url.path = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+            request.url.query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init)
+            await #expect(throws: UpstreamError(.invalidRequest, beforeSend: true, detail: "a control character, or a name that is not a token"), "\(name)") {
+                _ = try await Self.fetch(pool, request)
+            }
+            _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
+            #expect(server.requests.withLockedValue { $0 } == ["GET /ok", "GET /ok"], "\(name)")
+            #expect(server.accepted.withLockedValue { $0 } == 1, "\(name)")
         }
-        _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
-        #expect(server.requests.withLockedValue { $0 } == ["GET /ok", "GET /ok"], "\(name)")
-        #expect(server.accepted.withLockedValue { $0 } == 1, "\(name)")
     }
 }

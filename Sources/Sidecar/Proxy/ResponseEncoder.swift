@@ -52,11 +52,7 @@ enum ResponseEncoder {
         for (name, value) in head.headers where head.framing.keeps(name) && FieldSyntax.isToken(name) && FieldSyntax.isValue(value) {
             buffer.writeField(name, value)
         }
-        if let length = head.framing.length {
-            buffer.writeStaticString("Content-Length: ")
-            buffer.writeString(String(length))
-            buffer.writeStaticString("\r\n")
-        }
+        if let length = head.framing.length { buffer.writeField("Content-Length", String(length)) }
         if head.framing.chunked { buffer.writeStaticString("Transfer-Encoding: chunked\r\n") }
         if head.close { buffer.writeStaticString("Connection: close\r\n") }
         buffer.writeStaticString("\r\n")

@@ -49,11 +49,7 @@ enum RequestHeadEncoder {
         for (name, value) in request.headers where !isFraming(name) {
             buffer.writeField(name, value)
         }
-        if let length {
-            buffer.writeStaticString("Content-Length: ")
-            buffer.writeString(String(length))
-            buffer.writeStaticString("\r\n")
-        }
+        if let length { buffer.writeField("Content-Length", String(length)) }
         buffer.writeStaticString("\r\n")
         guard var body = request.body, body.readableBytes > 0 else { return Encoded(head: buffer, body: nil) }
         if coalesce {
