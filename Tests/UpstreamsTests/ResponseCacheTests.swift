@@ -63,7 +63,10 @@ struct ResponseCacheTests {
                 group.addTask {
                     if c.beginFetch("q") {
                         fetches.n.withLock { $0 += 1 }
-                        try? await Task.sleep(for: .milliseconds(50))
+                        // Ends the flight once the 19 others joined it (a fixed sleep was a guess that a
+                        // loaded machine could lose: a caller arriving after the end would lead a second
+                        // fetch, as there is no cache lookup in this test).
+                        for _ in 0..<1000 where c.waiterCount(for: "q") < 19 { try? await Task.sleep(for: .milliseconds(5)) }
                         c.endFetch("q", storing: Self.entry("answer"))
                         return "answer"
                     }

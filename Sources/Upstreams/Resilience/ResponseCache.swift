@@ -96,6 +96,10 @@ public final class ResponseCache: Sendable {
         }
     }
 
+    /// How many callers wait for the fetch of `key` (tests use it to end a flight only once every
+    /// follower has joined it, instead of guessing with a sleep).
+    func waiterCount(for key: String) -> Int { state.withLock { $0.inFlight[key]?.count ?? 0 } }
+
     /// Ends a fetch: stores the answer (when given and small enough) and wakes the waiters.
     public func endFetch(_ key: String, storing response: CachedResponse?) {
         let waiters: [CheckedContinuation<CachedResponse?, Never>] = state.withLock { s in
