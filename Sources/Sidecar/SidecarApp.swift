@@ -28,7 +28,8 @@ public enum SidecarApp {
             endpoint = RedisEndpoint.parse(url)
             redis = RedisClient(
                 endpoint: endpoint!, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
-                connectTimeout: config.redisConnectTimeout, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+                connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle], observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+            await redis?.connectAll()
         }
         let store: any IdentityStore = try redis.map { RedisIdentityStore(redis: $0) } ?? SQLiteIdentityStore(path: config.databasePath)
         let identityState = IdentityState(store: store)

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Policy
+import NIOPosix
 import Testing
 
 @testable import Sidecar
@@ -141,6 +142,37 @@ struct RedisTests {
         try await store.settle(agent: "s", Settlement(checks: [conc, quota], admission: second, outcome: .refunded))
         let third = try await store.admit(agent: "s", checks: [conc, quota], leaseID: "4")
         #expect(third.admitted && third.results[1].remaining == 8, "refunded: slot free, quota given back")
+    }
+
+    /// The loop path (no task): nil until the loop's connection is up; then the same decisions, and a
+    /// settlement sent without waiting is in effect for the next command on that connection (the
+    /// scripts were loaded when it connected, so no NOSCRIPT retry reorders them).
+    @Test func theLoopPathDecidesAndSettlesAsTheAsyncOne() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = RedisClient(
+            endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500), scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
+        let quota = LimitCheck.hourLeftQuota("q", limit: 10)
+        #expect(store.admit(agent: "l", checks: [conc, quota], leaseID: "0", on: loop) == nil, "no connection yet: the async path")
+        try await server.waitUntilUp(client)
+        await client.connectAll()
+        func admit(_ lease: String) async throws -> Admission {
+            try await loop.flatSubmit { store.admit(agent: "l", checks: [conc, quota], leaseID: lease, on: loop)! }.get()
+        }
+        let first = try await admit("1")
+        #expect(first.admitted && first.results[1].remaining == 9)
+        #expect(try await !admit("2").admitted, "the only slot is taken")
+        store.settleSoon(agent: "l", Settlement(checks: [conc, quota], admission: first, outcome: .completed(usage: nil)), on: loop)
+        let third = try await admit("3")
+        #expect(third.admitted && third.results[1].remaining == 8, "completed: slot free, quota kept")
+        store.settleSoon(agent: "l", Settlement(checks: [conc, quota], admission: third, outcome: .refunded), on: loop)
+        let fourth = try await admit("4")
+        #expect(fourth.admitted && fourth.results[1].remaining == 8, "refunded: slot free, quota given back")
+        // The async path agrees with what the loop path counted.
+        #expect(try await !store.admit(agent: "l", checks: [conc, quota], leaseID: "5").admitted)
     }
 
     @Test func noscriptIsHandledByReloading() async throws {

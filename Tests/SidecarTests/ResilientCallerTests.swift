@@ -28,6 +28,33 @@ struct ResilientCallerTests {
         var count: Int { calls.withLock { $0 } }
     }
 
+    /// Every call waits until `open()`: holds a bulkhead slot for as long as the test needs, not for a
+    /// guessed time.
+    final class GatedTransport: UpstreamTransport {
+        private let state = Mutex<(calls: Int, open: Bool, waiters: [CheckedContinuation<Void, Never>])>((0, false, []))
+        func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s in
+                    s.calls += 1
+                    if s.open { return true }
+                    s.waiters.append(c)
+                    return false
+                }
+                if now { c.resume() }
+            }
+            return try answer(200).get()
+        }
+        func open() {
+            let waiters = state.withLock { s in
+                s.open = true
+                defer { s.waiters = [] }
+                return s.waiters
+            }
+            for w in waiters { w.resume() }
+        }
+        var count: Int { state.withLock { $0.calls } }
+    }
+
     final class FakeClock: Sendable {
         let ms = Atomic<Int64>(1_000_000_000)
         func advance(_ d: Int64) { ms.add(d, ordering: .relaxed) }
@@ -287,7 +314,10 @@ struct ResilientCallerTests {
     }
 
     @Test func aFullBulkheadAnswersToolSaturated() async throws {
-        let t = ScriptedTransport(delay: .seconds(1)) { _ in Self.answer(200) }
+        // The first call holds the only slot until the other two have been answered: one waited its
+        // 50 ms in the queue, one found the queue full. (A transport that slept 1 s failed on a loaded
+        // machine: a call that started late found the slot free.)
+        let t = GatedTransport()
         let c = Self.caller(t, Self.settings {
             $0.tools[.serpapi]!.maxConcurrent = 1
             $0.tools[.serpapi]!.queue = 1
@@ -297,7 +327,10 @@ struct ResilientCallerTests {
         let codes = await withTaskGroup(of: String.self) { g in
             for _ in 0..<3 { g.addTask { await Self.call(c, r, traits, key: nil).0 } }
             var out: [String] = []
-            for await code in g { out.append(code) }
+            for await code in g {
+                out.append(code)
+                if out.count == 2 { t.open() }
+            }
             return out.sorted()
         }
         #expect(codes == ["200", "tool_saturated", "tool_saturated"])

@@ -1,11 +1,25 @@
 import Foundation
 import GRDB
+import NIOCore
 import Logging
 import Policy
 import Synchronization
 
 /// Wall-clock milliseconds for the stores that use host time (embedded store, local fallback).
 let unixMillis: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+
+/// A limit store that can also decide and settle from the connection's event loop, without a Swift
+/// task: the loop path of a request with stateful limits (`Pipeline.start`). Same decisions as the
+/// async methods; only the cost differs (a task, its continuations and their loop wake-ups cost this
+/// 2-core VM more than the Redis round trip).
+protocol LoopLimitStore: LimitStore {
+    /// Decides on `loop`; the future completes there. nil when this cannot be done from the loop now
+    /// (no live Redis connection): the caller uses the async `admit`, which connects or degrades.
+    func admit(agent: String, checks: [LimitCheck], leaseID: String, on loop: any EventLoop) -> EventLoopFuture<Admission>?
+    /// Settles without the caller waiting: a failure is treated as the async `settle`'s (ignored; the
+    /// lease expires on its own).
+    func settleSoon(agent: String, _ settlement: Settlement, on loop: any EventLoop)
+}
 
 /// Counters in this process, behind a lock. Used as the embedded store's engine and as the local
 /// limiter the Redis store falls back to.
@@ -29,7 +43,7 @@ final class LocalLimiter: Sendable {
 /// The embedded store: counters in memory, quota and budget usage persisted to SQLite (written behind,
 /// every 200 ms and at shutdown), so a restart does not hand out a fresh day's quota. A crash loses at
 /// most the last 200 ms of counts.
-final class EmbeddedLimitStore: LimitStore {
+final class EmbeddedLimitStore: LoopLimitStore {
     let limiter: LocalLimiter
     private let db: DatabaseQueue
 
@@ -55,6 +69,14 @@ final class EmbeddedLimitStore: LimitStore {
     }
 
     func settle(agent: String, _ settlement: Settlement) async throws {
+        limiter.settle(agent: agent, settlement)
+    }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String, on loop: any EventLoop) -> EventLoopFuture<Admission>? {
+        loop.makeSucceededFuture(limiter.admit(agent: agent, checks: checks, leaseID: leaseID))
+    }
+
+    func settleSoon(agent: String, _ settlement: Settlement, on loop: any EventLoop) {
         limiter.settle(agent: agent, settlement)
     }
 
@@ -135,7 +157,7 @@ struct StateUnavailable: Error, Sendable {
 
 /// Limits shared across a fleet in Redis: one `EVALSHA` per request; on Redis failure, each class follows
 /// its failure policy, counted in `gateway_state_fallback_total{class}`.
-final class RedisLimitStore: LimitStore {
+final class RedisLimitStore: LoopLimitStore {
     let redis: RedisClient
     let failure: StateFailurePolicy
     let local = LocalLimiter()
@@ -155,6 +177,27 @@ final class RedisLimitStore: LimitStore {
 
     func admit(agent: String, checks: [LimitCheck], leaseID: String) async throws -> Admission {
         guard !checks.isEmpty else { return Admission(admitted: true, results: [], leaseID: leaseID) }
+        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID)
+        do {
+            return try admission(try await redis.evalsha(AdmissionScripts.admit, keys: keys, args: args), checks: checks, leaseID: leaseID)
+        } catch let error as RedisError {
+            return try fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
+        }
+    }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String, on loop: any EventLoop) -> EventLoopFuture<Admission>? {
+        guard !checks.isEmpty else { return loop.makeSucceededFuture(Admission(admitted: true, results: [], leaseID: leaseID)) }
+        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID)
+        return redis.evalsha(AdmissionScripts.admit, keys: keys, args: args, on: loop)?
+            .flatMapThrowing { try self.admission($0, checks: checks, leaseID: leaseID) }
+            .flatMapErrorThrowing { error in
+                guard let error = error as? RedisError else { throw error }
+                return try self.fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
+            }
+    }
+
+    /// The admission script's keys and arguments (see `AdmissionScripts.admit`).
+    private func admitCommand(agent: String, checks: [LimitCheck], leaseID: String) -> (keys: [String], args: [String]) {
         let tag = Self.tag(agent)
         var keys: [String] = []
         var args: [String] = [leaseID, String(leaseTTL), String(checks.count)]
@@ -173,24 +216,25 @@ final class RedisLimitStore: LimitStore {
                 args += [c.kind == .quota ? "q" : "b", c.mode == .enforce ? "1" : "0", String(c.limit), String(c.cost), String(w.currentEnd), String(w.nextEnd)]
             }
         }
-        do {
-            let reply = try await redis.evalsha(AdmissionScripts.admit, keys: keys, args: args)
-            guard let a = reply.array, a.count == 2 + 4 * checks.count, let admitted = a[0].int else {
-                throw RedisError(kind: .protocolError, message: "unexpected admission reply")
-            }
-            recovered()
-            var results: [LimitResult] = []
-            for i in 0..<checks.count {
-                let b = 2 + i * 4
-                results.append(
-                    LimitResult(
-                        allowed: a[b].int == 1, remaining: Int(a[b + 1].int ?? 0), resetMilliseconds: a[b + 2].int ?? 0,
-                        windowIndex: Int(a[b + 3].int ?? 0)))
-            }
-            return Admission(admitted: admitted == 1, results: results, leaseID: leaseID)
-        } catch let error as RedisError {
-            return try fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
+        return (keys, args)
+    }
+
+    /// The script's reply as the decision.
+    private func admission(_ reply: RedisValue, checks: [LimitCheck], leaseID: String) throws -> Admission {
+        guard let a = reply.array, a.count == 2 + 4 * checks.count, let admitted = a[0].int else {
+            throw RedisError(kind: .protocolError, message: "unexpected admission reply")
         }
+        recovered()
+        var results: [LimitResult] = []
+        results.reserveCapacity(checks.count)
+        for i in 0..<checks.count {
+            let b = 2 + i * 4
+            results.append(
+                LimitResult(
+                    allowed: a[b].int == 1, remaining: Int(a[b + 1].int ?? 0), resetMilliseconds: a[b + 2].int ?? 0,
+                    windowIndex: Int(a[b + 3].int ?? 0)))
+        }
+        return Admission(admitted: admitted == 1, results: results, leaseID: leaseID)
     }
 
     /// Applies the per-class failure policy when Redis cannot answer.
@@ -225,6 +269,32 @@ final class RedisLimitStore: LimitStore {
             local.settle(agent: agent, s)
             return
         }
+        switch settleCommand(agent: agent, s) {
+        case nil: return
+        case .command(let command)?: _ = try await redis.send(command)
+        case .script(let keys, let args)?: _ = try await redis.evalsha(AdmissionScripts.settle, keys: keys, args: args)
+        }
+    }
+
+    func settleSoon(agent: String, _ s: Settlement, on loop: any EventLoop) {
+        if s.local { return local.settle(agent: agent, s) }
+        let sent: EventLoopFuture<RedisValue>?
+        switch settleCommand(agent: agent, s) {
+        case nil: return
+        case .command(let command)?: sent = redis.start(command, on: loop)
+        case .script(let keys, let args)?: sent = redis.evalsha(AdmissionScripts.settle, keys: keys, args: args, on: loop)
+        }
+        // No live connection on this loop: the async path connects (or fails, as `settle` may).
+        if sent == nil { Task { try? await self.settle(agent: agent, s) } }
+    }
+
+    private enum SettleCommand {
+        case command([String])
+        case script(keys: [String], args: [String])
+    }
+
+    /// What settles `s` in Redis; nil when nothing has to (a rate check only).
+    private func settleCommand(agent: String, _ s: Settlement) -> SettleCommand? {
         let tag = Self.tag(agent)
         var keys: [String] = []
         var args: [String] = [s.leaseID, "0"]
@@ -249,14 +319,11 @@ final class RedisLimitStore: LimitStore {
             }
             n += 1
         }
-        guard n > 0 else { return }
+        guard n > 0 else { return nil }
         // The common settlement only frees a concurrency lease: a plain ZREM costs Redis about a tenth
         // of a script call, and Redis (one thread, shared by the fleet) is what every request waits on.
-        if n == 1, args[2] == "c" {
-            _ = try await redis.send(["ZREM", keys[0], s.leaseID])
-            return
-        }
+        if n == 1, args[2] == "c" { return .command(["ZREM", keys[0], s.leaseID]) }
         args[1] = String(n)
-        _ = try await redis.evalsha(AdmissionScripts.settle, keys: keys, args: args)
+        return .script(keys: keys, args: args)
     }
 }

@@ -43,15 +43,18 @@ extension Pipeline {
     /// step. nil when no such limit applies.
     func admitLimits(_ evaluated: Evaluated, identity: AgentIdentity, requestID: String) async throws(GatewayError) -> Admitted? {
         guard !evaluated.checks.isEmpty, let limits else { return nil }
-        let checks = evaluated.checks
         let admission: Admission
         do {
-            admission = try await limits.admit(agent: identity.agentID, checks: checks, leaseID: requestID)
-        } catch let e as StateUnavailable {
-            throw GatewayError(.stateUnavailable, "the shared \(e.kind.rawValue) state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+            admission = try await limits.admit(agent: identity.agentID, checks: evaluated.checks, leaseID: requestID)
         } catch {
-            throw GatewayError(.stateUnavailable, "the limit state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+            throw Self.stateError(error)
         }
+        return try admitted(admission, evaluated, identity: identity)
+    }
+
+    /// The store's decision as the call's admission, or its refusal (metered either way).
+    func admitted(_ admission: Admission, _ evaluated: Evaluated, identity: AgentIdentity) throws(GatewayError) -> Admitted {
+        let checks = evaluated.checks
         for (check, result) in zip(checks, admission.results) {
             if check.kind == .rate {
                 metrics?.rateLimitDecision(result.allowed ? "allowed" : (check.mode == .enforce ? "limited" : "would_limit"))
@@ -67,9 +70,32 @@ extension Pipeline {
         return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.budgetTool ? OpenAIUsageMeter() : nil)
     }
 
+    /// A limit store that could not decide: 503 `state_unavailable` (fail closed for that class).
+    static func stateError(_ error: any Error) -> GatewayError {
+        if let e = error as? StateUnavailable {
+            return GatewayError(.stateUnavailable, "the shared \(e.kind.rawValue) state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+        }
+        return GatewayError(.stateUnavailable, "the limit state is unavailable; try again shortly", headers: [("Retry-After", "1")])
+    }
+
     /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.
     func settle(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?) async {
         guard let admitted, let limits else { return }
+        try? await limits.settle(agent: admitted.agent, Self.settlement(admitted, refund: refund, upstreamStatus: upstreamStatus))
+    }
+
+    /// `settle` without waiting for the store: from the loop when the store can (`LoopLimitStore`),
+    /// else in a task.
+    func settleSoon(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?, on loop: any EventLoop) {
+        guard let admitted, limits != nil else { return }
+        guard let store = loopLimits else {
+            Task { await self.settle(admitted, refund: refund, upstreamStatus: upstreamStatus) }
+            return
+        }
+        store.settleSoon(agent: admitted.agent, Self.settlement(admitted, refund: refund, upstreamStatus: upstreamStatus), on: loop)
+    }
+
+    static func settlement(_ admitted: Admitted, refund: Bool, upstreamStatus: Int?) -> Settlement {
         let outcome: Settlement.Outcome
         if refund {
             outcome = .refunded
@@ -81,7 +107,7 @@ extension Pipeline {
         } else {
             outcome = .completed(usage: nil)
         }
-        try? await limits.settle(agent: admitted.agent, Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome))
+        return Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome)
     }
 
     static func policyParameters(_ p: ToolParameters) -> CallParameters {

@@ -47,6 +47,8 @@ final class Pipeline: Sendable {
     /// nil in tests that exercise only the data plane.
     let policy: PolicyRuntime?
     let limits: (any LimitStore)?
+    /// `limits` when it can decide from the loop (cast once here, not per request).
+    let loopLimits: (any LoopLimitStore)?
     /// Cache, breakers, bulkheads and retries around the transport; nil = the bare transport (tests).
     let resilience: ResilientCaller?
     /// SSRF defence for http_fetch: IP-literal destinations are checked here (names by the transport).
@@ -60,6 +62,7 @@ final class Pipeline: Sendable {
     ) {
         self.policy = policy
         self.limits = limits
+        loopLimits = limits as? any LoopLimitStore
         self.resilience = resilience
         self.egress = egress
         self.classifier = classifier
@@ -113,16 +116,59 @@ final class Pipeline: Sendable {
             then(answer(problem(error, request: request, record: &record), record: record))
             return {}
         }
-        // Stateful limits, or a credential to fetch: the rest waits, in a task.
-        guard prepared.evaluated.checks.isEmpty, case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
+        // A credential to fetch: the rest waits, in a task.
+        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
             return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 try await self.call(prepared, record: &r)
             }
         }
+        if prepared.evaluated.checks.isEmpty {
+            return startCall(prepared, admitted: nil, credential: credential, request: request, record: record, on: loop, then: then)
+        }
+        // Stateful limits: decided from the loop when the store can (embedded, or Redis on this loop's
+        // connection), else in a task.
+        guard let store = loopLimits,
+            let admission = store.admit(agent: prepared.identity.agentID, checks: prepared.evaluated.checks, leaseID: request.requestID, on: loop)
+        else {
+            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.call(prepared, record: &r)
+            }
+        }
+        let next = LoopCancel(loop)
+        let recordSoFar = record
+        admission.whenComplete { result in
+            var record = recordSoFar
+            let admitted: Admitted
+            do throws(GatewayError) {
+                switch result {
+                case .success(let a): admitted = try self.admitted(a, prepared.evaluated, identity: prepared.identity)
+                case .failure(let e): throw Self.stateError(e)
+                }
+                if next.isCancelled {
+                    self.settleSoon(admitted, refund: true, upstreamStatus: nil, on: loop)
+                    throw GatewayError(UpstreamError(.cancelled, beforeSend: true, detail: "the agent went away"))
+                }
+            } catch {
+                return then(self.answer(self.problem(error, request: request, record: &record), record: record))
+            }
+            next.then(self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then))
+        }
+        return next.cancel
+    }
+
+    /// credential ─► upstream ─► the agent's answer, on the loop as far as the stages allow (after the
+    /// limits, when any, admitted the call).
+    private func startCall(
+        _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: RequestRecord, on loop: any EventLoop,
+        then: @escaping @Sendable (Handled) -> Void
+    ) -> @Sendable () -> Void {
+        var record = record
+        let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
-            outbound = try self.outbound(prepared.call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
+            outbound = try self.outbound(call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
         } catch {
+            settleSoon(admitted, refund: true, upstreamStatus: nil, on: loop)
             then(answer(problem(error, request: request, record: &record), record: record))
             return {}
         }
@@ -130,7 +176,7 @@ final class Pipeline: Sendable {
             let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
             if let cancel = resilience.start(
                 outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record,
-                then: { outcome in then(self.answered(outcome.result, outbound, request: request, record: outcome.record)) })
+                then: { outcome in then(self.answered(outcome.result, outbound, admitted: admitted, request: request, record: outcome.record, on: loop)) })
             {
                 return cancel
             }
@@ -138,26 +184,28 @@ final class Pipeline: Sendable {
             let sent = record
             started.response.whenComplete { result in
                 let call = result.map { ResilientCaller.Result(response: $0, release: {}) }.mapError { GatewayError(HTTPClientTransport.classify($0)) }
-                then(self.answered(call, outbound, request: request, record: sent))
+                then(self.answered(call, outbound, admitted: admitted, request: request, record: sent, on: loop))
             }
             return started.cancel
         }
         return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-            try await self.send(outbound, admitted: nil, record: &r)
+            try await self.send(outbound, admitted: admitted, record: &r)
         }
     }
 
     /// The end of a call made on the loop: the upstream answer checked, cleaned and wrapped, or the
-    /// failure as a problem.
+    /// failure as a problem (the limits settled: refunded when nothing was sent).
     private func answered(
-        _ result: Swift.Result<ResilientCaller.Result, GatewayError>, _ outbound: Outbound, request: InboundRequest, record: RequestRecord
+        _ result: Swift.Result<ResilientCaller.Result, GatewayError>, _ outbound: Outbound, admitted: Admitted?, request: InboundRequest,
+        record: RequestRecord, on loop: any EventLoop
     ) -> Handled {
         var record = record
         do throws(GatewayError) {
             let call = try result.get()
             let response = try received(call.response, release: call.release, outbound, record: &record)
-            return answer(proxyResponse(response, release: call.release, admitted: nil, requestID: request.requestID), record: record)
+            return answer(proxyResponse(response, release: call.release, admitted: admitted, requestID: request.requestID, on: loop), record: record)
         } catch {
+            settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
             if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
             return answer(problem(error, request: request, record: &record), record: record)
         }
@@ -308,7 +356,11 @@ final class Pipeline: Sendable {
 
     /// The upstream answer as the agent's: usage metered for budgets, headers cleaned, and what to do
     /// once the body has been written (free the bulkhead slot, settle the limits).
-    func proxyResponse(_ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String) -> ProxyResponse {
+    ///
+    /// `loop`: where a loop-path call settles its limits without a task (nil: in a task).
+    func proxyResponse(
+        _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, on loop: (any EventLoop)? = nil
+    ) -> ProxyResponse {
         var response = response
         if let meter = admitted?.meter {
             response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
@@ -321,7 +373,12 @@ final class Pipeline: Sendable {
             body = .stream(response.body, limit: settings.maxResponseBodyBytes)
         }
         let completion: ProxyResponse.Completion
-        if let admitted {
+        if let admitted, let loop, loopLimits != nil {
+            completion = .sync {
+                release()
+                self.settleSoon(admitted, refund: false, upstreamStatus: status, on: loop)
+            }
+        } else if let admitted {
             completion = .async {
                 release()
                 await self.settle(admitted, refund: false, upstreamStatus: status)

@@ -21,12 +21,17 @@ final class RedisClient: Sendable {
     private let slotByLoop: [ObjectIdentifier: Slot]
     private let next = Atomic<Int>(0)
     private let observe: @Sendable (Duration?, Bool) -> Void
+    /// Loaded on every new connection, so `EVALSHA` finds them (a NOSCRIPT reply on the loop path is
+    /// retried from a task, after later commands on that connection).
+    let scripts: [LuaScript]
 
     /// - Parameter observe: called per command with its latency (nil on failure) and whether it failed.
     init(
         endpoint: RedisEndpoint, poolSize: Int = 2, commandTimeout: Duration = .milliseconds(250),
-        connectTimeout: Duration = .milliseconds(500), observe: @escaping @Sendable (Duration?, Bool) -> Void = { _, _ in }
+        connectTimeout: Duration = .milliseconds(500), scripts: [LuaScript] = [],
+        observe: @escaping @Sendable (Duration?, Bool) -> Void = { _, _ in }
     ) {
+        self.scripts = scripts
         self.endpoint = endpoint
         self.commandTimeout = TimeAmount(commandTimeout)
         self.connectTimeout = TimeAmount(connectTimeout)
@@ -63,7 +68,14 @@ final class RedisClient: Sendable {
             guard ContinuousClock.now >= retryAt else { throw RedisError.unavailable("reconnecting") }
             let loop = eventLoop
             let task = Task {
-                try await RedisConnection.connect(client.endpoint, timeout: client.connectTimeout, group: loop)
+                let c = try await RedisConnection.connect(client.endpoint, timeout: client.connectTimeout, group: loop)
+                do {
+                    for script in client.scripts { _ = try await c.send(["SCRIPT", "LOAD", script.source], timeout: client.connectTimeout) }
+                } catch {
+                    c.close()
+                    throw error
+                }
+                return c
             }
             connecting = task
             defer { connecting = nil }
@@ -79,6 +91,12 @@ final class RedisClient: Sendable {
                 throw error
             }
         }
+    }
+
+    /// Connects every slot, best effort (a failure only starts that slot's backoff), so the first
+    /// requests already find their loop's connection and take the loop path.
+    func connectAll() async {
+        for slot in slots { _ = try? await slot.get(self) }
     }
 
     func send(_ args: [String]) async throws -> RedisValue {
@@ -101,15 +119,53 @@ final class RedisClient: Sendable {
         }
     }
 
+    /// Sends a command on `loop`'s own connection, without a task: the reply completes the future on
+    /// `loop`. nil when that connection is not up (the caller takes the async path, which connects,
+    /// backs off and fails fast as `send` does).
+    func start(_ args: [String], on loop: any EventLoop) -> EventLoopFuture<RedisValue>? {
+        guard let slot = slotByLoop[ObjectIdentifier(loop)], let live = slot.current.withLockedValue({ $0 }), live.isActive,
+            live.channel.eventLoop === loop
+        else { return nil }
+        let start = ContinuousClock.now
+        let observe = self.observe
+        let reply = live.start(args, timeout: commandTimeout)
+        reply.whenComplete { result in
+            switch result {
+            case .success: observe(.now - start, false)
+            case .failure: observe(nil, true)
+            }
+        }
+        return reply
+    }
+
     /// Runs a Lua script by SHA, loading it on NOSCRIPT (after a Redis restart or failover).
     func evalsha(_ script: LuaScript, keys: [String], args: [String]) async throws -> RedisValue {
-        let reply = try await send(["EVALSHA", script.sha1, String(keys.count)] + keys + args)
+        let reply = try await send(Self.evalsha(script, keys: keys, args: args))
         if case .error(let e) = reply, e.hasPrefix("NOSCRIPT") {
             _ = try await send(["SCRIPT", "LOAD", script.source])
-            return try await send(["EVALSHA", script.sha1, String(keys.count)] + keys + args)
+            return try await send(Self.evalsha(script, keys: keys, args: args))
         }
         if case .error(let e) = reply { throw RedisError.server(e) }
         return reply
+    }
+
+    /// `evalsha` on `loop`'s connection without a task (see `start(_:on:)`); a NOSCRIPT reply (rare:
+    /// after a restart) is handled by the async `evalsha`, from a task.
+    func evalsha(_ script: LuaScript, keys: [String], args: [String], on loop: any EventLoop) -> EventLoopFuture<RedisValue>? {
+        start(Self.evalsha(script, keys: keys, args: args), on: loop)?.flatMap { reply in
+            switch reply {
+            case .error(let e) where e.hasPrefix("NOSCRIPT"):
+                return loop.makeFutureWithTask { try await self.evalsha(script, keys: keys, args: args) }
+            case .error(let e):
+                return loop.makeFailedFuture(RedisError.server(e))
+            default:
+                return loop.makeSucceededFuture(reply)
+            }
+        }
+    }
+
+    private static func evalsha(_ script: LuaScript, keys: [String], args: [String]) -> [String] {
+        ["EVALSHA", script.sha1, String(keys.count)] + keys + args
     }
 
     func ping() async -> Bool {

@@ -133,13 +133,19 @@ final class RedisConnection: Sendable {
     /// Sends one command; a reply that does not arrive within `timeout` closes the connection (the
     /// reply stream can no longer be matched to commands).
     func send(_ args: [String], timeout: TimeAmount) async throws -> RedisValue {
+        try await start(args, timeout: timeout).get()
+    }
+
+    /// Sends one command; the reply completes the future on the connection's loop (the loop path's
+    /// form of `send`: no task, and no hop when issued from that loop).
+    func start(_ args: [String], timeout: TimeAmount) -> EventLoopFuture<RedisValue> {
         let promise = channel.eventLoop.makePromise(of: RedisValue.self)
         var buffer = channel.allocator.buffer(capacity: 64)
         RESP.encode(args, into: &buffer)
         channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout)).whenFailure { _ in
             promise.fail(RedisError.unavailable("write failed"))
         }
-        return try await promise.futureResult.get()
+        return promise.futureResult
     }
 
     func close() { channel.close(promise: nil) }
