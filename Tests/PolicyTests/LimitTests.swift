@@ -115,6 +115,25 @@ struct TimeTests {
         let month = CalendarWindow(period: .month, timeZone: utc).window(containing: date("2026-02-10T00:00:00Z"))
         #expect(month.id == "m2026-02" && month.end - month.start == 28 * 86_400_000)
     }
+
+    /// `windows(around:)` remembers the last answer per kind: it must still match the calendar for
+    /// dates in any order — forwards over a boundary, backwards, across a DST change.
+    @Test(arguments: [CalendarPeriod.hour, .day, .week, .month])
+    func rememberedWindowsMatchTheCalendar(_ period: CalendarPeriod) {
+        let w = CalendarWindow(period: period, timeZone: TimeZone(identifier: "America/New_York")!)
+        let dates = [
+            "2026-11-01T05:59:59Z", "2026-11-01T06:00:00Z", "2026-11-01T03:59:59Z", "2026-11-02T04:59:59Z", "2026-11-02T05:00:00Z",
+            "2026-11-01T12:00:00Z", "2026-03-08T06:59:59Z", "2026-03-08T07:00:00Z", "2026-12-01T04:59:59Z", "2026-12-01T05:00:00Z",
+            "2026-11-30T23:00:00Z",
+        ]
+        for text in dates {
+            let d = date(text)
+            let (cur, next) = w.windows(around: d)
+            let expected = w.window(containing: d)
+            #expect(cur.id == expected.id && cur.start == expected.start && cur.end == expected.end, "\(period) at \(text)")
+            #expect(next.start == cur.end && next.id == w.window(containing: Date(timeIntervalSince1970: Double(cur.end) / 1000)).id)
+        }
+    }
 }
 
 @Suite("Limit state")

@@ -175,6 +175,31 @@ struct RedisTests {
         #expect(try await !store.admit(agent: "l", checks: [conc, quota], leaseID: "5").admitted)
     }
 
+    /// A lease release sent without waiting is lazy (it shares the next command's write); with no next
+    /// command it still leaves, within the lazy delay — seen here from another client's connection.
+    @Test func aLazyReleaseLeavesOnItsOwn() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = RedisClient(
+            endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500), scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
+        let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
+        try await server.waitUntilUp(client)
+        await client.connectAll()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
+        let first = try await loop.flatSubmit { store.admit(agent: "z", checks: [conc], leaseID: "1", on: loop)! }.get()
+        #expect(first.admitted)
+        let observer = Self.client(server)
+        #expect(try await observer.send(["ZCARD", "{a:z}:c"]).int == 1)
+        store.settleSoon(agent: "z", Settlement(checks: [conc], admission: first, outcome: .completed(usage: nil)), on: loop)
+        var held: Int64? = 1
+        for _ in 0..<100 where held != 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            held = try await observer.send(["ZCARD", "{a:z}:c"]).int
+        }
+        #expect(held == 0)
+    }
+
     @Test func noscriptIsHandledByReloading() async throws {
         let server = try RedisServer()
         defer { server.stop() }

@@ -281,8 +281,8 @@ final class RedisLimitStore: LoopLimitStore {
         let sent: EventLoopFuture<RedisValue>?
         switch settleCommand(agent: agent, s) {
         case nil: return
-        case .command(let command)?: sent = redis.start(command, on: loop)
-        case .script(let keys, let args)?: sent = redis.evalsha(AdmissionScripts.settle, keys: keys, args: args, on: loop)
+        case .command(let command)?: sent = redis.start(command, on: loop, lazy: true)
+        case .script(let keys, let args)?: sent = redis.evalsha(AdmissionScripts.settle, keys: keys, args: args, on: loop, lazy: true)
         }
         // No live connection on this loop: the async path connects (or fails, as `settle` may).
         if sent == nil { Task { try? await self.settle(agent: agent, s) } }

@@ -122,13 +122,16 @@ final class RedisClient: Sendable {
     /// Sends a command on `loop`'s own connection, without a task: the reply completes the future on
     /// `loop`. nil when that connection is not up (the caller takes the async path, which connects,
     /// backs off and fails fast as `send` does).
-    func start(_ args: [String], on loop: any EventLoop) -> EventLoopFuture<RedisValue>? {
+    ///
+    /// `lazy`: nobody waits for the reply soon; the command may wait up to a millisecond to share a
+    /// write with the next (see `RedisOutbound.lazy`).
+    func start(_ args: [String], on loop: any EventLoop, lazy: Bool = false) -> EventLoopFuture<RedisValue>? {
         guard let slot = slotByLoop[ObjectIdentifier(loop)], let live = slot.current.withLockedValue({ $0 }), live.isActive,
             live.channel.eventLoop === loop
         else { return nil }
         let start = ContinuousClock.now
         let observe = self.observe
-        let reply = live.start(args, timeout: commandTimeout)
+        let reply = live.start(args, timeout: commandTimeout, lazy: lazy)
         reply.whenComplete { result in
             switch result {
             case .success: observe(.now - start, false)
@@ -151,8 +154,8 @@ final class RedisClient: Sendable {
 
     /// `evalsha` on `loop`'s connection without a task (see `start(_:on:)`); a NOSCRIPT reply (rare:
     /// after a restart) is handled by the async `evalsha`, from a task.
-    func evalsha(_ script: LuaScript, keys: [String], args: [String], on loop: any EventLoop) -> EventLoopFuture<RedisValue>? {
-        start(Self.evalsha(script, keys: keys, args: args), on: loop)?.flatMap { reply in
+    func evalsha(_ script: LuaScript, keys: [String], args: [String], on loop: any EventLoop, lazy: Bool = false) -> EventLoopFuture<RedisValue>? {
+        start(Self.evalsha(script, keys: keys, args: args), on: loop, lazy: lazy)?.flatMap { reply in
             switch reply {
             case .error(let e) where e.hasPrefix("NOSCRIPT"):
                 return loop.makeFutureWithTask { try await self.evalsha(script, keys: keys, args: args) }

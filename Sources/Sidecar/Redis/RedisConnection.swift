@@ -7,6 +7,9 @@ struct RedisOutbound {
     var bytes: ByteBuffer
     var promise: EventLoopPromise<RedisValue>?
     var deadline: NIODeadline = .distantFuture
+    /// Nobody waits for the reply soon (a lease release): it leaves with the next command that is
+    /// waited for, or within `RedisChannelHandler.lazyFlushDelay`, instead of in a write of its own.
+    var lazy = false
 }
 
 /// Pipelines commands on one connection: replies complete promises in order. In subscriber mode,
@@ -21,6 +24,10 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private let onPush: (@Sendable (RedisValue) -> Void)?
     private var timer: RepeatedTask?
     private let deferredFlush = DeferredFlush()
+    private var lazyFlush: Scheduled<Void>?
+    /// How long a lazy command may wait for company. A lease release held this long frees its slot
+    /// that much later for other hosts; on this host the next command on the connection follows it.
+    static let lazyFlushDelay = TimeAmount.milliseconds(1)
 
     init(onPush: (@Sendable (RedisValue) -> Void)? = nil) { self.onPush = onPush }
 
@@ -37,12 +44,25 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         }
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        lazyFlush?.cancel()
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let out = Self.unwrapOutboundIn(data)
         if let p = out.promise { pending.append((p, out.deadline)) }
         context.write(Self.wrapOutboundOut(out.bytes), promise: promise)
+        if out.lazy {
+            guard lazyFlush == nil else { return }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            lazyFlush = context.eventLoop.scheduleTask(in: Self.lazyFlushDelay) {
+                let (handler, context) = bound.value
+                handler.lazyFlush = nil
+                context.flush()
+            }
+            return
+        }
         // The commands of one round of the loop (many requests' admissions) leave in one write, and
         // Redis answers them in one: a syscall and a wake-up on each side instead of one per command.
         deferredFlush.flush(context)
@@ -138,11 +158,11 @@ final class RedisConnection: Sendable {
 
     /// Sends one command; the reply completes the future on the connection's loop (the loop path's
     /// form of `send`: no task, and no hop when issued from that loop).
-    func start(_ args: [String], timeout: TimeAmount) -> EventLoopFuture<RedisValue> {
+    func start(_ args: [String], timeout: TimeAmount, lazy: Bool = false) -> EventLoopFuture<RedisValue> {
         let promise = channel.eventLoop.makePromise(of: RedisValue.self)
         var buffer = channel.allocator.buffer(capacity: 64)
         RESP.encode(args, into: &buffer)
-        channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout)).whenFailure { _ in
+        channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout, lazy: lazy)).whenFailure { _ in
             promise.fail(RedisError.unavailable("write failed"))
         }
         return promise.futureResult
