@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import Synchronization
 import Testing
@@ -23,6 +24,30 @@ struct BufferedLineWriterTests {
             gate.unlock(withValue: 1)
         }
         var lines: [String] { written.withLock { String(decoding: $0, as: UTF8.self) }.split(separator: "\n").map(String.init) }
+    }
+
+    /// While a writer runs, the other log lines go through it (in order with the access lines), so a
+    /// thread that logs never waits for stdout; a warning wakes the writer at once.
+    @Test func otherLogLinesJoinTheRunningWriterAndWarningsLeaveAtOnce() async throws {
+        let output = StalledOutput()
+        output.open()
+        let writer = BufferedLineWriter(sink: { output.write($0) })
+        writer.start(interval: .seconds(30))  // no periodic write during the test
+        LogSink.route(to: writer)
+        defer {
+            LogSink.route(to: nil)
+            writer.stop()
+        }
+        let logger = Logger(label: "routing-test") { JSONLogHandler(label: $0, level: .info) }
+        writer.append { $0.append(contentsOf: #"{"msg":"access","n":1}"#.utf8) }
+        logger.info("routed info")
+        #expect(output.lines.isEmpty, "an info line waits for the batch, like an access line")
+        logger.warning("routed warning")
+        for _ in 0..<200 where output.lines.count < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        let messages = output.lines.compactMap { line -> String? in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["msg"] as? String
+        }
+        #expect(messages == ["access", "routed info", "routed warning"])
     }
 
     @Test func aStalledOutputNeverHoldsUpAppendsAndLostLinesAreCounted() async throws {

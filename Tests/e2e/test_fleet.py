@@ -221,7 +221,12 @@ def test_policy_reload_under_load_fails_no_request(fleet):
         assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
         # A bad file on disk is refused too, and counted.
         fleet.policy.write_text("version: 1\nroles: {}\n")
-        time.sleep(1.5)
+        # The file is polled every second: wait for the poll to refuse it (a fixed 1.5 s sleep was a guess
+        # a loaded machine could lose), then the active policy must be unchanged.
+        deadline = time.time() + 15
+        while "gateway_policy_reload_failures_total 2" not in requests.get(f"{s.admin_url}/metrics", timeout=5).text:
+            assert time.time() < deadline, "the bad file was not refused"
+            time.sleep(0.1)
         assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
     finally:
         stop.set()

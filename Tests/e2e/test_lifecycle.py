@@ -1,6 +1,7 @@
 """Admin port, metrics, configuration CLI and graceful shutdown."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -137,8 +138,10 @@ state: {{dir: "{tmp_path / 'state'}"}}
 tools:
   serpapi: {{mode: mock}}
 """)
+    admin_token = "stalled-reader-admin-token-0123456789"
     proc = subprocess.Popen([str(BIN), "run", "--config", str(tmp_path / "sidecar.yaml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "SIDECAR_ADMIN_TOKEN": admin_token})
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -153,6 +156,12 @@ tools:
                 r = session.get(f"http://127.0.0.1:{proxy_port}/serpapi/search?q=x",
                                 headers={"X-Request-Id": f"stall-{i}"}, timeout=5)
                 assert r.status_code == 200
+        # Other log lines too: each chaos change logs a notice from the admin server's event loop, which
+        # must not wait for the full pipe either (it did before they went through the writer).
+        for i in range(100):
+            r = requests.put(f"http://127.0.0.1:{admin_port}/api/chaos", json={"enabled": False},
+                             headers={"Authorization": f"Bearer {admin_token}"}, timeout=5)
+            assert r.status_code == 200, r.text
         metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
         assert "gateway_access_log_dropped_lines_total 0" in metrics
 
@@ -169,3 +178,7 @@ tools:
     lines = [json.loads(line) for line in out[0].decode().splitlines()]  # every line whole JSON
     ids = [r["request_id"] for r in lines if r.get("msg") == "access"]
     assert ids == [f"stall-{i}" for i in range(n)]
+    msgs = [r.get("msg") for r in lines]
+    assert msgs.count("chaos updated") == 100
+    last_access = max(i for i, m in enumerate(msgs) if m == "access")
+    assert msgs.index("chaos updated") > last_access  # in the order they were logged

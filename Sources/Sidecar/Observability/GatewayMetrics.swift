@@ -153,7 +153,7 @@ public final class GatewayMetrics: Sendable {
         accessLogDrops = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "access_log_dropped_lines", unitName: "total",
-                helpText: "Access-log lines dropped because standard output did not keep up (its buffer was full)."))
+                helpText: "Log lines (access lines and others) dropped because standard output did not keep up (its buffer was full)."))
         redisErrors = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "redis_errors", unitName: "total", helpText: "Redis commands that failed or timed out."))

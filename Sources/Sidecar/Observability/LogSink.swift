@@ -14,6 +14,20 @@ import Upstreams
 /// Writes whole JSON lines to standard output with one `write(2)` each, so concurrent lines never
 /// interleave and nothing is lost in a userspace buffer if the process is killed.
 enum LogSink {
+    /// While the sidecar runs, every log line goes through its access-log writer (`route(to:)`), so no
+    /// thread that logs — an event loop warning about a revoked token, say — ever waits for a stalled
+    /// reader of standard output. Before start-up and after shutdown lines are written directly.
+    private static let routed = NIOLockedValueBox<BufferedLineWriter?>(nil)
+
+    static func route(to writer: BufferedLineWriter?) { routed.withLockedValue { $0 = writer } }
+
+    /// A log line (without its newline): to the running writer — warnings and worse wake its thread at
+    /// once — or straight out.
+    static func emit(_ line: String, urgent: Bool) {
+        guard let writer = routed.withLockedValue({ $0 }) else { return write(line) }
+        writer.append(urgent: urgent) { $0.append(contentsOf: line.utf8) }
+    }
+
     static func write(_ line: String) {
         var line = line
         line.append("\n")
@@ -86,7 +100,7 @@ public struct JSONLogHandler: LogHandler {
             JSONValue.writeString(merged[key]!.description, into: &line)
         }
         line += "}"
-        LogSink.write(line)
+        LogSink.emit(line, urgent: event.level >= .warning)
     }
 }
 
@@ -96,8 +110,8 @@ public struct JSONLogHandler: LogHandler {
 /// or stalled reader of the log (a full pipe, a stuck collector) holds up only the writer thread. While
 /// it is held, lines collect up to `maxPending` bytes; beyond that they are dropped and counted
 /// (`gateway_access_log_dropped_lines_total`, and one warning line once output moves again) — the
-/// proxy keeps answering rather than stall every connection on its log. Other log lines go straight
-/// out through `LogSink.write`.
+/// proxy keeps answering rather than stall every connection on its log. While it runs, the other log
+/// lines go through it too (`LogSink.route`), in order with the access lines.
 final class BufferedLineWriter: @unchecked Sendable {
     static let flushBytes = 64 * 1024
     /// About 40 000 access lines: a reader stalled for a second at full load loses nothing.
@@ -130,7 +144,8 @@ final class BufferedLineWriter: @unchecked Sendable {
 
     /// Appends the line `write` produces (and a newline) under the buffer's lock, so it is formatted in
     /// place; `write` must be quick. Never waits for output.
-    func append(_ write: (inout [UInt8]) -> Void) {
+    /// `urgent`: wake the writer thread now instead of at the next full batch or interval.
+    func append(urgent: Bool = false, _ write: (inout [UInt8]) -> Void) {
         state.lock()
         guard pending.count < maxPending else {
             dropped += 1
@@ -138,7 +153,7 @@ final class BufferedLineWriter: @unchecked Sendable {
         }
         write(&pending)
         pending.append(10)
-        if running, pending.count >= Self.flushBytes, !stopping {
+        if running, urgent || pending.count >= Self.flushBytes, !stopping {
             state.unlock(withValue: 1)
         } else {
             state.unlock()
@@ -182,7 +197,7 @@ final class BufferedLineWriter: @unchecked Sendable {
                 var line: [UInt8] = []
                 line.append(contentsOf: #"{"ts":""#.utf8)
                 LogTimestamp.append(to: &line)
-                line.append(contentsOf: #"","level":"warning","msg":"access log lines dropped: the log output did not keep up","dropped":"#.utf8)
+                line.append(contentsOf: #"","level":"warning","msg":"log lines dropped: the log output did not keep up","dropped":"#.utf8)
                 line.append(contentsOf: String(lost).utf8)
                 line.append(contentsOf: "}\n".utf8)
                 line.withUnsafeBufferPointer { sink($0) }
@@ -207,9 +222,13 @@ final class BufferedLineWriter: @unchecked Sendable {
     }
 
     /// Writes from its thread until cancelled, then stops it (with a last write).
+    /// Every log line of the process goes through this writer meanwhile (`LogSink.route`).
     func runFlusher(interval: Duration = .milliseconds(100)) async {
         start(interval: interval)
+        LogSink.route(to: self)
         while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        // Lines from now on go straight out; what is pending leaves with the last write.
+        LogSink.route(to: nil)
         // `stop` waits for the thread: not on a cooperative (here: event-loop) thread.
         try? await NIOThreadPool.singleton.runIfActive { self.stop() }
     }

@@ -146,7 +146,6 @@ public final class SafeFetchTransport: UpstreamTransport {
             handler.fail(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
             channel.close(promise: nil)
         }
-        handler.head.futureResult.whenComplete { _ in }
         handler.body.onEnd = { deadline.cancel() }
         var headers = request.headers
         headers.replaceOrAdd(name: "Connection", value: "close")
