@@ -209,11 +209,10 @@ def test_agent_can_narrow_the_deadline(pki, https_upstream, sidecar_factory):
     https_upstream.routes["/search"] = Switch(200, delay=1.5)
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
     token = s.new_token()
-    start = time.monotonic()
+    # The upstream answers after 1.5 s, inside the tool's 3 s: only the agent's narrowed deadline can
+    # make this a 504 (no wall-clock bound needed, which a loaded machine could miss).
     r = serp(s, token, "slow", headers={"X-Request-Timeout": "300ms"})
-    elapsed = time.monotonic() - start
     assert r.status_code == 504 and r.json()["code"] == "upstream_timeout"
-    assert elapsed < 1.2
     assert all(rec.header("X-Request-Timeout") is None for rec in https_upstream.requests)
 
 
