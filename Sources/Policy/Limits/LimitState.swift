@@ -16,6 +16,12 @@ public struct LimitState: Sendable {
             self.used = used
             self.expires = expires
         }
+
+        /// Counts `cost` in the window ending at `expires`; an expired counter starts over.
+        mutating func bump(by cost: Int, now: Int64, expires end: Int64) {
+            if expires <= now { self = Counter(used: 0, expires: end) }
+            used += cost
+        }
     }
 
     public init() {}
@@ -36,47 +42,66 @@ public struct LimitState: Sendable {
     }
 
     /// Decides every check; applies them only if no enforce-mode check refuses.
+    ///
+    /// Each check's key (and a rate check's new TAT) is computed once and reused to apply it; leases
+    /// are counted and added in place (expired ones are dropped only when some are found).
     public mutating func admit(agent: String, checks: [LimitCheck], leaseID: String, now: Int64, leaseTTL: Int64 = 300_000) -> Admission {
         var results: [LimitResult] = []
+        results.reserveCapacity(checks.count)
+        var keys: [String] = []
+        keys.reserveCapacity(checks.count)
+        var newTAT: [Double] = []
+        newTAT.reserveCapacity(checks.count)
+        var expiredLeases = false
         var admitted = true
         for check in checks {
             let result: LimitResult
             switch check.kind {
             case .concurrency:
-                let live = (leases[agent] ?? [:]).filter { $0.value > now }
-                let ok = live.count < check.limit
-                result = LimitResult(allowed: ok, remaining: max(0, check.limit - live.count - (ok ? 1 : 0)), resetMilliseconds: ok ? 0 : 1000)
+                var live = 0
+                for (_, expiry) in leases[agent] ?? [:] {
+                    if expiry > now { live += 1 } else { expiredLeases = true }
+                }
+                let ok = live < check.limit
+                result = LimitResult(allowed: ok, remaining: max(0, check.limit - live - (ok ? 1 : 0)), resetMilliseconds: ok ? 0 : 1000)
+                keys.append("")
+                newTAT.append(0)
             case .rate:
-                let outcome = check.gcra.attempt(now: Double(now), tat: tats["\(agent)|\(check.key)"])
+                let key = "\(agent)|\(check.key)"
+                let outcome = check.gcra.attempt(now: Double(now), tat: tats[key])
                 result = LimitResult(allowed: outcome.allowed, remaining: outcome.remaining, resetMilliseconds: Int64(outcome.retryAfter.rounded(.up)))
+                keys.append(key)
+                newTAT.append(outcome.tat)
             case .quota, .budget:
                 let w = Self.windowChoice(check.window!, now: now)
-                let used = counters["\(agent)|\(check.key)|\(w.id)"].map { $0.expires > now ? $0.used : 0 } ?? 0
+                let key = "\(agent)|\(check.key)|\(w.id)"
+                let used = counters[key].map { $0.expires > now ? $0.used : 0 } ?? 0
                 let ok = used + check.cost <= check.limit
                 result = LimitResult(
                     allowed: ok, remaining: max(0, check.limit - used - (ok ? check.cost : 0)), resetMilliseconds: w.end - now,
                     windowIndex: w.index)
+                keys.append(key)
+                newTAT.append(0)
             }
             if !result.allowed, check.mode == .enforce { admitted = false }
             results.append(result)
         }
         guard admitted else { return Admission(admitted: false, results: results, leaseID: leaseID) }
-        for (check, result) in zip(checks, results) {
+        for (i, check) in checks.enumerated() {
             switch check.kind {
             case .concurrency:
-                var live = (leases[agent] ?? [:]).filter { $0.value > now }
-                live[leaseID] = now + leaseTTL
-                leases[agent] = live
+                if expiredLeases {
+                    leases[agent] = leases[agent]?.filter { $0.value > now }
+                    expiredLeases = false
+                }
+                leases[agent, default: [:]][leaseID] = now + leaseTTL
             case .rate:
-                guard result.allowed else { continue }
-                tats["\(agent)|\(check.key)"] = check.gcra.attempt(now: Double(now), tat: tats["\(agent)|\(check.key)"]).tat
+                guard results[i].allowed else { continue }
+                tats[keys[i]] = newTAT[i]
             case .quota, .budget:
-                let w = Self.windowChoice(check.window!, now: now)
-                let key = "\(agent)|\(check.key)|\(w.id)"
-                var c = counters[key].flatMap { $0.expires > now ? $0 : nil } ?? Counter(used: 0, expires: w.end)
-                c.used += check.cost
-                counters[key] = c
-                dirty.insert(key)
+                let end = Self.windowChoice(check.window!, now: now).end
+                counters[keys[i], default: Counter(used: 0, expires: end)].bump(by: check.cost, now: now, expires: end)
+                dirty.insert(keys[i])
             }
         }
         return Admission(admitted: true, results: results, leaseID: leaseID)
