@@ -29,16 +29,9 @@ struct LoopLimitsTests {
         """
 
     static func pipeline(_ transport: any UpstreamTransport, limits: any LimitStore) throws -> Pipeline {
-        var config = SidecarConfig()
-        for tool in Tool.allCases { config.tools[tool]!.mode = .live }
-        let metrics = GatewayMetrics()
-        let policy = try PolicyRuntime(file: nil, metrics: metrics, logger: Logger(label: "test"))
+        let policy = try PolicyRuntime(file: nil, metrics: GatewayMetrics(), logger: Logger(label: "test"))
         try policy.install(Self.policy, reason: "test")
-        return Pipeline(
-            classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: ToolAdapters(), transport: transport,
-            credentials: StaticCredentials([.serpapi: Credential("SERP-SECRET-KEY")]), settings: PipelineSettings(config: config),
-            metrics: metrics, policy: policy, limits: limits,
-            resilience: LoopStartTests.caller(transport) { s in s.tools[.serpapi]!.cacheTTL = .zero })
+        return LoopStartTests.pipeline(transport, resilient: true, policy: policy, limits: limits)
     }
 
     /// Starts a call on the loop, as the connection handler does, and waits for its answer.

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Policy
 import Synchronization
 import Testing
 import Upstreams
@@ -154,12 +155,16 @@ struct LoopStartTests {
 
     // MARK: Pipeline
 
-    static func pipeline(_ transport: any UpstreamTransport, resilient: Bool) -> Pipeline {
+    /// Every tool live against `transport`, the serpapi cache off; a policy and its limit store when given.
+    static func pipeline(
+        _ transport: any UpstreamTransport, resilient: Bool, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil
+    ) -> Pipeline {
         var config = SidecarConfig()
         for tool in Tool.allCases { config.tools[tool]!.mode = .live }
         return Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: ToolAdapters(), transport: transport,
             credentials: StaticCredentials([.serpapi: Credential("SERP-SECRET-KEY")]), settings: PipelineSettings(config: config),
+            metrics: policy?.metrics, policy: policy, limits: limits,
             resilience: resilient ? Self.caller(transport) { s in s.tools[.serpapi]!.cacheTTL = .zero } : nil)
     }
 

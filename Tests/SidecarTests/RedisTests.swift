@@ -77,8 +77,9 @@ struct RedisTests {
         return RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
     }
 
-    static func client(_ server: RedisServer) -> RedisClient {
-        RedisClient(endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500))
+    /// `scripts`: loaded on every connection, as the sidecar does.
+    static func client(_ server: RedisServer, scripts: [LuaScript] = []) -> RedisClient {
+        RedisClient(endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500), scripts: scripts)
     }
 
     @Test func endpointParsing() {
@@ -150,8 +151,7 @@ struct RedisTests {
     @Test func theLoopPathDecidesAndSettlesAsTheAsyncOne() async throws {
         let server = try RedisServer()
         defer { server.stop() }
-        let client = RedisClient(
-            endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500), scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
+        let client = Self.client(server, scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
         let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let conc = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 1)
@@ -180,8 +180,7 @@ struct RedisTests {
     @Test func aLazyReleaseLeavesOnItsOwn() async throws {
         let server = try RedisServer()
         defer { server.stop() }
-        let client = RedisClient(
-            endpoint: RedisEndpoint.parse(server.url)!, commandTimeout: .milliseconds(500), scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
+        let client = Self.client(server, scripts: [AdmissionScripts.admit, AdmissionScripts.settle])
         let store = RedisLimitStore(redis: client, failure: .init(), metrics: GatewayMetrics(), logger: Logger(label: "t"))
         try await server.waitUntilUp(client)
         await client.connectAll()

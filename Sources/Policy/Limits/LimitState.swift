@@ -43,15 +43,14 @@ public struct LimitState: Sendable {
 
     /// Decides every check; applies them only if no enforce-mode check refuses.
     ///
-    /// Each check's key (and a rate check's new TAT) is computed once and reused to apply it; leases
-    /// are counted and added in place (expired ones are dropped only when some are found).
+    /// What each check would apply (its key, a rate check's new TAT, a window's end) is worked out once,
+    /// in the deciding pass; leases are counted and added in place (expired ones are dropped only when
+    /// some are found).
     public mutating func admit(agent: String, checks: [LimitCheck], leaseID: String, now: Int64, leaseTTL: Int64 = 300_000) -> Admission {
         var results: [LimitResult] = []
         results.reserveCapacity(checks.count)
-        var keys: [String] = []
-        keys.reserveCapacity(checks.count)
-        var newTAT: [Double] = []
-        newTAT.reserveCapacity(checks.count)
+        var plan: [(key: String, tat: Double, end: Int64)] = []
+        plan.reserveCapacity(checks.count)
         var expiredLeases = false
         var admitted = true
         for check in checks {
@@ -64,14 +63,12 @@ public struct LimitState: Sendable {
                 }
                 let ok = live < check.limit
                 result = LimitResult(allowed: ok, remaining: max(0, check.limit - live - (ok ? 1 : 0)), resetMilliseconds: ok ? 0 : 1000)
-                keys.append("")
-                newTAT.append(0)
+                plan.append(("", 0, 0))
             case .rate:
                 let key = "\(agent)|\(check.key)"
                 let outcome = check.gcra.attempt(now: Double(now), tat: tats[key])
                 result = LimitResult(allowed: outcome.allowed, remaining: outcome.remaining, resetMilliseconds: Int64(outcome.retryAfter.rounded(.up)))
-                keys.append(key)
-                newTAT.append(outcome.tat)
+                plan.append((key, outcome.tat, 0))
             case .quota, .budget:
                 let w = Self.windowChoice(check.window!, now: now)
                 let key = "\(agent)|\(check.key)|\(w.id)"
@@ -80,14 +77,14 @@ public struct LimitState: Sendable {
                 result = LimitResult(
                     allowed: ok, remaining: max(0, check.limit - used - (ok ? check.cost : 0)), resetMilliseconds: w.end - now,
                     windowIndex: w.index)
-                keys.append(key)
-                newTAT.append(0)
+                plan.append((key, 0, w.end))
             }
             if !result.allowed, check.mode == .enforce { admitted = false }
             results.append(result)
         }
         guard admitted else { return Admission(admitted: false, results: results, leaseID: leaseID) }
         for (i, check) in checks.enumerated() {
+            let step = plan[i]
             switch check.kind {
             case .concurrency:
                 if expiredLeases {
@@ -97,11 +94,10 @@ public struct LimitState: Sendable {
                 leases[agent, default: [:]][leaseID] = now + leaseTTL
             case .rate:
                 guard results[i].allowed else { continue }
-                tats[keys[i]] = newTAT[i]
+                tats[step.key] = step.tat
             case .quota, .budget:
-                let end = Self.windowChoice(check.window!, now: now).end
-                counters[keys[i], default: Counter(used: 0, expires: end)].bump(by: check.cost, now: now, expires: end)
-                dirty.insert(keys[i])
+                counters[step.key, default: Counter(used: 0, expires: step.end)].bump(by: check.cost, now: now, expires: step.end)
+                dirty.insert(step.key)
             }
         }
         return Admission(admitted: true, results: results, leaseID: leaseID)

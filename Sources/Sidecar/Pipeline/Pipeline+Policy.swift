@@ -87,7 +87,7 @@ extension Pipeline {
     /// `settle` without waiting for the store: from the loop when the store can (`LoopLimitStore`),
     /// else in a task.
     func settleSoon(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?, on loop: any EventLoop) {
-        guard let admitted, limits != nil else { return }
+        guard let admitted else { return }
         guard let store = loopLimits else {
             Task { await self.settle(admitted, refund: refund, upstreamStatus: upstreamStatus) }
             return

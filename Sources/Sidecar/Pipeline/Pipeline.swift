@@ -116,12 +116,15 @@ final class Pipeline: Sendable {
             then(answer(problem(error, request: request, record: &record), record: record))
             return {}
         }
-        // A credential to fetch: the rest waits, in a task.
-        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
-            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+        let recordSoFar = record
+        /// The rest of the call (admit, credential, upstream), from a task.
+        func inTask() -> @Sendable () -> Void {
+            continued(request, on: loop, record: recordSoFar, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 try await self.call(prepared, record: &r)
             }
         }
+        // A credential to fetch: the rest waits, in a task.
+        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else { return inTask() }
         if prepared.evaluated.checks.isEmpty {
             return startCall(prepared, admitted: nil, credential: credential, request: request, record: record, on: loop, then: then)
         }
@@ -129,13 +132,8 @@ final class Pipeline: Sendable {
         // connection), else in a task.
         guard let store = loopLimits,
             let admission = store.admit(agent: prepared.identity.agentID, checks: prepared.evaluated.checks, leaseID: request.requestID, on: loop)
-        else {
-            return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-                try await self.call(prepared, record: &r)
-            }
-        }
+        else { return inTask() }
         let next = LoopCancel(loop)
-        let recordSoFar = record
         admission.whenComplete { result in
             var record = recordSoFar
             let admitted: Admitted

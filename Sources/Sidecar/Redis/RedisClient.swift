@@ -57,6 +57,9 @@ final class RedisClient: Sendable {
         private var connection: RedisConnection?
 
         init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+        /// The connection when it is up (no actor hop).
+        nonisolated var live: RedisConnection? { current.withLockedValue { $0 }.flatMap { $0.isActive ? $0 : nil } }
         private var connecting: Task<RedisConnection, any Error>?
         private var retryAt: ContinuousClock.Instant = .now
         private var backoff: Duration = .milliseconds(50)
@@ -93,45 +96,44 @@ final class RedisClient: Sendable {
         }
     }
 
-    /// Connects every slot, best effort (a failure only starts that slot's backoff), so the first
-    /// requests already find their loop's connection and take the loop path.
+    /// Connects every slot at once, best effort (a failure only starts that slot's backoff), so the
+    /// first requests already find their loop's connection and take the loop path.
     func connectAll() async {
-        for slot in slots { _ = try? await slot.get(self) }
+        await withTaskGroup(of: Void.self) { group in
+            for slot in slots { group.addTask { _ = try? await slot.get(self) } }
+        }
     }
 
     func send(_ args: [String]) async throws -> RedisValue {
         let start = ContinuousClock.now
-        do {
-            let slot = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { slotByLoop[ObjectIdentifier($0)] }
-                ?? slots[abs(next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count)]
-            let connection: RedisConnection
-            if let live = slot.current.withLockedValue({ $0 }), live.isActive {
-                connection = live
-            } else {
-                connection = try await slot.get(self)
+        let slot = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { slotByLoop[ObjectIdentifier($0)] }
+            ?? slots[abs(next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count)]
+        let connection: RedisConnection
+        if let live = slot.live {
+            connection = live
+        } else {
+            do { connection = try await slot.get(self) } catch {
+                observe(nil, true)
+                throw error
             }
-            let reply = try await connection.send(args, timeout: commandTimeout)
-            observe(.now - start, false)
-            return reply
-        } catch {
-            observe(nil, true)
-            throw error
         }
+        return try await observed(connection.start(args, timeout: commandTimeout), since: start).get()
     }
 
     /// Sends a command on `loop`'s own connection, without a task: the reply completes the future on
-    /// `loop`. nil when that connection is not up (the caller takes the async path, which connects,
-    /// backs off and fails fast as `send` does).
+    /// `loop` (the slot's connections are made on its loop). nil when that connection is not up (the
+    /// caller takes the async path, which connects, backs off and fails fast as `send` does).
     ///
     /// `lazy`: nobody waits for the reply soon; the command may wait up to a millisecond to share a
     /// write with the next (see `RedisOutbound.lazy`).
     func start(_ args: [String], on loop: any EventLoop, lazy: Bool = false) -> EventLoopFuture<RedisValue>? {
-        guard let slot = slotByLoop[ObjectIdentifier(loop)], let live = slot.current.withLockedValue({ $0 }), live.isActive,
-            live.channel.eventLoop === loop
-        else { return nil }
-        let start = ContinuousClock.now
+        guard let live = slotByLoop[ObjectIdentifier(loop)]?.live else { return nil }
+        return observed(live.start(args, timeout: commandTimeout, lazy: lazy), since: .now)
+    }
+
+    /// Reports the command's latency (or its failure) when the reply arrives.
+    private func observed(_ reply: EventLoopFuture<RedisValue>, since start: ContinuousClock.Instant) -> EventLoopFuture<RedisValue> {
         let observe = self.observe
-        let reply = live.start(args, timeout: commandTimeout, lazy: lazy)
         reply.whenComplete { result in
             switch result {
             case .success: observe(.now - start, false)
