@@ -101,9 +101,8 @@ final class Pipeline: Sendable {
     /// `then` gets the answer once, on `loop` — at once, before this returns, when nothing had to wait
     /// (a refusal, a mock). Returns how to cancel the request.
     func start(
-        _ request: InboundRequest, record: RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
+        _ request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
     ) -> @Sendable () -> Void {
-        var record = record
         let prepared: Prepared
         do {
             guard let p = try prepare(request, record: &record) else {
@@ -113,18 +112,14 @@ final class Pipeline: Sendable {
             }
             prepared = p
         } catch {
-            then(answer(problem(error, request: request, record: &record), record: record))
+            let answer = problem(error, request: request, record: &record)
+            then(self.answer(answer, record: record))
             return {}
         }
-        let recordSoFar = record
-        /// The rest of the call (admit, credential, upstream), from a task.
-        func inTask() -> @Sendable () -> Void {
-            continued(request, on: loop, record: recordSoFar, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-                try await self.call(prepared, record: &r)
-            }
-        }
         // A credential to fetch: the rest waits, in a task.
-        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else { return inTask() }
+        guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
+            return callInTask(prepared, request: request, record: record, on: loop, then: then)
+        }
         if prepared.evaluated.checks.isEmpty {
             return startCall(prepared, admitted: nil, credential: credential, request: request, record: record, on: loop, then: then)
         }
@@ -132,8 +127,9 @@ final class Pipeline: Sendable {
         // connection), else in a task.
         guard let store = loopLimits,
             let admission = store.admit(agent: prepared.identity.agentID, checks: prepared.evaluated.checks, leaseID: request.requestID, on: loop)
-        else { return inTask() }
+        else { return callInTask(prepared, request: request, record: record, on: loop, then: then) }
         let next = LoopCancel(loop)
+        let recordSoFar = record
         admission.whenComplete { result in
             var record = recordSoFar
             let admitted: Admitted
@@ -147,27 +143,38 @@ final class Pipeline: Sendable {
                     throw GatewayError(UpstreamError(.cancelled, beforeSend: true, detail: "the agent went away"))
                 }
             } catch {
-                return then(self.answer(self.problem(error, request: request, record: &record), record: record))
+                let answer = self.problem(error, request: request, record: &record)
+                return then(self.answer(answer, record: record))
             }
             next.then(self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then))
         }
         return next.cancel
     }
 
+    /// The rest of the call (admit, credential, upstream), from a task.
+    private func callInTask(
+        _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
+        then: @escaping @Sendable (Handled) -> Void
+    ) -> @Sendable () -> Void {
+        continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+            try await self.call(prepared, record: &r)
+        }
+    }
+
     /// credential ─► upstream ─► the agent's answer, on the loop as far as the stages allow (after the
     /// limits, when any, admitted the call).
     private func startCall(
-        _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: RequestRecord, on loop: any EventLoop,
-        then: @escaping @Sendable (Handled) -> Void
+        _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: consuming RequestRecord,
+        on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
     ) -> @Sendable () -> Void {
-        var record = record
         let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
             outbound = try self.outbound(call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
         } catch {
             settleSoon(admitted, refund: true, upstreamStatus: nil, on: loop)
-            then(answer(problem(error, request: request, record: &record), record: record))
+            let answer = problem(error, request: request, record: &record)
+            then(self.answer(answer, record: record))
             return {}
         }
         if let resilience {
@@ -195,17 +202,18 @@ final class Pipeline: Sendable {
     /// failure as a problem (the limits settled: refunded when nothing was sent).
     private func answered(
         _ result: Swift.Result<ResilientCaller.Result, GatewayError>, _ outbound: Outbound, admitted: Admitted?, request: InboundRequest,
-        record: RequestRecord, on loop: any EventLoop
+        record: consuming RequestRecord, on loop: any EventLoop
     ) -> Handled {
-        var record = record
         do throws(GatewayError) {
             let call = try result.get()
             let response = try received(call.response, release: call.release, outbound, record: &record)
-            return answer(proxyResponse(response, release: call.release, admitted: admitted, requestID: request.requestID, on: loop), record: record)
+            let answer = proxyResponse(response, release: call.release, admitted: admitted, requestID: request.requestID, on: loop)
+            return self.answer(answer, record: record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
             if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
-            return answer(problem(error, request: request, record: &record), record: record)
+            let answer = problem(error, request: request, record: &record)
+            return self.answer(answer, record: record)
         }
     }
 
@@ -225,8 +233,7 @@ final class Pipeline: Sendable {
         }, then: then)
     }
 
-    private func answer(_ response: ProxyResponse, record: RequestRecord) -> Handled {
-        var response = response
+    private func answer(_ response: consuming ProxyResponse, record: consuming RequestRecord) -> Handled {
         decorate(&response, record: record)
         return Handled(response: response, record: record)
     }

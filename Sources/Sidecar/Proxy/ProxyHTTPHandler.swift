@@ -146,9 +146,12 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
             state = .collecting(head: head, body: body, record: record)
         case .end:
-            guard case .collecting(let head, let body, var record) = state else { return }
+            guard case .collecting = state else { return }
+            // Taken out of the state rather than copied: the record moves on to the pipeline.
+            var taken = State.processing
+            swap(&state, &taken)
+            guard case .collecting(let head, let body, var record) = consume taken else { return }
             record.bytesIn = body?.readableBytes ?? 0
-            state = .processing
             start(InboundRequest(head: head, body: body, requestID: record.requestID), record: record, context: context)
         }
     }
@@ -302,7 +305,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Starts the pipeline on this loop. Most calls are answered on the loop alone (see
     /// `Pipeline.start`); the answer is written here as soon as it is complete.
-    private func start(_ request: InboundRequest, record: RequestRecord, context: ChannelHandlerContext) {
+    private func start(_ request: InboundRequest, record: consuming RequestRecord, context: ChannelHandlerContext) {
         let answeredBefore = answered
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let head = request.head
@@ -316,23 +319,22 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Writes an answer: a complete body at once, on the loop; a body still arriving from a task, which
     /// suspends while the socket is full. Then frees what the call held.
-    private func respond(_ handled: Pipeline.Handled, to request: HTTPRequestHead) {
+    private func respond(_ handled: consuming Pipeline.Handled, to request: HTTPRequestHead) {
         cancelInFlight = nil
         answered &+= 1
-        var record = handled.record
         let response = handled.response
         guard let context, context.channel.isActive else {
             // The agent went away while the call was in flight.
             if case .stream(let body, _) = response.body { body.cancel() }
-            record.outcome = "client_closed"
-            finishRequest(record, keepAlive: false)
+            handled.record.outcome = "client_closed"
+            finishRequest(handled.record, keepAlive: false)
             return response.completion.start()
         }
         let stream: UpstreamBody
         let limit: Int
-        switch Self.wholeBody(response, record: &record) {
+        switch Self.wholeBody(response, record: &handled.record) {
         case .whole(let answer, let body):
-            respondWhole(answer, body: body, to: request, record: record)
+            respondWhole(answer, body: body, to: request, record: handled.record)
             return response.completion.start()
         case .stream(let body, let l):
             (stream, limit) = (body, l)
@@ -341,7 +343,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let head = Self.head(
             response, method: request.method, version: request.version, bufferedLength: nil,
             closing: closes(after: request))
+        let record = handled.record
         inFlight = Task {
+            var record = record
             await sink.respond(stream, limit: limit, head: head, record: &record)
             // After the last byte (or after giving up): release the concurrency slot, settle budgets.
             await response.completion.run()
@@ -393,8 +397,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         head.framing.sendBody && body.readableBytes > 0 ? body : nil
     }
 
-    private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: RequestRecord) {
-        var record = record
+    private func respondWhole(_ response: ProxyResponse, body: ByteBuffer, to request: HTTPRequestHead, record: consuming RequestRecord) {
         let head = Self.head(
             response, method: request.method, version: request.version, bufferedLength: body.readableBytes,
             closing: closes(after: request))
@@ -486,7 +489,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Writes (on the loop)
 
-    private func writeWhole(_ head: ResponseEncoder.Head, body: ByteBuffer?, completing record: RequestRecord, keepAlive: Bool) {
+    private func writeWhole(_ head: ResponseEncoder.Head, body: ByteBuffer?, completing record: consuming RequestRecord, keepAlive: Bool) {
         guard let context else { return finishRequest(record, keepAlive: false) }
         let (first, rest) = encodedWhole(head, body: body, context: context)
         if rest != nil { context.write(Self.wrapOutboundOut(first), promise: nil) }
@@ -530,7 +533,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return !context.channel.isWritable
     }
 
-    private func writeEnd(completing record: RequestRecord, keepAlive: Bool) throws {
+    private func writeEnd(completing record: consuming RequestRecord, keepAlive: Bool) throws {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
         var end = context.channel.allocator.buffer(capacity: chunkedResponse ? 8 : 0)
         if chunkedResponse { end.writeStaticString(ResponseEncoder.lastChunk) }
@@ -552,8 +555,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Records the request and makes the handler ready for the next one (after the final write). A
     /// connection that is not kept alive takes no further request (its close follows the final flush).
-    private func finishRequest(_ record: RequestRecord, keepAlive: Bool) {
-        var record = record
+    private func finishRequest(_ record: consuming RequestRecord, keepAlive: Bool) {
         inFlight = nil
         chunkedResponse = false
         complete(&record)

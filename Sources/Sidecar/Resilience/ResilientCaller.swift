@@ -127,9 +127,9 @@ final class ResilientCaller: Sendable {
     ) -> (@Sendable () -> Void)? {
         guard cacheKey == nil else { return nil }
         var c = Call(request, traits: traits, cacheKey: nil)
-        var record = record
         let decision = decide(c)
         guard case .allow = decision, bulkheads[c.tool]!.tryAcquire() else {
+            var record = record
             do {
                 if let served = try refuseIfPaused(&c, decision, record: &record) {
                     then(Outcome(result: .success(served), record: record))
@@ -149,16 +149,15 @@ final class ResilientCaller: Sendable {
             }
         }
         beginAttempts(&c)
-        let begun = record
         guard let started = transport.start(request, on: loop) else {
             let call = c
-            return continued(on: loop, record: begun, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+            return continued(on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
                 var c = call
                 return try await self.attempts(&c, record: &r)
             }
         }
         c.attempt = 1
-        let attempt = LoopAttempt(caller: self, call: c, begun: begun, loop: loop, then: then, cancel: started.cancel)
+        let attempt = LoopAttempt(caller: self, call: c, begun: record, loop: loop, then: then, cancel: started.cancel)
         started.response.whenComplete { attempt.answered($0) }
         return { attempt.cancel() }
     }
@@ -210,15 +209,13 @@ final class ResilientCaller: Sendable {
         var result: Swift.Result<Result, GatewayError>
         var record: RequestRecord
 
-        static func now(_ record: RequestRecord, _ body: (inout RequestRecord) throws(GatewayError) -> Result) -> Outcome {
-            var record = record
+        static func now(_ record: consuming RequestRecord, _ body: (inout RequestRecord) throws(GatewayError) -> Result) -> Outcome {
             do { return Outcome(result: .success(try body(&record)), record: record) } catch {
                 return Outcome(result: .failure(error), record: record)
             }
         }
 
-        static func of(_ record: RequestRecord, _ body: (inout RequestRecord) async throws(GatewayError) -> Result) async -> Outcome {
-            var record = record
+        static func of(_ record: consuming RequestRecord, _ body: (inout RequestRecord) async throws(GatewayError) -> Result) async -> Outcome {
             do { return Outcome(result: .success(try await body(&record)), record: record) } catch {
                 return Outcome(result: .failure(error), record: record)
             }
