@@ -2,6 +2,7 @@
 rate limit, revocation propagation, Redis failure and recovery, policy reloads under load."""
 
 import concurrent.futures
+import os
 import subprocess
 import threading
 import time
@@ -219,8 +220,12 @@ def test_policy_reload_under_load_fails_no_request(fleet):
                            headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "roles.x.allow[0]"
         assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
-        # A bad file on disk is refused too, and counted.
-        fleet.policy.write_text("version: 1\nroles: {}\n")
+        # A bad file on disk is refused too, and counted. Written whole (a rename), as a deploy tool does:
+        # write_text truncates first, and a poll between the truncate and the write would count the empty
+        # file as a second refusal.
+        staged = fleet.policy.with_suffix(".staged")
+        staged.write_text("version: 1\nroles: {}\n")
+        os.replace(staged, fleet.policy)
         # The file is polled every second: wait for the poll to refuse it (a fixed 1.5 s sleep was a guess
         # a loaded machine could lose), then the active policy must be unchanged.
         deadline = time.time() + 15
