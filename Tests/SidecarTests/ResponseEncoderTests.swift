@@ -7,7 +7,7 @@ import Testing
 @Suite("Response encoder")
 struct ResponseEncoderTests {
     /// The fields written as they are: a length the message states itself, keep-alive.
-    static let asIs = ResponseFraming.Decision(length: nil, dropLength: false, sendBody: true, closeAfter: false)
+    static let asIs = ResponseFraming.Decision(length: nil, keepsOwnLength: true, sendBody: true, closeAfter: false)
 
     private func head(_ head: HTTPResponseHead, framing: ResponseFraming.Decision = asIs, close: Bool = false) -> String {
         let head = ResponseEncoder.Head(version: head.version, status: head.status, headers: head.headers, framing: framing, close: close)
@@ -48,10 +48,10 @@ struct ResponseEncoderTests {
         let headers = HTTPHeaders([
             ("Content-Length", "999"), ("Transfer-Encoding", "chunked"), ("Connection", "keep-alive"), ("X-A", "1"),
         ])
-        let buffered = ResponseFraming.Decision(length: 12, dropLength: true, sendBody: true, closeAfter: false)
+        let buffered = ResponseFraming.Decision(length: 12, keepsOwnLength: false, sendBody: true, closeAfter: false)
         #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers), framing: buffered)
             == "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 12\r\n\r\n")
-        let stream = ResponseFraming.Decision(length: nil, dropLength: true, sendBody: true, closeAfter: false, chunked: true)
+        let stream = ResponseFraming.Decision(length: nil, keepsOwnLength: false, sendBody: true, closeAfter: false, chunked: true)
         #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers), framing: stream, close: true)
             == "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         #expect(head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))

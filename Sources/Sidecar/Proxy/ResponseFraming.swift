@@ -13,8 +13,9 @@ enum ResponseFraming {
     struct Decision: Equatable, Sendable {
         /// The `Content-Length` the encoder writes, replacing the message's own; nil writes none.
         var length: Int?
-        /// The message's own `Content-Length` fields are left out (always, when `length` is set).
-        var dropLength: Bool
+        /// The message's own `Content-Length` field is written (the answer's length is the upstream's,
+        /// and `length` is nil then: exactly one source of the field).
+        var keepsOwnLength: Bool
         /// False for responses that must not carry a body (HEAD, 1xx, 204, 304).
         var sendBody: Bool
         /// The body is delimited by closing the connection (HTTP/1.0 without Content-Length).
@@ -28,7 +29,7 @@ enum ResponseFraming {
         func keeps(_ name: String) -> Bool {
             switch name.utf8.count {
             case 10: !HeaderName.named(name, "connection")
-            case 14: !(dropLength || length != nil) || !HeaderName.named(name, "content-length")
+            case 14: keepsOwnLength || !HeaderName.named(name, "content-length")
             case 17: !HeaderName.named(name, "transfer-encoding")
             default: true
             }
@@ -44,15 +45,16 @@ enum ResponseFraming {
         let bodyless = requestMethod == .HEAD || (100..<200).contains(code) || code == 204 || code == 304
         if bodyless {
             // A HEAD or 304 answer may still say how long the body would be; 1xx and 204 must not.
-            if (100..<200).contains(code) || code == 204 { return Decision(length: nil, dropLength: true, sendBody: false, closeAfter: false) }
+            if (100..<200).contains(code) || code == 204 { return Decision(length: nil, keepsOwnLength: false, sendBody: false, closeAfter: false) }
+            // The message's own length when it has one, else (HEAD) the length the body would have.
             let length = requestMethod == .HEAD && lengths == 0 ? bufferedLength : nil
-            return Decision(length: length, dropLength: false, sendBody: false, closeAfter: false)
+            return Decision(length: length, keepsOwnLength: length == nil, sendBody: false, closeAfter: false)
         }
-        if let length = bufferedLength { return Decision(length: length, dropLength: true, sendBody: true, closeAfter: false) }
-        if lengths == 1 { return Decision(length: nil, dropLength: false, sendBody: true, closeAfter: false) }
+        if let length = bufferedLength { return Decision(length: length, keepsOwnLength: false, sendBody: true, closeAfter: false) }
+        if lengths == 1 { return Decision(length: nil, keepsOwnLength: true, sendBody: true, closeAfter: false) }
         if version.major > 1 || (version.major == 1 && version.minor >= 1) {
-            return Decision(length: nil, dropLength: true, sendBody: true, closeAfter: false, chunked: true)
+            return Decision(length: nil, keepsOwnLength: false, sendBody: true, closeAfter: false, chunked: true)
         }
-        return Decision(length: nil, dropLength: true, sendBody: true, closeAfter: true)
+        return Decision(length: nil, keepsOwnLength: false, sendBody: true, closeAfter: true)
     }
 }
