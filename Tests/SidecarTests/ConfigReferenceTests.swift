@@ -100,4 +100,21 @@ struct ConfigReferenceTests {
         #expect(accepted.subtracting(documented).sorted() == [], "accepted by the loader, missing from the README")
         #expect(documented.subtracting(accepted).sorted() == [], "in the README, not accepted by the loader")
     }
+
+    /// Every environment variable the sources read by name is named in the README.
+    @Test func readmeNamesEveryEnvironmentVariable() throws {
+        let root = #filePath.replacingOccurrences(of: "/Tests/SidecarTests/ConfigReferenceTests.swift", with: "")
+        let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+        let pattern = try NSRegularExpression(pattern: #""((?:SIDECAR_|FF_|REDIS_|LOG_|KEK_)[A-Z0-9_]+)""#)
+        var names = Set<String>()
+        let files = FileManager.default.enumerator(atPath: root + "/Sources")?.compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") } ?? []
+        for file in files {
+            let text = try String(contentsOfFile: root + "/Sources/" + file, encoding: .utf8)
+            for m in pattern.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
+                names.insert(String(text[Range(m.range(at: 1), in: text)!]))
+            }
+        }
+        #expect(names.count >= 10 && names.contains("SIDECAR_EVENT_LOOPS"))
+        #expect(names.filter { !readme.contains("`\($0)") }.sorted() == [], "read by the sources, not named in the README")
+    }
 }
