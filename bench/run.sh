@@ -10,7 +10,10 @@
 #             token (X-Agent-Token) that is checked on the cached path (digest, revocation, agent status)
 #   floor:    relay-floor, a bare SwiftNIO HTTP/1.1 relay with none of the sidecar's work (no policy,
 #             headers, credentials, resilience, logs or metrics): what any proxy on this stack costs here
-#   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1
+#   load:     wrk -t2 -c64 -d${DURATION}s --latency, after a 3 s warm-up, everything on 127.0.0.1;
+#             ROUNDS rounds (default 3), each measuring the four in turn, so a burst of noise on this shared
+#             VM hits one round of one proxy rather than the whole measurement of it; each figure is the
+#             median over the rounds, and the spread of the per-round ratio is printed
 #
 # Prints req/s, p50 and p99 of each, the ratios, the CPU each proxy spends per request (user+system,
 # from /proc, all its threads and workers), and the sidecar's RSS under load.
@@ -71,30 +74,37 @@ for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$FLOOR/serpapi/search?q=x" >
 
 # CPU ticks (user+system) of a process, its threads and its children (nginx workers).
 ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
-run_wrk() { # name url pid [header]
-  local h=(); [[ -n "${4:-}" ]] && h=(-H "$4")
-  wrk -t2 -c"$CONNS" -d3s "${h[@]}" "$2" >/dev/null
-  local t1; t1=$(ticks "$3")
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${h[@]}" "$2" > "$WORK/$1.txt"
-  local t2; t2=$(ticks "$3")
-  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.txt")
-  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.cpu"
+ROUNDS=${ROUNDS:-3}
+run_wrk() { # name round url pid [header]
+  local h=(); [[ -n "${5:-}" ]] && h=(-H "$5")
+  [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d3s "${h[@]}" "$3" >/dev/null
+  local t1; t1=$(ticks "$4")
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${h[@]}" "$3" > "$WORK/$1.$2.txt"
+  local t2; t2=$(ticks "$4")
+  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
+  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
 }
-cpu() { cat "$WORK/$1.cpu"; }
-rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
-pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
-errors() { awk '/Non-2xx|Socket errors/ {print}' "$WORK/$1.txt"; }
+# The round whose req/s is the median of the name's rounds: its latencies are the ones reported.
+median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.$r.txt") $r"; done | sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m {print $2}'; }
+rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+# min-max over the rounds of (a's req/s / b's req/s) in the same round
+spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.$r.txt")/$(awk '/Requests\/sec/ {print $2}' "$WORK/$2.$r.txt"):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
+errors() { cat "$WORK/$1".*.txt | awk '/Non-2xx|Socket errors/ {print}'; }
 
-run_wrk nginx "http://127.0.0.1:$NGINX/search?q=bench" "$NGINX_PID"
-run_wrk floor "http://127.0.0.1:$FLOOR/serpapi/search?q=bench" "$FLOOR_PID"
-RSS_MAX=0
 ( while kill -0 $SIDECAR 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDECAR/status; sleep 0.5; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
-run_wrk sidecar "http://127.0.0.1:$PROXY/serpapi/search?q=bench" "$SIDECAR"
+for round in $(seq 1 "$ROUNDS"); do
+  run_wrk nginx "$round" "http://127.0.0.1:$NGINX/search?q=bench" "$NGINX_PID"
+  run_wrk floor "$round" "http://127.0.0.1:$FLOOR/serpapi/search?q=bench" "$FLOOR_PID"
+  run_wrk sidecar "$round" "http://127.0.0.1:$PROXY/serpapi/search?q=bench" "$SIDECAR"
+  run_wrk sidecar-auth "$round" "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "$SIDECAR_AUTH" "X-Agent-Token: $TOKEN"
+done
 kill $SAMPLER 2>/dev/null || true
+# Sampled throughout; the maximum is reached in the plain sidecar's own turns under load.
 RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status)
-run_wrk sidecar-auth "http://127.0.0.1:$PROXY2/serpapi/search?q=bench" "$SIDECAR_AUTH" "X-Agent-Token: $TOKEN"
 
 NR=$(rps nginx); SR=$(rps sidecar); AR=$(rps sidecar-auth); FR=$(rps floor)
 # What each upstream client alone reaches against the same backend: the ceiling of a proxy built on it.
@@ -103,15 +113,15 @@ CEIL_POOL=$(.build/release/upstream-ceiling "http://127.0.0.1:$BACKEND/search?q=
 RATIO=$(python3 -c "print(f'{$SR/$NR:.2f}')")
 REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
-  echo "data-plane benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s"
+  echo "data-plane benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds (medians)"
   printf "%-8s %10s %10s %10s %14s\n" "" "req/s" "p50" "p99" "cpu us/req"
   printf "%-8s %10s %10s %10s %14s\n" nginx "$NR" "$(pct nginx 50%)" "$(pct nginx 99%)" "$(cpu nginx)"
   printf "%-8s %10s %10s %10s %14s\n" floor "$FR" "$(pct floor 50%)" "$(pct floor 99%)" "$(cpu floor)"
   printf "%-8s %10s %10s %10s %14s\n" sidecar "$SR" "$(pct sidecar 50%)" "$(pct sidecar 99%)" "$(cpu sidecar)"
   printf "%-8s %10s %10s %10s %14s\n" +auth "$AR" "$(pct sidecar-auth 50%)" "$(pct sidecar-auth 99%)" "$(cpu sidecar-auth)"
-  echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7)"
+  echo "ratio sidecar/nginx req/s: $RATIO (target >= 0.7; per round $(spread sidecar nginx))"
   echo "ratio relay-floor/nginx req/s: $(python3 -c "print(f'{$FR/$NR:.2f}')") (a bare NIO relay: the most a proxy on this stack reaches here)"
-  echo "ratio auth on/off req/s: $(python3 -c "print(f'{$AR/$SR:.2f}')") (target >= 0.95)"
+  echo "ratio auth on/off req/s: $(python3 -c "print(f'{$AR/$SR:.2f}')") (target >= 0.95; per round $(spread sidecar-auth sidecar))"
   echo "clients alone against the same backend (no proxy): async-http-client $CEIL req/s ($(python3 -c "print(f'{$CEIL/$NR:.2f}')")x nginx)," \
     "the sidecar's HTTP/1.1 pool $CEIL_POOL req/s ($(python3 -c "print(f'{$CEIL_POOL/$NR:.2f}')")x nginx)"
   echo "sidecar RSS under load: max sampled ${RSS_MAX} kB, high-water ${HWM} kB"
