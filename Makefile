@@ -1,11 +1,16 @@
 # The README's two commands: `make run` and `make test`.
-.PHONY: setup build run test unit e2e bench chaos clean
+.PHONY: setup build release run test unit e2e bench chaos clean
 
 setup:
 	@scripts/setup.sh
 
 build: setup
 	swift build
+
+# The production binary, .build/release/sidecar: optimized, with the Swift runtime and Foundation linked
+# in statically, so it runs on a host without a Swift toolchain (README, Layout and dependencies).
+release: setup
+	swift build -c release --static-swift-stdlib --product sidecar
 
 # Installs what is missing, builds, and runs the sidecar on its embedded default (mocks, no Redis).
 run: build
@@ -30,7 +35,7 @@ bench:
 
 # The chaos experiments (chaos/README in the main README): breaker, retries, cache, gmail, fleet.
 chaos: setup
-	swift build -c release
+	swift build -c release --static-swift-stdlib
 	chaos/run.sh
 
 clean:

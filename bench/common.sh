@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
+# How the sidecar is built for production (`make release`): the Swift runtime and Foundation linked in
+# statically. The benchmarks build every binary so, the relay floor included.
+RELEASE=(-c release --static-swift-stdlib)
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)

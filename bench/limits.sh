@@ -6,7 +6,7 @@
 source "$(dirname "$0")/common.sh"
 LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and saturation (throughput cost)
 BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
-swift build -c release --product sidecar >&2
+swift build "${RELEASE[@]}" --product sidecar >&2
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;

@@ -21,9 +21,9 @@ source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
 BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port); FLOOR=$(free_port)
 
-swift build -c release --product sidecar >&2
-swift build -c release --product upstream-ceiling >&2
-swift build -c release --product relay-floor >&2
+swift build "${RELEASE[@]}" --product sidecar >&2
+swift build "${RELEASE[@]}" --product upstream-ceiling >&2
+swift build "${RELEASE[@]}" --product relay-floor >&2
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
