@@ -7,10 +7,13 @@ setup:
 build: setup
 	swift build
 
-# The production binary, .build/release/sidecar: optimized, with the Swift runtime and Foundation linked
-# in statically, so it runs on a host without a Swift toolchain (README, Layout and dependencies).
+# The production build: optimized, with the Swift runtime and Foundation linked in statically, so
+# .build/release/sidecar runs on a host without a Swift toolchain (README, Layout and dependencies).
+# bench/common.sh builds with the same flags.
+RELEASE = -c release --static-swift-stdlib
+
 release: setup
-	swift build -c release --static-swift-stdlib --product sidecar
+	swift build $(RELEASE) --product sidecar
 
 # Installs what is missing, builds, and runs the sidecar on its embedded default (mocks, no Redis).
 run: build
@@ -35,7 +38,7 @@ bench:
 
 # The chaos experiments (chaos/README in the main README): breaker, retries, cache, gmail, fleet.
 chaos: setup
-	swift build -c release --static-swift-stdlib
+	swift build $(RELEASE)
 	chaos/run.sh
 
 clean:

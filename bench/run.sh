@@ -21,9 +21,7 @@ source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
 BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port); FLOOR=$(free_port)
 
-swift build "${RELEASE[@]}" --product sidecar >&2
-swift build "${RELEASE[@]}" --product upstream-ceiling >&2
-swift build "${RELEASE[@]}" --product relay-floor >&2
+swift build "${RELEASE[@]}" >&2  # all three executables: sidecar, upstream-ceiling, relay-floor
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -84,13 +82,15 @@ run_wrk() { # name round url pid [header]
   local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
   python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
 }
+round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }  # name round
+median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
 # The round whose req/s is the median of the name's rounds: its latencies are the ones reported.
-median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.$r.txt") $r"; done | sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m {print $2}'; }
-rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
+rps() { round_rps "$1" "$(median_round "$1")"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
-cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
 # min-max over the rounds of (a's req/s / b's req/s) in the same round
-spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.$r.txt")/$(awk '/Requests\/sec/ {print $2}' "$WORK/$2.$r.txt"):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
+spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(round_rps "$1" "$r")/$(round_rps "$2" "$r"):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
 errors() { cat "$WORK/$1".*.txt | awk '/Non-2xx|Socket errors/ {print}'; }
 
 ( while kill -0 $SIDECAR 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDECAR/status; sleep 0.5; done ) > "$WORK/rss.txt" &

@@ -55,14 +55,17 @@ struct ConfigReferenceTests {
     /// `a.{b,c}` is `a.b` and `a.c`, a tool's own field (`tools.http_fetch.x`) is `tools.<tool>.x`, and
     /// the chaos faults listed in the meaning column are fields of `chaos.tools.<tool or *>`.
     static func documentedFields() throws -> Set<String> {
-        let readme = try String(
-            contentsOfFile: #filePath.replacingOccurrences(of: "Tests/SidecarTests/ConfigReferenceTests.swift", with: "README.md"), encoding: .utf8)
+        let readme = try Repository.readme()
         guard let start = readme.range(of: "## Configuration reference"), let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex)
         else { throw DocumentError(path: "README", message: "no configuration reference") }
+        /// The `code spans` of a table cell.
+        func quoted(_ cell: String) -> [String] {
+            cell.split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+        }
         var fields = Set<String>()
         for line in readme[start.upperBound..<end.lowerBound].split(separator: "\n") where line.hasPrefix("| `") {
             let columns = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-            let names = columns[1].split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+            let names = quoted(columns[1])
             guard let first = names.first else { continue }
             let parent = first.split(separator: ".").dropLast().joined(separator: ".")
             for name in names {
@@ -73,7 +76,7 @@ struct ConfigReferenceTests {
                         fields.insert(String(base) + String(child))
                     }
                 } else if full == "chaos.tools.<tool or *>" {
-                    let faults = columns[3].split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+                    let faults = quoted(columns[3])
                     for fault in faults { fields.insert("\(full).\(fault)") }
                 } else {
                     fields.insert(full.replacingOccurrences(of: "tools.http_fetch.", with: "tools.<tool>."))
@@ -103,8 +106,8 @@ struct ConfigReferenceTests {
 
     /// Every environment variable the sources read by name is named in the README.
     @Test func readmeNamesEveryEnvironmentVariable() throws {
-        let root = #filePath.replacingOccurrences(of: "/Tests/SidecarTests/ConfigReferenceTests.swift", with: "")
-        let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+        let root = Repository.root
+        let readme = try Repository.readme()
         let pattern = try NSRegularExpression(pattern: #""((?:SIDECAR_|FF_|REDIS_|LOG_|KEK_)[A-Z0-9_]+)""#)
         var names = Set<String>()
         let files = FileManager.default.enumerator(atPath: root + "/Sources")?.compactMap { $0 as? String }.filter { $0.hasSuffix(".swift") } ?? []

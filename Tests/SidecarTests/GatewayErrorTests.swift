@@ -72,7 +72,7 @@ struct GatewayErrorTests {
 
     /// The README's error-code table is part of the contract: every code, with its status, must be in it.
     @Test func readmeListsEveryCode() throws {
-        let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/SidecarTests/GatewayErrorTests.swift", with: "README.md"), encoding: .utf8)
+        let readme = try Repository.readme()
         for entry in GatewayError.catalog {
             #expect(readme.contains("| `\(entry.code)` | \(entry.status) |"), "README is missing \(entry.code)")
         }

@@ -112,8 +112,7 @@ final class Pipeline: Sendable {
             }
             prepared = p
         } catch {
-            let answer = problem(error, request: request, record: &record)
-            then(self.answer(answer, record: record))
+            then(failed(error, request: request, record: record))
             return {}
         }
         // A credential to fetch: the rest waits, in a task.
@@ -129,9 +128,8 @@ final class Pipeline: Sendable {
             let admission = store.admit(agent: prepared.identity.agentID, checks: prepared.evaluated.checks, leaseID: request.requestID, on: loop)
         else { return callInTask(prepared, request: request, record: record, on: loop, then: then) }
         let next = LoopCancel(loop)
-        let recordSoFar = record
+        let record = record
         admission.whenComplete { result in
-            var record = recordSoFar
             let admitted: Admitted
             do throws(GatewayError) {
                 switch result {
@@ -143,8 +141,7 @@ final class Pipeline: Sendable {
                     throw GatewayError(UpstreamError(.cancelled, beforeSend: true, detail: "the agent went away"))
                 }
             } catch {
-                let answer = self.problem(error, request: request, record: &record)
-                return then(self.answer(answer, record: record))
+                return then(self.failed(error, request: request, record: record))
             }
             next.then(self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then))
         }
@@ -173,8 +170,7 @@ final class Pipeline: Sendable {
             outbound = try self.outbound(call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
         } catch {
             settleSoon(admitted, refund: true, upstreamStatus: nil, on: loop)
-            let answer = problem(error, request: request, record: &record)
-            then(self.answer(answer, record: record))
+            then(failed(error, request: request, record: record))
             return {}
         }
         if let resilience {
@@ -212,8 +208,7 @@ final class Pipeline: Sendable {
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
             if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
-            let answer = problem(error, request: request, record: &record)
-            return self.answer(answer, record: record)
+            return failed(error, request: request, record: record)
         }
     }
 
@@ -228,9 +223,15 @@ final class Pipeline: Sendable {
                 let response = try await body(&record)
                 return self.answer(response, record: record)
             } catch {
-                return self.answer(self.problem(error, request: request, record: &record), record: record)
+                return self.failed(error, request: request, record: record)
             }
         }, then: then)
+    }
+
+    /// A refusal or failure as the agent's answer.
+    private func failed(_ error: GatewayError, request: InboundRequest, record: consuming RequestRecord) -> Handled {
+        let response = problem(error, request: request, record: &record)
+        return answer(response, record: record)
     }
 
     private func answer(_ response: consuming ProxyResponse, record: consuming RequestRecord) -> Handled {

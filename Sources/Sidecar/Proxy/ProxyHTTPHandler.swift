@@ -146,12 +146,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
             state = .collecting(head: head, body: body, record: record)
         case .end:
-            guard case .collecting = state else { return }
-            // Taken out of the state rather than copied: the record moves on to the pipeline.
-            var taken = State.processing
-            swap(&state, &taken)
-            guard case .collecting(let head, let body, var record) = consume taken else { return }
+            guard case .collecting(let head, let body, var record) = state else { return }
             record.bytesIn = body?.readableBytes ?? 0
+            state = .processing
             start(InboundRequest(head: head, body: body, requestID: record.requestID), record: record, context: context)
         }
     }
