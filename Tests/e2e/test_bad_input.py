@@ -50,6 +50,11 @@ CASES = [
     ("fetch without url", b"GET /fetch HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     ("fetch with a non-http url", b"GET /fetch?url=file%3A%2F%2F%2Fetc%2Fpasswd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     ("absolute-form with bad port", b"GET http://example.com:99999/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    # Once trapped the process (Int64 of infinity) or left the call without a deadline (NaN).
+    ("X-Request-Timeout infinite", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: inf\r\n\r\n", 400, "invalid_parameter"),
+    ("X-Request-Timeout NaN", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: NaN\r\n\r\n", 400, "invalid_parameter"),
+    ("X-Request-Timeout overflowing", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 999999999999d\r\n\r\n", 400, "invalid_parameter"),
+    ("X-Request-Timeout not a duration", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: soon\r\n\r\n", 400, "invalid_parameter"),
     ("compat with GET", b"GET /api/proxy-request HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
     ("CONNECT", b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n", 403, "connect_refused"),
 ]

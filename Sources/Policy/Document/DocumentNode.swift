@@ -171,7 +171,9 @@ public struct DocumentReader: Sendable {
         for (suffix, ms) in units where s.hasSuffix(suffix) {
             let number = s.dropLast(suffix.count)
             if suffix == "s", number.hasSuffix("m") { continue }
-            guard let v = Double(number), v >= 0, v.isFinite, v < 1e12 else { return nil }
+            // Bounded in milliseconds, not in units: "999999999999d" must be refused, not overflow Int64
+            // (agents reach this parser through X-Request-Timeout).
+            guard let v = Double(number), v >= 0, v.isFinite, v * Double(ms) < 1e15 else { return nil }
             return .milliseconds(Int64((v * Double(ms)).rounded()))
         }
         guard let v = Double(s), v >= 0, v.isFinite, v < 1e9 else { return nil }

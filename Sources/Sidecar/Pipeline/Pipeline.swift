@@ -441,10 +441,14 @@ final class Pipeline: Sendable {
         let tool = call.tool
         let endpoint = settings.endpoints[tool] ?? ToolEndpoint(baseURL: ToolEndpoint.defaultBaseURL(for: tool))
         var timeout = settings.timeouts[tool] ?? .seconds(30)
-        // The agent may narrow (never widen) the deadline: X-Request-Timeout: 2.5 or 500ms.
-        if let raw = call.request.headers.first(name: "x-request-timeout"),
-            let asked = Double(raw).map({ Duration.milliseconds(Int64($0 * 1000)) }) ?? DocumentReader.parseDuration(raw), asked > .zero
-        {
+        // The agent may narrow (never widen) the deadline: X-Request-Timeout: 2.5 or 500ms. A value that is
+        // not a positive duration is refused rather than ignored (a silent default would hide the mistake).
+        if let raw = call.request.headers.first(name: "x-request-timeout") {
+            guard let asked = DocumentReader.parseDuration(raw), asked > .zero else {
+                var e = GatewayError(.invalidParameter, "X-Request-Timeout must be a positive number of seconds (2.5) or a duration (500ms, 3s)")
+                e.nothingSent = true
+                throw e
+            }
             timeout = min(timeout, asked)
         }
         var upstream = UpstreamRequestBuilder.build(
