@@ -121,6 +121,11 @@ struct ResponseCacheTests {
         ([("Expires", "Thu, 01 Jan 1970 00:01:40 GMT")], 40_000),
         ([("Expires", "Thu, 01 Jan 1970 00:00:30 GMT")], nil),
         ([("Expires", "not a date")], nil),
+        // An upstream (any web page http_fetch reads) once crashed the sidecar with these: overflow in ms.
+        ([("Cache-Control", "max-age=9223372036854775807")], 300_000),
+        ([("Cache-Control", "max-age=9223372036854775")], 300_000),
+        ([("Expires", "Thu, 01 Jan 999999999999999 00:01:40 GMT")], nil),
+        ([("Expires", "Thu, 01 Jan 1970 99999999999999:00:00 GMT")], nil),
         ([] as [(String, String)], nil),
     ] as [([(String, String)], Int64?)])
     func httpFreshness(_ headers: [(String, String)], _ expected: Int64?) {
@@ -132,5 +137,9 @@ struct ResponseCacheTests {
         #expect(HTTPDate.parse("Sun, 06 Nov 1994 08:49:37 GMT") == 784_111_777)
         #expect(HTTPDate.parse("Thu, 29 Feb 2024 12:00:00 GMT") == 1_709_208_000)
         #expect(HTTPDate.parse("Sunday, 06-Nov-94 08:49:37 GMT") == nil)
+        for hostile in ["Thu, 01 Jan 9223372036854775807 00:00:00 GMT", "Thu, 99999999999 Jan 1970 00:00:00 GMT",
+                        "Thu, 01 Jan 1970 00:00:9223372036854775807 GMT", "Thu, 01 Jan 1970 24:00:00 GMT", "Thu, 01 Jan -5 00:00:00 GMT"] {
+            #expect(HTTPDate.parse(hostile) == nil, "\(hostile)")
+        }
     }
 }

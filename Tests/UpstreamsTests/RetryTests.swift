@@ -81,6 +81,12 @@ struct RetryTests {
         ([("x-ratelimit-reset-tokens", "1.5s"), ("x-ratelimit-reset-requests", "200ms")], 1500),
         ([("x-ratelimit-reset", "2")], 2000),
         ([("x-ratelimit-reset", "1h2m3s")], 3_723_000),
+        // Hostile or broken upstreams: huge values are clamped (they once trapped the Int64 conversion).
+        ([("Retry-After", "1e400")], 1_000_000_000_000_000),
+        ([("retry-after-ms", "inf")], 1_000_000_000_000_000),
+        ([("Retry-After", "99999999999999999999")], 1_000_000_000_000_000),
+        ([("x-ratelimit-reset-requests", "99999999999999999999h")], 1_000_000_000_000_000),
+        ([("x-ratelimit-reset", "1e308")], 1_000_000_000_000_000),
     ] as [([(String, String)], Int64)])
     func theServersOwnWaitHintIsHonoured(_ headers: [(String, String)], _ expected: Int64) {
         #expect(RetryPolicy.serverDelay(HTTPHeaders(headers)) == expected)
@@ -89,6 +95,7 @@ struct RetryTests {
     @Test(arguments: [
         [("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], [("Retry-After", "-1")], [("x-ratelimit-reset-requests", "soon")],
         [("x-ratelimit-reset-requests", "5x")], [("x-ratelimit-reset-requests", "1s5")], [] as [(String, String)],
+        [("Retry-After", "nan")], [("retry-after-ms", "-inf")], [("x-ratelimit-reset", "NaN")],
     ])
     func unusableHintsAreIgnored(_ headers: [(String, String)]) {
         #expect(RetryPolicy.serverDelay(HTTPHeaders(headers)) == nil)

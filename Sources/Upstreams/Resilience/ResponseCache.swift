@@ -142,7 +142,8 @@ public final class ResponseCache: Sendable {
         if headers.contains(name: "set-cookie") || headers["vary"].contains(where: { $0.contains("*") }) { return nil }
         for d in directives {
             for prefix in ["s-maxage=", "max-age="] where d.hasPrefix(prefix) {
-                if let v = Int64(d.dropFirst(prefix.count)), v > 0 { return min(v * 1000, cap) }
+                // Compared in seconds: `max-age=9223372036854775807` must cap, not overflow.
+                if let v = Int64(d.dropFirst(prefix.count)), v > 0 { return v >= cap / 1000 ? cap : min(v * 1000, cap) }
                 return nil
             }
         }
@@ -160,9 +161,12 @@ enum HTTPDate {
 
     static func parse(_ s: String) -> Int64? {
         let p = s.split(separator: " ")
-        guard p.count == 6, p[5] == "GMT", let day = Int(p[1]), let month = months[String(p[2])], let year = Int(p[3]) else { return nil }
+        // Every field in its calendar range (a year is four digits), so no arithmetic below can overflow.
+        guard p.count == 6, p[5] == "GMT", let day = Int(p[1]), (1...31).contains(day), let month = months[String(p[2])],
+            let year = Int(p[3]), (0...9999).contains(year)
+        else { return nil }
         let t = p[4].split(separator: ":").compactMap { Int($0) }
-        guard t.count == 3 else { return nil }
+        guard t.count == 3, (0...23).contains(t[0]), (0...59).contains(t[1]), (0...60).contains(t[2]) else { return nil }
         // Days from civil (Howard Hinnant's algorithm).
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400

@@ -48,8 +48,8 @@ public struct RetryPolicy: Sendable, Hashable {
     /// The server's own wait hint: `retry-after-ms`, `Retry-After` (seconds or an HTTP date is not
     /// parsed — seconds only), or OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`).
     public static func serverDelay(_ headers: HTTPHeaders) -> Int64? {
-        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init), ms >= 0 { return Int64(ms) }
-        if let s = headers.first(name: "retry-after").flatMap(Double.init), s >= 0 { return Int64(s * 1000) }
+        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init), let v = milliseconds(ms) { return v }
+        if let s = headers.first(name: "retry-after").flatMap(Double.init), let v = milliseconds(s * 1000) { return v }
         let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"].compactMap {
             headers.first(name: $0).flatMap(parseGoDuration)
         }
@@ -58,7 +58,7 @@ public struct RetryPolicy: Sendable, Hashable {
 
     /// `6m0s`, `1.5s`, `20ms` (the format OpenAI uses).
     static func parseGoDuration(_ s: String) -> Int64? {
-        if let seconds = Double(s) { return Int64(seconds * 1000) }
+        if let seconds = Double(s) { return milliseconds(seconds * 1000) }
         var total = 0.0
         var number = ""
         var i = s.startIndex
@@ -85,6 +85,14 @@ public struct RetryPolicy: Sendable, Hashable {
             sawUnit = true
             i = s.index(after: i)
         }
-        return sawUnit && number.isEmpty ? Int64(total) : nil
+        return sawUnit && number.isEmpty ? milliseconds(total) : nil
+    }
+
+    /// Milliseconds from a number an upstream sent: NaN and negatives are nil, and anything past 1e15 ms
+    /// (about 31 700 years) is clamped, so no header value (`Retry-After: 1e400`, read as infinity) can
+    /// trap the conversion and take the process down.
+    static func milliseconds(_ value: Double) -> Int64? {
+        guard value >= 0 else { return nil }
+        return Int64(min(value, 1e15))
     }
 }
