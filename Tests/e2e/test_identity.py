@@ -214,3 +214,25 @@ def test_keys_init_writes_private_keys_0600(tmp_path):
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o600 if p.name.endswith(".key.pem") else 0o644), (p.name, oct(mode))
     assert len(list((tmp_path / "k").iterdir())) == 4
+
+
+def test_minting_on_a_sidecar_without_an_issuer_key_is_a_409(sidecar_factory, tmp_path):
+    """Asking the wrong sidecar to mint is the operator's mistake, answered 409 `minting_disabled` (it
+    was a 503, which told monitoring the sidecar was broken): with authentication off, and on a fleet
+    member that holds the issuer's public key only."""
+    def refused(s):
+        agent = s.new_agent()
+        for path, body in ((f"/api/agents/{agent}/tokens", {"ttl": "5m"}), ("/api/generate-token", {"agent_id": agent})):
+            r = s.admin_request("POST", path, body)
+            assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json", r.text
+            assert r.json()["code"] == "minting_disabled" and "sidecar token issue" in r.json()["detail"]
+
+    refused(sidecar_factory("version: 1\nauth: {required: false}\n"))
+    env = {"SIDECAR_STATE_DIR": str(tmp_path / "state")}
+    issuer = sidecar_factory(None, env=env)
+    assert issuer.stop() == 0
+    for key in (tmp_path / "state" / "keys").glob("issuer-*.key.pem"):
+        key.unlink()
+    member = sidecar_factory(None, env=env)
+    refused(member)
+    assert not list((tmp_path / "state" / "keys").glob("issuer-*.key.pem"))  # and it did not make a new one

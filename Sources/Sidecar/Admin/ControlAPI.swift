@@ -159,7 +159,8 @@ struct ControlAPI: Sendable {
         case nil, .null?: break
         case .string(let s)?:
             if let d = DocumentReader.parseDuration(s), d > .zero { ttl = d } else { v.fail("ttl", "must be a duration like 15m or a number of seconds") }
-        case .number(let n)? where n > 0: ttl = .seconds(Int64(n))
+        // Clamped before the conversion: 1e300 (or 1e400, read as infinity) is "too long", not a trap.
+        case .number(let n)? where n > 0: ttl = .seconds(Int64(min(n, 1e15)))
         default: v.fail("ttl", "must be a duration like 15m or a number of seconds")
         }
         if let ttl, ttl > identity.settings.maxTTL {
@@ -192,7 +193,8 @@ struct ControlAPI: Sendable {
         do {
             issued = try await identity.issueToken(for: agent, ttl: ttl, scopes: scopes)
         } catch IdentityService.IssueError.mintingDisabled {
-            return AdminProblem.response(GatewayError(.credentialUnavailable, "this sidecar holds no issuer signing key; mint tokens with `sidecar token issue` on the issuer host"))
+            // The operator asked the wrong sidecar (a 4xx: nothing here is broken or will recover by retrying).
+            return AdminProblem.response(GatewayError(.mintingDisabled, "this sidecar holds no issuer signing key (authentication is off, or it is not the fleet's issuer); mint tokens with `sidecar token issue` on the issuer host"))
         }
         var json: [String: JSONValue] = [
             "token": .string(issued.token), "token_id": .string(issued.record.jti), "agent_id": .string(agent.id),

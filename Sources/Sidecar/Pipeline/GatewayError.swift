@@ -49,6 +49,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidJSON = "invalid_json"
         case validationFailed = "validation_failed"
         case notFound = "not_found"
+        case mintingDisabled = "minting_disabled"
         // The upstream's failures: 5xx.
         case upstreamUnreachable = "upstream_unreachable"
         case upstreamTimeout = "upstream_timeout"
@@ -77,6 +78,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .invalidJSON: return .badRequest
             case .validationFailed: return .unprocessableEntity
             case .notFound: return .notFound
+            case .mintingDisabled: return .conflict
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
             case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
@@ -122,6 +124,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .invalidJSON: return "Malformed JSON"
             case .validationFailed: return "Validation failed"
             case .notFound: return "Not found"
+            case .mintingDisabled: return "This sidecar does not mint tokens"
             case .upstreamUnreachable: return "Upstream unreachable"
             case .upstreamTimeout: return "Upstream timed out"
             case .upstreamProtocolError: return "Upstream protocol error"
