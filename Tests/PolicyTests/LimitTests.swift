@@ -193,6 +193,25 @@ struct LimitStateTests {
         #expect(s.admit(agent: "a", checks: [b], leaseID: "3", now: 2).admitted)
     }
 
+    /// An upstream's usage is taken at its word (up to 9e15 tokens a call): piling such settlements
+    /// pins the counter at exhausted instead of overflowing it.
+    @Test func budgetSettlementsSaturateInsteadOfOverflowing() {
+        var s = LimitState()
+        var b = LimitCheck(kind: .budget, mode: .enforce, key: "b", limit: 1000)
+        b.cost = 1
+        b.window = .init(currentID: "d1", currentEnd: 10_000, nextID: "d2", nextEnd: 20_000)
+        let admissions = (0..<3).map { s.admit(agent: "a", checks: [b], leaseID: "\($0)", now: 0) }
+        for admission in admissions {
+            s.settle(agent: "a", Settlement(checks: [b], admission: admission, outcome: .completed(usage: Int.max / 2)), now: 1)
+        }
+        #expect(s.counters["a|b|d1"]?.used == Int.max)
+        let refused = s.admit(agent: "a", checks: [b], leaseID: "4", now: 2)
+        #expect(!refused.admitted && refused.results[0].remaining == 0)
+        b.mode = .report  // counted even though it would deny: still no overflow
+        #expect(s.admit(agent: "a", checks: [b], leaseID: "5", now: 2).admitted)
+        #expect(s.counters["a|b|d1"]?.used == Int.max)
+    }
+
     @Test func concurrencyLeasesAreReleasedAndExpire() {
         var s = LimitState()
         let c = LimitCheck(kind: .concurrency, mode: .enforce, key: "c", limit: 2)

@@ -20,7 +20,8 @@ public struct LimitState: Sendable {
         /// Counts `cost` in the window ending at `expires`; an expired counter starts over.
         mutating func bump(by cost: Int, now: Int64, expires end: Int64) {
             if expires <= now { self = Counter(used: 0, expires: end) }
-            used += cost
+            let (sum, overflow) = used.addingReportingOverflow(cost)
+            used = overflow ? Int.max : sum
         }
     }
 
@@ -73,9 +74,10 @@ public struct LimitState: Sendable {
                 let w = Self.windowChoice(check.window!, now: now)
                 let key = "\(agent)|\(check.key)|\(w.id)"
                 let used = counters[key].map { $0.expires > now ? $0.used : 0 } ?? 0
-                let ok = used + check.cost <= check.limit
+                // Written so that a saturated counter (Int.max, see `settle`) cannot overflow.
+                let ok = used <= check.limit - check.cost
                 result = LimitResult(
-                    allowed: ok, remaining: max(0, check.limit - used - (ok ? check.cost : 0)), resetMilliseconds: w.end - now,
+                    allowed: ok, remaining: ok ? check.limit - check.cost - used : max(0, check.limit - used), resetMilliseconds: w.end - now,
                     windowIndex: w.index)
                 plan.append((key, 0, w.end))
             }
@@ -119,7 +121,10 @@ public struct LimitState: Sendable {
                 case .refunded:
                     c.used = max(0, c.used - check.cost)
                 case .completed(let usage?) where check.kind == .budget:
-                    c.used = max(0, c.used + usage - check.cost)
+                    // Saturating: the usage is the upstream's word (up to 9e15 tokens a call), and a
+                    // counter past Int.max must pin at "exhausted", not trap.
+                    let (sum, overflow) = c.used.addingReportingOverflow(usage - check.cost)
+                    c.used = overflow ? Int.max : max(0, sum)
                 case .completed:
                     continue
                 }
