@@ -98,6 +98,13 @@ import Testing
                 case "/bye":
                     write(context, "ok", close: false)
                     context.eventLoop.scheduleTask(in: .milliseconds(50)) { bound.value.close(promise: nil) }
+                case "/status/999", "/status/600", "/status/099":
+                    // NIO's encoder writes whatever code it is given: what a broken upstream sends.
+                    let code = Int(uri.dropFirst("/status/".count))!
+                    let head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: code), headers: ["Content-Length": "2"])
+                    context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
+                    context.write(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "ok")))), promise: nil)
+                    context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
                 case "/flaky" where served > 1:
                     context.close(promise: nil)
                 default:
@@ -201,6 +208,20 @@ import Testing
                 _ = try await pool.send(Self.request(server.port, "/flaky", method: .POST))
             } throws: { ($0 as? UpstreamError)?.kind == .protocolError && ($0 as? UpstreamError)?.beforeSend == false }
             #expect(server.requests.withLockedValue { $0 } == ["POST /flaky {}", "POST /flaky {}"])
+        }
+    }
+
+    /// RFC 9110 §15: only 100...599 are status codes. A final status outside 200...599 is the upstream's
+    /// protocol error (a 502 for the agent), and its connection is not reused.
+    @Test(arguments: ["/status/999", "/status/600", "/status/099"])
+    func anInvalidStatusCodeIsAProtocolError(_ path: String) async throws {
+        try await Self.withServerAndPool { server, pool in
+            await #expect {
+                _ = try await pool.send(Self.request(server.port, path))
+            } throws: { ($0 as? UpstreamError)?.kind == .protocolError }  // 099: llhttp refuses it already
+            #expect(pool.idleCount == 0)
+            let (status, body) = try await Self.fetch(pool, Self.request(server.port, "/"))
+            #expect(status == .ok && body == "ok")
         }
     }
 

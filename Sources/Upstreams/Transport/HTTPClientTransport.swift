@@ -159,6 +159,10 @@ final class StreamingResponseDelegate: HTTPClientResponseDelegate, @unchecked Se
     }
 
     func didReceiveHead(task: HTTPClient.Task<Void>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        if let invalid = UpstreamError.invalidStatus(head.status) {
+            // Failing the returned future makes async-http-client abandon the request and its connection.
+            return task.eventLoop.makeFailedFuture(invalid)
+        }
         self.head.succeed(UpstreamResponse(status: head.status, headers: head.headers, body: .stream(body)))
         return task.eventLoop.makeSucceededVoidFuture()
     }

@@ -109,6 +109,10 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         switch part {
         case .head(let h):
             if (100..<200).contains(h.status.code) { return }
+            if let invalid = UpstreamError.invalidStatus(h.status) {
+                lost(invalid)
+                return context.close(promise: nil)
+            }
             keepAlive = h.isKeepAlive
             // Handed over at the end of the message or of this read, whichever comes first: a small
             // answer then arrives with its whole body, which the proxy writes in one go.

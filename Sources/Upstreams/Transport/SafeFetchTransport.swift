@@ -230,6 +230,10 @@ final class FetchResponseHandler: ChannelDuplexHandler, BodyStreamOwner, @unchec
         switch Self.unwrapInboundIn(data) {
         case .head(let h):
             if (100..<200).contains(h.status.code) { return }
+            if let invalid = UpstreamError.invalidStatus(h.status) {
+                fail(invalid)
+                return context.close(promise: nil)
+            }
             head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(body.stream)))
         case .body(let chunk):
             readPause.feed(chunk, to: body.stream, context: context)

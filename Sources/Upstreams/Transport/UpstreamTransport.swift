@@ -112,6 +112,14 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
     }
 
     public var description: String { "\(kind.rawValue)(\(detail))" }
+
+    /// The error for a final status outside 200...599 (RFC 9110 §15: 100...599 are the only valid codes,
+    /// and 1xx are interim), or nil. NIO's parser takes any three digits; relaying `999` would hand the
+    /// agent an answer no client can interpret, so it is the upstream's protocol error, as nginx and
+    /// Envoy treat it.
+    static func invalidStatus(_ status: HTTPResponseStatus) -> UpstreamError? {
+        (200...599).contains(status.code) ? nil : UpstreamError(.protocolError, beforeSend: false, detail: "invalid status code \(status.code)")
+    }
 }
 
 /// A response body as an async sequence of buffers: a live upstream body (backpressured), or a mock's
