@@ -152,3 +152,38 @@ def test_http_1_0_answers_close_and_head_answers_carry_no_body(sidecar):
     data = read_responses(s, 1)
     s.close()
     assert data.startswith(b"HTTP/1.1 200") and b"after-head" in data
+
+
+@pytest.mark.parametrize("hang_up", ["close", "half-close"])
+def test_an_agent_that_hangs_up_mid_call_is_logged_client_closed_and_its_call_cancelled(sidecar, hang_up):
+    """The agent goes away while its call waits on a slow upstream (2 s). End of input counts as going
+    away — a half-close too, as nginx (499) and Envoy treat it: the call is cancelled at once, not
+    answered into a dead socket 2 s later, and its access line and metric say `client_closed`."""
+    import requests
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"GET /serpapi/search?q=slow HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-" + hang_up.encode() + b"\r\n\r\n")
+    time.sleep(0.3)
+    started = time.time()
+    if hang_up == "close":
+        s.close()
+    else:
+        s.shutdown(socket.SHUT_WR)
+        assert closed_within(s, 1.5)  # the sidecar closes its side too, without an answer
+        s.close()
+    line = sidecar.access(f"gone-{hang_up}")
+    assert time.time() - started < 1.5
+    assert line["outcome"] == "client_closed" and line["status"] == 0 and line["bytes_out"] == 0
+    metrics = requests.get(f"{sidecar.admin_url}/metrics", timeout=5).text
+    assert 'gateway_outcomes_total{tool="serpapi",outcome="client_closed"} 1' in metrics
+    assert 'gateway_requests_total{tool="serpapi",action="search",code="none"} 1' in metrics  # no status was sent
+
+
+def test_an_agent_that_hangs_up_mid_body_is_logged_client_closed_not_400(sidecar):
+    """The decoder reports the cut-off body as a parse error while the connection closes: nobody is
+    left to answer, so it is `client_closed` (it was logged as a 400 that was never delivered)."""
+    s = socket.create_connection(("127.0.0.1", sidecar.proxy_port), timeout=5)
+    s.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: cut-body\r\nContent-Length: 50\r\n\r\n{\"mo")
+    time.sleep(0.2)
+    s.close()
+    line = sidecar.access("cut-body")
+    assert line["outcome"] == "client_closed" and line["status"] == 0 and line["bytes_out"] == 0, line

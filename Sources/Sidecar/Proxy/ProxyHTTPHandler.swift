@@ -278,6 +278,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// A request the decoder could not parse: one log line, then the problem answer.
     private func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        // The decoder reports a message cut off by end of input as it closes: the agent went away, there
+        // is no one to answer, and `channelInactive` (next) logs a started request as `client_closed`.
+        guard context.channel.isActive else { return }
         let mapped = GatewayError(parserError: error, maxHeaderBytes: limits.maxHeaderBytes)
         var record: RequestRecord
         if case .collecting(_, _, let started) = state {

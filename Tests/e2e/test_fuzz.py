@@ -1,0 +1,528 @@
+"""Seeded fuzzing of the real binary: mutated HTTP requests on every entry (forward proxy, reverse routes,
+compatibility API, CONNECT), mutated JSON bodies, random agent tokens, and mutated control-API bodies.
+
+The oracle is the data plane's promise: a client mistake gets a 4xx problem+json answer (or, for bytes
+that are not HTTP at all, a 400 or a closed connection), never a 5xx, never a hang, never a crash. The
+upstreams are the built-in mocks, so no 5xx is legitimate here. Bounded: FUZZ_CASES cases per test
+(default 600, a few seconds), FUZZ_SEED picks the sequence (default fixed, so CI is reproducible; a
+failure prints the seed and the case to replay it)."""
+
+import base64
+import json
+import os
+import random
+import re
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import free_port
+
+
+CASES = int(os.environ.get("FUZZ_CASES", "600"))
+SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
+TIME_LIMIT = float(os.environ.get("FUZZ_SECONDS", "60"))
+
+MOCK_CONFIG = """
+version: 1
+auth: {required: false}
+limits: {max_header_bytes: 8192, max_request_body_bytes: 65536}
+egress: {allow_cidrs: ["127.0.0.0/8"]}
+"""
+
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+RAW_MAIL = base64.urlsafe_b64encode(b"From: a@example.com\r\nTo: b@example.com\r\nSubject: s\r\n\r\nbody").decode().rstrip("=")
+
+# (method, request-target, extra header lines, JSON body or None): one valid request per entry and action.
+TEMPLATES = [
+    ("GET", "http://serpapi.com/search?q=coffee&engine=google&num=3", [], None),
+    ("GET", "http://example.com/page?x=1", [], None),
+    ("HEAD", "http://example.com/", [], None),
+    ("POST", "http://api.openai.com/v1/chat/completions", [], CHAT),
+    ("GET", "/serpapi/search?q=coffee&api_key=agent-key", [], None),
+    ("GET", "/serpapi/search.json?q=a%20b&location=Austin", [], None),
+    ("POST", "/openai/v1/chat/completions", ["Authorization: Bearer sk-agent"], CHAT),
+    ("POST", "/openai/v1/chat/completions", [], dict(CHAT, stream=True)),
+    ("POST", "/openai/v1/embeddings", [], {"model": "text-embedding-3-small", "input": ["a", "b"]}),
+    ("POST", "/openai/v1/responses", [], {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 8}),
+    ("POST", "/gmail/v1/users/me/messages/send", [], {"raw": RAW_MAIL}),
+    ("GET", "/gmail/v1/users/me/profile", [], None),
+    ("GET", "/fetch?url=http%3A%2F%2Fexample.com%2F", [], None),
+    ("HEAD", "/fetch?url=http://example.com/a?b=c", [], None),
+    ("POST", "/api/proxy-request", [], {"tool": "serpapi", "action": "search", "params": {"q": "x", "num": 2}}),
+    ("POST", "/api/proxy-request", [], {"tool": "openai", "action": "chat", "params": CHAT}),
+    ("POST", "/api/proxy-request", [], {"tool": "http_fetch", "action": "get", "params": {"url": "http://example.com/"}}),
+    ("POST", "/api/proxy-request", [], {"tool": "gmail_send", "action": "send",
+                                        "params": {"to": "b@example.com", "subject": "s", "body": "hello"}}),
+    ("CONNECT", "api.openai.com:443", [], None),
+]
+
+NASTY_STRINGS = ["", " ", "\x00", "%", "%zz", "%00", "%ff%fe", "..%2f..%2f", "/../../etc/passwd", "\u202e", "é",
+                 "\ud7ff", "a" * 3000, "-1", "0", "18446744073709551616", "1e309", "NaN", "null", "[]", "{}",
+                 "http://", "http://[::1]/", "http://0x7f000001/", "http://user:pass@127.0.0.1:1/", "file:///etc/passwd",
+                 "javascript:alert(1)", "\r\nX-Injected: 1", "\"", "\\", "'", "<script>", "*", "?", "#", "&", "="]
+NASTY_VALUES = [None, True, False, 0, -1, 2 ** 63, -(2 ** 63) - 1, 2 ** 64, 1.5, -0.0, 1e308, "", [], {}, [[[[]]]],
+                {"a": {"b": {"c": {}}}}, "x" * 5000, ["x"] * 200]
+
+
+def encode(method, target, headers, body: bytes | None, host="x", framing="length"):
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"] + headers
+    if body is not None:
+        if framing == "length":
+            lines.append(f"Content-Length: {len(body)}")
+        else:
+            lines.append("Transfer-Encoding: chunked")
+            chunks = b""
+            rest = body
+            while rest:
+                n = min(len(rest), 7)
+                chunks += f"{n:x}\r\n".encode() + rest[:n] + b"\r\n"
+                rest = rest[n:]
+            body = chunks + b"0\r\n\r\n"
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogatepass") + (body or b"")
+
+
+def mutate_json(rng: random.Random, value, depth=0):
+    """A structure-aware mutation: replace, drop or add one member somewhere in the document."""
+    if isinstance(value, dict) and value and depth < 4 and rng.random() < 0.7:
+        key = rng.choice(list(value))
+        out = dict(value)
+        r = rng.random()
+        if r < 0.5:
+            out[key] = mutate_json(rng, value[key], depth + 1)
+        elif r < 0.7:
+            del out[key]
+        else:
+            out[rng.choice(NASTY_STRINGS[:30]) or "k"] = rng.choice(NASTY_VALUES)
+        return out
+    if isinstance(value, list) and value and depth < 4 and rng.random() < 0.7:
+        out = list(value)
+        i = rng.randrange(len(out))
+        out[i] = mutate_json(rng, out[i], depth + 1)
+        return out
+    return rng.choice(NASTY_VALUES + NASTY_STRINGS)
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.random()
+        i = rng.randrange(len(data)) if data else 0
+        if op < 0.3 and data:
+            data[i] = rng.randrange(256)
+        elif op < 0.45:
+            data[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif op < 0.6 and data:
+            del data[i:i + rng.randint(1, 16)]
+        elif op < 0.7:
+            data[i:i] = rng.choice([b"\r\n", b"\n", b"\r", b":", b" ", b"\t", b"\x00", b"%", b"?", b"#", b"\r\n\r\n"])
+        elif op < 0.8:
+            header = rng.choice([b"Content-Length: 5", b"Content-Length: -1", b"Content-Length: 99999999999999999999",
+                                 b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked", b"Connection: close, te",
+                                 b"Expect: 100-continue", b"Host: ", b"Host: a\r\nHost: b", b"X-Request-Id: " + b"r" * 300,
+                                 b"traceparent: 00-zz-yy-01", b"X-Agent-Token: " + bytes(rng.randrange(33, 127) for _ in range(40)),
+                                 b"Proxy-Authorization: Basic !!!", b"Upgrade: h2c", b"Content-Type: application/json; charset=\xff"])
+            at = data.find(b"\r\n")
+            if at > 0:
+                data[at + 2:at + 2] = header + b"\r\n"
+        else:
+            cut = rng.randrange(len(data) + 1)
+            data = data[:cut]
+    return bytes(data)
+
+
+def case(rng: random.Random) -> bytes:
+    method, target, headers, body = rng.choice(TEMPLATES)
+    headers = list(headers)
+    r = rng.random()
+    if r < 0.35 and body is not None:  # valid HTTP, hostile JSON
+        body = mutate_json(rng, body)
+    elif r < 0.55:  # valid HTTP, hostile target
+        nasty = rng.choice(NASTY_STRINGS)
+        if "?" in target and rng.random() < 0.6:
+            target = target + "&" + rng.choice(["q", "url", "num", "api_key", "engine", nasty[:10]]) + "=" + nasty
+        else:
+            at = rng.randrange(len(target) + 1)
+            target = target[:at] + nasty + target[at:]
+        target = re.sub(r"[\s]", lambda m: "%20" if rng.random() < 0.5 else m.group(0), target)
+    elif r < 0.65:  # valid HTTP, hostile method or header values
+        if rng.random() < 0.5:
+            method = rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PRI", "get", "G\x00T", "X" * 40])
+        else:
+            headers.append(rng.choice(["X-Request-Id", "traceparent", "X-Agent-Token", "Proxy-Authorization",
+                                       "Authorization", "Connection", "Via", "X-Request-Timeout", "Accept-Encoding",
+                                       "Content-Type"]) + ": " + rng.choice(NASTY_STRINGS).replace("\r", "").replace("\n", ""))
+    if rng.random() < 0.7:
+        headers.append("Connection: close")  # the sidecar closes after answering: the case ends at once
+    raw_body = None if body is None else json.dumps(body).encode()
+    if raw_body is not None and rng.random() < 0.1:
+        raw_body = raw_body[: rng.randrange(len(raw_body) + 1)]  # truncated JSON, honest framing
+    data = encode(method, target, headers, raw_body, framing="chunked" if rng.random() < 0.2 else "length")
+    if rng.random() < 0.35:  # broken HTTP
+        data = mutate_bytes(rng, data)
+    return data
+
+
+def responses(raw: bytes, to_head: bool = False):
+    """Splits an answer stream into (status, headers, body) triples — bodies framed by Content-Length or
+    chunked (SSE), none for a HEAD request, a 1xx, 204 or 304 — and the bytes of an answer not complete yet."""
+    out = []
+    while raw.startswith(b"HTTP/1.1 "):
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if status in (204, 304) or 100 <= status < 200 or (to_head and headers.get("connection") != "close"):
+            body = b""  # never a body (RFC 9110 §6.4.1), whatever Content-Length says
+        elif to_head:
+            body, rest = rest, b""  # a request refused before its method was known gets a body, then the close
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            if len(rest) < n:
+                break
+            body, rest = rest[:n], rest[n:]
+        elif headers.get("transfer-encoding") == "chunked":
+            body, complete = b"", False
+            while b"\r\n" in rest:
+                size_line, _, after = rest.partition(b"\r\n")
+                n = int(size_line, 16)
+                if len(after) < n + 2:
+                    break
+                body, rest = body + after[:n], after[n + 2:]
+                if n == 0:
+                    complete = True
+                    break
+            if not complete:
+                break
+        else:
+            body, rest = rest, b""  # an answer that runs to the close
+        out.append((status, headers, body))
+        raw = rest
+    return out, raw
+
+
+def exchange(port: int, data: bytes, patience: float = 0.15) -> bytes:
+    """Sends one case on a fresh connection and reads the answers until the sidecar closes. Once the
+    answers read so far are complete, or nothing comes for a moment (the sidecar waits for the rest of a
+    truncated request), the test half-closes: the sidecar treats end of input as the agent hanging up,
+    as nginx and Envoy do, and must close its side within 5 s. `patience`: how long silence may last
+    before the half-close (longer where the sidecar may legitimately wait on an upstream)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(patience)
+    try:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the sidecar may answer and close before it has read everything (431, 413)
+        out, hung_up, started = b"", False, time.time()
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                chunk = None
+            except ConnectionResetError:
+                return out
+            if chunk == b"":
+                return out
+            out += chunk or b""
+            assert time.time() - started < 5 + patience, "no end of answer within 5 s: %r" % out[:200]
+            answers, rest = responses(out, to_head=data.startswith(b"HEAD "))
+            if not hung_up and (chunk is None or (answers and not rest)):
+                try:
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                hung_up = True
+    finally:
+        s.close()
+
+
+def check(sidecar, data: bytes, seed: int, index: int):
+    where = f"(FUZZ_SEED={seed}, case {index}: {data[:300]!r})"
+    try:
+        raw = exchange(sidecar.proxy_port, data)
+    except (OSError, AssertionError) as error:
+        raise AssertionError(f"{error} {where}") from error
+    assert sidecar.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(sidecar.lines[-20:])
+    if not raw:
+        return None  # closed without an answer: only for bytes the decoder could not read as a request
+    head = data.startswith(b"HEAD ")
+    answers, rest = responses(raw, head)
+    assert answers and not rest, "not a complete HTTP answer: %r %s" % (raw[:300], where)
+    for status, headers, body in answers:
+        assert status < 500, f"{status} {body[:300]!r} {where}"
+        if status >= 400 and not head:
+            if headers.get("content-type") == "application/json":
+                # Not the sidecar's refusal but a mock upstream's own 4xx, relayed (in the compatibility
+                # envelope, or as the real API shapes its errors).
+                relayed = json.loads(body)
+                assert relayed.get("metadata", {}).get("upstream_status") == status or "error" in relayed, where
+                continue
+            assert headers.get("content-type") == "application/problem+json", where
+            problem = json.loads(body)
+            assert problem["status"] == status and re.fullmatch(r"[a-z_]+", problem["code"]), where
+            assert problem["request_id"] == headers.get("x-request-id"), where
+    return answers[0][0]
+
+
+def run_cases(sidecar, seed: int, make):
+    rng = random.Random(seed)
+    statuses: dict[int | None, int] = {}
+    started = time.time()
+    for i in range(CASES):
+        if time.time() - started > TIME_LIMIT:
+            break
+        status = check(sidecar, make(rng), seed, i)
+        statuses[status] = statuses.get(status, 0) + 1
+    # Alive and still serving a valid call after all of it.
+    assert requests.get(f"{sidecar.admin_url}/healthz", timeout=5).status_code == 200
+    r = requests.get(f"{sidecar.proxy_url}/serpapi/search?q=after", timeout=5)
+    assert r.status_code in (200, 401), r.text
+    return statuses
+
+
+@pytest.fixture
+def mock_sidecar(sidecar_factory):
+    return sidecar_factory(MOCK_CONFIG)
+
+
+def test_fuzzed_requests_get_4xx_problems_never_5xx(mock_sidecar):
+    statuses = run_cases(mock_sidecar, SEED, case)
+    # The generator reaches both sides of the line: answered calls and refusals, not only one of them.
+    assert statuses.get(200, 0) > CASES // 20 and sum(n for s, n in statuses.items() if s and 400 <= s < 500) > CASES // 10, statuses
+    access = mock_sidecar.logs("access")
+    assert access and all(line["status"] < 500 for line in access)
+
+
+def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
+    """With authentication on, a token that is garbage, truncated, re-encoded or bit-flipped is a 401
+    problem (or a 4xx for the request itself), never a 5xx."""
+    s = sidecar_factory(MOCK_CONFIG.replace("auth: {required: false}\n", ""))
+    good = s.new_token()
+
+    def token_case(rng: random.Random) -> bytes:
+        t = bytearray(good.encode())
+        r = rng.random()
+        if r < 0.4:
+            for _ in range(rng.randint(1, 3)):
+                t[rng.randrange(len(t))] = rng.choice(b"ABCxyz019-_.=+/~ ")
+        elif r < 0.6:
+            t = t[: rng.randrange(len(t))]
+        elif r < 0.75:
+            parts = bytes(t).split(b".")
+            rng.shuffle(parts)
+            t = bytearray(b".".join(parts))
+        else:
+            t = bytearray(rng.choice(NASTY_STRINGS).encode("utf-8", "surrogatepass").replace(b"\r", b"").replace(b"\n", b""))
+        token = bytes(t).decode("latin-1")
+        how = rng.choice(["X-Agent-Token: {}", "Authorization: Bearer {}", "Proxy-Authorization: Basic {}"])
+        if how.startswith("Proxy"):
+            token = base64.b64encode(b"agent:" + token.encode("latin-1")).decode() if rng.random() < 0.7 else token
+        return encode("GET", "/serpapi/search?q=x", [how.format(token), "Connection: close"], None)
+
+    statuses = run_cases(s, SEED + 1, token_case)
+    assert statuses.get(401, 0) > CASES // 2, statuses
+
+
+def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
+    """The control API with the admin token and hostile JSON bodies: 4xx, never 5xx."""
+    s = sidecar_factory(MOCK_CONFIG)
+    agent = s.new_agent()
+    templates = [("POST", "/api/agents", {"name": "n", "role": "developer", "created_by": "fuzz"}),
+                 ("POST", "/api/create-agent", {"name": "n", "role": "scraper"}),
+                 ("POST", f"/api/agents/{agent}/tokens", {"ttl": "10m", "scopes": ["serpapi:search"]}),
+                 ("POST", "/api/generate-token", {"agent_id": agent, "ttl": "5m"}),
+                 ("PUT", "/api/chaos", {"tools": {"serpapi": {"error_rate": 0.1}}}),
+                 ("POST", "/api/tokens/zz/revoke", {}),
+                 ("GET", "/api/agents/%00", None)]
+    rng = random.Random(SEED + 2)
+    started = time.time()
+    for i in range(min(CASES, 300)):
+        if time.time() - started > TIME_LIMIT:
+            break
+        method, path, body = rng.choice(templates)
+        data = json.dumps(mutate_json(rng, body)).encode() if body is not None else None
+        if data is not None and rng.random() < 0.2:
+            data = mutate_bytes(rng, data)
+        where = f"(FUZZ_SEED={SEED + 2}, case {i}: {method} {path} {data[:300] if data else None!r})"
+        try:
+            r = requests.request(method, s.admin_url + path, data=data, timeout=5,
+                                 headers={"Authorization": f"Bearer {s.admin_token}", "Content-Type": "application/json"})
+        except requests.RequestException as error:
+            raise AssertionError(f"{error} {where}; exit status {s.proc.poll()}\n" + "\n".join(s.lines[-10:])) from error
+        assert r.status_code < 500, f"{r.status_code} {r.text[:300]} {where}"
+        assert s.proc.poll() is None, where
+    assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+
+
+# ---------------------------------------------------------------- a hostile upstream
+
+class HostileUpstream:
+    """A cleartext HTTP/1.1 server on a random port that answers every request with `self.answer` (the
+    bytes of the case under test), then closes or keeps the connection as the case says. The sidecar
+    reaches it through its own pool and response decoder (cleartext base URLs)."""
+
+    def __init__(self):
+        self.answer, self.close_after = b"", True
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(10)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                need = int(m.group(1)) if m else 0
+                while len(buf) < need:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                buf = buf[need:]
+                conn.sendall(self.answer)
+                if self.close_after:
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+HOSTILE_HEADERS = [b"Retry-After: 1e400", b"Retry-After: -5", b"Retry-After: NaN", b"retry-after-ms: inf",
+                   b"x-ratelimit-reset-requests: 99999999999999999999h", b"x-ratelimit-reset-tokens: 1e308s",
+                   b"Cache-Control: max-age=9223372036854775807", b"Cache-Control: max-age=-1, s-maxage=abc",
+                   b"Expires: Thu, 01 Jan 999999999999999 00:01:40 GMT", b"Expires: Thu, 99 Foo 2026 99:99:99 GMT",
+                   b"Content-Length: 99999999999999999999", b"Content-Length: -1", b"Content-Length: 3, 4",
+                   b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip", b"Connection: close", b"Connection: x-secret",
+                   b"Set-Cookie: a=b", b"Vary: *", b"Location: http://[::1", b"Content-Type: text/event-stream",
+                   b"X-Bad: \x00\x01", b"Upgrade: h2c", b"Keep-Alive: timeout=-1", b"Proxy-Authenticate: Basic",
+                   b"Content-Encoding: gzip", b"Date: tomorrow"]
+USAGE_VALUES = [b"1e400", b"-1", b"9007199254740993", b"18446744073709551616", b'"12"', b"null", b"[]", b"1.5"]
+
+
+def hostile_answer(rng: random.Random, throttle: bool) -> bytes:
+    """One upstream answer: a valid shape (JSON with OpenAI usage, SSE with a usage chunk, a 429 with a
+    wait hint, a 1xx before the answer, a body that runs to the close), then hostile headers, values
+    and byte mutations. A 429 only when `throttle`: its wait hint pauses the tool (up to 60 s), which
+    would leave the rest of the cases answered by the sidecar alone."""
+    usage = rng.choice(USAGE_VALUES) if rng.random() < 0.5 else b"7"
+    body = b'{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":' + usage + b"}}"
+    shape = rng.random()
+    status = rng.choice([b"200 OK", b"200 OK", b"201 Created", b"204 No Content", b"304 Not Modified", b"400 Bad Request",
+                         b"401 Unauthorized", b"500 Internal Server Error", b"502 Bad Gateway",
+                         b"503 Service Unavailable", b"302 Found", b"999 Weird", b"200", b"600 Beyond"]
+                        + ([b"429 Too Many Requests"] * 5 if throttle else []))
+    headers = [b"Content-Type: application/json"]
+    if shape < 0.15:  # SSE stream, chunked
+        events = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n" + b"data: {\"choices\":[],\"usage\":{\"total_tokens\":" + usage + b"}}\n\ndata: [DONE]\n\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (events[:20], events[20:])) + b"0\r\n\r\n"
+        headers = [b"Content-Type: text/event-stream", b"Transfer-Encoding: chunked"]
+    elif shape < 0.25:  # read to the close (HTTP/1.0 style)
+        headers.append(b"Connection: close")
+    else:
+        headers.append(b"Content-Length: %d" % len(body))
+    for _ in range(rng.randint(0, 3)):
+        headers.append(rng.choice(HOSTILE_HEADERS))
+    prefix = b"HTTP/1.1 100 Continue\r\n\r\n" if rng.random() < 0.1 else b""
+    prefix += b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" if rng.random() < 0.05 else b""
+    data = prefix + b"HTTP/1.1 " + status + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+    if rng.random() < 0.3:
+        data = mutate_bytes(rng, data)
+    return data
+
+
+HOSTILE_CONFIG = """
+version: 1
+auth: {{required: false}}
+egress: {{allow_cidrs: ["127.0.0.0/8"]}}
+resilience: {{retry: {{max_attempts: 2}}, breaker: {{consecutive_failures: 10000, minimum_volume: 100000}}}}  # never open: every case reaches the decoder
+tools:
+  serpapi: {{mode: live, base_url: "http://127.0.0.1:{port}", timeout: 1s, cache_ttl: 0s}}
+  openai: {{mode: live, base_url: "http://127.0.0.1:{port}", timeout: 1s}}
+  http_fetch: {{mode: live, timeout: 1s}}
+"""
+
+HOSTILE_CALLS = [
+    ("GET", "/serpapi/search?q=x", None),
+    ("POST", "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("GET", "/fetch?url=http%3A%2F%2F127.0.0.1%3A{port}%2Fpage%3Fcase%3D{case}", None),  # a new URL each case: no cache hits
+    ("POST", "/api/proxy-request", {"tool": "openai", "action": "chat", "params": {"model": "m", "messages": []}}),
+]
+
+
+def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash():
+    """Every answer an upstream can send — malformed, truncated, with hostile wait hints, cache headers,
+    framing or usage numbers — ends as a well-formed answer to the agent (relayed, or a 502/504 problem),
+    or, once a streamed body has begun, a closed connection. The sidecar stays up."""
+    upstream = HostileUpstream()
+    from conftest import Sidecar
+    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    rng = random.Random(SEED + 3)
+    seen: dict[int | None, int] = {}
+    started = time.time()
+    try:
+        count = min(CASES, 300)
+        for i in range(count):
+            if time.time() - started > TIME_LIMIT:
+                break
+            upstream.answer = hostile_answer(rng, throttle=i >= count * 0.95)
+            upstream.close_after = rng.random() < 0.5
+            method, target, body = rng.choice(HOSTILE_CALLS)
+            raw_body = json.dumps(body).encode() if body is not None else None
+            data = encode(method, target.format(port=upstream.port, case=i), ["Connection: close"], raw_body)
+            where = f"(FUZZ_SEED={SEED + 3}, case {i}: upstream answered {upstream.answer[:400]!r} to {data[:120]!r})"
+            try:
+                raw = exchange(s.proxy_port, data, patience=2.0)  # the tool's deadline is 1 s
+            except (OSError, AssertionError) as error:
+                raise AssertionError(f"{error} {where}") from error
+            assert s.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(s.lines[-20:])
+            answers, rest = responses(raw)
+            # Complete answers, or one cut after its head: a body the sidecar was streaming when the
+            # upstream broke off or ran past the deadline can only end with the connection.
+            assert answers or rest, f"no answer at all {where}"
+            assert not rest or (rest.startswith(b"HTTP/1.1 ") and b"\r\n\r\n" in rest), f"{raw[:300]!r} {where}"
+            for status, headers, answer in answers:
+                if status >= 500 and headers.get("content-type") == "application/problem+json":
+                    assert json.loads(answer)["code"] in ("upstream_protocol_error", "upstream_unreachable", "upstream_timeout",
+                                                          "upstream_response_too_large", "breaker_open", "tool_saturated"), where
+            status = answers[0][0] if answers else int(rest.split(b" ")[1])
+            seen[status] = seen.get(status, 0) + 1
+        assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+        print("hostile upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
+        assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k and k < 300) > 0, seen
+    finally:
+        s.stop()
+        upstream.close()
