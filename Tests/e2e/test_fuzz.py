@@ -308,6 +308,9 @@ def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
     s = sidecar_factory(MOCK_CONFIG.replace("auth: {required: false}\n", ""))
     good = s.new_token()
 
+    head = good.split(".")[0]
+    good_header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+
     def token_case(rng: random.Random) -> bytes:
         t = bytearray(good.encode())
         r = rng.random()
@@ -316,9 +319,19 @@ def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
                 t[rng.randrange(len(t))] = rng.choice(b"ABCxyz019-_.=+/~ ")
         elif r < 0.6:
             t = t[: rng.randrange(len(t))]
-        elif r < 0.75:
+        elif r < 0.65:
             parts = bytes(t).split(b".")
             rng.shuffle(parts)
+            t = bytearray(b".".join(parts))
+        elif r < 0.85:
+            # A well-formed JWE whose protected header says something hostile: the JOSE header parser
+            # must refuse it (alg none, unknown enc, a zip, a kid of 5000 bytes, wrong types...).
+            parts = bytes(t).split(b".")
+            header = json.loads(base64.urlsafe_b64decode(parts[0] + b"=" * (-len(parts[0]) % 4)))
+            header = mutate_json(rng, header)
+            if rng.random() < 0.3:
+                header = dict(good_header, **{rng.choice(["alg", "enc", "zip", "kid", "cty", "crit"]): rng.choice(NASTY_VALUES + NASTY_STRINGS)})
+            parts[0] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=")
             t = bytearray(b".".join(parts))
         else:
             t = bytearray(rng.choice(NASTY_STRINGS).encode("utf-8", "surrogatepass").replace(b"\r", b"").replace(b"\n", b""))
@@ -345,7 +358,7 @@ def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
                  ("GET", "/api/agents/%00", None)]
     rng = random.Random(SEED + 2)
     started = time.time()
-    for i in range(min(CASES, 300)):
+    for i in range(CASES // 2):
         if time.time() - started > TIME_LIMIT:
             break
         method, path, body = rng.choice(templates)
@@ -494,7 +507,7 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash():
     seen: dict[int | None, int] = {}
     started = time.time()
     try:
-        count = min(CASES, 300)
+        count = CASES // 2
         for i in range(count):
             if time.time() - started > TIME_LIMIT:
                 break
