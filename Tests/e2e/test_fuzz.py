@@ -383,8 +383,8 @@ class HostileUpstream:
     bytes of the case under test), then closes or keeps the connection as the case says. The sidecar
     reaches it through its own pool and response decoder (cleartext base URLs)."""
 
-    def __init__(self):
-        self.answer, self.close_after = b"", True
+    def __init__(self, tls_context=None):
+        self.answer, self.close_after, self.tls = b"", True, tls_context
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -405,6 +405,8 @@ class HostileUpstream:
         conn.settimeout(10)
         buf = b""
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             while True:
                 while b"\r\n\r\n" not in buf:
                     chunk = conn.recv(65536)
@@ -479,11 +481,12 @@ def hostile_answer(rng: random.Random, throttle: bool) -> bytes:
 HOSTILE_CONFIG = """
 version: 1
 auth: {{required: false}}
+upstream: {{ca_bundle: "{ca}", http2: true}}
 egress: {{allow_cidrs: ["127.0.0.0/8"]}}
 resilience: {{retry: {{max_attempts: 2}}, breaker: {{consecutive_failures: 10000, minimum_volume: 100000}}}}  # never open: every case reaches the decoder
 tools:
-  serpapi: {{mode: live, base_url: "http://127.0.0.1:{port}", timeout: 1s, cache_ttl: 0s}}
-  openai: {{mode: live, base_url: "http://127.0.0.1:{port}", timeout: 1s}}
+  serpapi: {{mode: live, base_url: "{scheme}://127.0.0.1:{port}", timeout: 1s, cache_ttl: 0s}}
+  openai: {{mode: live, base_url: "{scheme}://127.0.0.1:{port}", timeout: 1s}}
   http_fetch: {{mode: live, timeout: 1s}}
 """
 
@@ -491,19 +494,22 @@ HOSTILE_CALLS = [
     ("GET", "/serpapi/search?q=x", None),
     ("POST", "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
-    ("GET", "/fetch?url=http%3A%2F%2F127.0.0.1%3A{port}%2Fpage%3Fcase%3D{case}", None),  # a new URL each case: no cache hits
+    ("GET", "/fetch?url={scheme}%3A%2F%2F127.0.0.1%3A{port}%2Fpage%3Fcase%3D{case}", None),  # a new URL each case: no cache hits
     ("POST", "/api/proxy-request", {"tool": "openai", "action": "chat", "params": {"model": "m", "messages": []}}),
 ]
 
 
-def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash():
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
     """Every answer an upstream can send — malformed, truncated, with hostile wait hints, cache headers,
     framing or usage numbers — ends as a well-formed answer to the agent (relayed, or a 502/504 problem),
-    or, once a streamed body has begun, a closed connection. The sidecar stays up."""
-    upstream = HostileUpstream()
+    or, once a streamed body has begun, a closed connection. The sidecar stays up. Cleartext reaches the
+    sidecar's own pool and safe-fetch transport; TLS reaches async-http-client (HTTP/1.1: the fake
+    upstream offers no ALPN) and the safe-fetch transport over TLS."""
+    upstream = HostileUpstream(pki.server_context() if scheme == "https" else None)
     from conftest import Sidecar
-    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
-    rng = random.Random(SEED + 3)
+    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme=scheme, ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    rng = random.Random(SEED + 3 + (scheme == "https"))
     seen: dict[int | None, int] = {}
     started = time.time()
     try:
@@ -515,8 +521,8 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash():
             upstream.close_after = rng.random() < 0.5
             method, target, body = rng.choice(HOSTILE_CALLS)
             raw_body = json.dumps(body).encode() if body is not None else None
-            data = encode(method, target.format(port=upstream.port, case=i), ["Connection: close"], raw_body)
-            where = f"(FUZZ_SEED={SEED + 3}, case {i}: upstream answered {upstream.answer[:400]!r} to {data[:120]!r})"
+            data = encode(method, target.format(port=upstream.port, case=i, scheme=scheme), ["Connection: close"], raw_body)
+            where = f"({scheme}, FUZZ_SEED={SEED}, case {i}: upstream answered {upstream.answer[:400]!r} to {data[:120]!r})"
             try:
                 raw = exchange(s.proxy_port, data, patience=2.0)  # the tool's deadline is 1 s
             except (OSError, AssertionError) as error:
