@@ -187,3 +187,73 @@ def test_an_agent_that_hangs_up_mid_body_is_logged_client_closed_not_400(sidecar
     s.close()
     line = sidecar.access("cut-body")
     assert line["outcome"] == "client_closed" and line["status"] == 0 and line["bytes_out"] == 0, line
+
+
+@pytest.mark.parametrize("route", ["fetch", "serpapi"], ids=["safe-fetch transport", "own pool"])
+def test_a_slow_agent_holds_back_the_upstream_and_memory_stays_bounded(http_upstream, sidecar_factory, route):
+    """Backpressure end to end: a 256 MiB upstream answer to an agent that stops reading after 1 MiB. The
+    sidecar stops reading the upstream (which then cannot write more than the socket buffers and the
+    sidecar's high-water mark hold), its RSS does not grow with the body, and once the agent reads again
+    every byte arrives, in order. Mutation-checked: reads never paused, the upstream wrote all 256 MiB."""
+    total, chunk = 256 * 1024 * 1024, b"0123456789abcdef" * 16384  # 256 KiB chunks
+    sent = {"bytes": 0}
+
+    def big(h, rec):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            while sent["bytes"] < total:
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent["bytes"] += len(chunk)
+            h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+    http_upstream.routes["/big"] = http_upstream.routes["/search"] = big
+    s = sidecar_factory(f"""
+version: 1
+auth: {{required: false}}
+limits: {{max_response_body_bytes: 1073741824}}
+egress: {{allow_cidrs: ["127.0.0.0/8"]}}
+tools:
+  http_fetch: {{mode: live, timeout: 60s, cache_ttl: 0s}}
+  serpapi: {{mode: live, base_url: "{http_upstream.base_url}", timeout: 60s, cache_ttl: 0s}}
+""", env={"SERPAPI_API_KEY": "k"})
+    rss = lambda: int(next(l for l in open(f"/proc/{s.proc.pid}/status") if l.startswith("VmRSS")).split()[1]) * 1024
+    sock = socket.create_connection(("127.0.0.1", s.proxy_port), timeout=10)
+    target = f"/fetch?url=http%3A%2F%2F127.0.0.1%3A{http_upstream.port}%2Fbig" if route == "fetch" else "/serpapi/search?q=big"
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got = b""
+    while len(got) < 1024 * 1024:
+        got += sock.recv(65536)
+    before = rss()
+    time.sleep(2.0)  # the agent reads nothing; the upstream could send ~GBs over loopback meanwhile
+    held_back = sent["bytes"]
+    grown = rss() - before
+    assert held_back < 64 * 1024 * 1024, f"the upstream wrote {held_back >> 20} MiB to a stalled agent"
+    assert grown < 32 * 1024 * 1024, f"RSS grew {grown >> 20} MiB while the agent was stalled"
+    # Read the rest: the whole body arrives (chunked framing to the agent), nothing lost or duplicated.
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    payload, rest, deadline = 0, body, time.time() + 60
+    while time.time() < deadline:
+        while True:
+            size_line, sep, after = rest.partition(b"\r\n")
+            if not sep:
+                break
+            n = int(size_line, 16)
+            if len(after) < n + 2:
+                break
+            payload += n
+            rest = after[n + 2:]
+            if n == 0:
+                break
+        if rest.startswith(b"0\r\n\r\n") or (payload >= total and rest == b""):
+            break
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        rest += data
+    sock.close()
+    assert payload == total, f"{payload} of {total} bytes"
