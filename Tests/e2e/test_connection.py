@@ -189,8 +189,8 @@ def test_an_agent_that_hangs_up_mid_body_is_logged_client_closed_not_400(sidecar
     assert line["outcome"] == "client_closed" and line["status"] == 0 and line["bytes_out"] == 0, line
 
 
-@pytest.mark.parametrize("route", ["fetch", "serpapi"], ids=["safe-fetch transport", "own pool"])
-def test_a_slow_agent_holds_back_the_upstream_and_memory_stays_bounded(http_upstream, sidecar_factory, route):
+@pytest.mark.parametrize("route", ["fetch", "serpapi", "serpapi-tls"], ids=["safe-fetch transport", "own pool", "async-http-client"])
+def test_a_slow_agent_holds_back_the_upstream_and_memory_stays_bounded(pki, http_upstream, https_upstream, sidecar_factory, route):
     """Backpressure end to end: a 256 MiB upstream answer to an agent that stops reading after 1 MiB. The
     sidecar stops reading the upstream (which then cannot write more than the socket buffers and the
     sidecar's high-water mark hold), its RSS does not grow with the body, and once the agent reads again
@@ -210,15 +210,17 @@ def test_a_slow_agent_holds_back_the_upstream_and_memory_stays_bounded(http_upst
             h.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass
-    http_upstream.routes["/big"] = http_upstream.routes["/search"] = big
+    upstream = https_upstream if route == "serpapi-tls" else http_upstream
+    upstream.routes["/big"] = upstream.routes["/search"] = big
     s = sidecar_factory(f"""
 version: 1
 auth: {{required: false}}
+upstream: {{ca_bundle: "{pki.ca_pem}", http2: true}}
 limits: {{max_response_body_bytes: 1073741824}}
 egress: {{allow_cidrs: ["127.0.0.0/8"]}}
 tools:
   http_fetch: {{mode: live, timeout: 60s, cache_ttl: 0s}}
-  serpapi: {{mode: live, base_url: "{http_upstream.base_url}", timeout: 60s, cache_ttl: 0s}}
+  serpapi: {{mode: live, base_url: "{upstream.base_url}", timeout: 60s, cache_ttl: 0s}}
 """, env={"SERPAPI_API_KEY": "k"})
     rss = lambda: int(next(l for l in open(f"/proc/{s.proc.pid}/status") if l.startswith("VmRSS")).split()[1]) * 1024
     sock = socket.create_connection(("127.0.0.1", s.proxy_port), timeout=10)
