@@ -294,12 +294,29 @@ def mock_sidecar(sidecar_factory):
     return sidecar_factory(MOCK_CONFIG)
 
 
+def assert_log_lines_are_json(sidecar):
+    """Every line is one JSON object, whatever ids, names and header values came in: no log injection
+    (a quote, a backslash, CR/LF or a control character in a value is escaped)."""
+    time.sleep(0.3)
+    for line in sidecar.lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+def metric_series(sidecar) -> set[str]:
+    text = requests.get(f"{sidecar.admin_url}/metrics", timeout=5).text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def test_fuzzed_requests_get_4xx_problems_never_5xx(mock_sidecar):
+    before = metric_series(mock_sidecar)
     statuses = run_cases(mock_sidecar, SEED, case)
+    # Labels come from closed sets: no input, however odd its tool, action or path, adds a series.
+    assert metric_series(mock_sidecar) == before
     # The generator reaches both sides of the line: answered calls and refusals, not only one of them.
     assert statuses.get(200, 0) > CASES // 20 and sum(n for s, n in statuses.items() if s and 400 <= s < 500) > CASES // 10, statuses
     access = mock_sidecar.logs("access")
     assert access and all(line["status"] < 500 for line in access)
+    assert_log_lines_are_json(mock_sidecar)
 
 
 def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
@@ -343,6 +360,7 @@ def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
 
     statuses = run_cases(s, SEED + 1, token_case)
     assert statuses.get(401, 0) > CASES // 2, statuses
+    assert_log_lines_are_json(s)
 
 
 def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
@@ -374,6 +392,7 @@ def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
         assert r.status_code < 500, f"{r.status_code} {r.text[:300]} {where}"
         assert s.proc.poll() is None, where
     assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+    assert_log_lines_are_json(s)
 
 
 # ---------------------------------------------------------------- a hostile upstream
@@ -542,6 +561,7 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
         assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
         print("hostile upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
         assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k and k < 300) > 0, seen
+        assert_log_lines_are_json(s)
     finally:
         s.stop()
         upstream.close()
