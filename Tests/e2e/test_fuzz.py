@@ -570,3 +570,161 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
     finally:
         s.stop()
         upstream.close()
+
+
+# ---------------------------------------------------------------- a hostile HTTP/2 upstream
+
+class HostileH2Upstream:
+    """A TLS server offering only `h2` (ALPN), speaking HTTP/2 through the `h2` package with its own
+    checks off, so it can send what a broken or hostile server would: a status that is no number, two or
+    none, connection-specific or uppercase fields, a content-length the data contradicts, a stream reset
+    or the connection closed mid-body, a GOAWAY. `self.plan` describes the answer to the next request."""
+
+    def __init__(self, context):
+        import ssl
+        self.context = context
+        self.context.set_alpn_protocols(["h2"])
+        self.plan: dict = {}
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.ssl = ssl
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw):
+        import h2.config
+        import h2.connection
+        import h2.events
+        try:
+            conn = self.context.wrap_socket(raw, server_side=True)
+            conn.settimeout(10)
+            h2c = h2.connection.H2Connection(config=h2.config.H2Configuration(
+                client_side=False, validate_outbound_headers=False, normalize_outbound_headers=False,
+                validate_inbound_headers=False))
+            h2c.initiate_connection()
+            conn.sendall(h2c.data_to_send())
+            while True:
+                data = conn.recv(65535)
+                if not data:
+                    return
+                for event in h2c.receive_data(data):
+                    if isinstance(event, h2.events.StreamEnded):
+                        if self._answer(h2c, event.stream_id, dict(self.plan)) == "close":
+                            conn.sendall(h2c.data_to_send())
+                            return
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        return
+                conn.sendall(h2c.data_to_send())
+        except Exception:
+            return  # the h2 package refusing to send a violation, a reset socket: the connection just ends
+        finally:
+            raw.close()
+
+    @staticmethod
+    def _answer(h2c, stream, plan):
+        body = plan["body"]
+        h2c.send_headers(stream, plan["headers"], end_stream=not body and plan["end"])
+        if body:
+            h2c.send_data(stream, body, end_stream=plan["end"])
+        if plan.get("reset"):
+            h2c.reset_stream(stream, error_code=plan["reset"])
+        if plan.get("goaway"):
+            h2c.close_connection()
+        return "close" if plan.get("close") else None
+
+    def close(self):
+        self.sock.close()
+
+
+def hostile_h2_plan(rng: random.Random) -> dict:
+    usage = rng.choice(USAGE_VALUES) if rng.random() < 0.5 else b"7"
+    body = b'{"id":"x","object":"chat.completion","choices":[],"usage":{"total_tokens":' + usage + b"}}"
+    # No status below 100: async-http-client traps on it (the strict xfail below pins that).
+    status = rng.choice([b"200", b"200", b"201", b"204", b"304", b"400", b"500", b"503", b"999", b"abc", b"2000", b"1", b"100", b"103"])
+    headers = [(b":status", status), (b"content-type", b"application/json")]
+    r = rng.random()
+    if r < 0.1:
+        headers = headers[1:]  # no :status at all
+    elif r < 0.2:
+        headers.insert(1, (b":status", b"200"))  # two of them
+    elif r < 0.3:
+        headers.append((b":path", b"/"))  # a request pseudo-header in a response
+    if rng.random() < 0.3:
+        headers.append((b"content-length", rng.choice([b"%d" % len(body), b"%d" % (len(body) + 5), b"1", b"-1", b"abc", b"99999999999999999999"])))
+    for _ in range(rng.randint(0, 2)):
+        name, _, value = rng.choice(HOSTILE_HEADERS).partition(b": ")
+        headers.append((name if rng.random() < 0.8 else name.upper(), value))
+    if rng.random() < 0.1:
+        headers.append((rng.choice([b"connection", b"transfer-encoding", b"keep-alive", b"upgrade"]), b"close"))
+    if rng.random() < 0.05:
+        headers.append((b"x-big", b"v" * 70000))
+    return {"headers": headers, "body": body if rng.random() < 0.85 else b"", "end": rng.random() < 0.85,
+            "reset": rng.choice([0, 0, 0, 1, 2, 8, 11]), "goaway": rng.random() < 0.1, "close": rng.random() < 0.1}
+
+
+def test_a_hostile_http2_upstream_gets_the_agent_an_answer_never_a_crash(pki):
+    """The same promise over HTTP/2 (async-http-client with swift-nio-http2): whatever frames and fields
+    the upstream sends, the agent gets a well-formed answer (or a cut after the head), and the sidecar
+    stays up."""
+    upstream = HostileH2Upstream(pki.server_context())
+    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme="https", ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    rng = random.Random(SEED + 5)
+    seen: dict[int, int] = {}
+    started = time.time()
+    try:
+        for i in range(CASES // 2):
+            if time.time() - started > TIME_LIMIT:
+                break
+            upstream.plan = hostile_h2_plan(rng)
+            method, target, body = rng.choice([c for c in HOSTILE_CALLS if "fetch" not in c[1]])
+            data = encode(method, target, ["Connection: close"], json.dumps(body).encode() if body is not None else None)
+            where = f"(h2, FUZZ_SEED={SEED}, case {i}: upstream plan {upstream.plan!r:.400} to {data[:100]!r})"
+            try:
+                raw = exchange(s.proxy_port, data, patience=2.0)
+            except (OSError, AssertionError) as error:
+                raise AssertionError(f"{error} {where}") from error
+            assert s.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(s.lines[-20:])
+            answers, rest = responses(raw)
+            assert answers or rest, f"no answer at all {where}"
+            assert not rest or (rest.startswith(b"HTTP/1.1 ") and b"\r\n\r\n" in rest), f"{raw[:300]!r} {where}"
+            for status, headers, answer in answers:
+                assert 200 <= status <= 599, where
+                if status >= 500 and headers.get("content-type") == "application/problem+json":
+                    assert json.loads(answer)["code"].startswith("upstream_") or json.loads(answer)["code"] in ("breaker_open", "tool_saturated"), where
+            status = answers[0][0] if answers else int(rest.split(b" ")[1])
+            seen[status] = seen.get(status, 0) + 1
+        print("hostile h2 upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
+        assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+        assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k < 300) > 0, seen
+        assert_log_lines_are_json(s)
+    finally:
+        s.stop()
+        upstream.close()
+
+
+@pytest.mark.xfail(strict=True, reason="async-http-client 1.37.0: an HTTP/2 :status below 100 followed by DATA traps "
+                   "(HTTPRequestStateMachine: 'How can we receive a response body, if we haven't received a head'); "
+                   "the reason upstream.http2 is off by default. When this passes, the library is fixed.")
+@pytest.mark.parametrize("status", [b"099", b"0", b"-1"])
+def test_async_http_client_survives_an_http2_status_below_100(pki, status):
+    upstream = HostileH2Upstream(pki.server_context())
+    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme="https", ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k"})
+    try:
+        upstream.plan = {"headers": [(b":status", status), (b"content-type", b"application/json")], "body": b'{"a":1}',
+                         "end": True, "reset": 0, "goaway": False, "close": False}
+        exchange(s.proxy_port, encode("GET", "/serpapi/search?q=x", ["Connection: close"], None), patience=2.0)
+        time.sleep(0.5)
+        assert s.proc.poll() is None, "the sidecar exited"
+    finally:
+        s.stop(timeout=30)
+        upstream.close()

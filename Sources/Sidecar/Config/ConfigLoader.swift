@@ -48,7 +48,7 @@ public enum ConfigLoader {
             guard FileManager.default.isReadableFile(atPath: ca) else { throw upstream["ca_bundle"].error("file not readable: \(ca)") }
             c.caBundlePath = ca
         }
-        c.http2 = try upstream["http2"].bool(default: true)
+        c.http2 = try upstream["http2"].bool(default: c.http2)
         c.maxConnectionsPerHost = try upstream["max_connections_per_host"].int(default: 256, range: 1...10_000)
 
         let tools = root["tools"]
