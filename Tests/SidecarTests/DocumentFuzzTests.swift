@@ -1,6 +1,7 @@
 import Foundation
 import Policy
 import Testing
+import Upstreams
 
 @testable import Sidecar
 
@@ -10,18 +11,6 @@ import Testing
 /// never crash this process.
 @Suite("Configuration and policy documents under mutation")
 struct DocumentFuzzTests {
-    /// SplitMix64: a fixed seed gives the same mutants on every machine.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let hostileScalars = [
         "-1", "0", "1e400", "-1e400", ".nan", ".inf", "-.inf", "99999999999999999999", "9223372036854775807",
         "-9223372036854775808", "999999999999d", "1e15ms", "-5s", "0s", "0.0000001s", "~", "null", "[]", "{}", "''",
@@ -29,7 +18,7 @@ struct DocumentFuzzTests {
         String(repeating: "a", count: 5000), "25:61", "Mars/Olympus", "Mon-Sun 24:00-25:00", "a:b:c", "&anchor", "*alias",
     ]
 
-    static func mutate(_ text: String, _ rng: inout SeededGenerator) -> String {
+    static func mutate(_ text: String, _ rng: inout SplitMix64) -> String {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         for _ in 0..<Int.random(in: 1...3, using: &rng) {
             guard !lines.isEmpty else { break }
@@ -60,34 +49,31 @@ struct DocumentFuzzTests {
         try String(contentsOfFile: Repository.root + "/deploy/" + name, encoding: .utf8)
     }
 
-    @Test(arguments: ["sidecar.dev.yaml", "sidecar.live.example.yaml"])
-    func configMutantsParseOrAreRefusedWithAMessage(_ file: String) throws {
-        let original = try Self.deployFile(file)
-        var rng = SeededGenerator(state: Self.seed)
+    /// Mutants of one shipped document through `parse`: each parses or is refused with a message (a
+    /// SplitMix64 seed gives the same mutants on every machine); returns how many were refused.
+    static func campaign(_ file: String, seed: UInt64, parse: (String) throws(DocumentError) -> Void) throws -> Int {
+        let original = try deployFile(file)
+        var rng = SplitMix64(seed: seed)
         var refused = 0
-        for _ in 0..<Self.cases {
+        for _ in 0..<cases {
             do {
-                _ = try ConfigLoader.parse(Self.mutate(original, &rng))
+                try parse(mutate(original, &rng))
             } catch {
                 #expect(!error.message.isEmpty)
                 refused += 1
             }
         }
+        return refused
+    }
+
+    @Test(arguments: ["sidecar.dev.yaml", "sidecar.live.example.yaml"])
+    func configMutantsParseOrAreRefusedWithAMessage(_ file: String) throws {
+        let refused = try Self.campaign(file, seed: Self.seed) { text throws(DocumentError) in _ = try ConfigLoader.parse(text) }
         #expect(refused > 100, "the mutations reach the validation, not only the happy path")
     }
 
     @Test func policyMutantsCompileOrAreRefusedWithAMessage() throws {
-        let original = try Self.deployFile("policy.yaml")
-        var rng = SeededGenerator(state: Self.seed &+ 1)
-        var refused = 0
-        for _ in 0..<Self.cases {
-            do {
-                _ = try PolicyRuntime.compile(Self.mutate(original, &rng))
-            } catch {
-                #expect(!error.message.isEmpty)
-                refused += 1
-            }
-        }
+        let refused = try Self.campaign("policy.yaml", seed: Self.seed &+ 1) { text throws(DocumentError) in _ = try PolicyRuntime.compile(text) }
         #expect(refused > 100)
     }
 }

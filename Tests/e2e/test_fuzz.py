@@ -403,28 +403,41 @@ def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
 
 # ---------------------------------------------------------------- a hostile upstream
 
-class HostileUpstream:
-    """A cleartext HTTP/1.1 server on a random port that answers every request with `self.answer` (the
-    bytes of the case under test), then closes or keeps the connection as the case says. The sidecar
-    reaches it through its own pool and response decoder (cleartext base URLs)."""
+class LoopbackServer:
+    """A listening socket on a random loopback port; each accepted connection is served by `_serve` on a
+    thread of its own until `close`."""
 
-    def __init__(self, tls_context=None):
-        self.answer, self.close_after, self.tls = b"", True, tls_context
+    def __init__(self):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self.stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        while not self.stopped:
+        while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
-                return
+                return  # closed
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
+class HostileUpstream(LoopbackServer):
+    """An HTTP/1.1 server (cleartext, or TLS with `tls_context`) that answers every request with
+    `self.answer` (the bytes of the case under test), then closes or keeps the connection as the case
+    says."""
+
+    def __init__(self, tls_context=None):
+        self.answer, self.close_after, self.tls = b"", True, tls_context
+        super().__init__()
 
     def _serve(self, conn):
         conn.settimeout(10)
@@ -454,10 +467,6 @@ class HostileUpstream:
             return
         finally:
             conn.close()
-
-    def close(self):
-        self.stopped = True
-        self.sock.close()
 
 
 HOSTILE_HEADERS = [b"Retry-After: 1e400", b"Retry-After: -5", b"Retry-After: NaN", b"retry-after-ms: inf",
@@ -524,6 +533,49 @@ HOSTILE_CALLS = [
 ]
 
 
+UPSTREAM_PROBLEMS = ("upstream_protocol_error", "upstream_unreachable", "upstream_timeout", "upstream_response_too_large",
+                     "breaker_open", "tool_saturated")
+
+
+def hostile_sidecar(pki, upstream, scheme):
+    return Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme=scheme, ca=pki.ca_pem),
+                   env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+
+
+def run_upstream_cases(s, label, next_case):
+    """The hostile-upstream oracle over CASES // 2 cases (and at most FUZZ_SECONDS): `next_case(i)` sets
+    what the upstream will answer and returns (the agent's request, a description of that answer). Each
+    case ends in complete answers with a status in 200-599 — a 5xx problem only with an upstream-side
+    code — or in one answer cut after its head (a body the sidecar was streaming when the upstream broke
+    off or ran past the deadline can only end with the connection); the sidecar stays up, serves, and
+    writes only JSON lines."""
+    seen: dict[int, int] = {}
+    started = time.time()
+    for i in range(CASES // 2):
+        if time.time() - started > TIME_LIMIT:
+            break
+        data, answer = next_case(i)
+        where = f"({label}, FUZZ_SEED={SEED}, case {i}: upstream {answer} to {data[:120]!r})"
+        try:
+            raw = exchange(s.proxy_port, data, patience=2.0)  # the tools' deadline is 1 s
+        except (OSError, AssertionError) as error:
+            raise AssertionError(f"{error} {where}") from error
+        assert s.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(s.lines[-20:])
+        answers, rest = responses(raw)
+        assert answers or rest, f"no answer at all {where}"
+        assert not rest or (rest.startswith(b"HTTP/1.1 ") and b"\r\n\r\n" in rest), f"{raw[:300]!r} {where}"
+        for status, headers, body in answers:
+            assert 200 <= status <= 599, where
+            if status >= 500 and headers.get("content-type") == "application/problem+json":
+                assert json.loads(body)["code"] in UPSTREAM_PROBLEMS, where
+        status = answers[0][0] if answers else int(rest.split(b" ")[1])
+        seen[status] = seen.get(status, 0) + 1
+    print(f"{label} upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
+    assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+    assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k < 300) > 0, seen
+    assert_log_lines_are_json(s)
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
     """Every answer an upstream can send — malformed, truncated, with hostile wait hints, cache headers,
@@ -532,41 +584,18 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
     sidecar's own pool and safe-fetch transport; TLS reaches async-http-client (HTTP/1.1: the fake
     upstream offers no ALPN) and the safe-fetch transport over TLS."""
     upstream = HostileUpstream(pki.server_context() if scheme == "https" else None)
-    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme=scheme, ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    s = hostile_sidecar(pki, upstream, scheme)
     rng = random.Random(SEED + 3 + (scheme == "https"))
-    seen: dict[int | None, int] = {}
-    started = time.time()
+    count = CASES // 2
+
+    def next_case(i):
+        upstream.answer = hostile_answer(rng, throttle=i >= count * 0.95)
+        upstream.close_after = rng.random() < 0.5
+        method, target, body = rng.choice(HOSTILE_CALLS)
+        raw_body = json.dumps(body).encode() if body is not None else None
+        return encode(method, target.format(port=upstream.port, case=i, scheme=scheme), ["Connection: close"], raw_body), f"answered {upstream.answer[:400]!r}"
     try:
-        count = CASES // 2
-        for i in range(count):
-            if time.time() - started > TIME_LIMIT:
-                break
-            upstream.answer = hostile_answer(rng, throttle=i >= count * 0.95)
-            upstream.close_after = rng.random() < 0.5
-            method, target, body = rng.choice(HOSTILE_CALLS)
-            raw_body = json.dumps(body).encode() if body is not None else None
-            data = encode(method, target.format(port=upstream.port, case=i, scheme=scheme), ["Connection: close"], raw_body)
-            where = f"({scheme}, FUZZ_SEED={SEED}, case {i}: upstream answered {upstream.answer[:400]!r} to {data[:120]!r})"
-            try:
-                raw = exchange(s.proxy_port, data, patience=2.0)  # the tool's deadline is 1 s
-            except (OSError, AssertionError) as error:
-                raise AssertionError(f"{error} {where}") from error
-            assert s.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(s.lines[-20:])
-            answers, rest = responses(raw)
-            # Complete answers, or one cut after its head: a body the sidecar was streaming when the
-            # upstream broke off or ran past the deadline can only end with the connection.
-            assert answers or rest, f"no answer at all {where}"
-            assert not rest or (rest.startswith(b"HTTP/1.1 ") and b"\r\n\r\n" in rest), f"{raw[:300]!r} {where}"
-            for status, headers, answer in answers:
-                if status >= 500 and headers.get("content-type") == "application/problem+json":
-                    assert json.loads(answer)["code"] in ("upstream_protocol_error", "upstream_unreachable", "upstream_timeout",
-                                                          "upstream_response_too_large", "breaker_open", "tool_saturated"), where
-            status = answers[0][0] if answers else int(rest.split(b" ")[1])
-            seen[status] = seen.get(status, 0) + 1
-        assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
-        print("hostile upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
-        assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k and k < 300) > 0, seen
-        assert_log_lines_are_json(s)
+        run_upstream_cases(s, scheme, next_case)
     finally:
         s.stop()
         upstream.close()
@@ -574,32 +603,17 @@ def test_a_hostile_upstream_gets_the_agent_an_answer_never_a_crash(pki, scheme):
 
 # ---------------------------------------------------------------- a hostile HTTP/2 upstream
 
-class HostileH2Upstream:
+class HostileH2Upstream(LoopbackServer):
     """A TLS server offering only `h2` (ALPN), speaking HTTP/2 through the `h2` package with its own
     checks off, so it can send what a broken or hostile server would: a status that is no number, two or
     none, connection-specific or uppercase fields, a content-length the data contradicts, a stream reset
     or the connection closed mid-body, a GOAWAY. `self.plan` describes the answer to the next request."""
 
     def __init__(self, context):
-        import ssl
         self.context = context
         self.context.set_alpn_protocols(["h2"])
         self.plan: dict = {}
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.ssl = ssl
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, raw):
         import h2.config
@@ -642,9 +656,6 @@ class HostileH2Upstream:
             h2c.close_connection()
         return "close" if plan.get("close") else None
 
-    def close(self):
-        self.sock.close()
-
 
 def hostile_h2_plan(rng: random.Random) -> dict:
     usage = rng.choice(USAGE_VALUES) if rng.random() < 0.5 else b"7"
@@ -677,36 +688,16 @@ def test_a_hostile_http2_upstream_gets_the_agent_an_answer_never_a_crash(pki):
     the upstream sends, the agent gets a well-formed answer (or a cut after the head), and the sidecar
     stays up."""
     upstream = HostileH2Upstream(pki.server_context())
-    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme="https", ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    s = hostile_sidecar(pki, upstream, "https")
     rng = random.Random(SEED + 5)
-    seen: dict[int, int] = {}
-    started = time.time()
+    calls = [c for c in HOSTILE_CALLS if "fetch" not in c[1]]  # http_fetch speaks HTTP/1.1 only
+
+    def next_case(i):
+        upstream.plan = hostile_h2_plan(rng)
+        method, target, body = rng.choice(calls)
+        return encode(method, target, ["Connection: close"], json.dumps(body).encode() if body is not None else None), f"plan {upstream.plan!r:.400}"
     try:
-        for i in range(CASES // 2):
-            if time.time() - started > TIME_LIMIT:
-                break
-            upstream.plan = hostile_h2_plan(rng)
-            method, target, body = rng.choice([c for c in HOSTILE_CALLS if "fetch" not in c[1]])
-            data = encode(method, target, ["Connection: close"], json.dumps(body).encode() if body is not None else None)
-            where = f"(h2, FUZZ_SEED={SEED}, case {i}: upstream plan {upstream.plan!r:.400} to {data[:100]!r})"
-            try:
-                raw = exchange(s.proxy_port, data, patience=2.0)
-            except (OSError, AssertionError) as error:
-                raise AssertionError(f"{error} {where}") from error
-            assert s.proc.poll() is None, "sidecar exited " + where + "\n" + "\n".join(s.lines[-20:])
-            answers, rest = responses(raw)
-            assert answers or rest, f"no answer at all {where}"
-            assert not rest or (rest.startswith(b"HTTP/1.1 ") and b"\r\n\r\n" in rest), f"{raw[:300]!r} {where}"
-            for status, headers, answer in answers:
-                assert 200 <= status <= 599, where
-                if status >= 500 and headers.get("content-type") == "application/problem+json":
-                    assert json.loads(answer)["code"].startswith("upstream_") or json.loads(answer)["code"] in ("breaker_open", "tool_saturated"), where
-            status = answers[0][0] if answers else int(rest.split(b" ")[1])
-            seen[status] = seen.get(status, 0) + 1
-        print("hostile h2 upstream: answers by status", dict(sorted(seen.items())), f"in {time.time() - started:.1f} s")
-        assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
-        assert seen.get(502, 0) > 0 and sum(n for k, n in seen.items() if k < 300) > 0, seen
-        assert_log_lines_are_json(s)
+        run_upstream_cases(s, "h2", next_case)
     finally:
         s.stop()
         upstream.close()
@@ -718,7 +709,7 @@ def test_a_hostile_http2_upstream_gets_the_agent_an_answer_never_a_crash(pki):
 @pytest.mark.parametrize("status", [b"099", b"0", b"-1"])
 def test_async_http_client_survives_an_http2_status_below_100(pki, status):
     upstream = HostileH2Upstream(pki.server_context())
-    s = Sidecar(HOSTILE_CONFIG.format(port=upstream.port, scheme="https", ca=pki.ca_pem), env={"SERPAPI_API_KEY": "k"})
+    s = hostile_sidecar(pki, upstream, "https")
     try:
         upstream.plan = {"headers": [(b":status", status), (b"content-type", b"application/json")], "body": b'{"a":1}',
                          "end": True, "reset": 0, "goaway": False, "close": False}

@@ -20,8 +20,7 @@ public struct LimitState: Sendable {
         /// Counts `cost` in the window ending at `expires`; an expired counter starts over.
         mutating func bump(by cost: Int, now: Int64, expires end: Int64) {
             if expires <= now { self = Counter(used: 0, expires: end) }
-            let (sum, overflow) = used.addingReportingOverflow(cost)
-            used = overflow ? Int.max : sum
+            used = used.addingSaturated(cost)
         }
     }
 
@@ -123,8 +122,7 @@ public struct LimitState: Sendable {
                 case .completed(let usage?) where check.kind == .budget:
                     // Saturating: the usage is the upstream's word (up to 9e15 tokens a call), and a
                     // counter past Int.max must pin at "exhausted", not trap.
-                    let (sum, overflow) = c.used.addingReportingOverflow(usage - check.cost)
-                    c.used = overflow ? Int.max : max(0, sum)
+                    c.used = max(0, c.used.addingSaturated(usage - check.cost))
                 case .completed:
                     continue
                 }
@@ -142,5 +140,13 @@ public struct LimitState: Sendable {
             leases[agent] = live.isEmpty ? nil : live
         }
         tats = tats.filter { $0.value > Double(now) }
+    }
+}
+
+extension Int {
+    /// `self + other`, pinned at `Int.max` instead of trapping: a counter that full reads as exhausted.
+    fileprivate func addingSaturated(_ other: Int) -> Int {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? (other > 0 ? .max : .min) : sum
     }
 }

@@ -143,7 +143,7 @@ public final class ResponseCache: Sendable {
         for d in directives {
             for prefix in ["s-maxage=", "max-age="] where d.hasPrefix(prefix) {
                 // Compared in seconds: `max-age=9223372036854775807` must cap, not overflow.
-                if let v = Int64(d.dropFirst(prefix.count)), v > 0 { return v >= cap / 1000 ? cap : min(v * 1000, cap) }
+                if let v = Int64(d.dropFirst(prefix.count)), v > 0 { return v >= cap / 1000 ? cap : v * 1000 }
                 return nil
             }
         }
