@@ -8,12 +8,12 @@ build: setup
 	swift build
 
 # The production build: optimized, with the Swift runtime and Foundation linked in statically, so
-# .build/release/sidecar runs on a host without a Swift toolchain (README, Layout and dependencies).
-# bench/common.sh builds with the same flags.
-RELEASE = -c release --static-swift-stdlib
-
+# the binary runs on a host without a Swift toolchain, and profile-guided (scripts/pgo.sh: an
+# instrumented build, a training run, the build with its profile): .build/pgo/release/sidecar.
+# bench/common.sh builds the same way.
 release: setup
-	swift build $(RELEASE) --product sidecar
+	scripts/pgo.sh
+	@echo "release binary: .build/pgo/release/sidecar"
 
 # Installs what is missing, builds, and runs the sidecar on its embedded default (mocks, no Redis).
 run: build
@@ -38,7 +38,7 @@ bench:
 
 # The chaos experiments (chaos/README in the main README): breaker, retries, cache, gmail, fleet.
 chaos: setup
-	swift build $(RELEASE)
+	scripts/pgo.sh
 	chaos/run.sh
 
 clean:

@@ -3,9 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
-# How the sidecar is built for production (`make release`): the Swift runtime and Foundation linked in
-# statically. The benchmarks build every binary so, the relay floor included.
+# How the sidecar is built for production (`make release`, scripts/pgo.sh): the Swift runtime and
+# Foundation linked in statically, and profile-guided.
+# The relay floor and the upstream ceiling are built with the same flags, without a profile.
 RELEASE=(-c release --static-swift-stdlib)
+SIDECAR_BIN=$PWD/.build/pgo/release/sidecar
+build_sidecar() { scripts/pgo.sh >&2; }
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)

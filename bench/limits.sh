@@ -6,7 +6,7 @@
 source "$(dirname "$0")/common.sh"
 LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and saturation (throughput cost)
 BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
-swift build "${RELEASE[@]}" --product sidecar >&2
+build_sidecar
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -25,7 +25,7 @@ roles:
         rate: {limit: 1000000, per: 1s, burst: 1000000}
         quota: {limit: 1000000000, window: day, timezone: UTC}
 CONF
-mkdir -p "$WORK/keys" && .build/release/sidecar keys init "$WORK/keys" >/dev/null
+mkdir -p "$WORK/keys" && "$SIDECAR_BIN" keys init "$WORK/keys" >/dev/null
 for n in embedded redis; do
   if [[ $n == embedded ]]; then P=$P1; A=$A1; R=""; else P=$P2; A=$A2; R="redis: {url: \"redis://127.0.0.1:$REDIS/0\"}"; fi
   cat > "$WORK/$n.yaml" <<CONF
@@ -42,8 +42,8 @@ done
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
 sleep 0.3
-SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k .build/release/sidecar run --config "$WORK/embedded.yaml" > "$WORK/embedded.log" 2>&1 & PIDS+=($!)
-SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k .build/release/sidecar run --config "$WORK/redis.yaml" > "$WORK/redis.log" 2>&1 & PIDS+=($!)
+SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/embedded.yaml" > "$WORK/embedded.log" 2>&1 & PIDS+=($!)
+SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/redis.yaml" > "$WORK/redis.log" 2>&1 & PIDS+=($!)
 for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
 token() { # admin-port
   local agent; agent=$(curl -fs -X POST "http://127.0.0.1:$1/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \

@@ -3,7 +3,8 @@
 #
 #   backend:  nginx, one worker, `return 200` of a 120-byte JSON body (keep-alive)
 #   nginx:    reverse proxy to the backend with upstream keep-alive, access log on (to a file)
-#   sidecar:  release build; serpapi reverse route (/serpapi/search?q=...) with base_url = the backend,
+#   sidecar:  the production build (profile-guided, scripts/pgo.sh); serpapi reverse route
+#             (/serpapi/search?q=...) with base_url = the backend,
 #             so every request is classified, interpreted, has its key injected and its headers rewritten;
 #             access log on (to a file); authentication off
 #   +auth:    a second sidecar, identical but with authentication on: every request carries an agent
@@ -21,7 +22,9 @@ source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
 BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); PROXY2=$(free_port); ADMIN2=$(free_port); FLOOR=$(free_port)
 
-swift build "${RELEASE[@]}" >&2  # all three executables: sidecar, upstream-ceiling, relay-floor
+build_sidecar
+swift build "${RELEASE[@]}" --product relay-floor >&2
+swift build "${RELEASE[@]}" --product upstream-ceiling >&2
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
@@ -57,8 +60,8 @@ CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
 .build/release/relay-floor "$FLOOR" "$BACKEND" > "$WORK/floor.log" 2>&1 & FLOOR_PID=$!; PIDS+=($FLOOR_PID)
-SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
-SERPAPI_API_KEY=bench-key .build/release/sidecar run --config "$WORK/sidecar-auth.yaml" > "$WORK/sidecar-auth.log" 2>&1 & SIDECAR_AUTH=$!; PIDS+=($SIDECAR_AUTH)
+SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
+SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar-auth.yaml" > "$WORK/sidecar-auth.log" 2>&1 & SIDECAR_AUTH=$!; PIDS+=($SIDECAR_AUTH)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$ADMIN2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 ADMIN_TOKEN=$(cat "$WORK/state-on/admin.token")
 AGENT=$(curl -fs -X POST "http://127.0.0.1:$ADMIN2/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
@@ -130,5 +133,5 @@ REPORT="$OUT/dataplane-$(date -u +%Y%m%dT%H%M%SZ).txt"
   errors sidecar-auth | sed 's/^/sidecar+auth: /'
   errors floor | sed 's/^/floor: /'
   echo "token verification on one core (sidecar bench tokens):"
-  .build/release/sidecar bench tokens --seconds 2 | sed 's/^/  /'
+  "$SIDECAR_BIN" bench tokens --seconds 2 | sed 's/^/  /'
 } | tee "$REPORT"

@@ -2,7 +2,7 @@
 a bounded load driver, /metrics and access-log readers, and PASS/FAIL reporting.
 
 Everything binds 127.0.0.1 on random ports and is stopped by PID. The sidecar binary is
-$SIDECAR_BIN, else .build/release/sidecar, else .build/debug/sidecar."""
+$SIDECAR_BIN, else .build/pgo/release/sidecar (make release), else .build/debug/sidecar."""
 
 import os
 import re
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if "SIDECAR_BIN" not in os.environ:
-    release = ROOT / ".build" / "release" / "sidecar"
+    release = ROOT / ".build" / "pgo" / "release" / "sidecar"
     os.environ["SIDECAR_BIN"] = str(release if release.exists() else ROOT / ".build" / "debug" / "sidecar")
 sys.path.insert(0, str(ROOT / "Tests" / "e2e"))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every chaos experiment (or those named: chaos/run.sh 01 03) and prints a summary.
-# Uses $SIDECAR_BIN, else .build/release/sidecar, else .build/debug/sidecar.
+# Uses $SIDECAR_BIN, else .build/pgo/release/sidecar (make release), else .build/debug/sidecar.
 set -u
 cd "$(dirname "$0")"
 status=0

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The production build, profile-guided: `make release` runs this; the benchmarks and chaos experiments
+# build the sidecar through it too. The binary is .build/pgo/release/sidecar.
+#
+#   1. an instrumented release build (.build/pgo-train), LLVM IR counters in every Swift module;
+#   2. a training run of it (scripts/pgo-train.py: the serpapi route with authentication off and on,
+#      the forward proxy, OpenAI chat, the /api/proxy-request envelope, refusals) writing the counters;
+#   3. the release build (.build/pgo) compiled with the merged profile (-ir-profile-use): LLVM lays out
+#      hot paths straight, inlines along them and keeps cold code out of the way.
+#
+# Steps 1-2 run again only when the sources changed (a hash of Sources/, Package.swift and the two
+# scripts); the instrumented build is incremental. A new profile recompiles every module of step 3 (the
+# compiler does not track the profile file, so an incremental build would keep code optimized for the
+# old one); with an unchanged profile step 3 is incremental. Flags as in the Makefile: the Swift runtime
+# linked in statically.
+# The same build without a profile is `swift build -c release --static-swift-stdlib` (.build/release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE=(-c release --static-swift-stdlib)
+TOOLBIN=$(dirname "$(readlink -f "$(command -v swift)")")
+PROFILE=$PWD/.build/pgo-profile/sidecar.profdata
+KEY=$( (cat Package.swift scripts/pgo.sh scripts/pgo-train.py; find Sources -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16)
+if [[ ! -f "$PROFILE" || "$(cat .build/pgo-profile/key 2>/dev/null)" != "$KEY" ]]; then
+  RUNTIME=$(ls -d "$TOOLBIN"/../lib/clang/*/lib/linux | head -1)
+  swift build "${BASE[@]}" --build-path .build/pgo-train --product sidecar \
+    -Xswiftc -Xfrontend -Xswiftc -ir-profile-generate \
+    -Xswiftc -L"$RUNTIME" -Xswiftc -lclang_rt.profile-"$(uname -m)" -Xlinker -u -Xlinker __llvm_profile_runtime
+  RAW=.build/pgo-profile/raw
+  rm -rf "$RAW" && mkdir -p "$RAW"
+  LLVM_PROFILE_FILE=$PWD/$RAW/%p.profraw python3 scripts/pgo-train.py .build/pgo-train/release/sidecar
+  "$TOOLBIN/llvm-profdata" merge -o "$PROFILE" "$RAW"/*.profraw
+  rm -rf "$RAW" ".build/pgo/$(uname -m)-unknown-linux-gnu"
+  echo "$KEY" > .build/pgo-profile/key
+fi
+swift build "${BASE[@]}" --build-path .build/pgo --product sidecar -Xswiftc -Xfrontend -Xswiftc -ir-profile-use="$PROFILE"
