@@ -27,7 +27,7 @@ if [[ ! -f "$PROFILE" || "$(cat .build/pgo-profile/key 2>/dev/null)" != "$KEY" ]
     -Xswiftc -L"$RUNTIME" -Xswiftc -lclang_rt.profile-"$(uname -m)" -Xlinker -u -Xlinker __llvm_profile_runtime
   RAW=.build/pgo-profile/raw
   rm -rf "$RAW" && mkdir -p "$RAW"
-  LLVM_PROFILE_FILE=$PWD/$RAW/%p.profraw python3 scripts/pgo-train.py .build/pgo-train/release/sidecar
+  SIDECAR_BIN=$PWD/.build/pgo-train/release/sidecar LLVM_PROFILE_FILE=$PWD/$RAW/%p.profraw python3 scripts/pgo-train.py
   "$TOOLBIN/llvm-profdata" merge -o "$PROFILE" "$RAW"/*.profraw
   rm -rf "$RAW" ".build/pgo/$(uname -m)-unknown-linux-gnu"
   echo "$KEY" > .build/pgo-profile/key
