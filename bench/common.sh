@@ -3,10 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
-# How the sidecar is built for production (`make release`, scripts/pgo.sh): the Swift runtime and
-# Foundation linked in statically, and profile-guided.
-# The relay floor and the upstream ceiling are built with the same flags, without a profile.
-RELEASE=(-c release --static-swift-stdlib)
+# How the sidecar is built for production (`make release`, scripts/pgo.sh): scripts/release-flags.sh,
+# and profile-guided. The relay floor and the upstream ceiling are built with the same flags, without a
+# profile.
+source scripts/release-flags.sh
 SIDECAR_BIN=$PWD/.build/pgo/release/sidecar
 build_sidecar() { scripts/pgo.sh >&2; }
 OUT=${OUT:-bench/results}
