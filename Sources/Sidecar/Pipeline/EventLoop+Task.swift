@@ -5,7 +5,7 @@ extension EventLoop {
     /// to a stage that has to wait, and back). Returns how to cancel that task, e.g. when the agent goes
     /// away.
     func run<Value: Sendable>(
-        inTask body: @escaping @Sendable () async -> Value, then: @escaping @Sendable (Value) -> Void
+        inTask body: @escaping @Sendable () async -> Value, then: @escaping @Sendable (consuming Value) -> Void
     ) -> @Sendable () -> Void {
         let task = Task {
             let value = await body()

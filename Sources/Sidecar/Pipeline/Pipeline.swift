@@ -101,7 +101,7 @@ final class Pipeline: Sendable {
     /// `then` gets the answer once, on `loop` — at once, before this returns, when nothing had to wait
     /// (a refusal, a mock). Returns how to cancel the request.
     func start(
-        _ request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
+        _ request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
     ) -> @Sendable () -> Void {
         let prepared: Prepared
         do {
@@ -151,7 +151,7 @@ final class Pipeline: Sendable {
     /// The rest of the call (admit, credential, upstream), from a task.
     private func callInTask(
         _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
-        then: @escaping @Sendable (Handled) -> Void
+        then: @escaping @Sendable (consuming Handled) -> Void
     ) -> @Sendable () -> Void {
         continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
             try await self.call(prepared, record: &r)
@@ -162,7 +162,7 @@ final class Pipeline: Sendable {
     /// limits, when any, admitted the call).
     private func startCall(
         _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: consuming RequestRecord,
-        on loop: any EventLoop, then: @escaping @Sendable (Handled) -> Void
+        on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
     ) -> @Sendable () -> Void {
         let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
@@ -177,7 +177,10 @@ final class Pipeline: Sendable {
             let traits = adapters.adapter(for: outbound.call.tool).traits(of: outbound.call)
             if let cancel = resilience.start(
                 outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record,
-                then: { outcome in then(self.answered(outcome.result, outbound, admitted: admitted, request: request, record: outcome.record, on: loop)) })
+                then: { outcome in
+                    let (result, record) = outcome.parts()
+                    then(self.answered(result, outbound, admitted: admitted, request: request, record: record, on: loop))
+                })
             {
                 return cancel
             }
@@ -204,7 +207,7 @@ final class Pipeline: Sendable {
             let call = try result.get()
             let response = try received(call.response, release: call.release, outbound, record: &record)
             let answer = proxyResponse(response, release: call.release, admitted: admitted, requestID: request.requestID, on: loop)
-            return self.answer(answer, record: record)
+            return self.answer(answer, record: consume record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
             if record.upstreamDuration == nil, let start = record.upstreamStart { record.upstreamDuration = .now - start }
@@ -214,7 +217,7 @@ final class Pipeline: Sendable {
 
     /// The rest of a request in a task; its answer goes to `then` on the loop.
     private func continued(
-        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (Handled) -> Void,
+        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (consuming Handled) -> Void,
         _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
     ) -> @Sendable () -> Void {
         loop.run(inTask: {

@@ -147,9 +147,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             state = .collecting(head: head, body: body, record: record)
         case .end:
             guard case .collecting(let head, let body, var record) = state else { return }
+            state = .processing  // first: the record is then this one's alone, and changes it in place
             record.bytesIn = body?.readableBytes ?? 0
-            state = .processing
-            start(InboundRequest(head: head, body: body, requestID: record.requestID), record: record, context: context)
+            start(InboundRequest(head: head, body: body, requestID: record.requestID), record: consume record, context: context)
         }
     }
 
@@ -234,7 +234,10 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func armIdleCheck(at deadline: NIODeadline) {
         guard let context else { return }
-        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in self?.idleCheckFired() }
+        // Strong, not weak: the check is cancelled when the handler is removed or the channel goes
+        // inactive, and a weak reference would give the handler a side table, sending every retain and
+        // release of it (several per request) down the runtime's slow path.
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.idleCheckFired() }
     }
 
     private func idleCheckFired() {
@@ -309,7 +312,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let answeredBefore = answered
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let head = request.head
-        let cancel = shared.pipeline.start(request, record: record, on: context.eventLoop) { handled in
+        let cancel = shared.pipeline.start(request, record: consume record, on: context.eventLoop) { handled in
             handler.value.respond(handled, to: head)
         }
         // An answer that was ready at once has been written already (and the next queued request may
@@ -334,7 +337,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let limit: Int
         switch Self.wholeBody(response, record: &handled.record) {
         case .whole(let answer, let body):
-            respondWhole(answer, body: body, to: request, record: handled.record)
+            // Consumed: a record still held here would be copied when the write fills it in.
+            respondWhole(answer, body: body, to: request, record: (consume handled).record)
             return response.completion.start()
         case .stream(let body, let l):
             (stream, limit) = (body, l)

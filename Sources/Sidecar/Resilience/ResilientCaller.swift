@@ -123,7 +123,7 @@ final class ResilientCaller: Sendable {
     /// and a generic copy of the outcome per request.
     func start(
         _ request: UpstreamRequest, traits: CallTraits, cacheKey: String?, on loop: any EventLoop, record: RequestRecord,
-        then: @escaping @Sendable (Outcome) -> Void
+        then: @escaping @Sendable (consuming Outcome) -> Void
     ) -> (@Sendable () -> Void)? {
         guard cacheKey == nil else { return nil }
         var c = Call(request, traits: traits, cacheKey: nil)
@@ -169,11 +169,12 @@ final class ResilientCaller: Sendable {
         let caller: ResilientCaller
         /// Touched only on `loop`, in `answered`.
         var call: Call
-        let begun: RequestRecord
+        /// Taken by `answered` (once): a record still held here would be copied by the next change.
+        var begun: RequestRecord?
         let loop: any EventLoop
-        let then: @Sendable (Outcome) -> Void
+        let then: @Sendable (consuming Outcome) -> Void
 
-        init(caller: ResilientCaller, call: Call, begun: RequestRecord, loop: any EventLoop, then: @escaping @Sendable (Outcome) -> Void, cancel: @escaping @Sendable () -> Void) {
+        init(caller: ResilientCaller, call: Call, begun: RequestRecord, loop: any EventLoop, then: @escaping @Sendable (consuming Outcome) -> Void, cancel: @escaping @Sendable () -> Void) {
             self.caller = caller
             self.call = call
             self.begun = begun
@@ -189,12 +190,12 @@ final class ResilientCaller: Sendable {
             case .failure(let e): sent = .failure(HTTPClientTransport.classify(e))
             }
             let caller = self.caller
+            let begun = self.begun.take()!
             guard let reason = caller.assess(&call, sent) else {
                 return then(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try caller.settleAttempt(&call, sent, record: &r).result })
             }
             // A retry waits (budget, backoff): it continues in a task.
             let attempted = call
-            let begun = self.begun
             replace(loop.run(inTask: {
                 await Outcome.of(begun) { (r: inout RequestRecord) throws(GatewayError) in
                     var c = attempted
@@ -208,6 +209,10 @@ final class ResilientCaller: Sendable {
     struct Outcome: Sendable {
         var result: Swift.Result<Result, GatewayError>
         var record: RequestRecord
+
+        /// The result and the record, moved out: the next stage changes the record, and one still held
+        /// here would make that change copy it.
+        consuming func parts() -> (Swift.Result<Result, GatewayError>, RequestRecord) { (result, record) }
 
         static func now(_ record: consuming RequestRecord, _ body: (inout RequestRecord) throws(GatewayError) -> Result) -> Outcome {
             do { return Outcome(result: .success(try body(&record)), record: record) } catch {
@@ -223,7 +228,7 @@ final class ResilientCaller: Sendable {
     }
 
     private func continued(
-        on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (Outcome) -> Void,
+        on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (consuming Outcome) -> Void,
         _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> Result
     ) -> @Sendable () -> Void {
         loop.run(inTask: { await Outcome.of(record, body) }, then: then)

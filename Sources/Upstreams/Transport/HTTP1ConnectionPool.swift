@@ -200,8 +200,11 @@ final class Exchange: BodyStreamOwner, @unchecked Sendable {
 
     func armDeadline() {
         guard deadline == nil else { return }
-        deadline = loop.scheduleTask(deadline: request.deadline) { [weak self] in
-            self?.abort(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
+        // Strong, not weak (a weak reference gives the exchange a side table: slow-path retains for
+        // the rest of its life); the timer is cancelled when the exchange finishes or fails, which
+        // ends the cycle, and if it fires the exchange fails.
+        deadline = loop.scheduleTask(deadline: request.deadline) {
+            self.abort(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
         }
     }
 

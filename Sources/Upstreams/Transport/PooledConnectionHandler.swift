@@ -40,7 +40,10 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadlineTimer?.cancel()
+        self.context = nil
+    }
 
     /// Writes the exchange's request (on the loop).
     func run(_ exchange: Exchange, reused: Bool) {
@@ -75,9 +78,10 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         if deadlineTimer != nil, deadlineTimerAt <= deadline { return }
         deadlineTimer?.cancel()
         deadlineTimerAt = deadline
-        deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
-            self?.deadlineTimerFired()
-        }
+        // A strong capture: the timer is cancelled when the channel goes inactive. A weak one would give
+        // the handler a side table, and every retain and release of it (several per request) would
+        // take the runtime's slow path.
+        deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.deadlineTimerFired() }
     }
 
     private func deadlineTimerFired() {
