@@ -178,8 +178,8 @@ final class Pipeline: Sendable {
             if let cancel = resilience.start(
                 outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record,
                 then: { outcome in
-                    let (result, record) = outcome.parts()
-                    then(self.answered(result, outbound, admitted: admitted, request: request, record: record, on: loop))
+                    let (result, record) = (consume outcome).parts()
+                    then(self.answered(result, outbound, admitted: admitted, request: request, record: consume record, on: loop))
                 })
             {
                 return cancel

@@ -313,7 +313,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let head = request.head
         let cancel = shared.pipeline.start(request, record: consume record, on: context.eventLoop) { handled in
-            handler.value.respond(handled, to: head)
+            handler.value.respond(consume handled, to: head)
         }
         // An answer that was ready at once has been written already (and the next queued request may
         // have started, with its own cancel): only a pending call keeps this one.
@@ -337,8 +337,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let limit: Int
         switch Self.wholeBody(response, record: &handled.record) {
         case .whole(let answer, let body):
-            // Consumed: a record still held here would be copied when the write fills it in.
-            respondWhole(answer, body: body, to: request, record: (consume handled).record)
+            // Moved on (`consume`): a record still held here would be copied when the write fills it in.
+            let record = (consume handled).record
+            respondWhole(answer, body: body, to: request, record: consume record)
             return response.completion.start()
         case .stream(let body, let l):
             (stream, limit) = (body, l)

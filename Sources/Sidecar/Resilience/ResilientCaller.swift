@@ -192,7 +192,7 @@ final class ResilientCaller: Sendable {
             let caller = self.caller
             let begun = self.begun.take()!
             guard let reason = caller.assess(&call, sent) else {
-                return then(Outcome.now(begun) { (r: inout RequestRecord) throws(GatewayError) in try caller.settleAttempt(&call, sent, record: &r).result })
+                return then(Outcome.now(consume begun) { (r: inout RequestRecord) throws(GatewayError) in try caller.settleAttempt(&call, sent, record: &r).result })
             }
             // A retry waits (budget, backoff): it continues in a task.
             let attempted = call
