@@ -169,7 +169,7 @@ final class ResilientCaller: Sendable {
         let caller: ResilientCaller
         /// Touched only on `loop`, in `answered`.
         var call: Call
-        /// Taken by `answered` (once): a record still held here would be copied by the next change.
+        /// Taken by `answered`: a record still held here would be copied by the next change.
         var begun: RequestRecord?
         let loop: any EventLoop
         let then: @Sendable (consuming Outcome) -> Void
@@ -190,7 +190,8 @@ final class ResilientCaller: Sendable {
             case .failure(let e): sent = .failure(HTTPClientTransport.classify(e))
             }
             let caller = self.caller
-            let begun = self.begun.take()!
+            // The transport answers once; were a second answer ever to come, there is no one left to give it to.
+            guard let begun = self.begun.take() else { return }
             guard let reason = caller.assess(&call, sent) else {
                 return then(Outcome.now(consume begun) { (r: inout RequestRecord) throws(GatewayError) in try caller.settleAttempt(&call, sent, record: &r).result })
             }
