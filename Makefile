@@ -7,9 +7,10 @@ setup:
 build: setup
 	swift build
 
-# The production build: optimized, with the Swift runtime and Foundation linked in statically, so
-# the binary runs on a host without a Swift toolchain, and profile-guided (scripts/pgo.sh: an
-# instrumented build, a training run, the build with its profile): .build/pgo/release/sidecar.
+# The production build: optimized with the flags of scripts/release-flags.sh (the Swift runtime and
+# Foundation linked in statically, so the binary runs on a host without a Swift toolchain; cross-module
+# optimization; no run-time exclusivity checks) and profile-guided (scripts/pgo.sh: an instrumented
+# build, a training run, the build with its profile): .build/pgo/release/sidecar.
 # bench/common.sh builds the same way.
 release: setup
 	scripts/pgo.sh
