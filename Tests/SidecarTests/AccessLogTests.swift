@@ -47,3 +47,23 @@ struct AccessLogTests {
         #expect((line["duration_ms"] as? NSNumber)?.doubleValue == 12.045)
     }
 }
+
+/// The record keeps its fields in one copy-on-write box; copies handed to other stages must not see each
+/// other's changes (a stage's record is a value, as before the box).
+@Suite("Request record value semantics")
+struct RequestRecordValueTests {
+    @Test func copiesAreIndependent() {
+        var first = RequestRecord(requestID: "r-1", method: "GET", start: .now)
+        first.tool = .serpapi
+        let snapshot = first
+        first.outcome = "upstream_timeout"
+        first.bytesOut = 10
+        first.agentID = "a"
+        var second = snapshot
+        second.status = 200
+        #expect(snapshot.outcome == "ok" && snapshot.bytesOut == 0 && snapshot.agentID == nil && snapshot.status == 0)
+        #expect(first.outcome == "upstream_timeout" && first.status == 0 && first.tool == .serpapi)
+        #expect(second.status == 200 && second.outcome == "ok" && second.tool == .serpapi && second.requestID == "r-1")
+        #expect(second.start == first.start)
+    }
+}

@@ -93,11 +93,16 @@ struct ResilientCallerTests {
         func put(_ key: String, _ response: CachedResponse) { entries.withLock { $0[key] = response } }
     }
 
+    /// A deadline far enough away that no test meets it: a retry is refused when it cannot finish
+    /// before the deadline, and with the suite's tests sharing two cooperative threads a slow run once
+    /// took a retry test past a 5 s deadline (the retry was never sent).
+    static var deadline: NIODeadline { .now() + .seconds(300) }
+
     static func serp(_ q: String = "coffee") throws -> (UpstreamRequest, CallTraits, String) {
         let adapter = SerpAPIAdapter()
         let call = try adapter.interpret(ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: "q=\(q)")))
         let request = UpstreamRequest(call: call, method: .GET, url: TargetURL(scheme: "https", host: "serpapi.com", path: "/search", query: "q=\(q)"),
-                                      headers: [:], body: nil, deadline: .now() + .seconds(5))
+                                      headers: [:], body: nil, deadline: deadline)
         return (request, adapter.traits(of: call), ResponseCache.serpAPIKey(call))
     }
 
@@ -106,7 +111,7 @@ struct ResilientCallerTests {
         let body = #"{"raw":"VG86IGFAZXhhbXBsZS5jb20NClN1YmplY3Q6IGhpDQoNCmhp"}"#
         let call = try adapter.interpret(ToolRequest(method: .POST, path: "/gmail/v1/users/me/messages/send", headers: ["Content-Type": "application/json"], body: ByteBuffer(string: body)))
         let request = UpstreamRequest(call: call, method: .POST, url: TargetURL(scheme: "https", host: "gmail.googleapis.com", path: "/gmail/v1/users/me/messages/send"),
-                                      headers: [:], body: ByteBuffer(string: body), deadline: .now() + .seconds(5))
+                                      headers: [:], body: ByteBuffer(string: body), deadline: deadline)
         return (request, adapter.traits(of: call))
     }
 
