@@ -16,13 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/release-flags.sh
-BASE=("${RELEASE[@]}")
 TOOLBIN=$(dirname "$(readlink -f "$(command -v swift)")")
 PROFILE=$PWD/.build/pgo-profile/sidecar.profdata
 KEY=$( (cat Package.swift scripts/pgo.sh scripts/release-flags.sh scripts/pgo-train.py; find Sources -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16)
 if [[ ! -f "$PROFILE" || "$(cat .build/pgo-profile/key 2>/dev/null)" != "$KEY" ]]; then
   RUNTIME=$(ls -d "$TOOLBIN"/../lib/clang/*/lib/linux | head -1)
-  swift build "${BASE[@]}" --build-path .build/pgo-train --product sidecar \
+  swift build "${RELEASE[@]}" --build-path .build/pgo-train --product sidecar \
     -Xswiftc -Xfrontend -Xswiftc -ir-profile-generate \
     -Xswiftc -L"$RUNTIME" -Xswiftc -lclang_rt.profile-"$(uname -m)" -Xlinker -u -Xlinker __llvm_profile_runtime
   RAW=.build/pgo-profile/raw
@@ -32,4 +31,4 @@ if [[ ! -f "$PROFILE" || "$(cat .build/pgo-profile/key 2>/dev/null)" != "$KEY" ]
   rm -rf "$RAW" ".build/pgo/$(uname -m)-unknown-linux-gnu"
   echo "$KEY" > .build/pgo-profile/key
 fi
-swift build "${BASE[@]}" --build-path .build/pgo --product sidecar -Xswiftc -Xfrontend -Xswiftc -ir-profile-use="$PROFILE"
+swift build "${RELEASE[@]}" --build-path .build/pgo --product sidecar -Xswiftc -Xfrontend -Xswiftc -ir-profile-use="$PROFILE"

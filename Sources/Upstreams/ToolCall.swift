@@ -30,51 +30,34 @@ public struct ToolRequest: Sendable {
 
 /// One classified tool call: the tool, its action, and the typed parameters policy decides on.
 ///
-/// A value held in one immutable box: after interpretation a call is copied into every stage (the
-/// prepared call, the outbound request, the resilience call, the pool's exchange), and a copy of the
-/// bare fields cost a retain and a release per string, header list and buffer in it — over a dozen —
-/// where the box costs one. The few changes (streamed OpenAI calls asking for usage, tests) build a
-/// new box.
+/// Kept in one `CopyOnWrite` box: after interpretation a call is copied into every stage (the prepared
+/// call, the outbound request, the resilience call, the pool's exchange), and a copy of the bare fields
+/// cost a retain and a release per string, header list and buffer in it — over a dozen — where the box
+/// costs one.
+@dynamicMemberLookup
 public struct ToolCall: Sendable {
-    private final class Fields: Sendable {
-        let tool: Tool
-        let action: String
-        let request: ToolRequest
-        let parameters: ToolParameters
-
-        init(tool: Tool, action: String, request: ToolRequest, parameters: ToolParameters) {
-            self.tool = tool
-            self.action = action
-            self.request = request
-            self.parameters = parameters
-        }
+    public struct Fields: Sendable {
+        public var tool: Tool
+        public var action: String
+        public var request: ToolRequest
+        public var parameters: ToolParameters
     }
 
-    private var fields: Fields
+    private var fields: CopyOnWrite<Fields>
 
-    public var tool: Tool {
-        get { fields.tool }
-        set { fields = Fields(tool: newValue, action: action, request: request, parameters: parameters) }
-    }
-    public var action: String {
-        get { fields.action }
-        set { fields = Fields(tool: tool, action: newValue, request: request, parameters: parameters) }
-    }
-    public var request: ToolRequest {
-        get { fields.request }
-        set { fields = Fields(tool: tool, action: action, request: newValue, parameters: parameters) }
-    }
-    public var parameters: ToolParameters {
-        get { fields.parameters }
-        set { fields = Fields(tool: tool, action: action, request: request, parameters: newValue) }
+    public subscript<T>(dynamicMember key: KeyPath<Fields, T>) -> T { fields.value[keyPath: key] }
+
+    public subscript<T>(dynamicMember key: WritableKeyPath<Fields, T>) -> T {
+        get { fields.value[keyPath: key] }
+        _modify { yield &fields.value[keyPath: key] }
     }
 
     public init(tool: Tool, action: String, request: ToolRequest, parameters: ToolParameters) {
-        fields = Fields(tool: tool, action: action, request: request, parameters: parameters)
+        fields = CopyOnWrite(Fields(tool: tool, action: action, request: request, parameters: parameters))
     }
 
     /// `tool:action`, the key of scopes and policy rules.
-    public var scope: String { "\(tool.rawValue):\(action)" }
+    public var scope: String { "\(self.tool.rawValue):\(self.action)" }
 }
 
 /// The parameters of a call that a policy may guard, extracted once by the tool's adapter.

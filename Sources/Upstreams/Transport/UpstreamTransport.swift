@@ -4,79 +4,39 @@ import NIOHTTP1
 
 /// The request as it will leave the sidecar: final URL, cleaned and injected headers, body.
 ///
-/// Copy-on-write over one box (as NIO's `HTTPRequestHead`): the request is copied into the resilience
-/// call, the pool's exchange and the retry state, and each copy of the bare fields — the tool call, the
-/// URL's strings, the header list, the body — cost a retain and a release apiece. Changes made while
-/// it is built (the credential, `Accept-Encoding`) happen in place, the box being unshared then.
+/// Kept in one `CopyOnWrite` box: the request is copied into the resilience call, the pool's exchange
+/// and the retry state, and each copy of the bare fields — the tool call, the URL's strings, the header
+/// list, the body — cost a retain and a release apiece. Changes made while it is built (the credential,
+/// `Accept-Encoding`) happen in place, the box being unshared then.
+@dynamicMemberLookup
 public struct UpstreamRequest: Sendable {
-    private final class Fields: @unchecked Sendable {  // changed only while uniquely referenced
-        var call: ToolCall
-        var method: HTTPMethod
-        var url: TargetURL
-        var headers: HTTPHeaders
-        var body: ByteBuffer?
-        var deadline: NIODeadline
-        var egressAllow: [CIDR] = []
-
-        init(call: ToolCall, method: HTTPMethod, url: TargetURL, headers: HTTPHeaders, body: ByteBuffer?, deadline: NIODeadline) {
-            self.call = call
-            self.method = method
-            self.url = url
-            self.headers = headers
-            self.body = body
-            self.deadline = deadline
-        }
-
-        func copy() -> Fields {
-            let c = Fields(call: call, method: method, url: url, headers: headers, body: body, deadline: deadline)
-            c.egressAllow = egressAllow
-            return c
-        }
+    public struct Fields: Sendable {
+        /// The classified call this request was built from (mocks, chaos and breakers key on it).
+        public var call: ToolCall
+        public var method: HTTPMethod
+        public var url: TargetURL
+        public var headers: HTTPHeaders
+        public var body: ByteBuffer?
+        /// The overall deadline of the call; every attempt and the whole response body must fit in it.
+        public var deadline: NIODeadline
+        /// http_fetch: internal ranges the policy grants this call, on top of the configured ones.
+        public var egressAllow: [CIDR] = []
     }
 
-    private var fields: Fields
+    private var fields: CopyOnWrite<Fields>
 
-    private mutating func unshare() {
-        if !isKnownUniquelyReferenced(&fields) { fields = fields.copy() }
-    }
+    public subscript<T>(dynamicMember key: KeyPath<Fields, T>) -> T { fields.value[keyPath: key] }
 
-    /// The classified call this request was built from (mocks, chaos and breakers key on it).
-    public var call: ToolCall {
-        get { fields.call }
-        _modify { unshare(); yield &fields.call }
-    }
-    public var method: HTTPMethod {
-        get { fields.method }
-        _modify { unshare(); yield &fields.method }
-    }
-    public var url: TargetURL {
-        get { fields.url }
-        _modify { unshare(); yield &fields.url }
-    }
-    public var headers: HTTPHeaders {
-        get { fields.headers }
-        _modify { unshare(); yield &fields.headers }
-    }
-    public var body: ByteBuffer? {
-        get { fields.body }
-        _modify { unshare(); yield &fields.body }
-    }
-    /// The overall deadline of the call; every attempt and the whole response body must fit in it.
-    public var deadline: NIODeadline {
-        get { fields.deadline }
-        _modify { unshare(); yield &fields.deadline }
-    }
-    /// http_fetch: internal ranges the policy grants this call, on top of the configured ones.
-    public var egressAllow: [CIDR] {
-        get { fields.egressAllow }
-        _modify { unshare(); yield &fields.egressAllow }
+    public subscript<T>(dynamicMember key: WritableKeyPath<Fields, T>) -> T {
+        get { fields.value[keyPath: key] }
+        _modify { yield &fields.value[keyPath: key] }
     }
 
-    public var tool: Tool { call.tool }
-    public var action: String { call.action }
+    public var tool: Tool { self.call.tool }
+    public var action: String { self.call.action }
 
     public init(call: ToolCall, method: HTTPMethod, url: TargetURL, headers: HTTPHeaders, body: ByteBuffer?, deadline: NIODeadline) {
-        fields = Fields(call: call, method: method, url: url, headers: headers, body: body, deadline: deadline)
+        fields = CopyOnWrite(Fields(call: call, method: method, url: url, headers: headers, body: body, deadline: deadline))
     }
 }
 
