@@ -20,20 +20,24 @@ public enum FieldSyntax {
     /// A field name or method: a non-empty token.
     public static func isToken(_ s: String) -> Bool {
         var s = s
-        return s.withUTF8 { bytes in
-            guard !bytes.isEmpty else { return false }
-            for b in bytes where !member(b, tokenLow, tokenHigh) { return false }
-            return true
-        }
+        return s.withUTF8 { isToken($0) }
+    }
+
+    public static func isToken(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard !bytes.isEmpty else { return false }
+        for b in bytes where !member(b, tokenLow, tokenHigh) { return false }
+        return true
     }
 
     /// A field value (or reason phrase) without control characters other than HTAB.
     public static func isValue(_ s: String) -> Bool {
         var s = s
-        return s.withUTF8 { bytes in
-            for b in bytes where (b < 0x20 && b != 0x09) || b == 0x7F { return false }
-            return true
-        }
+        return s.withUTF8 { isValue($0) }
+    }
+
+    public static func isValue(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        for b in bytes where (b < 0x20 && b != 0x09) || b == 0x7F { return false }
+        return true
     }
 
     /// Bytes allowed literally in a request-target; anything else must have been percent-encoded.

@@ -16,20 +16,30 @@ public enum HeaderRules {
     public static func upstreamHeaders(
         from agentHeaders: HTTPHeaders, tool: Tool, target: TargetURL, requestID: String
     ) -> HTTPHeaders {
-        forwarded(agentHeaders, host: target.authority, requestID: requestID) { field in
+        upstreamHeaders(from: agentHeaders, tool: tool, authority: target.authority, requestID: requestID)
+    }
+
+    /// As above, with the target's authority (`Host`) already formatted.
+    public static func upstreamHeaders(
+        from agentHeaders: HTTPHeaders, tool: Tool, authority: String, requestID: String
+    ) -> HTTPHeaders {
+        forwarded(agentHeaders, host: authority, requestID: requestID) { field in
             switch field {
-            case .hopByHop, .neverUpstream, .requestID, .via: true
+            case .hopByHop, .neverUpstream, .contentLength, .requestID, .via: true
             case .agentCredential: tool.isBrokered
             case .other: false
             }
         }
     }
 
-    /// The headers the agent sees from an upstream response.
-    public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String) -> HTTPHeaders {
+    /// The headers the agent sees from an upstream response. `dropLength`: the body may no longer be
+    /// the length the upstream declared (its credential echoes are scrubbed), so its `Content-Length`
+    /// is left out here, in the same pass, and the answer is framed for what is actually sent.
+    public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String, dropLength: Bool = false) -> HTTPHeaders {
         forwarded(upstreamHeaders, host: nil, requestID: requestID) { field in
             switch field {
             case .hopByHop, .requestID, .via: true
+            case .contentLength: dropLength
             case .neverUpstream, .agentCredential, .other: false
             }
         }
@@ -42,28 +52,44 @@ public enum HeaderRules {
         _ source: HTTPHeaders, host: String?, requestID: String, drops: (HeaderName.Class) -> Bool
     ) -> HTTPHeaders {
         let named = connectionNamed(source)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(source.count + 3)
+        // Collected as pairs and wrapped once: `HTTPHeaders.add` checks each name for non-ASCII bytes
+        // again (a closure per byte), and these names come from a message that was parsed or built
+        // field by field already; the encoders check every field before it is written.
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(source.count + 3)
         var via: String?
         for (name, value) in source where !named.contains(name) {
             let field = HeaderName.classify(name)
             if case .via = field { via = via.map { $0 + ", " + value } ?? value }
-            if !drops(field) { headers.add(name: name, value: value) }
+            if !drops(field) { fields.append((name, value)) }
         }
-        if let host { headers.add(name: "Host", value: host) }
-        headers.add(name: "Via", value: via.map { $0 + ", " + viaValue } ?? viaValue)
-        headers.add(name: "X-Request-Id", value: requestID)
-        return headers
+        if let host { fields.append(("Host", host)) }
+        fields.append(("Via", via.map { $0 + ", " + viaValue } ?? viaValue))
+        fields.append(("X-Request-Id", requestID))
+        return HTTPHeaders(fields)
     }
 
     /// Field names listed in `Connection` / `Proxy-Connection` (they are hop-by-hop too). Usually none.
     static func connectionNamed(_ headers: HTTPHeaders) -> ConnectionNamed {
         var names: [String] = []
         for (name, value) in headers where HeaderName.classify(name).isConnection {
-            // The usual `keep-alive` / `close` names nothing and should cost nothing.
-            Substring(value).forEachPiece(separatedBy: UInt8(ascii: ",")) { piece in
-                let token = piece.trimmingOWS
-                if !token.isEmpty, !HeaderName.classify(token).isHopByHop { names.append(String(token)) }
+            // The usual `keep-alive` / `close` names nothing and should cost nothing: the value is
+            // walked as bytes, and only a name that is not hop-by-hop already becomes a string.
+            var value = value
+            value.withUTF8 { bytes in
+                var start = 0
+                while start <= bytes.count {
+                    var end = start
+                    while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
+                    var (from, to) = (start, end)
+                    while from < to, bytes[from] == UInt8(ascii: " ") || bytes[from] == UInt8(ascii: "\t") { from += 1 }
+                    while to > from, bytes[to - 1] == UInt8(ascii: " ") || bytes[to - 1] == UInt8(ascii: "\t") { to -= 1 }
+                    let token = UnsafeBufferPointer(rebasing: bytes[from..<to])
+                    if !token.isEmpty, !HeaderName.classify(bytes: token).isHopByHop {
+                        names.append(String(decoding: token, as: UTF8.self))
+                    }
+                    start = end + 1
+                }
             }
         }
         return ConnectionNamed(names: names)
@@ -86,6 +112,8 @@ public enum HeaderName {
         case hopByHop(connection: Bool)
         /// Client addresses, sidecar-internal controls and framing the proxy recomputes.
         case neverUpstream
+        /// `Content-Length`: recomputed on the way up; kept on the way down unless the body may change.
+        case contentLength
         /// Credentials an agent might send for a brokered tool (the sidecar injects the real one).
         case agentCredential
         case requestID
@@ -109,7 +137,7 @@ public enum HeaderName {
         ("trailer", .hopByHop(connection: false)), ("upgrade", .hopByHop(connection: false)),
         ("transfer-encoding", .hopByHop(connection: false)), ("proxy-authorization", .hopByHop(connection: false)),
         ("proxy-authenticate", .hopByHop(connection: false)),
-        ("host", .neverUpstream), ("content-length", .neverUpstream), ("expect", .neverUpstream),
+        ("host", .neverUpstream), ("content-length", .contentLength), ("expect", .neverUpstream),
         ("x-forwarded-for", .neverUpstream), ("x-forwarded-host", .neverUpstream), ("x-forwarded-proto", .neverUpstream),
         ("x-forwarded-port", .neverUpstream), ("forwarded", .neverUpstream), ("x-real-ip", .neverUpstream),
         ("x-agent-token", .neverUpstream), ("x-agent-id", .neverUpstream), ("x-run-id", .neverUpstream),
@@ -126,12 +154,18 @@ public enum HeaderName {
         return buckets
     }()
 
-    static func classify<S: StringProtocol>(_ name: S) -> Class {
-        let count = name.utf8.count
+    static func classify(_ name: String) -> Class {
+        var name = name
+        return name.withUTF8 { classify(bytes: $0) }
+    }
+
+    /// The class of a field name given as its bytes (walked in place: no string per comparison).
+    static func classify(bytes name: UnsafeBufferPointer<UInt8>) -> Class {
+        let count = name.count
         guard count < byLength.count else { return .other }
         let bucket = byLength[count]
         if bucket.isEmpty { return .other }
-        for entry in bucket where matches(name.utf8, lowercase: entry.name) { return entry.class }
+        for entry in bucket where matches(name, lowercase: entry.name) { return entry.class }
         return .other
     }
 
@@ -153,13 +187,11 @@ public enum HeaderName {
         return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
     }
 
-    private static func matches<U: Sequence<UInt8>>(_ bytes: U, lowercase: [UInt8]) -> Bool {
-        var i = 0
-        for b in bytes {
-            if lower(b) != lowercase[i] { return false }
-            i += 1
+    private static func matches(_ bytes: UnsafeBufferPointer<UInt8>, lowercase: [UInt8]) -> Bool {
+        lowercase.withUnsafeBufferPointer { expected in
+            for i in 0..<bytes.count where lower(bytes[i]) != expected[i] { return false }
+            return true
         }
-        return true
     }
 
     @inline(__always) private static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }

@@ -55,6 +55,17 @@ struct HeaderRulesTests {
         #expect(out["content-type"] == ["text/event-stream"])
     }
 
+    /// The upstream's `Content-Length` is relayed as it is unless the body was rewritten (scrubbed), and
+    /// never forwarded upstream from the agent (the encoder frames the body it sends).
+    @Test func contentLengthIsKeptDownstreamUnlessTheBodyChangesAndNeverForwardedUp() {
+        let upstream = HTTPHeaders([("Content-Length", "42"), ("Content-Type", "application/json")])
+        #expect(HeaderRules.agentHeaders(from: upstream, requestID: "r")["content-length"] == ["42"])
+        #expect(HeaderRules.agentHeaders(from: upstream, requestID: "r", dropLength: true)["content-length"].isEmpty)
+        let target = TargetURL(scheme: "https", host: "serpapi.com")
+        let up = HeaderRules.upstreamHeaders(from: upstream, tool: .serpapi, target: target, requestID: "r")
+        #expect(up["content-length"].isEmpty && up["content-type"] == ["application/json"])
+    }
+
     @Test(arguments: [
         ("Connection", true), ("CONNECTION", true), ("connection", true), ("Keep-Alive", true), ("te", true), ("TE", true),
         ("Transfer-Encoding", true), ("Proxy-Authorization", true), ("proxy-authenticate", true), ("Upgrade", true),

@@ -114,4 +114,16 @@ struct ReusableBufferTests {
         buffer.writeField(field.0, field.1)
         #expect(String(buffer: buffer) == "HTTP/1.1 200 OK\r\n\(field.0): \(field.1)\r\n")
     }
+
+    /// A field that is not valid HTTP (a name that is not a token, a value with a control character) is
+    /// refused whole: nothing of it reaches the buffer.
+    @Test(arguments: [
+        ("X-A", "1", true), ("X-Utf8", "caf\u{e9}", true), ("X-Empty", "", true), ("X A", "1", false), ("", "1", false),
+        ("X-A", "a\r\nInjected: 1", false), ("X-A", "nul\u{0}", false), ("X:A", "1", false),
+    ])
+    func writeFieldIfValidWritesOnlyValidFields(name: String, value: String, valid: Bool) {
+        var buffer = ByteBuffer(string: "head\r\n")
+        #expect(buffer.writeFieldIfValid(name, value) == valid)
+        #expect(String(buffer: buffer) == (valid ? "head\r\n\(name): \(value)\r\n" : "head\r\n"))
+    }
 }

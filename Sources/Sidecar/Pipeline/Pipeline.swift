@@ -206,7 +206,8 @@ final class Pipeline: Sendable {
         do throws(GatewayError) {
             let call = try result.get()
             let response = try received(call.response, release: call.release, outbound, record: &record)
-            let answer = proxyResponse(response, release: call.release, admitted: admitted, requestID: request.requestID, on: loop)
+            let answer = proxyResponse(
+                response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty, on: loop)
             return self.answer(answer, record: consume record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
@@ -360,15 +361,17 @@ final class Pipeline: Sendable {
             await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
             throw error
         }
-        return proxyResponse(response, release: release, admitted: admitted, requestID: outbound.requestID)
+        return proxyResponse(response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty)
     }
 
     /// The upstream answer as the agent's: usage metered for budgets, headers cleaned, and what to do
     /// once the body has been written (free the bulkhead slot, settle the limits).
     ///
+    /// `scrubbed`: the body passes the credential scrubber (`received`), so its length may change.
     /// `loop`: where a loop-path call settles its limits without a task (nil: in a task).
     func proxyResponse(
-        _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, on loop: (any EventLoop)? = nil
+        _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, scrubbed: Bool,
+        on loop: (any EventLoop)? = nil
     ) -> ProxyResponse {
         var response = response
         if let meter = admitted?.meter {
@@ -396,7 +399,7 @@ final class Pipeline: Sendable {
             completion = .sync(release)
         }
         return ProxyResponse(
-            status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: requestID),
+            status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: requestID, dropLength: scrubbed),
             body: body, completion: completion)
     }
 
@@ -494,14 +497,14 @@ final class Pipeline: Sendable {
                 response = result.response
                 release = result.release
             } catch {
-                record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
+                record.upstreamDuration = MonotonicInstant.now - record.upstreamStart!
                 throw error
             }
         } else {
             do {
                 response = try await transport.send(outbound.upstream)
             } catch {
-                record.upstreamDuration = ContinuousClock.now - record.upstreamStart!
+                record.upstreamDuration = MonotonicInstant.now - record.upstreamStart!
                 throw GatewayError(error)
             }
         }
@@ -524,8 +527,8 @@ final class Pipeline: Sendable {
         if !scrubber.isEmpty {
             response.headers = scrubber.scrub(response.headers)
             response.body = response.body.scrubbed(by: scrubber)
-            // Replacing a secret changes the length; the framing is recomputed for what is sent.
-            response.headers.remove(name: "content-length")
+            // Replacing a secret changes the length: `proxyResponse` leaves the upstream's
+            // `Content-Length` out (`dropLength`), and the framing is recomputed for what is sent.
         }
         return response
     }

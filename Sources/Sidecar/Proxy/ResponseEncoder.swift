@@ -49,8 +49,8 @@ enum ResponseEncoder {
         let reason = head.status.reasonPhrase
         if FieldSyntax.isValue(reason) { buffer.writeString(reason) }
         buffer.writeStaticString("\r\n")
-        for (name, value) in head.headers where head.framing.keeps(name) && FieldSyntax.isToken(name) && FieldSyntax.isValue(value) {
-            buffer.writeField(name, value)
+        for (name, value) in head.headers where head.framing.keeps(name) {
+            buffer.writeFieldIfValid(name, value)
         }
         if let length = head.framing.length { buffer.writeField("Content-Length", String(length)) }
         if head.framing.chunked { buffer.writeStaticString("Transfer-Encoding: chunked\r\n") }

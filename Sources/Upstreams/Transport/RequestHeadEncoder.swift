@@ -28,10 +28,7 @@ enum RequestHeadEncoder {
             url.query.map(FieldSyntax.isRequestTarget) ?? true
         else { return nil }
         var size = method.utf8.count + url.path.utf8.count + (url.query?.utf8.count ?? 0) + 40
-        for (name, value) in request.headers {
-            guard FieldSyntax.isToken(name), FieldSyntax.isValue(value) else { return nil }
-            size += name.utf8.count + value.utf8.count + 4
-        }
+        for (name, value) in request.headers { size += name.utf8.count + value.utf8.count + 4 }
         let length: Int? =
             if let body = request.body { body.readableBytes } else if request.method.carriesBody { 0 } else { nil }
         let coalesce = (request.body?.readableBytes ?? 0) <= coalesceLimit
@@ -46,8 +43,15 @@ enum RequestHeadEncoder {
             buffer.writeString(query)
         }
         buffer.writeStaticString(" HTTP/1.1\r\n")
-        for (name, value) in request.headers where !isFraming(name) {
-            buffer.writeField(name, value)
+        // Each field is checked on the bytes it is copied from; one that is not valid HTTP refuses the
+        // whole request (the buffer is dropped, nothing has been sent). The framing fields are the
+        // encoder's own to write, but are checked too.
+        for (name, value) in request.headers {
+            if isFraming(name) {
+                guard FieldSyntax.isToken(name), FieldSyntax.isValue(value) else { return nil }
+            } else {
+                guard buffer.writeFieldIfValid(name, value) else { return nil }
+            }
         }
         if let length { buffer.writeField("Content-Length", String(length)) }
         buffer.writeStaticString("\r\n")
