@@ -52,8 +52,10 @@ public struct EntryClassifier: Sendable {
         .gmailSend: ["gmail.googleapis.com"],
     ]
 
-    /// Reverse-route prefixes whose rest is the upstream path, with their trailing slash.
-    private static let reversePrefixes: [(Tool, String)] = [(.openai, Tool.openai.reversePrefix + "/"), (.serpapi, Tool.serpapi.reversePrefix + "/")]
+    /// Reverse-route prefixes whose rest is the upstream path, with their trailing slash, as bytes.
+    private static let reversePrefixes: [(Tool, [UInt8])] = [
+        (.openai, Array((Tool.openai.reversePrefix + "/").utf8)), (.serpapi, Array((Tool.serpapi.reversePrefix + "/").utf8)),
+    ]
 
     public func tool(forHost host: String) -> Tool { toolByHost[host.lowercased()] ?? .httpFetch }
 
@@ -74,39 +76,43 @@ public struct EntryClassifier: Sendable {
     }
 
     private func classifyOriginForm(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {
-        // Byte-wise: request-targets are ASCII (the decoder refuses anything else), and comparing
-        // Characters would cost a grapheme walk per request.
-        let path: Substring
-        let query: String?
-        if let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) {
-            path = uri[..<q]
-            query = String(uri[uri.utf8.index(after: q)...])
-        } else {
-            path = Substring(uri)
-            query = nil
-        }
-        if path.utf8.elementsEqual("/api/proxy-request".utf8) {
-            return method == .POST ? .success(.compat) : .failure(.methodNotAllowed(allowed: ["POST"]))
-        }
-        if path.utf8.elementsEqual("/fetch".utf8) {
-            guard let raw = QueryString(parsing: query).first("url"), !raw.isEmpty else {
-                return .failure(.invalidTarget("/fetch needs a url query parameter"))
+        // Byte-wise, on the target's own bytes: request-targets are ASCII (the decoder refuses anything
+        // else), comparing Characters would cost a grapheme walk, and String.UTF8View indices a check
+        // per step; only the path and query that are kept become strings.
+        var uri = uri
+        return uri.withUTF8 { bytes in
+            let q = bytes.firstIndex(of: UInt8(ascii: "?"))
+            let path = UnsafeBufferPointer(rebasing: bytes[..<(q ?? bytes.count)])
+            let query = q.map { String(decoding: UnsafeBufferPointer(rebasing: bytes[($0 + 1)...]), as: UTF8.self) }
+            if Self.bytes(path, equal: "/api/proxy-request") {
+                return method == .POST ? .success(.compat) : .failure(.methodNotAllowed(allowed: ["POST"]))
             }
-            do {
-                let target = try TargetURL.parse(raw)
-                return .success(.tool(entry: .reverse, tool: .httpFetch, path: target.path, query: target.query, target: target))
-            } catch {
-                return .failure(.invalidTarget(error.reason))
+            if Self.bytes(path, equal: "/fetch") {
+                guard let raw = QueryString(parsing: query).first("url"), !raw.isEmpty else {
+                    return .failure(.invalidTarget("/fetch needs a url query parameter"))
+                }
+                do throws(TargetURLError) {
+                    let target = try TargetURL.parse(raw)
+                    return .success(.tool(entry: .reverse, tool: .httpFetch, path: target.path, query: target.query, target: target))
+                } catch {
+                    return .failure(.invalidTarget(error.reason))
+                }
             }
+            for (tool, prefix) in Self.reversePrefixes where path.starts(with: prefix) {
+                // The upstream path keeps the prefix's trailing slash.
+                let rest = String(decoding: UnsafeBufferPointer(rebasing: path[(prefix.count - 1)...]), as: UTF8.self)
+                return .success(.tool(entry: .reverse, tool: tool, path: rest, query: query, target: nil))
+            }
+            // Gmail's real API paths start with /gmail/v1/, so the prefix is kept in the upstream path.
+            if path.starts(with: "/gmail/".utf8) {
+                return .success(.tool(entry: .reverse, tool: .gmailSend, path: String(decoding: path, as: UTF8.self), query: query, target: nil))
+            }
+            return .failure(.routeNotFound)
         }
-        for (tool, prefix) in Self.reversePrefixes where path.utf8.starts(with: prefix.utf8) {
-            let rest = path.utf8.index(path.utf8.startIndex, offsetBy: prefix.utf8.count - 1)
-            return .success(.tool(entry: .reverse, tool: tool, path: String(path[rest...]), query: query, target: nil))
-        }
-        // Gmail's real API paths start with /gmail/v1/, so the prefix is kept in the upstream path.
-        if path.utf8.starts(with: "/gmail/".utf8) {
-            return .success(.tool(entry: .reverse, tool: .gmailSend, path: String(path), query: query, target: nil))
-        }
-        return .failure(.routeNotFound)
+    }
+
+    private static func bytes(_ bytes: UnsafeBufferPointer<UInt8>, equal literal: StaticString) -> Bool {
+        bytes.count == literal.utf8CodeUnitCount
+            && bytes.elementsEqual(UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
     }
 }

@@ -11,14 +11,23 @@ public struct QueryString: Sendable, Hashable {
     public init(_ items: [(name: String, value: String)] = []) { self.items = items }
 
     public init(parsing raw: String?) {
+        guard var raw, !raw.isEmpty else { self.items = []; return }
         var items: [(name: String, value: String)] = []
-        guard let raw, !raw.isEmpty else { self.items = []; return }
-        Substring(raw).forEachPiece(separatedBy: UInt8(ascii: "&")) { pair in
-            guard !pair.isEmpty else { return }
-            if let eq = pair.utf8.firstIndex(of: UInt8(ascii: "=")) {
-                items.append((QueryString.decode(pair[..<eq]), QueryString.decode(pair[pair.utf8.index(after: eq)...])))
-            } else {
-                items.append((QueryString.decode(pair), ""))
+        // Walked as bytes in place: no substring or index check per step, one string per name and value.
+        raw.withUTF8 { bytes in
+            var start = 0
+            while start < bytes.count {
+                var end = start
+                while end < bytes.count, bytes[end] != UInt8(ascii: "&") { end += 1 }
+                if end > start {
+                    let pair = UnsafeBufferPointer(rebasing: bytes[start..<end])
+                    if let eq = pair.firstIndex(of: UInt8(ascii: "=")) {
+                        items.append((Self.decode(UnsafeBufferPointer(rebasing: pair[..<eq])), Self.decode(UnsafeBufferPointer(rebasing: pair[(eq + 1)...]))))
+                    } else {
+                        items.append((Self.decode(pair), ""))
+                    }
+                }
+                start = end + 1
             }
         }
         self.items = items
@@ -58,20 +67,25 @@ public struct QueryString: Sendable, Hashable {
         }
     }
 
-    static func decode<S: StringProtocol>(_ s: S) -> String {
+    static func decode(_ s: String) -> String {
+        var s = s
+        return s.withUTF8 { decode($0) }
+    }
+
+    static func decode(_ s: UnsafeBufferPointer<UInt8>) -> String {
         // Most names and values need no decoding at all.
-        if !s.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) { return String(s) }
+        if !s.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "+") }) { return String(decoding: s, as: UTF8.self) }
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(s.utf8.count)
-        var it = Array(s.utf8)[...]
-        while let b = it.popFirst() {
+        bytes.reserveCapacity(s.count)
+        var i = 0
+        while i < s.count {
+            let b = s[i]
+            i += 1
             if b == UInt8(ascii: "+") {
                 bytes.append(UInt8(ascii: " "))
-            } else if b == UInt8(ascii: "%"), it.count >= 2,
-                let hi = hexValue(it[it.startIndex]), let lo = hexValue(it[it.startIndex + 1])
-            {
+            } else if b == UInt8(ascii: "%"), i + 1 < s.count, let hi = hexValue(s[i]), let lo = hexValue(s[i + 1]) {
                 bytes.append(hi << 4 | lo)
-                it = it.dropFirst(2)
+                i += 2
             } else {
                 bytes.append(b)
             }
