@@ -103,14 +103,26 @@ struct AccessLog: Sendable {
 /// JSON pieces written as bytes.
 enum JSONBytes {
     static func string(_ value: String, into s: inout [UInt8]) {
-        s.append(UInt8(ascii: "\""))
-        // Ids, names and codes need no escaping: copied in one piece.
-        if !value.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            s.append(contentsOf: value.utf8)
+        var value = value
+        value.withUTF8 { bytes in
             s.append(UInt8(ascii: "\""))
-            return
+            // Ids, names and codes need no escaping: checked and copied as bytes, in one piece.
+            var clean = true
+            for b in bytes where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") {
+                clean = false
+                break
+            }
+            if clean {
+                s.append(contentsOf: bytes)
+            } else {
+                escape(bytes, into: &s)
+            }
+            s.append(UInt8(ascii: "\""))
         }
-        for b in value.utf8 {
+    }
+
+    private static func escape(_ bytes: UnsafeBufferPointer<UInt8>, into s: inout [UInt8]) {
+        for b in bytes {
             switch b {
             case UInt8(ascii: "\""): s.append(contentsOf: #"\""#.utf8)
             case UInt8(ascii: "\\"): s.append(contentsOf: #"\\"#.utf8)
@@ -125,7 +137,6 @@ enum JSONBytes {
             default: s.append(b)
             }
         }
-        s.append(UInt8(ascii: "\""))
     }
 
     static func integer(_ value: Int, into s: inout [UInt8]) {

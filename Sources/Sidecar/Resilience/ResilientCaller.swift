@@ -357,13 +357,25 @@ final class ResilientCaller: Sendable {
     /// retried, or nil when its answer is final.
     private func assess(_ c: inout Call, _ sent: Sent) -> RetryPolicy.Reason? {
         let tool = c.tool
-        let outcome = Self.outcome(status: sent.status, error: sent.error)
+        // Taken apart once: each `sent.status` / `sent.error` / `case .response(let r) = sent` copied
+        // the whole response (headers, body) out of the enum.
+        let status: Int?
+        let error: UpstreamError?
+        var throttleWait: Int64?
+        switch sent {
+        case .response(let r):
+            (status, error) = (Int(r.status.code), nil)
+            if r.status == .tooManyRequests { throttleWait = RetryPolicy.serverDelay(r.headers) }
+        case .failure(let e):
+            (status, error) = (nil, e)
+        }
+        let outcome = Self.outcome(status: status, error: error)
         recordBreaker(key: c.breakerKey, tool: tool, outcome: outcome, probe: c.probe && c.attempt == 1)
-        if case .response(let r) = sent, r.status == .tooManyRequests, let wait = RetryPolicy.serverDelay(r.headers) {
+        if let wait = throttleWait {
             let t = now()
             breakers.withLock { b in b[c.breakerKey]?.onThrottleHint(waitMilliseconds: wait, now: t) }
         }
-        let reason = RetryPolicy.reason(tool: tool, traits: c.traits, method: c.request.method, status: sent.status, error: sent.error)
+        let reason = RetryPolicy.reason(tool: tool, traits: c.traits, method: c.request.method, status: status, error: error)
         guard let reason, c.attempt < settings.tools[tool]!.retry.maxAttempts, !c.probe else { return nil }
         return reason
     }
