@@ -27,6 +27,14 @@ struct AccessLogTests {
         }
     }
 
+    /// The record's monotonic instants subtract to a `Duration` in nanoseconds, either way round.
+    @Test func monotonicInstantsSubtractToDurations() {
+        let a = MonotonicInstant(nanoseconds: 1_000_000_000)
+        let b = MonotonicInstant(nanoseconds: 1_012_045_000)
+        #expect(b - a == .microseconds(12_045) && a - b == .microseconds(-12_045) && a < b)
+        #expect(AccessLog.ms(b - a) == "12.045")
+    }
+
     @Test func fieldsAreTheRecordsAndEscaped() throws {
         var record = RequestRecord(requestID: "id\"with\\quote\n", method: "GET", start: .now)
         record.tool = .serpapi

@@ -1,3 +1,4 @@
+import NIOCore
 import Upstreams
 
 /// Everything the access log line and the request metrics say about one request.
@@ -37,12 +38,12 @@ struct RequestRecord: Sendable {
         var mock = false
         var bytesIn = 0
         var bytesOut = 0
-        let start: ContinuousClock.Instant
-        var upstreamStart: ContinuousClock.Instant?
+        let start: MonotonicInstant
+        var upstreamStart: MonotonicInstant?
         var upstreamDuration: Duration?
         var totalDuration: Duration?
 
-        init(requestID: String, method: String, start: ContinuousClock.Instant) {
+        init(requestID: String, method: String, start: MonotonicInstant) {
             self.requestID = requestID
             self.method = method
             self.start = start
@@ -51,7 +52,7 @@ struct RequestRecord: Sendable {
 
     private var fields: CopyOnWrite<Fields>
 
-    init(requestID: String, method: String, start: ContinuousClock.Instant) {
+    init(requestID: String, method: String, start: MonotonicInstant) {
         fields = CopyOnWrite(Fields(requestID: requestID, method: method, start: start))
     }
 
@@ -65,4 +66,21 @@ struct RequestRecord: Sendable {
     var toolLabel: String { self.tool?.rawValue ?? "none" }
     var actionLabel: String { self.action ?? "none" }
     var statusClass: String { self.status == 0 ? "none" : "\(self.status / 100)xx" }
+}
+
+/// A monotonic instant as a plain count of nanoseconds (NIO's uptime clock).
+///
+/// `ContinuousClock.Instant` is a resilient standard-library type: a record holding one has a layout
+/// known only at run time, so every copy and destroy of the record's fields went through the runtime's
+/// generic value witnesses. This one is a `UInt64`.
+struct MonotonicInstant: Sendable, Comparable {
+    let nanoseconds: UInt64
+
+    static var now: MonotonicInstant { MonotonicInstant(nanoseconds: NIODeadline.now().uptimeNanoseconds) }
+
+    static func - (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Duration {
+        .nanoseconds(Int64(lhs.nanoseconds) - Int64(rhs.nanoseconds))
+    }
+
+    static func < (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
 }

@@ -53,7 +53,7 @@ extension Pipeline {
             throw GatewayError(HTTPClientTransport.classify(error))
         }
         await response.completion.run()
-        record.upstreamDuration = record.upstreamStart.map { ContinuousClock.now - $0 }
+        record.upstreamDuration = record.upstreamStart.map { MonotonicInstant.now - $0 }
         let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
         let ok = (200..<300).contains(response.status.code)
         let envelope: JSONValue = [
@@ -62,7 +62,7 @@ extension Pipeline {
             "metadata": [
                 "tool": .string(tool.rawValue), "action": .string(call.action), "request_id": .string(request.requestID),
                 "upstream_status": .number(Double(response.status.code)), "mock": .bool(record.mock),
-                "duration_ms": .number(Double(Int((ContinuousClock.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((ContinuousClock.now - record.start).components.seconds) * 1000)),
+                "duration_ms": .number(Double(Int((MonotonicInstant.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((MonotonicInstant.now - record.start).components.seconds) * 1000)),
             ],
         ]
         return ResponseMapper.json(envelope, status: ok ? .ok : response.status, requestID: request.requestID)

@@ -299,7 +299,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Records a finished request: one access log line and the request metrics.
     private func complete(_ record: inout RequestRecord) {
-        record.totalDuration = ContinuousClock.now - record.start
+        record.totalDuration = MonotonicInstant.now - record.start
         shared.metrics.inFlight.decrement()
         shared.finish(record)
     }

@@ -139,10 +139,15 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
 public struct UpstreamBody: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
 
+    /// `client` and `stream` are boxed (`indirect`): `AsyncThrowingStream` is a resilient standard-library
+    /// type, and one payload of unknown layout made every copy and destroy of this enum — and of every
+    /// response, result and future value holding it, several per request — go through the runtime's
+    /// generic enum witnesses (`swift_getEnumCaseMultiPayload`). Boxed, the layout is fixed and a copy is
+    /// a switch and a retain.
     enum Storage: Sendable {
         case chunks([ByteBuffer], delay: Duration)
-        case client(HTTPClientResponse.Body)
-        case stream(AsyncThrowingStream<ByteBuffer, any Error>)
+        indirect case client(HTTPClientResponse.Body)
+        indirect case stream(AsyncThrowingStream<ByteBuffer, any Error>)
         case bodyStream(BodyStream)
         indirect case scrubbed(UpstreamBody, SecretScrubber)
         indirect case observed(UpstreamBody, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
