@@ -48,18 +48,26 @@ public enum HeaderRules {
     /// One pass for either direction: every field named in `Connection` and every field `drops` names is
     /// left out; the message's `Via` values are gathered into one with ours appended; `Host` (when given),
     /// `Via` and the request id close the list.
+    ///
+    /// Each name is classified once. A `Connection` value that names a field (rare: the usual
+    /// `keep-alive` / `close` name nothing) sends the message down a second pass that knows the names
+    /// first, because a named field may come before the `Connection` field that names it.
     private static func forwarded(
-        _ source: HTTPHeaders, host: String?, requestID: String, drops: (HeaderName.Class) -> Bool
+        _ source: HTTPHeaders, host: String?, requestID: String, named: ConnectionNamed? = nil,
+        drops: (HeaderName.Class) -> Bool
     ) -> HTTPHeaders {
-        let named = connectionNamed(source)
         // Collected as pairs and wrapped once: `HTTPHeaders.add` checks each name for non-ASCII bytes
         // again (a closure per byte), and these names come from a message that was parsed or built
         // field by field already; the encoders check every field before it is written.
         var fields: [(String, String)] = []
         fields.reserveCapacity(source.count + 3)
         var via: String?
-        for (name, value) in source where !named.contains(name) {
+        for (name, value) in source {
+            if let named, named.contains(name) { continue }
             let field = HeaderName.classify(name)
+            if named == nil, field.isConnection, !ConnectionNamed(value: value).names.isEmpty {
+                return forwarded(source, host: host, requestID: requestID, named: connectionNamed(source), drops: drops)
+            }
             if case .via = field { via = via.map { $0 + ", " + value } ?? value }
             if !drops(field) { fields.append((name, value)) }
         }
@@ -73,8 +81,22 @@ public enum HeaderRules {
     static func connectionNamed(_ headers: HTTPHeaders) -> ConnectionNamed {
         var names: [String] = []
         for (name, value) in headers where HeaderName.classify(name).isConnection {
-            // The usual `keep-alive` / `close` names nothing and should cost nothing: the value is
-            // walked as bytes, and only a name that is not hop-by-hop already becomes a string.
+            names += ConnectionNamed(value: value).names
+        }
+        return ConnectionNamed(names: names)
+    }
+
+    /// The extra hop-by-hop names of one message, compared case-insensitively.
+    struct ConnectionNamed {
+        let names: [String]
+
+        init(names: [String]) { self.names = names }
+
+        /// The names one `Connection` value lists that are not hop-by-hop already. The usual
+        /// `keep-alive` / `close` names nothing and costs nothing: the value is walked as bytes, and only
+        /// a name that is not hop-by-hop already becomes a string.
+        init(value: String) {
+            var names: [String] = []
             var value = value
             value.withUTF8 { bytes in
                 var start = 0
@@ -91,13 +113,9 @@ public enum HeaderRules {
                     start = end + 1
                 }
             }
+            self.names = names
         }
-        return ConnectionNamed(names: names)
-    }
 
-    /// The extra hop-by-hop names of one message, compared case-insensitively.
-    struct ConnectionNamed {
-        let names: [String]
         func contains(_ name: String) -> Bool {
             names.isEmpty ? false : names.contains { HeaderName.equalsIgnoringCase($0, name) }
         }

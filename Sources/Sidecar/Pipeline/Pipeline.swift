@@ -15,14 +15,14 @@ struct InboundRequest: Sendable {
 
 /// Per-tool settings the pipeline needs, compiled once from the configuration.
 struct PipelineSettings: Sendable {
-    var endpoints: [Tool: ToolEndpoint]
-    var timeouts: [Tool: Duration]
+    var endpoints: PerTool<ToolEndpoint>
+    var timeouts: PerTool<Duration>
     var mockTools: Set<Tool>
     var maxResponseBodyBytes: Int
 
     init(config: SidecarConfig) {
-        endpoints = config.tools.mapValues { ToolEndpoint(baseURL: $0.baseURL, upgradeFetchToHTTPS: $0.upgradeToHTTPS) }
-        timeouts = config.tools.mapValues(\.timeout)
+        endpoints = PerTool(config.tools.mapValues { ToolEndpoint(baseURL: $0.baseURL, upgradeFetchToHTTPS: $0.upgradeToHTTPS) })
+        timeouts = PerTool(config.tools.mapValues(\.timeout))
         mockTools = config.mockTools
         maxResponseBodyBytes = config.limits.maxResponseBodyBytes
     }

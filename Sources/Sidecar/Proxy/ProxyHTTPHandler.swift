@@ -98,7 +98,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = Self.unwrapInboundIn(data)
+        let part = unwrapInboundIn(data)
         switch state {
         case .discarding:
             return

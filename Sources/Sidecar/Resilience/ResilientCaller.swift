@@ -24,8 +24,8 @@ final class ResilientCaller: Sendable {
     /// The fleet's shared cache (Redis), consulted by the leader of a local miss.
     let shared: (any SharedCacheStore)?
     private let breakers = Mutex<[String: CircuitBreaker]>([:])
-    private let budgets: Mutex<[Tool: RetryBudget]>
-    private let bulkheads: [Tool: Bulkhead]
+    private let budgets: Mutex<PerTool<RetryBudget>>
+    private let bulkheads: PerTool<Bulkhead>
     private let rng = Mutex(SplitMix64(seed: UInt64.random(in: 1...UInt64.max)))
     let now: @Sendable () -> Int64
 
@@ -41,10 +41,10 @@ final class ResilientCaller: Sendable {
         self.shared = shared
         self.now = now
         cache = ResponseCache(maxBytes: settings.cacheMaxBytes, maxEntryBytes: settings.cacheMaxEntryBytes)
-        budgets = Mutex(Dictionary(uniqueKeysWithValues: Tool.allCases.map {
+        budgets = Mutex(PerTool(uniqueKeysWithValues: Tool.allCases.map {
             ($0, RetryBudget(ratio: settings.retryBudgetRatio, minimumPerSecond: settings.retryBudgetMinimumPerSecond))
         }))
-        bulkheads = Dictionary(uniqueKeysWithValues: Tool.allCases.map { tool in
+        bulkheads = PerTool(uniqueKeysWithValues: Tool.allCases.map { tool in
             let t = settings.tools[tool]!
             return (tool, Bulkhead(maxConcurrent: t.maxConcurrent, maxQueue: t.queue, wait: t.queueWait))
         })
@@ -504,9 +504,13 @@ final class ResilientCaller: Sendable {
 
     func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
         let r = random()
-        let (change, reopens) = breakers.withLock { b -> (CircuitBreaker.State?, Int64) in
-            let change = b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].onOutcome(outcome, probe: probe, now: now(), random: r)
-            return (change, b[key]!.reopensAt)
+        let t = now()
+        // One lookup of the (string) key: the outcome and the reopening time from the same access.
+        func apply(_ breaker: inout CircuitBreaker) -> (CircuitBreaker.State?, Int64) {
+            (breaker.onOutcome(outcome, probe: probe, now: t, random: r), breaker.reopensAt)
+        }
+        let (change, reopens) = breakers.withLock { b in
+            apply(&b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)])
         }
         if let change {
             transitioned(key: key, tool: tool, to: change, reopensAt: reopens)

@@ -7,7 +7,7 @@ import Upstreams
 /// its credential finishes with it, so rotation never fails an in-flight call.
 final class VaultCredentialSource: CredentialSource {
     private let contents = Mutex(VaultContents())
-    private let fallback: [Tool: Credential]
+    private let fallback: PerTool<Credential>
     private let gmail: GmailTokenProvider
     private let directory: String
     private let kek: KeyEncryptionKey?
@@ -15,7 +15,7 @@ final class VaultCredentialSource: CredentialSource {
     init(directory: String, kek: KeyEncryptionKey?, fallback: [Tool: Credential], gmail: GmailTokenProvider) throws {
         self.directory = directory
         self.kek = kek
-        self.fallback = fallback
+        self.fallback = PerTool(fallback)
         self.gmail = gmail
         try reload()
     }

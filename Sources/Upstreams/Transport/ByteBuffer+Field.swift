@@ -27,21 +27,18 @@ extension ByteBuffer {
         }
     }
 
+    /// Copies through raw pointers: slicing and rebasing the output buffer for each of the two copies
+    /// cost about as much as the copies themselves (callgrind: ~80 instructions per field).
     private mutating func writeField(_ n: UnsafeBufferPointer<UInt8>, _ v: UnsafeBufferPointer<UInt8>) {
         let total = n.count + v.count + 4
         writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
-            var at = 0
-            func put(_ bytes: UnsafeBufferPointer<UInt8>) {
-                UnsafeMutableRawBufferPointer(rebasing: out[at..<at + bytes.count]).copyMemory(from: UnsafeRawBufferPointer(bytes))
-                at += bytes.count
-            }
-            put(n)
-            out[at] = UInt8(ascii: ":")
-            out[at + 1] = UInt8(ascii: " ")
-            at += 2
-            put(v)
-            out[at] = UInt8(ascii: "\r")
-            out[at + 1] = UInt8(ascii: "\n")
+            let p = out.baseAddress!
+            if let from = n.baseAddress { p.copyMemory(from: from, byteCount: n.count) }
+            p.storeBytes(of: UInt8(ascii: ":"), toByteOffset: n.count, as: UInt8.self)
+            p.storeBytes(of: UInt8(ascii: " "), toByteOffset: n.count + 1, as: UInt8.self)
+            if let from = v.baseAddress { (p + n.count + 2).copyMemory(from: from, byteCount: v.count) }
+            p.storeBytes(of: UInt8(ascii: "\r"), toByteOffset: total - 2, as: UInt8.self)
+            p.storeBytes(of: UInt8(ascii: "\n"), toByteOffset: total - 1, as: UInt8.self)
             return total
         }
     }

@@ -42,11 +42,11 @@ public struct ModeSwitchTransport: UpstreamTransport {
 /// Sends each tool's calls to its own transport (http_fetch to the SSRF-safe one, the rest to the
 /// pooled client).
 public struct ToolRouterTransport: UpstreamTransport {
-    private let routes: [Tool: any UpstreamTransport]
+    private let routes: PerTool<any UpstreamTransport>
     private let fallback: any UpstreamTransport
 
     public init(routes: [Tool: any UpstreamTransport], fallback: any UpstreamTransport) {
-        self.routes = routes
+        self.routes = PerTool(routes)
         self.fallback = fallback
     }
 
