@@ -8,8 +8,8 @@ public enum Tool: String, Sendable, Hashable, CaseIterable, Codable, CustomStrin
 
     public var description: String { rawValue }
 
-    /// Position in `allCases`. Hashing and comparing by it keeps the hot path's `[Tool: …]` lookups off
-    /// the raw value's string hashing.
+    /// Position in `allCases`: the slot of `PerTool`, which the request path uses instead of `[Tool: …]`;
+    /// hashing and comparing by it keeps the remaining sets and dictionaries off string hashing.
     public var index: Int {
         switch self {
         case .serpapi: return 0

@@ -98,6 +98,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // The instance form: the optimizer specializes it, while the static `Self.unwrapInboundIn` stayed
+        // generic here (metadata lookups and an unspecialized cast for every part).
         let part = unwrapInboundIn(data)
         switch state {
         case .discarding:

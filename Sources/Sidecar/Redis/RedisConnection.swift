@@ -70,7 +70,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         do {
-            try reader.feed(Self.unwrapInboundIn(data))
+            try reader.feed(unwrapInboundIn(data))
             while let reply = try reader.next() {
                 if let onPush, isPush(reply) {
                     onPush(reply)

@@ -12,7 +12,7 @@ struct ToolResilience: Sendable, Hashable {
 }
 
 struct ResilienceSettings: Sendable, Hashable {
-    var tools: PerTool<ToolResilience> = PerTool(uniqueKeysWithValues: Tool.allCases.map { ($0, ToolResilience()) })
+    var tools = PerTool { _ in ToolResilience() }
     var retryBudgetRatio = 0.2
     var retryBudgetMinimumPerSecond = 5.0
     var cacheMaxBytes = 64 * 1024 * 1024

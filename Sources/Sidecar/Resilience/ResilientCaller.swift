@@ -41,13 +41,11 @@ final class ResilientCaller: Sendable {
         self.shared = shared
         self.now = now
         cache = ResponseCache(maxBytes: settings.cacheMaxBytes, maxEntryBytes: settings.cacheMaxEntryBytes)
-        budgets = Mutex(PerTool(uniqueKeysWithValues: Tool.allCases.map {
-            ($0, RetryBudget(ratio: settings.retryBudgetRatio, minimumPerSecond: settings.retryBudgetMinimumPerSecond))
-        }))
-        bulkheads = PerTool(uniqueKeysWithValues: Tool.allCases.map { tool in
+        budgets = Mutex(PerTool { _ in RetryBudget(ratio: settings.retryBudgetRatio, minimumPerSecond: settings.retryBudgetMinimumPerSecond) })
+        bulkheads = PerTool { tool in
             let t = settings.tools[tool]!
-            return (tool, Bulkhead(maxConcurrent: t.maxConcurrent, maxQueue: t.queue, wait: t.queueWait))
-        })
+            return Bulkhead(maxConcurrent: t.maxConcurrent, maxQueue: t.queue, wait: t.queueWait)
+        }
     }
 
     struct Result: Sendable {
@@ -272,7 +270,7 @@ final class ResilientCaller: Sendable {
     /// arrays are never copied; a half-open probe is counted here.
     private func decide(_ c: Call) -> CircuitBreaker.Decision {
         breakers.withLock { b in
-            b[c.breakerKey, default: CircuitBreaker(settings: settings.tools[c.tool]!.breaker)].onRequest(now: now())
+            b[c.breakerKey, default: newBreaker(c.tool)].onRequest(now: now())
         }
     }
 
@@ -502,6 +500,9 @@ final class ResilientCaller: Sendable {
         return .success
     }
 
+    /// The breaker a key starts with, the first time one of its calls is decided or recorded.
+    private func newBreaker(_ tool: Tool) -> CircuitBreaker { CircuitBreaker(settings: settings.tools[tool]!.breaker) }
+
     func recordBreaker(key: String, tool: Tool, outcome: CircuitBreaker.Outcome, probe: Bool) {
         let r = random()
         let t = now()
@@ -510,7 +511,7 @@ final class ResilientCaller: Sendable {
             (breaker.onOutcome(outcome, probe: probe, now: t, random: r), breaker.reopensAt)
         }
         let (change, reopens) = breakers.withLock { b in
-            apply(&b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)])
+            apply(&b[key, default: newBreaker(tool)])
         }
         if let change {
             transitioned(key: key, tool: tool, to: change, reopensAt: reopens)
@@ -539,7 +540,7 @@ final class ResilientCaller: Sendable {
     func applyFleetOpen(key: String, until: Int64) {
         guard let tool = Tool(rawValue: String(key.split(separator: "|").first ?? "")) else { return }
         let change = breakers.withLock { b -> CircuitBreaker.State? in
-            b[key, default: CircuitBreaker(settings: settings.tools[tool]!.breaker)].forceOpen(until: until, now: now())
+            b[key, default: newBreaker(tool)].forceOpen(until: until, now: now())
         }
         if let change { transitioned(key: key, tool: tool, to: change, reopensAt: until) }
     }

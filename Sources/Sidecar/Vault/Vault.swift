@@ -27,7 +27,7 @@ enum VaultSecret: Sendable, Hashable {
 
 /// The unsealed credentials of one generation of the vault directory: for each tool, the highest version.
 struct VaultContents: Sendable {
-    var secrets: PerTool<VaultSecret> = [:]
+    var secrets = PerTool<VaultSecret>()
     var versions: [Tool: Int] = [:]
 
     static func load(directory: String, kek: KeyEncryptionKey?) throws -> VaultContents {

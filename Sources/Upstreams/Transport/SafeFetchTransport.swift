@@ -227,7 +227,7 @@ final class FetchResponseHandler: ChannelDuplexHandler, BodyStreamOwner, @unchec
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
+        switch unwrapInboundIn(data) {
         case .head(let h):
             if (100..<200).contains(h.status.code) { return }
             if let invalid = UpstreamError.invalidStatus(h.status) {
