@@ -34,6 +34,12 @@ cat >&2 <<MSG
 
   export AGENT_TOKEN=$TOKEN
 
+  # unmodified SDKs and curl calling https:// (HTTPS_PROXY): trust the sidecar's CA ($STATE/ca/ca.pem)
+  export HTTPS_PROXY="http://agent:\$AGENT_TOKEN@$PROXY"
+  export SSL_CERT_FILE=$PWD/$STATE/ca/ca.pem REQUESTS_CA_BUNDLE=$PWD/$STATE/ca/ca.pem NODE_EXTRA_CA_CERTS=$PWD/$STATE/ca/ca.pem
+  curl --cacert $STATE/ca/ca.pem 'https://serpapi.com/search?q=coffee&num=2'
+  python3 -c "import openai; print(openai.OpenAI(api_key='any').chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}]).choices[0].message.content)"
+
   # forward proxy (what HTTP_PROXY clients do): the token is the proxy password
   curl -x "http://agent:\$AGENT_TOKEN@$PROXY" 'http://serpapi.com/search?q=coffee&num=2'
 

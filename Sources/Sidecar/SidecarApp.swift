@@ -48,6 +48,7 @@ public enum SidecarApp {
             limits = embeddedLimits!
         }
         let (authenticator, minter) = try buildAuthentication(config, environment, identityState, metrics, logger)
+        let interceptCA = try loadInterceptCA(config, logger: logger)
         let (adminToken, generatedAdminToken) = try AdminToken.load(path: config.adminTokenPath, environment: environment)
         if generatedAdminToken {
             logger.notice("generated the admin token", metadata: ["file": "\(config.adminTokenPath)"])
@@ -93,10 +94,17 @@ public enum SidecarApp {
             logger.info("vault unsealed", metadata: ["versions": "\(credentials.versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
         }
 
+        let interception = try interceptCA.map { ca in
+            Interception(
+                settings: config.intercept,
+                leaves: try LeafCertificates(ca: ca, validity: config.intercept.leafValidity, capacity: config.intercept.leafCacheSize),
+                destinations: fetch, connectTimeout: config.tools[.httpFetch]!.connectTimeout, metrics: metrics, logger: logger)
+        }
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
-            authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress)
+            authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
+            interception: interception)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
@@ -119,7 +127,7 @@ public enum SidecarApp {
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
         let router = Router()
-        AdminRoutes(metrics: metrics, readiness: readiness, redis: redis).register(on: router)
+        AdminRoutes(metrics: metrics, readiness: readiness, redis: redis, caPEM: interceptCA?.pem).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
@@ -195,6 +203,16 @@ public enum SidecarApp {
         try? await oauthClient.shutdown()
         context.accessLog.writer.flush()
         logger.info("stopped")
+    }
+
+    /// The interception CA when `intercept.enabled` (generated on first start unless the operator brings one).
+    static func loadInterceptCA(_ config: SidecarConfig, logger: Logger) throws -> InterceptCA? {
+        guard config.intercept.enabled else { return nil }
+        let (ca, generated) = try InterceptCA.load(config.intercept, dir: config.caDir, sidecarID: config.auth.sidecarID, now: Date())
+        if generated {
+            logger.notice("generated the interception CA", metadata: ["file": "\((config.caDir as NSString).appendingPathComponent("ca.pem"))"])
+        }
+        return ca
     }
 
     /// Loads (or, in the default state directory, generates) the keys and builds the authenticator and,

@@ -8,6 +8,15 @@ public enum Entry: String, Sendable, Hashable {
     case reverse
     /// `POST /api/proxy-request {tool, action, params}` as the 4Runr SDKs send it.
     case compat
+    /// `HTTPS_PROXY` clients: a request decrypted inside an intercepted `CONNECT` tunnel (and the
+    /// `CONNECT` itself when it is refused).
+    case tunnel
+    /// A `CONNECT` tunnel to a pass-through host: relayed without interception, one line per tunnel.
+    case passthrough
+
+    /// Entries where the agent talks to the sidecar as to a proxy: authentication failures are 407 with
+    /// `Proxy-Authenticate`, and the agent's own `Authorization` belongs to the destination.
+    public var isProxy: Bool { self == .forward || self == .tunnel || self == .passthrough }
 }
 
 /// The result of looking at the request line only (method and request-target).
@@ -28,6 +37,8 @@ public enum ClassificationError: Error, Sendable, Hashable {
     case methodNotAllowed(allowed: [String])
     /// The request-target or the `/fetch?url=` destination is not a usable URL (400).
     case invalidTarget(String)
+    /// Inside a tunnel: the request names another host than the one the tunnel was opened to (421).
+    case misdirected(String)
 }
 
 /// Maps a request line to an entry form and a tool. Pure: the tool host lists come from configuration.
@@ -73,6 +84,47 @@ public struct EntryClassifier: Sendable {
                     target: tool == .httpFetch ? target : nil))
         }
         return .failure(.invalidTarget("request-target must be origin-form (/path) or absolute-form (http://host/path)"))
+    }
+
+    /// Classifies a request read inside a `CONNECT` tunnel to `tunnel`: it goes to
+    /// `https://host[:port]` plus its origin-form target, as a forward-proxy request to that URL would.
+    /// An absolute-form target must name the tunnel's own origin (refused as misdirected otherwise: a
+    /// tunnel opened to one host never carries requests for another), and so must a `Host` field.
+    public func classifyTunneled(method: HTTPMethod, uri: String, host hostField: String?, tunnel: ConnectTarget)
+        -> Result<Classification, ClassificationError>
+    {
+        guard method != .CONNECT else { return .failure(.misdirected("CONNECT inside a tunnel is not allowed")) }
+        let origin = TargetURL(scheme: "https", host: tunnel.host, port: tunnel.port)
+        var target: TargetURL
+        if uri.hasPrefix("/") {
+            let q = uri.firstIndex(of: "?")
+            target = origin
+            target.path = String(uri[..<(q ?? uri.endIndex)])
+            target.query = q.map { String(uri[uri.index(after: $0)...]) }
+        } else {
+            let lower = uri.prefix(8).lowercased()
+            guard lower.hasPrefix("https://") || lower.hasPrefix("http://") else {
+                return .failure(.invalidTarget("request-target must be origin-form (/path) inside a tunnel"))
+            }
+            do { target = try TargetURL.parse(uri) } catch { return .failure(.invalidTarget(error.reason)) }
+            guard target.scheme == "https", target.host == origin.host, target.port == origin.port else {
+                return .failure(.misdirected("the request names another origin than the tunnel's (\(tunnel))"))
+            }
+        }
+        if let hostField, !Self.sameAuthority(hostField, origin) {
+            return .failure(.misdirected("the Host field names another host than the tunnel's (\(tunnel))"))
+        }
+        let tool = tool(forHost: tunnel.host)
+        return .success(.tool(entry: .tunnel, tool: tool, path: target.path, query: target.query, target: tool == .httpFetch ? target : nil))
+    }
+
+    /// Whether a `Host` field value names `origin` (its port may be left out when it is the default).
+    static func sameAuthority(_ field: String, _ origin: TargetURL) -> Bool {
+        guard field.utf8.allSatisfy({ $0 != UInt8(ascii: "@") && $0 != UInt8(ascii: "/") }),
+            var parsed = try? TargetURL.parse("https://" + field + "/")
+        else { return false }
+        if parsed.host.hasSuffix(".") { parsed.host.removeLast() }
+        return parsed.host == origin.host && parsed.port == origin.port
     }
 
     private func classifyOriginForm(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {

@@ -388,3 +388,37 @@ def parse_response(raw: bytes):
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     return status, headers, body
+
+
+# ---------------------------------------------------------------- real tool clients, unmodified
+
+
+CLIENT_VENVS = ROOT / ".build" / "e2e-clients"
+# The official `serpapi` package and `google-search-results` both install a module named `serpapi`:
+# each set gets its own virtual environment.
+CLIENT_SETS = {
+    "main": ["openai", "serpapi", "requests", "httpx", "google-api-python-client", "google-auth", "PySocks"],
+    "gsr": ["google-search-results", "requests"],
+}
+
+
+def client_python(name: str) -> Path:
+    """The python of a virtual environment holding the client set `name`, made (pip, once) on first use."""
+    venv = CLIENT_VENVS / name
+    marker = venv / ".installed"
+    wanted = " ".join(CLIENT_SETS[name])
+    if not (marker.exists() and marker.read_text() == wanted):
+        subprocess.run(["python3", "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *CLIENT_SETS[name]], check=True, timeout=900)
+        marker.write_text(wanted)
+    return venv / "bin" / "python"
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one series in a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

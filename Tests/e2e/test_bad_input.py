@@ -56,7 +56,8 @@ CASES = [
     ("X-Request-Timeout overflowing", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 999999999999d\r\n\r\n", 400, "invalid_parameter"),
     ("X-Request-Timeout not a duration", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: soon\r\n\r\n", 400, "invalid_parameter"),
     ("compat with GET", b"GET /api/proxy-request HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
-    ("CONNECT", b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n", 403, "connect_refused"),
+    ("CONNECT to a port not allowed", b"CONNECT api.openai.com:8443 HTTP/1.1\r\nHost: api.openai.com:8443\r\n\r\n", 403, "connect_port_denied"),
+    ("CONNECT without a port", b"CONNECT api.openai.com HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", 400, "invalid_target"),
 ]
 
 

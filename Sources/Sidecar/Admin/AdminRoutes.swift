@@ -8,6 +8,8 @@ struct AdminRoutes: Sendable {
     let metrics: GatewayMetrics
     let readiness: Readiness
     var redis: RedisClient? = nil
+    /// The interception CA certificate(s), public: agents fetch it to trust intercepted tunnels.
+    var caPEM: String? = nil
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("healthz") { _, _ in
@@ -20,6 +22,14 @@ struct AdminRoutes: Sendable {
             // answers (local limits or 503 state_unavailable), which is better than no sidecar at all.
             if let redis { body["redis"] = .string(await redis.ping() ? "up" : "down (failure policy active)") }
             return Self.json(.object(body), status: ready ? .ok : .serviceUnavailable)
+        }
+        router.get("ca.pem") { _, _ in
+            guard let caPEM else {
+                return Self.json(["status": 404, "title": "Not found", "detail": "interception is off (intercept.enabled: false)"], status: .notFound)
+            }
+            return Response(
+                status: .ok, headers: [.contentType: "application/x-pem-file", .cacheControl: "no-cache"],
+                body: .init(byteBuffer: ByteBuffer(string: caPEM)))
         }
         router.get("metrics") { _, _ in
             let bytes = metrics.exposition()

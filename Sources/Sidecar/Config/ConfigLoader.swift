@@ -25,7 +25,8 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos"])
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept",
+        ])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
 
@@ -81,6 +82,7 @@ public enum ConfigLoader {
         }
         c.followRedirects = try egress["follow_redirects"].int(default: 0, range: 0...10)
         c.chaos = try chaosSettings(root["chaos"])
+        c.intercept = try interceptSettings(root["intercept"], tools: c.tools)
 
         let log = root["log"]
         try log.checkKeys(["level", "access_log"])
@@ -247,6 +249,52 @@ public enum ConfigLoader {
             faults.latencyMaxMilliseconds = try f["latency_max_ms"].int(default: faults.latencyMinMilliseconds, range: faults.latencyMinMilliseconds...600_000)
             s.tools[name] = faults
         }
+        return s
+    }
+
+    /// `intercept:` — CONNECT interception (README "HTTPS through the proxy").
+    static func interceptSettings(_ node: DocumentReader, tools: [Tool: ToolConfig]) throws(DocumentError) -> InterceptSettings {
+        try node.checkKeys(["enabled", "ca_cert", "ca_key", "allowed_ports", "passthrough_hosts", "leaf_cache_size", "leaf_validity", "handshake_timeout"])
+        var s = InterceptSettings()
+        s.enabled = try node["enabled"].bool(default: true)
+        s.caCert = try node["ca_cert"].string()
+        s.caKey = try node["ca_key"].string()
+        guard (s.caCert == nil) == (s.caKey == nil) else {
+            throw node[s.caCert == nil ? "ca_cert" : "ca_key"].error("ca_cert and ca_key go together (or leave both out to use a generated CA)")
+        }
+        for key in ["ca_cert", "ca_key"] {
+            if let path = try node[key].string(), !FileManager.default.isReadableFile(atPath: path) {
+                throw node[key].error("file not readable: \(path)")
+            }
+        }
+        if node["allowed_ports"].isPresent {
+            let ports = node["allowed_ports"]
+            var set = Set<Int>()
+            for (i, text) in (try ports.strings() ?? []).enumerated() {
+                guard let p = Int(text), (1...65535).contains(p) else {
+                    throw DocumentError(path: "\(ports.path)[\(i)]", message: "expected a port between 1 and 65535")
+                }
+                set.insert(p)
+            }
+            guard !set.isEmpty else { throw ports.error("must list at least one port (set enabled: false to refuse every CONNECT)") }
+            s.allowedPorts = set
+        }
+        let toolHosts = Set(tools.filter { $0.key.isBrokered }.flatMap(\.value.hosts).map { $0.lowercased() })
+        let hosts = node["passthrough_hosts"]
+        for (i, text) in (try hosts.strings() ?? []).enumerated() {
+            let path = "\(hosts.path)[\(i)]"
+            guard let pattern = HostPattern(text) else { throw DocumentError(path: path, message: "expected a host name or *.domain") }
+            if let host = toolHosts.first(where: pattern.matches) {
+                throw DocumentError(path: path, message: "matches \(host), a tool host: its calls must be intercepted to broker the credential")
+            }
+            s.passthroughHosts.append(text.lowercased())
+        }
+        s.leafCacheSize = try node["leaf_cache_size"].int(default: s.leafCacheSize, range: 1...100_000)
+        s.leafValidity = try positive(node["leaf_validity"], default: s.leafValidity)
+        guard s.leafValidity >= .seconds(3600), s.leafValidity <= .seconds(397 * 86400) else {
+            throw node["leaf_validity"].error("must be between 1h and 397d")
+        }
+        s.handshakeTimeout = try positive(node["handshake_timeout"], default: s.handshakeTimeout)
         return s
     }
 

@@ -136,9 +136,12 @@ public struct SidecarConfig: Sendable {
     public var egressAllow: [CIDR] = []
     public var followRedirects = 0
     public var chaos = ChaosSettings()
+    public var intercept = InterceptSettings()
 
     public var keysDir: String { auth.keysDir ?? (stateDir as NSString).appendingPathComponent("keys") }
     public var vaultDir: String { vault.dir ?? (stateDir as NSString).appendingPathComponent("vault") }
+    /// Where a generated interception CA lives (`ca.pem`, `ca.key.pem`).
+    public var caDir: String { (stateDir as NSString).appendingPathComponent("ca") }
     public var databasePath: String { (stateDir as NSString).appendingPathComponent("sidecar.sqlite") }
     public var adminTokenPath: String { adminTokenFile ?? (stateDir as NSString).appendingPathComponent("admin.token") }
 

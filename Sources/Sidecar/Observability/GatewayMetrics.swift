@@ -48,6 +48,13 @@ public final class GatewayMetrics: Sendable {
     private let bulkheadRejections: [String: Prometheus.Counter]
     private let chaosInjected: [String: Prometheus.Counter]
     static let chaosKinds = ["error", "rate_limit", "timeout", "latency", "truncate"]
+    private let tunnels: [String: Prometheus.Counter]
+    let tunnelsOpen: Gauge
+    let leafCertificates: Gauge
+    let leavesMinted: Prometheus.Counter
+    static let tunnelModes = ["intercept", "passthrough"]
+    /// How a `CONNECT` ended up: opened, refused before the `200` (a problem answer), or failed after it.
+    static let tunnelResults = ["opened", "refused", "sni_mismatch", "handshake_failed", "handshake_timeout", "upstream_unreachable"]
 
     static let tokenResults = [
         "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
@@ -207,6 +214,17 @@ public final class GatewayMetrics: Sendable {
         var c: [String: Prometheus.Counter] = [:]
         for t in tools { for k in Self.chaosKinds { c["\(t)|\(k)"] = registry.makeCounter(descriptor: chaos, labels: [("tool", t), ("kind", k)]) } }
         chaosInjected = c
+        let tunnelName = MetricNameDescriptor(namespace: "gateway", metricName: "tunnels", unitName: "total",
+            helpText: "CONNECT tunnels by mode (intercept or passthrough) and result: opened, refused before the 200, or failed after it.")
+        var tunnels: [String: Prometheus.Counter] = [:]
+        for m in Self.tunnelModes { for r in Self.tunnelResults { tunnels["\(m)|\(r)"] = registry.makeCounter(descriptor: tunnelName, labels: [("mode", m), ("result", r)]) } }
+        self.tunnels = tunnels
+        tunnelsOpen = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "tunnels_open", unitName: "",
+            helpText: "CONNECT tunnels currently open (intercepted and passed through)."))
+        leafCertificates = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "intercept_leaf_certificates", unitName: "",
+            helpText: "Leaf certificates (TLS contexts) held by the interception cache."))
+        leavesMinted = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "intercept_leaves_minted", unitName: "total",
+            helpText: "Leaf certificates minted for intercepted tunnels (a cache miss or a renewal)."))
         registry.makeGauge(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "build_info", unitName: "",
@@ -250,6 +268,7 @@ public final class GatewayMetrics: Sendable {
     func cacheBytes(_ bytes: Int) { cacheBytesGauge.set(to: Double(bytes)) }
     func bulkheadQueue(_ tool: Tool, _ n: Int) { bulkheadQueues[tool.rawValue]?.set(to: Double(n)) }
     func bulkheadRejection(_ tool: Tool) { bulkheadRejections[tool.rawValue]?.increment() }
+    func tunnel(_ mode: String, _ result: String) { tunnels["\(mode)|\(result)"]?.increment() }
     func chaosInjected(_ tool: Tool, _ kind: String) { chaosInjected["\(tool.rawValue)|\(kind)"]?.increment() }
 
     /// Records one Redis command (latency nil when it failed).

@@ -17,6 +17,7 @@ extension GatewayError {
         case .routeNotFound: self = .routeNotFound()
         case .methodNotAllowed(let allowed): self = .methodNotAllowed(allowed)
         case .invalidTarget(let reason): self = .invalidTarget(reason)
+        case .misdirected(let reason): self.init(.misdirectedRequest, reason)
         }
     }
 

@@ -21,6 +21,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidParameter = "invalid_parameter"
         case unsupportedMediaType = "unsupported_media_type"
         case connectRefused = "connect_refused"
+        case connectPortDenied = "connect_port_denied"
+        case misdirectedRequest = "misdirected_request"
         // Identity (401 on reverse routes and the compatibility API, 407 on the forward proxy).
         case tokenMissing = "token_missing"
         case tokenMalformed = "token_malformed"
@@ -68,7 +70,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .routeNotFound: return .notFound
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
-            case .connectRefused, .scopeDenied, .paramDenied, .offHours, .egressDenied: return .forbidden
+            case .misdirectedRequest: return .misdirectedRequest
+            case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied: return .forbidden
             case .breakerOpen, .toolSaturated: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
@@ -99,7 +102,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .invalidBody: return "Invalid request body"
             case .invalidParameter: return "Invalid parameter"
             case .unsupportedMediaType: return "Unsupported media type"
-            case .connectRefused: return "CONNECT tunnels are not supported"
+            case .connectRefused: return "CONNECT tunnels are not opened"
+            case .connectPortDenied: return "CONNECT port not allowed"
+            case .misdirectedRequest: return "Request for another host than the tunnel's"
             case .tokenMissing: return "Agent token required"
             case .tokenMalformed: return "Agent token malformed"
             case .tokenInvalid: return "Agent token invalid"
@@ -164,7 +169,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     func forEntry(_ entry: Entry?) -> GatewayError {
         guard code.status == .unauthorized, code != .adminUnauthorized else { return self }
         var e = self
-        if entry == .forward {
+        if entry?.isProxy == true {
             e.proxyAuthentication = true
             e.headers.append(("Proxy-Authenticate", #"Basic realm="agent-sidecar", charset="UTF-8""#))
         } else {
@@ -201,7 +206,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static func invalidTarget(_ detail: String) -> Self { .init(.invalidTarget, detail) }
     static func connectRefused() -> Self {
-        .init(.connectRefused, "the sidecar does not open CONNECT tunnels: send plain http:// URLs through the proxy (HTTP_PROXY) and it originates TLS to the upstream itself")
+        .init(.connectRefused, "this sidecar does not intercept CONNECT tunnels (intercept.enabled: false): send plain http:// URLs through the proxy (HTTP_PROXY) and it originates TLS to the upstream itself")
     }
     static func credentialUnavailable(_ tool: String) -> Self {
         var e = GatewayError(.credentialUnavailable, "no credential is configured for \(tool); the call was not forwarded")

@@ -11,6 +11,9 @@ struct InboundRequest: Sendable {
     var head: HTTPRequestHead
     var body: ByteBuffer?
     var requestID: String
+    /// Set for a request read inside an intercepted `CONNECT` tunnel: it goes to the tunnel's origin and
+    /// is authenticated with the tunnel's token.
+    var tunnel: TunnelPlan? = nil
 }
 
 /// Per-tool settings the pipeline needs, compiled once from the configuration.
@@ -53,13 +56,16 @@ final class Pipeline: Sendable {
     let resilience: ResilientCaller?
     /// SSRF defence for http_fetch: IP-literal destinations are checked here (names by the transport).
     let egress: EgressGuard?
+    /// CONNECT interception; nil refuses every CONNECT (`intercept.enabled: false`).
+    let interception: Interception?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
-        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil
+        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil
     ) {
+        self.interception = interception
         self.policy = policy
         self.limits = limits
         loopLimits = limits as? any LoopLimitStore
@@ -310,9 +316,15 @@ final class Pipeline: Sendable {
     /// compatibility API, whose envelope is read by `compat`.
     func prepare(_ request: InboundRequest, record: inout RequestRecord) throws(GatewayError) -> Prepared? {
         let classification: Classification
-        switch classifier.classify(method: request.head.method, uri: request.head.uri) {
+        let classified =
+            request.tunnel.map {
+                classifier.classifyTunneled(method: request.head.method, uri: request.head.uri, host: request.head.headers.first(name: "host"), tunnel: $0.target)
+            } ?? classifier.classify(method: request.head.method, uri: request.head.uri)
+        switch classified {
         case .success(let c): classification = c
-        case .failure(let e): throw GatewayError(e)
+        case .failure(let e):
+            if request.tunnel != nil { record.entry = .tunnel }
+            throw GatewayError(e)
         }
         switch classification {
         case .connect:
@@ -323,7 +335,9 @@ final class Pipeline: Sendable {
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
             record.tool = tool
-            let token = TokenExtractor.token(in: request.head.headers, forwardProxy: entry == .forward)
+            let token =
+                request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
+                ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy)
             let identity = try authenticate(token: token, headers: request.head.headers, record: &record)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),

@@ -47,6 +47,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private let shared: ProxyContext
+    /// Set when this handler reads the decrypted requests of an intercepted `CONNECT` tunnel.
+    private let tunnel: TunnelPlan?
     private var state = State.idle
     private var context: ChannelHandlerContext?
     /// The task writing a streamed answer.
@@ -74,7 +76,10 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastRead = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
 
-    init(shared: ProxyContext) { self.shared = shared }
+    init(shared: ProxyContext, tunnel: TunnelPlan? = nil) {
+        self.shared = shared
+        self.tunnel = tunnel
+    }
 
     private var limits: ListenerLimits { shared.limits }
     /// One more whole request may wait behind the current one; beyond that, reading stops.
@@ -151,7 +156,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             guard case .collecting(let head, let body, var record) = state else { return }
             state = .processing  // first: the record is then this one's alone, and changes it in place
             record.bytesIn = body?.readableBytes ?? 0
-            start(InboundRequest(head: head, body: body, requestID: record.requestID), record: consume record, context: context)
+            if head.method == .CONNECT, tunnel == nil { return openTunnel(head, record: consume record, context: context) }
+            start(InboundRequest(head: head, body: body, requestID: record.requestID, tunnel: tunnel), record: consume record, context: context)
         }
     }
 
@@ -304,6 +310,68 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         record.totalDuration = MonotonicInstant.now - record.start
         shared.metrics.inFlight.decrement()
         shared.finish(record)
+    }
+
+    // MARK: CONNECT
+
+    /// A `CONNECT` on the plain listener: checked (`Pipeline.planTunnel`; a name http_fetch would reach
+    /// is resolved and checked too), then answered `200` and the connection handed to the tunnel stack
+    /// (`TunnelSetup`) — or refused with a problem answer, before any TLS.
+    private func openTunnel(_ head: HTTPRequestHead, record: consuming RequestRecord, context: ChannelHandlerContext) {
+        var record = record
+        let plan: TunnelPlan
+        do {
+            plan = try shared.pipeline.planTunnel(head, record: &record)
+        } catch {
+            return refuseTunnel(error, head: head, passthrough: false, record: &record)
+        }
+        guard shared.pipeline.needsResolution(plan) else { return establishTunnel(plan, head: head, record: record) }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let pipeline = shared.pipeline
+        let loop = context.eventLoop
+        let waiting = record
+        Task {
+            let checked = await pipeline.checkTunnelDestination(plan)
+            loop.execute {
+                var record = waiting
+                switch checked {
+                case .success(let plan): handler.value.establishTunnel(plan, head: head, record: record)
+                case .failure(let error): handler.value.refuseTunnel(error, head: head, passthrough: plan.passthrough, record: &record)
+                }
+            }
+        }
+    }
+
+    private func refuseTunnel(_ error: GatewayError, head: HTTPRequestHead, passthrough: Bool, record: inout RequestRecord) {
+        shared.metrics.tunnel(passthrough ? "passthrough" : "intercept", "refused")
+        guard context?.channel.isActive == true else {
+            record.outcome = "client_closed"
+            return complete(&record)
+        }
+        refuse(error.forEntry(.tunnel), version: head.version, method: head.method, record: &record)
+    }
+
+    /// Answers `200 Connection established` and replaces this handler and the HTTP decoder with the
+    /// tunnel's: the ClientHello is read next. The `CONNECT` itself is no request of its own in the
+    /// metrics or the access log: the requests read inside the tunnel are (a pass-through tunnel gets
+    /// one line when it closes).
+    private func establishTunnel(_ plan: TunnelPlan, head: HTTPRequestHead, record: RequestRecord) {
+        guard let context, context.channel.isActive, !quiescing else {
+            var record = record
+            record.outcome = "client_closed"
+            return complete(&record)
+        }
+        shared.metrics.inFlight.decrement()
+        var established = context.channel.allocator.buffer(capacity: 64)
+        established.writeStaticString("HTTP/1.1 200 Connection established\r\n\r\n")
+        context.writeAndFlush(Self.wrapOutboundOut(established), promise: nil)
+        idleCheck?.cancel()
+        state = .discarding
+        do {
+            try TunnelSetup.install(plan, record: record, replacing: context, shared: shared)
+        } catch {
+            context.close(promise: nil)
+        }
     }
 
     // MARK: The pipeline

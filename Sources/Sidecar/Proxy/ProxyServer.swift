@@ -35,11 +35,6 @@ final class ProxyServer: Service {
         let connections = ConnectionRegistry()
         let limits = context.limits
         let context = self.context
-        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-        decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
-        decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
-        decoderLimits.maxHeaderFieldCount = 512
-        let decoderLimitConfiguration = decoderLimits
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -57,11 +52,8 @@ final class ProxyServer: Service {
                     let sync = channel.pipeline.syncOperations
                     // NIO's decoder (llhttp) and one handler, which also encodes the answers, queues
                     // pipelined requests, quiesces, times out idle connections and answers parse errors.
-                    try sync.addHandler(
-                        ByteToMessageHandler(
-                            HTTPRequestDecoder(
-                                leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
-                                limitConfiguration: decoderLimitConfiguration)))
+                    // Bytes after a CONNECT (an eager ClientHello) are kept for the tunnel that replaces the decoder.
+                    try sync.addHandler(Self.requestDecoder(limits: limits, leftOverBytes: .forwardBytes))
                     try sync.addHandler(ProxyHTTPHandler(shared: context))
                 }
             }
@@ -92,6 +84,21 @@ final class ProxyServer: Service {
             return first
         }
         if drainedInTime { logger.info("proxy listener drained") }
+    }
+}
+
+extension ProxyServer {
+    /// NIO's request decoder (llhttp) with the listener's limits on the head. Its buffer is bounded too:
+    /// the decoder keeps only an unfinished head, and after an `Upgrade` request it stops parsing — input
+    /// that keeps coming then would otherwise pile up unread.
+    static func requestDecoder(limits: ListenerLimits, leftOverBytes: RemoveAfterUpgradeStrategy) -> ByteToMessageHandler<HTTPRequestDecoder> {
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
+        decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
+        decoderLimits.maxHeaderFieldCount = 512
+        return ByteToMessageHandler(
+            HTTPRequestDecoder(leftOverBytesStrategy: leftOverBytes, informationalResponseStrategy: .drop, limitConfiguration: decoderLimits),
+            maximumBufferSize: 2 * limits.maxHeaderBytes + 128 * 1024)
     }
 }
 

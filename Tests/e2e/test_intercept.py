@@ -1,0 +1,508 @@
+"""HTTPS_PROXY interception: unmodified real clients (each in its default configuration, in a virtual
+environment of its own, with nothing but the proxy and CA environment variables set) reach fake HTTPS
+upstreams through CONNECT tunnels the sidecar terminates with leaves from its own CA; every request
+inside is brokered, logged and metered. Plus the bad input a tunnel can meet, and pass-through."""
+
+import base64
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import textwrap
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import LIVE_ENV, client_python, live_config, metric, parse_response
+
+COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello through the tunnel"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+}
+SEARCH = {"search_metadata": {"id": "s1", "status": "Success"}, "organic_results": [{"position": 1, "title": "Coffee"}]}
+
+
+def sse_chunk(content=None, finish=None):
+    delta = {} if content is None else {"content": content}
+    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+
+def upstream_routes(up):
+    """What the real APIs answer, enough for their official clients."""
+    def chat(h, rec):
+        if json.loads(rec.body or b"{}").get("stream"):
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+
+            def send(text):
+                data = text.encode()
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                h.wfile.flush()
+            send(sse_chunk("Hel"))
+            time.sleep(1.5)  # the agent must see "Hel" while the upstream is still working
+            send(sse_chunk("lo"))
+            send(sse_chunk(finish="stop"))
+            send("data: [DONE]\n\n")
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+        else:
+            up.send_json(h, 200, COMPLETION)
+
+    up.routes["/v1/chat/completions"] = chat
+    up.routes["/search"] = lambda h, rec: up.send_json(h, 200, SEARCH)
+    up.routes["/gmail/v1/users/me/messages/send"] = lambda h, rec: up.send_json(h, 200, {"id": "m1", "threadId": "t1", "labelIds": ["SENT"]})
+    up.routes["/page"] = lambda h, rec: up.send_json(h, 200, {"page": True, "path": rec.path})
+
+
+def intercept_config(pki, up, intercept="", extra=""):
+    return live_config(pki, up, extra=f"intercept:\n{textwrap.indent(intercept, '  ')}\n{extra}" if intercept else extra)
+
+
+@pytest.fixture
+def tunnel_sidecar(pki, https_upstream, sidecar_factory, tmp_path):
+    upstream_routes(https_upstream)
+    s = sidecar_factory(intercept_config(pki, https_upstream, intercept=f"allowed_ports: [443, {https_upstream.port}]\nhandshake_timeout: 1s\n"),
+                        env=LIVE_ENV)
+    s.ca_file = tmp_path / "sidecar-ca.pem"
+    r = requests.get(f"{s.admin_url}/ca.pem", timeout=5)  # public: no admin token
+    assert r.status_code == 200 and "BEGIN CERTIFICATE" in r.text
+    s.ca_file.write_text(r.text)
+    return s
+
+
+def client_env(s, token, ca_file, tmp_path):
+    """Only what a user adds for HTTPS_PROXY: the proxy variables and the CA variables."""
+    proxy = s.proxy_url_with(token)
+    ca = str(ca_file)
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy,
+            "http_proxy": proxy, "SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca, "HTTPLIB2_CA_CERTS": ca, "NODE_EXTRA_CA_CERTS": ca}
+
+
+def run_client(venv, script, env, timeout=60):
+    out = subprocess.run([str(client_python(venv)), "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def brokered(up, path_prefix):
+    matching = [r for r in up.requests if r.path.startswith(path_prefix)]
+    assert matching, f"nothing reached the upstream at {path_prefix}"
+    return matching[-1]
+
+
+def access_lines(s, tool, at_least=1):
+    """The tunnel's access lines for `tool`, once `at_least` of them were written (they are batched)."""
+    deadline = time.time() + 5
+    while True:
+        lines = [r for r in s.logs("access") if r.get("tool") == tool and r.get("entry") == "tunnel"]
+        if len(lines) >= at_least or time.time() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def metrics(s):
+    return requests.get(f"{s.admin_url}/metrics", timeout=5).text
+
+
+# ---------------------------------------------------------------- real clients, default configuration
+
+
+def test_openai_package_plain_and_streaming(tunnel_sidecar, https_upstream, tmp_path):
+    s = tunnel_sidecar
+    result = run_client("main", """
+        import json, time, openai
+        client = openai.OpenAI(api_key="sk-placeholder-the-agent-was-given", max_retries=0)  # the default base URL
+        plain = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
+        start = time.monotonic()
+        arrivals = []
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append([chunk.choices[0].delta.content, time.monotonic() - start])
+        print(json.dumps({"plain": plain.choices[0].message.content, "usage": plain.usage.total_tokens, "arrivals": arrivals}))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result["plain"] == "hello through the tunnel" and result["usage"] == 7
+    (first, t_first), (second, t_second) = result["arrivals"]
+    assert (first, second) == ("Hel", "lo")
+    assert t_second - t_first > 1.0, "the first chunk must reach the agent before the upstream finished"
+    rec = brokered(https_upstream, "/v1/chat/completions")
+    assert rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert rec.header("Proxy-Authorization") is None
+    lines = access_lines(s, "openai", at_least=2)
+    assert len(lines) == 2 and all(l["action"] == "chat" and l["status"] == 200 for l in lines)
+    assert metric(metrics(s), "gateway_requests_total", tool="openai", action="chat", code="2xx") == 2
+    assert "sk-placeholder" not in "\n".join(s.lines) and "sk-REAL" not in "\n".join(s.lines)
+
+
+def test_serpapi_official_package(tunnel_sidecar, https_upstream, tmp_path):
+    s = tunnel_sidecar
+    result = run_client("main", """
+        import json, serpapi
+        results = serpapi.Client(api_key="placeholder").search({"engine": "google", "q": "coffee"})
+        print(json.dumps({"title": results["organic_results"][0]["title"]}))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result["title"] == "Coffee"
+    rec = brokered(https_upstream, "/search")
+    assert "api_key=serp-REAL-0123456789" in rec.path and "placeholder" not in rec.path
+    assert access_lines(s, "serpapi")[-1]["action"] == "search"
+
+
+def test_google_search_results_package(tunnel_sidecar, https_upstream, tmp_path):
+    s = tunnel_sidecar
+    result = run_client("gsr", """
+        import json
+        from serpapi import GoogleSearch
+        results = GoogleSearch({"q": "coffee", "api_key": "placeholder"}).get_dict()
+        print(json.dumps({"title": results["organic_results"][0]["title"]}))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result["title"] == "Coffee"
+    rec = brokered(https_upstream, "/search")
+    assert "api_key=serp-REAL-0123456789" in rec.path and "placeholder" not in rec.path
+    assert access_lines(s, "serpapi")
+
+
+def test_google_api_python_client_sends_gmail(tunnel_sidecar, https_upstream, tmp_path):
+    s = tunnel_sidecar
+    result = run_client("main", """
+        import base64, json
+        from email.message import EmailMessage
+        from google.oauth2.credentials import Credentials
+        from googleapiclient.discovery import build
+        message = EmailMessage()
+        message["To"] = "ops@example.com"
+        message["Subject"] = "report"
+        message.set_content("all good")
+        raw = base64.urlsafe_b64encode(message.as_bytes()).decode()
+        gmail = build("gmail", "v1", credentials=Credentials(token="placeholder-oauth-token"), cache_discovery=False)
+        sent = gmail.users().messages().send(userId="me", body={"raw": raw}).execute()
+        print(json.dumps(sent))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result["id"] == "m1"
+    rec = brokered(https_upstream, "/gmail/v1/users/me/messages/send")
+    assert rec.header("Authorization") == "Bearer ya29.REAL-gmail-token"
+    assert "placeholder" not in json.dumps(rec.headers)
+    assert access_lines(s, "gmail_send")[-1]["action"] == "send"
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_requests_and_httpx_fetch_an_https_site(tunnel_sidecar, https_upstream, tmp_path, client):
+    s = tunnel_sidecar
+    # The fetch target is a local TLS server (granted by egress.allow_cidrs); httpx goes by address
+    # (no SNI: the leaf carries the IP), requests by name.
+    host = "127.0.0.1" if client == "httpx" else "localhost"
+    url = f"https://{host}:{https_upstream.port}/page?from={client}"
+    call = "httpx.get(url, timeout=20)" if client == "httpx" else "requests.get(url, timeout=20)"
+    result = run_client("main", f"""
+        import json, {client}
+        url = {url!r}
+        r = {call}
+        print(json.dumps({{"status": r.status_code, "body": r.json(), "via": r.headers.get("via")}}))
+    """, client_env(s, s.new_token(scopes=["http_fetch:*"]), s.ca_file, tmp_path))
+    assert result["status"] == 200 and result["body"]["path"] == f"/page?from={client}"
+    assert result["via"] == "1.1 agent-sidecar"
+    rec = brokered(https_upstream, f"/page?from={client}")
+    assert rec.header("Proxy-Authorization") is None and "agent-sidecar" in rec.header("Via")
+    line = access_lines(s, "http_fetch")[-1]
+    assert line["action"] == "get" and line["upstream_host"] == host
+
+
+def test_curl_with_cacert(tunnel_sidecar, https_upstream):
+    s = tunnel_sidecar
+    token = s.new_token()
+    out = subprocess.run(["curl", "-sS", "--proxy", s.proxy_url, "--proxy-user", f"agent:{token}", "--cacert", str(s.ca_file),
+                          "-H", "X-Request-Id: curl-tunnel-1", "https://serpapi.com/search.json?q=tea&api_key=mine"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["organic_results"][0]["title"] == "Coffee"
+    assert "api_key=serp-REAL-0123456789" in brokered(https_upstream, "/search").path
+    line = s.access("curl-tunnel-1")
+    assert line["entry"] == "tunnel" and line["tool"] == "serpapi" and line["method"] == "GET"
+
+
+def test_a_tunnel_carries_many_requests_and_a_revocation_applies_to_the_next(tunnel_sidecar, https_upstream):
+    s = tunnel_sidecar
+    agent = s.new_agent()
+    token = s.new_token(agent)
+    tls, _ = open_tunnel(s, "serpapi.com:443", token)
+    for i in range(5):
+        status, _, _ = tunnel_request(tls, f"GET /search?q=n{i} HTTP/1.1\r\nHost: serpapi.com\r\n\r\n".encode())
+        assert status == 200
+    token_id = s.admin_request("GET", f"/api/agents/{agent}/tokens").json()["tokens"][-1]["token_id"]
+    assert s.admin_request("POST", f"/api/tokens/{token_id}/revoke").status_code == 200
+    status, _, body = tunnel_request(tls, b"GET /search?q=after HTTP/1.1\r\nHost: serpapi.com\r\n\r\n")
+    assert status == 407 and json.loads(body)["code"] == "token_revoked"
+    tls.close()
+
+
+# ---------------------------------------------------------------- raw tunnels and bad input
+
+
+def proxy_auth(token):
+    return "Proxy-Authorization: Basic " + base64.b64encode(f"agent:{token}".encode()).decode() + "\r\n"
+
+
+def connect(s, target, token=None, extra="", timeout=5.0):
+    """Sends a CONNECT; returns the socket and the proxy's answer head (and body, for a refusal)."""
+    sock = socket.create_connection(("127.0.0.1", s.proxy_port), timeout=timeout)
+    auth = proxy_auth(token) if token else ""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while m and len(rest) < int(m.group(1)):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        rest += chunk
+    return sock, head.decode(errors="replace"), rest
+
+
+def open_tunnel(s, target, token, server_name=None):
+    sock, head, _ = connect(s, target, token)
+    assert head.startswith("HTTP/1.1 200"), head
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    host = target.rsplit(":", 1)[0].strip("[]")
+    tls = ctx.wrap_socket(sock, server_hostname=server_name or host)
+    return tls, sock
+
+
+def tunnel_request(tls, data):
+    tls.sendall(data)
+    raw = b""
+    while True:
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+            if m and len(body) >= int(m.group(1)):
+                break
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    status, headers, body = parse_response(raw)
+    return status, headers, body
+
+
+def problem(head, body):
+    status = int(head.split(" ")[1])
+    return status, json.loads(body)["code"]
+
+
+def test_connect_without_or_with_a_bad_token_is_407_before_any_tls(tunnel_sidecar):
+    s = tunnel_sidecar
+    sock, head, body = connect(s, "api.openai.com:443")
+    assert problem(head, body) == (407, "token_missing")
+    assert "proxy-authenticate: basic" in head.lower()
+    sock, head, body = connect(s, "api.openai.com:443", token="not-a-token")
+    assert problem(head, body) == (407, "token_malformed")
+    forged = s.new_token()[:-8] + "AAAAAAAA"
+    sock, head, body = connect(s, "api.openai.com:443", token=forged)
+    assert problem(head, body)[0] == 407
+
+
+@pytest.mark.parametrize("target,status,code", [
+    ("serpapi.com:8443", 403, "connect_port_denied"),
+    ("169.254.169.254:443", 403, "egress_denied"),
+    ("[::1]:443", 403, "egress_denied"),
+    ("2852039166:443", 403, "egress_denied"),  # 169.254.169.254 written as one number
+    ("serpapi.com", 400, "invalid_target"),
+    ("serpapi.com:", 400, "invalid_target"),
+    ("[::1", 400, "invalid_target"),
+    ("a:b:c", 400, "invalid_target"),
+    ("agent@serpapi.com:443", 400, "invalid_target"),
+    ("serpapi.com:443/path", 400, "invalid_target"),
+    ("serpapi.com:99999", 400, "invalid_target"),
+])
+def test_connect_targets_refused_before_the_handshake(tunnel_sidecar, target, status, code):
+    s = tunnel_sidecar
+    sock, head, body = connect(s, target, s.new_token())
+    assert problem(head, body) == (status, code)
+    assert "connection: close" in head.lower()
+    assert "BEGIN" not in body.decode(errors="replace")
+
+
+def test_connect_to_the_sidecars_own_ports_is_refused(pki, https_upstream, sidecar_factory):
+    upstream_routes(https_upstream)
+    # Even with loopback granted and the port allowed, the sidecar never tunnels to itself.
+    probe = sidecar_factory(intercept_config(pki, https_upstream))
+    admin_port = int(probe.admin.rsplit(":", 1)[1])
+    probe.stop()
+    s = sidecar_factory(intercept_config(pki, https_upstream, intercept=f"allowed_ports: [443, {admin_port}]\n"),
+                        env={**LIVE_ENV, "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}"})
+    sock, head, body = connect(s, f"127.0.0.1:{admin_port}", s.new_token())
+    assert problem(head, body) == (403, "egress_denied")
+    assert "own listener" in json.loads(body)["detail"]
+
+
+def test_a_name_that_resolves_inside_is_refused_before_the_handshake(pki, https_upstream, sidecar_factory):
+    upstream_routes(https_upstream)
+    # No loopback grant here: localhost is an internal destination like any other.
+    config = intercept_config(pki, https_upstream).replace('allow_cidrs: ["127.0.0.0/8"]', "allow_cidrs: []")
+    s = sidecar_factory(config, env=LIVE_ENV)
+    sock, head, body = connect(s, "localhost:443", s.new_token())
+    assert problem(head, body) == (403, "egress_denied")
+
+
+def test_policy_applies_to_the_connect_target(tunnel_sidecar):
+    s = tunnel_sidecar
+    only_search = s.new_token(scopes=["serpapi:search"])
+    sock, head, body = connect(s, "api.openai.com:443", only_search)
+    assert problem(head, body) == (403, "scope_denied")
+    sock, head, body = connect(s, "example.com:443", only_search)
+    assert problem(head, body) == (403, "scope_denied")
+    sock, head, _ = connect(s, "serpapi.com:443", only_search)
+    assert head.startswith("HTTP/1.1 200")
+
+
+def test_sni_must_name_the_connect_host(tunnel_sidecar):
+    s = tunnel_sidecar
+    sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+    assert head.startswith("HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        ctx.wrap_socket(sock, server_hostname="api.openai.com")
+    assert metric(metrics(s), "gateway_tunnels_total", mode="intercept", result="sni_mismatch") == 1
+
+
+def test_a_client_that_does_not_trust_the_ca_gets_an_alert_never_a_plain_tunnel(tunnel_sidecar, https_upstream):
+    s = tunnel_sidecar
+    before = len(https_upstream.requests)
+    sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ssl.create_default_context().wrap_socket(sock, server_hostname="serpapi.com")
+    s.wait_for_log(lambda r: r.get("msg") == "tunnel handshake failed")
+    assert len(https_upstream.requests) == before
+
+
+def test_a_clienthello_that_never_comes_is_cut_after_the_handshake_timeout(tunnel_sidecar):
+    s = tunnel_sidecar
+    sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+    assert head.startswith("HTTP/1.1 200")
+    sock.settimeout(5)
+    start = time.monotonic()
+    assert sock.recv(100) == b""  # closed by the sidecar (handshake_timeout: 1s)
+    assert time.monotonic() - start < 4
+    assert metric(metrics(s), "gateway_tunnels_total", mode="intercept", result="handshake_timeout") == 1
+
+
+def test_garbage_instead_of_tls_closes_the_tunnel(tunnel_sidecar, https_upstream):
+    s = tunnel_sidecar
+    before = len(https_upstream.requests)
+    sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+    sock.sendall(b"GET /search?q=plain HTTP/1.1\r\nHost: serpapi.com\r\n\r\n")
+    sock.settimeout(5)
+    data = b""
+    while True:
+        chunk = sock.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    assert b"HTTP/1.1 200" not in data  # never answered as plain HTTP
+    assert len(https_upstream.requests) == before
+    assert metric(metrics(s), "gateway_tunnels_total", mode="intercept", result="handshake_failed") == 1
+
+
+@pytest.mark.parametrize("request_bytes,status,code", [
+    (b"GET https://api.openai.com/v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", 421, "misdirected_request"),
+    (b"GET http://serpapi.com/search?q=x HTTP/1.1\r\nHost: serpapi.com\r\n\r\n", 421, "misdirected_request"),
+    (b"GET /search?q=x HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", 421, "misdirected_request"),
+    (b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", 421, "misdirected_request"),
+    (b"POST /search HTTP/1.1\r\nHost: serpapi.com\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, None),
+])
+def test_requests_inside_the_tunnel_for_other_hosts_or_with_smuggling_are_refused(tunnel_sidecar, https_upstream, request_bytes, status, code):
+    s = tunnel_sidecar
+    before = len(https_upstream.requests)
+    tls, _ = open_tunnel(s, "serpapi.com:443", s.new_token())
+    got, _, body = tunnel_request(tls, request_bytes)
+    assert got == status
+    if code:
+        assert json.loads(body)["code"] == code
+    assert len(https_upstream.requests) == before
+
+
+def test_intercept_disabled_restores_the_refusal(pki, https_upstream, sidecar_factory):
+    s = sidecar_factory(intercept_config(pki, https_upstream, intercept="enabled: false\n"), env=LIVE_ENV)
+    sock, head, body = connect(s, "api.openai.com:443", s.new_token())
+    assert problem(head, body) == (403, "connect_refused")
+    assert requests.get(f"{s.admin_url}/ca.pem", timeout=5).status_code == 404
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def test_many_distinct_names_keep_the_leaf_cache_bounded(pki, https_upstream, sidecar_factory, tmp_path):
+    names = int(os.environ.get("INTERCEPT_NAMES", "3000"))
+    s = sidecar_factory("version: 1\nintercept:\n  leaf_cache_size: 64\n")  # embedded default: mocked tools
+    ca = tmp_path / "ca.pem"
+    ca.write_text(requests.get(f"{s.admin_url}/ca.pem", timeout=5).text)
+    token = s.new_token()
+    ctx = ssl.create_default_context(cafile=str(ca))
+
+    def handshake(i):
+        host = f"n{i}.names.example"
+        sock, head, _ = connect(s, f"{host}:443", token)
+        assert head.startswith("HTTP/1.1 200"), head
+        ctx.wrap_socket(sock, server_hostname=host).close()
+
+    for i in range(200):
+        handshake(i)
+    before = rss_kb(s.proc.pid)
+    errors = []
+
+    def worker(start):
+        try:
+            for i in range(start, names, 4):
+                handshake(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(200 + k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors[:3]
+    after = rss_kb(s.proc.pid)
+    text = metrics(s)
+    assert metric(text, "gateway_intercept_leaf_certificates") <= 64
+    assert metric(text, "gateway_intercept_leaves_minted_total") >= names
+    assert after - before < 10 * 1024, f"RSS grew {after - before} KiB over {names} names"
+
+
+# ---------------------------------------------------------------- pass-through
+
+
+def test_passthrough_host_is_relayed_unread_after_the_same_checks(pki, https_upstream, sidecar_factory, tmp_path):
+    upstream_routes(https_upstream)
+    s = sidecar_factory(intercept_config(pki, https_upstream, intercept=f"allowed_ports: [443, {https_upstream.port}]\npassthrough_hosts: [localhost]\n"),
+                        env=LIVE_ENV)
+    token = s.new_token(scopes=["http_fetch:*"])
+    env = client_env(s, token, pki.ca_pem, tmp_path)  # the real server's certificate: nothing is intercepted
+    result = run_client("main", f"""
+        import json, requests
+        r = requests.get("https://localhost:{https_upstream.port}/page?pass=1", timeout=20)
+        print(json.dumps({{"status": r.status_code, "via": r.headers.get("via")}}))
+    """, env)
+    assert result == {"status": 200, "via": None}
+    rec = brokered(https_upstream, "/page?pass=1")
+    assert rec.header("Via") is None  # not read, not rewritten
+    line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("entry") == "passthrough")
+    assert line["method"] == "CONNECT" and line["tool"] == "http_fetch" and line["upstream_host"] == "localhost"
+    assert line["bytes_in"] > 0 and line["bytes_out"] > 0 and line["agent_id"].startswith("agt_")
+    assert metric(metrics(s), "gateway_tunnels_total", mode="passthrough", result="opened") == 1
+    # The same checks first: a token without http_fetch is refused before anything is relayed.
+    sock, head, body = connect(s, f"localhost:{https_upstream.port}", s.new_token(scopes=["serpapi:search"]))
+    assert problem(head, body) == (403, "scope_denied")
