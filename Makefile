@@ -36,6 +36,7 @@ bench:
 	WITH_BENCH=1 scripts/setup.sh
 	bench/run.sh
 	bench/limits.sh
+	bench/intercept.sh
 
 # The chaos experiments (chaos/README in the main README): breaker, retries, cache, gmail, fleet.
 chaos: setup

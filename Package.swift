@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "sidecar", targets: ["SidecarMain"]),
         .executable(name: "upstream-ceiling", targets: ["UpstreamCeiling"]),
         .executable(name: "relay-floor", targets: ["RelayFloor"]),
+        .executable(name: "tunnel-load", targets: ["TunnelLoad"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
@@ -111,6 +112,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        // bench/intercept.sh: HTTPS load through a CONNECT tunnel (wrk cannot open one), or straight to TLS.
+        .executableTarget(
+            name: "TunnelLoad",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),

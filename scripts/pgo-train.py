@@ -4,17 +4,20 @@
 Starts a local keep-alive upstream (SerpAPI- and OpenAI-shaped JSON answers), two instances of the
 instrumented sidecar named by $SIDECAR_BIN (authentication off, and on with a minted agent token), and
 drives a fixed mix of calls through them from 16 keep-alive connections: the serpapi reverse route
-(most of it: it is the benchmark's path), the forward proxy, OpenAI chat with usage, the
-/api/proxy-request envelope and refusals (no token: 401; unknown route: 404). Each sidecar writes
+(most of it: it is the benchmark's path), the forward proxy, requests inside an intercepted CONNECT
+tunnel (HTTPS_PROXY), OpenAI chat with usage, the /api/proxy-request envelope and refusals (no token:
+401; unknown route: 404). Each sidecar writes
 its counters to $LLVM_PROFILE_FILE when it exits on SIGTERM.
 
 The processes and the load come from the chaos/e2e harness (FakeUpstream, Sidecar, drive): bounded by
 PGO_TRAIN_CALLS (default 40 000) or PGO_TRAIN_SECONDS (default 60), everything on 127.0.0.1 on port 0,
 every process stopped by PID.
 """
+import base64
 import http.client
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -51,6 +54,7 @@ def mix(open_port: int, auth_port: int, agent_token: str):
     calls += [(open_port, "POST", "/openai/v1/chat/completions", json_h, chat)] * 2
     calls += [(auth_port, "POST", "/openai/v1/chat/completions", {**tok, **json_h}, chat)]
     calls += [(open_port, "POST", "/api/proxy-request", json_h, envelope)]
+    calls += [(-auth_port, "GET", "/search?q=train", {}, None)] * 2  # inside a CONNECT tunnel to serpapi.com
     calls += [(auth_port, "GET", "/serpapi/search?q=train", {}, None)]  # 401
     calls += [(open_port, "GET", "/nowhere", {}, None)]  # 404
     return calls
@@ -65,13 +69,24 @@ def main():
     try:
         sidecars = [Sidecar(config(upstream, auth), env) for auth in (False, True)]
         open_side, auth_side = sidecars
-        calls = mix(open_side.proxy_port, auth_side.proxy_port, auth_side.new_token(role="scraper", ttl="1h"))
+        token = auth_side.new_token(role="scraper", ttl="1h")
+        calls = mix(open_side.proxy_port, auth_side.proxy_port, token)
+        # A negative port: the call goes through a tunnel (HTTPS_PROXY), trusting the sidecar's CA.
+        tls = ssl.create_default_context(cadata=http_get(auth_side.admin_url + "/ca.pem"))
+        proxy_auth = {"Proxy-Authorization": "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()}
+
+        def connection(port):
+            if port > 0:
+                return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c = http.client.HTTPSConnection("127.0.0.1", -port, timeout=10, context=tls)
+            c.set_tunnel("serpapi.com", 443, headers=proxy_auth)
+            return c
         local = threading.local()  # each load thread keeps one keep-alive connection per sidecar
 
         def call(i: int):
             port, method, target, headers, body = calls[i % len(calls)]
             conns = local.__dict__.setdefault("conns", {})
-            c = conns.get(port) or conns.setdefault(port, http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+            c = conns.get(port) or conns.setdefault(port, connection(port))
             try:
                 c.request(method, target, body=body, headers=headers)
                 c.getresponse().read()
@@ -88,6 +103,12 @@ def main():
         for s in sidecars:
             s.stop()
         upstream.close()
+
+
+def http_get(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
 
 
 if __name__ == "__main__":

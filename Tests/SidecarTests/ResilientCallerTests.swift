@@ -419,4 +419,20 @@ struct ResilientCallerTests {
     func outcomeClassification(_ status: Int?, _ error: UpstreamError?, _ expected: CircuitBreaker.Outcome) {
         #expect(ResilientCaller.outcome(status: status, error: error) == expected)
     }
+
+    @Test func perHostBreakersStayBoundedAndKeepWhatMatters() {
+        let t: Int64 = 1_000_000
+        var breakers: [String: CircuitBreaker] = ["serpapi": CircuitBreaker(), "http_fetch": CircuitBreaker()]
+        var open = CircuitBreaker()
+        for _ in 0..<5 { _ = open.onRequest(now: t); open.onOutcome(.failure, probe: false, now: t, random: 0.5) }
+        breakers["http_fetch|down.example"] = open
+        for i in 0..<(ResilientCaller.maxHostBreakers + 10) { breakers["http_fetch|h\(i).example"] = CircuitBreaker() }
+        ResilientCaller.prune(&breakers, now: t)
+        // The quiet per-host breakers go; the open one and the tools' own stay.
+        #expect(Set(breakers.keys) == ["serpapi", "http_fetch", "http_fetch|down.example"])
+        // Thousands of failing hosts: still bounded.
+        for i in 0..<(3 * ResilientCaller.maxHostBreakers) { breakers["http_fetch|f\(i).example"] = open }
+        ResilientCaller.prune(&breakers, now: t)
+        #expect(Set(breakers.keys) == ["serpapi", "http_fetch"])
+    }
 }

@@ -242,4 +242,22 @@ struct CircuitBreakerTests {
         #expect(CircuitBreaker.State.halfOpen.gaugeValue == 1)
         #expect(CircuitBreaker.State.open.gaugeValue == 2)
     }
+
+    @Test func quietMeansNothingWouldBeLostByForgettingIt() {
+        let t: Int64 = 1_000_000
+        #expect(CircuitBreaker(settings: Self.settings()).isQuiet(now: t))
+        var healthy = CircuitBreaker(settings: Self.settings())
+        Self.feed(&healthy, [.success, .success], start: t)
+        #expect(healthy.isQuiet(now: t + 10))
+        var failing = CircuitBreaker(settings: Self.settings())
+        Self.feed(&failing, [.success, .failure, .success], start: t)
+        #expect(!failing.isQuiet(now: t + 10))  // a failure in the window
+        #expect(failing.isQuiet(now: t + 20_000))  // ... until it ages out
+        var open = CircuitBreaker(settings: Self.settings())
+        Self.feed(&open, Array(repeating: .failure, count: 5), start: t)
+        #expect(open.state == .open && !open.isQuiet(now: t + 100_000))
+        var throttled = CircuitBreaker(settings: Self.settings())
+        throttled.onThrottleHint(waitMilliseconds: 5_000, now: t)
+        #expect(!throttled.isQuiet(now: t + 1_000) && throttled.isQuiet(now: t + 6_000))
+    }
 }

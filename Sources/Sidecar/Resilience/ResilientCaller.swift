@@ -269,9 +269,33 @@ final class ResilientCaller: Sendable {
     /// The breaker's word on this call. Mutated in place (through the default subscript), so the bucket
     /// arrays are never copied; a half-open probe is counted here.
     private func decide(_ c: Call) -> CircuitBreaker.Decision {
-        breakers.withLock { b in
-            b[c.breakerKey, default: newBreaker(c.tool)].onRequest(now: now())
-        }
+        let t = now()
+        return breakers.withLock { b in breaker(c.breakerKey, c.tool, in: &b, now: t) { $0.onRequest(now: t) } }
+    }
+
+    /// Applies `change` to the key's breaker — made first when the key has none, after forgetting quiet
+    /// per-host ones if there are many — with one access of the (string) key.
+    private func breaker<T>(
+        _ key: String, _ tool: Tool, in b: inout [String: CircuitBreaker], now t: Int64, _ change: (inout CircuitBreaker) -> T
+    ) -> T {
+        if b.count >= Self.maxHostBreakers, b[key] == nil { Self.prune(&b, now: t) }
+        return change(&b[key, default: newBreaker(tool)])
+    }
+
+    /// Per-host breakers (http_fetch) kept before quiet ones are forgotten: an agent that fetches from
+    /// ever new hosts must not grow the sidecar's memory without bound.
+    static let maxHostBreakers = 1024
+
+    /// Forgets per-host breakers, least valuable first: quiet ones (a fresh breaker would decide the
+    /// same), then, if the map is still over twice the bound (hosts failing by the thousand), every
+    /// per-host breaker that is not open, then all of them. The tools' own breakers always stay.
+    static func prune(_ breakers: inout [String: CircuitBreaker], now: Int64) {
+        let perHost = { (key: String) in key.hasPrefix("http_fetch|") }
+        breakers = breakers.filter { !perHost($0.key) || !$0.value.isQuiet(now: now) }
+        guard breakers.count >= 2 * maxHostBreakers else { return }
+        breakers = breakers.filter { !perHost($0.key) || $0.value.state == .open }
+        guard breakers.count >= 2 * maxHostBreakers else { return }
+        breakers = breakers.filter { !perHost($0.key) }
     }
 
     /// Turns the breaker's decision into a go-ahead: one probe per fleet, a refusal (or a stale answer)
@@ -510,9 +534,7 @@ final class ResilientCaller: Sendable {
         func apply(_ breaker: inout CircuitBreaker) -> (CircuitBreaker.State?, Int64) {
             (breaker.onOutcome(outcome, probe: probe, now: t, random: r), breaker.reopensAt)
         }
-        let (change, reopens) = breakers.withLock { b in
-            apply(&b[key, default: newBreaker(tool)])
-        }
+        let (change, reopens) = breakers.withLock { b in breaker(key, tool, in: &b, now: t, apply) }
         if let change {
             transitioned(key: key, tool: tool, to: change, reopensAt: reopens)
             if change == .open { fleet?.publishOpen(key: key, until: reopens) }
@@ -539,9 +561,8 @@ final class ResilientCaller: Sendable {
     /// Another sidecar tripped this breaker: obey until it reopens.
     func applyFleetOpen(key: String, until: Int64) {
         guard let tool = Tool(rawValue: String(key.split(separator: "|").first ?? "")) else { return }
-        let change = breakers.withLock { b -> CircuitBreaker.State? in
-            b[key, default: newBreaker(tool)].forceOpen(until: until, now: now())
-        }
+        let t = now()
+        let change = breakers.withLock { b in breaker(key, tool, in: &b, now: t) { $0.forceOpen(until: until, now: t) } }
         if let change { transitioned(key: key, tool: tool, to: change, reopensAt: until) }
     }
 

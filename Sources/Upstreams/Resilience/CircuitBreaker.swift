@@ -170,6 +170,14 @@ public struct CircuitBreaker: Sendable, Hashable {
 
     private var bucketWidth: Int64 { max(1, settings.windowMilliseconds / Int64(settings.buckets)) }
 
+    /// Nothing would be lost by forgetting this breaker: closed, not pausing for a 429, no probe out, and
+    /// no failure in its rolling window. (A fresh breaker would decide every later call the same way.)
+    public func isQuiet(now: Int64) -> Bool {
+        guard state == .closed, now >= throttledUntil, probesInFlight == 0, consecutive == 0 else { return false }
+        if (now / bucketWidth) - (bucketStart / bucketWidth) >= Int64(settings.buckets) { return true }
+        return !failures.contains { $0 > 0 }
+    }
+
     /// Clears buckets that fell out of the rolling window.
     private mutating func rotate(now: Int64) {
         let current = now / bucketWidth
