@@ -21,6 +21,7 @@ done
 
 # The first start generated the fleet keys and the admin token in $STATE; use them for a demo agent.
 ADMIN_TOKEN=$(cat "$STATE/admin.token")
+CA=$(cd "$STATE" && pwd)/ca/ca.pem   # the interception CA, generated on first start too
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 AGENT=$(curl -fsS -X POST "http://$ADMIN/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" \
   -H 'Content-Type: application/json' -d '{"name":"demo","role":"developer","created_by":"make run"}' | json agent_id)
@@ -34,10 +35,10 @@ cat >&2 <<MSG
 
   export AGENT_TOKEN=$TOKEN
 
-  # unmodified SDKs and curl calling https:// (HTTPS_PROXY): trust the sidecar's CA ($STATE/ca/ca.pem)
+  # unmodified SDKs and curl calling https:// APIs (HTTPS_PROXY): they trust the sidecar's CA
   export HTTPS_PROXY="http://agent:\$AGENT_TOKEN@$PROXY"
-  export SSL_CERT_FILE=$PWD/$STATE/ca/ca.pem REQUESTS_CA_BUNDLE=$PWD/$STATE/ca/ca.pem NODE_EXTRA_CA_CERTS=$PWD/$STATE/ca/ca.pem
-  curl --cacert $STATE/ca/ca.pem 'https://serpapi.com/search?q=coffee&num=2'
+  export SSL_CERT_FILE=$CA REQUESTS_CA_BUNDLE=$CA HTTPLIB2_CA_CERTS=$CA NODE_EXTRA_CA_CERTS=$CA
+  curl --cacert $CA 'https://serpapi.com/search?q=coffee&num=2'
   python3 -c "import openai; print(openai.OpenAI(api_key='any').chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}]).choices[0].message.content)"
 
   # forward proxy (what HTTP_PROXY clients do): the token is the proxy password

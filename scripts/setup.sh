@@ -3,7 +3,7 @@
 # Idempotent: packages already present are not touched.
 set -euo pipefail
 
-APT_PACKAGES=(libhiredis-dev libjemalloc-dev redis-server curl prometheus libsqlite3-dev python3-venv)
+APT_PACKAGES=(libhiredis-dev libjemalloc-dev redis-server curl prometheus libsqlite3-dev python3-venv zlib1g-dev pkg-config)
 [[ "${WITH_BENCH:-0}" == "1" ]] && APT_PACKAGES+=(wrk nginx-light)
 
 SUDO=""

@@ -16,10 +16,25 @@ public enum SidecarApp {
     /// Wall-clock seconds. Only the Sidecar module reads the clock; Policy gets time passed in.
     static let unixNow: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }
 
+    /// Runs until SIGTERM/SIGINT. Whatever fails — at start-up (a busy port, an unreadable key, a bad CA
+    /// bundle, a state directory that cannot be used) or later — everything already started is shut
+    /// down before the error is thrown on (the caller logs it and exits 1).
     public static func run(config: SidecarConfig, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
+        let started = ShutdownList()
+        do {
+            try await run(config: config, environment: environment, started: started)
+        } catch {
+            await started.run()
+            throw error
+        }
+        await started.run()
+    }
+
+    private static func run(config: SidecarConfig, environment: [String: String], started: ShutdownList) async throws {
         let logger = Logger(label: "sidecar")
         let metrics = GatewayMetrics()
-        try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try checkStateDirectory(config.stateDir)
+        if let bundle = config.caBundlePath { try checkCABundle(bundle) }
 
         // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
         var redis: RedisClient?
@@ -29,10 +44,22 @@ public enum SidecarApp {
             redis = RedisClient(
                 endpoint: endpoint!, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
                 connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle], observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
-            await redis?.connectAll()
+            // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
+            // is a WRONGPASS now, not a mystery at the first request that needs Redis.
+            if let error = await redis?.connectAll() {
+                logger.error(
+                    "redis is not usable at start; its limit classes follow state.on_redis_failure until it is",
+                    metadata: ["redis": "\(endpoint!)", "error": "\(error)"])
+            }
         }
-        let store: any IdentityStore = try redis.map { RedisIdentityStore(redis: $0) } ?? SQLiteIdentityStore(path: config.databasePath)
-        let identityState = IdentityState(store: store)
+        let store: any IdentityStore
+        do {
+            store = try redis.map { RedisIdentityStore(redis: $0) } ?? SQLiteIdentityStore(path: config.databasePath)
+        } catch {
+            throw StartupError("state.dir: cannot open the embedded store \(config.databasePath) (\(error))")
+        }
+        let identityState = IdentityState(
+            store: store, localCopy: (config.stateDir as NSString).appendingPathComponent("identity-snapshot.json"), logger: logger, metrics: metrics)
         do {
             try await identityState.refresh()
         } catch {
@@ -44,7 +71,9 @@ public enum SidecarApp {
         if let redis {
             limits = RedisLimitStore(redis: redis, failure: config.stateFailure, metrics: metrics, logger: logger)
         } else {
-            embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath)
+            do { embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath) } catch {
+                throw StartupError("state.dir: cannot open the embedded store \(config.databasePath) (\(error))")
+            }
             limits = embeddedLimits!
         }
         let (authenticator, minter) = try buildAuthentication(config, environment, identityState, metrics, logger)
@@ -63,10 +92,12 @@ public enum SidecarApp {
                 maxConnectionsPerHost: config.maxConnectionsPerHost)
         }
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
+        started.add { await live.shutdown() }
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = config.caBundlePath { tls.trustRoots = .file(ca) }
         let pool = try HTTP1ConnectionPool(
             connectTimeouts: config.tools.mapValues(\.connectTimeout), maxIdlePerOrigin: config.maxConnectionsPerHost, tls: tls)
+        started.add { pool.shutdown() }
         let clients = ProtocolRouterTransport(http1: pool, http2Capable: live, offerHTTP2: config.http2)
         // The configured listeners now (a fixed port is known before it is bound), the bound ones as they come up.
         let egress = EgressGuard(
@@ -86,6 +117,7 @@ public enum SidecarApp {
             transport: chaos, settings: config.resilience, metrics: metrics, logger: logger, fleet: fleet, shared: sharedCache)
         let transport = chaos
         let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
+        started.add { try? await oauthClient.shutdown() }
         let gmail = GmailTokenProvider(endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow)
         let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
         let credentials = try VaultCredentialSource(
@@ -127,13 +159,13 @@ public enum SidecarApp {
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
         let router = Router()
-        AdminRoutes(metrics: metrics, readiness: readiness, redis: redis, caPEM: interceptCA?.pem).register(on: router)
+        AdminRoutes(metrics: metrics, readiness: readiness, redis: redis, identity: identityState, caPEM: interceptCA?.pem).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
-        let admin = Application(
+        let adminApp = Application(
             router: router,
             configuration: .init(address: .hostname(config.adminListen.host, port: config.adminListen.port), serverName: nil),
             onServerRunning: { channel in
@@ -143,6 +175,7 @@ public enum SidecarApp {
                 }
             },
             logger: hbLogger)
+        let admin = NamedListener(name: "admin", address: config.adminListen, service: adminApp)
 
         logger.info(
             "starting",
@@ -198,11 +231,28 @@ public enum SidecarApp {
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: hbLogger))
         try await group.run()
-        await live.shutdown()
-        pool.shutdown()
-        try? await oauthClient.shutdown()
         context.accessLog.writer.flush()
         logger.info("stopped")
+    }
+
+    /// The state directory exists (made 0700 if not) and the sidecar can write in it.
+    static func checkStateDirectory(_ dir: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw StartupError("state.dir \(dir): cannot be created (\((error as NSError).localizedDescription))")
+        }
+        guard FileManager.default.isWritableFile(atPath: dir) else { throw StartupError("state.dir \(dir): not writable by this process") }
+    }
+
+    /// `upstream.ca_bundle` holds certificates TLS can use (a bad bundle otherwise fails only at the first
+    /// upstream call, or inside a client that is already running).
+    static func checkCABundle(_ path: String) throws {
+        let certificates: [NIOSSLCertificate]
+        do { certificates = try NIOSSLCertificate.fromPEMFile(path) } catch {
+            throw StartupError("upstream.ca_bundle \(path): not a PEM certificate bundle (\(error))")
+        }
+        guard !certificates.isEmpty else { throw StartupError("upstream.ca_bundle \(path): holds no certificate") }
     }
 
     /// The interception CA when `intercept.enabled` (generated on first start unless the operator brings one).
@@ -277,6 +327,18 @@ public enum SidecarApp {
     static func format(_ address: SocketAddress) -> String {
         let ip = address.ipAddress ?? "?"
         return ip.contains(":") ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
+    }
+}
+
+/// A listener service whose failure names it: "cannot listen on 127.0.0.1:9090 (admin): address already
+/// in use" rather than a bare bind error.
+struct NamedListener<Inner: Service>: Service {
+    let name: String
+    let address: HostPort
+    let service: Inner
+
+    func run() async throws {
+        do { try await service.run() } catch { throw StartupError("cannot listen on \(address) (\(name)): \(error)") }
     }
 }
 

@@ -200,7 +200,7 @@ public enum HeaderName {
     }
 
     /// ASCII case-insensitive equality of two field names.
-    static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
+    public static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
         return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
     }

@@ -39,9 +39,23 @@ public enum JSONValue: Sendable, Hashable, Codable {
         }
     }
 
-    /// Parses bytes; nil when they are not JSON.
+    /// Parses bytes; nil when they are not JSON the sidecar will act on (`parseStrict` says why).
     public static func parse<Bytes: Collection>(_ bytes: Bytes) -> JSONValue? where Bytes.Element == UInt8 {
-        try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        try? parseStrict(bytes)
+    }
+
+    /// Parses bytes with `JSONReader`: strict RFC 8259 in UTF-8, refusing what parsers read differently
+    /// (duplicate member names above all).
+    public static func parseStrict<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> JSONValue where Bytes.Element == UInt8 {
+        let result: Result<JSONValue, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
+            var reader = JSONReader(buffer)
+            do throws(JSONParseError) { return .success(try reader.document()) } catch { return .failure(error) }
+        }
+        if let result { return try result.get() }
+        return try ContiguousArray(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var reader = JSONReader(buffer)
+            return try reader.document()
+        }
     }
 
     public subscript(key: String) -> JSONValue? {

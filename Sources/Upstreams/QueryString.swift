@@ -36,6 +36,23 @@ public struct QueryString: Sendable, Hashable {
 
     public func first(_ name: String) -> String? { items.first(where: { $0.name == name })?.value }
 
+    /// Why a server could read this query as other parameters than these items, or nil. A guard reads
+    /// the items; the upstream's framework (SerpAPI is Rails) may take the last of two values, split on
+    /// `;` as well as `&`, or turn `num[]=` into an array — so none of that is guessed at: a repeated
+    /// name (compared decoded: `n%75m` is `num`), a raw `;`, and bracketed names are refused.
+    public var ambiguity: String? {
+        if let raw, raw.utf8.contains(UInt8(ascii: ";")) { return "the query contains ';', which some servers read as a parameter separator" }
+        var seen = Set<String>()
+        for item in items {
+            let shown = item.name.prefix(40)
+            if item.name.utf8.contains(where: { $0 == UInt8(ascii: "[") || $0 == UInt8(ascii: "]") }) {
+                return "parameter \(shown) uses bracket (array) syntax"
+            }
+            if !seen.insert(item.name).inserted { return "parameter \(shown) appears more than once" }
+        }
+        return nil
+    }
+
     public mutating func removeAll(named name: String) {
         guard items.contains(where: { $0.name == name }) else { return }
         items.removeAll { $0.name == name }

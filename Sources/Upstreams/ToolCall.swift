@@ -107,22 +107,21 @@ public struct HTTPFetchParameters: Sendable, Hashable {
 
 public struct GmailParameters: Sendable, Hashable {
     public var userId: String
-    /// Lowercased addresses from To, Cc and Bcc.
+    /// Lowercased addresses from To, Cc, Bcc and the Resent- fields.
     public var recipients: [String]
+    /// Their domains, as the address parse found them (not "what follows the last @").
+    public var recipientDomains: [String]
     public var subjectBytes: Int
     public var bodyBytes: Int
     /// A header value carried a bare CR or LF (header injection attempt).
     public var headerInjection: Bool
-    public init(userId: String, recipients: [String], subjectBytes: Int, bodyBytes: Int, headerInjection: Bool) {
+    public init(userId: String, recipients: [MailAddress], subjectBytes: Int, bodyBytes: Int, headerInjection: Bool) {
         self.userId = userId
-        self.recipients = recipients
+        self.recipients = recipients.map(\.description)
+        self.recipientDomains = recipients.map(\.domain)
         self.subjectBytes = subjectBytes
         self.bodyBytes = bodyBytes
         self.headerInjection = headerInjection
-    }
-
-    public var recipientDomains: [String] {
-        recipients.compactMap { addr in addr.lastIndex(of: "@").map { String(addr[addr.index(after: $0)...]) } }
     }
 }
 
@@ -133,6 +132,7 @@ public struct ToolRequestError: Error, Sendable, Hashable, CustomStringConvertib
         case invalidBody = "invalid_body"
         case invalidParameter = "invalid_parameter"
         case unsupportedMediaType = "unsupported_media_type"
+        case ambiguousParameter = "ambiguous_parameter"
     }
     public let kind: Kind
     public let detail: String
@@ -141,6 +141,16 @@ public struct ToolRequestError: Error, Sendable, Hashable, CustomStringConvertib
     public static func invalidBody(_ detail: String) -> Self { .init(kind: .invalidBody, detail: detail) }
     public static func invalidParameter(_ detail: String) -> Self { .init(kind: .invalidParameter, detail: detail) }
     public static func unsupportedMediaType(_ detail: String) -> Self { .init(kind: .unsupportedMediaType, detail: detail) }
+    public static func ambiguousParameter(_ detail: String) -> Self { .init(kind: .ambiguousParameter, detail: detail) }
+
+    /// A body that is not JSON the sidecar will act on: a duplicate member (which a guard and the upstream
+    /// could read differently) is ambiguous; anything else is an invalid body (`expected` says what is).
+    public static func body(_ error: JSONParseError, expected: String) -> Self {
+        switch error {
+        case .duplicateKey(let name): return .ambiguousParameter("the JSON body names \"\(name.prefix(64))\" twice in one object")
+        case .invalid(let why): return .invalidBody("\(expected) (\(why))")
+        }
+    }
 
     public var description: String { "\(kind.rawValue): \(detail)" }
 }

@@ -103,7 +103,7 @@ struct AdapterFixtureTests {
         #expect(throws: ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")) {
             try adapter.interpret(ToolRequest(method: .GET, path: "/v1/models"))
         }
-        #expect(throws: ToolRequestError.invalidBody("openai chat needs a JSON object body")) {
+        #expect(throws: ToolRequestError.invalidBody("openai chat needs a JSON object body (unexpected literal)")) {
             try adapter.interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: "not json")))
         }
         #expect(throws: ToolRequestError.invalidParameter("max_tokens must be a non-negative integer")) {

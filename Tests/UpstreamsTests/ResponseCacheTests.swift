@@ -93,17 +93,30 @@ struct ResponseCacheTests {
         #expect(await c.wait(for: "q") == nil)  // nothing in flight: returns at once
     }
 
-    @Test func serpAPIKeysIgnoreTheAPIKeyAndParameterOrder() throws {
+    @Test func serpAPIKeysAreTheForwardedQueryWithoutTheAgentsKey() throws {
         let adapter = SerpAPIAdapter()
         func key(_ q: String) throws -> String {
             ResponseCache.serpAPIKey(try adapter.interpret(ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: q))))
         }
         let a = try key("q=coffee&engine=google&num=10&api_key=AGENT-KEY")
-        #expect(a == (try key("engine=google&num=10&q=coffee")))
-        #expect(a == (try key("num=10&q=coffee&engine=google&api_key=OTHER")))
+        #expect(a == (try key("q=coffee&engine=google&num=10")))
+        #expect(a == (try key("q=coffee&api_key=OTHER&engine=google&num=10")))
+        // Exactly the bytes forwarded, order kept: another order is another upstream request.
+        #expect(a != (try key("engine=google&num=10&q=coffee")))
         #expect(a != (try key("q=tea&engine=google&num=10")))
         #expect(a != (try key("q=coffee&engine=bing&num=10")))
         #expect(!a.contains("coffee") && !a.contains("AGENT") && a.count == 64)
+        // What the upstream could read as other parameters never gets a key at all: it is refused.
+        for ambiguous in ["q=cats&q=dogs", "num=5&n%75m=100", "q=x;num=100", "num[]=100", "api_key=a&api%5Fkey=b"] {
+            do {
+                _ = try key(ambiguous)
+                Issue.record("\(ambiguous) was accepted")
+            } catch let e as ToolRequestError {
+                #expect(e.kind == .ambiguousParameter, "\(ambiguous)")
+            } catch {
+                Issue.record("\(error)")
+            }
+        }
     }
 
     @Test(arguments: [

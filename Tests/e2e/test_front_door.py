@@ -2,7 +2,6 @@
 its embedded default and prints commands; the printed commands must work as printed."""
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -28,14 +27,19 @@ def test_make_run_prints_commands_that_work(tmp_path):
             err.seek(0)
             text = err.read()
             assert proc.poll() is None, text
-        token = re.search(r"export AGENT_TOKEN=(\S+)", text).group(1)
-        # The forward-proxy curl, exactly as printed (with the variable expanded).
-        line = next(l.strip() for l in text.splitlines() if l.strip().startswith("curl -x"))
-        out = subprocess.run(["bash", "-c", line], env=dict(env, AGENT_TOKEN=token), capture_output=True, text=True, timeout=20)
-        assert out.returncode == 0 and "organic_results" in out.stdout, out.stdout + out.stderr
+        lines = [l.strip() for l in text.splitlines()]
+        # Every printed `export` runs first, in order, as a user pasting them would.
+        exports = "\n".join(l for l in lines if l.startswith("export "))
+        assert "HTTPS_PROXY" in exports and "SSL_CERT_FILE" in exports
+        # The curl lines (forward proxy, and HTTPS through the proxy) exactly as printed.
+        curls = [l for l in lines if l.startswith("curl -x") or l.startswith("curl --cacert")]
+        assert len(curls) == 2
+        for line in curls:
+            out = subprocess.run(["bash", "-c", exports + "\n" + line], env=env, capture_output=True, text=True, timeout=20)
+            assert out.returncode == 0 and "organic_results" in out.stdout, line + "\n" + out.stdout + out.stderr
         # The Python lines, as printed.
-        for py in [l.strip() for l in text.splitlines() if l.strip().startswith("python3 -c")]:
-            out = subprocess.run(["bash", "-c", py], env=dict(env, AGENT_TOKEN=token), capture_output=True, text=True, timeout=60)
+        for py in [l for l in lines if l.startswith("python3 -c")]:
+            out = subprocess.run(["bash", "-c", exports + "\n" + py], env=env, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, py + "\n" + out.stderr
         assert requests.get(f"http://{admin}/metrics", timeout=5).status_code == 200
     finally:

@@ -8,6 +8,7 @@ struct AdminRoutes: Sendable {
     let metrics: GatewayMetrics
     let readiness: Readiness
     var redis: RedisClient? = nil
+    var identity: IdentityState? = nil
     /// The interception CA certificate(s), public: agents fetch it to trust intercepted tunnels.
     var caPEM: String? = nil
 
@@ -21,6 +22,9 @@ struct AdminRoutes: Sendable {
             // Redis is reported but never makes the sidecar unready: without it the failure policy
             // answers (local limits or 503 state_unavailable), which is better than no sidecar at all.
             if let redis { body["redis"] = .string(await redis.ping() ? "up" : "down (failure policy active)") }
+            // A store that lost its data is reported, not made a reason to be unready: the last good
+            // snapshot keeps every revocation in force meanwhile.
+            if let identity, redis != nil { body["identity_store"] = .string(identity.storeHealth.text) }
             return Self.json(.object(body), status: ready ? .ok : .serviceUnavailable)
         }
         router.get("ca.pem") { _, _ in

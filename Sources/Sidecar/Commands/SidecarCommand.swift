@@ -29,7 +29,13 @@ public struct SidecarCommand: AsyncParsableCommand {
             }
             let level = Logger.Level(rawValue: loaded.logLevel) ?? .info
             LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
-            try await SidecarApp.run(config: loaded)
+            do {
+                try await SidecarApp.run(config: loaded)
+            } catch {
+                // One line naming what failed and where; everything started was shut down already.
+                Logger(label: "sidecar").critical("sidecar failed", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
         }
     }
 

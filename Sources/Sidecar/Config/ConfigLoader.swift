@@ -36,11 +36,15 @@ public enum ConfigLoader {
         if let s = try listen["admin"].string() { c.adminListen = try hostPort(s, listen["admin"]) }
 
         let limits = root["limits"]
-        try limits.checkKeys(["max_header_bytes", "max_request_body_bytes", "max_response_body_bytes", "idle_timeout", "drain_timeout"])
+        try limits.checkKeys([
+            "max_header_bytes", "max_request_body_bytes", "max_response_body_bytes", "idle_timeout", "header_timeout", "body_timeout", "drain_timeout",
+        ])
         c.limits.maxHeaderBytes = try limits["max_header_bytes"].int(default: c.limits.maxHeaderBytes, range: 1024...1_048_576)
         c.limits.maxRequestBodyBytes = try limits["max_request_body_bytes"].int(default: c.limits.maxRequestBodyBytes, range: 0...1_073_741_824)
         c.limits.maxResponseBodyBytes = try limits["max_response_body_bytes"].int(default: c.limits.maxResponseBodyBytes, range: 1024...1_073_741_824)
         c.limits.idleTimeout = try positive(limits["idle_timeout"], default: c.limits.idleTimeout)
+        c.limits.headerTimeout = try positive(limits["header_timeout"], default: c.limits.headerTimeout)
+        c.limits.bodyTimeout = try positive(limits["body_timeout"], default: c.limits.bodyTimeout)
         c.limits.drainTimeout = try limits["drain_timeout"].duration(default: c.limits.drainTimeout)
 
         let upstream = root["upstream"]

@@ -63,6 +63,10 @@ public struct ListenerLimits: Sendable, Hashable {
     public var maxResponseBodyBytes = 32 * 1024 * 1024
     /// A connection that sends nothing for this long between requests (or mid-request) is closed.
     public var idleTimeout: Duration = .seconds(60)
+    /// From the first byte of a request to the end of its head (a drip-fed head is cut: 408).
+    public var headerTimeout: Duration = .seconds(10)
+    /// From the end of the head to the end of the body, for a request with a body (408).
+    public var bodyTimeout: Duration = .seconds(30)
     /// How long in-flight requests may take to finish after SIGTERM before connections are cut.
     public var drainTimeout: Duration = .seconds(15)
 }

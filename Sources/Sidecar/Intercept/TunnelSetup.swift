@@ -14,7 +14,7 @@ import Upstreams
 /// that was checked. A `TunnelGuard` behind them bounds the handshake in time and turns TLS failures
 /// into a metric, a log line and a closed connection.
 ///
-///     [ClientHello] → [NIOSSLServerHandler] → [TunnelGuard] → [HTTP decoder] → [ProxyHTTPHandler(tunnel)]
+///     [ClientHello] → [NIOSSLServerHandler] → [TunnelGuard] → [InputMeter] → [HTTP decoder] → [ProxyHTTPHandler(tunnel)]
 ///     [ClientHello] → [TunnelGuard] → [TunnelRelay ⇄ upstream connection]
 enum TunnelSetup {
     /// Replaces the connection's HTTP handlers (`context` is the `ProxyHTTPHandler`'s) with the tunnel's.
@@ -33,7 +33,9 @@ enum TunnelSetup {
         try sync.addHandler(hello)
         try sync.addHandler(guardHandler)
         let decoder = try sync.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        let meter = try sync.context(handlerType: InputMeter.self)
         sync.removeHandler(context: context, promise: nil)
+        sync.removeHandler(context: meter, promise: nil)
         // Whatever the agent sent after its CONNECT (an eager ClientHello) goes to `hello` as the decoder leaves.
         sync.removeHandler(context: decoder, promise: nil)
     }
@@ -58,6 +60,7 @@ enum TunnelSetup {
             let context = try interception.context(for: plan.target.host)
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(NIOSSLServerHandler(context: context), position: .before(guardHandler))
+            try sync.addHandler(InputMeter())
             try sync.addHandler(ProxyServer.requestDecoder(limits: shared.limits, leftOverBytes: .dropBytes))
             try sync.addHandler(ProxyHTTPHandler(shared: shared, tunnel: plan))
             return loop.makeSucceededVoidFuture()

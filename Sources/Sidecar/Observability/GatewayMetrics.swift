@@ -48,6 +48,9 @@ public final class GatewayMetrics: Sendable {
     private let bulkheadRejections: [String: Prometheus.Counter]
     private let chaosInjected: [String: Prometheus.Counter]
     static let chaosKinds = ["error", "rate_limit", "timeout", "latency", "truncate"]
+    /// The shared store lost its identity data (epoch gone or changed), and whether it is still being restored.
+    let identityDataLoss: Prometheus.Counter
+    let identityDegraded: Gauge
     private let tunnels: [String: Prometheus.Counter]
     let tunnelsOpen: Gauge
     let leafCertificates: Gauge
@@ -214,6 +217,10 @@ public final class GatewayMetrics: Sendable {
         var c: [String: Prometheus.Counter] = [:]
         for t in tools { for k in Self.chaosKinds { c["\(t)|\(k)"] = registry.makeCounter(descriptor: chaos, labels: [("tool", t), ("kind", k)]) } }
         chaosInjected = c
+        identityDataLoss = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "identity_store_data_loss", unitName: "total",
+            helpText: "Times the shared store was found without this fleet's identity data (epoch gone or changed); each is restored from the last good snapshot."))
+        identityDegraded = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "identity_store_degraded", unitName: "",
+            helpText: "1 while the shared store's identity data is being restored from the last good snapshot."))
         let tunnelName = MetricNameDescriptor(namespace: "gateway", metricName: "tunnels", unitName: "total",
             helpText: "CONNECT tunnels by mode (intercept or passthrough) and result: opened, refused before the 200, or failed after it.")
         var tunnels: [String: Prometheus.Counter] = [:]

@@ -9,6 +9,7 @@ extension GatewayError {
         case .invalidBody: self.init(.invalidBody, e.detail)
         case .invalidParameter: self.init(.invalidParameter, e.detail)
         case .unsupportedMediaType: self.init(.unsupportedMediaType, e.detail)
+        case .ambiguousParameter: self.init(.ambiguousParameter, e.detail)
         }
     }
 

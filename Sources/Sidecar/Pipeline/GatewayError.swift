@@ -20,6 +20,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidBody = "invalid_body"
         case invalidParameter = "invalid_parameter"
         case unsupportedMediaType = "unsupported_media_type"
+        case ambiguousParameter = "ambiguous_parameter"
+        case ambiguousHeader = "ambiguous_header"
+        case requestTimeout = "request_timeout"
         case connectRefused = "connect_refused"
         case connectPortDenied = "connect_port_denied"
         case misdirectedRequest = "misdirected_request"
@@ -63,8 +66,10 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
 
         var status: HTTPResponseStatus {
             switch self {
-            case .malformedRequest, .invalidFraming, .invalidTarget, .unknownAction, .invalidBody, .invalidParameter:
+            case .malformedRequest, .invalidFraming, .invalidTarget, .unknownAction, .invalidBody, .invalidParameter, .ambiguousParameter,
+                .ambiguousHeader:
                 return .badRequest
+            case .requestTimeout: return .requestTimeout
             case .headersTooLarge: return .requestHeaderFieldsTooLarge
             case .bodyTooLarge: return .payloadTooLarge
             case .routeNotFound: return .notFound
@@ -102,6 +107,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .invalidBody: return "Invalid request body"
             case .invalidParameter: return "Invalid parameter"
             case .unsupportedMediaType: return "Unsupported media type"
+            case .ambiguousParameter: return "Ambiguous parameter"
+            case .ambiguousHeader: return "Ambiguous header field"
+            case .requestTimeout: return "Request not received in time"
             case .connectRefused: return "CONNECT tunnels are not opened"
             case .connectPortDenied: return "CONNECT port not allowed"
             case .misdirectedRequest: return "Request for another host than the tunnel's"

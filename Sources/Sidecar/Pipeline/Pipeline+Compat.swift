@@ -10,9 +10,11 @@ extension Pipeline {
         if let type = request.head.headers.first(name: "content-type"), !type.lowercased().hasPrefix("application/json") {
             throw GatewayError(ToolRequestError.unsupportedMediaType("send application/json"))
         }
-        guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
-            throw GatewayError(ToolRequestError.invalidBody("expected a JSON object {tool, action, params}"))
-        }
+        let expected = "expected a JSON object {tool, action, params}"
+        guard let body = request.body else { throw GatewayError(ToolRequestError.invalidBody(expected)) }
+        let json: JSONValue
+        do { json = try JSONValue.parseStrict(body.readableBytesView) } catch { throw GatewayError(ToolRequestError.body(error, expected: expected)) }
+        guard case .object = json else { throw GatewayError(ToolRequestError.invalidBody(expected)) }
         // The 4Runr SDKs send the token in the body; headers work too.
         let token = json["agent_token"]?.stringValue.map { ($0, TokenCarrier.compatBody) }
             ?? TokenExtractor.token(in: request.head.headers, forwardProxy: false)

@@ -20,6 +20,8 @@ extension Pipeline {
         var checks: [LimitCheck] = []
         var egressAllow: [CIDR] = []
         var budgetTool = false
+        /// http_fetch with a policy: the same evaluation for each redirect hop the transport would follow.
+        var hopCheck: (@Sendable (TargetURL) -> String?)? = nil
     }
 
     /// Evaluates the policy (scope, guards, time window): synchronous, no state touched. Throws the
@@ -36,7 +38,16 @@ extension Pipeline {
             throw Self.error(for: denial)
         }
         // Validated when the policy compiled.
-        return Evaluated(checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init), budgetTool: evaluation.budgetTool)
+        var evaluated = Evaluated(checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init), budgetTool: evaluation.budgetTool)
+        if case .httpFetch(let fetch) = call.parameters {
+            let evaluator = policy.evaluator
+            evaluated.hopCheck = { url in
+                var hop = request
+                hop.parameters = .fetch(scheme: url.scheme, host: url.host, port: url.port, method: fetch.method)
+                return evaluator.evaluate(hop, at: Date()).denial?.detail
+            }
+        }
+        return evaluated
     }
 
     /// Admits the call against its stateful limits (concurrency, rate, quota, budget) in one atomic

@@ -173,7 +173,7 @@ final class Pipeline: Sendable {
         let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
-            outbound = try self.outbound(call, requestID: request.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
+            outbound = try self.outbound(call, requestID: request.requestID, evaluated: prepared.evaluated, credential: credential, record: &record)
         } catch {
             settleSoon(admitted, refund: true, upstreamStatus: nil, on: loop)
             then(failed(error, request: request, record: record))
@@ -331,10 +331,12 @@ final class Pipeline: Sendable {
             throw GatewayError.connectRefused()
         case .compat:
             record.entry = .compat
+            if let problem = SingleValuedFields.problem(in: request.head.headers, entry: .compat) { throw problem }
             return nil
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
             record.tool = tool
+            if let problem = SingleValuedFields.problem(in: request.head.headers, entry: entry) { throw problem }
             let token =
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
                 ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy)
@@ -357,7 +359,7 @@ final class Pipeline: Sendable {
         let outbound: Outbound
         do {
             let credential = try await self.credential(for: call.tool)
-            outbound = try self.outbound(call, requestID: prepared.requestID, egressAllow: prepared.evaluated.egressAllow, credential: credential, record: &record)
+            outbound = try self.outbound(call, requestID: prepared.requestID, evaluated: prepared.evaluated, credential: credential, record: &record)
         } catch {
             await settle(admitted, refund: true, upstreamStatus: nil)
             throw error
@@ -455,7 +457,7 @@ final class Pipeline: Sendable {
     }
 
     /// endpoint ─► deadline ─► upstream request ─► egress check ─► credential injected (synchronous).
-    func outbound(_ call: ToolCall, requestID: String, egressAllow: [CIDR], credential: Credential?, record: inout RequestRecord) throws(GatewayError)
+    func outbound(_ call: ToolCall, requestID: String, evaluated: Evaluated, credential: Credential?, record: inout RequestRecord) throws(GatewayError)
         -> Outbound
     {
         let tool = call.tool
@@ -473,7 +475,9 @@ final class Pipeline: Sendable {
         }
         var upstream = UpstreamRequestBuilder.build(
             call: call, endpoint: endpoint, requestID: requestID, deadline: .now() + TimeAmount(timeout))
+        let egressAllow = evaluated.egressAllow
         upstream.egressAllow = egressAllow
+        upstream.hopCheck = evaluated.hopCheck
         let mock = settings.mockTools.contains(tool)
         record.mock = mock
         record.upstreamHost = mock ? nil : upstream.url.host
@@ -539,12 +543,33 @@ final class Pipeline: Sendable {
         }
         let scrubber = outbound.scrubber
         if !scrubber.isEmpty {
+            // An upstream may ignore `Accept-Encoding: identity`; an echoed key inside a compressed body would
+            // pass the scrubber unseen and reach the agent, who decompresses it. So the body is decoded first
+            // (bounded: a bomb stops at the size limit), and what cannot be decoded is not passed on at all.
+            try decodeForScrubbing(&response, release: release)
             response.headers = scrubber.scrub(response.headers)
             response.body = response.body.scrubbed(by: scrubber)
             // Replacing a secret changes the length: `proxyResponse` leaves the upstream's
             // `Content-Length` out (`dropLength`), and the framing is recomputed for what is sent.
         }
         return response
+    }
+
+    /// Undoes a brokered answer's content coding (gzip, deflate) so the scrubber reads plain bytes; any
+    /// other coding — or a transfer coding besides chunked — is a 502 `upstream_protocol_error`.
+    func decodeForScrubbing(_ response: inout UpstreamResponse, release: @Sendable () -> Void) throws(GatewayError) {
+        let transfer = response.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
+        let encodings = response.headers[canonicalForm: "content-encoding"]
+        guard transfer.allSatisfy({ $0 == "chunked" }), let coding = ContentCoding(field: encodings.isEmpty ? nil : encodings.joined(separator: ",")) else {
+            response.body.cancel()
+            release()
+            throw GatewayError(
+                UpstreamError(.protocolError, beforeSend: false, detail: "the answer's encoding cannot be decoded to check it for the credential"))
+        }
+        guard coding != .identity else { return }
+        response.body = response.body.decoded(coding, limit: settings.maxResponseBodyBytes)
+        response.headers.remove(name: "content-encoding")
+        response.headers.remove(name: "content-length")
     }
 
     /// The cache key of a cacheable call, or nil (DESIGN.md §8: serpapi searches; http_fetch GET without
@@ -562,10 +587,10 @@ final class Pipeline: Sendable {
             }
             return ResponseCache.key(["http_fetch", p.url.description])
         case .openai(let p):
-            guard resilience.settings.openAICache, !p.stream, p.temperature == 0, let body = call.request.body,
-                let json = JSONValue.parse(body.readableBytesView)
-            else { return nil }
-            return ResponseCache.key(["openai", call.request.path, json.serialized])
+            // The exact bytes forwarded: a key from the sidecar's own reading could be shared by two bodies
+            // the upstream reads differently.
+            guard resilience.settings.openAICache, !p.stream, p.temperature == 0, let body = call.request.body else { return nil }
+            return ResponseCache.key(["openai", call.request.path, String(buffer: body)])
         case .gmail:
             return nil
         }

@@ -75,6 +75,10 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var lastRead = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
+    /// Framing overhead and the head and body deadlines (`RequestInputGuard`), fed by the `InputMeter`.
+    private var inputGuard = RequestInputGuard()
+    private var headDeadline: Scheduled<Void>?
+    private var bodyDeadline: Scheduled<Void>?
 
     init(shared: ProxyContext, tunnel: TunnelPlan? = nil) {
         self.shared = shared
@@ -87,11 +91,13 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if let meter = try? context.pipeline.syncOperations.handler(type: InputMeter.self) { meter.handler = self }
         if context.channel.isActive { armIdleCheck(at: .now() + TimeAmount(limits.idleTimeout)) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         idleCheck?.cancel()
+        cancelDeadlines()
         self.context = nil
     }
 
@@ -133,10 +139,16 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var record = RequestRecord(requestID: requestID, method: head.method.rawValue, start: .now)
             shared.metrics.inFlight.increment()
             if let problem = Self.framingProblem(head, limits: limits) {
-                return refuse(problem, version: head.version, method: head.method, record: &record)
+                return refuse(problem, head: head, record: &record)
             }
             if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), version: head.version, method: head.method, record: &record)
+                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), head: head, record: &record)
+            }
+            headDeadline?.cancel()
+            headDeadline = nil
+            let chunked = head.headers.contains(name: "transfer-encoding")
+            if inputGuard.head(contentLength: head.headers.first(name: "content-length").flatMap(Int.init), chunked: chunked) {
+                armBodyDeadline()
             }
             if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
                 var interim = context.channel.allocator.buffer(capacity: 32)
@@ -147,14 +159,18 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body(var chunk):
             guard case .collecting(let head, var body, var record) = state else { return }
             state = .processing  // releases `body`'s storage for in-place appends
+            inputGuard.body(chunk.readableBytes)
             if (body?.readableBytes ?? 0) + chunk.readableBytes > limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), version: head.version, method: head.method, record: &record)
+                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), head: head, record: &record)
             }
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
             state = .collecting(head: head, body: body, record: record)
         case .end:
             guard case .collecting(let head, let body, var record) = state else { return }
             state = .processing  // first: the record is then this one's alone, and changes it in place
+            inputGuard.end()
+            bodyDeadline?.cancel()
+            bodyDeadline = nil
             record.bytesIn = body?.readableBytes ?? 0
             if head.method == .CONNECT, tunnel == nil { return openTunnel(head, record: consume record, context: context) }
             start(InboundRequest(head: head, body: body, requestID: record.requestID, tunnel: tunnel), record: consume record, context: context)
@@ -207,6 +223,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         idleCheck?.cancel()
+        cancelDeadlines()
         inFlight?.cancel()
         cancelInFlight?()
         resumeWriters(with: ChannelError.ioOnClosedChannel)
@@ -260,15 +277,70 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    // MARK: Input limits (RequestInputGuard)
+
+    /// A read arrived (from the `InputMeter`, before the decoder sees it).
+    func inputArrived(_ buffer: ByteBuffer) {
+        var betweenRequests = false
+        if case .idle = state, queued.isEmpty { betweenRequests = true }
+        switch inputGuard.input(buffer, betweenRequests: betweenRequests) {
+        case .none:
+            break
+        case .startHeadDeadline:
+            guard let context else { return }
+            headDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limits.headerTimeout)) { self.headDeadlinePassed() }
+        case .refuseFraming:
+            guard case .collecting(let head, _, var record) = state else { return }
+            refuse(
+                .framing("the chunked body's framing (chunk-size lines, extensions, trailers) is over \(RequestInputGuard.overheadAllowance) bytes plus an eighth of its data"),
+                head: head, record: &record)
+        }
+    }
+
+    private func armBodyDeadline() {
+        guard let context else { return }
+        bodyDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limits.bodyTimeout)) { self.bodyDeadlinePassed() }
+    }
+
+    private func cancelDeadlines() {
+        headDeadline?.cancel()
+        bodyDeadline?.cancel()
+        headDeadline = nil
+        bodyDeadline = nil
+    }
+
+    /// The head did not arrive within `header_timeout` of its first byte: 408, then close.
+    private func headDeadlinePassed() {
+        headDeadline = nil
+        guard case .idle = state, queued.isEmpty, context?.channel.isActive == true else { return }
+        shared.metrics.inFlight.increment()
+        var record = RequestRecord(requestID: RequestID.generate(), method: "-", start: .now)
+        refuse(GatewayError(.requestTimeout, "the request head did not arrive within \(limits.headerTimeout)"), head: nil, record: &record)
+    }
+
+    /// The body did not arrive within `body_timeout` of the head: 408, then close.
+    private func bodyDeadlinePassed() {
+        bodyDeadline = nil
+        guard case .collecting(let head, _, var record) = state, context?.channel.isActive == true else { return }
+        refuse(GatewayError(.requestTimeout, "the request body did not arrive within \(limits.bodyTimeout)"), head: head, record: &record)
+    }
+
     // MARK: Refusals before the pipeline
 
     /// Answers with a problem and closes: shuts our side, then discards input until the client closes or
     /// two seconds pass. Closing at once with unread input would make the kernel send a reset that can
     /// destroy the answer before the client reads it.
-    private func refuse(_ problem: GatewayError, version: HTTPVersion, method: HTTPMethod, record: inout RequestRecord) {
+    private func refuse(_ problem: GatewayError, head: HTTPRequestHead?, record: inout RequestRecord) {
         guard let context else { return }
+        inputGuard.reset()
+        cancelDeadlines()
         record.outcome = problem.codeString
-        let response = ResponseMapper.problem(problem, requestID: record.requestID)
+        // The entry as the request line names it, so a refusal here reads like one from the pipeline (the
+        // compatibility API's answers carry `"success": false`).
+        if record.entry == nil, let head { record.entry = Self.entry(of: head, tunnel: tunnel) }
+        let response = ResponseMapper.problem(problem, requestID: record.requestID, entry: record.entry)
+        let version = head?.version ?? .http1_1
+        let method = head?.method ?? .GET
         record.status = Int(problem.status.code)
         var body = ByteBuffer()
         if case .buffer(let b) = response.body { body = b }
@@ -302,7 +374,9 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             shared.metrics.inFlight.increment()
             record = RequestRecord(requestID: RequestID.generate(), method: "-", start: .now)
         }
-        refuse(mapped, version: .http1_1, method: .GET, record: &record)
+        var head: HTTPRequestHead?
+        if case .collecting(let h, _, _) = state { head = h }
+        refuse(mapped, head: head, record: &record)
     }
 
     /// Records a finished request: one access log line and the request metrics.
@@ -348,7 +422,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             record.outcome = "client_closed"
             return complete(&record)
         }
-        refuse(error.forEntry(.tunnel), version: head.version, method: head.method, record: &record)
+        refuse(error.forEntry(.tunnel), head: head, record: &record)
     }
 
     /// Answers `200 Connection established` and replaces this handler and the HTTP decoder with the
@@ -649,6 +723,16 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         for w in waiters {
             if let error { w.resume(throwing: error) } else { w.resume() }
         }
+    }
+
+    /// The entry a request line names (before the pipeline has classified it).
+    static func entry(of head: HTTPRequestHead, tunnel: TunnelPlan?) -> Entry? {
+        if tunnel != nil || head.method == .CONNECT { return .tunnel }
+        if head.uri.hasPrefix("/") {
+            let path = head.uri.prefix { $0 != "?" }
+            return path == "/api/proxy-request" ? .compat : .reverse
+        }
+        return .forward
     }
 
     // MARK: Framing checks

@@ -35,7 +35,7 @@ final class ProxyServer: Service {
         let connections = ConnectionRegistry()
         let limits = context.limits
         let context = self.context
-        let server = try await ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -53,11 +53,17 @@ final class ProxyServer: Service {
                     // NIO's decoder (llhttp) and one handler, which also encodes the answers, queues
                     // pipelined requests, quiesces, times out idle connections and answers parse errors.
                     // Bytes after a CONNECT (an eager ClientHello) are kept for the tunnel that replaces the decoder.
+                    try sync.addHandler(InputMeter())
                     try sync.addHandler(Self.requestDecoder(limits: limits, leftOverBytes: .forwardBytes))
                     try sync.addHandler(ProxyHTTPHandler(shared: context))
                 }
             }
-            .bind(host: listen.host, port: listen.port).get()
+        let server: any Channel
+        do {
+            server = try await bootstrap.bind(host: listen.host, port: listen.port).get()
+        } catch {
+            throw StartupError("cannot listen on \(listen) (proxy): \(error)")
+        }
         if let address = server.localAddress { onBound(address) }
         readiness.markProxyBound()
 

@@ -97,10 +97,22 @@ final class RedisClient: Sendable {
     }
 
     /// Connects every slot at once, best effort (a failure only starts that slot's backoff), so the
-    /// first requests already find their loop's connection and take the loop path.
-    func connectAll() async {
-        await withTaskGroup(of: Void.self) { group in
-            for slot in slots { group.addTask { _ = try? await slot.get(self) } }
+    /// first requests already find their loop's connection and take the loop path. Returns the first
+    /// failure, for the start-up log.
+    @discardableResult
+    func connectAll() async -> (any Error)? {
+        await withTaskGroup(of: (any Error)?.self) { group in
+            for slot in slots {
+                group.addTask {
+                    do {
+                        _ = try await slot.get(self)
+                        return nil
+                    } catch { return error }
+                }
+            }
+            var first: (any Error)?
+            for await e in group where first == nil { first = e }
+            return first
         }
     }
 

@@ -81,11 +81,41 @@ final class RedisIdentityStore: IdentityStore {
 
     func snapshot() async throws -> IdentitySnapshot {
         var s = IdentitySnapshot()
+        // The epoch first: data written after it belongs to its generation.
+        s.epoch = try check(await redis.send(["GET", Self.epochKey])).string
         for v in try check(await redis.send(["HVALS", "sidecar:agents"])).array ?? [] {
-            if let a = decode(AgentRecord.self, v) { s.agents[a.id] = a.status }
+            if let a = decode(AgentRecord.self, v) {
+                s.agents[a.id] = a.status
+                s.agentRecords.append(a)
+            }
         }
         s.revoked = Set(try check(await redis.send(["SMEMBERS", "sidecar:revoked"])).array?.compactMap(\.string) ?? [])
         return s
+    }
+
+    /// The fleet's generation of identity data: set once when a fleet first uses a Redis, gone (or
+    /// different) when that Redis lost its data — which is how a sidecar tells "no revocations" from
+    /// "revocations forgotten".
+    static let epochKey = "sidecar:epoch"
+
+    var tracksEpochs: Bool { true }
+
+    func claimEpoch(_ candidate: String) async throws -> String {
+        _ = try check(await redis.send(["SET", Self.epochKey, candidate, "NX"]))
+        guard let epoch = try check(await redis.send(["GET", Self.epochKey])).string else { throw RedisError.server("epoch not readable") }
+        return epoch
+    }
+
+    func merge(_ snapshot: IdentitySnapshot) async throws {
+        for agent in snapshot.agentRecords {
+            _ = try check(await redis.send(["HSETNX", "sidecar:agents", agent.id, try json(agent)]))
+        }
+        let revoked = snapshot.revoked.sorted()
+        for start in stride(from: 0, to: revoked.count, by: 500) {
+            _ = try check(await redis.send(["SADD", "sidecar:revoked"] + revoked[start..<min(start + 500, revoked.count)]))
+        }
+        // Every sidecar reloads the merged data at once.
+        try await publish(["type": "reload"])
     }
 }
 
@@ -154,6 +184,9 @@ struct FleetSubscriber: Sendable {
             guard let jti = json["jti"] else { return }
             state.apply { $0.revoked.insert(jti) }
             authenticator?.evict(jti: jti)
+        case "reload":
+            let state = self.state
+            Task { try? await state.refresh() }
         case "agent":
             guard let id = json["id"], let status = json["status"].flatMap(AgentRecord.Status.init(rawValue:)) else { return }
             state.apply { $0.agents[id] = status }

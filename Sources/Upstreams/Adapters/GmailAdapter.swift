@@ -18,14 +18,21 @@ public struct GmailAdapter: ToolAdapter {
         let rest = parts[5...].joined(separator: "/")
         switch (request.method, rest) {
         case (.POST, "messages/send"):
-            guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
-                throw .invalidBody("messages.send needs a JSON body {\"raw\": base64url}")
-            }
+            let expected = "messages.send needs a JSON body {\"raw\": base64url}"
+            guard let body = request.body else { throw .invalidBody(expected) }
+            let json: JSONValue
+            do { json = try JSONValue.parseStrict(body.readableBytesView) } catch { throw .body(error, expected: expected) }
+            guard case .object = json else { throw .invalidBody(expected) }
             guard let raw = json["raw"]?.stringValue else { throw .invalidParameter("raw is required") }
             guard let bytes = Base64.decode(raw) else { throw .invalidParameter("raw is not base64url") }
             guard let message = RFC2822Message.parse(bytes) else { throw .invalidParameter("raw is not an RFC 2822 message") }
+            let recipients: [MailAddress]
+            switch message.checkedRecipients() {
+            case .success(let r): recipients = r
+            case .failure(let e): throw e
+            }
             let params = GmailParameters(
-                userId: userId, recipients: message.recipients,
+                userId: userId, recipients: recipients,
                 subjectBytes: message.values("subject").first?.utf8.count ?? 0, bodyBytes: message.bodyBytes,
                 headerInjection: message.headerInjection)
             return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(params))

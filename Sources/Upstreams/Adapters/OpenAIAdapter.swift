@@ -25,16 +25,20 @@ public struct OpenAIAdapter: ToolAdapter {
             throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
-        guard let body = request.body, let json = JSONValue.parse(body.readableBytesView), case .object = json else {
-            throw .invalidBody("openai \(action) needs a JSON object body")
-        }
+        let expected = "openai \(action) needs a JSON object body"
+        guard let body = request.body else { throw .invalidBody(expected) }
+        let json: JSONValue
+        do { json = try JSONValue.parseStrict(body.readableBytesView) } catch { throw .body(error, expected: expected) }
+        guard case .object = json else { throw .invalidBody(expected) }
         let model = json["model"]
         if let model, model.stringValue == nil { throw .invalidParameter("model must be a string") }
+        // Several caps may be named (`max_tokens` beside `max_completion_tokens`): the guard and the budget
+        // take the largest, so no reading of them by the upstream can exceed what was allowed.
         var maxTokens: Int?
         for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
             guard let v = json[key], v != .null else { continue }
             guard let n = v.intValue, n >= 0 else { throw .invalidParameter("\(key) must be a non-negative integer") }
-            maxTokens = n
+            maxTokens = max(maxTokens ?? 0, n)
         }
         let stream = json["stream"]?.boolValue ?? false
         if let s = json["stream"], s != .null, s.boolValue == nil { throw .invalidParameter("stream must be a boolean") }

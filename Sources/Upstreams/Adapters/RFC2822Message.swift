@@ -21,9 +21,27 @@ public struct RFC2822Message: Sendable, Hashable {
         headers.filter { $0.name.lowercased() == name.lowercased() }.map(\.value)
     }
 
-    /// Lowercased addresses from To, Cc and Bcc.
-    public var recipients: [String] {
-        ["to", "cc", "bcc"].flatMap { values($0) }.flatMap { RFC2822Message.addresses(in: $0) }
+    /// Fields that carry recipients: a message is delivered to every address in any of them.
+    public static let recipientFields = ["to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc"]
+    /// Fields RFC 5322 §3.6 allows at most once; two of them could be read either way.
+    public static let singleFields = ["from", "sender", "reply-to", "to", "cc", "bcc", "subject"]
+
+    /// Every recipient, or why the message cannot be judged: a single-valued field given twice, or a
+    /// recipient field that is not clearly a list of addresses (see `AddressList`).
+    public func checkedRecipients() -> Result<[MailAddress], ToolRequestError> {
+        for name in Self.singleFields where values(name).count > 1 {
+            return .failure(.ambiguousParameter("raw: the message has more than one \(name) field"))
+        }
+        var out: [MailAddress] = []
+        for name in Self.recipientFields {
+            for value in values(name) {
+                guard let addresses = AddressList.parse(value) else {
+                    return .failure(.invalidParameter("raw: the \(name) field is not a list of addresses the sidecar can read"))
+                }
+                out += addresses
+            }
+        }
+        return .success(out)
     }
 
     public static func parse(_ bytes: [UInt8]) -> RFC2822Message? {
@@ -56,9 +74,12 @@ public struct RFC2822Message: Sendable, Hashable {
                 continue
             }
             guard let colon = line.firstIndex(of: ":") else { return nil }
-            let name = String(line[..<colon])
-            guard !name.isEmpty, !name.contains(" ") else { return nil }
-            headers.append((name, line[line.index(after: colon)...].trimmedOWS))
+            // obs-optional (RFC 5322 §4.5.3): white space may stand between a field's name and its colon,
+            // and `Bcc\t:` is a Bcc field to any mail system.
+            var name = line[..<colon]
+            while name.last == " " || name.last == "\t" { name = name.dropLast() }
+            guard !name.isEmpty, name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else { return nil }
+            headers.append((String(name), line[line.index(after: colon)...].trimmedOWS))
         }
         guard !headers.isEmpty else { return nil }
         return RFC2822Message(
@@ -66,42 +87,9 @@ public struct RFC2822Message: Sendable, Hashable {
             headerInjection: injection)
     }
 
-    /// Addresses in an address-list header value: `a@b.c, "Doe, J" <j@d.e>, Group: x@y.z;`.
-    public static func addresses(in value: String) -> [String] {
-        var out: [String] = []
-        var current = ""
-        var inQuote = false
-        var angle = 0
-        var inComment = 0
-        func flush() {
-            let item = current.trimmedOWS
-            current = ""
-            guard !item.isEmpty else { return }
-            var addr: Substring = Substring(item)
-            if let lt = item.lastIndex(of: "<"), let gt = item.lastIndex(of: ">"), lt < gt {
-                addr = item[item.index(after: lt)..<gt]
-            } else if let colon = item.firstIndex(of: ":") {  // group syntax
-                addr = item[item.index(after: colon)...]
-            }
-            let a = addr.trimmedOWS.lowercased().trimmingSuffix(";")
-            if a.contains("@") { out.append(a) }
-        }
-        for ch in value {
-            switch ch {
-            case "\"" where inComment == 0: inQuote.toggle(); current.append(ch)
-            case "(" where !inQuote: inComment += 1
-            case ")" where !inQuote && inComment > 0: inComment -= 1
-            case _ where inComment > 0: continue
-            case "<" where !inQuote: angle += 1; current.append(ch)
-            case ">" where !inQuote: angle = max(0, angle - 1); current.append(ch)
-            case "," where !inQuote && angle == 0: flush()
-            case ";" where !inQuote && angle == 0: flush()
-            default: current.append(ch)
-            }
-        }
-        flush()
-        return out
-    }
+    /// Addresses in an address-list header value (`a@b.c, "Doe, J" <j@d.e>, Group: x@y.z;`), or nil when
+    /// it is not clearly one.
+    public static func addresses(in value: String) -> [String]? { AddressList.parse(value)?.map(\.description) }
 
     /// Composes a plain-text message from structured fields (the compatibility API).
     /// Values containing CR or LF are refused: composing them would let a caller inject headers.

@@ -14,6 +14,7 @@ public struct SerpAPIAdapter: ToolAdapter {
             throw .unknownAction("serpapi supports GET /search and /search.json")
         }
         guard request.method == .GET else { throw .unknownAction("serpapi search must be GET") }
+        if let why = request.query.ambiguity { throw .ambiguousParameter(why) }
         request.query.removeAll(named: "api_key")
         let engine = request.query.first("engine") ?? "google"
         var num: Int?

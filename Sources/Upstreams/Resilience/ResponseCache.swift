@@ -126,11 +126,11 @@ public final class ResponseCache: Sendable {
         SHA256.hash(data: Array(parts.joined(separator: "\u{1F}").utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
-    /// SerpAPI: the normalized query (sorted items, without `api_key`).
+    /// SerpAPI: the path and the query exactly as they are forwarded (the agent's `api_key` already
+    /// removed; order kept). A key built from the sidecar's own reading of the query could map two
+    /// requests the upstream reads differently to one entry, and let one agent plant another's answer.
     public static func serpAPIKey(_ call: ToolCall) -> String {
-        var items = call.request.query.items.filter { $0.name != "api_key" }
-        items.sort { ($0.name, $0.value) < ($1.name, $1.value) }
-        return key(["serpapi", call.request.path.replacingOccurrences(of: ".json", with: "")] + items.map { "\($0.name)=\($0.value)" })
+        key(["serpapi", call.request.path, call.request.query.encoded])
     }
 
     /// How long an `http_fetch` answer may be cached, from its `Cache-Control` / `Expires` (capped), or

@@ -97,9 +97,16 @@ public final class SafeFetchTransport: UpstreamTransport {
             let response = try await exchange(current, addresses: addresses)
             let code = Int(response.status.code)
             guard hop < maxRedirects, [301, 302, 303, 307, 308].contains(code),
-                let location = response.headers.first(name: "location"), let next = Self.resolve(location, against: current.url)
+                let location = response.headers.first(name: "location"), let next = current.url.resolving(location)
             else { return response }
             response.body.cancel()
+            if let why = current.hopCheck?(next) {
+                throw UpstreamError(.egressDenied, beforeSend: false, detail: "a redirect led to a destination the policy does not allow (\(why))")
+            }
+            // Another origin gets none of the agent's credentials for the first one (as browsers and curl).
+            if (next.scheme, next.host, next.port) != (current.url.scheme, current.url.host, current.url.port) {
+                for name in ["authorization", "cookie", "proxy-authorization"] { current.headers.remove(name: name) }
+            }
             current.url = next
             current.headers.replaceOrAdd(name: "Host", value: next.authority)
             if code == 303 || ((code == 301 || code == 302) && current.method == .POST) {
@@ -108,20 +115,6 @@ public final class SafeFetchTransport: UpstreamTransport {
             }
         }
         throw UpstreamError(.protocolError, beforeSend: false, detail: "too many redirects")
-    }
-
-    static func resolve(_ location: String, against base: TargetURL) -> TargetURL? {
-        if location.hasPrefix("http://") || location.hasPrefix("https://") { return try? TargetURL.parse(location) }
-        guard location.hasPrefix("/") else { return nil }
-        var url = base
-        if let q = location.firstIndex(of: "?") {
-            url.path = String(location[..<q])
-            url.query = String(location[location.index(after: q)...])
-        } else {
-            url.path = location
-            url.query = nil
-        }
-        return url
     }
 
     private func exchange(_ request: UpstreamRequest, addresses: [IPAddress]) async throws(UpstreamError) -> UpstreamResponse {

@@ -21,6 +21,9 @@ public struct UpstreamRequest: Sendable {
         public var deadline: NIODeadline
         /// http_fetch: internal ranges the policy grants this call, on top of the configured ones.
         public var egressAllow: [CIDR] = []
+        /// http_fetch: judges a redirect hop the sidecar is about to follow (the agent's policy for that
+        /// URL); nil lets it go, a reason refuses it. The transport cannot read policy itself.
+        public var hopCheck: (@Sendable (TargetURL) -> String?)? = nil
     }
 
     private var fields: CopyOnWrite<Fields>
@@ -152,6 +155,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         indirect case scrubbed(UpstreamBody, SecretScrubber)
         indirect case observed(UpstreamBody, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
         indirect case truncated(UpstreamBody)
+        indirect case decoded(UpstreamBody, ContentCoding, limit: Int)
     }
 
     let storage: Storage
@@ -182,6 +186,11 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     /// The first half of the body's first chunk, then a broken connection (chaos `truncate`).
     public static func truncated(_ body: UpstreamBody) -> UpstreamBody { .init(storage: .truncated(body)) }
 
+    /// The same body with its content coding undone (gzip or deflate), at most `limit` bytes of it.
+    public func decoded(_ coding: ContentCoding, limit: Int) -> UpstreamBody {
+        coding == .identity ? self : .init(storage: .decoded(self, coding, limit: limit))
+    }
+
     /// The same body with echoed credentials replaced.
     public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
         scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
@@ -200,7 +209,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     public func cancel() {
         switch storage {
         case .bodyStream(let s): s.cancel()
-        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base): base.cancel()
+        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .decoded(let base, _, _): base.cancel()
         default: break
         }
     }
@@ -214,6 +223,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     private func whole(_ leaf: (Storage) -> ByteBuffer?) -> ByteBuffer? {
         switch storage {
         case .scrubbed(let base, let scrubber): return base.whole(leaf).map { scrubber.scrub($0) }
+        case .decoded(let base, let coding, let limit):
+            // One byte over the limit is enough for the proxy to answer "too large".
+            return base.whole(leaf).flatMap { Inflater.decodeWhole($0, coding: coding, limit: limit + 1) }
         case .observed(let base, let observe, let finished):
             return base.whole(leaf).map { b in
                 observe(b)
@@ -246,6 +258,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             return AsyncIterator(state: .observed(AsyncIterator.Box(base.makeAsyncIterator()), observe, finished))
         case .truncated(let base):
             return AsyncIterator(state: .truncated(AsyncIterator.Box(base.makeAsyncIterator()), sent: false))
+        case .decoded(let base, let coding, let limit):
+            return AsyncIterator(state: .decoded(AsyncIterator.Box(base.makeAsyncIterator()), coding, limit: limit, inflater: nil))
         }
     }
 
@@ -258,6 +272,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case scrubbed(Box, SecretScrubber, carry: [UInt8], done: Bool)
             case observed(Box, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
             case truncated(Box, sent: Bool)
+            case decoded(Box, ContentCoding, limit: Int, inflater: Inflater?)
         }
         var state: State
 
@@ -303,6 +318,19 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 }
                 observe(chunk)
                 return chunk
+            case .decoded(let box, let coding, let limit, let current):
+                let inflater = try current ?? Inflater(coding, limit: limit)
+                state = .decoded(box, coding, limit: limit, inflater: inflater)
+                while true {
+                    guard let chunk = try await box.iterator.next() else {
+                        guard inflater.finished else {
+                            throw UpstreamError(.protocolError, beforeSend: false, detail: "the response's \(coding) encoding ends early")
+                        }
+                        return nil
+                    }
+                    let out = try inflater.decode(chunk)
+                    if out.readableBytes > 0 { return out }
+                }
             case .truncated(let box, let sent):
                 if sent {
                     var e = UpstreamError(.protocolError, beforeSend: false, detail: "connection closed mid-body")

@@ -1,0 +1,235 @@
+/// Why a body is not a JSON document the sidecar will act on.
+public enum JSONParseError: Error, Sendable, Hashable {
+    /// Not RFC 8259 JSON in UTF-8: bad syntax, invalid UTF-8, a byte-order mark, a lone surrogate
+    /// escape, a number outside a double's range, nesting deeper than `JSONReader.maxDepth`.
+    case invalid(String)
+    /// One object names a member twice (compared after unescaping): parsers disagree on which one
+    /// counts, so a guard could read one value while the upstream acts on the other.
+    case duplicateKey(String)
+}
+
+/// A strict RFC 8259 reader over bytes.
+///
+/// Guards read request bodies with it, and a guard must read exactly what the upstream will read. So
+/// everything two parsers could read differently is refused rather than resolved one way: duplicate
+/// member names at any depth (after unescaping, so `"mod\u0065l"` is `model`), a byte-order mark,
+/// UTF-16/32, invalid UTF-8, unpaired surrogate escapes, numbers that overflow a double, trailing bytes.
+/// It is also several times cheaper than Foundation's `JSONDecoder` on the request path.
+struct JSONReader {
+    static let maxDepth = 128
+
+    private let bytes: UnsafeBufferPointer<UInt8>
+    private var i = 0
+    private var depth = 0
+
+    init(_ bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+
+    mutating func document() throws(JSONParseError) -> JSONValue {
+        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
+        skipWhitespace()
+        let value = try value()
+        skipWhitespace()
+        guard i == bytes.count else { throw .invalid("bytes after the document") }
+        return value
+    }
+
+    private mutating func skipWhitespace() {
+        while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 { i += 1 }
+    }
+
+    private mutating func value() throws(JSONParseError) -> JSONValue {
+        guard i < bytes.count else { throw .invalid("unexpected end") }
+        switch bytes[i] {
+        case UInt8(ascii: "{"): return try object()
+        case UInt8(ascii: "["): return try array()
+        case UInt8(ascii: "\""): return .string(try string())
+        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
+        default: throw .invalid("unexpected byte")
+        }
+    }
+
+    private mutating func literal(_ text: StaticString) throws(JSONParseError) {
+        let n = text.utf8CodeUnitCount
+        guard i + n <= bytes.count, UnsafeBufferPointer(rebasing: bytes[i..<(i + n)]).elementsEqual(UnsafeBufferPointer(start: text.utf8Start, count: n))
+        else { throw .invalid("unexpected literal") }
+        i += n
+    }
+
+    private mutating func nest() throws(JSONParseError) {
+        depth += 1
+        guard depth <= Self.maxDepth else { throw .invalid("nested deeper than \(Self.maxDepth)") }
+    }
+
+    private mutating func object() throws(JSONParseError) -> JSONValue {
+        try nest()
+        i += 1
+        var members: [String: JSONValue] = [:]
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
+            i += 1
+            depth -= 1
+            return .object(members)
+        }
+        while true {
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
+            let name = try string()
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
+            i += 1
+            skipWhitespace()
+            let v = try value()
+            guard members.updateValue(v, forKey: name) == nil else { throw .duplicateKey(name) }
+            skipWhitespace()
+            guard i < bytes.count else { throw .invalid("unexpected end") }
+            if bytes[i] == UInt8(ascii: ",") {
+                i += 1
+                continue
+            }
+            guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
+            i += 1
+            depth -= 1
+            return .object(members)
+        }
+    }
+
+    private mutating func array() throws(JSONParseError) -> JSONValue {
+        try nest()
+        i += 1
+        var elements: [JSONValue] = []
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
+            i += 1
+            depth -= 1
+            return .array(elements)
+        }
+        while true {
+            skipWhitespace()
+            elements.append(try value())
+            skipWhitespace()
+            guard i < bytes.count else { throw .invalid("unexpected end") }
+            if bytes[i] == UInt8(ascii: ",") {
+                i += 1
+                continue
+            }
+            guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
+            i += 1
+            depth -= 1
+            return .array(elements)
+        }
+    }
+
+    private mutating func string() throws(JSONParseError) -> String {
+        i += 1
+        let start = i
+        // Fast path: no escape — the bytes are the string (validated as UTF-8 once).
+        while i < bytes.count, bytes[i] != UInt8(ascii: "\""), bytes[i] != UInt8(ascii: "\\") {
+            guard bytes[i] >= 0x20 else { throw .invalid("control character in a string") }
+            i += 1
+        }
+        guard i < bytes.count else { throw .invalid("unterminated string") }
+        if bytes[i] == UInt8(ascii: "\"") {
+            guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self) else {
+                throw .invalid("invalid UTF-8")
+            }
+            i += 1
+            return s
+        }
+        var out = Array(bytes[start..<i])
+        while true {
+            guard i < bytes.count else { throw .invalid("unterminated string") }
+            let b = bytes[i]
+            if b == UInt8(ascii: "\"") {
+                i += 1
+                break
+            }
+            guard b >= 0x20 else { throw .invalid("control character in a string") }
+            guard b == UInt8(ascii: "\\") else {
+                out.append(b)
+                i += 1
+                continue
+            }
+            guard i + 1 < bytes.count else { throw .invalid("unterminated escape") }
+            let e = bytes[i + 1]
+            i += 2
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                var scalar = try hex4()
+                if (0xD800...0xDBFF).contains(scalar) {
+                    // A high surrogate must be followed by an escaped low one: parsers differ on lone halves.
+                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
+                        throw .invalid("unpaired surrogate escape")
+                    }
+                    i += 2
+                    let low = try hex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalid("unpaired surrogate escape") }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(scalar) {
+                    throw .invalid("unpaired surrogate escape")
+                }
+                Unicode.UTF8.encode(Unicode.Scalar(scalar)!) { out.append($0) }
+            default:
+                throw .invalid("invalid escape")
+            }
+        }
+        guard let s = String(validating: out, as: UTF8.self) else { throw .invalid("invalid UTF-8") }
+        return s
+    }
+
+    private mutating func hex4() throws(JSONParseError) -> UInt32 {
+        guard i + 4 <= bytes.count else { throw .invalid("short \\u escape") }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            let b = bytes[i]
+            let d: UInt32
+            switch b {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): d = UInt32(b - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): d = UInt32(b - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): d = UInt32(b - UInt8(ascii: "A") + 10)
+            default: throw .invalid("bad \\u escape")
+            }
+            v = v << 4 | d
+            i += 1
+        }
+        return v
+    }
+
+    private mutating func number() throws(JSONParseError) -> Double {
+        let start = i
+        if bytes[i] == UInt8(ascii: "-") { i += 1 }
+        guard i < bytes.count else { throw .invalid("bad number") }
+        if bytes[i] == UInt8(ascii: "0") {
+            i += 1
+        } else {
+            guard digits() > 0 else { throw .invalid("bad number") }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+            i += 1
+            guard digits() > 0 else { throw .invalid("bad number") }
+        }
+        if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard digits() > 0 else { throw .invalid("bad number") }
+        }
+        guard let v = Double(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)), v.isFinite else {
+            throw .invalid("number out of range")
+        }
+        return v
+    }
+
+    private mutating func digits() -> Int {
+        let start = i
+        while i < bytes.count, bytes[i] >= UInt8(ascii: "0"), bytes[i] <= UInt8(ascii: "9") { i += 1 }
+        return i - start
+    }
+}
