@@ -32,14 +32,20 @@ final class IdentityService: Sendable {
             id: "agt_" + RequestID.generate().prefix(20), name: name, role: role, status: .active, createdBy: createdBy,
             createdAt: now())
         try await store.createAgent(agent)
-        state.apply { $0.agents[agent.id] = .active }
+        state.apply { s in
+            s.agents[agent.id] = .active
+            s.agentRecords.append(agent)
+        }
         metrics.agentCreations.increment()
         return agent
     }
 
     func setStatus(agentID: String, _ status: AgentRecord.Status) async throws -> AgentRecord? {
         guard try await store.setAgentStatus(id: agentID, status: status) else { return nil }
-        state.apply { $0.agents[agentID] = status }
+        state.apply { s in
+            s.agents[agentID] = status
+            if let i = s.agentRecords.firstIndex(where: { $0.id == agentID }) { s.agentRecords[i].status = status }
+        }
         if status == .disabled { authenticator?.evict(agent: agentID) }
         return try await store.agent(id: agentID)
     }

@@ -69,11 +69,19 @@ final class IdentityState: Sendable {
         logger?.error(
             "identity store lost its data; keeping the last good snapshot and restoring it",
             metadata: ["reason": "\(why)", "agents": "\(known.agents.count)", "revocations": "\(known.revoked.count)"])
-        try await store.merge(known)
+        // An agent known only by its status (learned from another sidecar's message since the last full
+        // load) is restored with what is known of it.
+        var restore = known
+        let withRecords = Set(known.agentRecords.map(\.id))
+        for (id, status) in known.agents where !withRecords.contains(id) {
+            restore.agentRecords.append(
+                AgentRecord(id: id, name: id, role: "restored", status: status, createdBy: "identity-restore", createdAt: Int64(Date().timeIntervalSince1970)))
+        }
+        try await store.merge(restore)
         var merged = try await store.snapshot()
         merged.epoch = try await store.claimEpoch(epoch)
         // Whatever raced with the merge, nothing this sidecar knew is dropped.
-        merged.formUnion(known)
+        merged.formUnion(restore)
         accept(merged)
         health.withLock { $0 = .restored(at: Int64(Date().timeIntervalSince1970)) }
         metrics?.identityDegraded.set(to: 0)

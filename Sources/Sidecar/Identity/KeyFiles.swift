@@ -56,10 +56,17 @@ enum KeyFiles {
         }
         for name in names {
             let path = (directory as NSString).appendingPathComponent(name)
-            if name.hasPrefix("fleet-"), name.hasSuffix(".key.pem") { loaded.decryption.append(try FleetDecryptionKey(pem: read(path))) }
-            if name.hasPrefix("fleet-"), name.hasSuffix(".pub.pem") { loaded.encryption.append(try FleetEncryptionKey(pem: read(path))) }
-            if name.hasPrefix("issuer-"), name.hasSuffix(".pub.pem") { loaded.verification.append(try IssuerVerificationKey.es256(pem: read(path))) }
-            if name.hasPrefix("issuer-"), name.hasSuffix(".key.pem") { loaded.signing.append(try IssuerSigningKey.es256(pem: read(path))) }
+            // A file that cannot be read as its kind of key is named: a start-up failure must say where.
+            do {
+                if name.hasPrefix("fleet-"), name.hasSuffix(".key.pem") { loaded.decryption.append(try FleetDecryptionKey(pem: read(path))) }
+                if name.hasPrefix("fleet-"), name.hasSuffix(".pub.pem") { loaded.encryption.append(try FleetEncryptionKey(pem: read(path))) }
+                if name.hasPrefix("issuer-"), name.hasSuffix(".pub.pem") { loaded.verification.append(try IssuerVerificationKey.es256(pem: read(path))) }
+                if name.hasPrefix("issuer-"), name.hasSuffix(".key.pem") { loaded.signing.append(try IssuerSigningKey.es256(pem: read(path))) }
+            } catch let error as KeyError {
+                throw error
+            } catch {
+                throw KeyError("\(path) is not a usable PEM key of its kind (\(error))")
+            }
         }
         return loaded
     }

@@ -323,7 +323,7 @@ final class Pipeline: Sendable {
         switch classified {
         case .success(let c): classification = c
         case .failure(let e):
-            if request.tunnel != nil { record.entry = .tunnel }
+            record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
             throw GatewayError(e)
         }
         switch classification {

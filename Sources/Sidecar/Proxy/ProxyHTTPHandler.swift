@@ -376,6 +376,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         var head: HTTPRequestHead?
         if case .collecting(let h, _, _) = state { head = h }
+        if head == nil, inputGuard.namesCompatibilityAPI { record.entry = .compat }
         refuse(mapped, head: head, record: &record)
     }
 

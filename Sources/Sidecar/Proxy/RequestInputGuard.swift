@@ -30,21 +30,27 @@ struct RequestInputGuard {
     private var bodyBytes = 0
     private var chunkedBody = false
     private var headPending = false
+    /// The first bytes of the request being read, until its head is parsed: a head the decoder refuses
+    /// is still answered as its entry's (the compatibility API's problems carry `"success": false`).
+    private var linePrefix: [UInt8] = []
 
     /// Bytes arrived, before the decoder reads them. `betweenRequests`: no request is being read or
     /// answered (the handler is idle with nothing queued).
     mutating func input(_ buffer: ByteBuffer, betweenRequests: Bool) -> Action {
         defer { rawBytes += buffer.readableBytes }
         if chunkedBody, overhead > Self.overheadAllowance + bodyBytes / 8 { return .refuseFraming }
+        if headPending, linePrefix.count < 64 { linePrefix += buffer.readableBytesView.prefix(64 - linePrefix.count) }
         guard betweenRequests, !headPending else { return .none }
-        guard buffer.readableBytesView.contains(where: { $0 != 0x0D && $0 != 0x0A }) else { return .none }
+        guard let first = buffer.readableBytesView.firstIndex(where: { $0 != 0x0D && $0 != 0x0A }) else { return .none }
         headPending = true
+        linePrefix = Array(buffer.readableBytesView[first...].prefix(64))
         return .startHeadDeadline
     }
 
     /// The decoder produced a request head. Returns whether a body deadline starts (the request has one).
     mutating func head(contentLength: Int?, chunked: Bool) -> Bool {
         headPending = false
+        linePrefix.removeAll(keepingCapacity: true)
         rawAtHead = rawBytes
         bodyBytes = 0
         chunkedBody = chunked
@@ -60,6 +66,16 @@ struct RequestInputGuard {
     mutating func reset() {
         chunkedBody = false
         headPending = false
+    }
+
+    /// Whether the request being read names the compatibility API in its request line.
+    var namesCompatibilityAPI: Bool {
+        guard let space = linePrefix.firstIndex(of: 0x20) else { return false }
+        let target = linePrefix[(space + 1)...]
+        let path = Array("/api/proxy-request".utf8)
+        guard target.starts(with: path) else { return false }
+        let next = target.dropFirst(path.count).first
+        return next == nil || next == 0x20 || next == UInt8(ascii: "?")
     }
 
     /// Raw bytes of the current body that were not body data. An underestimate by at most one read (the

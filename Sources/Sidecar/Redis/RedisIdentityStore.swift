@@ -189,7 +189,10 @@ struct FleetSubscriber: Sendable {
             Task { try? await state.refresh() }
         case "agent":
             guard let id = json["id"], let status = json["status"].flatMap(AgentRecord.Status.init(rawValue:)) else { return }
-            state.apply { $0.agents[id] = status }
+            state.apply { s in
+                s.agents[id] = status
+                if let i = s.agentRecords.firstIndex(where: { $0.id == id }) { s.agentRecords[i].status = status }
+            }
             if status == .disabled { authenticator?.evict(agent: id) }
         default:
             break

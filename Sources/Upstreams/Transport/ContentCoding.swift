@@ -100,9 +100,17 @@ final class Inflater {
         return out
     }
 
-    /// Decodes a whole body at once; nil when it is corrupt or over the limit (the stream then says which).
+    /// Decodes a whole body at once. Over the limit, the first `limit + 1` bytes (whoever reads it sees
+    /// at once that it is too large, before any of it is sent); nil when it is corrupt or incomplete (the
+    /// stream then says which).
     static func decodeWhole(_ body: ByteBuffer, coding: ContentCoding, limit: Int) -> ByteBuffer? {
-        guard let inflater = try? Inflater(coding, limit: limit), let out = try? inflater.decode(body), inflater.finished else { return nil }
-        return out
+        guard let inflater = try? Inflater(coding, limit: limit) else { return nil }
+        do {
+            let out = try inflater.decode(body)
+            return inflater.finished ? out : nil
+        } catch {
+            guard error.kind == .responseTooLarge else { return nil }
+            return ByteBuffer(repeating: 0, count: limit + 1)
+        }
     }
 }

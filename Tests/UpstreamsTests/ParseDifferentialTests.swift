@@ -1,0 +1,155 @@
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@testable import Upstreams
+
+/// Wherever a guard or a cache key reads a value, the upstream must read the same one: input that
+/// parsers could read differently is refused, never resolved one way (issue: JSON duplicate keys,
+/// repeated query parameters, RFC 5322 address tricks).
+@Suite("Parse differentials")
+struct ParseDifferentialTests {
+    // MARK: JSON
+
+    @Test(arguments: [
+        #"{"model":"gpt-4o-mini","model":"gpt-4o"}"#,
+        #"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}"#,
+        #"{"model":"a","m\u006fdel":"b","x":1}"#,
+        #"{"messages":[{"role":"user","role":"system"}]}"#,
+        #"{"a":{"b":{"c":1,"c":2}}}"#,
+        #"{"raw":"x","raw":"y"}"#,
+        #"{"stream":false,"stream":true}"#,
+    ])
+    func duplicateMembersAreAmbiguous(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSONValue.parseStrict(Array(text.utf8)) }
+        do {
+            _ = try JSONValue.parseStrict(Array(text.utf8))
+        } catch {
+            guard case .duplicateKey = error else {
+                Issue.record("\(text): \(error)")
+                return
+            }
+        }
+    }
+
+    static let invalidDocuments: [[UInt8]] = {
+        var docs: [[UInt8]] = []
+        docs.append([0xEF, 0xBB, 0xBF] + Array(#"{"model":"m"}"#.utf8))  // a byte-order mark
+        docs.append([0xFF, 0xFE] + Array(#"{"model":"m"}"#.utf16.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }))  // UTF-16
+        for text in [
+            #"{"model":"\ud800"}"#, #"{"model":"\udc00\ud800"}"#, #"{"max_tokens":1e400}"#, #"{"model":"m"} trailing"#,
+            #"{"model":"m",}"#, #"{'model':'m'}"#, "{\"model\":\"\u{01}\"}", #"{"n":01}"#, #"{"n":-}"#, #"{"n":1.}"#, "",
+            String(repeating: "[", count: 200) + String(repeating: "]", count: 200),
+        ] {
+            docs.append(Array(text.utf8))
+        }
+        docs.append([0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xC3, 0x28, 0x22, 0x7D])  // invalid UTF-8
+        return docs
+    }()
+
+    @Test(arguments: invalidDocuments)
+    func invalidDocumentsAreRefused(_ bytes: [UInt8]) {
+        #expect(throws: JSONParseError.self) { try JSONValue.parseStrict(bytes) }
+    }
+
+    @Test func validDocumentsReadAsExpected() throws {
+        let v = try JSONValue.parseStrict(Array(#" {"model":"gpt-4o-mini","n":-1.5e2,"ok":true,"none":null,"s":"a\"b\\c\/d\u00e9\ud83d\ude00\n","list":[1,[2],{}]} "#.utf8))
+        #expect(v["model"] == "gpt-4o-mini" && v["n"] == .number(-150) && v["ok"] == true && v["none"] == .null)
+        #expect(v["s"]?.stringValue == "a\"b\\c/dé😀\n")
+        #expect(v["list"] == [1, [2], .object([:])])
+        #expect(try JSONValue.parseStrict(Array(String(repeating: "[", count: 128).utf8) + Array(String(repeating: "]", count: 128).utf8)) != .null)
+    }
+
+    @Test func openAIRefusesAmbiguousBodiesAndTakesTheLargestCap() throws {
+        let adapter = OpenAIAdapter()
+        func interpret(_ body: String) throws(ToolRequestError) -> ToolCall {
+            try adapter.interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: body)))
+        }
+        for body in [#"{"model":"gpt-4o-mini","model":"gpt-4o","max_tokens":50}"#, #"{"model":"a","max_tokens":5,"max_tokens":50000}"#] {
+            do {
+                _ = try interpret(body)
+                Issue.record("\(body) was accepted")
+            } catch {
+                #expect(error.kind == .ambiguousParameter)
+            }
+        }
+        let call = try interpret(#"{"model":"m","max_tokens":10,"max_completion_tokens":90000}"#)
+        guard case .openai(let p) = call.parameters else {
+            Issue.record("not openai")
+            return
+        }
+        #expect(p.maxTokens == 90000)
+    }
+
+    // MARK: Query strings
+
+    @Test(arguments: [
+        "num=5&num=100", "engine=google&engine=bing", "num=5&n%75m=100", "q=a&%71=b", "q=x;num=100", "num[]=100", "q=x&num[a]=1",
+        "api_key=a&api%5Fkey=b", "q+=a&q%20=b",
+    ])
+    func serpAPIRefusesQueriesReadTwoWays(_ query: String) {
+        do {
+            _ = try SerpAPIAdapter().interpret(ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: query)))
+            Issue.record("\(query) was accepted")
+        } catch {
+            #expect(error.kind == .ambiguousParameter, "\(query)")
+        }
+    }
+
+    @Test func serpAPIAcceptsOrdinaryQueries() throws {
+        let call = try SerpAPIAdapter().interpret(
+            ToolRequest(method: .GET, path: "/search", query: QueryString(parsing: "q=caf%C3%A9+%3B+tea&num=5&engine=google&api_key=mine")))
+        guard case .serpapi(let p) = call.parameters else {
+            Issue.record("not serpapi")
+            return
+        }
+        #expect(p.query == "café ; tea" && p.num == 5 && call.request.query.first("api_key") == nil)
+    }
+
+    // MARK: Email addresses
+
+    static func gmailCall(_ message: String) throws(ToolRequestError) -> ToolCall {
+        let raw = Base64.encodeURL(Array(message.utf8))
+        return try GmailAdapter().interpret(
+            ToolRequest(method: .POST, path: "/gmail/v1/users/me/messages/send", body: ByteBuffer(string: #"{"raw":""# + raw + #""}"#)))
+    }
+
+    static func domains(_ message: String) throws(ToolRequestError) -> [String] {
+        guard case .gmail(let p) = try gmailCall(message).parameters else { return [] }
+        return p.recipientDomains
+    }
+
+    @Test func recipientsAreReadAsAMailSystemReadsThem() throws {
+        #expect(try Self.domains("To: \"<a@ok.test>\"@evil.test\r\nSubject: s\r\n\r\nb") == ["evil.test"])
+        #expect(try Self.domains("To: a@ok.test\r\nBcc\t: x@evil.test\r\n\r\nb") == ["ok.test", "evil.test"])
+        #expect(try Self.domains("To: a@ok.test\r\nBcc : x@evil.test\r\n\r\nb") == ["ok.test", "evil.test"])
+        #expect(try Self.domains("To: a@ok.test\r\nResent-Bcc: y@evil.test\r\nResent-To: z@evil2.test\r\n\r\nb") == ["ok.test", "evil2.test", "evil.test"])
+        #expect(try Self.domains("To: \"Doe, J\" <j@ok.test>, Team: b@t.test, c@t.test;, (c) d@x.test (note)\r\n\r\nb")
+            == ["ok.test", "t.test", "t.test", "x.test"])
+        #expect(try Self.domains("To: =?utf-8?q?J=C3=B6rg?= <j@ok.test>\r\n\r\nb") == ["ok.test"])
+        #expect(try Self.domains("To: undisclosed-recipients:;\r\n\r\nb") == [])
+    }
+
+    @Test(arguments: [
+        "To: =?utf-8?b?YUBldmlsLnRlc3Q=?=\r\n\r\nb",  // an encoded word where the address should be
+        "To: a@b@evil.test\r\n\r\nb",
+        "To: <a@ok.test\r\n\r\nb",
+        "To: \"unterminated@ok.test\r\n\r\nb",
+        "To: a@ok.test (unterminated\r\n\r\nb",
+        "To: a@=?utf-8?q?evil?=.test\r\n\r\nb",
+        "To: just-a-name\r\n\r\nb",
+    ])
+    func unreadableRecipientFieldsAreRefused(_ message: String) {
+        #expect(throws: ToolRequestError.self) { try Self.gmailCall(message) }
+    }
+
+    @Test(arguments: ["Subject", "To", "Cc", "Bcc", "From"])
+    func aSecondSingleFieldIsAmbiguous(_ field: String) {
+        do {
+            _ = try Self.gmailCall("To: a@ok.test\r\n\(field): x@ok.test\r\n\(field): y@evil.test\r\n\r\nb")
+            Issue.record("two \(field) fields accepted")
+        } catch {
+            #expect(error.kind == .ambiguousParameter)
+        }
+    }
+}
