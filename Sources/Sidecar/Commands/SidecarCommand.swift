@@ -49,6 +49,11 @@ public struct SidecarCommand: AsyncParsableCommand {
         func run() throws {
             do {
                 let config = try ConfigLoader.load(path: file, environment: [:])
+                // The operator's interception CA is read and checked as `run` would (a generated one is
+                // made at first start, so there is nothing to check yet).
+                if config.intercept.enabled, let cert = config.intercept.caCert, let key = config.intercept.caKey {
+                    _ = try InterceptCA.read(certPath: cert, keyPath: key, now: Date(), field: "intercept")
+                }
                 if let policy = config.policyFile {
                     let text = try PolicyRuntime.read(policy)
                     do { _ = try PolicyRuntime.compile(text) } catch {
