@@ -93,6 +93,9 @@ final class RequestLoop: ChannelInboundHandler {
     let record: (UInt64?) -> Void
     var sent = NIODeadline.now()
     var status: HTTPResponseStatus?
+    /// The last answer arrived and the connection is being closed: what TLS says about the close (nginx
+    /// and BoringSSL differ on close_notify) is no failed request.
+    var finished = false
 
     init(head: HTTPRequestHead, deadline: NIODeadline, once: Bool, done: EventLoopPromise<Void>, record: @escaping (UInt64?) -> Void) {
         self.head = head
@@ -116,6 +119,7 @@ final class RequestLoop: ChannelInboundHandler {
             let now = NIODeadline.now()
             record(status == .ok ? UInt64((now - sent).nanoseconds / 1000) : nil)
             if once || now >= deadline {
+                finished = true
                 context.close(promise: nil)
                 done.succeed(())
             } else {
@@ -125,7 +129,8 @@ final class RequestLoop: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        record(nil)
+        if !finished { record(nil) }
+        finished = true
         context.close(promise: nil)
         done.succeed(())
     }

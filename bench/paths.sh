@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Real-path benchmark: every tool's call the way agents make it, through the production build, each beside
+# nginx reverse-proxying the identical request (same method, path, body) to the same backend, in one run.
+#
+#   backend:  nginx, one worker, canned answers shaped like the real APIs (chat completion with usage,
+#             SerpAPI results, a Gmail send, a small page)
+#   nginx:    reverse proxy to the backend with upstream keep-alive, access log on (to a file)
+#   sidecar:  the production build (scripts/pgo.sh), access log on (to a file), every tool live against the
+#             backend, the embedded store. Rows:
+#               serpapi-open      GET /serpapi/search, authentication off, no limits (bench/run.sh's path)
+#               serpapi           GET /serpapi/search, agent token, full policy
+#               serpapi-forward   GET http://serpapi.com/search (absolute-form, Proxy-Authorization), token, policy
+#               chat              POST /openai/v1/chat/completions, token, full policy
+#               chat-forward      POST http://api.openai.com/v1/chat/completions, token, full policy
+#               gmail             POST /gmail/v1/users/me/messages/send, token, full policy
+#               fetch-forward     GET http://127.0.0.1:BACKEND/page (absolute-form), token, full policy
+#             "full policy": the role's guards (models, max_tokens; engines, max_num; recipient domains;
+#             fetch hosts), a GCRA rate, a daily quota, concurrency and (OpenAI) a token budget, all set
+#             high enough that nothing is refused: the cost of deciding, not of refusing
+#   load:     wrk -t2 -c64, DURATION s after a warm-up, ROUNDS interleaved rounds (medians)
+#
+# Prints req/s, p50, p99, CPU per request (user+system of the proxy's processes) and the ratio to nginx's
+# row for the same request, and the sidecar's RSS.
+source "$(dirname "$0")/common.sh"
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+ROWS=${ROWS:-"serpapi-open serpapi serpapi-forward chat chat-forward gmail fetch-forward"}
+BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
+build_sidecar
+
+CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
+SERP='{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'
+cat > "$WORK/backend.conf" <<CONF
+worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
+  server { listen 127.0.0.1:$BACKEND;
+    location /v1/chat/completions { default_type application/json; return 200 '$CHAT'; }
+    location /gmail/ { default_type application/json; return 200 '{"id":"m1","threadId":"t1","labelIds":["SENT"]}'; }
+    location /page { default_type text/html; return 200 '<html><body>bench page</body></html>'; }
+    location / { default_type application/json; return 200 '$SERP'; } } }
+CONF
+cat > "$WORK/proxy.conf" <<CONF
+worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
+events { worker_connections 4096; }
+http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$WORK/policy.yaml" <<CONF
+version: 1
+roles:
+  bench:
+    allow: ["serpapi:search", "openai:*", "gmail_send:*", "http_fetch:*"]
+    concurrency: 1000
+    rules:
+      - scope: "serpapi:search"
+        guards: {engines: [google], max_num: 50}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+      - scope: "openai:*"
+        guards: {models: [gpt-4o-mini], max_tokens: 1024}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+        budget: {tokens: 1000000000000, window: day, timezone: UTC}
+      - scope: "gmail_send:*"
+        guards: {allowed_domains: [example.com], max_recipients: 10}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+      - scope: "http_fetch:*"
+        guards: {allow_hosts: ["127.0.0.1"], allow_cidrs: ["127.0.0.0/8"]}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+CONF
+TOOLS="serpapi: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\", cache_ttl: 0s}
+  openai: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\"}
+  gmail_send: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\"}
+  http_fetch: {mode: live, cache_ttl: 0s}"
+cat > "$WORK/open.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$P1", admin: "127.0.0.1:$A1"}
+auth: {required: false}
+state: {dir: "$WORK/state-open"}
+tools:
+  $TOOLS
+CONF
+cat > "$WORK/policy-side.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$P2", admin: "127.0.0.1:$A2"}
+state: {dir: "$WORK/state-policy"}
+policy: {file: "$WORK/policy.yaml"}
+egress: {allow_cidrs: ["127.0.0.0/8"]}
+tools:
+  $TOOLS
+CONF
+nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
+nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
+ENVS=(SERPAPI_API_KEY=bench-serp-key OPENAI_API_KEY=sk-bench-key GMAIL_ACCESS_TOKEN=ya29.bench SIDECAR_ADMIN_TOKEN=benchadmin0123456789)
+env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/open.yaml" > "$WORK/open.log" 2>&1 & OPEN=$!; PIDS+=($OPEN)
+env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/policy-side.yaml" > "$WORK/policy.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
+for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
+AGENT=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+  -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents/$AGENT/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+  -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+BASIC=$(printf 'agent:%s' "$TOKEN" | base64 -w0)
+RAW=$(printf 'To: a@example.com\r\nSubject: bench\r\n\r\nhello' | base64 -w0 | tr '+/' '-_' | tr -d '=')
+
+# One wrk script per request shape: method, request-target, headers and body.
+script() { # name method target body [header: value]...
+  local name=$1 method=$2 target=$3 body=$4; shift 4
+  {
+    echo "wrk.method = \"$method\""
+    [[ -n "$body" ]] && printf 'wrk.body = [[%s]]\n' "$body"
+    for h in "$@"; do printf 'wrk.headers["%s"] = "%s"\n' "${h%%: *}" "${h#*: }"; done
+    echo "request = function() return wrk.format(nil, \"$target\") end"
+  } > "$WORK/$name.lua"
+}
+CHAT_BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarize the benchmark in one word."}]}'
+GMAIL_BODY="{\"raw\":\"$RAW\"}"
+JSON="Content-Type: application/json"
+# name | url (proxy to hit) | pid | script arguments
+declare -A URL PID
+row() { URL[$1]=$2; PID[$1]=$3; shift 3; script "$@"; }
+row serpapi-open "http://127.0.0.1:$P1" "$OPEN" serpapi-open GET "/serpapi/search?q=bench&num=10" ""
+row serpapi "http://127.0.0.1:$P2" "$SIDE" serpapi GET "/serpapi/search?q=bench&num=10" "" "X-Agent-Token: $TOKEN"
+row serpapi-forward "http://127.0.0.1:$P2" "$SIDE" serpapi-forward GET "http://serpapi.com/search?q=bench&num=10" "" "Proxy-Authorization: Basic $BASIC"
+row chat "http://127.0.0.1:$P2" "$SIDE" chat POST "/openai/v1/chat/completions" "$CHAT_BODY" "$JSON" "Authorization: Bearer $TOKEN"
+row chat-forward "http://127.0.0.1:$P2" "$SIDE" chat-forward POST "http://api.openai.com/v1/chat/completions" "$CHAT_BODY" "$JSON" "Proxy-Authorization: Basic $BASIC" "Authorization: Bearer sk-placeholder"
+row gmail "http://127.0.0.1:$P2" "$SIDE" gmail POST "/gmail/v1/users/me/messages/send" "$GMAIL_BODY" "$JSON" "Authorization: Bearer $TOKEN"
+row fetch-forward "http://127.0.0.1:$P2" "$SIDE" fetch-forward GET "http://127.0.0.1:$BACKEND/page" "" "Proxy-Authorization: Basic $BASIC"
+# nginx's twin of each row: the same method, origin-form path and body.
+nginx_twin() { # row
+  case $1 in
+    serpapi*) script "nginx-$1" GET "/search?q=bench&num=10" "" ;;
+    chat*) script "nginx-$1" POST "/v1/chat/completions" "$CHAT_BODY" "$JSON" ;;
+    gmail) script "nginx-$1" POST "/gmail/v1/users/me/messages/send" "$GMAIL_BODY" "$JSON" ;;
+    fetch*) script "nginx-$1" GET "/page" "" ;;
+  esac
+}
+for r in $ROWS; do nginx_twin "$r"; done
+# Every row answers 200 before anything is measured.
+for r in $ROWS; do
+  code=$(wrk -t1 -c1 -d1s -s "$WORK/$r.lua" "${URL[$r]}" 2>&1 | awk '/Non-2xx/ {print "non-2xx"}')
+  [[ -z "$code" ]] || { echo "row $r answers non-2xx; see $WORK/policy.log" >&2; tail -3 "$WORK/policy.log" >&2; exit 1; }
+done
+
+ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+run_wrk() { # name round url pid
+  [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "$3" >/dev/null
+  local t1; t1=$(ticks "$4")
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "$3" > "$WORK/$1.$2.txt"
+  local t2; t2=$(ticks "$4")
+  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
+  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
+}
+round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
+median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
+rps() { round_rps "$1" "$(median_round "$1")"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
+( while kill -0 $SIDE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDE/status; sleep 0.5; done ) > "$WORK/rss.txt" &
+SAMPLER=$!
+for round in $(seq 1 "$ROUNDS"); do
+  for r in $ROWS; do
+    run_wrk "nginx-$r" "$round" "http://127.0.0.1:$NGINX" "$NGINX_PID"
+    run_wrk "$r" "$round" "${URL[$r]}" "${PID[$r]}"
+  done
+done
+kill $SAMPLER 2>/dev/null || true
+REPORT="$OUT/paths-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+  echo "real-path benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds (medians)"
+  printf "%-16s %9s %9s %9s %10s | %9s %10s | %6s\n" row "req/s" p50 p99 "cpu us/req" "nginx r/s" "nginx cpu" ratio
+  for r in $ROWS; do
+    printf "%-16s %9s %9s %9s %10s | %9s %10s | %6s\n" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")" \
+      "$(rps "nginx-$r")" "$(cpu "nginx-$r")" "$(python3 -c "print(f'{$(rps "$r")/$(rps "nginx-$r"):.2f}')")"
+  done
+  echo "sidecar (policy) RSS under load: max sampled $(sort -n "$WORK/rss.txt" | tail -1) kB; idle after: $(awk '/VmRSS/ {print $2}' /proc/$SIDE/status) kB"
+  for r in $ROWS; do cat "$WORK/$r".*.txt | awk -v r="$r" '/Non-2xx|Socket errors/ {print r ": " $0}'; done
+  true
+} | tee "$REPORT"
