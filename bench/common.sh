@@ -9,6 +9,12 @@ DURATION=${DURATION:-10}
 source scripts/release-flags.sh
 SIDECAR_BIN=$PWD/.build/pgo/release/sidecar
 build_sidecar() { scripts/pgo.sh >&2; }
+# PLAIN_RELEASE=1: the same flags without the profile (one release build, incremental afterwards) — for
+# comparing changes while working; recorded figures come from the profile-guided build.
+if [[ "${PLAIN_RELEASE:-0}" == 1 ]]; then
+  SIDECAR_BIN=$PWD/.build/release/sidecar
+  build_sidecar() { swift build "${RELEASE[@]}" --product sidecar >&2; }
+fi
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)

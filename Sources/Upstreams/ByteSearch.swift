@@ -22,6 +22,17 @@ enum ByteSearch {
         }
         return false
     }
+
+    /// The offset of the last occurrence of `needle` in `haystack`, or nil.
+    static func lastIndex(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard !needle.isEmpty, needle.count <= haystack.count else { return nil }
+        var i = haystack.count - needle.count
+        while i >= 0 {
+            if haystack[i] == needle[0], haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i -= 1
+        }
+        return nil
+    }
 }
 
 extension String {

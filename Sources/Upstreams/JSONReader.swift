@@ -24,6 +24,12 @@ struct JSONReader {
 
     init(_ bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
+    /// The one value at the start of the bytes (after white space), whatever follows it.
+    mutating func leadingValue() throws(JSONParseError) -> JSONValue {
+        skipWhitespace()
+        return try value()
+    }
+
     mutating func document() throws(JSONParseError) -> JSONValue {
         if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
         skipWhitespace()
@@ -132,9 +138,7 @@ struct JSONReader {
         }
         guard i < bytes.count else { throw .invalid("unterminated string") }
         if bytes[i] == UInt8(ascii: "\"") {
-            guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self) else {
-                throw .invalid("invalid UTF-8")
-            }
+            let s = try Self.utf8(UnsafeBufferPointer(rebasing: bytes[start..<i]))
             i += 1
             return s
         }
@@ -181,7 +185,15 @@ struct JSONReader {
                 throw .invalid("invalid escape")
             }
         }
-        guard let s = String(validating: out, as: UTF8.self) else { throw .invalid("invalid UTF-8") }
+        return try out.withUnsafeBufferPointer { buffer throws(JSONParseError) in try Self.utf8(buffer) }
+    }
+
+    /// The bytes as a string, refusing invalid UTF-8. Not `String(validating:as:)`: it is generic over
+    /// the encoding, and its metadata lookups cost more than the parse itself for short keys. Decoding
+    /// repairs invalid sequences with U+FFFD, so a result whose bytes differ from the input was invalid.
+    static func utf8(_ bytes: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> String {
+        let s = String(decoding: bytes, as: UTF8.self)
+        guard bytes.allSatisfy({ $0 < 0x80 }) || s.utf8.elementsEqual(bytes) else { throw .invalid("invalid UTF-8") }
         return s
     }
 

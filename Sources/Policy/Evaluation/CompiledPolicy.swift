@@ -59,9 +59,19 @@ public struct Rule: Sendable, Hashable {
     public var guardMode: LimitCheck.Mode = .enforce
     public var timeWindow: TimeWindow?
     public var timeWindowMode: LimitCheck.Mode = .enforce
-    public var rate: (limit: Int, period: Double, burst: Int, mode: LimitCheck.Mode)?
-    public var quota: (limit: Int, window: CalendarWindow, cost: Int, mode: LimitCheck.Mode)?
-    public var budget: (tokens: Int, window: CalendarWindow, mode: LimitCheck.Mode)?
+    public var rate: (limit: Int, period: Double, burst: Int, mode: LimitCheck.Mode)? {
+        didSet { rateKey = rate.map { "r:\(scope):\($0.limit)/\(Int($0.period))ms:\($0.burst)" } ?? "" }
+    }
+    public var quota: (limit: Int, window: CalendarWindow, cost: Int, mode: LimitCheck.Mode)? {
+        didSet { quotaKey = quota.map { "q:\(scope):\($0.window.period.rawValue)" } ?? "" }
+    }
+    public var budget: (tokens: Int, window: CalendarWindow, mode: LimitCheck.Mode)? {
+        didSet { budgetKey = budget.map { "b:\(scope):\($0.window.period.rawValue)" } ?? "" }
+    }
+    /// The counters' keys, made once when the limit is set (not formatted again for every request).
+    public private(set) var rateKey = ""
+    public private(set) var quotaKey = ""
+    public private(set) var budgetKey = ""
     /// Position in the document (`roles.scraper.rules[1]`), to key its counters and name it in logs.
     public var id: String
 

@@ -59,21 +59,21 @@ public struct PolicyEvaluator: Sendable {
         }
         for rule in rules {
             guard let r = rule.rate else { continue }
-            var check = LimitCheck(kind: .rate, mode: r.mode, key: "r:\(rule.scope):\(r.limit)/\(Int(r.period))ms:\(r.burst)", limit: r.limit)
+            var check = LimitCheck(kind: .rate, mode: r.mode, key: rule.rateKey, limit: r.limit)
             check.periodMilliseconds = r.period
             check.burst = r.burst
             evaluation.checks.append(check)
         }
         for rule in rules {
             guard let q = rule.quota else { continue }
-            var check = LimitCheck(kind: .quota, mode: q.mode, key: "q:\(rule.scope):\(q.window.period.rawValue)", limit: q.limit)
+            var check = LimitCheck(kind: .quota, mode: q.mode, key: rule.quotaKey, limit: q.limit)
             check.cost = q.cost
             check.window = Self.windows(q.window, now)
             evaluation.checks.append(check)
         }
         for rule in rules {
             guard let b = rule.budget, case .openai(_, let maxTokens, _, let input) = request.parameters else { continue }
-            var check = LimitCheck(kind: .budget, mode: b.mode, key: "b:\(rule.scope):\(b.window.period.rawValue)", limit: b.tokens)
+            var check = LimitCheck(kind: .budget, mode: b.mode, key: rule.budgetKey, limit: b.tokens)
             check.cost = (maxTokens ?? defaultReservation) + input
             check.window = Self.windows(b.window, now)
             evaluation.checks.append(check)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Policy
 
 /// The authenticated agent behind a request.
@@ -44,12 +45,14 @@ enum TokenCarrier: Sendable, Hashable {
 /// `X-Agent-Token`; reverse routes also read `Authorization: Bearer` (the OpenAI SDK's `api_key`).
 /// On the forward proxy `Authorization` belongs to the destination site and is never read.
 enum TokenExtractor {
-    static func token(in headers: HTTPHeadersLike, forwardProxy: Bool) -> (String, TokenCarrier)? {
-        if let value = headers.first(name: "proxy-authorization"), let token = credential(fromAuthorization: value) {
+    /// `memo`: the connection's last credential (see `CredentialMemo`), so a repeated one is not decoded again.
+    static func token(in headers: HTTPHeadersLike, forwardProxy: Bool, memo: CredentialMemo? = nil) -> (String, TokenCarrier)? {
+        func decoded(_ value: String) -> String? { memo?.token(raw: value, decode: credential) ?? credential(fromAuthorization: value) }
+        if let value = headers.first(name: "proxy-authorization"), let token = decoded(value) {
             return (token, .proxyAuthorization)
         }
         if let value = headers.first(name: "x-agent-token"), !value.isEmpty { return (value, .agentTokenHeader) }
-        if !forwardProxy, let value = headers.first(name: "authorization"), let token = credential(fromAuthorization: value) {
+        if !forwardProxy, let value = headers.first(name: "authorization"), let token = decoded(value) {
             return (token, .authorization)
         }
         return nil
@@ -75,4 +78,42 @@ enum TokenExtractor {
 /// The little of `HTTPHeaders` the extractor needs (keeps it testable without NIO types).
 protocol HTTPHeadersLike {
     func first(name: String) -> String?
+}
+
+/// The last credential one connection presented: its header value, the token in it, the token's digest.
+/// Agents send the same one on every request of a connection, so the base64 of a proxy password is
+/// decoded, and the ~1 KB token hashed for the verification cache, once per connection instead of once per
+/// request — comparing two equal strings is a memcmp. Requests of one connection are handled one after
+/// another, so the lock is never contended.
+final class CredentialMemo: Sendable {
+    private struct Last {
+        var raw = ""
+        var token: String?
+        var digestOf = ""
+        var digest: TokenCache.Digest?
+    }
+
+    private let last = Mutex(Last())
+
+    /// The token in an `Authorization`-style value, decoded again only when the value changed.
+    func token(raw: String, decode: (String) -> String?) -> String? {
+        if let token = last.withLock({ $0.raw == raw ? $0.token : nil }) { return token }
+        let token = decode(raw)
+        last.withLock { l in
+            l.raw = raw
+            l.token = token
+        }
+        return token
+    }
+
+    /// The token's digest, computed again only when the token changed.
+    func digest(of token: String) -> TokenCache.Digest {
+        if let digest = last.withLock({ $0.digestOf == token ? $0.digest : nil }) { return digest }
+        let digest = TokenCache.Digest(token)
+        last.withLock { l in
+            l.digestOf = token
+            l.digest = digest
+        }
+        return digest
+    }
 }

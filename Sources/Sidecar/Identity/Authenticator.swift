@@ -26,13 +26,14 @@ final class Authenticator: Sendable {
         self.cache = cache
     }
 
-    func authenticate(token: String?, presentedAgentID: String?) -> Result<AgentIdentity, GatewayError> {
+    /// `digest`: the token's digest when the caller already has it (`CredentialMemo`).
+    func authenticate(token: String?, presentedAgentID: String?, digest known: TokenCache.Digest? = nil) -> Result<AgentIdentity, GatewayError> {
         guard let token, !token.isEmpty else {
             metrics.tokenValidation("token_missing")
             return .failure(GatewayError(.tokenMissing, "present the agent token as the proxy password (HTTP_PROXY=http://agent:TOKEN@host:port), Proxy-Authorization/Authorization: Bearer, or X-Agent-Token"))
         }
         let now = now()
-        let digest = TokenCache.Digest(token)
+        let digest = known ?? TokenCache.Digest(token)
         let verified: VerifiedToken
         switch cache.lookup(digest, now: now) {
         case .verified(let v)?:

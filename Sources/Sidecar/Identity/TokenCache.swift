@@ -10,7 +10,8 @@ final class TokenCache: Sendable {
     struct Digest: Hashable, Sendable {
         let a: UInt64, b: UInt64, c: UInt64, d: UInt64
         init(_ token: String) {
-            let h = SHA256.hash(data: Array(token.utf8))
+            var token = token
+            let h = token.withUTF8 { SHA256.hash(data: $0) }
             var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
             withUnsafeMutableBytes(of: &words) { dst in h.withUnsafeBytes { src in dst.copyMemory(from: src) } }
             (a, b, c, d) = words

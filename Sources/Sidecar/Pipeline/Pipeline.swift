@@ -14,6 +14,8 @@ struct InboundRequest: Sendable {
     /// Set for a request read inside an intercepted `CONNECT` tunnel: it goes to the tunnel's origin and
     /// is authenticated with the tunnel's token.
     var tunnel: TunnelPlan? = nil
+    /// The connection's last credential, so a repeated token is not decoded and hashed again.
+    var credentials: CredentialMemo? = nil
 }
 
 /// Per-tool settings the pipeline needs, compiled once from the configuration.
@@ -264,9 +266,12 @@ final class Pipeline: Sendable {
     }
 
     /// The authenticate stage. Returns the identity, or `.anonymous` when authentication is off.
-    func authenticate(token: (String, TokenCarrier)?, headers: HTTPHeaders, record: inout RequestRecord) throws(GatewayError) -> AgentIdentity {
+    func authenticate(
+        token: (String, TokenCarrier)?, headers: HTTPHeaders, record: inout RequestRecord, memo: CredentialMemo? = nil
+    ) throws(GatewayError) -> AgentIdentity {
         guard let authenticator else { return .anonymous }
-        switch authenticator.authenticate(token: token?.0, presentedAgentID: headers.first(name: "x-agent-id")) {
+        let digest = token.flatMap { t in memo?.digest(of: t.0) }
+        switch authenticator.authenticate(token: token?.0, presentedAgentID: headers.first(name: "x-agent-id"), digest: digest) {
         case .success(let identity):
             record.agentID = identity.agentID
             record.tokenID = identity.tokenID
@@ -339,8 +344,8 @@ final class Pipeline: Sendable {
             if let problem = SingleValuedFields.problem(in: request.head.headers, entry: entry) { throw problem }
             let token =
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
-                ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy)
-            let identity = try authenticate(token: token, headers: request.head.headers, record: &record)
+                ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy, memo: request.credentials)
+            let identity = try authenticate(token: token, headers: request.head.headers, record: &record, memo: request.credentials)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)

@@ -33,7 +33,12 @@ public final class OpenAIUsageMeter: Sendable {
                 while let nl = s.pending.firstIndex(of: 10) {
                     let line = Array(s.pending[..<nl])
                     s.pending.removeFirst(nl + 1)
-                    if line.starts(with: Array("data:".utf8)), let total = Self.usage(in: Array(line.dropFirst(5))) { s.total = total }
+                    // Only a line that names usage is read (most chunks carry one token of content).
+                    if line.starts(with: Self.dataPrefix), ByteSearch.lastIndex(of: Self.usageKey, in: line) != nil,
+                        let total = Self.usage(in: Array(line.dropFirst(5)))
+                    {
+                        s.total = total
+                    }
                 }
             } else if s.body.count + bytes.count <= Self.maxJSONBytes {
                 s.body += bytes
@@ -48,10 +53,29 @@ public final class OpenAIUsageMeter: Sendable {
         }
     }
 
+    static let dataPrefix = Array("data:".utf8)
+    static let usageKey = Array("\"usage\"".utf8)
+
+    /// `usage.total_tokens` of an answer (chat completions, embeddings), or of `response.usage` (the
+    /// Responses API). Only the `usage` object is read — where usage lives, not the whole answer: its
+    /// last member named `"usage"` (a member name, not text: inside a JSON string a quote is escaped, and
+    /// what stands before the name must be `{` or `,`).
     static func usage(in bytes: [UInt8]) -> Int? {
-        guard bytes.contains(where: { $0 == UInt8(ascii: "{") }), let json = JSONValue.parse(bytes) else { return nil }
-        if let t = json["usage"]?["total_tokens"]?.intValue { return t }
-        if let t = json["response"]?["usage"]?["total_tokens"]?.intValue { return t }
+        var end = bytes.count
+        while let at = ByteSearch.lastIndex(of: usageKey, in: Array(bytes[..<end])) {
+            end = at
+            var before = at - 1
+            while before >= 0, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[before]) { before -= 1 }
+            guard before >= 0, bytes[before] == UInt8(ascii: "{") || bytes[before] == UInt8(ascii: ",") else { continue }
+            var colon = at + usageKey.count
+            while colon < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[colon]) { colon += 1 }
+            guard colon < bytes.count, bytes[colon] == UInt8(ascii: ":") else { continue }
+            let value = bytes[(colon + 1)...].withUnsafeBufferPointer { buffer -> JSONValue? in
+                var reader = JSONReader(buffer)
+                return try? reader.leadingValue()
+            }
+            if let total = value?["total_tokens"]?.intValue { return total }
+        }
         return nil
     }
 }
