@@ -43,7 +43,7 @@ public enum SidecarApp {
             endpoint = RedisEndpoint.parse(url)
             redis = RedisClient(
                 endpoint: endpoint!, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
-                connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle], observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+                connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle] + RunScripts.all, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
             // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
             // is a WRONGPASS now, not a mystery at the first request that needs Redis.
             if let error = await redis?.connectAll() {
@@ -132,11 +132,30 @@ public enum SidecarApp {
                 leaves: try LeafCertificates(ca: ca, validity: config.intercept.leafValidity, capacity: config.intercept.leafCacheSize),
                 destinations: fetch, connectTimeout: config.tools[.httpFetch]!.connectTimeout, metrics: metrics, logger: logger)
         }
+        // Agent runs: in Redis with a fleet, else in the embedded store (its own SQLite file).
+        let runStore: any RunStore
+        var embeddedRuns: EmbeddedRunStore?
+        if let redis {
+            runStore = RedisRunStore(redis: redis, maxEvents: config.runs.maxEvents)
+        } else {
+            let path = (config.stateDir as NSString).appendingPathComponent("runs.sqlite")
+            do { embeddedRuns = try EmbeddedRunStore(path: path, maxEvents: config.runs.maxEvents) } catch {
+                throw StartupError("state.dir: cannot open the embedded run store \(path) (\(error))")
+            }
+            runStore = embeddedRuns!
+        }
+        var publish: (@Sendable (String) -> Void)?
+        if let redis {
+            publish = { text in Task { _ = try? await redis.send(["PUBLISH", RunService.channel, text]) } }
+        }
+        let runs = RunService(
+            store: runStore, metrics: metrics, settings: config.runs, policy: policy, logger: logger, sidecarID: config.auth.sidecarID,
+            maxFetchBytes: config.limits.maxResponseBodyBytes, publish: publish)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception)
+            interception: interception, runs: runs)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
@@ -158,10 +177,14 @@ public enum SidecarApp {
 
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
-        let router = Router()
+        let router = Router(context: AdminContext.self)
+        router.add(middleware: AdminGate<AdminContext>(settings: config.adminGate))
+        // Preflights are answered by the gate; any other OPTIONS is an empty answer.
+        router.on("**", method: .options) { _, _ in Response(status: .noContent) }
         AdminRoutes(metrics: metrics, readiness: readiness, redis: redis, identity: identityState, caPEM: interceptCA?.pem).register(on: router)
+        RunsAPI(runs: runs, adminToken: adminToken, authenticator: authenticator, maxBodyBytes: config.adminMaxBodyBytes).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
-        ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy).register(on: api)
+        ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy, runs: runs).register(on: api)
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
@@ -194,6 +217,8 @@ public enum SidecarApp {
         var background: [@Sendable () async -> Void] = []
         if config.policyWatch { background.append { await policy.watch() } }
         if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
+        if let embeddedRuns { background.append { await embeddedRuns.runFlusher() } }
+        background.append { await runs.runMaintenance() }
         if let endpoint {
             var subscriber = FleetSubscriber(endpoint: endpoint, state: identityState, authenticator: authenticator, logger: logger)
             subscriber.handlers[FleetResilience.breakerChannel] = { text in
@@ -212,12 +237,14 @@ public enum SidecarApp {
                 logger.notice("chaos updated by the fleet", metadata: ["enabled": "\(settings.enabled)"])
             }
             subscriber.handlers[FleetResilience.chaosChannel] = applyChaos
-            if let fleet {
-                // Catch up on what the fleet decided while this sidecar was starting or disconnected.
-                subscriber.onConnect = {
+            subscriber.handlers[RunService.channel] = { runs.received($0) }
+            // Catch up on what the fleet decided while this sidecar was starting or disconnected.
+            subscriber.onConnect = {
+                if let fleet {
                     for (key, until) in await fleet.openBreakers() { resilience.applyFleetOpen(key: key, until: until) }
                     if let text = await fleet.currentChaos() { applyChaos(text) }
                 }
+                await runs.catchUp()
             }
             let running = subscriber
             background.append { await running.run() }

@@ -17,7 +17,7 @@ struct ControlAPITests {
         let service = IdentityService(
             state: f.state, minter: f.minter, settings: AuthSettings(), metrics: f.metrics, authenticator: f.authenticator,
             now: { 1_800_000_000 })
-        let router = Router()
+        let router = Router(context: AdminContext.self)
         AdminRoutes(metrics: f.metrics, readiness: Readiness()).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: AdminToken(adminToken), metrics: f.metrics))
         ControlAPI(identity: service, credentials: nil, maxBodyBytes: maxBody).register(on: api)

@@ -85,6 +85,9 @@ public struct RolePolicy: Sendable, Hashable {
     public var rules: [Rule]
     public var concurrency: Int?
     public var concurrencyMode: LimitCheck.Mode = .enforce
+    /// The runaway-loop breaker's settings for runs of this role (nil: the defaults, or the role's for an
+    /// agent override).
+    public var loop: LoopDetector.Settings? = nil
 }
 
 /// An immutable, validated policy: compiled once, swapped whole on reload.
@@ -95,6 +98,23 @@ public struct CompiledPolicy: Sendable {
     public let roles: [String: RolePolicy]
     public let agents: [String: RolePolicy]
     public let source: String
+    /// What a call costs a run's ledger (`prices:`).
+    public var prices = RunPrices()
+
+    init(version: Int, hash: String, roles: [String: RolePolicy], agents: [String: RolePolicy], source: String, prices: RunPrices = RunPrices()) {
+        self.version = version
+        self.hash = hash
+        self.roles = roles
+        self.agents = agents
+        self.source = source
+        self.prices = prices
+    }
+
+    /// The loop breaker's settings for a run of `agent` in `role`: the agent's override, else the role's,
+    /// else the defaults.
+    public func loopSettings(agent: String, role: String) -> LoopDetector.Settings {
+        agents[agent]?.loop ?? roles[role]?.loop ?? LoopDetector.Settings()
+    }
 
     public var roleNames: [String] { roles.keys.sorted() }
 

@@ -30,7 +30,7 @@ public enum PolicyCompiler {
         _ node: DocumentNode, source: String, isCIDR: (String) -> Bool = { _ in false }
     ) throws(DocumentError) -> CompiledPolicy {
         let root = DocumentReader(node)
-        try root.checkKeys(["version", "roles", "agents"])
+        try root.checkKeys(["version", "roles", "agents", "prices"])
         let version = try root["version"].int() ?? 1
         guard version == 1 else { throw root["version"].error("unsupported version \(version) (expected 1)") }
         var roles: [String: RolePolicy] = [:]
@@ -45,11 +45,13 @@ public enum PolicyCompiler {
         for (id, agentNode) in try root["agents"].entries() {
             agents[id] = try compileRole(agentNode, id: "agents.\(id)", requireAllow: false, isCIDR: isCIDR)
         }
-        return CompiledPolicy(version: version, hash: CompiledPolicy.digest(source), roles: roles, agents: agents, source: source)
+        return CompiledPolicy(
+            version: version, hash: CompiledPolicy.digest(source), roles: roles, agents: agents, source: source,
+            prices: try compilePrices(root["prices"]))
     }
 
     static func compileRole(_ node: DocumentReader, id: String, requireAllow: Bool, isCIDR: (String) -> Bool) throws(DocumentError) -> RolePolicy {
-        try node.checkKeys(["allow", "rules", "concurrency", "concurrency_mode"])
+        try node.checkKeys(["allow", "rules", "concurrency", "concurrency_mode", "loop"])
         var allow: [ScopePattern] = []
         for e in try node["allow"].elements() {
             guard let text = try e.string(), let p = ScopePattern(text, known: knownActions) else {
@@ -65,7 +67,51 @@ public enum PolicyCompiler {
         let concurrency = try node["concurrency"].int()
         if let c = concurrency, c < 1 { throw node["concurrency"].error("must be at least 1") }
         return RolePolicy(
-            allow: allow, rules: rules, concurrency: concurrency, concurrencyMode: try mode(node["concurrency_mode"], default: .enforce))
+            allow: allow, rules: rules, concurrency: concurrency, concurrencyMode: try mode(node["concurrency_mode"], default: .enforce),
+            loop: try compileLoop(node["loop"]))
+    }
+
+    /// `loop: {max_repeats: 5, window: 60s, max_cycles: 3, max_refusals: 10, action: pause}` (each optional).
+    static func compileLoop(_ node: DocumentReader) throws(DocumentError) -> LoopDetector.Settings? {
+        guard node.isPresent else { return nil }
+        try node.checkKeys(["max_repeats", "window", "max_cycles", "max_refusals", "action"])
+        var s = LoopDetector.Settings()
+        s.maxRepeats = try positiveInt(node["max_repeats"], required: false) ?? s.maxRepeats
+        s.maxCycles = try positiveInt(node["max_cycles"], required: false) ?? s.maxCycles
+        s.maxRefusals = try positiveInt(node["max_refusals"], required: false) ?? s.maxRefusals
+        if let w = try node["window"].duration() {
+            guard w >= .seconds(1), w <= .seconds(86_400) else { throw node["window"].error("must be between 1s and 24h") }
+            s.windowMilliseconds = w.components.seconds * 1000 + w.components.attoseconds / 1_000_000_000_000_000
+        }
+        if let a = try node["action"].string() {
+            guard let action = LoopDetector.Action(rawValue: a) else { throw node["action"].error("expected pause, cancel or report") }
+            s.action = action
+        }
+        return s
+    }
+
+    /// `prices:` in dollars: `serpapi: {per_search}`, `gmail_send: {per_email}`, `http_fetch: {per_mb}`,
+    /// `openai: {<model or *>: {input_per_1k, output_per_1k}}`. Kept as millionths of a dollar.
+    static func compilePrices(_ node: DocumentReader) throws(DocumentError) -> RunPrices {
+        var prices = RunPrices()
+        guard node.isPresent else { return prices }
+        try node.checkKeys(["serpapi", "gmail_send", "http_fetch", "openai"])
+        func micros(_ n: DocumentReader) throws(DocumentError) -> Int {
+            guard let d = try n.double() else { return 0 }
+            guard d >= 0, d <= 1000 else { throw n.error("must be a price in dollars between 0 and 1000") }
+            return Int((d * 1_000_000).rounded())
+        }
+        try node["serpapi"].checkKeys(["per_search"])
+        prices.perSearchMicros = try micros(node["serpapi"]["per_search"])
+        try node["gmail_send"].checkKeys(["per_email"])
+        prices.perEmailMicros = try micros(node["gmail_send"]["per_email"])
+        try node["http_fetch"].checkKeys(["per_mb"])
+        prices.perMBFetchedMicros = try micros(node["http_fetch"]["per_mb"])
+        for (model, entry) in try node["openai"].entries() {
+            try entry.checkKeys(["input_per_1k", "output_per_1k"])
+            prices.openAI[model] = (try micros(entry["input_per_1k"]), try micros(entry["output_per_1k"]))
+        }
+        return prices
     }
 
     static func mode(_ node: DocumentReader, default value: LimitCheck.Mode) throws(DocumentError) -> LimitCheck.Mode {

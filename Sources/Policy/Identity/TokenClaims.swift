@@ -16,10 +16,13 @@ public struct TokenClaims: Sendable, Hashable, Codable {
     public var scopes: [String]?
     /// Sidecar ids the token is bound to (nil = any sidecar of the fleet).
     public var sidecars: [String]?
+    /// The run the token is bound to: every call made with it belongs to that run, and it cannot act for
+    /// another (nil = any of the agent's runs, named per call).
+    public var run: String?
 
     public init(
         iss: String, sub: String, aud: [String], iat: Int64, nbf: Int64? = nil, exp: Int64, jti: String, role: String,
-        scopes: [String]? = nil, sidecars: [String]? = nil
+        scopes: [String]? = nil, sidecars: [String]? = nil, run: String? = nil
     ) {
         self.iss = iss
         self.sub = sub
@@ -31,9 +34,10 @@ public struct TokenClaims: Sendable, Hashable, Codable {
         self.role = role
         self.scopes = scopes
         self.sidecars = sidecars
+        self.run = run
     }
 
-    enum CodingKeys: String, CodingKey { case iss, sub, aud, iat, nbf, exp, jti, role, scopes, sidecars }
+    enum CodingKeys: String, CodingKey { case iss, sub, aud, iat, nbf, exp, jti, role, scopes, sidecars, run }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -47,6 +51,7 @@ public struct TokenClaims: Sendable, Hashable, Codable {
         role = try c.decode(String.self, forKey: .role)
         scopes = try c.decodeIfPresent([String].self, forKey: .scopes)
         sidecars = try c.decodeIfPresent([String].self, forKey: .sidecars)
+        run = try c.decodeIfPresent(String.self, forKey: .run)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -61,5 +66,6 @@ public struct TokenClaims: Sendable, Hashable, Codable {
         try c.encode(role, forKey: .role)
         try c.encodeIfPresent(scopes, forKey: .scopes)
         try c.encodeIfPresent(sidecars, forKey: .sidecars)
+        try c.encodeIfPresent(run, forKey: .run)
     }
 }

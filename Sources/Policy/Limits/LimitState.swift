@@ -143,10 +143,3 @@ public struct LimitState: Sendable {
     }
 }
 
-extension Int {
-    /// `self + other`, pinned at `Int.max` instead of trapping: a counter that full reads as exhausted.
-    fileprivate func addingSaturated(_ other: Int) -> Int {
-        let (sum, overflow) = addingReportingOverflow(other)
-        return overflow ? (other > 0 ? .max : .min) : sum
-    }
-}

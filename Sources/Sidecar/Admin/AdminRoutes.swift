@@ -12,7 +12,7 @@ struct AdminRoutes: Sendable {
     /// The interception CA certificate(s), public: agents fetch it to trust intercepted tunnels.
     var caPEM: String? = nil
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<AdminContext>) {
         router.get("healthz") { _, _ in
             Self.json(["status": "ok"], status: .ok)
         }

@@ -16,7 +16,7 @@ struct ChaosAPI: Sendable {
     let maxBodyBytes: Int
     let logger: Logger
 
-    func register(on group: RouterGroup<BasicRequestContext>) {
+    func register(on group: RouterGroup<AdminContext>) {
         group.get("chaos") { _, _ in Self.describe(chaos.current) }
         group.put("chaos") { request, _ in await self.update(request) }
     }
@@ -29,12 +29,10 @@ struct ChaosAPI: Sendable {
     }
 
     func update(_ request: Request) async -> Response {
-        let body: ByteBuffer
-        do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
-            return AdminProblem.response(GatewayError(.bodyTooLarge, "request body exceeds \(maxBodyBytes) bytes"))
-        }
-        guard let json = JSONValue.parse(body.readableBytesView), case .object(var object) = json else {
-            return AdminProblem.response(GatewayError(.invalidJSON, "the body is not a JSON object"))
+        var object: [String: JSONValue]
+        switch await AdminBody.object(request, limit: maxBodyBytes) {
+        case .success(let o): object = o
+        case .failure(let e): return AdminProblem.response(e)
         }
         let fleet = object.removeValue(forKey: "fleet")?.boolValue ?? false
         if let d = object.removeValue(forKey: "duration") {

@@ -13,8 +13,11 @@ struct ControlAPI: Sendable {
     let maxBodyBytes: Int
     let knownScopes: Set<String>
     let policy: PolicyRuntime?
+    /// For tokens bound to a run (`run_id`): the run must exist and be the agent's.
+    let runs: RunService?
 
-    init(identity: IdentityService, credentials: VaultCredentialSource?, maxBodyBytes: Int, policy: PolicyRuntime? = nil) {
+    init(identity: IdentityService, credentials: VaultCredentialSource?, maxBodyBytes: Int, policy: PolicyRuntime? = nil, runs: RunService? = nil) {
+        self.runs = runs
         self.identity = identity
         self.credentials = credentials
         self.maxBodyBytes = maxBodyBytes
@@ -27,7 +30,7 @@ struct ControlAPI: Sendable {
         knownScopes = scopes
     }
 
-    func register(on group: RouterGroup<BasicRequestContext>) {
+    func register(on group: RouterGroup<AdminContext>) {
         group.post("agents") { request, _ in await self.guarded { try await self.createAgent(request) } }
         group.post("create-agent") { request, _ in await self.guarded { try await self.createAgent(request) } }
         group.get("agents") { request, _ in await self.guarded { try await self.listAgents(request) } }
@@ -84,8 +87,9 @@ struct ControlAPI: Sendable {
     func replacePolicy(_ request: Request) async throws -> Response {
         guard let policy else { return AdminProblem.response(Self.unknown("policy")) }
         let body: ByteBuffer
-        do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
-            return AdminProblem.response(GatewayError(.bodyTooLarge, "request body exceeds \(maxBodyBytes) bytes"))
+        switch await AdminBody.collect(request, limit: maxBodyBytes) {
+        case .success(let b): body = b
+        case .failure(let e): return AdminProblem.response(e)
         }
         do {
             try policy.install(String(buffer: body), reason: "api PUT", persist: true)
@@ -180,9 +184,22 @@ struct ControlAPI: Sendable {
                 v.fail(scopeKey, "must be a list of tool:action strings")
             }
         }
+        var run: String?
+        switch body["run_id"] {
+        case nil, .null?: break
+        case .string(let id)? where Run.isValidID(id): run = id
+        default: v.fail("run_id", "must be a run id (run_…)")
+        }
         if let e = v.error { return AdminProblem.response(e) }
         guard let agentID, let agent = try await identity.store.agent(id: agentID) else {
             return AdminProblem.response(Self.unknown("agent"))
+        }
+        if let run, let runs {
+            guard let found = try await runs.store.run(run), found.agent == agent.id else {
+                var e = GatewayError(.validationFailed, "the token's run must be one of the agent's runs")
+                e.extensions["errors"] = [["field": "run_id", "message": "no such run of this agent"]]
+                return AdminProblem.response(e)
+            }
         }
         guard agent.status == .active else {
             var e = GatewayError(.validationFailed, "the agent is disabled")
@@ -191,7 +208,7 @@ struct ControlAPI: Sendable {
         }
         let issued: IdentityService.IssuedToken
         do {
-            issued = try await identity.issueToken(for: agent, ttl: ttl, scopes: scopes)
+            issued = try await identity.issueToken(for: agent, ttl: ttl, scopes: scopes, run: run)
         } catch IdentityService.IssueError.mintingDisabled {
             // The operator asked the wrong sidecar (a 4xx: nothing here is broken or will recover by retrying).
             return AdminProblem.response(GatewayError(.mintingDisabled, "this sidecar holds no issuer signing key (authentication is off, or it is not the fleet's issuer); mint tokens with `sidecar token issue` on the issuer host"))
@@ -201,6 +218,7 @@ struct ControlAPI: Sendable {
             "expires_at": .string(RFC3339.format(issued.record.expiresAt)),
         ]
         if let scopes { json["scopes"] = .array(scopes.map { .string($0) }) }
+        if let run { json["run_id"] = .string(run) }
         if compat { json["agent_token"] = .string(issued.token) }
         return Self.json(.object(json), status: .created)
     }
@@ -234,23 +252,7 @@ struct ControlAPI: Sendable {
 
     /// The request body as a JSON object, or the right problem: 415, 413, 400.
     func jsonObject(_ request: Request, allowEmpty: Bool = false) async -> Result<[String: JSONValue], GatewayError> {
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: maxBodyBytes)
-        } catch {
-            return .failure(GatewayError(.bodyTooLarge, "request body exceeds \(maxBodyBytes) bytes"))
-        }
-        if allowEmpty, body.readableBytes == 0 { return .success([:]) }
-        guard let type = request.headers[.contentType], type.lowercased().hasPrefix("application/json") else {
-            return .failure(GatewayError(.unsupportedMediaType, "send Content-Type: application/json"))
-        }
-        guard let json = JSONValue.parse(body.readableBytesView) else { return .failure(GatewayError(.invalidJSON, "the body is not valid JSON")) }
-        guard case .object(let object) = json else {
-            var e = GatewayError(.validationFailed, "the body must be a JSON object")
-            e.extensions["errors"] = [["field": "", "message": "must be an object"]]
-            return .failure(e)
-        }
-        return .success(object)
+        await AdminBody.object(request, limit: maxBodyBytes, allowEmpty: allowEmpty)
     }
 
     static func unknown(_ what: String) -> GatewayError { GatewayError(.notFound, "no such \(what)") }

@@ -25,7 +25,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept",
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs",
         ])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
@@ -155,9 +155,34 @@ public enum ConfigLoader {
             budget: try action("budget", .closed))
 
         let admin = root["admin"]
-        try admin.checkKeys(["token_file", "max_body_bytes"])
+        try admin.checkKeys(["token_file", "max_body_bytes", "rate_limit", "cors_origins"])
         c.adminTokenFile = try admin["token_file"].string()
         c.adminMaxBodyBytes = try admin["max_body_bytes"].int(default: c.adminMaxBodyBytes, range: 1024...16_777_216)
+        let rate = admin["rate_limit"]
+        try rate.checkKeys(["per_second", "burst"])
+        c.adminGate.ratePerSecond = try rate["per_second"].int(default: c.adminGate.ratePerSecond, range: 1...1_000_000)
+        c.adminGate.burst = try rate["burst"].int(default: c.adminGate.burst, range: 1...1_000_000)
+        if let origins = try admin["cors_origins"].strings() {
+            for (i, o) in origins.enumerated() {
+                guard let url = URL(string: o), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil, url.path.isEmpty,
+                    url.query == nil
+                else { throw admin["cors_origins"].error("entry \(i): expected an origin like https://console.example.com (scheme, host, optional port; no path)") }
+            }
+            c.adminGate.corsOrigins = origins
+        }
+
+        let runs = root["runs"]
+        try runs.checkKeys(["max_events", "retention", "max_streams_per_run", "heartbeat"])
+        c.runs.maxEvents = try runs["max_events"].int(default: c.runs.maxEvents, range: 10...1_000_000)
+        c.runs.maxStreamsPerRun = try runs["max_streams_per_run"].int(default: c.runs.maxStreamsPerRun, range: 1...10_000)
+        if let r = try runs["retention"].duration() {
+            guard r >= .seconds(60) else { throw runs["retention"].error("must be at least 1m") }
+            c.runs.retention = r
+        }
+        if let h = try runs["heartbeat"].duration() {
+            guard h >= .milliseconds(100), h <= .seconds(300) else { throw runs["heartbeat"].error("must be between 100ms and 5m") }
+            c.runs.heartbeat = h
+        }
         return c
     }
 

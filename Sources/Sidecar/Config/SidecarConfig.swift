@@ -127,7 +127,11 @@ public struct SidecarConfig: Sendable {
     /// File holding the admin token (`SIDECAR_ADMIN_TOKEN` overrides); default `<state.dir>/admin.token`,
     /// generated on first start.
     public var adminTokenFile: String?
-    public var adminMaxBodyBytes = 64 * 1024
+    public var adminMaxBodyBytes = 256 * 1024
+    /// The admin port's per-address rate limit and CORS origins.
+    var adminGate = AdminGateSettings()
+    /// Agent runs: events kept, retention, streams per run, heartbeat.
+    var runs = RunSettings()
     /// Policy document; nil = the embedded default (no limits, original role defaults).
     public var policyFile: String?
     public var policyWatch = true

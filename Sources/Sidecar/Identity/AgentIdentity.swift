@@ -12,6 +12,8 @@ struct AgentIdentity: Sendable, Hashable {
     var scopes: Set<String>?
     var issuedAt: Int64
     var expiresAt: Int64
+    /// The run the token is bound to (its `run` claim), if any.
+    var run: String? = nil
 
     /// Anonymous identity used when authentication is turned off (local experiments only).
     static let anonymous = AgentIdentity(agentID: "anonymous", role: "anonymous", tokenID: "-", scopes: nil, issuedAt: 0, expiresAt: .max)

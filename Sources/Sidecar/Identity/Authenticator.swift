@@ -80,7 +80,7 @@ final class Authenticator: Sendable {
         return .success(
             AgentIdentity(
                 agentID: claims.sub, role: claims.role, tokenID: claims.jti, scopes: claims.scopes.map(Set.init),
-                issuedAt: claims.iat, expiresAt: claims.exp))
+                issuedAt: claims.iat, expiresAt: claims.exp, run: claims.run))
     }
 
     private func failure(_ f: TokenFailure) -> Result<AgentIdentity, GatewayError> {

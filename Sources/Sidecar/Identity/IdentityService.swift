@@ -61,7 +61,7 @@ final class IdentityService: Sendable {
     }
 
     /// Mints a token for a registered agent and records its metadata (never the token).
-    func issueToken(for agent: AgentRecord, ttl: Duration?, scopes: [String]?) async throws -> IssuedToken {
+    func issueToken(for agent: AgentRecord, ttl: Duration?, scopes: [String]?, run: String? = nil) async throws -> IssuedToken {
         guard let minter else { throw IssueError.mintingDisabled }
         let ttl = ttl ?? settings.defaultTTL
         guard ttl <= settings.maxTTL else { throw IssueError.ttlTooLong(max: settings.maxTTL) }
@@ -69,7 +69,7 @@ final class IdentityService: Sendable {
         let claims = TokenClaims(
             iss: settings.issuer, sub: agent.id, aud: [settings.audience], iat: issuedAt, nbf: issuedAt,
             exp: issuedAt + ttl.components.seconds, jti: "tok_" + RequestID.generate().prefix(24), role: agent.role,
-            scopes: scopes)
+            scopes: scopes, run: run)
         let token = try minter.mint(claims)
         let record = TokenRecord(
             jti: claims.jti, agentId: agent.id, issuedAt: issuedAt, expiresAt: claims.exp, scopes: scopes, source: .api,

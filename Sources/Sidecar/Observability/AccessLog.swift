@@ -49,6 +49,7 @@ struct AccessLog: Sendable {
         if let h = r.upstreamHost { string(#","upstream_host":"#, h, &s) }
         if let a = r.agentID { string(#","agent_id":"#, a, &s) }
         if let t = r.tokenID { string(#","token_id":"#, t, &s) }
+        if let run = r.runID { string(#","run_id":"#, run, &s) }
         if r.mock { s.append(contentsOf: #","mock":true"#.utf8) }
         if let c = r.cache { string(#","cache":"#, c, &s) }
         if r.retries > 0 { integer(#","retries":"#, r.retries, &s) }

@@ -56,6 +56,7 @@ public final class GatewayMetrics: Sendable {
     let leafCertificates: Gauge
     let leavesMinted: Prometheus.Counter
     static let tunnelModes = ["intercept", "passthrough"]
+    let runs: RunMetrics
     /// How a `CONNECT` ended up: opened, refused before the `200` (a problem answer), or failed after it.
     static let tunnelResults = ["opened", "refused", "sni_mismatch", "handshake_failed", "handshake_timeout", "upstream_unreachable"]
 
@@ -232,6 +233,7 @@ public final class GatewayMetrics: Sendable {
             helpText: "Leaf certificates (TLS contexts) held by the interception cache."))
         leavesMinted = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "intercept_leaves_minted", unitName: "total",
             helpText: "Leaf certificates minted for intercepted tunnels (a cache miss or a renewal)."))
+        runs = RunMetrics(registry: registry)
         registry.makeGauge(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "build_info", unitName: "",

@@ -36,6 +36,9 @@ struct RequestRecord: Sendable {
         /// The chaos fault injected, if any.
         var chaos: String?
         var mock = false
+        /// The run the call named, and its handle once the call is of a run (admission, kill switch).
+        var runID: String?
+        var runCall: RunCall?
         var bytesIn = 0
         var bytesOut = 0
         let start: MonotonicInstant

@@ -49,12 +49,26 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case breakerOpen = "breaker_open"
         case toolSaturated = "tool_saturated"
         case toolThrottled = "tool_throttled"
+        // Agent runs (calls that name a run, and the runs API).
+        case runNotFound = "run_not_found"
+        case runForbidden = "run_forbidden"
+        case runNotStarted = "run_not_started"
+        case runCancelled = "run_cancelled"
+        case runFinished = "run_finished"
+        case runAlreadyCancelled = "run_already_cancelled"
+        case runNotPaused = "run_not_paused"
+        case runBudgetExhausted = "run_budget_exhausted"
+        case runLoopDetected = "run_loop_detected"
+        case idempotencyConflict = "idempotency_conflict"
+        case tooManyStreams = "too_many_streams"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
         case validationFailed = "validation_failed"
         case notFound = "not_found"
         case mintingDisabled = "minting_disabled"
+        case adminRateLimited = "admin_rate_limited"
+        case originNotAllowed = "origin_not_allowed"
         // The upstream's failures: 5xx.
         case upstreamUnreachable = "upstream_unreachable"
         case upstreamTimeout = "upstream_timeout"
@@ -87,6 +101,10 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .validationFailed: return .unprocessableEntity
             case .notFound: return .notFound
             case .mintingDisabled: return .conflict
+            case .runNotFound: return .notFound
+            case .runForbidden, .originNotAllowed: return .forbidden
+            case .runNotStarted, .runCancelled, .runFinished, .runAlreadyCancelled, .runNotPaused, .idempotencyConflict: return .conflict
+            case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .adminRateLimited: return .tooManyRequests
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
             case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
@@ -138,6 +156,19 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .validationFailed: return "Validation failed"
             case .notFound: return "Not found"
             case .mintingDisabled: return "This sidecar does not mint tokens"
+            case .runNotFound: return "No such run"
+            case .runForbidden: return "The run belongs to another agent or token"
+            case .runNotStarted: return "Run not started"
+            case .runCancelled: return "Run cancelled"
+            case .runFinished: return "Run finished"
+            case .runAlreadyCancelled: return "Run already cancelled"
+            case .runNotPaused: return "Run not paused"
+            case .runBudgetExhausted: return "Run budget exhausted"
+            case .runLoopDetected: return "Run paused by the loop breaker"
+            case .idempotencyConflict: return "client_token reused with a different request"
+            case .tooManyStreams: return "Too many event streams on this run"
+            case .adminRateLimited: return "Too many admin requests from this address"
+            case .originNotAllowed: return "Origin not allowed"
             case .upstreamUnreachable: return "Upstream unreachable"
             case .upstreamTimeout: return "Upstream timed out"
             case .upstreamProtocolError: return "Upstream protocol error"

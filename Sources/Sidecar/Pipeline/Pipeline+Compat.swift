@@ -19,6 +19,7 @@ extension Pipeline {
         let token = json["agent_token"]?.stringValue.map { ($0, TokenCarrier.compatBody) }
             ?? TokenExtractor.token(in: request.head.headers, forwardProxy: false)
         let identity = try authenticate(token: token, headers: request.head.headers, record: &record)
+        let run = try runID(headers: request.head.headers, identity: identity, record: &record)
         guard let toolName = json["tool"]?.stringValue else { throw GatewayError(ToolRequestError.invalidParameter("tool is required")) }
         guard let tool = Tool(rawValue: toolName) else {
             throw GatewayError(ToolRequestError.unknownAction("unknown tool '\(toolName.prefix(40))'; tools: serpapi, openai, http_fetch, gmail_send"))
@@ -40,10 +41,14 @@ extension Pipeline {
         let bodyBytes = toolRequest.body?.readableBytes ?? 0
         let prepared = Prepared(
             call: call, identity: identity, evaluated: try evaluate(call, identity: identity, bodyBytes: bodyBytes), bodyBytes: bodyBytes,
-            requestID: request.requestID)
+            requestID: request.requestID, run: run)
         // The native stages; the answer's body is read here (metered for budgets) and wrapped, and its
         // completion (slot, settlement) runs once it has been read.
-        let response = try await self.call(prepared, record: &record)
+        let runCall = makeRunCall(prepared)
+        record.runCall = runCall
+        let response = try await killable(runCall, record: &record) { (r: inout RequestRecord) throws(GatewayError) in
+            try await self.call(prepared, record: &r, runCall: runCall)
+        }
         let data: ByteBuffer
         do {
             switch response.body {
@@ -57,6 +62,7 @@ extension Pipeline {
         await response.completion.run()
         record.upstreamDuration = record.upstreamStart.map { MonotonicInstant.now - $0 }
         let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
+        if runCall?.killed == true { throw GatewayError(.runCancelled, "run \(run ?? "") was cancelled while this call was in flight") }
         let ok = (200..<300).contains(response.status.code)
         let envelope: JSONValue = [
             "success": .bool(ok),
@@ -68,5 +74,25 @@ extension Pipeline {
             ],
         ]
         return ResponseMapper.json(envelope, status: ok ? .ok : response.status, requestID: request.requestID)
+    }
+}
+
+extension Pipeline {
+    /// Runs `body` in a task the run's kill switch can cancel (`runCall`), and cancels it too when this
+    /// one is cancelled. Without a run, just runs it.
+    func killable(
+        _ runCall: RunCall?, record: inout RequestRecord,
+        _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
+    ) async throws(GatewayError) -> ProxyResponse {
+        guard let runCall else { return try await body(&record) }
+        let start = record
+        let child = Task { () async -> (Result<ProxyResponse, GatewayError>, RequestRecord) in
+            var r = start
+            do throws(GatewayError) { return (.success(try await body(&r)), r) } catch { return (.failure(error), r) }
+        }
+        runCall.onAbort { child.cancel() }
+        let (result, after) = await withTaskCancellationHandler { await child.value } onCancel: { child.cancel() }
+        record = after
+        return try result.get()
     }
 }

@@ -60,14 +60,17 @@ final class Pipeline: Sendable {
     let egress: EgressGuard?
     /// CONNECT interception; nil refuses every CONNECT (`intercept.enabled: false`).
     let interception: Interception?
+    /// Agent runs: calls that name one are charged to it, put on its stream, and can be killed.
+    let runs: RunService?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
-        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil
+        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil
     ) {
         self.interception = interception
+        self.runs = runs
         self.policy = policy
         self.limits = limits
         loopLimits = limits as? any LoopLimitStore
@@ -123,6 +126,8 @@ final class Pipeline: Sendable {
             then(failed(error, request: request, record: record))
             return {}
         }
+        // A call of a run: admitted against the run's ledger (a store step to wait for), killable.
+        if prepared.run != nil { return runCallInTask(prepared, request: request, record: record, on: loop, then: then) }
         // A credential to fetch: the rest waits, in a task.
         guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
             return callInTask(prepared, request: request, record: record, on: loop, then: then)
@@ -154,6 +159,28 @@ final class Pipeline: Sendable {
             next.then(self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then))
         }
         return next.cancel
+    }
+
+    /// A call of a run, in a task that the run's kill switch can abort (`RunCall`).
+    private func runCallInTask(
+        _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
+        then: @escaping @Sendable (consuming Handled) -> Void
+    ) -> @Sendable () -> Void {
+        let runCall = makeRunCall(prepared)
+        record.runCall = runCall
+        let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+            try await self.call(prepared, record: &r, runCall: runCall)
+        }
+        runCall?.onAbort(cancel)
+        return cancel
+    }
+
+    func makeRunCall(_ prepared: Prepared) -> RunCall? {
+        guard let run = prepared.run else { return nil }
+        let call = prepared.call
+        return RunCall(
+            run: run, agent: prepared.identity.agentID, role: prepared.identity.role, requestID: prepared.requestID, tool: call.tool,
+            action: call.action, parameters: Self.policyParameters(call.parameters), fingerprint: RunCall.fingerprint(call))
     }
 
     /// The rest of the call (admit, credential, upstream), from a task.
@@ -290,9 +317,11 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// Removes whatever carried the token, so it never goes upstream.
+    /// Removes whatever carried the token (and the run id: the sidecar's business), so it never goes
+    /// upstream.
     static func removingCarrier(_ carrier: TokenCarrier?, from headers: HTTPHeaders) -> HTTPHeaders {
         var headers = headers
+        if headers.contains(name: "x-run-id") { headers.remove(name: "x-run-id") }
         switch carrier {
         case .authorization?: headers.remove(name: "authorization")
         case .proxyAuthorization?: headers.remove(name: "proxy-authorization")
@@ -310,6 +339,25 @@ final class Pipeline: Sendable {
         var evaluated: Evaluated
         var bodyBytes: Int
         var requestID: String
+        /// The run the call belongs to (`X-Run-Id`, or the token's `run` claim).
+        var run: String? = nil
+    }
+
+    /// The run a call names: the token's `run` claim or `X-Run-Id` — a token bound to a run cannot act for
+    /// another. nil when neither names one.
+    func runID(headers: HTTPHeaders, identity: AgentIdentity, record: inout RequestRecord) throws(GatewayError) -> String? {
+        let named = headers.first(name: "x-run-id")?.trimmingCharacters(in: .whitespaces)
+        guard named != nil || identity.run != nil else { return nil }
+        if let named, !Run.isValidID(named) {
+            throw GatewayError(.invalidParameter, "X-Run-Id must be a run id as POST /api/runs returns it (run_…)")
+        }
+        if let bound = identity.run, let named, named != bound {
+            throw GatewayError(.runForbidden, "the token is bound to run \(bound); it cannot act for run \(named)")
+        }
+        guard runs != nil else { throw GatewayError(.runNotFound, "this sidecar keeps no runs") }
+        let id = identity.run ?? named!
+        record.runID = id
+        return id
     }
 
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
@@ -346,6 +394,7 @@ final class Pipeline: Sendable {
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
                 ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy, memo: request.credentials)
             let identity = try authenticate(token: token, headers: request.head.headers, record: &record, memo: request.credentials)
+            let run = try runID(headers: request.head.headers, identity: identity, record: &record)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
@@ -353,14 +402,32 @@ final class Pipeline: Sendable {
             try checkScope(call, identity: identity)
             let bodyBytes = request.body?.readableBytes ?? 0
             let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes)
-            return Prepared(call: call, identity: identity, evaluated: evaluated, bodyBytes: bodyBytes, requestID: request.requestID)
+            return Prepared(call: call, identity: identity, evaluated: evaluated, bodyBytes: bodyBytes, requestID: request.requestID, run: run)
         }
     }
 
-    /// admit (limits) ─► credential ─► upstream ─► the agent's answer.
-    func call(_ prepared: Prepared, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+    /// admit (run, limits) ─► credential ─► upstream ─► the agent's answer.
+    ///
+    /// `runCall`: the call names a run. It is admitted against the run first (a cancelled run's calls go
+    /// no further); a limit that refuses it afterwards gives the run its reservation back (at `finished`,
+    /// as for every call that sent nothing). Killed meanwhile, the call answers `run_cancelled`.
+    func call(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
+        guard let runCall, let runs else { return try await callAdmitted(prepared, record: &record, runCall: nil) }
+        do {
+            try await runs.admit(runCall, identity: prepared.identity)
+            return try await callAdmitted(prepared, record: &record, runCall: runCall)
+        } catch {
+            if runCall.killed, error.code != .runCancelled {
+                throw GatewayError(.runCancelled, "run \(runCall.run) was cancelled while this call was in flight; the upstream call was aborted")
+            }
+            throw error
+        }
+    }
+
+    private func callAdmitted(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall?) async throws(GatewayError) -> ProxyResponse {
         let admitted = try await admitLimits(prepared.evaluated, identity: prepared.identity, requestID: prepared.requestID)
-        let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
+        let metered = admitted?.meter != nil || runCall?.meter != nil
+        let call = metered ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
             let credential = try await self.credential(for: call.tool)
@@ -369,11 +436,11 @@ final class Pipeline: Sendable {
             await settle(admitted, refund: true, upstreamStatus: nil)
             throw error
         }
-        return try await send(outbound, admitted: admitted, record: &record)
+        return try await send(outbound, admitted: admitted, record: &record, runCall: runCall)
     }
 
     /// The upstream call (through cache, breaker, bulkhead and retries) and the agent's answer.
-    func send(_ outbound: Outbound, admitted: Admitted?, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
+    func send(_ outbound: Outbound, admitted: Admitted?, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
         let response: UpstreamResponse
         let release: @Sendable () -> Void
         do {
@@ -382,7 +449,8 @@ final class Pipeline: Sendable {
             await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
             throw error
         }
-        return proxyResponse(response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty)
+        return proxyResponse(
+            response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty, runCall: runCall)
     }
 
     /// The upstream answer as the agent's: usage metered for budgets, headers cleaned, and what to do
@@ -392,18 +460,32 @@ final class Pipeline: Sendable {
     /// `loop`: where a loop-path call settles its limits without a task (nil: in a task).
     func proxyResponse(
         _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, scrubbed: Bool,
-        on loop: (any EventLoop)? = nil
+        on loop: (any EventLoop)? = nil, runCall: RunCall? = nil
     ) -> ProxyResponse {
         var response = response
         if let meter = admitted?.meter {
             response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
+        }
+        var limit = settings.maxResponseBodyBytes
+        if let runCall {
+            // The run's ledger sees the answer as it streams: OpenAI usage, fetch bytes (cut at what the
+            // run granted this call); the kill switch can cut it.
+            let meter = admitted?.meter == nil ? runCall.meter : nil
+            response.body = response.body.observed(by: { chunk in
+                meter?.observe(chunk)
+                _ = runCall.count(chunk.readableBytes)
+            }, finished: { meter?.finish() })
+            if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 { limit = min(limit, granted) }
+            response.body = response.body.guarded(by: BodyGuard())
+            let body = response.body
+            runCall.onAbort { body.cancel() }
         }
         let status = Int(response.status.code)
         let body: ProxyResponse.Body
         if let buffered = response.body.bufferedBytes {
             body = .buffer(buffered)
         } else {
-            body = .stream(response.body, limit: settings.maxResponseBodyBytes)
+            body = .stream(response.body, limit: limit)
         }
         let completion: ProxyResponse.Completion
         if let admitted, let loop, loopLimits != nil {

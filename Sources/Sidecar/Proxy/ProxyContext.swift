@@ -23,9 +23,19 @@ final class ProxyContext: Sendable {
         self.accessLog = accessLog
     }
 
-    /// Records a finished request: one access log line and the request metrics.
+    /// Records a finished request: one access log line and the request metrics; for a call of a run, its
+    /// settlement and its event on the run's stream.
     func finish(_ record: RequestRecord) {
+        guard let run = record.runID, let runs = pipeline.runs else {
+            metrics.record(record)
+            accessLog.write(record)
+            return
+        }
+        var record = record
+        if record.runCall?.killed == true { record.outcome = GatewayError.Code.runCancelled.rawValue }
         metrics.record(record)
         accessLog.write(record)
+        let finished = record
+        Task { await runs.finished(finished.runCall, runID: run, agent: finished.agentID, record: finished) }
     }
 }

@@ -5,10 +5,18 @@ import Synchronization
 /// `max_tokens` can be settled to what was actually used: `usage.total_tokens` of a JSON body, or of the
 /// SSE chunk that carries it (`stream_options.include_usage`; the Responses API's `response.completed`).
 public final class OpenAIUsageMeter: Sendable {
+    /// Token counts of an answer: input (`prompt_tokens` / `input_tokens`), output (`completion_tokens` /
+    /// `output_tokens`), and their total.
+    public struct Usage: Sendable, Hashable {
+        public var input: Int
+        public var output: Int
+        public var total: Int
+    }
+
     private struct State {
         var pending: [UInt8] = []
         var body: [UInt8] = []
-        var total: Int?
+        var usage: Usage?
         var sse = false
         var decided = false
     }
@@ -19,7 +27,8 @@ public final class OpenAIUsageMeter: Sendable {
 
     public init() {}
 
-    public var totalTokens: Int? { state.withLock { $0.total } }
+    public var totalTokens: Int? { state.withLock { $0.usage?.total } }
+    public var usage: Usage? { state.withLock { $0.usage } }
 
     public func observe(_ chunk: ByteBuffer) {
         state.withLock { s in
@@ -35,9 +44,9 @@ public final class OpenAIUsageMeter: Sendable {
                     s.pending.removeFirst(nl + 1)
                     // Only a line that names usage is read (most chunks carry one token of content).
                     if line.starts(with: Self.dataPrefix), ByteSearch.lastIndex(of: Self.usageKey, in: line) != nil,
-                        let total = Self.usage(in: Array(line.dropFirst(5)))
+                        let usage = Self.usage(in: Array(line.dropFirst(5)))
                     {
-                        s.total = total
+                        s.usage = usage
                     }
                 }
             } else if s.body.count + bytes.count <= Self.maxJSONBytes {
@@ -49,7 +58,7 @@ public final class OpenAIUsageMeter: Sendable {
     /// Call when the body has ended: parses a JSON (non-streaming) answer.
     public func finish() {
         state.withLock { s in
-            if !s.sse, let total = Self.usage(in: s.body) { s.total = total }
+            if !s.sse, let usage = Self.usage(in: s.body) { s.usage = usage }
         }
     }
 
@@ -60,7 +69,7 @@ public final class OpenAIUsageMeter: Sendable {
     /// Responses API). Only the `usage` object is read — where usage lives, not the whole answer: its
     /// last member named `"usage"` (a member name, not text: inside a JSON string a quote is escaped, and
     /// what stands before the name must be `{` or `,`).
-    static func usage(in bytes: [UInt8]) -> Int? {
+    static func usage(in bytes: [UInt8]) -> Usage? {
         var end = bytes.count
         while let at = ByteSearch.lastIndex(of: usageKey, in: Array(bytes[..<end])) {
             end = at
@@ -74,7 +83,12 @@ public final class OpenAIUsageMeter: Sendable {
                 var reader = JSONReader(buffer)
                 return try? reader.leadingValue()
             }
-            if let total = value?["total_tokens"]?.intValue { return total }
+            guard let u = value else { continue }
+            let input = u["prompt_tokens"]?.intValue ?? u["input_tokens"]?.intValue
+            let output = u["completion_tokens"]?.intValue ?? u["output_tokens"]?.intValue
+            if let total = u["total_tokens"]?.intValue ?? input.flatMap({ i in output.map { i + $0 } }) {
+                return Usage(input: input ?? 0, output: output ?? max(0, total - (input ?? 0)), total: total)
+            }
         }
         return nil
     }

@@ -99,6 +99,8 @@ public final class BodyStream: @unchecked Sendable {
             case wait
         }
         let immediate: Immediate = lock.withLock {
+            // Cancelled (the consumer gave up, or the call was killed): never a clean end of what is left.
+            if state.cancelled { return .failed(CancellationError()) }
             if let c = state.chunks.popFirst() {
                 state.buffered -= c.readableBytes
                 var release: EventLoopPromise<Void>?

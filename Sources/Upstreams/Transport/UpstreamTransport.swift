@@ -1,3 +1,4 @@
+import Synchronization
 import AsyncHTTPClient
 import NIOCore
 import NIOHTTP1
@@ -156,6 +157,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         indirect case observed(UpstreamBody, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
         indirect case truncated(UpstreamBody)
         indirect case decoded(UpstreamBody, ContentCoding, limit: Int)
+        indirect case guarded(UpstreamBody, BodyGuard)
     }
 
     let storage: Storage
@@ -191,6 +193,10 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         coding == .identity ? self : .init(storage: .decoded(self, coding, limit: limit))
     }
 
+    /// The same body, stopped with an error at its next chunk once `guard` trips (`cancel()` trips it):
+    /// a body that is not a live transfer (a paced mock answer) is cut too, not only a live one.
+    public func guarded(by bodyGuard: BodyGuard) -> UpstreamBody { .init(storage: .guarded(self, bodyGuard)) }
+
     /// The same body with echoed credentials replaced.
     public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
         scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
@@ -210,6 +216,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         switch storage {
         case .bodyStream(let s): s.cancel()
         case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .decoded(let base, _, _): base.cancel()
+        case .guarded(let base, let bodyGuard):
+            bodyGuard.trip()
+            base.cancel()
         default: break
         }
     }
@@ -226,6 +235,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         case .decoded(let base, let coding, let limit):
             // One byte over the limit is enough for the proxy to answer "too large".
             return base.whole(leaf).flatMap { Inflater.decodeWhole($0, coding: coding, limit: limit + 1) }
+        case .guarded(let base, _): return base.whole(leaf)
         case .observed(let base, let observe, let finished):
             return base.whole(leaf).map { b in
                 observe(b)
@@ -260,6 +270,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             return AsyncIterator(state: .truncated(AsyncIterator.Box(base.makeAsyncIterator()), sent: false))
         case .decoded(let base, let coding, let limit):
             return AsyncIterator(state: .decoded(AsyncIterator.Box(base.makeAsyncIterator()), coding, limit: limit, inflater: nil))
+        case .guarded(let base, let bodyGuard):
+            return AsyncIterator(state: .guarded(AsyncIterator.Box(base.makeAsyncIterator()), bodyGuard))
         }
     }
 
@@ -273,6 +285,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case observed(Box, @Sendable (ByteBuffer) -> Void, @Sendable () -> Void)
             case truncated(Box, sent: Bool)
             case decoded(Box, ContentCoding, limit: Int, inflater: Inflater?)
+            case guarded(Box, BodyGuard)
         }
         var state: State
 
@@ -331,6 +344,11 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                     let out = try inflater.decode(chunk)
                     if out.readableBytes > 0 { return out }
                 }
+            case .guarded(let box, let bodyGuard):
+                if bodyGuard.tripped { throw UpstreamError(.cancelled, beforeSend: false, detail: "stopped") }
+                let chunk = try await box.iterator.next()
+                if bodyGuard.tripped { throw UpstreamError(.cancelled, beforeSend: false, detail: "stopped") }
+                return chunk
             case .truncated(let box, let sent):
                 if sent {
                     var e = UpstreamError(.protocolError, beforeSend: false, detail: "connection closed mid-body")
@@ -356,4 +374,14 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         }
         return all
     }
+}
+
+/// A switch that stops a guarded body (`UpstreamBody.guarded(by:)`).
+public final class BodyGuard: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    public init() {}
+
+    public var tripped: Bool { flag.load(ordering: .acquiring) }
+    public func trip() { flag.store(true, ordering: .releasing) }
 }

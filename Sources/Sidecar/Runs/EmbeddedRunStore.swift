@@ -1,0 +1,271 @@
+import Crypto
+import Foundation
+import GRDB
+import Policy
+import Synchronization
+import Upstreams
+
+/// Runs on one host: decided in memory (`RunBook`, under one lock) and written to SQLite in batches —
+/// runs, their events and ledgers survive a restart, so an SSE client resumes after the sidecar
+/// restarted and misses nothing.
+///
+/// An event is readable (`events`) and announced to streams (`onDurable`) only once it is written, so a
+/// client never sees an event that a crash could take back and number again. Writes are grouped: each
+/// write takes everything changed so far, inside the writer's serial queue (so batches land in the order
+/// they were taken). SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process
+/// crashing, not the machine losing power mid-write.
+final class EmbeddedRunStore: RunStore {
+    let db: any DatabaseWriter
+    private let book: Mutex<RunBook>
+    /// Told which runs have new events once they are written.
+    private let listener = Mutex<(@Sendable ([String]) -> Void)?>(nil)
+    private static let encoder = JSONEncoder()
+    private static let decoder = JSONDecoder()
+    /// Finished runs kept in memory beyond the active ones.
+    private let memoryLimit = 10_000
+
+    init(path: String, maxEvents: Int = 10_000) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        db = path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
+        book = Mutex(RunBook(maxEvents: maxEvents))
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-runs") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+                        ended_at INTEGER, doc TEXT NOT NULL);
+                    CREATE INDEX runs_by_created ON runs(created_at DESC, id DESC);
+                    CREATE TABLE run_events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, at INTEGER NOT NULL,
+                        data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+                    CREATE TABLE run_keys (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, digest TEXT NOT NULL, created_at INTEGER NOT NULL);
+                    """)
+        }
+        try m.migrate(db)
+        // Every unfinished run is kept in memory (the sweep of `max_duration` and the active count see them).
+        let active: [(Run, Int64, Int)] = try db.read { db in
+            try String.fetchAll(db, sql: "SELECT doc FROM runs WHERE status IN ('created','running','paused')").map { doc in
+                let run = try Self.decode(doc)
+                let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [run.id])
+                return (run, (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
+            }
+        }
+        book.withLock { b in for (run, last, n) in active { b.insert(run, lastSeq: last, events: n) } }
+    }
+
+    func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = body } }
+
+    // MARK: Storage
+
+    private static func decode(_ doc: String) throws -> Run { try decoder.decode(Run.self, from: Data(doc.utf8)) }
+
+    private static func write(_ db: Database, _ run: Run) throws {
+        let doc = String(decoding: try encoder.encode(run), as: UTF8.self)
+        try db.execute(
+            sql: """
+                INSERT INTO runs (id, agent, status, created_at, ended_at, doc) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, doc = excluded.doc
+                """,
+            arguments: [run.id, run.agent, run.status.rawValue, run.createdAt, run.endedAt, doc])
+    }
+
+    private static func write(_ db: Database, run id: String, _ e: RunEvent) throws {
+        try db.execute(
+            sql: "INSERT OR REPLACE INTO run_events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)",
+            arguments: [id, Int64(e.id)!, e.type, e.at, e.data.serialized])
+    }
+
+    /// Writes everything changed so far; announces the runs that got events.
+    func persist() async throws {
+        let announced: [String] = try await db.write { db in
+            let batch = self.book.withLock { $0.take() }
+            guard !batch.isEmpty else { return [] }
+            for (run, before) in batch.trims {
+                try db.execute(sql: "DELETE FROM run_events WHERE run_id = ? AND seq < ?", arguments: [run, before])
+            }
+            for run in batch.runs { try Self.write(db, run) }
+            for (run, event) in batch.events { try Self.write(db, run: run, event) }
+            return Array(Set(batch.events.map(\.run)))
+        }
+        book.withLock { $0.evict(keeping: memoryLimit) }
+        if !announced.isEmpty, let listener = listener.withLock({ $0 }) { listener(announced) }
+    }
+
+    /// Brings runs into memory from SQLite (with their event numbering).
+    private func load(_ ids: [String]) async throws {
+        let missing = book.withLock { $0.missing(ids) }
+        guard !missing.isEmpty else { return }
+        let loaded: [(Run, Int64, Int)] = try await db.read { db in
+            try missing.compactMap { id in
+                guard let doc = try String.fetchOne(db, sql: "SELECT doc FROM runs WHERE id = ?", arguments: [id]) else { return nil }
+                let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [id])
+                return (try Self.decode(doc), (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
+            }
+        }
+        book.withLock { b in for (run, last, n) in loaded { b.insert(run, lastSeq: last, events: n) } }
+    }
+
+    // MARK: RunStore
+
+    func create(_ run: Run, caller: String, clientToken: String?, digest: String) async throws -> RunCreation {
+        let event = RunEvent(id: "1", type: "run.created", at: run.createdAt, data: ["status": .string(run.status.rawValue), "name": .string(run.name)])
+        let creation: RunCreation = try await db.write { db in
+            if let clientToken {
+                let key = RunKeys.idempotency(caller: caller, clientToken: clientToken)
+                try db.execute(sql: "DELETE FROM run_keys WHERE created_at < ?", arguments: [run.createdAt - RunKeys.window])
+                if let row = try Row.fetchOne(db, sql: "SELECT run_id, digest FROM run_keys WHERE key = ?", arguments: [key]) {
+                    guard row["digest"] as String == digest else { return .conflict }
+                    if let doc = try String.fetchOne(db, sql: "SELECT doc FROM runs WHERE id = ?", arguments: [row["run_id"] as String]) {
+                        return .existing(try Self.decode(doc))
+                    }
+                }
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO run_keys (key, run_id, digest, created_at) VALUES (?, ?, ?, ?)",
+                    arguments: [key, run.id, digest, run.createdAt])
+            }
+            try Self.write(db, run)
+            try Self.write(db, run: run.id, event)
+            return .created(run)
+        }
+        if case .existing(let existing) = creation {
+            // The stored copy may be behind the one in memory (ledger, status).
+            try await load([existing.id])
+            return .existing(book.withLock { $0.runs[existing.id] } ?? existing)
+        }
+        if case .created = creation {
+            book.withLock { $0.insert(run, lastSeq: 1, events: 1) }
+            listener.withLock { $0 }?([run.id])
+        }
+        return creation
+    }
+
+    func run(_ id: String) async throws -> Run? {
+        try await load([id])
+        return book.withLock { $0.runs[id] }
+    }
+
+    func list(status: RunStatus?, agent: String?, cursor: String?, limit: Int) async throws -> (runs: [Run], next: String?) {
+        try await persist()
+        return try await db.read { db in
+            var sql = "SELECT doc FROM runs WHERE 1=1"
+            var args: [(any DatabaseValueConvertible)?] = []
+            if let status {
+                sql += " AND status = ?"
+                args.append(status.rawValue)
+            }
+            if let agent {
+                sql += " AND agent = ?"
+                args.append(agent)
+            }
+            if let cursor, let at = try Int64.fetchOne(db, sql: "SELECT created_at FROM runs WHERE id = ?", arguments: [cursor]) {
+                sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+                args += [at, at, cursor]
+            }
+            sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+            args.append(limit + 1)
+            var runs = try String.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Self.decode)
+            let next = runs.count > limit ? runs[limit - 1].id : nil
+            if runs.count > limit { runs.removeLast(runs.count - limit) }
+            return (runs, next)
+        }
+    }
+
+    func apply(_ command: RunStatus.Command, to id: String, reason: String?, now: Int64) async throws -> Result<Run, RunStatus.Refusal>? {
+        try await load([id])
+        let result = book.withLock { $0.apply(command, to: id, reason: reason, now: now) }
+        try await persist()
+        return result
+    }
+
+    func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) async throws -> RunReservation {
+        if let decided = book.withLock({ b -> RunReservation? in
+            guard let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
+            return b.reserve(id, agent: agent, charge: charge, now: now)
+        }) {
+            if case .expired = decided { try await persist() }
+            return decided
+        }
+        try await load([id])
+        guard let chain = book.withLock({ $0.runs[id]?.chain }) else { return .unknown }
+        try await load(chain)
+        let decided = book.withLock { $0.reserve(id, agent: agent, charge: charge, now: now) }
+        if case .expired = decided { try await persist() }
+        return decided
+    }
+
+    func settle(chain: [String], reserved: RunLedger, actual: RunLedger) async throws {
+        if book.withLock({ $0.missing(chain) }).isEmpty == false { try await load(chain) }
+        book.withLock { $0.settle(chain: chain, reserved: reserved, actual: actual) }
+    }
+
+    func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent? {
+        try await load([id])
+        let event = book.withLock { b -> RunEvent? in
+            guard let run = b.runs[id], agent == nil || run.agent == agent else { return nil }
+            return b.append(id, type: type, data: data, now: now)
+        }
+        guard event != nil else { return nil }
+        try await persist()
+        return event
+    }
+
+    func events(_ id: String, after: String?, limit: Int) async throws -> [RunEvent] {
+        let from = after.flatMap { Int64($0) } ?? 0
+        return try await db.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT seq, type, at, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                arguments: [id, from, limit]
+            ).map { row in
+                RunEvent(
+                    id: String(row["seq"] as Int64), type: row["type"], at: row["at"],
+                    data: JSONValue.parse(Array((row["data"] as String).utf8)) ?? .null)
+            }
+        }
+    }
+
+    func validEventID(_ id: String) -> Bool { !id.isEmpty && id.utf8.count <= 19 && id.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 } }
+
+    func purge(endedBefore cutoff: Int64) async throws -> Int {
+        try await persist()
+        let ids: [String] = try await db.write { db in
+            let ids = try String.fetchAll(
+                db, sql: "SELECT id FROM runs WHERE status IN ('completed','failed','cancelled') AND ended_at < ?", arguments: [cutoff])
+            for id in ids {
+                try db.execute(sql: "DELETE FROM run_events WHERE run_id = ?", arguments: [id])
+                try db.execute(sql: "DELETE FROM run_keys WHERE run_id = ?", arguments: [id])
+                try db.execute(sql: "DELETE FROM runs WHERE id = ?", arguments: [id])
+            }
+            return ids
+        }
+        book.withLock { $0.forget(ids) }
+        return ids.count
+    }
+
+    func expired(now: Int64) async throws -> [String] { book.withLock { $0.expired(now: now) } }
+
+    func activeCount() async throws -> Int { book.withLock { $0.activeCount } }
+
+    /// Writes the ledgers of calls that settled without an event since (every second until shutdown).
+    func runFlusher() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            try? await persist()
+        }
+        await Task { try? await self.persist() }.value
+    }
+}
+
+/// Key names shared by both stores.
+enum RunKeys {
+    /// How long a `client_token` names its run.
+    static let window: Int64 = 86_400_000
+
+    /// The idempotency key of (`caller`, `clientToken`): a digest, so neither needs escaping, and one
+    /// caller's key can never name another caller's run.
+    static func idempotency(caller: String, clientToken: String) -> String {
+        SHA256.hash(data: Array((caller + "\u{0}" + clientToken).utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+}

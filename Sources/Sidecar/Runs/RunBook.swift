@@ -1,0 +1,163 @@
+import Policy
+import Upstreams
+
+/// The embedded run store's working state, in memory: the runs in use, each run's next event number,
+/// and what has changed since it was last written to SQLite. Pure (no I/O, time passed in), so the
+/// decisions are table-tested; `EmbeddedRunStore` is the shell that loads and writes it.
+///
+/// Every decision about a run — a status change, a reservation against it and its ancestors, an event —
+/// is one method call under the store's lock, which is what makes reservations exact.
+struct RunBook: Sendable {
+    struct Pending: Sendable {
+        var runs: [Run] = []
+        var events: [(run: String, event: RunEvent)] = []
+        /// Per run: delete events before this sequence number (the trim of `max_events`).
+        var trims: [(run: String, before: Int64)] = []
+        var isEmpty: Bool { runs.isEmpty && events.isEmpty && trims.isEmpty }
+    }
+
+    private(set) var runs: [String: Run] = [:]
+    private var nextSeq: [String: Int64] = [:]
+    private var eventCount: [String: Int] = [:]
+    private var dirty: Set<String> = []
+    private var pending = Pending()
+    let maxEvents: Int
+
+    init(maxEvents: Int) { self.maxEvents = max(10, maxEvents) }
+
+    func contains(_ id: String) -> Bool { runs[id] != nil }
+
+    /// Adds a run read from storage (or just created), unless a newer copy is already here.
+    mutating func insert(_ run: Run, lastSeq: Int64, events: Int) {
+        guard runs[run.id] == nil else { return }
+        runs[run.id] = run
+        nextSeq[run.id] = lastSeq + 1
+        eventCount[run.id] = events
+    }
+
+    /// Running runs past their `max_duration`.
+    func expired(now: Int64) -> [String] { runs.values.filter { $0.status == .running && $0.expired(at: now) }.map(\.id) }
+
+    /// Runs not finished (all of them are in memory: loaded at start, kept until they finish).
+    var activeCount: Int { runs.values.reduce(0) { $0 + ($1.status.isTerminal ? 0 : 1) } }
+
+    /// The ids of `ids` that are not in memory.
+    func missing(_ ids: [String]) -> [String] { ids.filter { runs[$0] == nil } }
+
+    /// What to write, and nothing changed since.
+    mutating func take() -> Pending {
+        var out = pending
+        out.runs = dirty.compactMap { runs[$0] }
+        dirty.removeAll(keepingCapacity: true)
+        pending = Pending()
+        return out
+    }
+
+    /// Forgets finished runs that have been written (memory stays bounded by the active runs).
+    mutating func evict(keeping limit: Int) {
+        guard runs.count > limit else { return }
+        for (id, run) in runs where run.status.isTerminal && !dirty.contains(id) && run.reserved == RunLedger() {
+            runs[id] = nil
+            nextSeq[id] = nil
+            eventCount[id] = nil
+            if runs.count <= limit / 2 { break }
+        }
+    }
+
+    mutating func forget(_ ids: [String]) {
+        for id in ids {
+            runs[id] = nil
+            nextSeq[id] = nil
+            eventCount[id] = nil
+            dirty.remove(id)
+        }
+    }
+
+    // MARK: Decisions
+
+    mutating func apply(_ command: RunStatus.Command, to id: String, reason: String?, now: Int64) -> Result<Run, RunStatus.Refusal>? {
+        guard var run = runs[id] else { return nil }
+        switch run.status.applying(command) {
+        case .failure(let refusal):
+            return .failure(refusal)
+        case .success(let status):
+            let changed = status != run.status
+            Run.transition(&run, to: status, command: command, reason: reason, now: now)
+            runs[id] = run
+            dirty.insert(id)
+            if changed {
+                let event = Run.statusEvent(run, command: command)
+                _ = append(id, type: event.type, data: event.data, now: now)
+            }
+            return .success(run)
+        }
+    }
+
+    /// Requires the run and its ancestors in memory (`missing` first).
+    mutating func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation {
+        guard var first = runs[id] else { return .unknown }
+        if first.agent.isEmpty {
+            // A run made without an agent belongs to the first agent that calls in it.
+            first.agent = agent
+            runs[id] = first
+            dirty.insert(id)
+        }
+        guard first.agent == agent else { return .forbidden }
+        var chain: [Run] = []
+        for runID in first.chain {
+            guard let run = runs[runID] else { return .unknown }
+            chain.append(run)
+        }
+        for run in chain {
+            if run.status == .running, run.expired(at: now) {
+                _ = apply(.fail, to: run.id, reason: "max_duration", now: now)
+                return .expired(run: run.id)
+            }
+            if run.status != .running { return .notRunning(run: run.id, run.status, reason: run.reason) }
+        }
+        switch RunBudget.reserve(charge, chain: chain.map(\.holding)) {
+        case .failure(let e):
+            return .exhausted(run: chain[e.index].id, dimension: e.dimension)
+        case .success(let ledger):
+            for run in chain {
+                runs[run.id]!.reserved = run.reserved + ledger
+                dirty.insert(run.id)
+            }
+            return .reserved(ledger, chain: first.chain)
+        }
+    }
+
+    /// Requires the runs in memory (`missing` first); a run no longer stored is skipped.
+    mutating func settle(chain: [String], reserved: RunLedger, actual: RunLedger) {
+        for id in chain {
+            guard var run = runs[id] else { continue }
+            run.reserved = RunLedger(values: (run.reserved - reserved).values.map { max(0, $0) })
+            run.spent = run.spent + actual
+            runs[id] = run
+            dirty.insert(id)
+        }
+    }
+
+    /// Appends an event (nil: the run is not in memory). At `maxEvents`, the oldest tenth goes first and
+    /// a marker event says so: a reader never meets a silent gap.
+    mutating func append(_ id: String, type: String, data: JSONValue, now: Int64) -> RunEvent? {
+        guard runs[id] != nil, var seq = nextSeq[id] else { return nil }
+        var count = eventCount[id] ?? 0
+        if count >= maxEvents {
+            let keep = maxEvents - max(1, maxEvents / 10)
+            let firstKept = seq - Int64(keep)
+            pending.trims.append((id, firstKept))
+            let marker = RunEvent(
+                id: String(seq), type: "run.events_trimmed", at: now,
+                data: ["trimmed_before": .string(String(firstKept)), "max_events": .number(Double(maxEvents))])
+            pending.events.append((id, marker))
+            seq += 1
+            count = keep + 1
+        }
+        let event = RunEvent(id: String(seq), type: type, at: now, data: data)
+        pending.events.append((id, event))
+        nextSeq[id] = seq + 1
+        eventCount[id] = count + 1
+        return event
+    }
+}

@@ -1,0 +1,149 @@
+import NIOCore
+import Policy
+import Synchronization
+import Upstreams
+
+/// One tool call that names a run, from admission to its last byte: what it reserved on the run's
+/// ledger, what it has used so far, and how to abort it — the kill switch's handle on a call in flight.
+///
+/// The pipeline hands it the ways to stop the call as they appear (the task waiting for the upstream,
+/// then the answer's body as it streams); `kill()` sets the flag the pipeline reads to answer
+/// `run_cancelled`, and runs them. Each is run at most once, also when added after the kill.
+final class RunCall: Sendable {
+    let run: String
+    let agent: String
+    /// The agent's role: which loop-breaker settings apply.
+    let role: String
+    let requestID: String
+    let tool: Tool
+    let action: String
+    let parameters: CallParameters
+    /// `tool|action|digest of the canonical parameters`: what the loop breaker compares.
+    let fingerprint: String
+    /// Reads an OpenAI answer's usage as it streams (openai calls only).
+    let meter: OpenAIUsageMeter?
+
+    private struct State {
+        var admitted = false
+        var chain: [String] = []
+        var reserved = RunLedger()
+        var fetched = 0
+        var killed = false
+        var aborts: [@Sendable () -> Void] = []
+        var settled = false
+    }
+
+    private let state = Mutex(State())
+
+    init(run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: String) {
+        self.run = run
+        self.agent = agent
+        self.role = role
+        self.requestID = requestID
+        self.tool = tool
+        self.action = action
+        self.parameters = parameters
+        self.fingerprint = fingerprint
+        meter = tool == .openai ? OpenAIUsageMeter() : nil
+    }
+
+    var killed: Bool { state.withLock { $0.killed } }
+
+    /// The reservation made at admission (fetch calls: `fetchBytes` is the most the answer may have).
+    var reservation: (chain: [String], ledger: RunLedger)? {
+        state.withLock { $0.admitted ? ($0.chain, $0.reserved) : nil }
+    }
+
+    var fetchedBytes: Int { state.withLock { $0.fetched } }
+
+    func admitted(chain: [String], reserved: RunLedger) {
+        state.withLock { s in
+            s.admitted = true
+            s.chain = chain
+            s.reserved = reserved
+        }
+    }
+
+    /// Counts answer bytes as they stream (fetch bytes of the ledger); returns false past the grant.
+    func count(_ bytes: Int) -> Bool {
+        state.withLock { s in
+            s.fetched += bytes
+            return s.reserved.fetchBytes == 0 || s.fetched <= s.reserved.fetchBytes
+        }
+    }
+
+    /// A way to stop the call; run at once when the call was already killed.
+    func onAbort(_ abort: @escaping @Sendable () -> Void) {
+        let now: Bool = state.withLock { s in
+            if s.killed { return true }
+            s.aborts.append(abort)
+            return false
+        }
+        if now { abort() }
+    }
+
+    /// Stops the call (the kill switch). Returns whether this call was stopped now (false when it had
+    /// been already).
+    @discardableResult
+    func kill() -> Bool {
+        let aborts: [@Sendable () -> Void]? = state.withLock { s in
+            guard !s.killed else { return nil }
+            s.killed = true
+            defer { s.aborts.removeAll() }
+            return s.aborts
+        }
+        guard let aborts else { return false }
+        for abort in aborts { abort() }
+        return true
+    }
+
+    /// Marks the call settled; true only the first time (a call settles once, whichever path ends it).
+    func settleOnce() -> Bool {
+        state.withLock { s in
+            defer { s.settled = true }
+            return !s.settled
+        }
+    }
+}
+
+extension RunCall {
+    /// The loop breaker's fingerprint of a call: the tool, the action and a digest of its canonical
+    /// parameters — query pairs sorted, a JSON body with its keys sorted (so the same call spelled
+    /// differently is still the same call), any other body as its bytes.
+    static func fingerprint(_ call: ToolCall) -> String {
+        var hasher = FingerprintHasher()
+        hasher.add(call.tool.rawValue)
+        hasher.add(call.action)
+        hasher.add(call.request.method.rawValue)
+        hasher.add(call.request.path)
+        if let target = call.request.target { hasher.add(target.description) }
+        for item in call.request.query.items.sorted(by: { ($0.name, $0.value) < ($1.name, $1.value) }) {
+            hasher.add(item.name)
+            hasher.add(item.value)
+        }
+        if let body = call.request.body, body.readableBytes > 0 {
+            if let json = JSONValue.parse(body.readableBytesView) { hasher.add(json.serialized) } else { hasher.add(String(buffer: body)) }
+        }
+        return "\(call.tool.rawValue)|\(call.action)|\(hasher.hex)"
+    }
+}
+
+/// FNV-1a over length-prefixed parts, 64 bits twice (different offsets): a fingerprint compares calls of
+/// one run, so it needs to tell calls apart, not to resist an adversary (the agent can vary its calls
+/// at will anyway).
+struct FingerprintHasher {
+    private var a: UInt64 = 0xcbf2_9ce4_8422_2325
+    private var b: UInt64 = 0x8422_2325_cbf2_9ce4
+
+    mutating func add(_ s: String) {
+        mix(UInt64(s.utf8.count))
+        for byte in s.utf8 { mix(UInt64(byte)) }
+    }
+
+    private mutating func mix(_ v: UInt64) {
+        a = (a ^ v) &* 0x100_0000_01b3
+        b = (b ^ v) &* 0x100_0000_01b3 ^ (b >> 29)
+    }
+
+    var hex: String { String(a, radix: 16) + String(b, radix: 16) }
+}

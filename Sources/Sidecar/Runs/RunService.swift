@@ -1,0 +1,369 @@
+import Foundation
+import Logging
+import Policy
+import Synchronization
+import Upstreams
+
+/// `runs:` settings.
+struct RunSettings: Sendable, Hashable {
+    /// Events kept per run; past it the oldest tenth is trimmed, with a marker event.
+    var maxEvents = 10_000
+    /// Finished runs (and their events) are removed this long after they ended.
+    var retention: Duration = .seconds(7 * 86_400)
+    /// Concurrent event streams per run on one sidecar; more get 429 `too_many_streams`.
+    var maxStreamsPerRun = 16
+    /// A comment line on an idle event stream this often, so proxies keep it open.
+    var heartbeat: Duration = .seconds(15)
+}
+
+/// Agent runs (README "Agent runs"): the one place that joins the run store, the tool calls that name a
+/// run, the loop breaker, the kill switch and the event streams.
+///
+/// - A call that names a run is admitted here (`admit`): reserved on the run's ledger and its ancestors'
+///   in one atomic store step, checked by the loop breaker, and registered as in flight.
+/// - When its answer is over (`finished`, from the access-log point), what it used is settled and an
+///   event goes on the run's stream.
+/// - A run cancelled (API, `max_duration`, loop breaker) has its calls in flight aborted here, and on every
+///   other sidecar through the fleet channel; later calls are refused by the store's state, which late
+///   starters and reconnected sidecars read too.
+final class RunService: Sendable {
+    let store: any RunStore
+    let hub: RunHub
+    let metrics: GatewayMetrics
+    let settings: RunSettings
+    let policy: PolicyRuntime?
+    let logger: Logger
+    let now: @Sendable () -> Int64
+    let sidecarID: String
+    /// The largest answer a call may have: what a fetch call reserves up to.
+    let maxFetchBytes: Int
+    /// Tells the fleet (Redis pub/sub); nil on one host.
+    private let publish: (@Sendable (String) -> Void)?
+
+    /// In flight on this sidecar, by request id.
+    private let inflight = Mutex<[String: RunCall]>([:])
+    /// The loop breaker's memory of each run's recent calls (this sidecar's share of them).
+    private let detectors = Mutex<[String: LoopDetector]>([:])
+    /// Runs killed lately: a call admitted just as its run was cancelled is caught by this.
+    private let killed = Mutex<LRUSet>(LRUSet(capacity: 4096))
+
+    static let channel = "sidecar:runs"
+
+    init(
+        store: any RunStore, metrics: GatewayMetrics, settings: RunSettings, policy: PolicyRuntime?, logger: Logger, sidecarID: String,
+        maxFetchBytes: Int, publish: (@Sendable (String) -> Void)? = nil, now: @escaping @Sendable () -> Int64 = unixMillis
+    ) {
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.policy = policy
+        self.logger = logger
+        self.sidecarID = sidecarID
+        self.maxFetchBytes = maxFetchBytes
+        self.publish = publish
+        self.now = now
+        hub = RunHub(maxStreamsPerRun: settings.maxStreamsPerRun)
+        if let embedded = store as? EmbeddedRunStore {
+            let hub = self.hub
+            embedded.onDurable { hub.wake($0) }
+        }
+    }
+
+    var prices: RunPrices { policy?.policy.prices ?? RunPrices() }
+
+    // MARK: Tool calls
+
+    /// Admits a call of `run`: reserves its charge on the run and every ancestor, or refuses it with the
+    /// run's own code. Then the loop breaker sees it.
+    func admit(_ call: RunCall, identity: AgentIdentity) async throws(GatewayError) {
+        let charge = RunCharge.reservation(
+            tool: call.tool.rawValue, action: call.action, parameters: call.parameters, prices: prices,
+            defaultTokens: policy?.evaluator.defaultReservation ?? 1024, maxFetchBytes: maxFetchBytes)
+        let decided: RunReservation
+        do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge, now: now()) } catch { throw Self.storeError() }
+        switch decided {
+        case .reserved(let ledger, let chain):
+            call.admitted(chain: chain, reserved: ledger)
+            inflight.withLock { $0[call.requestID] = call }
+            if killed.withLock({ k in chain.contains { k.contains($0) } }) { kill(call) }
+        case .unknown:
+            throw GatewayError(.runNotFound, "no run \(call.run)")
+        case .forbidden:
+            throw GatewayError(.runForbidden, "run \(call.run) belongs to another agent")
+        case .notRunning(let run, let status, let reason):
+            throw Self.notRunning(call.run, run: run, status, reason: reason)
+        case .expired(let run):
+            metrics.runs.cancelled("max_duration")
+            await stopped(run, status: .failed)
+            throw GatewayError(.runCancelled, "run \(run) passed its max_duration and was stopped")
+        case .exhausted(let run, let dimension):
+            metrics.runs.exhausted(dimension)
+            var e = GatewayError(
+                .runBudgetExhausted,
+                run == call.run
+                    ? "run \(run) has spent its \(dimension.rawValue) budget" : "run \(call.run)'s ancestor \(run) has spent its \(dimension.rawValue) budget")
+            e.extensions["dimension"] = .string(dimension.rawValue)
+            e.extensions["run_id"] = .string(run)
+            throw e
+        }
+        // The loop breaker: a call that makes the run a loop is refused (unless the action is `report`).
+        let loop = policy?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
+        let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
+            if d[call.run] == nil, d.count >= 10_000 { d.removeAll() }
+            return d[call.run, default: LoopDetector(settings: loop)].record(call.fingerprint, now: now())
+        }
+        if let verdict {
+            await loopDetected(call.run, verdict, action: loop.action)
+            if loop.action != .report {
+                await finished(call, record: nil)
+                throw GatewayError(.runLoopDetected, "run \(call.run) is \(loop.action == .pause ? "paused" : "cancelled") by the loop breaker: \(verdict.description)")
+            }
+        }
+    }
+
+    static func notRunning(_ id: String, run: String, _ status: RunStatus, reason: String?) -> GatewayError {
+        let whose = run == id ? "run \(id)" : "run \(id)'s ancestor \(run)"
+        switch status {
+        case .created: return GatewayError(.runNotStarted, "\(whose) has not been started (POST /api/runs/\(run)/start)")
+        case .paused:
+            return GatewayError(.runLoopDetected, "\(whose) is paused\(reason.map { " (\($0))" } ?? ""); resume it with POST /api/runs/\(run)/resume")
+        case .cancelled: return GatewayError(.runCancelled, "\(whose) was cancelled")
+        case .failed where reason == "max_duration": return GatewayError(.runCancelled, "\(whose) passed its max_duration and was stopped")
+        case .completed, .failed, .running: return GatewayError(.runFinished, "\(whose) is \(status.rawValue)")
+        }
+    }
+
+    static func storeError() -> GatewayError {
+        GatewayError(.stateUnavailable, "the run store is unavailable; try again shortly", headers: [("Retry-After", "1")])
+    }
+
+    /// The end of a call that named a run (`record` nil: refused inside `admit`): settles what it used on
+    /// the ledger, puts it on the run's stream, and lets the loop breaker count a refusal.
+    func finished(_ call: RunCall?, runID: String? = nil, agent: String? = nil, record: RequestRecord?) async {
+        var actual: RunLedger?
+        if let call, let (chain, reserved) = call.reservation, call.settleOnce() {
+            inflight.withLock { _ = $0.removeValue(forKey: call.requestID) }
+            let usage = call.meter?.usage.map { (input: $0.input, output: $0.output, total: $0.total) }
+            let ledger = RunCharge.actual(
+                reserved: reserved, parameters: call.parameters, prices: prices, sent: record?.upstreamStart != nil,
+                upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage, fetchedBytes: call.fetchedBytes)
+            actual = ledger
+            do { try await store.settle(chain: chain, reserved: reserved, actual: ledger) } catch {
+                logger.warning("cannot settle a run's call; its reservation stays held", metadata: ["run": "\(call.run)", "error": "\(error)"])
+            }
+        }
+        guard let record, let id = call?.run ?? runID else { return }
+        // A call refused because the run does not exist or is not the agent's is no event of that run; one
+        // refused because the run is over would come after its final event.
+        let outside: Set<String> = [
+            GatewayError.Code.runNotFound.rawValue, GatewayError.Code.runForbidden.rawValue, GatewayError.Code.runCancelled.rawValue,
+            GatewayError.Code.runFinished.rawValue,
+        ]
+        if outside.contains(record.outcome), call?.killed != true { return }
+        var data: [String: JSONValue] = [
+            "request_id": .string(record.requestID), "tool": .string(record.toolLabel), "action": .string(record.actionLabel),
+            "status": .number(Double(record.status)), "outcome": .string(call?.killed == true ? GatewayError.Code.runCancelled.rawValue : record.outcome),
+            "duration_ms": .number(((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000),
+            "bytes_in": .number(Double(record.bytesIn)), "bytes_out": .number(Double(record.bytesOut)),
+        ]
+        if let actual {
+            data["cost_usd"] = .number(actual.costUSD)
+            if actual.openAITokens > 0 { data["openai_tokens"] = .number(Double(actual.openAITokens)) }
+            if actual.fetchBytes > 0 { data["fetch_bytes"] = .number(Double(actual.fetchBytes)) }
+        }
+        if let s = record.upstreamStatus { data["upstream_status"] = .number(Double(s)) }
+        if let c = record.cache { data["cache"] = .string(c) }
+        let event: RunEvent?
+        do { event = try await store.append(id, agent: call?.agent ?? agent, type: "tool.call", data: .object(data), now: now()) } catch {
+            logger.warning("cannot record a run's call on its stream", metadata: ["run": "\(id)", "error": "\(error)"])
+            return
+        }
+        guard event != nil else { return }
+        announce([id])
+        // The loop breaker also watches refusals: an agent that retries into its limits instead of backing off.
+        if record.status == 429, let policy {
+            let settings = policy.policy.loopSettings(agent: record.agentID ?? "", role: call?.role ?? "")
+            let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
+                guard d[id] != nil || d.count < 10_000 else { return nil }
+                return d[id, default: LoopDetector(settings: settings)].recordRefusal(now: now())
+            }
+            if let verdict { await loopDetected(id, verdict, action: detectors.withLock { $0[id]?.settings.action } ?? settings.action) }
+        }
+    }
+
+    /// Counts bytes of a call's answer as they stream; false once past what the run granted it.
+    func counted(_ call: RunCall, bytes: Int) -> Bool { call.count(bytes) }
+
+    // MARK: The loop breaker
+
+    private func loopDetected(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) async {
+        metrics.runs.loopDetected(action)
+        let reason = "loop: \(verdict.description)"
+        logger.notice("runaway loop detected", metadata: ["run": "\(run)", "action": "\(action.rawValue)", "why": "\(verdict.description)"])
+        let data: JSONValue = ["action": .string(action.rawValue), "reason": .string(verdict.description)]
+        _ = try? await store.append(run, agent: nil, type: "run.loop_detected", data: data, now: now())
+        announce([run])
+        detectors.withLock { _ = $0.removeValue(forKey: run) }
+        switch action {
+        case .report:
+            return
+        case .pause:
+            if case .success(let r)? = try? await store.apply(.pause, to: run, reason: reason, now: now()), r.status == .paused {
+                metrics.runs.entered(.paused)
+                announce([run])
+            }
+        case .cancel:
+            if case .success? = try? await store.apply(.cancel, to: run, reason: reason, now: now()) {
+                metrics.runs.cancelled("loop")
+                await stopped(run, status: .cancelled)
+            }
+        }
+    }
+
+    // MARK: The kill switch
+
+    /// A run that has just been cancelled or failed: its calls in flight here are aborted, the fleet is
+    /// told, the state is counted.
+    func stopped(_ run: String, status: RunStatus) async {
+        metrics.runs.entered(status)
+        killLocal(run)
+        publish?(JSONValue.object(["type": "kill", "run": .string(run), "from": .string(sidecarID)]).serialized)
+        announce([run])
+    }
+
+    /// Aborts the calls in flight on this sidecar of `run` or of any run below it.
+    func killLocal(_ run: String) {
+        killed.withLock { $0.insert(run) }
+        detectors.withLock { _ = $0.removeValue(forKey: run) }
+        let calls = inflight.withLock { f in f.values.filter { $0.reservation?.chain.contains(run) ?? false } }
+        for call in calls { kill(call) }
+    }
+
+    private func kill(_ call: RunCall) {
+        if call.kill() { metrics.runs.killswitchAborts.increment() }
+    }
+
+    /// What another sidecar published on the fleet channel.
+    func received(_ text: String) {
+        guard let json = JSONValue.parse(Array(text.utf8)) else { return }
+        switch json["type"]?.stringValue {
+        case "kill":
+            if let run = json["run"]?.stringValue, Run.isValidID(run) { killLocal(run) }
+        case "events":
+            if let runs = json["runs"]?.arrayValue { hub.wake(runs.compactMap(\.stringValue)) }
+        default:
+            break
+        }
+    }
+
+    /// After the fleet channel (re)connects: any run with calls in flight here that was stopped while
+    /// this sidecar was not listening is stopped here now.
+    func catchUp() async {
+        let runs = Set(inflight.withLock { $0.values.map(\.run) })
+        for id in runs {
+            guard let run = try? await store.run(id) else { continue }
+            if run.status == .cancelled || run.status == .failed { killLocal(id) }
+            for ancestor in run.chain.dropFirst() {
+                if let a = try? await store.run(ancestor), a.status == .cancelled || a.status == .failed { killLocal(ancestor) }
+            }
+        }
+    }
+
+    /// Wakes this sidecar's streams of `runs`, and tells the fleet's (the embedded store wakes its own
+    /// once events are written, so nothing is announced here before that).
+    func announce(_ runs: [String]) {
+        guard let publish else { return }
+        hub.wake(runs)
+        publish(JSONValue.object(["type": "events", "runs": .array(runs.map { .string($0) }), "from": .string(sidecarID)]).serialized)
+    }
+
+    // MARK: The API's operations
+
+    /// Applies a command to a run the caller may see; the refusal (404, 409) otherwise.
+    func command(_ command: RunStatus.Command, run id: String, caller: RunCaller, reason: String?) async throws(GatewayError) -> Run {
+        let before: Run
+        let result: Result<Run, RunStatus.Refusal>?
+        do {
+            guard let run = try await store.run(id), caller.may(access: run) else { throw GatewayError(.runNotFound, "no run \(id)") }
+            before = run
+            result = try await store.apply(command, to: id, reason: reason, now: now())
+        } catch let e as GatewayError {
+            throw e
+        } catch {
+            throw Self.storeError()
+        }
+        switch result {
+        case nil:
+            throw GatewayError(.runNotFound, "no run \(id)")
+        case .failure(let refusal)?:
+            switch refusal {
+            case .alreadyCancelled: throw GatewayError(.runAlreadyCancelled, "run \(id) was already cancelled")
+            case .finished: throw GatewayError(.runFinished, "run \(id) is \(before.status.rawValue)")
+            case .notPaused: throw GatewayError(.runNotPaused, "run \(id) is \(before.status.rawValue), not paused")
+            }
+        case .success(let run)?:
+            if run.status != before.status {
+                if run.status == .cancelled || run.status == .failed {
+                    if run.status == .cancelled { metrics.runs.cancelled("api") }
+                    await stopped(id, status: run.status)
+                } else {
+                    metrics.runs.entered(run.status)
+                    announce([id])
+                }
+            }
+            return run
+        }
+    }
+
+    /// Fails runs whose `max_duration` has passed, and aborts their calls (every 250 ms, every sidecar;
+    /// the store's transition happens once).
+    func sweep() async {
+        let due: [String]
+        do { due = try await store.expired(now: now()) } catch { return }
+        for id in due {
+            if case .success(let run)? = try? await store.apply(.fail, to: id, reason: "max_duration", now: now()), run.status == .failed {
+                metrics.runs.cancelled("max_duration")
+                await stopped(id, status: .failed)
+            }
+        }
+    }
+
+    /// Runs until cancelled: the `max_duration` sweep, the active-runs gauge, retention.
+    func runMaintenance() async {
+        var tick = 0
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            if Task.isCancelled { break }
+            await sweep()
+            tick += 1
+            if tick % 40 == 1, let n = try? await store.activeCount() { metrics.runs.active.set(to: Double(n)) }
+            if tick % 240 == 1 {
+                let cutoff = now() - Int64(settings.retention.components.seconds) * 1000
+                if let purged = try? await store.purge(endedBefore: cutoff), purged > 0 {
+                    logger.info("finished runs past retention removed", metadata: ["runs": "\(purged)"])
+                }
+            }
+        }
+    }
+}
+
+/// A bounded set that forgets its oldest members.
+struct LRUSet: Sendable {
+    private var order: [String] = []
+    private var members: Set<String> = []
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func contains(_ s: String) -> Bool { members.contains(s) }
+
+    mutating func insert(_ s: String) {
+        guard members.insert(s).inserted else { return }
+        order.append(s)
+        if order.count > capacity {
+            let drop = order.count - capacity
+            for old in order.prefix(drop) { members.remove(old) }
+            order.removeFirst(drop)
+        }
+    }
+}
