@@ -445,12 +445,29 @@ final class Pipeline: Sendable {
         let release: @Sendable () -> Void
         do {
             (response, release) = try await upstream(outbound, record: &record)
+            try Self.checkGrant(response, release: release, runCall: runCall)
         } catch {
             await settle(admitted, refund: error.nothingSent, upstreamStatus: nil)
             throw error
         }
         return proxyResponse(
             response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty, runCall: runCall)
+    }
+
+    /// An answer that declares more bytes than the run granted the call (what is left of its fetch bytes
+    /// or, at the per-MB price, of its dollars) is refused before its head: 429 `run_budget_exhausted`.
+    /// One that does not declare its size is cut at the grant as it streams.
+    static func checkGrant(_ response: UpstreamResponse, release: @Sendable () -> Void, runCall: RunCall?) throws(GatewayError) {
+        guard let runCall, let granted = runCall.reservation?.ledger.fetchBytes, granted > 0,
+            let length = response.headers.first(name: "content-length").flatMap(Int.init), length > granted
+        else { return }
+        response.body.cancel()
+        release()
+        var e = GatewayError(
+            .runBudgetExhausted, "the answer has \(length) bytes; run \(runCall.run) can pay for \(granted) more (its fetch bytes or cost budget)")
+        e.extensions["dimension"] = .string(RunBudget.Dimension.fetchBytes.rawValue)
+        e.extensions["run_id"] = .string(runCall.run)
+        throw e
     }
 
     /// The upstream answer as the agent's: usage metered for budgets, headers cleaned, and what to do

@@ -113,9 +113,11 @@ final class RunService: Sendable {
             return d[call.run, default: LoopDetector(settings: loop)].record(call.fingerprint, now: now())
         }
         if let verdict {
+            // The call that trips the breaker is refused (and given back) before the run is paused or
+            // cancelled, so it is not aborted as one of the run's calls in flight.
+            if loop.action != .report { await finished(call, record: nil) }
             await loopDetected(call.run, verdict, action: loop.action)
             if loop.action != .report {
-                await finished(call, record: nil)
                 throw GatewayError(.runLoopDetected, "run \(call.run) is \(loop.action == .pause ? "paused" : "cancelled") by the loop breaker: \(verdict.description)")
             }
         }
@@ -146,7 +148,9 @@ final class RunService: Sendable {
             let usage = call.meter?.usage.map { (input: $0.input, output: $0.output, total: $0.total) }
             let ledger = RunCharge.actual(
                 reserved: reserved, parameters: call.parameters, prices: prices, sent: record?.upstreamStart != nil,
-                upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage, fetchedBytes: call.fetchedBytes)
+                upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage,
+                // Never more than was granted: the chunk that crossed the grant was not passed on.
+                fetchedBytes: reserved.fetchBytes > 0 ? min(call.fetchedBytes, reserved.fetchBytes) : call.fetchedBytes)
             actual = ledger
             do { try await store.settle(chain: chain, reserved: reserved, actual: ledger) } catch {
                 logger.warning("cannot settle a run's call; its reservation stays held", metadata: ["run": "\(call.run)", "error": "\(error)"])
