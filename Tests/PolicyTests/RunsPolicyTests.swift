@@ -147,7 +147,7 @@ struct RunsPolicyTests {
         var rng = SplitMix(seed: 42)
         for i in 0..<2000 {
             // Many tools and parameters, with some repetition, as a working agent makes them.
-            let call = "t\(rng.next() % 4)|q\(rng.next() % 400)"
+            let call = "t\(rng.next() % 4)|q\(rng.next() % 10_000)"
             #expect(d.record(call, now: Int64(i) * 50) == nil, "call \(i)")
         }
     }

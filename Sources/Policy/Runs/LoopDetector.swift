@@ -41,34 +41,58 @@ public struct LoopDetector: Sendable, Hashable {
     }
 
     public let settings: Settings
-    private var recent: [(fingerprint: String, at: Int64)] = []
+    /// Per fingerprint, the times it was seen within the window (at most `maxRepeats + 1` of them).
+    private var seen: [String: [Int64]] = [:]
+    /// The last calls, for cycles (at most three calls repeated `maxCycles` times, and one more).
+    private var recent: [String] = []
     private var refused: [Int64] = []
+    /// Fingerprints remembered at most (an agent making thousands of distinct calls a minute is not
+    /// looping; the oldest are forgotten first).
+    static let maxFingerprints = 4096
 
     public init(settings: Settings = Settings()) { self.settings = settings }
 
     public static func == (l: Self, r: Self) -> Bool {
-        l.settings == r.settings && l.refused == r.refused && l.recent.elementsEqual(r.recent) { $0.fingerprint == $1.fingerprint && $0.at == $1.at }
+        l.settings == r.settings && l.refused == r.refused && l.recent == r.recent && l.seen == r.seen
     }
 
     public func hash(into h: inout Hasher) {
         h.combine(settings)
-        for e in recent { h.combine(e.fingerprint) }
+        h.combine(recent)
     }
 
     /// Records a call; the verdict when it makes the run a loop.
     public mutating func record(_ fingerprint: String, now: Int64) -> Verdict? {
-        recent.append((fingerprint, now))
-        // Only the window, and never more than the breaker needs to see.
-        let keep = max(settings.maxRepeats + 1, 3 * (settings.maxCycles + 1)) * 4
-        recent.removeAll { now - $0.at > settings.windowMilliseconds }
-        if recent.count > keep { recent.removeFirst(recent.count - keep) }
-        let repeats = recent.reduce(0) { $0 + ($1.fingerprint == fingerprint ? 1 : 0) }
+        let window = settings.windowMilliseconds
+        if seen.count >= Self.maxFingerprints, seen[fingerprint] == nil { forgetOld(now: now) }
+        let keep = settings.maxRepeats + 1
+        // One lookup, changed in place.
+        let repeats = Self.note(now, in: &seen[fingerprint, default: []], window: window, keep: keep)
+        let cycleSpan = 3 * (settings.maxCycles + 1)
+        recent.append(fingerprint)
+        if recent.count > 2 * cycleSpan { recent.removeFirst(recent.count - cycleSpan) }
         if repeats > settings.maxRepeats { return .repeated(count: repeats) }
         for length in 2...3 {
-            let times = cycleRepetitions(length: length)
-            if times >= settings.maxCycles { return .cycle(length: length, times: times) }
+            let n = cycleRepetitions(length: length)
+            if n >= settings.maxCycles { return .cycle(length: length, times: n) }
         }
         return nil
+    }
+
+    private static func note(_ now: Int64, in times: inout [Int64], window: Int64, keep: Int) -> Int {
+        if let first = times.first, now - first > window { times.removeAll { now - $0 > window } }
+        times.append(now)
+        if times.count > keep { times.removeFirst(times.count - keep) }
+        return times.count
+    }
+
+    /// Drops fingerprints last seen outside the window; if that is not enough, the least recent half.
+    private mutating func forgetOld(now: Int64) {
+        let window = settings.windowMilliseconds
+        seen = seen.filter { now - ($0.value.last ?? 0) <= window }
+        guard seen.count >= Self.maxFingerprints else { return }
+        let cut = seen.values.map { $0.last ?? 0 }.sorted()[seen.count / 2]
+        seen = seen.filter { ($0.value.last ?? 0) > cut }
     }
 
     /// Records a refused call; the verdict when refusals come faster than an agent that backs off sends
@@ -80,16 +104,20 @@ public struct LoopDetector: Sendable, Hashable {
         return refused.count > settings.maxRefusals ? .refusals(count: refused.count) : nil
     }
 
-    /// How many times in a row the last `length` calls (not all the same) repeat at the end of the window.
+    /// How many times in a row the last `length` calls (not all the same) repeat at the end.
     private func cycleRepetitions(length: Int) -> Int {
-        guard recent.count >= 2 * length else { return 0 }
-        let pattern = recent.suffix(length).map(\.fingerprint)
-        guard Set(pattern).count == length else { return 0 }
-        var times = 0
-        var end = recent.count
-        while end >= length, recent[(end - length)..<end].map(\.fingerprint) == pattern {
+        let n = recent.count
+        guard n >= 2 * length else { return 0 }
+        // The pattern's calls must differ from one another (a single repeated call is a repeat, not a cycle).
+        for i in (n - length)..<n {
+            for j in (i + 1)..<n where recent[i] == recent[j] { return 0 }
+        }
+        var times = 1
+        var start = n - 2 * length
+        while start >= 0 {
+            for k in 0..<length where recent[start + k] != recent[n - length + k] { return times }
             times += 1
-            end -= length
+            start -= length
         }
         return times
     }

@@ -262,7 +262,7 @@ struct RunEventStream: Sendable {
                 for event in batch {
                     out.writeString(event.sse)
                     last = event.id
-                    if event.data["final"] == .bool(true) { final = true }
+                    if event.isFinal { final = true }
                 }
                 try await writer.write(out)
                 runs.metrics.runs.sseEvents.increment(by: Int64(batch.count))

@@ -126,20 +126,43 @@ final class Pipeline: Sendable {
             then(failed(error, request: request, record: record))
             return {}
         }
-        // A call of a run: admitted against the run's ledger (a store step to wait for), killable.
-        if prepared.run != nil { return runCallInTask(prepared, request: request, record: record, on: loop, then: then) }
+        // A call of a run: admitted against the run's ledger — at once when the store can decide (the
+        // embedded store), else in a task — and killable from then on.
+        guard prepared.run != nil, let runs, let runCall = makeRunCall(prepared) else {
+            return startAdmitted(prepared, request: request, record: record, on: loop, then: then, runCall: nil)
+        }
+        record.runCall = runCall
+        switch runs.admitNow(runCall, identity: prepared.identity) {
+        case nil:
+            return runCallInTask(prepared, request: request, record: record, on: loop, then: then, runCall: runCall)
+        case .failure(let error)?:
+            then(failed(error, request: request, record: record))
+            return {}
+        case .success?:
+            let cancel = startAdmitted(prepared, request: request, record: record, on: loop, then: then, runCall: runCall)
+            runCall.onAbort(cancel)
+            return cancel
+        }
+    }
+
+    /// credential ─► limits ─► upstream, on the loop as far as the stages allow, for a call that is not
+    /// of a run or whose run admitted it.
+    private func startAdmitted(
+        _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
+        then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall?
+    ) -> @Sendable () -> Void {
         // A credential to fetch: the rest waits, in a task.
         guard case .ready(let credential) = readyCredential(for: prepared.call.tool) else {
-            return callInTask(prepared, request: request, record: record, on: loop, then: then)
+            return callInTask(prepared, request: request, record: record, on: loop, then: then, runCall: runCall)
         }
         if prepared.evaluated.checks.isEmpty {
-            return startCall(prepared, admitted: nil, credential: credential, request: request, record: record, on: loop, then: then)
+            return startCall(prepared, admitted: nil, credential: credential, request: request, record: record, on: loop, then: then, runCall: runCall)
         }
         // Stateful limits: decided from the loop when the store can (embedded, or Redis on this loop's
         // connection), else in a task.
         guard let store = loopLimits,
             let admission = store.admit(agent: prepared.identity.agentID, checks: prepared.evaluated.checks, leaseID: request.requestID, on: loop)
-        else { return callInTask(prepared, request: request, record: record, on: loop, then: then) }
+        else { return callInTask(prepared, request: request, record: record, on: loop, then: then, runCall: runCall) }
         let next = LoopCancel(loop)
         let record = record
         admission.whenComplete { result in
@@ -156,7 +179,8 @@ final class Pipeline: Sendable {
             } catch {
                 return then(self.failed(error, request: request, record: record))
             }
-            next.then(self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then))
+            next.then(
+                self.startCall(prepared, admitted: admitted, credential: credential, request: request, record: record, on: loop, then: then, runCall: runCall))
         }
         return next.cancel
     }
@@ -164,14 +188,12 @@ final class Pipeline: Sendable {
     /// A call of a run, in a task that the run's kill switch can abort (`RunCall`).
     private func runCallInTask(
         _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
-        then: @escaping @Sendable (consuming Handled) -> Void
+        then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall
     ) -> @Sendable () -> Void {
-        let runCall = makeRunCall(prepared)
-        record.runCall = runCall
         let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
             try await self.call(prepared, record: &r, runCall: runCall)
         }
-        runCall?.onAbort(cancel)
+        runCall.onAbort(cancel)
         return cancel
     }
 
@@ -183,13 +205,14 @@ final class Pipeline: Sendable {
             action: call.action, parameters: Self.policyParameters(call.parameters), fingerprint: RunCall.fingerprint(call))
     }
 
-    /// The rest of the call (admit, credential, upstream), from a task.
+    /// The rest of the call (admit, credential, upstream), from a task (`runCall`: already admitted by
+    /// its run).
     private func callInTask(
         _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
-        then: @escaping @Sendable (consuming Handled) -> Void
+        then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall? = nil
     ) -> @Sendable () -> Void {
         continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-            try await self.call(prepared, record: &r)
+            try await self.callAdmitted(prepared, record: &r, runCall: runCall)
         }
     }
 
@@ -197,9 +220,9 @@ final class Pipeline: Sendable {
     /// limits, when any, admitted the call).
     private func startCall(
         _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: consuming RequestRecord,
-        on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
+        on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall? = nil
     ) -> @Sendable () -> Void {
-        let call = admitted?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
+        let call = admitted?.meter != nil || runCall?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
             outbound = try self.outbound(call, requestID: request.requestID, evaluated: prepared.evaluated, credential: credential, record: &record)
@@ -214,7 +237,7 @@ final class Pipeline: Sendable {
                 outbound.upstream, traits: traits, cacheKey: cacheKey(outbound.call, outbound.upstream), on: loop, record: record,
                 then: { outcome in
                     let (result, record) = (consume outcome).parts()
-                    then(self.answered(result, outbound, admitted: admitted, request: request, record: consume record, on: loop))
+                    then(self.answered(result, outbound, admitted: admitted, request: request, record: consume record, on: loop, runCall: runCall))
                 })
             {
                 return cancel
@@ -223,12 +246,12 @@ final class Pipeline: Sendable {
             let sent = record
             started.response.whenComplete { result in
                 let call = result.map { ResilientCaller.Result(response: $0, release: {}) }.mapError { GatewayError(HTTPClientTransport.classify($0)) }
-                then(self.answered(call, outbound, admitted: admitted, request: request, record: sent, on: loop))
+                then(self.answered(call, outbound, admitted: admitted, request: request, record: sent, on: loop, runCall: runCall))
             }
             return started.cancel
         }
         return continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-            try await self.send(outbound, admitted: admitted, record: &r)
+            try await self.send(outbound, admitted: admitted, record: &r, runCall: runCall)
         }
     }
 
@@ -236,13 +259,15 @@ final class Pipeline: Sendable {
     /// failure as a problem (the limits settled: refunded when nothing was sent).
     private func answered(
         _ result: Swift.Result<ResilientCaller.Result, GatewayError>, _ outbound: Outbound, admitted: Admitted?, request: InboundRequest,
-        record: consuming RequestRecord, on loop: any EventLoop
+        record: consuming RequestRecord, on loop: any EventLoop, runCall: RunCall? = nil
     ) -> Handled {
         do throws(GatewayError) {
             let call = try result.get()
             let response = try received(call.response, release: call.release, outbound, record: &record)
+            try Self.checkGrant(response, release: call.release, runCall: runCall)
             let answer = proxyResponse(
-                response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty, on: loop)
+                response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty, on: loop,
+                runCall: runCall)
             return self.answer(answer, record: consume record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
@@ -280,6 +305,11 @@ final class Pipeline: Sendable {
 
     /// Every refusal or failure as the agent's answer (one place: `ResponseMapper`).
     private func problem(_ error: GatewayError, request: InboundRequest, record: inout RequestRecord) -> ProxyResponse {
+        var error = error
+        // A call whose run was cancelled while it was in flight answers that, whatever stage it was in.
+        if let runCall = record.runCall, runCall.killed, error.code != .runCancelled {
+            error = GatewayError(.runCancelled, "run \(runCall.run) was cancelled while this call was in flight; the upstream call was aborted")
+        }
         record.outcome = error.codeString
         return ResponseMapper.problem(error.forEntry(record.entry), requestID: request.requestID, entry: record.entry)
     }
@@ -346,7 +376,8 @@ final class Pipeline: Sendable {
     /// The run a call names: the token's `run` claim or `X-Run-Id` — a token bound to a run cannot act for
     /// another. nil when neither names one.
     func runID(headers: HTTPHeaders, identity: AgentIdentity, record: inout RequestRecord) throws(GatewayError) -> String? {
-        let named = headers.first(name: "x-run-id")?.trimmingCharacters(in: .whitespaces)
+        // The parser has taken the optional whitespace around the value off already.
+        let named = headers.first(name: "x-run-id")
         guard named != nil || identity.run != nil else { return nil }
         if let named, !Run.isValidID(named) {
             throw GatewayError(.invalidParameter, "X-Run-Id must be a run id as POST /api/runs returns it (run_…)")
@@ -412,19 +443,11 @@ final class Pipeline: Sendable {
     /// no further); a limit that refuses it afterwards gives the run its reservation back (at `finished`,
     /// as for every call that sent nothing). Killed meanwhile, the call answers `run_cancelled`.
     func call(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
-        guard let runCall, let runs else { return try await callAdmitted(prepared, record: &record, runCall: nil) }
-        do {
-            try await runs.admit(runCall, identity: prepared.identity)
-            return try await callAdmitted(prepared, record: &record, runCall: runCall)
-        } catch {
-            if runCall.killed, error.code != .runCancelled {
-                throw GatewayError(.runCancelled, "run \(runCall.run) was cancelled while this call was in flight; the upstream call was aborted")
-            }
-            throw error
-        }
+        if let runCall, let runs { try await runs.admit(runCall, identity: prepared.identity) }
+        return try await callAdmitted(prepared, record: &record, runCall: runCall)
     }
 
-    private func callAdmitted(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall?) async throws(GatewayError) -> ProxyResponse {
+    func callAdmitted(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall?) async throws(GatewayError) -> ProxyResponse {
         let admitted = try await admitLimits(prepared.evaluated, identity: prepared.identity, requestID: prepared.requestID)
         let metered = admitted?.meter != nil || runCall?.meter != nil
         let call = metered ? Self.requestingUsage(prepared.call) : prepared.call

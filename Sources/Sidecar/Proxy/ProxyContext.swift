@@ -35,7 +35,6 @@ final class ProxyContext: Sendable {
         if record.runCall?.killed == true { record.outcome = GatewayError.Code.runCancelled.rawValue }
         metrics.record(record)
         accessLog.write(record)
-        let finished = record
-        Task { await runs.finished(finished.runCall, runID: run, agent: finished.agentID, record: finished) }
+        runs.finish(record.runCall, runID: run, agent: record.agentID, record: record)
     }
 }

@@ -17,8 +17,14 @@ import Upstreams
 final class EmbeddedRunStore: RunStore {
     let db: any DatabaseWriter
     private let book: Mutex<RunBook>
-    /// Told which runs have new events once they are written.
-    private let listener = Mutex<(@Sendable ([String]) -> Void)?>(nil)
+    /// Told which runs have new events once they are written. (A closure inside a struct: a bare closure
+    /// in a `Mutex` is reabstracted on every `withLock` and written back wrapped in one more thunk, so
+    /// each read would make the next call slower.)
+    private struct Listener: Sendable {
+        let wake: @Sendable ([String]) -> Void
+    }
+
+    private let listener = Mutex<Listener?>(nil)
     private static let encoder = JSONEncoder()
     private static let decoder = JSONDecoder()
     /// Finished runs kept in memory beyond the active ones.
@@ -56,7 +62,7 @@ final class EmbeddedRunStore: RunStore {
         book.withLock { b in for (run, last, n) in active { b.insert(run, lastSeq: last, events: n) } }
     }
 
-    func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = body } }
+    func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = Listener(wake: body) } }
 
     // MARK: Storage
 
@@ -64,18 +70,77 @@ final class EmbeddedRunStore: RunStore {
 
     private static func write(_ db: Database, _ run: Run) throws {
         let doc = String(decoding: try encoder.encode(run), as: UTF8.self)
-        try db.execute(
+        // Cached statements: compiled once per connection, not once per row (a batch writes many).
+        try db.cachedStatement(
             sql: """
                 INSERT INTO runs (id, agent, status, created_at, ended_at, doc) VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, doc = excluded.doc
-                """,
-            arguments: [run.id, run.agent, run.status.rawValue, run.createdAt, run.endedAt, doc])
+                """
+        ).execute(arguments: [run.id, run.agent, run.status.rawValue, run.createdAt, run.endedAt, doc])
     }
 
     private static func write(_ db: Database, run id: String, _ e: RunEvent) throws {
-        try db.execute(
-            sql: "INSERT OR REPLACE INTO run_events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)",
-            arguments: [id, Int64(e.id)!, e.type, e.at, e.data.serialized])
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO run_events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)")
+            .execute(arguments: [id, Int64(e.id)!, e.type, e.at, e.json])
+    }
+
+    /// Group commit: callers that need their changes written wait for the next write, which takes
+    /// everything changed so far; while one write runs, the next callers gather for the one after it. So
+    /// under load one transaction carries many calls' events, and an idle store writes at once.
+    private struct Flush {
+        var running = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let flush = Mutex(Flush())
+    /// How long events and ledger changes nobody waits for are gathered before a write: a few
+    /// milliseconds on an event's way to its streams, for far fewer transactions under load.
+    static let gather: Duration = .milliseconds(4)
+
+    /// Returns once everything changed before the call has been written (or the write failed: the next
+    /// one takes it again).
+    func durable() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let start = flush.withLock { f -> Bool in
+                f.waiters.append(cont)
+                if f.running { return false }
+                f.running = true
+                return true
+            }
+            if start { Task { await self.writeBatches() } }
+        }
+    }
+
+    /// Starts a write of what has changed, unless one is running (which is followed by another).
+    func flushSoon() {
+        let start = flush.withLock { f -> Bool in
+            if f.running { return false }
+            f.running = true
+            return true
+        }
+        if start { Task { await self.writeBatches() } }
+    }
+
+    private func writeBatches() async {
+        var again = true
+        while again {
+            // Nobody waiting (calls' events and ledgers): gather a few milliseconds' worth into one
+            // transaction. An API change someone waits for is written at once.
+            if flush.withLock({ $0.waiters.isEmpty }) { try? await Task.sleep(for: Self.gather) }
+            let waiters = flush.withLock { f in
+                defer { f.waiters.removeAll() }
+                return f.waiters
+            }
+            try? await persist()
+            for w in waiters { w.resume() }
+            again = flush.withLock { f in
+                if f.waiters.isEmpty, !book.withLock({ $0.hasPending }) {
+                    f.running = false
+                    return false
+                }
+                return true
+            }
+        }
     }
 
     /// Writes everything changed so far; announces the runs that got events.
@@ -91,7 +156,7 @@ final class EmbeddedRunStore: RunStore {
             return Array(Set(batch.events.map(\.run)))
         }
         book.withLock { $0.evict(keeping: memoryLimit) }
-        if !announced.isEmpty, let listener = listener.withLock({ $0 }) { listener(announced) }
+        if !announced.isEmpty, let listener = listener.withLock({ $0 }) { listener.wake(announced) }
     }
 
     /// Brings runs into memory from SQLite (with their event numbering).
@@ -137,7 +202,7 @@ final class EmbeddedRunStore: RunStore {
         }
         if case .created = creation {
             book.withLock { $0.insert(run, lastSeq: 1, events: 1) }
-            listener.withLock { $0 }?([run.id])
+            listener.withLock { $0 }?.wake([run.id])
         }
         return creation
     }
@@ -176,7 +241,7 @@ final class EmbeddedRunStore: RunStore {
     func apply(_ command: RunStatus.Command, to id: String, reason: String?, now: Int64) async throws -> Result<Run, RunStatus.Refusal>? {
         try await load([id])
         let result = book.withLock { $0.apply(command, to: id, reason: reason, now: now) }
-        try await persist()
+        await durable()
         return result
     }
 
@@ -185,14 +250,14 @@ final class EmbeddedRunStore: RunStore {
             guard let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
             return b.reserve(id, agent: agent, charge: charge, now: now)
         }) {
-            if case .expired = decided { try await persist() }
+            if case .expired = decided { await durable() }
             return decided
         }
         try await load([id])
         guard let chain = book.withLock({ $0.runs[id]?.chain }) else { return .unknown }
         try await load(chain)
         let decided = book.withLock { $0.reserve(id, agent: agent, charge: charge, now: now) }
-        if case .expired = decided { try await persist() }
+        if case .expired = decided { await durable() }
         return decided
     }
 
@@ -201,14 +266,14 @@ final class EmbeddedRunStore: RunStore {
         book.withLock { $0.settle(chain: chain, reserved: reserved, actual: actual) }
     }
 
-    func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent? {
+    func append(_ id: String, agent: String?, type: String, json: String, now: Int64) async throws -> RunEvent? {
         try await load([id])
         let event = book.withLock { b -> RunEvent? in
             guard let run = b.runs[id], agent == nil || run.agent == agent else { return nil }
-            return b.append(id, type: type, data: data, now: now)
+            return b.append(id, type: type, json: json, now: now)
         }
         guard event != nil else { return nil }
-        try await persist()
+        await durable()
         return event
     }
 
@@ -219,9 +284,7 @@ final class EmbeddedRunStore: RunStore {
                 db, sql: "SELECT seq, type, at, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 arguments: [id, from, limit]
             ).map { row in
-                RunEvent(
-                    id: String(row["seq"] as Int64), type: row["type"], at: row["at"],
-                    data: JSONValue.parse(Array((row["data"] as String).utf8)) ?? .null)
+                RunEvent(id: String(row["seq"] as Int64), type: row["type"], at: row["at"], json: row["data"])
             }
         }
     }
@@ -244,6 +307,46 @@ final class EmbeddedRunStore: RunStore {
         return ids.count
     }
 
+    // MARK: At once (the request's event loop: no task, no wait)
+
+    /// The reservation, when the run and its ancestors are in memory (nil: use `reserve`, which loads).
+    func reserveNow(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
+        let decided = book.withLock { b -> RunReservation? in
+            guard let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
+            return b.reserve(id, agent: agent, charge: charge, now: now)
+        }
+        if case .expired? = decided { flushSoon() }
+        return decided
+    }
+
+    /// false when a run of `chain` is not in memory (use `settle`).
+    func settleNow(chain: [String], reserved: RunLedger, actual: RunLedger) -> Bool {
+        book.withLock { b in
+            guard b.missing(chain).isEmpty else { return false }
+            b.settle(chain: chain, reserved: reserved, actual: actual)
+            return true
+        }
+    }
+
+    /// The event, written soon (readable and announced once written); `.some(nil)` when the run is not
+    /// `agent`'s; nil when it is not in memory (use `append`).
+    func appendNow(_ id: String, agent: String?, type: String, json: String, now: Int64) -> RunEvent?? {
+        let event = book.withLock { b -> RunEvent?? in
+            guard let run = b.runs[id] else { return nil }
+            guard agent == nil || run.agent == agent else { return .some(nil) }
+            return .some(b.append(id, type: type, json: json, now: now))
+        }
+        if case .some(.some) = event { flushSoon() }
+        return event
+    }
+
+    /// A command, written soon; nil when the run is not in memory (use `apply`).
+    func applyNow(_ command: RunStatus.Command, to id: String, reason: String?, now: Int64) -> Result<Run, RunStatus.Refusal>? {
+        let result = book.withLock { $0.apply(command, to: id, reason: reason, now: now) }
+        if result != nil { flushSoon() }
+        return result
+    }
+
     func expired(now: Int64) async throws -> [String] { book.withLock { $0.expired(now: now) } }
 
     func activeCount() async throws -> Int { book.withLock { $0.activeCount } }
@@ -252,9 +355,9 @@ final class EmbeddedRunStore: RunStore {
     func runFlusher() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            try? await persist()
+            flushSoon()
         }
-        await Task { try? await self.persist() }.value
+        await Task { await self.durable() }.value
     }
 }
 

@@ -73,8 +73,7 @@ final class RedisRunStore: RunStore {
             if let k = kv[i].string { f[k] = kv[i + 1].string ?? "" }
             i += 2
         }
-        return RunEvent(
-            id: id, type: f["t"] ?? "run.event", at: Int64(f["a"] ?? "") ?? 0, data: JSONValue.parse(Array((f["d"] ?? "{}").utf8)) ?? .null)
+        return RunEvent(id: id, type: f["t"] ?? "run.event", at: Int64(f["a"] ?? "") ?? 0, json: f["d"] ?? "{}")
     }
 
     // MARK: RunStore
@@ -242,12 +241,11 @@ final class RedisRunStore: RunStore {
             RunScripts.settle, keys: chain.map(Self.hash), args: (reserved.values + actual.values).map(String.init))
     }
 
-    func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent? {
+    func append(_ id: String, agent: String?, type: String, json: String, now: Int64) async throws -> RunEvent? {
         let reply = try await redis.evalsha(
-            RunScripts.append, keys: [Self.hash(id), Self.stream(id)],
-            args: [agent ?? "", String(maxEvents), type, String(now), data.serialized])
+            RunScripts.append, keys: [Self.hash(id), Self.stream(id)], args: [agent ?? "", String(maxEvents), type, String(now), json])
         guard let eventID = reply.string else { return nil }
-        return RunEvent(id: eventID, type: type, at: now, data: data)
+        return RunEvent(id: eventID, type: type, at: now, json: json)
     }
 
     func events(_ id: String, after: String?, limit: Int) async throws -> [RunEvent] {

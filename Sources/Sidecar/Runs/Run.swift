@@ -57,9 +57,25 @@ struct Run: Sendable, Hashable, Codable {
     /// A run id as this sidecar makes them: `run_` and lowercase hex, then `.`-separated hex for each
     /// generation of children. Anything else is not looked up at all.
     static func isValidID(_ id: String) -> Bool {
-        guard id.utf8.count <= 64, id.hasPrefix("run_") else { return false }
-        let parts = id.dropFirst(4).split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count <= maxDepth && parts.allSatisfy { p in !p.isEmpty && p.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) } }
+        id.utf8.withContiguousStorageIfAvailable(Self.isValidID) ?? Array(id.utf8).withUnsafeBufferPointer(Self.isValidID)
+    }
+
+    private static func isValidID(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard b.count > 4, b.count <= 64, b[0] == 0x72, b[1] == 0x75, b[2] == 0x6E, b[3] == 0x5F else { return false }
+        var parts = 1
+        var partLength = 0
+        for c in b[4...] {
+            if c == 0x2E {
+                guard partLength > 0 else { return false }
+                parts += 1
+                partLength = 0
+            } else if (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) {
+                partLength += 1
+            } else {
+                return false
+            }
+        }
+        return partLength > 0 && parts <= maxDepth
     }
 
     var json: JSONValue {
@@ -103,14 +119,36 @@ struct RunEvent: Sendable, Hashable {
     var type: String
     /// Unix ms.
     var at: Int64
-    var data: JSONValue
+    /// The event's data: a JSON object, serialized (as it is stored and sent: a call's event is written
+    /// once as text and never parsed on its way to the streams).
+    var json: String
 
-    /// The Server-Sent Events form: `id`, `event`, one `data` line (JSON never holds a raw newline).
+    init(id: String, type: String, at: Int64, json: String) {
+        self.id = id
+        self.type = type
+        self.at = at
+        self.json = json
+    }
+
+    init(id: String, type: String, at: Int64, data: JSONValue) {
+        self.init(id: id, type: type, at: at, json: data.serialized)
+    }
+
+    var data: JSONValue { JSONValue.parse(Array(json.utf8)) ?? .null }
+
+    /// The run's last event: its terminal status.
+    var isFinal: Bool { type == "run.completed" || type == "run.failed" || type == "run.cancelled" }
+
+    /// The Server-Sent Events form: `id`, `event`, one `data` line (JSON never holds a raw newline), the
+    /// data with its time and id in front.
     var sse: String {
-        var d = data.objectValue ?? [:]
-        d["at"] = .number(Double(at) / 1000)
-        d["run_event_id"] = .string(id)
-        return "id: \(id)\nevent: \(type)\ndata: \(JSONValue.object(d).serialized)\n\n"
+        var out = "id: \(id)\nevent: \(type)\ndata: {\"at\":"
+        JSONValue.number(Double(at) / 1000).write(into: &out)
+        out += ",\"run_event_id\":"
+        JSONValue.writeString(id, into: &out)
+        if json.utf8.count > 2 { out += "," + json.dropFirst() } else { out += "}" }
+        out += "\n\n"
+        return out
     }
 
     /// Whether event id `a` comes after `b` (numeric ids of the embedded store, `ms-seq` of Redis).
@@ -188,7 +226,7 @@ protocol RunStore: Sendable {
     func settle(chain: [String], reserved: RunLedger, actual: RunLedger) async throws
     /// Appends an event (nil: no such run, or not `agent`'s when one is named). Past `max_events` the
     /// oldest tenth is trimmed and a `run.events_trimmed` marker says so.
-    func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent?
+    func append(_ id: String, agent: String?, type: String, json: String, now: Int64) async throws -> RunEvent?
     /// Events after `after` (all from the start when nil), oldest first.
     func events(_ id: String, after: String?, limit: Int) async throws -> [RunEvent]
     /// Removes finished runs that ended before `cutoff` (`runs.retention`), with their events and keys.
@@ -199,6 +237,12 @@ protocol RunStore: Sendable {
     func activeCount() async throws -> Int
     /// Whether `id` has the form of this store's event ids (a `Last-Event-ID` that does not is a 400).
     func validEventID(_ id: String) -> Bool
+}
+
+extension RunStore {
+    func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent? {
+        try await append(id, agent: agent, type: type, json: data.serialized, now: now)
+    }
 }
 
 extension Run {

@@ -44,6 +44,8 @@ struct RunBook: Sendable {
     /// The ids of `ids` that are not in memory.
     func missing(_ ids: [String]) -> [String] { ids.filter { runs[$0] == nil } }
 
+    var hasPending: Bool { !dirty.isEmpty || !pending.isEmpty }
+
     /// What to write, and nothing changed since.
     mutating func take() -> Pending {
         var out = pending
@@ -141,6 +143,10 @@ struct RunBook: Sendable {
     /// Appends an event (nil: the run is not in memory). At `maxEvents`, the oldest tenth goes first and
     /// a marker event says so: a reader never meets a silent gap.
     mutating func append(_ id: String, type: String, data: JSONValue, now: Int64) -> RunEvent? {
+        append(id, type: type, json: data.serialized, now: now)
+    }
+
+    mutating func append(_ id: String, type: String, json: String, now: Int64) -> RunEvent? {
         guard runs[id] != nil, var seq = nextSeq[id] else { return nil }
         var count = eventCount[id] ?? 0
         if count >= maxEvents {
@@ -154,7 +160,7 @@ struct RunBook: Sendable {
             seq += 1
             count = keep + 1
         }
-        let event = RunEvent(id: String(seq), type: type, at: now, data: data)
+        let event = RunEvent(id: String(seq), type: type, at: now, json: json)
         pending.events.append((id, event))
         nextSeq[id] = seq + 1
         eventCount[id] = count + 1

@@ -97,13 +97,9 @@ final class RunCall: Sendable {
         return true
     }
 
-    /// Marks the call settled; true only the first time (a call settles once, whichever path ends it).
-    func settleOnce() -> Bool {
-        state.withLock { s in
-            defer { s.settled = true }
-            return !s.settled
-        }
-    }
+    /// A call settles once, whichever path ends it.
+    var isSettled: Bool { state.withLock { $0.settled } }
+    func markSettled() { state.withLock { $0.settled = true } }
 }
 
 extension RunCall {

@@ -46,6 +46,8 @@ final class RunService: Sendable {
     private let detectors = Mutex<[String: LoopDetector]>([:])
     /// Runs killed lately: a call admitted just as its run was cancelled is caught by this.
     private let killed = Mutex<LRUSet>(LRUSet(capacity: 4096))
+    /// The store when it can decide at once (embedded): calls of a run stay on their event loop.
+    private let immediate: EmbeddedRunStore?
 
     static let channel = "sidecar:runs"
 
@@ -63,6 +65,7 @@ final class RunService: Sendable {
         self.publish = publish
         self.now = now
         hub = RunHub(maxStreamsPerRun: settings.maxStreamsPerRun)
+        immediate = store as? EmbeddedRunStore
         if let embedded = store as? EmbeddedRunStore {
             let hub = self.hub
             embedded.onDurable { hub.wake($0) }
@@ -73,14 +76,52 @@ final class RunService: Sendable {
 
     // MARK: Tool calls
 
+    /// The charge a call reserves.
+    private func charge(of call: RunCall) -> RunCharge {
+        RunCharge.reservation(
+            tool: call.tool.rawValue, action: call.action, parameters: call.parameters, prices: prices,
+            defaultTokens: policy?.evaluator.defaultReservation ?? 1024, maxFetchBytes: maxFetchBytes)
+    }
+
+    /// Admits a call of `run` at once, on the request's event loop, when the store can decide without
+    /// waiting (the embedded store, the run in memory); nil otherwise (`admit`).
+    func admitNow(_ call: RunCall, identity: AgentIdentity) -> Result<Void, GatewayError>? {
+        guard let immediate, let decided = immediate.reserveNow(call.run, agent: call.agent, charge: charge(of: call), now: now()) else {
+            return nil
+        }
+        do throws(GatewayError) {
+            try admitted(call, decided)
+            if let refusal = loopCheck(call, identity: identity) {
+                // Refused (and given back) before the run is paused or cancelled, so it is not aborted as
+                // one of the run's calls in flight.
+                if refusal.action != .report { release(call) }
+                guard loopDetectedNow(call.run, refusal.verdict, action: refusal.action) else {
+                    Task { await loopDetected(call.run, refusal.verdict, action: refusal.action) }
+                    return refusal.action == .report ? .success(()) : .failure(refusal.error)
+                }
+                if refusal.action != .report { return .failure(refusal.error) }
+            }
+            return .success(())
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// Admits a call of `run`: reserves its charge on the run and every ancestor, or refuses it with the
     /// run's own code. Then the loop breaker sees it.
     func admit(_ call: RunCall, identity: AgentIdentity) async throws(GatewayError) {
-        let charge = RunCharge.reservation(
-            tool: call.tool.rawValue, action: call.action, parameters: call.parameters, prices: prices,
-            defaultTokens: policy?.evaluator.defaultReservation ?? 1024, maxFetchBytes: maxFetchBytes)
         let decided: RunReservation
-        do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge, now: now()) } catch { throw Self.storeError() }
+        do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge(of: call), now: now()) } catch { throw Self.storeError() }
+        try admitted(call, decided)
+        if let refusal = loopCheck(call, identity: identity) {
+            if refusal.action != .report { await finished(call, record: nil) }
+            await loopDetected(call.run, refusal.verdict, action: refusal.action)
+            if refusal.action != .report { throw refusal.error }
+        }
+    }
+
+    /// The store's decision: the call registered as in flight, or its refusal.
+    private func admitted(_ call: RunCall, _ decided: RunReservation) throws(GatewayError) {
         switch decided {
         case .reserved(let ledger, let chain):
             call.admitted(chain: chain, reserved: ledger)
@@ -94,7 +135,7 @@ final class RunService: Sendable {
             throw Self.notRunning(call.run, run: run, status, reason: reason)
         case .expired(let run):
             metrics.runs.cancelled("max_duration")
-            await stopped(run, status: .failed)
+            stopped(run, status: .failed)
             throw GatewayError(.runCancelled, "run \(run) passed its max_duration and was stopped")
         case .exhausted(let run, let dimension):
             metrics.runs.exhausted(dimension)
@@ -106,21 +147,25 @@ final class RunService: Sendable {
             e.extensions["run_id"] = .string(run)
             throw e
         }
-        // The loop breaker: a call that makes the run a loop is refused (unless the action is `report`).
+    }
+
+    private struct LoopRefusal {
+        var verdict: LoopDetector.Verdict
+        var action: LoopDetector.Action
+        var error: GatewayError
+    }
+
+    /// The loop breaker's look at an admitted call: nil, or the loop it makes.
+    private func loopCheck(_ call: RunCall, identity: AgentIdentity) -> LoopRefusal? {
         let loop = policy?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
         let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
             if d[call.run] == nil, d.count >= 10_000 { d.removeAll() }
             return d[call.run, default: LoopDetector(settings: loop)].record(call.fingerprint, now: now())
         }
-        if let verdict {
-            // The call that trips the breaker is refused (and given back) before the run is paused or
-            // cancelled, so it is not aborted as one of the run's calls in flight.
-            if loop.action != .report { await finished(call, record: nil) }
-            await loopDetected(call.run, verdict, action: loop.action)
-            if loop.action != .report {
-                throw GatewayError(.runLoopDetected, "run \(call.run) is \(loop.action == .pause ? "paused" : "cancelled") by the loop breaker: \(verdict.description)")
-            }
-        }
+        guard let verdict else { return nil }
+        let error = GatewayError(
+            .runLoopDetected, "run \(call.run) is \(loop.action == .pause ? "paused" : "cancelled") by the loop breaker: \(verdict.description)")
+        return LoopRefusal(verdict: verdict, action: loop.action, error: error)
     }
 
     static func notRunning(_ id: String, run: String, _ status: RunStatus, reason: String?) -> GatewayError {
@@ -139,75 +184,167 @@ final class RunService: Sendable {
         GatewayError(.stateUnavailable, "the run store is unavailable; try again shortly", headers: [("Retry-After", "1")])
     }
 
-    /// The end of a call that named a run (`record` nil: refused inside `admit`): settles what it used on
-    /// the ledger, puts it on the run's stream, and lets the loop breaker count a refusal.
+    /// What a finished call settles: its reservation and what it really used (nil: not admitted, or
+    /// settled already).
+    private func settlement(_ call: RunCall?, record: RequestRecord?) -> (chain: [String], reserved: RunLedger, actual: RunLedger)? {
+        guard let call, let (chain, reserved) = call.reservation, !call.isSettled else { return nil }
+        let usage = call.meter?.usage.map { (input: $0.input, output: $0.output, total: $0.total) }
+        let actual = RunCharge.actual(
+            reserved: reserved, parameters: call.parameters, prices: prices, sent: record?.upstreamStart != nil,
+            upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage,
+            // Never more than was granted: the chunk that crossed the grant was not passed on.
+            fetchedBytes: reserved.fetchBytes > 0 ? min(call.fetchedBytes, reserved.fetchBytes) : call.fetchedBytes)
+        return (chain, reserved, actual)
+    }
+
+    /// A call refused by the loop breaker right at admission gives its reservation back (at once).
+    private func release(_ call: RunCall) {
+        guard let s = settlement(call, record: nil), immediate?.settleNow(chain: s.chain, reserved: s.reserved, actual: s.actual) == true else {
+            Task { await finished(call, record: nil) }
+            return
+        }
+        call.markSettled()
+        inflight.withLock { _ = $0.removeValue(forKey: call.requestID) }
+    }
+
+    /// The event a finished call puts on its run's stream, as JSON text (nil: none — the run does not
+    /// exist, is not the agent's, or is over). Written out directly: one per call, on the request's path.
+    private static func event(_ call: RunCall?, record: RequestRecord, actual: RunLedger?) -> String? {
+        // A call refused because the run does not exist or is not the agent's is no event of that run; one
+        // refused because the run is over would come after its final event.
+        let killed = call?.killed == true
+        switch record.outcome {
+        case GatewayError.Code.runNotFound.rawValue, GatewayError.Code.runForbidden.rawValue, GatewayError.Code.runCancelled.rawValue,
+            GatewayError.Code.runFinished.rawValue:
+            if !killed { return nil }
+        default:
+            break
+        }
+        var o = "{\"request_id\":"
+        JSONValue.writeString(record.requestID, into: &o)
+        func field(_ name: String, _ value: JSONValue) {
+            o += ",\"" + name + "\":"
+            value.write(into: &o)
+        }
+        field("tool", .string(record.toolLabel))
+        field("action", .string(record.actionLabel))
+        field("status", .number(Double(record.status)))
+        field("outcome", .string(killed ? GatewayError.Code.runCancelled.rawValue : record.outcome))
+        field("duration_ms", .number(((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000))
+        field("bytes_in", .number(Double(record.bytesIn)))
+        field("bytes_out", .number(Double(record.bytesOut)))
+        if let actual {
+            field("cost_usd", .number(actual.costUSD))
+            if actual.openAITokens > 0 { field("openai_tokens", .number(Double(actual.openAITokens))) }
+            if actual.fetchBytes > 0 { field("fetch_bytes", .number(Double(actual.fetchBytes))) }
+        }
+        if let s = record.upstreamStatus { field("upstream_status", .number(Double(s))) }
+        if let c = record.cache { field("cache", .string(c)) }
+        return o + "}"
+    }
+
+    /// The end of a call that named a run (from the access-log point): settled, put on the run's
+    /// stream, counted by the loop breaker if refused — at once when the store can, else in a task.
+    func finish(_ call: RunCall?, runID: String, agent: String?, record: RequestRecord) {
+        if let immediate {
+            var actual: RunLedger?
+            if let s = settlement(call, record: record) {
+                if immediate.settleNow(chain: s.chain, reserved: s.reserved, actual: s.actual) {
+                    call?.markSettled()
+                    inflight.withLock { _ = $0.removeValue(forKey: record.requestID) }
+                    actual = s.actual
+                } else {
+                    Task { await finished(call, runID: runID, agent: agent, record: record) }
+                    return
+                }
+            }
+            guard let data = Self.event(call, record: record, actual: actual) else { return }
+            switch immediate.appendNow(runID, agent: call?.agent ?? agent, type: "tool.call", json: data, now: now()) {
+            case nil:
+                Task { await appendEvent(runID, agent: call?.agent ?? agent, data: data, record: record, role: call?.role) }
+            case .some(nil):
+                return
+            case .some(.some):
+                refused(runID, record: record, role: call?.role)
+            }
+            return
+        }
+        Task { await finished(call, runID: runID, agent: agent, record: record) }
+    }
+
+    /// `finish` in a task: waits for the store.
     func finished(_ call: RunCall?, runID: String? = nil, agent: String? = nil, record: RequestRecord?) async {
         var actual: RunLedger?
-        if let call, let (chain, reserved) = call.reservation, call.settleOnce() {
+        if let s = settlement(call, record: record), let call {
+            call.markSettled()
             inflight.withLock { _ = $0.removeValue(forKey: call.requestID) }
-            let usage = call.meter?.usage.map { (input: $0.input, output: $0.output, total: $0.total) }
-            let ledger = RunCharge.actual(
-                reserved: reserved, parameters: call.parameters, prices: prices, sent: record?.upstreamStart != nil,
-                upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage,
-                // Never more than was granted: the chunk that crossed the grant was not passed on.
-                fetchedBytes: reserved.fetchBytes > 0 ? min(call.fetchedBytes, reserved.fetchBytes) : call.fetchedBytes)
-            actual = ledger
-            do { try await store.settle(chain: chain, reserved: reserved, actual: ledger) } catch {
+            actual = s.actual
+            do { try await store.settle(chain: s.chain, reserved: s.reserved, actual: s.actual) } catch {
                 logger.warning("cannot settle a run's call; its reservation stays held", metadata: ["run": "\(call.run)", "error": "\(error)"])
             }
         }
-        guard let record, let id = call?.run ?? runID else { return }
-        // A call refused because the run does not exist or is not the agent's is no event of that run; one
-        // refused because the run is over would come after its final event.
-        let outside: Set<String> = [
-            GatewayError.Code.runNotFound.rawValue, GatewayError.Code.runForbidden.rawValue, GatewayError.Code.runCancelled.rawValue,
-            GatewayError.Code.runFinished.rawValue,
-        ]
-        if outside.contains(record.outcome), call?.killed != true { return }
-        var data: [String: JSONValue] = [
-            "request_id": .string(record.requestID), "tool": .string(record.toolLabel), "action": .string(record.actionLabel),
-            "status": .number(Double(record.status)), "outcome": .string(call?.killed == true ? GatewayError.Code.runCancelled.rawValue : record.outcome),
-            "duration_ms": .number(((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000),
-            "bytes_in": .number(Double(record.bytesIn)), "bytes_out": .number(Double(record.bytesOut)),
-        ]
-        if let actual {
-            data["cost_usd"] = .number(actual.costUSD)
-            if actual.openAITokens > 0 { data["openai_tokens"] = .number(Double(actual.openAITokens)) }
-            if actual.fetchBytes > 0 { data["fetch_bytes"] = .number(Double(actual.fetchBytes)) }
-        }
-        if let s = record.upstreamStatus { data["upstream_status"] = .number(Double(s)) }
-        if let c = record.cache { data["cache"] = .string(c) }
+        guard let record, let id = call?.run ?? runID, let data = Self.event(call, record: record, actual: actual) else { return }
+        await appendEvent(id, agent: call?.agent ?? agent, data: data, record: record, role: call?.role)
+    }
+
+    private func appendEvent(_ id: String, agent: String?, data: String, record: RequestRecord, role: String?) async {
         let event: RunEvent?
-        do { event = try await store.append(id, agent: call?.agent ?? agent, type: "tool.call", data: .object(data), now: now()) } catch {
+        do { event = try await store.append(id, agent: agent, type: "tool.call", json: data, now: now()) } catch {
             logger.warning("cannot record a run's call on its stream", metadata: ["run": "\(id)", "error": "\(error)"])
             return
         }
         guard event != nil else { return }
         announce([id])
-        // The loop breaker also watches refusals: an agent that retries into its limits instead of backing off.
-        if record.status == 429, let policy {
-            let settings = policy.policy.loopSettings(agent: record.agentID ?? "", role: call?.role ?? "")
-            let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
-                guard d[id] != nil || d.count < 10_000 else { return nil }
-                return d[id, default: LoopDetector(settings: settings)].recordRefusal(now: now())
-            }
-            if let verdict { await loopDetected(id, verdict, action: detectors.withLock { $0[id]?.settings.action } ?? settings.action) }
-        }
+        refused(id, record: record, role: role)
     }
 
-    /// Counts bytes of a call's answer as they stream; false once past what the run granted it.
-    func counted(_ call: RunCall, bytes: Int) -> Bool { call.count(bytes) }
+    /// The loop breaker also watches refusals: an agent that retries into its limits instead of backing off.
+    private func refused(_ id: String, record: RequestRecord, role: String?) {
+        guard record.status == 429, let policy else { return }
+        let settings = policy.policy.loopSettings(agent: record.agentID ?? "", role: role ?? "")
+        let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
+            guard d[id] != nil || d.count < 10_000 else { return nil }
+            return d[id, default: LoopDetector(settings: settings)].recordRefusal(now: now())
+        }
+        guard let verdict else { return }
+        let action = detectors.withLock { $0[id]?.settings.action } ?? settings.action
+        if !loopDetectedNow(id, verdict, action: action) { Task { await loopDetected(id, verdict, action: action) } }
+    }
 
     // MARK: The loop breaker
 
-    private func loopDetected(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) async {
+    /// The loop breaker's action on a run, at once (the embedded store with the run in memory); false
+    /// when the store must be waited for (`loopDetected`).
+    private func loopDetectedNow(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) -> Bool {
+        guard let immediate else { return false }
+        let (reason, data) = loopEvent(run, verdict, action: action)
+        guard case .some = immediate.appendNow(run, agent: nil, type: "run.loop_detected", json: data.serialized, now: now()) else { return false }
+        switch action {
+        case .report:
+            break
+        case .pause:
+            if case .success(let r)? = immediate.applyNow(.pause, to: run, reason: reason, now: now()), r.status == .paused { metrics.runs.entered(.paused) }
+        case .cancel:
+            if case .success? = immediate.applyNow(.cancel, to: run, reason: reason, now: now()) {
+                metrics.runs.cancelled("loop")
+                stopped(run, status: .cancelled)
+            }
+        }
+        return true
+    }
+
+    /// What the loop breaker says and counts (both paths).
+    private func loopEvent(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) -> (reason: String, data: JSONValue) {
         metrics.runs.loopDetected(action)
-        let reason = "loop: \(verdict.description)"
         logger.notice("runaway loop detected", metadata: ["run": "\(run)", "action": "\(action.rawValue)", "why": "\(verdict.description)"])
-        let data: JSONValue = ["action": .string(action.rawValue), "reason": .string(verdict.description)]
+        detectors.withLock { _ = $0.removeValue(forKey: run) }
+        return ("loop: \(verdict.description)", ["action": .string(action.rawValue), "reason": .string(verdict.description)])
+    }
+
+    private func loopDetected(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) async {
+        let (reason, data) = loopEvent(run, verdict, action: action)
         _ = try? await store.append(run, agent: nil, type: "run.loop_detected", data: data, now: now())
         announce([run])
-        detectors.withLock { _ = $0.removeValue(forKey: run) }
         switch action {
         case .report:
             return
@@ -219,7 +356,7 @@ final class RunService: Sendable {
         case .cancel:
             if case .success? = try? await store.apply(.cancel, to: run, reason: reason, now: now()) {
                 metrics.runs.cancelled("loop")
-                await stopped(run, status: .cancelled)
+                stopped(run, status: .cancelled)
             }
         }
     }
@@ -228,7 +365,7 @@ final class RunService: Sendable {
 
     /// A run that has just been cancelled or failed: its calls in flight here are aborted, the fleet is
     /// told, the state is counted.
-    func stopped(_ run: String, status: RunStatus) async {
+    func stopped(_ run: String, status: RunStatus) {
         metrics.runs.entered(status)
         killLocal(run)
         publish?(JSONValue.object(["type": "kill", "run": .string(run), "from": .string(sidecarID)]).serialized)
@@ -309,7 +446,7 @@ final class RunService: Sendable {
             if run.status != before.status {
                 if run.status == .cancelled || run.status == .failed {
                     if run.status == .cancelled { metrics.runs.cancelled("api") }
-                    await stopped(id, status: run.status)
+                    stopped(id, status: run.status)
                 } else {
                     metrics.runs.entered(run.status)
                     announce([id])
@@ -327,7 +464,7 @@ final class RunService: Sendable {
         for id in due {
             if case .success(let run)? = try? await store.apply(.fail, to: id, reason: "max_duration", now: now()), run.status == .failed {
                 metrics.runs.cancelled("max_duration")
-                await stopped(id, status: .failed)
+                stopped(id, status: .failed)
             }
         }
     }

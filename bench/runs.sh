@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Agent runs benchmark, one run of it:
+#
+#   1. Proxied req/s with a run id on every call vs without: the same sidecar (production build, embedded
+#      store, agent token, bench/paths.sh's full policy), the same requests (every query or body distinct,
+#      so the loop breaker sees a working agent, as it would), one row with `X-Run-Id` on every call.
+#      Each run call is reserved on the run's ledger, settled from its answer and written to the run's
+#      stream (SQLite). Target: >= 0.9x.
+#   2. SSE fan-out: 100 event streams open on one run (bench/sse_fanout.py), tool calls in that run one
+#      after another; for each call and each stream, the time from the agent holding its answer to the
+#      stream holding the call's event. Target: p99 < 50 ms.
+#
+#   backend: nginx with canned SerpAPI and chat answers; load: wrk -t2 -c64, DURATION s, ROUNDS
+#   interleaved rounds (medians).
+source "$(dirname "$0")/common.sh"
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+STREAMS=${STREAMS:-100}
+CALLS=${CALLS:-300}
+BACKEND=$(free_port); P=$(free_port); A=$(free_port)
+build_sidecar
+
+CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
+SERP='{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'
+cat > "$WORK/backend.conf" <<CONF
+worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
+  server { listen 127.0.0.1:$BACKEND;
+    location /v1/chat/completions { default_type application/json; return 200 '$CHAT'; }
+    location / { default_type application/json; return 200 '$SERP'; } } }
+CONF
+cat > "$WORK/policy.yaml" <<CONF
+version: 1
+roles:
+  bench:
+    allow: ["serpapi:search", "openai:*"]
+    concurrency: 1000
+    rules:
+      - scope: "serpapi:search"
+        guards: {engines: [google], max_num: 50}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+      - scope: "openai:*"
+        guards: {models: [gpt-4o-mini], max_tokens: 1024}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+        budget: {tokens: 1000000000000, window: day, timezone: UTC}
+CONF
+cat > "$WORK/sidecar.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
+state: {dir: "$WORK/state"}
+policy: {file: "$WORK/policy.yaml"}
+admin: {rate_limit: {per_second: 100000, burst: 100000}}
+runs: {max_streams_per_run: 1000}
+tools:
+  serpapi: {mode: live, base_url: "http://127.0.0.1:$BACKEND", cache_ttl: 0s}
+  openai: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+CONF
+nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
+ADMIN=benchadmin0123456789
+env SERPAPI_API_KEY=bench-serp-key OPENAI_API_KEY=sk-bench-key SIDECAR_ADMIN_TOKEN=$ADMIN \
+  "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+H=(-H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json')
+AGENT=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents" "${H[@]}" -d '{"name":"bench","role":"bench","created_by":"bench"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents/$AGENT/tokens" "${H[@]}" -d '{"ttl":"2h"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+new_run() {
+  local id; id=$(curl -fs -X POST "http://127.0.0.1:$A/api/runs" "${H[@]}" -d "{\"name\":\"bench\",\"agent_id\":\"$AGENT\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -fs -X POST "http://127.0.0.1:$A/api/runs/$id/start" "${H[@]}" >/dev/null
+  echo "$id"
+}
+RUN=$(new_run)
+
+# Every request distinct (a counter in the query or the prompt), with or without the run header.
+script() { # name tool [run]
+  {
+    echo 'counter = 0'
+    echo "wrk.headers[\"Authorization\"] = \"Bearer $TOKEN\""
+    [[ -n "${3:-}" ]] && echo "wrk.headers[\"X-Run-Id\"] = \"$3\""
+    if [[ "$2" == serpapi ]]; then
+      echo 'request = function() counter = counter + 1; return wrk.format("GET", "/serpapi/search?q=bench" .. counter .. "&num=10") end'
+    else
+      echo 'wrk.headers["Content-Type"] = "application/json"'
+      echo 'request = function() counter = counter + 1; return wrk.format("POST", "/openai/v1/chat/completions", nil, '\
+'"{\"model\":\"gpt-4o-mini\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"Summarize benchmark " .. counter .. "\"}]}") end'
+    fi
+  } > "$WORK/$1.lua"
+}
+ROWS="serpapi serpapi-run chat chat-run"
+script serpapi serpapi; script serpapi-run serpapi "$RUN"; script chat openai; script chat-run openai "$RUN"
+for r in $ROWS; do
+  code=$(wrk -t1 -c1 -d1s -s "$WORK/$r.lua" "http://127.0.0.1:$P" 2>&1 | awk '/Non-2xx/ {print "non-2xx"}')
+  [[ -z "$code" ]] || { echo "row $r answers non-2xx; see $WORK/sidecar.log" >&2; tail -3 "$WORK/sidecar.log" >&2; exit 1; }
+done
+
+ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+run_wrk() { # name round
+  [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "http://127.0.0.1:$P" >/dev/null
+  local t1; t1=$(ticks "$SIDE")
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "http://127.0.0.1:$P" > "$WORK/$1.$2.txt"
+  local t2; t2=$(ticks "$SIDE")
+  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
+  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
+}
+round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
+median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
+rps() { round_rps "$1" "$(median_round "$1")"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
+for round in $(seq 1 "$ROUNDS"); do for r in $ROWS; do run_wrk "$r" "$round"; done; done
+LEDGER=$(curl -fs "http://127.0.0.1:$A/api/runs/$RUN" "${H[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ledger"]["calls"], d["reserved"]["calls"])')
+
+FAN_RUN=$(new_run)
+FANOUT=$(python3 bench/sse_fanout.py --admin "http://127.0.0.1:$A" --proxy "http://127.0.0.1:$P" --admin-token "$ADMIN" \
+  --token "$TOKEN" --run "$FAN_RUN" --streams "$STREAMS" --calls "$CALLS")
+
+REPORT="$OUT/runs-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+  echo "runs benchmark $(date -u +%FT%TZ), $(nproc) cores, $( [[ "${PLAIN_RELEASE:-0}" == 1 ]] && echo plain || echo profile-guided ) release, embedded store, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds (medians)"
+  printf "%-12s %9s %9s %9s %10s\n" row "req/s" p50 p99 "cpu us/req"
+  for r in $ROWS; do printf "%-12s %9s %9s %9s %10s\n" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")"; done
+  for t in serpapi chat; do
+    echo "with a run id / without ($t): $(python3 -c "print(f'{$(rps "$t-run")/$(rps "$t"):.2f}')")x (target >= 0.9)"
+  done
+  echo "the run's ledger after the load: calls spent, calls still reserved = $LEDGER"
+  echo "$FANOUT"
+  for r in $ROWS; do cat "$WORK/$r".*.txt | awk -v r="$r" '/Non-2xx|Socket errors/ {print r ": " $0}'; done
+  true
+} | tee "$REPORT"
