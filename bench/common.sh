@@ -22,3 +22,20 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wrk rounds over rows (name.lua in $WORK), with the proxy's CPU per request; medians over ROUNDS.
+ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+run_wrk() { # name round url pid
+  [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "$3" >/dev/null
+  local t1; t1=$(ticks "$4")
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "$3" > "$WORK/$1.$2.txt"
+  local t2; t2=$(ticks "$4")
+  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
+  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
+}
+round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
+median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
+rps() { round_rps "$1" "$(median_round "$1")"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
+cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }

@@ -73,8 +73,7 @@ curl -fs "http://127.0.0.1:$NGINX/search?q=x" >/dev/null
 curl -fs "http://127.0.0.1:$PROXY/serpapi/search?q=x" >/dev/null
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$FLOOR/serpapi/search?q=x" >/dev/null 2>&1 && break; sleep 0.1; done
 
-# CPU ticks (user+system) of a process, its threads and its children (nginx workers).
-ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+# CPU ticks: `ticks` in common.sh (a process, its threads and its children, nginx workers).
 ROUNDS=${ROUNDS:-3}
 run_wrk() { # name round url pid [header]
   local h=(); [[ -n "${5:-}" ]] && h=(-H "$5")
@@ -85,13 +84,7 @@ run_wrk() { # name round url pid [header]
   local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
   python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
 }
-round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }  # name round
-median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
-# The round whose req/s is the median of the name's rounds: its latencies are the ones reported.
-median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
-rps() { round_rps "$1" "$(median_round "$1")"; }
-pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
-cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
+# round_rps, median, median_round (the round whose latencies are reported), rps, pct, cpu: common.sh.
 # min-max over the rounds of (a's req/s / b's req/s) in the same round
 spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(round_rps "$1" "$r")/$(round_rps "$2" "$r"):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
 errors() { cat "$WORK/$1".*.txt | awk '/Non-2xx|Socket errors/ {print}'; }

@@ -98,22 +98,7 @@ for r in $ROWS; do
   [[ -z "$code" ]] || { echo "row $r answers non-2xx; see $WORK/sidecar.log" >&2; tail -3 "$WORK/sidecar.log" >&2; exit 1; }
 done
 
-ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
-run_wrk() { # name round
-  [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "http://127.0.0.1:$P" >/dev/null
-  local t1; t1=$(ticks "$SIDE")
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "http://127.0.0.1:$P" > "$WORK/$1.$2.txt"
-  local t2; t2=$(ticks "$SIDE")
-  local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
-  python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
-}
-round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
-median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
-median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
-rps() { round_rps "$1" "$(median_round "$1")"; }
-pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
-cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
-for round in $(seq 1 "$ROUNDS"); do for r in $ROWS; do run_wrk "$r" "$round"; done; done
+for round in $(seq 1 "$ROUNDS"); do for r in $ROWS; do run_wrk "$r" "$round" "http://127.0.0.1:$P" "$SIDE"; done; done
 LEDGER=$(curl -fs "http://127.0.0.1:$A/api/runs/$RUN" "${H[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ledger"]["calls"], d["reserved"]["calls"])')
 
 FAN_RUN=$(new_run)

@@ -160,6 +160,36 @@ def http_upstream():
     up.close()
 
 
+# ---------------------------------------------------------------- raw loopback servers
+
+
+class LoopbackServer:
+    """A listening socket on a random loopback port; each accepted connection is served by `_serve` on a
+    thread of its own until `close`."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
 # ---------------------------------------------------------------- ports and redis-server
 
 

@@ -21,7 +21,7 @@ import time
 import pytest
 import requests
 
-from conftest import Sidecar
+from conftest import LoopbackServer, Sidecar
 
 
 CASES = int(os.environ.get("FUZZ_CASES", "600"))
@@ -402,33 +402,6 @@ def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
 
 
 # ---------------------------------------------------------------- a hostile upstream
-
-class LoopbackServer:
-    """A listening socket on a random loopback port; each accepted connection is served by `_serve` on a
-    thread of its own until `close`."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        raise NotImplementedError
-
-    def close(self):
-        self.sock.close()
-
 
 class HostileUpstream(LoopbackServer):
     """An HTTP/1.1 server (cleartext, or TLS with `tls_context`) that answers every request with

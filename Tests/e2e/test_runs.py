@@ -16,7 +16,7 @@ import openai
 import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, Redis, Sidecar, live_config, metric
+from conftest import BIN, LIVE_ENV, LoopbackServer, Redis, metric
 
 ADMIN = "adm_runs_admin_token_0123456789abc"
 
@@ -460,26 +460,13 @@ def test_the_loop_breaker_can_cancel_instead(start):
 # ---------------------------------------------------------------- kill switch
 
 
-class SlowUpstream:
+class SlowUpstream(LoopbackServer):
     """A plain HTTP server whose answers take `delay` seconds; records when each client went away."""
 
     def __init__(self, delay=5.0):
         self.delay = delay
         self.closed_at = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, c):
         c.settimeout(0.02)
@@ -503,9 +490,6 @@ class SlowUpstream:
         except OSError:
             pass
         c.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def test_kill_switch_aborts_in_flight_calls_within_100ms_on_every_sidecar(start):
