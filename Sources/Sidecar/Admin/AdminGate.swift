@@ -20,8 +20,8 @@ struct AdminContext: RequestContext, RemoteAddressRequestContext {
 /// `admin:` settings that guard the whole control plane.
 struct AdminGateSettings: Sendable, Hashable {
     /// Requests per second per client address (GCRA), and the burst allowed at once.
-    var ratePerSecond = 50
-    var burst = 100
+    var ratePerSecond = 100
+    var burst = 200
     /// Browser origins allowed to call the admin API (CORS); none by default.
     var corsOrigins: [String] = []
 }
