@@ -39,3 +39,50 @@ median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r
 rps() { round_rps "$1" "$(median_round "$1")"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }
 cpu() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/$1.$r.cpu"; done | median; }
+
+# The backend every bench proxies to: nginx, one worker, canned answers shaped like the real APIs (a chat
+# completion with usage, a Gmail send, a small page, SerpAPI results for anything else), on $BACKEND.
+write_backend() {
+  local chat='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
+  local serp='{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'
+  cat > "$WORK/backend.conf" <<CONF
+worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
+  server { listen 127.0.0.1:$BACKEND;
+    location /v1/chat/completions { default_type application/json; return 200 '$chat'; }
+    location /gmail/ { default_type application/json; return 200 '{"id":"m1","threadId":"t1","labelIds":["SENT"]}'; }
+    location /page { default_type text/html; return 200 '<html><body>bench page</body></html>'; }
+    location / { default_type application/json; return 200 '$serp'; } } }
+CONF
+}
+
+# The "full policy" of the real-path benches: guards, a GCRA rate, a daily quota, concurrency and (OpenAI)
+# a token budget on every tool, all set high enough that nothing is refused — the cost of deciding.
+write_bench_policy() {
+  cat > "$WORK/policy.yaml" <<CONF
+version: 1
+roles:
+  bench:
+    allow: ["serpapi:search", "openai:*", "gmail_send:*", "http_fetch:*"]
+    concurrency: 1000
+    rules:
+      - scope: "serpapi:search"
+        guards: {engines: [google], max_num: 50}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+      - scope: "openai:*"
+        guards: {models: [gpt-4o-mini], max_tokens: 1024}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+        budget: {tokens: 1000000000000, window: day, timezone: UTC}
+      - scope: "gmail_send:*"
+        guards: {allowed_domains: [example.com], max_recipients: 10}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+      - scope: "http_fetch:*"
+        guards: {allow_hosts: ["127.0.0.1"], allow_cidrs: ["127.0.0.0/8"]}
+        rate: {limit: 1000000, per: 1s, burst: 1000000}
+        quota: {limit: 1000000000, window: day, timezone: UTC}
+CONF
+}

@@ -40,13 +40,7 @@ openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" 
   -out "$WORK/leaf.pem" 2>/dev/null
 cat "$WORK/leaf.pem" "$WORK/ca.pem" > "$WORK/chain.pem"
 
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:$BACKEND;
-    location / { default_type application/json; return 200 '{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'; } } }
-CONF
+write_backend
 cat > "$WORK/tls.conf" <<CONF
 worker_processes auto; pid $WORK/tls.pid; error_log $WORK/tls.err; daemon off;
 events { worker_connections 4096; }

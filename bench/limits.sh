@@ -8,12 +8,7 @@ LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and sat
 BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
 build_sidecar
 
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:$BACKEND; location / { default_type application/json; return 200 '{"organic_results":[]}'; } } }
-CONF
+write_backend
 cat > "$WORK/policy.yaml" <<CONF
 version: 1
 roles:

@@ -28,18 +28,7 @@ ROWS=${ROWS:-"serpapi-open serpapi serpapi-forward chat chat-forward gmail fetch
 BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
 build_sidecar
 
-CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
-SERP='{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
-  server { listen 127.0.0.1:$BACKEND;
-    location /v1/chat/completions { default_type application/json; return 200 '$CHAT'; }
-    location /gmail/ { default_type application/json; return 200 '{"id":"m1","threadId":"t1","labelIds":["SENT"]}'; }
-    location /page { default_type text/html; return 200 '<html><body>bench page</body></html>'; }
-    location / { default_type application/json; return 200 '$SERP'; } } }
-CONF
+write_backend
 cat > "$WORK/proxy.conf" <<CONF
 worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
 events { worker_connections 4096; }
@@ -48,31 +37,7 @@ http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body
   server { listen 127.0.0.1:$NGINX;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-cat > "$WORK/policy.yaml" <<CONF
-version: 1
-roles:
-  bench:
-    allow: ["serpapi:search", "openai:*", "gmail_send:*", "http_fetch:*"]
-    concurrency: 1000
-    rules:
-      - scope: "serpapi:search"
-        guards: {engines: [google], max_num: 50}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "openai:*"
-        guards: {models: [gpt-4o-mini], max_tokens: 1024}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-        budget: {tokens: 1000000000000, window: day, timezone: UTC}
-      - scope: "gmail_send:*"
-        guards: {allowed_domains: [example.com], max_recipients: 10}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "http_fetch:*"
-        guards: {allow_hosts: ["127.0.0.1"], allow_cidrs: ["127.0.0.0/8"]}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-CONF
+write_bench_policy
 TOOLS="serpapi: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\", cache_ttl: 0s}
   openai: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\"}
   gmail_send: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\"}

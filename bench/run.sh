@@ -26,13 +26,7 @@ build_sidecar
 swift build "${RELEASE[@]}" --product relay-floor >&2
 swift build "${RELEASE[@]}" --product upstream-ceiling >&2
 
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:$BACKEND;
-    location / { default_type application/json; return 200 '{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'; } } }
-CONF
+write_backend
 cat > "$WORK/proxy.conf" <<CONF
 worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
 events { worker_connections 4096; }

@@ -20,33 +20,8 @@ CALLS=${CALLS:-300}
 BACKEND=$(free_port); P=$(free_port); A=$(free_port)
 build_sidecar
 
-CHAT='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
-SERP='{"search_metadata":{"status":"Success"},"organic_results":[{"position":1,"title":"bench","link":"https://example.com/"}]}'
-cat > "$WORK/backend.conf" <<CONF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
-  server { listen 127.0.0.1:$BACKEND;
-    location /v1/chat/completions { default_type application/json; return 200 '$CHAT'; }
-    location / { default_type application/json; return 200 '$SERP'; } } }
-CONF
-cat > "$WORK/policy.yaml" <<CONF
-version: 1
-roles:
-  bench:
-    allow: ["serpapi:search", "openai:*"]
-    concurrency: 1000
-    rules:
-      - scope: "serpapi:search"
-        guards: {engines: [google], max_num: 50}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "openai:*"
-        guards: {models: [gpt-4o-mini], max_tokens: 1024}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-        budget: {tokens: 1000000000000, window: day, timezone: UTC}
-CONF
+write_backend
+write_bench_policy
 cat > "$WORK/sidecar.yaml" <<CONF
 version: 1
 listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}

@@ -22,6 +22,9 @@ public struct LRUCache<Key: Hashable, Value> {
 
     public var count: Int { index.count }
 
+    /// Whether `key` is held (without making it the most recently used).
+    public func contains(_ key: Key) -> Bool { index[key] != nil }
+
     /// The value for `key`, which becomes the most recently used.
     public mutating func get(_ key: Key) -> Value? {
         guard let i = index[key] else { return nil }

@@ -144,7 +144,7 @@ struct RunsPolicyTests {
 
     @Test func variedCallsNeverTrip() {
         var d = LoopDetector()
-        var rng = SplitMix(seed: 42)
+        var rng = GCRATests.SplitMix(state: 42)
         for i in 0..<2000 {
             // Many tools and parameters, with some repetition, as a working agent makes them.
             let call = "t\(rng.next() % 4)|q\(rng.next() % 10_000)"
@@ -186,17 +186,5 @@ struct RunsPolicyTests {
         #expect(throws: DocumentError.self) { try PolicyCompiler.compile(badAction, source: "") }
         let badPrice = YAMLish.node(["version": 1, "prices": ["serpapi": ["per_search": "-1"] as M] as M, "roles": ["r": ["allow": ["*"]] as M] as M] as M)
         #expect(throws: DocumentError.self) { try PolicyCompiler.compile(badPrice, source: "") }
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

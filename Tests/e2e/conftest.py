@@ -160,6 +160,38 @@ def http_upstream():
     up.close()
 
 
+# ---------------------------------------------------------------- streamed upstream answers
+
+
+def sse_chunk(content=None, finish=None, usage=None):
+    """One OpenAI chat-completion stream event (`data: {...}`), as the real API sends them."""
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
+            "choices": [] if usage else [{"index": 0, "delta": {} if content is None else {"content": content}, "finish_reason": finish}]}
+    if usage:
+        body["usage"] = usage
+    return "data: " + json.dumps(body) + "\n\n"
+
+
+def start_chunked(h, content_type="text/event-stream"):
+    """Starts a 200 with a chunked body on a `FakeUpstream` handler; returns `send(text)` (one chunk,
+    flushed) and `end()` (the last chunk)."""
+    h.send_response(200)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+
+    def send(text):
+        data = text.encode() if isinstance(text, str) else text
+        h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        h.wfile.flush()
+
+    def end():
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    return send, end
+
+
 # ---------------------------------------------------------------- raw loopback servers
 
 

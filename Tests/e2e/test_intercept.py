@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import LIVE_ENV, client_python, live_config, metric, parse_response
+from conftest import LIVE_ENV, client_python, live_config, metric, parse_response, sse_chunk, start_chunked
 
 COMPLETION = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
@@ -27,32 +27,17 @@ COMPLETION = {
 SEARCH = {"search_metadata": {"id": "s1", "status": "Success"}, "organic_results": [{"position": 1, "title": "Coffee"}]}
 
 
-def sse_chunk(content=None, finish=None):
-    delta = {} if content is None else {"content": content}
-    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
-                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
-
-
 def upstream_routes(up):
     """What the real APIs answer, enough for their official clients."""
     def chat(h, rec):
         if json.loads(rec.body or b"{}").get("stream"):
-            h.send_response(200)
-            h.send_header("Content-Type", "text/event-stream")
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-
-            def send(text):
-                data = text.encode()
-                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                h.wfile.flush()
+            send, end = start_chunked(h)
             send(sse_chunk("Hel"))
             time.sleep(1.5)  # the agent must see "Hel" while the upstream is still working
             send(sse_chunk("lo"))
             send(sse_chunk(finish="stop"))
             send("data: [DONE]\n\n")
-            h.wfile.write(b"0\r\n\r\n")
-            h.wfile.flush()
+            end()
         else:
             up.send_json(h, 200, COMPLETION)
 

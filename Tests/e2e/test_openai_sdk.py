@@ -9,19 +9,13 @@ import httpx
 import openai
 import pytest
 
-from conftest import LIVE_ENV, live_config
+from conftest import LIVE_ENV, live_config, sse_chunk, start_chunked
 
 COMPLETION = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from upstream"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
 }
-
-
-def chunk(content=None, finish=None):
-    delta = {} if content is None else {"content": content}
-    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
-                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
 
 def completion_route(up):
@@ -66,26 +60,16 @@ def test_streaming_chunks_reach_the_agent_before_the_upstream_finishes(pki, http
     upstream_finished = threading.Event()
 
     def stream(h, rec):
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-
-        def send(text):
-            data = text.encode()
-            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            h.wfile.flush()
-
-        send(chunk("Hel"))
+        send, end = start_chunked(h)
+        send(sse_chunk("Hel"))
         # Do not finish until the agent has seen the first chunk: a buffering proxy deadlocks here
         # (and the test fails on the timeout below).
         first_chunk_seen.wait(timeout=10)
         for part in ["lo", " wor", "ld"]:
-            send(chunk(part))
-        send(chunk(finish="stop"))
+            send(sse_chunk(part))
+        send(sse_chunk(finish="stop"))
         send("data: [DONE]\n\n")
-        h.wfile.write(b"0\r\n\r\n")
-        h.wfile.flush()
+        end()
         upstream_finished.set()
 
     https_upstream.routes["/v1/chat/completions"] = stream

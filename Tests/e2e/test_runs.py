@@ -16,7 +16,7 @@ import openai
 import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, LoopbackServer, Redis, metric
+from conftest import BIN, LIVE_ENV, LoopbackServer, Redis, metric, sse_chunk, start_chunked
 
 ADMIN = "adm_runs_admin_token_0123456789abc"
 
@@ -36,6 +36,11 @@ roles:
   canceller:
     allow: ["*"]
     loop: {max_repeats: 3, window: 60s, action: cancel}
+  budgeted:
+    allow: ["*"]
+    rules:
+      - scope: "openai:*"
+        budget: {tokens: 1000000, window: day, timezone: UTC}
 """
 
 
@@ -308,13 +313,10 @@ def test_a_cost_budget_bounds_what_a_download_may_take(pki, http_upstream, start
                                                    h.end_headers(), h.wfile.write(b"x" * size))
 
     def chunked(h, rec):
-        h.send_response(200)
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
+        send, end = start_chunked(h, content_type="application/octet-stream")
         for _ in range(48):
-            part = b"y" * 65536
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-        h.wfile.write(b"0\r\n\r\n")
+            send(b"y" * 65536)
+        end()
 
     http_upstream.routes["/stream"] = chunked
     cfg = runs_config(start.keys, start.policy, 'egress: {allow_cidrs: ["127.0.0.0/8"]}\ntools:\n  http_fetch: {mode: live, timeout: 5s}\n')
@@ -358,25 +360,22 @@ def test_a_child_run_cannot_outspend_its_parent(start):
     assert r["dimension"] == "calls" and r["run_id"] == parent
 
 
-def test_a_streamed_openai_answer_settles_to_its_real_usage(pki, https_upstream, start):
+@pytest.mark.parametrize("role", ["developer", "budgeted"])  # budgeted: the token budget reads the same answer
+def test_a_streamed_openai_answer_settles_to_its_real_usage(pki, https_upstream, start, role):
     def stream(h, rec):
         body = json.loads(rec.body)
         assert body["stream_options"]["include_usage"] is True
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.end_headers()
+        send, end = start_chunked(h)
         for part in ["Hel", "lo"]:
-            h.wfile.write(("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-                                                  "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}) + "\n\n").encode())
-        h.wfile.write(("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [],
-                                              "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}}) + "\n\n").encode())
-        h.wfile.write(b"data: [DONE]\n\n")
-        h.close_connection = True
+            send(sse_chunk(part))
+        send(sse_chunk(usage={"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}))
+        send("data: [DONE]\n\n")
+        end()
 
     https_upstream.routes["/v1/chat/completions"] = stream
     cfg = runs_config(start.keys, start.policy, f"upstream: {{ca_bundle: {pki.ca_pem}}}\ntools:\n  openai: {{mode: live, base_url: \"{https_upstream.base_url}\"}}\n")
     s = start(config=cfg, env=LIVE_ENV)
-    _, tok = agent_token(s)
+    _, tok = agent_token(s, role=role)
     run = new_run(s, budget={"max_openai_tokens": 5000})
     client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=tok, max_retries=0, default_headers={"X-Run-Id": run})
     text = "".join((c.choices[0].delta.content or "") for c in client.chat.completions.create(
@@ -671,11 +670,24 @@ def test_control_plane_bad_input(start):
         assert requests.post(url, json={"name": "t", "tags": tags}, headers=H, timeout=5).status_code == 422
     assert requests.post(url, json={"name": "t", "client_token": "bad token!"}, headers=H, timeout=5).status_code == 422
     assert requests.post(url, json=[1, 2], headers=H, timeout=5).status_code == 422
+    # A field read as one value, given twice, is refused rather than read by its first line.
+    import http.client
+    conn = http.client.HTTPConnection(*s.admin.rsplit(":", 1), timeout=5)
+    conn.putrequest("GET", "/api/runs")
+    conn.putheader("Authorization", f"Bearer {ADMIN}")
+    conn.putheader("Authorization", "Bearer x")
+    conn.endheaders()
+    twice = conn.getresponse()
+    assert twice.status == 400 and json.loads(twice.read())["code"] == "ambiguous_header"
+    conn.close()
     assert requests.post(url, json={"name": "t"}, timeout=5).status_code == 401
     assert requests.get(f"{url}?status=sleeping", headers=H, timeout=5).status_code == 422
     assert requests.get(f"{url}/run_00/events", headers={**H, "Last-Event-ID": "x"}, timeout=5).status_code == 404
     run = new_run(s)
     assert requests.get(f"{url}/{run}/events", headers={**H, "Last-Event-ID": "not-an-id"}, timeout=5).status_code == 400
+    r = requests.get(f"{url}/{run}/events?last_event_id=2", headers={**H, "Last-Event-ID": "1"}, timeout=5)
+    assert r.status_code == 400 and r.json()["code"] == "ambiguous_parameter"
+    assert requests.get(f"{url}?status=running&status=created", headers=H, timeout=5).json()["code"] == "ambiguous_parameter"
     # The per-run cap on streams (4 in this configuration).
     streams = [SSE(f"{url}/{run}/events", H) for _ in range(4)]
     r = requests.get(f"{url}/{run}/events", headers=H, timeout=5)

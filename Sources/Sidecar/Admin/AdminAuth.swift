@@ -36,6 +36,13 @@ struct AdminToken: Sendable, CustomStringConvertible {
     }
 
     var description: String { "AdminToken(<redacted>)" }
+
+    /// The token of `Authorization: Bearer <token>` (the scheme in any case), as every admin route reads it.
+    static func bearer(in request: Request) -> String? {
+        guard let value = request.headers[.authorization], value.lowercased().hasPrefix("bearer ") else { return nil }
+        let token = value.dropFirst(7).trimmingCharacters(in: .whitespaces)
+        return token.isEmpty ? nil : token
+    }
 }
 
 /// Requires `Authorization: Bearer <admin token>` on the control routes it wraps; 401 otherwise.
@@ -44,9 +51,7 @@ struct AdminAuthMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: GatewayMetrics
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer "),
-            token.matches(String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
-        else {
+        guard let presented = AdminToken.bearer(in: request), token.matches(presented) else {
             metrics.securityEvent("admin_auth_failure")
             var error = GatewayError(.adminUnauthorized, "send Authorization: Bearer <admin token>")
             error.headers = [("WWW-Authenticate", #"Bearer realm="agent-sidecar-admin""#)]

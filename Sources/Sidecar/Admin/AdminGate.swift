@@ -47,6 +47,15 @@ struct AdminGate<Context: RequestContext & RemoteAddressRequestContext>: RouterM
             return AdminProblem.response(
                 GatewayError(.adminRateLimited, "too many admin requests from this address; retry in \(retry) s", headers: [("Retry-After", String(retry))]))
         }
+        // Fields this port reads as one value, refused when repeated or (the agent's own) list-valued —
+        // the proxy's rule (`SingleValuedFields`): a check of the first line must not pass what a second
+        // contradicts.
+        if let problem = SingleValuedFields.problem(
+            in: request.headers.lazy.map { ($0.name.canonicalName, $0.value) }, authorization: true, contentType: true,
+            others: ["last-event-id", "origin"])
+        {
+            return AdminProblem.response(problem)
+        }
         let origin = request.headers[.origin]
         let allowed = origin.map { settings.corsOrigins.contains($0) } ?? false
         if request.method == .options, request.headers[.accessControlRequestMethod] != nil {

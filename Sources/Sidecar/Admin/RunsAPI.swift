@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -55,10 +54,7 @@ struct RunsAPI: Sendable {
 
     /// The admin token, else an agent token (`Authorization: Bearer`, or `X-Agent-Token`).
     func caller(_ request: Request) throws(GatewayError) -> RunCaller {
-        let bearer = request.headers[.authorization].flatMap { h -> String? in
-            h.lowercased().hasPrefix("bearer ") ? String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces) : nil
-        }
-        let presented = bearer ?? request.headers[HTTPField.Name("X-Agent-Token")!]
+        let presented = AdminToken.bearer(in: request) ?? request.headers[HTTPField.Name("X-Agent-Token")!]
         guard let presented, !presented.isEmpty else {
             throw Self.unauthorized("send Authorization: Bearer <admin token> or the agent's own token")
         }
@@ -131,24 +127,30 @@ struct RunsAPI: Sendable {
 
     func list(_ request: Request, caller: RunCaller) async throws(GatewayError) -> Response {
         let q = request.uri.queryParameters
+        /// A query parameter read as one value: given twice, it is ambiguous (as on the proxy).
+        func one(_ names: String...) throws(GatewayError) -> String? {
+            let values = names.flatMap { q.getAll($0) }
+            guard values.count <= 1 else { throw GatewayError(.ambiguousParameter, "\(names[0]) is given more than once; send it once") }
+            return values.first
+        }
         var status: RunStatus?
-        if let s = q["status"] {
-            guard let parsed = RunStatus(rawValue: String(s)) else {
+        if let s = try one("status") {
+            guard let parsed = RunStatus(rawValue: s) else {
                 throw RunSpec.invalid("status", "must be one of \(RunStatus.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             status = parsed
         }
-        var agent = q["agent"].map(String.init) ?? q["agent_id"].map(String.init)
+        var agent = try one("agent", "agent_id")
         if case .agent(let own, _) = caller {
             if let agent, agent != own { throw GatewayError(.runForbidden, "an agent token lists only that agent's runs") }
             agent = own
         }
         var limit = 50
-        if let l = q["limit"] {
-            guard let n = Int(String(l)), (1...200).contains(n) else { throw RunSpec.invalid("limit", "must be between 1 and 200") }
+        if let l = try one("limit") {
+            guard let n = Int(l), (1...200).contains(n) else { throw RunSpec.invalid("limit", "must be between 1 and 200") }
             limit = n
         }
-        let cursor = q["cursor"].map(String.init)
+        let cursor = try one("cursor")
         if let cursor, !Run.isValidID(cursor) { throw RunSpec.invalid("cursor", "must be the next_cursor of a previous page") }
         let page: (runs: [Run], next: String?)
         do { page = try await runs.store.list(status: status, agent: agent, cursor: cursor, limit: limit) } catch { throw RunService.storeError() }
@@ -192,9 +194,15 @@ struct RunsAPI: Sendable {
 
     func events(_ request: Request, id: String, caller: RunCaller) async throws(GatewayError) -> Response {
         guard let run = try await load(id), caller.may(access: run) else { throw GatewayError(.runNotFound, "no run \(id)") }
-        let raw = request.headers[HTTPField.Name("Last-Event-ID")!] ?? request.uri.queryParameters["last_event_id"].map(String.init)
-            ?? request.uri.queryParameters["lastEventId"].map(String.init)
-        let last = raw?.trimmingCharacters(in: .whitespaces)
+        // The header (what `EventSource` sends on reconnect) or the query; both, naming different events,
+        // is ambiguous rather than one of them silently.
+        let query = request.uri.queryParameters
+        let named = ([request.headers[HTTPField.Name("Last-Event-ID")!]].compactMap { $0 } + query.getAll("last_event_id") + query.getAll("lastEventId"))
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard Set(named).count <= 1 else {
+            throw GatewayError(.ambiguousParameter, "Last-Event-ID and last_event_id name different events; send one")
+        }
+        let last = named.first
         if let last, !last.isEmpty, !runs.store.validEventID(last) {
             throw GatewayError(.invalidParameter, "Last-Event-ID must be the id of an event of this stream")
         }
@@ -356,7 +364,7 @@ struct RunSpec: Sendable {
         // another order is the same request, and one with any field changed is not.
         var canonical = body
         canonical["client_token"] = nil
-        let digest = SHA256.hash(data: Array(JSONValue.object(canonical).serialized.utf8)).map { String(format: "%02x", $0) }.joined()
+        let digest = Digest.sha256Hex([JSONValue.object(canonical).serialized])
         return RunSpec(
             name: name!, input: input, tags: tags, clientToken: clientToken, budget: budget, parent: parent, agent: agent, digest: digest)
     }

@@ -20,7 +20,7 @@ struct RunMetrics: Sendable {
         let total = MetricNameDescriptor(
             namespace: "gateway", metricName: "runs", unitName: "total",
             helpText: "Runs entering each state on this sidecar: created, running, paused, completed, failed, cancelled.")
-        runs = Dictionary(uniqueKeysWithValues: RunStatus.allCases.map { ($0.rawValue, registry.makeCounter(descriptor: total, labels: [("state", $0.rawValue)])) })
+        runs = Self.counters(registry, total, label: "state", values: RunStatus.allCases.map(\.rawValue))
         active = registry.makeGauge(descriptor: MetricNameDescriptor(
             namespace: "gateway", metricName: "runs_active", unitName: "",
             helpText: "Runs created, running or paused, in the store this sidecar uses (fleet-wide with Redis); refreshed every 10 s."))
@@ -36,20 +36,25 @@ struct RunMetrics: Sendable {
         let cancelled = MetricNameDescriptor(
             namespace: "gateway", metricName: "run_cancellations", unitName: "total",
             helpText: "Runs stopped by the kill switch, by reason: api, max_duration, loop (the loop breaker's cancel), parent.")
-        cancellations = Dictionary(uniqueKeysWithValues: Self.cancellationReasons.map { ($0, registry.makeCounter(descriptor: cancelled, labels: [("reason", $0)])) })
+        cancellations = Self.counters(registry, cancelled, label: "reason", values: Self.cancellationReasons)
         killswitchAborts = registry.makeCounter(descriptor: MetricNameDescriptor(
             namespace: "gateway", metricName: "killswitch_aborts", unitName: "total",
             helpText: "In-flight tool calls aborted on this sidecar because their run was cancelled or failed."))
         let exhausted = MetricNameDescriptor(
             namespace: "gateway", metricName: "run_budget_exhausted", unitName: "total",
             helpText: "Tool calls refused because a run's budget (or an ancestor's) would be exceeded, by dimension.")
-        budgetExhausted = Dictionary(uniqueKeysWithValues: RunBudget.Dimension.allCases.map {
-            ($0.rawValue, registry.makeCounter(descriptor: exhausted, labels: [("dimension", $0.rawValue)]))
-        })
+        budgetExhausted = Self.counters(registry, exhausted, label: "dimension", values: RunBudget.Dimension.allCases.map(\.rawValue))
         let loop = MetricNameDescriptor(
             namespace: "gateway", metricName: "run_loops_detected", unitName: "total",
             helpText: "Runaway loops detected by the loop breaker, by the action taken: pause, cancel or report.")
-        loops = Dictionary(uniqueKeysWithValues: LoopDetector.Action.allCases.map { ($0.rawValue, registry.makeCounter(descriptor: loop, labels: [("action", $0.rawValue)])) })
+        loops = Self.counters(registry, loop, label: "action", values: LoopDetector.Action.allCases.map(\.rawValue))
+    }
+
+    /// One counter per value of a closed label set, made up front.
+    private static func counters(
+        _ registry: PrometheusCollectorRegistry, _ descriptor: MetricNameDescriptor, label: String, values: [String]
+    ) -> [String: Prometheus.Counter] {
+        Dictionary(uniqueKeysWithValues: values.map { ($0, registry.makeCounter(descriptor: descriptor, labels: [(label, $0)])) })
     }
 
     func entered(_ status: RunStatus) { runs[status.rawValue]?.increment() }

@@ -18,7 +18,6 @@ struct TunnelPlan: Sendable {
     var egressAllow: [CIDR]
     /// Addresses checked for a name http_fetch would reach (filled in before the `200`).
     var addresses: [IPAddress] = []
-
 }
 
 /// An agent token held for the life of a tunnel. It never prints.

@@ -19,7 +19,9 @@ extension Pipeline {
     struct Evaluated: Sendable {
         var checks: [LimitCheck] = []
         var egressAllow: [CIDR] = []
-        var budgetTool = false
+        /// An OpenAI call under a token budget: reads the answer's usage, to settle the budget (and the
+        /// call's run, which shares it) to what was used.
+        var meter: OpenAIUsageMeter? = nil
         /// http_fetch with a policy: the same evaluation for each redirect hop the transport would follow.
         var hopCheck: (@Sendable (TargetURL) -> String?)? = nil
     }
@@ -38,7 +40,9 @@ extension Pipeline {
             throw Self.error(for: denial)
         }
         // Validated when the policy compiled.
-        var evaluated = Evaluated(checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init), budgetTool: evaluation.budgetTool)
+        var evaluated = Evaluated(
+            checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init),
+            meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
         if case .httpFetch(let fetch) = call.parameters {
             let evaluator = policy.evaluator
             evaluated.hopCheck = { url in
@@ -78,7 +82,7 @@ extension Pipeline {
             metrics?.policyDenied(check.kind.denialKind.rawValue)
             throw Self.limitError(check, admission.results[index])
         }
-        return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.budgetTool ? OpenAIUsageMeter() : nil)
+        return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.meter)
     }
 
     /// A limit store that could not decide: 503 `state_unavailable` (fail closed for that class).

@@ -200,9 +200,11 @@ final class Pipeline: Sendable {
     func makeRunCall(_ prepared: Prepared) -> RunCall? {
         guard let run = prepared.run else { return nil }
         let call = prepared.call
+        // One usage meter per call: a token budget's, else one of its own for an OpenAI call.
+        let meter = prepared.evaluated.meter ?? (call.tool == .openai ? OpenAIUsageMeter() : nil)
         return RunCall(
             run: run, agent: prepared.identity.agentID, role: prepared.identity.role, requestID: prepared.requestID, tool: call.tool,
-            action: call.action, parameters: Self.policyParameters(call.parameters), fingerprint: RunCall.fingerprint(call))
+            action: call.action, parameters: Self.policyParameters(call.parameters), fingerprint: RunCall.fingerprint(call), meter: meter)
     }
 
     /// The rest of the call (admit, credential, upstream), from a task (`runCall`: already admitted by
@@ -222,7 +224,7 @@ final class Pipeline: Sendable {
         _ prepared: Prepared, admitted: Admitted?, credential: Credential?, request: InboundRequest, record: consuming RequestRecord,
         on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall? = nil
     ) -> @Sendable () -> Void {
-        let call = admitted?.meter != nil || runCall?.meter != nil ? Self.requestingUsage(prepared.call) : prepared.call
+        let call = Self.usageMeter(admitted, runCall) != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
             outbound = try self.outbound(call, requestID: request.requestID, evaluated: prepared.evaluated, credential: credential, record: &record)
@@ -347,11 +349,10 @@ final class Pipeline: Sendable {
         }
     }
 
-    /// Removes whatever carried the token (and the run id: the sidecar's business), so it never goes
-    /// upstream.
+    /// Removes whatever carried the token, so it never goes upstream (`X-Run-Id` never does either:
+    /// `HeaderRules` keeps the sidecar's own fields back).
     static func removingCarrier(_ carrier: TokenCarrier?, from headers: HTTPHeaders) -> HTTPHeaders {
         var headers = headers
-        if headers.contains(name: "x-run-id") { headers.remove(name: "x-run-id") }
         switch carrier {
         case .authorization?: headers.remove(name: "authorization")
         case .proxyAuthorization?: headers.remove(name: "proxy-authorization")
@@ -449,8 +450,7 @@ final class Pipeline: Sendable {
 
     func callAdmitted(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall?) async throws(GatewayError) -> ProxyResponse {
         let admitted = try await admitLimits(prepared.evaluated, identity: prepared.identity, requestID: prepared.requestID)
-        let metered = admitted?.meter != nil || runCall?.meter != nil
-        let call = metered ? Self.requestingUsage(prepared.call) : prepared.call
+        let call = Self.usageMeter(admitted, runCall) != nil ? Self.requestingUsage(prepared.call) : prepared.call
         let outbound: Outbound
         do {
             let credential = try await self.credential(for: call.tool)
@@ -476,6 +476,9 @@ final class Pipeline: Sendable {
         return proxyResponse(
             response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty, runCall: runCall)
     }
+
+    /// The call's usage meter: the token budget's, which a run shares, else the run's own.
+    static func usageMeter(_ admitted: Admitted?, _ runCall: RunCall?) -> OpenAIUsageMeter? { admitted?.meter ?? runCall?.meter }
 
     /// An answer that declares more bytes than the run granted the call (what is left of its fetch bytes
     /// or, at the per-MB price, of its dollars) is refused before its head: 429 `run_budget_exhausted`.
@@ -503,18 +506,14 @@ final class Pipeline: Sendable {
         on loop: (any EventLoop)? = nil, runCall: RunCall? = nil
     ) -> ProxyResponse {
         var response = response
-        if let meter = admitted?.meter {
+        if let meter = Self.usageMeter(admitted, runCall) {
             response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
         }
         var limit = settings.maxResponseBodyBytes
         if let runCall {
-            // The run's ledger sees the answer as it streams: OpenAI usage, fetch bytes (cut at what the
-            // run granted this call); the kill switch can cut it.
-            let meter = admitted?.meter == nil ? runCall.meter : nil
-            response.body = response.body.observed(by: { chunk in
-                meter?.observe(chunk)
-                _ = runCall.count(chunk.readableBytes)
-            }, finished: { meter?.finish() })
+            // The run's ledger sees the answer's bytes as it streams (fetch bytes, cut at what the run
+            // granted this call); the kill switch can cut it.
+            response.body = response.body.observed(by: { _ = runCall.count($0.readableBytes) }, finished: {})
             if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 { limit = min(limit, granted) }
             response.body = response.body.guarded(by: BodyGuard())
             let body = response.body

@@ -16,17 +16,24 @@ enum SingleValuedFields {
     /// `Authorization` carries the token on reverse routes and the compatibility API (on the proxy entries
     /// it belongs to the destination); the compatibility API reads its `Content-Type`.
     static func problem(in headers: HTTPHeaders, entry: Entry?) -> GatewayError? {
-        let tokenInAuthorization = entry == .reverse || entry == .compat
-        var seen = [Bool](repeating: false, count: always.count + 2)
-        for (name, value) in headers {
+        problem(in: headers.lazy.map { ($0.name, $0.value) }, authorization: entry == .reverse || entry == .compat, contentType: entry == .compat)
+    }
+
+    /// The same rule for any list of fields (the admin port's too, which reads `Authorization`,
+    /// `Content-Type` and `others`).
+    static func problem<Fields: Sequence>(in fields: Fields, authorization: Bool, contentType: Bool, others: [String] = []) -> GatewayError?
+    where Fields.Element == (String, String) {
+        var seen = [Bool](repeating: false, count: always.count + 2 + others.count)
+        for (name, value) in fields {
             var index: Int?
             var noLists = false
             for (k, field) in always.enumerated() where HeaderName.equalsIgnoringCase(name, field.name) {
                 (index, noLists) = (k, field.noLists)
                 break
             }
-            if index == nil, tokenInAuthorization, HeaderName.equalsIgnoringCase(name, "authorization") { index = always.count }
-            if index == nil, entry == .compat, HeaderName.equalsIgnoringCase(name, "content-type") { index = always.count + 1 }
+            if index == nil, authorization, HeaderName.equalsIgnoringCase(name, "authorization") { index = always.count }
+            if index == nil, contentType, HeaderName.equalsIgnoringCase(name, "content-type") { index = always.count + 1 }
+            if index == nil, let k = others.firstIndex(where: { HeaderName.equalsIgnoringCase(name, $0) }) { index = always.count + 2 + k }
             guard let k = index else { continue }
             if seen[k] { return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field is repeated; send it once") }
             seen[k] = true

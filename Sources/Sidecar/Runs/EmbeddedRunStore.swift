@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import GRDB
 import Policy
@@ -43,7 +42,7 @@ final class EmbeddedRunStore: RunStore {
             try db.execute(
                 sql: """
                     CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
-                        ended_at INTEGER, doc TEXT NOT NULL);
+                        ended_at INTEGER, doc TEXT NOT NULL, state TEXT NOT NULL);
                     CREATE INDEX runs_by_created ON runs(created_at DESC, id DESC);
                     CREATE TABLE run_events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, at INTEGER NOT NULL,
                         data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
@@ -53,8 +52,8 @@ final class EmbeddedRunStore: RunStore {
         try m.migrate(db)
         // Every unfinished run is kept in memory (the sweep of `max_duration` and the active count see them).
         let active: [(Run, Int64, Int)] = try db.read { db in
-            try String.fetchAll(db, sql: "SELECT doc FROM runs WHERE status IN ('created','running','paused')").map { doc in
-                let run = try Self.decode(doc)
+            try Row.fetchAll(db, sql: "SELECT doc, state FROM runs WHERE status IN ('created','running','paused')").map { row in
+                let run = try Self.decode(row)
                 let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [run.id])
                 return (run, (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
             }
@@ -66,17 +65,30 @@ final class EmbeddedRunStore: RunStore {
 
     // MARK: Storage
 
-    private static func decode(_ doc: String) throws -> Run { try decoder.decode(Run.self, from: Data(doc.utf8)) }
+    /// A run from its row: the description written once at creation (`doc`, with its `input` of up to
+    /// 64 KiB), and the state that changes with every call (`state`: status, times, ledger) — only the
+    /// latter is written again.
+    private static func decode(_ row: Row) throws -> Run {
+        var run = try decoder.decode(Run.self, from: Data((row["doc"] as String).utf8))
+        try decoder.decode(RunState.self, from: Data((row["state"] as String).utf8)).apply(to: &run)
+        return run
+    }
 
-    private static func write(_ db: Database, _ run: Run) throws {
-        let doc = String(decoding: try encoder.encode(run), as: UTF8.self)
+    private static func state(_ run: Run) throws -> String { String(decoding: try encoder.encode(RunState(run)), as: UTF8.self) }
+
+    private static func insert(_ db: Database, _ run: Run) throws {
+        try db.execute(
+            sql: "INSERT INTO runs (id, agent, status, created_at, ended_at, doc, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [
+                run.id, run.agent, run.status.rawValue, run.createdAt, run.endedAt, String(decoding: try encoder.encode(run), as: UTF8.self),
+                try state(run),
+            ])
+    }
+
+    private static func update(_ db: Database, _ run: Run) throws {
         // Cached statements: compiled once per connection, not once per row (a batch writes many).
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO runs (id, agent, status, created_at, ended_at, doc) VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT(id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, doc = excluded.doc
-                """
-        ).execute(arguments: [run.id, run.agent, run.status.rawValue, run.createdAt, run.endedAt, doc])
+        try db.cachedStatement(sql: "UPDATE runs SET agent = ?, status = ?, ended_at = ?, state = ? WHERE id = ?")
+            .execute(arguments: [run.agent, run.status.rawValue, run.endedAt, try state(run), run.id])
     }
 
     private static func write(_ db: Database, run id: String, _ e: RunEvent) throws {
@@ -145,18 +157,38 @@ final class EmbeddedRunStore: RunStore {
 
     /// Writes everything changed so far; announces the runs that got events.
     func persist() async throws {
-        let announced: [String] = try await db.write { db in
+        let taken = Taken()
+        let announced: [String]
+        do {
+            announced = try await writeBatch(taken)
+        } catch {
+            // Not written (disk full, I/O error): what was taken goes back, ahead of what came since.
+            if let batch = taken.batch.withLock({ $0 }) { book.withLock { $0.restore(batch) } }
+            throw error
+        }
+        book.withLock { $0.evict(keeping: memoryLimit) }
+        if !announced.isEmpty, let listener = listener.withLock({ $0 }) { listener.wake(announced) }
+    }
+
+    /// What a write took from the book, so a failed write can give it back.
+    private final class Taken: Sendable {
+        let batch = Mutex<RunBook.Pending?>(nil)
+    }
+
+    /// One transaction: takes what changed, inside the writer's serial queue (so batches land in the
+    /// order they were taken), and writes it.
+    private func writeBatch(_ taken: Taken) async throws -> [String] {
+        try await db.write { db in
             let batch = self.book.withLock { $0.take() }
+            taken.batch.withLock { $0 = batch }
             guard !batch.isEmpty else { return [] }
             for (run, before) in batch.trims {
                 try db.execute(sql: "DELETE FROM run_events WHERE run_id = ? AND seq < ?", arguments: [run, before])
             }
-            for run in batch.runs { try Self.write(db, run) }
+            for run in batch.runs { try Self.update(db, run) }
             for (run, event) in batch.events { try Self.write(db, run: run, event) }
             return Array(Set(batch.events.map(\.run)))
         }
-        book.withLock { $0.evict(keeping: memoryLimit) }
-        if !announced.isEmpty, let listener = listener.withLock({ $0 }) { listener.wake(announced) }
     }
 
     /// Brings runs into memory from SQLite (with their event numbering).
@@ -165,9 +197,9 @@ final class EmbeddedRunStore: RunStore {
         guard !missing.isEmpty else { return }
         let loaded: [(Run, Int64, Int)] = try await db.read { db in
             try missing.compactMap { id in
-                guard let doc = try String.fetchOne(db, sql: "SELECT doc FROM runs WHERE id = ?", arguments: [id]) else { return nil }
+                guard let stored = try Row.fetchOne(db, sql: "SELECT doc, state FROM runs WHERE id = ?", arguments: [id]) else { return nil }
                 let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [id])
-                return (try Self.decode(doc), (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
+                return (try Self.decode(stored), (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
             }
         }
         book.withLock { b in for (run, last, n) in loaded { b.insert(run, lastSeq: last, events: n) } }
@@ -176,22 +208,23 @@ final class EmbeddedRunStore: RunStore {
     // MARK: RunStore
 
     func create(_ run: Run, caller: String, clientToken: String?, digest: String) async throws -> RunCreation {
-        let event = RunEvent(id: "1", type: "run.created", at: run.createdAt, data: ["status": .string(run.status.rawValue), "name": .string(run.name)])
+        let created = Run.createdEvent(run)
+        let event = RunEvent(id: "1", type: created.type, at: run.createdAt, data: created.data)
         let creation: RunCreation = try await db.write { db in
             if let clientToken {
                 let key = RunKeys.idempotency(caller: caller, clientToken: clientToken)
                 try db.execute(sql: "DELETE FROM run_keys WHERE created_at < ?", arguments: [run.createdAt - RunKeys.window])
                 if let row = try Row.fetchOne(db, sql: "SELECT run_id, digest FROM run_keys WHERE key = ?", arguments: [key]) {
                     guard row["digest"] as String == digest else { return .conflict }
-                    if let doc = try String.fetchOne(db, sql: "SELECT doc FROM runs WHERE id = ?", arguments: [row["run_id"] as String]) {
-                        return .existing(try Self.decode(doc))
+                    if let stored = try Row.fetchOne(db, sql: "SELECT doc, state FROM runs WHERE id = ?", arguments: [row["run_id"] as String]) {
+                        return .existing(try Self.decode(stored))
                     }
                 }
                 try db.execute(
                     sql: "INSERT OR REPLACE INTO run_keys (key, run_id, digest, created_at) VALUES (?, ?, ?, ?)",
                     arguments: [key, run.id, digest, run.createdAt])
             }
-            try Self.write(db, run)
+            try Self.insert(db, run)
             try Self.write(db, run: run.id, event)
             return .created(run)
         }
@@ -215,7 +248,7 @@ final class EmbeddedRunStore: RunStore {
     func list(status: RunStatus?, agent: String?, cursor: String?, limit: Int) async throws -> (runs: [Run], next: String?) {
         try await persist()
         return try await db.read { db in
-            var sql = "SELECT doc FROM runs WHERE 1=1"
+            var sql = "SELECT doc, state FROM runs WHERE 1=1"
             var args: [(any DatabaseValueConvertible)?] = []
             if let status {
                 sql += " AND status = ?"
@@ -231,7 +264,7 @@ final class EmbeddedRunStore: RunStore {
             }
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
             args.append(limit + 1)
-            var runs = try String.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Self.decode)
+            var runs = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Self.decode)
             let next = runs.count > limit ? runs[limit - 1].id : nil
             if runs.count > limit { runs.removeLast(runs.count - limit) }
             return (runs, next)
@@ -369,6 +402,6 @@ enum RunKeys {
     /// The idempotency key of (`caller`, `clientToken`): a digest, so neither needs escaping, and one
     /// caller's key can never name another caller's run.
     static func idempotency(caller: String, clientToken: String) -> String {
-        SHA256.hash(data: Array((caller + "\u{0}" + clientToken).utf8)).map { String(format: "%02x", $0) }.joined()
+        Digest.sha256Hex([caller, clientToken])
     }
 }

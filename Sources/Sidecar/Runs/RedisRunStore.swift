@@ -79,11 +79,10 @@ final class RedisRunStore: RunStore {
     // MARK: RunStore
 
     func create(_ run: Run, caller: String, clientToken: String?, digest: String) async throws -> RunCreation {
-        let created = try await redis.evalsha(
-            RunScripts.create, keys: [Self.hash(run.id), Self.stream(run.id)],
-            args: [String(maxEvents), "run.created", String(run.createdAt),
-                   JSONValue.object(["status": .string(run.status.rawValue), "name": .string(run.name)]).serialized] + Self.fields(run))
-        guard created.int == 1 else { throw RedisError.server("run id collision") }
+        let created = Run.createdEvent(run)
+        let keys = [Self.hash(run.id), Self.stream(run.id)]
+        let args = [String(maxEvents), created.type, String(run.createdAt), created.data.serialized] + (try Self.fields(run))
+        guard try await redis.evalsha(RunScripts.create, keys: keys, args: args).int == 1 else { throw RedisError.server("run id collision") }
         if let clientToken {
             let key = "sidecar:runkey:" + RunKeys.idempotency(caller: caller, clientToken: clientToken)
             let value = run.id + " " + digest
@@ -98,10 +97,7 @@ final class RedisRunStore: RunStore {
                 if let existing = try await self.run(parts[0]) { return .existing(existing) }
                 // The key outlived its run (retention shorter than a day): it names this one now.
                 _ = try await redis.send(["SET", key, value, "XX", "PX", String(RunKeys.window)])
-                _ = try await redis.evalsha(
-                    RunScripts.create, keys: [Self.hash(run.id), Self.stream(run.id)],
-                    args: [String(maxEvents), "run.created", String(run.createdAt),
-                           JSONValue.object(["status": .string(run.status.rawValue), "name": .string(run.name)]).serialized] + Self.fields(run))
+                _ = try await redis.evalsha(RunScripts.create, keys: keys, args: args)
                 break
             }
         }
@@ -133,13 +129,24 @@ final class RedisRunStore: RunStore {
             ).array ?? []
             if page.isEmpty { break }
             offset += page.count / 2
+            var ids: [String] = []
             var i = 0
             while i + 1 < page.count {
                 defer { i += 2 }
                 guard let id = page[i].string, let score = page[i + 1].string.flatMap({ Double($0) }).map({ Int64($0) }) else { continue }
                 if let after, score == after.score, id >= after.id { continue }
+                ids.append(id)
+            }
+            // The page's runs fetched at once (pipelined on the connection), not one round trip each.
+            let fetched = try await withThrowingTaskGroup(of: (Int, Run?).self) { group in
+                for (k, id) in ids.enumerated() { group.addTask { (k, try await self.run(id)) } }
+                var out = [Run?](repeating: nil, count: ids.count)
+                for try await (k, run) in group { out[k] = run }
+                return out
+            }
+            for (id, found) in zip(ids, fetched) {
                 scanned += 1
-                guard let run = try await self.run(id) else { continue }
+                guard let run = found else { continue }
                 if let status, run.status != status { continue }
                 if let agent, run.agent != agent { continue }
                 if runs.count == limit {

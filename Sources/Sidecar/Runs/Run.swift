@@ -46,13 +46,10 @@ struct Run: Sendable, Hashable, Codable {
     /// How deep runs nest (a root and three generations of children): ids stay within 64 characters.
     static let maxDepth = 4
 
-    static func newRootID() -> String { "run_" + randomHex(12) }
-    static func newChildID(parent: String) -> String { parent + "." + randomHex(4) }
-
-    static func randomHex(_ bytes: Int) -> String {
-        var rng = SystemRandomNumberGenerator()
-        return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
-    }
+    /// 96 random bits for a root, 32 more per generation (the request-id generator's, seeded from the
+    /// system CSPRNG: ids are neither guessable nor colliding).
+    static func newRootID() -> String { "run_" + RequestID.generate().prefix(24) }
+    static func newChildID(parent: String) -> String { parent + "." + RequestID.generate().prefix(8) }
 
     /// A run id as this sidecar makes them: `run_` and lowercase hex, then `.`-separated hex for each
     /// generation of children. Anything else is not looked up at all.
@@ -239,6 +236,38 @@ protocol RunStore: Sendable {
     func validEventID(_ id: String) -> Bool
 }
 
+/// What of a run changes after its creation: status, times, owner, ledger. The embedded store writes this
+/// alone on every change (the description, with its input, only once).
+struct RunState: Codable, Sendable {
+    var agent: String
+    var status: RunStatus
+    var startedAt: Int64?
+    var endedAt: Int64?
+    var reason: String?
+    var spent: RunLedger
+    var reserved: RunLedger
+
+    init(_ run: Run) {
+        agent = run.agent
+        status = run.status
+        startedAt = run.startedAt
+        endedAt = run.endedAt
+        reason = run.reason
+        spent = run.spent
+        reserved = run.reserved
+    }
+
+    func apply(to run: inout Run) {
+        run.agent = agent
+        run.status = status
+        run.startedAt = startedAt
+        run.endedAt = endedAt
+        run.reason = reason
+        run.spent = spent
+        run.reserved = reserved
+    }
+}
+
 extension RunStore {
     func append(_ id: String, agent: String?, type: String, data: JSONValue, now: Int64) async throws -> RunEvent? {
         try await append(id, agent: agent, type: type, json: data.serialized, now: now)
@@ -246,6 +275,11 @@ extension RunStore {
 }
 
 extension Run {
+    /// The first event of every run's stream.
+    static func createdEvent(_ run: Run) -> (type: String, data: JSONValue) {
+        ("run.created", ["status": .string(run.status.rawValue), "name": .string(run.name)])
+    }
+
     /// The event a status change puts on the run's stream: `run.running`, `run.cancelled`, …
     static func statusEvent(_ run: Run, command: RunStatus.Command) -> (type: String, data: JSONValue) {
         var data: [String: JSONValue] = ["status": .string(run.status.rawValue), "command": .string(command.rawValue)]

@@ -55,6 +55,14 @@ struct RunBook: Sendable {
         return out
     }
 
+    /// Puts back a batch that could not be written, ahead of what changed since (the runs themselves
+    /// are still here: written again from their current state).
+    mutating func restore(_ batch: Pending) {
+        for run in batch.runs where runs[run.id] != nil { dirty.insert(run.id) }
+        pending.events = batch.events + pending.events
+        pending.trims = batch.trims + pending.trims
+    }
+
     /// Forgets finished runs that have been written (memory stays bounded by the active runs).
     mutating func evict(keeping limit: Int) {
         guard runs.count > limit else { return }

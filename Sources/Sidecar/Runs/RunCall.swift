@@ -20,7 +20,8 @@ final class RunCall: Sendable {
     let parameters: CallParameters
     /// `tool|action|digest of the canonical parameters`: what the loop breaker compares.
     let fingerprint: String
-    /// Reads an OpenAI answer's usage as it streams (openai calls only).
+    /// Reads an OpenAI answer's usage as it streams (openai calls only; the token budget's when one
+    /// applies, so both settle from the same reading).
     let meter: OpenAIUsageMeter?
 
     private struct State {
@@ -35,7 +36,10 @@ final class RunCall: Sendable {
 
     private let state = Mutex(State())
 
-    init(run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: String) {
+    init(
+        run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: String,
+        meter: OpenAIUsageMeter?
+    ) {
         self.run = run
         self.agent = agent
         self.role = role
@@ -44,7 +48,7 @@ final class RunCall: Sendable {
         self.action = action
         self.parameters = parameters
         self.fingerprint = fingerprint
-        meter = tool == .openai ? OpenAIUsageMeter() : nil
+        self.meter = meter
     }
 
     var killed: Bool { state.withLock { $0.killed } }

@@ -45,7 +45,7 @@ final class RunService: Sendable {
     /// The loop breaker's memory of each run's recent calls (this sidecar's share of them).
     private let detectors = Mutex<[String: LoopDetector]>([:])
     /// Runs killed lately: a call admitted just as its run was cancelled is caught by this.
-    private let killed = Mutex<LRUSet>(LRUSet(capacity: 4096))
+    private let killed = Mutex(LRUCache<String, Void>(capacity: 4096))
     /// The store when it can decide at once (embedded): calls of a run stay on their event loop.
     private let immediate: EmbeddedRunStore?
 
@@ -95,10 +95,7 @@ final class RunService: Sendable {
                 // Refused (and given back) before the run is paused or cancelled, so it is not aborted as
                 // one of the run's calls in flight.
                 if refusal.action != .report { release(call) }
-                guard loopDetectedNow(call.run, refusal.verdict, action: refusal.action) else {
-                    Task { await loopDetected(call.run, refusal.verdict, action: refusal.action) }
-                    return refusal.action == .report ? .success(()) : .failure(refusal.error)
-                }
+                loopDetected(call.run, refusal.verdict, action: refusal.action)
                 if refusal.action != .report { return .failure(refusal.error) }
             }
             return .success(())
@@ -115,7 +112,8 @@ final class RunService: Sendable {
         try admitted(call, decided)
         if let refusal = loopCheck(call, identity: identity) {
             if refusal.action != .report { await finished(call, record: nil) }
-            await loopDetected(call.run, refusal.verdict, action: refusal.action)
+            let found = loopFound(call.run, refusal.verdict, action: refusal.action)
+            await act(on: call.run, found)
             if refusal.action != .report { throw refusal.error }
         }
     }
@@ -307,57 +305,68 @@ final class RunService: Sendable {
             return d[id, default: LoopDetector(settings: settings)].recordRefusal(now: now())
         }
         guard let verdict else { return }
-        let action = detectors.withLock { $0[id]?.settings.action } ?? settings.action
-        if !loopDetectedNow(id, verdict, action: action) { Task { await loopDetected(id, verdict, action: action) } }
+        loopDetected(id, verdict, action: detectors.withLock { $0[id]?.settings.action } ?? settings.action)
     }
 
     // MARK: The loop breaker
 
-    /// The loop breaker's action on a run, at once (the embedded store with the run in memory); false
-    /// when the store must be waited for (`loopDetected`).
-    private func loopDetectedNow(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) -> Bool {
-        guard let immediate else { return false }
-        let (reason, data) = loopEvent(run, verdict, action: action)
-        guard case .some = immediate.appendNow(run, agent: nil, type: "run.loop_detected", json: data.serialized, now: now()) else { return false }
-        switch action {
-        case .report:
-            break
-        case .pause:
-            if case .success(let r)? = immediate.applyNow(.pause, to: run, reason: reason, now: now()), r.status == .paused { metrics.runs.entered(.paused) }
-        case .cancel:
-            if case .success? = immediate.applyNow(.cancel, to: run, reason: reason, now: now()) {
-                metrics.runs.cancelled("loop")
-                stopped(run, status: .cancelled)
-            }
-        }
-        return true
+    /// A loop found in `run`: counted, logged, put on its stream and acted on — at once when the store
+    /// can (the embedded store, the run in memory), else in a task.
+    private func loopDetected(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) {
+        let found = loopFound(run, verdict, action: action)
+        if !actNow(on: run, found) { Task { await act(on: run, found) } }
     }
 
-    /// What the loop breaker says and counts (both paths).
-    private func loopEvent(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) -> (reason: String, data: JSONValue) {
+    /// What the loop breaker found, counted and logged once (whichever path then acts on it).
+    private struct LoopFound {
+        var action: LoopDetector.Action
+        var reason: String
+        var event: JSONValue
+
+        /// The status change it asks for (`report` asks for none).
+        var command: RunStatus.Command? {
+            switch action {
+            case .pause: return .pause
+            case .cancel: return .cancel
+            case .report: return nil
+            }
+        }
+    }
+
+    private func loopFound(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) -> LoopFound {
         metrics.runs.loopDetected(action)
         logger.notice("runaway loop detected", metadata: ["run": "\(run)", "action": "\(action.rawValue)", "why": "\(verdict.description)"])
         detectors.withLock { _ = $0.removeValue(forKey: run) }
-        return ("loop: \(verdict.description)", ["action": .string(action.rawValue), "reason": .string(verdict.description)])
+        return LoopFound(
+            action: action, reason: "loop: \(verdict.description)", event: ["action": .string(action.rawValue), "reason": .string(verdict.description)])
     }
 
-    private func loopDetected(_ run: String, _ verdict: LoopDetector.Verdict, action: LoopDetector.Action) async {
-        let (reason, data) = loopEvent(run, verdict, action: action)
-        _ = try? await store.append(run, agent: nil, type: "run.loop_detected", data: data, now: now())
+    /// Acts on a loop at once; false when the store must be waited for (`act`), nothing done then.
+    private func actNow(on run: String, _ found: LoopFound) -> Bool {
+        guard let immediate, case .some = immediate.appendNow(run, agent: nil, type: "run.loop_detected", json: found.event.serialized, now: now())
+        else { return false }
+        if let command = found.command { applied(found, run: run, immediate.applyNow(command, to: run, reason: found.reason, now: now())) }
+        return true
+    }
+
+    private func act(on run: String, _ found: LoopFound) async {
+        _ = try? await store.append(run, agent: nil, type: "run.loop_detected", data: found.event, now: now())
         announce([run])
-        switch action {
-        case .report:
-            return
-        case .pause:
-            if case .success(let r)? = try? await store.apply(.pause, to: run, reason: reason, now: now()), r.status == .paused {
-                metrics.runs.entered(.paused)
-                announce([run])
-            }
-        case .cancel:
-            if case .success? = try? await store.apply(.cancel, to: run, reason: reason, now: now()) {
-                metrics.runs.cancelled("loop")
-                stopped(run, status: .cancelled)
-            }
+        if let command = found.command { applied(found, run: run, try? await store.apply(command, to: run, reason: found.reason, now: now())) }
+    }
+
+    /// The loop breaker's status change done: counted; a cancelled run is stopped everywhere.
+    private func applied(_ found: LoopFound, run: String, _ result: Result<Run, RunStatus.Refusal>?) {
+        guard case .success(let r)? = result else { return }
+        switch (found.action, r.status) {
+        case (.pause, .paused):
+            metrics.runs.entered(.paused)
+            announce([run])
+        case (.cancel, .cancelled):
+            metrics.runs.cancelled("loop")
+            stopped(run, status: .cancelled)
+        default:
+            break
         }
     }
 
@@ -374,7 +383,7 @@ final class RunService: Sendable {
 
     /// Aborts the calls in flight on this sidecar of `run` or of any run below it.
     func killLocal(_ run: String) {
-        killed.withLock { $0.insert(run) }
+        killed.withLock { $0.set(run, ()) }
         detectors.withLock { _ = $0.removeValue(forKey: run) }
         let calls = inflight.withLock { f in f.values.filter { $0.reservation?.chain.contains(run) ?? false } }
         for call in calls { kill(call) }
@@ -484,27 +493,6 @@ final class RunService: Sendable {
                     logger.info("finished runs past retention removed", metadata: ["runs": "\(purged)"])
                 }
             }
-        }
-    }
-}
-
-/// A bounded set that forgets its oldest members.
-struct LRUSet: Sendable {
-    private var order: [String] = []
-    private var members: Set<String> = []
-    let capacity: Int
-
-    init(capacity: Int) { self.capacity = capacity }
-
-    func contains(_ s: String) -> Bool { members.contains(s) }
-
-    mutating func insert(_ s: String) {
-        guard members.insert(s).inserted else { return }
-        order.append(s)
-        if order.count > capacity {
-            let drop = order.count - capacity
-            for old in order.prefix(drop) { members.remove(old) }
-            order.removeFirst(drop)
         }
     }
 }

@@ -123,7 +123,7 @@ public final class ResponseCache: Sendable {
 
     /// SHA-256 of the parts, so a key never carries a query value (or anything secret) in clear.
     public static func key(_ parts: [String]) -> String {
-        SHA256.hash(data: Array(parts.joined(separator: "\u{1F}").utf8)).map { String(format: "%02x", $0) }.joined()
+        Digest.sha256Hex(parts)
     }
 
     /// SerpAPI: the path and the query exactly as they are forwarded (the agent's `api_key` already

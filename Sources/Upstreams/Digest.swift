@@ -1,0 +1,21 @@
+import Crypto
+
+/// SHA-256 of some strings as lowercase hex: cache keys, idempotency keys, request digests. The parts are
+/// joined with a separator no text part holds (U+001F), so `["ab", "c"]` and `["a", "bc"]` differ.
+public enum Digest {
+    public static func sha256Hex(_ parts: [String]) -> String {
+        hex(SHA256.hash(data: Array(parts.joined(separator: "\u{1F}").utf8)))
+    }
+
+    /// Lowercase hex of bytes (written directly: no formatter per byte).
+    public static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
