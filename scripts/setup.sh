@@ -19,7 +19,7 @@ if (( ${#missing[@]} )); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY_PACKAGES=(openai requests pytest cryptography joserfc httpx h2)
+PY_PACKAGES=(openai requests pytest cryptography joserfc httpx h2 redis)
 py_missing=()
 for p in "${PY_PACKAGES[@]}"; do
   python3 -c "import ${p}" >/dev/null 2>&1 || py_missing+=("$p")

@@ -38,19 +38,24 @@ public enum SidecarApp {
 
         // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
         var redis: RedisClient?
-        var endpoint: RedisEndpoint?
-        if let url = config.redisURL {
-            endpoint = RedisEndpoint.parse(url)
+        if let url = config.redisURL, var location = RedisLocation.parse(url, cluster: config.redisCluster) {
+            // A `redis://` URL that names a cluster node is followed as a cluster: sent as one server, every
+            // key on another node would answer MOVED (and read as "Redis down").
+            if !location.cluster, await RedisClient.isClusterNode(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout)) {
+                logger.notice("redis is a cluster node; following the cluster", metadata: ["redis": "\(location)"])
+                location.cluster = true
+            }
             redis = RedisClient(
-                endpoint: endpoint!, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
+                seeds: location.seeds, cluster: location.cluster, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
                 connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle] + RunScripts.all, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
             // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
             // is a WRONGPASS now, not a mystery at the first request that needs Redis.
             if let error = await redis?.connectAll() {
                 logger.error(
                     "redis is not usable at start; its limit classes follow state.on_redis_failure until it is",
-                    metadata: ["redis": "\(endpoint!)", "error": "\(error)"])
+                    metadata: ["redis": "\(location)", "error": "\(error)"])
             }
+            if let redis, !location.cluster { await RedisIdentityStore.moveLegacyKeys(redis, logger: logger) }
         }
         let store: any IdentityStore
         do {
@@ -206,7 +211,7 @@ public enum SidecarApp {
                 "version": "\(GatewayMetrics.version)",
                 "mock_tools": "\(config.mockTools.map(\.rawValue).sorted().joined(separator: ","))",
                 "auth": "\(config.auth.required ? "required" : "off")", "sidecar_id": "\(config.auth.sidecarID)",
-                "chaos": "\(config.chaos.enabled)", "state": "\(endpoint.map { "\($0)" } ?? "embedded")",
+                "chaos": "\(config.chaos.enabled)", "state": "\(redis.map { "\(RedisLocation(seeds: $0.seeds, cluster: $0.cluster))" } ?? "embedded")",
                 "policy": "\(policy.policy.hash.prefix(16))",
             ])
         let reload = ReloadOnHangup(logger: logger) {
@@ -219,8 +224,9 @@ public enum SidecarApp {
         if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
         if let embeddedRuns { background.append { await embeddedRuns.runFlusher() } }
         background.append { await runs.runMaintenance() }
-        if let endpoint {
-            var subscriber = FleetSubscriber(endpoint: endpoint, state: identityState, authenticator: authenticator, logger: logger)
+        if let redis {
+            background.append { await redis.runTopologyRefresher() }
+            var subscriber = FleetSubscriber(endpoints: { redis.subscriptionEndpoints() }, state: identityState, authenticator: authenticator, logger: logger)
             subscriber.handlers[FleetResilience.breakerChannel] = { text in
                 guard let json = JSONValue.parse(Array(text.utf8)), let key = json["key"]?.stringValue,
                     json["from"]?.stringValue != config.auth.sidecarID

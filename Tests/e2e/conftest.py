@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis as redis_py
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -260,6 +261,117 @@ class Redis:
     @property
     def url(self):
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+class RedisCluster:
+    """A throwaway Redis Cluster on loopback ports: `masters` masters (each with `replicas` replicas),
+    made by `redis-cli --cluster create`, with a short node timeout so a failover takes about a second.
+    Nodes are stopped by PID."""
+
+    def __init__(self, directory: Path, masters=3, replicas=0):
+        self.directory = directory
+        self.ports = []
+        while len(self.ports) < masters * (1 + replicas):
+            port = self.free_node_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.procs = {}
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        self.wait_ok()
+        deadline = time.time() + 30
+        while replicas and not all(self.node(p).info("replication").get("master_link_status", "up") == "up" for p in self.ports):
+            assert time.time() < deadline, "replicas did not sync"
+            time.sleep(0.1)
+
+    @staticmethod
+    def free_node_port():
+        """A free port whose cluster bus port (+10000) is free too (an ephemeral port's may not exist)."""
+        import random
+        for _ in range(200):
+            port = random.randint(20000, 29999)
+            try:
+                for p in (port, port + 10000):
+                    s = socket.socket()
+                    try:
+                        s.bind(("127.0.0.1", p))
+                    finally:
+                        s.close()
+                return port
+            except OSError:
+                continue
+        raise RuntimeError("no free port pair")
+
+    def start_node(self, port):
+        d = self.directory / f"node-{port}"
+        d.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "1000", "--save", "",
+             "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(d), "--logfile", str(d / "log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def node(self, port):
+        return redis_py.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def live_ports(self):
+        return [p for p in self.ports if self.procs[p].poll() is None]
+
+    def wait_ok(self, timeout=30):
+        """Until every live node says cluster_state:ok and they agree on who serves every slot."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if all(self.node(p).execute_command("CLUSTER", "INFO").find(b"cluster_state:ok") >= 0 for p in self.live_ports()):
+                    if len({tuple(sorted(self.slot_owners(p).items())) for p in self.live_ports()}) == 1:
+                        return
+            except redis_py.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("cluster did not settle")
+
+    def slot_owners(self, port=None):
+        """{(first, last): master port} as one node sees it."""
+        rows = self.node(port or self.live_ports()[0]).execute_command("CLUSTER", "SLOTS")
+        return {(row[0], row[1]): row[2][1] for row in rows}
+
+    def keyslot(self, key):
+        return self.node(self.live_ports()[0]).execute_command("CLUSTER", "KEYSLOT", key)
+
+    def owner(self, slot):
+        for (first, last), port in self.slot_owners().items():
+            if first <= slot <= last:
+                return port
+        raise KeyError(slot)
+
+    def node_id(self, port):
+        return self.node(port).execute_command("CLUSTER", "MYID").decode()
+
+    def masters(self):
+        return sorted(set(self.slot_owners().values()))
+
+    @property
+    def url(self):
+        return f"redis+cluster://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}"
+
+    def kill(self, port):
+        self.procs[port].kill()
+        self.procs[port].wait()
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 # ---------------------------------------------------------------- the sidecar process

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import redis as redis_py
 import requests
 
 from conftest import BIN, Redis, Sidecar
@@ -280,3 +281,26 @@ def test_guards_and_budgets_over_http(fleet):
     r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", headers=h, timeout=5,
                       json={"model": "gpt-4o-mini", "max_tokens": 1000, "messages": []})
     assert r.status_code == 403 and r.json()["parameter"] == "max_tokens"
+
+
+def test_identity_keys_of_an_earlier_version_are_moved_under_the_hash_tag(redis, fleet):
+    """An earlier version wrote `sidecar:agents` and friends without a hash tag: a sidecar of this version
+    renames them (never overwriting) and finds the agents and revocations as they were."""
+    (a,) = fleet(redis.url, n=1)
+    agent, token = token_for(a, role="developer")
+    token_id = a.admin_request("GET", f"/api/agents/{agent}/tokens", token=ADMIN).json()["tokens"][0]["token_id"]
+    assert a.admin_request("POST", f"/api/tokens/{token_id}/revoke", token=ADMIN).status_code == 200
+    a.stop()
+    r = redis_py.Redis(port=redis.port)
+    for new, old in [("{sidecar}:agents", "sidecar:agents"), ("{sidecar}:tokens", "sidecar:tokens"),
+                     ("{sidecar}:revoked", "sidecar:revoked"), ("{sidecar}:epoch", "sidecar:epoch"),
+                     (f"{{sidecar}}:agent-tokens:{agent}", f"sidecar:agent-tokens:{agent}")]:
+        r.rename(new, old)
+    (b,) = fleet(redis.url, n=1)
+    assert b.logs("identity keys moved under the {sidecar} hash tag")
+    assert not r.exists("sidecar:agents", "sidecar:revoked", "sidecar:epoch")
+    assert any(x["agent_id"] == agent for x in b.admin_request("GET", "/api/agents", token=ADMIN).json()["agents"])
+    assert b.admin_request("GET", f"/api/agents/{agent}/tokens", token=ADMIN).json()["tokens"][0]["token_id"] == token_id
+    refused = requests.get(f"{b.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=5)
+    assert refused.status_code == 401 and refused.json()["code"] == "token_revoked"
+    assert not b.logs("identity store lost its data")

@@ -363,9 +363,9 @@ def test_revocations_survive_redis_losing_its_data(pki, https_upstream, sidecar_
         redis.kill()
         redis.start()  # no persistence: it comes back empty
         deadline = time.time() + 15
-        while time.time() < deadline and token_id not in redis_cli(redis, "SMEMBERS", "sidecar:revoked"):
+        while time.time() < deadline and token_id not in redis_cli(redis, "SMEMBERS", "{sidecar}:revoked"):
             time.sleep(0.1)
-        assert token_id in redis_cli(redis, "SMEMBERS", "sidecar:revoked"), "the store was not restored"
+        assert token_id in redis_cli(redis, "SMEMBERS", "{sidecar}:revoked"), "the store was not restored"
         r = call(revoked)
         assert r.status_code == 401 and r.json()["code"] == "token_revoked", "a revoked token was accepted after Redis lost its data"
         r = call(kept)

@@ -98,10 +98,11 @@ public enum ConfigLoader {
         c.mockStreamDelay = try mock["stream_delay"].duration(default: c.mockStreamDelay)
 
         let redis = root["redis"]
-        try redis.checkKeys(["url", "pool_size", "command_timeout", "connect_timeout"])
+        try redis.checkKeys(["url", "cluster", "pool_size", "command_timeout", "connect_timeout"])
         c.redisURL = try redis["url"].string()
-        if let url = c.redisURL, RedisEndpoint.parse(url) == nil {
-            throw redis["url"].error("expected redis://[[user]:password@]host[:port][/db]")
+        c.redisCluster = try redis["cluster"].bool(default: false)
+        if let url = c.redisURL, RedisLocation.parse(url, cluster: c.redisCluster) == nil {
+            throw redis["url"].error(RedisLocation.syntax + " (a cluster has database 0 only)")
         }
         c.redisPoolSize = try redis["pool_size"].int(default: 2, range: 1...64)
         c.redisCommandTimeout = try positive(redis["command_timeout"], default: c.redisCommandTimeout)
@@ -385,7 +386,9 @@ public enum ConfigLoader {
             }
         }
         if let s = env["REDIS_URL"], !s.isEmpty {
-            guard RedisEndpoint.parse(s) != nil else { throw DocumentError(path: "env.REDIS_URL", message: "expected redis://[[user]:password@]host[:port][/db]") }
+            guard RedisLocation.parse(s, cluster: c.redisCluster) != nil else {
+                throw DocumentError(path: "env.REDIS_URL", message: RedisLocation.syntax + " (a cluster has database 0 only)")
+            }
             c.redisURL = s
         }
         if let s = env["SIDECAR_POLICY_FILE"], !s.isEmpty { c.policyFile = s }

@@ -118,6 +118,8 @@ public struct SidecarConfig: Sendable {
     public var accessLog = true
     /// Shared state for a fleet; nil = the embedded store.
     public var redisURL: String?
+    /// `redis.cluster`: the URL names seed nodes of a Redis Cluster (also implied by `redis+cluster://`).
+    public var redisCluster = false
     /// Pause between chunks of mock streaming answers.
     public var mockStreamDelay: Duration = .milliseconds(5)
     public var auth = AuthSettings()

@@ -8,7 +8,7 @@ import Synchronization
 /// A shared store can lose its data behind the fleet's back (a Redis restarted without persistence, a
 /// flush, a replacement). An empty store must never silently replace a populated snapshot: that would
 /// forget every revocation (revoked tokens accepted again) or, with `require_registered_agents`, lock
-/// every agent out. So the shared store names its generation (`sidecar:epoch`), each snapshot carries
+/// every agent out. So the shared store names its generation (`{sidecar}:epoch`), each snapshot carries
 /// it, and a refresh that finds another generation (or none) than the one this sidecar knew keeps the
 /// last good snapshot, says so (log, metric, `/readyz`), merges what it knew back into the store —
 /// agents and revocations, never overwriting — and only then takes the merged data. The last good

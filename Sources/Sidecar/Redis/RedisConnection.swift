@@ -221,3 +221,50 @@ struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
 }
 
 import Foundation
+
+/// Where the fleet's Redis is: one server (`redis://…`), or a cluster named by one or more seed nodes
+/// (`redis+cluster://[[user]:password@]host:port[,host:port…]`, or a `redis://` URL with
+/// `redis.cluster: true`). A cluster has only database 0.
+struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
+    var seeds: [RedisEndpoint]
+    var cluster: Bool
+
+    static let syntax = "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…]"
+
+    static func parse(_ url: String, cluster: Bool = false) -> RedisLocation? {
+        var cluster = cluster
+        var rest: Substring
+        if url.hasPrefix("redis+cluster://") {
+            cluster = true
+            rest = url.dropFirst("redis+cluster://".count)
+        } else if url.hasPrefix("redis://") {
+            rest = url.dropFirst("redis://".count)
+        } else {
+            return nil
+        }
+        var userinfo = ""
+        if let at = rest.lastIndex(of: "@") {
+            userinfo = String(rest[...at])
+            rest = rest[rest.index(after: at)...]
+        }
+        var path = ""
+        if let slash = rest.firstIndex(of: "/") {
+            path = String(rest[slash...])
+            rest = rest[..<slash]
+        }
+        let hosts = rest.split(separator: ",", omittingEmptySubsequences: false)
+        guard !hosts.isEmpty, cluster || hosts.count == 1 else { return nil }
+        var seeds: [RedisEndpoint] = []
+        for host in hosts {
+            guard let e = RedisEndpoint.parse("redis://" + userinfo + host + path) else { return nil }
+            if cluster, e.database != 0 { return nil }
+            seeds.append(e)
+        }
+        return RedisLocation(seeds: seeds, cluster: cluster)
+    }
+
+    /// Never prints the password.
+    var description: String {
+        cluster ? "redis+cluster://" + seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",") : seeds[0].description
+    }
+}

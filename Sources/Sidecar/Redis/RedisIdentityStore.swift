@@ -11,6 +11,33 @@ final class RedisIdentityStore: IdentityStore {
 
     init(redis: RedisClient) { self.redis = redis }
 
+    // One hash tag for every identity key: on a Redis Cluster they live on one node, so the epoch that
+    // says "this data is whole" describes the agents, tokens and revocations beside it.
+    static let agentsKey = "{sidecar}:agents"
+    static let tokensKey = "{sidecar}:tokens"
+    static let revokedKey = "{sidecar}:revoked"
+    static func agentTokensKey(_ agent: String) -> String { "{sidecar}:agent-tokens:\(agent)" }
+
+    /// Renames the keys an earlier version wrote without the hash tag (one server only: a cluster never
+    /// worked with them). Bounded; a key already moved, or never written, is left alone.
+    static func moveLegacyKeys(_ redis: RedisClient, logger: Logger) async {
+        var moves = [("sidecar:agents", agentsKey), ("sidecar:tokens", tokensKey), ("sidecar:revoked", revokedKey), ("sidecar:epoch", epochKey)]
+        var cursor = "0"
+        for _ in 0..<1000 {
+            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", "sidecar:agent-tokens:*", "COUNT", "1000"]),
+                let parts = reply.array, parts.count == 2, let next = parts[0].string
+            else { break }
+            for key in (parts[1].array ?? []).compactMap(\.string) {
+                moves.append((key, agentTokensKey(String(key.dropFirst("sidecar:agent-tokens:".count)))))
+            }
+            cursor = next
+            if cursor == "0" { break }
+        }
+        var moved = 0
+        for (old, new) in moves where (try? await redis.send(["RENAMENX", old, new]))?.int == 1 { moved += 1 }
+        if moved > 0 { logger.notice("identity keys moved under the {sidecar} hash tag", metadata: ["keys": "\(moved)"]) }
+    }
+
     private func check(_ v: RedisValue) throws -> RedisValue {
         if case .error(let e) = v { throw RedisError.server(e) }
         return v
@@ -28,17 +55,17 @@ final class RedisIdentityStore: IdentityStore {
     }
 
     func createAgent(_ agent: AgentRecord) async throws {
-        let reply = try check(await redis.send(["HSETNX", "sidecar:agents", agent.id, try json(agent)]))
+        let reply = try check(await redis.send(["HSETNX", Self.agentsKey, agent.id, try json(agent)]))
         guard reply.int == 1 else { throw RedisError.server("agent \(agent.id) exists") }
         try await publish(["type": "agent", "id": agent.id, "status": agent.status.rawValue])
     }
 
     func agent(id: String) async throws -> AgentRecord? {
-        decode(AgentRecord.self, try check(await redis.send(["HGET", "sidecar:agents", id])))
+        decode(AgentRecord.self, try check(await redis.send(["HGET", Self.agentsKey, id])))
     }
 
     func agents(role: String?, status: AgentRecord.Status?) async throws -> [AgentRecord] {
-        let all = try check(await redis.send(["HVALS", "sidecar:agents"])).array ?? []
+        let all = try check(await redis.send(["HVALS", Self.agentsKey])).array ?? []
         return all.compactMap { decode(AgentRecord.self, $0) }
             .filter { (role == nil || $0.role == role) && (status == nil || $0.status == status) }
             .sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
@@ -47,24 +74,24 @@ final class RedisIdentityStore: IdentityStore {
     func setAgentStatus(id: String, status: AgentRecord.Status) async throws -> Bool {
         guard var agent = try await agent(id: id) else { return false }
         agent.status = status
-        _ = try check(await redis.send(["HSET", "sidecar:agents", id, try json(agent)]))
+        _ = try check(await redis.send(["HSET", Self.agentsKey, id, try json(agent)]))
         try await publish(["type": "agent", "id": id, "status": status.rawValue])
         return true
     }
 
     func recordToken(_ token: TokenRecord) async throws {
-        let reply = try check(await redis.send(["HSETNX", "sidecar:tokens", token.jti, try json(token)]))
-        if reply.int == 1 { _ = try check(await redis.send(["SADD", "sidecar:agent-tokens:\(token.agentId)", token.jti])) }
+        let reply = try check(await redis.send(["HSETNX", Self.tokensKey, token.jti, try json(token)]))
+        if reply.int == 1 { _ = try check(await redis.send(["SADD", Self.agentTokensKey(token.agentId), token.jti])) }
     }
 
     func token(jti: String) async throws -> TokenRecord? {
-        decode(TokenRecord.self, try check(await redis.send(["HGET", "sidecar:tokens", jti])))
+        decode(TokenRecord.self, try check(await redis.send(["HGET", Self.tokensKey, jti])))
     }
 
     func tokens(agentId: String) async throws -> [TokenRecord] {
-        let ids = try check(await redis.send(["SMEMBERS", "sidecar:agent-tokens:\(agentId)"])).array?.compactMap(\.string) ?? []
+        let ids = try check(await redis.send(["SMEMBERS", Self.agentTokensKey(agentId)])).array?.compactMap(\.string) ?? []
         guard !ids.isEmpty else { return [] }
-        let values = try check(await redis.send(["HMGET", "sidecar:tokens"] + ids)).array ?? []
+        let values = try check(await redis.send(["HMGET", Self.tokensKey] + ids)).array ?? []
         return values.compactMap { decode(TokenRecord.self, $0) }.sorted { ($0.issuedAt, $0.jti) < ($1.issuedAt, $1.jti) }
     }
 
@@ -72,9 +99,9 @@ final class RedisIdentityStore: IdentityStore {
         guard var record = try await token(jti: jti) else { return false }
         if record.revokedAt == nil {
             record.revokedAt = at
-            _ = try check(await redis.send(["HSET", "sidecar:tokens", jti, try json(record)]))
+            _ = try check(await redis.send(["HSET", Self.tokensKey, jti, try json(record)]))
         }
-        _ = try check(await redis.send(["SADD", "sidecar:revoked", jti]))
+        _ = try check(await redis.send(["SADD", Self.revokedKey, jti]))
         try await publish(["type": "revoke", "jti": jti])
         return true
     }
@@ -83,20 +110,20 @@ final class RedisIdentityStore: IdentityStore {
         var s = IdentitySnapshot()
         // The epoch first: data written after it belongs to its generation.
         s.epoch = try check(await redis.send(["GET", Self.epochKey])).string
-        for v in try check(await redis.send(["HVALS", "sidecar:agents"])).array ?? [] {
+        for v in try check(await redis.send(["HVALS", Self.agentsKey])).array ?? [] {
             if let a = decode(AgentRecord.self, v) {
                 s.agents[a.id] = a.status
                 s.agentRecords.append(a)
             }
         }
-        s.revoked = Set(try check(await redis.send(["SMEMBERS", "sidecar:revoked"])).array?.compactMap(\.string) ?? [])
+        s.revoked = Set(try check(await redis.send(["SMEMBERS", Self.revokedKey])).array?.compactMap(\.string) ?? [])
         return s
     }
 
     /// The fleet's generation of identity data: set once when a fleet first uses a Redis, gone (or
     /// different) when that Redis lost its data — which is how a sidecar tells "no revocations" from
     /// "revocations forgotten".
-    static let epochKey = "sidecar:epoch"
+    static let epochKey = "{sidecar}:epoch"
 
     var tracksEpochs: Bool { true }
 
@@ -108,11 +135,11 @@ final class RedisIdentityStore: IdentityStore {
 
     func merge(_ snapshot: IdentitySnapshot) async throws {
         for agent in snapshot.agentRecords {
-            _ = try check(await redis.send(["HSETNX", "sidecar:agents", agent.id, try json(agent)]))
+            _ = try check(await redis.send(["HSETNX", Self.agentsKey, agent.id, try json(agent)]))
         }
         let revoked = snapshot.revoked.sorted()
         for start in stride(from: 0, to: revoked.count, by: 500) {
-            _ = try check(await redis.send(["SADD", "sidecar:revoked"] + revoked[start..<min(start + 500, revoked.count)]))
+            _ = try check(await redis.send(["SADD", Self.revokedKey] + revoked[start..<min(start + 500, revoked.count)]))
         }
         // Every sidecar reloads the merged data at once.
         try await publish(["type": "reload"])
@@ -124,7 +151,8 @@ final class RedisIdentityStore: IdentityStore {
 /// After (re)connecting, and every 30 s, the identity snapshot is reloaded whole, in case a message was
 /// missed while disconnected.
 struct FleetSubscriber: Sendable {
-    let endpoint: RedisEndpoint
+    /// Where to listen, in order of preference (a cluster's masters; one server's address).
+    let endpoints: @Sendable () -> [RedisEndpoint]
     let state: IdentityState
     let authenticator: Authenticator?
     let logger: Logger
@@ -135,10 +163,14 @@ struct FleetSubscriber: Sendable {
 
     func run() async {
         var backoff: Duration = .milliseconds(50)
+        var attempt = 0
         let channels = [RedisIdentityStore.channel] + handlers.keys.sorted()
         while !Task.isCancelled {
             do {
                 let (stream, continuation) = AsyncStream<RedisValue>.makeStream()
+                let candidates = endpoints()
+                let endpoint = candidates[attempt % candidates.count]
+                attempt += 1
                 let connection = try await RedisConnection.connect(
                     endpoint, timeout: .milliseconds(500), group: MultiThreadedEventLoopGroup.singleton,
                     onPush: { continuation.yield($0) })

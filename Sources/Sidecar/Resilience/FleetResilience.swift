@@ -50,7 +50,7 @@ final class FleetResilience: Sendable {
         var cursor = "0"
         var keys: [String] = []
         for _ in 0..<100 {
-            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", Self.openKeyPrefix + "*", "COUNT", "1000"]),
+            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", Self.openKeyPrefix + "*", "COUNT", "1000"], route: Self.openKeyPrefix),
                 let parts = reply.array, parts.count == 2, let next = parts[0].string
             else { break }
             keys += (parts[1].array ?? []).compactMap(\.string)
