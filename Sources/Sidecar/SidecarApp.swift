@@ -47,7 +47,7 @@ public enum SidecarApp {
             }
             redis = RedisClient(
                 seeds: location.seeds, cluster: location.cluster, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
-                connectTimeout: config.redisConnectTimeout, scripts: [AdmissionScripts.admit, AdmissionScripts.settle] + RunScripts.all, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+                connectTimeout: config.redisConnectTimeout, scripts: AdmissionScripts.all + RunScripts.all, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
             // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
             // is a WRONGPASS now, not a mystery at the first request that needs Redis.
             if let error = await redis?.connectAll() {
@@ -74,9 +74,9 @@ public enum SidecarApp {
         let limits: any LimitStore
         var embeddedLimits: EmbeddedLimitStore?
         if let redis {
-            limits = RedisLimitStore(redis: redis, failure: config.stateFailure, metrics: metrics, logger: logger)
+            limits = RedisLimitStore(redis: redis, failure: config.stateFailure, leaseTTL: config.concurrencyLeaseTTL, metrics: metrics, logger: logger)
         } else {
-            do { embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath) } catch {
+            do { embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath, leaseTTL: config.concurrencyLeaseTTL) } catch {
                 throw StartupError("state.dir: cannot open the embedded store \(config.databasePath) (\(error))")
             }
             limits = embeddedLimits!
@@ -156,11 +156,12 @@ public enum SidecarApp {
         let runs = RunService(
             store: runStore, metrics: metrics, settings: config.runs, policy: policy, logger: logger, sidecarID: config.auth.sidecarID,
             maxFetchBytes: config.limits.maxResponseBodyBytes, publish: publish)
+        let leases = LeaseRenewer(store: limits, ttl: config.concurrencyLeaseTTL, logger: logger)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs)
+            interception: interception, runs: runs, leases: leases)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
@@ -224,6 +225,7 @@ public enum SidecarApp {
         if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
         if let embeddedRuns { background.append { await embeddedRuns.runFlusher() } }
         background.append { await runs.runMaintenance() }
+        background.append { await leases.run() }
         if let redis {
             background.append { await redis.runTopologyRefresher() }
             var subscriber = FleetSubscriber(endpoints: { redis.subscriptionEndpoints() }, state: identityState, authenticator: authenticator, logger: logger)

@@ -3,6 +3,7 @@ rate limit, revocation propagation, Redis failure and recovery, policy reloads u
 
 import concurrent.futures
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -304,3 +305,73 @@ def test_identity_keys_of_an_earlier_version_are_moved_under_the_hash_tag(redis,
     refused = requests.get(f"{b.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": token}, timeout=5)
     assert refused.status_code == 401 and refused.json()["code"] == "token_revoked"
     assert not b.logs("identity store lost its data")
+
+
+LEASE_POLICY = """
+version: 1
+roles:
+  streamer:
+    allow: ["openai:chat", "serpapi:search"]
+    concurrency: 1
+"""
+
+
+def stream_chat(s, token, stop_after=None):
+    """A streamed mock completion (paced by mock.stream_delay); returns (seconds, chunks) or, with
+    `stop_after`, leaves the response open after that many chunks and returns it."""
+    r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", headers={"X-Agent-Token": token}, stream=True, timeout=30,
+                      json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "one two three four five six seven"}]})
+    assert r.status_code == 200, r.text
+    started = time.time()
+    chunks = 0
+    for line in r.iter_lines():
+        if line.startswith(b"data:"):
+            chunks += 1
+            if stop_after and chunks >= stop_after:
+                return r
+    return time.time() - started, chunks
+
+
+def test_concurrency_leases_renew_for_long_calls_and_free_within_the_ttl_when_a_holder_dies(redis, tmp_path, sidecar_factory):
+    keys = tmp_path / "keys"
+    subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LEASE_POLICY)
+    cfg = (f"version: 1\nauth: {{keys_dir: \"{keys}\"}}\npolicy: {{file: \"{policy}\"}}\nmock: {{stream_delay: 700ms}}\n"
+           "state: {concurrency_lease: 3s}\n")
+    a, b = [sidecar_factory(cfg, env={"SIDECAR_ADMIN_TOKEN": ADMIN, "REDIS_URL": redis.url, "SIDECAR_ID": f"sc-{i}",
+                                      "SIDECAR_STATE_DIR": str(tmp_path / f"state{i}")}) for i in range(2)]
+    _, token = token_for(a, role="streamer")
+    wait_known([a, b], token)
+    headers = {"X-Agent-Token": token}
+
+    # A stream that outlives the lease twice over keeps its slot: the other sidecar is refused throughout.
+    result = {}
+    t = threading.Thread(target=lambda: result.update(done=stream_chat(a, token)))
+    t.start()
+    time.sleep(0.5)
+    refusals = 0
+    while t.is_alive():
+        r = requests.get(f"{b.proxy_url}/serpapi/search?q=x", headers=headers, timeout=5)
+        if not t.is_alive():
+            break
+        assert r.status_code == 429 and r.json()["code"] == "concurrency_limited", (r.status_code, r.text)
+        refusals += 1
+        time.sleep(0.3)
+    t.join()
+    seconds, chunks = result["done"]
+    assert seconds > 6 and refusals > 10, (seconds, refusals)
+    assert requests.get(f"{b.proxy_url}/serpapi/search?q=after", headers=headers, timeout=5).status_code == 200
+
+    # The holder dies mid-stream: its slot frees within the lease TTL (3 s), not before its last renewal.
+    held = stream_chat(a, token, stop_after=2)
+    a.signal(signal.SIGKILL)
+    killed = time.time()
+    while True:
+        r = requests.get(f"{b.proxy_url}/serpapi/search?q=dead", headers=headers, timeout=5)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 429 and r.json()["code"] == "concurrency_limited"
+        assert time.time() - killed < 3.5, "the dead holder's slot did not free within the lease TTL"
+        time.sleep(0.1)
+    held.close()

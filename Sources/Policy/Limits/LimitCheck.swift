@@ -123,4 +123,12 @@ public protocol LimitStore: Sendable {
     /// Decides all checks of one request atomically for one agent.
     func admit(agent: String, checks: [LimitCheck], leaseID: String) async throws -> Admission
     func settle(agent: String, _ settlement: Settlement) async throws
+    /// Extends the concurrency leases of calls still running (held longer than a third of the lease
+    /// TTL): a slot held by a live sidecar stays held; one held by a dead sidecar frees within the TTL.
+    func renew(agent: String, leaseIDs: [String]) async throws
+}
+
+extension LimitStore {
+    /// Stores without expiring leases have nothing to renew.
+    public func renew(agent: String, leaseIDs: [String]) async throws {}
 }

@@ -132,6 +132,12 @@ public struct LimitState: Sendable {
         }
     }
 
+    /// Extends the concurrency leases of calls still running to `now + ttl` (a lease already gone —
+    /// settled, or expired because its holder stopped renewing — stays gone).
+    public mutating func renew(agent: String, leaseIDs: [String], now: Int64, ttl: Int64) {
+        for id in leaseIDs where leases[agent]?[id] != nil { leases[agent]?[id] = now + ttl }
+    }
+
     /// Drops expired counters, leases and idle rate state.
     public mutating func prune(now: Int64) {
         counters = counters.filter { $0.value.expires > now }

@@ -142,8 +142,12 @@ public enum ConfigLoader {
         }
 
         let state = root["state"]
-        try state.checkKeys(["dir", "on_redis_failure"])
+        try state.checkKeys(["dir", "on_redis_failure", "concurrency_lease"])
         c.stateDir = try state["dir"].string(default: c.stateDir)
+        c.concurrencyLeaseTTL = try state["concurrency_lease"].duration(default: c.concurrencyLeaseTTL)
+        guard c.concurrencyLeaseTTL >= .seconds(3), c.concurrencyLeaseTTL <= .seconds(3600) else {
+            throw state["concurrency_lease"].error("expected a duration from 3s to 1h")
+        }
         let failure = state["on_redis_failure"]
         try failure.checkKeys(["rate", "concurrency", "quota", "budget"])
         func action(_ key: String, _ value: StateFailurePolicy.Action) throws(DocumentError) -> StateFailurePolicy.Action {

@@ -141,6 +141,9 @@ public struct SidecarConfig: Sendable {
     public var redisCommandTimeout: Duration = .milliseconds(250)
     public var redisConnectTimeout: Duration = .milliseconds(500)
     var stateFailure = StateFailurePolicy()
+    /// `state.concurrency_lease`: how long a concurrency slot stays held without renewal. Calls still
+    /// running renew theirs every third of it; a crashed holder's slot frees within it.
+    var concurrencyLeaseTTL: Duration = .seconds(30)
     var resilience = ResilienceSettings()
     /// Address ranges http_fetch may reach although they are internal (e.g. a lab network).
     public var egressAllow: [CIDR] = []

@@ -115,4 +115,21 @@ enum AdmissionScripts {
         end
         return 1
         """)
+
+    /// KEYS: the agent's concurrency zset. ARGV: lease TTL ms, then the lease ids to extend. Extends
+    /// only leases still present (`XX`): one that was released or swept stays gone. The key's own
+    /// expiry moves with the latest lease.
+    static let renew = LuaScript(
+        """
+        local t = redis.call('TIME')
+        local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+        local n = 0
+        for i = 2, #ARGV do
+          n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_ms, ARGV[i])
+        end
+        if n > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
+        return n
+        """)
+
+    static let all = [admit, settle, renew]
 }

@@ -26,12 +26,22 @@ protocol LoopLimitStore: LimitStore {
 final class LocalLimiter: Sendable {
     let state = Mutex(LimitState())
     private let now: @Sendable () -> Int64
+    /// How long a concurrency lease lasts without renewal (ms).
+    let leaseTTL: Int64
 
-    init(now: @escaping @Sendable () -> Int64 = unixMillis) { self.now = now }
+    init(leaseTTL: Duration = .seconds(30), now: @escaping @Sendable () -> Int64 = unixMillis) {
+        self.now = now
+        self.leaseTTL = leaseTTL.milliseconds
+    }
 
     func admit(agent: String, checks: [LimitCheck], leaseID: String) -> Admission {
         let now = self.now()
-        return state.withLock { $0.admit(agent: agent, checks: checks, leaseID: leaseID, now: now) }
+        return state.withLock { $0.admit(agent: agent, checks: checks, leaseID: leaseID, now: now, leaseTTL: leaseTTL) }
+    }
+
+    func renew(agent: String, leaseIDs: [String]) {
+        let now = self.now()
+        state.withLock { $0.renew(agent: agent, leaseIDs: leaseIDs, now: now, ttl: leaseTTL) }
     }
 
     func settle(agent: String, _ settlement: Settlement) {
@@ -47,8 +57,8 @@ final class EmbeddedLimitStore: LoopLimitStore {
     let limiter: LocalLimiter
     private let db: DatabaseQueue
 
-    init(databasePath: String, now: @escaping @Sendable () -> Int64 = unixMillis) throws {
-        limiter = LocalLimiter(now: now)
+    init(databasePath: String, leaseTTL: Duration = .seconds(30), now: @escaping @Sendable () -> Int64 = unixMillis) throws {
+        limiter = LocalLimiter(leaseTTL: leaseTTL, now: now)
         var config = Configuration()
         config.busyMode = .timeout(5)
         db = databasePath == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabaseQueue(path: databasePath, configuration: config)
@@ -70,6 +80,10 @@ final class EmbeddedLimitStore: LoopLimitStore {
 
     func settle(agent: String, _ settlement: Settlement) async throws {
         limiter.settle(agent: agent, settlement)
+    }
+
+    func renew(agent: String, leaseIDs: [String]) async throws {
+        limiter.renew(agent: agent, leaseIDs: leaseIDs)
     }
 
     func admit(agent: String, checks: [LimitCheck], leaseID: String, on loop: any EventLoop) -> EventLoopFuture<Admission>? {
@@ -160,17 +174,26 @@ struct StateUnavailable: Error, Sendable {
 final class RedisLimitStore: LoopLimitStore {
     let redis: RedisClient
     let failure: StateFailurePolicy
-    let local = LocalLimiter()
+    let local: LocalLimiter
     let metrics: GatewayMetrics
     let logger: Logger
-    private let leaseTTL: Int64 = 300_000
+    private let leaseTTL: Int64
     private let degraded = Atomic<Bool>(false)
 
-    init(redis: RedisClient, failure: StateFailurePolicy, metrics: GatewayMetrics, logger: Logger) {
+    init(redis: RedisClient, failure: StateFailurePolicy, leaseTTL: Duration = .seconds(30), metrics: GatewayMetrics, logger: Logger) {
         self.redis = redis
         self.failure = failure
         self.metrics = metrics
         self.logger = logger
+        self.leaseTTL = leaseTTL.milliseconds
+        local = LocalLimiter(leaseTTL: leaseTTL)
+    }
+
+    /// Extends leases in Redis (and in the local fallback limiter, which holds the leases admitted while
+    /// Redis was away; extending an absent one does nothing).
+    func renew(agent: String, leaseIDs: [String]) async throws {
+        local.renew(agent: agent, leaseIDs: leaseIDs)
+        _ = try await redis.evalsha(AdmissionScripts.renew, keys: ["\(Self.tag(agent)):c"], args: [String(leaseTTL)] + leaseIDs)
     }
 
     static func tag(_ agent: String) -> String { "{a:\(agent)}" }

@@ -12,6 +12,8 @@ extension Pipeline {
         var checks: [LimitCheck]
         var admission: Admission
         var meter: OpenAIUsageMeter?
+        /// The concurrency slot the call holds, renewed while it runs.
+        var lease: HeldLease? = nil
     }
 
     /// What the policy decided for a call that it allows: the stateful checks still to admit, and the
@@ -82,7 +84,11 @@ extension Pipeline {
             metrics?.policyDenied(check.kind.denialKind.rawValue)
             throw Self.limitError(check, admission.results[index])
         }
-        return Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.meter)
+        var admitted = Admitted(agent: identity.agentID, checks: checks, admission: admission, meter: evaluated.meter)
+        if let leases, checks.contains(where: { $0.kind == .concurrency }) {
+            admitted.lease = leases.hold(agent: identity.agentID, leaseID: admission.leaseID)
+        }
+        return admitted
     }
 
     /// A limit store that could not decide: 503 `state_unavailable` (fail closed for that class).
@@ -96,6 +102,7 @@ extension Pipeline {
     /// Releases the concurrency slot and settles budgets; refunds quota when nothing was sent.
     func settle(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?) async {
         guard let admitted, let limits else { return }
+        if let lease = admitted.lease { leases?.release(lease) }
         try? await limits.settle(agent: admitted.agent, Self.settlement(admitted, refund: refund, upstreamStatus: upstreamStatus))
     }
 
@@ -103,6 +110,7 @@ extension Pipeline {
     /// else in a task.
     func settleSoon(_ admitted: Admitted?, refund: Bool, upstreamStatus: Int?, on loop: any EventLoop) {
         guard let admitted else { return }
+        if let lease = admitted.lease { leases?.release(lease) }
         guard let store = loopLimits else {
             Task { await self.settle(admitted, refund: refund, upstreamStatus: upstreamStatus) }
             return

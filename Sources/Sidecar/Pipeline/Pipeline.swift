@@ -62,13 +62,17 @@ final class Pipeline: Sendable {
     let interception: Interception?
     /// Agent runs: calls that name one are charged to it, put on its stream, and can be killed.
     let runs: RunService?
+    /// Keeps the concurrency leases of running calls alive (nil: leases only expire).
+    let leases: LeaseRenewer?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
-        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil
+        resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
+        leases: LeaseRenewer? = nil
     ) {
+        self.leases = leases
         self.interception = interception
         self.runs = runs
         self.policy = policy

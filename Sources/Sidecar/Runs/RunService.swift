@@ -383,7 +383,7 @@ final class RunService: Sendable {
 
     /// Aborts the calls in flight on this sidecar of `run` or of any run below it.
     func killLocal(_ run: String) {
-        killed.withLock { $0.set(run, ()) }
+        _ = killed.withLock { $0.set(run, ()) }
         detectors.withLock { _ = $0.removeValue(forKey: run) }
         let calls = inflight.withLock { f in f.values.filter { $0.reservation?.chain.contains(run) ?? false } }
         for call in calls { kill(call) }
