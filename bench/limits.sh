@@ -26,7 +26,7 @@ for n in embedded redis; do
   cat > "$WORK/$n.yaml" <<CONF
 version: 1
 listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
-state: {dir: "$WORK/state-$n"}
+state: {dir: "$WORK/state-$n", lease: ${LEASE:-auto}}
 auth: {keys_dir: "$WORK/keys"}
 policy: {file: "$WORK/policy.yaml"}
 tools:
@@ -47,22 +47,34 @@ token() { # admin-port
     -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
 }
 T1=$(token $A1); T2=$(token $A2)
-run() { wrk -t2 -c"$4" -d3s -H "X-Agent-Token: $3" "$2" >/dev/null; wrk -t2 -c"$4" -d"${DURATION}s" --latency -H "X-Agent-Token: $3" "$2" > "$WORK/$1.txt"; }
+run() { # name url token connections admin-port
+  wrk -t2 -c"$4" -d3s -H "X-Agent-Token: $3" "$2" >/dev/null
+  local before; before=$(sent "$5")
+  redis-cli -p "$REDIS" CONFIG RESETSTAT >/dev/null
+  wrk -t2 -c"$4" -d"${DURATION}s" --latency -H "X-Agent-Token: $3" "$2" > "$WORK/$1.txt"
+  echo $(( $(sent "$5") - before )) > "$WORK/$1.cmds"
+  redis-cli -p "$REDIS" INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {sub("cmdstat_", "", $1); printf "%s=%s ", $1, $3}' > "$WORK/$1.cmdlist"
+}
+# Redis commands the sidecar sent (its gateway_redis_latency_seconds_count): per request of the measured run.
+sent() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^gateway_redis_latency_seconds_count/ {n = $2} END {print int(n)}'; }
+per_request() { python3 -c "print(f'{$(cat "$WORK/$1.cmds") / $(awk '/requests in/ {print $1}' "$WORK/$1.txt"):.3f}')"; }
 rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.txt"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.txt"; }
 ms() { python3 -c "v='$1'; print(float(v[:-2]) if v.endswith('ms') else float(v[:-2])/1000 if v.endswith('us') else float(v[:-1])*1000)"; }
 REPORT="$OUT/limits-$(date -u +%Y%m%dT%H%M%SZ).txt"
 echo "limits benchmark $(date -u +%FT%TZ), $(nproc) cores, wrk -t2 -d${DURATION}s, redis-server on the same 2 cores" | tee "$REPORT"
 for c in $LOADS; do
-  run embedded-$c "http://127.0.0.1:$P1/serpapi/search?q=bench" "$T1" "$c"
-  run redis-$c "http://127.0.0.1:$P2/serpapi/search?q=bench" "$T2" "$c"
+  run embedded-$c "http://127.0.0.1:$P1/serpapi/search?q=bench" "$T1" "$c" "$A1"
+  run redis-$c "http://127.0.0.1:$P2/serpapi/search?q=bench" "$T2" "$c" "$A2"
   ER=$(rps embedded-$c); RR=$(rps redis-$c)
   {
     echo "-- $c connections"
     printf "%-9s %10s %10s %10s\n" "" "req/s" "p50" "p99"
     printf "%-9s %10s %10s %10s\n" embedded "$ER" "$(pct embedded-$c 50%)" "$(pct embedded-$c 99%)"
     printf "%-9s %10s %10s %10s\n" redis "$RR" "$(pct redis-$c 50%)" "$(pct redis-$c 99%)"
-    echo "ratio redis/embedded req/s: $(python3 -c "print(f'{$RR/$ER:.2f}')") (target >= 0.8)"
+    echo "ratio redis/embedded req/s: $(python3 -c "print(f'{$RR/$ER:.2f}')") (target >= 0.9)"
+    echo "redis commands per request: $(per_request redis-$c) (target <= 0.1 far from limits); inside Redis, scripts included: $(cat "$WORK/redis-$c.cmdlist")"
+    echo "admissions from leased units (since start): $(curl -s "http://127.0.0.1:$A2/metrics" | awk '/^gateway_limit_lease_decisions_total/ {if ($0 ~ /local/) l=$2; else s=$2} END {if (l+s > 0) printf "%.1f %%", 100*l/(l+s); else print "n/a"}')"
     echo "p99 difference: $(python3 -c "print(f'{$(ms "$(pct redis-$c 99%)") - $(ms "$(pct embedded-$c 99%)"):+.2f} ms')") (target <= +0.5 ms)"
     grep -h "Non-2xx" "$WORK"/embedded-$c.txt "$WORK"/redis-$c.txt || true
   } | tee -a "$REPORT"

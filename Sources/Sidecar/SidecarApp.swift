@@ -73,8 +73,16 @@ public enum SidecarApp {
         let policy = try PolicyRuntime(file: config.policyFile, metrics: metrics, logger: logger)
         let limits: any LimitStore
         var embeddedLimits: EmbeddedLimitStore?
+        var leased: LeasedLimitStore?
         if let redis {
-            limits = RedisLimitStore(redis: redis, failure: config.stateFailure, leaseTTL: config.concurrencyLeaseTTL, metrics: metrics, logger: logger)
+            let shared = RedisLimitStore(redis: redis, failure: config.stateFailure, leaseTTL: config.concurrencyLeaseTTL, metrics: metrics, logger: logger)
+            if config.leasedClasses.isEmpty {
+                limits = shared
+            } else {
+                leased = LeasedLimitStore(
+                    inner: shared, classes: config.leasedClasses, leaseTTL: config.concurrencyLeaseTTL, metrics: metrics, logger: logger)
+                limits = leased!
+            }
         } else {
             do { embeddedLimits = try EmbeddedLimitStore(databasePath: config.databasePath, leaseTTL: config.concurrencyLeaseTTL) } catch {
                 throw StartupError("state.dir: cannot open the embedded store \(config.databasePath) (\(error))")
@@ -226,6 +234,7 @@ public enum SidecarApp {
         if let embeddedRuns { background.append { await embeddedRuns.runFlusher() } }
         background.append { await runs.runMaintenance() }
         background.append { await leases.run() }
+        if let leased { background.append { await leased.runMaintenance() } }
         if let redis {
             background.append { await redis.runTopologyRefresher() }
             var subscriber = FleetSubscriber(endpoints: { redis.subscriptionEndpoints() }, state: identityState, authenticator: authenticator, logger: logger)

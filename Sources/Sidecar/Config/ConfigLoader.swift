@@ -142,7 +142,8 @@ public enum ConfigLoader {
         }
 
         let state = root["state"]
-        try state.checkKeys(["dir", "on_redis_failure", "concurrency_lease"])
+        try state.checkKeys(["dir", "on_redis_failure", "concurrency_lease", "lease"])
+        c.leasedClasses = try leaseClasses(state["lease"])
         c.stateDir = try state["dir"].string(default: c.stateDir)
         c.concurrencyLeaseTTL = try state["concurrency_lease"].duration(default: c.concurrencyLeaseTTL)
         guard c.concurrencyLeaseTTL >= .seconds(3), c.concurrencyLeaseTTL <= .seconds(3600) else {
@@ -407,6 +408,23 @@ public enum ConfigLoader {
     static func hostPort(_ s: String, _ node: DocumentReader) throws(DocumentError) -> HostPort {
         guard let hp = HostPort.parse(s) else { throw node.error("expected host:port, got '\(s)'") }
         return hp
+    }
+
+    /// `state.lease`: `auto` (every class), `off`, or per class `{rate, concurrency, quota, budget}`.
+    static func leaseClasses(_ node: DocumentReader) throws(DocumentError) -> Set<LimitCheck.Kind> {
+        func on(_ value: String?, _ node: DocumentReader) throws(DocumentError) -> Bool {
+            switch value {
+            case nil, "auto": return true
+            case "off": return false
+            default: throw node.error("expected auto or off")
+            }
+        }
+        guard node.isPresent else { return Set(LimitCheck.Kind.allCases) }
+        if case .scalar? = node.node { return try on(try node.string(), node) ? Set(LimitCheck.Kind.allCases) : [] }
+        try node.checkKeys(Set(LimitCheck.Kind.allCases.map(\.rawValue)))
+        var classes: Set<LimitCheck.Kind> = []
+        for kind in LimitCheck.Kind.allCases where try on(try node[kind.rawValue].string(), node[kind.rawValue]) { classes.insert(kind) }
+        return classes
     }
 
     static func positive(_ node: DocumentReader, default value: Duration) throws(DocumentError) -> Duration {

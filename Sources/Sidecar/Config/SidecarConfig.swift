@@ -144,6 +144,8 @@ public struct SidecarConfig: Sendable {
     /// `state.concurrency_lease`: how long a concurrency slot stays held without renewal. Calls still
     /// running renew theirs every third of it; a crashed holder's slot frees within it.
     var concurrencyLeaseTTL: Duration = .seconds(30)
+    /// `state.lease`: the limit classes a sidecar leases from Redis in batches (`LimitLeases`).
+    var leasedClasses: Set<LimitCheck.Kind> = Set(LimitCheck.Kind.allCases)
     var resilience = ResilienceSettings()
     /// Address ranges http_fetch may reach although they are internal (e.g. a lab network).
     public var egressAllow: [CIDR] = []

@@ -199,65 +199,102 @@ final class RedisLimitStore: LoopLimitStore {
     static func tag(_ agent: String) -> String { "{a:\(agent)}" }
 
     func admit(agent: String, checks: [LimitCheck], leaseID: String) async throws -> Admission {
-        guard !checks.isEmpty else { return Admission(admitted: true, results: [], leaseID: leaseID) }
-        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID)
-        do {
-            return try admission(try await redis.evalsha(AdmissionScripts.admit, keys: keys, args: args), checks: checks, leaseID: leaseID)
-        } catch let error as RedisError {
-            return try fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
-        }
+        try await admit(agent: agent, checks: checks, leaseID: leaseID, wants: nil).admission
     }
 
     func admit(agent: String, checks: [LimitCheck], leaseID: String, on loop: any EventLoop) -> EventLoopFuture<Admission>? {
-        guard !checks.isEmpty else { return loop.makeSucceededFuture(Admission(admitted: true, results: [], leaseID: leaseID)) }
-        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID)
+        admit(agent: agent, checks: checks, leaseID: leaseID, wants: nil, on: loop)?.map(\.admission)
+    }
+
+    /// A decision with its lease grants: `wants` extra units per check (`LimitLeases.wants`), the
+    /// grant per check in `extras` (none when Redis was away and the failure policy decided).
+    func admit(agent: String, checks: [LimitCheck], leaseID: String, wants: [Int]?) async throws -> (admission: Admission, extras: [Int]) {
+        guard !checks.isEmpty else { return (Admission(admitted: true, results: [], leaseID: leaseID), []) }
+        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID, wants: wants)
+        do {
+            return try admission(try await redis.evalsha(AdmissionScripts.admit, keys: keys, args: args), checks: checks, leaseID: leaseID)
+        } catch let error as RedisError {
+            return (try fallback(agent: agent, checks: checks, leaseID: leaseID, error: error), [])
+        }
+    }
+
+    func admit(agent: String, checks: [LimitCheck], leaseID: String, wants: [Int]?, on loop: any EventLoop) -> EventLoopFuture<(admission: Admission, extras: [Int])>? {
+        guard !checks.isEmpty else { return loop.makeSucceededFuture((Admission(admitted: true, results: [], leaseID: leaseID), [])) }
+        let (keys, args) = admitCommand(agent: agent, checks: checks, leaseID: leaseID, wants: wants)
         return redis.evalsha(AdmissionScripts.admit, keys: keys, args: args, on: loop)?
             .flatMapThrowing { try self.admission($0, checks: checks, leaseID: leaseID) }
             .flatMapErrorThrowing { error in
                 guard let error = error as? RedisError else { throw error }
-                return try self.fallback(agent: agent, checks: checks, leaseID: leaseID, error: error)
+                return (try self.fallback(agent: agent, checks: checks, leaseID: leaseID, error: error), [])
             }
     }
 
     /// The admission script's keys and arguments (see `AdmissionScripts.admit`).
-    private func admitCommand(agent: String, checks: [LimitCheck], leaseID: String) -> (keys: [String], args: [String]) {
+    private func admitCommand(agent: String, checks: [LimitCheck], leaseID: String, wants: [Int]?) -> (keys: [String], args: [String]) {
         let tag = Self.tag(agent)
         var keys: [String] = []
         var args: [String] = [leaseID, String(leaseTTL), String(checks.count)]
-        for c in checks {
+        for (i, c) in checks.enumerated() {
+            let want = wants.map { i < $0.count ? String($0[i]) : "0" } ?? "0"
             switch c.kind {
             case .concurrency:
                 keys.append("\(tag):c")
-                args += ["c", c.mode == .enforce ? "1" : "0", String(c.limit), "0", "0", "0"]
+                args += ["c", c.mode == .enforce ? "1" : "0", String(c.limit), "0", "0", "0", want]
             case .rate:
                 keys.append("\(tag):\(c.key)")
                 let g = c.gcra
-                args += ["r", c.mode == .enforce ? "1" : "0", String(c.limit), String(Int64(g.interval * 1000)), String(Int64(g.tolerance * 1000)), "0"]
+                args += ["r", c.mode == .enforce ? "1" : "0", String(c.limit), String(Int64(g.interval * 1000)), String(Int64(g.tolerance * 1000)), "0", want]
             case .quota, .budget:
                 let w = c.window!
                 keys += ["\(tag):\(c.key):\(w.currentID)", "\(tag):\(c.key):\(w.nextID)"]
-                args += [c.kind == .quota ? "q" : "b", c.mode == .enforce ? "1" : "0", String(c.limit), String(c.cost), String(w.currentEnd), String(w.nextEnd)]
+                args += [c.kind == .quota ? "q" : "b", c.mode == .enforce ? "1" : "0", String(c.limit), String(c.cost), String(w.currentEnd), String(w.nextEnd), want]
             }
         }
         return (keys, args)
     }
 
-    /// The script's reply as the decision.
-    private func admission(_ reply: RedisValue, checks: [LimitCheck], leaseID: String) throws -> Admission {
-        guard let a = reply.array, a.count == 2 + 4 * checks.count, let admitted = a[0].int else {
+    /// The script's reply as the decision and the lease grants.
+    private func admission(_ reply: RedisValue, checks: [LimitCheck], leaseID: String) throws -> (admission: Admission, extras: [Int]) {
+        guard let a = reply.array, a.count == 2 + 5 * checks.count, let admitted = a[0].int else {
             throw RedisError(kind: .protocolError, message: "unexpected admission reply")
         }
         recovered()
         var results: [LimitResult] = []
         results.reserveCapacity(checks.count)
+        var extras: [Int] = []
+        extras.reserveCapacity(checks.count)
         for i in 0..<checks.count {
-            let b = 2 + i * 4
+            let b = 2 + i * 5
             results.append(
                 LimitResult(
                     allowed: a[b].int == 1, remaining: Int(a[b + 1].int ?? 0), resetMilliseconds: a[b + 2].int ?? 0,
                     windowIndex: Int(a[b + 3].int ?? 0)))
+            extras.append(Int(a[b + 4].int ?? 0))
         }
-        return Admission(admitted: admitted == 1, results: results, leaseID: leaseID)
+        return (Admission(admitted: admitted == 1, results: results, leaseID: leaseID), extras)
+    }
+
+    /// Gives back leased units and slots this sidecar did not spend, one script call per agent.
+    func giveBack(_ items: [LimitLeases.GiveBack]) async throws {
+        for (agent, group) in Dictionary(grouping: items, by: \.agent) {
+            let tag = Self.tag(agent)
+            var keys: [String] = []
+            var args: [String] = [String(group.count)]
+            for g in group {
+                switch g.kind {
+                case .concurrency:
+                    keys.append("\(tag):c")
+                    args += ["c", "0", String(g.slots.count)] + g.slots
+                case .rate:
+                    keys.append("\(tag):\(g.key)")
+                    args += ["r", String(Int64(Double(g.units) * g.intervalMicros)), "0"]
+                case .quota, .budget:
+                    keys.append("\(tag):\(g.key):\(g.window ?? "-")")
+                    args += ["q", String(g.units), "0"]
+                }
+            }
+            _ = try await redis.evalsha(AdmissionScripts.giveBack, keys: keys, args: args)
+        }
     }
 
     /// Applies the per-class failure policy when Redis cannot answer.

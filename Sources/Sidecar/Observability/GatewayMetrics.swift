@@ -24,6 +24,9 @@ public final class GatewayMetrics: Sendable {
     let agentCreations: Prometheus.Counter
     private let securityEvents: [String: Prometheus.Counter]
     private let stateFallbacks: [String: Prometheus.Counter]
+    /// Limit admissions decided from leased units (`local`) or by a Redis round trip (`store`).
+    let leaseLocal: Prometheus.Counter
+    let leaseStore: Prometheus.Counter
     let policyReloadFailures: Prometheus.Counter
     private let policyDenials: [String: Prometheus.Counter]
     private let policyWouldDeny: [String: Prometheus.Counter]
@@ -144,6 +147,11 @@ public final class GatewayMetrics: Sendable {
         stateFallbacks = Dictionary(uniqueKeysWithValues: ["rate", "quota", "budget", "concurrency"].map {
             ($0, registry.makeCounter(descriptor: fallback, labels: [("class", $0)]))
         })
+        let leaseDecisions = MetricNameDescriptor(
+            namespace: "gateway", metricName: "limit_lease_decisions", unitName: "total",
+            helpText: "Requests with Redis-shared limits admitted from units this sidecar leased (where=local) or decided by a Redis round trip (where=store).")
+        leaseLocal = registry.makeCounter(descriptor: leaseDecisions, labels: [("where", "local")])
+        leaseStore = registry.makeCounter(descriptor: leaseDecisions, labels: [("where", "store")])
         policyReloadFailures = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "policy_reload_failures", unitName: "total",
