@@ -264,3 +264,30 @@ def test_a_reload_halving_a_quota_mid_lease_admits_exactly_the_new_limit(redis, 
     second = burst(400, "b")
     assert all(o in ((200, "ok"), (429, "quota_exceeded")) for o in second)
     assert 300 + second.count((200, "ok")) == 500, second.count((200, "ok"))
+
+
+def quota_used(redis, agent):
+    r = redis_py.Redis(port=redis.port)
+    keys = r.keys("{a:" + agent + "}:q:*")
+    return sum(int(r.get(k) or 0) for k in keys)
+
+
+def test_unspent_units_go_back_when_idle_and_at_shutdown(redis, tmp_path, sidecar_factory):
+    (s,), _ = start_fleet(tmp_path, sidecar_factory, redis, QUOTA.replace("LIMIT", "100000"), n=1)
+    agent, token = token_for(s, role="agent")
+
+    def burst(tag):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(lambda i: search(s, token, f"{tag}{i}"), range(400)))
+
+    assert burst("a").count((200, "ok")) == 400
+    held = quota_used(redis, agent) - 400
+    assert held > 0, "the burst should have leased units beyond its calls"
+    deadline = time.time() + 5
+    while quota_used(redis, agent) != 400:  # idle after 2 s: given back
+        assert time.time() < deadline, (quota_used(redis, agent), held)
+        time.sleep(0.1)
+    assert burst("b").count((200, "ok")) == 400
+    assert quota_used(redis, agent) > 800
+    s.stop()  # SIGTERM: everything held goes back before exit
+    assert quota_used(redis, agent) == 800
