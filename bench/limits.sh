@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Limits benchmark: the same proxied call (serpapi route to a fast nginx backend, agent token on the cached
 # path) through two sidecars in one run — one deciding its limits in the embedded store, one in Redis
-# (one EVALSHA per request: concurrency + rate + quota). Limits are set high so nothing is refused:
-# this measures the cost of deciding, not of refusing. Target: Redis >= 0.8x embedded req/s, p99 within +0.5 ms.
+# (leases on unless LEASE=off: most requests decided from units the sidecar leased; otherwise one EVALSHA
+# per request for concurrency + rate + quota). Limits are set high so nothing is refused: this measures
+# the cost of deciding, not of refusing. Targets: Redis >= 0.9x embedded req/s, p99 within +0.5 ms,
+# <= 0.1 Redis commands per request. CLUSTER=1 adds a third sidecar on a 3-master Redis Cluster
+# (target: >= 0.9x the single Redis).
 source "$(dirname "$0")/common.sh"
 LOADS=${LOADS:-"4 64"}   # wrk connections: moderate load (latency cost) and saturation (throughput cost)
-BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
+BACKEND=$(free_port); REDIS=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port); P3=$(free_port); A3=$(free_port)
+NAMES="embedded redis"
+if [[ "${CLUSTER:-0}" == 1 ]]; then
+  NAMES="embedded redis cluster"
+  # Cluster nodes need their bus port (+10000) free too: taken from 2xxxx.
+  CPORTS=(); while (( ${#CPORTS[@]} < 3 )); do p=$((20000 + RANDOM % 10000)); python3 -c "import socket
+for q in ($p, $p + 10000): socket.socket().bind(('127.0.0.1', q))" 2>/dev/null && CPORTS+=("$p"); done
+fi
 build_sidecar
 
 write_backend
@@ -21,8 +31,12 @@ roles:
         quota: {limit: 1000000000, window: day, timezone: UTC}
 CONF
 mkdir -p "$WORK/keys" && "$SIDECAR_BIN" keys init "$WORK/keys" >/dev/null
-for n in embedded redis; do
-  if [[ $n == embedded ]]; then P=$P1; A=$A1; R=""; else P=$P2; A=$A2; R="redis: {url: \"redis://127.0.0.1:$REDIS/0\"}"; fi
+for n in $NAMES; do
+  case $n in
+    embedded) P=$P1; A=$A1; R="" ;;
+    redis) P=$P2; A=$A2; R="redis: {url: \"redis://127.0.0.1:$REDIS/0\"}" ;;
+    cluster) P=$P3; A=$A3; R="redis: {url: \"redis+cluster://127.0.0.1:${CPORTS[0]},127.0.0.1:${CPORTS[1]}\"}" ;;
+  esac
   cat > "$WORK/$n.yaml" <<CONF
 version: 1
 listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
@@ -36,17 +50,30 @@ CONF
 done
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
+if [[ "${CLUSTER:-0}" == 1 ]]; then
+  for p in "${CPORTS[@]}"; do
+    mkdir -p "$WORK/node-$p"
+    (cd "$WORK/node-$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+      --save '' --appendonly no >/dev/null) & PIDS+=($!)
+  done
+  sleep 0.5
+  redis-cli --cluster create "${CPORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do redis-cli -p "${CPORTS[0]}" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+fi
 sleep 0.3
-SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/embedded.yaml" > "$WORK/embedded.log" 2>&1 & PIDS+=($!)
-SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/redis.yaml" > "$WORK/redis.log" 2>&1 & PIDS+=($!)
-for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
+for n in $NAMES; do
+  SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/$n.yaml" > "$WORK/$n.log" 2>&1 & PIDS+=($!)
+done
+for a in $A1 $A2 $A3; do
+  [[ $a == "$A3" && "${CLUSTER:-0}" != 1 ]] && continue
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
 token() { # admin-port
   local agent; agent=$(curl -fs -X POST "http://127.0.0.1:$1/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
     -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
   curl -fs -X POST "http://127.0.0.1:$1/api/agents/$agent/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
     -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
 }
-T1=$(token $A1); T2=$(token $A2)
+T1=$(token $A1); T2=$(token $A2); [[ "${CLUSTER:-0}" == 1 ]] && T3=$(token $A3)
 run() { # name url token connections admin-port
   wrk -t2 -c"$4" -d3s -H "X-Agent-Token: $3" "$2" >/dev/null
   local before; before=$(sent "$5")
@@ -78,4 +105,13 @@ for c in $LOADS; do
     echo "p99 difference: $(python3 -c "print(f'{$(ms "$(pct redis-$c 99%)") - $(ms "$(pct embedded-$c 99%)"):+.2f} ms')") (target <= +0.5 ms)"
     grep -h "Non-2xx" "$WORK"/embedded-$c.txt "$WORK"/redis-$c.txt || true
   } | tee -a "$REPORT"
+  if [[ "${CLUSTER:-0}" == 1 ]]; then
+    run cluster-$c "http://127.0.0.1:$P3/serpapi/search?q=bench" "$T3" "$c" "$A3"
+    CR=$(rps cluster-$c)
+    {
+      printf "%-9s %10s %10s %10s\n" cluster "$CR" "$(pct cluster-$c 50%)" "$(pct cluster-$c 99%)"
+      echo "ratio cluster/redis req/s: $(python3 -c "print(f'{$CR/$RR:.2f}')") (target >= 0.9); cluster commands per request: $(per_request cluster-$c)"
+      grep -h "Non-2xx" "$WORK"/cluster-$c.txt || true
+    } | tee -a "$REPORT"
+  fi
 done
