@@ -227,6 +227,7 @@ def test_concurrency_is_never_exceeded_fleet_wide_and_a_killed_holders_slots_ret
             time.sleep(0.1)
         with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
             list(pool.map(lambda i: search(a, token, f"a{i}"), range(200)))
+        time.sleep(0.3)  # A's releases and trims of excess free slots land (lazy releases, 100 ms rounds)
         held = slots.zcard("{a:" + agent + "}:c")  # all A's: B and C hold none now
         assert held > 0, "A should hold pooled slots after its burst"
         a.signal(signal.SIGKILL)

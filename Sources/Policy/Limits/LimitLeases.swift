@@ -187,7 +187,9 @@ public struct LimitLeases: Sendable {
         }
         let wanted = want(check, pool, now: now, tuning: tuning)
         var refill = false
-        if result != nil, !pool.refilling, wanted > 0, lowWater(check, pool, wanted: wanted) {
+        // Near the limit (headroom under `share`) nothing is refilled: a refill takes a unit for itself,
+        // and the last units must go to calls, decided one by one.
+        if result != nil, !pool.refilling, wanted > 0, pool.remaining >= share, lowWater(check, pool, wanted: wanted) {
             pool.refilling = true
             refill = true
         }
