@@ -61,7 +61,7 @@ tools:
 CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
-ENVS=(SERPAPI_API_KEY=bench-serp-key OPENAI_API_KEY=sk-bench-key GMAIL_ACCESS_TOKEN=ya29.bench SIDECAR_ADMIN_TOKEN=benchadmin0123456789)
+ENVS=(SERPAPI_API_KEY=9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0 OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 GMAIL_ACCESS_TOKEN=ya29.a0AfH6SMBx1234567890abcdefghijklmnopqrstuvwxyzABCDEFGHIJ SIDECAR_ADMIN_TOKEN=benchadmin0123456789)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/open.yaml" > "$WORK/open.log" 2>&1 & OPEN=$!; PIDS+=($OPEN)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/policy-side.yaml" > "$WORK/policy.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
 for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done

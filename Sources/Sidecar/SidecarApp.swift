@@ -131,10 +131,15 @@ public enum SidecarApp {
         let transport = chaos
         let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
         started.add { try? await oauthClient.shutdown() }
-        let gmail = GmailTokenProvider(endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow)
+        // Every value the sidecar injects, and the canaries: what no outbound call may carry.
+        let secrets = SecretCatalog()
+        secrets.set("canaries", config.vault.canaries.sorted { $0.key < $1.key }.map { .init(label: "canary \($0.key)", value: $0.value, canary: true) })
+        let gmail = GmailTokenProvider(
+            endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow,
+            onToken: { secrets.set("gmail-token", [.init(label: Tool.gmailSend.rawValue, value: $0.reveal(), canary: false)]) })
         let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
         let credentials = try VaultCredentialSource(
-            directory: config.vaultDir, kek: kek, fallback: credentialsFromEnvironment(config, environment), gmail: gmail)
+            directory: config.vaultDir, kek: kek, fallback: credentialsFromEnvironment(config, environment), gmail: gmail, catalog: secrets)
         if !credentials.versions.isEmpty {
             logger.info("vault unsealed", metadata: ["versions": "\(credentials.versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
         }
@@ -169,7 +174,7 @@ public enum SidecarApp {
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs, leases: leases)
+            interception: interception, runs: runs, leases: leases, secrets: secrets)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(

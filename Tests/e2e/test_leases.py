@@ -94,15 +94,13 @@ def search(s, token, q, session=None):
     return r.status_code, (r.json().get("code") if r.status_code != 200 else "ok")
 
 
-QUOTA = """
-version: 1
-roles:
-  agent:
-    allow: ["serpapi:search", "http_fetch:*"]
-    rules:
-      - scope: serpapi:search
-        quota: {limit: LIMIT, window: day, timezone: UTC}
-"""
+def agent_policy(rule):
+    """A role `agent` allowed search and fetch, with one rule on search."""
+    return ("version: 1\nroles:\n  agent:\n    allow: [\"serpapi:search\", \"http_fetch:*\"]\n    rules:\n"
+            f"      - scope: serpapi:search\n        {rule}\n")
+
+
+QUOTA = agent_policy("quota: {limit: LIMIT, window: day, timezone: UTC}")
 
 
 def test_a_quota_stays_exact_while_most_calls_never_reach_redis(redis, tmp_path, sidecar_factory):
@@ -134,15 +132,7 @@ def test_leases_off_decides_every_call_in_redis(redis, tmp_path, sidecar_factory
     assert evalsha_calls(redis) - before >= 100
 
 
-RATE = """
-version: 1
-roles:
-  agent:
-    allow: ["serpapi:search", "http_fetch:*"]
-    rules:
-      - scope: serpapi:search
-        rate: {limit: 100, per: 1s, burst: 40}
-"""
+RATE = agent_policy("rate: {limit: 100, per: 1s, burst: 40}")
 
 
 def test_a_rate_limit_stays_within_its_burst_across_three_sidecars(redis, tmp_path, sidecar_factory):

@@ -132,7 +132,12 @@ public enum ConfigLoader {
         c.auth.requireRegisteredAgents = try auth["require_registered_agents"].bool(default: true)
 
         let vault = root["vault"]
-        try vault.checkKeys(["dir", "kek_env", "kek_file", "gmail_token_url"])
+        try vault.checkKeys(["dir", "kek_env", "kek_file", "gmail_token_url", "canaries"])
+        for (id, value) in try vault["canaries"].entries() {
+            let text = try value.requiredString()
+            guard text.utf8.count >= 8 else { throw value.error("a canary must be at least 8 bytes (shorter ones could match by chance)") }
+            c.vault.canaries[id] = text
+        }
         c.vault.dir = try vault["dir"].string()
         c.vault.kekEnv = try vault["kek_env"].string(default: c.vault.kekEnv)
         c.vault.kekFile = try vault["kek_file"].string()

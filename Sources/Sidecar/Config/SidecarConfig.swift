@@ -99,6 +99,9 @@ public struct VaultSettings: Sendable, Hashable {
     public var kekEnv = "KEK_BASE64"
     public var kekFile: String?
     public var gmailTokenURL = "https://oauth2.googleapis.com/token"
+    /// `vault.canaries`: values that look like real keys, planted where an agent could find them; any
+    /// appearance in an outbound call is refused and raises a `canary` security event.
+    public var canaries: [String: String] = [:]
 }
 
 /// The whole configuration, compiled once at start and on reload.

@@ -46,6 +46,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case stateUnavailable = "state_unavailable"
         // Resilience and egress.
         case egressDenied = "egress_denied"
+        case secretExfiltration = "secret_exfiltration"
         case breakerOpen = "breaker_open"
         case toolSaturated = "tool_saturated"
         case toolThrottled = "tool_throttled"
@@ -90,7 +91,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
             case .misdirectedRequest: return .misdirectedRequest
-            case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied: return .forbidden
+            case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied, .secretExfiltration: return .forbidden
             case .breakerOpen, .toolSaturated: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
@@ -127,6 +128,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .unsupportedMediaType: return "Unsupported media type"
             case .ambiguousParameter: return "Ambiguous parameter"
             case .ambiguousHeader: return "Ambiguous header field"
+            case .secretExfiltration: return "A secret in the outbound call"
             case .requestTimeout: return "Request not received in time"
             case .connectRefused: return "CONNECT tunnels are not opened"
             case .connectPortDenied: return "CONNECT port not allowed"

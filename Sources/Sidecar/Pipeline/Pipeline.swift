@@ -64,15 +64,18 @@ final class Pipeline: Sendable {
     let runs: RunService?
     /// Keeps the concurrency leases of running calls alive (nil: leases only expire).
     let leases: LeaseRenewer?
+    /// The secrets no outbound call may carry (nil: not checked, in tests of other stages).
+    let secrets: SecretCatalog?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
         resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
-        leases: LeaseRenewer? = nil
+        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil
     ) {
         self.leases = leases
+        self.secrets = secrets
         self.interception = interception
         self.runs = runs
         self.policy = policy
@@ -421,6 +424,7 @@ final class Pipeline: Sendable {
         case .compat:
             record.entry = .compat
             if let problem = SingleValuedFields.problem(in: request.head.headers, entry: .compat) { throw problem }
+            try checkExfiltration(request, tool: nil)
             return nil
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
@@ -430,6 +434,7 @@ final class Pipeline: Sendable {
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
                 ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy, memo: request.credentials)
             let identity = try authenticate(token: token, headers: request.head.headers, record: &record, memo: request.credentials)
+            try checkExfiltration(request, tool: tool)
             let run = try runID(headers: request.head.headers, identity: identity, record: &record)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: QueryString(parsing: query),

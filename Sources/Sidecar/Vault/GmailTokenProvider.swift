@@ -46,9 +46,13 @@ actor GmailTokenProvider {
     /// Refresh this long before expiry, so a request never goes out with a token about to die.
     static let margin: Int64 = 60
 
-    init(endpoint: any OAuthTokenEndpoint, now: @escaping @Sendable () -> Int64) {
+    /// Told each new access token (the exfiltration check's catalog).
+    private let onToken: (@Sendable (Credential) -> Void)?
+
+    init(endpoint: any OAuthTokenEndpoint, now: @escaping @Sendable () -> Int64, onToken: (@Sendable (Credential) -> Void)? = nil) {
         self.endpoint = endpoint
         self.now = now
+        self.onToken = onToken
     }
 
     func accessToken(for secret: OAuthRefreshSecret, version: Int) async throws -> Credential {
@@ -66,6 +70,7 @@ actor GmailTokenProvider {
         let (credential, expiresAt) = try await task.value
         exchanges += 1
         cached = (version, credential, expiresAt)
+        onToken?(credential)
         return credential
     }
 }

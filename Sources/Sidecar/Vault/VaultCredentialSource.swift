@@ -11,8 +11,11 @@ final class VaultCredentialSource: CredentialSource {
     private let gmail: GmailTokenProvider
     private let directory: String
     private let kek: KeyEncryptionKey?
+    /// Told every credential value this source holds, for the exfiltration check.
+    private let catalog: SecretCatalog?
 
-    init(directory: String, kek: KeyEncryptionKey?, fallback: [Tool: Credential], gmail: GmailTokenProvider) throws {
+    init(directory: String, kek: KeyEncryptionKey?, fallback: [Tool: Credential], gmail: GmailTokenProvider, catalog: SecretCatalog? = nil) throws {
+        self.catalog = catalog
         self.directory = directory
         self.kek = kek
         self.fallback = PerTool(fallback)
@@ -25,10 +28,29 @@ final class VaultCredentialSource: CredentialSource {
     func reload() throws -> [Tool: Int] {
         let fresh = try VaultContents.load(directory: directory, kek: kek)
         contents.withLock { $0 = fresh }
+        catalog?.set("vault", Self.catalogued(fresh, fallback: fallback))
         return fresh.versions
     }
 
     var versions: [Tool: Int] { contents.withLock { $0.versions } }
+
+    /// Every value the vault and the environment hold, labelled by tool (the label is all a refusal names).
+    static func catalogued(_ contents: VaultContents, fallback: PerTool<Credential>) -> [ExfiltrationScanner.Secret] {
+        var out: [ExfiltrationScanner.Secret] = []
+        for tool in Tool.allCases {
+            switch contents.secrets[tool] {
+            case .apiKey(let c)?:
+                out.append(.init(label: tool.rawValue, value: c.reveal(), canary: false))
+            case .oauthRefresh(let secret, _)?:
+                out.append(.init(label: tool.rawValue, value: secret.refreshToken, canary: false))
+                out.append(.init(label: tool.rawValue, value: secret.clientSecret, canary: false))
+            case nil:
+                break
+            }
+            if let c = fallback[tool] { out.append(.init(label: tool.rawValue, value: c.reveal(), canary: false)) }
+        }
+        return out
+    }
 
     /// API keys and environment credentials are in memory; an OAuth access token may need a refresh.
     func readyCredential(for tool: Tool) -> CredentialLookup {
