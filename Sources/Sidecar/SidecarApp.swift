@@ -41,9 +41,17 @@ public enum SidecarApp {
         if let url = config.redisURL, var location = RedisLocation.parse(url, cluster: config.redisCluster) {
             // A `redis://` URL that names a cluster node is followed as a cluster: sent as one server, every
             // key on another node would answer MOVED (and read as "Redis down").
-            if !location.cluster, await RedisClient.isClusterNode(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout)) {
+            switch await RedisClient.isClusterNode(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout)) {
+            case true? where !location.cluster:
                 logger.notice("redis is a cluster node; following the cluster", metadata: ["redis": "\(location)"])
                 location.cluster = true
+            case false? where location.cluster:
+                // Configured as a cluster, but the server says it is not one: routing by slot would find no
+                // slot table and fail every command.
+                logger.warning("redis is configured as a cluster but the server is not one; using it as one server", metadata: ["redis": "\(location)"])
+                location = RedisLocation(seeds: [location.seeds[0]], cluster: false)
+            default:
+                break
             }
             redis = RedisClient(
                 seeds: location.seeds, cluster: location.cluster, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
@@ -136,7 +144,7 @@ public enum SidecarApp {
         secrets.set("canaries", config.vault.canaries.sorted { $0.key < $1.key }.map { .init(label: "canary \($0.key)", value: $0.value, canary: true) })
         let gmail = GmailTokenProvider(
             endpoint: HTTPTokenEndpoint(client: oauthClient, url: config.vault.gmailTokenURL), now: unixNow,
-            onToken: { secrets.set("gmail-token", [.init(label: Tool.gmailSend.rawValue, value: $0.reveal(), canary: false)]) })
+            onToken: { secrets.add("gmail-token", .init(label: Tool.gmailSend.rawValue, value: $0.reveal(), canary: false), keep: 2) })
         let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
         let credentials = try VaultCredentialSource(
             directory: config.vaultDir, kek: kek, fallback: credentialsFromEnvironment(config, environment), gmail: gmail, catalog: secrets)

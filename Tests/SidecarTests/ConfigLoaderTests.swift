@@ -60,6 +60,13 @@ struct ConfigLoaderTests {
         ("chaos: {tools: {serpapi: {error_rate: 1.2}}}", "chaos.tools.serpapi.error_rate"),
         ("chaos: {tools: {serpapi: {error_statuses: [404]}}}", "chaos.tools.serpapi.error_statuses"),
         ("chaos: {tools: {nosuch: {error_rate: 0.1}}}", "chaos.tools.nosuch"),
+        ("state: {lease: sometimes}", "state.lease"),
+        ("state: {lease: {quota: maybe}}", "state.lease.quota"),
+        ("state: {lease: {quotas: off}}", "state.lease.quotas"),
+        ("state: {concurrency_lease: 1s}", "state.concurrency_lease"),
+        ("redis: {url: 'redis+cluster://a:1/2'}", "redis.url"),
+        ("redis: {url: 'redis://a:1,b:2'}", "redis.url"),
+        ("vault: {canaries: {short: abc}}", "vault.canaries.short"),
     ])
     func namesTheOffendingField(_ yaml: String, _ path: String) {
         do {
@@ -104,5 +111,13 @@ struct ConfigLoaderTests {
         #expect(c.proxyListen.port == 0 && c.chaos.enabled && c.redisURL == "redis://127.0.0.1:6379/0")
         #expect(c.mockTools.isEmpty && c.logLevel == "warning")
         #expect(throws: DocumentError.self) { try ConfigLoader.applyEnvironment(["FF_CHAOS": "sometimes"], to: &c) }
+    }
+
+    @Test func leaseClassesAndClusterLocations() throws {
+        #expect(try ConfigLoader.parse("version: 1").leasedClasses == Set(LimitCheck.Kind.allCases))
+        #expect(try ConfigLoader.parse("state: {lease: off}").leasedClasses.isEmpty)
+        #expect(try ConfigLoader.parse("state: {lease: {quota: off, rate: auto}}").leasedClasses == [.rate, .concurrency, .budget])
+        let c = try ConfigLoader.parse("redis: {url: 'redis://10.0.0.1:7000', cluster: true}")
+        #expect(c.redisCluster && RedisLocation.parse(c.redisURL!, cluster: c.redisCluster)?.cluster == true)
     }
 }

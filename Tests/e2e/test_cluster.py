@@ -183,3 +183,15 @@ def test_a_killed_master_fails_over_and_the_sidecar_recovers_without_restart(rep
     text = requests.get(f"{s.admin_url}/metrics", timeout=5).text
     assert metric(text, "gateway_state_fallback_total", **{"class": "quota"}) >= len(outage) > 0
     assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["redis"] == "up"
+
+
+def test_a_cluster_url_to_a_plain_redis_is_used_as_one_server(tmp_path, fleet):
+    from conftest import Redis
+    r = Redis()
+    try:
+        (s,) = fleet(f"redis+cluster://127.0.0.1:{r.port}", n=1)
+        agent, token = token_for(s)
+        assert call(s, token, "plain") == (200, "ok")
+        assert s.logs("redis is configured as a cluster but the server is not one; using it as one server")
+    finally:
+        r.kill()

@@ -200,14 +200,14 @@ final class RedisClient: Sendable {
 
     // MARK: - Cluster
 
-    /// Whether the server at `endpoint` runs in cluster mode (`INFO cluster`); false when it cannot be
+    /// Whether the server at `endpoint` runs in cluster mode (`INFO cluster`); nil when it cannot be
     /// asked (the configured mode stands).
-    static func isClusterNode(_ endpoint: RedisEndpoint, timeout: TimeAmount) async -> Bool {
+    static func isClusterNode(_ endpoint: RedisEndpoint, timeout: TimeAmount) async -> Bool? {
         guard let c = try? await RedisConnection.connect(endpoint, timeout: timeout, group: MultiThreadedEventLoopGroup.singleton) else {
-            return false
+            return nil
         }
         defer { c.close() }
-        guard let info = try? await c.send(["INFO", "cluster"], timeout: timeout).string else { return false }
+        guard let info = try? await c.send(["INFO", "cluster"], timeout: timeout).string else { return nil }
         return info.contains("cluster_enabled:1")
     }
 

@@ -25,6 +25,18 @@ final class SecretCatalog: Sendable {
         }
     }
 
+    /// Adds one secret to a group that keeps its newest `keep` (Gmail access tokens: the previous one is
+    /// still valid for its last minutes after a refresh).
+    func add(_ group: String, _ secret: ExfiltrationScanner.Secret, keep: Int) {
+        state.withLock { s in
+            var list = s.groups[group] ?? []
+            guard !list.contains(secret) else { return }
+            list.append(secret)
+            s.groups[group] = Array(list.suffix(keep))
+            s.generation += 1
+        }
+    }
+
     /// The scanner for the secrets held now.
     var scanner: ExfiltrationScanner {
         if let current = state.withLock({ s in s.built == s.generation ? s.scanner : nil }) { return current }
