@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import NIOHTTP1
 import Upstreams
 
@@ -37,10 +42,20 @@ enum SingleValuedFields {
             guard let k = index else { continue }
             if seen[k] { return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field is repeated; send it once") }
             seen[k] = true
-            if noLists, value.utf8.contains(UInt8(ascii: ",")) {
+            if noLists, Self.hasComma(value) {
                 return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field holds a list; send one value")
             }
         }
         return nil
+    }
+
+    /// `memchr` over the value's bytes: the token field is hundreds of bytes on every request, and the
+    /// generic `contains` over a `UTF8View` showed up at 2–3 % of a request's CPU.
+    static func hasComma(_ value: String) -> Bool {
+        var value = value
+        return value.withUTF8 { b in
+            guard let base = b.baseAddress, !b.isEmpty else { return false }
+            return memchr(base, Int32(UInt8(ascii: ",")), b.count) != nil
+        }
     }
 }
