@@ -30,6 +30,9 @@ public struct LimitLeases: Sendable {
     public var horizon: Int64 = 250
 
     public struct Pool: Sendable, Hashable {
+        /// Whose units, and the check's agent-relative key (what a give-back names).
+        public var agent = ""
+        public var checkKey = ""
         public var kind: LimitCheck.Kind
         /// The limit it was granted under: a different limit (a reload) voids the pool.
         public var limit: Int
@@ -267,7 +270,7 @@ public struct LimitLeases: Sendable {
             if let existing = pools[key] {
                 pool = existing  // `decide` counted this call
             } else {
-                pool = Pool(kind: check.kind, limit: check.limit)
+                pool = Pool(agent: agent, checkKey: check.key, kind: check.kind, limit: check.limit)
                 pool.count(now: now, cost: check.cost)
             }
             let extra = i < extras.count ? extras[i] : 0
@@ -281,7 +284,7 @@ public struct LimitLeases: Sendable {
                 let units = extra + (refill ? 1 : 0)
                 if units > 0 {
                     if pool.units > 0, now - pool.reservedAt >= rateValidity {
-                        pending.append(giveBack(agent, check.key, pool))
+                        pending.append(giveBack(pool))
                         pool.units = 0
                     }
                     pool.units += units
@@ -292,7 +295,7 @@ public struct LimitLeases: Sendable {
                 let w = check.window!
                 let window = result.windowIndex == 0 ? w.currentID : w.nextID
                 if pool.window != window {
-                    if pool.units > 0, now < pool.windowEnd { pending.append(giveBack(agent, check.key, pool)) }
+                    if pool.units > 0, now < pool.windowEnd { pending.append(giveBack(pool)) }
                     pool.units = 0
                     pool.window = window
                     pool.windowEnd = result.windowIndex == 0 ? w.currentEnd : w.nextEnd
@@ -368,8 +371,6 @@ public struct LimitLeases: Sendable {
         var out = pending
         pending = []
         for (key, pool) in pools {
-            let agent = String(key[..<key.firstIndex(of: "|")!])
-            let checkKey = String(key[key.index(after: key.firstIndex(of: "|")!)...])
             var p = pool
             if (p.kind == .quota || p.kind == .budget), now >= p.windowEnd {
                 p.units = 0
@@ -377,16 +378,16 @@ public struct LimitLeases: Sendable {
             }
             let idle = now - p.lastUsed >= idleAfter
             if p.kind == .rate, p.units > 0, idle || now - p.reservedAt >= rateValidity {
-                out.append(giveBack(agent, checkKey, p))
+                out.append(giveBack(p))
                 p.units = 0
             } else if idle, p.units > 0 || !p.slots.isEmpty {
-                out.append(giveBack(agent, checkKey, p))
+                out.append(giveBack(p))
                 p.units = 0
                 p.slots = []
             } else if p.kind == .concurrency, p.slots.count > 2 * Self.slotTarget(p, maxBatch: maxBatch) {
                 // More free slots than the calls here need: the rest go back for other sidecars.
                 let keep = Self.slotTarget(p, maxBatch: maxBatch)
-                var excess = giveBack(agent, checkKey, p)
+                var excess = giveBack(p)
                 excess.slots = Array(p.slots[keep...])
                 out.append(excess)
                 p.slots.removeSubrange(keep...)
@@ -402,8 +403,7 @@ public struct LimitLeases: Sendable {
         var out = pending
         pending = []
         for (key, pool) in pools where pool.units > 0 || !pool.slots.isEmpty {
-            let bar = key.firstIndex(of: "|")!
-            out.append(giveBack(String(key[..<bar]), String(key[key.index(after: bar)...]), pool))
+            out.append(giveBack(pool))
             pools[key]?.units = 0
             pools[key]?.slots = []
         }
@@ -412,10 +412,9 @@ public struct LimitLeases: Sendable {
 
     /// Every concurrency slot this sidecar holds (free or lent), by agent and check key: renewed together.
     public var heldSlots: [(agent: String, key: String, slots: [String])] {
-        var out: [(agent: String, key: String, slots: [String])] = pools.compactMap { key, pool in
+        var out: [(agent: String, key: String, slots: [String])] = pools.values.compactMap { pool in
             guard pool.kind == .concurrency, !pool.slots.isEmpty || !pool.lent.isEmpty else { return nil }
-            let bar = key.firstIndex(of: "|")!
-            return (String(key[..<bar]), String(key[key.index(after: bar)...]), pool.slots + pool.lent.values)
+            return (pool.agent, pool.checkKey, pool.slots + pool.lent.values)
         }
         for orphan in orphans.values { out.append((orphan.agent, orphan.key, orphan.slots)) }
         return out
@@ -426,8 +425,10 @@ public struct LimitLeases: Sendable {
         orphans[leaseID] != nil || pools.values.contains { $0.lent[leaseID] != nil }
     }
 
-    private func giveBack(_ agent: String, _ key: String, _ pool: Pool) -> GiveBack {
-        GiveBack(agent: agent, kind: pool.kind, key: key, window: pool.window, units: pool.units, slots: pool.slots, intervalMicros: pool.intervalMicros)
+    private func giveBack(_ pool: Pool) -> GiveBack {
+        GiveBack(
+            agent: pool.agent, kind: pool.kind, key: pool.checkKey, window: pool.window, units: pool.units, slots: pool.slots,
+            intervalMicros: pool.intervalMicros)
     }
 
     /// A pool granted under another limit (a reload): its free units go back, its lent slots are given
@@ -435,7 +436,7 @@ public struct LimitLeases: Sendable {
     private mutating func void(_ key: String, agent: String, check: LimitCheck) {
         guard let pool = pools[key] else { return }
         if pool.units > 0 || !pool.slots.isEmpty {
-            var g = giveBack(agent, check.key, pool)
+            var g = giveBack(pool)
             if pool.kind == .rate, pool.units > 0 { g.intervalMicros = pool.intervalMicros }
             pending.append(g)
         }

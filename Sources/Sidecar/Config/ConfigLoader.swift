@@ -102,7 +102,7 @@ public enum ConfigLoader {
         c.redisURL = try redis["url"].string()
         c.redisCluster = try redis["cluster"].bool(default: false)
         if let url = c.redisURL, RedisLocation.parse(url, cluster: c.redisCluster) == nil {
-            throw redis["url"].error(RedisLocation.syntax + " (a cluster has database 0 only)")
+            throw redis["url"].error(RedisLocation.syntax)
         }
         c.redisPoolSize = try redis["pool_size"].int(default: 2, range: 1...64)
         c.redisCommandTimeout = try positive(redis["command_timeout"], default: c.redisCommandTimeout)
@@ -397,7 +397,7 @@ public enum ConfigLoader {
         }
         if let s = env["REDIS_URL"], !s.isEmpty {
             guard RedisLocation.parse(s, cluster: c.redisCluster) != nil else {
-                throw DocumentError(path: "env.REDIS_URL", message: RedisLocation.syntax + " (a cluster has database 0 only)")
+                throw DocumentError(path: "env.REDIS_URL", message: RedisLocation.syntax)
             }
             c.redisURL = s
         }

@@ -25,16 +25,19 @@ extension Pipeline {
         if let f = scanner.scan(uri, location: "URL") { return f }
         let replaced = tool == .openai || tool == .gmailSend
         for (name, value) in request.head.headers {
-            if replaced, name.utf8.count == 13, name.lowercased() == "authorization" { continue }
+            if replaced, HeaderName.equalsIgnoringCase(name, "authorization") { continue }
             if let f = scanner.scan(value, location: "\(name) header") { return f }
         }
         return request.body?.withUnsafeReadableBytes { scanner.scan($0, location: "body") }
     }
 
-    /// The target with every `name=` query parameter left out (the one the adapter overwrites).
+    /// The target without the query parameter the adapter overwrites, read as the adapter reads it
+    /// (`QueryString`: names percent-decoded, so `api%5Fkey` is the same parameter).
     static func withoutParameter(_ name: String, in uri: String) -> String {
-        guard let q = uri.firstIndex(of: "?"), uri.contains(name + "=") else { return uri }
-        let kept = uri[uri.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).filter { !$0.hasPrefix(name + "=") }
-        return String(uri[..<q]) + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
+        guard let q = uri.firstIndex(of: "?") else { return uri }
+        var query = QueryString(parsing: String(uri[uri.index(after: q)...]))
+        query.removeAll(named: name)
+        let rest = query.encoded
+        return String(uri[..<q]) + (rest.isEmpty ? "" : "?" + rest)
     }
 }

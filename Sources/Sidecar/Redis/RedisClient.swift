@@ -173,10 +173,27 @@ final class RedisClient: Sendable {
         ["EVALSHA", script.sha1, String(keys.count)] + keys + args
     }
 
+    /// The keys matching `pattern` (bounded: at most 100 rounds of 1 000), routed by `route` on a cluster
+    /// (the pattern's hash tag: `SCAN` sees one node's keys). Stops at the first failure.
+    func scan(matching pattern: String, route: String? = nil) async -> [String] {
+        var cursor = "0"
+        var keys: [String] = []
+        for _ in 0..<100 {
+            guard let reply = try? await send(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"], route: route),
+                let parts = reply.array, parts.count == 2, let next = parts[0].string
+            else { break }
+            keys += (parts[1].array ?? []).compactMap(\.string)
+            cursor = next
+            if cursor == "0" { break }
+        }
+        return keys
+    }
+
     /// Up when every node that serves slots answers (one server: when it answers).
     func ping() async -> Bool {
         if let single { return await Self.pong(single) }
-        _ = await refreshTopology()
+        // The map is kept fresh by the refresher and by redirects; a probe learns it only when it has none.
+        if topology.withLock({ $0.map.masters.isEmpty }) { _ = await refreshTopology() }
         let masters = topology.withLock { t in t.map.masters.map { t.nodes[$0] } }
         guard !masters.isEmpty else { return false }
         for node in masters where !(await Self.pong(node)) { return false }

@@ -229,7 +229,8 @@ struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
     var seeds: [RedisEndpoint]
     var cluster: Bool
 
-    static let syntax = "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…]"
+    static let syntax =
+        "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only)"
 
     static func parse(_ url: String, cluster: Bool = false) -> RedisLocation? {
         var cluster = cluster

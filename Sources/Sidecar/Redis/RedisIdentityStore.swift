@@ -22,16 +22,8 @@ final class RedisIdentityStore: IdentityStore {
     /// worked with them). Bounded; a key already moved, or never written, is left alone.
     static func moveLegacyKeys(_ redis: RedisClient, logger: Logger) async {
         var moves = [("sidecar:agents", agentsKey), ("sidecar:tokens", tokensKey), ("sidecar:revoked", revokedKey), ("sidecar:epoch", epochKey)]
-        var cursor = "0"
-        for _ in 0..<1000 {
-            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", "sidecar:agent-tokens:*", "COUNT", "1000"]),
-                let parts = reply.array, parts.count == 2, let next = parts[0].string
-            else { break }
-            for key in (parts[1].array ?? []).compactMap(\.string) {
-                moves.append((key, agentTokensKey(String(key.dropFirst("sidecar:agent-tokens:".count)))))
-            }
-            cursor = next
-            if cursor == "0" { break }
+        for key in await redis.scan(matching: "sidecar:agent-tokens:*") {
+            moves.append((key, agentTokensKey(String(key.dropFirst("sidecar:agent-tokens:".count)))))
         }
         var moved = 0
         for (old, new) in moves where (try? await redis.send(["RENAMENX", old, new]))?.int == 1 { moved += 1 }

@@ -47,16 +47,7 @@ final class FleetResilience: Sendable {
 
     /// The breakers the fleet holds open now: (breaker key, reopens at unix ms). Bounded SCAN.
     func openBreakers() async -> [(String, Int64)] {
-        var cursor = "0"
-        var keys: [String] = []
-        for _ in 0..<100 {
-            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", Self.openKeyPrefix + "*", "COUNT", "1000"], route: Self.openKeyPrefix),
-                let parts = reply.array, parts.count == 2, let next = parts[0].string
-            else { break }
-            keys += (parts[1].array ?? []).compactMap(\.string)
-            cursor = next
-            if cursor == "0" { break }
-        }
+        let keys = await redis.scan(matching: Self.openKeyPrefix + "*", route: Self.openKeyPrefix)
         guard !keys.isEmpty, let values = try? await redis.send(["MGET"] + keys), let list = values.array else { return [] }
         return zip(keys, list).compactMap { key, value in
             value.int.map { (String(key.dropFirst(Self.openKeyPrefix.count)), $0) }
