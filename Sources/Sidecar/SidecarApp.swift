@@ -55,7 +55,7 @@ public enum SidecarApp {
             }
             redis = RedisClient(
                 seeds: location.seeds, cluster: location.cluster, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
-                connectTimeout: config.redisConnectTimeout, scripts: AdmissionScripts.all + RunScripts.all, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+                connectTimeout: config.redisConnectTimeout, scripts: AdmissionScripts.all + RunScripts.all + RedisIdempotencyStore.scripts, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
             // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
             // is a WRONGPASS now, not a mystery at the first request that needs Redis.
             if let error = await redis?.connectAll() {
@@ -178,11 +178,23 @@ public enum SidecarApp {
             store: runStore, metrics: metrics, settings: config.runs, policy: policy, logger: logger, sidecarID: config.auth.sidecarID,
             maxFetchBytes: config.limits.maxResponseBodyBytes, publish: publish)
         let leases = LeaseRenewer(store: limits, ttl: config.concurrencyLeaseTTL, logger: logger)
+        // The exactly-once ledger: in Redis with a fleet (a duplicate on another sidecar is caught), else
+        // in its own SQLite file.
+        let idempotencyStore: any IdempotencyStore
+        if let redis {
+            idempotencyStore = RedisIdempotencyStore(redis: redis)
+        } else {
+            let path = (config.stateDir as NSString).appendingPathComponent("idempotency.sqlite")
+            do { idempotencyStore = try EmbeddedIdempotencyStore(path: path, now: unixMillis) } catch {
+                throw StartupError("state.dir: cannot open the idempotency ledger \(path) (\(error))")
+            }
+        }
+        let idempotency = IdempotencyLedger(store: idempotencyStore, settings: config.idempotency, metrics: metrics, logger: logger)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs, leases: leases, secrets: secrets)
+            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(

@@ -7,6 +7,11 @@ public enum Digest {
         hex(SHA256.hash(data: Array(parts.joined(separator: "\u{1F}").utf8)))
     }
 
+    /// SHA-256 of raw bytes as lowercase hex (bodies that are not text).
+    public static func sha256Hex<Bytes: Sequence>(bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        hex(SHA256.hash(data: Array(bytes)))
+    }
+
     /// Lowercase hex of bytes (written directly: no formatter per byte).
     public static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         let digits = Array("0123456789abcdef".utf8)

@@ -25,7 +25,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs",
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs", "idempotency",
         ])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
@@ -194,7 +194,27 @@ public enum ConfigLoader {
             guard h >= .milliseconds(100), h <= .seconds(300) else { throw runs["heartbeat"].error("must be between 100ms and 5m") }
             c.runs.heartbeat = h
         }
+        c.idempotency = try idempotencySettings(root["idempotency"])
         return c
+    }
+
+    static func idempotencySettings(_ node: DocumentReader) throws(DocumentError) -> IdempotencySettings {
+        var s = IdempotencySettings()
+        try node.checkKeys(["enabled", "calls", "window", "in_flight", "max_stored_bytes"])
+        s.enabled = try node["enabled"].bool(default: s.enabled)
+        if let calls = try node["calls"].strings() {
+            for call in calls {
+                let tool = String(call.prefix { $0 != ":" })
+                guard Tool(rawValue: tool) != nil, !call.hasSuffix(":") else {
+                    throw node["calls"].error("\(call) is not a tool (gmail_send) or a scope (gmail_send:send)")
+                }
+            }
+            s.calls = Set(calls)
+        }
+        s.window = try positive(node["window"], default: s.window)
+        s.inFlight = try positive(node["in_flight"], default: s.inFlight)
+        s.maxStoredBytes = try node["max_stored_bytes"].int(default: s.maxStoredBytes, range: 0...16_777_216)
+        return s
     }
 
     static func resilience(_ node: DocumentReader, tools: DocumentReader, into c: inout SidecarConfig) throws(DocumentError) {

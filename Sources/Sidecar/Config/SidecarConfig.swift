@@ -137,6 +137,8 @@ public struct SidecarConfig: Sendable {
     var adminGate = AdminGateSettings()
     /// Agent runs: events kept, retention, streams per run, heartbeat.
     var runs = RunSettings()
+    /// The exactly-once ledger of side-effecting calls.
+    var idempotency = IdempotencySettings()
     /// Policy document; nil = the embedded default (no limits, original role defaults).
     public var policyFile: String?
     public var policyWatch = true

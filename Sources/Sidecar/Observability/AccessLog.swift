@@ -54,6 +54,7 @@ struct AccessLog: Sendable {
         if let c = r.cache { string(#","cache":"#, c, &s) }
         if r.retries > 0 { integer(#","retries":"#, r.retries, &s) }
         if let b = r.breaker { string(#","breaker":"#, b, &s) }
+        if let i = r.idempotency { string(#","idempotency":"#, i, &s) }
         if let c = r.chaos { string(#","chaos":"#, c, &s) }
         literal(#","duration_ms":"#, &s)
         milliseconds(r.totalDuration, into: &s)

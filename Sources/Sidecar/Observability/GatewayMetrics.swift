@@ -28,6 +28,7 @@ public final class GatewayMetrics: Sendable {
     let leaseLocal: Prometheus.Counter
     let leaseStore: Prometheus.Counter
     let policyReloadFailures: Prometheus.Counter
+    private let idempotencyDecisions: [String: Prometheus.Counter]
     private let policyDenials: [String: Prometheus.Counter]
     private let policyWouldDeny: [String: Prometheus.Counter]
     private let rateLimitDecisions: [String: Prometheus.Counter]
@@ -152,6 +153,12 @@ public final class GatewayMetrics: Sendable {
             helpText: "Requests with Redis-shared limits admitted from units this sidecar leased (where=local) or decided by a Redis round trip (where=store).")
         leaseLocal = registry.makeCounter(descriptor: leaseDecisions, labels: [("where", "local")])
         leaseStore = registry.makeCounter(descriptor: leaseDecisions, labels: [("where", "store")])
+        let idempotency = MetricNameDescriptor(
+            namespace: "gateway", metricName: "idempotency_decisions", unitName: "total",
+            helpText: "Side-effecting calls by what the idempotency ledger decided (proceed, replay, in_flight, outcome_unknown, conflict, store_error).")
+        idempotencyDecisions = Dictionary(uniqueKeysWithValues: Self.idempotencyResults.map {
+            ($0, registry.makeCounter(descriptor: idempotency, labels: [("result", $0)]))
+        })
         policyReloadFailures = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "policy_reload_failures", unitName: "total",
@@ -295,6 +302,9 @@ public final class GatewayMetrics: Sendable {
     }
     func tokenExpired() { tokenExpirations.increment() }
     func securityEvent(_ kind: String) { securityEvents[kind]?.increment() }
+
+    static let idempotencyResults = ["proceed", "replay", "in_flight", "outcome_unknown", "conflict", "store_error"]
+    func idempotencyDecision(_ result: String) { idempotencyDecisions[result]?.increment() }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }
 }

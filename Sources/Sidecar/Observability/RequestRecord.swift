@@ -33,6 +33,8 @@ struct RequestRecord: Sendable {
         var retries = 0
         /// `open` when an open breaker answered.
         var breaker: String?
+        /// What the idempotency ledger decided for a side-effecting call (`proceed`, `replay`, ...).
+        var idempotency: String?
         /// The chaos fault injected, if any.
         var chaos: String?
         var mock = false

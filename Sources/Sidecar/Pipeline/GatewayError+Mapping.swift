@@ -25,6 +25,7 @@ extension GatewayError {
     init(_ e: UpstreamError) {
         defer {
             nothingSent = e.beforeSend
+            fromUpstream = e.kind != .egressDenied && e.kind != .invalidRequest
             if let kind = e.chaos { headers.append(("X-Chaos-Injected", kind)) }
         }
         switch e.kind {

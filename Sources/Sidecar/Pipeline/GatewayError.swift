@@ -61,6 +61,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case runBudgetExhausted = "run_budget_exhausted"
         case runLoopDetected = "run_loop_detected"
         case idempotencyConflict = "idempotency_conflict"
+        case duplicateInFlight = "duplicate_in_flight"
+        case duplicateOutcomeUnknown = "duplicate_outcome_unknown"
         case tooManyStreams = "too_many_streams"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
@@ -104,7 +106,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .mintingDisabled: return .conflict
             case .runNotFound: return .notFound
             case .runForbidden, .originNotAllowed: return .forbidden
-            case .runNotStarted, .runCancelled, .runFinished, .runAlreadyCancelled, .runNotPaused, .idempotencyConflict: return .conflict
+            case .runNotStarted, .runCancelled, .runFinished, .runAlreadyCancelled, .runNotPaused, .idempotencyConflict, .duplicateInFlight,
+                .duplicateOutcomeUnknown:
+                return .conflict
             case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .adminRateLimited: return .tooManyRequests
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
@@ -167,7 +171,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .runNotPaused: return "Run not paused"
             case .runBudgetExhausted: return "Run budget exhausted"
             case .runLoopDetected: return "Run paused by the loop breaker"
-            case .idempotencyConflict: return "client_token reused with a different request"
+            case .idempotencyConflict: return "Idempotency key reused with a different request"
+            case .duplicateInFlight: return "An identical call is in flight"
+            case .duplicateOutcomeUnknown: return "An identical call may already have taken effect"
             case .tooManyStreams: return "Too many event streams on this run"
             case .adminRateLimited: return "Too many admin requests from this address"
             case .originNotAllowed: return "Origin not allowed"
@@ -193,6 +199,11 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     var proxyAuthentication = false
     /// Nothing reached the upstream (connect failed, no credential): an admitted call gets its quota back.
     var nothingSent = false
+    /// The failure came from the upstream exchange (not a refusal of the sidecar's own stages).
+    var fromUpstream = false
+
+    /// The upstream may have received the call and acted on it, but its answer was lost.
+    var upstreamMayHaveActed: Bool { fromUpstream && !nothingSent }
 
     init(_ code: Code, _ detail: String, headers: [(String, String)] = []) {
         self.code = code

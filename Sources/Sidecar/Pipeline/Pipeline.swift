@@ -66,14 +66,17 @@ final class Pipeline: Sendable {
     let leases: LeaseRenewer?
     /// The secrets no outbound call may carry (nil: not checked, in tests of other stages).
     let secrets: SecretCatalog?
+    /// The exactly-once ledger of side-effecting calls (nil: none).
+    let idempotency: IdempotencyLedger?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
         resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
-        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil
+        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil
     ) {
+        self.idempotency = idempotency
         self.leases = leases
         self.secrets = secrets
         self.interception = interception
@@ -132,6 +135,21 @@ final class Pipeline: Sendable {
         } catch {
             then(failed(error, request: request, record: record))
             return {}
+        }
+        // A side effect: claimed in the idempotency ledger first, in a task.
+        switch sideEffect(prepared, headers: request.head.headers) {
+        case nil: break
+        case .failure(let error):
+            then(failed(error, request: request, record: record))
+            return {}
+        case .success(let (ledger, clientKey)):
+            let runCall = makeRunCall(prepared)
+            record.runCall = runCall
+            let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.onceOnly(prepared, ledger: ledger, clientKey: clientKey, record: &r, runCall: runCall)
+            }
+            runCall?.onAbort(cancel)
+            return cancel
         }
         // A call of a run: admitted against the run's ledger — at once when the store can decide (the
         // embedded store), else in a task — and killable from then on.
@@ -401,7 +419,16 @@ final class Pipeline: Sendable {
 
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
         guard let prepared = try prepare(request, record: &record) else { return try await compat(request, record: &record) }
+        if let (ledger, clientKey) = try sideEffect(prepared, headers: request.head.headers)?.get() {
+            return try await onceOnly(prepared, ledger: ledger, clientKey: clientKey, record: &record, runCall: makeRunCall(prepared))
+        }
         return try await call(prepared, record: &record)
+    }
+
+    /// The ledger and the agent's `Idempotency-Key` when the call is a side effect the ledger covers.
+    func sideEffect(_ prepared: Prepared, headers: HTTPHeaders) -> Result<(IdempotencyLedger, String?), GatewayError>? {
+        guard let ledger = idempotency, ledger.settings.covers(prepared.call) else { return nil }
+        return IdempotencyLedger.clientKey(in: headers).map { (ledger, $0) }
     }
 
     /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the

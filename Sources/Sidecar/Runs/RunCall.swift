@@ -108,23 +108,36 @@ final class RunCall: Sendable {
 
 extension RunCall {
     /// The loop breaker's fingerprint of a call: the tool, the action and a digest of its canonical
-    /// parameters — query pairs sorted, a JSON body with its keys sorted (so the same call spelled
-    /// differently is still the same call), any other body as its bytes.
+    /// parameters (`canonicalParts`).
     static func fingerprint(_ call: ToolCall) -> String {
         var hasher = FingerprintHasher()
-        hasher.add(call.tool.rawValue)
-        hasher.add(call.action)
-        hasher.add(call.request.method.rawValue)
-        hasher.add(call.request.path)
-        if let target = call.request.target { hasher.add(target.description) }
+        for part in canonicalParts(call) { hasher.add(part) }
+        return "\(call.tool.rawValue)|\(call.action)|\(hasher.hex)"
+    }
+
+    /// SHA-256 of a call's canonical parameters: what the idempotency ledger and approvals bind to. Any
+    /// byte of a parameter changes it; spelling the same call differently does not.
+    static func digest(_ call: ToolCall) -> String { Digest.sha256Hex(canonicalParts(call)) }
+
+    /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted, a
+    /// JSON body with its keys sorted, any other body as its bytes.
+    static func canonicalParts(_ call: ToolCall) -> [String] {
+        var parts = [call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path]
+        parts.append(call.request.target?.description ?? "")
         for item in call.request.query.items.sorted(by: { ($0.name, $0.value) < ($1.name, $1.value) }) {
-            hasher.add(item.name)
-            hasher.add(item.value)
+            parts.append(item.name)
+            parts.append(item.value)
         }
         if let body = call.request.body, body.readableBytes > 0 {
-            if let json = JSONValue.parse(body.readableBytesView) { hasher.add(json.serialized) } else { hasher.add(String(buffer: body)) }
+            if let json = JSONValue.parse(body.readableBytesView) {
+                parts.append("json")
+                parts.append(json.serialized)
+            } else {
+                parts.append("bytes")
+                parts.append(Digest.sha256Hex(bytes: body.readableBytesView))
+            }
         }
-        return "\(call.tool.rawValue)|\(call.action)|\(hasher.hex)"
+        return parts
     }
 }
 

@@ -1,0 +1,195 @@
+"""Exactly-once side effects, with the real binary and a live (fake) Gmail upstream: an identical send is
+replayed from the ledger and never reaches Gmail twice; a duplicate while the first is in flight is 409;
+a refused send frees its key; a send whose answer was lost is never repeated; the ledger survives a
+restart (embedded) and is shared by a fleet (Redis)."""
+
+import base64
+import concurrent.futures
+import socket
+import time
+
+import pytest
+import requests
+
+from conftest import LIVE_ENV, Redis, live_config, metric
+
+SEND = "/gmail/v1/users/me/messages/send"
+
+
+def mail(subject="hello", body="hi", to="a@example.com"):
+    raw = f"To: {to}\r\nSubject: {subject}\r\n\r\n{body}"
+    return {"raw": base64.urlsafe_b64encode(raw.encode()).decode()}
+
+
+def gmail_upstream(up, delay=0.0, status=200):
+    sent = []
+
+    def handler(h, rec):
+        sent.append(rec.body)
+        if delay:
+            time.sleep(delay)
+        up.send_json(h, status, {"id": f"msg-{len(sent)}", "threadId": "t1", "labelIds": ["SENT"]})
+    up.routes[SEND] = handler
+    return sent
+
+
+def config(pki, up, extra=""):
+    return live_config(pki, up, extra=extra).replace(
+        f'gmail_send: {{mode: live, base_url: "{up.base_url}"}}', f'gmail_send: {{mode: live, base_url: "{up.base_url}", timeout: 2s}}')
+
+
+def send(s, token, body, key=None, timeout=10):
+    headers = {"X-Agent-Token": token}
+    if key:
+        headers["Idempotency-Key"] = key
+    return requests.post(f"{s.proxy_url}{SEND}", json=body, headers=headers, timeout=timeout)
+
+
+def test_an_identical_send_is_replayed_and_gmail_sees_it_once(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream)
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    first = send(s, token, mail())
+    assert first.status_code == 200 and first.json()["id"] == "msg-1"
+    assert "X-Idempotent-Replay" not in first.headers
+    again = send(s, token, mail())
+    assert again.status_code == 200, again.text
+    assert again.headers["X-Idempotent-Replay"] == "true"
+    assert again.json() == first.json() and again.headers["Content-Type"] == "application/json"
+    assert len(sent) == 1
+    # One byte different is another email.
+    other = send(s, token, mail(body="hi!"))
+    assert other.status_code == 200 and "X-Idempotent-Replay" not in other.headers and len(sent) == 2
+    # Another agent sending the same email is not this agent's duplicate.
+    assert "X-Idempotent-Replay" not in send(s, s.new_token(), mail()).headers and len(sent) == 3
+    m = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert metric(m, "gateway_idempotency_decisions_total", result="replay") == 1
+    assert metric(m, "gateway_idempotency_decisions_total", result="proceed") == 3
+    rid = again.headers["X-Request-Id"]
+    assert s.access(rid)["idempotency"] == "replay"
+
+
+def test_the_agents_idempotency_key_binds_one_call(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream)
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    assert send(s, token, mail(), key="order-42").status_code == 200
+    r = send(s, token, mail(body="changed"), key="order-42")
+    assert r.status_code == 409 and r.json()["code"] == "idempotency_conflict", r.text
+    assert send(s, token, mail(), key="order-42").headers.get("X-Idempotent-Replay") == "true"
+    # A new key sends the same email again, on purpose.
+    r = send(s, token, mail(), key="order-43")
+    assert r.status_code == 200 and "X-Idempotent-Replay" not in r.headers
+    assert len(sent) == 2
+    assert https_upstream.requests[-1].header("Idempotency-Key") == "order-43"
+    for bad in ["", "a" * 256, "sp ace", "naïve"]:
+        r = requests.post(f"{s.proxy_url}{SEND}", json=mail(), headers={"X-Agent-Token": token, "Idempotency-Key": bad.encode().decode("latin-1")}, timeout=5)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_parameter", (bad, r.text)
+    assert len(sent) == 2
+
+
+def test_a_duplicate_while_the_first_is_in_flight_is_409(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream, delay=1.0)
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(send, s, token, mail())
+        time.sleep(0.3)
+        dupes = [pool.submit(send, s, token, mail()) for _ in range(3)]
+        answers = [first.result()] + [d.result() for d in dupes]
+    assert answers[0].status_code == 200
+    for r in answers[1:]:
+        assert r.status_code == 409 and r.json()["code"] == "duplicate_in_flight", r.text
+        assert r.headers["Retry-After"] == "1"
+    assert len(sent) == 1
+    # Once it is done, the duplicate gets its answer.
+    r = send(s, token, mail())
+    assert r.headers.get("X-Idempotent-Replay") == "true" and r.json() == answers[0].json()
+
+
+def test_a_refused_send_frees_its_key(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream, status=400)
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    assert send(s, token, mail()).status_code == 400
+    assert send(s, token, mail()).status_code == 400
+    assert len(sent) == 2, "a call Gmail refused did nothing: sending it again is not a duplicate"
+
+
+def test_a_send_whose_answer_was_lost_is_never_sent_again(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream, delay=3.0)  # past the 2 s timeout: sent, answer lost
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    r = send(s, token, mail())
+    assert r.status_code == 504, r.text
+    r = send(s, token, mail())
+    assert r.status_code == 409 and r.json()["code"] == "duplicate_outcome_unknown", r.text
+    assert "Idempotency-Key" in r.json()["detail"]
+    assert len(sent) == 1
+    # The agent decides to send anyway: a new key.
+    gmail_upstream(https_upstream)
+    assert send(s, token, mail(), key="retry-after-check").status_code == 200
+
+
+def test_the_ledger_survives_a_restart(pki, https_upstream, sidecar_factory, tmp_path):
+    sent = gmail_upstream(https_upstream)
+    env = {**LIVE_ENV, "SIDECAR_STATE_DIR": str(tmp_path / "state")}
+    s = sidecar_factory(config(pki, https_upstream), env=env)
+    token = s.new_token(ttl="30m")
+    first = send(s, token, mail())
+    assert first.status_code == 200
+    assert s.stop() == 0
+    s2 = sidecar_factory(config(pki, https_upstream), env=env)
+    r = send(s2, token, mail())
+    assert r.headers.get("X-Idempotent-Replay") == "true" and r.json() == first.json()
+    assert len(sent) == 1
+
+
+def test_idempotency_can_cover_other_calls_or_be_off(pki, https_upstream, sidecar_factory):
+    sent = gmail_upstream(https_upstream)
+    s = sidecar_factory(config(pki, https_upstream, extra="idempotency: {calls: [gmail_send, \"openai:chat\"]}\n"), env=LIVE_ENV)
+    token = s.new_token()
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "file the ticket"}]}
+    answers = [requests.post(f"{s.proxy_url}/openai/v1/chat/completions", json=chat, headers={"X-Agent-Token": token}, timeout=10) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[1].headers.get("X-Idempotent-Replay") == "true"
+    assert sum(1 for r in https_upstream.requests if r.path.startswith("/v1/chat")) == 1
+    off = sidecar_factory(config(pki, https_upstream, extra="idempotency: {enabled: false}\n"), env=LIVE_ENV)
+    t2 = off.new_token()
+    assert send(off, t2, mail()).status_code == 200 and send(off, t2, mail()).status_code == 200
+    assert len(sent) == 2
+
+
+@pytest.fixture
+def redis():
+    r = Redis()
+    yield r
+    r.kill()
+
+
+def test_a_fleet_on_one_redis_sends_once(pki, https_upstream, sidecar_factory, redis, tmp_path):
+    sent = gmail_upstream(https_upstream, delay=0.8)
+    keys = tmp_path / "keys"
+    import subprocess
+    from conftest import BIN
+    subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+    cfg = config(pki, https_upstream, extra=f"auth: {{keys_dir: \"{keys}\"}}\n")
+    env = {**LIVE_ENV, "REDIS_URL": redis.url}
+    a = sidecar_factory(cfg, env={**env, "SIDECAR_ID": "sc-a"})
+    b = sidecar_factory(cfg, env={**env, "SIDECAR_ID": "sc-b"})
+    token = a.new_token()
+    deadline = time.time() + 5
+    while send(b, token, mail(subject="warm")).status_code == 401:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    warm = len(sent)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        on_a = pool.submit(send, a, token, mail())
+        time.sleep(0.2)
+        on_b = pool.submit(send, b, token, mail())
+        ra, rb = on_a.result(), on_b.result()
+    assert ra.status_code == 200
+    assert rb.status_code == 409 and rb.json()["code"] == "duplicate_in_flight", rb.text
+    r = send(b, token, mail())
+    assert r.headers.get("X-Idempotent-Replay") == "true" and r.json() == ra.json()
+    assert len(sent) == warm + 1
