@@ -189,12 +189,33 @@ public enum SidecarApp {
                 throw StartupError("state.dir: cannot open the idempotency ledger \(path) (\(error))")
             }
         }
+        // Receipts: one writer thread, the chain head stored in Redis per sidecar with a fleet.
+        var receipts: ReceiptLog?
+        if config.receipts.enabled {
+            let sidecarID = config.auth.sidecarID
+            let fleetRedis = redis
+            let storeHead: @Sendable (Int64, String) -> Void = { seq, hash in
+                guard let fleetRedis else { return }
+                Task { _ = try? await fleetRedis.send(["SET", ReceiptLog.headKey(sidecarID), "\(seq) \(hash)"]) }
+            }
+            let log: ReceiptLog
+            do {
+                log = try ReceiptLog(
+                    settings: config.receipts, stateDir: config.stateDir, sidecar: sidecarID, logger: logger,
+                    credentialVersions: { credentials.versions }, onSeal: storeHead)
+            } catch {
+                throw StartupError("receipts: \(error)")
+            }
+            log.start()
+            started.add { await log.stop() }
+            receipts = log
+        }
         let idempotency = IdempotencyLedger(store: idempotencyStore, settings: config.idempotency, metrics: metrics, logger: logger)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency)
+            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency, receipts: receipts)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
@@ -224,6 +245,7 @@ public enum SidecarApp {
         RunsAPI(runs: runs, adminToken: adminToken, authenticator: authenticator, maxBodyBytes: config.adminMaxBodyBytes).register(on: router)
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy, runs: runs).register(on: api)
+        if let receipts { ReceiptsAPI(receipts: receipts).register(on: api) }
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning

@@ -8,7 +8,7 @@ public struct SidecarCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "sidecar",
         abstract: "A proxy beside each AI agent: authenticates it, enforces policy, injects credentials, calls its tools.",
-        subcommands: [Run.self, CheckConfig.self, CheckPolicy.self, Version.self, Keys.self, TokenCommand.self, Secrets.self, CA.self, Bench.self],
+        subcommands: [Run.self, CheckConfig.self, CheckPolicy.self, Version.self, Keys.self, TokenCommand.self, Secrets.self, CA.self, Receipts.self, Bench.self],
         defaultSubcommand: Run.self)
 
     public init() {}

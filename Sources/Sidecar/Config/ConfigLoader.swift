@@ -25,7 +25,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs", "idempotency",
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs", "idempotency", "receipts",
         ])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
@@ -195,6 +195,16 @@ public enum ConfigLoader {
             c.runs.heartbeat = h
         }
         c.idempotency = try idempotencySettings(root["idempotency"])
+        let receipts = root["receipts"]
+        try receipts.checkKeys(["enabled", "dir", "max_file_bytes", "seal_interval", "seal_batch"])
+        c.receipts.enabled = try receipts["enabled"].bool(default: c.receipts.enabled)
+        c.receipts.dir = try receipts["dir"].string()
+        c.receipts.maxFileBytes = try receipts["max_file_bytes"].int(default: c.receipts.maxFileBytes, range: 65_536...(1 << 40))
+        if let d = try receipts["seal_interval"].duration() {
+            guard d >= .milliseconds(1), d <= .seconds(10) else { throw receipts["seal_interval"].error("must be between 1ms and 10s") }
+            c.receipts.sealInterval = d
+        }
+        c.receipts.batch = try receipts["seal_batch"].int(default: c.receipts.batch, range: 1...100_000)
         return c
     }
 

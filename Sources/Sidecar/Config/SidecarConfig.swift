@@ -139,6 +139,8 @@ public struct SidecarConfig: Sendable {
     var runs = RunSettings()
     /// The exactly-once ledger of side-effecting calls.
     var idempotency = IdempotencySettings()
+    /// The signed, hash-chained receipt of every call.
+    var receipts = ReceiptSettings()
     /// Policy document; nil = the embedded default (no limits, original role defaults).
     public var policyFile: String?
     public var policyWatch = true

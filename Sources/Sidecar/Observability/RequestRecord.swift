@@ -35,6 +35,11 @@ struct RequestRecord: Sendable {
         var breaker: String?
         /// What the idempotency ledger decided for a side-effecting call (`proceed`, `replay`, ...).
         var idempotency: String?
+        /// For the call's receipt (only when receipts are on): SHA-256 of the request (method, target,
+        /// body) and of the answer's body as sent, and the policy that decided it.
+        var requestDigest: String?
+        var responseDigest: String?
+        var policyHash: String?
         /// The chaos fault injected, if any.
         var chaos: String?
         var mock = false

@@ -1,3 +1,4 @@
+import Crypto
 import NIOCore
 import Policy
 import NIOHTTP1
@@ -68,14 +69,17 @@ final class Pipeline: Sendable {
     let secrets: SecretCatalog?
     /// The exactly-once ledger of side-effecting calls (nil: none).
     let idempotency: IdempotencyLedger?
+    /// The signed receipt of every call (nil: receipts off).
+    let receipts: ReceiptLog?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
         resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
-        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil
+        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil, receipts: ReceiptLog? = nil
     ) {
+        self.receipts = receipts
         self.idempotency = idempotency
         self.leases = leases
         self.secrets = secrets
@@ -425,6 +429,19 @@ final class Pipeline: Sendable {
         return try await call(prepared, record: &record)
     }
 
+    static func isConnect(_ c: Classification) -> Bool {
+        if case .connect = c { return true }
+        return false
+    }
+
+    /// SHA-256 of what the agent asked: method, target and body bytes (for its receipt).
+    static func requestDigest(_ request: InboundRequest) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Array("\(request.head.method.rawValue) \(request.head.uri)\n".utf8))
+        if let body = request.body { body.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
+        return Digest.hex(hasher.finalize())
+    }
+
     /// The ledger and the agent's `Idempotency-Key` when the call is a side effect the ledger covers.
     func sideEffect(_ prepared: Prepared, headers: HTTPHeaders) -> Result<(IdempotencyLedger, String?), GatewayError>? {
         guard let ledger = idempotency, ledger.settings.covers(prepared.call) else { return nil }
@@ -444,6 +461,10 @@ final class Pipeline: Sendable {
         case .failure(let e):
             record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
             throw GatewayError(e)
+        }
+        if receipts != nil, !Self.isConnect(classification) {
+            record.requestDigest = Self.requestDigest(request)
+            record.policyHash = policy?.policy.hash
         }
         switch classification {
         case .connect:

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Synchronization
 
@@ -26,6 +29,7 @@ final class ProxyContext: Sendable {
     /// Records a finished request: one access log line and the request metrics; for a call of a run, its
     /// settlement and its event on the run's stream.
     func finish(_ record: RequestRecord) {
+        if let receipts = pipeline.receipts, record.tool != nil || record.entry == .compat { receipts.record(Self.draft(record)) }
         guard let run = record.runID, let runs = pipeline.runs else {
             metrics.record(record)
             accessLog.write(record)
@@ -36,5 +40,16 @@ final class ProxyContext: Sendable {
         metrics.record(record)
         accessLog.write(record)
         runs.finish(record.runCall, runID: run, agent: record.agentID, record: record)
+    }
+
+    /// A finished call as its receipt's draft.
+    static func draft(_ r: RequestRecord) -> ReceiptDraft {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ReceiptDraft(
+            at: Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec / 1_000_000), requestID: r.requestID, entry: r.entry?.rawValue, agent: r.agentID,
+            token: r.tokenID, run: r.runID, tool: r.tool?.rawValue, action: r.action, requestDigest: r.requestDigest,
+            responseDigest: r.responseDigest, status: r.status, outcome: r.outcome, upstreamStatus: r.upstreamStatus, policy: r.policyHash,
+            credential: nil, approval: nil, idempotency: r.idempotency, upstreamContacted: r.upstreamStart != nil && !r.mock)
     }
 }

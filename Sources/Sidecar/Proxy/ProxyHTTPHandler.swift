@@ -1,3 +1,4 @@
+import Crypto
 import NIOCore
 import NIOHTTP1
 import Upstreams
@@ -373,6 +374,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let head = Self.head(response, method: method, version: version, bufferedLength: body.readableBytes, closing: true)
         let sent = Self.sentBody(head, body)
         record.bytesOut = sent?.readableBytes ?? 0
+        digest(sent, into: &record)
         let (first, rest) = encodedWhole(head, body: sent, context: context)
         if rest != nil { context.write(Self.wrapOutboundOut(first), promise: nil) }
         let channel = context.channel
@@ -515,7 +517,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .stream(let body, let l):
             (stream, limit) = (body, l)
         }
-        let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop)
+        let sink = Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop, digest: shared.pipeline.receipts != nil)
         let head = Self.head(
             response, method: request.method, version: request.version, bufferedLength: nil,
             closing: closes(after: request))
@@ -568,6 +570,12 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// is draining.
     private func closes(after request: HTTPRequestHead) -> Bool { !request.isKeepAlive || shared.draining.isDraining }
 
+    /// The SHA-256 of a whole answer's body, for the call's receipt (receipts on only).
+    private func digest(_ body: ByteBuffer?, into record: inout RequestRecord) {
+        guard shared.pipeline.receipts != nil else { return }
+        record.responseDigest = Digest.sha256Hex(bytes: body?.readableBytesView ?? ByteBuffer().readableBytesView)
+    }
+
     /// The body that goes out after `head` (none for HEAD, 1xx, 204, 304, or when empty).
     private static func sentBody(_ head: ResponseEncoder.Head, _ body: ByteBuffer) -> ByteBuffer? {
         head.framing.sendBody && body.readableBytes > 0 ? body : nil
@@ -580,6 +588,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         record.status = Int(response.status.code)
         let sent = Self.sentBody(head, body)
         record.bytesOut = sent?.readableBytes ?? 0
+        digest(sent, into: &record)
         if let start = record.upstreamStart, record.upstreamDuration == nil { record.upstreamDuration = .now - start }
         writeWhole(head, body: sent, completing: record, keepAlive: !head.close)
     }
@@ -589,6 +598,8 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     struct Sink: Sendable {
         let handler: NIOLoopBound<ProxyHTTPHandler>
         let eventLoop: any EventLoop
+        /// Receipts are on: the body's SHA-256 is taken as it streams.
+        let digest: Bool
 
         func onLoop<T: Sendable>(_ body: @escaping @Sendable (ProxyHTTPHandler) throws -> T) async throws -> T {
             if eventLoop.inEventLoop { return try body(handler.value) }
@@ -618,6 +629,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
             do {
                 try await onLoop { try $0.writeHead(head) }
+                var hasher: SHA256? = digest ? SHA256() : nil
                 var iterator = stream.makeAsyncIterator()
                 while true {
                     let chunk: ByteBuffer?
@@ -631,6 +643,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                     guard let chunk else { break }
                     guard framing.sendBody else { continue }
+                    if hasher != nil { chunk.withUnsafeReadableBytes { hasher!.update(bufferPointer: $0) } }
                     record.bytesOut += chunk.readableBytes
                     if record.bytesOut > limit {
                         record.outcome = "upstream_response_too_large"
@@ -646,6 +659,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 }
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
+                if let hasher { record.responseDigest = Digest.hex(hasher.finalize()) }
                 let final = record
                 try await onLoop { try $0.writeEnd(completing: final, keepAlive: !head.close) }
             } catch {
