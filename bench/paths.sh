@@ -12,7 +12,8 @@
 #               serpapi-forward   GET http://serpapi.com/search (absolute-form, Proxy-Authorization), token, policy
 #               chat              POST /openai/v1/chat/completions, token, full policy
 #               chat-forward      POST http://api.openai.com/v1/chat/completions, token, full policy
-#               gmail             POST /gmail/v1/users/me/messages/send, token, full policy
+#               gmail             POST /gmail/v1/users/me/messages/send, token, full policy, each send its own
+#                                 Idempotency-Key (a distinct email: claimed and recorded in the ledger)
 #               fetch-forward     GET http://127.0.0.1:BACKEND/page (absolute-form), token, full policy
 #             "full policy": the role's guards (models, max_tokens; engines, max_num; recipient domains;
 #             fetch hosts), a GCRA rate, a daily quota, concurrency and (OpenAI) a token budget, all set
@@ -24,6 +25,7 @@
 source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
+# RECEIPTS=false runs the policy sidecar without signed receipts (to measure what they cost).
 ROWS=${ROWS:-"serpapi-open serpapi serpapi-forward chat chat-forward gmail fetch-forward"}
 BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
 build_sidecar
@@ -56,6 +58,7 @@ listen: {proxy: "127.0.0.1:$P2", admin: "127.0.0.1:$A2"}
 state: {dir: "$WORK/state-policy"}
 policy: {file: "$WORK/policy.yaml"}
 egress: {allow_cidrs: ["127.0.0.0/8"]}
+receipts: {enabled: ${RECEIPTS:-true}}
 tools:
   $TOOLS
 CONF
@@ -79,7 +82,15 @@ script() { # name method target body [header: value]...
     echo "wrk.method = \"$method\""
     [[ -n "$body" ]] && printf 'wrk.body = [[%s]]\n' "$body"
     for h in "$@"; do printf 'wrk.headers["%s"] = "%s"\n' "${h%%: *}" "${h#*: }"; done
-    echo "request = function() return wrk.format(nil, \"$target\") end"
+    if [[ $name == *gmail* ]]; then
+      # Every send a different email (its own Idempotency-Key): identical sends would be replayed from
+      # the sidecar's idempotency ledger instead of sent, which is not what this row measures.
+      echo 'math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))'
+      echo 'local n = 0'
+      echo "request = function() n = n + 1; wrk.headers[\"Idempotency-Key\"] = string.format(\"%x-%x\", math.random(0, 2^31), n); return wrk.format(nil, \"$target\") end"
+    else
+      echo "request = function() return wrk.format(nil, \"$target\") end"
+    fi
   } > "$WORK/$name.lua"
 }
 CHAT_BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarize the benchmark in one word."}]}'

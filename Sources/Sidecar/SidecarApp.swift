@@ -55,7 +55,7 @@ public enum SidecarApp {
             }
             redis = RedisClient(
                 seeds: location.seeds, cluster: location.cluster, poolSize: config.redisPoolSize, commandTimeout: config.redisCommandTimeout,
-                connectTimeout: config.redisConnectTimeout, scripts: AdmissionScripts.all + RunScripts.all + RedisIdempotencyStore.scripts, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
+                connectTimeout: config.redisConnectTimeout, scripts: AdmissionScripts.all + RunScripts.all + RedisIdempotencyStore.scripts + RedisApprovalStore.scripts, observe: { latency, failed in metrics.redisCommand(latency, failed: failed) })
             // Not fatal (the failure policy answers while Redis is away), but said at once: a wrong password
             // is a WRONGPASS now, not a mystery at the first request that needs Redis.
             if let error = await redis?.connectAll() {
@@ -210,12 +210,14 @@ public enum SidecarApp {
             started.add { await log.stop() }
             receipts = log
         }
+        let approvalStore: any ApprovalStore = redis.map { RedisApprovalStore(redis: $0) } ?? EmbeddedApprovalStore()
+        let approvals = ApprovalService(store: approvalStore, runs: runs, metrics: metrics, logger: logger, now: unixMillis)
         let idempotency = IdempotencyLedger(store: idempotencyStore, settings: config.idempotency, metrics: metrics, logger: logger)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency, receipts: receipts)
+            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency, receipts: receipts, approvals: approvals)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
@@ -246,6 +248,7 @@ public enum SidecarApp {
         let api = router.group("api").add(middleware: AdminAuthMiddleware(token: adminToken, metrics: metrics))
         ControlAPI(identity: identity, credentials: credentials, maxBodyBytes: config.adminMaxBodyBytes, policy: policy, runs: runs).register(on: api)
         if let receipts { ReceiptsAPI(receipts: receipts).register(on: api) }
+        ApprovalsAPI(approvals: approvals, adminToken: adminToken, authenticator: authenticator, maxBodyBytes: config.adminMaxBodyBytes).register(on: router)
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning

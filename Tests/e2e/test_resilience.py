@@ -331,8 +331,9 @@ def test_ff_chaos_on_at_start_and_gmail_excluded(pki, https_upstream, sidecar_fa
     token = s.new_token()
     assert s.admin_request("GET", "/api/chaos").json()["enabled"] is True
     assert serp(s, token, "x").headers.get("X-Chaos-Injected") == "error"
-    raw = base64.urlsafe_b64encode(b"To: a@example.com\r\nSubject: hi\r\n\r\nhello").decode().rstrip("=")
-    for _ in range(3):
+    for i in range(3):
+        # Three different emails (identical ones would be replayed from the idempotency ledger).
+        raw = base64.urlsafe_b64encode(f"To: a@example.com\r\nSubject: hi {i}\r\n\r\nhello".encode()).decode().rstrip("=")
         r = requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json={"raw": raw}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 200 and "X-Chaos-Injected" not in r.headers
     assert sends.calls == 3

@@ -52,6 +52,18 @@ public struct Guards: Sendable, Hashable {
 }
 
 /// One rule: which calls it applies to, its mode, guards, time window and limits.
+/// `approval: {required: true, approvers: [...], expires: 15m, hold: 30s}` on a rule.
+public struct ApprovalRule: Sendable, Hashable {
+    /// Who may decide besides the admin token: agent ids (`agt_…`) or roles (`role:reviewer`) whose
+    /// tokens are accepted by the approvals API. Never the calling agent itself.
+    public var approvers: [String] = []
+    /// How long a pending approval (and an unused grant) stays valid, in milliseconds.
+    public var expiresMilliseconds: Int64 = 15 * 60_000
+    /// How long the call is held waiting for a decision before the agent is answered `approval_pending`.
+    public var holdMilliseconds: Int64 = 30_000
+    public init() {}
+}
+
 public struct Rule: Sendable, Hashable {
     public var scope: ScopePattern
     public var mode: LimitCheck.Mode = .enforce
@@ -68,6 +80,8 @@ public struct Rule: Sendable, Hashable {
     public var budget: (tokens: Int, window: CalendarWindow, mode: LimitCheck.Mode)? {
         didSet { budgetKey = budget.map { "b:\(scope):\($0.window.period.rawValue)" } ?? "" }
     }
+    /// A human must approve each call this rule matches (`approval:`).
+    public var approval: ApprovalRule?
     /// The counters' keys, made once when the limit is set (not formatted again for every request).
     public private(set) var rateKey = ""
     public private(set) var quotaKey = ""

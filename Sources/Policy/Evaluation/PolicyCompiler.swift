@@ -136,7 +136,7 @@ public enum PolicyCompiler {
     }
 
     static func compileRule(_ node: DocumentReader, id: String, isCIDR: (String) -> Bool = { _ in false }) throws(DocumentError) -> Rule {
-        try node.checkKeys(["scope", "mode", "guards", "time_window", "rate", "quota", "budget"])
+        try node.checkKeys(["scope", "mode", "guards", "time_window", "rate", "quota", "budget", "approval"])
         guard let scopeText = try node["scope"].string(), let scope = ScopePattern(scopeText, known: knownActions) else {
             throw node["scope"].error("expected tool:action, tool:* or * for a known tool and action")
         }
@@ -240,6 +240,29 @@ public enum PolicyCompiler {
                 throw budget["window"].error("expected hour, day, week or month")
             }
             rule.budget = (tokens, CalendarWindow(period: period, timeZone: try timeZone(budget["timezone"])), try mode(budget["mode"], default: rule.mode))
+        }
+        let approval = node["approval"]
+        if approval.isPresent {
+            try approval.checkKeys(["required", "approvers", "expires", "hold"])
+            if try approval["required"].bool(default: true) {
+                var a = ApprovalRule()
+                for (i, who) in (try approval["approvers"].strings() ?? []).enumerated() {
+                    guard who.hasPrefix("agt_") || (who.hasPrefix("role:") && who.count > 5) else {
+                        throw DocumentError(path: "\(approval["approvers"].path)[\(i)]", message: "expected an agent id (agt_…) or role:<name>")
+                    }
+                    a.approvers.append(who)
+                }
+                func ms(_ d: Duration) -> Int64 { d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
+                if let e = try approval["expires"].duration() {
+                    guard e >= .seconds(1), e <= .seconds(7 * 86_400) else { throw approval["expires"].error("must be between 1s and 7d") }
+                    a.expiresMilliseconds = ms(e)
+                }
+                if let h = try approval["hold"].duration() {
+                    guard h >= .zero, h <= .seconds(300) else { throw approval["hold"].error("must be between 0s and 5m") }
+                    a.holdMilliseconds = ms(h)
+                }
+                rule.approval = a
+            }
         }
         return rule
     }

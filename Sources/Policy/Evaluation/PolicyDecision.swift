@@ -34,6 +34,8 @@ public struct PolicyEvaluation: Sendable, Hashable {
     public var budgetTool: Bool
     /// http_fetch: internal ranges the matching rules grant (`guards.allow_cidrs`).
     public var egressAllow: [String] = []
+    /// The call needs a human's approval (the first matching rule that asks for one).
+    public var approval: ApprovalRule?
 
     public init(denial: PolicyDenial? = nil, checks: [LimitCheck] = [], wouldDeny: [PolicyDenial] = [], budgetTool: Bool = false) {
         self.denial = denial

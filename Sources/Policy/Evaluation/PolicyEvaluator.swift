@@ -53,6 +53,7 @@ public struct PolicyEvaluator: Sendable {
             }
         }
         for rule in rules where !rule.guards.allowCIDRs.isEmpty { evaluation.egressAllow += rule.guards.allowCIDRs }
+        evaluation.approval = rules.lazy.compactMap(\.approval).first
         // 4. Stateful checks, in order.
         if let max = overrides?.concurrency ?? role?.concurrency {
             evaluation.checks.append(LimitCheck(kind: .concurrency, mode: overrides?.concurrency != nil ? overrides!.concurrencyMode : role!.concurrencyMode, key: "c", limit: max))

@@ -74,3 +74,28 @@ enum AdminProblem {
         return Response(status: .init(code: Int(error.status.code)), headers: headers, body: .init(byteBuffer: body))
     }
 }
+
+/// Who calls an admin route that agents may use too (runs, approvals): the admin token, or an agent's
+/// own token (`Authorization: Bearer`, or `X-Agent-Token`), verified as on the proxy.
+enum AdminOrAgent {
+    case admin
+    case agent(AgentIdentity)
+
+    static func identify(_ request: Request, adminToken: AdminToken, authenticator: Authenticator?, metrics: GatewayMetrics?) throws(GatewayError) -> Self {
+        let presented = AdminToken.bearer(in: request) ?? request.headers[HTTPField.Name("X-Agent-Token")!]
+        guard let presented, !presented.isEmpty else {
+            throw RunsAPI.unauthorized("send Authorization: Bearer <admin token> or the agent's own token")
+        }
+        if adminToken.matches(presented) { return .admin }
+        guard let authenticator else {
+            metrics?.securityEvent("admin_auth_failure")
+            throw RunsAPI.unauthorized("not the admin token (agent tokens are not accepted: authentication is off)")
+        }
+        switch authenticator.authenticate(token: presented, presentedAgentID: request.headers[HTTPField.Name("X-Agent-Id")!]) {
+        case .success(let identity): return .agent(identity)
+        case .failure(var error):
+            error.headers.append(("WWW-Authenticate", #"Bearer realm="agent-sidecar-admin""#))
+            throw error
+        }
+    }
+}

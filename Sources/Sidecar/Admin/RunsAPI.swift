@@ -54,20 +54,9 @@ struct RunsAPI: Sendable {
 
     /// The admin token, else an agent token (`Authorization: Bearer`, or `X-Agent-Token`).
     func caller(_ request: Request) throws(GatewayError) -> RunCaller {
-        let presented = AdminToken.bearer(in: request) ?? request.headers[HTTPField.Name("X-Agent-Token")!]
-        guard let presented, !presented.isEmpty else {
-            throw Self.unauthorized("send Authorization: Bearer <admin token> or the agent's own token")
-        }
-        if adminToken.matches(presented) { return .admin }
-        guard let authenticator else {
-            runs.metrics.securityEvent("admin_auth_failure")
-            throw Self.unauthorized("not the admin token (agent tokens are not accepted: authentication is off)")
-        }
-        switch authenticator.authenticate(token: presented, presentedAgentID: request.headers[HTTPField.Name("X-Agent-Id")!]) {
-        case .success(let identity): return .agent(identity.agentID, run: identity.run)
-        case .failure(var error):
-            error.headers.append(("WWW-Authenticate", #"Bearer realm="agent-sidecar-admin""#))
-            throw error
+        switch try AdminOrAgent.identify(request, adminToken: adminToken, authenticator: authenticator, metrics: runs.metrics) {
+        case .admin: return .admin
+        case .agent(let identity): return .agent(identity.agentID, run: identity.run)
         }
     }
 

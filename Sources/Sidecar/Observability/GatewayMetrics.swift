@@ -29,6 +29,7 @@ public final class GatewayMetrics: Sendable {
     let leaseStore: Prometheus.Counter
     let policyReloadFailures: Prometheus.Counter
     private let idempotencyDecisions: [String: Prometheus.Counter]
+    private let approvalOutcomes: [String: Prometheus.Counter]
     private let policyDenials: [String: Prometheus.Counter]
     private let policyWouldDeny: [String: Prometheus.Counter]
     private let rateLimitDecisions: [String: Prometheus.Counter]
@@ -158,6 +159,12 @@ public final class GatewayMetrics: Sendable {
             helpText: "Side-effecting calls by what the idempotency ledger decided (proceed, replay, in_flight, outcome_unknown, conflict, store_error).")
         idempotencyDecisions = Dictionary(uniqueKeysWithValues: Self.idempotencyResults.map {
             ($0, registry.makeCounter(descriptor: idempotency, labels: [("result", $0)]))
+        })
+        let approvals = MetricNameDescriptor(
+            namespace: "gateway", metricName: "approval_checks", unitName: "total",
+            helpText: "Calls that needed approval, by what they met: granted, pending (held, then refused), denied, expired.")
+        approvalOutcomes = Dictionary(uniqueKeysWithValues: ["granted", "pending", "denied", "expired"].map {
+            ($0, registry.makeCounter(descriptor: approvals, labels: [("result", $0)]))
         })
         policyReloadFailures = registry.makeCounter(
             descriptor: MetricNameDescriptor(
@@ -305,6 +312,15 @@ public final class GatewayMetrics: Sendable {
 
     static let idempotencyResults = ["proceed", "replay", "in_flight", "outcome_unknown", "conflict", "store_error"]
     func idempotencyDecision(_ result: String) { idempotencyDecisions[result]?.increment() }
+
+    func approval(_ claim: ApprovalClaim) {
+        switch claim {
+        case .granted: approvalOutcomes["granted"]?.increment()
+        case .pending, .created: approvalOutcomes["pending"]?.increment()
+        case .denied: approvalOutcomes["denied"]?.increment()
+        case .expired: approvalOutcomes["expired"]?.increment()
+        }
+    }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }
 }

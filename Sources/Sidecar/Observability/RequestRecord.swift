@@ -40,6 +40,8 @@ struct RequestRecord: Sendable {
         var requestDigest: String?
         var responseDigest: String?
         var policyHash: String?
+        /// The approval the call spent or is waiting for.
+        var approvalID: String?
         /// The chaos fault injected, if any.
         var chaos: String?
         var mock = false

@@ -63,6 +63,12 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case idempotencyConflict = "idempotency_conflict"
         case duplicateInFlight = "duplicate_in_flight"
         case duplicateOutcomeUnknown = "duplicate_outcome_unknown"
+        case approvalPending = "approval_pending"
+        case approvalDenied = "approval_denied"
+        case approvalExpired = "approval_expired"
+        case approvalNotFound = "approval_not_found"
+        case approvalForbidden = "approval_forbidden"
+        case approvalNotPending = "approval_not_pending"
         case tooManyStreams = "too_many_streams"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
@@ -94,6 +100,9 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .unsupportedMediaType: return .unsupportedMediaType
             case .misdirectedRequest: return .misdirectedRequest
             case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied, .secretExfiltration: return .forbidden
+            case .approvalPending, .approvalDenied, .approvalExpired, .approvalForbidden: return .forbidden
+            case .approvalNotFound: return .notFound
+            case .approvalNotPending: return .conflict
             case .breakerOpen, .toolSaturated: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
@@ -174,6 +183,12 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .idempotencyConflict: return "Idempotency key reused with a different request"
             case .duplicateInFlight: return "An identical call is in flight"
             case .duplicateOutcomeUnknown: return "An identical call may already have taken effect"
+            case .approvalPending: return "Approval pending"
+            case .approvalDenied: return "Approval denied"
+            case .approvalExpired: return "Approval expired"
+            case .approvalNotFound: return "No such approval"
+            case .approvalForbidden: return "Not an approver of this call"
+            case .approvalNotPending: return "Approval already decided"
             case .tooManyStreams: return "Too many event streams on this run"
             case .adminRateLimited: return "Too many admin requests from this address"
             case .originNotAllowed: return "Origin not allowed"

@@ -26,6 +26,9 @@ extension Pipeline {
         var meter: OpenAIUsageMeter? = nil
         /// http_fetch with a policy: the same evaluation for each redirect hop the transport would follow.
         var hopCheck: (@Sendable (TargetURL) -> String?)? = nil
+        /// The call needs a human's approval, bound to the hash of the policy that asked for it.
+        var approval: ApprovalRule? = nil
+        var policyHash = ""
     }
 
     /// Evaluates the policy (scope, guards, time window): synchronous, no state touched. Throws the
@@ -35,7 +38,8 @@ extension Pipeline {
         let request = PolicyRequest(
             agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
             action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
-        let evaluation = policy.evaluator.evaluate(request, at: Date())
+        let evaluator = policy.evaluator
+        let evaluation = evaluator.evaluate(request, at: Date())
         for w in evaluation.wouldDeny { metrics?.policyWouldDeny(w.kind.rawValue) }
         if let denial = evaluation.denial {
             metrics?.policyDenied(denial.kind.rawValue)
@@ -45,6 +49,10 @@ extension Pipeline {
         var evaluated = Evaluated(
             checks: evaluation.checks, egressAllow: evaluation.egressAllow.compactMap(CIDR.init),
             meter: evaluation.budgetTool ? OpenAIUsageMeter() : nil)
+        if let approval = evaluation.approval {
+            evaluated.approval = approval
+            evaluated.policyHash = evaluator.policy.hash
+        }
         if case .httpFetch(let fetch) = call.parameters {
             let evaluator = policy.evaluator
             evaluated.hopCheck = { url in

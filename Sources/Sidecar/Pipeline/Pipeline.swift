@@ -71,14 +71,18 @@ final class Pipeline: Sendable {
     let idempotency: IdempotencyLedger?
     /// The signed receipt of every call (nil: receipts off).
     let receipts: ReceiptLog?
+    /// Approval holds (nil: a rule's `approval:` cannot be met, so such calls are refused).
+    let approvals: ApprovalService?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
         credentials: any CredentialSource, settings: PipelineSettings, authenticator: Authenticator? = nil,
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
         resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
-        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil, receipts: ReceiptLog? = nil
+        leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil, receipts: ReceiptLog? = nil,
+        approvals: ApprovalService? = nil
     ) {
+        self.approvals = approvals
         self.receipts = receipts
         self.idempotency = idempotency
         self.leases = leases
@@ -140,17 +144,21 @@ final class Pipeline: Sendable {
             then(failed(error, request: request, record: record))
             return {}
         }
-        // A side effect: claimed in the idempotency ledger first, in a task.
-        switch sideEffect(prepared, headers: request.head.headers) {
-        case nil: break
-        case .failure(let error):
-            then(failed(error, request: request, record: record))
-            return {}
-        case .success(let (ledger, clientKey)):
+        // A side effect (claimed in the idempotency ledger first) or a call that needs approval: in a task.
+        let effect = sideEffect(prepared, headers: request.head.headers)
+        if effect != nil || prepared.evaluated.approval != nil {
+            let ledger: (IdempotencyLedger, String?)?
+            switch effect {
+            case .failure(let error)?:
+                then(failed(error, request: request, record: record))
+                return {}
+            case .success(let l)?: ledger = l
+            case nil: ledger = nil
+            }
             let runCall = makeRunCall(prepared)
             record.runCall = runCall
             let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-                try await self.onceOnly(prepared, ledger: ledger, clientKey: clientKey, record: &r, runCall: runCall)
+                try await self.guardedCall(prepared, ledger: ledger, record: &r, runCall: runCall)
             }
             runCall?.onAbort(cancel)
             return cancel
@@ -423,8 +431,9 @@ final class Pipeline: Sendable {
 
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
         guard let prepared = try prepare(request, record: &record) else { return try await compat(request, record: &record) }
-        if let (ledger, clientKey) = try sideEffect(prepared, headers: request.head.headers)?.get() {
-            return try await onceOnly(prepared, ledger: ledger, clientKey: clientKey, record: &record, runCall: makeRunCall(prepared))
+        let ledger = try sideEffect(prepared, headers: request.head.headers)?.get()
+        if ledger != nil || prepared.evaluated.approval != nil {
+            return try await guardedCall(prepared, ledger: ledger, record: &record, runCall: makeRunCall(prepared))
         }
         return try await call(prepared, record: &record)
     }

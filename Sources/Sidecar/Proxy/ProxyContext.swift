@@ -50,6 +50,6 @@ final class ProxyContext: Sendable {
             at: Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec / 1_000_000), requestID: r.requestID, entry: r.entry?.rawValue, agent: r.agentID,
             token: r.tokenID, run: r.runID, tool: r.tool?.rawValue, action: r.action, requestDigest: r.requestDigest,
             responseDigest: r.responseDigest, status: r.status, outcome: r.outcome, upstreamStatus: r.upstreamStatus, policy: r.policyHash,
-            credential: nil, approval: nil, idempotency: r.idempotency, upstreamContacted: r.upstreamStart != nil && !r.mock)
+            credential: nil, approval: r.approvalID, idempotency: r.idempotency, upstreamContacted: r.upstreamStart != nil && !r.mock)
     }
 }

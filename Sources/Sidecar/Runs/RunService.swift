@@ -421,6 +421,15 @@ final class RunService: Sendable {
 
     /// Wakes this sidecar's streams of `runs`, and tells the fleet's (the embedded store wakes its own
     /// once events are written, so nothing is announced here before that).
+    /// Puts an event that is not a tool call on a run's stream (approvals).
+    func note(_ id: String, agent: String?, type: String, data: JSONValue) async {
+        do {
+            if try await store.append(id, agent: agent, type: type, json: data.serialized, now: now()) != nil { announce([id]) }
+        } catch {
+            logger.warning("cannot put an event on a run's stream", metadata: ["run": "\(id)", "type": "\(type)", "error": "\(error)"])
+        }
+    }
+
     func announce(_ runs: [String]) {
         guard let publish else { return }
         hub.wake(runs)
