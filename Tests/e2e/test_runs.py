@@ -277,7 +277,9 @@ def test_mixed_calls_of_all_four_tools_until_each_dimension_runs_out(start):
     import base64
     email = {"raw": base64.urlsafe_b64encode(b"To: a@example.com\r\nSubject: hi\r\n\r\nhello").decode()}
     assert requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json=email, headers={**H, "X-Agent-Token": tok}, timeout=10).status_code == 200
-    r = requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json=email, headers={**H, "X-Agent-Token": tok}, timeout=10)
+    # Another email (the same one again would be replayed from the idempotency ledger, not sent).
+    email2 = {"raw": base64.urlsafe_b64encode(b"To: a@example.com\r\nSubject: hi again\r\n\r\nhello").decode()}
+    r = requests.post(f"{s.proxy_url}/gmail/v1/users/me/messages/send", json=email2, headers={**H, "X-Agent-Token": tok}, timeout=10)
     assert r.json()["dimension"] == "emails"
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
     r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", json=chat, headers={**H, "Authorization": f"Bearer {tok}"}, timeout=10)
