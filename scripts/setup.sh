@@ -19,10 +19,12 @@ if (( ${#missing[@]} )); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY_PACKAGES=(openai requests pytest cryptography joserfc httpx h2 redis)
+# package[:module] — the scenarios' load generator and report (aiohttp, hdrhistogram, matplotlib) too.
+PY_PACKAGES=(openai requests pytest cryptography joserfc httpx h2 redis aiohttp hdrhistogram:hdrh matplotlib)
 py_missing=()
-for p in "${PY_PACKAGES[@]}"; do
-  python3 -c "import ${p}" >/dev/null 2>&1 || py_missing+=("$p")
+for entry in "${PY_PACKAGES[@]}"; do
+  p=${entry%%:*}; module=${entry#*:}
+  python3 -c "import ${module}" >/dev/null 2>&1 || py_missing+=("$p")
 done
 if (( ${#py_missing[@]} )); then
   echo "setup: pip installing ${py_missing[*]}" >&2

@@ -116,14 +116,10 @@ log: {{access_log: false}}
 admin: {{rate_limit: {{per_second: 1000, burst: 2000}}}}
 {f'redis: {{url: "{redis_url}"}}' if redis_url else ''}
 tools:
-  serpapi: {{mode: live, base_url: "{up}", cache_ttl: 0s}}
+  serpapi: {{mode: live, base_url: "{up}"}}
   openai: {{mode: live, base_url: "{up}"}}
   gmail_send: {{mode: live, base_url: "{up}"}}
   http_fetch: {{mode: live, cache_ttl: 0s}}
-chaos:
-  seed: 7
-  tools:
-    "*": {{error_rate: 0.2, latency_min_ms: 0, latency_max_ms: 20}}
 """
 
 
@@ -382,7 +378,9 @@ async def run_load(stack, tokens, stages, events, rec, timeline, scenario, rng, 
 async def apply_change(session, stack, action):
     auth = {"Authorization": f"Bearer {ADMIN}"}
     if action in ("chaos_on", "chaos_off"):
-        async with session.put(f"{stack.admin}/api/chaos", json={"enabled": action == "chaos_on"}, headers=auth) as r:
+        # The whole chaos settings (PUT replaces them): 20 % of calls fail with a 5xx, up to 20 ms of jitter.
+        body = {"enabled": action == "chaos_on", "seed": 7, "tools": {"*": {"error_rate": 0.2, "latency_min_ms": 0, "latency_max_ms": 20}}}
+        async with session.put(f"{stack.admin}/api/chaos", json=body, headers=auth) as r:
             return f"PUT /api/chaos -> {r.status}"
     if action == "halve_quota":
         text = stack.dirs["policy"].read_text()
