@@ -25,9 +25,10 @@
 source "$(dirname "$0")/common.sh"
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
-# RECEIPTS=false runs the policy sidecar without signed receipts (to measure what they cost).
+# RECEIPTS=false runs the policy sidecar without signed receipts. The row chat-noreceipts (not in the
+# default ROWS) is the chat row through a third sidecar with receipts off, in the same run: what they cost.
 ROWS=${ROWS:-"serpapi-open serpapi serpapi-forward chat chat-forward gmail fetch-forward"}
-BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port)
+BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$(free_port); A2=$(free_port); P3=$(free_port); A3=$(free_port)
 build_sidecar
 
 write_backend
@@ -67,12 +68,25 @@ nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
 ENVS=(SERPAPI_API_KEY=9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0 OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 GMAIL_ACCESS_TOKEN=ya29.a0AfH6SMBx1234567890abcdefghijklmnopqrstuvwxyzABCDEFGHIJ SIDECAR_ADMIN_TOKEN=benchadmin0123456789)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/open.yaml" > "$WORK/open.log" 2>&1 & OPEN=$!; PIDS+=($OPEN)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/policy-side.yaml" > "$WORK/policy.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
-for a in $A1 $A2; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
+ADMINS="$A1 $A2"
+if [[ " $ROWS " == *" chat-noreceipts "* ]]; then
+  sed -e "s/127.0.0.1:$P2/127.0.0.1:$P3/; s/127.0.0.1:$A2/127.0.0.1:$A3/; s#state-policy#state-noreceipts#; s/receipts: {enabled: .*}/receipts: {enabled: false}/" \
+    "$WORK/policy-side.yaml" > "$WORK/noreceipts.yaml"
+  env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/noreceipts.yaml" > "$WORK/noreceipts.log" 2>&1 & NORECEIPTS=$!; PIDS+=($NORECEIPTS)
+  ADMINS="$ADMINS $A3"
+fi
+for a in $ADMINS; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
 AGENT=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
   -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
 TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents/$AGENT/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
   -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 BASIC=$(printf 'agent:%s' "$TOKEN" | base64 -w0)
+if [[ -n "${NORECEIPTS:-}" ]]; then
+  AGENT3=$(curl -fs -X POST "http://127.0.0.1:$A3/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+  TOKEN3=$(curl -fs -X POST "http://127.0.0.1:$A3/api/agents/$AGENT3/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
+    -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+fi
 RAW=$(printf 'To: a@example.com\r\nSubject: bench\r\n\r\nhello' | base64 -w0 | tr '+/' '-_' | tr -d '=')
 
 # One wrk script per request shape: method, request-target, headers and body.
@@ -104,6 +118,7 @@ row serpapi "http://127.0.0.1:$P2" "$SIDE" serpapi GET "/serpapi/search?q=bench&
 row serpapi-forward "http://127.0.0.1:$P2" "$SIDE" serpapi-forward GET "http://serpapi.com/search?q=bench&num=10" "" "Proxy-Authorization: Basic $BASIC"
 row chat "http://127.0.0.1:$P2" "$SIDE" chat POST "/openai/v1/chat/completions" "$CHAT_BODY" "$JSON" "Authorization: Bearer $TOKEN"
 row chat-forward "http://127.0.0.1:$P2" "$SIDE" chat-forward POST "http://api.openai.com/v1/chat/completions" "$CHAT_BODY" "$JSON" "Proxy-Authorization: Basic $BASIC" "Authorization: Bearer sk-placeholder"
+[[ -n "${NORECEIPTS:-}" ]] && row chat-noreceipts "http://127.0.0.1:$P3" "$NORECEIPTS" chat-noreceipts POST "/openai/v1/chat/completions" "$CHAT_BODY" "$JSON" "Authorization: Bearer $TOKEN3"
 row gmail "http://127.0.0.1:$P2" "$SIDE" gmail POST "/gmail/v1/users/me/messages/send" "$GMAIL_BODY" "$JSON" "Authorization: Bearer $TOKEN"
 row fetch-forward "http://127.0.0.1:$P2" "$SIDE" fetch-forward GET "http://127.0.0.1:$BACKEND/page" "" "Proxy-Authorization: Basic $BASIC"
 # nginx's twin of each row: the same method, origin-form path and body.

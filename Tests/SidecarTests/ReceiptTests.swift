@@ -20,14 +20,38 @@ import Upstreams
         #expect(String(decoding: CanonicalJSON.serialize(.number(200)), as: UTF8.self) == "200")
     }
 
+    /// The writer's fixed member order is RFC 8785's: each line is exactly what the generic canonical
+    /// form of its parsed value is (what `verify` recomputes), with every optional member present or not.
+    @Test func theWritersFormIsTheCanonicalForm() throws {
+        var rng = SystemRandomNumberGenerator()
+        let key = Curve25519.Signing.PrivateKey()
+        var chain = ReceiptChain()
+        for i in 0..<200 {
+            func maybe(_ s: String) -> String? { Bool.random(using: &rng) ? s : nil }
+            var d = ReceiptDraft(
+                at: 1_765_000_000_000 + Int64(i) * 997, requestID: "r\(i)\u{1}\"q", entry: maybe("reverse"), agent: maybe("agt_é"), token: maybe("tok_1"),
+                run: maybe("run_1"), tool: maybe("openai"), action: maybe("chat"), requestDigest: Bool.random(using: &rng) ? SHA256Value(SHA256.hash(data: [1])) : nil, responseDigest: Bool.random(using: &rng) ? SHA256Value(SHA256.hash(data: [2])) : nil,
+                status: 200 + i % 300, outcome: "ok\n", upstreamStatus: Bool.random(using: &rng) ? 503 : nil, policy: maybe("p"), credential: maybe("openai@v2"),
+                approval: maybe("apr_x"), idempotency: maybe("replay"))
+            d.lost = Bool.random(using: &rng) ? i : nil
+            var line: [UInt8] = []
+            chain.append(d, sidecar: "sc-1", keyID: "k", signer: i % 3 == 0 ? key : nil, into: &line)
+            guard let parsed = JSONValue.parse(line) else {
+                Issue.record("not JSON: \(String(decoding: line, as: UTF8.self))")
+                continue
+            }
+            #expect(CanonicalJSON.serialize(parsed) == line, "\(String(decoding: line, as: UTF8.self))")
+        }
+    }
+
     static func lines(_ n: Int, batch: Int, key: Curve25519.Signing.PrivateKey) -> [UInt8] {
         var chain = ReceiptChain()
         var out: [UInt8] = []
         for i in 1...n {
             let draft = ReceiptDraft(
                 at: 1_765_000_000_000 + Int64(i), requestID: "r\(i)", agent: "agt_1", tool: "gmail_send", action: "send",
-                requestDigest: String(repeating: "a", count: 64), status: i % 7 == 0 ? 403 : 200, outcome: i % 7 == 0 ? "param_denied" : "ok")
-            out += chain.append(draft.fields, sidecar: "sc-1", keyID: ReceiptChain.keyID(key.publicKey), signer: i % batch == 0 || i == n ? key : nil)
+                requestDigest: SHA256Value(SHA256.hash(data: [UInt8(i & 0xFF)])), status: i % 7 == 0 ? 403 : 200, outcome: i % 7 == 0 ? "param_denied" : "ok")
+            chain.append(draft, sidecar: "sc-1", keyID: ReceiptChain.keyID(key.publicKey), signer: i % batch == 0 || i == n ? key : nil, into: &out)
             out.append(10)
         }
         return out

@@ -37,8 +37,8 @@ struct RequestRecord: Sendable {
         var idempotency: String?
         /// For the call's receipt (only when receipts are on): SHA-256 of the request (method, target,
         /// body) and of the answer's body as sent, and the policy that decided it.
-        var requestDigest: String?
-        var responseDigest: String?
+        var requestDigest: SHA256Value?
+        var responseDigest: SHA256Value?
         var policyHash: String?
         /// The approval the call spent or is waiting for.
         var approvalID: String?

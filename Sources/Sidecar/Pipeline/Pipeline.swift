@@ -444,11 +444,16 @@ final class Pipeline: Sendable {
     }
 
     /// SHA-256 of what the agent asked: method, target and body bytes (for its receipt).
-    static func requestDigest(_ request: InboundRequest) -> String {
+    static func requestDigest(_ request: InboundRequest) -> SHA256Value {
         var hasher = SHA256()
-        hasher.update(data: Array("\(request.head.method.rawValue) \(request.head.uri)\n".utf8))
+        var method = request.head.method.rawValue
+        var uri = request.head.uri
+        method.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        withUnsafeBytes(of: UInt8(ascii: " ")) { hasher.update(bufferPointer: $0) }
+        uri.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        withUnsafeBytes(of: UInt8(ascii: "\n")) { hasher.update(bufferPointer: $0) }
         if let body = request.body { body.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
-        return Digest.hex(hasher.finalize())
+        return SHA256Value(hasher.finalize())
     }
 
     /// The ledger and the agent's `Idempotency-Key` when the call is a side effect the ledger covers.

@@ -573,7 +573,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The SHA-256 of a whole answer's body, for the call's receipt (receipts on only).
     private func digest(_ body: ByteBuffer?, into record: inout RequestRecord) {
         guard shared.pipeline.receipts != nil else { return }
-        record.responseDigest = Digest.sha256Hex(bytes: body?.readableBytesView ?? ByteBuffer().readableBytesView)
+        record.responseDigest = (body ?? ByteBuffer()).withUnsafeReadableBytes { SHA256Value.of($0) }
     }
 
     /// The body that goes out after `head` (none for HEAD, 1xx, 204, 304, or when empty).
@@ -659,7 +659,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 }
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
-                if let hasher { record.responseDigest = Digest.hex(hasher.finalize()) }
+                if let hasher { record.responseDigest = SHA256Value(hasher.finalize()) }
                 let final = record
                 try await onLoop { try $0.writeEnd(completing: final, keepAlive: !head.close) }
             } catch {

@@ -40,9 +40,22 @@ enum CanonicalJSON {
     }
 
     static func string(_ s: String, into out: inout [UInt8]) {
+        var s = s
+        s.withUTF8 { bytes in
+            out.append(UInt8(ascii: "\""))
+            // Almost every value needs no escape (ids, digests, codes): copied whole.
+            if !bytes.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                out.append(contentsOf: bytes)
+            } else {
+                escaped(bytes, into: &out)
+            }
+            out.append(UInt8(ascii: "\""))
+        }
+    }
+
+    private static func escaped(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
         let hex = Array("0123456789abcdef".utf8)
-        out.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
+        for b in bytes {
             switch b {
             case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
             case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
@@ -55,6 +68,5 @@ enum CanonicalJSON {
             default: out.append(b)
             }
         }
-        out.append(UInt8(ascii: "\""))
     }
 }

@@ -134,25 +134,22 @@ final class ReceiptLog: @unchecked Sendable {
         state.unlock()
         guard !batch.isEmpty || lostNow > 0 else { return }
         var out: [UInt8] = []
-        out.reserveCapacity(batch.count * 600)
+        out.reserveCapacity(batch.count * 700 + 128)
         let versions = credentialVersions()
-        for (i, draft) in batch.enumerated() {
-            var fields = draft.fields
+        for (i, d) in batch.enumerated() {
+            var draft = d
+            if i == 0, lostNow > 0 { draft.lost = lostNow }
             if draft.upstreamContacted, let name = draft.tool, let tool = Tool(rawValue: name), tool.isBrokered {
-                fields["credential"] = .string(versions[tool].map { "\(name)@v\($0)" } ?? "\(name)@env")
+                draft.credential = versions[tool].map { "\(name)@v\($0)" } ?? "\(name)@env"
             }
-            if i == 0, lostNow > 0 { fields["lost"] = .number(Double(lostNow)) }
-            let last = i == batch.count - 1
-            out.append(contentsOf: chain.append(fields, sidecar: sidecar, keyID: keyID, signer: last ? key : nil))
+            chain.append(draft, sidecar: sidecar, keyID: keyID, signer: i == batch.count - 1 ? key : nil, into: &out)
             out.append(10)
         }
         if batch.isEmpty {
             // Only losses to report: a receipt of its own says so.
-            let fields: [String: JSONValue] = [
-                "at": .string(LogSink.timestamp(seconds: Int(Date().timeIntervalSince1970), milliseconds: 0)), "outcome": "receipts_lost",
-                "lost": .number(Double(lostNow)), "status": 0, "request_id": "",
-            ]
-            out.append(contentsOf: chain.append(fields, sidecar: sidecar, keyID: keyID, signer: key))
+            var draft = ReceiptDraft(at: Int64(Date().timeIntervalSince1970 * 1000), requestID: "", status: 0, outcome: "receipts_lost")
+            draft.lost = lostNow
+            chain.append(draft, sidecar: sidecar, keyID: keyID, signer: key, into: &out)
             out.append(10)
         }
         append(out, firstSeq: chain.seq - Int64(max(batch.count, 1)) + 1)
