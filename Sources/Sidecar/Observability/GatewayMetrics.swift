@@ -30,6 +30,8 @@ public final class GatewayMetrics: Sendable {
     let policyReloadFailures: Prometheus.Counter
     private let idempotencyDecisions: [String: Prometheus.Counter]
     private let approvalOutcomes: [String: Prometheus.Counter]
+    private let lowHeadroomQuota: Prometheus.Counter
+    private let lowHeadroomBudget: Prometheus.Counter
     private let policyDenials: [String: Prometheus.Counter]
     private let policyWouldDeny: [String: Prometheus.Counter]
     private let rateLimitDecisions: [String: Prometheus.Counter]
@@ -160,6 +162,11 @@ public final class GatewayMetrics: Sendable {
         idempotencyDecisions = Dictionary(uniqueKeysWithValues: Self.idempotencyResults.map {
             ($0, registry.makeCounter(descriptor: idempotency, labels: [("result", $0)]))
         })
+        let headroom = MetricNameDescriptor(
+            namespace: "gateway", metricName: "limit_low_headroom", unitName: "total",
+            helpText: "Calls admitted with under a tenth of their quota or token budget left (class=quota|budget): exhaustion is near.")
+        lowHeadroomQuota = registry.makeCounter(descriptor: headroom, labels: [("class", "quota")])
+        lowHeadroomBudget = registry.makeCounter(descriptor: headroom, labels: [("class", "budget")])
         let approvals = MetricNameDescriptor(
             namespace: "gateway", metricName: "approval_checks", unitName: "total",
             helpText: "Calls that needed approval, by what they met: granted, pending (held, then refused), denied, expired.")
@@ -312,6 +319,8 @@ public final class GatewayMetrics: Sendable {
 
     static let idempotencyResults = ["proceed", "replay", "in_flight", "outcome_unknown", "conflict", "store_error"]
     func idempotencyDecision(_ result: String) { idempotencyDecisions[result]?.increment() }
+
+    func lowHeadroom(_ limitClass: String) { (limitClass == "quota" ? lowHeadroomQuota : lowHeadroomBudget).increment() }
 
     func approval(_ claim: ApprovalClaim) {
         switch claim {

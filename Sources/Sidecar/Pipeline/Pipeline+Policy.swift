@@ -85,6 +85,10 @@ extension Pipeline {
                 metrics?.rateLimitDecision(result.allowed ? "allowed" : (check.mode == .enforce ? "limited" : "would_limit"))
             }
             if !result.allowed, check.mode == .report { metrics?.policyWouldDeny(check.kind.denialKind.rawValue) }
+            // A quota or budget with under a tenth left: the alert that comes before the refusals.
+            if result.allowed, check.kind == .quota || check.kind == .budget, result.remaining * 10 < check.limit {
+                metrics?.lowHeadroom(check.kind == .quota ? "quota" : "budget")
+            }
         }
         guard admission.admitted else {
             let index = checks.indices.first { !admission.results[$0].allowed && checks[$0].mode == .enforce }!

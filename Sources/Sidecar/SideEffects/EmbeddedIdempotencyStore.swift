@@ -1,13 +1,44 @@
 import Foundation
 import GRDB
+import Synchronization
 
-/// The idempotency ledger on one host: a SQLite file under `state.dir`, so an answer is still replayed
-/// — and an email still not sent twice — after the sidecar restarted. Side effects are rare calls, so
-/// each decision is one short transaction; `begin` runs in an immediate transaction, which makes the
-/// claim atomic between concurrent calls (and between processes sharing the file).
+/// The idempotency ledger on one host: decided in memory under one lock, made durable in a SQLite file
+/// under `state.dir` by group commit — every claim and outcome waits until the transaction that holds it
+/// is committed, and concurrent calls share that transaction. So a claim is on disk before the call is
+/// sent (a crash cannot lose it and let the email go twice after a restart), at the cost of one commit
+/// per batch of calls rather than two per call.
+///
+/// The file is the ledger; memory holds only the keys this process is deciding or has not committed yet
+/// (a claim in flight, an outcome waiting for its commit), so memory stays the size of the concurrency,
+/// not of a day of sends. A key that is being looked up is held too: an identical call meanwhile is in
+/// flight by definition.
 final class EmbeddedIdempotencyStore: IdempotencyStore {
+    private struct Held {
+        var owner: String
+        var digest: String
+        var state: UInt8  // p in flight, d done, u unknown
+        var expires: Int64
+        var answer: StoredAnswer?
+    }
+
+    private enum Write {
+        case upsert(key: String, Held)
+        case delete(key: String)
+        case purge(before: Int64)
+    }
+
+    private struct State {
+        /// Keys being decided, in flight, or with an outcome not yet committed (nil value: being looked up).
+        var live: [String: Held?] = [:]
+        var pending: [Write] = []
+        var waiters: [CheckedContinuation<Void, any Error>] = []
+        var flushing = false
+        var sincePrune = 0
+    }
+
     private let db: any DatabaseWriter
     private let now: @Sendable () -> Int64
+    private let state = Mutex(State())
 
     init(path: String, now: @escaping @Sendable () -> Int64) throws {
         var config = Configuration()
@@ -29,34 +60,91 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
 
     func begin(key: String, digest: String, owner: String, inFlight: Duration) async throws -> IdempotencyDecision {
         let at = now()
-        let expires = at + inFlight.milliseconds
-        return try await db.write { db in
-            // Expired rows go a few at a time, so the file stays the size of one window.
-            try db.execute(sql: "DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE expires <= ? LIMIT 64)", arguments: [at])
-            let row = try Row.fetchOne(db, sql: "SELECT digest, state, answer FROM ledger WHERE key = ? AND expires > ?", arguments: [key, at])
-            let decision = IdempotencyDecision.decide(try row.map(Self.entry), digest: digest)
-            if decision == .proceed {
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, 'p', ?, NULL)",
-                    arguments: [key, owner, digest, expires])
+        // 1. A key this process holds decides at once; otherwise it is held while the file is read.
+        let claim = Held(owner: owner, digest: digest, state: UInt8(ascii: "p"), expires: at + inFlight.milliseconds, answer: nil)
+        let held = state.withLock { s -> IdempotencyDecision? in
+            s.sincePrune += 1
+            if s.sincePrune >= 1024 {
+                s.sincePrune = 0
+                s.pending.append(.purge(before: at))
             }
-            return decision
+            switch s.live[key] {
+            case .some(.some(let h)) where h.state == UInt8(ascii: "r"):
+                // Released a moment ago (its delete not yet committed): claimed again, written after it.
+                s.live[key] = .some(claim)
+                s.pending.append(.upsert(key: key, claim))
+                return .proceed
+            case .some(.some(let h)) where h.expires > at: return IdempotencyDecision.decide(Self.entry(h), digest: digest)
+            case .some(.none): return .inFlight
+            default:
+                s.live[key] = .some(nil)
+                return nil
+            }
         }
+        if let held {
+            if held == .proceed { try await committed() }
+            return held
+        }
+        // 2. What the file holds.
+        let row: Row?
+        do {
+            row = try await db.read { db in
+                try Row.fetchOne(db, sql: "SELECT digest, state, answer FROM ledger WHERE key = ? AND expires > ?", arguments: [key, at])
+            }
+        } catch {
+            state.withLock { s in if case .some(.none) = s.live[key] { s.live[key] = nil } }
+            throw error
+        }
+        let decision = IdempotencyDecision.decide(try row.map(Self.entry), digest: digest)
+        // 3. Claimed: on disk before the call goes out.
+        let wrote = state.withLock { s -> Bool in
+            guard decision == .proceed else {
+                if case .some(.none) = s.live[key] { s.live[key] = nil }
+                return false
+            }
+            s.live[key] = .some(claim)
+            s.pending.append(.upsert(key: key, claim))
+            return true
+        }
+        if wrote { try await committed() }
+        return decision
     }
 
     func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration) async throws {
         let expires = now() + window.milliseconds
-        try await db.write { db in
+        let wrote = state.withLock { s -> Bool in
+            guard case .some(.some(var held)) = s.live[key], held.owner == owner else { return false }
             switch outcome {
             case .released:
-                try db.execute(sql: "DELETE FROM ledger WHERE key = ? AND owner = ?", arguments: [key, owner])
+                held.state = UInt8(ascii: "r")
+                s.pending.append(.delete(key: key))
             case .unknown:
-                try db.execute(sql: "UPDATE ledger SET state = 'u', expires = ? WHERE key = ? AND owner = ?", arguments: [expires, key, owner])
+                held.state = UInt8(ascii: "u")
+                held.expires = expires
+                s.pending.append(.upsert(key: key, held))
             case .completed(let answer):
-                let data = try JSONEncoder().encode(answer)
-                try db.execute(
-                    sql: "UPDATE ledger SET state = 'd', expires = ?, answer = ? WHERE key = ? AND owner = ?", arguments: [expires, data, key, owner])
+                held.state = UInt8(ascii: "d")
+                held.answer = answer
+                held.expires = expires
+                s.pending.append(.upsert(key: key, held))
             }
+            s.live[key] = .some(held)
+            return true
+        }
+        guard wrote else { return }
+        try await committed()
+        // Committed: the file answers for the key from now on.
+        state.withLock { s in
+            if case .some(.some(let h)) = s.live[key], h.owner == owner, h.state != UInt8(ascii: "p") { s.live[key] = nil }
+        }
+    }
+
+    private static func entry(_ h: Held) -> LedgerEntry? {
+        switch h.state {
+        case UInt8(ascii: "d"): return .completed(digest: h.digest, h.answer ?? StoredAnswer(status: 0, headers: [], body: nil))
+        case UInt8(ascii: "u"): return .unknown(digest: h.digest)
+        case UInt8(ascii: "r"): return nil
+        default: return .inFlight(digest: h.digest)
         }
     }
 
@@ -68,6 +156,57 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
             return .completed(digest: digest, try JSONDecoder().decode(StoredAnswer.self, from: data))
         case "u": return .unknown(digest: digest)
         default: return .inFlight(digest: digest)
+        }
+    }
+
+    /// Waits until everything written so far is committed. The first waiter with nothing being flushed
+    /// flushes: it takes every pending write, commits them in one transaction and wakes every waiter of
+    /// that batch; writes that arrived meanwhile go in the next.
+    private func committed() async throws {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            let start = state.withLock { s -> Bool in
+                s.waiters.append(cont)
+                guard !s.flushing else { return false }
+                s.flushing = true
+                return true
+            }
+            if start { Task { await self.flushLoop() } }
+        }
+    }
+
+    private func flushLoop() async {
+        while true {
+            let batch = state.withLock { s -> ([Write], [CheckedContinuation<Void, any Error>])? in
+                guard !s.waiters.isEmpty else {
+                    s.flushing = false
+                    return nil
+                }
+                defer {
+                    s.pending.removeAll(keepingCapacity: true)
+                    s.waiters.removeAll(keepingCapacity: true)
+                }
+                return (s.pending, s.waiters)
+            }
+            guard let (writes, waiters) = batch else { return }
+            do {
+                try await db.write { db in
+                    for w in writes {
+                        switch w {
+                        case .upsert(let key, let h):
+                            try db.execute(
+                                sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)",
+                                arguments: [key, h.owner, h.digest, String(UnicodeScalar(h.state)), h.expires, try h.answer.map { try JSONEncoder().encode($0) }])
+                        case .delete(let key):
+                            try db.execute(sql: "DELETE FROM ledger WHERE key = ?", arguments: [key])
+                        case .purge(let before):
+                            try db.execute(sql: "DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE expires <= ? LIMIT 4096)", arguments: [before])
+                        }
+                    }
+                }
+                for w in waiters { w.resume() }
+            } catch {
+                for w in waiters { w.resume(throwing: error) }
+            }
         }
     }
 }
