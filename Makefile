@@ -1,5 +1,5 @@
 # The README's two commands: `make run` and `make test`.
-.PHONY: setup build release run test unit e2e bench chaos clean
+.PHONY: setup build release run test unit e2e bench chaos scenario report clean
 
 setup:
 	@scripts/setup.sh
@@ -45,3 +45,13 @@ chaos: setup
 
 clean:
 	rm -rf .build
+
+# A load scenario (bench/load/scenario.py: waves, chaos, stress, soak, peak) against the newest build:
+#   make scenario SCENARIO=waves SCALE=0.1 REDIS=1
+scenario: setup
+	python3 bench/load/scenario.py $(or $(SCENARIO),waves) --scale $(or $(SCALE),0.05) $(if $(REDIS),--redis)
+
+# Markdown + self-contained HTML report (charts as PNG) of a scenario's results folder:
+#   make report RESULTS=bench/results/waves-20261206T050000Z
+report:
+	bench/report $(RESULTS)

@@ -596,3 +596,11 @@ def metric(text: str, name: str, **labels) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@pytest.fixture
+def redis():
+    """A redis-server of the test's own on a free port, killed after the test."""
+    r = Redis()
+    yield r
+    r.kill()

@@ -10,10 +10,9 @@ import json
 import subprocess
 import time
 
-import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, Redis, live_config, metric
+from conftest import BIN, LIVE_ENV, live_config, metric
 
 SEND = "/gmail/v1/users/me/messages/send"
 
@@ -160,13 +159,6 @@ def test_the_runs_stream_shows_the_approval(pki, https_upstream, sidecar_factory
             if r.json()["approval_id"] in seen or time.time() > deadline:
                 break
     assert "event: approval.requested" in seen and r.json()["approval_id"] in seen
-
-
-@pytest.fixture
-def redis():
-    r = Redis()
-    yield r
-    r.kill()
 
 
 def test_approve_on_one_sidecar_pass_on_another(pki, https_upstream, sidecar_factory, tmp_path, redis):

@@ -34,13 +34,6 @@ roles:
 
 
 @pytest.fixture
-def redis():
-    r = Redis()
-    yield r
-    r.kill()
-
-
-@pytest.fixture
 def fleet(tmp_path, sidecar_factory):
     """Starts sidecars sharing one Redis, one key set and one admin token."""
     keys = tmp_path / "keys"

@@ -8,10 +8,9 @@ import concurrent.futures
 import socket
 import time
 
-import pytest
 import requests
 
-from conftest import LIVE_ENV, Redis, live_config, metric
+from conftest import LIVE_ENV, live_config, metric
 
 SEND = "/gmail/v1/users/me/messages/send"
 
@@ -158,13 +157,6 @@ def test_idempotency_can_cover_other_calls_or_be_off(pki, https_upstream, sideca
     t2 = off.new_token()
     assert send(off, t2, mail()).status_code == 200 and send(off, t2, mail()).status_code == 200
     assert len(sent) == 2
-
-
-@pytest.fixture
-def redis():
-    r = Redis()
-    yield r
-    r.kill()
 
 
 def test_a_fleet_on_one_redis_sends_once(pki, https_upstream, sidecar_factory, redis, tmp_path):

@@ -18,13 +18,6 @@ from conftest import BIN, Redis
 from test_fleet import ADMIN, token_for, wait_known
 
 
-@pytest.fixture
-def redis():
-    r = Redis()
-    yield r
-    r.kill()
-
-
 class SlowUpstream:
     """A SerpAPI stand-in that holds each request `hold` seconds and records the most requests it had in
     flight at once: what the fleet's concurrency limit must bound."""

@@ -8,10 +8,9 @@ import os
 import subprocess
 import time
 
-import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, Redis, live_config
+from conftest import BIN, LIVE_ENV, live_config
 
 SEND = "/gmail/v1/users/me/messages/send"
 
@@ -110,13 +109,6 @@ def test_receipts_can_be_turned_off(pki, https_upstream, sidecar_factory):
     assert requests.get(f"{s.proxy_url}/serpapi/search?q=a", headers={"X-Agent-Token": token}, timeout=10).status_code == 200
     time.sleep(0.3)
     assert not list((s.state_dir / "receipts").glob("*.jsonl")) if (s.state_dir / "receipts").exists() else True
-
-
-@pytest.fixture
-def redis():
-    r = Redis()
-    yield r
-    r.kill()
 
 
 def test_the_fleet_head_in_redis_catches_a_truncated_file(pki, https_upstream, sidecar_factory, redis, tmp_path):

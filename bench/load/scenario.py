@@ -359,9 +359,10 @@ async def run_load(stack, tokens, stages, events, rec, timeline, scenario, rng, 
                 role = rng.choices(roles, weights)[0]
                 probe_call = rng.random() < 0.03
                 kind, method, path, body = request_for(role, rng, i, stack.upstream_port, probe_call)
-                headers = {"X-Agent-Token": rng.choice(tokens[role])}
+                token = rng.choice(tokens[role])
+                headers = {"X-Agent-Token": token}
                 if runs is not None:
-                    run = runs.pick(rng)
+                    run = runs.pick(rng, TOKEN_AGENT.get(token))
                     if run:
                         headers["X-Run-Id"] = run
                 # Wait until shortly before it is due, so tasks are not all created up front.
@@ -411,10 +412,12 @@ class Runs:
 
     def __init__(self):
         self.ids = []
+        self.agent_of = {}
         self.cancelled = set()
 
-    def pick(self, rng):
-        live = [r for r in self.ids if r not in self.cancelled]
+    def pick(self, rng, agent):
+        """Half the calls of an agent that has runs carry one of its own (a run is its agent's)."""
+        live = [r for r in self.ids if r not in self.cancelled and self.agent_of.get(r) == agent]
         return rng.choice(live) if live and rng.random() < 0.5 else None
 
 
@@ -422,20 +425,30 @@ async def setup_runs(stack, runs, agents, rng, count=40):
     auth = {"Authorization": f"Bearer {ADMIN}"}
     stats = {"created": 0, "reused": 0}
     async with aiohttp.ClientSession() as s:
-        keys = []
+        bodies = []
         for i in range(count):
-            key = rng.choice(keys) if keys and rng.random() < 0.3 else f"ct-{i}"
-            keys.append(key)
-            async with s.post(f"{stack.admin}/api/runs", json={"name": f"run-{i}", "client_token": key, "agent_id": rng.choice(agents)}, headers=auth) as r:
-                body = await r.json()
-                if r.status == 200 and body.get("idempotent"):
+            # 30 % repeat an earlier create exactly (same client_token, same body): the same run comes back.
+            if bodies and rng.random() < 0.3:
+                body = rng.choice(bodies)
+            else:
+                body = {"name": f"run-{i}", "client_token": f"stress-client-token-{i}", "agent_id": rng.choice(agents)}
+                bodies.append(body)
+            async with s.post(f"{stack.admin}/api/runs", json=body, headers=auth) as r:
+                got = await r.json()
+                if r.status == 200 and got.get("idempotent"):
                     stats["reused"] += 1
                     continue
-                run = body["run"]["id"]
+                if r.status != 201:
+                    stats.setdefault("refused", 0)
+                    stats["refused"] += 1
+                    stats["last_refusal"] = f"{r.status} {got.get('code')}"
+                    continue
+                run = got["run"]["id"]
                 stats["created"] += 1
             async with s.post(f"{stack.admin}/api/runs/{run}/start", headers=auth) as r:
                 if r.status == 200:
                     runs.ids.append(run)
+                    runs.agent_of[run] = body["agent_id"]
     return stats
 
 
@@ -472,6 +485,9 @@ async def cancel_some(stack, runs, rng, after):
                     runs.cancelled.add(run)
 
 
+TOKEN_AGENT = {}
+
+
 def make_tokens(stack, per_role=4, roles=("scraper", "enricher", "engager")):
     import urllib.request
     tokens, agents = {}, []
@@ -488,6 +504,7 @@ def make_tokens(stack, per_role=4, roles=("scraper", "enricher", "engager")):
             agent = post("/api/agents", {"name": f"{role}-{i}", "role": role, "created_by": "scenario"})["agent_id"]
             agents.append(agent)
             tokens[role].append(post(f"/api/agents/{agent}/tokens", {"ttl": "24h"})["token"])
+            TOKEN_AGENT[tokens[role][-1]] = agent
     return tokens, agents
 
 
@@ -539,7 +556,8 @@ async def scenario_main(args):
             side = []
             if args.scenario == "stress":
                 runs = Runs()
-                extra["runs"] = await setup_runs(stack, runs, agents, rng)
+                used = [TOKEN_AGENT[t] for t in tokens["scraper"][:4] + tokens["enricher"][:3] + tokens["engager"][:3]]
+                extra["runs"] = await setup_runs(stack, runs, used, rng)
                 side.append(asyncio.create_task(stream_runs(stack, runs, 30, stop)))
                 side.append(asyncio.create_task(cancel_some(stack, runs, rng, sum(s[0] for s in stages) / 2)))
             period = max(5.0, 600 * args.scale)
