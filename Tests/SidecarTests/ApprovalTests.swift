@@ -70,7 +70,7 @@ import Testing
         _ = try await again.claim(fresh, now: 0)
         _ = try await again.decide(id: "apr_1", approve: true, by: "admin", reason: nil, now: 1)
         #expect(try await again.claim(fresh, now: 2).0 == .granted)
-        try await again.restore(id: "apr_1")
+        try await again.restore(id: "apr_1", now: 2)
         #expect(try await again.claim(fresh, now: 3).0 == .granted, "a grant given back is usable again")
     }
 

@@ -181,3 +181,31 @@ def test_approve_on_one_sidecar_pass_on_another(pki, https_upstream, sidecar_fac
     assert send(b, token).status_code == 200 and len(sent) == 1
     dup = send(a, token)
     assert dup.status_code == 200 and dup.headers["X-Idempotent-Replay"] == "true" and len(sent) == 1
+
+
+def test_the_compatibility_api_meets_the_same_approval_and_ledger(pki, https_upstream, sidecar_factory, tmp_path):
+    """The guard sits in the stage every entry passes: a Gmail send through /api/proxy-request is held for
+    approval like a native one, and once sent, repeating it is replayed from the ledger."""
+    s, sent = start(pki, https_upstream, sidecar_factory, tmp_path, hold="0s")
+    token = s.new_token()
+    envelope = {"agent_token": token, "tool": "gmail_send", "action": "send",
+                "params": {"to": "boss@example.com", "subject": "numbers", "body": "hi"}}
+    r = requests.post(f"{s.proxy_url}/api/proxy-request", json=envelope, timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == "approval_pending" and r.json()["success"] is False, r.text
+    assert decide(s, r.json()["approval_id"]).status_code == 200
+    assert requests.post(f"{s.proxy_url}/api/proxy-request", json=envelope, timeout=10).json()["success"] is True
+    again = requests.post(f"{s.proxy_url}/api/proxy-request", json=envelope, timeout=10)
+    assert again.json()["success"] is True and len(sent) == 1
+    # A repeated Idempotency-Key line is ambiguous: refused before anything reads it.
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=10)
+    body = json.dumps(mail("x")).encode()
+    conn.putrequest("POST", SEND)
+    for name, value in [("X-Agent-Token", token), ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                        ("Idempotency-Key", "a"), ("Idempotency-Key", "b")]:
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    r = conn.getresponse()
+    assert r.status == 400 and json.loads(r.read())["code"] == "ambiguous_header"
+    conn.close()
+    assert len(sent) == 1

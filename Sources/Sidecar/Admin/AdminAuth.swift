@@ -73,6 +73,11 @@ enum AdminProblem {
         guard case .buffer(let body) = problem.body else { return Response(status: .internalServerError) }
         return Response(status: .init(code: Int(error.status.code)), headers: headers, body: .init(byteBuffer: body))
     }
+
+    /// A route's answer, or its refusal as a problem; any other failure (a store that threw) as `otherwise`.
+    static func respond(otherwise: @autoclosure () -> GatewayError, _ body: () async throws -> Response) async -> Response {
+        do { return try await body() } catch let e as GatewayError { return response(e) } catch { return response(otherwise()) }
+    }
 }
 
 /// Who calls an admin route that agents may use too (runs, approvals): the admin token, or an agent's

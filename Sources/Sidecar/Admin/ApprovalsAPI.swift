@@ -39,11 +39,7 @@ struct ApprovalsAPI: Sendable {
     }
 
     private func respond(_ body: () async throws -> Response) async -> Response {
-        do { return try await body() } catch let e as GatewayError { return AdminProblem.response(e) } catch {
-            var e = GatewayError(.stateUnavailable, "the approval store is unavailable; try again shortly")
-            e.headers = [("Retry-After", "1")]
-            return AdminProblem.response(e)
-        }
+        await AdminProblem.respond(otherwise: GatewayError(.stateUnavailable, "the approval store is unavailable; try again shortly", headers: [("Retry-After", "1")]), body)
     }
 
     private func find(_ context: AdminContext) async throws -> Approval {

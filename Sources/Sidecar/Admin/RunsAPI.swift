@@ -38,9 +38,7 @@ struct RunsAPI: Sendable {
 
     /// Every refusal as a problem answer (the one catalog), never a bare 500.
     private func respond(_ body: () async throws -> Response) async -> Response {
-        do { return try await body() } catch let e as GatewayError { return AdminProblem.response(e) } catch {
-            return AdminProblem.response(.internalError())
-        }
+        await AdminProblem.respond(otherwise: .internalError(), body)
     }
 
     static func id(_ context: AdminContext) throws(GatewayError) -> String {

@@ -214,9 +214,9 @@ public enum ConfigLoader {
         s.enabled = try node["enabled"].bool(default: s.enabled)
         if let calls = try node["calls"].strings() {
             for call in calls {
-                let tool = String(call.prefix { $0 != ":" })
-                guard Tool(rawValue: tool) != nil, !call.hasSuffix(":") else {
-                    throw node["calls"].error("\(call) is not a tool (gmail_send) or a scope (gmail_send:send)")
+                let parts = call.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard let tool = Tool(rawValue: parts[0]), parts.count == 1 || tool.actions.contains(parts[1]) else {
+                    throw node["calls"].error("\(call) is not a tool (gmail_send) or one of its scopes (gmail_send:send)")
                 }
             }
             s.calls = Set(calls)

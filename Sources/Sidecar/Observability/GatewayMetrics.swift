@@ -30,8 +30,7 @@ public final class GatewayMetrics: Sendable {
     let policyReloadFailures: Prometheus.Counter
     private let idempotencyDecisions: [String: Prometheus.Counter]
     private let approvalOutcomes: [String: Prometheus.Counter]
-    private let lowHeadroomQuota: Prometheus.Counter
-    private let lowHeadroomBudget: Prometheus.Counter
+    private let lowHeadroom: [String: Prometheus.Counter]
     private let policyDenials: [String: Prometheus.Counter]
     private let policyWouldDeny: [String: Prometheus.Counter]
     private let rateLimitDecisions: [String: Prometheus.Counter]
@@ -124,9 +123,7 @@ public final class GatewayMetrics: Sendable {
         let validations = MetricNameDescriptor(
             namespace: "gateway", metricName: "token_validations", unitName: "total",
             helpText: "Agent token checks by result: ok (verified), cached, or the refusal code.")
-        tokenValidations = Dictionary(uniqueKeysWithValues: Self.tokenResults.map {
-            ($0, registry.makeCounter(descriptor: validations, labels: [("result", $0)]))
-        })
+        tokenValidations = Self.counters(registry, validations, label: "result", values: Self.tokenResults)
         tokenExpirations = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "token_expirations", unitName: "total",
@@ -142,15 +139,11 @@ public final class GatewayMetrics: Sendable {
         let security = MetricNameDescriptor(
             namespace: "gateway", metricName: "security_events", unitName: "total",
             helpText: "Security-relevant refusals: forged tokens, revoked-token use, provenance mismatches, scope violations, admin auth failures.")
-        securityEvents = Dictionary(uniqueKeysWithValues: Self.securityKinds.map {
-            ($0, registry.makeCounter(descriptor: security, labels: [("kind", $0)]))
-        })
+        securityEvents = Self.counters(registry, security, label: "kind", values: Self.securityKinds)
         let fallback = MetricNameDescriptor(
             namespace: "gateway", metricName: "state_fallback", unitName: "total",
             helpText: "Limit decisions made under the failure policy because the shared state was unavailable, by limit class.")
-        stateFallbacks = Dictionary(uniqueKeysWithValues: ["rate", "quota", "budget", "concurrency"].map {
-            ($0, registry.makeCounter(descriptor: fallback, labels: [("class", $0)]))
-        })
+        stateFallbacks = Self.counters(registry, fallback, label: "class", values: ["rate", "quota", "budget", "concurrency"])
         let leaseDecisions = MetricNameDescriptor(
             namespace: "gateway", metricName: "limit_lease_decisions", unitName: "total",
             helpText: "Requests with Redis-shared limits admitted from units this sidecar leased (where=local) or decided by a Redis round trip (where=store).")
@@ -159,37 +152,30 @@ public final class GatewayMetrics: Sendable {
         let idempotency = MetricNameDescriptor(
             namespace: "gateway", metricName: "idempotency_decisions", unitName: "total",
             helpText: "Side-effecting calls by what the idempotency ledger decided (proceed, replay, in_flight, outcome_unknown, conflict, store_error).")
-        idempotencyDecisions = Dictionary(uniqueKeysWithValues: Self.idempotencyResults.map {
-            ($0, registry.makeCounter(descriptor: idempotency, labels: [("result", $0)]))
-        })
+        idempotencyDecisions = Self.counters(registry, idempotency, label: "result", values: Self.idempotencyResults)
         let headroom = MetricNameDescriptor(
             namespace: "gateway", metricName: "limit_low_headroom", unitName: "total",
             helpText: "Calls admitted with under a tenth of their quota or token budget left (class=quota|budget): exhaustion is near.")
-        lowHeadroomQuota = registry.makeCounter(descriptor: headroom, labels: [("class", "quota")])
-        lowHeadroomBudget = registry.makeCounter(descriptor: headroom, labels: [("class", "budget")])
+        lowHeadroom = Self.counters(registry, headroom, label: "class", values: ["quota", "budget"])
         let approvals = MetricNameDescriptor(
             namespace: "gateway", metricName: "approval_checks", unitName: "total",
             helpText: "Calls that needed approval, by what they met: granted, pending (held, then refused), denied, expired.")
-        approvalOutcomes = Dictionary(uniqueKeysWithValues: ["granted", "pending", "denied", "expired"].map {
-            ($0, registry.makeCounter(descriptor: approvals, labels: [("result", $0)]))
-        })
+        approvalOutcomes = Self.counters(registry, approvals, label: "result", values: ["granted", "pending", "denied", "expired"])
         policyReloadFailures = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "policy_reload_failures", unitName: "total",
                 helpText: "Policy documents rejected on reload; the previous policy stayed active."))
         let denials = MetricNameDescriptor(
             namespace: "gateway", metricName: "policy_denials", unitName: "total", helpText: "Calls refused by policy, by kind.")
-        policyDenials = Dictionary(uniqueKeysWithValues: Self.denialKinds.map { ($0, registry.makeCounter(descriptor: denials, labels: [("kind", $0)])) })
+        policyDenials = Self.counters(registry, denials, label: "kind", values: Self.denialKinds)
         let would = MetricNameDescriptor(
             namespace: "gateway", metricName: "policy_would_deny", unitName: "total",
             helpText: "Calls a report-mode rule would have refused (allowed), by kind.")
-        policyWouldDeny = Dictionary(uniqueKeysWithValues: Self.denialKinds.map { ($0, registry.makeCounter(descriptor: would, labels: [("kind", $0)])) })
+        policyWouldDeny = Self.counters(registry, would, label: "kind", values: Self.denialKinds)
         let decisions = MetricNameDescriptor(
             namespace: "gateway", metricName: "ratelimit_decisions", unitName: "total",
             helpText: "Rate-limit decisions: allowed, limited, or would_limit (report mode).")
-        rateLimitDecisions = Dictionary(uniqueKeysWithValues: ["allowed", "limited", "would_limit"].map {
-            ($0, registry.makeCounter(descriptor: decisions, labels: [("result", $0)]))
-        })
+        rateLimitDecisions = Self.counters(registry, decisions, label: "result", values: ["allowed", "limited", "would_limit"])
         accessLogDrops = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "access_log_dropped_lines", unitName: "total",
@@ -320,7 +306,7 @@ public final class GatewayMetrics: Sendable {
     static let idempotencyResults = ["proceed", "replay", "in_flight", "outcome_unknown", "conflict", "store_error"]
     func idempotencyDecision(_ result: String) { idempotencyDecisions[result]?.increment() }
 
-    func lowHeadroom(_ limitClass: String) { (limitClass == "quota" ? lowHeadroomQuota : lowHeadroomBudget).increment() }
+    func lowHeadroom(_ limitClass: String) { lowHeadroom[limitClass]?.increment() }
 
     func approval(_ claim: ApprovalClaim) {
         switch claim {
@@ -332,4 +318,11 @@ public final class GatewayMetrics: Sendable {
     }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }
+
+    /// One counter per value of a closed label set, all made at start (recording takes no registry lock).
+    private static func counters(
+        _ registry: PrometheusCollectorRegistry, _ descriptor: MetricNameDescriptor, label: String, values: [String]
+    ) -> [String: Prometheus.Counter] {
+        Dictionary(uniqueKeysWithValues: values.map { ($0, registry.makeCounter(descriptor: descriptor, labels: [(label, $0)])) })
+    }
 }

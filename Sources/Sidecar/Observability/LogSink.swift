@@ -165,20 +165,11 @@ final class BufferedLineWriter: @unchecked Sendable {
         state.lock()
         guard !running else { return state.unlock() }
         running = true
-        let pool = NIOThreadPool(numberOfThreads: 1)
+        state.unlock()
+        let pool = WorkerThread.start(lock: state, interval: interval, stopping: { self.stopping }, work: { self.flush() })
+        state.lock()
         thread = pool
         state.unlock()
-        pool.start()
-        let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
-        pool.submit { _ in
-            while true {
-                if !self.state.lock(whenValue: 1, timeoutSeconds: seconds) { self.state.lock() }
-                let stop = self.stopping
-                self.state.unlock(withValue: 0)
-                self.flush()
-                if stop { return }
-            }
-        }
     }
 
     /// Writes out what is pending, and the count of lines dropped since the last write. Safe from any
@@ -231,5 +222,28 @@ final class BufferedLineWriter: @unchecked Sendable {
         LogSink.route(to: nil)
         // `stop` waits for the thread: not on a cooperative (here: event-loop) thread.
         try? await NIOThreadPool.singleton.runIfActive { self.stop() }
+    }
+}
+
+/// One thread that does a writer's work each time the writer sets its lock's value to 1 (a full batch,
+/// or stop), and at least every `interval`; after `stopping()` (read under the lock) it works once more
+/// and ends. Shared by the log writer and the receipt writer.
+enum WorkerThread {
+    static func start(
+        lock: ConditionLock<Int>, interval: Duration, stopping: @escaping @Sendable () -> Bool, work: @escaping @Sendable () -> Void
+    ) -> NIOThreadPool {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+        pool.submit { _ in
+            while true {
+                if !lock.lock(whenValue: 1, timeoutSeconds: seconds) { lock.lock() }
+                let stop = stopping()
+                lock.unlock(withValue: 0)
+                work()
+                if stop { return }
+            }
+        }
+        return pool
     }
 }

@@ -14,18 +14,10 @@ import Upstreams
 /// - sent but no answer (timeout, broken connection): *unknown* — identical calls are refused with
 ///   409 `duplicate_outcome_unknown` for the window rather than risk a second email.
 extension Pipeline {
-    /// A side effect or a call that needs approval: the ledger's claim, then the approval, then the call.
-    func guardedCall(
-        _ prepared: Prepared, ledger: (IdempotencyLedger, String?)?, record: inout RequestRecord, runCall: RunCall?
-    ) async throws(GatewayError) -> ProxyResponse {
-        if let (l, clientKey) = ledger { return try await onceOnly(prepared, ledger: l, clientKey: clientKey, record: &record, runCall: runCall) }
-        return try await approvedCall(prepared, record: &record, runCall: runCall)
-    }
-
     /// The approval stage (when the policy asks for one), then admission and the call. A grant spent on
     /// a call that is then refused before anything was sent (a limit, the run) is given back.
     func approvedCall(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall?) async throws(GatewayError) -> ProxyResponse {
-        guard let rule = prepared.evaluated.approval else { return try await call(prepared, record: &record, runCall: runCall) }
+        guard let rule = prepared.evaluated.approval else { return try await callAdmittedByRun(prepared, record: &record, runCall: runCall) }
         guard let approvals else { throw GatewayError(.stateUnavailable, "this sidecar keeps no approvals; the call needs one") }
         let grant: Approval
         do {
@@ -36,7 +28,7 @@ extension Pipeline {
             throw error
         }
         record.approvalID = grant.id
-        do { return try await call(prepared, record: &record, runCall: runCall) } catch {
+        do { return try await callAdmittedByRun(prepared, record: &record, runCall: runCall) } catch {
             if !error.upstreamMayHaveActed { await approvals.restore(grant) }
             throw error
         }

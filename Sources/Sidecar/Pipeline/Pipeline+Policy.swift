@@ -32,13 +32,14 @@ extension Pipeline {
     }
 
     /// Evaluates the policy (scope, guards, time window): synchronous, no state touched. Throws the
-    /// refusal.
-    func evaluate(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int) throws(GatewayError) -> Evaluated {
+    /// refusal. `evaluator`: the policy snapshot the caller already holds (its hash went into the call's
+    /// receipt), so one policy decides, binds an approval and is named; nil reads the current one.
+    func evaluate(_ call: ToolCall, identity: AgentIdentity, bodyBytes: Int, evaluator: PolicyEvaluator? = nil) throws(GatewayError) -> Evaluated {
         guard let policy, limits != nil else { return Evaluated() }
         let request = PolicyRequest(
             agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
             action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
-        let evaluator = policy.evaluator
+        let evaluator = evaluator ?? policy.evaluator
         let evaluation = evaluator.evaluate(request, at: Date())
         for w in evaluation.wouldDeny { metrics?.policyWouldDeny(w.kind.rawValue) }
         if let denial = evaluation.denial {
@@ -54,7 +55,6 @@ extension Pipeline {
             evaluated.policyHash = evaluator.policy.hash
         }
         if case .httpFetch(let fetch) = call.parameters {
-            let evaluator = policy.evaluator
             evaluated.hopCheck = { url in
                 var hop = request
                 hop.parameters = .fetch(scheme: url.scheme, host: url.host, port: url.port, method: fetch.method)

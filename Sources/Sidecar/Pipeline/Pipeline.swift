@@ -144,24 +144,14 @@ final class Pipeline: Sendable {
             then(failed(error, request: request, record: record))
             return {}
         }
-        // A side effect (claimed in the idempotency ledger first) or a call that needs approval: in a task.
-        let effect = sideEffect(prepared, headers: request.head.headers)
-        if effect != nil || prepared.evaluated.approval != nil {
-            let ledger: (IdempotencyLedger, String?)?
-            switch effect {
-            case .failure(let error)?:
-                then(failed(error, request: request, record: record))
-                return {}
-            case .success(let l)?: ledger = l
-            case nil: ledger = nil
-            }
+        // A side effect (claimed in the idempotency ledger first) or a call that needs approval: `call`,
+        // which every entry goes through, in a task.
+        if isGuarded(prepared) {
             let runCall = makeRunCall(prepared)
             record.runCall = runCall
-            let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-                try await self.guardedCall(prepared, ledger: ledger, record: &r, runCall: runCall)
+            return inTask(request, on: loop, record: record, then: then, runCall: runCall) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.call(prepared, record: &r, runCall: runCall)
             }
-            runCall?.onAbort(cancel)
-            return cancel
         }
         // A call of a run: admitted against the run's ledger — at once when the store can decide (the
         // embedded store), else in a task — and killable from then on.
@@ -227,10 +217,18 @@ final class Pipeline: Sendable {
         _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
         then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall
     ) -> @Sendable () -> Void {
-        let cancel = continued(request, on: loop, record: record, then: then) { (r: inout RequestRecord) throws(GatewayError) in
-            try await self.call(prepared, record: &r, runCall: runCall)
+        inTask(request, on: loop, record: record, then: then, runCall: runCall) { (r: inout RequestRecord) throws(GatewayError) in
+            try await self.callAdmittedByRun(prepared, record: &r, runCall: runCall)
         }
-        runCall.onAbort(cancel)
+    }
+
+    /// The rest of a request in a task (`continued`) that the call's run, when it has one, can abort.
+    private func inTask(
+        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (consuming Handled) -> Void,
+        runCall: RunCall?, _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
+    ) -> @Sendable () -> Void {
+        let cancel = continued(request, on: loop, record: record, then: then, body)
+        runCall?.onAbort(cancel)
         return cancel
     }
 
@@ -431,16 +429,13 @@ final class Pipeline: Sendable {
 
     private func run(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
         guard let prepared = try prepare(request, record: &record) else { return try await compat(request, record: &record) }
-        let ledger = try sideEffect(prepared, headers: request.head.headers)?.get()
-        if ledger != nil || prepared.evaluated.approval != nil {
-            return try await guardedCall(prepared, ledger: ledger, record: &record, runCall: makeRunCall(prepared))
-        }
-        return try await call(prepared, record: &record)
+        return try await call(prepared, record: &record, runCall: isGuarded(prepared) ? makeRunCall(prepared) : nil)
     }
 
-    static func isConnect(_ c: Classification) -> Bool {
-        if case .connect = c { return true }
-        return false
+    /// What a call's receipt records of its request: its digest and the policy that decides it.
+    static func noteForReceipt(_ request: InboundRequest, policyHash: String?, record: inout RequestRecord) {
+        record.requestDigest = requestDigest(request)
+        record.policyHash = policyHash
     }
 
     /// SHA-256 of what the agent asked: method, target and body bytes (for its receipt).
@@ -456,10 +451,9 @@ final class Pipeline: Sendable {
         return SHA256Value(hasher.finalize())
     }
 
-    /// The ledger and the agent's `Idempotency-Key` when the call is a side effect the ledger covers.
-    func sideEffect(_ prepared: Prepared, headers: HTTPHeaders) -> Result<(IdempotencyLedger, String?), GatewayError>? {
-        guard let ledger = idempotency, ledger.settings.covers(prepared.call) else { return nil }
-        return IdempotencyLedger.clientKey(in: headers).map { (ledger, $0) }
+    /// The call is a side effect the ledger covers, or needs approval: `call` guards it, in a task.
+    func isGuarded(_ prepared: Prepared) -> Bool {
+        prepared.evaluated.approval != nil || idempotency?.settings.covers(prepared.call.tool, action: prepared.call.action) == true
     }
 
     /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the
@@ -476,21 +470,21 @@ final class Pipeline: Sendable {
             record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
             throw GatewayError(e)
         }
-        if receipts != nil, !Self.isConnect(classification) {
-            record.requestDigest = Self.requestDigest(request)
-            record.policyHash = policy?.policy.hash
-        }
         switch classification {
         case .connect:
             throw GatewayError.connectRefused()
         case .compat:
             record.entry = .compat
+            if receipts != nil { Self.noteForReceipt(request, policyHash: policy?.policy.hash, record: &record) }
             if let problem = SingleValuedFields.problem(in: request.head.headers, entry: .compat) { throw problem }
             try checkExfiltration(request, tool: nil)
             return nil
         case .tool(let entry, let tool, let path, let query, let target):
             record.entry = entry
             record.tool = tool
+            // With receipts: what was asked, and the policy snapshot that decides it (read once).
+            let evaluator = receipts != nil ? policy?.evaluator : nil
+            if receipts != nil { Self.noteForReceipt(request, policyHash: evaluator?.policy.hash, record: &record) }
             if let problem = SingleValuedFields.problem(in: request.head.headers, entry: entry) { throw problem }
             let token =
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
@@ -504,9 +498,21 @@ final class Pipeline: Sendable {
             let call = try interpret(toolRequest, tool: tool, record: &record)
             try checkScope(call, identity: identity)
             let bodyBytes = request.body?.readableBytes ?? 0
-            let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes)
+            let evaluated = try evaluate(call, identity: identity, bodyBytes: bodyBytes, evaluator: evaluator)
             return Prepared(call: call, identity: identity, evaluated: evaluated, bodyBytes: bodyBytes, requestID: request.requestID, run: run)
         }
+    }
+
+    /// [idempotency claim ─► approval ─►] admit (run, limits) ─► credential ─► upstream ─► the agent's answer.
+    ///
+    /// Every entry's call goes through here (the loop path of `start` too, for a guarded call), so a side
+    /// effect is claimed and an approval required however the agent reached the sidecar.
+    func call(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
+        guard let ledger = idempotency, ledger.settings.covers(prepared.call.tool, action: prepared.call.action) else {
+            return try await approvedCall(prepared, record: &record, runCall: runCall)
+        }
+        let clientKey = try IdempotencyLedger.clientKey(in: prepared.call.request.headers).get()
+        return try await onceOnly(prepared, ledger: ledger, clientKey: clientKey, record: &record, runCall: runCall)
     }
 
     /// admit (run, limits) ─► credential ─► upstream ─► the agent's answer.
@@ -514,7 +520,7 @@ final class Pipeline: Sendable {
     /// `runCall`: the call names a run. It is admitted against the run first (a cancelled run's calls go
     /// no further); a limit that refuses it afterwards gives the run its reservation back (at `finished`,
     /// as for every call that sent nothing). Killed meanwhile, the call answers `run_cancelled`.
-    func call(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
+    func callAdmittedByRun(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
         if let runCall, let runs { try await runs.admit(runCall, identity: prepared.identity) }
         return try await callAdmitted(prepared, record: &record, runCall: runCall)
     }

@@ -15,7 +15,7 @@ enum SingleValuedFields {
     /// The field, and whether a comma in its value is a list (refused) rather than part of the value.
     static let always: [(name: String, noLists: Bool)] = [
         ("x-agent-id", true), ("x-agent-token", true), ("x-run-id", true), ("x-request-timeout", true), ("x-request-id", false),
-        ("traceparent", false), ("proxy-authorization", false), ("host", false),
+        ("traceparent", false), ("proxy-authorization", false), ("host", false), ("idempotency-key", true),
     ]
 
     /// `Authorization` carries the token on reverse routes and the compatibility API (on the proxy entries

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import Synchronization
 
@@ -44,10 +41,8 @@ final class ProxyContext: Sendable {
 
     /// A finished call as its receipt's draft.
     static func draft(_ r: RequestRecord) -> ReceiptDraft {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return ReceiptDraft(
-            at: Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec / 1_000_000), requestID: r.requestID, entry: r.entry?.rawValue, agent: r.agentID,
+        ReceiptDraft(
+            at: unixMillis(), requestID: r.requestID, entry: r.entry?.rawValue, agent: r.agentID,
             token: r.tokenID, run: r.runID, tool: r.tool?.rawValue, action: r.action, requestDigest: r.requestDigest,
             responseDigest: r.responseDigest, status: r.status, outcome: r.outcome, upstreamStatus: r.upstreamStatus, policy: r.policyHash,
             credential: nil, approval: r.approvalID, idempotency: r.idempotency, upstreamContacted: r.upstreamStart != nil && !r.mock)

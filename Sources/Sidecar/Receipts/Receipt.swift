@@ -34,11 +34,7 @@ struct ReceiptDraft: Sendable {
     /// so code-unit order is a fixed order: the members are written straight out in it — no dictionary,
     /// no sort — and the result is byte for byte what `CanonicalJSON` makes of the parsed line (tested),
     /// which is what `receipts verify` recomputes.
-    func canonical(seq: Int64, prev: String, sidecar: String, key: String, sig: String?, into out: inout [UInt8]) {
-        var at = ReceiptTime()
-        canonical(seq: seq, prev: prev, sidecar: sidecar, key: key, sig: sig, time: &at, into: &out)
-    }
-
+    ///
     /// `time`: formats `at`, keeping the date and time of the last second it formatted.
     func canonical(seq: Int64, prev: String, sidecar: String, key: String, sig: String?, time: inout ReceiptTime, into out: inout [UInt8]) {
         var first = true

@@ -54,7 +54,6 @@ final class ReceiptLog: @unchecked Sendable {
     private var chain: ReceiptChain
     private var fd: Int32 = -1
     private var fileBytes = 0
-    private let written = Atomic<Int64>(0)
     private let head = Mutex<(Int64, String)>((0, ReceiptChain.genesis))
 
     init(
@@ -89,19 +88,7 @@ final class ReceiptLog: @unchecked Sendable {
     }
 
     func start() {
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        thread = pool
-        pool.start()
-        let seconds = Double(settings.sealInterval.components.seconds) + Double(settings.sealInterval.components.attoseconds) / 1e18
-        pool.submit { _ in
-            while true {
-                if !self.state.lock(whenValue: 1, timeoutSeconds: seconds) { self.state.lock() }
-                let stop = self.stopping
-                self.state.unlock(withValue: 0)
-                self.writeBatch()
-                if stop { return }
-            }
-        }
+        thread = WorkerThread.start(lock: state, interval: settings.sealInterval, stopping: { self.stopping }, work: { self.writeBatch() })
     }
 
     /// Writes and seals what is queued, then stops the writer (at shutdown, after the last call).
@@ -122,8 +109,6 @@ final class ReceiptLog: @unchecked Sendable {
         fd = -1
     }
 
-    /// The receipts written since start.
-    var count: Int64 { written.load(ordering: .relaxed) }
 
     private func writeBatch() {
         state.lock()
@@ -153,7 +138,6 @@ final class ReceiptLog: @unchecked Sendable {
             out.append(10)
         }
         append(out, firstSeq: chain.seq - Int64(max(batch.count, 1)) + 1)
-        written.add(Int64(max(batch.count, 1)), ordering: .relaxed)
         let sealed = (chain.seq, chain.head)
         head.withLock { $0 = sealed }
         onSeal(sealed.0, sealed.1)

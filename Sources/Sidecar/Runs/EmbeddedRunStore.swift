@@ -30,12 +30,7 @@ final class EmbeddedRunStore: RunStore {
     private let memoryLimit = 10_000
 
     init(path: String, maxEvents: Int = 10_000) throws {
-        var config = Configuration()
-        config.busyMode = .timeout(5)
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
-        }
-        db = path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
+        db = try SQLiteFile.open(path)
         book = Mutex(RunBook(maxEvents: maxEvents))
         var m = DatabaseMigrator()
         m.registerMigration("v1-runs") { db in

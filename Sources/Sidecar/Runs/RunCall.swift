@@ -115,9 +115,21 @@ extension RunCall {
         return "\(call.tool.rawValue)|\(call.action)|\(hasher.hex)"
     }
 
-    /// SHA-256 of a call's canonical parameters: what the idempotency ledger and approvals bind to. Any
-    /// byte of a parameter changes it; spelling the same call differently does not.
+    /// SHA-256 of a call's canonical parameters: what the idempotency ledger keys on. Any byte of a
+    /// parameter's value changes it; spelling the same call differently does not.
     static func digest(_ call: ToolCall) -> String { Digest.sha256Hex(canonicalParts(call)) }
+
+    /// SHA-256 of the call exactly as it will be forwarded — method, path, the query as encoded, the body's
+    /// bytes: what an approval binds to. No reading of the body stands between what was approved and what
+    /// the upstream receives (a JSON number past 2^53, `1` against `1.0`: equal to a double, not to every
+    /// upstream), so a call that differs in any byte is another call.
+    static func exactDigest(_ call: ToolCall) -> String {
+        let body = call.request.body.map { Digest.sha256Hex(bytes: $0.readableBytesView) } ?? ""
+        return Digest.sha256Hex([
+            call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path, call.request.target?.description ?? "",
+            call.request.query.encoded, body,
+        ])
+    }
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted, a
     /// JSON body with its keys sorted, any other body as its bytes.

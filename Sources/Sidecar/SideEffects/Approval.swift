@@ -34,14 +34,13 @@ struct Approval: Sendable, Hashable, Codable {
         Digest.sha256Hex(["approval", agent, run ?? "", tool, action, digest, policy])
     }
 
-    /// `apr_` + the first 16 hex digits of the key (so the store finds the key from the id) + 64 random bits.
+    /// `apr_` + the first 16 hex digits of the key (approvals of one call read alike in logs) + 64 random bits.
     static func newID(key: String) -> String { "apr_" + key.prefix(16) + RequestID.generate().prefix(16) }
 
     static func isValidID(_ id: String) -> Bool {
         id.utf8.count == 36 && id.hasPrefix("apr_") && id.utf8.dropFirst(4).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
-    static func keyPrefix(ofID id: String) -> String { String(id.dropFirst(4).prefix(16)) }
 
     var json: JSONValue {
         var o: [String: JSONValue] = [
@@ -122,6 +121,6 @@ protocol ApprovalStore: Sendable {
     func approval(id: String) async throws -> Approval?
     /// Applies `ApprovalClaim.decide`; nil when there is no such approval.
     func decide(id: String, approve: Bool, by: String, reason: String?, now: Int64) async throws -> Result<Approval, GatewayError>?
-    func restore(id: String) async throws
+    func restore(id: String, now: Int64) async throws
     func pending(limit: Int) async throws -> [Approval]
 }

@@ -32,7 +32,7 @@ final class ApprovalService: Sendable {
     /// Returns the grant spent on this call, or throws `approval_pending` / `approval_denied` /
     /// `approval_expired` (or 503 when the store cannot be reached: fail closed).
     func authorize(_ call: ToolCall, agent: String, run: String?, rule: ApprovalRule, policy: String) async throws(GatewayError) -> Approval {
-        let digest = RunCall.digest(call)
+        let digest = RunCall.exactDigest(call)
         let key = Approval.key(agent: agent, run: run, tool: call.tool.rawValue, action: call.action, digest: digest, policy: policy)
         let at = now()
         let fresh = Approval(
@@ -68,7 +68,7 @@ final class ApprovalService: Sendable {
 
     /// A grant given back: the call it was spent on was refused before anything was sent.
     func restore(_ approval: Approval) async {
-        do { try await store.restore(id: approval.id) } catch {
+        do { try await store.restore(id: approval.id, now: now()) } catch {
             logger.warning("approvals: a grant could not be given back", metadata: ["approval": "\(approval.id)", "error": "\(error)"])
         }
     }

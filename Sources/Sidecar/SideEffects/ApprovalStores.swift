@@ -39,7 +39,7 @@ final class EmbeddedApprovalStore: ApprovalStore {
         }
     }
 
-    func restore(id: String) async throws {
+    func restore(id: String, now: Int64) async throws {
         state.withLock { s in
             guard let key = s.keyByID[id], let a = s.byKey[key], a.id == id, let r = ApprovalClaim.restore(a) else { return }
             s.byKey[key] = r
@@ -52,7 +52,9 @@ final class EmbeddedApprovalStore: ApprovalStore {
 
     private static func prune(_ s: inout State, now: Int64, capacity: Int) {
         guard s.byKey.count >= capacity / 2 else { return }
-        for (key, a) in s.byKey where a.status != .pending && a.status != .approved && a.expiresAt + 86_400_000 < now || s.byKey.count >= capacity && a.status != .pending {
+        // Decided, used or expired approvals a day past their expiry go; at capacity, every one not pending.
+        let full = s.byKey.count >= capacity
+        for (key, a) in s.byKey where a.status != .pending && (full || a.status != .approved && a.expiresAt + 86_400_000 < now) {
             s.byKey[key] = nil
             s.keyByID[a.id] = nil
         }
@@ -95,13 +97,13 @@ final class RedisApprovalStore: ApprovalStore {
     }
 
     /// Reads, applies `change`, writes back if nothing changed meanwhile; retried a few times.
-    private func update<T>(_ key: String, _ change: (Approval?) -> (T, Approval?)) async throws -> T {
+    private func update<T>(_ key: String, now: Int64, _ change: (Approval?) -> (T, Approval?)) async throws -> T {
         for _ in 0..<8 {
             let (old, current) = try await load(key)
             let (result, next) = change(current)
             guard let next, next != current else { return result }
             let text = String(decoding: try Self.encoder.encode(next), as: UTF8.self)
-            let ttl = max(1, next.expiresAt + Self.keep - Self.nowMillis())
+            let ttl = max(1, next.expiresAt + Self.keep - now)
             if try await redis.evalsha(Self.compareAndSet, keys: [Self.docKey(key)], args: [old, text, String(ttl)]).int == 1 {
                 if next.id != current?.id {
                     _ = try await redis.send(["SET", Self.idKey(next.id), key, "PX", String(ttl)])
@@ -117,10 +119,8 @@ final class RedisApprovalStore: ApprovalStore {
         throw RedisError(kind: .server, message: "approval changed concurrently too often")
     }
 
-    private static func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
-
     func claim(_ fresh: Approval, now: Int64) async throws -> (ApprovalClaim, Approval) {
-        try await update(fresh.key) { latest in
+        try await update(fresh.key, now: now) { latest in
             let (claim, after) = ApprovalClaim.claim(latest: latest, fresh: fresh, now: now)
             return ((claim, after), after)
         }
@@ -136,16 +136,16 @@ final class RedisApprovalStore: ApprovalStore {
 
     func decide(id: String, approve: Bool, by: String, reason: String?, now: Int64) async throws -> Result<Approval, GatewayError>? {
         guard let key = try await key(of: id) else { return nil }
-        return try await update(key) { current -> (Result<Approval, GatewayError>?, Approval?) in
+        return try await update(key, now: now) { current -> (Result<Approval, GatewayError>?, Approval?) in
             guard let current, current.id == id else { return (nil, nil) }
             let result = ApprovalClaim.decide(current, approve: approve, by: by, reason: reason, now: now)
             return (result, try? result.get())
         }
     }
 
-    func restore(id: String) async throws {
+    func restore(id: String, now: Int64) async throws {
         guard let key = try await key(of: id) else { return }
-        try await update(key) { current -> (Void, Approval?) in
+        try await update(key, now: now) { current -> (Void, Approval?) in
             guard let current, current.id == id else { return ((), nil) }
             return ((), ApprovalClaim.restore(current))
         }

@@ -41,10 +41,7 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
     private let state = Mutex(State())
 
     init(path: String, now: @escaping @Sendable () -> Int64) throws {
-        var config = Configuration()
-        config.busyMode = .timeout(5)
-        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
-        db = path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
+        db = try SQLiteFile.open(path)
         self.now = now
         var m = DatabaseMigrator()
         m.registerMigration("v1-idempotency") { db in

@@ -5,7 +5,12 @@ import Upstreams
 struct IdempotencySettings: Sendable, Hashable {
     var enabled = true
     /// Scopes (`gmail_send:send`) or whole tools (`gmail_send`) whose calls are side effects.
-    var calls: Set<String> = ["gmail_send:send"]
+    var calls: Set<String> = ["gmail_send:send"] {
+        didSet { covered = Self.compile(calls) }
+    }
+    /// `calls` per tool: nil for none, an empty set for every action (compiled once: `covers` runs for
+    /// every call).
+    private var covered = Self.compile(["gmail_send:send"])
     /// How long a completed call's answer is replayed to an identical call.
     var window: Duration = .seconds(24 * 3600)
     /// How long a call may hold its key while in flight before the key is free again (a sidecar that
@@ -14,8 +19,19 @@ struct IdempotencySettings: Sendable, Hashable {
     /// Answers up to this size are stored for replay; a bigger one is replayed as its status and headers.
     var maxStoredBytes = 65_536
 
-    func covers(_ call: ToolCall) -> Bool {
-        enabled && (calls.contains(call.scope) || calls.contains(call.tool.rawValue))
+    func covers(_ tool: Tool, action: String) -> Bool {
+        guard enabled, let actions = covered[tool] else { return false }
+        return actions.isEmpty || actions.contains(action)
+    }
+
+    private static func compile(_ calls: Set<String>) -> PerTool<Set<String>> {
+        var out: [Tool: Set<String>] = [:]
+        for call in calls {
+            let parts = call.split(separator: ":", maxSplits: 1).map(String.init)
+            guard let tool = Tool(rawValue: parts[0]) else { continue }
+            if parts.count == 1 { out[tool] = [] } else if out[tool] != [] { out[tool, default: []].insert(parts[1]) }
+        }
+        return PerTool(out)
     }
 }
 
