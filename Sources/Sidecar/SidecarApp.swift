@@ -125,6 +125,7 @@ public enum SidecarApp {
             allowed: config.egressAllow, ownListeners: [config.proxyListen, config.adminListen].map { Self.listener(host: $0.host, port: $0.port) })
         let fetch = try SafeFetchTransport(
             egress: egress, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
+        started.add { fetch.shutdown() }
         let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: clients)
         let modes = ModeSwitchTransport(live: routed, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)
         let chaos = ChaosTransport(base: modes, settings: config.chaos, now: unixMillis) { tool, kind in metrics.chaosInjected(tool, kind) }

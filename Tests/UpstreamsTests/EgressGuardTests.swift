@@ -198,6 +198,51 @@ struct EgressGuardTests {
         } throws: { ($0 as? UpstreamError)?.kind == .egressDenied }
     }
 
+    /// Fetch connections are kept alive, but each call's own check runs first: an idle connection to an
+    /// address is no pass for a call whose check refuses that address (here: the grant that allowed
+    /// loopback is the first call's, not the second's).
+    @Test func fetchConnectionsAreReusedOnlyAfterTheCallsOwnCheck() async throws {
+        let server = try await HTTP1ConnectionPoolTests.ScriptedServer(group: HTTP1ConnectionPoolTests.group)
+        defer { server.close() }
+        let resolver = FakeResolver(["site.test": ["127.0.0.1"]])
+        let t = try SafeFetchTransport(
+            egress: EgressGuard(), resolver: resolver, tls: .makeClientConfiguration(), connectTimeout: .seconds(1), group: HTTP1ConnectionPoolTests.group)
+        defer { t.shutdown() }
+        var granted = try Self.request("http://site.test:\(server.port)/ok")
+        granted.egressAllow = [CIDR("127.0.0.0/8")!]
+        for _ in 0..<3 {
+            let response = try await t.send(granted)
+            #expect(String(buffer: try await response.body.collect(upTo: 1024)) == "ok")
+        }
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+        #expect(t.pool.idleCount == 1)
+        await #expect {
+            _ = try await t.send(Self.request("http://site.test:\(server.port)/ok"))
+        } throws: { ($0 as? UpstreamError)?.kind == .egressDenied }
+        #expect(server.requests.withLockedValue { $0 }.count == 3)
+    }
+
+    /// Agents name any host: the origins the fetch pool remembers are bounded, and an evicted origin's
+    /// idle connections are closed.
+    @Test func theFetchPoolRemembersABoundedNumberOfOrigins() async throws {
+        let server = try await HTTP1ConnectionPoolTests.ScriptedServer(group: HTTP1ConnectionPoolTests.group)
+        defer { server.close() }
+        let names = (0..<8).map { "host\($0).test" }
+        let resolver = FakeResolver(Dictionary(uniqueKeysWithValues: names.map { ($0, ["127.0.0.1"]) }))
+        let t = try SafeFetchTransport(
+            egress: EgressGuard(allowed: [CIDR("127.0.0.0/8")!]), resolver: resolver, tls: .makeClientConfiguration(), connectTimeout: .seconds(1),
+            maxOrigins: 3, group: HTTP1ConnectionPoolTests.group)
+        defer { t.shutdown() }
+        for name in names {
+            let response = try await t.send(Self.request("http://\(name):\(server.port)/ok"))
+            _ = try await response.body.collect(upTo: 1024)
+        }
+        #expect(t.pool.originCount <= 3)
+        #expect(t.pool.idleCount <= 3)
+        for _ in 0..<300 where server.closed.withLockedValue({ $0 }) < 5 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(server.closed.withLockedValue { $0 } >= 5)
+    }
+
     /// Answers with a head promising a megabyte, sends one chunk and then stalls; tells when the
     /// client's connection closes.
     final class StallingServer: ChannelInboundHandler, Sendable {

@@ -4,18 +4,6 @@ import NIOPosix
 import NIOSSL
 
 extension ClientBootstrap {
-    /// An upstream HTTP/1.1 connection: optional TLS (SNI and certificate checks by `serverName`), NIO's
-    /// client codec, then `handler`. Used by the SSRF-checked fetch transport.
-    static func upstreamHTTP1(
-        on loop: any EventLoop, connectTimeout: Duration, tls: NIOSSLContext?, serverName: String?,
-        handler: any ChannelHandler & Sendable
-    ) -> ClientBootstrap {
-        upstream(on: loop, connectTimeout: connectTimeout, tls: tls, serverName: serverName) { sync in
-            try sync.addHTTPClientHandlers()
-            try sync.addHandler(handler)
-        }
-    }
-
     /// A pooled upstream connection: optional TLS, NIO's response decoder, then the pool's handler,
     /// which writes requests as bytes itself (`RequestHeadEncoder`).
     static func pooledHTTP1(

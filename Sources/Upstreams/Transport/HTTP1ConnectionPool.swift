@@ -24,6 +24,8 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         let tls: Bool
         let host: String
         let port: Int
+        /// The checked address to connect to (`http_fetch`), or nil to connect by `host`.
+        var address: IPAddress? = nil
     }
 
     private let connectTimeouts: [Tool: Duration]
@@ -38,10 +40,13 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     /// Lists of loops from other groups (tests), made on first use.
     private let strayIdle = NIOLockedValueBox<[ObjectIdentifier: IdleList]>([:])
 
+    private let maxOriginsPerLoop: Int
+
     public init(
-        connectTimeouts: [Tool: Duration], idleTimeout: Duration = .seconds(60), maxIdlePerOrigin: Int = 256, tls: TLSConfiguration,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        connectTimeouts: [Tool: Duration], idleTimeout: Duration = .seconds(60), maxIdlePerOrigin: Int = 256, maxOriginsPerLoop: Int = .max,
+        tls: TLSConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) throws {
+        self.maxOriginsPerLoop = maxOriginsPerLoop
         self.connectTimeouts = connectTimeouts
         self.idleTimeout = TimeAmount(idleTimeout)
         self.maxIdlePerOrigin = maxIdlePerOrigin
@@ -50,7 +55,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         self.sslContext = try NIOSSLContext(configuration: tls)
         self.group = group
         var lists: [ObjectIdentifier: IdleList] = [:]
-        for loop in group.makeIterator() { lists[ObjectIdentifier(loop)] = IdleList() }
+        for loop in group.makeIterator() { lists[ObjectIdentifier(loop)] = IdleList(maxOrigins: maxOriginsPerLoop) }
         self.idleByLoop = lists
     }
 
@@ -58,7 +63,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         if let list = idleByLoop[loop] { return list }
         return strayIdle.withLockedValue { lists in
             if let list = lists[loop] { return list }
-            let list = IdleList()
+            let list = IdleList(maxOrigins: maxOriginsPerLoop)
             lists[loop] = list
             return list
         }
@@ -67,7 +72,13 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     private var allIdleLists: [IdleList] { Array(idleByLoop.values) + strayIdle.withLockedValue { Array($0.values) } }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
-        let started = begin(request, on: MultiThreadedEventLoopGroup.currentEventLoop ?? group.any())
+        try await send(request, connectingTo: nil)
+    }
+
+    /// Sends `request` on a connection to `address` (one already checked by the caller, e.g. the egress
+    /// guard), reusing an idle one made to the same address for the same host, port and scheme.
+    public func send(_ request: UpstreamRequest, connectingTo address: IPAddress?) async throws(UpstreamError) -> UpstreamResponse {
+        let started = begin(request, on: MultiThreadedEventLoopGroup.currentEventLoop ?? group.any(), address: address)
         do {
             return try await withTaskCancellationHandler {
                 try await started.response.get()
@@ -79,11 +90,12 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         }
     }
 
-    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? { begin(request, on: loop) }
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? { begin(request, on: loop, address: nil) }
 
-    private func begin(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall {
+    private func begin(_ request: UpstreamRequest, on loop: any EventLoop, address: IPAddress?) -> StartedCall {
         let exchange = Exchange(request: request, loop: loop)
-        let origin = Origin(loop: ObjectIdentifier(loop), tls: request.url.scheme == "https", host: request.url.host, port: request.url.port)
+        let origin = Origin(
+            loop: ObjectIdentifier(loop), tls: request.url.scheme == "https", host: request.url.host, port: request.url.port, address: address)
         if loop.inEventLoop {
             start(exchange, origin: origin)
         } else {
@@ -100,6 +112,9 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     /// Number of idle connections (tests).
     public var idleCount: Int { allIdleLists.reduce(0) { $0 + $1.count } }
 
+    /// Number of origins remembered across loops (tests: bounded by `maxOriginsPerLoop`).
+    public var originCount: Int { allIdleLists.reduce(0) { $0 + $1.originCount } }
+
     // MARK: On the loop
 
     private func start(_ exchange: Exchange, origin: Origin) {
@@ -115,23 +130,32 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
         let handler = PooledConnectionHandler(pool: self, origin: origin)
         let ssl = origin.tls ? sslContext : nil
         let serverName = IPAddress.parse(origin.host) == nil ? origin.host : nil
-        ClientBootstrap.pooledHTTP1(
+        let bootstrap = ClientBootstrap.pooledHTTP1(
             on: exchange.loop, connectTimeout: connectTimeouts[exchange.request.tool] ?? .seconds(5), tls: ssl, serverName: serverName,
             handler: handler)
-            .connect(host: origin.host, port: origin.port)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    if exchange.isDone {
-                        // Nobody waits any more (deadline or cancel while connecting): keep it for the next.
-                        self.release(PooledConnection(channel: channel, handler: handler), origin: origin)
-                    } else {
-                        handler.run(exchange, reused: false)
-                    }
-                case .failure(let error):
-                    exchange.fail(Self.connectFailure(error))
-                }
+        let connecting: EventLoopFuture<any Channel>
+        if let address = origin.address {
+            do {
+                connecting = bootstrap.connect(to: try SocketAddress(ipAddress: address.description, port: origin.port))
+            } catch {
+                return exchange.fail(UpstreamError(.unreachable, beforeSend: true, detail: "unusable address"))
             }
+        } else {
+            connecting = bootstrap.connect(host: origin.host, port: origin.port)
+        }
+        connecting.whenComplete { result in
+            switch result {
+            case .success(let channel):
+                if exchange.isDone {
+                    // Nobody waits any more (deadline or cancel while connecting): keep it for the next.
+                    self.release(PooledConnection(channel: channel, handler: handler), origin: origin)
+                } else {
+                    handler.run(exchange, reused: false)
+                }
+            case .failure(let error):
+                exchange.fail(Self.connectFailure(error))
+            }
+        }
     }
 
     static func connectFailure(_ error: any Error) -> UpstreamError {
@@ -159,7 +183,7 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
     func release(_ connection: PooledConnection, origin: Origin) {
         var connection = connection
         connection.since = .now()
-        if !idleList(origin.loop).put(connection, origin: origin, max: maxIdlePerOrigin) { connection.channel.close(promise: nil) }
+        for closing in idleList(origin.loop).put(connection, origin: origin, max: maxIdlePerOrigin) { closing.channel.close(promise: nil) }
     }
 }
 

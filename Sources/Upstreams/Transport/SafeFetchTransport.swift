@@ -50,22 +50,36 @@ public struct SystemResolver: HostResolver {
 /// The `http_fetch` transport: resolves the destination itself, checks every address with the
 /// `EgressGuard`, and connects to a checked address (SNI and certificate checks still use the name), so
 /// no second lookup can swap in an internal address. Redirects are not followed unless configured;
-/// each hop is then checked again. One connection per fetch (no pooling: arbitrary destinations, low
-/// volume, and nothing to reuse across agents safely).
+/// each hop is then checked again.
+///
+/// Connections are kept alive and reused (its own `HTTP1ConnectionPool`), keyed by scheme, host, port
+/// *and the checked address*: a reused connection goes to an address this request's own check just
+/// passed, so pooling cannot carry a request past the guard or to an address another agent's grant
+/// allowed. What a connection carries is the request's own fields only (credentials are per request),
+/// as in any forward proxy's upstream pool. The pool remembers a bounded number of origins per event
+/// loop (`maxOrigins`), few idle connections per origin (`maxIdlePerOrigin`), and closes idle ones
+/// after `idleTimeout`.
 public final class SafeFetchTransport: UpstreamTransport {
     let egress: EgressGuard
     let resolver: any HostResolver
-    let sslContext: NIOSSLContext
-    let connectTimeout: Duration
+    let pool: HTTP1ConnectionPool
     let maxRedirects: Int
 
-    public init(egress: EgressGuard, resolver: any HostResolver = SystemResolver(), tls: TLSConfiguration, connectTimeout: Duration, maxRedirects: Int = 0) throws {
+    public init(
+        egress: EgressGuard, resolver: any HostResolver = SystemResolver(), tls: TLSConfiguration, connectTimeout: Duration, maxRedirects: Int = 0,
+        idleTimeout: Duration = .seconds(30), maxIdlePerOrigin: Int = 32, maxOrigins: Int = 256,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) throws {
         self.egress = egress
         self.resolver = resolver
-        self.sslContext = try NIOSSLContext(configuration: tls)
-        self.connectTimeout = connectTimeout
+        self.pool = try HTTP1ConnectionPool(
+            connectTimeouts: [.httpFetch: connectTimeout], idleTimeout: idleTimeout, maxIdlePerOrigin: maxIdlePerOrigin, maxOriginsPerLoop: maxOrigins,
+            tls: tls, group: group)
         self.maxRedirects = maxRedirects
     }
+
+    /// Closes the idle connections.
+    public func shutdown() { pool.shutdown() }
 
     /// The checked addresses for a target, or the reason it is refused.
     public func checkedAddresses(for url: TargetURL, granted: [CIDR] = []) async throws(UpstreamError) -> [IPAddress] {
@@ -117,138 +131,16 @@ public final class SafeFetchTransport: UpstreamTransport {
         throw UpstreamError(.protocolError, beforeSend: false, detail: "too many redirects")
     }
 
+    /// Sends on a pooled connection to the first checked address that takes one; a failure to connect
+    /// (nothing sent) moves on to the next address, as the one-connection-per-fetch client did.
     private func exchange(_ request: UpstreamRequest, addresses: [IPAddress]) async throws(UpstreamError) -> UpstreamResponse {
-        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
-        var channel: (any Channel)?
-        let handler = FetchResponseHandler(eventLoop: loop)
+        var last = UpstreamError(.unreachable, beforeSend: true, detail: "connect failed")
         for ip in addresses {
-            let address: SocketAddress
-            do { address = try SocketAddress(ipAddress: ip.description, port: request.url.port) } catch { continue }
-            let sslContext = request.url.scheme == "https" ? self.sslContext : nil
-            // SNI and certificate verification use the name, never the address we connect to.
-            let serverName = IPAddress.parse(request.url.host) == nil ? request.url.host : nil
-            let bootstrap = ClientBootstrap.upstreamHTTP1(
-                on: loop, connectTimeout: connectTimeout, tls: sslContext, serverName: serverName, handler: handler)
-            if let c = try? await bootstrap.connect(to: address).get() {
-                channel = c
-                break
+            do { return try await pool.send(request, connectingTo: ip) } catch {
+                guard error.kind == .unreachable, error.beforeSend else { throw error }
+                last = error
             }
         }
-        guard let channel else { throw UpstreamError(.unreachable, beforeSend: true, detail: "connect failed") }
-        let deadline = channel.eventLoop.scheduleTask(deadline: request.deadline) {
-            handler.fail(UpstreamError(.timeout, beforeSend: false, detail: "deadline exceeded"))
-            channel.close(promise: nil)
-        }
-        handler.body.onEnd = { deadline.cancel() }
-        var headers = request.headers
-        headers.replaceOrAdd(name: "Connection", value: "close")
-        if let body = request.body { headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes)) }
-        let head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.url.pathAndQuery, headers: headers)
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        if let body = request.body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-        do {
-            return try await withTaskCancellationHandler {
-                try await handler.head.futureResult.get()
-            } onCancel: {
-                channel.close(promise: nil)
-            }
-        } catch {
-            deadline.cancel()
-            channel.close(promise: nil)
-            throw HTTPClientTransport.classify(error)
-        }
-    }
-}
-
-/// Delivers one HTTP response into a `BodyStream`, pausing reads while the consumer is behind.
-///
-/// It owns its body stream: when the consumer gives up (the agent went away, a size limit, a redirect
-/// being followed) the fetch connection is closed at once instead of downloading on until its deadline.
-/// The link is dropped when the response ends or fails, which ends the handler ↔ stream cycle.
-final class FetchResponseHandler: ChannelDuplexHandler, BodyStreamOwner, @unchecked Sendable {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = NIOAny
-    typealias OutboundOut = NIOAny
-
-    let head: EventLoopPromise<UpstreamResponse>
-    let body: FetchBody
-    private let readPause = ReadPause()
-    private var context: ChannelHandlerContext?
-
-    final class FetchBody: @unchecked Sendable {
-        let stream: BodyStream
-        var onEnd: () -> Void = {}
-        init(stream: BodyStream) { self.stream = stream }
-    }
-
-    private let eventLoop: any EventLoop
-
-    init(eventLoop: any EventLoop) {
-        self.eventLoop = eventLoop
-        head = eventLoop.makePromise(of: UpstreamResponse.self)
-        body = FetchBody(stream: BodyStream())
-    }
-
-    /// One handler serves the connection attempts to a name's addresses in turn: it links to the
-    /// stream while it is in a live pipeline, and a failed attempt's pipeline letting go of it (which
-    /// can come after the next attempt took it) does not unlink the current one.
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        body.stream.attach(self)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        guard context === self.context else { return }
-        self.context = nil
-        body.stream.detach()
-    }
-
-    /// From any thread: the body's consumer is gone, so nothing more of this response is wanted.
-    func bodyCancelled() {
-        eventLoop.execute {
-            self.body.onEnd()
-            self.context?.close(promise: nil)
-        }
-    }
-
-    func fail(_ error: any Error) {
-        head.fail(error)
-        body.stream.detach()
-        body.stream.fail(error)
-        body.onEnd()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let h):
-            if (100..<200).contains(h.status.code) { return }
-            if let invalid = UpstreamError.invalidStatus(h.status) {
-                fail(invalid)
-                return context.close(promise: nil)
-            }
-            head.succeed(UpstreamResponse(status: h.status, headers: h.headers, body: .stream(body.stream)))
-        case .body(let chunk):
-            readPause.feed(chunk, to: body.stream, context: context)
-        case .end:
-            body.stream.detach()
-            body.stream.finish()
-            body.onEnd()
-            context.close(promise: nil)
-        }
-    }
-
-    func read(context: ChannelHandlerContext) {
-        readPause.read(context)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        fail(UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream"))
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(HTTPClientTransport.classify(error))
-        context.close(promise: nil)
+        throw last
     }
 }
