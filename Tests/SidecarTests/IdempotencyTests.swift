@@ -63,6 +63,24 @@ import Testing
         #expect(wins == 1)
     }
 
+    /// The embedded ledger's answer form reads back exactly, reads the JSON rows earlier versions wrote,
+    /// and refuses anything cut short or of another version rather than replay a wrong answer.
+    @Test func storedAnswersRoundTripTheirBytes() throws {
+        let answers = [
+            StoredAnswer(status: 200, headers: [["Content-Type", "application/json"], ["ETag", "\"x\""]], body: Data(#"{"id":"m1"}"#.utf8)),
+            StoredAnswer(status: 201, headers: [], body: nil),
+            StoredAnswer(status: 204, headers: [["Location", "https://é.example/ü"]], body: Data()),
+        ]
+        for answer in answers {
+            let bytes = answer.bytes
+            #expect(StoredAnswer(bytes: Data(bytes)) == answer)
+            #expect(StoredAnswer(bytes: try JSONEncoder().encode(answer)) == answer)
+            for cut in 0..<bytes.count { #expect(StoredAnswer(bytes: Data(bytes[..<cut])) == nil, "cut at \(cut)") }
+            #expect(StoredAnswer(bytes: Data(bytes + [0])) == nil)
+            #expect(StoredAnswer(bytes: Data([2] + bytes.dropFirst())) == nil)
+        }
+    }
+
     @Test func embeddedStoreKeepsTheContract() async throws {
         let clock = Atomic<Int64>(1_000_000)
         let store = try EmbeddedIdempotencyStore(path: ":memory:", now: { clock.load(ordering: .relaxed) })

@@ -1,0 +1,47 @@
+import Testing
+
+@testable import Upstreams
+
+/// The byte-wise base64 decides exactly as the Foundation path it replaced: every string over a small
+/// alphabet that exercises both alphabets, padding, whitespace and garbage, up to length 6, and random
+/// longer ones — the same bytes or the same refusal.
+@Suite struct Base64Tests {
+    static let symbols: [Character] = ["A", "Q", "R", "/", "_", "+", "-", "=", " ", "\n", "!", "w"]
+
+    static func agree(_ s: String) -> Bool { Base64.decode(s) == Base64.foundationDecode(s) }
+
+    @Test func exhaustiveShortStringsDecideAsFoundationDid() {
+        var strings = [""]
+        var disagreements: [String] = []
+        for _ in 1...5 {
+            strings = strings.flatMap { prefix in Self.symbols.map { prefix + String($0) } }
+            for s in strings where !Self.agree(s) { disagreements.append(s) }
+        }
+        #expect(disagreements.isEmpty, "\(disagreements.prefix(10).map { $0.debugDescription })")
+    }
+
+    @Test func randomLongerStringsDecideAsFoundationDid() {
+        var rng = SystemRandomNumberGenerator()
+        let all = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_= \n\t")
+        for _ in 0..<3000 {
+            let n = Int.random(in: 0...40, using: &rng)
+            let s = String((0..<n).map { _ in all.randomElement(using: &rng)! })
+            #expect(Self.agree(s), "\(s.debugDescription)")
+        }
+    }
+
+    @Test func roundTripsAndNonASCII() {
+        for n in 0..<40 {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            #expect(Base64.decode(Base64.encode(bytes)) == bytes)
+            #expect(Base64.decode(Base64.encodeURL(bytes)) == bytes)
+            // What SDKs send is decoded by the fast path, not handed to Foundation.
+            #expect(Array(Base64.encode(bytes).utf8).withUnsafeBufferPointer { Base64.decodeRegular($0) } == bytes)
+            #expect(Array(Base64.encodeURL(bytes).utf8).withUnsafeBufferPointer { Base64.decodeRegular($0) } == bytes)
+            #expect(!Base64.encodeURL(bytes).contains("=") && !Base64.encodeURL(bytes).contains("+"))
+        }
+        // Non-ASCII input takes the Foundation path: Unicode whitespace skipped, anything else refused.
+        #expect(Base64.decode("QUJD\u{00A0}") == Array("ABC".utf8))
+        #expect(Base64.decode("QUJDé") == nil)
+    }
+}
