@@ -4,6 +4,11 @@ extension EventLoop {
     /// Runs `body` in a task and hands what it returns to `then` on this loop (the loop path's hand-over
     /// to a stage that has to wait, and back). Returns how to cancel that task, e.g. when the agent goes
     /// away.
+    ///
+    /// The task runs on Swift's global pool, not on the loop: a stage in a task may block briefly (a
+    /// SQLite read of the idempotency ledger), which must not stall the loop's other connections. (A
+    /// task executor preferring the loop measured no faster on the Gmail and run rows, within this
+    /// machine's noise; `bench/HISTORY.md`.)
     func run<Value: Sendable>(
         inTask body: @escaping @Sendable () async -> Value, then: @escaping @Sendable (consuming Value) -> Void
     ) -> @Sendable () -> Void {
