@@ -137,7 +137,7 @@ for r in $ROWS; do
   [[ -z "$code" ]] || { echo "row $r answers non-2xx; see $WORK/policy.log" >&2; tail -3 "$WORK/policy.log" >&2; exit 1; }
 done
 
-( while kill -0 $SIDE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$SIDE/status; sleep 0.5; done ) > "$WORK/rss.txt" &
+( while kill -0 $SIDE 2>/dev/null; do awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} END {print r, a}' /proc/$SIDE/status; sleep 0.5; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
 for round in $(seq 1 "$ROUNDS"); do
   for r in $ROWS; do
@@ -154,7 +154,9 @@ REPORT="$OUT/paths-$(date -u +%Y%m%dT%H%M%SZ).txt"
     printf "%-16s %9s %9s %9s %10s | %9s %10s | %6s\n" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")" \
       "$(rps "nginx-$r")" "$(cpu "nginx-$r")" "$(python3 -c "print(f'{$(rps "$r")/$(rps "nginx-$r"):.2f}')")"
   done
-  echo "sidecar (policy) RSS under load: max sampled $(sort -n "$WORK/rss.txt" | tail -1) kB; idle after: $(awk '/VmRSS/ {print $2}' /proc/$SIDE/status) kB"
+  # RSS counts the binary's code pages too (file-backed, clean, shared with the page cache); RssAnon is
+  # the memory the process itself holds (heap, stacks, SQLite caches).
+  echo "sidecar (policy) RSS under load: max sampled $(sort -n "$WORK/rss.txt" | tail -1 | awk '{print $1 " kB (anonymous " $2 " kB)"}'); idle after: $(awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} END {print r " kB (anonymous " a " kB)"}' /proc/$SIDE/status)"
   for r in $ROWS; do cat "$WORK/$r".*.txt | awk -v r="$r" '/Non-2xx|Socket errors/ {print r ": " $0}'; done
   true
 } | tee "$REPORT"

@@ -222,6 +222,29 @@ struct EgressGuardTests {
         #expect(server.requests.withLockedValue { $0 }.count == 3)
     }
 
+    /// An IP-literal fetch starts on the loop (no task), checked the same way: refused before anything is
+    /// sent, or sent on a kept-alive connection. A name needs its lookup, in `send`.
+    @Test func anIPLiteralFetchStartsOnTheLoopAfterTheSameCheck() async throws {
+        let server = try await HTTP1ConnectionPoolTests.ScriptedServer(group: HTTP1ConnectionPoolTests.group)
+        defer { server.close() }
+        let t = try SafeFetchTransport(
+            egress: EgressGuard(), resolver: FakeResolver([:]), tls: .makeClientConfiguration(), connectTimeout: .seconds(1),
+            group: HTTP1ConnectionPoolTests.group)
+        defer { t.shutdown() }
+        let loop = HTTP1ConnectionPoolTests.group.next()
+        let refused = try #require(t.start(try Self.request("http://127.0.0.1:\(server.port)/ok"), on: loop))
+        await #expect { _ = try await refused.response.get() } throws: { ($0 as? UpstreamError)?.kind == .egressDenied }
+        var granted = try Self.request("http://127.0.0.1:\(server.port)/ok")
+        granted.egressAllow = [CIDR("127.0.0.0/8")!]
+        for _ in 0..<2 {
+            let started = try #require(t.start(granted, on: loop))
+            let response = try await started.response.get()
+            #expect(String(buffer: try await response.body.collect(upTo: 1024)) == "ok")
+        }
+        #expect(server.accepted.withLockedValue { $0 } == 1)
+        #expect(t.start(try Self.request("http://site.test:\(server.port)/ok"), on: loop) == nil)
+    }
+
     /// Agents name any host: the origins the fetch pool remembers are bounded, and an evicted origin's
     /// idle connections are closed.
     @Test func theFetchPoolRemembersABoundedNumberOfOrigins() async throws {

@@ -14,6 +14,18 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     static func parseV4(_ s: String) -> IPAddress? {
+        // Most hosts are either names or dotted quads: both decided byte-wise here. Anything else (octal,
+        // hex, fewer parts, signs) goes the general way below, which a dotted quad or a name would reach
+        // with the same answer.
+        switch quickV4(s) {
+        case .name: return nil
+        case .quad(let v): return .v4(v)
+        case .other: return parseV4General(s)
+        }
+    }
+
+    /// Every form `inet_aton` accepts: 1–4 parts, each decimal, octal (leading 0) or hex (0x).
+    static func parseV4General(_ s: String) -> IPAddress? {
         let parts = s.split(separator: ".", omittingEmptySubsequences: false)
         guard (1...4).contains(parts.count), !parts.contains(where: \.isEmpty) else { return nil }
         var values: [UInt64] = []
@@ -34,6 +46,47 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
         for (i, v) in values.dropLast().enumerated() { result |= v << UInt64(24 - 8 * i) }
         result |= values.last!
         return .v4(UInt32(result))
+    }
+
+    private enum QuickV4 {
+        /// A byte no IPv4 form has (every one is digits, hex letters, `x`, dots and signs).
+        case name
+        /// Four decimal parts of 1–3 digits, no leading zero, each at most 255.
+        case quad(UInt32)
+        case other
+    }
+
+    private static func quickV4(_ s: String) -> QuickV4 {
+        var s = s
+        return s.withUTF8 { bytes in
+            var value: UInt32 = 0
+            var part: UInt32 = 0
+            var digits = 0
+            var parts = 0
+            var quad = true
+            for b in bytes {
+                switch b {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                    if digits == 1, part == 0 { quad = false }  // a leading zero: octal
+                    part = part &* 10 &+ UInt32(b - UInt8(ascii: "0"))
+                    digits += 1
+                    if digits > 3 || part > 255 { quad = false }
+                case UInt8(ascii: "."):
+                    if digits == 0 { quad = false }
+                    value = value << 8 | (part & 0xFF)
+                    parts += 1
+                    part = 0
+                    digits = 0
+                case UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"), UInt8(ascii: "x"), UInt8(ascii: "X"),
+                    UInt8(ascii: "+"), UInt8(ascii: "-"):
+                    quad = false
+                default:
+                    return .name
+                }
+            }
+            guard quad, parts == 3, digits > 0 else { return .other }
+            return .quad(value << 8 | part)
+        }
     }
 
     static func parseV6(_ s: String) -> IPAddress? {

@@ -92,6 +92,11 @@ public final class HTTP1ConnectionPool: UpstreamTransport {
 
     public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? { begin(request, on: loop, address: nil) }
 
+    /// `start` on a connection to `address` (checked by the caller), as `send(_:connectingTo:)`.
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop, connectingTo address: IPAddress) -> StartedCall {
+        begin(request, on: loop, address: address)
+    }
+
     private func begin(_ request: UpstreamRequest, on loop: any EventLoop, address: IPAddress?) -> StartedCall {
         let exchange = Exchange(request: request, loop: loop)
         let origin = Origin(

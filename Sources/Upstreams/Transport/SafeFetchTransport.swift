@@ -131,6 +131,17 @@ public final class SafeFetchTransport: UpstreamTransport {
         throw UpstreamError(.protocolError, beforeSend: false, detail: "too many redirects")
     }
 
+    /// A fetch of an IP-literal URL with no redirects to follow starts on the loop: its check needs no
+    /// lookup, so no task is needed. (A name is resolved first, in `send`.)
+    public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
+        guard maxRedirects == 0, let literal = IPAddress.parse(request.url.host) else { return nil }
+        if let why = egress.refusal(literal, port: request.url.port, granted: request.egressAllow) {
+            return StartedCall(
+                response: loop.makeFailedFuture(UpstreamError(.egressDenied, beforeSend: true, detail: "destination is \(why)")), cancel: {})
+        }
+        return pool.start(request, on: loop, connectingTo: literal)
+    }
+
     /// Sends on a pooled connection to the first checked address that takes one; a failure to connect
     /// (nothing sent) moves on to the next address, as the one-connection-per-fetch client did.
     private func exchange(_ request: UpstreamRequest, addresses: [IPAddress]) async throws(UpstreamError) -> UpstreamResponse {
