@@ -74,6 +74,10 @@ for r in $ROWS; do
 done
 
 for round in $(seq 1 "$ROUNDS"); do for r in $ROWS; do run_wrk "$r" "$round" "http://127.0.0.1:$P" "$SIDE"; done; done
+# Memory after the load, and the CPU the sidecar spends in the 3 s after it (a backlog being written).
+RSS_AFTER=$(awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} END {print r " kB (anonymous " a " kB)"}' /proc/$SIDE/status)
+T0=$(ticks "$SIDE"); sleep 3; T1=$(ticks "$SIDE")
+IDLE_CPU=$(python3 -c "print(f'{($T1-$T0)/$(getconf CLK_TCK)/3*100:.0f}')")
 LEDGER=$(curl -fs "http://127.0.0.1:$A/api/runs/$RUN" "${H[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ledger"]["calls"], d["reserved"]["calls"])')
 
 FAN_RUN=$(new_run)
@@ -89,6 +93,7 @@ REPORT="$OUT/runs-$(date -u +%Y%m%dT%H%M%SZ).txt"
     echo "with a run id / without ($t): $(python3 -c "print(f'{$(rps "$t-run")/$(rps "$t"):.2f}')")x (target >= 0.9)"
   done
   echo "the run's ledger after the load: calls spent, calls still reserved = $LEDGER"
+  echo "sidecar RSS after the load: $RSS_AFTER; CPU in the 3 s after it: $IDLE_CPU %"
   echo "$FANOUT"
   for r in $ROWS; do cat "$WORK/$r".*.txt | awk -v r="$r" '/Non-2xx|Socket errors/ {print r ": " $0}'; done
   true

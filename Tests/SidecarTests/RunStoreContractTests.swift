@@ -267,6 +267,59 @@ struct RunStoreTests {
     }
 }
 
+extension RunStoreTests {
+    /// Calls of runs are admitted at once only while the events waiting for the disk are few; past
+    /// `maxBacklog` the loop path says "not now" and `reserve` waits for the writer — memory holds a
+    /// bounded backlog however fast agents call.
+    @Test func aLargeEventBacklogMakesCallsWaitForTheWriter() async throws {
+        let store = try EmbeddedRunStore(path: ":memory:")
+        let run = RunStoreContract.created(try await store.create(RunStoreContract.newRun(), caller: "a", clientToken: nil, digest: "x"))!
+        _ = try await store.apply(.start, to: run.id, reason: nil, now: 2)
+        let charge = RunCharge(fixed: RunLedger(calls: 1))
+        #expect(store.reserveNow(run.id, agent: "agt_a", charge: charge, now: 3) != nil)
+        for i in 0..<EmbeddedRunStore.maxBacklog { _ = store.appendNow(run.id, agent: nil, type: "tool.call", json: "{}", now: Int64(4 + i)) }
+        #expect(store.reserveNow(run.id, agent: "agt_a", charge: charge, now: 5) == nil)
+        guard case .reserved = try await store.reserve(run.id, agent: "agt_a", charge: charge, now: 6) else {
+            Issue.record("not reserved after the writer caught up")
+            return
+        }
+        #expect(store.reserveNow(run.id, agent: "agt_a", charge: charge, now: 7) != nil)
+    }
+}
+
+@Suite("Runs: a finished call keeps nothing alive")
+struct RunCallLifetimeTests {
+    final class Stage: Sendable {}
+
+    static func call() -> RunCall {
+        RunCall(
+            run: "run_a", agent: "agt_a", role: "r", requestID: "req", tool: .serpapi, action: "search",
+            parameters: .none, fingerprint: "f", meter: nil)
+    }
+
+    /// Abort closures reach the call's stages, which hold the call: dropped when the call ends, and not
+    /// kept when registered after it ended (an answer that was ready before its starter registered).
+    @Test func abortsAreDroppedWhenTheCallEndsAndNotKeptAfter() {
+        let call = Self.call()
+        weak var before: Stage?
+        weak var after: Stage?
+        do {
+            let s1 = Stage()
+            before = s1
+            call.onAbort { _ = s1 }
+        }
+        #expect(before != nil)
+        call.ended()
+        #expect(before == nil)
+        do {
+            let s2 = Stage()
+            after = s2
+            call.onAbort { _ = s2 }
+        }
+        #expect(after == nil)
+    }
+}
+
 @Suite("Runs: book and call fingerprints")
 struct RunBookTests {
     @Test func aCallsFingerprintIgnoresSpellingButNotContent() {

@@ -46,6 +46,9 @@ struct RunBook: Sendable {
 
     var hasPending: Bool { !dirty.isEmpty || !pending.isEmpty }
 
+    /// Events appended and not yet taken for writing.
+    var backlog: Int { pending.events.count }
+
     /// What to write, and nothing changed since.
     mutating func take() -> Pending {
         var out = pending

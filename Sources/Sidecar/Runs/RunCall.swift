@@ -32,6 +32,7 @@ final class RunCall: Sendable {
         var killed = false
         var aborts: [@Sendable () -> Void] = []
         var settled = false
+        var ended = false
     }
 
     private let state = Mutex(State())
@@ -80,6 +81,9 @@ final class RunCall: Sendable {
     func onAbort(_ abort: @escaping @Sendable () -> Void) {
         let now: Bool = state.withLock { s in
             if s.killed { return true }
+            // A call can end before its starter registers how to abort it (an answer ready at once):
+            // nothing is left to abort, and keeping the closure would keep the call.
+            if s.ended { return false }
             s.aborts.append(abort)
             return false
         }
@@ -104,6 +108,17 @@ final class RunCall: Sendable {
     /// A call settles once, whichever path ends it.
     var isSettled: Bool { state.withLock { $0.settled } }
     func markSettled() { state.withLock { $0.settled = true } }
+
+    /// The call is over: nothing of it is left to abort. Its abort closures are dropped here, and any
+    /// registered later are not kept — they reach the call's own stages, which hold this object, so kept
+    /// they would keep every finished call of a run (its request, record and buffers) alive: the cycle
+    /// is broken when the call ends, not when the run is killed.
+    func ended() {
+        state.withLock { s in
+            s.ended = true
+            s.aborts.removeAll()
+        }
+    }
 }
 
 extension RunCall {

@@ -244,6 +244,7 @@ final class RunService: Sendable {
     /// The end of a call that named a run (from the access-log point): settled, put on the run's
     /// stream, counted by the loop breaker if refused — at once when the store can, else in a task.
     func finish(_ call: RunCall?, runID: String, agent: String?, record: RequestRecord) {
+        call?.ended()
         if let immediate {
             var actual: RunLedger?
             if let s = settlement(call, record: record) {
