@@ -98,6 +98,34 @@ struct LRUCacheTests {
         #expect(cache.keysByRecency == ["c", "d", "a"] && cache.get("c") == 30)
     }
 
+    /// Removal frees the slot (and drops the value), the least recent goes first, and freed slots are
+    /// reused before the array grows; a model dictionary with use stamps agrees over random churn.
+    @Test func removalAndLeastRecentAgreeWithAModel() {
+        var cache = LRUCache<Int, Int>(capacity: 1_000)
+        var model: [Int: (value: Int, used: Int)] = [:]
+        var generator = SplitMix64(seed: 11)
+        for step in 0..<20_000 {
+            let key = Int(generator.next() % 64)
+            switch generator.next() % 4 {
+            case 0:
+                #expect(cache.remove(key) == model.removeValue(forKey: key)?.value)
+            case 1:
+                let oldest = model.min { $0.value.used < $1.value.used }
+                let removed = cache.removeLeastRecent()
+                #expect(removed?.key == oldest?.key && removed?.value == oldest?.value.value)
+                if let k = oldest?.key { model[k] = nil }
+            case 2:
+                #expect(cache.get(key) == model[key]?.value)
+                if model[key] != nil { model[key]!.used = step }
+            default:
+                cache.set(key, step)
+                model[key] = (step, step)
+            }
+            #expect(cache.count == model.count)
+        }
+        #expect(cache.keysByRecency == model.sorted { $0.value.used > $1.value.used }.map(\.key))
+    }
+
     @Test func staysBoundedUnderChurn() {
         var cache = LRUCache<Int, Int>(capacity: 64)
         var generator = SplitMix64(seed: 7)

@@ -29,25 +29,23 @@ public struct CachedResponse: Sendable {
 /// A byte-bounded LRU of upstream answers with per-entry expiry and single-flight: concurrent misses for
 /// one key make a single upstream call, the others wait for its result. Time is passed in.
 public final class ResponseCache: Sendable {
-    private struct Entry {
-        var value: CachedResponse
-        var lastUse: UInt64
-    }
-
     private struct State {
-        var entries: [String: Entry] = [:]
+        /// Least recently used first out, in O(1): a full cache of small answers evicts one per insert,
+        /// and a scan of every entry for the oldest cost more than the call it cached.
+        var entries: LRUCache<String, CachedResponse>
         var bytes = 0
-        var clock: UInt64 = 0
         var inFlight: [String: [CheckedContinuation<CachedResponse?, Never>]] = [:]
     }
 
     public let maxBytes: Int
     public let maxEntryBytes: Int
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     public init(maxBytes: Int, maxEntryBytes: Int) {
         self.maxBytes = maxBytes
         self.maxEntryBytes = maxEntryBytes
+        // Every entry counts at least 64 bytes (`CachedResponse.bytes`): the byte bound binds first.
+        state = Mutex(State(entries: LRUCache(capacity: max(1, maxBytes / 64 + 1))))
     }
 
     public var totalBytes: Int { state.withLock { $0.bytes } }
@@ -62,14 +60,11 @@ public final class ResponseCache: Sendable {
 
     public func lookup(_ key: String, now: Int64) -> Lookup {
         state.withLock { s in
-            guard var e = s.entries[key] else { return .miss }
-            s.clock += 1
-            e.lastUse = s.clock
-            s.entries[key] = e
-            if e.value.expiresAt > now { return .fresh(e.value) }
-            if e.value.staleUntil > now { return .stale(e.value) }
-            s.bytes -= e.value.bytes
-            s.entries[key] = nil
+            guard let e = s.entries.get(key) else { return .miss }
+            if e.expiresAt > now { return .fresh(e) }
+            if e.staleUntil > now { return .stale(e) }
+            s.bytes -= e.bytes
+            s.entries.remove(key)
             return .miss
         }
     }
@@ -104,14 +99,10 @@ public final class ResponseCache: Sendable {
     public func endFetch(_ key: String, storing response: CachedResponse?) {
         let waiters: [CheckedContinuation<CachedResponse?, Never>] = state.withLock { s in
             if let response, response.bytes <= maxEntryBytes {
-                if let old = s.entries[key] { s.bytes -= old.value.bytes }
-                s.clock += 1
-                s.entries[key] = Entry(value: response, lastUse: s.clock)
+                if let old = s.entries.remove(key) { s.bytes -= old.bytes }
+                if let evicted = s.entries.set(key, response) { s.bytes -= evicted.value.bytes }
                 s.bytes += response.bytes
-                while s.bytes > maxBytes, let victim = s.entries.min(by: { $0.value.lastUse < $1.value.lastUse }) {
-                    s.bytes -= victim.value.value.bytes
-                    s.entries[victim.key] = nil
-                }
+                while s.bytes > maxBytes, let victim = s.entries.removeLeastRecent() { s.bytes -= victim.value.bytes }
             }
             return s.inFlight.removeValue(forKey: key) ?? []
         }
