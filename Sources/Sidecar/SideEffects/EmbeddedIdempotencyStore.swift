@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NIOPosix
 import Synchronization
 
 /// The idempotency ledger on one host: decided in memory under one lock, made durable in a SQLite file
@@ -174,11 +175,13 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                 s.flushing = true
                 return true
             }
-            if start { Task { self.flushLoop() } }
+            if start { NIOThreadPool.singleton.submit { _ in self.flushLoop() } }
         }
     }
 
-    /// Synchronous on purpose: GRDB's blocking `write`, on the task's thread.
+    /// Synchronous on purpose — GRDB's blocking `write` — on NIO's blocking-I/O pool, never on Swift's
+    /// cooperative pool: a commit that checkpoints the WAL waits for `fdatasync`, and on two cores that
+    /// would stall half the threads every task (every Gmail send) runs on.
     private func flushLoop() {
         while true {
             let batch = state.withLock { s -> ([Write], [CheckedContinuation<Void, any Error>])? in
