@@ -123,8 +123,9 @@ public enum SidecarApp {
         // The configured listeners now (a fixed port is known before it is bound), the bound ones as they come up.
         let egress = EgressGuard(
             allowed: config.egressAllow, ownListeners: [config.proxyListen, config.adminListen].map { Self.listener(host: $0.host, port: $0.port) })
+        let resolver: any HostResolver = config.dnsCacheTTL > .zero ? CachingResolver(ttl: config.dnsCacheTTL) : SystemResolver()
         let fetch = try SafeFetchTransport(
-            egress: egress, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
+            egress: egress, resolver: resolver, tls: tls, connectTimeout: config.tools[.httpFetch]!.connectTimeout, maxRedirects: config.followRedirects)
         started.add { fetch.shutdown() }
         let routed = ToolRouterTransport(routes: [.httpFetch: fetch], fallback: clients)
         let modes = ModeSwitchTransport(live: routed, mock: MockTransport(adapters: adapters), mockTools: config.mockTools)

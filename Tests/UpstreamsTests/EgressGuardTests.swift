@@ -308,3 +308,42 @@ struct EgressGuardTests {
         #expect(closed - cancelled < .seconds(2))
     }
 }
+
+/// What a name resolved to is remembered for its TTL (one lookup for many calls), per name whatever its
+/// case, never a failure, and for a bounded number of names.
+@Suite struct CachingResolverTests {
+    final class Clock: Sendable {
+        let at = Mutex(ContinuousClock.now)
+        func advance(_ d: Duration) { at.withLock { $0 += d } }
+        var now: ContinuousClock.Instant { at.withLock { $0 } }
+    }
+
+    @Test func remembersForItsTTLOnlyAndNeverAFailure() async throws {
+        let base = FakeResolver(["site.test": ["93.184.216.34"], "other.test": ["93.184.216.35"]])
+        let clock = Clock()
+        let r = CachingResolver(base: base, ttl: .seconds(30), capacity: 1, now: { clock.now })
+        for host in ["site.test", "SITE.test", "site.test"] { #expect(try await r.resolve(host: host, port: 80) == [IPAddress.parse("93.184.216.34")!]) }
+        #expect(base.lookups.withLock { $0 } == 1)
+        clock.advance(.seconds(31))
+        _ = try await r.resolve(host: "site.test", port: 80)
+        #expect(base.lookups.withLock { $0 } == 2)
+        // Capacity 1: another name pushes it out.
+        _ = try await r.resolve(host: "other.test", port: 80)
+        _ = try await r.resolve(host: "site.test", port: 80)
+        #expect(base.lookups.withLock { $0 } == 4)
+        for _ in 0..<2 { await #expect(throws: (any Error).self) { _ = try await r.resolve(host: "nx.test", port: 80) } }
+        #expect(base.lookups.withLock { $0 } == 6)
+    }
+
+    /// A remembered answer is checked again on every call, under that call's grants: it can be refused
+    /// where a fresh one would be, never let through.
+    @Test func aRememberedAnswerIsStillCheckedPerCall() async throws {
+        let base = FakeResolver(["lab.test": ["10.20.3.4"]])
+        let t = try SafeFetchTransport(egress: EgressGuard(), resolver: CachingResolver(base: base, ttl: .seconds(30)), tls: .makeClientConfiguration(), connectTimeout: .seconds(1))
+        defer { t.shutdown() }
+        let target = try TargetURL.parse("http://lab.test/")
+        #expect(try await t.checkedAddresses(for: target, granted: [CIDR("10.20.0.0/16")!]) == [IPAddress.parse("10.20.3.4")!])
+        await #expect { _ = try await t.checkedAddresses(for: target) } throws: { ($0 as? UpstreamError)?.kind == .egressDenied }
+        #expect(base.lookups.withLock { $0 } == 1)
+    }
+}

@@ -79,12 +79,13 @@ public enum ConfigLoader {
 
         try resilience(root["resilience"], tools: tools, into: &c)
         let egress = root["egress"]
-        try egress.checkKeys(["allow_cidrs", "follow_redirects"])
+        try egress.checkKeys(["allow_cidrs", "follow_redirects", "dns_cache_ttl"])
         for (i, text) in (try egress["allow_cidrs"].strings() ?? []).enumerated() {
             guard let cidr = CIDR(text) else { throw DocumentError(path: "\(egress["allow_cidrs"].path)[\(i)]", message: "expected a CIDR like 10.1.0.0/16") }
             c.egressAllow.append(cidr)
         }
         c.followRedirects = try egress["follow_redirects"].int(default: 0, range: 0...10)
+        c.dnsCacheTTL = try egress["dns_cache_ttl"].duration(default: c.dnsCacheTTL)
         c.chaos = try chaosSettings(root["chaos"])
         c.intercept = try interceptSettings(root["intercept"], tools: c.tools)
 

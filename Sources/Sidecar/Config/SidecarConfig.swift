@@ -157,6 +157,8 @@ public struct SidecarConfig: Sendable {
     /// Address ranges http_fetch may reach although they are internal (e.g. a lab network).
     public var egressAllow: [CIDR] = []
     public var followRedirects = 0
+    /// How long http_fetch remembers what a name resolved to (0: a lookup per call).
+    public var dnsCacheTTL: Duration = .seconds(30)
     public var chaos = ChaosSettings()
     public var intercept = InterceptSettings()
 
