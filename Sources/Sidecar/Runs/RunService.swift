@@ -468,6 +468,8 @@ final class RunService: Sendable {
                     stopped(id, status: run.status)
                 } else {
                     metrics.runs.entered(run.status)
+                    // A completed run makes no more calls: its loop breaker's memory goes with it.
+                    if run.status.isTerminal { detectors.withLock { _ = $0.removeValue(forKey: id) } }
                     announce([id])
                 }
             }
