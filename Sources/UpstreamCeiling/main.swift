@@ -13,7 +13,6 @@ import NIOCore
 import NIOPosix
 import Upstreams
 
-NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else {
     print("usage: upstream-ceiling URL [CONCURRENCY] [SECONDS] [ahc|pool]")
