@@ -35,9 +35,6 @@ public struct LRUCache<Key: Hashable, Value> {
         return nodes[i].value
     }
 
-    /// The value for `key`, without making it the most recently used.
-    public func peek(_ key: Key) -> Value? { index[key].flatMap { nodes[$0].value } }
-
     /// Stores `value` as the most recently used; returns the entry evicted to make room, if any.
     @discardableResult
     public mutating func set(_ key: Key, _ value: Value) -> (key: Key, value: Value)? {

@@ -335,6 +335,18 @@ struct EgressGuardTests {
         #expect(base.lookups.withLock { $0 } == 6)
     }
 
+    /// Names are folded the way DNS folds them, ASCII only: a KELVIN SIGN is not a `k`, so its name is
+    /// never answered with `k.test`'s addresses.
+    @Test func onlyASCIICaseIsFolded() async throws {
+        let base = FakeResolver(["k.test": ["93.184.216.34"]])
+        let r = CachingResolver(base: base, ttl: .seconds(30))
+        _ = try await r.resolve(host: "k.test", port: 80)
+        _ = try await r.resolve(host: "K.TEST", port: 80)
+        #expect(base.lookups.withLock { $0 } == 1)
+        await #expect(throws: (any Error).self) { _ = try await r.resolve(host: "\u{212A}.test", port: 80) }
+        #expect(base.lookups.withLock { $0 } == 2)
+    }
+
     /// A remembered answer is checked again on every call, under that call's grants: it can be refused
     /// where a fresh one would be, never let through.
     @Test func aRememberedAnswerIsStillCheckedPerCall() async throws {

@@ -280,7 +280,9 @@ final class EmbeddedRunStore: RunStore {
     func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) async throws -> RunReservation {
         // Back-pressure: while more events wait for the disk than it writes in a moment, calls of runs
         // are admitted only as writes complete, so memory holds a bounded backlog however fast agents call.
-        while book.withLock({ $0.backlog >= Self.maxBacklog }) { await durable() }
+        // One wait per call: a write that fails puts its batch back, and a call must not wait on a broken
+        // disk for ever (the writer keeps trying).
+        if book.withLock({ $0.backlog >= Self.maxBacklog }) { await durable() }
         if let decided = book.withLock({ b -> RunReservation? in
             guard let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
             return b.reserve(id, agent: agent, charge: charge, now: now)

@@ -14,10 +14,19 @@ import Synchronization
 /// not of a day of sends. A key that is being looked up is held too: an identical call meanwhile is in
 /// flight by definition.
 final class EmbeddedIdempotencyStore: IdempotencyStore {
+    /// A key's state; the raw value is the code the file's `state` column holds (`released` is never
+    /// written: its row is deleted).
+    private enum Phase: String {
+        case inFlight = "p"
+        case done = "d"
+        case unknown = "u"
+        case released = "r"
+    }
+
     private struct Held {
         var owner: String
         var digest: String
-        var state: UInt8  // p in flight, d done, u unknown
+        var state: Phase
         var expires: Int64
         var answer: StoredAnswer?
     }
@@ -59,7 +68,7 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
     func begin(key: String, digest: String, owner: String, inFlight: Duration) async throws -> IdempotencyDecision {
         let at = now()
         // 1. A key this process holds decides at once; otherwise it is held while the file is read.
-        let claim = Held(owner: owner, digest: digest, state: UInt8(ascii: "p"), expires: at + inFlight.milliseconds, answer: nil)
+        let claim = Held(owner: owner, digest: digest, state: .inFlight, expires: at + inFlight.milliseconds, answer: nil)
         let held = state.withLock { s -> IdempotencyDecision? in
             s.sincePrune += 1
             if s.sincePrune >= 1024 {
@@ -67,7 +76,7 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                 s.pending.append(.purge(before: at))
             }
             switch s.live[key] {
-            case .some(.some(let h)) where h.state == UInt8(ascii: "r"):
+            case .some(.some(let h)) where h.state == .released:
                 // Released a moment ago (its delete not yet committed): claimed again, written after it.
                 s.live[key] = .some(claim)
                 s.pending.append(.upsert(key: key, claim))
@@ -114,14 +123,14 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
             guard case .some(.some(var held)) = s.live[key], held.owner == owner else { return false }
             switch outcome {
             case .released:
-                held.state = UInt8(ascii: "r")
+                held.state = .released
                 s.pending.append(.delete(key: key))
             case .unknown:
-                held.state = UInt8(ascii: "u")
+                held.state = .unknown
                 held.expires = expires
                 s.pending.append(.upsert(key: key, held))
             case .completed(let answer):
-                held.state = UInt8(ascii: "d")
+                held.state = .done
                 held.answer = answer
                 held.expires = expires
                 s.pending.append(.upsert(key: key, held))
@@ -133,7 +142,7 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
         try await committed()
         // Committed: the file answers for the key from now on.
         state.withLock { s in
-            if case .some(.some(let h)) = s.live[key], h.owner == owner, h.state != UInt8(ascii: "p") { s.live[key] = nil }
+            if case .some(.some(let h)) = s.live[key], h.owner == owner, h.state != .inFlight { s.live[key] = nil }
         }
     }
 
@@ -145,21 +154,21 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
 
     private static func entry(_ h: Held) -> LedgerEntry? {
         switch h.state {
-        case UInt8(ascii: "d"): return .completed(digest: h.digest, h.answer ?? StoredAnswer(status: 0, headers: [], body: nil))
-        case UInt8(ascii: "u"): return .unknown(digest: h.digest)
-        case UInt8(ascii: "r"): return nil
-        default: return .inFlight(digest: h.digest)
+        case .done: return .completed(digest: h.digest, h.answer ?? StoredAnswer(status: 0, headers: [], body: nil))
+        case .unknown: return .unknown(digest: h.digest)
+        case .released: return nil
+        case .inFlight: return .inFlight(digest: h.digest)
         }
     }
 
     private static func entry(_ row: Row) throws -> LedgerEntry {
         let digest: String = row["digest"]
-        switch row["state"] as String {
-        case "d":
+        switch Phase(rawValue: row["state"] as String) {
+        case .done?:
             let data: Data = row["answer"] ?? Data()
             guard let answer = StoredAnswer(bytes: data) else { throw DatabaseError(message: "unreadable idempotency answer") }
             return .completed(digest: digest, answer)
-        case "u": return .unknown(digest: digest)
+        case .unknown?: return .unknown(digest: digest)
         default: return .inFlight(digest: digest)
         }
     }
@@ -204,7 +213,7 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                         switch w {
                         case .upsert(let key, let h):
                             try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)")
-                                .execute(arguments: [key, h.owner, h.digest, String(UnicodeScalar(h.state)), h.expires, h.answer.map { Data($0.bytes) }])
+                                .execute(arguments: [key, h.owner, h.digest, h.state.rawValue, h.expires, h.answer.map { Data($0.bytes) }])
                         case .delete(let key):
                             try db.cachedStatement(sql: "DELETE FROM ledger WHERE key = ?").execute(arguments: [key])
                         case .purge(let before):

@@ -30,7 +30,9 @@ public final class CachingResolver: HostResolver {
     }
 
     public func resolve(host: String, port: Int) async throws -> [IPAddress] {
-        let key = host.lowercased()
+        // DNS folds ASCII case only: Unicode lowercasing would file `\u{212A}.test` (KELVIN SIGN) under
+        // `k.test` and answer one name with another's addresses.
+        let key = String(decoding: host.utf8.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }, as: UTF8.self)
         let at = now()
         if let hit = entries.withLock({ $0.get(key) }), hit.until > at { return hit.addresses }
         let addresses = try await base.resolve(host: host, port: port)

@@ -95,13 +95,17 @@ public final class SafeFetchTransport: UpstreamTransport {
             }
         }
         guard !addresses.isEmpty else { throw UpstreamError(.unreachable, beforeSend: true, detail: "no address for host") }
-        // Refuse if any address is refused: picking the "good" one would let a name mix internal targets in.
+        try check(addresses, port: url.port, granted: granted)
+        return addresses
+    }
+
+    /// Refuses if any address is refused: picking the "good" one would let a name mix internal targets in.
+    private func check(_ addresses: [IPAddress], port: Int, granted: [CIDR]) throws(UpstreamError) {
         for ip in addresses {
-            if let why = egress.refusal(ip, port: url.port, granted: granted) {
+            if let why = egress.refusal(ip, port: port, granted: granted) {
                 throw UpstreamError(.egressDenied, beforeSend: true, detail: "destination is \(why)")
             }
         }
-        return addresses
     }
 
     public func send(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
@@ -135,9 +139,8 @@ public final class SafeFetchTransport: UpstreamTransport {
     /// lookup, so no task is needed. (A name is resolved first, in `send`.)
     public func start(_ request: UpstreamRequest, on loop: any EventLoop) -> StartedCall? {
         guard maxRedirects == 0, let literal = IPAddress.parse(request.url.host) else { return nil }
-        if let why = egress.refusal(literal, port: request.url.port, granted: request.egressAllow) {
-            return StartedCall(
-                response: loop.makeFailedFuture(UpstreamError(.egressDenied, beforeSend: true, detail: "destination is \(why)")), cancel: {})
+        do { try check([literal], port: request.url.port, granted: request.egressAllow) } catch {
+            return StartedCall(response: loop.makeFailedFuture(error), cancel: {})
         }
         return pool.start(request, on: loop, connectingTo: literal)
     }
