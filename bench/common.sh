@@ -28,9 +28,9 @@ ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $
 run_wrk() { # name round url pid
   [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "$3" >/dev/null
   local t1; t1=$(ticks "$4")
-  # PERF=row records a call-graph profile of that row's first round (perf-ROW.data in the current directory).
+  # PERF="row ..." records a call-graph profile of those rows' first round (perf-ROW.data in the current directory).
   local perf=""
-  if [[ -n "${PERF:-}" && "$1" == "$PERF" && "$2" == 1 ]]; then
+  if [[ " ${PERF:-} " == *" $1 "* && "$2" == 1 ]]; then
     perf record -F 499 -g -p "$4" -o "perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 & perf=$!
   fi
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "$3" > "$WORK/$1.$2.txt"

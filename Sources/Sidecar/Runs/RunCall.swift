@@ -122,14 +122,6 @@ final class RunCall: Sendable {
 }
 
 extension RunCall {
-    /// The loop breaker's fingerprint of a call: the tool, the action and a digest of its canonical
-    /// parameters (`canonicalParts`).
-    static func fingerprint(_ call: ToolCall) -> String {
-        var hasher = FingerprintHasher()
-        for part in canonicalParts(call) { hasher.add(part) }
-        return "\(call.tool.rawValue)|\(call.action)|\(hasher.hex)"
-    }
-
     /// SHA-256 of a call's canonical parameters: what the idempotency ledger keys on. Any byte of a
     /// parameter's value changes it; spelling the same call differently does not.
     static func digest(_ call: ToolCall) -> String { Digest.sha256Hex(canonicalParts(call)) }
@@ -166,24 +158,4 @@ extension RunCall {
         }
         return parts
     }
-}
-
-/// FNV-1a over length-prefixed parts, 64 bits twice (different offsets): a fingerprint compares calls of
-/// one run, so it needs to tell calls apart, not to resist an adversary (the agent can vary its calls
-/// at will anyway).
-struct FingerprintHasher {
-    private var a: UInt64 = 0xcbf2_9ce4_8422_2325
-    private var b: UInt64 = 0x8422_2325_cbf2_9ce4
-
-    mutating func add(_ s: String) {
-        mix(UInt64(s.utf8.count))
-        for byte in s.utf8 { mix(UInt64(byte)) }
-    }
-
-    private mutating func mix(_ v: UInt64) {
-        a = (a ^ v) &* 0x100_0000_01b3
-        b = (b ^ v) &* 0x100_0000_01b3 ^ (b >> 29)
-    }
-
-    var hex: String { String(a, radix: 16) + String(b, radix: 16) }
 }
