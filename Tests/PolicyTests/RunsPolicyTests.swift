@@ -121,24 +121,33 @@ struct RunsPolicyTests {
     @Test func theSameCallMoreThanMaxRepeatsTimesInTheWindowTrips() {
         var d = LoopDetector()
         var verdicts: [LoopDetector.Verdict?] = []
-        for i in 0..<6 { verdicts.append(d.record("serpapi|search|a", now: Int64(i) * 1000)) }
+        for i in 0..<6 { verdicts.append(d.record(CallFingerprint("serpapi|search|a"), now: Int64(i) * 1000)) }
         #expect(verdicts.prefix(5).allSatisfy { $0 == nil })
         #expect(verdicts[5] == .repeated(count: 6))
     }
 
     @Test func repeatsSpreadBeyondTheWindowDoNotTrip() {
         var d = LoopDetector()
-        for i in 0..<20 { #expect(d.record("serpapi|search|a", now: Int64(i) * 15_000) == nil) }
+        for i in 0..<20 { #expect(d.record(CallFingerprint("serpapi|search|a"), now: Int64(i) * 15_000) == nil) }
+    }
+
+    @Test func repeatsCountOnlyWithinTheWindow() {
+        var d = LoopDetector()
+        let a = CallFingerprint("serpapi|search|a")
+        for t in [0, 1000, 2000, 70_000, 71_000, 72_000, 73_000, 74_000] as [Int64] { #expect(d.record(a, now: t) == nil, "\(t)") }
+        #expect(d.record(a, now: 75_000) == .repeated(count: 6))
+        #expect(d.record(a, now: 76_000) == .repeated(count: 6), "kept to maxRepeats + 1")
+        #expect(d.record(CallFingerprint("serpapi|search|b"), now: 76_500) == nil)
     }
 
     @Test func aShortCycleTrips() {
         var d = LoopDetector()
         var tripped: LoopDetector.Verdict?
-        for i in 0..<8 where tripped == nil { tripped = d.record(i % 2 == 0 ? "A" : "B", now: Int64(i)) }
+        for i in 0..<8 where tripped == nil { tripped = d.record(CallFingerprint(i % 2 == 0 ? "A" : "B"), now: Int64(i)) }
         #expect(tripped == .cycle(length: 2, times: 3))
         var three = LoopDetector()
         tripped = nil
-        for i in 0..<12 where tripped == nil { tripped = three.record(["A", "B", "C"][i % 3], now: Int64(i)) }
+        for i in 0..<12 where tripped == nil { tripped = three.record(CallFingerprint(["A", "B", "C"][i % 3]), now: Int64(i)) }
         #expect(tripped == .cycle(length: 3, times: 3))
     }
 
@@ -148,7 +157,7 @@ struct RunsPolicyTests {
         for i in 0..<2000 {
             // Many tools and parameters, with some repetition, as a working agent makes them.
             let call = "t\(rng.next() % 4)|q\(rng.next() % 10_000)"
-            #expect(d.record(call, now: Int64(i) * 50) == nil, "call \(i)")
+            #expect(d.record(CallFingerprint(call), now: Int64(i) * 50) == nil, "call \(i)")
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Policy
 import Testing
 import Upstreams
 
@@ -20,7 +21,7 @@ struct RunCallFingerprintTests {
             parameters: .openai(.init(model: "m", maxTokens: nil, stream: false, temperature: nil, estimatedInputTokens: 1)))
     }
 
-    static func print(_ body: String?, query: String = "q=a&num=2", path: String = "/v1/chat/completions") -> String {
+    static func print(_ body: String?, query: String = "q=a&num=2", path: String = "/v1/chat/completions") -> CallFingerprint {
         RunCall.fingerprint(call(body, query: query, path: path))
     }
 
@@ -83,7 +84,7 @@ struct RunCallFingerprintTests {
     /// documents that differ in content: different fingerprints.
     @Test func randomDocumentsAgreeWithTheirContent() {
         var rng = SplitMix(seed: 0x5eed)
-        var byContent: [String: String] = [:]
+        var byContent: [CallFingerprint: String] = [:]
         for _ in 0..<3000 {
             let doc = Doc.random(&rng, depth: 0)
             let a = doc.write(&rng), b = doc.write(&rng)

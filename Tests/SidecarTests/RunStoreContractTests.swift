@@ -294,7 +294,7 @@ struct RunCallLifetimeTests {
     static func call() -> RunCall {
         RunCall(
             run: "run_a", agent: "agt_a", role: "r", requestID: "req", tool: .serpapi, action: "search",
-            parameters: .none, fingerprint: "f", meter: nil)
+            parameters: .none, fingerprint: CallFingerprint("f"), meter: nil)
     }
 
     /// Abort closures reach the call's stages, which hold the call: dropped when the call ends, and not

@@ -42,15 +42,40 @@ public struct LoopDetector: Sendable, Hashable {
 
     public let settings: Settings
     /// Per fingerprint, the times it was seen within the window (at most `maxRepeats + 1` of them).
-    private var seen: [String: [Int64]] = [:]
+    private var seen: [CallFingerprint: Times] = [:]
     /// The last calls, for cycles (at most three calls repeated `maxCycles` times, and one more).
-    private var recent: [String] = []
+    private var recent: [CallFingerprint] = []
     private var refused: [Int64] = []
     /// Fingerprints remembered at most (an agent making thousands of distinct calls a minute is not
     /// looping; the oldest are forgotten first).
     static let maxFingerprints = 4096
 
     public init(settings: Settings = Settings()) { self.settings = settings }
+
+    /// When one fingerprint was seen: most calls of a working agent are seen once, so the first time is
+    /// kept inline and a list is made only for a repeat.
+    private struct Times: Hashable {
+        var first: Int64
+        var more: [Int64] = []
+
+        var count: Int { 1 + more.count }
+        var last: Int64 { more.last ?? first }
+
+        /// Adds `now`, forgetting times older than `window` and keeping the last `keep`; returns the count.
+        mutating func note(_ now: Int64, window: Int64, keep: Int) -> Int {
+            if now - first > window || count >= keep {
+                var all = [first] + more
+                all.removeAll { now - $0 > window }
+                all.append(now)
+                if all.count > keep { all.removeFirst(all.count - keep) }
+                first = all[0]
+                more = Array(all.dropFirst())
+            } else {
+                more.append(now)
+            }
+            return count
+        }
+    }
 
     public static func == (l: Self, r: Self) -> Bool {
         l.settings == r.settings && l.refused == r.refused && l.recent == r.recent && l.seen == r.seen
@@ -62,12 +87,18 @@ public struct LoopDetector: Sendable, Hashable {
     }
 
     /// Records a call; the verdict when it makes the run a loop.
-    public mutating func record(_ fingerprint: String, now: Int64) -> Verdict? {
+    public mutating func record(_ fingerprint: CallFingerprint, now: Int64) -> Verdict? {
         let window = settings.windowMilliseconds
         if seen.count >= Self.maxFingerprints, seen[fingerprint] == nil { forgetOld(now: now) }
         let keep = settings.maxRepeats + 1
-        // One lookup, changed in place.
-        let repeats = Self.note(now, in: &seen[fingerprint, default: []], window: window, keep: keep)
+        // One lookup, changed in place; a first sighting allocates nothing but its slot.
+        let repeats: Int
+        if let i = seen.index(forKey: fingerprint) {
+            repeats = seen.values[i].note(now, window: window, keep: keep)
+        } else {
+            seen[fingerprint] = Times(first: now)
+            repeats = 1
+        }
         let cycleSpan = 3 * (settings.maxCycles + 1)
         recent.append(fingerprint)
         if recent.count > 2 * cycleSpan { recent.removeFirst(recent.count - cycleSpan) }
@@ -79,20 +110,13 @@ public struct LoopDetector: Sendable, Hashable {
         return nil
     }
 
-    private static func note(_ now: Int64, in times: inout [Int64], window: Int64, keep: Int) -> Int {
-        if let first = times.first, now - first > window { times.removeAll { now - $0 > window } }
-        times.append(now)
-        if times.count > keep { times.removeFirst(times.count - keep) }
-        return times.count
-    }
-
     /// Drops fingerprints last seen outside the window; if that is not enough, the least recent half.
     private mutating func forgetOld(now: Int64) {
         let window = settings.windowMilliseconds
-        seen = seen.filter { now - ($0.value.last ?? 0) <= window }
+        seen = seen.filter { now - $0.value.last <= window }
         guard seen.count >= Self.maxFingerprints else { return }
-        let cut = seen.values.map { $0.last ?? 0 }.sorted()[seen.count / 2]
-        seen = seen.filter { ($0.value.last ?? 0) > cut }
+        let cut = seen.values.map(\.last).sorted()[seen.count / 2]
+        seen = seen.filter { $0.value.last > cut }
     }
 
     /// Records a refused call; the verdict when refusals come faster than an agent that backs off sends
@@ -120,5 +144,29 @@ public struct LoopDetector: Sendable, Hashable {
             start -= length
         }
         return times
+    }
+}
+
+/// What the loop breaker compares calls by: 128 bits of a call's digest (tool, action, canonical
+/// parameters — `RunCall.fingerprint` in the sidecar). Two words, not text: hashed and compared without
+/// touching the heap, on every call of a run.
+public struct CallFingerprint: Sendable, Hashable {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// A fingerprint of a text (FNV-1a, twice): for callers that describe a call in words.
+    public init(_ text: String) {
+        var a: UInt64 = 0xcbf2_9ce4_8422_2325
+        var b: UInt64 = 0x8422_2325_cbf2_9ce4
+        for byte in text.utf8 {
+            a = (a ^ UInt64(byte)) &* 0x100_0000_01b3
+            b = (b ^ UInt64(byte)) &* 0x100_0000_01b3 ^ (b >> 29)
+        }
+        self.init(high: a, low: b)
     }
 }

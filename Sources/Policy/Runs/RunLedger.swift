@@ -31,6 +31,13 @@ public struct RunLedger: Sendable, Hashable, Codable {
             emails: l.emails - r.emails, fetchBytes: l.fetchBytes - r.fetchBytes, costMicros: l.costMicros - r.costMicros)
     }
 
+    /// Each dimension at least zero (what is left of a reservation after a settlement).
+    public var atLeastZero: RunLedger {
+        RunLedger(
+            calls: max(0, calls), openAITokens: max(0, openAITokens), searches: max(0, searches), emails: max(0, emails),
+            fetchBytes: max(0, fetchBytes), costMicros: max(0, costMicros))
+    }
+
     /// The dimensions in a fixed order: how stores keep them side by side.
     public var values: [Int] { [calls, openAITokens, searches, emails, fetchBytes, costMicros] }
 

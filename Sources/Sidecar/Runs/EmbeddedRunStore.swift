@@ -349,7 +349,7 @@ final class EmbeddedRunStore: RunStore {
     /// The reservation, when the run and its ancestors are in memory (nil: use `reserve`, which loads).
     func reserveNow(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
         let decided = book.withLock { b -> RunReservation? in
-            guard b.backlog < Self.maxBacklog, let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
+            guard b.backlog < Self.maxBacklog, let chain = b.runs[id]?.chain, b.hasAll(chain) else { return nil }
             return b.reserve(id, agent: agent, charge: charge, now: now)
         }
         if case .expired? = decided { flushSoon() }
@@ -359,7 +359,7 @@ final class EmbeddedRunStore: RunStore {
     /// false when a run of `chain` is not in memory (use `settle`).
     func settleNow(chain: [String], reserved: RunLedger, actual: RunLedger) -> Bool {
         book.withLock { b in
-            guard b.missing(chain).isEmpty else { return false }
+            guard b.hasAll(chain) else { return false }
             b.settle(chain: chain, reserved: reserved, actual: actual)
             return true
         }

@@ -17,8 +17,8 @@ struct RunBook: Sendable {
     }
 
     private(set) var runs: [String: Run] = [:]
-    private var nextSeq: [String: Int64] = [:]
-    private var eventCount: [String: Int] = [:]
+    /// Per run: the next event's number and how many events it has (one lookup per appended event).
+    private var streams: [String: (next: Int64, count: Int)] = [:]
     private var dirty: Set<String> = []
     private var pending = Pending()
     let maxEvents: Int
@@ -31,8 +31,7 @@ struct RunBook: Sendable {
     mutating func insert(_ run: Run, lastSeq: Int64, events: Int) {
         guard runs[run.id] == nil else { return }
         runs[run.id] = run
-        nextSeq[run.id] = lastSeq + 1
-        eventCount[run.id] = events
+        streams[run.id] = (lastSeq + 1, events)
     }
 
     /// Running runs past their `max_duration`.
@@ -43,6 +42,9 @@ struct RunBook: Sendable {
 
     /// The ids of `ids` that are not in memory.
     func missing(_ ids: [String]) -> [String] { ids.filter { runs[$0] == nil } }
+
+    /// Whether every run of `ids` is in memory (without making the list of those that are not).
+    func hasAll(_ ids: [String]) -> Bool { ids.allSatisfy { runs[$0] != nil } }
 
     var hasPending: Bool { !dirty.isEmpty || !pending.isEmpty }
 
@@ -71,8 +73,7 @@ struct RunBook: Sendable {
         guard runs.count > limit else { return }
         for (id, run) in runs where run.status.isTerminal && !dirty.contains(id) && run.reserved == RunLedger() {
             runs[id] = nil
-            nextSeq[id] = nil
-            eventCount[id] = nil
+            streams[id] = nil
             if runs.count <= limit / 2 { break }
         }
     }
@@ -80,8 +81,7 @@ struct RunBook: Sendable {
     mutating func forget(_ ids: [String]) {
         for id in ids {
             runs[id] = nil
-            nextSeq[id] = nil
-            eventCount[id] = nil
+            streams[id] = nil
             dirty.remove(id)
         }
     }
@@ -108,45 +108,49 @@ struct RunBook: Sendable {
 
     /// Requires the run and its ancestors in memory (`missing` first).
     mutating func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation {
-        guard var first = runs[id] else { return .unknown }
-        if first.agent.isEmpty {
+        // Read and changed in place: a run is a large value, copied out of the table it would be
+        // retained field by field on every call.
+        guard let first = runs.index(forKey: id) else { return .unknown }
+        if runs.values[first].agent.isEmpty {
             // A run made without an agent belongs to the first agent that calls in it.
-            first.agent = agent
-            runs[id] = first
+            runs.values[first].agent = agent
             dirty.insert(id)
         }
-        guard first.agent == agent else { return .forbidden }
-        var chain: [Run] = []
-        for runID in first.chain {
-            guard let run = runs[runID] else { return .unknown }
-            chain.append(run)
+        guard runs.values[first].agent == agent else { return .forbidden }
+        let ids = runs.values[first].chain
+        var slots: [Dictionary<String, Run>.Index] = []
+        slots.reserveCapacity(ids.count)
+        for runID in ids {
+            guard let slot = runs.index(forKey: runID) else { return .unknown }
+            slots.append(slot)
         }
-        for run in chain {
-            if run.status == .running, run.expired(at: now) {
-                _ = apply(.fail, to: run.id, reason: "max_duration", now: now)
-                return .expired(run: run.id)
+        for slot in slots {
+            let status = runs.values[slot].status
+            if status == .running, runs.values[slot].expired(at: now) {
+                let expired = runs.values[slot].id
+                _ = apply(.fail, to: expired, reason: "max_duration", now: now)
+                return .expired(run: expired)
             }
-            if run.status != .running { return .notRunning(run: run.id, run.status, reason: run.reason) }
+            if status != .running { return .notRunning(run: runs.values[slot].id, status, reason: runs.values[slot].reason) }
         }
-        switch RunBudget.reserve(charge, chain: chain.map(\.holding)) {
+        switch RunBudget.reserve(charge, chain: slots.map { runs.values[$0].holding }) {
         case .failure(let e):
-            return .exhausted(run: chain[e.index].id, dimension: e.dimension)
+            return .exhausted(run: runs.values[slots[e.index]].id, dimension: e.dimension)
         case .success(let ledger):
-            for run in chain {
-                runs[run.id]!.reserved = run.reserved + ledger
-                dirty.insert(run.id)
+            for (slot, runID) in zip(slots, ids) {
+                runs.values[slot].reserved = runs.values[slot].reserved + ledger
+                dirty.insert(runID)
             }
-            return .reserved(ledger, chain: first.chain)
+            return .reserved(ledger, chain: ids)
         }
     }
 
     /// Requires the runs in memory (`missing` first); a run no longer stored is skipped.
     mutating func settle(chain: [String], reserved: RunLedger, actual: RunLedger) {
         for id in chain {
-            guard var run = runs[id] else { continue }
-            run.reserved = RunLedger(values: (run.reserved - reserved).values.map { max(0, $0) })
-            run.spent = run.spent + actual
-            runs[id] = run
+            guard let slot = runs.index(forKey: id) else { continue }
+            runs.values[slot].reserved = (runs.values[slot].reserved - reserved).atLeastZero
+            runs.values[slot].spent = runs.values[slot].spent + actual
             dirty.insert(id)
         }
     }
@@ -158,8 +162,8 @@ struct RunBook: Sendable {
     }
 
     mutating func append(_ id: String, type: String, json: String, now: Int64) -> RunEvent? {
-        guard runs[id] != nil, var seq = nextSeq[id] else { return nil }
-        var count = eventCount[id] ?? 0
+        guard runs[id] != nil, let stream = streams.index(forKey: id) else { return nil }
+        var (seq, count) = streams.values[stream]
         if count >= maxEvents {
             let keep = maxEvents - max(1, maxEvents / 10)
             let firstKept = seq - Int64(keep)
@@ -173,8 +177,7 @@ struct RunBook: Sendable {
         }
         let event = RunEvent(id: String(seq), type: type, at: now, json: json)
         pending.events.append((id, event))
-        nextSeq[id] = seq + 1
-        eventCount[id] = count + 1
+        streams.values[stream] = (seq + 1, count + 1)
         return event
     }
 }

@@ -1,8 +1,9 @@
 import NIOCore
+import Policy
 import Upstreams
 
 extension RunCall {
-    /// The loop breaker's fingerprint of a call: `tool|action|digest` of what the call asks for — method,
+    /// The loop breaker's fingerprint of a call: a digest of the tool, the action and what it asks for — method,
     /// path, target, its query pairs in any order, and a JSON body by content, not by spelling (member
     /// order, whitespace and string escapes do not count; `FingerprintJSON`). Any other body counts by
     /// its bytes.
@@ -11,7 +12,7 @@ extension RunCall {
     /// no canonical text. It only has to tell calls of one run apart — not resist the agent, which can vary
     /// its calls at will anyway — so a number counts by its spelling (`1` and `1.0` differ), and a body the
     /// JSON walk cannot read (invalid, deeper than `FingerprintJSON.maxDepth`) counts by its bytes.
-    static func fingerprint(_ call: ToolCall) -> String {
+    static func fingerprint(_ call: ToolCall) -> CallFingerprint {
         var h = FingerprintHasher()
         h.add(call.tool.rawValue)
         h.add(call.action)
@@ -38,7 +39,7 @@ extension RunCall {
                 }
             }
         }
-        return "\(call.tool.rawValue)|\(call.action)|\(h.hex)"
+        return CallFingerprint(high: h.a, low: h.b)
     }
 }
 
@@ -75,8 +76,6 @@ struct FingerprintHasher {
         a = (a ^ v) &* 0x100_0000_01b3
         b = (b ^ v) &* 0x100_0000_01b3 ^ (b >> 29)
     }
-
-    var hex: String { String(a, radix: 16) + String(b, radix: 16) }
 
     /// Digests added in any order (an object's members, a query's pairs): each one avalanched, then
     /// summed, so the order does not count and two parts cannot cancel out by a plain xor.

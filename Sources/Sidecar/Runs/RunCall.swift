@@ -18,8 +18,8 @@ final class RunCall: Sendable {
     let tool: Tool
     let action: String
     let parameters: CallParameters
-    /// `tool|action|digest of the canonical parameters`: what the loop breaker compares.
-    let fingerprint: String
+    /// What the loop breaker compares (`RunCall.fingerprint`).
+    let fingerprint: CallFingerprint
     /// Reads an OpenAI answer's usage as it streams (openai calls only; the token budget's when one
     /// applies, so both settle from the same reading).
     let meter: OpenAIUsageMeter?
@@ -38,7 +38,7 @@ final class RunCall: Sendable {
     private let state = Mutex(State())
 
     init(
-        run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: String,
+        run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: CallFingerprint,
         meter: OpenAIUsageMeter?
     ) {
         self.run = run

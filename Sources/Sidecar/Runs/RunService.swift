@@ -156,9 +156,13 @@ final class RunService: Sendable {
     /// The loop breaker's look at an admitted call: nil, or the loop it makes.
     private func loopCheck(_ call: RunCall, identity: AgentIdentity) -> LoopRefusal? {
         let loop = policy?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
+        let now = now()
         let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
-            if d[call.run] == nil, d.count >= 10_000 { d.removeAll() }
-            return d[call.run, default: LoopDetector(settings: loop)].record(call.fingerprint, now: now())
+            if let i = d.index(forKey: call.run) { return d.values[i].record(call.fingerprint, now: now) }
+            if d.count >= 10_000 { d.removeAll() }
+            var detector = LoopDetector(settings: loop)
+            defer { d[call.run] = detector }
+            return detector.record(call.fingerprint, now: now)
         }
         guard let verdict else { return nil }
         let error = GatewayError(
@@ -219,25 +223,41 @@ final class RunService: Sendable {
             break
         }
         var o = "{\"request_id\":"
+        o.reserveCapacity(320)
         JSONValue.writeString(record.requestID, into: &o)
-        func field(_ name: String, _ value: JSONValue) {
-            o += ",\"" + name + "\":"
-            value.write(into: &o)
+        // Written field by field (integers as integers): one event per call of a run, on its path.
+        func string(_ name: StaticString, _ value: String) {
+            o += ",\""
+            o += name.description
+            o += "\":"
+            JSONValue.writeString(value, into: &o)
         }
-        field("tool", .string(record.toolLabel))
-        field("action", .string(record.actionLabel))
-        field("status", .number(Double(record.status)))
-        field("outcome", .string(killed ? GatewayError.Code.runCancelled.rawValue : record.outcome))
-        field("duration_ms", .number(((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000))
-        field("bytes_in", .number(Double(record.bytesIn)))
-        field("bytes_out", .number(Double(record.bytesOut)))
+        func int(_ name: StaticString, _ value: Int) {
+            o += ",\""
+            o += name.description
+            o += "\":"
+            o += String(value)
+        }
+        func number(_ name: StaticString, _ value: Double) {
+            o += ",\""
+            o += name.description
+            o += "\":"
+            JSONValue.number(value).write(into: &o)
+        }
+        string("tool", record.toolLabel)
+        string("action", record.actionLabel)
+        int("status", record.status)
+        string("outcome", killed ? GatewayError.Code.runCancelled.rawValue : record.outcome)
+        number("duration_ms", ((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000)
+        int("bytes_in", record.bytesIn)
+        int("bytes_out", record.bytesOut)
         if let actual {
-            field("cost_usd", .number(actual.costUSD))
-            if actual.openAITokens > 0 { field("openai_tokens", .number(Double(actual.openAITokens))) }
-            if actual.fetchBytes > 0 { field("fetch_bytes", .number(Double(actual.fetchBytes))) }
+            number("cost_usd", actual.costUSD)
+            if actual.openAITokens > 0 { int("openai_tokens", actual.openAITokens) }
+            if actual.fetchBytes > 0 { int("fetch_bytes", actual.fetchBytes) }
         }
-        if let s = record.upstreamStatus { field("upstream_status", .number(Double(s))) }
-        if let c = record.cache { field("cache", .string(c)) }
+        if let s = record.upstreamStatus { int("upstream_status", s) }
+        if let c = record.cache { string("cache", c) }
         return o + "}"
     }
 
