@@ -44,16 +44,44 @@ final class EmbeddedRunStore: RunStore {
                     CREATE TABLE run_keys (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, digest TEXT NOT NULL, created_at INTEGER NOT NULL);
                     """)
         }
+        m.registerMigration("v2-event-blocks") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE run_event_blocks (run_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                        n INTEGER NOT NULL, events BLOB NOT NULL, PRIMARY KEY (run_id, last_seq));
+                    """)
+            // Events stored a row each (v1) become blocks, run by run.
+            let rows = try Row.fetchCursor(db, sql: "SELECT run_id, seq, type, at, data FROM run_events ORDER BY run_id, seq")
+            var run: String?
+            var block = RunEventBlock()
+            while let row = try rows.next() {
+                let id: String = row["run_id"]
+                if id != run || block.isFull {
+                    if let run { try Self.write(db, run: run, block) }
+                    run = id
+                    block = RunEventBlock()
+                }
+                block.append(RunEvent(id: String(row["seq"] as Int64), type: row["type"], at: row["at"], json: row["data"]))
+            }
+            if let run { try Self.write(db, run: run, block) }
+            try db.execute(sql: "DROP TABLE run_events")
+        }
         try m.migrate(db)
         // Every unfinished run is kept in memory (the sweep of `max_duration` and the active count see them).
         let active: [(Run, Int64, Int)] = try db.read { db in
             try Row.fetchAll(db, sql: "SELECT doc, state FROM runs WHERE status IN ('created','running','paused')").map { row in
                 let run = try Self.decode(row)
-                let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [run.id])
-                return (run, (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
+                let (last, n) = try Self.numbering(db, run: run.id)
+                return (run, last, n)
             }
         }
         book.withLock { b in for (run, last, n) in active { b.insert(run, lastSeq: last, events: n) } }
+    }
+
+    /// A run's last event number and how many events it has stored.
+    private static func numbering(_ db: Database, run id: String) throws -> (last: Int64, count: Int) {
+        let row = try Row.fetchOne(db, sql: "SELECT MAX(last_seq) AS last, SUM(n) AS n FROM run_event_blocks WHERE run_id = ?", arguments: [id])
+        return ((row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
     }
 
     func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = Listener(wake: body) } }
@@ -86,9 +114,24 @@ final class EmbeddedRunStore: RunStore {
             .execute(arguments: [run.agent, run.status.rawValue, run.endedAt, try state(run), run.id])
     }
 
-    private static func write(_ db: Database, run id: String, _ e: RunEvent) throws {
-        try db.cachedStatement(sql: "INSERT OR REPLACE INTO run_events (run_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)")
-            .execute(arguments: [id, Int64(e.id)!, e.type, e.at, e.json])
+    private static func write(_ db: Database, run id: String, _ block: RunEventBlock) throws {
+        guard block.count > 0 else { return }
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO run_event_blocks (run_id, first_seq, last_seq, n, events) VALUES (?, ?, ?, ?, ?)")
+            .execute(arguments: [id, block.first, block.last, block.count, Data(block.bytes)])
+    }
+
+    /// Forgets a run's events numbered below `before` (the trim of `max_events`): whole blocks go, and
+    /// the block that straddles the mark is written again without its older events.
+    private static func trim(_ db: Database, run id: String, before: Int64) throws {
+        try db.execute(sql: "DELETE FROM run_event_blocks WHERE run_id = ? AND last_seq < ?", arguments: [id, before])
+        let straddling = try Row.fetchAll(
+            db, sql: "SELECT last_seq, events FROM run_event_blocks WHERE run_id = ? AND first_seq < ?", arguments: [id, before])
+        for row in straddling {
+            guard let events = RunEventBlock.decode(row["events"]) else { continue }
+            let kept = RunEventBlock(events.lazy.filter { Int64($0.id).map { $0 >= before } ?? false })
+            try db.execute(sql: "DELETE FROM run_event_blocks WHERE run_id = ? AND last_seq = ?", arguments: [id, row["last_seq"] as Int64])
+            try write(db, run: id, kept)
+        }
     }
 
     /// Group commit: callers that need their changes written wait for the next write, which takes
@@ -181,12 +224,17 @@ final class EmbeddedRunStore: RunStore {
             let batch = self.book.withLock { $0.take() }
             taken.batch.withLock { $0 = batch }
             guard !batch.isEmpty else { return [] }
-            for (run, before) in batch.trims {
-                try db.execute(sql: "DELETE FROM run_events WHERE run_id = ? AND seq < ?", arguments: [run, before])
-            }
             for run in batch.runs { try Self.update(db, run) }
-            for (run, event) in batch.events { try Self.write(db, run: run, event) }
-            return Array(Set(batch.events.map(\.run)))
+            // Each run's events of this write as blocks: one row per run (per `capacity` events).
+            var blocks: [String: RunEventBlock] = [:]
+            for (run, event) in batch.events {
+                if blocks[run]?.isFull == true { try Self.write(db, run: run, blocks.removeValue(forKey: run)!) }
+                blocks[run, default: RunEventBlock()].append(event)
+            }
+            for (run, block) in blocks { try Self.write(db, run: run, block) }
+            // After the events: a trim can name events of this same write.
+            for (run, before) in batch.trims { try Self.trim(db, run: run, before: before) }
+            return Array(blocks.keys)
         }
     }
 
@@ -197,8 +245,8 @@ final class EmbeddedRunStore: RunStore {
         let loaded: [(Run, Int64, Int)] = try await db.read { db in
             try missing.compactMap { id in
                 guard let stored = try Row.fetchOne(db, sql: "SELECT doc, state FROM runs WHERE id = ?", arguments: [id]) else { return nil }
-                let row = try Row.fetchOne(db, sql: "SELECT MAX(seq) AS last, COUNT(*) AS n FROM run_events WHERE run_id = ?", arguments: [id])
-                return (try Self.decode(stored), (row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
+                let (last, n) = try Self.numbering(db, run: id)
+                return (try Self.decode(stored), last, n)
             }
         }
         book.withLock { b in for (run, last, n) in loaded { b.insert(run, lastSeq: last, events: n) } }
@@ -224,7 +272,7 @@ final class EmbeddedRunStore: RunStore {
                     arguments: [key, run.id, digest, run.createdAt])
             }
             try Self.insert(db, run)
-            try Self.write(db, run: run.id, event)
+            try Self.write(db, run: run.id, RunEventBlock([event]))
             return .created(run)
         }
         if case .existing(let existing) = creation {
@@ -317,12 +365,16 @@ final class EmbeddedRunStore: RunStore {
     func events(_ id: String, after: String?, limit: Int) async throws -> [RunEvent] {
         let from = after.flatMap { Int64($0) } ?? 0
         return try await db.read { db in
-            try Row.fetchAll(
-                db, sql: "SELECT seq, type, at, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                arguments: [id, from, limit]
-            ).map { row in
-                RunEvent(id: String(row["seq"] as Int64), type: row["type"], at: row["at"], json: row["data"])
+            var out: [RunEvent] = []
+            let rows = try Row.fetchCursor(
+                db, sql: "SELECT events FROM run_event_blocks WHERE run_id = ? AND last_seq > ? ORDER BY last_seq", arguments: [id, from])
+            while out.count < limit, let row = try rows.next() {
+                guard let events = RunEventBlock.decode(row["events"]) else {
+                    throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "a stored block of run \(id)'s events cannot be read")
+                }
+                for e in events where out.count < limit && (Int64(e.id) ?? 0) > from { out.append(e) }
             }
+            return out
         }
     }
 
@@ -334,7 +386,7 @@ final class EmbeddedRunStore: RunStore {
             let ids = try String.fetchAll(
                 db, sql: "SELECT id FROM runs WHERE status IN ('completed','failed','cancelled') AND ended_at < ?", arguments: [cutoff])
             for id in ids {
-                try db.execute(sql: "DELETE FROM run_events WHERE run_id = ?", arguments: [id])
+                try db.execute(sql: "DELETE FROM run_event_blocks WHERE run_id = ?", arguments: [id])
                 try db.execute(sql: "DELETE FROM run_keys WHERE run_id = ?", arguments: [id])
                 try db.execute(sql: "DELETE FROM runs WHERE id = ?", arguments: [id])
             }

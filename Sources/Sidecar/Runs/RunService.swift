@@ -77,21 +77,23 @@ final class RunService: Sendable {
     // MARK: Tool calls
 
     /// The charge a call reserves.
-    private func charge(of call: RunCall) -> RunCharge {
+    /// (`evaluator`: the policy as the call is admitted — one snapshot for its charge and its loop check.)
+    private func charge(of call: RunCall, _ evaluator: PolicyEvaluator?) -> RunCharge {
         RunCharge.reservation(
-            tool: call.tool.rawValue, action: call.action, parameters: call.parameters, prices: prices,
-            defaultTokens: policy?.evaluator.defaultReservation ?? 1024, maxFetchBytes: maxFetchBytes)
+            tool: call.tool.rawValue, action: call.action, parameters: call.parameters, prices: evaluator?.policy.prices ?? RunPrices(),
+            defaultTokens: evaluator?.defaultReservation ?? 1024, maxFetchBytes: maxFetchBytes)
     }
 
     /// Admits a call of `run` at once, on the request's event loop, when the store can decide without
     /// waiting (the embedded store, the run in memory); nil otherwise (`admit`).
     func admitNow(_ call: RunCall, identity: AgentIdentity) -> Result<Void, GatewayError>? {
-        guard let immediate, let decided = immediate.reserveNow(call.run, agent: call.agent, charge: charge(of: call), now: now()) else {
+        let evaluator = policy?.evaluator
+        guard let immediate, let decided = immediate.reserveNow(call.run, agent: call.agent, charge: charge(of: call, evaluator), now: now()) else {
             return nil
         }
         do throws(GatewayError) {
             try admitted(call, decided)
-            if let refusal = loopCheck(call, identity: identity) {
+            if let refusal = loopCheck(call, identity: identity, evaluator) {
                 // Refused (and given back) before the run is paused or cancelled, so it is not aborted as
                 // one of the run's calls in flight.
                 if refusal.action != .report { release(call) }
@@ -108,9 +110,12 @@ final class RunService: Sendable {
     /// run's own code. Then the loop breaker sees it.
     func admit(_ call: RunCall, identity: AgentIdentity) async throws(GatewayError) {
         let decided: RunReservation
-        do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge(of: call), now: now()) } catch { throw Self.storeError() }
+        let evaluator = policy?.evaluator
+        do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge(of: call, evaluator), now: now()) } catch {
+            throw Self.storeError()
+        }
         try admitted(call, decided)
-        if let refusal = loopCheck(call, identity: identity) {
+        if let refusal = loopCheck(call, identity: identity, evaluator) {
             if refusal.action != .report { await finished(call, record: nil) }
             let found = loopFound(call.run, refusal.verdict, action: refusal.action)
             await act(on: call.run, found)
@@ -154,8 +159,8 @@ final class RunService: Sendable {
     }
 
     /// The loop breaker's look at an admitted call: nil, or the loop it makes.
-    private func loopCheck(_ call: RunCall, identity: AgentIdentity) -> LoopRefusal? {
-        let loop = policy?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
+    private func loopCheck(_ call: RunCall, identity: AgentIdentity, _ evaluator: PolicyEvaluator?) -> LoopRefusal? {
+        let loop = evaluator?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
         let now = now()
         let verdict = detectors.withLock { d -> LoopDetector.Verdict? in
             if let i = d.index(forKey: call.run) { return d.values[i].record(call.fingerprint, now: now) }
@@ -222,43 +227,40 @@ final class RunService: Sendable {
         default:
             break
         }
-        var o = "{\"request_id\":"
+        // Written as bytes field by field (integers as integers, one string made at the end): one event
+        // per call of a run, on its path.
+        var o: [UInt8] = []
         o.reserveCapacity(320)
-        JSONValue.writeString(record.requestID, into: &o)
-        // Written field by field (integers as integers): one event per call of a run, on its path.
-        func string(_ name: StaticString, _ value: String) {
-            o += ",\""
-            o += name.description
-            o += "\":"
-            JSONValue.writeString(value, into: &o)
+        func name(_ text: StaticString) { o.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)) }
+        func string(_ field: StaticString, _ value: String) {
+            name(field)
+            JSONBytes.string(value, into: &o)
         }
-        func int(_ name: StaticString, _ value: Int) {
-            o += ",\""
-            o += name.description
-            o += "\":"
-            o += String(value)
+        func int(_ field: StaticString, _ value: Int) {
+            name(field)
+            JSONBytes.integer(value, into: &o)
         }
-        func number(_ name: StaticString, _ value: Double) {
-            o += ",\""
-            o += name.description
-            o += "\":"
-            JSONValue.number(value).write(into: &o)
-        }
-        string("tool", record.toolLabel)
-        string("action", record.actionLabel)
-        int("status", record.status)
-        string("outcome", killed ? GatewayError.Code.runCancelled.rawValue : record.outcome)
-        number("duration_ms", ((record.totalDuration ?? .zero) / .microseconds(1)).rounded() / 1000)
-        int("bytes_in", record.bytesIn)
-        int("bytes_out", record.bytesOut)
+        string(#"{"request_id":"#, record.requestID)
+        string(#","tool":"#, record.toolLabel)
+        string(#","action":"#, record.actionLabel)
+        int(#","status":"#, record.status)
+        string(#","outcome":"#, killed ? GatewayError.Code.runCancelled.rawValue : record.outcome)
+        name(#","duration_ms":"#)
+        AccessLog.milliseconds(record.totalDuration ?? .zero, into: &o)
+        int(#","bytes_in":"#, record.bytesIn)
+        int(#","bytes_out":"#, record.bytesOut)
         if let actual {
-            number("cost_usd", actual.costUSD)
-            if actual.openAITokens > 0 { int("openai_tokens", actual.openAITokens) }
-            if actual.fetchBytes > 0 { int("fetch_bytes", actual.fetchBytes) }
+            name(#","cost_usd":"#)
+            var cost = ""
+            JSONValue.number(actual.costUSD).write(into: &cost)
+            o.append(contentsOf: cost.utf8)
+            if actual.openAITokens > 0 { int(#","openai_tokens":"#, actual.openAITokens) }
+            if actual.fetchBytes > 0 { int(#","fetch_bytes":"#, actual.fetchBytes) }
         }
-        if let s = record.upstreamStatus { int("upstream_status", s) }
-        if let c = record.cache { string("cache", c) }
-        return o + "}"
+        if let s = record.upstreamStatus { int(#","upstream_status":"#, s) }
+        if let c = record.cache { string(#","cache":"#, c) }
+        o.append(UInt8(ascii: "}"))
+        return String(decoding: o, as: UTF8.self)
     }
 
     /// The end of a call that named a run (from the access-log point): settled, put on the run's
