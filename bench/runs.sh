@@ -88,9 +88,14 @@ REPORT="$OUT/runs-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
   echo "runs benchmark $(date -u +%FT%TZ), $(nproc) cores, $( [[ "${PLAIN_RELEASE:-0}" == 1 ]] && echo plain || echo profile-guided ) release, embedded store, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds (medians)"
   printf "%-12s %9s %9s %9s %10s\n" row "req/s" p50 p99 "cpu us/req"
-  for r in $ROWS; do printf "%-12s %9s %9s %9s %10s\n" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")"; done
+  for r in $ROWS; do
+    printf "%-12s %9s %9s %9s %10s   rounds:" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")"
+    for i in $(seq 1 "$ROUNDS"); do printf " %.0f" "$(round_rps "$r" "$i")"; done
+    echo
+  done
   for t in serpapi chat; do
-    echo "with a run id / without ($t): $(python3 -c "print(f'{$(rps "$t-run")/$(rps "$t"):.2f}')")x (target >= 0.9)"
+    echo "with a run id / without ($t): $(python3 -c "print(f'{$(rps "$t-run")/$(rps "$t"):.2f}')")x (target >= 0.9; per round:$(for r in $(seq 1 "$ROUNDS"); do
+      python3 -c "print(f' {$(round_rps "$t-run" "$r")/$(round_rps "$t" "$r"):.2f}', end='')"; done))"
   done
   echo "the run's ledger after the load: calls spent, calls still reserved = $LEDGER"
   echo "sidecar RSS after the load: $RSS_AFTER; CPU in the 3 s after it: $IDLE_CPU %"

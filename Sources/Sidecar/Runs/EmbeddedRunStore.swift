@@ -420,13 +420,27 @@ final class EmbeddedRunStore: RunStore {
     /// The event, written soon (readable and announced once written); `.some(nil)` when the run is not
     /// `agent`'s; nil when it is not in memory (use `append`).
     func appendNow(_ id: String, agent: String?, type: String, json: String, now: Int64) -> RunEvent?? {
-        let event = book.withLock { b -> RunEvent?? in
-            guard let run = b.runs[id] else { return nil }
-            guard agent == nil || run.agent == agent else { return .some(nil) }
-            return .some(b.append(id, type: type, json: json, now: now))
-        }
+        let event = book.withLock { $0.append(id, agent: agent, type: type, json: json, now: now) }
         if case .some(.some) = event { flushSoon() }
         return event
+    }
+
+    /// The end of a call of a run in one step under the lock (the lock is shared by every loop: taken
+    /// once per call's end, not once to settle and again to append). nil when a run of `settle`'s chain
+    /// is not in memory: nothing was done (use `settle` and `append`). Else settled, and `event` as
+    /// `appendNow` answers it (`.some(nil)` when no event was asked for).
+    func finishNow(settle: (chain: [String], reserved: RunLedger, actual: RunLedger)?, event: (id: String, agent: String?, json: String)?, now: Int64)
+        -> RunEvent??? {
+        let done = book.withLock { b -> RunEvent??? in
+            if let settle {
+                guard b.hasAll(settle.chain) else { return nil }
+                b.settle(chain: settle.chain, reserved: settle.reserved, actual: settle.actual)
+            }
+            guard let event else { return .some(.some(nil)) }
+            return .some(b.append(event.id, agent: event.agent, type: "tool.call", json: event.json, now: now))
+        }
+        if case .some(.some(.some)) = done { flushSoon() }
+        return done
     }
 
     /// A command, written soon; nil when the run is not in memory (use `apply`).

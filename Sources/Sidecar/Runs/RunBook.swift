@@ -161,6 +161,14 @@ struct RunBook: Sendable {
         append(id, type: type, json: data.serialized, now: now)
     }
 
+    /// `append` for `agent`'s run: nil when the run is not in memory, `.some(nil)` when it is not the
+    /// agent's (nil agent: anyone's).
+    mutating func append(_ id: String, agent: String?, type: String, json: String, now: Int64) -> RunEvent?? {
+        guard let slot = runs.index(forKey: id) else { return nil }
+        guard agent == nil || runs.values[slot].agent == agent else { return .some(nil) }
+        return .some(append(id, type: type, json: json, now: now))
+    }
+
     mutating func append(_ id: String, type: String, json: String, now: Int64) -> RunEvent? {
         guard runs[id] != nil, let stream = streams.index(forKey: id) else { return nil }
         var (seq, count) = streams.values[stream]

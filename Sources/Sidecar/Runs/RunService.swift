@@ -268,21 +268,20 @@ final class RunService: Sendable {
     func finish(_ call: RunCall?, runID: String, agent: String?, record: RequestRecord) {
         call?.ended()
         if let immediate {
-            var actual: RunLedger?
-            if let s = settlement(call, record: record) {
-                if immediate.settleNow(chain: s.chain, reserved: s.reserved, actual: s.actual) {
-                    call?.markSettled()
-                    inflight.withLock { _ = $0.removeValue(forKey: record.requestID) }
-                    actual = s.actual
-                } else {
-                    Task { await finished(call, runID: runID, agent: agent, record: record) }
-                    return
-                }
+            let s = settlement(call, record: record)
+            let data = Self.event(call, record: record, actual: s?.actual)
+            let owner = call?.agent ?? agent
+            guard let appended = immediate.finishNow(settle: s, event: data.map { (runID, owner, $0) }, now: now()) else {
+                Task { await finished(call, runID: runID, agent: agent, record: record) }
+                return
             }
-            guard let data = Self.event(call, record: record, actual: actual) else { return }
-            switch immediate.appendNow(runID, agent: call?.agent ?? agent, type: "tool.call", json: data, now: now()) {
+            if s != nil {
+                call?.markSettled()
+                inflight.withLock { _ = $0.removeValue(forKey: record.requestID) }
+            }
+            switch appended {
             case nil:
-                Task { await appendEvent(runID, agent: call?.agent ?? agent, data: data, record: record, role: call?.role) }
+                if let data { Task { await appendEvent(runID, agent: owner, data: data, record: record, role: call?.role) } }
             case .some(nil):
                 return
             case .some(.some):
