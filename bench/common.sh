@@ -25,9 +25,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # wrk rounds over rows (name.lua in $WORK), with the proxy's CPU per request; medians over ROUNDS.
 ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
+# Context switches (voluntary + involuntary) of every thread of the process: a thread that blocks on a
+# lock or sleeps between bursts shows here, not in CPU time.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
 run_wrk() { # name round url pid
   [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "$3" >/dev/null
-  local t1; t1=$(ticks "$4")
+  local t1; t1=$(ticks "$4"); local c1; c1=$(switches "$4")
   # PERF="row ..." records a call-graph profile of those rows' first round (perf-ROW.data in the current directory).
   local perf=""
   if [[ " ${PERF:-} " == *" $1 "* && "$2" == 1 ]]; then
@@ -35,9 +38,10 @@ run_wrk() { # name round url pid
   fi
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "$3" > "$WORK/$1.$2.txt"
   [[ -n "$perf" ]] && wait "$perf"
-  local t2; t2=$(ticks "$4")
+  local t2; t2=$(ticks "$4"); local c2; c2=$(switches "$4")
   local n; n=$(awk '/requests in/ {print $1}' "$WORK/$1.$2.txt")
   python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$n*1e6:.1f}')" > "$WORK/$1.$2.cpu"
+  python3 -c "print(f'{($c2-$c1)/$n:.2f}')" > "$WORK/$1.$2.switches"
 }
 round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
 median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }

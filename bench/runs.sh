@@ -90,12 +90,14 @@ REPORT="$OUT/runs-$(date -u +%Y%m%dT%H%M%SZ).txt"
   printf "%-12s %9s %9s %9s %10s\n" row "req/s" p50 p99 "cpu us/req"
   for r in $ROWS; do
     printf "%-12s %9s %9s %9s %10s   rounds:" "$r" "$(rps "$r")" "$(pct "$r" 50%)" "$(pct "$r" 99%)" "$(cpu "$r")"
-    for i in $(seq 1 "$ROUNDS"); do printf " %.0f" "$(round_rps "$r" "$i")"; done
+    for i in $(seq 1 "$ROUNDS"); do printf " %.0f (%s us, %s cs)" "$(round_rps "$r" "$i")" "$(cat "$WORK/$r.$i.cpu")" "$(cat "$WORK/$r.$i.switches")"; done
     echo
   done
+  # The ratio is taken per round (the two rows of a round ran back to back on the same machine state),
+  # then its median: this VM's speed drifts between rounds more than the difference measured.
   for t in serpapi chat; do
-    echo "with a run id / without ($t): $(python3 -c "print(f'{$(rps "$t-run")/$(rps "$t"):.2f}')")x (target >= 0.9; per round:$(for r in $(seq 1 "$ROUNDS"); do
-      python3 -c "print(f' {$(round_rps "$t-run" "$r")/$(round_rps "$t" "$r"):.2f}', end='')"; done))"
+    ratios=$(for i in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(round_rps "$t-run" "$i")/$(round_rps "$t" "$i"):.2f}')"; done)
+    echo "with a run id / without ($t): $(echo "$ratios" | median)x, median of the rounds' ratios (target >= 0.9; per round: $(echo $ratios))"
   done
   echo "the run's ledger after the load: calls spent, calls still reserved = $LEDGER"
   echo "sidecar RSS after the load: $RSS_AFTER; CPU in the 3 s after it: $IDLE_CPU %"
