@@ -28,6 +28,8 @@ final class RunCall: Sendable {
         var admitted = false
         var chain: [String] = []
         var reserved = RunLedger()
+        /// The prices the call was admitted under: it settles at them too.
+        var prices = RunPrices()
         var fetched = 0
         var killed = false
         var aborts: [@Sendable () -> Void] = []
@@ -61,12 +63,18 @@ final class RunCall: Sendable {
 
     var fetchedBytes: Int { state.withLock { $0.fetched } }
 
-    func admitted(chain: [String], reserved: RunLedger) {
+    func admitted(chain: [String], reserved: RunLedger, prices: RunPrices) {
         state.withLock { s in
             s.admitted = true
             s.chain = chain
             s.reserved = reserved
+            s.prices = prices
         }
+    }
+
+    /// What settling the call needs, read in one step: nil when it was not admitted or is settled.
+    var unsettled: (chain: [String], reserved: RunLedger, prices: RunPrices, killed: Bool, fetched: Int)? {
+        state.withLock { s in s.admitted && !s.settled ? (s.chain, s.reserved, s.prices, s.killed, s.fetched) : nil }
     }
 
     /// Counts answer bytes as they stream (fetch bytes of the ledger); returns false past the grant.
@@ -106,7 +114,6 @@ final class RunCall: Sendable {
     }
 
     /// A call settles once, whichever path ends it.
-    var isSettled: Bool { state.withLock { $0.settled } }
     func markSettled() { state.withLock { $0.settled = true } }
 
     /// The call is over: nothing of it is left to abort. Its abort closures are dropped here, and any

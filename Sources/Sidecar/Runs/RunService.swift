@@ -72,7 +72,6 @@ final class RunService: Sendable {
         }
     }
 
-    var prices: RunPrices { policy?.policy.prices ?? RunPrices() }
 
     // MARK: Tool calls
 
@@ -92,7 +91,7 @@ final class RunService: Sendable {
             return nil
         }
         do throws(GatewayError) {
-            try admitted(call, decided)
+            try admitted(call, decided, prices: evaluator?.policy.prices)
             if let refusal = loopCheck(call, identity: identity, evaluator) {
                 // Refused (and given back) before the run is paused or cancelled, so it is not aborted as
                 // one of the run's calls in flight.
@@ -114,7 +113,7 @@ final class RunService: Sendable {
         do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge(of: call, evaluator), now: now()) } catch {
             throw Self.storeError()
         }
-        try admitted(call, decided)
+        try admitted(call, decided, prices: evaluator?.policy.prices)
         if let refusal = loopCheck(call, identity: identity, evaluator) {
             if refusal.action != .report { await finished(call, record: nil) }
             let found = loopFound(call.run, refusal.verdict, action: refusal.action)
@@ -124,10 +123,10 @@ final class RunService: Sendable {
     }
 
     /// The store's decision: the call registered as in flight, or its refusal.
-    private func admitted(_ call: RunCall, _ decided: RunReservation) throws(GatewayError) {
+    private func admitted(_ call: RunCall, _ decided: RunReservation, prices: RunPrices?) throws(GatewayError) {
         switch decided {
         case .reserved(let ledger, let chain):
-            call.admitted(chain: chain, reserved: ledger)
+            call.admitted(chain: chain, reserved: ledger, prices: prices ?? RunPrices())
             inflight.withLock { $0[call.requestID] = call }
             if killed.withLock({ k in chain.contains { k.contains($0) } }) { kill(call) }
         case .unknown:
@@ -194,13 +193,13 @@ final class RunService: Sendable {
     /// What a finished call settles: its reservation and what it really used (nil: not admitted, or
     /// settled already).
     private func settlement(_ call: RunCall?, record: RequestRecord?) -> (chain: [String], reserved: RunLedger, actual: RunLedger)? {
-        guard let call, let (chain, reserved) = call.reservation, !call.isSettled else { return nil }
+        guard let call, let (chain, reserved, prices, killed, fetched) = call.unsettled else { return nil }
         let usage = call.meter?.usage.map { (input: $0.input, output: $0.output, total: $0.total) }
         let actual = RunCharge.actual(
             reserved: reserved, parameters: call.parameters, prices: prices, sent: record?.upstreamStart != nil,
-            upstreamStatus: call.killed ? 499 : record?.upstreamStatus, usage: usage,
+            upstreamStatus: killed ? 499 : record?.upstreamStatus, usage: usage,
             // Never more than was granted: the chunk that crossed the grant was not passed on.
-            fetchedBytes: reserved.fetchBytes > 0 ? min(call.fetchedBytes, reserved.fetchBytes) : call.fetchedBytes)
+            fetchedBytes: reserved.fetchBytes > 0 ? min(fetched, reserved.fetchBytes) : fetched)
         return (chain, reserved, actual)
     }
 
