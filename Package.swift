@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "upstream-ceiling", targets: ["UpstreamCeiling"]),
         .executable(name: "relay-floor", targets: ["RelayFloor"]),
         .executable(name: "tunnel-load", targets: ["TunnelLoad"]),
+        .executable(name: "rate-load", targets: ["RateLoad"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
@@ -131,6 +132,16 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        // bench/latency.sh: constant-rate (open-model) HTTP/1.1 load, latency from each request's due time.
+        .executableTarget(
+            name: "RateLoad",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),

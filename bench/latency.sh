@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Latency at fixed rates: the figure other gateways publish. The OpenAI chat POST with an agent token and
+# the full policy (bench/paths.sh's "chat" row), at constant request rates, open model (rate-load: each
+# latency from the request's due time, coordinated omission corrected), beside the same request sent
+# straight to the backend and through nginx reverse-proxying it — the same rate, the same run.
+#
+#   backend:  nginx, one worker, canned answers (bench/common.sh)
+#   nginx:    reverse proxy to the backend with upstream keep-alive, access log on
+#   sidecar:  the production build, access log on, openai live against the backend, agent token, the
+#             full policy (guards, GCRA rate, daily quota, concurrency, token budget) on the embedded store
+#   load:     rate-load (this repository), 2 loops, up to 64 connections per loop; at each of RATES
+#             (default 1000 5000 10000 req/s) DURATION s after a 1 s warm-up, direct / nginx / sidecar
+#             interleaved, ROUNDS rounds (medians); then steps up from the last rate (x1.25) until the
+#             sidecar's p99 passes 1 ms, errors, or it cannot keep the rate: the last step that held
+#
+# "Added" latency = the sidecar's (or nginx's) percentile minus the direct one at the same rate.
+source "$(dirname "$0")/common.sh"
+ROUNDS=${ROUNDS:-3}
+RATES=${RATES:-"1000 5000 10000"}
+BACKEND=$(free_port); NGINX=$(free_port); P=$(free_port); A=$(free_port)
+build_sidecar
+swift build "${RELEASE[@]}" --product rate-load >&2
+LOAD=.build/release/rate-load
+
+write_backend
+cat > "$WORK/proxy.conf" <<CONF
+worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
+events { worker_connections 4096; }
+http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+write_bench_policy
+cat > "$WORK/sidecar.yaml" <<CONF
+version: 1
+listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
+state: {dir: "$WORK/state"}
+policy: {file: "$WORK/policy.yaml"}
+tools:
+  openai: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
+CONF
+nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
+nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
+ADMIN=benchadmin0123456789
+env OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 SIDECAR_ADMIN_TOKEN=$ADMIN \
+  "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+H=(-H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json')
+AGENT=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents" "${H[@]}" -d '{"name":"bench","role":"bench","created_by":"bench"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
+TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents/$AGENT/tokens" "${H[@]}" -d '{"ttl":"2h"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarize the benchmark in one word."}]}'
+
+measure() { # target rate round -> $WORK/target.rate.round.json
+  local port path extra=()
+  case $1 in
+    direct) port=$BACKEND; path=/v1/chat/completions ;;
+    nginx) port=$NGINX; path=/v1/chat/completions ;;
+    sidecar) port=$P; path=/openai/v1/chat/completions; extra=(--header "Authorization: Bearer $TOKEN") ;;
+  esac
+  "$LOAD" "127.0.0.1:$port" --rate "$2" --seconds "$DURATION" --warmup 1 --method POST --path "$path" \
+    --header "Content-Type: application/json" "${extra[@]}" --body "$BODY" > "$WORK/$1.$2.$3.json"
+}
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# The median over rounds of one field.
+med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$2.$r.json" "$3"; done | median; }
+bad() { for r in $(seq 1 "$ROUNDS"); do echo $(( $(field "$WORK/$1.$2.$r.json" errors) + $(field "$WORK/$1.$2.$r.json" non_2xx) )); done | sort -n | tail -1; }
+
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/openai/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$BODY")
+[[ "$code" == 200 ]] || { echo "the sidecar answers $code; see $WORK/sidecar.log" >&2; exit 1; }
+
+for rate in $RATES; do for round in $(seq 1 "$ROUNDS"); do for t in direct nginx sidecar; do measure "$t" "$rate" "$round"; done; done; done
+
+# The highest rate the sidecar holds with p99 <= 1 ms (one round per step; direct alongside for reference).
+PEAK=""; STEP=${RATES##* }
+for _ in $(seq 1 12); do
+  STEP=$(python3 -c "print(int($STEP * 1.25))")
+  measure sidecar "$STEP" peak
+  p99=$(field "$WORK/sidecar.$STEP.peak.json" p99_us); got=$(field "$WORK/sidecar.$STEP.peak.json" achieved_rps)
+  errs=$(( $(field "$WORK/sidecar.$STEP.peak.json" errors) + $(field "$WORK/sidecar.$STEP.peak.json" non_2xx) ))
+  if (( p99 > 1000 || errs > 0 )) || python3 -c "import sys; sys.exit(0 if $got < 0.98 * $STEP else 1)"; then
+    PEAK_FAIL="$STEP req/s: p99 $p99 us, $errs errors, $got req/s achieved"; break
+  fi
+  PEAK="$STEP req/s (p99 $p99 us)"
+done
+
+REPORT="$OUT/latency-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+  echo "latency at fixed rates $(date -u +%FT%TZ), $(nproc) cores, $( [[ "${PLAIN_RELEASE:-0}" == 1 ]] && echo plain || echo profile-guided ) release, chat POST with agent token and full policy, rate-load open model, ${DURATION}s per point after 1 s warm-up, $ROUNDS rounds (medians)"
+  printf "%-8s %-8s %8s %8s %8s %8s %9s %6s\n" rate target p50_us p90_us p99_us p999_us "added99" bad
+  for rate in $RATES; do
+    d99=$(med direct "$rate" p99_us)
+    for t in direct nginx sidecar; do
+      p99=$(med "$t" "$rate" p99_us)
+      printf "%-8s %-8s %8s %8s %8s %8s %9s %6s\n" "$rate" "$t" "$(med "$t" "$rate" p50_us)" "$(med "$t" "$rate" p90_us)" "$p99" \
+        "$(med "$t" "$rate" p999_us)" "$( [[ $t == direct ]] && echo - || echo $((p99 - d99)) )" "$(bad "$t" "$rate")"
+    done
+  done
+  first=${RATES%% *}
+  echo "added p99 at $first req/s: sidecar $(( $(med sidecar "$first" p99_us) - $(med direct "$first" p99_us) )) us, nginx $(( $(med nginx "$first" p99_us) - $(med direct "$first" p99_us) )) us (target: sidecar <= 300 us)"
+  echo "highest rate held with sidecar p99 <= 1 ms (x1.25 steps above ${RATES##* }): ${PEAK:-none above ${RATES##* }}${PEAK_FAIL:+; next step $PEAK_FAIL}"
+} | tee "$REPORT"
