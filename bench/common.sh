@@ -67,32 +67,31 @@ http { access_log off; keepalive_requests 100000; client_body_buffer_size 64k;
 CONF
 }
 
-# The "full policy" of the real-path benches: guards, a GCRA rate, a daily quota, concurrency and (OpenAI)
-# a token budget on every tool, all set high enough that nothing is refused — the cost of deciding.
-write_bench_policy() {
-  cat > "$WORK/policy.yaml" <<CONF
-version: 1
-roles:
-  bench:
-    allow: ["serpapi:search", "openai:*", "gmail_send:*", "http_fetch:*"]
-    concurrency: 1000
-    rules:
-      - scope: "serpapi:search"
-        guards: {engines: [google], max_num: 50}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "openai:*"
-        guards: {models: [gpt-4o-mini], max_tokens: 1024}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-        budget: {tokens: 1000000000000, window: day, timezone: UTC}
-      - scope: "gmail_send:*"
-        guards: {allowed_domains: [example.com], max_recipients: 10}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "http_fetch:*"
-        guards: {allow_hosts: ["127.0.0.1"], allow_cidrs: ["127.0.0.0/8"]}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
+# nginx reverse-proxying every request to the backend ($BACKEND) on $NGINX, with upstream keep-alive and
+# its access log on (to a file): the peer the sidecar is measured against.
+write_proxy() {
+  cat > "$WORK/proxy.conf" <<CONF
+worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
+events { worker_connections 4096; }
+http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 }
+
+# An agent of role "bench" made through the admin port $1 (admin token benchadmin0123456789, as the bench
+# sidecars are started with), and a 2-hour token for agent $2.
+BENCH_ADMIN=benchadmin0123456789
+bench_agent() {
+  curl -fs -X POST "http://127.0.0.1:$1/api/agents" -H "Authorization: Bearer $BENCH_ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])'
+}
+bench_token() {
+  curl -fs -X POST "http://127.0.0.1:$1/api/agents/$2/tokens" -H "Authorization: Bearer $BENCH_ADMIN" -H 'Content-Type: application/json' \
+    -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
+
+# The "full policy" of the real-path benches: guards, a GCRA rate, a daily quota, concurrency and (OpenAI)
+# a token budget on every tool, all set high enough that nothing is refused — the cost of deciding.
+write_bench_policy() { cp bench/policy.yaml "$WORK/policy.yaml"; }

@@ -23,14 +23,7 @@ swift build "${RELEASE[@]}" --product rate-load >&2
 LOAD=.build/release/rate-load
 
 write_backend
-cat > "$WORK/proxy.conf" <<CONF
-worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
-events { worker_connections 4096; }
-http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server { listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+write_proxy
 write_bench_policy
 cat > "$WORK/sidecar.yaml" <<CONF
 version: 1
@@ -42,15 +35,10 @@ tools:
 CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
-ADMIN=benchadmin0123456789
-env OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 SIDECAR_ADMIN_TOKEN=$ADMIN \
+env OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 SIDECAR_ADMIN_TOKEN=$BENCH_ADMIN \
   "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-H=(-H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json')
-AGENT=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents" "${H[@]}" -d '{"name":"bench","role":"bench","created_by":"bench"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
-TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents/$AGENT/tokens" "${H[@]}" -d '{"ttl":"2h"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+AGENT=$(bench_agent "$A"); TOKEN=$(bench_token "$A" "$AGENT")
 BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarize the benchmark in one word."}]}'
 
 measure() { # target rate round -> $WORK/target.rate.round.json

@@ -32,14 +32,7 @@ BACKEND=$(free_port); NGINX=$(free_port); P1=$(free_port); A1=$(free_port); P2=$
 build_sidecar
 
 write_backend
-cat > "$WORK/proxy.conf" <<CONF
-worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
-events { worker_connections 4096; }
-http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server { listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+write_proxy
 write_bench_policy
 TOOLS="serpapi: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\", cache_ttl: 0s}
   openai: {mode: live, base_url: \"http://127.0.0.1:$BACKEND\"}
@@ -65,7 +58,7 @@ tools:
 CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
-ENVS=(SERPAPI_API_KEY=9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0 OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 GMAIL_ACCESS_TOKEN=ya29.a0AfH6SMBx1234567890abcdefghijklmnopqrstuvwxyzABCDEFGHIJ SIDECAR_ADMIN_TOKEN=benchadmin0123456789)
+ENVS=(SERPAPI_API_KEY=9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0 OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 GMAIL_ACCESS_TOKEN=ya29.a0AfH6SMBx1234567890abcdefghijklmnopqrstuvwxyzABCDEFGHIJ SIDECAR_ADMIN_TOKEN=$BENCH_ADMIN)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/open.yaml" > "$WORK/open.log" 2>&1 & OPEN=$!; PIDS+=($OPEN)
 env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/policy-side.yaml" > "$WORK/policy.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
 ADMINS="$A1 $A2"
@@ -76,16 +69,10 @@ if [[ " $ROWS " == *" chat-noreceipts "* ]]; then
   ADMINS="$ADMINS $A3"
 fi
 for a in $ADMINS; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
-AGENT=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-  -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
-TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A2/api/agents/$AGENT/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-  -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+AGENT=$(bench_agent "$A2"); TOKEN=$(bench_token "$A2" "$AGENT")
 BASIC=$(printf 'agent:%s' "$TOKEN" | base64 -w0)
 if [[ -n "${NORECEIPTS:-}" ]]; then
-  AGENT3=$(curl -fs -X POST "http://127.0.0.1:$A3/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-    -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
-  TOKEN3=$(curl -fs -X POST "http://127.0.0.1:$A3/api/agents/$AGENT3/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-    -d '{"ttl":"2h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  AGENT3=$(bench_agent "$A3"); TOKEN3=$(bench_token "$A3" "$AGENT3")
 fi
 RAW=$(printf 'To: a@example.com\r\nSubject: bench\r\n\r\nhello' | base64 -w0 | tr '+/' '-_' | tr -d '=')
 

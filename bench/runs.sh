@@ -34,15 +34,12 @@ tools:
   openai: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
 CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
-ADMIN=benchadmin0123456789
+ADMIN=$BENCH_ADMIN
 env SERPAPI_API_KEY=bench-serp-key OPENAI_API_KEY=sk-bench-key SIDECAR_ADMIN_TOKEN=$ADMIN \
   "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 H=(-H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json')
-AGENT=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents" "${H[@]}" -d '{"name":"bench","role":"bench","created_by":"bench"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
-TOKEN=$(curl -fs -X POST "http://127.0.0.1:$A/api/agents/$AGENT/tokens" "${H[@]}" -d '{"ttl":"2h"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+AGENT=$(bench_agent "$A"); TOKEN=$(bench_token "$A" "$AGENT")
 new_run() {
   local id; id=$(curl -fs -X POST "http://127.0.0.1:$A/api/runs" "${H[@]}" -d "{\"name\":\"bench\",\"agent_id\":\"$AGENT\"}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')

@@ -7,7 +7,7 @@ drives a fixed mix of calls through them from 16 keep-alive connections: the ser
 (most of it: it is the benchmark's path), the forward proxy, requests inside an intercepted CONNECT
 tunnel (HTTPS_PROXY), OpenAI chat with usage, the /api/proxy-request envelope and refusals (no token:
 401; a chat call the scraper role may not make: 403; unknown route: 404). A third instance runs a full policy (guards, rate, quota, concurrency, a token
-budget on the embedded store, as bench/paths.sh) and takes chat and search calls with an agent token,
+budget on the embedded store: bench/policy.yaml) and takes chat and search calls with an agent token,
 with and without a run id (every call distinct, as a working agent's are). Each sidecar writes its
 counters to $LLVM_PROFILE_FILE when it exits on SIGTERM.
 
@@ -37,22 +37,8 @@ CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": 
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
 
 
-POLICY = """version: 1
-roles:
-  bench:
-    allow: ["serpapi:search", "openai:*"]
-    concurrency: 1000
-    rules:
-      - scope: "serpapi:search"
-        guards: {engines: [google], max_num: 50}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-      - scope: "openai:*"
-        guards: {models: [gpt-4o-mini], max_tokens: 1024}
-        rate: {limit: 1000000, per: 1s, burst: 1000000}
-        quota: {limit: 1000000000, window: day, timezone: UTC}
-        budget: {tokens: 1000000000000, window: day, timezone: UTC}
-"""
+# The benchmarks' full policy (bench/policy.yaml), so the real paths' hot code is what gets trained.
+POLICY = (Path(__file__).resolve().parents[1] / "bench" / "policy.yaml").read_text()
 
 
 def config(upstream: FakeUpstream, auth: bool, policy: str = "") -> str:

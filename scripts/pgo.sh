@@ -8,8 +8,8 @@
 #   3. the release build (.build/pgo) compiled with the merged profile (-ir-profile-use): LLVM lays out
 #      hot paths straight, inlines along them and keeps cold code out of the way.
 #
-# Steps 1-2 run again only when the sources changed (a hash of Sources/, Package.swift and the two
-# scripts); the instrumented build is incremental. A new profile recompiles every module of step 3 (the
+# Steps 1-2 run again only when the sources changed (a hash of Sources/, Package.swift, the two
+# scripts and bench/policy.yaml); the instrumented build is incremental. A new profile recompiles every module of step 3 (the
 # compiler does not track the profile file, so an incremental build would keep code optimized for the
 # old one); with an unchanged profile step 3 is incremental. The other flags are scripts/release-flags.sh
 # (the Swift runtime linked in statically, cross-module optimization, no run-time exclusivity checks).
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 source scripts/release-flags.sh
 TOOLBIN=$(dirname "$(readlink -f "$(command -v swift)")")
 PROFILE=$PWD/.build/pgo-profile/sidecar.profdata
-KEY=$( (cat Package.swift scripts/pgo.sh scripts/release-flags.sh scripts/pgo-train.py; find Sources -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16)
+KEY=$( (cat Package.swift scripts/pgo.sh scripts/release-flags.sh scripts/pgo-train.py bench/policy.yaml; find Sources -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16)
 if [[ ! -f "$PROFILE" || "$(cat .build/pgo-profile/key 2>/dev/null)" != "$KEY" ]]; then
   RUNTIME=$(ls -d "$TOOLBIN"/../lib/clang/*/lib/linux | head -1)
   swift build "${RELEASE[@]}" --build-path .build/pgo-train --product sidecar \
