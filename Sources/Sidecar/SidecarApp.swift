@@ -195,11 +195,12 @@ public enum SidecarApp {
         var receipts: ReceiptLog?
         if config.receipts.enabled {
             let sidecarID = config.auth.sidecarID
-            let fleetRedis = redis
-            let storeHead: @Sendable (Int64, String) -> Void = { seq, hash in
-                guard let fleetRedis else { return }
-                Task { _ = try? await fleetRedis.send(["SET", ReceiptLog.headKey(sidecarID), "\(seq) \(hash)"]) }
+            let heads = redis.map { fleetRedis in
+                ReceiptHeadPublisher(key: ReceiptLog.headKey(sidecarID), logger: logger) { command in
+                    if case .error(let e) = try await fleetRedis.send(command) { throw RedisError.server(e) }
+                }
             }
+            let storeHead: @Sendable (Int64, String) -> Void = { seq, hash in heads?.publish(seq: seq, hash: hash) }
             let log: ReceiptLog
             do {
                 log = try ReceiptLog(
