@@ -75,7 +75,13 @@ load() { # name round pid mode conns -- tunnel-load arguments
   local name=$1 round=$2 pid=$3 mode=$4 conns=$5; shift 6
   [[ "$round" == 1 ]] && "$LOAD" "$@" --mode "$mode" --connections "$conns" --seconds 2 >/dev/null
   local t1; t1=$(ticks "$pid")
+  # PERF="name ...": a call-graph profile of those rows' first round (perf-NAME.data), as bench/common.sh.
+  local perf=""
+  if [[ " ${PERF:-} " == *" $name "* && "$round" == 1 ]]; then
+    perf record -F 499 -g -p "$pid" -o "perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 & perf=$!
+  fi
   "$LOAD" "$@" --mode "$mode" --connections "$conns" --seconds "$DURATION" > "$WORK/$name.$round.json"
+  [[ -n "$perf" ]] && wait "$perf"
   local t2; t2=$(ticks "$pid")
   python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$(field "$WORK/$name.$round.json" requests)*1e6:.1f}')" > "$WORK/$name.$round.cpu"
 }
