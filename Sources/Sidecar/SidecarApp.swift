@@ -197,7 +197,7 @@ public enum SidecarApp {
             let sidecarID = config.auth.sidecarID
             let heads = redis.map { fleetRedis in
                 ReceiptHeadPublisher(key: ReceiptLog.headKey(sidecarID), logger: logger) { command in
-                    if case .error(let e) = try await fleetRedis.send(command) { throw RedisError.server(e) }
+                    _ = try await fleetRedis.send(command).checked()
                 }
             }
             let storeHead: @Sendable (Int64, String) -> Void = { seq, hash in heads?.publish(seq: seq, hash: hash) }

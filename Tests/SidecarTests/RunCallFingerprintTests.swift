@@ -66,6 +66,17 @@ struct RunCallFingerprintTests {
         #expect(Self.print(nil) == Self.print(""), "an empty body is no body")
     }
 
+    /// A repeated name's values in another order are another call (an upstream reads the first or the
+    /// last): for the loop breaker's fingerprint and for the idempotency ledger's digest alike.
+    @Test func repeatedParametersKeepTheirOrder() {
+        #expect(Self.print(nil, query: "q=a&q=b") != Self.print(nil, query: "q=b&q=a"))
+        #expect(Self.print(nil, query: "q=a&n=1&q=b") == Self.print(nil, query: "n=1&q=a&q=b"))
+        let digest = { (query: String) in RunCall.digest(Self.call(nil, query: query)) }
+        #expect(digest("q=a&q=b") != digest("q=b&q=a"))
+        #expect(digest("q=a&n=1&q=b") == digest("n=1&q=a&q=b"))
+        #expect(digest("num=2&q=a") == digest("q=a&num=2"))
+    }
+
     /// Hostile bodies: no crash, and still a fingerprint (by bytes) that tells them apart.
     @Test func hostileBodies() {
         let deep = String(repeating: "[", count: 200_000)

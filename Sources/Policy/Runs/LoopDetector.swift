@@ -63,16 +63,9 @@ public struct LoopDetector: Sendable, Hashable {
 
         /// Adds `now`, forgetting times older than `window` and keeping the last `keep`; returns the count.
         mutating func note(_ now: Int64, window: Int64, keep: Int) -> Int {
-            if now - first > window || count >= keep {
-                var all = [first] + more
-                all.removeAll { now - $0 > window }
-                all.append(now)
-                if all.count > keep { all.removeFirst(all.count - keep) }
-                first = all[0]
-                more = Array(all.dropFirst())
-            } else {
-                more.append(now)
-            }
+            more.append(now)
+            // Times come in order: the old ones are at the front (and `now`, the last, always stays).
+            while now - first > window || count > keep { first = more.removeFirst() }
             return count
         }
     }
@@ -159,14 +152,73 @@ public struct CallFingerprint: Sendable, Hashable {
         self.low = low
     }
 
-    /// A fingerprint of a text (FNV-1a, twice): for callers that describe a call in words.
+    /// A fingerprint of a text (`CallFingerprint.Hasher`): for callers that describe a call in words.
     public init(_ text: String) {
-        var a: UInt64 = 0xcbf2_9ce4_8422_2325
-        var b: UInt64 = 0x8422_2325_cbf2_9ce4
-        for byte in text.utf8 {
-            a = (a ^ UInt64(byte)) &* 0x100_0000_01b3
-            b = (b ^ UInt64(byte)) &* 0x100_0000_01b3 ^ (b >> 29)
+        var h = Hasher()
+        h.add(text)
+        self = h.fingerprint
+    }
+
+    /// FNV-1a over length-prefixed parts, 64 bits twice (different offsets): a fingerprint compares calls
+    /// of one run, so it needs to tell calls apart, not to resist an adversary.
+    public struct Hasher {
+        public private(set) var a: UInt64 = 0xcbf2_9ce4_8422_2325
+        public private(set) var b: UInt64 = 0x8422_2325_cbf2_9ce4
+
+        public init() {}
+
+        public var fingerprint: CallFingerprint { CallFingerprint(high: a, low: b) }
+
+        public mutating func add(_ s: String) {
+            var s = s
+            s.withUTF8 { add(bytes: UnsafeRawBufferPointer($0)) }
         }
-        self.init(high: a, low: b)
+
+        public mutating func add(bytes: UnsafeRawBufferPointer) {
+            mix(UInt64(bytes.count))
+            for byte in bytes { mix(UInt64(byte)) }
+        }
+
+        /// Another digest as a part (a member's value, an element).
+        public mutating func add(_ other: Hasher) {
+            mix(other.a)
+            mix(other.b)
+        }
+
+        public mutating func add(_ sum: Sum) {
+            mix(UInt64(sum.count))
+            mix(sum.a)
+            mix(sum.b)
+        }
+
+        @inline(__always)
+        public mutating func mix(_ v: UInt64) {
+            a = (a ^ v) &* 0x100_0000_01b3
+            b = (b ^ v) &* 0x100_0000_01b3 ^ (b >> 29)
+        }
+
+        /// Digests added in any order (an object's members, a query's pairs): each one avalanched, then
+        /// summed, so the order does not count and two parts cannot cancel out by a plain xor.
+        public struct Sum {
+            public private(set) var a: UInt64 = 0
+            public private(set) var b: UInt64 = 0
+            public private(set) var count = 0
+
+            public init() {}
+
+            public mutating func add(_ h: Hasher) {
+                a &+= Self.avalanche(h.a)
+                b &+= Self.avalanche(h.b ^ 0x9e37_79b9_7f4a_7c15)
+                count += 1
+            }
+
+            /// splitmix64's finalizer.
+            private static func avalanche(_ x: UInt64) -> UInt64 {
+                var z = x
+                z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+                z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+                return z ^ (z >> 31)
+            }
+        }
     }
 }

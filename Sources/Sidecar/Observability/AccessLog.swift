@@ -38,48 +38,33 @@ struct AccessLog: Sendable {
         s.append(contentsOf: #"{"ts":""#.utf8)
         LogTimestamp.append(to: &s)
         s.append(contentsOf: #"","level":"info","msg":"access""#.utf8)
-        string(#","request_id":"#, r.requestID, &s)
-        string(#","entry":"#, r.entry?.rawValue ?? "none", &s)
-        string(#","method":"#, r.method, &s)
-        string(#","tool":"#, r.toolLabel, &s)
-        string(#","action":"#, r.actionLabel, &s)
-        integer(#","status":"#, r.status, &s)
-        string(#","outcome":"#, r.outcome, &s)
-        if let u = r.upstreamStatus { integer(#","upstream_status":"#, u, &s) }
-        if let h = r.upstreamHost { string(#","upstream_host":"#, h, &s) }
-        if let a = r.agentID { string(#","agent_id":"#, a, &s) }
-        if let t = r.tokenID { string(#","token_id":"#, t, &s) }
-        if let run = r.runID { string(#","run_id":"#, run, &s) }
+        JSONBytes.field(#","request_id":"#, r.requestID, into: &s)
+        JSONBytes.field(#","entry":"#, r.entry?.rawValue ?? "none", into: &s)
+        JSONBytes.field(#","method":"#, r.method, into: &s)
+        JSONBytes.field(#","tool":"#, r.toolLabel, into: &s)
+        JSONBytes.field(#","action":"#, r.actionLabel, into: &s)
+        JSONBytes.field(#","status":"#, r.status, into: &s)
+        JSONBytes.field(#","outcome":"#, r.outcome, into: &s)
+        if let u = r.upstreamStatus { JSONBytes.field(#","upstream_status":"#, u, into: &s) }
+        if let h = r.upstreamHost { JSONBytes.field(#","upstream_host":"#, h, into: &s) }
+        if let a = r.agentID { JSONBytes.field(#","agent_id":"#, a, into: &s) }
+        if let t = r.tokenID { JSONBytes.field(#","token_id":"#, t, into: &s) }
+        if let run = r.runID { JSONBytes.field(#","run_id":"#, run, into: &s) }
         if r.mock { s.append(contentsOf: #","mock":true"#.utf8) }
-        if let c = r.cache { string(#","cache":"#, c, &s) }
-        if r.retries > 0 { integer(#","retries":"#, r.retries, &s) }
-        if let b = r.breaker { string(#","breaker":"#, b, &s) }
-        if let i = r.idempotency { string(#","idempotency":"#, i, &s) }
-        if let c = r.chaos { string(#","chaos":"#, c, &s) }
-        literal(#","duration_ms":"#, &s)
+        if let c = r.cache { JSONBytes.field(#","cache":"#, c, into: &s) }
+        if r.retries > 0 { JSONBytes.field(#","retries":"#, r.retries, into: &s) }
+        if let b = r.breaker { JSONBytes.field(#","breaker":"#, b, into: &s) }
+        if let i = r.idempotency { JSONBytes.field(#","idempotency":"#, i, into: &s) }
+        if let c = r.chaos { JSONBytes.field(#","chaos":"#, c, into: &s) }
+        JSONBytes.literal(#","duration_ms":"#, into: &s)
         milliseconds(r.totalDuration, into: &s)
         if let up = r.upstreamDuration {
-            literal(#","upstream_ms":"#, &s)
+            JSONBytes.literal(#","upstream_ms":"#, into: &s)
             milliseconds(up, into: &s)
         }
-        integer(#","bytes_in":"#, r.bytesIn, &s)
-        integer(#","bytes_out":"#, r.bytesOut, &s)
+        JSONBytes.field(#","bytes_in":"#, r.bytesIn, into: &s)
+        JSONBytes.field(#","bytes_out":"#, r.bytesOut, into: &s)
         s.append(UInt8(ascii: "}"))
-    }
-
-    /// A field's `,"name":` as one literal (names need no escaping): one copy per field.
-    private static func literal(_ text: StaticString, _ s: inout [UInt8]) {
-        s.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
-    }
-
-    private static func string(_ field: StaticString, _ value: String, _ s: inout [UInt8]) {
-        literal(field, &s)
-        JSONBytes.string(value, into: &s)
-    }
-
-    private static func integer(_ field: StaticString, _ value: Int, _ s: inout [UInt8]) {
-        literal(field, &s)
-        JSONBytes.integer(value, into: &s)
     }
 
     static func ms(_ d: Duration?) -> String {
@@ -104,6 +89,23 @@ struct AccessLog: Sendable {
 
 /// JSON pieces written as bytes.
 enum JSONBytes {
+    /// A field's `,"name":` as one literal (names need no escaping): one copy per field.
+    static func literal(_ text: StaticString, into s: inout [UInt8]) {
+        s.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    /// `,"name":"value"` (the name given with its punctuation, as `literal`).
+    static func field(_ name: StaticString, _ value: String, into s: inout [UInt8]) {
+        literal(name, into: &s)
+        string(value, into: &s)
+    }
+
+    /// `,"name":123`.
+    static func field(_ name: StaticString, _ value: Int, into s: inout [UInt8]) {
+        literal(name, into: &s)
+        integer(value, into: &s)
+    }
+
     static func string(_ value: String, into s: inout [UInt8]) {
         var value = value
         value.withUTF8 { bytes in

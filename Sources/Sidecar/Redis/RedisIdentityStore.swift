@@ -30,10 +30,7 @@ final class RedisIdentityStore: IdentityStore {
         if moved > 0 { logger.notice("identity keys moved under the {sidecar} hash tag", metadata: ["keys": "\(moved)"]) }
     }
 
-    private func check(_ v: RedisValue) throws -> RedisValue {
-        if case .error(let e) = v { throw RedisError.server(e) }
-        return v
-    }
+    private func check(_ v: RedisValue) throws -> RedisValue { try v.checked() }
 
     private func json<T: Encodable>(_ value: T) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
 

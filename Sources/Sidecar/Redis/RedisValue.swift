@@ -28,6 +28,12 @@ enum RedisValue: Sendable, Hashable {
 
     var array: [RedisValue]? { if case .array(let a?) = self { return a } else { return nil } }
 
+    /// The reply, or the server's error reply thrown as `RedisError.server`.
+    func checked() throws -> RedisValue {
+        if case .error(let e) = self { throw RedisError.server(e) }
+        return self
+    }
+
     /// Converts a hiredis reply tree (and leaves freeing it to the caller).
     init(reply: UnsafePointer<redisReply>) {
         let r = reply.pointee

@@ -127,8 +127,7 @@ final class EmbeddedRunStore: RunStore {
         let straddling = try Row.fetchAll(
             db, sql: "SELECT last_seq, events FROM run_event_blocks WHERE run_id = ? AND first_seq < ?", arguments: [id, before])
         for row in straddling {
-            guard let events = RunEventBlock.decode(row["events"]) else { continue }
-            let kept = RunEventBlock(events.lazy.filter { Int64($0.id).map { $0 >= before } ?? false })
+            guard let kept = RunEventBlock.decode(row["events"], after: before - 1).map(RunEventBlock.init) else { continue }
             try db.execute(sql: "DELETE FROM run_event_blocks WHERE run_id = ? AND last_seq = ?", arguments: [id, row["last_seq"] as Int64])
             try write(db, run: id, kept)
         }
@@ -331,10 +330,7 @@ final class EmbeddedRunStore: RunStore {
         // One wait per call: a write that fails puts its batch back, and a call must not wait on a broken
         // disk for ever (the writer keeps trying).
         if book.withLock({ $0.backlog >= Self.maxBacklog }) { await durable() }
-        if let decided = book.withLock({ b -> RunReservation? in
-            guard let run = b.runs[id], b.missing(run.chain).isEmpty else { return nil }
-            return b.reserve(id, agent: agent, charge: charge, now: now)
-        }) {
+        if let decided = book.withLock({ $0.reserveIfLoaded(id, agent: agent, charge: charge, now: now) }) {
             if case .expired = decided { await durable() }
             return decided
         }
@@ -347,16 +343,13 @@ final class EmbeddedRunStore: RunStore {
     }
 
     func settle(chain: [String], reserved: RunLedger, actual: RunLedger) async throws {
-        if book.withLock({ $0.missing(chain) }).isEmpty == false { try await load(chain) }
+        if !book.withLock({ $0.hasAll(chain) }) { try await load(chain) }
         book.withLock { $0.settle(chain: chain, reserved: reserved, actual: actual) }
     }
 
     func append(_ id: String, agent: String?, type: String, json: String, now: Int64) async throws -> RunEvent? {
         try await load([id])
-        let event = book.withLock { b -> RunEvent? in
-            guard let run = b.runs[id], agent == nil || run.agent == agent else { return nil }
-            return b.append(id, type: type, json: json, now: now)
-        }
+        let event = book.withLock { $0.append(id, agent: agent, type: type, json: json, now: now) ?? nil }
         guard event != nil else { return nil }
         await durable()
         return event
@@ -369,10 +362,10 @@ final class EmbeddedRunStore: RunStore {
             let rows = try Row.fetchCursor(
                 db, sql: "SELECT events FROM run_event_blocks WHERE run_id = ? AND last_seq > ? ORDER BY last_seq", arguments: [id, from])
             while out.count < limit, let row = try rows.next() {
-                guard let events = RunEventBlock.decode(row["events"]) else {
+                guard let events = RunEventBlock.decode(row["events"], after: from) else {
                     throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "a stored block of run \(id)'s events cannot be read")
                 }
-                for e in events where out.count < limit && (Int64(e.id) ?? 0) > from { out.append(e) }
+                out += events.prefix(limit - out.count)
             }
             return out
         }
@@ -401,8 +394,8 @@ final class EmbeddedRunStore: RunStore {
     /// The reservation, when the run and its ancestors are in memory (nil: use `reserve`, which loads).
     func reserveNow(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
         let decided = book.withLock { b -> RunReservation? in
-            guard b.backlog < Self.maxBacklog, let chain = b.runs[id]?.chain, b.hasAll(chain) else { return nil }
-            return b.reserve(id, agent: agent, charge: charge, now: now)
+            guard b.backlog < Self.maxBacklog else { return nil }
+            return b.reserveIfLoaded(id, agent: agent, charge: charge, now: now)
         }
         if case .expired? = decided { flushSoon() }
         return decided
@@ -410,34 +403,30 @@ final class EmbeddedRunStore: RunStore {
 
     /// false when a run of `chain` is not in memory (use `settle`).
     func settleNow(chain: [String], reserved: RunLedger, actual: RunLedger) -> Bool {
-        book.withLock { b in
-            guard b.hasAll(chain) else { return false }
-            b.settle(chain: chain, reserved: reserved, actual: actual)
-            return true
-        }
+        finishNow(settle: (chain, reserved, actual), event: nil, now: 0) != nil
     }
 
     /// The event, written soon (readable and announced once written); `.some(nil)` when the run is not
     /// `agent`'s; nil when it is not in memory (use `append`).
     func appendNow(_ id: String, agent: String?, type: String, json: String, now: Int64) -> RunEvent?? {
-        let event = book.withLock { $0.append(id, agent: agent, type: type, json: json, now: now) }
-        if case .some(.some) = event { flushSoon() }
-        return event
+        finishNow(settle: nil, event: (id, agent, type, json), now: now) ?? nil
     }
 
     /// The end of a call of a run in one step under the lock (the lock is shared by every loop: taken
     /// once per call's end, not once to settle and again to append). nil when a run of `settle`'s chain
     /// is not in memory: nothing was done (use `settle` and `append`). Else settled, and `event` as
     /// `appendNow` answers it (`.some(nil)` when no event was asked for).
-    func finishNow(settle: (chain: [String], reserved: RunLedger, actual: RunLedger)?, event: (id: String, agent: String?, json: String)?, now: Int64)
-        -> RunEvent??? {
+    func finishNow(
+        settle: (chain: [String], reserved: RunLedger, actual: RunLedger)?, event: (id: String, agent: String?, type: String, json: String)?,
+        now: Int64
+    ) -> RunEvent??? {
         let done = book.withLock { b -> RunEvent??? in
             if let settle {
                 guard b.hasAll(settle.chain) else { return nil }
                 b.settle(chain: settle.chain, reserved: settle.reserved, actual: settle.actual)
             }
             guard let event else { return .some(.some(nil)) }
-            return .some(b.append(event.id, agent: event.agent, type: "tool.call", json: event.json, now: now))
+            return .some(b.append(event.id, agent: event.agent, type: event.type, json: event.json, now: now))
         }
         if case .some(.some(.some)) = done { flushSoon() }
         return done

@@ -22,10 +22,7 @@ final class RedisRunStore: RunStore {
     static func hash(_ id: String) -> String { "{r:\(Run.root(of: id))}:\(id)" }
     static func stream(_ id: String) -> String { hash(id) + ":ev" }
 
-    private func checked(_ v: RedisValue) throws -> RedisValue {
-        if case .error(let e) = v { throw RedisError.server(e) }
-        return v
-    }
+    private func checked(_ v: RedisValue) throws -> RedisValue { try v.checked() }
 
     // MARK: Encoding
 

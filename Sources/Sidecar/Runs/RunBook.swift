@@ -106,6 +106,12 @@ struct RunBook: Sendable {
         }
     }
 
+    /// `reserve` when the run and its ancestors are in memory; nil when one is not (load it first).
+    mutating func reserveIfLoaded(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
+        guard let chain = runs[id]?.chain, hasAll(chain) else { return nil }
+        return reserve(id, agent: agent, charge: charge, now: now)
+    }
+
     /// Requires the run and its ancestors in memory (`missing` first).
     mutating func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation {
         // Read and changed in place: a run is a large value, copied out of the table it would be

@@ -2,6 +2,7 @@ import NIOCore
 import Policy
 import Upstreams
 
+
 extension RunCall {
     /// The loop breaker's fingerprint of a call: a digest of the tool, the action and what it asks for — method,
     /// path, target, its query pairs in any order, and a JSON body by content, not by spelling (member
@@ -13,18 +14,22 @@ extension RunCall {
     /// its calls at will anyway — so a number counts by its spelling (`1` and `1.0` differ), and a body the
     /// JSON walk cannot read (invalid, deeper than `FingerprintJSON.maxDepth`) counts by its bytes.
     static func fingerprint(_ call: ToolCall) -> CallFingerprint {
-        var h = FingerprintHasher()
+        var h = CallFingerprint.Hasher()
         h.add(call.tool.rawValue)
         h.add(call.action)
         h.add(call.request.method.rawValue)
         h.add(call.request.path)
         h.add(call.request.target?.description ?? "")
-        // Query pairs in any order: a sum of each pair's own digest.
-        var pairs = FingerprintHasher.Sum()
-        for item in call.request.query.items {
-            var p = FingerprintHasher()
+        // Query pairs in any order — but a repeated name's values in theirs (`q=a&q=b` is not `q=b&q=a`
+        // to an upstream that reads the first or the last): a sum of each pair's digest, the pair taken
+        // with how many pairs of its name came before it.
+        var pairs = CallFingerprint.Hasher.Sum()
+        let items = call.request.query.items
+        for (i, item) in items.enumerated() {
+            var p = CallFingerprint.Hasher()
             p.add(item.name)
             p.add(item.value)
+            p.mix(UInt64(items[..<i].reduce(0) { $1.name == item.name ? $0 + 1 : $0 }))
             pairs.add(p)
         }
         h.add(pairs)
@@ -39,64 +44,7 @@ extension RunCall {
                 }
             }
         }
-        return CallFingerprint(high: h.a, low: h.b)
-    }
-}
-
-/// FNV-1a over length-prefixed parts, 64 bits twice (different offsets): a fingerprint compares calls of
-/// one run, so it needs to tell calls apart, not to resist an adversary.
-struct FingerprintHasher {
-    private(set) var a: UInt64 = 0xcbf2_9ce4_8422_2325
-    private(set) var b: UInt64 = 0x8422_2325_cbf2_9ce4
-
-    mutating func add(_ s: String) {
-        var s = s
-        s.withUTF8 { add(bytes: UnsafeRawBufferPointer($0)) }
-    }
-
-    mutating func add(bytes: UnsafeRawBufferPointer) {
-        mix(UInt64(bytes.count))
-        for byte in bytes { mix(UInt64(byte)) }
-    }
-
-    /// Another digest as a part (a member's value, an element).
-    mutating func add(_ other: FingerprintHasher) {
-        mix(other.a)
-        mix(other.b)
-    }
-
-    mutating func add(_ sum: Sum) {
-        mix(UInt64(sum.count))
-        mix(sum.a)
-        mix(sum.b)
-    }
-
-    @inline(__always)
-    mutating func mix(_ v: UInt64) {
-        a = (a ^ v) &* 0x100_0000_01b3
-        b = (b ^ v) &* 0x100_0000_01b3 ^ (b >> 29)
-    }
-
-    /// Digests added in any order (an object's members, a query's pairs): each one avalanched, then
-    /// summed, so the order does not count and two parts cannot cancel out by a plain xor.
-    struct Sum {
-        private(set) var a: UInt64 = 0
-        private(set) var b: UInt64 = 0
-        private(set) var count = 0
-
-        mutating func add(_ h: FingerprintHasher) {
-            a &+= Self.avalanche(h.a)
-            b &+= Self.avalanche(h.b ^ 0x9e37_79b9_7f4a_7c15)
-            count += 1
-        }
-
-        /// splitmix64's finalizer.
-        private static func avalanche(_ x: UInt64) -> UInt64 {
-            var z = x
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
+        return h.fingerprint
     }
 }
 
@@ -107,7 +55,7 @@ struct FingerprintHasher {
 enum FingerprintJSON {
     static let maxDepth = 128
 
-    static func digest(_ bytes: UnsafeRawBufferPointer) -> FingerprintHasher? {
+    static func digest(_ bytes: UnsafeRawBufferPointer) -> CallFingerprint.Hasher? {
         var walk = Walk(bytes: bytes)
         guard let h = walk.value(depth: 0) else { return nil }
         walk.skipSpace()
@@ -127,15 +75,15 @@ enum FingerprintJSON {
             }
         }
 
-        mutating func value(depth: Int) -> FingerprintHasher? {
+        mutating func value(depth: Int) -> CallFingerprint.Hasher? {
             skipSpace()
             guard i < bytes.count else { return nil }
-            var h = FingerprintHasher()
+            var h = CallFingerprint.Hasher()
             switch bytes[i] {
             case UInt8(ascii: "{"):
                 guard depth < FingerprintJSON.maxDepth else { return nil }
                 i += 1
-                var members = FingerprintHasher.Sum()
+                var members = CallFingerprint.Hasher.Sum()
                 skipSpace()
                 if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
                     i += 1
@@ -216,9 +164,9 @@ enum FingerprintJSON {
 
         /// A string at `i` (its opening quote), digested by its characters: runs of plain bytes as they
         /// are, each escape as the UTF-8 of what it stands for. Advances past the closing quote.
-        private mutating func string() -> FingerprintHasher? {
+        private mutating func string() -> CallFingerprint.Hasher? {
             i += 1
-            var h = FingerprintHasher()
+            var h = CallFingerprint.Hasher()
             var length: UInt64 = 0
             while i < bytes.count {
                 let c = bytes[i]

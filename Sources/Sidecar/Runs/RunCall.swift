@@ -61,8 +61,6 @@ final class RunCall: Sendable {
         state.withLock { $0.admitted ? ($0.chain, $0.reserved) : nil }
     }
 
-    var fetchedBytes: Int { state.withLock { $0.fetched } }
-
     func admitted(chain: [String], reserved: RunLedger, prices: RunPrices) {
         state.withLock { s in
             s.admitted = true
@@ -145,12 +143,14 @@ extension RunCall {
         ])
     }
 
-    /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted, a
+    /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by
+    /// name (a repeated name's values kept in their order: an upstream reads the first or the last), a
     /// JSON body with its keys sorted, any other body as its bytes.
     static func canonicalParts(_ call: ToolCall) -> [String] {
         var parts = [call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path]
         parts.append(call.request.target?.description ?? "")
-        for item in call.request.query.items.sorted(by: { ($0.name, $0.value) < ($1.name, $1.value) }) {
+        let sorted = call.request.query.items.enumerated().sorted { ($0.element.name, $0.offset) < ($1.element.name, $1.offset) }
+        for (_, item) in sorted {
             parts.append(item.name)
             parts.append(item.value)
         }

@@ -50,9 +50,9 @@ struct RunEventBlock {
         for k in 0..<width { out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(k)))) }
     }
 
-    /// The events of a stored block, in order; nil when the bytes are not a block (a damaged row: the
-    /// reader reports it rather than guess).
-    static func decode(_ data: Data) -> [RunEvent]? {
+    /// The events of a stored block numbered after `after`, in order (those before are read past, not
+    /// made); nil when the bytes are not a block (a damaged row: the reader reports it rather than guess).
+    static func decode(_ data: Data, after: Int64 = .min) -> [RunEvent]? {
         data.withUnsafeBytes { raw -> [RunEvent]? in
             var out: [RunEvent] = []
             var i = 0
@@ -73,7 +73,8 @@ struct RunEventBlock {
                 guard let seq = take(8), let at = take(8), let typeLength = take(2), let type = text(typeLength), let dataLength = take(4),
                     let json = text(dataLength)
                 else { return nil }
-                out.append(RunEvent(id: String(Int64(bitPattern: seq)), type: type, at: Int64(bitPattern: at), json: json))
+                let number = Int64(bitPattern: seq)
+                if number > after { out.append(RunEvent(id: String(number), type: type, at: Int64(bitPattern: at), json: json)) }
             }
             return out
         }

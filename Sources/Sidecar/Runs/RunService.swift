@@ -72,7 +72,6 @@ final class RunService: Sendable {
         }
     }
 
-
     // MARK: Tool calls
 
     /// The charge a call reserves.
@@ -230,34 +229,25 @@ final class RunService: Sendable {
         // per call of a run, on its path.
         var o: [UInt8] = []
         o.reserveCapacity(320)
-        func name(_ text: StaticString) { o.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)) }
-        func string(_ field: StaticString, _ value: String) {
-            name(field)
-            JSONBytes.string(value, into: &o)
-        }
-        func int(_ field: StaticString, _ value: Int) {
-            name(field)
-            JSONBytes.integer(value, into: &o)
-        }
-        string(#"{"request_id":"#, record.requestID)
-        string(#","tool":"#, record.toolLabel)
-        string(#","action":"#, record.actionLabel)
-        int(#","status":"#, record.status)
-        string(#","outcome":"#, killed ? GatewayError.Code.runCancelled.rawValue : record.outcome)
-        name(#","duration_ms":"#)
+        JSONBytes.field(#"{"request_id":"#, record.requestID, into: &o)
+        JSONBytes.field(#","tool":"#, record.toolLabel, into: &o)
+        JSONBytes.field(#","action":"#, record.actionLabel, into: &o)
+        JSONBytes.field(#","status":"#, record.status, into: &o)
+        JSONBytes.field(#","outcome":"#, killed ? GatewayError.Code.runCancelled.rawValue : record.outcome, into: &o)
+        JSONBytes.literal(#","duration_ms":"#, into: &o)
         AccessLog.milliseconds(record.totalDuration ?? .zero, into: &o)
-        int(#","bytes_in":"#, record.bytesIn)
-        int(#","bytes_out":"#, record.bytesOut)
+        JSONBytes.field(#","bytes_in":"#, record.bytesIn, into: &o)
+        JSONBytes.field(#","bytes_out":"#, record.bytesOut, into: &o)
         if let actual {
-            name(#","cost_usd":"#)
+            JSONBytes.literal(#","cost_usd":"#, into: &o)
             var cost = ""
             JSONValue.number(actual.costUSD).write(into: &cost)
             o.append(contentsOf: cost.utf8)
-            if actual.openAITokens > 0 { int(#","openai_tokens":"#, actual.openAITokens) }
-            if actual.fetchBytes > 0 { int(#","fetch_bytes":"#, actual.fetchBytes) }
+            if actual.openAITokens > 0 { JSONBytes.field(#","openai_tokens":"#, actual.openAITokens, into: &o) }
+            if actual.fetchBytes > 0 { JSONBytes.field(#","fetch_bytes":"#, actual.fetchBytes, into: &o) }
         }
-        if let s = record.upstreamStatus { int(#","upstream_status":"#, s) }
-        if let c = record.cache { string(#","cache":"#, c) }
+        if let s = record.upstreamStatus { JSONBytes.field(#","upstream_status":"#, s, into: &o) }
+        if let c = record.cache { JSONBytes.field(#","cache":"#, c, into: &o) }
         o.append(UInt8(ascii: "}"))
         return String(decoding: o, as: UTF8.self)
     }
@@ -270,7 +260,7 @@ final class RunService: Sendable {
             let s = settlement(call, record: record)
             let data = Self.event(call, record: record, actual: s?.actual)
             let owner = call?.agent ?? agent
-            guard let appended = immediate.finishNow(settle: s, event: data.map { (runID, owner, $0) }, now: now()) else {
+            guard let appended = immediate.finishNow(settle: s, event: data.map { (runID, owner, "tool.call", $0) }, now: now()) else {
                 Task { await finished(call, runID: runID, agent: agent, record: record) }
                 return
             }
