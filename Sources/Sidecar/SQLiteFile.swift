@@ -1,13 +1,77 @@
 import GRDB
+import NIOPosix
+import Synchronization
 
 /// The embedded stores' SQLite files that are written from many tasks (runs, the idempotency ledger):
 /// a WAL pool (readers beside one writer), `synchronous=NORMAL` (a commit survives the process
 /// crashing, not the machine losing power mid-write), a 5 s busy wait; `:memory:` for tests.
 enum SQLiteFile {
-    static func open(_ path: String) throws -> any DatabaseWriter {
+    /// `autocheckpoint: false` leaves the WAL's checkpoints to a `WALCheckpointer`.
+    static func open(_ path: String, autocheckpoint: Bool = true) throws -> any DatabaseWriter {
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            if !autocheckpoint { try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+        }
+        return path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
+    }
+}
+
+/// Checkpoints a WAL file mostly from a connection of its own, on NIO's blocking pool, so that the
+/// writer's commits do not wait for the disk. SQLite's automatic checkpoint runs inside the commit that
+/// takes the WAL past 1 000 pages, on the writer, and ends in `fdatasync`: every caller waiting for that
+/// commit (a Gmail send waiting for its claim) waits for the disk too.
+///
+/// Here a passive checkpoint beside the writer copies and syncs the bulk without blocking it. It cannot
+/// catch up on its own while commits go on, and the WAL only starts over from its beginning at a commit
+/// after a checkpoint that did; so once it is done, the writer copies the few pages committed meanwhile
+/// itself (a short sync), and its next commit restarts the WAL.
+final class WALCheckpointer: Sendable {
+    private enum Step { case none, background, catchUp }
+    private let writer: any DatabaseWriter
+    private let own: DatabaseQueue?
+    private let every: Int
+    private let state = Mutex((commits: 0, running: false, finished: false))
+
+    /// `every`: commits between checkpoints (a commit of the idempotency ledger appends a few pages).
+    init(path: String, writer: any DatabaseWriter, every: Int = 256) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
         config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
-        return path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
+        own = path == ":memory:" ? nil : try DatabaseQueue(path: path, configuration: config)
+        self.writer = writer
+        self.every = every
+    }
+
+    /// Called by the writer after each commit, on its thread: every `every` commits starts a background
+    /// checkpoint; the commit after one finished catches up.
+    func committed() {
+        guard let own else { return }
+        let step = state.withLock { s -> Step in
+            if s.finished {
+                s.finished = false
+                return .catchUp
+            }
+            s.commits += 1
+            guard s.commits >= every, !s.running else { return .none }
+            s.commits = 0
+            s.running = true
+            return .background
+        }
+        switch step {
+        case .none: break
+        case .catchUp:
+            // A failed checkpoint is tried again at the next turn; the WAL only grows meanwhile.
+            _ = try? writer.writeWithoutTransaction { try $0.checkpoint(.passive) }
+        case .background:
+            NIOThreadPool.singleton.submit { _ in
+                _ = try? own.writeWithoutTransaction { try $0.checkpoint(.passive) }
+                self.state.withLock {
+                    $0.running = false
+                    $0.finished = true
+                }
+            }
+        }
     }
 }

@@ -130,6 +130,35 @@ def test_a_send_whose_answer_was_lost_is_never_sent_again(pki, https_upstream, s
     assert send(s, token, mail(), key="retry-after-check").status_code == 200
 
 
+def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream, sidecar_factory):
+    """Gmail's answer head comes first and its body 300 ms later (chunked): the sidecar reads it whole
+    before keeping it, answers it framed by length, and replays exactly that."""
+    sent = []
+
+    def slow(h, rec):
+        sent.append(rec.body)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        first, rest = b'{"id": "msg-slow", ', b'"threadId": "t9", "labelIds": ["SENT"]}'
+        for part, pause in ((first, 0.3), (rest, 0)):
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            h.wfile.flush()
+            time.sleep(pause)
+        h.wfile.write(b"0\r\n\r\n")
+    https_upstream.routes[SEND] = slow
+    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    first = send(s, token, mail(subject="slow"))
+    assert first.status_code == 200, first.text
+    assert first.json() == {"id": "msg-slow", "threadId": "t9", "labelIds": ["SENT"]}
+    assert first.headers.get("Content-Length") == str(len(first.content)) and "Transfer-Encoding" not in first.headers
+    again = send(s, token, mail(subject="slow"))
+    assert again.headers.get("X-Idempotent-Replay") == "true" and again.content == first.content
+    assert len(sent) == 1
+
+
 def test_the_ledger_survives_a_restart(pki, https_upstream, sidecar_factory, tmp_path):
     sent = gmail_upstream(https_upstream)
     env = {**LIVE_ENV, "SIDECAR_STATE_DIR": str(tmp_path / "state")}

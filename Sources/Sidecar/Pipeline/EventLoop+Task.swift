@@ -14,8 +14,13 @@ extension EventLoop {
     ) -> @Sendable () -> Void {
         let task = Task {
             let value = await body()
-            if self.inEventLoop { then(value) } else { self.execute { then(value) } }
+            self.onLoop { then(value) }
         }
         return { task.cancel() }
+    }
+
+    /// Runs `body` on this loop: at once when already on it, else queued.
+    func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if inEventLoop { body() } else { execute(body) }
     }
 }

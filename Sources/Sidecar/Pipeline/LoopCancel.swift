@@ -25,9 +25,7 @@ final class LoopCancel: @unchecked Sendable {
     }
 
     var cancel: @Sendable () -> Void {
-        { [self] in
-            if loop.inEventLoop { cancelNow() } else { loop.execute { self.cancelNow() } }
-        }
+        { [self] in loop.onLoop { self.cancelNow() } }
     }
 
     private func cancelNow() {

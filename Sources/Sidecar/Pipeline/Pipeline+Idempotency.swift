@@ -44,29 +44,11 @@ extension Pipeline {
         do {
             decision = try await ledger.store.begin(key: key, digest: digest, owner: owner, inFlight: ledger.settings.inFlight)
         } catch {
-            // Without the ledger a duplicate cannot be told apart: refused, like a security limit.
-            ledger.count("store_error")
-            ledger.logger.warning("idempotency ledger unavailable; side-effecting call refused", metadata: ["error": "\(error)"])
-            throw GatewayError(.stateUnavailable, "the idempotency ledger is unavailable; the side-effecting call was not sent")
+            throw ledger.unavailable(error)
         }
         ledger.count(decision.label)
         record.idempotency = decision.label
-        switch decision {
-        case .proceed:
-            break
-        case .replay(let answer):
-            return IdempotencyLedger.replay(answer, requestID: prepared.requestID)
-        case .inFlight:
-            throw GatewayError(
-                .duplicateInFlight, "an identical call is in flight; its answer will be replayed to this call once it completes",
-                headers: [("Retry-After", "1")])
-        case .outcomeUnknown:
-            throw GatewayError(
-                .duplicateOutcomeUnknown,
-                "an identical call reached the upstream but its answer was lost, so it may have taken effect; it is not sent again. Use a new Idempotency-Key to send it anyway")
-        case .conflict:
-            throw GatewayError(.idempotencyConflict, "the Idempotency-Key was used before with a different call")
-        }
+        if let settled = Self.settled(by: decision, requestID: prepared.requestID) { return try settled.get() }
         var response: ProxyResponse
         do {
             response = try await approvedCall(prepared, record: &record, runCall: runCall)
@@ -79,32 +61,165 @@ extension Pipeline {
             return response
         }
         // Succeeded: the answer is read whole (side-effect answers are small), kept, then sent.
-        var body: ByteBuffer?
-        var failure: GatewayError?
+        let (kept, failure) = await Self.keptWhole(&response, ledger: ledger)
+        await finish(ledger, key: key, owner: owner, .completed(kept))
+        if let failure { throw failure }
+        return response
+    }
+
+    /// What a decision other than `.proceed` answers: a replay, or a refusal. nil for `.proceed`.
+    static func settled(by decision: IdempotencyDecision, requestID: String) -> Result<ProxyResponse, GatewayError>? {
+        switch decision {
+        case .proceed:
+            return nil
+        case .replay(let answer):
+            return .success(IdempotencyLedger.replay(answer, requestID: requestID))
+        case .inFlight:
+            return .failure(
+                GatewayError(
+                    .duplicateInFlight, "an identical call is in flight; its answer will be replayed to this call once it completes",
+                    headers: [("Retry-After", "1")]))
+        case .outcomeUnknown:
+            return .failure(
+                GatewayError(
+                    .duplicateOutcomeUnknown,
+                    "an identical call reached the upstream but its answer was lost, so it may have taken effect; it is not sent again. Use a new Idempotency-Key to send it anyway"
+                ))
+        case .conflict:
+            return .failure(GatewayError(.idempotencyConflict, "the Idempotency-Key was used before with a different call"))
+        }
+    }
+
+    /// A 2xx answer made whole to be kept, when it already is (a buffer, or a live body that has fully
+    /// arrived): its body as one buffer, the exchange's completion started, the framing set to the
+    /// buffer. nil when the body is still arriving.
+    static func keptWholeNow(_ response: inout ProxyResponse, ledger: IdempotencyLedger) -> StoredAnswer? {
+        let body: ByteBuffer
         switch response.body {
         case .buffer(let b): body = b
         case .stream(let stream, let limit):
+            guard let b = stream.takeCompleteBody(), b.readableBytes <= limit else { return nil }
+            body = b
+        }
+        response.completion.start()
+        response.completion = .none
+        return keep(&response, body: body, ledger: ledger)
+    }
+
+    /// `keptWholeNow`, reading the rest of a body still arriving. A body that breaks off is kept as the
+    /// answer's status and headers, and its failure returned too (the agent gets that).
+    static func keptWhole(_ response: inout ProxyResponse, ledger: IdempotencyLedger) async -> (StoredAnswer, GatewayError?) {
+        if let kept = keptWholeNow(&response, ledger: ledger) { return (kept, nil) }
+        var body: ByteBuffer?
+        var failure: GatewayError?
+        if case .stream(let stream, let limit) = response.body {
             do { body = try await stream.collect(upTo: limit) } catch {
                 failure = GatewayError((error as? UpstreamError) ?? UpstreamError(.protocolError, beforeSend: false, detail: "the answer broke off"))
             }
         }
         await response.completion.run()
         response.completion = .none
-        await finish(ledger, key: key, owner: owner, .completed(ledger.stored(status: Int(response.status.code), headers: response.headers, body: body)))
-        if let failure { throw failure }
-        let bytes = body ?? ByteBuffer()
-        response.headers.replaceOrAdd(name: "Content-Length", value: String(bytes.readableBytes))
+        guard let body else { return (ledger.stored(status: Int(response.status.code), headers: response.headers, body: nil), failure) }
+        return (keep(&response, body: body, ledger: ledger), failure)
+    }
+
+    private static func keep(_ response: inout ProxyResponse, body: ByteBuffer, ledger: IdempotencyLedger) -> StoredAnswer {
+        let kept = ledger.stored(status: Int(response.status.code), headers: response.headers, body: body)
+        response.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
         response.headers.remove(name: "transfer-encoding")
-        response.body = .buffer(bytes)
-        return response
+        response.body = .buffer(body)
+        return kept
+    }
+
+    /// `onceOnly` without a task, for a side effect with neither an approval nor a run, on a ledger that
+    /// answers by callback (the embedded one): the key claimed (a hop to the ledger's writer and back),
+    /// the loop path's stages, then the outcome recorded (another hop) before the agent gets the
+    /// answer. It decides exactly as `onceOnly`; only a 2xx body still arriving is read in a task.
+    func onceOnly(
+        _ prepared: Prepared, ledger: IdempotencyLedger, store: any CallbackIdempotencyStore, request: InboundRequest,
+        record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
+    ) -> @Sendable () -> Void {
+        let clientKey: String?
+        switch IdempotencyLedger.clientKey(in: prepared.call.request.headers) {
+        case .success(let key): clientKey = key
+        case .failure(let error):
+            then(failed(error, request: request, record: record))
+            return {}
+        }
+        let digest = RunCall.digest(prepared.call)
+        let key = IdempotencyKey.make(agent: prepared.identity.agentID, run: prepared.run, clientKey: clientKey, digest: digest)
+        let owner = RequestID.generate()
+        let next = LoopCancel(loop)
+        let record = record
+        store.begin(key: key, digest: digest, owner: owner, inFlight: ledger.settings.inFlight) { result in
+            loop.onLoop {
+                var record = record
+                let decision: IdempotencyDecision
+                switch result {
+                case .success(let d): decision = d
+                case .failure(let error): return then(self.failed(ledger.unavailable(error), request: request, record: record))
+                }
+                ledger.count(decision.label)
+                record.idempotency = decision.label
+                switch Self.settled(by: decision, requestID: prepared.requestID) {
+                case .success(let replay)?: return then(self.answer(replay, record: record))
+                case .failure(let error)?: return then(self.failed(error, request: request, record: record))
+                case nil: break
+                }
+                let end = OnceOnlyEnd(pipeline: self, ledger: ledger, store: store, key: key, owner: owner, request: request, loop: loop, then: then)
+                if next.isCancelled {
+                    return end.record(self.failed(GatewayError(UpstreamError(.cancelled, beforeSend: true, detail: "the agent went away")), request: request, record: record))
+                }
+                next.then(self.startAdmitted(prepared, request: request, record: record, on: loop, then: end.record, runCall: nil))
+            }
+        }
+        return next.cancel
     }
 
     private func finish(_ ledger: IdempotencyLedger, key: String, owner: String, _ outcome: LedgerOutcome) async {
         do { try await ledger.store.finish(key: key, owner: owner, outcome: outcome, window: ledger.settings.window) } catch {
-            // The call itself is done; a later identical call may find the key still in flight (until
-            // `in_flight` passes) rather than replayed.
-            ledger.count("store_error")
-            ledger.logger.warning("idempotency ledger: the outcome of a call could not be recorded", metadata: ["error": "\(error)"])
+            ledger.notRecorded(error)
+        }
+    }
+}
+
+/// How a side effect on the loop path ends: the outcome recorded in the ledger as `onceOnly` records it
+/// (a failure after which the upstream may have acted: unknown; any other failure or a non-2xx answer:
+/// released; a 2xx answer: kept whole and replayable), then the answer handed on, on the loop.
+private struct OnceOnlyEnd: Sendable {
+    let pipeline: Pipeline
+    let ledger: IdempotencyLedger
+    let store: any CallbackIdempotencyStore
+    let key: String
+    let owner: String
+    let request: InboundRequest
+    let loop: any EventLoop
+    let then: @Sendable (consuming Pipeline.Handled) -> Void
+
+    var record: @Sendable (consuming Pipeline.Handled) -> Void { { self.ended($0) } }
+
+    private func ended(_ handled: consuming Pipeline.Handled) {
+        var handled = handled
+        if let failure = handled.failure {
+            return finish(failure.upstreamMayHaveActed ? .unknown : .released, handled)
+        }
+        guard (200..<300).contains(Int(handled.response.status.code)) else { return finish(.released, handled) }
+        if let kept = Pipeline.keptWholeNow(&handled.response, ledger: ledger) { return finish(.completed(kept), handled) }
+        // The body is still arriving: read in a task.
+        let taken = handled
+        Task {
+            var handled = taken
+            let (kept, failure) = await Pipeline.keptWhole(&handled.response, ledger: ledger)
+            if let failure { handled = pipeline.failed(failure, request: request, record: handled.record) }
+            finish(.completed(kept), handled)
+        }
+    }
+
+    private func finish(_ outcome: LedgerOutcome, _ handled: consuming Pipeline.Handled) {
+        let handled = handled
+        store.finish(key: key, owner: owner, outcome: outcome, window: ledger.settings.window) { [ledger, loop, then] result in
+            if case .failure(let error) = result { ledger.notRecorded(error) }
+            loop.onLoop { then(handled) }
         }
     }
 }

@@ -118,6 +118,9 @@ final class Pipeline: Sendable {
     struct Handled: Sendable {
         var response: ProxyResponse
         var record: RequestRecord
+        /// The refusal or failure the response answers, if any (the idempotency ledger reads whether the
+        /// upstream may have acted).
+        var failure: GatewayError?
     }
 
     /// Runs a request without a Swift task as far as its stages allow, on the connection's loop: the
@@ -145,8 +148,12 @@ final class Pipeline: Sendable {
             return {}
         }
         // A side effect (claimed in the idempotency ledger first) or a call that needs approval: `call`,
-        // which every entry goes through, in a task.
+        // which every entry goes through, in a task — or, for a side effect with neither an approval nor
+        // a run on a ledger that answers by callback, the same stages on the loop.
         if isGuarded(prepared) {
+            if prepared.evaluated.approval == nil, prepared.run == nil, let ledger = idempotency, let store = ledger.callbacks {
+                return onceOnly(prepared, ledger: ledger, store: store, request: request, record: record, on: loop, then: then)
+            }
             let runCall = makeRunCall(prepared)
             record.runCall = runCall
             return inTask(request, on: loop, record: record, then: then, runCall: runCall) { (r: inout RequestRecord) throws(GatewayError) in
@@ -174,7 +181,7 @@ final class Pipeline: Sendable {
 
     /// credential ─► limits ─► upstream, on the loop as far as the stages allow, for a call that is not
     /// of a run or whose run admitted it.
-    private func startAdmitted(
+    func startAdmitted(
         _ prepared: Prepared, request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop,
         then: @escaping @Sendable (consuming Handled) -> Void, runCall: RunCall?
     ) -> @Sendable () -> Void {
@@ -330,12 +337,14 @@ final class Pipeline: Sendable {
     }
 
     /// A refusal or failure as the agent's answer.
-    private func failed(_ error: GatewayError, request: InboundRequest, record: consuming RequestRecord) -> Handled {
+    func failed(_ error: GatewayError, request: InboundRequest, record: consuming RequestRecord) -> Handled {
         let response = problem(error, request: request, record: &record)
-        return answer(response, record: record)
+        var handled = answer(response, record: record)
+        handled.failure = error
+        return handled
     }
 
-    private func answer(_ response: consuming ProxyResponse, record: consuming RequestRecord) -> Handled {
+    func answer(_ response: consuming ProxyResponse, record: consuming RequestRecord) -> Handled {
         decorate(&response, record: record)
         return Handled(response: response, record: record)
     }

@@ -12,8 +12,10 @@ import Synchronization
 /// The file is the ledger; memory holds only the keys this process is deciding or has not committed yet
 /// (a claim in flight, an outcome waiting for its commit), so memory stays the size of the concurrency,
 /// not of a day of sends. A key that is being looked up is held too: an identical call meanwhile is in
-/// flight by definition.
-final class EmbeddedIdempotencyStore: IdempotencyStore {
+/// flight by definition. Every file access — the claims, the outcomes and the reads of keys this process
+/// does not hold — happens on one writer thread, in the batch's transaction: a key is read and claimed
+/// in one step, and no caller's thread ever waits for the disk.
+final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
     /// A key's state; the raw value is the code the file's `state` column holds (`released` is never
     /// written: its row is deleted).
     private enum Phase: String {
@@ -37,21 +39,41 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
         case purge(before: Int64)
     }
 
+    /// A key this process does not hold: read from the file and, when free, claimed — both inside the
+    /// writer's next transaction.
+    private struct Lookup {
+        var key: String
+        var digest: String
+        var claim: Held
+        var at: Int64
+        var then: @Sendable (Result<IdempotencyDecision, any Error>) -> Void
+    }
+
     private struct State {
         /// Keys being decided, in flight, or with an outcome not yet committed (nil value: being looked up).
         var live: [String: Held?] = [:]
         var pending: [Write] = []
-        var waiters: [CheckedContinuation<Void, any Error>] = []
+        var lookups: [Lookup] = []
+        /// Called once the transaction holding everything pending when they came is committed.
+        var waiters: [@Sendable (Result<Void, any Error>) -> Void] = []
         var flushing = false
         var sincePrune = 0
+
+        /// Whether the caller must start the writer (nothing is being flushed).
+        mutating func startsFlush() -> Bool {
+            guard !flushing else { return false }
+            flushing = true
+            return true
+        }
     }
 
     private let db: any DatabaseWriter
+    private let checkpointer: WALCheckpointer
     private let now: @Sendable () -> Int64
     private let state = Mutex(State())
 
     init(path: String, now: @escaping @Sendable () -> Int64) throws {
-        db = try SQLiteFile.open(path)
+        db = try SQLiteFile.open(path, autocheckpoint: false)
         self.now = now
         var m = DatabaseMigrator()
         m.registerMigration("v1-idempotency") { db in
@@ -63,13 +85,30 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                     """)
         }
         try m.migrate(db)
+        checkpointer = try WALCheckpointer(path: path, writer: db)
     }
 
     func begin(key: String, digest: String, owner: String, inFlight: Duration) async throws -> IdempotencyDecision {
+        try await withCheckedThrowingContinuation { cont in
+            begin(key: key, digest: digest, owner: owner, inFlight: inFlight) { cont.resume(with: $0) }
+        }
+    }
+
+    func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration) async throws {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            finish(key: key, owner: owner, outcome: outcome, window: window) { cont.resume(with: $0) }
+        }
+    }
+
+    /// `begin` without a task. A key this process holds decides at once (`then` runs before this
+    /// returns); any other is read and, when free, claimed by the writer's next transaction, and `then`
+    /// runs on the writer's thread once it is committed — a claim is on disk before the call goes out.
+    func begin(
+        key: String, digest: String, owner: String, inFlight: Duration, then: @escaping @Sendable (Result<IdempotencyDecision, any Error>) -> Void
+    ) {
         let at = now()
-        // 1. A key this process holds decides at once; otherwise it is held while the file is read.
         let claim = Held(owner: owner, digest: digest, state: .inFlight, expires: at + inFlight.milliseconds, answer: nil)
-        let held = state.withLock { s -> IdempotencyDecision? in
+        let (decided, flush) = state.withLock { s -> (IdempotencyDecision?, Bool) in
             s.sincePrune += 1
             if s.sincePrune >= 1024 {
                 s.sincePrune = 0
@@ -80,47 +119,26 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                 // Released a moment ago (its delete not yet committed): claimed again, written after it.
                 s.live[key] = .some(claim)
                 s.pending.append(.upsert(key: key, claim))
-                return .proceed
-            case .some(.some(let h)) where h.expires > at: return IdempotencyDecision.decide(Self.entry(h), digest: digest)
-            case .some(.none): return .inFlight
+                s.waiters.append { then($0.map { .proceed }) }
+                return (nil, s.startsFlush())
+            case .some(.some(let h)) where h.expires > at: return (IdempotencyDecision.decide(Self.entry(h), digest: digest), false)
+            case .some(.none): return (.inFlight, false)
             default:
                 s.live[key] = .some(nil)
-                return nil
+                s.lookups.append(Lookup(key: key, digest: digest, claim: claim, at: at, then: then))
+                return (nil, s.startsFlush())
             }
         }
-        if let held {
-            if held == .proceed { try await committed() }
-            return held
-        }
-        // 2. What the file holds.
-        let row: Row?
-        do {
-            // A read of one indexed row from the WAL (microseconds): done here rather than on another
-            // thread, which would cost more in the hop than in the read.
-            row = try lookUp(key, at: at)
-        } catch {
-            state.withLock { s in if case .some(.none) = s.live[key] { s.live[key] = nil } }
-            throw error
-        }
-        let decision = IdempotencyDecision.decide(try row.map(Self.entry), digest: digest)
-        // 3. Claimed: on disk before the call goes out.
-        let wrote = state.withLock { s -> Bool in
-            guard decision == .proceed else {
-                if case .some(.none) = s.live[key] { s.live[key] = nil }
-                return false
-            }
-            s.live[key] = .some(claim)
-            s.pending.append(.upsert(key: key, claim))
-            return true
-        }
-        if wrote { try await committed() }
-        return decision
+        if let decided { then(.success(decided)) }
+        if flush { startFlush() }
     }
 
-    func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration) async throws {
+    /// `finish` without a task: `then` runs once the outcome is committed (at once when `owner` no
+    /// longer holds the key).
+    func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration, then: @escaping @Sendable (Result<Void, any Error>) -> Void) {
         let expires = now() + window.milliseconds
-        let wrote = state.withLock { s -> Bool in
-            guard case .some(.some(var held)) = s.live[key], held.owner == owner else { return false }
+        let (wrote, flush) = state.withLock { s -> (Bool, Bool) in
+            guard case .some(.some(var held)) = s.live[key], held.owner == owner else { return (false, false) }
             switch outcome {
             case .released:
                 held.state = .released
@@ -136,20 +154,19 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
                 s.pending.append(.upsert(key: key, held))
             }
             s.live[key] = .some(held)
-            return true
+            s.waiters.append { [self] result in
+                // Committed: the file answers for the key from now on.
+                if case .success = result {
+                    state.withLock { s in
+                        if case .some(.some(let h)) = s.live[key], h.owner == owner, h.state != .inFlight { s.live[key] = nil }
+                    }
+                }
+                then(result)
+            }
+            return (true, s.startsFlush())
         }
-        guard wrote else { return }
-        try await committed()
-        // Committed: the file answers for the key from now on.
-        state.withLock { s in
-            if case .some(.some(let h)) = s.live[key], h.owner == owner, h.state != .inFlight { s.live[key] = nil }
-        }
-    }
-
-    private func lookUp(_ key: String, at: Int64) throws -> Row? {
-        try db.read { db in
-            try Row.fetchOne(db.cachedStatement(sql: "SELECT digest, state, answer FROM ledger WHERE key = ? AND expires > ?"), arguments: [key, at])
-        }
+        if !wrote { then(.success(())) }
+        if flush { startFlush() }
     }
 
     private static func entry(_ h: Held) -> LedgerEntry? {
@@ -173,58 +190,76 @@ final class EmbeddedIdempotencyStore: IdempotencyStore {
         }
     }
 
-    /// Waits until everything written so far is committed. The first waiter with nothing being flushed
-    /// flushes: it takes every pending write, commits them in one transaction and wakes every waiter of
-    /// that batch; writes that arrived meanwhile go in the next.
-    private func committed() async throws {
-        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            let start = state.withLock { s -> Bool in
-                s.waiters.append(cont)
-                guard !s.flushing else { return false }
-                s.flushing = true
-                return true
-            }
-            if start { NIOThreadPool.singleton.submit { _ in self.flushLoop() } }
-        }
-    }
+    /// Synchronous on purpose — GRDB's blocking `write` — on NIO's blocking-I/O pool, never on an event
+    /// loop or Swift's cooperative pool: a commit that checkpoints the WAL waits for `fdatasync`, and a
+    /// key's row may have to come from the disk.
+    private func startFlush() { NIOThreadPool.singleton.submit { _ in self.flushLoop() } }
 
-    /// Synchronous on purpose — GRDB's blocking `write` — on NIO's blocking-I/O pool, never on Swift's
-    /// cooperative pool: a commit that checkpoints the WAL waits for `fdatasync`, and on two cores that
-    /// would stall half the threads every task (every Gmail send) runs on.
+    /// The writer: takes every pending write and lookup, runs them in one transaction, and tells every
+    /// caller of that batch; what arrived meanwhile goes in the next. Stops when nothing is waiting.
     private func flushLoop() {
         while true {
-            let batch = state.withLock { s -> ([Write], [CheckedContinuation<Void, any Error>])? in
-                guard !s.waiters.isEmpty else {
+            let batch = state.withLock { s -> ([Write], [Lookup], [@Sendable (Result<Void, any Error>) -> Void])? in
+                guard !s.waiters.isEmpty || !s.lookups.isEmpty else {
                     s.flushing = false
                     return nil
                 }
                 defer {
                     s.pending.removeAll(keepingCapacity: true)
+                    s.lookups.removeAll(keepingCapacity: true)
                     s.waiters.removeAll(keepingCapacity: true)
                 }
-                return (s.pending, s.waiters)
+                return (s.pending, s.lookups, s.waiters)
             }
-            guard let (writes, waiters) = batch else { return }
+            guard let (writes, lookups, waiters) = batch else { return }
+            let decisions: [Result<IdempotencyDecision, any Error>]
             do {
                 // One transaction for the batch, on this thread: the commit is a WAL append (no fsync
                 // with synchronous=NORMAL), cheaper than a hop to the writer's queue and back.
-                try db.write { db in
+                decisions = try db.write { db in
                     for w in writes {
                         switch w {
-                        case .upsert(let key, let h):
-                            try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)")
-                                .execute(arguments: [key, h.owner, h.digest, h.state.rawValue, h.expires, h.answer.map { Data($0.bytes) }])
+                        case .upsert(let key, let h): try Self.upsert(key, h, db)
                         case .delete(let key):
                             try db.cachedStatement(sql: "DELETE FROM ledger WHERE key = ?").execute(arguments: [key])
                         case .purge(let before):
                             try db.execute(sql: "DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE expires <= ? LIMIT 4096)", arguments: [before])
                         }
                     }
+                    // Each lookup decided by what the file holds, and claimed in this same transaction.
+                    var decisions: [Result<IdempotencyDecision, any Error>] = []
+                    decisions.reserveCapacity(lookups.count)
+                    for l in lookups {
+                        let row = try Row.fetchOne(
+                            db.cachedStatement(sql: "SELECT digest, state, answer FROM ledger WHERE key = ? AND expires > ?"), arguments: [l.key, l.at])
+                        let decision = Result { IdempotencyDecision.decide(try row.map(Self.entry), digest: l.digest) }
+                        if case .success(.proceed) = decision { try Self.upsert(l.key, l.claim, db) }
+                        decisions.append(decision)
+                    }
+                    return decisions
                 }
-                for w in waiters { w.resume() }
             } catch {
-                for w in waiters { w.resume(throwing: error) }
+                state.withLock { s in
+                    for l in lookups { if case .some(.none) = s.live[l.key] { s.live[l.key] = nil } }
+                }
+                for w in waiters { w(.failure(error)) }
+                for l in lookups { l.then(.failure(error)) }
+                continue
             }
+            checkpointer.committed()
+            state.withLock { s in
+                for (l, d) in zip(lookups, decisions) {
+                    guard case .some(.none) = s.live[l.key] else { continue }
+                    if case .success(.proceed) = d { s.live[l.key] = .some(l.claim) } else { s.live[l.key] = nil }
+                }
+            }
+            for w in waiters { w(.success(())) }
+            for (l, d) in zip(lookups, decisions) { l.then(d) }
         }
+    }
+
+    private static func upsert(_ key: String, _ h: Held, _ db: Database) throws {
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)")
+            .execute(arguments: [key, h.owner, h.digest, h.state.rawValue, h.expires, h.answer.map { Data($0.bytes) }])
     }
 }

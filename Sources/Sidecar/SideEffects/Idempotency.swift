@@ -114,6 +114,15 @@ protocol IdempotencyStore: Sendable {
     func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration) async throws
 }
 
+/// A store that answers by callback, without a task (the embedded ledger), so a side effect can run on
+/// the loop path. `then` runs once, on the calling thread when the store decides at once, else on the
+/// store's own thread.
+protocol CallbackIdempotencyStore: IdempotencyStore {
+    func begin(
+        key: String, digest: String, owner: String, inFlight: Duration, then: @escaping @Sendable (Result<IdempotencyDecision, any Error>) -> Void)
+    func finish(key: String, owner: String, outcome: LedgerOutcome, window: Duration, then: @escaping @Sendable (Result<Void, any Error>) -> Void)
+}
+
 /// The ledger key of a call: the agent, the run, and the agent's own `Idempotency-Key` or else the
 /// digest of the call's canonical parameters (so the same email composed twice is one email).
 enum IdempotencyKey {

@@ -7,9 +7,19 @@ import Upstreams
 /// store's.)
 struct IdempotencyLedger: Sendable {
     let store: any IdempotencyStore
+    /// The same store when it answers without a task (the loop path can then carry side effects).
+    let callbacks: (any CallbackIdempotencyStore)?
     let settings: IdempotencySettings
     let metrics: GatewayMetrics?
     let logger: Logger
+
+    init(store: any IdempotencyStore, settings: IdempotencySettings, metrics: GatewayMetrics?, logger: Logger) {
+        self.store = store
+        self.callbacks = store as? any CallbackIdempotencyStore
+        self.settings = settings
+        self.metrics = metrics
+        self.logger = logger
+    }
 
     /// The agent's own key, checked: 1–255 visible ASCII characters (as Stripe and the IETF draft allow).
     static func clientKey(in headers: HTTPHeaders) -> Result<String?, GatewayError> {
@@ -39,6 +49,21 @@ struct IdempotencyLedger: Sendable {
     }
 
     func count(_ label: String) { metrics?.idempotencyDecision(label) }
+
+    /// A claim the store could not decide, counted and logged: the call is refused, since without the
+    /// ledger a duplicate cannot be told apart (like a security limit).
+    func unavailable(_ error: any Error) -> GatewayError {
+        count("store_error")
+        logger.warning("idempotency ledger unavailable; side-effecting call refused", metadata: ["error": "\(error)"])
+        return GatewayError(.stateUnavailable, "the idempotency ledger is unavailable; the side-effecting call was not sent")
+    }
+
+    /// An outcome the store could not record, counted and logged. The call itself is done; a later
+    /// identical call may find the key still in flight (until `in_flight` passes) rather than replayed.
+    func notRecorded(_ error: any Error) {
+        count("store_error")
+        logger.warning("idempotency ledger: the outcome of a call could not be recorded", metadata: ["error": "\(error)"])
+    }
 }
 
 import Foundation
