@@ -6,9 +6,9 @@ extension EventLoop {
     /// away.
     ///
     /// The task runs on Swift's global pool, not on the loop: a stage in a task may block briefly (a
-    /// SQLite read of the idempotency ledger), which must not stall the loop's other connections. (A
-    /// task executor preferring the loop measured no faster on the Gmail and run rows, within this
-    /// machine's noise; `bench/HISTORY.md`.)
+    /// store without a loop path), which must not stall the loop's other connections. (A task executor
+    /// preferring the loop measured no faster on the Gmail and run rows, within this machine's noise;
+    /// `bench/HISTORY.md`.)
     func run<Value: Sendable>(
         inTask body: @escaping @Sendable () async -> Value, then: @escaping @Sendable (consuming Value) -> Void
     ) -> @Sendable () -> Void {
