@@ -8,6 +8,7 @@ import concurrent.futures
 import socket
 import time
 
+import pytest
 import requests
 
 from conftest import LIVE_ENV, live_config, metric
@@ -32,8 +33,8 @@ def gmail_upstream(up, delay=0.0, status=200):
     return sent
 
 
-def config(pki, up, extra=""):
-    return live_config(pki, up, extra=extra).replace(
+def config(pki, up, extra="", http2=True):
+    return live_config(pki, up, extra=extra, http2=http2).replace(
         f'gmail_send: {{mode: live, base_url: "{up.base_url}"}}', f'gmail_send: {{mode: live, base_url: "{up.base_url}", timeout: 2s}}')
 
 
@@ -130,9 +131,11 @@ def test_a_send_whose_answer_was_lost_is_never_sent_again(pki, https_upstream, s
     assert send(s, token, mail(), key="retry-after-check").status_code == 200
 
 
-def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream, sidecar_factory):
+@pytest.mark.parametrize("http2", [True, False], ids=["client", "pool"])
+def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream, sidecar_factory, http2):
     """Gmail's answer head comes first and its body 300 ms later (chunked): the sidecar reads it whole
-    before keeping it, answers it framed by length, and replays exactly that."""
+    before keeping it, answers it framed by length, and replays exactly that — through either upstream
+    client (the HTTP/1.1 pool's call runs on the loop, async-http-client's in a task)."""
     sent = []
 
     def slow(h, rec):
@@ -148,7 +151,7 @@ def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream
             time.sleep(pause)
         h.wfile.write(b"0\r\n\r\n")
     https_upstream.routes[SEND] = slow
-    s = sidecar_factory(config(pki, https_upstream), env=LIVE_ENV)
+    s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     token = s.new_token()
     first = send(s, token, mail(subject="slow"))
     assert first.status_code == 200, first.text
@@ -156,6 +159,33 @@ def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream
     assert first.headers.get("Content-Length") == str(len(first.content)) and "Transfer-Encoding" not in first.headers
     again = send(s, token, mail(subject="slow"))
     assert again.headers.get("X-Idempotent-Replay") == "true" and again.content == first.content
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["client", "pool"])
+def test_an_answer_over_the_size_limit_is_refused_but_the_send_is_recorded(pki, https_upstream, sidecar_factory, http2):
+    """Gmail took the send (2xx) but its chunked answer, arrived whole in one read, is over
+    `max_response_body_bytes`: the agent gets 502, and the ledger still records that the email went, so
+    the same send is never repeated (replayed as status and headers only)."""
+    sent = []
+
+    def big(h, rec):
+        sent.append(rec.body)
+        body = b'{"id": "msg-big", "pad": "' + b"x" * 4000 + b'"}'
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    https_upstream.routes[SEND] = big
+    cfg = config(pki, https_upstream, http2=http2).replace("limits:\n", "limits:\n  max_response_body_bytes: 2048\n", 1)
+    s = sidecar_factory(cfg, env=LIVE_ENV)
+    token = s.new_token()
+    first = send(s, token, mail(subject="big"))
+    assert first.status_code == 502 and first.json()["code"] == "upstream_response_too_large", first.text
+    again = send(s, token, mail(subject="big"))
+    assert again.status_code == 200 and again.headers.get("X-Idempotent-Replay") == "true", again.text
+    assert again.headers.get("X-Idempotent-Replay-Body") == "omitted"
     assert len(sent) == 1
 
 

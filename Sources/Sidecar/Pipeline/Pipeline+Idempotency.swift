@@ -92,24 +92,34 @@ extension Pipeline {
 
     /// A 2xx answer made whole to be kept, when it already is (a buffer, or a live body that has fully
     /// arrived): its body as one buffer, the exchange's completion started, the framing set to the
-    /// buffer. nil when the body is still arriving.
-    static func keptWholeNow(_ response: inout ProxyResponse, ledger: IdempotencyLedger) -> StoredAnswer? {
+    /// buffer; or, for a body over the answer's size limit, what is kept without it and the failure the
+    /// agent gets instead. nil when the body is still arriving.
+    static func keptWholeNow(_ response: inout ProxyResponse, ledger: IdempotencyLedger) -> (StoredAnswer, GatewayError?)? {
         let body: ByteBuffer
         switch response.body {
         case .buffer(let b): body = b
         case .stream(let stream, let limit):
-            guard let b = stream.takeCompleteBody(), b.readableBytes <= limit else { return nil }
+            // Taken out of the stream when it is complete: from here on this buffer is the body.
+            guard let b = stream.takeCompleteBody() else { return nil }
+            guard b.readableBytes <= limit else {
+                response.completion.start()
+                response.completion = .none
+                return (
+                    ledger.stored(status: Int(response.status.code), headers: response.headers, body: nil),
+                    GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes"))
+                )
+            }
             body = b
         }
         response.completion.start()
         response.completion = .none
-        return keep(&response, body: body, ledger: ledger)
+        return (keep(&response, body: body, ledger: ledger), nil)
     }
 
-    /// `keptWholeNow`, reading the rest of a body still arriving. A body that breaks off is kept as the
-    /// answer's status and headers, and its failure returned too (the agent gets that).
+    /// `keptWholeNow`, reading the rest of a body still arriving. A body that breaks off or is too large
+    /// is kept as the answer's status and headers, and its failure returned too (the agent gets that).
     static func keptWhole(_ response: inout ProxyResponse, ledger: IdempotencyLedger) async -> (StoredAnswer, GatewayError?) {
-        if let kept = keptWholeNow(&response, ledger: ledger) { return (kept, nil) }
+        if let kept = keptWholeNow(&response, ledger: ledger) { return kept }
         var body: ByteBuffer?
         var failure: GatewayError?
         if case .stream(let stream, let limit) = response.body {
@@ -204,7 +214,10 @@ private struct OnceOnlyEnd: Sendable {
             return finish(failure.upstreamMayHaveActed ? .unknown : .released, handled)
         }
         guard (200..<300).contains(Int(handled.response.status.code)) else { return finish(.released, handled) }
-        if let kept = Pipeline.keptWholeNow(&handled.response, ledger: ledger) { return finish(.completed(kept), handled) }
+        if let (kept, failure) = Pipeline.keptWholeNow(&handled.response, ledger: ledger) {
+            if let failure { handled = pipeline.failed(failure, request: request, record: handled.record) }
+            return finish(.completed(kept), handled)
+        }
         // The body is still arriving: read in a task.
         let taken = handled
         Task {
