@@ -7,7 +7,7 @@ drives a fixed mix of calls through them from 16 keep-alive connections: the ser
 (most of it: it is the benchmark's path), the forward proxy, requests inside an intercepted CONNECT
 tunnel (HTTPS_PROXY), OpenAI chat with usage, the /api/proxy-request envelope and refusals (no token:
 401; a chat call the scraper role may not make: 403; unknown route: 404). A third instance runs a full policy (guards, rate, quota, concurrency, a token
-budget on the embedded store: bench/policy.yaml) and takes chat and search calls with an agent token,
+budget on the embedded store: bench/policy.yaml) and takes chat, search and Gmail send calls with an agent token,
 with and without a run id (every call distinct, as a working agent's are). Each sidecar writes its
 counters to $LLVM_PROFILE_FILE when it exits on SIGTERM.
 
@@ -32,6 +32,7 @@ from harness import FakeUpstream, Sidecar, drive  # noqa: E402
 
 SERP = {"search_metadata": {"status": "Success"},
         "organic_results": [{"position": 1, "title": "train", "link": "https://example.com/"}]}
+SENT = {"id": "msg-1", "threadId": "t-1", "labelIds": ["SENT"]}
 CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
@@ -48,12 +49,13 @@ auth: {{required: {str(auth).lower()}}}
 tools:
   serpapi: {{mode: live, base_url: "{upstream.base_url}", cache_ttl: 0s}}
   openai: {{mode: live, base_url: "{upstream.base_url}"}}
+  gmail_send: {{mode: live, base_url: "{upstream.base_url}"}}
 """
 
 
 def mix(open_port: int, auth_port: int, agent_token: str, policy_port: int, policy_token: str, run: str):
     """The calls, as (port, method, target, headers, body); cycled by every connection. `{i}` in a
-    target or body becomes the call's number."""
+    target, a header or a body becomes the call's number."""
     chat = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
     envelope = json.dumps({"tool": "serpapi", "action": "search", "params": {"q": "train"}}).encode()
     tok = {"X-Agent-Token": agent_token}
@@ -75,6 +77,10 @@ def mix(open_port: int, auth_port: int, agent_token: str, policy_port: int, poli
     calls += [(policy_port, "POST", "/openai/v1/chat/completions", {**in_run, **json_h}, varied_chat)] * 3
     calls += [(policy_port, "GET", "/serpapi/search?q=train{i}&num=10", bench, None)] * 2
     calls += [(policy_port, "GET", "/serpapi/search?q=train{i}&num=10", in_run, None)] * 2
+    # A Gmail send, each its own email (claimed and recorded in the idempotency ledger).
+    raw = base64.urlsafe_b64encode(b"To: someone@example.com\r\nSubject: train\r\n\r\nhello").decode()
+    send = {**bench, **json_h, "Idempotency-Key": "train-{i}"}
+    calls += [(policy_port, "POST", "/gmail/v1/users/me/messages/send", send, json.dumps({"raw": raw}))]
     return calls
 
 
@@ -82,7 +88,8 @@ def main():
     upstream = FakeUpstream()
     upstream.routes["/search"] = lambda h, rec: FakeUpstream.send_json(h, 200, SERP)
     upstream.routes["/v1/chat/completions"] = lambda h, rec: FakeUpstream.send_json(h, 200, CHAT)
-    env = {"SERPAPI_API_KEY": "train-key", "OPENAI_API_KEY": "sk-train"}
+    upstream.routes["/gmail/v1/users/me/messages/send"] = lambda h, rec: FakeUpstream.send_json(h, 200, SENT)
+    env = {"SERPAPI_API_KEY": "train-key", "OPENAI_API_KEY": "sk-train", "GMAIL_ACCESS_TOKEN": "ya29.train"}
     sidecars = []
     try:
         sidecars = [Sidecar(config(upstream, auth), env) for auth in (False, True)]
@@ -114,6 +121,7 @@ def main():
         def call(i: int):
             port, method, target, headers, body = calls[i % len(calls)]
             target = target.replace("{i}", str(i))
+            headers = {k: v.replace("{i}", str(i)) for k, v in headers.items()}
             if isinstance(body, str):
                 body = body.replace("{i}", str(i)).encode()
             conns = local.__dict__.setdefault("conns", {})
