@@ -18,7 +18,7 @@ enum SQLiteFile {
     }
 }
 
-/// Checkpoints a WAL file mostly from a connection of its own, on NIO's blocking pool, so that the
+/// Checkpoints a WAL file mostly from a connection of its own, on a thread beside the writer's, so that the
 /// writer's commits do not wait for the disk. SQLite's automatic checkpoint runs inside the commit that
 /// takes the WAL past 1 000 pages, on the writer, and ends in `fdatasync`: every caller waiting for that
 /// commit (a Gmail send waiting for its claim) waits for the disk too.
@@ -31,16 +31,19 @@ final class WALCheckpointer: Sendable {
     private enum Step { case none, background, catchUp }
     private let writer: any DatabaseWriter
     private let own: DatabaseQueue?
+    private let threads: NIOThreadPool
     private let every: Int
     private let state = Mutex((commits: 0, running: false, finished: false))
 
-    /// `every`: commits between checkpoints (a commit of the idempotency ledger appends a few pages).
-    init(path: String, writer: any DatabaseWriter, every: Int = 256) throws {
+    /// `threads`: where the background checkpoint runs (not the writer's thread while it is busy). `every`:
+    /// commits between checkpoints (a commit of the idempotency ledger appends a few pages).
+    init(path: String, writer: any DatabaseWriter, threads: NIOThreadPool, every: Int = 256) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
         config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         own = path == ":memory:" ? nil : try DatabaseQueue(path: path, configuration: config)
         self.writer = writer
+        self.threads = threads
         self.every = every
     }
 
@@ -65,7 +68,7 @@ final class WALCheckpointer: Sendable {
             // A failed checkpoint is tried again at the next turn; the WAL only grows meanwhile.
             _ = try? writer.writeWithoutTransaction { try $0.checkpoint(.passive) }
         case .background:
-            NIOThreadPool.singleton.submit { _ in
+            threads.submit { _ in
                 _ = try? own.writeWithoutTransaction { try $0.checkpoint(.passive) }
                 self.state.withLock {
                     $0.running = false

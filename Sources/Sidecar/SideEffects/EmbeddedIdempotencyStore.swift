@@ -68,6 +68,9 @@ final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
     }
 
     private let db: any DatabaseWriter
+    /// The ledger's own two threads, the writer's and the checkpointer's — not NIO's shared blocking
+    /// pool, where `http_fetch`'s name lookups wait: a busy ledger must not hold them up.
+    private let threads = NIOThreadPool(numberOfThreads: 2)
     private let checkpointer: WALCheckpointer
     private let now: @Sendable () -> Int64
     private let state = Mutex(State())
@@ -85,8 +88,11 @@ final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
                     """)
         }
         try m.migrate(db)
-        checkpointer = try WALCheckpointer(path: path, writer: db)
+        checkpointer = try WALCheckpointer(path: path, writer: db, threads: threads)
+        threads.start()
     }
+
+    deinit { threads.shutdownGracefully { _ in } }
 
     func begin(key: String, digest: String, owner: String, inFlight: Duration) async throws -> IdempotencyDecision {
         try await withCheckedThrowingContinuation { cont in
@@ -190,10 +196,9 @@ final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
         }
     }
 
-    /// Synchronous on purpose — GRDB's blocking `write` — on NIO's blocking-I/O pool, never on an event
-    /// loop or Swift's cooperative pool: a commit that checkpoints the WAL waits for `fdatasync`, and a
-    /// key's row may have to come from the disk.
-    private func startFlush() { NIOThreadPool.singleton.submit { _ in self.flushLoop() } }
+    /// Synchronous on purpose — GRDB's blocking `write` — on a thread of its own, never on an event loop
+    /// or Swift's cooperative pool: a key's row may have to come from the disk.
+    private func startFlush() { threads.submit { _ in self.flushLoop() } }
 
     /// The writer: takes every pending write and lookup, runs them in one transaction, and tells every
     /// caller of that batch; what arrived meanwhile goes in the next. Stops when nothing is waiting.
