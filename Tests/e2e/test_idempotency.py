@@ -6,6 +6,7 @@ restart (embedded) and is shared by a fleet (Redis)."""
 import base64
 import concurrent.futures
 import socket
+import threading
 import time
 
 import pytest
@@ -105,6 +106,31 @@ def test_a_duplicate_while_the_first_is_in_flight_is_409(pki, https_upstream, si
     # Once it is done, the duplicate gets its answer.
     r = send(s, token, mail())
     assert r.headers.get("X-Idempotent-Replay") == "true" and r.json() == answers[0].json()
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["client", "pool"])
+def test_identical_sends_racing_reach_gmail_once(pki, https_upstream, sidecar_factory, http2):
+    """40 identical sends released at once on 40 connections, and 40 more distinct ones among them: each
+    distinct email reaches Gmail exactly once, and every identical one but the first is refused (in
+    flight) or replayed — never sent."""
+    sent = gmail_upstream(https_upstream, delay=0.2)
+    s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
+    token = s.new_token()
+    start = threading.Barrier(80)
+
+    def go(body):
+        start.wait(timeout=10)
+        return send(s, token, body, timeout=20)
+    with concurrent.futures.ThreadPoolExecutor(80) as pool:
+        same = [pool.submit(go, mail(subject="same")) for _ in range(40)]
+        distinct = [pool.submit(go, mail(subject=f"distinct {i}")) for i in range(40)]
+        same, distinct = [f.result() for f in same], [f.result() for f in distinct]
+    assert all(r.status_code == 200 and "X-Idempotent-Replay" not in r.headers for r in distinct), [r.text for r in distinct if r.status_code != 200]
+    firsts = [r for r in same if r.status_code == 200 and "X-Idempotent-Replay" not in r.headers]
+    assert len(firsts) == 1
+    for r in same:
+        assert r in firsts or r.headers.get("X-Idempotent-Replay") == "true" or r.json()["code"] == "duplicate_in_flight", r.text
+    assert len(sent) == 41
 
 
 def test_a_refused_send_frees_its_key(pki, https_upstream, sidecar_factory):
