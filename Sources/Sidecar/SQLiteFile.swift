@@ -47,6 +47,9 @@ final class WALCheckpointer: Sendable {
         self.every = every
     }
 
+    /// Whether a background checkpoint is under way (tests).
+    var running: Bool { state.withLock { $0.running } }
+
     /// Called by the writer after each commit, on its thread: every `every` commits starts a background
     /// checkpoint; the commit after one finished catches up.
     func committed() {

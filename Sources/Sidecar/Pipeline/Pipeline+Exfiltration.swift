@@ -26,7 +26,11 @@ extension Pipeline {
         let replaced = tool == .openai || tool == .gmailSend
         for (name, value) in request.head.headers {
             if replaced, HeaderName.equalsIgnoringCase(name, "authorization") { continue }
-            if let f = scanner.scan(value, location: "\(name) header") { return f }
+            // The location is named only for a finding (not built for every header of every call).
+            if var f = scanner.scan(value, location: "") {
+                f.location = "\(name) header"
+                return f
+            }
         }
         return request.body?.withUnsafeReadableBytes { scanner.scan($0, location: "body") }
     }
@@ -35,9 +39,28 @@ extension Pipeline {
     /// (`QueryString`: names percent-decoded, so `api%5Fkey` is the same parameter).
     static func withoutParameter(_ name: String, in uri: String) -> String {
         guard let q = uri.firstIndex(of: "?") else { return uri }
+        // Nothing to remove when the parameter's name is not in the query as is and nothing in it is
+        // percent-encoded (the common call): the target unchanged, without parsing and re-encoding it.
+        if !mayName(name, query: uri.utf8[uri.utf8.index(after: q)...]) { return uri }
         var query = QueryString(parsing: String(uri[uri.index(after: q)...]))
         query.removeAll(named: name)
         let rest = query.encoded
         return String(uri[..<q]) + (rest.isEmpty ? "" : "?" + rest)
+    }
+
+    /// Whether a query may hold a parameter `name` (no `%` or `+` in it): only if the query has a `%`
+    /// (any byte of a name may come percent-encoded) or the name's bytes as they are.
+    static func mayName(_ name: String, query: Substring.UTF8View) -> Bool {
+        var name = name
+        return name.withUTF8 { n in
+            query.withContiguousStorageIfAvailable { q in
+                if q.contains(UInt8(ascii: "%")) { return true }
+                guard !n.isEmpty, n.count <= q.count else { return n.isEmpty }
+                for i in 0...(q.count - n.count) where q[i] == n[0] {
+                    if UnsafeBufferPointer(rebasing: q[i..<(i + n.count)]).elementsEqual(n) { return true }
+                }
+                return false
+            } ?? true
+        }
     }
 }
