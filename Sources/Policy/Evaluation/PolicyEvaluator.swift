@@ -29,7 +29,15 @@ public struct PolicyEvaluator: Sendable {
             evaluation.denial = PolicyDenial(kind: .scope, detail: "the agent may not call \(request.scope)")
             return evaluation
         }
-        let rules = ((role?.rules ?? []) + (overrides?.rules ?? [])).filter { $0.scope.matches(tool: request.tool, action: request.action) }
+        // The matching rules of the role, then of the agent's overrides — collected without joining the
+        // two lists first (a `Rule` is a large value: every copy retains each of its fields).
+        var rules: [Rule] = []
+        func collect(_ list: [Rule]?) {
+            guard let list else { return }
+            for rule in list where rule.scope.matches(tool: request.tool, action: request.action) { rules.append(rule) }
+        }
+        collect(role?.rules)
+        collect(overrides?.rules)
 
         // 2. Guards.
         for rule in rules {
