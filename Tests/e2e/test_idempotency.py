@@ -215,6 +215,38 @@ def test_an_answer_over_the_size_limit_is_refused_but_the_send_is_recorded(pki, 
     assert len(sent) == 1
 
 
+@pytest.mark.parametrize("http2", [True, False], ids=["client", "pool"])
+def test_an_answer_that_stalls_after_its_head_is_never_resent(pki, https_upstream, sidecar_factory, http2):
+    """Gmail accepted the send (200 head, part of the body) and then went silent past the tool's 2 s
+    timeout: the agent gets an error, never a hang, and the email — which went — is not sent again."""
+    sent = []
+
+    def stall(h, rec):
+        sent.append(rec.body)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        part = b'{"id": "msg-stall", '
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        h.wfile.flush()
+        time.sleep(4)
+    https_upstream.routes[SEND] = stall
+    s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
+    token = s.new_token()
+    started = time.time()
+    first = send(s, token, mail(subject="stall"), timeout=15)
+    assert first.status_code >= 500 and first.headers.get("Content-Type", "").startswith("application/problem+json"), first.text
+    assert time.time() - started < 8
+    again = send(s, token, mail(subject="stall"), timeout=15)
+    assert again.status_code in (200, 409), again.text
+    if again.status_code == 200:
+        assert again.headers.get("X-Idempotent-Replay") == "true"
+    else:
+        assert again.json()["code"] in ("duplicate_outcome_unknown", "duplicate_in_flight"), again.text
+    assert len(sent) == 1
+
+
 def test_the_ledger_survives_a_restart(pki, https_upstream, sidecar_factory, tmp_path):
     sent = gmail_upstream(https_upstream)
     env = {**LIVE_ENV, "SIDECAR_STATE_DIR": str(tmp_path / "state")}
