@@ -34,6 +34,32 @@ def gmail_upstream(up, delay=0.0, status=200):
     return sent
 
 
+def chunked_gmail(up, chunks, end=True):
+    """Gmail's route answering 200 with a chunked body: `chunks` as (bytes, pause after it), written
+    together up to each pause (so what has no pause between arrives in one read), the last chunk marker
+    only when `end`. Returns the request bodies it received."""
+    sent = []
+
+    def handler(h, rec):
+        sent.append(rec.body)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        out = b""
+        for part, pause in chunks:
+            out += b"%x\r\n%s\r\n" % (len(part), part)
+            if pause:
+                h.wfile.write(out)
+                h.wfile.flush()
+                out = b""
+                time.sleep(pause)
+        h.wfile.write(out + (b"0\r\n\r\n" if end else b""))
+        h.wfile.flush()
+    up.routes[SEND] = handler
+    return sent
+
+
 def config(pki, up, extra="", http2=True):
     return live_config(pki, up, extra=extra, http2=http2).replace(
         f'gmail_send: {{mode: live, base_url: "{up.base_url}"}}', f'gmail_send: {{mode: live, base_url: "{up.base_url}", timeout: 2s}}')
@@ -162,21 +188,7 @@ def test_an_answer_still_arriving_is_kept_whole_and_replayed(pki, https_upstream
     """Gmail's answer head comes first and its body 300 ms later (chunked): the sidecar reads it whole
     before keeping it, answers it framed by length, and replays exactly that — through either upstream
     client (the HTTP/1.1 pool's call runs on the loop, async-http-client's in a task)."""
-    sent = []
-
-    def slow(h, rec):
-        sent.append(rec.body)
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        first, rest = b'{"id": "msg-slow", ', b'"threadId": "t9", "labelIds": ["SENT"]}'
-        for part, pause in ((first, 0.3), (rest, 0)):
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            h.wfile.flush()
-            time.sleep(pause)
-        h.wfile.write(b"0\r\n\r\n")
-    https_upstream.routes[SEND] = slow
+    sent = chunked_gmail(https_upstream, [(b'{"id": "msg-slow", ', 0.3), (b'"threadId": "t9", "labelIds": ["SENT"]}', 0)])
     s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     token = s.new_token()
     first = send(s, token, mail(subject="slow"))
@@ -193,17 +205,7 @@ def test_an_answer_over_the_size_limit_is_refused_but_the_send_is_recorded(pki, 
     """Gmail took the send (2xx) but its chunked answer, arrived whole in one read, is over
     `max_response_body_bytes`: the agent gets 502, and the ledger still records that the email went, so
     the same send is never repeated (replayed as status and headers only)."""
-    sent = []
-
-    def big(h, rec):
-        sent.append(rec.body)
-        body = b'{"id": "msg-big", "pad": "' + b"x" * 4000 + b'"}'
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
-    https_upstream.routes[SEND] = big
+    sent = chunked_gmail(https_upstream, [(b'{"id": "msg-big", "pad": "' + b"x" * 4000 + b'"}', 0)])
     cfg = config(pki, https_upstream, http2=http2).replace("limits:\n", "limits:\n  max_response_body_bytes: 2048\n", 1)
     s = sidecar_factory(cfg, env=LIVE_ENV)
     token = s.new_token()
@@ -219,19 +221,7 @@ def test_an_answer_over_the_size_limit_is_refused_but_the_send_is_recorded(pki, 
 def test_an_answer_that_stalls_after_its_head_is_never_resent(pki, https_upstream, sidecar_factory, http2):
     """Gmail accepted the send (200 head, part of the body) and then went silent past the tool's 2 s
     timeout: the agent gets an error, never a hang, and the email — which went — is not sent again."""
-    sent = []
-
-    def stall(h, rec):
-        sent.append(rec.body)
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        part = b'{"id": "msg-stall", '
-        h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-        h.wfile.flush()
-        time.sleep(4)
-    https_upstream.routes[SEND] = stall
+    sent = chunked_gmail(https_upstream, [(b'{"id": "msg-stall", ', 4)], end=False)
     s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
     token = s.new_token()
     started = time.time()
