@@ -95,3 +95,13 @@ bench_token() {
 # The "full policy" of the real-path benches: guards, a GCRA rate, a daily quota, concurrency and (OpenAI)
 # a token budget on every tool, all set high enough that nothing is refused — the cost of deciding.
 write_bench_policy() { cp bench/policy.yaml "$WORK/policy.yaml"; }
+
+# The head of a bench sidecar's config: its proxy and admin ports ($1, $2), its own state dir ($3) and the
+# bench policy; the caller adds the rest.
+policy_conf_head() {
+  printf 'version: 1\nlisten: {proxy: "127.0.0.1:%s", admin: "127.0.0.1:%s"}\nstate: {dir: "%s"}\npolicy: {file: "%s"}\n' \
+    "$1" "$2" "$3" "$WORK/policy.yaml"
+}
+
+# Waits (up to 10 s each) until the sidecars on these admin ports answer /readyz.
+wait_ready() { for a in "$@"; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done; }

@@ -61,7 +61,7 @@ CONF
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/tls.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
 SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready "$ADMIN"
 curl -fs "http://127.0.0.1:$ADMIN/ca.pem" > "$WORK/sidecar-ca.pem"
 ADMIN_TOKEN=$(cat "$WORK/state/admin.token")
 AGENT=$(curl -fs -X POST "http://127.0.0.1:$ADMIN/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \

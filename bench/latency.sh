@@ -25,11 +25,7 @@ LOAD=.build/release/rate-load
 write_backend
 write_proxy
 write_bench_policy
-cat > "$WORK/sidecar.yaml" <<CONF
-version: 1
-listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
-state: {dir: "$WORK/state"}
-policy: {file: "$WORK/policy.yaml"}
+{ policy_conf_head "$P" "$A" "$WORK/state"; cat <<CONF; } > "$WORK/sidecar.yaml"
 tools:
   openai: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
 CONF
@@ -37,7 +33,7 @@ nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
 env OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 SIDECAR_ADMIN_TOKEN=$BENCH_ADMIN \
   "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready "$A"
 AGENT=$(bench_agent "$A"); TOKEN=$(bench_token "$A" "$AGENT")
 BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarize the benchmark in one word."}]}'
 

@@ -62,17 +62,10 @@ if [[ "${CLUSTER:-0}" == 1 ]]; then
 fi
 sleep 0.3
 for n in $NAMES; do
-  SIDECAR_ADMIN_TOKEN=benchadmin0123456789 SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/$n.yaml" > "$WORK/$n.log" 2>&1 & PIDS+=($!)
+  SIDECAR_ADMIN_TOKEN=$BENCH_ADMIN SERPAPI_API_KEY=k "$SIDECAR_BIN" run --config "$WORK/$n.yaml" > "$WORK/$n.log" 2>&1 & PIDS+=($!)
 done
-for a in $A1 $A2 $A3; do
-  [[ $a == "$A3" && "${CLUSTER:-0}" != 1 ]] && continue
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
-token() { # admin-port
-  local agent; agent=$(curl -fs -X POST "http://127.0.0.1:$1/api/agents" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-    -d '{"name":"bench","role":"bench","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')
-  curl -fs -X POST "http://127.0.0.1:$1/api/agents/$agent/tokens" -H "Authorization: Bearer benchadmin0123456789" -H 'Content-Type: application/json' \
-    -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
-}
+if [[ "${CLUSTER:-0}" == 1 ]]; then wait_ready "$A1" "$A2" "$A3"; else wait_ready "$A1" "$A2"; fi
+token() { bench_token "$1" "$(bench_agent "$1")"; }  # admin-port
 T1=$(token $A1); T2=$(token $A2); [[ "${CLUSTER:-0}" == 1 ]] && T3=$(token $A3)
 run() { # name url token connections admin-port
   wrk -t2 -c"$4" -d3s -H "X-Agent-Token: $3" "$2" >/dev/null

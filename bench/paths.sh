@@ -46,11 +46,7 @@ state: {dir: "$WORK/state-open"}
 tools:
   $TOOLS
 CONF
-cat > "$WORK/policy-side.yaml" <<CONF
-version: 1
-listen: {proxy: "127.0.0.1:$P2", admin: "127.0.0.1:$A2"}
-state: {dir: "$WORK/state-policy"}
-policy: {file: "$WORK/policy.yaml"}
+{ policy_conf_head "$P2" "$A2" "$WORK/state-policy"; cat <<CONF; } > "$WORK/policy-side.yaml"
 egress: {allow_cidrs: ["127.0.0.0/8"]}
 receipts: {enabled: ${RECEIPTS:-true}}
 tools:
@@ -68,7 +64,7 @@ if [[ " $ROWS " == *" chat-noreceipts "* ]]; then
   env "${ENVS[@]}" "$SIDECAR_BIN" run --config "$WORK/noreceipts.yaml" > "$WORK/noreceipts.log" 2>&1 & NORECEIPTS=$!; PIDS+=($NORECEIPTS)
   ADMINS="$ADMINS $A3"
 fi
-for a in $ADMINS; do for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$a/readyz" >/dev/null 2>&1 && break; sleep 0.1; done; done
+wait_ready $ADMINS
 AGENT=$(bench_agent "$A2"); TOKEN=$(bench_token "$A2" "$AGENT")
 BASIC=$(printf 'agent:%s' "$TOKEN" | base64 -w0)
 if [[ -n "${NORECEIPTS:-}" ]]; then

@@ -56,7 +56,7 @@ nginx -c "$WORK/proxy.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
 .build/release/relay-floor "$FLOOR" "$BACKEND" > "$WORK/floor.log" 2>&1 & FLOOR_PID=$!; PIDS+=($FLOOR_PID)
 SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
 SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar-auth.yaml" > "$WORK/sidecar-auth.log" 2>&1 & SIDECAR_AUTH=$!; PIDS+=($SIDECAR_AUTH)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$ADMIN2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready "$ADMIN" "$ADMIN2"
 ADMIN_TOKEN=$(cat "$WORK/state-on/admin.token")
 AGENT=$(curl -fs -X POST "http://127.0.0.1:$ADMIN2/api/agents" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
   -d '{"name":"bench","role":"scraper","created_by":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["agent_id"])')

@@ -22,11 +22,7 @@ build_sidecar
 
 write_backend
 write_bench_policy
-cat > "$WORK/sidecar.yaml" <<CONF
-version: 1
-listen: {proxy: "127.0.0.1:$P", admin: "127.0.0.1:$A"}
-state: {dir: "$WORK/state"}
-policy: {file: "$WORK/policy.yaml"}
+{ policy_conf_head "$P" "$A" "$WORK/state"; cat <<CONF; } > "$WORK/sidecar.yaml"
 admin: {rate_limit: {per_second: 100000, burst: 100000}}
 runs: {max_streams_per_run: 1000}
 tools:
@@ -37,7 +33,7 @@ nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 ADMIN=$BENCH_ADMIN
 env SERPAPI_API_KEY=bench-serp-key OPENAI_API_KEY=sk-bench-key SIDECAR_ADMIN_TOKEN=$ADMIN \
   "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDE=$!; PIDS+=($SIDE)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready "$A"
 H=(-H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json')
 AGENT=$(bench_agent "$A"); TOKEN=$(bench_token "$A" "$AGENT")
 new_run() {

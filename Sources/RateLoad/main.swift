@@ -137,7 +137,7 @@ final class Driver: @unchecked Sendable {
     var next: Int64 = 0  // index of the next due request
     var idle: [Conn] = []
     var open = 0
-    var waiting: [NIODeadline] = []  // due, no connection free yet
+    var waiting = CircularBuffer<NIODeadline>()  // due, no connection free yet (taken from the front)
     var tally = Tally()
     var measureFrom = NIODeadline.now()
     var stopAt = NIODeadline.now()
@@ -178,7 +178,7 @@ final class Driver: @unchecked Sendable {
         // latency so far.
         loop.scheduleTask(in: .seconds(2)) {
             let end = NIODeadline.now()
-            for due in self.waiting + self.inFlight() { self.record(due, at: end, ok: false, error: true) }
+            for due in Array(self.waiting) + self.inFlight() { self.record(due, at: end, ok: false, error: true) }
             done.succeed(self.tally)
         }
     }

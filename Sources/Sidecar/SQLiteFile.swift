@@ -29,11 +29,13 @@ enum SQLiteFile {
 /// itself (a short sync), and its next commit restarts the WAL.
 final class WALCheckpointer: Sendable {
     private enum Step { case none, background, catchUp }
+    /// Where the background checkpoint is: none, running, or done and waiting for the writer to catch up.
+    private enum Phase { case idle, running, done }
     private let writer: any DatabaseWriter
     private let own: DatabaseQueue?
     private let threads: NIOThreadPool
     private let every: Int
-    private let state = Mutex((commits: 0, running: false, finished: false))
+    private let state = Mutex((commits: 0, phase: Phase.idle))
 
     /// `threads`: where the background checkpoint runs (not the writer's thread while it is busy). `every`:
     /// commits between checkpoints (a commit of the idempotency ledger appends a few pages).
@@ -48,21 +50,21 @@ final class WALCheckpointer: Sendable {
     }
 
     /// Whether a background checkpoint is under way (tests).
-    var running: Bool { state.withLock { $0.running } }
+    var running: Bool { state.withLock { $0.phase == .running } }
 
     /// Called by the writer after each commit, on its thread: every `every` commits starts a background
     /// checkpoint; the commit after one finished catches up.
     func committed() {
         guard let own else { return }
         let step = state.withLock { s -> Step in
-            if s.finished {
-                s.finished = false
+            if s.phase == .done {
+                s.phase = .idle
                 return .catchUp
             }
             s.commits += 1
-            guard s.commits >= every, !s.running else { return .none }
+            guard s.commits >= every, s.phase == .idle else { return .none }
             s.commits = 0
-            s.running = true
+            s.phase = .running
             return .background
         }
         switch step {
@@ -73,10 +75,7 @@ final class WALCheckpointer: Sendable {
         case .background:
             threads.submit { _ in
                 _ = try? own.writeWithoutTransaction { try $0.checkpoint(.passive) }
-                self.state.withLock {
-                    $0.running = false
-                    $0.finished = true
-                }
+                self.state.withLock { $0.phase = .done }
             }
         }
     }

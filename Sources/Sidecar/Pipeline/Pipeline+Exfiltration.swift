@@ -10,18 +10,20 @@ import Upstreams
 /// (`Authorization` for OpenAI and Gmail, `api_key` for SerpAPI) is removed and written anew, so an SDK
 /// still configured with the real key reaches its API (through the sidecar's key) and leaks nothing.
 extension Pipeline {
-    func checkExfiltration(_ request: InboundRequest, tool: Tool?) throws(GatewayError) {
+    /// `query`: the call's query as the tool's adapter reads it (the same parse: what is searched is what
+    /// the adapter forwards).
+    func checkExfiltration(_ request: InboundRequest, tool: Tool?, query: QueryString? = nil) throws(GatewayError) {
         guard let secrets else { return }
         let scanner = secrets.scanner
-        guard !scanner.isEmpty, let finding = Self.find(in: request, tool: tool, scanner) else { return }
+        guard !scanner.isEmpty, let finding = Self.find(in: request, tool: tool, query: query, scanner) else { return }
         metrics?.securityEvent(finding.canary ? "canary" : "exfiltration")
         throw GatewayError(
             .secretExfiltration,
             "the call carries \(finding); it was not sent. Agents never need the credentials the sidecar injects")
     }
 
-    static func find(in request: InboundRequest, tool: Tool?, _ scanner: ExfiltrationScanner) -> ExfiltrationScanner.Finding? {
-        let uri = tool == .serpapi ? withoutParameter("api_key", in: request.head.uri) : request.head.uri
+    static func find(in request: InboundRequest, tool: Tool?, query: QueryString?, _ scanner: ExfiltrationScanner) -> ExfiltrationScanner.Finding? {
+        let uri = tool == .serpapi ? target(request.head.uri, without: "api_key", query: query) : request.head.uri
         if let f = scanner.scan(uri, location: "URL") { return f }
         let replaced = tool == .openai || tool == .gmailSend
         for (name, value) in request.head.headers {
@@ -35,32 +37,13 @@ extension Pipeline {
         return request.body?.withUnsafeReadableBytes { scanner.scan($0, location: "body") }
     }
 
-    /// The target without the query parameter the adapter overwrites, read as the adapter reads it
-    /// (`QueryString`: names percent-decoded, so `api%5Fkey` is the same parameter).
-    static func withoutParameter(_ name: String, in uri: String) -> String {
-        guard let q = uri.firstIndex(of: "?") else { return uri }
-        // Nothing to remove when the parameter's name is not in the query as is and nothing in it is
-        // percent-encoded (the common call): the target unchanged, without parsing and re-encoding it.
-        if !mayName(name, query: uri.utf8[uri.utf8.index(after: q)...]) { return uri }
-        var query = QueryString(parsing: String(uri[uri.index(after: q)...]))
+    /// The target without the query parameter the adapter overwrites, read from the query the adapter
+    /// itself reads (names percent-decoded: `api%5Fkey` is the same parameter). Without that parameter in
+    /// it, the target as it came — not re-encoded.
+    static func target(_ uri: String, without name: String, query: QueryString?) -> String {
+        guard var query, query.first(name) != nil, let q = uri.firstIndex(of: "?") else { return uri }
         query.removeAll(named: name)
         let rest = query.encoded
         return String(uri[..<q]) + (rest.isEmpty ? "" : "?" + rest)
-    }
-
-    /// Whether a query may hold a parameter `name` (no `%` or `+` in it): only if the query has a `%`
-    /// (any byte of a name may come percent-encoded) or the name's bytes as they are.
-    static func mayName(_ name: String, query: Substring.UTF8View) -> Bool {
-        var name = name
-        return name.withUTF8 { n in
-            query.withContiguousStorageIfAvailable { q in
-                if q.contains(UInt8(ascii: "%")) { return true }
-                guard !n.isEmpty, n.count <= q.count else { return n.isEmpty }
-                for i in 0...(q.count - n.count) where q[i] == n[0] {
-                    if UnsafeBufferPointer(rebasing: q[i..<(i + n.count)]).elementsEqual(n) { return true }
-                }
-                return false
-            } ?? true
-        }
     }
 }

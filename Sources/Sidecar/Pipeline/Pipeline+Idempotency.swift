@@ -37,9 +37,7 @@ extension Pipeline {
     func onceOnly(
         _ prepared: Prepared, ledger: IdempotencyLedger, clientKey: String?, record: inout RequestRecord, runCall: RunCall?
     ) async throws(GatewayError) -> ProxyResponse {
-        let digest = RunCall.digest(prepared.call)
-        let key = IdempotencyKey.make(agent: prepared.identity.agentID, run: prepared.run, clientKey: clientKey, digest: digest)
-        let owner = RequestID.generate()
+        let (key, digest, owner) = Self.claim(prepared, clientKey: clientKey)
         let decision: IdempotencyDecision
         do {
             decision = try await ledger.store.begin(key: key, digest: digest, owner: owner, inFlight: ledger.settings.inFlight)
@@ -53,7 +51,7 @@ extension Pipeline {
         do {
             response = try await approvedCall(prepared, record: &record, runCall: runCall)
         } catch {
-            await finish(ledger, key: key, owner: owner, error.upstreamMayHaveActed ? .unknown : .released)
+            await finish(ledger, key: key, owner: owner, .after(error))
             throw error
         }
         guard (200..<300).contains(Int(response.status.code)) else {
@@ -65,6 +63,14 @@ extension Pipeline {
         await finish(ledger, key: key, owner: owner, .completed(kept))
         if let failure { throw failure }
         return response
+    }
+
+    /// The ledger key of a call (agent, run, the agent's key or else the digest of its parameters), the
+    /// digest, and the owner token this call claims it with.
+    static func claim(_ prepared: Prepared, clientKey: String?) -> (key: String, digest: String, owner: String) {
+        let digest = RunCall.digest(prepared.call)
+        let key = IdempotencyKey.make(agent: prepared.identity.agentID, run: prepared.run, clientKey: clientKey, digest: digest)
+        return (key, digest, RequestID.generate())
     }
 
     /// What a decision other than `.proceed` answers: a replay, or a refusal. nil for `.proceed`.
@@ -96,23 +102,18 @@ extension Pipeline {
     /// agent gets instead. nil when the body is still arriving.
     static func keptWholeNow(_ response: inout ProxyResponse, ledger: IdempotencyLedger) -> (StoredAnswer, GatewayError?)? {
         let body: ByteBuffer
+        var tooLarge: GatewayError?
         switch response.body {
         case .buffer(let b): body = b
         case .stream(let stream, let limit):
             // Taken out of the stream when it is complete: from here on this buffer is the body.
             guard let b = stream.takeCompleteBody() else { return nil }
-            guard b.readableBytes <= limit else {
-                response.completion.start()
-                response.completion = .none
-                return (
-                    ledger.stored(status: Int(response.status.code), headers: response.headers, body: nil),
-                    GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes"))
-                )
-            }
             body = b
+            if b.readableBytes > limit { tooLarge = GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes")) }
         }
         response.completion.start()
         response.completion = .none
+        if let tooLarge { return (withoutBody(response, ledger: ledger), tooLarge) }
         return (keep(&response, body: body, ledger: ledger), nil)
     }
 
@@ -129,8 +130,13 @@ extension Pipeline {
         }
         await response.completion.run()
         response.completion = .none
-        guard let body else { return (ledger.stored(status: Int(response.status.code), headers: response.headers, body: nil), failure) }
+        guard let body else { return (withoutBody(response, ledger: ledger), failure) }
         return (keep(&response, body: body, ledger: ledger), failure)
+    }
+
+    /// What is kept of an answer whose body could not be: its status and headers.
+    private static func withoutBody(_ response: ProxyResponse, ledger: IdempotencyLedger) -> StoredAnswer {
+        ledger.stored(status: Int(response.status.code), headers: response.headers, body: nil)
     }
 
     private static func keep(_ response: inout ProxyResponse, body: ByteBuffer, ledger: IdempotencyLedger) -> StoredAnswer {
@@ -156,9 +162,7 @@ extension Pipeline {
             then(failed(error, request: request, record: record))
             return {}
         }
-        let digest = RunCall.digest(prepared.call)
-        let key = IdempotencyKey.make(agent: prepared.identity.agentID, run: prepared.run, clientKey: clientKey, digest: digest)
-        let owner = RequestID.generate()
+        let (key, digest, owner) = Self.claim(prepared, clientKey: clientKey)
         let next = LoopCancel(loop)
         let record = record
         store.begin(key: key, digest: digest, owner: owner, inFlight: ledger.settings.inFlight) { result in
@@ -211,7 +215,7 @@ private struct OnceOnlyEnd: Sendable {
     private func ended(_ handled: consuming Pipeline.Handled) {
         var handled = handled
         if let failure = handled.failure {
-            return finish(failure.upstreamMayHaveActed ? .unknown : .released, handled)
+            return finish(.after(failure), handled)
         }
         guard (200..<300).contains(Int(handled.response.status.code)) else { return finish(.released, handled) }
         if let (kept, failure) = Pipeline.keptWholeNow(&handled.response, ledger: ledger) {
@@ -235,4 +239,10 @@ private struct OnceOnlyEnd: Sendable {
             loop.onLoop { then(handled) }
         }
     }
+}
+
+extension LedgerOutcome {
+    /// How a call that failed ends in the ledger: unknown when the upstream may have acted on it (never
+    /// sent again), else released (nothing happened).
+    static func after(_ failure: GatewayError) -> LedgerOutcome { failure.upstreamMayHaveActed ? .unknown : .released }
 }

@@ -499,10 +499,12 @@ final class Pipeline: Sendable {
                 request.tunnel.map { tunnel in tunnel.token.map { ($0.value, TokenCarrier.proxyAuthorization) } }
                 ?? TokenExtractor.token(in: request.head.headers, forwardProxy: entry.isProxy, memo: request.credentials)
             let identity = try authenticate(token: token, headers: request.head.headers, record: &record, memo: request.credentials)
-            try checkExfiltration(request, tool: tool)
+            // One parse of the query, read by the exfiltration search and by the tool's adapter alike.
+            let query = QueryString(parsing: query)
+            try checkExfiltration(request, tool: tool, query: query)
             let run = try runID(headers: request.head.headers, identity: identity, record: &record)
             let toolRequest = ToolRequest(
-                method: request.head.method, path: path, query: QueryString(parsing: query),
+                method: request.head.method, path: path, query: query,
                 headers: Self.removingCarrier(token?.1, from: request.head.headers), body: request.body, target: target)
             let call = try interpret(toolRequest, tool: tool, record: &record)
             try checkScope(call, identity: identity)

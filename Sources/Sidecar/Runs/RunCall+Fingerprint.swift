@@ -2,7 +2,6 @@ import NIOCore
 import Policy
 import Upstreams
 
-
 extension RunCall {
     /// The loop breaker's fingerprint of a call: a digest of the tool, the action and what it asks for — method,
     /// path, target, its query pairs in any order, and a JSON body by content, not by spelling (member
@@ -23,13 +22,15 @@ extension RunCall {
         // Query pairs in any order — but a repeated name's values in theirs (`q=a&q=b` is not `q=b&q=a`
         // to an upstream that reads the first or the last): a sum of each pair's digest, the pair taken
         // with how many pairs of its name came before it.
+        // (Counted as they come: a query of n pairs costs n steps, not n², whatever the agent sends.)
         var pairs = CallFingerprint.Hasher.Sum()
-        let items = call.request.query.items
-        for (i, item) in items.enumerated() {
+        var before: [String: UInt64] = [:]
+        for item in call.request.query.items {
             var p = CallFingerprint.Hasher()
             p.add(item.name)
             p.add(item.value)
-            p.mix(UInt64(items[..<i].reduce(0) { $1.name == item.name ? $0 + 1 : $0 }))
+            p.mix(before[item.name, default: 0])
+            before[item.name, default: 0] += 1
             pairs.add(p)
         }
         h.add(pairs)
