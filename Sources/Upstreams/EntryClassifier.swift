@@ -96,11 +96,12 @@ public struct EntryClassifier: Sendable {
         guard method != .CONNECT else { return .failure(.misdirected("CONNECT inside a tunnel is not allowed")) }
         let origin = TargetURL(scheme: "https", host: tunnel.host, port: tunnel.port)
         var target: TargetURL
-        if uri.hasPrefix("/") {
-            let q = uri.firstIndex(of: "?")
+        if uri.utf8.first == UInt8(ascii: "/") {
+            let utf8 = uri.utf8
+            let q = utf8.firstIndex(of: UInt8(ascii: "?"))
             target = origin
-            target.path = String(uri[..<(q ?? uri.endIndex)])
-            target.query = q.map { String(uri[uri.index(after: $0)...]) }
+            target.path = String(Substring(utf8[..<(q ?? utf8.endIndex)]))
+            target.query = q.map { String(Substring(utf8[utf8.index(after: $0)...])) }
         } else {
             let lower = uri.prefix(8).lowercased()
             guard lower.hasPrefix("https://") || lower.hasPrefix("http://") else {
@@ -118,13 +119,49 @@ public struct EntryClassifier: Sendable {
         return .success(.tool(entry: .tunnel, tool: tool, path: target.path, query: target.query, target: tool == .httpFetch ? target : nil))
     }
 
-    /// Whether a `Host` field value names `origin` (its port may be left out when it is the default).
+    /// Whether a `Host` field value (`host[:port]`, RFC 9110 §7.2) names `origin`: the host compared
+    /// ignoring ASCII case and a trailing dot, the port defaulting to the scheme's. Read byte-wise on
+    /// the field's own bytes, because it runs for every request of every tunnel (parsing it as a URL
+    /// cost ~2 µs, 6 % of an intercepted request). Anything that is not exactly an authority — userinfo,
+    /// a path, a query, a sign or space in the port — names no origin.
     static func sameAuthority(_ field: String, _ origin: TargetURL) -> Bool {
-        guard field.utf8.allSatisfy({ $0 != UInt8(ascii: "@") && $0 != UInt8(ascii: "/") }),
-            var parsed = try? TargetURL.parse("https://" + field + "/")
-        else { return false }
-        if parsed.host.hasSuffix(".") { parsed.host.removeLast() }
-        return parsed.host == origin.host && parsed.port == origin.port
+        var field = field
+        var want = origin.host
+        return field.withUTF8 { b in
+            want.withUTF8 { want in
+                var hostStart = 0, hostEnd = b.count, portStart = b.count
+                if b.first == UInt8(ascii: "[") {
+                    guard let close = b.firstIndex(of: UInt8(ascii: "]")) else { return false }
+                    hostStart = 1
+                    hostEnd = close
+                    if close + 1 < b.count {
+                        guard b[close + 1] == UInt8(ascii: ":") else { return false }
+                        portStart = close + 2
+                    }
+                } else if let colon = b.lastIndex(of: UInt8(ascii: ":")) {
+                    // An IPv6 literal names an origin only in brackets (`::1:443` is no authority).
+                    guard b.firstIndex(of: UInt8(ascii: ":")) == colon else { return false }
+                    hostEnd = colon
+                    portStart = colon + 1
+                }
+                if hostEnd > hostStart, b[hostEnd - 1] == UInt8(ascii: "."), b.first != UInt8(ascii: "[") { hostEnd -= 1 }
+                guard hostEnd - hostStart == want.count else { return false }
+                for i in 0..<want.count where Self.lowercased(b[hostStart + i]) != want[i] { return false }
+                // An empty port (`host:`) is the default one, as in a URL (RFC 3986 §3.2.3).
+                guard portStart < b.count else { return origin.port == TargetURL.defaultPort(for: origin.scheme) }
+                guard b.count - portStart <= 5 else { return false }
+                var port = 0
+                for i in portStart..<b.count {
+                    guard b[i] >= UInt8(ascii: "0"), b[i] <= UInt8(ascii: "9") else { return false }
+                    port = port * 10 + Int(b[i] - UInt8(ascii: "0"))
+                }
+                return port == origin.port
+            }
+        }
+    }
+
+    private static func lowercased(_ b: UInt8) -> UInt8 {
+        b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b | 0x20 : b
     }
 
     private func classifyOriginForm(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {

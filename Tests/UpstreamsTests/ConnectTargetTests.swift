@@ -76,6 +76,30 @@ struct ConnectTargetTests {
         }
     }
 
+    /// The Host field of a tunnelled request, compared byte-wise with the tunnel's origin: a table of
+    /// what names it and what does not (host case and a trailing dot ignored, the port defaulting to 443).
+    @Test(arguments: [
+        ("serpapi.com", "serpapi.com:443", true), ("SerpAPI.COM", "serpapi.com:443", true),
+        ("serpapi.com.", "serpapi.com:443", true), ("serpapi.com:443", "serpapi.com:443", true),
+        ("serpapi.com.:443", "serpapi.com:443", true), ("serpapi.com:", "serpapi.com:443", true),
+        ("serpapi.com:0443", "serpapi.com:443", true), ("example.org:8443", "example.org:8443", true),
+        ("[::1]", "[::1]:443", true), ("[::1]:443", "[::1]:443", true), ("127.0.0.1:443", "127.0.0.1:443", true),
+        ("example.org", "example.org:8443", false), ("example.org:443", "example.org:8443", false),
+        ("serpapi.com:8443", "serpapi.com:443", false), ("serpapi.co", "serpapi.com:443", false),
+        ("serpapi.comm", "serpapi.com:443", false), ("xserpapi.com", "serpapi.com:443", false),
+        ("serpapi.com..", "serpapi.com:443", false), ("", "serpapi.com:443", false), (":443", "serpapi.com:443", false),
+        ("user@serpapi.com", "serpapi.com:443", false), ("serpapi.com/x", "serpapi.com:443", false),
+        ("serpapi.com?x", "serpapi.com:443", false), ("serpapi.com#x", "serpapi.com:443", false),
+        ("serpapi.com:+443", "serpapi.com:443", false), ("serpapi.com: 443", "serpapi.com:443", false),
+        ("serpapi.com:000443", "serpapi.com:443", false), ("serpapi.com:443:443", "serpapi.com:443", false),
+        ("::1:443", "[::1]:443", false), ("::1", "[::1]:443", false), ("[::1", "[::1]:443", false),
+        ("[::1]443", "[::1]:443", false), ("[::1]:8443", "[::1]:443", false), ("serpapi.com\u{0}", "serpapi.com:443", false),
+    ])
+    func hostField(field: String, tunnel: String, names: Bool) throws {
+        let accepted = try tunnelled(.GET, "/search", host: field, tunnel: tunnel).map { _ in true }
+        #expect((accepted == .success(true)) == names, "Host \(field) in a tunnel to \(tunnel)")
+    }
+
     @Test func otherTargetFormsAreInvalid() throws {
         guard case .failure(.invalidTarget) = try tunnelled(.OPTIONS, "*", host: "serpapi.com", tunnel: "serpapi.com:443") else {
             Issue.record("asterisk-form accepted inside a tunnel")
