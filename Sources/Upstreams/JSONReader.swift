@@ -39,6 +39,170 @@ struct JSONReader {
         return value
     }
 
+    /// The members named in `wanted` of a top-level object, built; nil when the document is JSON but
+    /// not an object. Every other byte is validated exactly as `document()` validates it — the same
+    /// checks in the same order, so the same error for the same bytes, duplicate names at any depth
+    /// included — without building what it reads: the request path needs four fields of a chat body,
+    /// not a tree of its messages (building it was ~1.3 µs of a ~40 µs call).
+    mutating func members(_ wanted: [String]) throws(JSONParseError) -> [String: JSONValue]? {
+        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
+        skipWhitespace()
+        var found: [String: JSONValue]?
+        if i < bytes.count, bytes[i] == UInt8(ascii: "{") {
+            var kept: [String: JSONValue] = [:]
+            try skipObject(keeping: wanted, into: &kept)
+            found = kept
+        } else {
+            try skipValue()
+        }
+        skipWhitespace()
+        guard i == bytes.count else { throw .invalid("bytes after the document") }
+        return found
+    }
+
+    /// Member names of the objects being skimmed, innermost last (one array for the whole document).
+    private var names: [String] = []
+    /// Past this many members an object's names are checked through a set, not by a linear search:
+    /// an object of many short members would otherwise cost quadratic time.
+    private static let linearNames = 16
+
+    /// `value()` without building it.
+    private mutating func skipValue() throws(JSONParseError) {
+        guard i < bytes.count else { throw .invalid("unexpected end") }
+        switch bytes[i] {
+        case UInt8(ascii: "{"):
+            var none: [String: JSONValue] = [:]
+            try skipObject(keeping: [], into: &none)
+        case UInt8(ascii: "["): try skipArray()
+        case UInt8(ascii: "\""): try skipString()
+        case UInt8(ascii: "t"): try literal("true")
+        case UInt8(ascii: "f"): try literal("false")
+        case UInt8(ascii: "n"): try literal("null")
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): _ = try number()
+        default: throw .invalid("unexpected byte")
+        }
+    }
+
+    /// `object()` without building it, except the members named in `wanted`, which go to `found`.
+    private mutating func skipObject(keeping wanted: [String], into found: inout [String: JSONValue]) throws(JSONParseError) {
+        try nest()
+        i += 1
+        let base = names.count
+        defer { names.removeSubrange(base...) }
+        var many: Set<String>?
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
+            i += 1
+            depth -= 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
+            let name = try string()
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
+            i += 1
+            skipWhitespace()
+            if wanted.contains(name) { found[name] = try value() } else { try skipValue() }
+            // After the value, as `object()` finds a repeated name only when it stores the value.
+            if many == nil {
+                guard !names[base...].contains(name) else { throw .duplicateKey(name) }
+                names.append(name)
+                if names.count - base > Self.linearNames { many = Set(names[base...]) }
+            } else {
+                guard many!.insert(name).inserted else { throw .duplicateKey(name) }
+            }
+            skipWhitespace()
+            guard i < bytes.count else { throw .invalid("unexpected end") }
+            if bytes[i] == UInt8(ascii: ",") {
+                i += 1
+                continue
+            }
+            guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
+            i += 1
+            depth -= 1
+            return
+        }
+    }
+
+    /// `array()` without building it.
+    private mutating func skipArray() throws(JSONParseError) {
+        try nest()
+        i += 1
+        skipWhitespace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
+            i += 1
+            depth -= 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            try skipValue()
+            skipWhitespace()
+            guard i < bytes.count else { throw .invalid("unexpected end") }
+            if bytes[i] == UInt8(ascii: ",") {
+                i += 1
+                continue
+            }
+            guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
+            i += 1
+            depth -= 1
+            return
+        }
+    }
+
+    /// `string()` without building it: the same checks in the same order. Its UTF-8 is checked run by
+    /// run between escapes (an escape starts with `\`, which ends any multi-byte sequence, so a run is
+    /// valid exactly when it is valid inside the decoded whole), and an invalid run is reported where
+    /// `string()` reports it: at the end, after every escape was checked.
+    private mutating func skipString() throws(JSONParseError) {
+        i += 1
+        var start = i
+        var invalidUTF8 = false
+        while true {
+            while i < bytes.count, bytes[i] != UInt8(ascii: "\""), bytes[i] != UInt8(ascii: "\\") {
+                guard bytes[i] >= 0x20 else { throw .invalid("control character in a string") }
+                i += 1
+            }
+            guard i < bytes.count else { throw .invalid("unterminated string") }
+            if !invalidUTF8 { invalidUTF8 = !Self.isUTF8(UnsafeBufferPointer(rebasing: bytes[start..<i])) }
+            if bytes[i] == UInt8(ascii: "\"") {
+                i += 1
+                if invalidUTF8 { throw .invalid("invalid UTF-8") }
+                return
+            }
+            guard i + 1 < bytes.count else { throw .invalid("unterminated escape") }
+            let e = bytes[i + 1]
+            i += 2
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
+                UInt8(ascii: "r"), UInt8(ascii: "t"):
+                break
+            case UInt8(ascii: "u"):
+                let scalar = try hex4()
+                if (0xD800...0xDBFF).contains(scalar) {
+                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
+                        throw .invalid("unpaired surrogate escape")
+                    }
+                    i += 2
+                    let low = try hex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalid("unpaired surrogate escape") }
+                } else if (0xDC00...0xDFFF).contains(scalar) {
+                    throw .invalid("unpaired surrogate escape")
+                }
+            default:
+                throw .invalid("invalid escape")
+            }
+            start = i
+        }
+    }
+
+    /// Whether bytes are UTF-8 as `utf8(_:)` accepts it (ASCII at once; anything else decoded the same way).
+    private static func isUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        bytes.allSatisfy({ $0 < 0x80 }) || String(decoding: bytes, as: UTF8.self).utf8.elementsEqual(bytes)
+    }
+
     private mutating func skipWhitespace() {
         while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 { i += 1 }
     }

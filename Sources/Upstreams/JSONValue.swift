@@ -58,6 +58,23 @@ public enum JSONValue: Sendable, Hashable, Codable {
         }
     }
 
+    /// The members named in `wanted` of a document that must be an object, read with
+    /// `JSONReader.members`: the whole document is checked as strictly as `parseStrict` checks it (the
+    /// same error for the same bytes), but only those members are built. nil when it is JSON but not an
+    /// object.
+    public static func parseMembers<Bytes: Collection>(_ bytes: Bytes, _ wanted: [String]) throws(JSONParseError) -> [String: JSONValue]?
+    where Bytes.Element == UInt8 {
+        let result: Result<[String: JSONValue]?, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
+            var reader = JSONReader(buffer)
+            do throws(JSONParseError) { return .success(try reader.members(wanted)) } catch { return .failure(error) }
+        }
+        if let result { return try result.get() }
+        return try ContiguousArray(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var reader = JSONReader(buffer)
+            return try reader.members(wanted)
+        }
+    }
+
     public subscript(key: String) -> JSONValue? {
         if case .object(let o) = self { return o[key] }
         return nil

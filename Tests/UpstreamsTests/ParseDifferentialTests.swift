@@ -52,6 +52,87 @@ struct ParseDifferentialTests {
         #expect(throws: JSONParseError.self) { try JSONValue.parseStrict(bytes) }
     }
 
+    // MARK: The skim (`JSONValue.parseMembers`) decides as the full parse does
+
+    /// What the full parse makes of a document, as the skim reports it: the wanted members of an object,
+    /// nil for any other JSON, or the same error.
+    static func viaFullParse(_ bytes: [UInt8], _ wanted: [String]) -> Result<[String: JSONValue]?, JSONParseError> {
+        Result { () throws(JSONParseError) in
+            guard case .object(let o) = try JSONValue.parseStrict(bytes) else { return nil }
+            return o.filter { wanted.contains($0.key) }
+        }
+    }
+
+    static func viaSkim(_ bytes: [UInt8], _ wanted: [String]) -> Result<[String: JSONValue]?, JSONParseError> {
+        Result { () throws(JSONParseError) in try JSONValue.parseMembers(bytes, wanted) }
+    }
+
+    static let wanted = OpenAIAdapter.guardedMembers
+
+    static let skimSeeds: [[UInt8]] = {
+        var docs = invalidDocuments
+        for text in [
+            #"{"model":"gpt-4o-mini","max_tokens":50,"stream":true,"temperature":0,"messages":[{"role":"user","content":"hi\n\"there\" \u00e9\ud83d\ude00"}]}"#,
+            #" {"messages":[{"role":"user","content":[{"type":"text","text":"a"}]}],"model":"m","n":-1.5e2,"x":[1,[2],{}],"y":null,"z":false} "#,
+            #"{"m\u006fdel":"escaped name","max_completion_tokens":7,"max_output_tokens":null}"#,
+            #"{"messages":[{"role":"user","role":"system"}],"model":"m"}"#,
+            #"{"a":{"b":{"c":1,"c":2}},"model":"m"}"#,
+            #"{"model":"m","messages":[],"model":"n"}"#,
+            #"{"model":"caf\u00e9","caf\u00e9":1,"cafe\u0301":2}"#,
+            #"["model"]"#, #""just a string""#, "42", "null", "{}", "[]",
+            #"{"max_tokens":1e400}"#, #"{"max_tokens":-0.0,"stream":"yes"}"#, #"{"temperature":1E-2,"model":{"nested":true}}"#,
+            "{\"model\":\"\u{00e9}\u{1F600}\",\"messages\":[\"\u{00e9}\"]}",
+            "{" + (0..<40).map { "\"k\($0)\":\($0)" }.joined(separator: ",") + ",\"k7\":0}",
+            "{" + (0..<40).map { "\"k\($0)\":\($0)" }.joined(separator: ",") + ",\"model\":\"m\"}",
+            String(repeating: "{\"a\":", count: 127) + "1" + String(repeating: "}", count: 127),
+            String(repeating: "{\"a\":", count: 129) + "1" + String(repeating: "}", count: 129),
+        ] {
+            docs.append(Array(text.utf8))
+        }
+        docs.append(Array(#"{"model":"m","messages":[{"content":""#.utf8) + [0xED, 0xA0, 0x80] + Array(#""}]}"#.utf8))  // an encoded surrogate
+        docs.append(Array(#"{"messages":["\n"#.utf8) + [0xC3] + Array(#"\n"],"model":"m"}"#.utf8))  // a sequence cut by an escape
+        docs.append(Array(#"{"messages":[""#.utf8) + [0xC3] + Array(#"\q"]}"#.utf8))  // invalid UTF-8, then a bad escape
+        docs.append(Array(#"{"messages":[""#.utf8) + [0xF4, 0x90, 0x80, 0x80] + Array(#""]}"#.utf8))  // above U+10FFFF
+        docs.append(Array(#"{"messages":[""#.utf8) + [0xC0, 0xAF] + Array(#""]}"#.utf8))  // overlong
+        return docs
+    }()
+
+    @Test(arguments: skimSeeds)
+    func theSkimDecidesAsTheFullParse(_ bytes: [UInt8]) {
+        #expect(Self.viaSkim(bytes, Self.wanted) == Self.viaFullParse(bytes, Self.wanted), "\(String(decoding: bytes.prefix(120), as: UTF8.self))")
+    }
+
+    /// Every seed mutated at random (seeded, bounded): inserted, deleted and replaced bytes drawn from
+    /// JSON's structural characters, escapes and invalid UTF-8, so both readers meet every error at
+    /// every position. The two must agree on each — the same members or the same error.
+    @Test func theSkimDecidesAsTheFullParseOnMutatedBodies() {
+        let alphabet: [UInt8] = Array(#"{}[]":,\u0123456789abcdefABCDEF-+.eE tnrl"#.utf8) + [0x00, 0x1F, 0x7F, 0x80, 0xBF, 0xC3, 0xC0, 0xED, 0xA0, 0xF0, 0xF4, 0xFF]
+        var random = SplitMix64(seed: 0x5EED_1234)
+        var compared = 0
+        for seed in Self.skimSeeds where !seed.isEmpty && seed.count < 2_000 {
+            for _ in 0..<400 {
+                var doc = seed
+                for _ in 0..<Int(random.next() % 3 + 1) {
+                    let at = Int(random.next() % UInt64(doc.count + 1))
+                    let byte = alphabet[Int(random.next() % UInt64(alphabet.count))]
+                    switch random.next() % 3 {
+                    case 0: doc.insert(byte, at: at)
+                    case 1: if at < doc.count { doc.remove(at: at) }
+                    default: if at < doc.count { doc[at] = byte }
+                    }
+                }
+                let skim = Self.viaSkim(doc, Self.wanted)
+                let full = Self.viaFullParse(doc, Self.wanted)
+                if skim != full {
+                    Issue.record("\(String(decoding: doc.prefix(160), as: UTF8.self)): skim \(skim), full \(full)")
+                    return
+                }
+                compared += 1
+            }
+        }
+        #expect(compared > 10_000)
+    }
+
     @Test func validDocumentsReadAsExpected() throws {
         let v = try JSONValue.parseStrict(Array(#" {"model":"gpt-4o-mini","n":-1.5e2,"ok":true,"none":null,"s":"a\"b\\c\/d\u00e9\ud83d\ude00\n","list":[1,[2],{}]} "#.utf8))
         #expect(v["model"] == "gpt-4o-mini" && v["n"] == .number(-150) && v["ok"] == true && v["none"] == .null)

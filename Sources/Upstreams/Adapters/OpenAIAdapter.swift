@@ -17,6 +17,10 @@ public struct OpenAIAdapter: ToolAdapter {
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
+    /// The members of a request body that `interpret` reads.
+    static let guardedMembers = ["model"] + tokenCaps + ["stream", "temperature"]
+    static let tokenCaps = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+
     public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
         var request = request
         // SDKs configured with base_url ".../openai" (no /v1) still reach the same endpoints.
@@ -27,15 +31,17 @@ public struct OpenAIAdapter: ToolAdapter {
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
         guard let body = request.body else { throw .invalidBody(expected) }
-        let json: JSONValue
-        do { json = try JSONValue.parseStrict(body.readableBytesView) } catch { throw .body(error, expected: expected) }
-        guard case .object = json else { throw .invalidBody(expected) }
+        // Only the members a guard or the budget reads are built; the rest (the messages) is checked as
+        // strictly, duplicate names at any depth included, but not materialised.
+        let found: [String: JSONValue]?
+        do { found = try JSONValue.parseMembers(body.readableBytesView, Self.guardedMembers) } catch { throw .body(error, expected: expected) }
+        guard let json = found else { throw .invalidBody(expected) }
         let model = json["model"]
         if let model, model.stringValue == nil { throw .invalidParameter("model must be a string") }
         // Several caps may be named (`max_tokens` beside `max_completion_tokens`): the guard and the budget
         // take the largest, so no reading of them by the upstream can exceed what was allowed.
         var maxTokens: Int?
-        for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        for key in Self.tokenCaps {
             guard let v = json[key], v != .null else { continue }
             guard let n = v.intValue, n >= 0 else { throw .invalidParameter("\(key) must be a non-negative integer") }
             maxTokens = max(maxTokens ?? 0, n)
