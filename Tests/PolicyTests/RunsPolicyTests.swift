@@ -161,6 +161,34 @@ struct RunsPolicyTests {
         }
     }
 
+    /// The breaker's memory: bounded by count (the least recently seen fingerprint goes first, so a
+    /// call repeated all along keeps its count) and by the window (everything older is forgotten).
+    @Test func theMemoryForgetsTheLeastRecentAndWhatLeftTheWindow() {
+        var d = LoopDetector()
+        let busy = CallFingerprint("serpapi|search|again")
+        var verdicts: [LoopDetector.Verdict?] = []
+        for i in 0..<50_000 {
+            // A distinct call each millisecond, and `busy` every 10 000 of them (five times in 50 s).
+            let now = Int64(i)
+            if i % 10_000 == 0 { verdicts.append(d.record(busy, now: now)) }
+            #expect(d.record(CallFingerprint(high: UInt64(i), low: 7), now: now) == nil)
+            #expect(d.remembered <= LoopDetector.maxFingerprints)
+        }
+        #expect(verdicts.count == 5 && verdicts.allSatisfy { $0 == nil })
+        // Forgotten by count (seen 10 000 distinct calls ago): its sixth sighting counts from one.
+        #expect(d.record(busy, now: 50_000) == nil)
+        var kept = LoopDetector()
+        for i in 0..<5 {
+            // Seen again within every 1 000 distinct calls: never the least recent, so never forgotten.
+            #expect(kept.record(busy, now: Int64(i) * 1000) == nil)
+            for j in 0..<999 { _ = kept.record(CallFingerprint(high: UInt64(i * 1000 + j), low: 9), now: Int64(i) * 1000 + 1) }
+        }
+        #expect(kept.record(busy, now: 5000) == .repeated(count: 6))
+        // The window: a minute later only the new call is remembered.
+        _ = kept.record(CallFingerprint("later"), now: 200_000)
+        #expect(kept.remembered == 1)
+    }
+
     @Test func aStormOfRefusalsTrips() {
         var d = LoopDetector()
         for i in 0..<10 { #expect(d.recordRefusal(now: Int64(i) * 100) == nil) }
