@@ -60,6 +60,110 @@ struct JSONReader {
         return found
     }
 
+    /// The document as text a digest can compare: members sorted by name (after unescaping), strings
+    /// escaped one way, no white space — and every number exactly as it was written. `JSONValue`
+    /// holds numbers as doubles, so its serialization wrote `12345678901234567` and
+    /// `12345678901234568` alike: two side effects that differ only there had one digest (one was
+    /// taken for a duplicate of the other, and an approval of one fitted both). Checked as strictly as
+    /// `document()`. For a document whose numbers are plain integers below 9e15 or in Swift's shortest
+    /// form, this is `JSONValue.serialized`, byte for byte (digests stored before it stay valid).
+    mutating func canonicalDocument() throws(JSONParseError) -> String {
+        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
+        skipWhitespace()
+        var out = ""
+        out.reserveCapacity(bytes.count)
+        try canonicalValue(into: &out)
+        skipWhitespace()
+        guard i == bytes.count else { throw .invalid("bytes after the document") }
+        return out
+    }
+
+    private mutating func canonicalValue(into out: inout String) throws(JSONParseError) {
+        guard i < bytes.count else { throw .invalid("unexpected end") }
+        switch bytes[i] {
+        case UInt8(ascii: "{"):
+            try nest()
+            i += 1
+            var members: [(name: String, value: String)] = []
+            var names = Set<String>()
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
+                i += 1
+            } else {
+                while true {
+                    skipWhitespace()
+                    guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
+                    let name = try string()
+                    skipWhitespace()
+                    guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
+                    i += 1
+                    skipWhitespace()
+                    var value = ""
+                    try canonicalValue(into: &value)
+                    guard names.insert(name).inserted else { throw .duplicateKey(name) }
+                    members.append((name, value))
+                    skipWhitespace()
+                    guard i < bytes.count else { throw .invalid("unexpected end") }
+                    if bytes[i] == UInt8(ascii: ",") {
+                        i += 1
+                        continue
+                    }
+                    guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
+                    i += 1
+                    break
+                }
+            }
+            depth -= 1
+            out += "{"
+            for (n, member) in members.sorted(by: { $0.name < $1.name }).enumerated() {
+                if n > 0 { out += "," }
+                JSONValue.writeString(member.name, into: &out)
+                out += ":"
+                out += member.value
+            }
+            out += "}"
+        case UInt8(ascii: "["):
+            try nest()
+            i += 1
+            out += "["
+            skipWhitespace()
+            if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
+                i += 1
+            } else {
+                var first = true
+                while true {
+                    skipWhitespace()
+                    if !first { out += "," }
+                    first = false
+                    try canonicalValue(into: &out)
+                    skipWhitespace()
+                    guard i < bytes.count else { throw .invalid("unexpected end") }
+                    if bytes[i] == UInt8(ascii: ",") {
+                        i += 1
+                        continue
+                    }
+                    guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
+                    i += 1
+                    break
+                }
+            }
+            depth -= 1
+            out += "]"
+        case UInt8(ascii: "\""): JSONValue.writeString(try string(), into: &out)
+        case UInt8(ascii: "t"): try literal("true"); out += "true"
+        case UInt8(ascii: "f"): try literal("false"); out += "false"
+        case UInt8(ascii: "n"): try literal("null"); out += "null"
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            let start = i
+            _ = try number()
+            out += String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
+        default: throw .invalid("unexpected byte")
+        }
+    }
+
+    /// Where each member `members` built was written (its value's bytes), for a caller that rewrites one.
+    private(set) var ranges: [String: Range<Int>] = [:]
+
     /// Member names of the objects being skimmed, innermost last (one array for the whole document).
     private var names: [String] = []
     /// Past this many members an object's names are checked through a set, not by a linear search:
@@ -104,7 +208,13 @@ struct JSONReader {
             guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
             i += 1
             skipWhitespace()
-            if wanted.contains(name) { found[name] = try value() } else { try skipValue() }
+            if wanted.contains(name) {
+                let start = i
+                found[name] = try value()
+                ranges[name] = start..<i
+            } else {
+                try skipValue()
+            }
             // After the value, as `object()` finds a repeated name only when it stores the value.
             if many == nil {
                 guard !names[base...].contains(name) else { throw .duplicateKey(name) }

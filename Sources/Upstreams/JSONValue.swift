@@ -75,6 +75,20 @@ public enum JSONValue: Sendable, Hashable, Codable {
         }
     }
 
+    /// The document as canonical text for digests (`JSONReader.canonicalDocument`: sorted members, one
+    /// escaping, numbers exactly as written); nil when it is not strict JSON.
+    public static func canonicalText<Bytes: Collection>(_ bytes: Bytes) -> String? where Bytes.Element == UInt8 {
+        let result: String?? = bytes.withContiguousStorageIfAvailable { buffer in
+            var reader = JSONReader(buffer)
+            return try? reader.canonicalDocument()
+        }
+        if let result { return result }
+        return ContiguousArray(bytes).withUnsafeBufferPointer { buffer in
+            var reader = JSONReader(buffer)
+            return try? reader.canonicalDocument()
+        }
+    }
+
     public subscript(key: String) -> JSONValue? {
         if case .object(let o) = self { return o[key] }
         return nil

@@ -77,6 +77,26 @@ struct RunCallFingerprintTests {
         #expect(digest("num=2&q=a") == digest("q=a&num=2"))
     }
 
+    /// The idempotency ledger's digest reads a JSON body's numbers as written: two side effects that
+    /// differ only in a number a double cannot tell apart are two calls (one was taken for a duplicate
+    /// of the other). Member order, white space and escapes still do not count, and for the plain
+    /// numbers agents send the canonical text is what the ledger stored before (its digests stay valid).
+    @Test func theLedgerDigestReadsNumbersAsWritten() {
+        let digest = { (body: String) in RunCall.digest(Self.call(body)) }
+        #expect(digest(#"{"amount":12345678901234567}"#) != digest(#"{"amount":12345678901234568}"#))
+        #expect(digest(#"{"n":0.1}"#) != digest(#"{"n":0.10000000000000001}"#))
+        #expect(digest(#"{"n":1e-400}"#) != digest(#"{"n":0}"#))
+        #expect(digest(#"{"a":[1,{"x":"\u00e9"}],"b":2}"#) == digest(#" { "b" : 2 , "a" : [ 1 , { "x" : "é" } ] } "#))
+        for text in [
+            #"{"to":"a@example.com","n":3,"list":[1,-2,0.5,[],{}],"ok":true,"none":null,"s":"line\nnext \"q\" \\ \u0001"}"#,
+            #"[{"b":1,"a":2},"x",12,-7,0.25]"#, #""just text""#, "42", "{}",
+        ] {
+            #expect(JSONValue.canonicalText(Array(text.utf8)) == JSONValue.parse(Array(text.utf8))?.serialized, "\(text)")
+        }
+        #expect(JSONValue.canonicalText(Array(#"{"a":1,"a":2}"#.utf8)) == nil, "a duplicate is no canonical JSON (the digest takes the bytes)")
+        #expect(JSONValue.canonicalText(Array(#"{"a":1,}"#.utf8)) == nil)
+    }
+
     /// Hostile bodies: no crash, and still a fingerprint (by bytes) that tells them apart.
     @Test func hostileBodies() {
         let deep = String(repeating: "[", count: 200_000)

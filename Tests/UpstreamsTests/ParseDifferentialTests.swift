@@ -133,6 +133,25 @@ struct ParseDifferentialTests {
         #expect(compared > 10_000)
     }
 
+    /// A streamed chat asks for usage by a member spliced into the agent's own bytes: nothing else of
+    /// the body changes (a re-serialization turned `"seed":12345678901234567` into a double).
+    @Test func aStreamedChatAsksForUsageWithoutRewritingTheBody() throws {
+        func including(_ body: String) -> String? { OpenAIAdapter.includingUsage(ByteBuffer(string: body)).map { String(buffer: $0) } }
+        let body = #"{"model":"m","stream":true,"seed":12345678901234567,"n":1.0,"messages":[{"role":"user","content":"caf\u00e9"}]}"#
+        #expect(including(body) == #"{"stream_options":{"include_usage":true},"# + body.dropFirst())
+        #expect(including(" \n{}") == #" "# + "\n" + #"{"stream_options":{"include_usage":true}}"#)
+        #expect(including(#"{"stream":true,"stream_options":{"include_usage":false},"seed":12345678901234567}"#)
+            == #"{"stream":true,"stream_options":{"include_usage":true},"seed":12345678901234567}"#)
+        #expect(including(#"{"stream":true,"stream_options":null,"x":1e2}"#) == #"{"stream":true,"stream_options":{"include_usage":true},"x":1e2}"#)
+        #expect(including(#"{"stream":true,"stream_options":{"include_usage":true}}"#) == nil, "asks already")
+        #expect(including(#"[1]"#) == nil && including(#"{"a":1,}"#) == nil)
+        for text in [body, "{}", #"{"stream_options":{"x":[1,2]},"stream":true}"#] {
+            let out = try #require(OpenAIAdapter.includingUsage(ByteBuffer(string: text)))
+            let parsed = try JSONValue.parseStrict(out.readableBytesView)
+            #expect(parsed["stream_options"]?["include_usage"] == true, "\(text)")
+        }
+    }
+
     @Test func validDocumentsReadAsExpected() throws {
         let v = try JSONValue.parseStrict(Array(#" {"model":"gpt-4o-mini","n":-1.5e2,"ok":true,"none":null,"s":"a\"b\\c\/d\u00e9\ud83d\ude00\n","list":[1,[2],{}]} "#.utf8))
         #expect(v["model"] == "gpt-4o-mini" && v["n"] == .number(-150) && v["ok"] == true && v["none"] == .null)

@@ -214,14 +214,10 @@ extension Pipeline {
     /// Asks OpenAI to include usage in a streamed answer, so the budget settles from the real count.
     static func requestingUsage(_ call: ToolCall) -> ToolCall {
         guard call.action == "chat", case .openai(let p) = call.parameters, p.stream, let body = call.request.body,
-            case .object(var o)? = JSONValue.parse(body.readableBytesView)
+            let asking = OpenAIAdapter.includingUsage(body)
         else { return call }
-        var options = o["stream_options"]?.objectValue ?? [:]
-        guard options["include_usage"] != true else { return call }
-        options["include_usage"] = true
-        o["stream_options"] = .object(options)
         var out = call
-        out.request.body = ByteBuffer(string: JSONValue.object(o).serialized)
+        out.request.body = asking
         return out
     }
 }

@@ -145,7 +145,8 @@ extension RunCall {
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by
     /// name (a repeated name's values kept in their order: an upstream reads the first or the last), a
-    /// JSON body with its keys sorted, any other body as its bytes.
+    /// JSON body with its keys sorted and its numbers as written (`JSONValue.canonicalText`), any other
+    /// body as its bytes.
     static func canonicalParts(_ call: ToolCall) -> [String] {
         var parts = [call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path]
         parts.append(call.request.target?.description ?? "")
@@ -155,9 +156,9 @@ extension RunCall {
             parts.append(item.value)
         }
         if let body = call.request.body, body.readableBytes > 0 {
-            if let json = JSONValue.parse(body.readableBytesView) {
+            if let json = JSONValue.canonicalText(body.readableBytesView) {
                 parts.append("json")
-                parts.append(json.serialized)
+                parts.append(json)
             } else {
                 parts.append("bytes")
                 parts.append(Digest.sha256Hex(bytes: body.readableBytesView))

@@ -55,6 +55,37 @@ public struct OpenAIAdapter: ToolAdapter {
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
     }
 
+    /// A streamed chat body that asks for usage in its last chunk (`stream_options.include_usage`), so a
+    /// budget settles from the real count; nil when it asks already (or is not a JSON object). Every
+    /// other byte is sent as the agent wrote it: the member is spliced in (or its value replaced), never
+    /// the body re-serialized — a re-serialization reads numbers as doubles, and `"seed":
+    /// 12345678901234567` would have reached OpenAI as `1.2345678901234568e+16`.
+    public static func includingUsage(_ body: ByteBuffer) -> ByteBuffer? {
+        body.readableBytesView.withContiguousStorageIfAvailable { bytes -> ByteBuffer? in
+            var reader = JSONReader(bytes)
+            guard case .some(let found)? = try? reader.members(["stream_options"]) else { return nil }
+            var out = ByteBuffer()
+            out.reserveCapacity(bytes.count + 40)
+            if let range = reader.ranges["stream_options"], let existing = found["stream_options"] {
+                var options = existing.objectValue ?? [:]
+                guard options["include_usage"] != true else { return nil }
+                options["include_usage"] = true
+                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[..<range.lowerBound]))
+                out.writeString(JSONValue.object(options).serialized)
+                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[range.upperBound...]))
+            } else {
+                // After the object's `{`; a comma unless the object is empty.
+                guard let open = bytes.firstIndex(of: UInt8(ascii: "{")) else { return nil }
+                let empty = bytes[(open + 1)...].first { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 } == UInt8(ascii: "}")
+                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[...open]))
+                out.writeStaticString(#""stream_options":{"include_usage":true}"#)
+                if !empty { out.writeStaticString(",") }
+                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[(open + 1)...]))
+            }
+            return out
+        } ?? nil
+    }
+
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
         guard let path = Self.pathByAction[action] else {
             throw .unknownAction("openai actions are chat, embeddings, responses")
