@@ -10,6 +10,9 @@
 #             live against the backend; the client opens `CONNECT serpapi.com:443` with an agent token and
 #             speaks TLS through it, so every request is decrypted, authenticated, interpreted, has its key
 #             injected and its headers rewritten, and is logged
+#   floor:    relay-floor --tls, a bare SwiftNIO relay terminating TLS with nginx's certificate (swift-nio-ssl,
+#             NIO's HTTP/1.1 codec, a kept-alive upstream connection per loop; no CONNECT, no policy, no
+#             logging): the most an HTTPS proxy on this stack reaches here, in the same rounds
 #   load:     tunnel-load (this repository: wrk cannot open a CONNECT tunnel first) on 2 loops, everything
 #             on 127.0.0.1; ROUNDS interleaved rounds (default 3), medians
 #     keepalive  64 connections, each one tunnel + handshake, then requests back to back for DURATION s
@@ -23,10 +26,11 @@ CONNS=${CONNS:-64}
 HANDSHAKE_CONNS=${HANDSHAKE_CONNS:-8}
 NAMES=${NAMES:-10000}
 ROUNDS=${ROUNDS:-3}
-BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port)
+BACKEND=$(free_port); NGINX=$(free_port); PROXY=$(free_port); ADMIN=$(free_port); FLOOR=$(free_port)
 
 build_sidecar
 swift build "${RELEASE[@]}" --product tunnel-load >&2
+swift build "${RELEASE[@]}" --product relay-floor >&2
 LOAD=.build/release/tunnel-load
 
 # nginx's certificate: a P-256 leaf for serpapi.com from a throwaway CA.
@@ -60,6 +64,7 @@ CONF
 
 nginx -c "$WORK/backend.conf" -p "$WORK" & PIDS+=($!)
 nginx -c "$WORK/tls.conf" -p "$WORK" & NGINX_PID=$!; PIDS+=($NGINX_PID)
+.build/release/relay-floor "$FLOOR" "$BACKEND" 2 --tls "$WORK/chain.pem" "$WORK/leaf.key" > "$WORK/floor.log" 2>&1 & FLOOR_PID=$!; PIDS+=($FLOOR_PID)
 SERPAPI_API_KEY=bench-key "$SIDECAR_BIN" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 & SIDECAR=$!; PIDS+=($SIDECAR)
 wait_ready "$ADMIN"
 curl -fs "http://127.0.0.1:$ADMIN/ca.pem" > "$WORK/sidecar-ca.pem"
@@ -88,10 +93,12 @@ load() { # name round pid mode conns -- tunnel-load arguments
 med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$r.json" "$2"; done | median; }
 spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(field "$WORK/$1.$r.json" rps)/$(field "$WORK/$2.$r.json" rps):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
 NGINX_ARGS=(127.0.0.1:$NGINX --sni serpapi.com --ca "$WORK/ca.pem" --path "/search?q=bench")
+FLOOR_ARGS=(127.0.0.1:$FLOOR --sni serpapi.com --ca "$WORK/ca.pem" --path "/search?q=bench")
 SIDECAR_ARGS=(127.0.0.1:$PROXY --connect serpapi.com:443 --proxy-token "$TOKEN" --sni serpapi.com --ca "$WORK/sidecar-ca.pem" --path "/search?q=bench")
 
 for round in $(seq 1 "$ROUNDS"); do
   load nginx-keepalive "$round" "$NGINX_PID" keepalive "$CONNS" -- "${NGINX_ARGS[@]}"
+  load floor-keepalive "$round" "$FLOOR_PID" keepalive "$CONNS" -- "${FLOOR_ARGS[@]}"
   load sidecar-keepalive "$round" "$SIDECAR" keepalive "$CONNS" -- "${SIDECAR_ARGS[@]}"
   load nginx-handshake "$round" "$NGINX_PID" handshake "$HANDSHAKE_CONNS" -- "${NGINX_ARGS[@]}"
   load sidecar-handshake "$round" "$SIDECAR" handshake "$HANDSHAKE_CONNS" -- "${SIDECAR_ARGS[@]}"
@@ -111,13 +118,14 @@ REPORT="$OUT/intercept-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
   echo "HTTPS-interception benchmark $(date -u +%FT%TZ), $(nproc) cores, tunnel-load on 2 loops, $ROUNDS interleaved rounds (medians), ${DURATION}s each"
   printf "%-22s %10s %10s %10s %14s\n" "" "req/s" "p50 us" "p99 us" "cpu us/req"
-  for n in nginx-keepalive sidecar-keepalive nginx-handshake sidecar-handshake; do
+  for n in nginx-keepalive floor-keepalive sidecar-keepalive nginx-handshake sidecar-handshake; do
     printf "%-22s %10s %10s %10s %14s\n" "$n" "$(med $n rps)" "$(med $n p50_us)" "$(med $n p99_us)" "$(cpu $n)"
   done
   echo "kept-alive intercepted req/s / nginx TLS req/s: $(python3 -c "print(f'{$(med sidecar-keepalive rps)/$(med nginx-keepalive rps):.2f}')") (target >= 0.8; per round $(spread sidecar-keepalive nginx-keepalive))"
+  echo "a bare NIO TLS relay (relay-floor --tls) / nginx TLS req/s: $(python3 -c "print(f'{$(med floor-keepalive rps)/$(med nginx-keepalive rps):.2f}')") (per round $(spread floor-keepalive nginx-keepalive)); kept-alive intercepted / that floor: $(python3 -c "print(f'{$(med sidecar-keepalive rps)/$(med floor-keepalive rps):.2f}')")"
   echo "new tunnel to a cached name, server CPU per handshake / nginx's: $(python3 -c "print(f'{$(cpu sidecar-handshake)/$(cpu nginx-handshake):.2f}')") (target <= 1.5)"
   echo "names: $(field "$WORK/names.json" requests) tunnels to distinct names in $(field "$WORK/names.json" seconds) s, errors $(field "$WORK/names.json" errors); RSS ${RSS_BEFORE} kB -> ${RSS_AFTER} kB ($(( (RSS_AFTER - RSS_BEFORE) / 1024 )) MB; target within 10 MB); leaf cache ${LEAVES}"
-  for n in nginx-keepalive sidecar-keepalive nginx-handshake sidecar-handshake; do
+  for n in nginx-keepalive floor-keepalive sidecar-keepalive nginx-handshake sidecar-handshake; do
     e=$(med $n errors); [[ "$e" != 0 ]] && echo "$n: $e errors (median round)"
   done
   true

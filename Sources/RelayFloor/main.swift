@@ -5,7 +5,10 @@
 // floor to the sidecar is what the sidecar's own work costs; the distance from nginx to this floor is
 // what the Swift/NIO stack itself costs on this machine.
 //
-//   relay-floor LISTEN_PORT UPSTREAM_PORT [EVENT_LOOPS]
+//   relay-floor LISTEN_PORT UPSTREAM_PORT [EVENT_LOOPS] [--tls CERT_CHAIN_PEM KEY_PEM]
+//
+// With `--tls` it terminates TLS first (swift-nio-ssl, as the sidecar's intercepted tunnels do):
+// bench/intercept.sh runs it beside nginx terminating TLS, for the floor of an HTTPS proxy on this stack.
 //
 // Requests to /serpapi/<path> go upstream as /<path> (the sidecar's reverse route), answers are written
 // as bytes in one write (as the sidecar writes them), the NIO request encoder and its header validation
@@ -13,14 +16,23 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
-let arguments = CommandLine.arguments
+var arguments = CommandLine.arguments
+var tls: NIOSSLContext?
+if let flag = arguments.firstIndex(of: "--tls"), flag + 2 < arguments.count {
+    let chain = try NIOSSLCertificate.fromPEMFile(arguments[flag + 1]).map { NIOSSLCertificateSource.certificate($0) }
+    let key = try NIOSSLPrivateKey(file: arguments[flag + 2], format: .pem)
+    tls = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+    arguments.removeSubrange(flag...(flag + 2))
+}
 guard arguments.count >= 3, let listenPort = Int(arguments[1]), let port = Int(arguments[2]) else {
-    print("usage: relay-floor LISTEN_PORT UPSTREAM_PORT [EVENT_LOOPS]")
+    print("usage: relay-floor LISTEN_PORT UPSTREAM_PORT [EVENT_LOOPS] [--tls CERT_CHAIN_PEM KEY_PEM]")
     exit(2)
 }
 let upstreamPort = port
 let loops = arguments.count > 3 ? Int(arguments[3]) ?? System.coreCount : System.coreCount
+let serverTLS = tls
 let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
 
 /// One kept-alive upstream connection; it goes back to its loop's idle list after each answer.
@@ -120,10 +132,11 @@ let server = try ServerBootstrap(group: group)
     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
     .childChannelInitializer { channel in
         channel.eventLoop.makeCompletedFuture {
+            if let serverTLS { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS)) }
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder()))
             try channel.pipeline.syncOperations.addHandler(Relay())
         }
     }
     .bind(host: "127.0.0.1", port: listenPort).wait()
-print("relay-floor on 127.0.0.1:\(listenPort) -> 127.0.0.1:\(upstreamPort), \(loops) event loops")
+print("relay-floor on 127.0.0.1:\(listenPort)\(serverTLS == nil ? "" : " (TLS)") -> 127.0.0.1:\(upstreamPort), \(loops) event loops")
 try server.closeFuture.wait()
