@@ -21,6 +21,10 @@ struct JSONReader {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var i = 0
     private var depth = 0
+    /// Set when a number was read whose value `JSONValue` cannot write back (`12345678901234567`,
+    /// `0.10000000000000001`, `1e-400`: a double holds another value). A caller that re-serializes what
+    /// it read refuses such a document rather than send a number the agent did not write.
+    private(set) var inexactNumber = false
 
     init(_ bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
@@ -507,10 +511,77 @@ struct JSONReader {
             if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
             guard digits() > 0 else { throw .invalid("bad number") }
         }
-        guard let v = Double(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)), v.isFinite else {
+        let text = UnsafeBufferPointer(rebasing: bytes[start..<i])
+        guard let v = Double(String(decoding: text, as: UTF8.self)), v.isFinite else {
             throw .invalid("number out of range")
         }
+        if !inexactNumber, !Self.writesBack(text, v) { inexactNumber = true }
         return v
+    }
+
+    /// Whether `JSONValue.write` writes `value` as text of the same decimal value as `text` (spelling
+    /// aside: `1.0`, `1e0` and `1` are one value). Plain short numbers — what agents send — are decided
+    /// without formatting anything.
+    static func writesBack(_ text: UnsafeBufferPointer<UInt8>, _ value: Double) -> Bool {
+        if text.count <= 15, text.allSatisfy({ ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "-") }) {
+            return true  // an integer of at most 15 digits: a double holds it exactly, and it is written as one
+        }
+        var written = ""
+        JSONValue.number(value).write(into: &written)
+        var w = written
+        return w.withUTF8 { Decimal10(text) == Decimal10($0) }
+    }
+
+    /// A JSON number's decimal value, for comparing spellings: sign, significant digits without leading
+    /// or trailing zeros, and the power of ten of the last one. Zero is zero whatever its sign.
+    struct Decimal10: Equatable {
+        var negative = false
+        var digits: [UInt8] = []
+        var exponent = 0
+
+        init(_ text: UnsafeBufferPointer<UInt8>) {
+            var j = 0
+            if j < text.count, text[j] == UInt8(ascii: "-") {
+                negative = true
+                j += 1
+            }
+            var fraction = 0
+            var seenPoint = false
+            while j < text.count, text[j] != UInt8(ascii: "e"), text[j] != UInt8(ascii: "E") {
+                let b = text[j]
+                if b == UInt8(ascii: ".") {
+                    seenPoint = true
+                } else if b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") {
+                    if !(digits.isEmpty && b == UInt8(ascii: "0")) { digits.append(b) }
+                    if seenPoint { fraction += 1 }
+                }
+                j += 1
+            }
+            var power = 0
+            if j < text.count {
+                j += 1
+                var minus = false
+                if j < text.count, text[j] == UInt8(ascii: "+") || text[j] == UInt8(ascii: "-") {
+                    minus = text[j] == UInt8(ascii: "-")
+                    j += 1
+                }
+                while j < text.count, text[j] >= UInt8(ascii: "0"), text[j] <= UInt8(ascii: "9") {
+                    // Bounded: a double's exponent is far below this, and a longer one is out of range anyway.
+                    if power < 100_000 { power = power * 10 + Int(text[j] - UInt8(ascii: "0")) }
+                    j += 1
+                }
+                if minus { power = -power }
+            }
+            exponent = power - fraction
+            while digits.last == UInt8(ascii: "0") {
+                digits.removeLast()
+                exponent += 1
+            }
+            if digits.isEmpty {
+                negative = false
+                exponent = 0
+            }
+        }
     }
 
     private mutating func digits() -> Int {

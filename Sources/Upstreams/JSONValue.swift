@@ -58,6 +58,19 @@ public enum JSONValue: Sendable, Hashable, Codable {
         }
     }
 
+    /// `parseStrict` for a document whose values will be written out again (`serialized`): a number a
+    /// double cannot hold as written (`12345678901234567`, `0.10000000000000001`) is refused, never
+    /// passed on as another number.
+    public static func parseStrictExact<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> JSONValue where Bytes.Element == UInt8 {
+        let array = ContiguousArray(bytes)
+        return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var reader = JSONReader(buffer)
+            let value = try reader.document()
+            guard !reader.inexactNumber else { throw .invalid("a number is beyond what the sidecar can pass on exactly (over 15 significant digits, or below a double's range)") }
+            return value
+        }
+    }
+
     /// The members named in `wanted` of a document that must be an object, read with
     /// `JSONReader.members`: the whole document is checked as strictly as `parseStrict` checks it (the
     /// same error for the same bytes), but only those members are built. nil when it is JSON but not an

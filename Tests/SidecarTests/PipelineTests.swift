@@ -113,12 +113,33 @@ struct PipelineTests {
         #expect(json["metadata"]?["tool"] == "serpapi" && json["metadata"]?["request_id"] == "rid-1")
     }
 
+    /// The envelope carries a JSON answer as the upstream's own bytes: its numbers are never passed
+    /// through doubles (a 64-bit id stays that id), its spelling stays as sent.
+    @Test func compatibilityAnswerKeepsTheUpstreamsNumbers() async throws {
+        let answer = #"{"id": 12345678901234567, "ratio": 0.10000000000000001, "list": [1.0, 2e3]}"#
+        let p = Self.pipeline(RecordingTransport.ok(answer))
+        var record = RequestRecord(requestID: "rid-1", method: "POST", start: .now)
+        let response = await p.handle(
+            Self.request(
+                .POST, "/api/proxy-request", headers: [("Content-Type", "application/json")],
+                body: #"{"tool":"http_fetch","action":"get","params":{"url":"http://example.com/x"}}"#),
+            record: &record)
+        #expect(response.status == .ok)
+        let text = Self.body(response)
+        #expect(text.hasPrefix(#"{"data":"# + answer + #","metadata":{"#), "\(text)")
+        let json = try #require(JSONValue.parse(Array(text.utf8)))
+        #expect(json["success"] == true && json["metadata"]?["tool"] == "http_fetch" && json["metadata"]?["upstream_status"] == 200)
+    }
+
     @Test(arguments: [
         (#"not json"#, "application/json", 400, "invalid_body"),
         (#"{"tool":"serpapi"}"#, "application/json", 400, "invalid_parameter"),
         (#"{"tool":"ftp","action":"get"}"#, "application/json", 400, "unknown_action"),
         (#"{"tool":"serpapi","action":"scrape"}"#, "application/json", 400, "unknown_action"),
         (#"{}"#, "text/plain", 415, "unsupported_media_type"),
+        // The params are written out again as the tool's request: a number a double would change is refused.
+        (#"{"tool":"openai","action":"chat","params":{"model":"m","seed":12345678901234567}}"#, "application/json", 400, "invalid_body"),
+        (#"{"tool":"serpapi","action":"search","params":{"q":"a","start":0.10000000000000001}}"#, "application/json", 400, "invalid_body"),
     ])
     func compatibilityMistakes(_ body: String, _ type: String, _ status: Int, _ code: String) async {
         let p = Self.pipeline(RecordingTransport.ok("{}"), live: false)

@@ -152,6 +152,21 @@ struct ParseDifferentialTests {
         }
     }
 
+    /// What a double holds as written, and what it does not (`parseStrictExact` refuses the latter).
+    @Test(arguments: [
+        ("1", true), ("-0", true), ("0", true), ("1.0", true), ("1e2", true), ("100", true), ("1.5e-7", true), ("0.1", true),
+        ("123456789012345", true), ("-999999999999999", true), ("9007199254740992", true), ("5e-324", true),
+        ("1.7976931348623157e308", true), ("0.000001", true), ("12.50", true),
+        ("9007199254740993", false), ("12345678901234567", false), ("0.10000000000000001", false), ("1e-400", false),
+        ("3.141592653589793238", false), ("-12345678901234567890", false),
+    ])
+    func numbersAreExactOrRefused(text: String, exact: Bool) {
+        let doc = Array(#"{"n":"#.utf8) + Array(text.utf8) + Array("}".utf8)
+        let result = Result { () throws(JSONParseError) in try JSONValue.parseStrictExact(doc) }
+        #expect(((try? result.get()) != nil) == exact, "\(text)")
+        #expect(JSONValue.parse(doc) != nil, "\(text) is JSON either way")
+    }
+
     @Test func validDocumentsReadAsExpected() throws {
         let v = try JSONValue.parseStrict(Array(#" {"model":"gpt-4o-mini","n":-1.5e2,"ok":true,"none":null,"s":"a\"b\\c\/d\u00e9\ud83d\ude00\n","list":[1,[2],{}]} "#.utf8))
         #expect(v["model"] == "gpt-4o-mini" && v["n"] == .number(-150) && v["ok"] == true && v["none"] == .null)

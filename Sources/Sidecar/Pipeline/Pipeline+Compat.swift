@@ -13,7 +13,9 @@ extension Pipeline {
         let expected = "expected a JSON object {tool, action, params}"
         guard let body = request.body else { throw GatewayError(ToolRequestError.invalidBody(expected)) }
         let json: JSONValue
-        do { json = try JSONValue.parseStrict(body.readableBytesView) } catch { throw GatewayError(ToolRequestError.body(error, expected: expected)) }
+        // Exact: the params are written out again as the tool's request, so a number a double would
+        // change is refused rather than sent as another number.
+        do { json = try JSONValue.parseStrictExact(body.readableBytesView) } catch { throw GatewayError(ToolRequestError.body(error, expected: expected)) }
         guard case .object = json else { throw GatewayError(ToolRequestError.invalidBody(expected)) }
         // The 4Runr SDKs send the token in the body; headers work too.
         let token = json["agent_token"]?.stringValue.map { ($0, TokenCarrier.compatBody) }
@@ -61,19 +63,14 @@ extension Pipeline {
         }
         await response.completion.run()
         record.upstreamDuration = record.upstreamStart.map { MonotonicInstant.now - $0 }
-        let parsed = JSONValue.parse(data.readableBytesView) ?? .string(String(buffer: data))
         if runCall?.killed == true { throw GatewayError(.runCancelled, "run \(run ?? "") was cancelled while this call was in flight") }
         let ok = (200..<300).contains(response.status.code)
-        let envelope: JSONValue = [
-            "success": .bool(ok),
-            "data": parsed,
-            "metadata": [
-                "tool": .string(tool.rawValue), "action": .string(call.action), "request_id": .string(request.requestID),
-                "upstream_status": .number(Double(response.status.code)), "mock": .bool(record.mock),
-                "duration_ms": .number(Double(Int((MonotonicInstant.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((MonotonicInstant.now - record.start).components.seconds) * 1000)),
-            ],
+        let metadata: JSONValue = [
+            "tool": .string(tool.rawValue), "action": .string(call.action), "request_id": .string(request.requestID),
+            "upstream_status": .number(Double(response.status.code)), "mock": .bool(record.mock),
+            "duration_ms": .number(Double(Int((MonotonicInstant.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((MonotonicInstant.now - record.start).components.seconds) * 1000)),
         ]
-        return ResponseMapper.json(envelope, status: ok ? .ok : response.status, requestID: request.requestID)
+        return ResponseMapper.envelope(success: ok, data: data, metadata: metadata, status: ok ? .ok : response.status, requestID: request.requestID)
     }
 }
 

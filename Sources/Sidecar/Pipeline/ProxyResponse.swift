@@ -66,6 +66,30 @@ enum ResponseMapper {
         return ProxyResponse(status: error.status, headers: headers, body: .buffer(ByteBuffer(string: text)))
     }
 
+    /// The compatibility API's answer `{data, metadata, success}` (keys in `serialized`'s order). An
+    /// upstream body that is JSON goes in as its own bytes: written back from `JSONValue` its numbers
+    /// would pass through doubles (a 64-bit id such as `12345678901234567` would reach the agent as
+    /// `1.2345678901234568e+16`). Any other body goes in as a string.
+    static func envelope(success: Bool, data: ByteBuffer, metadata: JSONValue, status: HTTPResponseStatus, requestID: String) -> ProxyResponse {
+        var out = ByteBuffer()
+        out.reserveCapacity(data.readableBytes + 256)
+        out.writeStaticString(#"{"data":"#)
+        if JSONValue.parse(data.readableBytesView) != nil {
+            out.writeImmutableBuffer(data)
+        } else {
+            var text = ""
+            JSONValue.writeString(String(buffer: data), into: &text)
+            out.writeString(text)
+        }
+        out.writeStaticString(#","metadata":"#)
+        out.writeString(metadata.serialized)
+        out.writeStaticString(success ? #","success":true}"# : #","success":false}"#)
+        let headers = HTTPHeaders([
+            ("Content-Type", "application/json"), ("Content-Length", String(out.readableBytes)), ("X-Request-Id", requestID),
+        ])
+        return ProxyResponse(status: status, headers: headers, body: .buffer(out))
+    }
+
     static func json(_ value: JSONValue, status: HTTPResponseStatus, requestID: String) -> ProxyResponse {
         let text = value.serialized
         let headers = HTTPHeaders([
