@@ -62,12 +62,22 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// double cannot hold as written (`12345678901234567`, `0.10000000000000001`) is refused, never
     /// passed on as another number.
     public static func parseStrictExact<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> JSONValue where Bytes.Element == UInt8 {
+        let (value, exact) = try parseStrictNotingExactness(bytes)
+        guard exact else { throw .invalid(inexactNumber) }
+        return value
+    }
+
+    /// Why `parseStrictExact` refused a document.
+    public static let inexactNumber = "a number is beyond what a double holds as written (over 15 significant digits, or below a double's range); send it as a string"
+
+    /// `parseStrict`, and whether every number in the document is one `serialized` writes back with its value.
+    public static func parseStrictNotingExactness<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> (JSONValue, exact: Bool)
+    where Bytes.Element == UInt8 {
         let array = ContiguousArray(bytes)
         return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
             var reader = JSONReader(buffer)
             let value = try reader.document()
-            guard !reader.inexactNumber else { throw .invalid("a number is beyond what the sidecar can pass on exactly (over 15 significant digits, or below a double's range)") }
-            return value
+            return (value, !reader.inexactNumber)
         }
     }
 

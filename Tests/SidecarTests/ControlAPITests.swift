@@ -95,6 +95,11 @@ struct ControlAPITests {
             #expect(r.status == .unprocessableContent && problem(r) == "validation_failed")
             let fields = Self.json(r)["errors"]?.arrayValue?.compactMap { $0["field"]?.stringValue }
             #expect(fields == ["name", "role", "created_by"])
+            // Stored bodies are written back from doubles: a number that would come back changed is refused.
+            r = try await client.execute(
+                uri: "/api/agents", method: .post, headers: Self.auth,
+                body: ByteBuffer(string: #"{"name":"n","role":"developer","created_by":"me","metadata":{"id":12345678901234567}}"#))
+            #expect(r.status == .unprocessableContent && problem(r) == "validation_failed")
             r = try await client.execute(uri: "/api/agents/agt_missing", method: .get, headers: Self.auth)
             #expect(r.status == .notFound && problem(r) == "not_found")
             r = try await client.execute(uri: "/api/tokens/tok_missing/revoke", method: .post, headers: Self.auth)

@@ -40,12 +40,20 @@ enum AdminBody {
             return .failure(GatewayError(.unsupportedMediaType, "send Content-Type: application/json"))
         }
         let json: JSONValue
-        do { json = try JSONValue.parseStrict(body.readableBytesView) } catch {
+        let exact: Bool
+        do { (json, exact) = try JSONValue.parseStrictNotingExactness(body.readableBytesView) } catch {
             return .failure(GatewayError(.invalidJSON, "the body is not valid JSON (\(error))"))
         }
         guard case .object(let object) = json else {
             var e = GatewayError(.validationFailed, "the body must be a JSON object")
             e.extensions["errors"] = [["field": "", "message": "must be an object"]]
+            return .failure(e)
+        }
+        // What the control plane stores (a run's input, its tags) is written back from doubles: a number
+        // that would come back as another number is refused, not stored changed.
+        guard exact else {
+            var e = GatewayError(.validationFailed, JSONValue.inexactNumber)
+            e.extensions["errors"] = [["field": "", "message": .string(JSONValue.inexactNumber)]]
             return .failure(e)
         }
         return .success(object)
