@@ -86,38 +86,17 @@ struct JSONReader {
         guard i < bytes.count else { throw .invalid("unexpected end") }
         switch bytes[i] {
         case UInt8(ascii: "{"):
-            try nest()
-            i += 1
             var members: [(name: String, value: String)] = []
             var names = Set<String>()
-            skipWhitespace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
-                i += 1
-            } else {
-                while true {
-                    skipWhitespace()
-                    guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
-                    let name = try string()
-                    skipWhitespace()
-                    guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
-                    i += 1
-                    skipWhitespace()
+            if try !opens(closing: UInt8(ascii: "}")) {
+                repeat {
+                    let name = try memberName()
                     var value = ""
                     try canonicalValue(into: &value)
                     guard names.insert(name).inserted else { throw .duplicateKey(name) }
                     members.append((name, value))
-                    skipWhitespace()
-                    guard i < bytes.count else { throw .invalid("unexpected end") }
-                    if bytes[i] == UInt8(ascii: ",") {
-                        i += 1
-                        continue
-                    }
-                    guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
-                    i += 1
-                    break
-                }
+                } while try continues(closing: UInt8(ascii: "}"))
             }
-            depth -= 1
             out += "{"
             for (n, member) in members.sorted(by: { $0.name < $1.name }).enumerated() {
                 if n > 0 { out += "," }
@@ -127,31 +106,16 @@ struct JSONReader {
             }
             out += "}"
         case UInt8(ascii: "["):
-            try nest()
-            i += 1
             out += "["
-            skipWhitespace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
-                i += 1
-            } else {
+            if try !opens(closing: UInt8(ascii: "]")) {
                 var first = true
-                while true {
+                repeat {
                     skipWhitespace()
                     if !first { out += "," }
                     first = false
                     try canonicalValue(into: &out)
-                    skipWhitespace()
-                    guard i < bytes.count else { throw .invalid("unexpected end") }
-                    if bytes[i] == UInt8(ascii: ",") {
-                        i += 1
-                        continue
-                    }
-                    guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
-                    i += 1
-                    break
-                }
+                } while try continues(closing: UInt8(ascii: "]"))
             }
-            depth -= 1
             out += "]"
         case UInt8(ascii: "\""): JSONValue.writeString(try string(), into: &out)
         case UInt8(ascii: "t"): try literal("true"); out += "true"
@@ -164,6 +128,7 @@ struct JSONReader {
         default: throw .invalid("unexpected byte")
         }
     }
+
 
     /// Where each member `members` built was written (its value's bytes), for a caller that rewrites one.
     private(set) var ranges: [String: Range<Int>] = [:]
@@ -193,25 +158,12 @@ struct JSONReader {
 
     /// `object()` without building it, except the members named in `wanted`, which go to `found`.
     private mutating func skipObject(keeping wanted: [String], into found: inout [String: JSONValue]) throws(JSONParseError) {
-        try nest()
-        i += 1
+        if try opens(closing: UInt8(ascii: "}")) { return }
         let base = names.count
         defer { names.removeSubrange(base...) }
         var many: Set<String>?
-        skipWhitespace()
-        if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
-            i += 1
-            depth -= 1
-            return
-        }
-        while true {
-            skipWhitespace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
-            let name = try string()
-            skipWhitespace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
-            i += 1
-            skipWhitespace()
+        repeat {
+            let name = try memberName()
             if wanted.contains(name) {
                 let start = i
                 found[name] = try value()
@@ -227,44 +179,19 @@ struct JSONReader {
             } else {
                 guard many!.insert(name).inserted else { throw .duplicateKey(name) }
             }
-            skipWhitespace()
-            guard i < bytes.count else { throw .invalid("unexpected end") }
-            if bytes[i] == UInt8(ascii: ",") {
-                i += 1
-                continue
-            }
-            guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
-            i += 1
-            depth -= 1
-            return
-        }
+        } while try continues(closing: UInt8(ascii: "}"))
     }
+
 
     /// `array()` without building it.
     private mutating func skipArray() throws(JSONParseError) {
-        try nest()
-        i += 1
-        skipWhitespace()
-        if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
-            i += 1
-            depth -= 1
-            return
-        }
-        while true {
+        if try opens(closing: UInt8(ascii: "]")) { return }
+        repeat {
             skipWhitespace()
             try skipValue()
-            skipWhitespace()
-            guard i < bytes.count else { throw .invalid("unexpected end") }
-            if bytes[i] == UInt8(ascii: ",") {
-                i += 1
-                continue
-            }
-            guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
-            i += 1
-            depth -= 1
-            return
-        }
+        } while try continues(closing: UInt8(ascii: "]"))
     }
+
 
     /// `string()` without building it: the same checks in the same order. Its UTF-8 is checked run by
     /// run between escapes (an escape starts with `\`, which ends any multi-byte sequence, so a run is
@@ -294,17 +221,7 @@ struct JSONReader {
                 UInt8(ascii: "r"), UInt8(ascii: "t"):
                 break
             case UInt8(ascii: "u"):
-                let scalar = try hex4()
-                if (0xD800...0xDBFF).contains(scalar) {
-                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
-                        throw .invalid("unpaired surrogate escape")
-                    }
-                    i += 2
-                    let low = try hex4()
-                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalid("unpaired surrogate escape") }
-                } else if (0xDC00...0xDFFF).contains(scalar) {
-                    throw .invalid("unpaired surrogate escape")
-                }
+                _ = try unicodeEscape()
             default:
                 throw .invalid("invalid escape")
             }
@@ -348,63 +265,66 @@ struct JSONReader {
     }
 
     private mutating func object() throws(JSONParseError) -> JSONValue {
-        try nest()
-        i += 1
         var members: [String: JSONValue] = [:]
-        skipWhitespace()
-        if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
-            i += 1
-            depth -= 1
-            return .object(members)
-        }
-        while true {
-            skipWhitespace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
-            let name = try string()
-            skipWhitespace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
-            i += 1
-            skipWhitespace()
+        if try opens(closing: UInt8(ascii: "}")) { return .object(members) }
+        repeat {
+            let name = try memberName()
             let v = try value()
             guard members.updateValue(v, forKey: name) == nil else { throw .duplicateKey(name) }
-            skipWhitespace()
-            guard i < bytes.count else { throw .invalid("unexpected end") }
-            if bytes[i] == UInt8(ascii: ",") {
-                i += 1
-                continue
-            }
-            guard bytes[i] == UInt8(ascii: "}") else { throw .invalid("expected ',' or '}'") }
-            i += 1
-            depth -= 1
-            return .object(members)
-        }
+        } while try continues(closing: UInt8(ascii: "}"))
+        return .object(members)
     }
 
-    private mutating func array() throws(JSONParseError) -> JSONValue {
+    /// At a container's opening byte: one level deeper; true when it closes at once (`{}`, `[]`, and
+    /// then it is left again).
+    private mutating func opens(closing close: UInt8) throws(JSONParseError) -> Bool {
         try nest()
         i += 1
-        var elements: [JSONValue] = []
         skipWhitespace()
-        if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
+        guard i < bytes.count, bytes[i] == close else { return false }
+        i += 1
+        depth -= 1
+        return true
+    }
+
+    /// A member's name and the `:` after it, white space around them skipped.
+    private mutating func memberName() throws(JSONParseError) -> String {
+        skipWhitespace()
+        guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw .invalid("expected a member name") }
+        let name = try string()
+        skipWhitespace()
+        guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw .invalid("expected ':'") }
+        i += 1
+        skipWhitespace()
+        return name
+    }
+
+    /// After a member or an element: true when another follows; false when the container closes (and
+    /// is left). Every reader of containers takes these three steps, so they fail alike on the same bytes.
+    private mutating func continues(closing close: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        guard i < bytes.count else { throw .invalid("unexpected end") }
+        if bytes[i] == UInt8(ascii: ",") {
             i += 1
-            depth -= 1
-            return .array(elements)
+            return true
         }
-        while true {
+        guard bytes[i] == close else { throw .invalid(close == UInt8(ascii: "}") ? "expected ',' or '}'" : "expected ',' or ']'") }
+        i += 1
+        depth -= 1
+        return false
+    }
+
+
+    private mutating func array() throws(JSONParseError) -> JSONValue {
+        var elements: [JSONValue] = []
+        if try opens(closing: UInt8(ascii: "]")) { return .array(elements) }
+        repeat {
             skipWhitespace()
             elements.append(try value())
-            skipWhitespace()
-            guard i < bytes.count else { throw .invalid("unexpected end") }
-            if bytes[i] == UInt8(ascii: ",") {
-                i += 1
-                continue
-            }
-            guard bytes[i] == UInt8(ascii: "]") else { throw .invalid("expected ',' or ']'") }
-            i += 1
-            depth -= 1
-            return .array(elements)
-        }
+        } while try continues(closing: UInt8(ascii: "]"))
+        return .array(elements)
     }
+
 
     private mutating func string() throws(JSONParseError) -> String {
         i += 1
@@ -445,19 +365,7 @@ struct JSONReader {
             case UInt8(ascii: "r"): out.append(0x0D)
             case UInt8(ascii: "t"): out.append(0x09)
             case UInt8(ascii: "u"):
-                var scalar = try hex4()
-                if (0xD800...0xDBFF).contains(scalar) {
-                    // A high surrogate must be followed by an escaped low one: parsers differ on lone halves.
-                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
-                        throw .invalid("unpaired surrogate escape")
-                    }
-                    i += 2
-                    let low = try hex4()
-                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalid("unpaired surrogate escape") }
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                } else if (0xDC00...0xDFFF).contains(scalar) {
-                    throw .invalid("unpaired surrogate escape")
-                }
+                let scalar = try unicodeEscape()
                 Unicode.UTF8.encode(Unicode.Scalar(scalar)!) { out.append($0) }
             default:
                 throw .invalid("invalid escape")
@@ -473,6 +381,23 @@ struct JSONReader {
         let s = String(decoding: bytes, as: UTF8.self)
         guard bytes.allSatisfy({ $0 < 0x80 }) || s.utf8.elementsEqual(bytes) else { throw .invalid("invalid UTF-8") }
         return s
+    }
+
+    /// The scalar of a `\u` escape (its `\u` just read). A high surrogate must be followed by an escaped
+    /// low one, and a low one must not come alone: parsers differ on lone halves.
+    private mutating func unicodeEscape() throws(JSONParseError) -> UInt32 {
+        let scalar = try hex4()
+        if (0xD800...0xDBFF).contains(scalar) {
+            guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
+                throw .invalid("unpaired surrogate escape")
+            }
+            i += 2
+            let low = try hex4()
+            guard (0xDC00...0xDFFF).contains(low) else { throw .invalid("unpaired surrogate escape") }
+            return 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+        }
+        guard !(0xDC00...0xDFFF).contains(scalar) else { throw .invalid("unpaired surrogate escape") }
+        return scalar
     }
 
     private mutating func hex4() throws(JSONParseError) -> UInt32 {
