@@ -263,8 +263,18 @@ final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
         }
     }
 
+    /// A claim or an outcome, written in place when the key's row exists. Not `INSERT OR REPLACE`: that
+    /// deletes the row and inserts it again under a new rowid, so every outcome also rewrote the key's
+    /// entry in the key index — a page at a random place in a large B-tree, written to the WAL and again
+    /// by the checkpoint. In place, an outcome touches only its row (claimed moments ago, on a recent
+    /// page) and the expiry index.
     private static func upsert(_ key: String, _ h: Held, _ db: Database) throws {
-        try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)")
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO ledger (key, owner, digest, state, expires, answer) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, digest = excluded.digest, state = excluded.state,
+                    expires = excluded.expires, answer = excluded.answer
+                """)
             .execute(arguments: [key, h.owner, h.digest, h.state.rawValue, h.expires, h.answer.map { Data($0.bytes) }])
     }
 }
