@@ -17,7 +17,23 @@ public final class BodyStream: @unchecked Sendable {
         var consumer: CheckedContinuation<ByteBuffer?, any Error>?
         var producer: EventLoopPromise<Void>?
         var cancelled = false
+
+        /// The next chunk, with whatever else has arrived behind it (up to `coalesceLimit`): the consumer
+        /// writes what it gets at once, so a read of many small upstream chunks (SSE events, one per
+        /// chunk) becomes one write to the agent instead of one write — one syscall — per event.
+        mutating func popCoalesced() -> ByteBuffer? {
+            guard var first = chunks.popFirst() else { return nil }
+            while let more = chunks.first, first.readableBytes + more.readableBytes <= BodyStream.coalesceLimit {
+                var next = chunks.removeFirst()
+                first.writeBuffer(&next)
+            }
+            buffered -= first.readableBytes
+            return first
+        }
     }
+
+    /// At most this many bytes are joined into one chunk for the consumer.
+    static let coalesceLimit = 64 * 1024
 
     private let lock = NIOLock()
     private var state = State()
@@ -101,8 +117,7 @@ public final class BodyStream: @unchecked Sendable {
         let immediate: Immediate = lock.withLock {
             // Cancelled (the consumer gave up, or the call was killed): never a clean end of what is left.
             if state.cancelled { return .failed(CancellationError()) }
-            if let c = state.chunks.popFirst() {
-                state.buffered -= c.readableBytes
+            if let c = state.popCoalesced() {
                 var release: EventLoopPromise<Void>?
                 if state.buffered <= highWater / 2, let p = state.producer {
                     state.producer = nil
@@ -125,10 +140,7 @@ public final class BodyStream: @unchecked Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<ByteBuffer?, any Error>) in
                 let resumeNow: Result<ByteBuffer?, any Error>? = lock.withLock {
-                    if let c = state.chunks.popFirst() {
-                        state.buffered -= c.readableBytes
-                        return .success(c)
-                    }
+                    if let c = state.popCoalesced() { return .success(c) }
                     if let f = state.failure { return .failure(f) }
                     if state.finished { return .success(nil) }
                     if state.cancelled { return .failure(CancellationError()) }
