@@ -68,7 +68,8 @@ CONF
 }
 
 # nginx reverse-proxying every request to the backend ($BACKEND) on $NGINX, with upstream keep-alive and
-# its access log on (to a file): the peer the sidecar is measured against.
+# its access log on (to a file): the peer the sidecar is measured against. $1: more directives for the
+# location (bench/stream.sh: `proxy_buffering off;`, as nginx is set up for SSE).
 write_proxy() {
   cat > "$WORK/proxy.conf" <<CONF
 worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
@@ -76,7 +77,7 @@ events { worker_connections 4096; }
 http { access_log $WORK/nginx-access.log; keepalive_requests 100000; client_body_buffer_size 64k;
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
   server { listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; ${1:-} } } }
 CONF
 }
 

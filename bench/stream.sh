@@ -25,14 +25,7 @@ BACKEND=$(free_port); NGINX=$(free_port); P=$(free_port); A=$(free_port)
 build_sidecar
 
 write_bench_policy
-cat > "$WORK/proxy.conf" <<CONF
-worker_processes auto; pid $WORK/proxy.pid; error_log $WORK/proxy.err; daemon off;
-events { worker_connections 4096; }
-http { access_log $WORK/nginx-access.log; keepalive_requests 100000;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server { listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } } }
-CONF
+write_proxy "proxy_buffering off;"
 { policy_conf_head "$P" "$A" "$WORK/state"; cat <<CONF; } > "$WORK/sidecar.yaml"
 tools:
   openai: {mode: live, base_url: "http://127.0.0.1:$BACKEND"}
