@@ -241,7 +241,9 @@ import Testing
             let response = try await pool.send(Self.request(server.port, "/stream"))
             var chunks: [String] = []
             for try await chunk in response.body { chunks.append(String(buffer: chunk)) }
-            #expect(chunks.count >= 2)
+            // How many pieces depends on how far the reader lags: what has arrived is handed over in one
+            // piece (BodyStream's coalescing; BodyStreamTests). That a stream is handed over after its
+            // head, before it ends, is `aSmallAnswerIsHandedOverWholeAndAStreamAfterItsHead`.
             #expect(chunks.joined() == "chunk1;chunk2;chunk3;")
             #expect(pool.idleCount == 1)
             _ = try await Self.fetch(pool, Self.request(server.port, "/ok"))
