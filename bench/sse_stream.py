@@ -86,7 +86,7 @@ def read_stream(sock: socket.socket, first: list) -> int:
             first.append(now)
         seen += len(data)
         tail = (tail + data)[-8:]
-        if tail.endswith(b"0\r\n\r\n") and b"\r\n0\r\n\r\n" in tail:
+        if tail.endswith(b"\r\n0\r\n\r\n"):
             return seen
 
 

@@ -47,11 +47,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for who in direct nginx sidecar; do
     # shellcheck disable=SC2046
     python3 bench/sse_stream.py ttfb $(target $who) --streams "$STREAMS" > "$WORK/ttfb-$who.$round.json"
-    local_t1=$(ticks "$(pid_of $who)")
+    t1=$(ticks "$(pid_of $who)")
     # shellcheck disable=SC2046
     python3 bench/sse_stream.py rate $(target $who) --conns "$CONNS" --events "$EVENTS" > "$WORK/rate-$who.$round.json"
-    local_t2=$(ticks "$(pid_of $who)")
-    python3 -c "print(f'{($local_t2-$local_t1)/$(getconf CLK_TCK)/($CONNS*$EVENTS)*1e6:.2f}')" > "$WORK/cpu-$who.$round"
+    t2=$(ticks "$(pid_of $who)")
+    python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/($CONNS*$EVENTS)*1e6:.2f}')" > "$WORK/cpu-$who.$round"
   done
 done
 cpu_med() { for r in $(seq 1 "$ROUNDS"); do cat "$WORK/cpu-$1.$r"; done | median; }

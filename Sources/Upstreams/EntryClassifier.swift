@@ -146,7 +146,7 @@ public struct EntryClassifier: Sendable {
                 }
                 if hostEnd > hostStart, b[hostEnd - 1] == UInt8(ascii: "."), b.first != UInt8(ascii: "[") { hostEnd -= 1 }
                 guard hostEnd - hostStart == want.count else { return false }
-                for i in 0..<want.count where Self.lowercased(b[hostStart + i]) != want[i] { return false }
+                for i in 0..<want.count where HeaderName.lower(b[hostStart + i]) != want[i] { return false }
                 // An empty port (`host:`) is the default one, as in a URL (RFC 3986 §3.2.3).
                 guard portStart < b.count else { return origin.port == TargetURL.defaultPort(for: origin.scheme) }
                 guard b.count - portStart <= 5 else { return false }
@@ -158,10 +158,6 @@ public struct EntryClassifier: Sendable {
                 return port == origin.port
             }
         }
-    }
-
-    private static func lowercased(_ b: UInt8) -> UInt8 {
-        b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b | 0x20 : b
     }
 
     private func classifyOriginForm(method: HTTPMethod, uri: String) -> Result<Classification, ClassificationError> {

@@ -212,7 +212,8 @@ public enum HeaderName {
         }
     }
 
-    @inline(__always) private static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
+    /// An ASCII byte in lower case (any other byte as it is).
+    @inline(__always) static func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
 }
 
 extension StringProtocol {

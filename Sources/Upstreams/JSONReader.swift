@@ -35,12 +35,18 @@ struct JSONReader {
     }
 
     mutating func document() throws(JSONParseError) -> JSONValue {
+        try whole { reader throws(JSONParseError) in try reader.value() }
+    }
+
+    /// Reads the bytes as one document with `read`: no byte-order mark, white space around it, nothing
+    /// after it — the frame every way of reading a document shares.
+    private mutating func whole<T>(_ read: (inout JSONReader) throws(JSONParseError) -> T) throws(JSONParseError) -> T {
         if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
         skipWhitespace()
-        let value = try value()
+        let result = try read(&self)
         skipWhitespace()
         guard i == bytes.count else { throw .invalid("bytes after the document") }
-        return value
+        return result
     }
 
     /// The members named in `wanted` of a top-level object, built; nil when the document is JSON but
@@ -49,19 +55,20 @@ struct JSONReader {
     /// included — without building what it reads: the request path needs four fields of a chat body,
     /// not a tree of its messages (building it was ~1.3 µs of a ~40 µs call).
     mutating func members(_ wanted: [String]) throws(JSONParseError) -> [String: JSONValue]? {
-        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
-        skipWhitespace()
-        var found: [String: JSONValue]?
-        if i < bytes.count, bytes[i] == UInt8(ascii: "{") {
-            var kept: [String: JSONValue] = [:]
-            try skipObject(keeping: wanted, into: &kept)
-            found = kept
-        } else {
-            try skipValue()
+        try whole { reader throws(JSONParseError) -> [String: JSONValue]? in
+            guard reader.i < reader.bytes.count, reader.bytes[reader.i] == UInt8(ascii: "{") else {
+                try reader.skipValue()
+                return nil
+            }
+            var found: [String: JSONValue] = [:]
+            try reader.skipObject(keeping: wanted, into: &found)
+            return found
         }
-        skipWhitespace()
-        guard i == bytes.count else { throw .invalid("bytes after the document") }
-        return found
+    }
+
+    /// Checks the bytes as one document, as strictly as `document()`, building nothing.
+    mutating func validate() throws(JSONParseError) {
+        try whole { reader throws(JSONParseError) in try reader.skipValue() }
     }
 
     /// The document as text a digest can compare: members sorted by name (after unescaping), strings
@@ -72,14 +79,12 @@ struct JSONReader {
     /// `document()`. For a document whose numbers are plain integers below 9e15 or in Swift's shortest
     /// form, this is `JSONValue.serialized`, byte for byte (digests stored before it stay valid).
     mutating func canonicalDocument() throws(JSONParseError) -> String {
-        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { throw .invalid("byte-order mark") }
-        skipWhitespace()
-        var out = ""
-        out.reserveCapacity(bytes.count)
-        try canonicalValue(into: &out)
-        skipWhitespace()
-        guard i == bytes.count else { throw .invalid("bytes after the document") }
-        return out
+        try whole { reader throws(JSONParseError) in
+            var out = ""
+            out.reserveCapacity(reader.bytes.count)
+            try reader.canonicalValue(into: &out)
+            return out
+        }
     }
 
     private mutating func canonicalValue(into out: inout String) throws(JSONParseError) {
@@ -87,13 +92,15 @@ struct JSONReader {
         switch bytes[i] {
         case UInt8(ascii: "{"):
             var members: [(name: String, value: String)] = []
-            var names = Set<String>()
             if try !opens(closing: UInt8(ascii: "}")) {
+                let base = names.count
+                defer { names.removeSubrange(base...) }
+                var many: Set<String>?
                 repeat {
                     let name = try memberName()
                     var value = ""
                     try canonicalValue(into: &value)
-                    guard names.insert(name).inserted else { throw .duplicateKey(name) }
+                    try note(name, from: base, many: &many)
                     members.append((name, value))
                 } while try continues(closing: UInt8(ascii: "}"))
             }
@@ -129,11 +136,13 @@ struct JSONReader {
         }
     }
 
-
-    /// Where each member `members` built was written (its value's bytes), for a caller that rewrites one.
+    /// Where each member `members` built was written (its value's bytes), for a caller that rewrites one
+    /// and sets `keepsRanges` (the request path, which only reads them, keeps none).
     private(set) var ranges: [String: Range<Int>] = [:]
+    var keepsRanges = false
 
-    /// Member names of the objects being skimmed, innermost last (one array for the whole document).
+    /// Member names of the objects being skimmed or written canonically, innermost last (one array for
+    /// the whole document).
     private var names: [String] = []
     /// Past this many members an object's names are checked through a set, not by a linear search:
     /// an object of many short members would otherwise cost quadratic time.
@@ -167,21 +176,27 @@ struct JSONReader {
             if wanted.contains(name) {
                 let start = i
                 found[name] = try value()
-                ranges[name] = start..<i
+                if keepsRanges { ranges[name] = start..<i }
             } else {
                 try skipValue()
             }
             // After the value, as `object()` finds a repeated name only when it stores the value.
-            if many == nil {
-                guard !names[base...].contains(name) else { throw .duplicateKey(name) }
-                names.append(name)
-                if names.count - base > Self.linearNames { many = Set(names[base...]) }
-            } else {
-                guard many!.insert(name).inserted else { throw .duplicateKey(name) }
-            }
+            try note(name, from: base, many: &many)
         } while try continues(closing: UInt8(ascii: "}"))
     }
 
+    /// Notes a member name of the object whose names start at `base` in `names`, refusing a repeat
+    /// (compared as `object()`'s dictionary compares them). Past `linearNames` members the object's
+    /// names are also kept in `many`, so an object of many members is not quadratic.
+    private mutating func note(_ name: String, from base: Int, many: inout Set<String>?) throws(JSONParseError) {
+        if many == nil {
+            guard !names[base...].contains(name) else { throw .duplicateKey(name) }
+            names.append(name)
+            if names.count - base > Self.linearNames { many = Set(names[base...]) }
+        } else {
+            guard many!.insert(name).inserted else { throw .duplicateKey(name) }
+        }
+    }
 
     /// `array()` without building it.
     private mutating func skipArray() throws(JSONParseError) {
@@ -191,7 +206,6 @@ struct JSONReader {
             try skipValue()
         } while try continues(closing: UInt8(ascii: "]"))
     }
-
 
     /// `string()` without building it: the same checks in the same order. Its UTF-8 is checked run by
     /// run between escapes (an escape starts with `\`, which ends any multi-byte sequence, so a run is
@@ -235,8 +249,11 @@ struct JSONReader {
     }
 
     private mutating func skipWhitespace() {
-        while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 { i += 1 }
+        while i < bytes.count, Self.isWhitespace(bytes[i]) { i += 1 }
     }
+
+    /// JSON's white space (RFC 8259 §2): space, tab, line feed, carriage return.
+    static func isWhitespace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
 
     private mutating func value() throws(JSONParseError) -> JSONValue {
         guard i < bytes.count else { throw .invalid("unexpected end") }
@@ -314,7 +331,6 @@ struct JSONReader {
         return false
     }
 
-
     private mutating func array() throws(JSONParseError) -> JSONValue {
         var elements: [JSONValue] = []
         if try opens(closing: UInt8(ascii: "]")) { return .array(elements) }
@@ -324,7 +340,6 @@ struct JSONReader {
         } while try continues(closing: UInt8(ascii: "]"))
         return .array(elements)
     }
-
 
     private mutating func string() throws(JSONParseError) -> String {
         i += 1
@@ -453,8 +468,7 @@ struct JSONReader {
         }
         var written = ""
         JSONValue.number(value).write(into: &written)
-        var w = written
-        return w.withUTF8 { Decimal10(text) == Decimal10($0) }
+        return written.withUTF8 { Decimal10(text) == Decimal10($0) }
     }
 
     /// A JSON number's decimal value, for comparing spellings: sign, significant digits without leading

@@ -47,15 +47,7 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// Parses bytes with `JSONReader`: strict RFC 8259 in UTF-8, refusing what parsers read differently
     /// (duplicate member names above all).
     public static func parseStrict<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> JSONValue where Bytes.Element == UInt8 {
-        let result: Result<JSONValue, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
-            var reader = JSONReader(buffer)
-            do throws(JSONParseError) { return .success(try reader.document()) } catch { return .failure(error) }
-        }
-        if let result { return try result.get() }
-        return try ContiguousArray(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var reader = JSONReader(buffer)
-            return try reader.document()
-        }
+        try reading(bytes) { reader throws(JSONParseError) in try reader.document() }
     }
 
     /// `parseStrict` for a document whose values will be written out again (`serialized`): a number a
@@ -73,12 +65,7 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// `parseStrict`, and whether every number in the document is one `serialized` writes back with its value.
     public static func parseStrictNotingExactness<Bytes: Collection>(_ bytes: Bytes) throws(JSONParseError) -> (JSONValue, exact: Bool)
     where Bytes.Element == UInt8 {
-        let array = ContiguousArray(bytes)
-        return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var reader = JSONReader(buffer)
-            let value = try reader.document()
-            return (value, !reader.inexactNumber)
-        }
+        try reading(bytes) { reader throws(JSONParseError) in (try reader.document(), !reader.inexactNumber) }
     }
 
     /// The members named in `wanted` of a document that must be an object, read with
@@ -87,28 +74,31 @@ public enum JSONValue: Sendable, Hashable, Codable {
     /// object.
     public static func parseMembers<Bytes: Collection>(_ bytes: Bytes, _ wanted: [String]) throws(JSONParseError) -> [String: JSONValue]?
     where Bytes.Element == UInt8 {
-        let result: Result<[String: JSONValue]?, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
-            var reader = JSONReader(buffer)
-            do throws(JSONParseError) { return .success(try reader.members(wanted)) } catch { return .failure(error) }
-        }
-        if let result { return try result.get() }
-        return try ContiguousArray(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var reader = JSONReader(buffer)
-            return try reader.members(wanted)
-        }
+        try reading(bytes) { reader throws(JSONParseError) in try reader.members(wanted) }
+    }
+
+    /// Whether bytes are one document `parseStrict` accepts, checked without building it.
+    public static func isStrict<Bytes: Collection>(_ bytes: Bytes) -> Bool where Bytes.Element == UInt8 {
+        (try? reading(bytes) { reader throws(JSONParseError) in try reader.validate() }) != nil
     }
 
     /// The document as canonical text for digests (`JSONReader.canonicalDocument`: sorted members, one
     /// escaping, numbers exactly as written); nil when it is not strict JSON.
     public static func canonicalText<Bytes: Collection>(_ bytes: Bytes) -> String? where Bytes.Element == UInt8 {
-        let result: String?? = bytes.withContiguousStorageIfAvailable { buffer in
+        try? reading(bytes) { reader throws(JSONParseError) in try reader.canonicalDocument() }
+    }
+
+    /// Runs `read` with a reader over `bytes`: in place when they are contiguous, else over a copy.
+    static func reading<Bytes: Collection, T>(_ bytes: Bytes, _ read: (inout JSONReader) throws(JSONParseError) -> T) throws(JSONParseError) -> T
+    where Bytes.Element == UInt8 {
+        let inPlace: Result<T, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
             var reader = JSONReader(buffer)
-            return try? reader.canonicalDocument()
+            do throws(JSONParseError) { return .success(try read(&reader)) } catch { return .failure(error) }
         }
-        if let result { return result }
-        return ContiguousArray(bytes).withUnsafeBufferPointer { buffer in
+        if let inPlace { return try inPlace.get() }
+        return try ContiguousArray(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in
             var reader = JSONReader(buffer)
-            return try? reader.canonicalDocument()
+            return try read(&reader)
         }
     }
 

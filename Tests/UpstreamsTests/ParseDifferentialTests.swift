@@ -143,6 +143,8 @@ struct ParseDifferentialTests {
         #expect(including(#"{"stream":true,"stream_options":{"include_usage":false},"seed":12345678901234567}"#)
             == #"{"stream":true,"stream_options":{"include_usage":true},"seed":12345678901234567}"#)
         #expect(including(#"{"stream":true,"stream_options":null,"x":1e2}"#) == #"{"stream":true,"stream_options":{"include_usage":true},"x":1e2}"#)
+        #expect(including(#"{"stream":true,"stream_options":{ "n":12345678901234567 }}"#)
+            == #"{"stream":true,"stream_options":{"include_usage":true, "n":12345678901234567 }}"#, "inside it too, nothing re-serialized")
         #expect(including(#"{"stream":true,"stream_options":{"include_usage":true}}"#) == nil, "asks already")
         #expect(including(#"[1]"#) == nil && including(#"{"a":1,}"#) == nil)
         for text in [body, "{}", #"{"stream_options":{"x":[1,2]},"stream":true}"#] {

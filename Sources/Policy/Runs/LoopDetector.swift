@@ -75,7 +75,6 @@ public struct LoopDetector: Sendable, Hashable {
         var latest: UInt64
 
         var count: Int { 1 + more.count }
-        var last: Int64 { more.last ?? first }
 
         /// Adds `now`, forgetting times older than `window` and keeping the last `keep`; returns the count.
         mutating func note(_ now: Int64, window: Int64, keep: Int) -> Int {

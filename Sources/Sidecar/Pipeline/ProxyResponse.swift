@@ -74,7 +74,7 @@ enum ResponseMapper {
         var out = ByteBuffer()
         out.reserveCapacity(data.readableBytes + 256)
         out.writeStaticString(#"{"data":"#)
-        if JSONValue.parse(data.readableBytesView) != nil {
+        if JSONValue.isStrict(data.readableBytesView) {
             out.writeImmutableBuffer(data)
         } else {
             var text = ""

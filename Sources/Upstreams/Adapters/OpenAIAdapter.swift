@@ -57,33 +57,58 @@ public struct OpenAIAdapter: ToolAdapter {
 
     /// A streamed chat body that asks for usage in its last chunk (`stream_options.include_usage`), so a
     /// budget settles from the real count; nil when it asks already (or is not a JSON object). Every
-    /// other byte is sent as the agent wrote it: the member is spliced in (or its value replaced), never
-    /// the body re-serialized — a re-serialization reads numbers as doubles, and `"seed":
+    /// other byte is sent as the agent wrote it — `true` is spliced in where it belongs, at either
+    /// level, and nothing is re-serialized: a re-serialization reads numbers as doubles, and `"seed":
     /// 12345678901234567` would have reached OpenAI as `1.2345678901234568e+16`.
     public static func includingUsage(_ body: ByteBuffer) -> ByteBuffer? {
-        body.readableBytesView.withContiguousStorageIfAvailable { bytes -> ByteBuffer? in
-            var reader = JSONReader(bytes)
-            guard case .some(let found)? = try? reader.members(["stream_options"]) else { return nil }
-            var out = ByteBuffer()
-            out.reserveCapacity(bytes.count + 40)
-            if let range = reader.ranges["stream_options"], let existing = found["stream_options"] {
-                var options = existing.objectValue ?? [:]
-                guard options["include_usage"] != true else { return nil }
-                options["include_usage"] = true
-                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[..<range.lowerBound]))
-                out.writeString(JSONValue.object(options).serialized)
-                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[range.upperBound...]))
-            } else {
-                // After the object's `{`; a comma unless the object is empty.
-                guard let open = bytes.firstIndex(of: UInt8(ascii: "{")) else { return nil }
-                let empty = bytes[(open + 1)...].first { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 } == UInt8(ascii: "}")
-                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[...open]))
-                out.writeStaticString(#""stream_options":{"include_usage":true}"#)
-                if !empty { out.writeStaticString(",") }
-                out.writeBytes(UnsafeBufferPointer(rebasing: bytes[(open + 1)...]))
-            }
+        let view = body.readableBytesView
+        guard let (options, at) = member("stream_options", of: view) else { return nil }
+        var out = ByteBuffer()
+        out.reserveCapacity(view.count + 40)
+        guard let at else {
+            inserting(#""stream_options":{"include_usage":true}"#, into: view, out: &out)
             return out
-        } ?? nil
+        }
+        out.writeBytes(view[..<at.lowerBound])
+        let value = view[at]
+        if case .object? = options, let (usage, usageAt) = member("include_usage", of: value) {
+            if usage == true { return nil }
+            if let usageAt {
+                out.writeBytes(value[..<usageAt.lowerBound])
+                out.writeStaticString("true")
+                out.writeBytes(value[usageAt.upperBound...])
+            } else {
+                inserting(#""include_usage":true"#, into: value, out: &out)
+            }
+        } else {
+            out.writeStaticString(#"{"include_usage":true}"#)  // null or not an object: replaced
+        }
+        out.writeBytes(view[at.upperBound...])
+        return out
+    }
+
+    /// The member `name` of the JSON object `view` (read strictly) and where its value's bytes are; nil
+    /// when `view` is not a JSON object.
+    private static func member(_ name: String, of view: ByteBufferView) -> (JSONValue?, Range<ByteBufferView.Index>?)? {
+        let read = try? JSONValue.reading(view) { reader throws(JSONParseError) in
+            reader.keepsRanges = true
+            return (try reader.members([name]), reader.ranges[name])
+        }
+        guard let read, let found = read.0 else { return nil }
+        return (found[name], read.1.map { (view.startIndex + $0.lowerBound)..<(view.startIndex + $0.upperBound) })
+    }
+
+    /// `object` with `member` written first after its `{` (a comma after it unless the object is empty).
+    private static func inserting(_ member: StaticString, into object: ByteBufferView, out: inout ByteBuffer) {
+        guard let open = object.firstIndex(of: UInt8(ascii: "{")) else {
+            out.writeBytes(object)
+            return
+        }
+        let empty = object[(open + 1)...].first { !JSONReader.isWhitespace($0) } == UInt8(ascii: "}")
+        out.writeBytes(object[...open])
+        out.writeStaticString(member)
+        if !empty { out.writeStaticString(",") }
+        out.writeBytes(object[(open + 1)...])
     }
 
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
