@@ -60,9 +60,9 @@ def chunked_gmail(up, chunks, end=True):
     return sent
 
 
-def config(pki, up, extra="", http2=True):
+def config(pki, up, extra="", http2=True, timeout="2s"):
     return live_config(pki, up, extra=extra, http2=http2).replace(
-        f'gmail_send: {{mode: live, base_url: "{up.base_url}"}}', f'gmail_send: {{mode: live, base_url: "{up.base_url}", timeout: 2s}}')
+        f'gmail_send: {{mode: live, base_url: "{up.base_url}"}}', f'gmail_send: {{mode: live, base_url: "{up.base_url}", timeout: {timeout}}}')
 
 
 def send(s, token, body, key=None, timeout=10):
@@ -140,7 +140,9 @@ def test_identical_sends_racing_reach_gmail_once(pki, https_upstream, sidecar_fa
     distinct email reaches Gmail exactly once, and every identical one but the first is refused (in
     flight) or replayed — never sent."""
     sent = gmail_upstream(https_upstream, delay=0.2)
-    s = sidecar_factory(config(pki, https_upstream, http2=http2), env=LIVE_ENV)
+    # A roomy deadline: 41 TLS connections opened at once to a Python server, beside 80 client threads on
+    # two cores, can take past 2 s for one of them — which says nothing about exactly-once.
+    s = sidecar_factory(config(pki, https_upstream, http2=http2, timeout="15s"), env=LIVE_ENV)
     token = s.new_token()
     start = threading.Barrier(80)
 
