@@ -51,11 +51,14 @@ struct DocumentFuzzTests {
 
     /// Mutants of one shipped document through `parse`: each parses or is refused with a message (a
     /// SplitMix64 seed gives the same mutants on every machine); returns how many were refused.
-    static func campaign(_ file: String, seed: UInt64, parse: (String) throws(DocumentError) -> Void) throws -> Int {
+    /// Yields now and then: a campaign is seconds of CPU in a debug build, and the tests run in parallel
+    /// on a pool of as many threads as cores — held that long, tests waiting on I/O starve.
+    static func campaign(_ file: String, seed: UInt64, parse: (String) throws(DocumentError) -> Void) async throws -> Int {
         let original = try deployFile(file)
         var rng = SplitMix64(seed: seed)
         var refused = 0
-        for _ in 0..<cases {
+        for n in 0..<cases {
+            if n % 64 == 63 { await Task.yield() }
             do {
                 try parse(mutate(original, &rng))
             } catch {
@@ -67,13 +70,13 @@ struct DocumentFuzzTests {
     }
 
     @Test(arguments: ["sidecar.dev.yaml", "sidecar.live.example.yaml"])
-    func configMutantsParseOrAreRefusedWithAMessage(_ file: String) throws {
-        let refused = try Self.campaign(file, seed: Self.seed) { text throws(DocumentError) in _ = try ConfigLoader.parse(text) }
+    func configMutantsParseOrAreRefusedWithAMessage(_ file: String) async throws {
+        let refused = try await Self.campaign(file, seed: Self.seed) { text throws(DocumentError) in _ = try ConfigLoader.parse(text) }
         #expect(refused > 100, "the mutations reach the validation, not only the happy path")
     }
 
-    @Test func policyMutantsCompileOrAreRefusedWithAMessage() throws {
-        let refused = try Self.campaign("policy.yaml", seed: Self.seed &+ 1) { text throws(DocumentError) in _ = try PolicyRuntime.compile(text) }
+    @Test func policyMutantsCompileOrAreRefusedWithAMessage() async throws {
+        let refused = try await Self.campaign("policy.yaml", seed: Self.seed &+ 1) { text throws(DocumentError) in _ = try PolicyRuntime.compile(text) }
         #expect(refused > 100)
     }
 }
