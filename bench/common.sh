@@ -34,7 +34,7 @@ run_wrk() { # name round url pid
   # PERF="row ..." records a call-graph profile of those rows' first round (perf-ROW.data in the current directory).
   local perf=""
   if [[ " ${PERF:-} " == *" $1 "* && "$2" == 1 ]]; then
-    perf record -F 499 -g -p "$4" -o "perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 & perf=$!
+    perf record ${PERF_ARGS:--F 499 -g} -p "$4" -o "perf-$1.data" -- sleep "$DURATION" >/dev/null 2>&1 & perf=$!
   fi
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/$1.lua" "$3" > "$WORK/$1.$2.txt"
   [[ -n "$perf" ]] && wait "$perf"

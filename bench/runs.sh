@@ -73,9 +73,13 @@ T0=$(ticks "$SIDE"); sleep 3; T1=$(ticks "$SIDE")
 IDLE_CPU=$(python3 -c "print(f'{($T1-$T0)/$(getconf CLK_TCK)/3*100:.0f}')")
 LEDGER=$(curl -fs "http://127.0.0.1:$A/api/runs/$RUN" "${H[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ledger"]["calls"], d["reserved"]["calls"])')
 
-FAN_RUN=$(new_run)
-FANOUT=$(python3 bench/sse_fanout.py --admin "http://127.0.0.1:$A" --proxy "http://127.0.0.1:$P" --admin-token "$ADMIN" \
-  --token "$TOKEN" --run "$FAN_RUN" --streams "$STREAMS" --calls "$CALLS")
+if (( STREAMS > 0 )); then
+  FAN_RUN=$(new_run)
+  FANOUT=$(python3 bench/sse_fanout.py --admin "http://127.0.0.1:$A" --proxy "http://127.0.0.1:$P" --admin-token "$ADMIN" \
+    --token "$TOKEN" --run "$FAN_RUN" --streams "$STREAMS" --calls "$CALLS")
+else
+  FANOUT="SSE fan-out: not measured (STREAMS=0)"
+fi
 
 REPORT="$OUT/runs-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {

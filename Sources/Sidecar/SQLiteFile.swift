@@ -6,13 +6,14 @@ import Synchronization
 /// a WAL pool (readers beside one writer), `synchronous=NORMAL` (a commit survives the process
 /// crashing, not the machine losing power mid-write), a 5 s busy wait; `:memory:` for tests.
 enum SQLiteFile {
-    /// `autocheckpoint: false` leaves the WAL's checkpoints to a `WALCheckpointer`.
-    static func open(_ path: String, autocheckpoint: Bool = true) throws -> any DatabaseWriter {
+    /// `checkpointPages`: the WAL's size in pages at which a commit checkpoints it (SQLite's default 1 000;
+    /// 0 leaves the checkpoints to a `WALCheckpointer`).
+    static func open(_ path: String, checkpointPages: Int = 1_000) throws -> any DatabaseWriter {
         var config = Configuration()
         config.busyMode = .timeout(5)
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            if !autocheckpoint { try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+            if checkpointPages != 1_000 { try db.execute(sql: "PRAGMA wal_autocheckpoint = \(max(0, checkpointPages))") }
         }
         return path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
     }

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Policy
+import Synchronization
 import Testing
 import Upstreams
 
@@ -49,6 +50,58 @@ struct RunEventBlockTests {
         }
         let blocks = try await store.db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM run_event_blocks WHERE run_id = ?", arguments: [run.id]) }
         #expect((blocks ?? 0) >= 4, "cut into blocks of at most \(RunEventBlock.capacity)")
+    }
+
+    /// A call's event is written with nobody asking again, also when it lands just as the writer stops
+    /// (`flushSoon` answers without the lock while the writer runs): bursts from two threads, each
+    /// followed by a quiet gap around the writer's gather, so some land as it stops; every burst's
+    /// events must be readable soon, with no later call to carry them.
+    @Test func eventsAppendedAsTheWriterStopsAreWritten() async throws {
+        let store = try EmbeddedRunStore(path: ":memory:")
+        let run = try await Self.startedRun(store)
+        var last = 2  // created, started
+        for burst in 0..<120 {
+            let n = 1 + burst % 5
+            await withTaskGroup(of: Void.self) { g in
+                for _ in 0..<2 {
+                    g.addTask { for _ in 0..<n { _ = store.appendNow(run.id, agent: nil, type: "tool.call", json: "{}", now: 10) } }
+                }
+            }
+            last += 2 * n
+            let deadline = ContinuousClock.now + .seconds(3)
+            while try await store.events(run.id, after: String(last - 1), limit: 1).isEmpty {
+                guard ContinuousClock.now < deadline else {
+                    Issue.record("burst \(burst): its events were left unwritten")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            try await Task.sleep(for: .microseconds(2_000 + (burst * 397) % 4_000))
+        }
+    }
+
+    /// The narrow case of the test above, made to happen: an event appended after the writer's last look
+    /// at the book, while `writing` still says it runs.
+    @Test func anEventAppendedAsTheWriterDecidesToStopIsWritten() async throws {
+        let store = try EmbeddedRunStore(path: ":memory:")
+        let run = try await Self.startedRun(store)
+        let once = Mutex(true)
+        store.stopping.withLock {
+            $0 = EmbeddedRunStore.Hook {
+                guard once.withLock({ f in defer { f = false }; return f }) else { return }
+                _ = store.appendNow(run.id, agent: nil, type: "tool.call", json: #"{"late":true}"#, now: 10)
+            }
+        }
+        _ = store.appendNow(run.id, agent: nil, type: "tool.call", json: "{}", now: 10)
+        let deadline = ContinuousClock.now + .seconds(3)
+        while try await store.events(run.id, after: "3", limit: 1).isEmpty {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("the event appended as the writer stopped was left unwritten")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        #expect(try await store.events(run.id, after: "3", limit: 1).first?.json == #"{"late":true}"#)
     }
 
     /// A trim that falls inside a block, in the same write as the events it trims.

@@ -25,11 +25,13 @@ struct RunBook: Sendable {
 
     init(maxEvents: Int) { self.maxEvents = max(10, maxEvents) }
 
-    func contains(_ id: String) -> Bool { runs[id] != nil }
+    // Presence is asked with `index(forKey:)`: `runs[id] != nil` copies the run out of the table (every
+    // field retained, then released) to compare it with nil — on every call of a run.
+    func contains(_ id: String) -> Bool { runs.index(forKey: id) != nil }
 
     /// Adds a run read from storage (or just created), unless a newer copy is already here.
     mutating func insert(_ run: Run, lastSeq: Int64, events: Int) {
-        guard runs[run.id] == nil else { return }
+        guard runs.index(forKey: run.id) == nil else { return }
         runs[run.id] = run
         streams[run.id] = (lastSeq + 1, events)
     }
@@ -41,10 +43,10 @@ struct RunBook: Sendable {
     var activeCount: Int { runs.values.reduce(0) { $0 + ($1.status.isTerminal ? 0 : 1) } }
 
     /// The ids of `ids` that are not in memory.
-    func missing(_ ids: [String]) -> [String] { ids.filter { runs[$0] == nil } }
+    func missing(_ ids: [String]) -> [String] { ids.filter { runs.index(forKey: $0) == nil } }
 
     /// Whether every run of `ids` is in memory (without making the list of those that are not).
-    func hasAll(_ ids: [String]) -> Bool { ids.allSatisfy { runs[$0] != nil } }
+    func hasAll(_ ids: [String]) -> Bool { ids.allSatisfy { runs.index(forKey: $0) != nil } }
 
     var hasPending: Bool { !dirty.isEmpty || !pending.isEmpty }
 
@@ -63,7 +65,7 @@ struct RunBook: Sendable {
     /// Puts back a batch that could not be written, ahead of what changed since (the runs themselves
     /// are still here: written again from their current state).
     mutating func restore(_ batch: Pending) {
-        for run in batch.runs where runs[run.id] != nil { dirty.insert(run.id) }
+        for run in batch.runs where runs.index(forKey: run.id) != nil { dirty.insert(run.id) }
         pending.events = batch.events + pending.events
         pending.trims = batch.trims + pending.trims
     }
@@ -108,7 +110,7 @@ struct RunBook: Sendable {
 
     /// `reserve` when the run and its ancestors are in memory; nil when one is not (load it first).
     mutating func reserveIfLoaded(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
-        guard let chain = runs[id]?.chain, hasAll(chain) else { return nil }
+        guard let slot = runs.index(forKey: id), hasAll(runs.values[slot].chain) else { return nil }
         return reserve(id, agent: agent, charge: charge, now: now)
     }
 
@@ -176,7 +178,7 @@ struct RunBook: Sendable {
     }
 
     mutating func append(_ id: String, type: String, json: String, now: Int64) -> RunEvent? {
-        guard runs[id] != nil, let stream = streams.index(forKey: id) else { return nil }
+        guard runs.index(forKey: id) != nil, let stream = streams.index(forKey: id) else { return nil }
         var (seq, count) = streams.values[stream]
         if count >= maxEvents {
             let keep = maxEvents - max(1, maxEvents / 10)

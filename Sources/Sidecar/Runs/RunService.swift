@@ -40,12 +40,15 @@ final class RunService: Sendable {
     /// Tells the fleet (Redis pub/sub); nil on one host.
     private let publish: (@Sendable (String) -> Void)?
 
-    /// In flight on this sidecar, by request id.
-    private let inflight = Mutex<[String: RunCall]>([:])
+    /// In flight on this sidecar, by the call object (an integer's hash, where a request id is a string's).
+    private let inflight = Mutex<[ObjectIdentifier: RunCall]>([:])
     /// The loop breaker's memory of each run's recent calls (this sidecar's share of them).
     private let detectors = Mutex<[String: LoopDetector]>([:])
     /// Runs killed lately: a call admitted just as its run was cancelled is caught by this.
     private let killed = Mutex(LRUCache<String, Void>(capacity: 4096))
+    /// Kills begun on this sidecar (`killLocal`), counted before each one looks at the calls in flight: a
+    /// call admitted while none began looks no further than this count (`admitted`).
+    private let kills = Atomic<Int>(0)
     /// The store when it can decide at once (embedded): calls of a run stay on their event loop.
     private let immediate: EmbeddedRunStore?
 
@@ -86,11 +89,12 @@ final class RunService: Sendable {
     /// waiting (the embedded store, the run in memory); nil otherwise (`admit`).
     func admitNow(_ call: RunCall, identity: AgentIdentity) -> Result<Void, GatewayError>? {
         let evaluator = policy?.evaluator
+        let killsBefore = kills.load(ordering: .sequentiallyConsistent)
         guard let immediate, let decided = immediate.reserveNow(call.run, agent: call.agent, charge: charge(of: call, evaluator), now: now()) else {
             return nil
         }
         do throws(GatewayError) {
-            try admitted(call, decided, prices: evaluator?.policy.prices)
+            try admitted(call, decided, prices: evaluator?.policy.prices, killsBefore: killsBefore)
             if let refusal = loopCheck(call, identity: identity, evaluator) {
                 // Refused (and given back) before the run is paused or cancelled, so it is not aborted as
                 // one of the run's calls in flight.
@@ -109,10 +113,11 @@ final class RunService: Sendable {
     func admit(_ call: RunCall, identity: AgentIdentity) async throws(GatewayError) {
         let decided: RunReservation
         let evaluator = policy?.evaluator
+        let killsBefore = kills.load(ordering: .sequentiallyConsistent)
         do { decided = try await store.reserve(call.run, agent: call.agent, charge: charge(of: call, evaluator), now: now()) } catch {
             throw Self.storeError()
         }
-        try admitted(call, decided, prices: evaluator?.policy.prices)
+        try admitted(call, decided, prices: evaluator?.policy.prices, killsBefore: killsBefore)
         if let refusal = loopCheck(call, identity: identity, evaluator) {
             if refusal.action != .report { await finished(call, record: nil) }
             let found = loopFound(call.run, refusal.verdict, action: refusal.action)
@@ -122,12 +127,19 @@ final class RunService: Sendable {
     }
 
     /// The store's decision: the call registered as in flight, or its refusal.
-    private func admitted(_ call: RunCall, _ decided: RunReservation, prices: RunPrices?) throws(GatewayError) {
+    ///
+    /// A kill stops the calls it finds in flight; one admitted as its run was being stopped may not be
+    /// among them yet, so it looks for its run among the runs killed lately — when a kill began since
+    /// `killsBefore` (the count read before the store's decision). A kill that began earlier changed the
+    /// run's stored state first, so the store refused the call.
+    private func admitted(_ call: RunCall, _ decided: RunReservation, prices: RunPrices?, killsBefore: Int) throws(GatewayError) {
         switch decided {
         case .reserved(let ledger, let chain):
             call.admitted(chain: chain, reserved: ledger, prices: prices ?? RunPrices())
-            inflight.withLock { $0[call.requestID] = call }
-            if killed.withLock({ k in chain.contains { k.contains($0) } }) { kill(call) }
+            inflight.withLock { $0[ObjectIdentifier(call)] = call }
+            if kills.load(ordering: .sequentiallyConsistent) != killsBefore, killed.withLock({ k in chain.contains { k.contains($0) } }) {
+                kill(call)
+            }
         case .unknown:
             throw GatewayError(.runNotFound, "no run \(call.run)")
         case .forbidden:
@@ -209,7 +221,7 @@ final class RunService: Sendable {
             return
         }
         call.markSettled()
-        inflight.withLock { _ = $0.removeValue(forKey: call.requestID) }
+        inflight.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(call)) }
     }
 
     /// The event a finished call puts on its run's stream, as JSON text (nil: none — the run does not
@@ -264,9 +276,9 @@ final class RunService: Sendable {
                 Task { await finished(call, runID: runID, agent: agent, record: record) }
                 return
             }
-            if s != nil {
-                call?.markSettled()
-                inflight.withLock { _ = $0.removeValue(forKey: record.requestID) }
+            if s != nil, let call {
+                call.markSettled()
+                inflight.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(call)) }
             }
             switch appended {
             case nil:
@@ -286,7 +298,7 @@ final class RunService: Sendable {
         var actual: RunLedger?
         if let s = settlement(call, record: record), let call {
             call.markSettled()
-            inflight.withLock { _ = $0.removeValue(forKey: call.requestID) }
+            inflight.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(call)) }
             actual = s.actual
             do { try await store.settle(chain: s.chain, reserved: s.reserved, actual: s.actual) } catch {
                 logger.warning("cannot settle a run's call; its reservation stays held", metadata: ["run": "\(call.run)", "error": "\(error)"])
@@ -394,6 +406,7 @@ final class RunService: Sendable {
 
     /// Aborts the calls in flight on this sidecar of `run` or of any run below it.
     func killLocal(_ run: String) {
+        kills.add(1, ordering: .sequentiallyConsistent)
         _ = killed.withLock { $0.set(run, ()) }
         detectors.withLock { _ = $0.removeValue(forKey: run) }
         let calls = inflight.withLock { f in f.values.filter { $0.reservation?.chain.contains(run) ?? false } }
