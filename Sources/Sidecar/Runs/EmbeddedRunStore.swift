@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NIOPosix
 import Policy
 import Synchronization
 import Upstreams
@@ -30,7 +31,9 @@ final class EmbeddedRunStore: RunStore {
     private let memoryLimit = 10_000
 
     init(path: String, maxEvents: Int = 10_000) throws {
-        db = try SQLiteFile.open(path, checkpointPages: Self.checkpointPages)
+        db = try SQLiteFile.open(path, checkpointPages: 0)
+        checkpointer = try WALCheckpointer(path: path, writer: db, threads: threads, every: Self.checkpointEvery)
+        threads.start()
         book = Mutex(RunBook(maxEvents: maxEvents))
         var m = DatabaseMigrator()
         m.registerMigration("v1-runs") { db in
@@ -83,6 +86,8 @@ final class EmbeddedRunStore: RunStore {
         let row = try Row.fetchOne(db, sql: "SELECT MAX(last_seq) AS last, SUM(n) AS n FROM run_event_blocks WHERE run_id = ?", arguments: [id])
         return ((row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
     }
+
+    deinit { threads.shutdownGracefully { _ in } }
 
     func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = Listener(wake: body) } }
 
@@ -142,6 +147,9 @@ final class EmbeddedRunStore: RunStore {
     }
 
     private let flush = Mutex(Flush())
+    private let checkpointer: WALCheckpointer
+    /// The checkpointer's thread (NIO's shared blocking pool is where `http_fetch`'s name lookups wait).
+    private let threads = NIOThreadPool(numberOfThreads: 1)
     /// `flush.running`, readable without the lock (`flushSoon`).
     private let writing = Atomic<Bool>(false)
     /// Tests: runs as the writer decides to stop, after its last look at the book (the moment a change
@@ -156,11 +164,11 @@ final class EmbeddedRunStore: RunStore {
     /// wake-ups are shared by four times as many events, for events at most ~16 ms later on their streams.
     static let busyGather: Duration = .milliseconds(16)
     static let busyWrite = 64
-    /// The WAL's size at which a commit checkpoints it: 16 MiB (SQLite's default is 4 MiB). Each
-    /// checkpoint ends in `fdatasync`, and a page written many times between two (the run's row, the
-    /// blocks' B-tree) is copied once: under load a quarter of the syncs and fewer page copies, for a WAL
-    /// file of up to 16 MiB beside the database.
-    static let checkpointPages = 4_096
+    /// Writes between two checkpoints of the WAL, which run beside the writer (`WALCheckpointer`): with
+    /// SQLite's own, the write that took the WAL past 1 000 pages copied them to the database and waited
+    /// for the disk, and every call of a run waited behind it once the backlog filled. Under load (a
+    /// write per 16 ms) about a second of events.
+    static let checkpointEvery = 64
     /// Events waiting to be written past which calls of runs wait for the writer (`reserve`) instead of
     /// being admitted at once (`reserveNow`): without it a writer slower than the calls (SQLite sharing two
     /// cores with the proxy at 25 000 run calls/s) let the backlog grow by gigabytes.
@@ -249,7 +257,8 @@ final class EmbeddedRunStore: RunStore {
     /// One transaction: takes what changed, inside the writer's serial queue (so batches land in the
     /// order they were taken), and writes it.
     private func writeBatch(_ taken: Taken) async throws -> [String] {
-        try await db.write { db in
+        defer { checkpointer.committed() }
+        return try await db.write { db in
             let batch = self.book.withLock { $0.take() }
             taken.batch.withLock { $0 = batch }
             guard !batch.isEmpty else { return [] }
