@@ -45,6 +45,10 @@ run_wrk() { # name round url pid
 }
 round_rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.$2.txt"; }
 median() { sort -g | awk -v m=$(( (ROUNDS + 1) / 2 )) 'NR==m'; }
+# A field of a JSON report (tunnel-load, rate-load and bench/sse_stream.py write one per round).
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# The median over the rounds of FIELD in $WORK/NAME.ROUND.json: med NAME FIELD.
+med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$r.json" "$2"; done | median; }
 median_round() { for r in $(seq 1 "$ROUNDS"); do echo "$(round_rps "$1" "$r") $r"; done | median | awk '{print $2}'; }
 rps() { round_rps "$1" "$(median_round "$1")"; }
 pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.$(median_round "$1").txt"; }

@@ -75,7 +75,6 @@ TOKEN=$(curl -fs -X POST "http://127.0.0.1:$ADMIN/api/agents/$AGENT/tokens" -H "
   -d '{"ttl":"1h"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 for _ in $(seq 1 50); do curl -fs --cacert "$WORK/ca.pem" --resolve "serpapi.com:$NGINX:127.0.0.1" "https://serpapi.com:$NGINX/search?q=x" >/dev/null 2>&1 && break; sleep 0.1; done
 
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 load() { # name round pid mode conns -- tunnel-load arguments
   local name=$1 round=$2 pid=$3 mode=$4 conns=$5; shift 6
   [[ "$round" == 1 ]] && "$LOAD" "$@" --mode "$mode" --connections "$conns" --seconds 2 >/dev/null
@@ -90,7 +89,6 @@ load() { # name round pid mode conns -- tunnel-load arguments
   local t2; t2=$(ticks "$pid")
   python3 -c "print(f'{($t2-$t1)/$(getconf CLK_TCK)/$(field "$WORK/$name.$round.json" requests)*1e6:.1f}')" > "$WORK/$name.$round.cpu"
 }
-med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$r.json" "$2"; done | median; }
 spread() { for r in $(seq 1 "$ROUNDS"); do python3 -c "print(f'{$(field "$WORK/$1.$r.json" rps)/$(field "$WORK/$2.$r.json" rps):.2f}')"; done | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
 NGINX_ARGS=(127.0.0.1:$NGINX --sni serpapi.com --ca "$WORK/ca.pem" --path "/search?q=bench")
 FLOOR_ARGS=(127.0.0.1:$FLOOR --sni serpapi.com --ca "$WORK/ca.pem" --path "/search?q=bench")

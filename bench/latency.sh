@@ -47,9 +47,6 @@ measure() { # target rate round -> $WORK/target.rate.round.json
   "$LOAD" "127.0.0.1:$port" --rate "$2" --seconds "$DURATION" --warmup 1 --method POST --path "$path" \
     --header "Content-Type: application/json" "${extra[@]}" --body "$BODY" > "$WORK/$1.$2.$3.json"
 }
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-# The median over rounds of one field.
-med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$2.$r.json" "$3"; done | median; }
 bad() { for r in $(seq 1 "$ROUNDS"); do echo $(( $(field "$WORK/$1.$2.$r.json" errors) + $(field "$WORK/$1.$2.$r.json" non_2xx) )); done | sort -n | tail -1; }
 
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/openai/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$BODY")
@@ -75,14 +72,14 @@ REPORT="$OUT/latency-$(date -u +%Y%m%dT%H%M%SZ).txt"
   echo "latency at fixed rates $(date -u +%FT%TZ), $(nproc) cores, $( [[ "${PLAIN_RELEASE:-0}" == 1 ]] && echo plain || echo profile-guided ) release, chat POST with agent token and full policy, rate-load open model, ${DURATION}s per point after 1 s warm-up, $ROUNDS rounds (medians)"
   printf "%-8s %-8s %8s %8s %8s %8s %9s %6s\n" rate target p50_us p90_us p99_us p999_us "added99" bad
   for rate in $RATES; do
-    d99=$(med direct "$rate" p99_us)
+    d99=$(med "direct.$rate" p99_us)
     for t in direct nginx sidecar; do
-      p99=$(med "$t" "$rate" p99_us)
-      printf "%-8s %-8s %8s %8s %8s %8s %9s %6s\n" "$rate" "$t" "$(med "$t" "$rate" p50_us)" "$(med "$t" "$rate" p90_us)" "$p99" \
-        "$(med "$t" "$rate" p999_us)" "$( [[ $t == direct ]] && echo - || echo $((p99 - d99)) )" "$(bad "$t" "$rate")"
+      p99=$(med "$t.$rate" p99_us)
+      printf "%-8s %-8s %8s %8s %8s %8s %9s %6s\n" "$rate" "$t" "$(med "$t.$rate" p50_us)" "$(med "$t.$rate" p90_us)" "$p99" \
+        "$(med "$t.$rate" p999_us)" "$( [[ $t == direct ]] && echo - || echo $((p99 - d99)) )" "$(bad "$t" "$rate")"
     done
   done
   first=${RATES%% *}
-  echo "added p99 at $first req/s: sidecar $(( $(med sidecar "$first" p99_us) - $(med direct "$first" p99_us) )) us, nginx $(( $(med nginx "$first" p99_us) - $(med direct "$first" p99_us) )) us (target: sidecar <= 300 us)"
+  echo "added p99 at $first req/s: sidecar $(( $(med "sidecar.$first" p99_us) - $(med "direct.$first" p99_us) )) us, nginx $(( $(med "nginx.$first" p99_us) - $(med "direct.$first" p99_us) )) us (target: sidecar <= 300 us)"
   echo "highest rate held with sidecar p99 <= 1 ms (x1.25 steps above ${RATES##* }): ${PEAK:-none above ${RATES##* }}${PEAK_FAIL:+; next step $PEAK_FAIL}"
 } | tee "$REPORT"

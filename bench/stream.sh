@@ -37,8 +37,6 @@ env OPENAI_API_KEY=sk-proj-Q7f9Xk2LmN4pR8sT1vW3yZabcdefghijklmnopqrstuvwxyz0123 
 wait_ready "$A"
 AGENT=$(bench_agent "$A"); TOKEN=$(bench_token "$A" "$AGENT")
 
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-med() { for r in $(seq 1 "$ROUNDS"); do field "$WORK/$1.$r.json" "$2"; done | median; }
 target() { case $1 in direct) echo "127.0.0.1:$BACKEND /v1/chat/completions";; nginx) echo "127.0.0.1:$NGINX /v1/chat/completions";;
   sidecar) echo "127.0.0.1:$P /openai/v1/chat/completions --token $TOKEN";; esac; }
 pid_of() { case $1 in direct) echo "$BACKEND_PID";; nginx) echo "$NGINX_PID";; sidecar) echo "$SIDE";; esac; }

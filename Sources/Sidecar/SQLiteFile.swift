@@ -6,14 +6,13 @@ import Synchronization
 /// a WAL pool (readers beside one writer), `synchronous=NORMAL` (a commit survives the process
 /// crashing, not the machine losing power mid-write), a 5 s busy wait; `:memory:` for tests.
 enum SQLiteFile {
-    /// `checkpointPages`: the WAL's size in pages at which a commit checkpoints it (SQLite's default 1 000;
-    /// 0 leaves the checkpoints to a `WALCheckpointer`).
-    static func open(_ path: String, checkpointPages: Int = 1_000) throws -> any DatabaseWriter {
+    /// `autocheckpoint: false` leaves the WAL's checkpoints to a `WALCheckpointer`.
+    static func open(_ path: String, autocheckpoint: Bool = true) throws -> any DatabaseWriter {
         var config = Configuration()
         config.busyMode = .timeout(5)
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            if checkpointPages != 1_000 { try db.execute(sql: "PRAGMA wal_autocheckpoint = \(max(0, checkpointPages))") }
+            if !autocheckpoint { try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
         }
         return path == ":memory:" ? try DatabaseQueue(configuration: config) : try DatabasePool(path: path, configuration: config)
     }
@@ -35,20 +34,27 @@ final class WALCheckpointer: Sendable {
     private let writer: any DatabaseWriter
     private let own: DatabaseQueue?
     private let threads: NIOThreadPool
+    /// Whether `threads` was made here (and is shut down with the checkpointer).
+    private let ownsThreads: Bool
     private let every: Int
     private let state = Mutex((commits: 0, phase: Phase.idle))
 
-    /// `threads`: where the background checkpoint runs (not the writer's thread while it is busy). `every`:
-    /// commits between checkpoints (a commit of the idempotency ledger appends a few pages).
-    init(path: String, writer: any DatabaseWriter, threads: NIOThreadPool, every: Int = 256) throws {
+    /// `threads`: where the background checkpoint runs (not the writer's thread while it is busy); nil: a
+    /// thread of its own, started here and stopped with the checkpointer. `every`: commits between
+    /// checkpoints (a commit of the idempotency ledger appends a few pages).
+    init(path: String, writer: any DatabaseWriter, threads: NIOThreadPool? = nil, every: Int = 256) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
         config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         own = path == ":memory:" ? nil : try DatabaseQueue(path: path, configuration: config)
         self.writer = writer
-        self.threads = threads
+        ownsThreads = threads == nil
+        self.threads = threads ?? NIOThreadPool(numberOfThreads: 1)
+        if ownsThreads { self.threads.start() }
         self.every = every
     }
+
+    deinit { if ownsThreads { threads.shutdownGracefully { _ in } } }
 
     /// Whether a background checkpoint is under way (tests).
     var running: Bool { state.withLock { $0.phase == .running } }

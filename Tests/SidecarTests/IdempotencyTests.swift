@@ -145,7 +145,7 @@ import Testing
     @Test func theWALIsReusedThoughTheWriterNeverCheckpoints() async throws {
         let path = NSTemporaryDirectory() + "wal-\(UUID().uuidString).sqlite"
         defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
-        let db = try SQLiteFile.open(path, checkpointPages: 0)
+        let db = try SQLiteFile.open(path, autocheckpoint: false)
         try await db.write { try $0.execute(sql: "CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)") }
         let threads = NIOThreadPool(numberOfThreads: 2)
         threads.start()

@@ -81,7 +81,7 @@ struct RunEventBlockTests {
     }
 
     /// The narrow case of the test above, made to happen: an event appended after the writer's last look
-    /// at the book, while `writing` still says it runs.
+    /// at the book, while `running` still says it runs.
     @Test func anEventAppendedAsTheWriterDecidesToStopIsWritten() async throws {
         let store = try EmbeddedRunStore(path: ":memory:")
         let run = try await Self.startedRun(store)

@@ -68,7 +68,7 @@ extension Pipeline {
         let metadata: JSONValue = [
             "tool": .string(tool.rawValue), "action": .string(call.action), "request_id": .string(request.requestID),
             "upstream_status": .number(Double(response.status.code)), "mock": .bool(record.mock),
-            "duration_ms": .number(Double(Int((MonotonicInstant.now - record.start).components.attoseconds / 1_000_000_000_000_000) + Int((MonotonicInstant.now - record.start).components.seconds) * 1000)),
+            "duration_ms": .number(Double((MonotonicInstant.now - record.start).milliseconds)),
         ]
         return ResponseMapper.envelope(success: ok, data: data, metadata: metadata, status: ok ? .ok : response.status, requestID: request.requestID)
     }

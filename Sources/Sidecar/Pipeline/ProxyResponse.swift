@@ -84,17 +84,18 @@ enum ResponseMapper {
         out.writeStaticString(#","metadata":"#)
         out.writeString(metadata.serialized)
         out.writeStaticString(success ? #","success":true}"# : #","success":false}"#)
-        let headers = HTTPHeaders([
-            ("Content-Type", "application/json"), ("Content-Length", String(out.readableBytes)), ("X-Request-Id", requestID),
-        ])
-        return ProxyResponse(status: status, headers: headers, body: .buffer(out))
+        return json(out, status: status, requestID: requestID)
     }
 
     static func json(_ value: JSONValue, status: HTTPResponseStatus, requestID: String) -> ProxyResponse {
-        let text = value.serialized
+        json(ByteBuffer(string: value.serialized), status: status, requestID: requestID)
+    }
+
+    /// A JSON body already written, with the headers every JSON answer of the sidecar's own carries.
+    private static func json(_ body: ByteBuffer, status: HTTPResponseStatus, requestID: String) -> ProxyResponse {
         let headers = HTTPHeaders([
-            ("Content-Type", "application/json"), ("Content-Length", String(text.utf8.count)), ("X-Request-Id", requestID),
+            ("Content-Type", "application/json"), ("Content-Length", String(body.readableBytes)), ("X-Request-Id", requestID),
         ])
-        return ProxyResponse(status: status, headers: headers, body: .buffer(ByteBuffer(string: text)))
+        return ProxyResponse(status: status, headers: headers, body: .buffer(body))
     }
 }

@@ -1,6 +1,5 @@
 import Foundation
 import GRDB
-import NIOPosix
 import Policy
 import Synchronization
 import Upstreams
@@ -31,9 +30,8 @@ final class EmbeddedRunStore: RunStore {
     private let memoryLimit = 10_000
 
     init(path: String, maxEvents: Int = 10_000) throws {
-        db = try SQLiteFile.open(path, checkpointPages: 0)
-        checkpointer = try WALCheckpointer(path: path, writer: db, threads: threads, every: Self.checkpointEvery)
-        threads.start()
+        db = try SQLiteFile.open(path, autocheckpoint: false)
+        checkpointer = try WALCheckpointer(path: path, writer: db, every: Self.checkpointEvery)
         book = Mutex(RunBook(maxEvents: maxEvents))
         var m = DatabaseMigrator()
         m.registerMigration("v1-runs") { db in
@@ -87,8 +85,6 @@ final class EmbeddedRunStore: RunStore {
         return ((row?["last"] as Int64?) ?? 0, (row?["n"] as Int?) ?? 0)
     }
 
-    deinit { threads.shutdownGracefully { _ in } }
-
     func onDurable(_ body: @escaping @Sendable ([String]) -> Void) { listener.withLock { $0 = Listener(wake: body) } }
 
     // MARK: Storage
@@ -141,19 +137,15 @@ final class EmbeddedRunStore: RunStore {
     /// Group commit: callers that need their changes written wait for the next write, which takes
     /// everything changed so far; while one write runs, the next callers gather for the one after it. So
     /// under load one transaction carries many calls' events, and an idle store writes at once.
-    private struct Flush {
-        var running = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-
-    private let flush = Mutex(Flush())
+    private let waiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+    /// Whether the writer runs. An atomic, not a field under `waiters`' lock: every call of a run ends in
+    /// `flushSoon`, from both event loops, and while the writer runs (always, under load) one read answers
+    /// it without a lock they would share. The writer clears it before it looks at the book one last
+    /// time (`writeBatches`), so a change made just as it stops is seen by one of the two.
+    private let running = Atomic<Bool>(false)
     private let checkpointer: WALCheckpointer
-    /// The checkpointer's thread (NIO's shared blocking pool is where `http_fetch`'s name lookups wait).
-    private let threads = NIOThreadPool(numberOfThreads: 1)
-    /// `flush.running`, readable without the lock (`flushSoon`).
-    private let writing = Atomic<Bool>(false)
     /// Tests: runs as the writer decides to stop, after its last look at the book (the moment a change
-    /// whose `flushSoon` still sees `writing` set must not be left behind).
+    /// whose `flushSoon` still sees `running` set must not be left behind).
     struct Hook: Sendable { let run: @Sendable () -> Void }
     let stopping = Mutex<Hook?>(nil)
     /// How long events and ledger changes nobody waits for are gathered before a write: a few
@@ -178,12 +170,10 @@ final class EmbeddedRunStore: RunStore {
     /// one takes it again).
     func durable() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let start = flush.withLock { f -> Bool in
-                f.waiters.append(cont)
-                if f.running { return false }
-                f.running = true
-                writing.store(true, ordering: .sequentiallyConsistent)
-                return true
+            // Under the lock the writer's last look holds: it sees this waiter, or has stopped already.
+            let start = waiters.withLock { w -> Bool in
+                w.append(cont)
+                return startWriter()
             }
             if start { Task { await self.writeBatches() } }
         }
@@ -191,18 +181,13 @@ final class EmbeddedRunStore: RunStore {
 
     /// Starts a write of what has changed, unless one is running (which is followed by another).
     func flushSoon() {
-        // Every call of a run ends here, from both event loops; while the writer runs (always, under
-        // load) a read of `writing` answers without the lock they would share. The writer clears it
-        // before it looks at the book one last time (`writeBatches`), so a change made just as it stops
-        // is seen by one of the two.
-        if writing.load(ordering: .sequentiallyConsistent) { return }
-        let start = flush.withLock { f -> Bool in
-            if f.running { return false }
-            f.running = true
-            writing.store(true, ordering: .sequentiallyConsistent)
-            return true
-        }
-        if start { Task { await self.writeBatches() } }
+        if running.load(ordering: .sequentiallyConsistent) { return }
+        if startWriter() { Task { await self.writeBatches() } }
+    }
+
+    /// Marks the writer running; true when it was not (the caller starts it).
+    private func startWriter() -> Bool {
+        running.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
     }
 
     private func writeBatches() async {
@@ -211,24 +196,23 @@ final class EmbeddedRunStore: RunStore {
         while again {
             // Nobody waiting (calls' events and ledgers): gather a few milliseconds' worth into one
             // transaction (longer while writes are large). An API change someone waits for is written at once.
-            if flush.withLock({ $0.waiters.isEmpty }) { try? await Task.sleep(for: busy ? Self.busyGather : Self.gather) }
-            let waiters = flush.withLock { f in
-                defer { f.waiters.removeAll() }
-                return f.waiters
+            if waiters.withLock({ $0.isEmpty }) { try? await Task.sleep(for: busy ? Self.busyGather : Self.gather) }
+            let waiting = waiters.withLock { w in
+                defer { w.removeAll() }
+                return w
             }
             busy = ((try? await persist()) ?? 0) >= Self.busyWrite
-            for w in waiters { w.resume() }
-            again = flush.withLock { f in
-                if f.waiters.isEmpty, !book.withLock({ $0.hasPending }) {
+            for w in waiting { w.resume() }
+            again = waiters.withLock { w in
+                if w.isEmpty, !book.withLock({ $0.hasPending }) {
                     stopping.withLock { $0 }?.run()
-                    f.running = false
-                    writing.store(false, ordering: .sequentiallyConsistent)
+                    running.store(false, ordering: .sequentiallyConsistent)
                     return false
                 }
                 return true
             }
         }
-        // A change made after the look above whose `flushSoon` still saw `writing` set: written now.
+        // A change made after the look above whose `flushSoon` still saw `running` set: written now.
         if book.withLock({ $0.hasPending }) { flushSoon() }
     }
 

@@ -76,7 +76,7 @@ final class EmbeddedIdempotencyStore: CallbackIdempotencyStore {
     private let state = Mutex(State())
 
     init(path: String, now: @escaping @Sendable () -> Int64) throws {
-        db = try SQLiteFile.open(path, checkpointPages: 0)
+        db = try SQLiteFile.open(path, autocheckpoint: false)
         self.now = now
         var m = DatabaseMigrator()
         m.registerMigration("v1-idempotency") { db in
