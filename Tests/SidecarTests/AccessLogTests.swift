@@ -74,4 +74,17 @@ struct RequestRecordValueTests {
         #expect(second.status == 200 && second.outcome == "ok" && second.tool == .serpapi && second.requestID == "r-1")
         #expect(second.start == first.start)
     }
+
+    /// A cost kept as integer micros is written as the decimal it is: the same number JSON readers got
+    /// from the `Double` path it replaced, and exact where that one printed `1e-06`.
+    @Test(arguments: [0, 1, 10, 15, 100, 1_500, 2_000, 999_999, 1_000_000, 1_000_001, 2_500_000, 123_456_789, -1_500, Int.max])
+    func microsAreWrittenAsTheirDecimal(_ micros: Int) throws {
+        var bytes: [UInt8] = []
+        JSONBytes.micros(micros, into: &bytes)
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.wholeMatch(of: #/-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?/#) != nil, "\(text)")
+        let read = try #require(Decimal(string: text))
+        #expect(read == Decimal(micros) / 1_000_000, "\(text)")
+        if abs(micros) < 1 << 50 { #expect(Double(text) == Double(micros) / 1_000_000, "\(text)") }
+    }
 }

@@ -77,6 +77,20 @@ struct RunCallFingerprintTests {
         #expect(digest("num=2&q=a") == digest("q=a&num=2"))
     }
 
+    /// Pairs are counted by looking back in a short query and with a table in a long one: both read a
+    /// repeated name's values in order and the pairs in any order, and a query grown past the cut by
+    /// pairs that are all new is still told apart from its short self.
+    @Test(arguments: [3, 16, 17, 40])
+    func shortAndLongQueriesCountRepeatsAlike(_ n: Int) {
+        let names = (0..<(n - 2)).map { "p\($0)=\($0)" }
+        let forward = (names + ["q=a", "q=b"]).joined(separator: "&")
+        let shuffled = (["q=a"] + names.reversed() + ["q=b"]).joined(separator: "&")
+        let swapped = (names + ["q=b", "q=a"]).joined(separator: "&")
+        #expect(Self.print(nil, query: forward) == Self.print(nil, query: shuffled))
+        #expect(Self.print(nil, query: forward) != Self.print(nil, query: swapped))
+        #expect(Self.print(nil, query: forward) != Self.print(nil, query: forward + "&x=1"))
+    }
+
     /// The idempotency ledger's digest reads a JSON body's numbers as written: two side effects that
     /// differ only in a number a double cannot tell apart are two calls (one was taken for a duplicate
     /// of the other). Member order, white space and escapes still do not count, and for the plain

@@ -88,4 +88,18 @@ struct HeaderRulesTests {
         #expect(down.map(\.name) == ["Accept", "Via", "X-Request-Id"])
         #expect(down["via"] == ["1.0 a, 1.1 b, 1.1 agent-sidecar"])
     }
+
+    /// The `String` overload decides as the generic one: ASCII case folded, nothing else (a non-ASCII
+    /// byte, or a letter whose fold is not ASCII, is compared as it is), lengths in bytes.
+    @Test(arguments: [
+        ("x-run-id", "X-Run-Id"), ("x-run-id", "x-run-ie"), ("host", "HOST"), ("", ""), ("a", ""), ("é", "É"), ("straße", "STRASSE"),
+        ("K", "\u{212A}"), ("[", "{"), ("@", "`"), ("x-very-long-field-name-beyond-fifteen-bytes", "X-Very-Long-Field-Name-Beyond-Fifteen-Bytes"),
+        ("x-very-long-field-name-beyond-fifteen-bytes", "X-Very-Long-Field-Name-Beyond-Fifteen-Byteš"),
+    ])
+    func stringComparisonDecidesAsTheGenericOne(_ a: String, _ b: String) {
+        let generic = HeaderName.equalsIgnoringCase(Substring(a), Substring(b))
+        #expect(HeaderName.equalsIgnoringCase(a, b) == generic)
+        #expect(HeaderName.equalsIgnoringCase(b, a) == generic)
+        #expect(HeaderName.equalsIgnoringCase(a, a))
+    }
 }

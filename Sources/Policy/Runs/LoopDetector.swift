@@ -46,9 +46,12 @@ public struct LoopDetector: Sendable, Hashable {
     /// The last calls, for cycles (at most three calls repeated `maxCycles` times, and one more).
     private var recent: [CallFingerprint] = []
     private var refused: [Int64] = []
-    /// Fingerprints remembered at most (an agent making thousands of distinct calls a minute is not
-    /// looping; the least recently seen are forgotten first).
-    static let maxFingerprints = 4096
+    /// Fingerprints remembered at most, the least recently seen forgotten first: a call repeated with
+    /// fewer than this many distinct calls between its repeats keeps its count. 1 024, not more: every
+    /// call of a run looks up and, once full, evicts at a random place in this table, under the lock the
+    /// run's calls share; at 4 096 the table and its queue (~0.5 MB) missed the caches on each call, for
+    /// loops spaced by thousands of other calls — which is no runaway loop.
+    static let maxFingerprints = 1024
     /// Every sighting in the order it came, oldest from `head`: the least recently seen fingerprint is
     /// found at the front, one at a time, instead of by filtering and sorting the whole table (which
     /// the previous halving did every 2 048 new fingerprints: ~0.5 µs per call, under the lock the

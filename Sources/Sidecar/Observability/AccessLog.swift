@@ -143,6 +143,28 @@ enum JSONBytes {
         }
     }
 
+    /// Millionths as a decimal number (`1500` → `0.0015`, `2000000` → `2`): a cost in USD kept as integer
+    /// micros, written without going through a `Double` and its shortest-form printing.
+    static func micros(_ value: Int, into s: inout [UInt8]) {
+        if value < 0 { s.append(UInt8(ascii: "-")) }
+        let v = value.magnitude
+        integer(Int(v / 1_000_000), into: &s)
+        var fraction = Int(v % 1_000_000)
+        guard fraction > 0 else { return }
+        var width = 6
+        while fraction % 10 == 0 {
+            fraction /= 10
+            width -= 1
+        }
+        s.append(UInt8(ascii: "."))
+        var divisor = 1
+        for _ in 1..<width { divisor *= 10 }
+        while divisor > 0 {
+            s.append(UInt8(ascii: "0") + UInt8(fraction / divisor % 10))
+            divisor /= 10
+        }
+    }
+
     static func integer(_ value: Int, into s: inout [UInt8]) {
         if value < 0 { s.append(UInt8(ascii: "-")) }
         var v = value.magnitude

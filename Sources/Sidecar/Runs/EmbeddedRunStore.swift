@@ -444,10 +444,7 @@ final class EmbeddedRunStore: RunStore {
         now: Int64
     ) -> RunEvent??? {
         let done = book.withLock { b -> RunEvent??? in
-            if let settle {
-                guard b.hasAll(settle.chain) else { return nil }
-                b.settle(chain: settle.chain, reserved: settle.reserved, actual: settle.actual)
-            }
+            if let settle, !b.settleIfLoaded(chain: settle.chain, reserved: settle.reserved, actual: settle.actual) { return nil }
             guard let event else { return .some(.some(nil)) }
             return .some(b.append(event.id, agent: event.agent, type: event.type, json: event.json, now: now))
         }

@@ -110,57 +110,115 @@ struct RunBook: Sendable {
 
     /// `reserve` when the run and its ancestors are in memory; nil when one is not (load it first).
     mutating func reserveIfLoaded(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation? {
-        guard let slot = runs.index(forKey: id), hasAll(runs.values[slot].chain) else { return nil }
-        return reserve(id, agent: agent, charge: charge, now: now)
+        guard let first = runs.index(forKey: id) else { return nil }
+        let ids = inPlace(first) { $0.chain }
+        guard let slots = slots(of: ids, first: first) else { return nil }
+        return reserve(id, slots: slots, ids: ids, agent: agent, charge: charge, now: now)
     }
 
     /// Requires the run and its ancestors in memory (`missing` first).
     mutating func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) -> RunReservation {
-        // Read and changed in place: a run is a large value, copied out of the table it would be
-        // retained field by field on every call.
         guard let first = runs.index(forKey: id) else { return .unknown }
-        if runs.values[first].agent.isEmpty {
-            // A run made without an agent belongs to the first agent that calls in it.
-            runs.values[first].agent = agent
-            dirty.insert(id)
-        }
-        guard runs.values[first].agent == agent else { return .forbidden }
-        let ids = runs.values[first].chain
+        let ids = inPlace(first) { $0.chain }
+        guard let slots = slots(of: ids, first: first) else { return .unknown }
+        return reserve(id, slots: slots, ids: ids, agent: agent, charge: charge, now: now)
+    }
+
+    /// Where each run of a chain is in the table (nil: one is not in memory). The chain starts with the
+    /// run itself, whose place is known: each id of a call's chain is hashed once per step, not twice.
+    private func slots(of ids: [String], first: Dictionary<String, Run>.Index) -> [Dictionary<String, Run>.Index]? {
         var slots: [Dictionary<String, Run>.Index] = []
         slots.reserveCapacity(ids.count)
-        for runID in ids {
-            guard let slot = runs.index(forKey: runID) else { return .unknown }
+        for (k, runID) in ids.enumerated() {
+            guard let slot = k == 0 ? first : runs.index(forKey: runID) else { return nil }
             slots.append(slot)
         }
+        return slots
+    }
+
+    private mutating func reserve(
+        _ id: String, slots: [Dictionary<String, Run>.Index], ids: [String], agent: String, charge: RunCharge, now: Int64
+    ) -> RunReservation {
+        var claimed = false
+        let mine = inPlace(slots[0]) { r -> Bool in
+            // A run made without an agent belongs to the first agent that calls in it.
+            if r.agent.isEmpty {
+                r.agent = agent
+                claimed = true
+            }
+            return r.agent == agent
+        }
+        if claimed { dirty.insert(id) }
+        guard mine else { return .forbidden }
+        var holdings: [RunBudget.Holding] = []
+        holdings.reserveCapacity(slots.count)
         for slot in slots {
-            let status = runs.values[slot].status
-            if status == .running, runs.values[slot].expired(at: now) {
-                let expired = runs.values[slot].id
+            switch inPlace(slot, { Look($0, now: now) }) {
+            case .running(let holding):
+                holdings.append(holding)
+            case .expired(let expired):
                 _ = apply(.fail, to: expired, reason: "max_duration", now: now)
                 return .expired(run: expired)
+            case .notRunning(let run, let status, let reason):
+                return .notRunning(run: run, status, reason: reason)
             }
-            if status != .running { return .notRunning(run: runs.values[slot].id, status, reason: runs.values[slot].reason) }
         }
-        switch RunBudget.reserve(charge, chain: slots.map { runs.values[$0].holding }) {
+        switch RunBudget.reserve(charge, chain: holdings) {
         case .failure(let e):
-            return .exhausted(run: runs.values[slots[e.index]].id, dimension: e.dimension)
+            return .exhausted(run: ids[e.index], dimension: e.dimension)
         case .success(let ledger):
             for (slot, runID) in zip(slots, ids) {
-                runs.values[slot].reserved = runs.values[slot].reserved + ledger
+                inPlace(slot) { $0.reserved = $0.reserved + ledger }
                 dirty.insert(runID)
             }
             return .reserved(ledger, chain: ids)
         }
     }
 
+    /// What a reservation needs of one run of the chain, read in place.
+    private enum Look {
+        case running(RunBudget.Holding)
+        case expired(String)
+        case notRunning(String, RunStatus, String?)
+
+        init(_ r: Run, now: Int64) {
+            if r.status != .running {
+                self = .notRunning(r.id, r.status, r.reason)
+            } else if r.expired(at: now) {
+                self = .expired(r.id)
+            } else {
+                self = .running(r.holding)
+            }
+        }
+    }
+
+    /// `body` on the run at `slot`, in place. Every read here goes through this: read through the
+    /// table's getter (`runs.values[slot].status`), a run — a large value — is copied out, each of its
+    /// fields retained and released, several times per call of a run.
+    @inline(__always)
+    private mutating func inPlace<T>(_ slot: Dictionary<String, Run>.Index, _ body: (inout Run) -> T) -> T { body(&runs.values[slot]) }
+
     /// Requires the runs in memory (`missing` first); a run no longer stored is skipped.
     mutating func settle(chain: [String], reserved: RunLedger, actual: RunLedger) {
         for id in chain {
             guard let slot = runs.index(forKey: id) else { continue }
-            runs.values[slot].reserved = (runs.values[slot].reserved - reserved).atLeastZero
-            runs.values[slot].spent = runs.values[slot].spent + actual
-            dirty.insert(id)
+            settle(at: slot, id, reserved: reserved, actual: actual)
         }
+    }
+
+    /// `settle` when every run of the chain is in memory; false (nothing done) when one is not.
+    mutating func settleIfLoaded(chain: [String], reserved: RunLedger, actual: RunLedger) -> Bool {
+        guard let first = chain.first.flatMap({ runs.index(forKey: $0) }), let slots = slots(of: chain, first: first) else { return false }
+        for (slot, id) in zip(slots, chain) { settle(at: slot, id, reserved: reserved, actual: actual) }
+        return true
+    }
+
+    private mutating func settle(at slot: Dictionary<String, Run>.Index, _ id: String, reserved: RunLedger, actual: RunLedger) {
+        inPlace(slot) { r in
+            r.reserved = (r.reserved - reserved).atLeastZero
+            r.spent = r.spent + actual
+        }
+        dirty.insert(id)
     }
 
     /// Appends an event (nil: the run is not in memory). At `maxEvents`, the oldest tenth goes first and
@@ -173,7 +231,7 @@ struct RunBook: Sendable {
     /// agent's (nil agent: anyone's).
     mutating func append(_ id: String, agent: String?, type: String, json: String, now: Int64) -> RunEvent?? {
         guard let slot = runs.index(forKey: id) else { return nil }
-        guard agent == nil || runs.values[slot].agent == agent else { return .some(nil) }
+        guard agent == nil || inPlace(slot, { $0.agent == agent }) else { return .some(nil) }
         return .some(append(id, type: type, json: json, now: now))
     }
 

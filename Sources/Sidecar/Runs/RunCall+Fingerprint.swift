@@ -22,15 +22,24 @@ extension RunCall {
         // Query pairs in any order — but a repeated name's values in theirs (`q=a&q=b` is not `q=b&q=a`
         // to an upstream that reads the first or the last): a sum of each pair's digest, the pair taken
         // with how many pairs of its name came before it.
-        // (Counted as they come: a query of n pairs costs n steps, not n², whatever the agent sends.)
+        // (Counted as they come beyond 16 pairs: a query of n pairs costs n steps, not n², whatever the
+        // agent sends.)
+        // A short query (most are) counts them by looking back: no table to allocate and hash into.
         var pairs = CallFingerprint.Hasher.Sum()
+        let items = call.request.query.items
         var before: [String: UInt64] = [:]
-        for item in call.request.query.items {
+        for (k, item) in items.enumerated() {
             var p = CallFingerprint.Hasher()
             p.add(item.name)
             p.add(item.value)
-            p.mix(before[item.name, default: 0])
-            before[item.name, default: 0] += 1
+            if items.count <= 16 {
+                var earlier: UInt64 = 0
+                for j in 0..<k where items[j].name == item.name { earlier += 1 }
+                p.mix(earlier)
+            } else {
+                p.mix(before[item.name, default: 0])
+                before[item.name, default: 0] += 1
+            }
             pairs.add(p)
         }
         h.add(pairs)

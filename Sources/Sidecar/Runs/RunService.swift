@@ -252,9 +252,7 @@ final class RunService: Sendable {
         JSONBytes.field(#","bytes_out":"#, record.bytesOut, into: &o)
         if let actual {
             JSONBytes.literal(#","cost_usd":"#, into: &o)
-            var cost = ""
-            JSONValue.number(actual.costUSD).write(into: &cost)
-            o.append(contentsOf: cost.utf8)
+            JSONBytes.micros(actual.costMicros, into: &o)
             if actual.openAITokens > 0 { JSONBytes.field(#","openai_tokens":"#, actual.openAITokens, into: &o) }
             if actual.fetchBytes > 0 { JSONBytes.field(#","fetch_bytes":"#, actual.fetchBytes, into: &o) }
         }
