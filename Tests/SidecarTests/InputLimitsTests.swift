@@ -75,6 +75,18 @@ struct InputLimitsTests {
         #expect((problem != nil) == refused)
         if let problem { #expect(problem.codeString == "ambiguous_header" && problem.status == .badRequest) }
     }
+
+    /// Fields are remembered as bits up to 64 names and in a set past them: a repeat is found on either
+    /// side of the cut, and distinct fields on both sides are no repeat.
+    @Test func repeatsAreFoundPastSixtyFourNames() {
+        let others = (0..<80).map { "x-other-\($0)" }
+        for k in [0, 50, 52, 53, 54, 79] {
+            let repeated = [(others[k], "a"), (others[k], "b")]
+            #expect(SingleValuedFields.problem(in: repeated, authorization: false, contentType: false, others: others) != nil, "\(k)")
+        }
+        let distinct = others.map { ($0, "v") } + [("X-Agent-Id", "agt_a"), ("Authorization", "Bearer a")]
+        #expect(SingleValuedFields.problem(in: distinct, authorization: true, contentType: true, others: others) == nil)
+    }
 }
 
 /// An identity store that can lose its data, as Redis without persistence does.

@@ -599,10 +599,13 @@ final class Pipeline: Sendable {
         }
         var limit = settings.maxResponseBodyBytes
         if let runCall {
-            // The run's ledger sees the answer's bytes as it streams (fetch bytes, cut at what the run
-            // granted this call); the kill switch can cut it.
-            response.body = response.body.observed(by: { _ = runCall.count($0.readableBytes) }, finished: {})
-            if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 { limit = min(limit, granted) }
+            // A fetch's answer is counted on the run's ledger as it streams (fetch bytes, cut at what the
+            // run granted this call; no other tool's ledger counts bytes, so theirs are not wrapped for
+            // it). The kill switch can cut any answer.
+            if runCall.tool == .httpFetch {
+                response.body = response.body.observed(by: { _ = runCall.count($0.readableBytes) }, finished: {})
+                if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 { limit = min(limit, granted) }
+            }
             response.body = response.body.guarded(by: BodyGuard())
             let body = response.body
             runCall.onAbort { body.cancel() }

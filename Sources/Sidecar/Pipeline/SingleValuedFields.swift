@@ -28,7 +28,10 @@ enum SingleValuedFields {
     /// `Content-Type` and `others`).
     static func problem<Fields: Sequence>(in fields: Fields, authorization: Bool, contentType: Bool, others: [String] = []) -> GatewayError?
     where Fields.Element == (String, String) {
-        var seen = [Bool](repeating: false, count: always.count + 2 + others.count)
+        // Which fields came, as bits (an array of flags was an allocation per request); a set past 64
+        // names, which no caller has.
+        var seen: UInt64 = 0
+        var seenBeyond: Set<Int> = []
         for (name, value) in fields {
             var index: Int?
             var noLists = false
@@ -40,8 +43,9 @@ enum SingleValuedFields {
             if index == nil, contentType, HeaderName.equalsIgnoringCase(name, "content-type") { index = always.count + 1 }
             if index == nil, let k = others.firstIndex(where: { HeaderName.equalsIgnoringCase(name, $0) }) { index = always.count + 2 + k }
             guard let k = index else { continue }
-            if seen[k] { return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field is repeated; send it once") }
-            seen[k] = true
+            let repeated = k < 64 ? seen & (1 << UInt64(k)) != 0 : !seenBeyond.insert(k).inserted
+            if repeated { return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field is repeated; send it once") }
+            if k < 64 { seen |= 1 << UInt64(k) }
             if noLists, Self.hasComma(value) {
                 return GatewayError(.ambiguousHeader, "the \(name.lowercased()) field holds a list; send one value")
             }
