@@ -34,6 +34,9 @@ public enum SidecarApp {
         let logger = Logger(label: "sidecar")
         let metrics = GatewayMetrics()
         try checkStateDirectory(config.stateDir)
+        // Held until everything else has shut down (the first step added runs last), then let go.
+        let lock = try lockStateDirectory(config.stateDir, fleet: config.redisURL != nil, logger: logger)
+        started.add { withExtendedLifetime(lock) {} }
         if let bundle = config.caBundlePath { try checkCABundle(bundle) }
 
         // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
@@ -340,6 +343,31 @@ public enum SidecarApp {
             throw StartupError("state.dir \(dir): cannot be created (\((error as NSError).localizedDescription))")
         }
         guard FileManager.default.isWritableFile(atPath: dir) else { throw StartupError("state.dir \(dir): not writable by this process") }
+    }
+
+    /// One sidecar per state directory (`StateDirectoryLock`). Without Redis the embedded stores live
+    /// there and a second sidecar would overwrite the first's run events and split its limits: refused.
+    /// With Redis the shared state is in Redis; what two sidecars would still both write here (receipts,
+    /// snapshots) is warned about, and the second runs. A file system that cannot lock is warned about.
+    static func lockStateDirectory(_ dir: String, fleet: Bool, logger: Logger) throws -> StateDirectoryLock? {
+        switch try StateDirectoryLock.acquire(in: dir) {
+        case .held(let lock):
+            return lock
+        case .busy(let pid):
+            let who = pid.map { "another sidecar (pid \($0))" } ?? "another sidecar"
+            guard fleet else {
+                throw StartupError("state.dir \(dir): in use by \(who); give each sidecar its own state directory (state.dir, SIDECAR_STATE_DIR)")
+            }
+            logger.warning(
+                "state.dir is in use by another sidecar; the fleet's state is in Redis, but this directory's own files (receipts, snapshots) are written by both: give each sidecar its own",
+                metadata: ["state_dir": "\(dir)", "holder_pid": "\(pid.map(String.init) ?? "unknown")"])
+            return nil
+        case .unsupported(let code):
+            logger.warning(
+                "state.dir cannot be locked on this file system; make sure no other sidecar uses it",
+                metadata: ["state_dir": "\(dir)", "error": "\(String(cString: strerror(code)))"])
+            return nil
+        }
     }
 
     /// `upstream.ca_bundle` holds certificates TLS can use (a bad bundle otherwise fails only at the first

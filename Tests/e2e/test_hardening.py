@@ -319,6 +319,25 @@ def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
     assert "Client not shut down" not in stderr
 
 
+def test_a_second_sidecar_on_a_state_dir_in_use_is_refused_and_the_first_serves_on(tmp_path, sidecar_factory):
+    """Two sidecars on one state directory would each keep the embedded stores' state in memory and
+    write it to the same SQLite files: the second's run events would overwrite the first's, limits would
+    be counted twice over. The second exits 1 naming the first's pid; the first is unharmed; once it has
+    stopped the directory is free, with no stale lock even after a kill -9."""
+    state = tmp_path / "state"
+    first = sidecar_factory(None, env={"SIDECAR_STATE_DIR": str(state)})
+    code, lines, stderr = run_to_exit("version: 1\n", tmp_path)
+    assert code == 1, f"exit {code}\n{stderr}"
+    failed = [l for l in lines if l.get("msg") == "sidecar failed"]
+    assert len(failed) == 1 and f"state.dir {state}: in use by another sidecar (pid {first.proc.pid})" in failed[0]["error"], lines[-3:]
+    assert "Client not shut down" not in stderr
+    assert requests.get(f"{first.admin_url}/readyz", timeout=5).status_code == 200
+    first.proc.kill()
+    first.proc.wait()
+    again = sidecar_factory(None, env={"SIDECAR_STATE_DIR": str(state)})
+    assert requests.get(f"{again.admin_url}/readyz", timeout=5).status_code == 200
+
+
 def test_a_wrong_redis_password_is_named_at_start(tmp_path, sidecar_factory):
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
