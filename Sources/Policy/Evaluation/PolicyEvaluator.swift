@@ -34,15 +34,17 @@ public struct PolicyEvaluator: Sendable {
         var rules: [Rule] = []
         func collect(_ list: [Rule]?) {
             guard let list else { return }
-            for rule in list where rule.scope.matches(tool: request.tool, action: request.action) { rules.append(rule) }
+            for i in list.indices where list[i].scope.matches(tool: request.tool, action: request.action) { rules.append(list[i]) }
         }
         collect(role?.rules)
         collect(overrides?.rules)
 
+        // The passes below read the rules by index: a `for rule in rules` copies each rule out of the
+        // list (every field retained, then released) on each of the five passes.
         // 2. Guards.
-        for rule in rules {
-            if let violation = Self.guardViolation(rule.guards, request) {
-                if rule.guardMode == .enforce {
+        for i in rules.indices {
+            if let violation = Self.guardViolation(rules[i].guards, request) {
+                if rules[i].guardMode == .enforce {
                     evaluation.denial = violation
                     return evaluation
                 }
@@ -50,39 +52,39 @@ public struct PolicyEvaluator: Sendable {
             }
         }
         // 3. Time windows.
-        for rule in rules {
-            if let window = rule.timeWindow, !window.contains(now) {
+        for i in rules.indices {
+            if let window = rules[i].timeWindow, !window.contains(now) {
                 let denial = PolicyDenial(kind: .offHours, detail: "\(request.scope) is not allowed at this time")
-                if rule.timeWindowMode == .enforce {
+                if rules[i].timeWindowMode == .enforce {
                     evaluation.denial = denial
                     return evaluation
                 }
                 evaluation.wouldDeny.append(denial)
             }
         }
-        for rule in rules where !rule.guards.allowCIDRs.isEmpty { evaluation.egressAllow += rule.guards.allowCIDRs }
-        evaluation.approval = rules.lazy.compactMap(\.approval).first
+        for i in rules.indices where !rules[i].guards.allowCIDRs.isEmpty { evaluation.egressAllow += rules[i].guards.allowCIDRs }
+        evaluation.approval = rules.indices.lazy.compactMap { rules[$0].approval }.first
         // 4. Stateful checks, in order.
         if let max = overrides?.concurrency ?? role?.concurrency {
             evaluation.checks.append(LimitCheck(kind: .concurrency, mode: overrides?.concurrency != nil ? overrides!.concurrencyMode : role!.concurrencyMode, key: "c", limit: max))
         }
-        for rule in rules {
-            guard let r = rule.rate else { continue }
-            var check = LimitCheck(kind: .rate, mode: r.mode, key: rule.rateKey, limit: r.limit)
+        for i in rules.indices {
+            guard let r = rules[i].rate else { continue }
+            var check = LimitCheck(kind: .rate, mode: r.mode, key: rules[i].rateKey, limit: r.limit)
             check.periodMilliseconds = r.period
             check.burst = r.burst
             evaluation.checks.append(check)
         }
-        for rule in rules {
-            guard let q = rule.quota else { continue }
-            var check = LimitCheck(kind: .quota, mode: q.mode, key: rule.quotaKey, limit: q.limit)
+        for i in rules.indices {
+            guard let q = rules[i].quota else { continue }
+            var check = LimitCheck(kind: .quota, mode: q.mode, key: rules[i].quotaKey, limit: q.limit)
             check.cost = q.cost
             check.window = Self.windows(q.window, now)
             evaluation.checks.append(check)
         }
-        for rule in rules {
-            guard let b = rule.budget, case .openai(_, let maxTokens, _, let input) = request.parameters else { continue }
-            var check = LimitCheck(kind: .budget, mode: b.mode, key: rule.budgetKey, limit: b.tokens)
+        for i in rules.indices {
+            guard let b = rules[i].budget, case .openai(_, let maxTokens, _, let input) = request.parameters else { continue }
+            var check = LimitCheck(kind: .budget, mode: b.mode, key: rules[i].budgetKey, limit: b.tokens)
             check.cost = (maxTokens ?? defaultReservation) + input
             check.window = Self.windows(b.window, now)
             evaluation.checks.append(check)
