@@ -1,3 +1,5 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -38,7 +40,7 @@ final class StateDirectoryLock: Sendable {
 
     deinit { close(fd) }
 
-    static func path(in dir: String) -> String { dir.hasSuffix("/") ? dir + "sidecar.lock" : dir + "/sidecar.lock" }
+    static func path(in dir: String) -> String { (dir as NSString).appendingPathComponent("sidecar.lock") }
 
     /// Tries the lock once, without waiting.
     static func acquire(in dir: String) throws -> Outcome {

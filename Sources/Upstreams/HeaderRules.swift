@@ -199,15 +199,10 @@ public enum HeaderName {
         }
     }
 
-    /// ASCII case-insensitive equality of two field names.
+    /// ASCII case-insensitive equality of two field names, over their bytes where they are contiguous:
+    /// every request's fields are compared with a list of names (`SingleValuedFields`), and the generic
+    /// `zip` of two `UTF8View`s cost ~0.3 µs per request.
     public static func equalsIgnoringCase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
-        guard a.utf8.count == b.utf8.count else { return false }
-        return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
-    }
-
-    /// The same for two `String`s, over their bytes: every request's fields are compared with a list of
-    /// names (`SingleValuedFields`), and the generic `zip` of two `UTF8View`s cost ~0.3 µs per request.
-    public static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
         let fast = a.utf8.withContiguousStorageIfAvailable { x in
             b.utf8.withContiguousStorageIfAvailable { y in

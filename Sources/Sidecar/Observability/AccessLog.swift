@@ -78,12 +78,7 @@ struct AccessLog: Sendable {
         guard let d else { return s.append(UInt8(ascii: "0")) }
         let (seconds, atto) = d.components
         let micros = max(0, seconds * 1_000_000 + atto / 1_000_000_000_000)
-        JSONBytes.integer(Int(micros / 1000), into: &s)
-        s.append(UInt8(ascii: "."))
-        let frac = Int(micros % 1000)
-        s.append(UInt8(ascii: "0") + UInt8(frac / 100))
-        s.append(UInt8(ascii: "0") + UInt8(frac / 10 % 10))
-        s.append(UInt8(ascii: "0") + UInt8(frac % 10))
+        JSONBytes.fixedPoint(Int(micros), digits: 3, trimmed: false, into: &s)
     }
 }
 
@@ -145,20 +140,28 @@ enum JSONBytes {
 
     /// Millionths as a decimal number (`1500` → `0.0015`, `2000000` → `2`): a cost in USD kept as integer
     /// micros, written without going through a `Double` and its shortest-form printing.
-    static func micros(_ value: Int, into s: inout [UInt8]) {
+    static func micros(_ value: Int, into s: inout [UInt8]) { fixedPoint(value, digits: 6, trimmed: true, into: &s) }
+
+    /// `value / 10^digits` as a decimal: `digits` fraction digits always (`trimmed: false`), or only those
+    /// up to the last that is not zero, and no point when none is left (`trimmed: true`).
+    static func fixedPoint(_ value: Int, digits: Int, trimmed: Bool, into s: inout [UInt8]) {
         if value < 0 { s.append(UInt8(ascii: "-")) }
+        var scale: UInt = 1
+        for _ in 0..<digits { scale *= 10 }
         let v = value.magnitude
-        integer(Int(v / 1_000_000), into: &s)
-        var fraction = Int(v % 1_000_000)
-        guard fraction > 0 else { return }
-        var width = 6
-        while fraction % 10 == 0 {
-            fraction /= 10
-            width -= 1
+        integer(Int(v / scale), into: &s)
+        var fraction = v % scale
+        var width = digits
+        if trimmed {
+            guard fraction > 0 else { return }
+            while fraction % 10 == 0 {
+                fraction /= 10
+                width -= 1
+            }
         }
         s.append(UInt8(ascii: "."))
-        var divisor = 1
-        for _ in 1..<width { divisor *= 10 }
+        var divisor: UInt = 1
+        for _ in 1..<max(1, width) { divisor *= 10 }
         while divisor > 0 {
             s.append(UInt8(ascii: "0") + UInt8(fraction / divisor % 10))
             divisor /= 10

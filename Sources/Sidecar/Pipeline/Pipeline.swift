@@ -599,12 +599,12 @@ final class Pipeline: Sendable {
         }
         var limit = settings.maxResponseBodyBytes
         if let runCall {
-            // A fetch's answer is counted on the run's ledger as it streams (fetch bytes, cut at what the
-            // run granted this call; no other tool's ledger counts bytes, so theirs are not wrapped for
-            // it). The kill switch can cut any answer.
-            if runCall.tool == .httpFetch {
+            // An answer whose call was granted fetch bytes (http_fetch: the only charge that reserves
+            // them) is counted on the run's ledger as it streams and cut at the grant; no other answer is
+            // wrapped for it. The kill switch can cut any answer.
+            if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 {
                 response.body = response.body.observed(by: { _ = runCall.count($0.readableBytes) }, finished: {})
-                if let granted = runCall.reservation?.ledger.fetchBytes, granted > 0 { limit = min(limit, granted) }
+                limit = min(limit, granted)
             }
             response.body = response.body.guarded(by: BodyGuard())
             let body = response.body

@@ -358,7 +358,7 @@ final class EmbeddedRunStore: RunStore {
             return decided
         }
         try await load([id])
-        guard let chain = book.withLock({ b in b.runs.index(forKey: id).map { b.runs.values[$0].chain } }) else { return .unknown }
+        guard let chain = book.withLock({ $0.runs[id]?.chain }) else { return .unknown }
         try await load(chain)
         let decided = book.withLock { $0.reserve(id, agent: agent, charge: charge, now: now) }
         if case .expired = decided { await durable() }
