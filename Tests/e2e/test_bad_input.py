@@ -127,13 +127,16 @@ def test_pipelined_requests_are_all_answered_in_order(sidecar):
     assert b"HTTP/1.1 404" in data
 
 
+@pytest.mark.parametrize("status", [999, 101], ids=["999", "101-unasked"])
 @pytest.mark.parametrize("http2", [True, False], ids=["async-http-client", "own-pool"])
-def test_an_upstream_status_outside_100_599_is_a_502(pki, https_upstream, sidecar_factory, http2):
+def test_an_upstream_status_outside_100_599_is_a_502(pki, https_upstream, sidecar_factory, http2, status):
     """RFC 9110 §15: a `999` from the upstream is not relayed (no client can interpret it) but answered
-    502 upstream_protocol_error, on both TLS transports."""
-    https_upstream.routes["/search"] = lambda h, rec: https_upstream.send_json(h, 999, {"weird": True})
+    502 upstream_protocol_error, on both TLS transports. So is a `101 Switching Protocols` the sidecar
+    never asked for: it must neither leave the agent waiting for a final answer nor put the connection
+    (on which HTTP is no longer spoken) back in the pool — the next call answers at once."""
+    https_upstream.routes["/search"] = lambda h, rec: https_upstream.send_json(h, status, {"weird": True})
     s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=http2), env=LIVE_ENV)
-    r = requests.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=10)
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=x", timeout=2.5)
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
     https_upstream.routes["/search"] = lambda h, rec: https_upstream.send_json(h, 200, {"fine": True})
-    assert requests.get(f"{s.proxy_url}/serpapi/search?q=y", timeout=10).json() == {"fine": True}
+    assert requests.get(f"{s.proxy_url}/serpapi/search?q=y", timeout=2.5).json() == {"fine": True}

@@ -112,7 +112,11 @@ final class PooledConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         answered = true
         switch part {
         case .head(let h):
-            if (100..<200).contains(h.status.code) { return }
+            // NIO's decoder drops interim 1xx answers itself; the one it hands over is 101, after which it
+            // parses nothing more on this connection. No request the pool sends asks for an upgrade, so
+            // a 101 is the upstream's protocol error like any status outside 200...599: skipped as
+            // interim, it left the agent waiting for a head that never came and put a connection that
+            // would never parse again back in the pool.
             if let invalid = UpstreamError.invalidStatus(h.status) {
                 lost(invalid)
                 return context.close(promise: nil)

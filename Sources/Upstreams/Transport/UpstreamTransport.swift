@@ -133,8 +133,11 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
     /// and 1xx are interim), or nil. NIO's parser takes any three digits; relaying `999` would hand the
     /// agent an answer no client can interpret, so it is the upstream's protocol error, as nginx and
     /// Envoy treat it.
+    /// `101 Switching Protocols` is refused as well: the sidecar never asks an upstream for an upgrade.
     static func invalidStatus(_ status: HTTPResponseStatus) -> UpstreamError? {
-        (200...599).contains(status.code) ? nil : UpstreamError(.protocolError, beforeSend: false, detail: "invalid status code \(status.code)")
+        if (200...599).contains(status.code) { return nil }
+        let detail = status.code == 101 ? "switching protocols unasked" : "invalid status code \(status.code)"
+        return UpstreamError(.protocolError, beforeSend: false, detail: detail)
     }
 }
 
