@@ -289,6 +289,7 @@ public enum SidecarApp {
         if let embeddedLimits { background.append { await embeddedLimits.runFlusher(logger: logger) } }
         if let embeddedRuns { background.append { await embeddedRuns.runFlusher() } }
         background.append { await runs.runMaintenance() }
+        background.append { await CodePages.releaseAfterStart(logger: logger) }
         background.append { await leases.run() }
         if let leased { background.append { await leased.runMaintenance() } }
         if let redis {
