@@ -216,7 +216,7 @@ struct LoopStartTests {
     static func whole(_ r: ProxyResponse) -> String? {
         switch r.body {
         case .buffer(let b): return String(buffer: b)
-        case .stream(let s, _): return s.takeCompleteBody().map { String(buffer: $0) }
+        case .stream(let s, _): return try? s.takeCompleteBody().map { String(buffer: $0) }
         }
     }
 }

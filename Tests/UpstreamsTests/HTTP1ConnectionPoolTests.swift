@@ -292,7 +292,7 @@ import Testing
         for (path, whole) in [("/ok", true), ("/stream", false)] {
             let started = try #require(pool.start(Self.request(server.port, path), on: loop))
             let (complete, body) = try await started.response.flatMapWithEventLoop { response, loop in
-                loop.makeSucceededFuture((response.body.takeCompleteBody().map { String(buffer: $0) }, response.body))
+                loop.makeSucceededFuture((((try? response.body.takeCompleteBody()) ?? nil).map { String(buffer: $0) }, response.body))
             }.get()
             #expect((complete != nil) == whole, "\(path)")
             if whole {

@@ -245,6 +245,28 @@ def test_an_encoding_that_cannot_be_decoded_is_refused(pki, https_upstream, side
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error"
 
 
+@pytest.mark.parametrize("payload", [b"hello", gzip.compress(b'{"echo": "sk-REAL-0123456789abcdef"}' * 20)[:-12]], ids=["corrupt", "cut-off"])
+def test_a_whole_answer_its_gzip_cannot_undo_is_a_502_not_a_cut_connection(pki, https_upstream, sidecar_factory, payload):
+    """An answer that says gzip but is not (or stops short) cannot be checked for the credential. When it
+    has all arrived with its head, the agent gets the problem answer instead of a 200 head followed by a
+    cut connection, and the connection to the agent stays usable. (Head and body are written in one
+    piece, on the sidecar's own pool, so the whole answer is there at once.)"""
+    def route(h, rec):
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode()
+        h.wfile.write(head + payload)
+        h.wfile.flush()
+        h.close_connection = True
+    https_upstream.routes["/v1/embeddings"] = route
+    s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=False), env=LIVE_ENV)
+    with requests.Session() as session:
+        r = session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+        assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+        assert "sk-REAL" not in r.text
+        https_upstream.routes["/v1/embeddings"] = lambda h, rec: https_upstream.send_json(h, 200, {"fine": True})
+        assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
+
+
 def test_a_decompression_bomb_hits_the_response_limit_not_memory(pki, https_upstream, sidecar_factory):
     bomb = gzip.compress(b"0" * (64 << 20))
     https_upstream.routes["/v1/embeddings"] = compressed_route(https_upstream, "gzip", bomb)

@@ -98,22 +98,26 @@ extension Pipeline {
 
     /// A 2xx answer made whole to be kept, when it already is (a buffer, or a live body that has fully
     /// arrived): its body as one buffer, the exchange's completion started, the framing set to the
-    /// buffer; or, for a body over the answer's size limit, what is kept without it and the failure the
+    /// buffer; or, for a body over the answer's size limit or one its coding cannot undo, what is kept without it and the failure the
     /// agent gets instead. nil when the body is still arriving.
     static func keptWholeNow(_ response: inout ProxyResponse, ledger: IdempotencyLedger) -> (StoredAnswer, GatewayError?)? {
         let body: ByteBuffer
-        var tooLarge: GatewayError?
+        var refusal: GatewayError?
         switch response.body {
         case .buffer(let b): body = b
         case .stream(let stream, let limit):
             // Taken out of the stream when it is complete: from here on this buffer is the body.
-            guard let b = stream.takeCompleteBody() else { return nil }
-            body = b
-            if b.readableBytes > limit { tooLarge = GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes")) }
+            do {
+                guard let b = try stream.takeCompleteBody() else { return nil }
+                body = b
+                if b.readableBytes > limit { refusal = GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "body over \(limit) bytes")) }
+            } catch {
+                (body, refusal) = (ByteBuffer(), GatewayError(error))
+            }
         }
         response.completion.start()
         response.completion = .none
-        if let tooLarge { return (withoutBody(response, ledger: ledger), tooLarge) }
+        if let refusal { return (withoutBody(response, ledger: ledger), refusal) }
         return (keep(&response, body: body, ledger: ledger), nil)
     }
 

@@ -780,8 +780,7 @@ final class Pipeline: Sendable {
         guard transfer.allSatisfy({ $0 == "chunked" }), let coding = ContentCoding(field: encodings.isEmpty ? nil : encodings.joined(separator: ",")) else {
             response.body.cancel()
             release()
-            throw GatewayError(
-                UpstreamError(.protocolError, beforeSend: false, detail: "the answer's encoding cannot be decoded to check it for the credential"))
+            throw GatewayError(.undecodable)
         }
         guard coding != .identity else { return }
         response.body = response.body.decoded(coding, limit: settings.maxResponseBodyBytes)

@@ -543,16 +543,22 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .buffer(let body):
             return .whole(response, body)
         case .stream(let body, let limit):
-            guard let complete = body.takeCompleteBody() else { return .stream(body, limit: limit) }
+            let taken: ByteBuffer?
+            do { taken = try body.takeCompleteBody() } catch { return problem(GatewayError(error), instead: body, limit: limit, record: &record) }
+            guard let complete = taken else { return .stream(body, limit: limit) }
             guard complete.readableBytes <= limit else {
-                record.outcome = "upstream_response_too_large"
-                let problem = ResponseMapper.problem(
-                    GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "")), requestID: record.requestID)
-                guard case .buffer(let text) = problem.body else { return .stream(body, limit: limit) }
-                return .whole(problem, text)
+                return problem(GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "")), instead: body, limit: limit, record: &record)
             }
             return .whole(response, complete)
         }
+    }
+
+    /// The problem answered in place of a whole body that cannot be passed on (too large, or not decodable).
+    private static func problem(_ error: GatewayError, instead body: UpstreamBody, limit: Int, record: inout RequestRecord) -> Whole {
+        record.outcome = error.codeString
+        let problem = ResponseMapper.problem(error, requestID: record.requestID)
+        guard case .buffer(let text) = problem.body else { return .stream(body, limit: limit) }
+        return .whole(problem, text)
     }
 
     /// The answer's head as framed for a request of `method` and `version` (`Connection: close` when

@@ -129,6 +129,11 @@ public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible 
 
     public var description: String { "\(kind.rawValue)(\(detail))" }
 
+    /// An answer whose content or transfer coding the sidecar cannot undo, so cannot check for the
+    /// credential before passing it on.
+    public static let undecodable = UpstreamError(
+        .protocolError, beforeSend: false, detail: "the answer's encoding cannot be decoded to check it for the credential")
+
     /// The error for a final status outside 200...599 (RFC 9110 §15: 100...599 are the only valid codes,
     /// and 1xx are interim), or nil. NIO's parser takes any three digits; relaying `999` would hand the
     /// agent an answer no client can interpret, so it is the upstream's protocol error, as nginx and
@@ -207,8 +212,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     /// The whole body if it is already in memory: a mock's chunks, or a live body that has fully arrived
     /// (then it is taken out of the stream). Lets the proxy answer small responses in one write.
-    public func takeCompleteBody() -> ByteBuffer? {
-        whole { storage in
+    public func takeCompleteBody() throws(UpstreamError) -> ByteBuffer? {
+        try whole { storage in
             if case .bodyStream(let s) = storage { return s.completeBody() }
             return Self.inMemory(storage)
         }
@@ -228,19 +233,23 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     /// The whole body when it is already in memory (mock answers), without iterating. A mock stream
     /// with a pause between its chunks is not: it must reach the agent chunk by chunk, as a live one does.
-    public var bufferedBytes: ByteBuffer? { whole(Self.inMemory) }
+    public var bufferedBytes: ByteBuffer? { (try? whole(Self.inMemory)) ?? nil }
 
     /// The whole body as `leaf` finds it beneath the scrubbing and metering wrappers, passed back up
-    /// through them (scrubbed; shown to the meter, which is then told the body ended).
-    private func whole(_ leaf: (Storage) -> ByteBuffer?) -> ByteBuffer? {
+    /// through them (scrubbed; shown to the meter, which is then told the body ended). A whole body its
+    /// content coding cannot undo (corrupt or cut-off gzip) is the upstream's protocol error: the answer
+    /// can still be a problem instead of a head followed by a cut connection.
+    private func whole(_ leaf: (Storage) -> ByteBuffer?) throws(UpstreamError) -> ByteBuffer? {
         switch storage {
-        case .scrubbed(let base, let scrubber): return base.whole(leaf).map { scrubber.scrub($0) }
+        case .scrubbed(let base, let scrubber): return try base.whole(leaf).map { scrubber.scrub($0) }
         case .decoded(let base, let coding, let limit):
+            guard let raw = try base.whole(leaf) else { return nil }
             // One byte over the limit is enough for the proxy to answer "too large".
-            return base.whole(leaf).flatMap { Inflater.decodeWhole($0, coding: coding, limit: limit + 1) }
-        case .guarded(let base, _): return base.whole(leaf)
+            guard let decoded = Inflater.decodeWhole(raw, coding: coding, limit: limit + 1) else { throw .undecodable }
+            return decoded
+        case .guarded(let base, _): return try base.whole(leaf)
         case .observed(let base, let observe, let finished):
-            return base.whole(leaf).map { b in
+            return try base.whole(leaf).map { b in
                 observe(b)
                 finished()
                 return b
