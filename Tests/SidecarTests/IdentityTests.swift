@@ -122,6 +122,18 @@ struct TokenExtractorTests {
         #expect(TokenExtractor.token(in: HTTPHeaders([("Proxy-Authorization", "Basic !!!")]), forwardProxy: true) == nil)
     }
 
+    /// A proxy URL with the token as its user name (`http://TOKEN@host`, `http://TOKEN:x@host`) finds it too;
+    /// a token-shaped password always wins; anything else is read as before (the password, or nothing).
+    @Test(arguments: [
+        ("agent:a.b.c.d.e", "a.b.c.d.e"), ("a.b.c.d.e:", "a.b.c.d.e"), ("a.b.c.d.e:x", "a.b.c.d.e"),
+        ("v.w.x.y.z:a.b.c.d.e", "a.b.c.d.e"), ("agent:plain", "plain"), ("agent:", nil), (":", nil),
+        ("a.b.c.d:", nil), ("a..c.d.e:", nil), ("a.b.c.d.e.:x", "x"), (".a.b.c.d:x", "x"), ("a.b.c.d.e.f:", nil),
+    ] as [(String, String?)])
+    func aTokenAsTheProxyUserName(_ userinfo: String, _ expected: String?) {
+        let basic = "Basic " + Data(userinfo.utf8).base64EncodedString()
+        #expect(TokenExtractor.credential(fromAuthorization: basic) == expected)
+    }
+
     @Test func theCarrierIsRemoved() {
         let h = HTTPHeaders([("Authorization", "Bearer T"), ("Accept", "*/*")])
         #expect(Pipeline.removingCarrier(.authorization, from: h).map(\.name) == ["Accept"])

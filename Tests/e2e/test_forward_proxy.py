@@ -109,3 +109,17 @@ def test_embedded_default_mocks_every_tool_without_any_key(sidecar_factory):
     r = requests.get("http://serpapi.com/search?q=x", proxies={"http": s.proxy_url}, timeout=10)
     assert r.status_code == 407 and r.headers["Proxy-Authenticate"].startswith("Basic")
     assert r.json()["code"] == "token_missing"
+
+
+@pytest.mark.parametrize("userinfo", ["{t}", "{t}:", "{t}:x", "agent:{t}"], ids=["user", "user-colon", "user-any-password", "password"])
+def test_the_token_is_found_as_the_proxy_user_name_or_password(pki, https_upstream, sidecar_factory, userinfo):
+    """`HTTP_PROXY=http://TOKEN@host:port` is how some operators write it: the token as the user name, with
+    no or any password, works as the token as the password does; nothing of it reaches the upstream."""
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    token = s.new_token()
+    proxy = f"http://{userinfo.format(t=token)}@{s.proxy}"
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, "http://serpapi.com/search?q=x"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.stdout == "200", out.stderr
+    assert https_upstream.requests[-1].header("Proxy-Authorization") is None
+    assert token not in https_upstream.requests[-1].path

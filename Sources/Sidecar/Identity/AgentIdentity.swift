@@ -60,7 +60,10 @@ enum TokenExtractor {
         return nil
     }
 
-    /// `Basic base64(user:token)` → token; `Bearer token` → token.
+    /// `Basic base64(user:token)` → token; `Bearer token` → token. A proxy URL written with the token as
+    /// its user name (`http://TOKEN@host:port`, `http://TOKEN:x@host:port`) works too: when the password
+    /// is not shaped like a token (a compact JWE: five dot-separated parts) and the user name is, the user
+    /// name is the token. Otherwise the password is, as before.
     static func credential(fromAuthorization value: String) -> String? {
         let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
         guard parts.count == 2 else { return nil }
@@ -70,10 +73,26 @@ enum TokenExtractor {
             guard let data = Data(base64Encoded: String(parts[1])), let text = String(data: data, encoding: .utf8),
                 let colon = text.firstIndex(of: ":")
             else { return nil }
-            let password = String(text[text.index(after: colon)...])
-            return password.isEmpty ? nil : password
+            let user = text[..<colon]
+            let password = text[text.index(after: colon)...]
+            if !isTokenShaped(password), isTokenShaped(user) { return String(user) }
+            return password.isEmpty ? nil : String(password)
         default: return nil
         }
+    }
+
+    /// Five non-empty dot-separated parts, as every agent token (a compact JWE) has.
+    static func isTokenShaped(_ s: Substring) -> Bool {
+        var dots = 0
+        var last: Character = "."
+        for c in s {
+            if c == "." {
+                if last == "." { return false }
+                dots += 1
+            }
+            last = c
+        }
+        return dots == 4 && last != "."
     }
 }
 
