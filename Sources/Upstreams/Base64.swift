@@ -1,3 +1,4 @@
+import Codecs
 import Foundation
 
 /// Base64 and base64url (RFC 4648 §4, §5), accepting input with or without padding, because Gmail's
@@ -7,14 +8,11 @@ import Foundation
 /// `Data(base64Encoded:)` cost more than the rest of the adapter), with the original Foundation path
 /// deciding whatever is irregular.
 enum Base64 {
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-    private static let urlAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-
     /// Sextet per byte: 0–63 a digit of either alphabet, 64 ASCII whitespace, 65 padding, 255 anything
     /// else (every non-ASCII byte).
     private static let sextets: [UInt8] = {
         var t = [UInt8](repeating: 255, count: 256)
-        for (i, c) in alphabet.enumerated() { t[Int(c)] = UInt8(i) }
+        for (i, c) in Base64Encoder.standard.enumerated() { t[Int(c)] = UInt8(i) }
         t[Int(UInt8(ascii: "-"))] = 62
         t[Int(UInt8(ascii: "_"))] = 63
         for c in [0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D] { t[c] = 64 }
@@ -22,32 +20,9 @@ enum Base64 {
         return t
     }()
 
-    static func encode(_ bytes: [UInt8]) -> String { encode(bytes, alphabet: alphabet, pad: true) }
+    static func encode(_ bytes: [UInt8]) -> String { Base64Encoder.encode(bytes, alphabet: Base64Encoder.standard, pad: true) }
 
-    static func encodeURL(_ bytes: [UInt8]) -> String { encode(bytes, alphabet: urlAlphabet, pad: false) }
-
-    private static func encode(_ bytes: [UInt8], alphabet: [UInt8], pad: Bool) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        var i = 0
-        while i + 3 <= bytes.count {
-            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            out.append(alphabet[Int(n >> 18 & 63)])
-            out.append(alphabet[Int(n >> 12 & 63)])
-            out.append(alphabet[Int(n >> 6 & 63)])
-            out.append(alphabet[Int(n & 63)])
-            i += 3
-        }
-        let rest = bytes.count - i
-        if rest > 0 {
-            let n = UInt32(bytes[i]) << 16 | (rest == 2 ? UInt32(bytes[i + 1]) << 8 : 0)
-            out.append(alphabet[Int(n >> 18 & 63)])
-            out.append(alphabet[Int(n >> 12 & 63)])
-            if rest == 2 { out.append(alphabet[Int(n >> 6 & 63)]) }
-            if pad { for _ in rest..<3 { out.append(UInt8(ascii: "=")) } }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func encodeURL(_ bytes: [UInt8]) -> String { Base64Encoder.encode(bytes, alphabet: Base64Encoder.url, pad: false) }
 
     /// Decodes standard or URL-safe base64 (the two alphabets may mix), padded or not, whitespace
     /// skipped; nil when it is not base64.

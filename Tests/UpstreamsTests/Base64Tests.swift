@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Upstreams
@@ -32,6 +33,21 @@ import Testing
             let n = Int.random(in: 0...40, using: &rng)
             let s = String((0..<n).map { _ in all.randomElement(using: &rng)! })
             #expect(Self.agree(s), "\(s.debugDescription)")
+        }
+    }
+
+    /// The shared encoder (`Codecs.Base64Encoder`) writes what Foundation writes, padded, and the URL
+    /// form without padding, for every length class and every byte value.
+    @Test func encodingMatchesFoundationForEveryLengthAndByte() {
+        var rng = SystemRandomNumberGenerator()
+        for length in 0..<70 {
+            for round in 0..<4 {
+                let bytes = round == 0 ? (0..<length).map { UInt8(truncatingIfNeeded: $0 * 37 + 255) } : (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let foundation = Data(bytes).base64EncodedString()
+                #expect(Base64.encode(bytes) == foundation)
+                let url = foundation.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+                #expect(Base64.encodeURL(bytes) == url)
+            }
         }
     }
 
