@@ -311,7 +311,7 @@ struct Validation {
 
     var error: GatewayError? {
         guard !errors.isEmpty else { return nil }
-        var e = GatewayError(.validationFailed, "the request body is not valid; see errors")
+        var e = GatewayError(.validationFailed, "the request is not valid; see errors")
         e.extensions["errors"] = .array(errors)
         return e
     }

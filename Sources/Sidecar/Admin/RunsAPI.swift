@@ -297,7 +297,7 @@ struct RunSpec: Sendable {
     var digest: String
 
     static func invalid(_ field: String, _ message: String) -> GatewayError {
-        var e = GatewayError(.validationFailed, "the request body is not valid; see errors")
+        var e = GatewayError(.validationFailed, "the request is not valid; see errors")
         e.extensions["errors"] = [["field": .string(field), "message": .string(message)]]
         return e
     }
