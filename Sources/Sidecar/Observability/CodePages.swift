@@ -10,7 +10,7 @@ import Logging
 /// and Linux maps the 64 KiB around each page faulted, so ~30 MB of code stays resident, counted in RSS,
 /// though requests never run most of it again. `madvise(MADV_DONTNEED)` on the clean code mappings
 /// unmaps them from this process only: the page cache keeps the file's pages, and the code requests
-/// run faults back in at the cost of a minor fault per 64 KiB, once. Measured: idle RSS 49 → 18 MB, and
+/// run faults back in at the cost of a minor fault per 64 KiB, once. Measured: idle RSS 49 → 23 MB, and
 /// under load the resident code is what the load runs (README "Benchmarks").
 enum CodePages {
     /// Releases the executable's clean code mappings; the kB that were resident in them, or nil when
