@@ -39,12 +39,20 @@ struct CodePagesTests {
         #expect(chosen[0].length == 0x556d_f3c4_d000 - 0x556d_f06a_5000)
     }
 
-    /// Code with pages of its own (text relocations, as debug builds have; a debugger's breakpoints):
-    /// dropping them would lose what was written, so it is left alone.
-    @Test(arguments: [(1024, 0), (0, 8)])
+    /// Code with pages of its own (text relocations, a debugger's breakpoints: private copies, counted
+    /// `Anonymous`): dropping them would lose what was written, so it is left alone.
+    @Test(arguments: [(8, 8), (0, 8)])
     func writtenCodeIsLeftAlone(privateDirty: Int, anonymous: Int) {
         let smaps = Self.block("55760c9b0000-55760f857000", "r-xp", path: Self.exe, rss: 32540, privateDirty: privateDirty, anonymous: anonymous)
         #expect(CodePages.releasable(smaps: smaps[...], executable: Self.exe).isEmpty)
+    }
+
+    /// A binary linked a moment ago: its page-cache pages are dirty until written back, and smaps counts
+    /// them `Private_Dirty` in every process that maps them. They are the file's, not this process's
+    /// (nothing `Anonymous`), so the mapping is chosen.
+    @Test func aFreshlyWrittenBinarysCodeIsChosen() {
+        let smaps = Self.block("55760c9b0000-55760f857000", "r-xp", path: Self.exe, rss: 32540, privateDirty: 32540)
+        #expect(CodePages.releasable(smaps: smaps[...], executable: Self.exe).count == 1)
     }
 
     @Test func anotherFileOrNoFileIsNeverChosen() {

@@ -83,16 +83,8 @@ enum TokenExtractor {
 
     /// Five non-empty dot-separated parts, as every agent token (a compact JWE) has.
     static func isTokenShaped(_ s: Substring) -> Bool {
-        var dots = 0
-        var last: Character = "."
-        for c in s {
-            if c == "." {
-                if last == "." { return false }
-                dots += 1
-            }
-            last = c
-        }
-        return dots == 4 && last != "."
+        let parts = s.split(separator: ".", maxSplits: 5, omittingEmptySubsequences: false)
+        return parts.count == 5 && parts.allSatisfy { !$0.isEmpty }
     }
 }
 

@@ -10,11 +10,13 @@ extension CodePages {
         var length: Int { Int(end - start) }
     }
 
-    /// The executable's code mappings (`r-xp`, the file `executable`) that hold no page of their own: no
-    /// private dirty page and nothing anonymous. Only those are clean copies of the file, so dropping
-    /// them loses nothing — a later fault maps the same bytes again from the page cache. A mapping that
-    /// was ever written (text relocations, a debugger's breakpoint) or any other mapping (data, the
-    /// relocated read-only data, a library's code) is never chosen.
+    /// The executable's code mappings (`r-xp`, the file `executable`) that hold no page of their own:
+    /// nothing anonymous, nothing swapped. A page this process wrote (text relocations, a debugger's
+    /// breakpoint) is a private copy, counted `Anonymous`; without one the mapping shows only the file's
+    /// pages, so dropping it loses nothing — a later fault maps the same page again from the page cache.
+    /// `Private_Dirty` is not the test: it also counts the file's own page-cache pages not yet written
+    /// back (every page of a binary linked a moment ago), which are not this process's. Any other
+    /// mapping (data, the relocated read-only data, a library's code) is never chosen.
     static func releasable(smaps: Substring, executable: String) -> [Mapping] {
         var out: [Mapping] = []
         var current: Mapping?
@@ -38,7 +40,7 @@ extension CodePages {
             guard current != nil, fields.count >= 2, let kB = Int(fields[1]) else { continue }
             switch fields[0] {
             case "Rss:": current?.residentKB = kB
-            case "Private_Dirty:", "Anonymous:", "Shared_Dirty:", "Swap:": if kB != 0 { clean = false }
+            case "Anonymous:", "Swap:": if kB != 0 { clean = false }
             default: break
             }
         }

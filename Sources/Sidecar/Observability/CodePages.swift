@@ -45,7 +45,8 @@ enum CodePages {
         return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// A `/proc` file's text (its size is not known ahead: read until the end).
+    /// A `/proc` file's text, read until the end: its size is not known ahead, and Foundation's readers
+    /// (`String(contentsOfFile:)`) stop after the first read — 3.7 of 28 kB of `smaps` here.
     private static func read(_ path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }

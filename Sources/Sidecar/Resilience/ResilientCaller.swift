@@ -427,7 +427,8 @@ final class ResilientCaller: Sendable {
     private func finish(_ c: inout Call, _ sent: Sent, record: inout RequestRecord) async throws(GatewayError) -> Result {
         var (result, fresh) = try settleAttempt(&c, sent, record: &record)
         guard let key = c.cacheKey, fresh else { return result }
-        // A whole body that cannot be decoded stays as it is: the proxy finds the same and answers the problem.
+        // The upstream's own body: its content coding is undone later, in the pipeline, so taking it here
+        // cannot fail (`takeCompleteBody` throws only for a body wrapped to be decoded).
         if c.leader, let complete = (try? result.response.body.takeCompleteBody()) ?? nil { result.response.body = .bytes(complete) }
         guard c.leader, cacheable(result.response, tool: c.tool) else { return result }
         // Read the (bounded, declared-length) body now: an answer whose body arrives after its head must
