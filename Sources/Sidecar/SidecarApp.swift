@@ -139,8 +139,10 @@ public enum SidecarApp {
                 budgetMinimumPerSecond: config.resilience.retryBudgetMinimumPerSecond)
         }
         let sharedCache = config.resilience.sharedCache ? redis.map { RedisSharedCache(redis: $0, now: unixMillis) } : nil
+        var resilienceSettings = config.resilience
+        resilienceSettings.maxDecodedBytes = config.limits.maxResponseBodyBytes
         let resilience = ResilientCaller(
-            transport: chaos, settings: config.resilience, metrics: metrics, logger: logger, fleet: fleet, shared: sharedCache)
+            transport: chaos, settings: resilienceSettings, metrics: metrics, logger: logger, fleet: fleet, shared: sharedCache)
         let transport = chaos
         let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
         started.add { try? await oauthClient.shutdown() }

@@ -279,6 +279,26 @@ struct ResilientCallerTests {
         #expect(t.count == 3)
     }
 
+    /// An answer that says gzip but cannot be undone is passed on (the pipeline answers it 502) and never
+    /// stored — or every hit would fail the same way until the TTL ran out; one that can is stored.
+    @Test(arguments: [
+        ([31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 171, 174, 5, 0, 67, 191, 166, 163, 2, 0, 0, 0] as [UInt8], 1),  // gzip of "{}"
+        ([31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 171, 174, 5, 0, 67, 191], 2),  // the same, cut off
+        (Array("hello".utf8), 2),  // not gzip at all
+        ([], 2),  // nothing
+    ])
+    func anAnswerItsGzipCannotUndoIsNeverStored(body: [UInt8], upstreamCalls: Int) async throws {
+        let t = ScriptedTransport { _ in
+            .success(UpstreamResponse(
+                status: .ok, headers: ["Content-Type": "application/json", "Content-Encoding": "gzip"], body: .bytes(ByteBuffer(bytes: body))))
+        }
+        let c = Self.caller(t)
+        let (r, traits, key) = try Self.serp("gzip")
+        #expect(await Self.call(c, r, traits, key: key).1 == "MISS")
+        #expect(await Self.call(c, r, traits, key: key).1 == (upstreamCalls == 1 ? "HIT" : "MISS"))
+        #expect(t.count == upstreamCalls)
+    }
+
     @Test func concurrentMissesMakeOneUpstreamCall() async throws {
         let t = ScriptedTransport(delay: .milliseconds(50)) { _ in Self.answer(200, #"{"organic_results":[]}"#) }
         let c = Self.caller(t)

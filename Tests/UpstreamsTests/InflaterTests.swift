@@ -46,6 +46,27 @@ struct InflaterTests {
         #expect(try Self.decodeInPieces(Self.encoded("a", "gzip") + Self.encoded("b", "gzip"), .gzip) == "ab")
     }
 
+    /// `undoes` is what a cache asks before it keeps an answer: it must agree with what the pipeline
+    /// can decode, whole and within the limit.
+    @Test func undoesSaysWhetherAWholeBodyDecodesWithinTheLimit() throws {
+        let good = try Self.encoded(String(repeating: "result ", count: 100), "gzip")
+        let bomb = try Self.encoded(String(repeating: "0", count: 2 << 20), "gzip")
+        let cases: [(ContentCoding, [UInt8], Bool)] = [
+            (.identity, Array("anything".utf8), true),
+            (.gzip, good, true),
+            (.gzip, good + good, true),  // two members
+            (.deflate, try Self.encoded("x", "zlib"), true),
+            (.deflate, try Self.encoded("x", "raw"), true),
+            (.gzip, Array(good.dropLast(8)), false),  // cut off
+            (.gzip, Array("hello".utf8), false),
+            (.gzip, [], false),
+            (.gzip, bomb, false),  // decodes past the limit
+        ]
+        for (coding, bytes, expected) in cases {
+            #expect(coding.undoes(ByteBuffer(bytes: bytes), limit: 1 << 20) == expected, "\(coding) \(bytes.count) bytes")
+        }
+    }
+
     @Test func aBombStopsAtTheLimit() throws {
         let bomb = try Self.encoded(String(repeating: "0", count: 4 << 20), "gzip")
         #expect(bomb.count < 10_000)

@@ -267,6 +267,28 @@ def test_a_whole_answer_its_gzip_cannot_undo_is_a_502_not_a_cut_connection(pki, 
         assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
 
 
+def test_a_cacheable_answer_its_gzip_cannot_undo_is_not_cached(pki, https_upstream, sidecar_factory):
+    """A search answer (cacheable for 10 minutes) that says gzip but is corrupt is a 502 — and is not
+    kept: once the upstream answers properly, the same search gets the proper answer, not the cached 502."""
+    def corrupt(h, rec):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", "5")
+        h.end_headers()
+        h.wfile.write(b"hello")
+    https_upstream.routes["/search"] = corrupt
+    s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=False), env=LIVE_ENV)
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=gz", timeout=10)
+    assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+    https_upstream.routes["/search"] = lambda h, rec: https_upstream.send_json(h, 200, {"organic_results": ["fine"]})
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=gz", timeout=10)
+    assert r.status_code == 200 and r.json() == {"organic_results": ["fine"]} and r.headers.get("X-Cache") == "MISS", r.text
+    assert requests.get(f"{s.proxy_url}/serpapi/search?q=gz", timeout=10).headers.get("X-Cache") == "HIT"
+    metrics = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert re.search(r'gateway_cache_undecodable_total\{tool="serpapi"\} 1', metrics), metrics
+
+
 def test_a_decompression_bomb_hits_the_response_limit_not_memory(pki, https_upstream, sidecar_factory):
     bomb = gzip.compress(b"0" * (64 << 20))
     https_upstream.routes["/v1/embeddings"] = compressed_route(https_upstream, "gzip", bomb)

@@ -49,6 +49,7 @@ public final class GatewayMetrics: Sendable {
     private let cacheMisses: [String: Prometheus.Counter]
     private let cacheStales: [String: Prometheus.Counter]
     private let cacheSharedHits: [String: Prometheus.Counter]
+    private let cacheUndecodables: [String: Prometheus.Counter]
     private let cacheBytesGauge: Gauge
     private let bulkheadQueues: [String: Gauge]
     private let bulkheadRejections: [String: Prometheus.Counter]
@@ -220,6 +221,9 @@ public final class GatewayMetrics: Sendable {
         let cShared = MetricNameDescriptor(namespace: "gateway", metricName: "cache_shared_hits", unitName: "total",
             helpText: "Local cache misses answered from the fleet's shared cache in Redis (also counted as hits).")
         cacheSharedHits = perTool { registry.makeCounter(descriptor: cShared, labels: [("tool", $0)]) }
+        let cUndecodable = MetricNameDescriptor(namespace: "gateway", metricName: "cache_undecodable", unitName: "total",
+            helpText: "Cacheable answers not stored because their content coding could not be undone (corrupt or cut-off gzip).")
+        cacheUndecodables = perTool { registry.makeCounter(descriptor: cUndecodable, labels: [("tool", $0)]) }
         cacheBytesGauge = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "cache", unitName: "bytes",
             helpText: "Bytes held by the response cache."))
         let qLen = MetricNameDescriptor(namespace: "gateway", metricName: "bulkhead_queue", unitName: "",
@@ -289,6 +293,7 @@ public final class GatewayMetrics: Sendable {
     func cacheMiss(_ tool: Tool) { cacheMisses[tool.rawValue]?.increment() }
     func cacheStale(_ tool: Tool) { cacheStales[tool.rawValue]?.increment() }
     func cacheSharedHit(_ tool: Tool) { cacheSharedHits[tool.rawValue]?.increment() }
+    func cacheUndecodable(_ tool: Tool) { cacheUndecodables[tool.rawValue]?.increment() }
     func cacheBytes(_ bytes: Int) { cacheBytesGauge.set(to: Double(bytes)) }
     func bulkheadQueue(_ tool: Tool, _ n: Int) { bulkheadQueues[tool.rawValue]?.set(to: Double(n)) }
     func bulkheadRejection(_ tool: Tool) { bulkheadRejections[tool.rawValue]?.increment() }

@@ -776,8 +776,7 @@ final class Pipeline: Sendable {
     /// other coding — or a transfer coding besides chunked — is a 502 `upstream_protocol_error`.
     func decodeForScrubbing(_ response: inout UpstreamResponse, release: @Sendable () -> Void) throws(GatewayError) {
         let transfer = response.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
-        let encodings = response.headers[canonicalForm: "content-encoding"]
-        guard transfer.allSatisfy({ $0 == "chunked" }), let coding = ContentCoding(field: encodings.isEmpty ? nil : encodings.joined(separator: ",")) else {
+        guard transfer.allSatisfy({ $0 == "chunked" }), let coding = ContentCoding(headers: response.headers) else {
             response.body.cancel()
             release()
             throw GatewayError(.undecodable)

@@ -17,6 +17,9 @@ struct ResilienceSettings: Sendable, Hashable {
     var retryBudgetMinimumPerSecond = 5.0
     var cacheMaxBytes = 64 * 1024 * 1024
     var cacheMaxEntryBytes = 1024 * 1024
+    /// What a cached answer may decode to (`limits.max_response_body_bytes`): an answer its gzip cannot
+    /// undo within it is never stored, or every hit would be the same 502 until the entry expired.
+    var maxDecodedBytes = 32 * 1024 * 1024
     /// How long an expired answer may still be served when the upstream cannot answer.
     var staleIfError: Duration = .seconds(300)
     var openAICache = false

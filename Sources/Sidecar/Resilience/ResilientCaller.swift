@@ -439,8 +439,14 @@ final class ResilientCaller: Sendable {
             if let stale = c.stale { return served(stale, tool: c.tool, marker: "STALE", record: &record) }
             throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "the upstream body broke off"))
         }
-        let stored = entry(result.response, body: body, tool: c.tool)
         result.response.body = .bytes(body)
+        // A body its content coding cannot undo (corrupt or cut-off gzip) is passed on — the pipeline
+        // answers it as the upstream's protocol error — but never stored: the next call asks again.
+        guard ContentCoding(headers: result.response.headers)?.undoes(body, limit: settings.maxDecodedBytes) ?? true else {
+            metrics.cacheUndecodable(c.tool)
+            return result
+        }
+        let stored = entry(result.response, body: body, tool: c.tool)
         cache.endFetch(key, storing: stored)
         shared?.put(key, stored)
         metrics.cacheBytes(cache.totalBytes)

@@ -1,5 +1,6 @@
 import CZlib
 import NIOCore
+import NIOHTTP1
 
 /// A response's `Content-Encoding` as far as the sidecar can read through it.
 public enum ContentCoding: Sendable, Hashable {
@@ -19,6 +20,22 @@ public enum ContentCoding: Sendable, Hashable {
         case "deflate": self = .deflate
         default: return nil
         }
+    }
+}
+
+extension ContentCoding {
+    /// The coding of a response's `Content-Encoding` fields (nil: one the sidecar cannot decode).
+    public init?(headers: HTTPHeaders) {
+        let fields = headers[canonicalForm: "content-encoding"]
+        self.init(field: fields.isEmpty ? nil : fields.joined(separator: ","))
+    }
+
+    /// Whether a whole body in this coding decodes completely to at most `limit` bytes — what a cache
+    /// asks before it keeps an answer that every later hit would otherwise fail on.
+    public func undoes(_ body: ByteBuffer, limit: Int) -> Bool {
+        guard self != .identity, let inflater = try? Inflater(self, limit: limit) else { return self == .identity }
+        guard (try? inflater.decode(body)) != nil else { return false }
+        return inflater.finished
     }
 }
 
