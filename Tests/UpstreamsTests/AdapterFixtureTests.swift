@@ -146,6 +146,25 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(mock, try Self.json("gmail_profile_response.json")) == [])
     }
 
+    /// Only the two paths, exactly: any other shape is an unknown action, never read as one of them.
+    @Test(arguments: [
+        ("GET", "/gmail/v1/users/me/profile", "profile"), ("POST", "/gmail/v1/users/u1/messages/send", "send"),
+        ("GET", "/gmail/v1/users/me/profile/", nil), ("POST", "/gmail/v1/users/me/messages/send/", nil),
+        ("POST", "/gmail/v1/users/me/messages//send", nil), ("POST", "/gmail/v1/users/me/messages", nil),
+        ("POST", "/gmail/v1/users/me/send", nil), ("GET", "/gmail/v1/users/me/messages/send", nil),
+        ("POST", "/gmail/v1/users/me/profile", nil), ("POST", "/gmail/v1/users/me/x/messages/send", nil),
+        ("GET", "/gmail/v1/users//profile", nil), ("GET", "/gmail/v1/users/me", nil),
+    ] as [(String, String, String?)])
+    func gmailPathsAreMatchedWhole(method: String, path: String, action: String?) throws {
+        let raw = #"{"raw":"VG86IGFAZXhhbXBsZS5jb20NClN1YmplY3Q6IGhpDQoNCmhp"}"#
+        let request = ToolRequest(method: HTTPMethod(rawValue: method), path: path, body: method == "POST" ? ByteBuffer(string: raw) : nil)
+        let call = try? GmailAdapter().interpret(request)
+        #expect(call?.action == action)
+        if action == nil {
+            #expect(throws: ToolRequestError.self) { try GmailAdapter().interpret(request) }
+        }
+    }
+
     @Test func gmailCompatComposesAndRefusesHeaderInjection() throws {
         let adapter = GmailAdapter()
         let request = try adapter.compatRequest(
@@ -194,6 +213,12 @@ struct AddressTests {
     ])
     func extracts(_ value: String, _ expected: [String]) {
         #expect(RFC2822Message.addresses(in: value) == expected)
+    }
+
+    /// The specials, by byte, are RFC 5322 §3.2.3's list — no more, no fewer.
+    @Test func specialsAreTheRFCsList() {
+        let rfc = Set("()<>[]:;@\\,\"".utf8)
+        for c in UInt8.min...UInt8.max { #expect(AddressList.isSpecial(c) == rfc.contains(c), "byte \(c)") }
     }
 
     @Test func flagsABareCRInHeaders() throws {

@@ -15,9 +15,12 @@ public struct GmailAdapter: ToolAdapter {
             throw .unknownAction("gmail_send supports POST /gmail/v1/users/{id}/messages/send and GET /gmail/v1/users/{id}/profile")
         }
         let userId = String(parts[4])
-        let rest = parts[5...].joined(separator: "/")
-        switch (request.method, rest) {
-        case (.POST, "messages/send"):
+        // What follows the user id, compared part by part (not joined into a new string).
+        let rest = parts[5...]
+        let isSend = rest.count == 2 && rest.first == "messages" && rest.last == "send"
+        let isProfile = rest.count == 1 && rest.first == "profile"
+        switch request.method {
+        case .POST where isSend:
             let expected = "messages.send needs a JSON body {\"raw\": base64url}"
             guard let body = request.body else { throw .invalidBody(expected) }
             let json: JSONValue
@@ -36,7 +39,7 @@ public struct GmailAdapter: ToolAdapter {
                 subjectBytes: message.values("subject").first?.utf8.count ?? 0, bodyBytes: message.bodyBytes,
                 headerInjection: message.headerInjection)
             return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(params))
-        case (.GET, "profile"):
+        case .GET where isProfile:
             let params = GmailParameters(userId: userId, recipients: [], subjectBytes: 0, bodyBytes: 0, headerInjection: false)
             return ToolCall(tool: tool, action: "profile", request: request, parameters: .gmail(params))
         default:

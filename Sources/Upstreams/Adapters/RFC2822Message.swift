@@ -17,8 +17,20 @@ public struct RFC2822Message: Sendable, Hashable {
         for x in headers { h.combine(x.name); h.combine(x.value) }
     }
 
+    /// The values of the fields named `name` (any case), in order. Compared over bytes: every send reads
+    /// thirteen names against each field, and two `lowercased()` copies per comparison were most of
+    /// reading a message's recipients.
     public func values(_ name: String) -> [String] {
-        headers.filter { $0.name.lowercased() == name.lowercased() }.map(\.value)
+        var out: [String] = []
+        for h in headers where HeaderName.equalsIgnoringCase(h.name, name) { out.append(h.value) }
+        return out
+    }
+
+    /// How many fields are named `name` (any case).
+    func count(_ name: String) -> Int {
+        var n = 0
+        for h in headers where HeaderName.equalsIgnoringCase(h.name, name) { n += 1 }
+        return n
     }
 
     /// Fields that carry recipients: a message is delivered to every address in any of them.
@@ -29,7 +41,7 @@ public struct RFC2822Message: Sendable, Hashable {
     /// Every recipient, or why the message cannot be judged: a single-valued field given twice, or a
     /// recipient field that is not clearly a list of addresses (see `AddressList`).
     public func checkedRecipients() -> Result<[MailAddress], ToolRequestError> {
-        for name in Self.singleFields where values(name).count > 1 {
+        for name in Self.singleFields where count(name) > 1 {
             return .failure(.ambiguousParameter("raw: the message has more than one \(name) field"))
         }
         var out: [MailAddress] = []
@@ -58,33 +70,28 @@ public struct RFC2822Message: Sendable, Hashable {
         }
         // Split on LF as bytes: in a Swift String "\r\n" is one Character and would not split.
         var injection = false
-        var lines: [Substring] = []
+        var headers: [(name: String, value: String)] = []
         for rawLine in bytes[0..<end].split(separator: 10, omittingEmptySubsequences: false) {
             var line = rawLine[...]
             if line.last == 13 { line = line.dropLast() }
             if line.contains(13) { injection = true }
             guard let text = String(validating: line, as: UTF8.self) else { return nil }
-            lines.append(Substring(text))
-        }
-        var headers: [(String, String)] = []
-        for line in lines where !line.isEmpty {
-            if line.first == " " || line.first == "\t" {
+            guard !text.isEmpty else { continue }
+            if text.first == " " || text.first == "\t" {
                 guard !headers.isEmpty else { return nil }
-                headers[headers.count - 1].1 += " " + line.trimmedOWS
+                headers[headers.count - 1].value += " " + text[...].trimmedOWS
                 continue
             }
-            guard let colon = line.firstIndex(of: ":") else { return nil }
+            guard let colon = text.firstIndex(of: ":") else { return nil }
             // obs-optional (RFC 5322 §4.5.3): white space may stand between a field's name and its colon,
             // and `Bcc\t:` is a Bcc field to any mail system.
-            var name = line[..<colon]
+            var name = text[..<colon]
             while name.last == " " || name.last == "\t" { name = name.dropLast() }
             guard !name.isEmpty, name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else { return nil }
-            headers.append((String(name), line[line.index(after: colon)...].trimmedOWS))
+            headers.append((String(name), text[text.index(after: colon)...].trimmedOWS))
         }
         guard !headers.isEmpty else { return nil }
-        return RFC2822Message(
-            headers: headers.map { (name: $0.0, value: $0.1) }, bodyBytes: max(0, bytes.count - bodyStart),
-            headerInjection: injection)
+        return RFC2822Message(headers: headers, bodyBytes: max(0, bytes.count - bodyStart), headerInjection: injection)
     }
 
     /// Addresses in an address-list header value (`a@b.c, "Doe, J" <j@d.e>, Group: x@y.z;`), or nil when
