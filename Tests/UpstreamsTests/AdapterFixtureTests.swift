@@ -215,6 +215,15 @@ struct AddressTests {
         #expect(RFC2822Message.addresses(in: value) == expected)
     }
 
+    /// What is not clearly a list of addresses is refused whole, never read in part.
+    @Test(arguments: [
+        "a@.b.c", "a@b.c.", "a@b..c", "a@=?utf-8?q?x?=.c", "a@b.c, c@d..e", "a@@b.c", "a@b@c.d", "<a@b.c",
+        "\"a@b.c", "a@b.c)", "=?utf-8?q?x?= <>", "Team: a@b.c", "a.b.c",
+    ])
+    func refuses(_ value: String) {
+        #expect(RFC2822Message.addresses(in: value) == nil)
+    }
+
     /// The specials, by byte, are RFC 5322 §3.2.3's list — no more, no fewer.
     @Test func specialsAreTheRFCsList() {
         let rfc = Set("()<>[]:;@\\,\"".utf8)
