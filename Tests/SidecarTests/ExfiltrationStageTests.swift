@@ -1,3 +1,4 @@
+import NIOHTTP1
 import Testing
 import Upstreams
 
@@ -40,6 +41,25 @@ import Upstreams
         let sameParameters = Self.query(fast) == Self.query(full)
         #expect(fast == full || (fast == uri && sameParameters), "\(fast) vs \(full)")
         #expect(!fast.contains("SECRET"))
+    }
+
+    /// The field that carried the agent's token is removed before the call goes upstream, so the search
+    /// skips it — every field of that name, and only that name: a key in any other field is still found.
+    @Test(arguments: [
+        // (fields, carrier, found)
+        ([("Authorization", "Bearer sk-REAL-0123456789abcdef")], TokenCarrier.authorization, false),
+        ([("Authorization", "Bearer tok"), ("authorization", "sk-REAL-0123456789abcdef")], .authorization, false),
+        ([("Authorization", "Bearer sk-REAL-0123456789abcdef")], nil, true),
+        ([("Authorization", "Bearer sk-REAL-0123456789abcdef")], .agentTokenHeader, true),
+        ([("X-Agent-Token", "tok"), ("X-Note", "sk-REAL-0123456789abcdef")], .agentTokenHeader, true),
+        ([("Proxy-Authorization", "Basic sk-REAL-0123456789abcdef")], .proxyAuthorization, false),
+        ([("Proxy-Authorization", "Basic tok"), ("Cookie", "k=sk-REAL-0123456789abcdef")], .proxyAuthorization, true),
+    ] as [([(String, String)], TokenCarrier?, Bool)])
+    func theTokensCarrierIsNotSearched(fields: [(String, String)], carrier: TokenCarrier?, found: Bool) {
+        let scanner = ExfiltrationScanner([.init(label: "openai", value: "sk-REAL-0123456789abcdef", canary: false)])
+        let request = InboundRequest(
+            head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/search?q=x", headers: HTTPHeaders(fields)), body: nil, requestID: "r")
+        #expect((Pipeline.find(in: request, tool: .serpapi, query: Self.query("/search?q=x"), carrier: carrier, scanner) != nil) == found)
     }
 
     static func query(_ uri: String) -> QueryString {

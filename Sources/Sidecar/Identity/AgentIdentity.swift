@@ -40,6 +40,17 @@ enum TokenCarrier: Sendable, Hashable {
     case agentTokenHeader
     case authorization
     case compatBody
+
+    /// The header field that carried the token (nil: the compatibility body). Every field of that name
+    /// is removed before the call goes upstream.
+    var fieldName: String? {
+        switch self {
+        case .proxyAuthorization: "proxy-authorization"
+        case .agentTokenHeader: "x-agent-token"
+        case .authorization: "authorization"
+        case .compatBody: nil
+        }
+    }
 }
 
 /// Finds the presented token. The forward proxy reads `Proxy-Authorization` (Basic with the token as

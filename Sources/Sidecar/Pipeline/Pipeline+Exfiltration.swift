@@ -12,22 +12,29 @@ import Upstreams
 extension Pipeline {
     /// `query`: the call's query as the tool's adapter reads it (the same parse: what is searched is what
     /// the adapter forwards).
-    func checkExfiltration(_ request: InboundRequest, tool: Tool?, query: QueryString? = nil) throws(GatewayError) {
+    func checkExfiltration(_ request: InboundRequest, tool: Tool?, query: QueryString? = nil, carrier: TokenCarrier? = nil) throws(GatewayError) {
         guard let secrets else { return }
         let scanner = secrets.scanner
-        guard !scanner.isEmpty, let finding = Self.find(in: request, tool: tool, query: query, scanner) else { return }
+        guard !scanner.isEmpty, let finding = Self.find(in: request, tool: tool, query: query, carrier: carrier, scanner) else { return }
         metrics?.securityEvent(finding.canary ? "canary" : "exfiltration")
         throw GatewayError(
             .secretExfiltration,
             "the call carries \(finding); it was not sent. Agents never need the credentials the sidecar injects")
     }
 
-    static func find(in request: InboundRequest, tool: Tool?, query: QueryString?, _ scanner: ExfiltrationScanner) -> ExfiltrationScanner.Finding? {
+    /// `carrier`: what carried the agent's token. Its fields are removed before the call goes upstream
+    /// (`removingCarrier`), so they cannot carry anything out — and the token, a kilobyte in every call,
+    /// was most of what the search read (~5 µs per call).
+    static func find(
+        in request: InboundRequest, tool: Tool?, query: QueryString?, carrier: TokenCarrier? = nil, _ scanner: ExfiltrationScanner
+    ) -> ExfiltrationScanner.Finding? {
         let uri = tool == .serpapi ? target(request.head.uri, without: "api_key", query: query) : request.head.uri
         if let f = scanner.scan(uri, location: "URL") { return f }
         let replaced = tool == .openai || tool == .gmailSend
+        let removed = carrier?.fieldName
         for (name, value) in request.head.headers {
             if replaced, HeaderName.equalsIgnoringCase(name, "authorization") { continue }
+            if let removed, HeaderName.equalsIgnoringCase(name, removed) { continue }
             // The location is named only for a finding (not built for every header of every call).
             if var f = scanner.scan(value, location: "") {
                 f.location = "\(name) header"

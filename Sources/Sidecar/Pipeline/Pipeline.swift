@@ -396,13 +396,9 @@ final class Pipeline: Sendable {
     /// Removes whatever carried the token, so it never goes upstream (`X-Run-Id` never does either:
     /// `HeaderRules` keeps the sidecar's own fields back).
     static func removingCarrier(_ carrier: TokenCarrier?, from headers: HTTPHeaders) -> HTTPHeaders {
+        guard let name = carrier?.fieldName else { return headers }
         var headers = headers
-        switch carrier {
-        case .authorization?: headers.remove(name: "authorization")
-        case .proxyAuthorization?: headers.remove(name: "proxy-authorization")
-        case .agentTokenHeader?: headers.remove(name: "x-agent-token")
-        case .compatBody?, nil: break
-        }
+        headers.remove(name: name)
         return headers
     }
 
@@ -501,7 +497,7 @@ final class Pipeline: Sendable {
             let identity = try authenticate(token: token, headers: request.head.headers, record: &record, memo: request.credentials)
             // One parse of the query, read by the exfiltration search and by the tool's adapter alike.
             let query = QueryString(parsing: query)
-            try checkExfiltration(request, tool: tool, query: query)
+            try checkExfiltration(request, tool: tool, query: query, carrier: token?.1)
             let run = try runID(headers: request.head.headers, identity: identity, record: &record)
             let toolRequest = ToolRequest(
                 method: request.head.method, path: path, query: query,
