@@ -19,7 +19,12 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# A step that fails ends the run (set -e): say which, instead of ending without a word.
+cleanup() {
+  local rc=$? failed=$BASH_COMMAND
+  (( rc == 0 )) || echo "$(basename "$0"): stopped (exit $rc) at: $failed" >&2
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
