@@ -267,6 +267,53 @@ def test_a_whole_answer_its_gzip_cannot_undo_is_a_502_not_a_cut_connection(pki, 
         assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
 
 
+def late_body_route(payload, delay, split=None):
+    """An answer that says gzip: the head first, then (after `delay`) the body — in two writes at `split`."""
+    def route(h, rec):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(delay)
+        cut = split or len(payload)
+        h.wfile.write(payload[:cut])
+        h.wfile.flush()
+        time.sleep(delay)
+        h.wfile.write(payload[cut:])
+    return route
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["own-pool", "async-http-client"])
+@pytest.mark.parametrize("payload", [b"hello-not-gzip", gzip.compress(b'{"echo": "sk-REAL-0123456789abcdef"}' * 20)[:-12]], ids=["corrupt", "cut-off"])
+def test_a_gzip_body_that_comes_after_its_head_and_cannot_be_undone_is_a_502(pki, https_upstream, sidecar_factory, payload, http2):
+    """The body arrives after the head (as most servers write them), so it is not all there when the head
+    is: a body the sidecar decodes is read ahead before the head goes out, and a corrupt or cut-off one is
+    the problem answer — not a 200 head and then a cut connection — on both upstream transports."""
+    https_upstream.routes["/v1/embeddings"] = late_body_route(payload, 0.05)
+    s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=http2), env=LIVE_ENV)
+    with requests.Session() as session:
+        r = session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+        assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+        assert "sk-REAL" not in r.text
+        https_upstream.routes["/v1/embeddings"] = lambda h, rec: https_upstream.send_json(h, 200, {"fine": True})
+        assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
+
+
+def test_a_large_gzip_body_is_still_streamed_whole_and_scrubbed(pki, https_upstream, sidecar_factory):
+    """Past the read-ahead (64 KiB decoded), a decoded body streams on as before: all of it arrives, the key
+    echoed in its second half scrubbed."""
+    text = json.dumps({"data": "x" * 200_000, "echo": "sk-REAL-0123456789abcdef"}).encode()
+    payload = gzip.compress(text)
+    https_upstream.routes["/v1/embeddings"] = late_body_route(payload, 0.05, split=len(payload) // 2)
+    s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=False), env=LIVE_ENV)
+    r = requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["data"] == "x" * 200_000 and "sk-REAL" not in r.text
+
+
 def test_a_cacheable_answer_its_gzip_cannot_undo_is_not_cached(pki, https_upstream, sidecar_factory):
     """A search answer (cacheable for 10 minutes) that says gzip but is corrupt is a 502 — and is not
     kept: once the upstream answers properly, the same search gets the proper answer, not the cached 502."""

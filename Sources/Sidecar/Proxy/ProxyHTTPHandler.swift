@@ -524,7 +524,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let record = handled.record
         inFlight = Task {
             var record = record
-            await sink.respond(stream, limit: limit, head: head, record: &record)
+            await sink.respond(stream, limit: limit, head: head, request: request, record: &record)
             // After the last byte (or after giving up): release the concurrency slot, settle budgets.
             await response.completion.run()
         }
@@ -629,18 +629,54 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// Writes a response whose body is still arriving, chunk by chunk, and completes the request.
         /// The final write and the completion happen in one step on the loop, and a pipelined next
         /// request is served only after it.
-        func respond(_ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, record: inout RequestRecord) async {
+        /// How much of a body the sidecar decodes is read before its head goes out (`respond`).
+        static let readAhead = 64 * 1024
+
+        func respond(_ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, request: HTTPRequestHead, record: inout RequestRecord) async {
             let framing = head.framing
+            var iterator = stream.makeAsyncIterator()
+            // A body the sidecar decodes (an upstream that ignored `Accept-Encoding: identity`) is read
+            // ahead before the head goes out: one that is corrupt, cut off or too large within the first
+            // `readAhead` bytes is answered as the problem it is, not as a head and then a cut connection.
+            // Not an event stream: its events must reach the agent as they come.
+            var ahead: [ByteBuffer] = []
+            var ended = false
+            let eventStream = head.headers[canonicalForm: "content-type"].contains { $0.lowercased().hasPrefix("text/event-stream") }
+            if stream.isDecoded, !eventStream {
+                var bytes = 0
+                do {
+                    while bytes < Self.readAhead {
+                        guard let chunk = try await iterator.next() else {
+                            ended = true
+                            break
+                        }
+                        bytes += chunk.readableBytes
+                        ahead.append(chunk)
+                        guard bytes <= limit else { throw UpstreamError(.responseTooLarge, beforeSend: false, detail: "decoded body over limit") }
+                    }
+                } catch {
+                    stream.cancel()
+                    record.upstreamDuration = record.upstreamStart.map { .now - $0 }
+                    let failure = GatewayError(HTTPClientTransport.classify(error))
+                    let problem = ResponseMapper.problem(failure, requestID: record.requestID)
+                    guard !Task.isCancelled, case .buffer(let text) = problem.body else {
+                        record.outcome = "client_closed"
+                        return await abort(record)
+                    }
+                    record.outcome = failure.codeString
+                    let final = record
+                    return (try? await onLoop { $0.respondWhole(problem, body: text, to: request, record: final) }) ?? ()
+                }
+            }
             record.status = Int(head.status.code)
 
             do {
                 try await onLoop { try $0.writeHead(head) }
                 var hasher: SHA256? = digest ? SHA256() : nil
-                var iterator = stream.makeAsyncIterator()
                 while true {
                     let chunk: ByteBuffer?
                     do {
-                        chunk = try await iterator.next()
+                        chunk = !ahead.isEmpty ? ahead.removeFirst() : ended ? nil : try await iterator.next()
                     } catch {
                         // The upstream failed mid-body: the head is gone, so the only honest signal left
                         // is to cut the connection instead of ending the message normally.

@@ -219,6 +219,16 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         }
     }
 
+    /// Whether reading it undoes a content coding (gzip, deflate) on the way: an upstream that ignored
+    /// `Accept-Encoding: identity`, whose body can still turn out corrupt or cut off.
+    public var isDecoded: Bool {
+        switch storage {
+        case .decoded: return true
+        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .guarded(let base, _): return base.isDecoded
+        default: return false
+        }
+    }
+
     /// Stops the upstream transfer (the agent went away or a limit was hit).
     public func cancel() {
         switch storage {
