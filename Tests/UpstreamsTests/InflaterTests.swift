@@ -67,6 +67,17 @@ struct InflaterTests {
         }
     }
 
+    /// Which bodies the proxy reads ahead before their head: those it decodes, beneath any wrapper.
+    @Test func isDecodedSeesThroughTheWrappers() {
+        let raw = UpstreamBody.bytes(ByteBuffer(string: "x"))
+        #expect(!raw.isDecoded)
+        #expect(!raw.decoded(.identity, limit: 10).isDecoded)
+        #expect(raw.decoded(.gzip, limit: 10).isDecoded)
+        #expect(raw.decoded(.deflate, limit: 10).scrubbed(by: SecretScrubber(["sk-SECRET-123456"])).isDecoded)
+        #expect(raw.decoded(.gzip, limit: 10).observed(by: { _ in }, finished: {}).isDecoded)
+        #expect(!raw.scrubbed(by: SecretScrubber(["sk-SECRET-123456"])).isDecoded)
+    }
+
     @Test func aBombStopsAtTheLimit() throws {
         let bomb = try Self.encoded(String(repeating: "0", count: 4 << 20), "gzip")
         #expect(bomb.count < 10_000)

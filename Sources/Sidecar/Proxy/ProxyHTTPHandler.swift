@@ -641,8 +641,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // Not an event stream: its events must reach the agent as they come.
             var ahead: [ByteBuffer] = []
             var ended = false
-            let eventStream = head.headers[canonicalForm: "content-type"].contains { $0.lowercased().hasPrefix("text/event-stream") }
-            if stream.isDecoded, !eventStream {
+            if stream.isDecoded, !head.headers[canonicalForm: "content-type"].contains(where: { $0.lowercased().hasPrefix("text/event-stream") }) {
                 var bytes = 0
                 do {
                     while bytes < Self.readAhead {
