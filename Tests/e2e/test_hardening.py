@@ -245,6 +245,16 @@ def test_an_encoding_that_cannot_be_decoded_is_refused(pki, https_upstream, side
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error"
 
 
+def assert_502_then_connection_usable(s, up):
+    """The agent gets 502 `upstream_protocol_error` (no echoed key in it), and its connection serves the next call."""
+    with requests.Session() as session:
+        r = session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+        assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+        assert "sk-REAL" not in r.text
+        up.routes["/v1/embeddings"] = lambda h, rec: up.send_json(h, 200, {"fine": True})
+        assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
+
+
 @pytest.mark.parametrize("payload", [b"hello", gzip.compress(b'{"echo": "sk-REAL-0123456789abcdef"}' * 20)[:-12]], ids=["corrupt", "cut-off"])
 def test_a_whole_answer_its_gzip_cannot_undo_is_a_502_not_a_cut_connection(pki, https_upstream, sidecar_factory, payload):
     """An answer that says gzip but is not (or stops short) cannot be checked for the credential. When it
@@ -259,12 +269,7 @@ def test_a_whole_answer_its_gzip_cannot_undo_is_a_502_not_a_cut_connection(pki, 
         h.close_connection = True
     https_upstream.routes["/v1/embeddings"] = route
     s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=False), env=LIVE_ENV)
-    with requests.Session() as session:
-        r = session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
-        assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
-        assert "sk-REAL" not in r.text
-        https_upstream.routes["/v1/embeddings"] = lambda h, rec: https_upstream.send_json(h, 200, {"fine": True})
-        assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
+    assert_502_then_connection_usable(s, https_upstream)
 
 
 def late_body_route(payload, delay, split=None):
@@ -293,12 +298,7 @@ def test_a_gzip_body_that_comes_after_its_head_and_cannot_be_undone_is_a_502(pki
     the problem answer — not a 200 head and then a cut connection — on both upstream transports."""
     https_upstream.routes["/v1/embeddings"] = late_body_route(payload, 0.05)
     s = sidecar_factory(live_config(pki, https_upstream, auth=False, http2=http2), env=LIVE_ENV)
-    with requests.Session() as session:
-        r = session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
-        assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
-        assert "sk-REAL" not in r.text
-        https_upstream.routes["/v1/embeddings"] = lambda h, rec: https_upstream.send_json(h, 200, {"fine": True})
-        assert session.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10).json() == {"fine": True}
+    assert_502_then_connection_usable(s, https_upstream)
 
 
 def test_a_large_gzip_body_is_still_streamed_whole_and_scrubbed(pki, https_upstream, sidecar_factory):
