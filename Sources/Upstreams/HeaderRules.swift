@@ -25,10 +25,24 @@ public enum HeaderRules {
     ) -> HTTPHeaders {
         forwarded(agentHeaders, host: authority, requestID: requestID) { field in
             switch field {
-            case .hopByHop, .neverUpstream, .contentLength, .requestID, .via: true
-            case .agentCredential: tool.isBrokered
-            case .other: false
+            // Carried into what the sidecar writes at the end: the gathered `Via`, the request id.
+            case .requestID, .via: true
+            default: !reaches(field, tool: tool)
             }
+        }
+    }
+
+    /// Whether a field the agent sent reaches `tool`'s upstream in any form — as it is, or carried into
+    /// what the sidecar writes (`Via` values are gathered into one, an `X-Request-Id` becomes the call's
+    /// request id). What is false here `upstreamHeaders` leaves out; the exfiltration search reads the
+    /// same answer, so it searches exactly what leaves.
+    public static func reachesUpstream(_ name: String, tool: Tool) -> Bool { reaches(HeaderName.classify(name), tool: tool) }
+
+    private static func reaches(_ field: HeaderName.Class, tool: Tool) -> Bool {
+        switch field {
+        case .hopByHop, .neverUpstream, .contentLength: false
+        case .agentCredential: !tool.isBrokered
+        case .requestID, .via, .other: true
         }
     }
 

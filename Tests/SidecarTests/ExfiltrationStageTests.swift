@@ -44,7 +44,8 @@ import Upstreams
     }
 
     /// The field that carried the agent's token is removed before the call goes upstream, so the search
-    /// skips it — every field of that name, and only that name: a key in any other field is still found.
+    /// skips it — every field of that name, and only that name: a key in any other field is still found
+    /// (http_fetch: the agent's own credential fields go to the site).
     @Test(arguments: [
         // (fields, carrier, found)
         ([("Authorization", "Bearer sk-REAL-0123456789abcdef")], TokenCarrier.authorization, false),
@@ -56,10 +57,34 @@ import Upstreams
         ([("Proxy-Authorization", "Basic tok"), ("Cookie", "k=sk-REAL-0123456789abcdef")], .proxyAuthorization, true),
     ] as [([(String, String)], TokenCarrier?, Bool)])
     func theTokensCarrierIsNotSearched(fields: [(String, String)], carrier: TokenCarrier?, found: Bool) {
+        #expect(Self.found(fields, tool: .httpFetch, carrier: carrier) == found)
+    }
+
+    /// The search reads what `HeaderRules.upstreamHeaders` forwards, by the same rule: a field the
+    /// upstream never gets (hop-by-hop, the sidecar's own controls, a brokered tool's credential fields,
+    /// which the sidecar replaces) cannot carry a key out and is not searched; every other one is —
+    /// including `X-Request-Id` and `Via`, whose values the sidecar passes on.
+    @Test(arguments: [
+        ("Authorization", Tool.serpapi, false), ("X-Api-Key", .openai, false), ("Cookie", .gmailSend, false),
+        ("Authorization", .httpFetch, true), ("Cookie", .httpFetch, true),
+        ("X-Forwarded-For", .httpFetch, false), ("X-Agent-Id", .serpapi, false), ("Keep-Alive", .openai, false),
+        ("X-Note", .serpapi, true), ("X-Request-Id", .serpapi, true), ("Via", .openai, true), ("traceparent", .gmailSend, true),
+    ])
+    func whatReachesTheUpstreamIsSearched(name: String, tool: Tool, found: Bool) {
+        #expect(Self.found([(name, "sk-REAL-0123456789abcdef")], tool: tool, carrier: nil) == found)
+        #expect(HeaderRules.reachesUpstream(name, tool: tool) == found)
+        // The agent's X-Request-Id is carried as the call's request id (`RequestID.from`), not by this pass.
+        guard name != "X-Request-Id" else { return }
+        let forwarded = HeaderRules.upstreamHeaders(
+            from: HTTPHeaders([(name, "sk-REAL-0123456789abcdef")]), tool: tool, authority: "example.com", requestID: "rid")
+        #expect(forwarded.contains { $0.value.contains("sk-REAL") } == found)
+    }
+
+    static func found(_ fields: [(String, String)], tool: Tool, carrier: TokenCarrier?) -> Bool {
         let scanner = ExfiltrationScanner([.init(label: "openai", value: "sk-REAL-0123456789abcdef", canary: false)])
         let request = InboundRequest(
             head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/search?q=x", headers: HTTPHeaders(fields)), body: nil, requestID: "r")
-        #expect((Pipeline.find(in: request, tool: .serpapi, query: Self.query("/search?q=x"), carrier: carrier, scanner) != nil) == found)
+        return Pipeline.find(in: request, tool: tool, query: Self.query("/search?q=x"), carrier: carrier, scanner) != nil
     }
 
     static func query(_ uri: String) -> QueryString {

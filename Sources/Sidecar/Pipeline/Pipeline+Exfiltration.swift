@@ -22,18 +22,19 @@ extension Pipeline {
             "the call carries \(finding); it was not sent. Agents never need the credentials the sidecar injects")
     }
 
-    /// `carrier`: what carried the agent's token. Its fields are removed before the call goes upstream
-    /// (`removingCarrier`), so they cannot carry anything out — and the token, a kilobyte in every call,
-    /// was most of what the search read (~5 µs per call).
+    /// Only the fields that reach the upstream are searched — by the rule that builds its headers
+    /// (`HeaderRules.reachesUpstream`: not the hop-by-hop ones, the sidecar's own controls, or a brokered
+    /// tool's credential fields, which the sidecar replaces) — and not `carrier`'s, the fields that carried
+    /// the agent's token, which `removingCarrier` takes out before that. The token, a kilobyte in every
+    /// call, was most of what the search read (~5 µs per call).
     static func find(
         in request: InboundRequest, tool: Tool?, query: QueryString?, carrier: TokenCarrier? = nil, _ scanner: ExfiltrationScanner
     ) -> ExfiltrationScanner.Finding? {
         let uri = tool == .serpapi ? target(request.head.uri, without: "api_key", query: query) : request.head.uri
         if let f = scanner.scan(uri, location: "URL") { return f }
-        let replaced = tool == .openai || tool == .gmailSend
         let removed = carrier?.fieldName
         for (name, value) in request.head.headers {
-            if replaced, HeaderName.equalsIgnoringCase(name, "authorization") { continue }
+            if let tool, !HeaderRules.reachesUpstream(name, tool: tool) { continue }
             if let removed, HeaderName.equalsIgnoringCase(name, removed) { continue }
             // The location is named only for a finding (not built for every header of every call).
             if var f = scanner.scan(value, location: "") {
