@@ -4,7 +4,7 @@ import Foundation
 /// base64url without padding (RFC 7515 §2), the encoding of every JOSE segment.
 public enum Base64URL {
     /// Through the shared encoder (`Codecs`), URL alphabet, no padding.
-    public static func encode<D: DataProtocol>(_ bytes: D) -> String { Base64Encoder.encode(Array(bytes), alphabet: Base64Encoder.url, pad: false) }
+    public static func encode<D: DataProtocol>(_ bytes: D) -> String { Base64Encoder.encode(bytes, alphabet: Base64Encoder.url, pad: false) }
 
     public static func encode(_ string: String) -> String { encode(Array(string.utf8)) }
 

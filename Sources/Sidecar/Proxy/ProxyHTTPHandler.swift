@@ -626,45 +626,62 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
 
-        /// Writes a response whose body is still arriving, chunk by chunk, and completes the request.
-        /// The final write and the completion happen in one step on the loop, and a pipelined next
-        /// request is served only after it.
         /// How much of a body the sidecar decodes is read before its head goes out (`respond`).
         static let readAhead = 64 * 1024
 
+        /// What reading ahead found: the chunks read (the whole body when `ended`), or why it failed.
+        private enum Ahead {
+            case read([ByteBuffer], ended: Bool)
+            case failed(any Error)
+        }
+
+        /// Up to `readAhead` bytes of the body, stopping at its end, a failure or `limit`.
+        private static func readAhead(_ iterator: inout UpstreamBody.AsyncIterator, limit: Int) async -> Ahead {
+            var chunks: [ByteBuffer] = []
+            var bytes = 0
+            do {
+                while bytes < readAhead {
+                    guard let chunk = try await iterator.next() else { return .read(chunks, ended: true) }
+                    bytes += chunk.readableBytes
+                    guard bytes <= limit else { throw UpstreamError(.responseTooLarge, beforeSend: false, detail: "decoded body over limit") }
+                    chunks.append(chunk)
+                }
+                return .read(chunks, ended: false)
+            } catch {
+                return .failed(error)
+            }
+        }
+
+        /// The problem answered, whole, in place of a body that failed before its head went out.
+        private func answer(instead stream: UpstreamBody, failure: any Error, limit: Int, request: HTTPRequestHead, record: inout RequestRecord) async {
+            stream.cancel()
+            record.upstreamDuration = record.upstreamStart.map { .now - $0 }
+            let error = GatewayError(HTTPClientTransport.classify(failure))
+            guard !Task.isCancelled, case .whole(let problem, let text) = ProxyHTTPHandler.problem(error, instead: stream, limit: limit, record: &record) else {
+                record.outcome = "client_closed"
+                return await abort(record)
+            }
+            let final = record
+            try? await onLoop { $0.respondWhole(problem, body: text, to: request, record: final) }
+        }
+
+        /// Writes a response whose body is still arriving, chunk by chunk, and completes the request.
+        /// The final write and the completion happen in one step on the loop, and a pipelined next
+        /// request is served only after it.
+        ///
+        /// A body the sidecar decodes (an upstream that ignored `Accept-Encoding: identity`) is read ahead
+        /// before the head goes out: one that is corrupt, cut off or too large within the first
+        /// `readAhead` bytes is answered as the problem it is, not as a head and then a cut connection.
+        /// Not an event stream: its events must reach the agent as they come.
         func respond(_ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, request: HTTPRequestHead, record: inout RequestRecord) async {
             let framing = head.framing
             var iterator = stream.makeAsyncIterator()
-            // A body the sidecar decodes (an upstream that ignored `Accept-Encoding: identity`) is read
-            // ahead before the head goes out: one that is corrupt, cut off or too large within the first
-            // `readAhead` bytes is answered as the problem it is, not as a head and then a cut connection.
-            // Not an event stream: its events must reach the agent as they come.
-            var ahead: [ByteBuffer] = []
+            var ahead: [ByteBuffer] = []  // last chunk first
             var ended = false
             if stream.isDecoded, !head.headers[canonicalForm: "content-type"].contains(where: { $0.lowercased().hasPrefix("text/event-stream") }) {
-                var bytes = 0
-                do {
-                    while bytes < Self.readAhead {
-                        guard let chunk = try await iterator.next() else {
-                            ended = true
-                            break
-                        }
-                        bytes += chunk.readableBytes
-                        ahead.append(chunk)
-                        guard bytes <= limit else { throw UpstreamError(.responseTooLarge, beforeSend: false, detail: "decoded body over limit") }
-                    }
-                } catch {
-                    stream.cancel()
-                    record.upstreamDuration = record.upstreamStart.map { .now - $0 }
-                    let failure = GatewayError(HTTPClientTransport.classify(error))
-                    let problem = ResponseMapper.problem(failure, requestID: record.requestID)
-                    guard !Task.isCancelled, case .buffer(let text) = problem.body else {
-                        record.outcome = "client_closed"
-                        return await abort(record)
-                    }
-                    record.outcome = failure.codeString
-                    let final = record
-                    return (try? await onLoop { $0.respondWhole(problem, body: text, to: request, record: final) }) ?? ()
+                switch await Self.readAhead(&iterator, limit: limit) {
+                case .read(let chunks, let end): (ahead, ended) = (chunks.reversed(), end)
+                case .failed(let failure): return await answer(instead: stream, failure: failure, limit: limit, request: request, record: &record)
                 }
             }
             record.status = Int(head.status.code)
@@ -675,7 +692,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 while true {
                     let chunk: ByteBuffer?
                     do {
-                        chunk = !ahead.isEmpty ? ahead.removeFirst() : ended ? nil : try await iterator.next()
+                        if let read = ahead.popLast() { chunk = read } else if ended { chunk = nil } else { chunk = try await iterator.next() }
                     } catch {
                         // The upstream failed mid-body: the head is gone, so the only honest signal left
                         // is to cut the connection instead of ending the message normally.

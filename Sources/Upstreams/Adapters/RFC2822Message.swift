@@ -17,21 +17,14 @@ public struct RFC2822Message: Sendable, Hashable {
         for x in headers { h.combine(x.name); h.combine(x.value) }
     }
 
-    /// The values of the fields named `name` (any case), in order. Compared over bytes: every send reads
-    /// thirteen names against each field, and two `lowercased()` copies per comparison were most of
-    /// reading a message's recipients.
-    public func values(_ name: String) -> [String] {
-        var out: [String] = []
-        for h in headers where HeaderName.equalsIgnoringCase(h.name, name) { out.append(h.value) }
-        return out
+    /// The fields named `name` (any case), in order, compared over bytes: every send reads thirteen names
+    /// against each field, and two `lowercased()` copies per comparison were most of reading a message's
+    /// recipients. Lazy: counting them makes nothing.
+    func fields(_ name: String) -> some Collection<(name: String, value: String)> {
+        headers.lazy.filter { HeaderName.equalsIgnoringCase($0.name, name) }
     }
 
-    /// How many fields are named `name` (any case).
-    func count(_ name: String) -> Int {
-        var n = 0
-        for h in headers where HeaderName.equalsIgnoringCase(h.name, name) { n += 1 }
-        return n
-    }
+    public func values(_ name: String) -> [String] { fields(name).map(\.value) }
 
     /// Fields that carry recipients: a message is delivered to every address in any of them.
     public static let recipientFields = ["to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc"]
@@ -41,7 +34,7 @@ public struct RFC2822Message: Sendable, Hashable {
     /// Every recipient, or why the message cannot be judged: a single-valued field given twice, or a
     /// recipient field that is not clearly a list of addresses (see `AddressList`).
     public func checkedRecipients() -> Result<[MailAddress], ToolRequestError> {
-        for name in Self.singleFields where count(name) > 1 {
+        for name in Self.singleFields where fields(name).count > 1 {
             return .failure(.ambiguousParameter("raw: the message has more than one \(name) field"))
         }
         var out: [MailAddress] = []

@@ -33,9 +33,7 @@ extension ContentCoding {
     /// Whether a whole body in this coding decodes completely to at most `limit` bytes — what a cache
     /// asks before it keeps an answer that every later hit would otherwise fail on.
     public func undoes(_ body: ByteBuffer, limit: Int) -> Bool {
-        guard self != .identity, let inflater = try? Inflater(self, limit: limit) else { return self == .identity }
-        guard (try? inflater.decode(body)) != nil else { return false }
-        return inflater.finished
+        self == .identity || (try? Inflater.decodeWhole(body, coding: self, limit: limit)) != nil
     }
 }
 
@@ -117,17 +115,13 @@ final class Inflater {
         return out
     }
 
-    /// Decodes a whole body at once. Over the limit, the first `limit + 1` bytes (whoever reads it sees
-    /// at once that it is too large, before any of it is sent); nil when it is corrupt or incomplete (the
-    /// stream then says which).
-    static func decodeWhole(_ body: ByteBuffer, coding: ContentCoding, limit: Int) -> ByteBuffer? {
-        guard let inflater = try? Inflater(coding, limit: limit) else { return nil }
-        do {
-            let out = try inflater.decode(body)
-            return inflater.finished ? out : nil
-        } catch {
-            guard error.kind == .responseTooLarge else { return nil }
-            return ByteBuffer(repeating: 0, count: limit + 1)
-        }
+    /// Decodes a whole body at once, to at most `limit` bytes: `responseTooLarge` past it (thrown as soon
+    /// as the limit is crossed, nothing more produced), the upstream's protocol error when it is corrupt
+    /// or stops short of its end.
+    static func decodeWhole(_ body: ByteBuffer, coding: ContentCoding, limit: Int) throws(UpstreamError) -> ByteBuffer {
+        let inflater = try Inflater(coding, limit: limit)
+        let out = try inflater.decode(body)
+        guard inflater.finished else { throw UpstreamError(.protocolError, beforeSend: false, detail: "the response's \(coding) encoding is cut off") }
+        return out
     }
 }

@@ -247,16 +247,17 @@ public struct UpstreamBody: AsyncSequence, Sendable {
 
     /// The whole body as `leaf` finds it beneath the scrubbing and metering wrappers, passed back up
     /// through them (scrubbed; shown to the meter, which is then told the body ended). A whole body its
-    /// content coding cannot undo (corrupt or cut-off gzip) is the upstream's protocol error: the answer
-    /// can still be a problem instead of a head followed by a cut connection.
+    /// content coding cannot undo (corrupt or cut-off gzip) is the upstream's protocol error, and one that
+    /// decodes past its limit is too large: the answer can still be a problem instead of a head followed
+    /// by a cut connection.
     private func whole(_ leaf: (Storage) -> ByteBuffer?) throws(UpstreamError) -> ByteBuffer? {
         switch storage {
         case .scrubbed(let base, let scrubber): return try base.whole(leaf).map { scrubber.scrub($0) }
         case .decoded(let base, let coding, let limit):
             guard let raw = try base.whole(leaf) else { return nil }
-            // One byte over the limit is enough for the proxy to answer "too large".
-            guard let decoded = Inflater.decodeWhole(raw, coding: coding, limit: limit + 1) else { throw .undecodable }
-            return decoded
+            do { return try Inflater.decodeWhole(raw, coding: coding, limit: limit) } catch {
+                throw error.kind == .responseTooLarge ? error : .undecodable
+            }
         case .guarded(let base, _): return try base.whole(leaf)
         case .observed(let base, let observe, let finished):
             return try base.whole(leaf).map { b in
