@@ -98,10 +98,38 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(mock, try Self.json("openai_responses_response.json")) == [])
     }
 
+    /// The model list SDKs call (`client.models.list()` / `.retrieve(id)`): read, not spent.
+    @Test func openAIModelsAreAReadOfTheList() throws {
+        let adapter = OpenAIAdapter()
+        let cases: [(String, String?)] = [
+            ("/v1/models", nil), ("/v1/models/", nil), ("/models", nil), ("/v1/models/gpt-4o-mini", "gpt-4o-mini"),
+            ("/v1/models/ft:gpt-4o-mini:org:x:abc1", "ft:gpt-4o-mini:org:x:abc1"),
+        ]
+        for (path, model) in cases {
+            let call = try adapter.interpret(ToolRequest(method: .GET, path: path))
+            guard case .openai(let p) = call.parameters else { Issue.record("wrong parameters"); continue }
+            #expect(call.action == "models" && p.model == model && p.maxTokens == nil && p.estimatedInputTokens == 0, "\(path)")
+            #expect(adapter.traits(of: call) == CallTraits(idempotent: true, cacheable: false, sideEffecting: false))
+        }
+        let list = try Self.mockBody(adapter.mockResponse(for: try adapter.interpret(ToolRequest(method: .GET, path: "/v1/models"))))
+        #expect(list["object"]?.stringValue == "list" && (list["data"]?.arrayValue?.count ?? 0) > 0)
+        let missing = adapter.mockResponse(for: try adapter.interpret(ToolRequest(method: .GET, path: "/v1/models/nope")))
+        #expect(missing.status == .notFound)
+        #expect(try adapter.compatRequest(action: "models", params: [:]).path == "/v1/models")
+        #expect(try adapter.compatRequest(action: "models", params: ["model": "gpt-4o"]).path == "/v1/models/gpt-4o")
+        #expect(throws: ToolRequestError.invalidParameter("params.model must be a model id")) {
+            try adapter.compatRequest(action: "models", params: ["model": "a/../b"])
+        }
+    }
+
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
-        #expect(throws: ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")) {
-            try adapter.interpret(ToolRequest(method: .GET, path: "/v1/models"))
+        let unknown = ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses and GET /v1/models")
+        for path in ["/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257)] {
+            #expect(throws: unknown) { try adapter.interpret(ToolRequest(method: .GET, path: path)) }
+        }
+        #expect(throws: ToolRequestError.unknownAction("openai models must be GET")) {
+            try adapter.interpret(ToolRequest(method: .POST, path: "/v1/models", body: ByteBuffer(string: "{}")))
         }
         #expect(throws: ToolRequestError.invalidBody("openai chat needs a JSON object body (unexpected literal)")) {
             try adapter.interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: "not json")))

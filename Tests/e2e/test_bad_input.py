@@ -44,7 +44,7 @@ CASES = [
     ("duplicate content-length", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400, "invalid_framing"),
     ("invalid content-length", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}", 400, "invalid_framing"),
     ("no route", b"GET /nothing/here HTTP/1.1\r\nHost: x\r\n\r\n", 404, "route_not_found"),
-    ("unknown action", b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 400, "unknown_action"),
+    ("unknown action", b"GET /openai/v1/files HTTP/1.1\r\nHost: x\r\n\r\n", 400, "unknown_action"),
     ("unknown gmail action", b"DELETE /gmail/v1/users/me/messages/1 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "unknown_action"),
     ("invalid json body", b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{{{", 400, "invalid_body"),
     ("fetch without url", b"GET /fetch HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
@@ -93,7 +93,7 @@ def test_keep_alive_connection_survives_a_refusal(sidecar):
     with requests.Session() as session:
         assert session.get(f"{sidecar.proxy_url}/nothing", timeout=5).status_code == 404
         assert session.get(f"{sidecar.proxy_url}/serpapi/search?q=x", timeout=5).status_code == 200
-        assert session.get(f"{sidecar.proxy_url}/openai/v1/models", timeout=5).status_code == 400
+        assert session.get(f"{sidecar.proxy_url}/openai/v1/files", timeout=5).status_code == 400
 
 
 def test_no_5xx_for_any_mistake_in_the_access_log(sidecar):

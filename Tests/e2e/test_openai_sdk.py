@@ -114,3 +114,42 @@ def test_mock_streams_reach_the_agent_chunk_by_chunk(sidecar_factory, tmp_path):
     # Chunks arrive spread over the stream, not together once it is over.
     assert arrivals[-1] - arrivals[0] > 0.3
 
+
+
+MODELS_POLICY = """version: 1
+roles:
+  worker:
+    allow: ["openai:*"]
+    rules:
+      - scope: "openai:*"
+        guards: {models: [gpt-4o-mini], max_tokens: 100}
+        budget: {tokens: 50, window: day}
+  chatter:
+    allow: ["openai:chat"]
+"""
+
+
+def test_sdk_model_list_and_retrieve_pass_guards_and_spend_no_budget(pki, https_upstream, sidecar_factory, tmp_path):
+    """`client.models.list()` and `.retrieve(id)` — what SDKs and frameworks call to check a key — reach
+    the upstream with the real key under a policy whose guards (model allowlist, required max_tokens) and
+    token budget would refuse any completion without them; a role allowed only `openai:chat` is refused."""
+    up = https_upstream
+    up.routes["/v1/models"] = lambda h, rec: up.send_json(h, 200, {"object": "list", "data": [
+        {"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "system"}]})
+    up.routes["/v1/models/gpt-4o"] = lambda h, rec: up.send_json(h, 200, {"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "system"})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(MODELS_POLICY)
+    s = sidecar_factory(live_config(pki, up, extra=f"policy: {{file: \"{policy}\"}}\n"), env=LIVE_ENV)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="worker"), max_retries=0)
+    for _ in range(3):  # more than the 50-token budget would allow if a read reserved any
+        assert [m.id for m in client.models.list()] == ["gpt-4o"]
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    rec = up.requests[-1]
+    assert rec.path == "/v1/models/gpt-4o" and rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("action") == "models")
+    assert line["tool"] == "openai" and line["status"] == 200
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="chatter"), max_retries=0).models.list()
+    # A write to the list is no action.
+    r = httpx.post(f"{s.proxy_url}/openai/v1/models", headers={"Authorization": f"Bearer {s.new_token(role='worker')}"}, json={})
+    assert r.status_code == 400 and r.json()["code"] == "unknown_action"

@@ -38,7 +38,7 @@ extension Pipeline {
         guard let policy, limits != nil else { return Evaluated() }
         let request = PolicyRequest(
             agentID: identity.agentID, role: identity.role, tokenScopes: identity.scopes, tool: call.tool.rawValue,
-            action: call.action, parameters: Self.policyParameters(call.parameters), bodyBytes: bodyBytes)
+            action: call.action, parameters: Self.policyParameters(call), bodyBytes: bodyBytes)
         let evaluator = evaluator ?? policy.evaluator
         let evaluation = evaluator.evaluate(request, at: Date())
         for w in evaluation.wouldDeny { metrics?.policyWouldDeny(w.kind.rawValue) }
@@ -145,8 +145,11 @@ extension Pipeline {
         return Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome)
     }
 
-    static func policyParameters(_ p: ToolParameters) -> CallParameters {
-        switch p {
+    /// What the policy reads of a call. The model list spends nothing and uses no model: no guard, budget
+    /// or reservation reads it (the tool's scope and limits on calls still do).
+    static func policyParameters(_ call: ToolCall) -> CallParameters {
+        if call.tool == .openai, call.action == "models" { return .none }
+        switch call.parameters {
         case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
         case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)
         case .httpFetch(let f): return .fetch(scheme: f.url.scheme, host: f.url.host, port: f.url.port, method: f.method)

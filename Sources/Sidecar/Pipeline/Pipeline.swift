@@ -246,7 +246,7 @@ final class Pipeline: Sendable {
         let meter = prepared.evaluated.meter ?? (call.tool == .openai ? OpenAIUsageMeter() : nil)
         return RunCall(
             run: run, agent: prepared.identity.agentID, role: prepared.identity.role, requestID: prepared.requestID, tool: call.tool,
-            action: call.action, parameters: Self.policyParameters(call.parameters), fingerprint: RunCall.fingerprint(call), meter: meter)
+            action: call.action, parameters: Self.policyParameters(call), fingerprint: RunCall.fingerprint(call), meter: meter)
     }
 
     /// The rest of the call (admit, credential, upstream), from a task (`runCall`: already admitted by

@@ -1,7 +1,8 @@
 import NIOCore
 import NIOHTTP1
 
-/// OpenAI: chat completions, embeddings and responses.
+/// OpenAI: chat completions, embeddings and responses; and the model list (`GET /v1/models`,
+/// `GET /v1/models/{id}`), which SDKs call to check a key or pick a model — a read that spends nothing.
 ///
 /// The body is parsed once to read `model`, the token cap and `stream`; the original bytes go upstream
 /// unchanged. The agent's own `Authorization` is removed by the header rules; the real key is injected.
@@ -17,6 +18,19 @@ public struct OpenAIAdapter: ToolAdapter {
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
+    /// `/v1/models` (nil inside: the list) or `/v1/models/{id}` (the id); nil for any other path.
+    static func modelsPath(_ path: String) -> String?? {
+        let prefix = "/v1/models"
+        guard path.hasPrefix(prefix) else { return nil }
+        let rest = path.utf8.dropFirst(prefix.utf8.count)
+        if rest.isEmpty || rest.elementsEqual("/".utf8) { return .some(nil) }
+        guard rest.first == UInt8(ascii: "/") else { return nil }
+        let id = rest.dropFirst()
+        // One segment: a model id (fine-tuned ids hold ':' and '.'), never a further path.
+        guard !id.contains(UInt8(ascii: "/")), id.count <= 256 else { return nil }
+        return .some(String(Substring(id)))
+    }
+
     /// The members of a request body that `interpret` reads.
     static let guardedMembers = ["model"] + tokenCaps + ["stream", "temperature"]
     static let tokenCaps = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
@@ -25,8 +39,14 @@ public struct OpenAIAdapter: ToolAdapter {
         var request = request
         // SDKs configured with base_url ".../openai" (no /v1) still reach the same endpoints.
         if !request.path.hasPrefix("/v1/") { request.path = "/v1" + request.path }
+        if let model = Self.modelsPath(request.path) {
+            guard request.method == .GET || request.method == .HEAD else { throw .unknownAction("openai models must be GET") }
+            // Nothing is reserved or guarded: no tokens, no model used (the policy reads no parameters).
+            let params = OpenAIParameters(model: model, maxTokens: nil, stream: false, temperature: nil, estimatedInputTokens: 0)
+            return ToolCall(tool: tool, action: "models", request: request, parameters: .openai(params))
+        }
         guard let action = Self.actionByPath[request.path] else {
-            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings and /v1/responses")
+            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
@@ -112,8 +132,15 @@ public struct OpenAIAdapter: ToolAdapter {
     }
 
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
+        if action == "models" {
+            guard let model = params["model"] else { return ToolRequest(method: .GET, path: "/v1/models") }
+            guard let id = model.stringValue, Self.modelsPath("/v1/models/" + id) == .some(.some(id)) else {
+                throw .invalidParameter("params.model must be a model id")
+            }
+            return ToolRequest(method: .GET, path: "/v1/models/" + id)
+        }
         guard let path = Self.pathByAction[action] else {
-            throw .unknownAction("openai actions are chat, embeddings, responses")
+            throw .unknownAction("openai actions are chat, embeddings, responses, models")
         }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
@@ -133,12 +160,29 @@ public struct OpenAIAdapter: ToolAdapter {
     public func traits(of call: ToolCall) -> CallTraits {
         guard case .openai(let p) = call.parameters else { return .init(idempotent: false, cacheable: false, sideEffecting: false) }
         // A completion is not idempotent in content, but repeating a failed one has no side effect.
+        if call.action == "models" { return CallTraits(idempotent: true, cacheable: false, sideEffecting: false) }
         return CallTraits(idempotent: true, cacheable: !p.stream && p.temperature == 0, sideEffecting: false)
     }
 
     // MARK: Mock
 
+    /// The mock's models, as OpenAI lists them.
+    static let mockModels = ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini", "text-embedding-3-small"]
+
+    static func mockModel(_ id: String) -> JSONValue {
+        ["id": .string(id), "object": "model", "created": 1_700_000_000, "owned_by": "system"]
+    }
+
     public func mockResponse(for call: ToolCall) -> UpstreamResponse {
+        if call.action == "models", case .openai(let p) = call.parameters {
+            guard let id = p.model else { return Mock.json(["object": "list", "data": .array(Self.mockModels.map(Self.mockModel))]) }
+            guard Self.mockModels.contains(id) else {
+                return Mock.json(
+                    ["error": ["message": .string("The model '\(id.prefix(64))' does not exist"), "type": "invalid_request_error",
+                               "param": "model", "code": "model_not_found"]], status: .notFound)
+            }
+            return Mock.json(Self.mockModel(id))
+        }
         guard let json = Mock.bodyJSON(call), case .openai(let p) = call.parameters else {
             return Mock.openAIError("mock: body is not JSON")
         }
