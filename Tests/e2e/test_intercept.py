@@ -361,6 +361,33 @@ def test_sni_must_name_the_connect_host(tunnel_sidecar):
     assert metric(metrics(s), "gateway_tunnels_total", mode="intercept", result="sni_mismatch") == 1
 
 
+def test_an_alpn_offer_without_http1_gets_the_no_application_protocol_alert(tunnel_sidecar, https_upstream):
+    """An intercepted tunnel speaks HTTP/1.x: an h2-only client is told so in the handshake (RFC 7301),
+    instead of finishing it and having its HTTP/2 preface answered 400; a client offering h2 and
+    http/1.1 (httpx with http2=True, Go, curl) gets http/1.1 and is served."""
+    s = tunnel_sidecar
+    before = len(https_upstream.requests)
+    sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+    assert head.startswith("HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(s.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    with pytest.raises(ssl.SSLError, match="(?i)no.application.protocol"):
+        ctx.wrap_socket(sock, server_hostname="serpapi.com")
+    assert metric(metrics(s), "gateway_tunnels_total", mode="intercept", result="no_application_protocol") == 1
+    assert len(https_upstream.requests) == before
+    for offer in (["h2", "http/1.1"], ["http/1.0"]):
+        sock, head, _ = connect(s, "serpapi.com:443", s.new_token())
+        ctx = ssl.create_default_context(cafile=str(s.ca_file))
+        ctx.set_alpn_protocols(offer)
+        tls = ctx.wrap_socket(sock, server_hostname="serpapi.com")
+        assert tls.selected_alpn_protocol() == ("http/1.1" if "http/1.1" in offer else None)
+        tls.sendall(b"GET /search?q=alpn&engine=google HTTP/1.1\r\nHost: serpapi.com\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+
+
 def test_a_client_that_does_not_trust_the_ca_gets_an_alert_never_a_plain_tunnel(tunnel_sidecar, https_upstream):
     s = tunnel_sidecar
     before = len(https_upstream.requests)

@@ -18,6 +18,7 @@ final class TunnelGuard: ChannelInboundHandler, RemovableChannelHandler {
         case handshakeFailure = 40
         case internalError = 80
         case unrecognizedName = 112
+        case noApplicationProtocol = 120
     }
 
     private let mode: String

@@ -8,13 +8,14 @@ import Upstreams
 ///
 /// The HTTP decoder and the `ProxyHTTPHandler` leave; the ClientHello is read first (NIO's
 /// `SNIHandler`, which parses it without answering anything) so its server name can be compared with
-/// the `CONNECT` host before any TLS is spoken. Then, for an intercepted tunnel, TLS is terminated with
+/// the `CONNECT` host before any TLS is spoken (and, for an intercepted tunnel, its ALPN offer must
+/// include HTTP/1.x: `ClientHelloProtocolCheck`). Then, for an intercepted tunnel, TLS is terminated with
 /// a leaf for that host and a fresh decoder and `ProxyHTTPHandler` read the decrypted requests, each of
 /// which runs through the whole pipeline; for a pass-through host the bytes are relayed to an address
 /// that was checked. A `TunnelGuard` behind them bounds the handshake in time and turns TLS failures
 /// into a metric, a log line and a closed connection.
 ///
-///     [ClientHello] → [NIOSSLServerHandler] → [TunnelGuard] → [InputMeter] → [HTTP decoder] → [ProxyHTTPHandler(tunnel)]
+///     [ClientHello] → [ALPN check] → [NIOSSLServerHandler] → [TunnelGuard] → [InputMeter] → [HTTP decoder] → [ProxyHTTPHandler(tunnel)]
 ///     [ClientHello] → [TunnelGuard] → [TunnelRelay ⇄ upstream connection]
 enum TunnelSetup {
     /// Replaces the connection's HTTP handlers (`context` is the `ProxyHTTPHandler`'s) with the tunnel's.
@@ -26,6 +27,15 @@ enum TunnelSetup {
         let guardHandler = TunnelGuard(
             mode: mode, handshakeTimeout: interception.settings.handshakeTimeout, metrics: shared.metrics, logger: interception.logger,
             host: plan.target.host)
+        if !plan.passthrough {
+            // An intercepted tunnel speaks HTTP/1.x: a ClientHello offering only other protocols is refused.
+            try sync.addHandler(
+                ClientHelloProtocolCheck { offered in
+                    guardHandler.refuse(
+                        result: "no_application_protocol", alert: .noApplicationProtocol,
+                        reason: "the ClientHello offers only \(offered) (the tunnel speaks http/1.1)")
+                })
+        }
         let hello = ByteToMessageHandler(
             SNIHandler { result in
                 clientHello(result, plan: plan, record: record, channel: channel, guardHandler: guardHandler, shared: shared, interception: interception)

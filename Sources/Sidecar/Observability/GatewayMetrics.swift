@@ -65,7 +65,7 @@ public final class GatewayMetrics: Sendable {
     static let tunnelModes = ["intercept", "passthrough"]
     let runs: RunMetrics
     /// How a `CONNECT` ended up: opened, refused before the `200` (a problem answer), or failed after it.
-    static let tunnelResults = ["opened", "refused", "sni_mismatch", "handshake_failed", "handshake_timeout", "upstream_unreachable"]
+    static let tunnelResults = ["opened", "refused", "sni_mismatch", "no_application_protocol", "handshake_failed", "handshake_timeout", "upstream_unreachable"]
 
     static let tokenResults = [
         "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
