@@ -23,10 +23,12 @@ enum ByteSearch {
         return false
     }
 
-    /// The offset of the last occurrence of `needle` in `haystack`, or nil.
-    static func lastIndex(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
-        guard !needle.isEmpty, needle.count <= haystack.count else { return nil }
-        var i = haystack.count - needle.count
+    /// The offset of the last occurrence of `needle` in `haystack` that ends by `end` (default: the
+    /// whole haystack), or nil.
+    static func lastIndex(of needle: [UInt8], in haystack: [UInt8], endingBy end: Int? = nil) -> Int? {
+        let end = min(end ?? haystack.count, haystack.count)
+        guard !needle.isEmpty, needle.count <= end else { return nil }
+        var i = end - needle.count
         while i >= 0 {
             if haystack[i] == needle[0], haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
             i -= 1

@@ -30,6 +30,11 @@ struct UsageMeterTests {
         #"{"choices":[{"message":{"content":"\"usage\": {\"total_tokens\": 5}"}}]}"#,
         // A member named usage somewhere else, and the real one.
         #"{"usage":{"total_tokens":8},"choices":[{"message":{"content":"x","tool_calls":[]}}]}"#,
+        // The nested details as OpenAI sends them are checked, not built; one broken inside is no usage.
+        #"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"accepted_prediction_tokens":0}},"service_tier":"default"}"#,
+        #"{"usage":{"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0,"cached_tokens":1}}}"#,
+        #"{"usage":{"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0,}}}"#,
+        #"{"usage":[{"total_tokens":7}]}"#,
         #"{"error":{"message":"bad"}}"#,
         #"{"usage":{"total_tokens":"many"}}"#,
         #"{"usage":{"total_tokens":1.5}}"#,

@@ -32,13 +32,13 @@ public final class OpenAIUsageMeter: Sendable {
 
     public func observe(_ chunk: ByteBuffer) {
         state.withLock { s in
-            let bytes = Array(chunk.readableBytesView)
+            let bytes = chunk.readableBytesView
             if !s.decided {
                 s.decided = true
-                s.sse = bytes.starts(with: Array("data:".utf8)) || bytes.starts(with: Array("event:".utf8))
+                s.sse = bytes.starts(with: Self.dataPrefix) || bytes.starts(with: Self.eventPrefix)
             }
             if s.sse {
-                s.pending += bytes
+                s.pending.append(contentsOf: bytes)
                 while let nl = s.pending.firstIndex(of: 10) {
                     let line = Array(s.pending[..<nl])
                     s.pending.removeFirst(nl + 1)
@@ -50,7 +50,7 @@ public final class OpenAIUsageMeter: Sendable {
                     }
                 }
             } else if s.body.count + bytes.count <= Self.maxJSONBytes {
-                s.body += bytes
+                s.body.append(contentsOf: bytes)
             }
         }
     }
@@ -63,6 +63,9 @@ public final class OpenAIUsageMeter: Sendable {
     }
 
     static let dataPrefix = Array("data:".utf8)
+    static let eventPrefix = Array("event:".utf8)
+    /// The members of a usage object the settlement reads (its nested details are checked, not built).
+    static let countNames = ["prompt_tokens", "input_tokens", "completion_tokens", "output_tokens", "total_tokens"]
     static let usageKey = Array("\"usage\"".utf8)
 
     /// `usage.total_tokens` of an answer (chat completions, embeddings), or of `response.usage` (the
@@ -71,7 +74,7 @@ public final class OpenAIUsageMeter: Sendable {
     /// what stands before the name must be `{` or `,`).
     static func usage(in bytes: [UInt8]) -> Usage? {
         var end = bytes.count
-        while let at = ByteSearch.lastIndex(of: usageKey, in: Array(bytes[..<end])) {
+        while let at = ByteSearch.lastIndex(of: usageKey, in: bytes, endingBy: end) {
             end = at
             var before = at - 1
             while before >= 0, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[before]) { before -= 1 }
@@ -79,11 +82,11 @@ public final class OpenAIUsageMeter: Sendable {
             var colon = at + usageKey.count
             while colon < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[colon]) { colon += 1 }
             guard colon < bytes.count, bytes[colon] == UInt8(ascii: ":") else { continue }
-            let value = bytes[(colon + 1)...].withUnsafeBufferPointer { buffer -> JSONValue? in
+            let members = bytes[(colon + 1)...].withUnsafeBufferPointer { buffer -> [String: JSONValue]?? in
                 var reader = JSONReader(buffer)
-                return try? reader.leadingValue()
+                return try? reader.leadingMembers(countNames)
             }
-            guard let u = value else { continue }
+            guard let found = members, let u = found else { continue }
             let input = u["prompt_tokens"]?.intValue ?? u["input_tokens"]?.intValue
             let output = u["completion_tokens"]?.intValue ?? u["output_tokens"]?.intValue
             if let total = u["total_tokens"]?.intValue ?? input.flatMap({ i in output.map { i + $0 } }) {
