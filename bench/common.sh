@@ -32,7 +32,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 ticks() { local t=0; for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
 # Context switches (voluntary + involuntary) of every thread of the process: a thread that blocks on a
 # lock or sleeps between bursts shows here, not in CPU time.
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
+# A thread may end between the glob and the read (a pool's worker): cat then fails, which must not end
+# the bench (pipefail) — this was the runs bench that once stopped without a word.
+switches() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
 run_wrk() { # name round url pid
   [[ "$2" == 1 ]] && wrk -t2 -c"$CONNS" -d2s -s "$WORK/$1.lua" "$3" >/dev/null
   local t1; t1=$(ticks "$4"); local c1; c1=$(switches "$4")

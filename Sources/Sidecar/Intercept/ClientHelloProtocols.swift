@@ -85,12 +85,15 @@ final class ClientHelloProtocolCheck: ChannelInboundHandler, RemovableChannelHan
     typealias InboundOut = ByteBuffer
 
     private var buffered: ByteBuffer?
+    /// Refused: whatever still arrives is dropped, never passed on to the handshake.
+    private var refused = false
     private let refuse: (String) -> Void
 
     /// `refuse`: ends the tunnel with the alert (the `TunnelGuard`'s), given the offered names.
     init(refuse: @escaping (String) -> Void) { self.refuse = refuse }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
         var chunk = unwrapInboundIn(data)
         if buffered == nil { buffered = chunk } else { buffered!.writeBuffer(&chunk) }
         guard let all = buffered else { return }
@@ -99,6 +102,7 @@ final class ClientHelloProtocolCheck: ChannelInboundHandler, RemovableChannelHan
             return
         case .offered(let names) where !ClientHelloProtocols.speaksHTTP1(names):
             buffered = nil
+            refused = true
             refuse((names ?? []).prefix(8).map { String($0.prefix(32)) }.joined(separator: ","))
         case .offered:
             buffered = nil
