@@ -125,7 +125,10 @@ struct AdapterFixtureTests {
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
         let unknown = ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses and GET /v1/models")
-        for path in ["/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257)] {
+        for path in [
+            "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
+            "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",
+        ] {
             #expect(throws: unknown) { try adapter.interpret(ToolRequest(method: .GET, path: path)) }
         }
         #expect(throws: ToolRequestError.unknownAction("openai models must be GET")) {
@@ -178,6 +181,10 @@ struct AdapterFixtureTests {
     @Test(arguments: [
         ("GET", "/gmail/v1/users/me/profile", "profile"), ("POST", "/gmail/v1/users/u1/messages/send", "send"),
         ("GET", "/gmail/v1/users/me/profile/", nil), ("POST", "/gmail/v1/users/me/messages/send/", nil),
+        ("GET", "/gmail/v1/users/agent%40example.com/profile", "profile"), ("GET", "/gmail/v1/users/a.b+c@ex-1.com/profile", "profile"),
+        ("GET", "/gmail/v1/users/../profile", nil), ("GET", "/gmail/v1/users/./profile", nil),
+        ("GET", "/gmail/v1/users/..%2F..%2Fdrive/profile", nil), ("GET", "/gmail/v1/users/%2e%2e/profile", nil),
+        ("GET", "/gmail/v1/users/me%20/profile", nil), ("GET", "/gmail/v1/users/a%4/profile", nil),
         ("POST", "/gmail/v1/users/me/messages//send", nil), ("POST", "/gmail/v1/users/me/messages", nil),
         ("POST", "/gmail/v1/users/me/send", nil), ("GET", "/gmail/v1/users/me/messages/send", nil),
         ("POST", "/gmail/v1/users/me/profile", nil), ("POST", "/gmail/v1/users/me/x/messages/send", nil),

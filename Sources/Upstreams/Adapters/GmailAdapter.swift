@@ -14,6 +14,10 @@ public struct GmailAdapter: ToolAdapter {
         guard parts.count >= 6, parts[1] == "gmail", parts[2] == "v1", parts[3] == "users", !parts[4].isEmpty else {
             throw .unknownAction("gmail_send supports POST /gmail/v1/users/{id}/messages/send and GET /gmail/v1/users/{id}/profile")
         }
+        // The one segment the agent chooses on a path that carries the real token: "me" or an address
+        // (its "@" as is or as %40) — never a dot segment or another escape an upstream could read as
+        // a path of its own (`..%2F..%2Fdrive`).
+        guard Self.isUserID(parts[4]) else { throw .invalidParameter("the user id must be \"me\" or an email address") }
         let userId = String(parts[4])
         // What follows the user id, compared part by part (not joined into a new string).
         let rest = parts[5...]
@@ -45,6 +49,24 @@ public struct GmailAdapter: ToolAdapter {
         default:
             throw .unknownAction("gmail_send supports POST .../messages/send and GET .../profile")
         }
+    }
+
+    static func isUserID(_ segment: Substring) -> Bool {
+        let bytes = Array(segment.utf8)
+        guard !bytes.isEmpty, bytes.count <= 320, bytes != [0x2E], bytes != [0x2E, 0x2E] else { return false }
+        var i = 0
+        while i < bytes.count {
+            switch bytes[i] {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "@"):
+                i += 1
+            case UInt8(ascii: "%") where i + 2 < bytes.count && bytes[i + 1] == UInt8(ascii: "4") && bytes[i + 2] == UInt8(ascii: "0"):
+                i += 3  // "@" as a client library escapes it
+            default:
+                return false
+            }
+        }
+        return true
     }
 
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {

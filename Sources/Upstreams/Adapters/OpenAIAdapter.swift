@@ -26,9 +26,20 @@ public struct OpenAIAdapter: ToolAdapter {
         if rest.isEmpty || rest.elementsEqual("/".utf8) { return .some(nil) }
         guard rest.first == UInt8(ascii: "/") else { return nil }
         let id = rest.dropFirst()
-        // One segment: a model id (fine-tuned ids hold ':' and '.'), never a further path.
-        guard !id.contains(UInt8(ascii: "/")), id.count <= 256 else { return nil }
+        // One segment of the characters model ids use (fine-tuned ids hold ':', '_' and '.'): never a
+        // further path, a dot segment or an escape an upstream could read as one (`..%2Ffiles`).
+        guard id.count <= 256, id.contains(where: { $0 != UInt8(ascii: ".") }), id.allSatisfy(Self.isModelIDByte) else { return nil }
         return .some(String(Substring(id)))
+    }
+
+    static func isModelIDByte(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: ":"), UInt8(ascii: "-"):
+            return true
+        default:
+            return false
+        }
     }
 
     /// The members of a request body that `interpret` reads.
