@@ -74,20 +74,27 @@ final class ProxyServer: Service {
         readiness.markDraining()
         let drained = group.next().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
-        let drainedInTime = await withTaskGroup(of: Bool.self) { race in
+        // true: drained; false: the deadline passed; nil: cancelled — another part of the sidecar failed
+        // (at start, a listener that cannot bind), so there is no drain to wait for.
+        let drainedInTime = await withTaskGroup(of: Bool?.self) { race in
             race.addTask { (try? await drained.futureResult.get()) != nil }
             race.addTask {
-                try? await Task.sleep(for: limits.drainTimeout)
+                do { try await Task.sleep(for: limits.drainTimeout) } catch { return nil }
                 return false
             }
-            let first = await race.next() ?? false
-            if !first {
+            let first = await race.next() ?? nil
+            if first != true {
+                if first == false {
+                    logger.warning("drain deadline passed; closing remaining connections", metadata: ["connections": "\(connections.count)"])
+                } else if connections.count > 0 {
+                    logger.warning("stopping without a drain (the sidecar is stopping on a failure); closing connections",
+                        metadata: ["connections": "\(connections.count)"])
+                }
                 // Cutting the connections completes `drained`, which lets the group finish.
-                logger.warning("drain deadline passed; closing remaining connections", metadata: ["connections": "\(connections.count)"])
                 connections.closeAll()
             }
             race.cancelAll()
-            return first
+            return first == true
         }
         if drainedInTime { logger.info("proxy listener drained") }
     }
