@@ -240,10 +240,6 @@ public enum SidecarApp {
             }
         }
 
-        let proxy = ProxyServer(listen: config.proxyListen, context: context, readiness: readiness, logger: logger) { address in
-            egress.own.add(Self.listener(address))
-            logger.info("listening", metadata: ["listener": "proxy", "address": "\(Self.format(address))"])
-        }
 
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
@@ -326,6 +322,10 @@ public enum SidecarApp {
             background.append { await running.run() }
         }
         if let fleet { background.append { await fleet.runFlusher() } }
+        let proxy = try await ProxyServer.bind(listen: config.proxyListen, context: context, readiness: readiness, logger: logger) { address in
+            egress.own.add(Self.listener(address))
+            logger.info("listening", metadata: ["listener": "proxy", "address": "\(Self.format(address))"])
+        }
         let group = ServiceGroup(
             configuration: .init(
                 services: [

@@ -408,6 +408,10 @@ def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
     failed = [l for l in lines if l.get("msg") == "sidecar failed"]
     assert len(failed) == 1 and expect in failed[0]["error"], lines[-3:]
     assert "Client not shut down" not in stderr
+    # The one line says it: no other error or warning around it (a listener cancelled half-way, a drain
+    # deadline that did not pass).
+    noise = [l for l in lines if l.get("level") in ("error", "warning") and "no credential" not in l.get("msg", "")]
+    assert noise == [], noise
 
 
 def test_a_second_sidecar_on_a_state_dir_in_use_is_refused_and_the_first_serves_on(tmp_path, sidecar_factory):

@@ -12,29 +12,33 @@ import ServiceLifecycle
 /// its current request and close (`ChannelShouldQuiesceEvent`, handled by `ProxyHTTPHandler`), and
 /// waits up to the drain deadline before cutting what is left.
 final class ProxyServer: Service {
-    private let listen: HostPort
+    private let quiesce: ServerQuiescingHelper
+    private let connections: ConnectionRegistry
     private let context: ProxyContext
     private let readiness: Readiness
     private let logger: Logger
-    private let onBound: @Sendable (SocketAddress) -> Void
 
-    init(
-        listen: HostPort, context: ProxyContext, readiness: Readiness, logger: Logger,
-        onBound: @escaping @Sendable (SocketAddress) -> Void
+    private init(
+        quiesce: ServerQuiescingHelper, connections: ConnectionRegistry, context: ProxyContext, readiness: Readiness,
+        logger: Logger
     ) {
-        self.listen = listen
+        self.quiesce = quiesce
+        self.connections = connections
         self.context = context
         self.readiness = readiness
         self.logger = logger
-        self.onBound = onBound
     }
 
-    func run() async throws {
+    /// Binds the listener before any other service starts: a port already in use is a start-up error
+    /// with nothing else begun (no admin server to cancel half-way, no noise from it in the log). The
+    /// listening channel is closed by the quiescing helper when `run` drains.
+    static func bind(
+        listen: HostPort, context: ProxyContext, readiness: Readiness, logger: Logger, onBound: @Sendable (SocketAddress) -> Void
+    ) async throws -> ProxyServer {
         let group = MultiThreadedEventLoopGroup.singleton
         let quiesce = ServerQuiescingHelper(group: group)
         let connections = ConnectionRegistry()
         let limits = context.limits
-        let context = self.context
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -66,6 +70,15 @@ final class ProxyServer: Service {
         }
         if let address = server.localAddress { onBound(address) }
         readiness.markProxyBound()
+        return ProxyServer(quiesce: quiesce, connections: connections, context: context, readiness: readiness, logger: logger)
+    }
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let quiesce = self.quiesce
+        let connections = self.connections
+        let limits = context.limits
+        let context = self.context
 
         // Wait for SIGTERM/SIGINT (or cancellation), then drain.
         try? await gracefulShutdown()
