@@ -240,7 +240,6 @@ public enum SidecarApp {
             }
         }
 
-
         let identity = IdentityService(
             state: identityState, minter: minter, settings: config.auth, metrics: metrics, authenticator: authenticator, now: unixNow)
         let router = Router(context: AdminContext.self)
