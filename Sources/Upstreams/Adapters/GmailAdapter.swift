@@ -51,23 +51,11 @@ public struct GmailAdapter: ToolAdapter {
         }
     }
 
+    /// "me" or an address (`PathSegment`: its "@" as is or as %40).
     static func isUserID(_ segment: Substring) -> Bool {
-        let bytes = Array(segment.utf8)
-        guard !bytes.isEmpty, bytes.count <= 320, bytes != [0x2E], bytes != [0x2E, 0x2E] else { return false }
-        var i = 0
-        while i < bytes.count {
-            switch bytes[i] {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "@"):
-                i += 1
-            case UInt8(ascii: "%") where i + 2 < bytes.count && bytes[i + 1] == UInt8(ascii: "4") && bytes[i + 2] == UInt8(ascii: "0"):
-                i += 3  // "@" as a client library escapes it
-            default:
-                return false
-            }
-        }
-        return true
+        PathSegment.isID(segment, extra: userIDExtra, escapes: [UInt8(ascii: "@")], maxBytes: 320)
     }
+    private static let userIDExtra = Array("._+-@".utf8)
 
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
         switch action {

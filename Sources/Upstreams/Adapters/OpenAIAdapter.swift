@@ -25,22 +25,13 @@ public struct OpenAIAdapter: ToolAdapter {
         let rest = path.utf8.dropFirst(prefix.utf8.count)
         if rest.isEmpty || rest.elementsEqual("/".utf8) { return .some(nil) }
         guard rest.first == UInt8(ascii: "/") else { return nil }
-        let id = rest.dropFirst()
-        // One segment of the characters model ids use (fine-tuned ids hold ':', '_' and '.'): never a
-        // further path, a dot segment or an escape an upstream could read as one (`..%2Ffiles`).
-        guard id.count <= 256, id.contains(where: { $0 != UInt8(ascii: ".") }), id.allSatisfy(Self.isModelIDByte) else { return nil }
-        return .some(String(Substring(id)))
+        let id = Substring(rest.dropFirst())
+        return Self.isModelID(id) ? .some(String(id)) : nil
     }
 
-    static func isModelIDByte(_ b: UInt8) -> Bool {
-        switch b {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: ":"), UInt8(ascii: "-"):
-            return true
-        default:
-            return false
-        }
-    }
+    /// A model id as a path segment (`PathSegment`; fine-tuned ids hold ':', '_' and '.').
+    static func isModelID(_ id: Substring) -> Bool { PathSegment.isID(id, extra: modelIDExtra, maxBytes: 256) }
+    private static let modelIDExtra = Array("._:-".utf8)
 
     /// The members of a request body that `interpret` reads.
     static let guardedMembers = ["model"] + tokenCaps + ["stream", "temperature"]
@@ -145,7 +136,7 @@ public struct OpenAIAdapter: ToolAdapter {
     public func compatRequest(action: String, params: JSONValue) throws(ToolRequestError) -> ToolRequest {
         if action == "models" {
             guard let model = params["model"] else { return ToolRequest(method: .GET, path: "/v1/models") }
-            guard let id = model.stringValue, Self.modelsPath("/v1/models/" + id) == .some(.some(id)) else {
+            guard let id = model.stringValue, Self.isModelID(Substring(id)) else {
                 throw .invalidParameter("params.model must be a model id")
             }
             return ToolRequest(method: .GET, path: "/v1/models/" + id)
