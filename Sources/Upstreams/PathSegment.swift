@@ -13,7 +13,7 @@ enum PathSegment {
             let b = bytes[i]
             if isAlphanumeric(b) || extra.contains(b) {
                 i += 1
-            } else if b == UInt8(ascii: "%"), i + 2 < bytes.count, let hi = hex(bytes[i + 1]), let lo = hex(bytes[i + 2]),
+            } else if b == UInt8(ascii: "%"), i + 2 < bytes.count, let hi = QueryString.hexValue(bytes[i + 1]), let lo = QueryString.hexValue(bytes[i + 2]),
                 escapes.contains(hi << 4 | lo)
             {
                 i += 3
@@ -28,15 +28,6 @@ enum PathSegment {
         switch b {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
         default: return false
-        }
-    }
-
-    private static func hex(_ b: UInt8) -> UInt8? {
-        switch b {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return b - UInt8(ascii: "A") + 10
-        default: return nil
         }
     }
 }

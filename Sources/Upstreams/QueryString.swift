@@ -134,7 +134,8 @@ public struct QueryString: Sendable, Hashable {
         }
     }
 
-    private static func hexValue(_ b: UInt8) -> UInt8? {
+    /// A hex digit's value (percent-decoding here and in `PathSegment`).
+    static func hexValue(_ b: UInt8) -> UInt8? {
         switch b {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
         case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
