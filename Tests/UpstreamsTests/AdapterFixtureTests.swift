@@ -98,6 +98,43 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(mock, try Self.json("openai_responses_response.json")) == [])
     }
 
+    /// `stream: true` on the Responses API: the semantic events the SDKs read, numbered from 0, the
+    /// deltas adding up to the final text, ending with `response.completed` whose response has the
+    /// recorded answer's shape — and the usage meter settles from it.
+    @Test func openAIResponsesStreamMockIsTheEventStream() async throws {
+        let adapter = OpenAIAdapter(mockStreamDelay: .zero)
+        let body = ByteBuffer(string: #"{"model":"gpt-4.1-mini","input":"hi","stream":true,"max_output_tokens":100}"#)
+        let call = try adapter.interpret(ToolRequest(method: .POST, path: "/v1/responses", body: body))
+        let response = adapter.mockResponse(for: call)
+        #expect(response.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true)
+        let meter = OpenAIUsageMeter()
+        var events: [(name: String, payload: JSONValue)] = []
+        for try await chunk in response.body {
+            meter.observe(chunk)
+            let text = String(buffer: chunk)
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            try #require(lines.count == 4 && lines[0].hasPrefix("event: ") && lines[1].hasPrefix("data: ") && text.hasSuffix("\n\n"), "\(text)")
+            events.append((String(lines[0].dropFirst(7)), try #require(JSONValue.parse(Array(lines[1].dropFirst(6).utf8)))))
+        }
+        meter.finish()
+        #expect(events.map(\.name) == [
+            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+            "response.output_text.delta", "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+            "response.content_part.done", "response.output_item.done", "response.completed",
+        ])
+        #expect(events.map { $0.payload["type"]?.stringValue } == events.map(\.name))
+        #expect(events.map { $0.payload["sequence_number"]?.intValue } == Array(0..<events.count))
+        let deltas = events.filter { $0.name == "response.output_text.delta" }.compactMap { $0.payload["delta"]?.stringValue }
+        let final = try #require(events.last?.payload["response"])
+        #expect(final["output"]?.arrayValue?.first?["content"]?.arrayValue?.first?["text"]?.stringValue == deltas.joined())
+        #expect(events.first?.payload["response"]?["status"]?.stringValue == "in_progress")
+        #expect(Self.shapeMismatches(final, try Self.json("openai_responses_response.json")) == [])
+        #expect(meter.usage?.total == final["usage"]?["total_tokens"]?.intValue && meter.usage != nil)
+        // Not streamed: the same response object whole (its text differs: the mock's seed is the body).
+        let plain = try adapter.interpret(ToolRequest(method: .POST, path: "/v1/responses", body: ByteBuffer(string: #"{"model":"gpt-4.1-mini","input":"hi","max_output_tokens":100}"#)))
+        #expect(Self.shapeMismatches(try Self.mockBody(adapter.mockResponse(for: plain)), final) == [])
+    }
+
     /// The model list SDKs call (`client.models.list()` / `.retrieve(id)`): read, not spent.
     @Test func openAIModelsAreAReadOfTheList() throws {
         let adapter = OpenAIAdapter()

@@ -571,7 +571,7 @@ CLIENT_VENVS = ROOT / ".build" / "e2e-clients"
 # The official `serpapi` package and `google-search-results` both install a module named `serpapi`:
 # each set gets its own virtual environment.
 CLIENT_SETS = {
-    "main": ["openai", "serpapi", "requests", "httpx", "google-api-python-client", "google-auth", "PySocks"],
+    "main": ["openai", "serpapi", "requests", "httpx", "google-api-python-client", "google-auth", "PySocks", "aiohttp"],
     "gsr": ["google-search-results", "requests"],
 }
 

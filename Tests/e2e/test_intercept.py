@@ -176,6 +176,39 @@ def test_google_api_python_client_sends_gmail(tunnel_sidecar, https_upstream, tm
     assert access_lines(s, "gmail_send")[-1]["action"] == "send"
 
 
+def test_stdlib_aiohttp_and_the_async_openai_client(tunnel_sidecar, https_upstream, tmp_path):
+    """Three more HTTP stacks an agent may be written on, each taking the proxy from the environment:
+    the standard library's urllib (its own CONNECT code), aiohttp with `trust_env=True`, and the openai
+    package's async client (httpx's async transport)."""
+    s = tunnel_sidecar
+    result = run_client("main", """
+        import asyncio, json, urllib.request
+        import aiohttp, openai
+
+        stdlib = json.load(urllib.request.urlopen("https://serpapi.com/search.json?q=stdlib&api_key=placeholder", timeout=20))
+
+        async def main():
+            async with aiohttp.ClientSession(trust_env=True) as session:
+                async with session.get("https://serpapi.com/search.json", params={"q": "aiohttp", "api_key": "placeholder"}) as r:
+                    searched = await r.json()
+                    status = r.status
+            client = openai.AsyncOpenAI(api_key="sk-placeholder-async", max_retries=0)
+            chat = await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
+            await client.close()
+            return status, searched, chat
+
+        status, searched, chat = asyncio.run(main())
+        print(json.dumps({"stdlib": stdlib["organic_results"][0]["title"], "aiohttp": [status, searched["organic_results"][0]["title"]],
+                          "chat": chat.choices[0].message.content}))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result == {"stdlib": "Coffee", "aiohttp": [200, "Coffee"], "chat": "hello through the tunnel"}
+    searches = [r for r in https_upstream.requests if r.path.startswith("/search")]
+    assert {q for r in searches for q in ("stdlib", "aiohttp") if f"q={q}" in r.path} == {"stdlib", "aiohttp"}
+    assert all("api_key=serp-REAL-0123456789" in r.path and "placeholder" not in r.path for r in searches)
+    assert brokered(https_upstream, "/v1/chat/completions").header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert len(access_lines(s, "serpapi", at_least=2)) == 2 and access_lines(s, "openai")[-1]["action"] == "chat"
+
+
 @pytest.mark.parametrize("client", ["requests", "httpx"])
 def test_requests_and_httpx_fetch_an_https_site(tunnel_sidecar, https_upstream, tmp_path, client):
     s = tunnel_sidecar

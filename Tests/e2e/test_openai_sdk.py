@@ -98,6 +98,15 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
     resp = client.responses.create(model="gpt-4.1-mini", input="hi")
     assert resp.output_text.startswith("Mock response")
+    # The Responses API streamed: the SDK's typed events, and its helper that needs `response.completed`.
+    events = list(client.responses.create(model="gpt-4.1-mini", input="hi", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == events[-1].response.output_text and streamed.startswith("Mock response")
+    assert events[-1].response.usage.total_tokens > 0
+    with client.responses.stream(model="gpt-4.1-mini", input="hi") as stream:
+        assert stream.get_final_response().output_text.startswith("Mock response")
 
 
 def test_mock_streams_reach_the_agent_chunk_by_chunk(sidecar_factory, tmp_path):

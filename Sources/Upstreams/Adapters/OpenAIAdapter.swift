@@ -236,20 +236,7 @@ public struct OpenAIAdapter: ToolAdapter {
                 "usage": ["prompt_tokens": .number(Double(prompt)), "total_tokens": .number(Double(prompt))],
             ])
         default:  // responses
-            let reply = "Mock response \(Mock.hex(seed).prefix(8))."
-            let completion = Self.tokenCount(reply)
-            return Mock.json([
-                "id": .string("resp_mock\(Mock.hex(seed))"), "object": "response", "created_at": 1_700_000_000,
-                "status": "completed", "model": .string(model), "error": nil, "incomplete_details": nil,
-                "output": [[
-                    "type": "message", "id": .string("msg_mock\(Mock.hex(seed))"), "status": "completed", "role": "assistant",
-                    "content": [["type": "output_text", "text": .string(reply), "annotations": []]],
-                ]],
-                "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
-                "usage": ["input_tokens": .number(Double(prompt)), "output_tokens": .number(Double(completion)),
-                          "total_tokens": .number(Double(prompt + completion)),
-                          "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0]],
-            ])
+            return mockResponses(seed: seed, model: model, promptTokens: prompt, stream: p.stream)
         }
     }
 
@@ -266,9 +253,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ByteBuffer(string: "data: \(JSONValue.object(obj).serialized)\n\n")
         }
         var chunks = [chunk(["role": "assistant", "content": ""])]
-        var words = reply.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-        for i in words.indices.dropLast() { words[i] += " " }
-        for w in words { chunks.append(chunk(["content": .string(w)])) }
+        for w in Self.streamPieces(reply) { chunks.append(chunk(["content": .string(w)])) }
         chunks.append(chunk([:], finish: "stop"))
         if includeUsage {
             chunks.append(chunk([:], usage: [

@@ -1,0 +1,85 @@
+import NIOCore
+import NIOHTTP1
+
+/// The mock of the Responses API (`POST /v1/responses`): the response object, or — with `stream: true`
+/// — its semantic event stream, as the official SDKs read it (`client.responses.create(stream=True)`,
+/// `client.responses.stream(...)`): `response.created`, `response.in_progress`, the message item and
+/// its text part opened, one `response.output_text.delta` per word, each closed again, then
+/// `response.completed` carrying the whole response with its usage. Every event names its type twice
+/// (the SSE `event:` line and the payload's `type`) and carries a `sequence_number` from 0; there is no
+/// `[DONE]` sentinel (that is the chat completions stream's).
+extension OpenAIAdapter {
+    func mockResponses(seed: UInt64, model: String, promptTokens: Int, stream: Bool) -> UpstreamResponse {
+        let reply = "Mock response \(Mock.hex(seed).prefix(8))."
+        let ids = MockResponseIDs(response: "resp_mock\(Mock.hex(seed))", message: "msg_mock\(Mock.hex(seed))")
+        let usage: JSONValue = [
+            "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(Self.tokenCount(reply))),
+            "total_tokens": .number(Double(promptTokens + Self.tokenCount(reply))),
+            "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0],
+        ]
+        let done = Self.mockResponseObject(ids, model: model, status: "completed", output: [ids.messageItem(reply, status: "completed")], usage: usage)
+        guard stream else { return Mock.json(done) }
+
+        var events = ResponsesEventWriter()
+        let started = Self.mockResponseObject(ids, model: model, status: "in_progress", output: [], usage: nil)
+        events.append("response.created", ["response": started])
+        events.append("response.in_progress", ["response": started])
+        events.append("response.output_item.added", ["output_index": 0, "item": ids.messageItem(nil, status: "in_progress")])
+        let part: [String: JSONValue] = ["item_id": .string(ids.message), "output_index": 0, "content_index": 0]
+        events.append("response.content_part.added", part.merging(["part": MockResponseIDs.text("")]) { $1 })
+        for word in Self.streamPieces(reply) {
+            events.append("response.output_text.delta", part.merging(["delta": .string(word), "logprobs": []]) { $1 })
+        }
+        events.append("response.output_text.done", part.merging(["text": .string(reply), "logprobs": []]) { $1 })
+        events.append("response.content_part.done", part.merging(["part": MockResponseIDs.text(reply)]) { $1 })
+        events.append("response.output_item.done", ["output_index": 0, "item": ids.messageItem(reply, status: "completed")])
+        events.append("response.completed", ["response": done])
+        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(events.chunks, delay: mockStreamDelay))
+    }
+
+    /// The response object, as `POST /v1/responses` answers it and as the stream's lifecycle events carry it.
+    static func mockResponseObject(_ ids: MockResponseIDs, model: String, status: String, output: [JSONValue], usage: JSONValue) -> JSONValue {
+        let object: [String: JSONValue] = [
+            "id": .string(ids.response), "object": "response", "created_at": 1_700_000_000, "status": .string(status),
+            "model": .string(model), "error": nil, "incomplete_details": nil, "output": .array(output),
+            "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "usage": usage,
+        ]
+        return .object(object)
+    }
+
+    /// A reply cut into the pieces a mock stream sends: its words, each but the last with its space.
+    static func streamPieces(_ reply: String) -> [String] {
+        var words = reply.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        for i in words.indices.dropLast() { words[i] += " " }
+        return words
+    }
+}
+
+/// The ids of one mocked response and the output items that name them.
+struct MockResponseIDs {
+    let response: String
+    let message: String
+
+    /// The assistant message item: its text part when the text is known, none while it is being opened.
+    func messageItem(_ text: String?, status: String) -> JSONValue {
+        [
+            "type": "message", "id": .string(message), "status": .string(status), "role": "assistant",
+            "content": .array(text.map { [Self.text($0)] } ?? []),
+        ]
+    }
+
+    static func text(_ text: String) -> JSONValue { ["type": "output_text", "text": .string(text), "annotations": []] }
+}
+
+/// Server-sent events of the Responses API: `event: <type>` and its JSON payload, numbered in order.
+private struct ResponsesEventWriter {
+    private(set) var chunks: [ByteBuffer] = []
+
+    mutating func append(_ type: String, _ members: [String: JSONValue]) {
+        var payload = members
+        payload["type"] = .string(type)
+        payload["sequence_number"] = .number(Double(chunks.count))
+        chunks.append(ByteBuffer(string: "event: \(type)\ndata: \(JSONValue.object(payload).serialized)\n\n"))
+    }
+}
