@@ -108,7 +108,7 @@ public enum SidecarApp {
         }
 
         // Upstreams and credentials.
-        let adapters = ToolAdapters(mockStreamDelay: config.mockStreamDelay)
+        let adapters = ToolAdapters(mockStreamDelay: config.mockStreamDelay, openAIAccount: config.tools[.openai]?.openAIAccount ?? .init())
         var settings: [Tool: UpstreamClientSettings] = [:]
         for (tool, t) in config.tools {
             settings[tool] = UpstreamClientSettings(

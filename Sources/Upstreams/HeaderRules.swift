@@ -146,7 +146,8 @@ public enum HeaderName {
         case neverUpstream
         /// `Content-Length`: recomputed on the way up; kept on the way down unless the body may change.
         case contentLength
-        /// Credentials an agent might send for a brokered tool (the sidecar injects the real one).
+        /// Credentials an agent might send for a brokered tool (the sidecar injects the real one), and
+        /// what selects the account a credential acts for (OpenAI's organization and project).
         case agentCredential
         case requestID
         case via
@@ -175,7 +176,7 @@ public enum HeaderName {
         ("x-agent-token", .neverUpstream), ("x-agent-id", .neverUpstream), ("x-run-id", .neverUpstream),
         ("x-request-timeout", .neverUpstream),
         ("authorization", .agentCredential), ("x-api-key", .agentCredential), ("api-key", .agentCredential),
-        ("cookie", .agentCredential),
+        ("cookie", .agentCredential), ("openai-organization", .agentCredential), ("openai-project", .agentCredential),
         ("x-request-id", .requestID), ("via", .via),
     ]
 

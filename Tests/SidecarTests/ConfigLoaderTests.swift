@@ -20,7 +20,7 @@ struct ConfigLoaderTests {
             limits: {max_request_body_bytes: 2048, idle_timeout: 5s, drain_timeout: 250ms}
             upstream: {http2: false}
             tools:
-              openai: {mode: live, base_url: "https://127.0.0.1:8443/v0", timeout: 2m, credential_env: MY_KEY}
+              openai: {mode: live, base_url: "https://127.0.0.1:8443/v0", timeout: 2m, credential_env: MY_KEY, organization: org-Ab12_x, project: proj_9}
               serpapi: {hosts: [serpapi.com, serpapi.test]}
               http_fetch: {upgrade_to_https: true}
             log: {level: debug}
@@ -30,6 +30,8 @@ struct ConfigLoaderTests {
         #expect(c.tools[.openai]!.mode == .live && c.tools[.openai]!.timeout == .seconds(120))
         #expect(c.tools[.openai]!.baseURL.description == "https://127.0.0.1:8443/v0")
         #expect(c.tools[.serpapi]!.hosts == ["serpapi.com", "serpapi.test"])
+        #expect(c.tools[.openai]!.openAIAccount == OpenAIAdapter.Account(organization: "org-Ab12_x", project: "proj_9"))
+        #expect(c.tools[.serpapi]!.openAIAccount == OpenAIAdapter.Account())
         #expect(c.tools[.httpFetch]!.upgradeToHTTPS && !c.http2 && c.logLevel == "debug")
     }
 
@@ -48,6 +50,10 @@ struct ConfigLoaderTests {
         ("version: 2", "version"),
         ("listn: {}", "listn"),
         ("tools: {gmail_send: {retry_attempts: 2}}", "tools.gmail_send.retry_attempts"),
+        ("tools: {serpapi: {organization: org-1}}", "tools.serpapi.organization"),
+        ("tools: {openai: {organization: 'org 1'}}", "tools.openai.organization"),
+        ("tools: {openai: {project: \"proj_1\\r\\nX-Injected: 1\"}}", "tools.openai.project"),
+        ("tools: {openai: {project: ''}}", "tools.openai.project"),
         ("tools: {gmail_send: {cache_ttl: 5m}}", "tools.gmail_send.cache_ttl"),
         ("tools: {serpapi: {retry_attempts: 0}}", "tools.serpapi.retry_attempts"),
         ("resilience: {breaker: {failure_rate: 1.5}}", "resilience.breaker.failure_rate"),

@@ -1,6 +1,7 @@
 import Foundation
 import Policy
 import Testing
+import Upstreams
 
 @testable import Sidecar
 
@@ -79,7 +80,8 @@ struct ConfigReferenceTests {
                     let faults = quoted(columns[3])
                     for fault in faults { fields.insert("\(full).\(fault)") }
                 } else {
-                    fields.insert(full.replacingOccurrences(of: "tools.http_fetch.", with: "tools.<tool>."))
+                    let tool = Tool.allCases.first { full.hasPrefix("tools.\($0.rawValue).") }
+                    fields.insert(tool.map { full.replacingOccurrences(of: "tools.\($0.rawValue).", with: "tools.<tool>.") } ?? full)
                 }
             }
         }

@@ -135,6 +135,26 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(try Self.mockBody(adapter.mockResponse(for: plain)), final) == [])
     }
 
+    /// The key is sent with the organization and project the operator configured for it, replacing any.
+    @Test func openAIAuthorizeSendsTheConfiguredAccount() throws {
+        let call = try OpenAIAdapter().interpret(ToolRequest(method: .GET, path: "/v1/models"))
+        func authorized(_ adapter: OpenAIAdapter) -> HTTPHeaders {
+            var request = UpstreamRequest(
+                call: call, method: .GET, url: TargetURL(scheme: "https", host: "api.openai.com", path: "/v1/models"),
+                headers: ["OpenAI-Project": "proj_stale"], body: nil, deadline: .distantFuture)
+            adapter.authorize(&request, with: Credential("sk-REAL-0123456789abcdef"))
+            return request.headers
+        }
+        let configured = authorized(OpenAIAdapter(account: .init(organization: "org-ops", project: "proj_agents")))
+        #expect(configured["authorization"] == ["Bearer sk-REAL-0123456789abcdef"])
+        #expect(configured["openai-organization"] == ["org-ops"] && configured["openai-project"] == ["proj_agents"])
+        #expect(authorized(OpenAIAdapter())["openai-organization"].isEmpty)
+        for (id, ok) in [("org-AbC_12", true), ("proj_x", true), ("", false), ("org 1", false), ("org\r\n", false), ("é", false),
+                         (String(repeating: "a", count: 128), true), (String(repeating: "a", count: 129), false)] {
+            #expect(OpenAIAdapter.Account.isID(id) == ok, "\(id)")
+        }
+    }
+
     /// The model list SDKs call (`client.models.list()` / `.retrieve(id)`): read, not spent.
     @Test func openAIModelsAreAReadOfTheList() throws {
         let adapter = OpenAIAdapter()

@@ -22,10 +22,13 @@ struct HeaderRulesTests {
             ("Forwarded", "for=10.0.0.1"), ("X-Real-IP", "10.0.0.1"), ("X-Agent-Token", "tok"), ("Via", "1.0 corp"),
             ("X-Request-Id", "agent-chosen"), ("Content-Length", "5"), ("Expect", "100-continue"),
             ("Content-Type", "application/json"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ("OpenAI-Organization", "org-placeholder"), ("openai-project", "proj_agents_choice"),
         ])
         let target = TargetURL(scheme: "https", host: "api.openai.com")
         let out = HeaderRules.upstreamHeaders(from: agent, tool: .openai, target: target, requestID: "rid-1")
         #expect(out["authorization"].isEmpty)
+        // What the sidecar's key is billed to is the operator's choice (`tools.openai.organization`).
+        #expect(out["openai-organization"].isEmpty && out["openai-project"].isEmpty)
         #expect(out["x-forwarded-for"].isEmpty && out["forwarded"].isEmpty && out["x-real-ip"].isEmpty)
         #expect(out["x-agent-token"].isEmpty && out["content-length"].isEmpty && out["expect"].isEmpty)
         #expect(out["host"] == ["api.openai.com"])
@@ -36,10 +39,10 @@ struct HeaderRulesTests {
     }
 
     @Test func fetchKeepsTheAgentsOwnAuthorization() {
-        let agent = HTTPHeaders([("Authorization", "Bearer site-token"), ("Cookie", "a=b")])
+        let agent = HTTPHeaders([("Authorization", "Bearer site-token"), ("Cookie", "a=b"), ("OpenAI-Project", "proj_x")])
         let target = TargetURL(scheme: "http", host: "example.com", port: 8080)
         let out = HeaderRules.upstreamHeaders(from: agent, tool: .httpFetch, target: target, requestID: "r")
-        #expect(out["authorization"] == ["Bearer site-token"])
+        #expect(out["authorization"] == ["Bearer site-token"] && out["openai-project"] == ["proj_x"])
         #expect(out["host"] == ["example.com:8080"])
     }
 

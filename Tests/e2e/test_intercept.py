@@ -126,6 +126,29 @@ def test_openai_package_plain_and_streaming(tunnel_sidecar, https_upstream, tmp_
     assert "sk-placeholder" not in "\n".join(s.lines) and "sk-REAL" not in "\n".join(s.lines)
 
 
+def test_the_operators_openai_account_replaces_the_agents(pki, https_upstream, sidecar_factory, tmp_path):
+    """An SDK that picked up an organization and project from its environment sends them; OpenAI sees
+    the ones the operator configured for the key instead (or none)."""
+    upstream_routes(https_upstream)
+    config = intercept_config(pki, https_upstream, intercept=f"allowed_ports: [443, {https_upstream.port}]\n")
+    assert config.count("timeout: 5s}") == 1  # the openai line
+    s = sidecar_factory(config.replace("timeout: 5s}", "timeout: 5s, organization: org-operator}"), env=LIVE_ENV)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(requests.get(f"{s.admin_url}/ca.pem", timeout=5).text)
+    env = client_env(s, s.new_token(), ca, tmp_path) | {"OPENAI_ORG_ID": "org-placeholder", "OPENAI_PROJECT_ID": "proj_placeholder"}
+    result = run_client("main", """
+        import json, openai
+        client = openai.OpenAI(api_key="sk-placeholder", max_retries=0)
+        assert client.organization == "org-placeholder" and client.project == "proj_placeholder"
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
+        print(json.dumps({"content": r.choices[0].message.content}))
+    """, env)
+    assert result["content"] == "hello through the tunnel"
+    rec = brokered(https_upstream, "/v1/chat/completions")
+    assert rec.header("OpenAI-Organization") == "org-operator" and rec.header("OpenAI-Project") is None
+    assert rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+
+
 def test_serpapi_official_package(tunnel_sidecar, https_upstream, tmp_path):
     s = tunnel_sidecar
     result = run_client("main", """

@@ -370,7 +370,7 @@ public enum ConfigLoader {
     }
 
     static func toolConfig(_ tool: Tool, _ node: DocumentReader) throws(DocumentError) -> ToolConfig {
-        try node.checkKeys(["mode", "base_url", "hosts", "connect_timeout", "timeout", "credential_env", "upgrade_to_https", "max_concurrent", "retry_attempts", "cache_ttl"])
+        try node.checkKeys(["mode", "base_url", "hosts", "connect_timeout", "timeout", "credential_env", "upgrade_to_https", "max_concurrent", "retry_attempts", "cache_ttl", "organization", "project"])
         var t = ToolConfig.defaults(for: tool)
         if let m = try node["mode"].string() {
             guard let mode = ToolMode(rawValue: m) else { throw node["mode"].error("expected mock or live") }
@@ -390,6 +390,14 @@ public enum ConfigLoader {
         t.credentialEnv = try node["credential_env"].string() ?? t.credentialEnv
         t.upgradeToHTTPS = try node["upgrade_to_https"].bool(default: false)
         if t.upgradeToHTTPS, tool != .httpFetch { throw node["upgrade_to_https"].error("only applies to http_fetch") }
+        for (key, path) in [("organization", \OpenAIAdapter.Account.organization), ("project", \.project)] {
+            guard let value = try node[key].string() else { continue }
+            guard tool == .openai else { throw node[key].error("only applies to openai") }
+            guard OpenAIAdapter.Account.isID(value) else {
+                throw node[key].error("expected an OpenAI id (letters, digits, '_' and '-', at most 128), like org-… or proj_…")
+            }
+            t.openAIAccount[keyPath: path] = value
+        }
         return t
     }
 

@@ -44,6 +44,9 @@ public struct ToolConfig: Sendable, Hashable {
     public var credentialEnv: String?
     /// `http_fetch` only: use https upstream even when the agent asked for http.
     public var upgradeToHTTPS: Bool
+    /// `openai` only: the organization and project the sidecar's key acts for (`OpenAI-Organization`,
+    /// `OpenAI-Project`); the agent's own are removed — the key's owner chooses what it is billed to.
+    public var openAIAccount = OpenAIAdapter.Account()
 
     public static func defaults(for tool: Tool) -> ToolConfig {
         ToolConfig(

@@ -10,8 +10,35 @@ public struct OpenAIAdapter: ToolAdapter {
     public let tool = Tool.openai
     /// Pause between mock SSE chunks, so mock streaming is observable as streaming.
     public let mockStreamDelay: Duration
+    /// The organization and project the sidecar's key acts for, sent with it (none: the key's default).
+    public let account: Account
 
-    public init(mockStreamDelay: Duration = .milliseconds(5)) { self.mockStreamDelay = mockStreamDelay }
+    public init(mockStreamDelay: Duration = .milliseconds(5), account: Account = Account()) {
+        self.mockStreamDelay = mockStreamDelay
+        self.account = account
+    }
+
+    /// `OpenAI-Organization` and `OpenAI-Project`, as the operator configured them for the key. The
+    /// agent's own never reach OpenAI (`HeaderName`: they select what the sidecar's key is billed to,
+    /// and a placeholder an SDK picked up from its environment would make OpenAI refuse the key).
+    public struct Account: Sendable, Hashable {
+        public var organization: String?
+        public var project: String?
+
+        public init(organization: String? = nil, project: String? = nil) {
+            self.organization = organization
+            self.project = project
+        }
+
+        /// An organization or project id as OpenAI issues them (`org-…`, `proj_…`): a header value that
+        /// needs no quoting and cannot split a field.
+        public static func isID(_ value: String) -> Bool {
+            !value.isEmpty && value.utf8.count <= 128
+                && value.utf8.allSatisfy { b in
+                    (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == UInt8(ascii: "_") || b == UInt8(ascii: "-")
+                }
+        }
+    }
 
     static let actionByPath: [String: String] = [
         "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
@@ -157,6 +184,8 @@ public struct OpenAIAdapter: ToolAdapter {
 
     public func authorize(_ request: inout UpstreamRequest, with credential: Credential) {
         request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(credential.reveal())")
+        if let organization = account.organization { request.headers.replaceOrAdd(name: "OpenAI-Organization", value: organization) }
+        if let project = account.project { request.headers.replaceOrAdd(name: "OpenAI-Project", value: project) }
     }
 
     public func traits(of call: ToolCall) -> CallTraits {

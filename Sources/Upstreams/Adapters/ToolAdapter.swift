@@ -44,9 +44,9 @@ public struct ToolAdapters: Sendable {
     public let httpFetch: HTTPFetchAdapter
     public let gmail: GmailAdapter
 
-    public init(mockStreamDelay: Duration = .milliseconds(5)) {
+    public init(mockStreamDelay: Duration = .milliseconds(5), openAIAccount: OpenAIAdapter.Account = .init()) {
         serpapi = SerpAPIAdapter()
-        openai = OpenAIAdapter(mockStreamDelay: mockStreamDelay)
+        openai = OpenAIAdapter(mockStreamDelay: mockStreamDelay, account: openAIAccount)
         httpFetch = HTTPFetchAdapter()
         gmail = GmailAdapter()
     }
