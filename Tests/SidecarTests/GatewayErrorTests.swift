@@ -18,6 +18,34 @@ struct GatewayErrorTests {
         }
     }
 
+    /// `x-should-retry: false` where the same request cannot succeed soon, so the SDKs that retry every
+    /// 409, 429 and 5xx on their own do not send a refused call three times; nothing where time helps.
+    @Test(arguments: [
+        (GatewayError(.runCancelled, "x"), "false"),
+        (GatewayError(.runBudgetExhausted, "x"), "false"),
+        (GatewayError(.runLoopDetected, "x"), "false"),
+        (GatewayError(.idempotencyConflict, "x"), "false"),
+        (GatewayError(.duplicateOutcomeUnknown, "x"), "false"),
+        (GatewayError(.scopeDenied, "x"), "false"),
+        (GatewayError(.upstreamResponseTooLarge, "x"), "false"),
+        (GatewayError(.quotaExceeded, "x", headers: [("Retry-After", "86400")]), "false"),
+        (GatewayError(.budgetExhausted, "x", headers: [("retry-after", "61")]), "false"),
+        (GatewayError(.quotaExceeded, "x", headers: [("Retry-After", "60")]), nil),
+        (GatewayError(.rateLimited, "x", headers: [("Retry-After", "1")]), nil),
+        (GatewayError(.rateLimited, "x"), nil),
+        (GatewayError(.concurrencyLimited, "x"), nil),
+        (GatewayError(.breakerOpen, "x", headers: [("Retry-After", "300")]), nil),
+        (GatewayError(.duplicateInFlight, "x", headers: [("Retry-After", "1")]), nil),
+        (GatewayError(.upstreamTimeout, "x"), nil),
+        (GatewayError(.shuttingDown, "x"), nil),
+        (GatewayError(.approvalPending, "x", headers: [("Retry-After", "3600")]), nil),
+        (GatewayError(.approvalDenied, "x"), "false"),
+    ] as [(GatewayError, String?)])
+    func retryAdvice(_ error: GatewayError, _ header: String?) {
+        let response = ResponseMapper.problem(error, requestID: "r")
+        #expect(response.headers["x-should-retry"] == (header.map { [$0] } ?? []), "\(error.codeString)")
+    }
+
     @Test(arguments: [
         (HTTPParserError.headerOverflow, 431, "headers_too_large"),
         (.invalidContentLength, 400, "invalid_framing"),

@@ -162,3 +162,48 @@ def test_sdk_model_list_and_retrieve_pass_guards_and_spend_no_budget(pki, https_
     # A write to the list is no action.
     r = httpx.post(f"{s.proxy_url}/openai/v1/models", headers={"Authorization": f"Bearer {s.new_token(role='worker')}"}, json={})
     assert r.status_code == 400 and r.json()["code"] == "unknown_action"
+
+
+RETRY_POLICY = """version: 1
+roles:
+  worker:
+    allow: ["openai:*"]
+    rules:
+      - scope: "openai:chat"
+        quota: {limit: 1, window: day, timezone: UTC}
+"""
+
+
+def test_sdk_does_not_resend_a_refusal_that_waiting_cannot_lift(pki, https_upstream, sidecar_factory, tmp_path):
+    """The openai package retries every 409/429/5xx twice on its own unless told `x-should-retry: false`:
+    a daily quota spent for the day, a cancelled run — each is refused once, not three times."""
+    up = https_upstream
+    up.routes["/v1/chat/completions"] = lambda h, rec: up.send_json(h, 200, {
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RETRY_POLICY)
+    s = sidecar_factory(live_config(pki, up, extra=f"policy: {{file: \"{policy}\"}}\n"), env=LIVE_ENV)
+    token = s.new_token(role="worker")
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=token)  # the SDK's default: 2 retries
+    ask = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    assert client.chat.completions.create(**ask).choices[0].message.content == "ok"
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(**ask)
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert int(refused.value.response.headers["retry-after"]) > 60
+    time.sleep(0.5)  # access lines are batched
+    outcomes = [r.get("outcome") for r in s.logs("access") if r.get("action") == "chat"]
+    assert outcomes == ["ok", "quota_exceeded"], outcomes
+    # A cancelled run's call: 409, also once.
+    created = s.admin_request("POST", "/api/runs", {"name": "r"}, token=token)
+    assert created.status_code == 201, created.text
+    run = created.json()["run"]["id"]
+    assert s.admin_request("POST", f"/api/runs/{run}/start", token=token).status_code == 200
+    assert s.admin_request("POST", f"/api/runs/{run}/cancel", token=token).status_code == 202
+    with pytest.raises(openai.ConflictError) as cancelled:
+        client.chat.completions.create(**ask, extra_headers={"X-Run-Id": run})
+    assert cancelled.value.response.headers["x-should-retry"] == "false"
+    time.sleep(0.5)
+    assert [r.get("outcome") for r in s.logs("access") if r.get("action") == "chat"][2:] == ["run_cancelled"]

@@ -63,6 +63,7 @@ enum ResponseMapper {
             ("Cache-Control", "no-store"), ("X-Request-Id", requestID),
         ])
         for (name, value) in error.headers { headers.add(name: name, value: value) }
+        if error.shouldRetry == false { headers.add(name: "x-should-retry", value: "false") }
         return ProxyResponse(status: error.status, headers: headers, body: .buffer(ByteBuffer(string: text)))
     }
 
