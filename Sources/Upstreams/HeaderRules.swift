@@ -46,6 +46,12 @@ public enum HeaderRules {
         }
     }
 
+    /// Whether an answer is a Server-Sent Events stream (`Content-Type: text/event-stream`, any case,
+    /// any parameters).
+    public static func isEventStream(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "content-type"].contains { $0.lowercased().hasPrefix("text/event-stream") }
+    }
+
     /// The headers the agent sees from an upstream response. `dropLength`: the body may no longer be
     /// the length the upstream declared (its credential echoes are scrubbed), so its `Content-Length`
     /// is left out here, in the same pass, and the answer is framed for what is actually sent.

@@ -87,6 +87,9 @@ public struct OpenAIParameters: Sendable, Hashable {
     public var temperature: Double?
     /// Rough size of the input in tokens (bytes / 4), used to reserve a budget before the call.
     public var estimatedInputTokens: Int
+    /// The sidecar, not the agent, asked for the streamed answer's usage chunk (to settle a budget):
+    /// the agent is then not shown it (`OpenAIAddedUsageRemover`).
+    public var usageAddedBySidecar = false
     public init(model: String?, maxTokens: Int?, stream: Bool, temperature: Double?, estimatedInputTokens: Int) {
         self.model = model
         self.maxTokens = maxTokens

@@ -380,15 +380,27 @@ def test_a_streamed_openai_answer_settles_to_its_real_usage(pki, https_upstream,
     _, tok = agent_token(s, role=role)
     run = new_run(s, budget={"max_openai_tokens": 5000})
     client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=tok, max_retries=0, default_headers={"X-Run-Id": run})
-    text = "".join((c.choices[0].delta.content or "") for c in client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=1000, stream=True) if c.choices)
+    # The openai package's own README loop: every chunk the agent gets has a choice. The usage chunk the
+    # sidecar asked for on its behalf is read for the ledger, not passed on.
+    text = ""
+    for c in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=1000, stream=True):
+        text += c.choices[0].delta.content or ""
     assert text == "Hello"
-    deadline = time.time() + 3
-    while time.time() < deadline and api(s, "GET", f"/api/runs/{run}").json()["ledger"]["openai_tokens"] != 42:
-        time.sleep(0.05)
-    led = api(s, "GET", f"/api/runs/{run}").json()
+
+    def settled(tokens):
+        deadline = time.time() + 3
+        while time.time() < deadline and api(s, "GET", f"/api/runs/{run}").json()["ledger"]["openai_tokens"] != tokens:
+            time.sleep(0.05)
+        return api(s, "GET", f"/api/runs/{run}").json()
+
+    led = settled(42)
     assert led["ledger"]["openai_tokens"] == 42 and led["reserved"]["openai_tokens"] == 0
     assert abs(led["ledger"]["cost_usd"] - (30 * 0.001 + 12 * 0.002) / 1000) < 1e-6
+    # An agent that asks for the usage itself gets it.
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=1000,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 42
+    assert settled(84)["ledger"]["openai_tokens"] == 84
 
 
 def test_the_ledger_is_exact_across_three_sidecars_on_one_redis(start):

@@ -215,12 +215,21 @@ extension Pipeline {
     }
 
     /// Asks OpenAI to include usage in a streamed answer, so the budget settles from the real count.
+    /// The agent is not shown the chunk it did not ask for (`OpenAIAddedUsageRemover`).
     static func requestingUsage(_ call: ToolCall) -> ToolCall {
-        guard call.action == "chat", case .openai(let p) = call.parameters, p.stream, let body = call.request.body,
+        guard call.action == "chat", case .openai(var p) = call.parameters, p.stream, let body = call.request.body,
             let asking = OpenAIAdapter.includingUsage(body)
         else { return call }
         var out = call
         out.request.body = asking
+        p.usageAddedBySidecar = true
+        out.parameters = .openai(p)
         return out
+    }
+
+    /// Whether the call's streamed answer carries a usage chunk the sidecar asked for, not the agent.
+    static func addedUsage(_ call: ToolCall) -> Bool {
+        if case .openai(let p) = call.parameters { return p.usageAddedBySidecar }
+        return false
     }
 }

@@ -310,8 +310,8 @@ final class Pipeline: Sendable {
             let response = try received(call.response, release: call.release, outbound, record: &record)
             try Self.checkGrant(response, release: call.release, runCall: runCall)
             let answer = proxyResponse(
-                response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty, on: loop,
-                runCall: runCall)
+                response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty,
+                addedUsage: Self.addedUsage(outbound.call), on: loop, runCall: runCall)
             return self.answer(answer, record: consume record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
@@ -558,7 +558,8 @@ final class Pipeline: Sendable {
             throw error
         }
         return proxyResponse(
-            response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty, runCall: runCall)
+            response, release: release, admitted: admitted, requestID: outbound.requestID, scrubbed: !outbound.scrubber.isEmpty,
+            addedUsage: Self.addedUsage(outbound.call), runCall: runCall)
     }
 
     /// The call's usage meter: the token budget's, which a run shares, else the run's own.
@@ -584,14 +585,21 @@ final class Pipeline: Sendable {
     /// once the body has been written (free the bulkhead slot, settle the limits).
     ///
     /// `scrubbed`: the body passes the credential scrubber (`received`), so its length may change.
+    /// `addedUsage`: the sidecar asked for the stream's usage chunk; the meter reads it, the agent does
+    /// not get it (then the length may change too).
     /// `loop`: where a loop-path call settles its limits without a task (nil: in a task).
     func proxyResponse(
         _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, scrubbed: Bool,
-        on loop: (any EventLoop)? = nil, runCall: RunCall? = nil
+        addedUsage: Bool = false, on loop: (any EventLoop)? = nil, runCall: RunCall? = nil
     ) -> ProxyResponse {
         var response = response
+        var lengthChanges = scrubbed
         if let meter = Self.usageMeter(admitted, runCall) {
             response.body = response.body.observed(by: { meter.observe($0) }, finished: { meter.finish() })
+            if addedUsage, HeaderRules.isEventStream(response.headers) {
+                response.body = response.body.transformed(by: OpenAIAddedUsageRemover())
+                lengthChanges = true
+            }
         }
         var limit = settings.maxResponseBodyBytes
         if let runCall {
@@ -628,7 +636,7 @@ final class Pipeline: Sendable {
             completion = .sync(release)
         }
         return ProxyResponse(
-            status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: requestID, dropLength: scrubbed),
+            status: response.status, headers: HeaderRules.agentHeaders(from: response.headers, requestID: requestID, dropLength: lengthChanges),
             body: body, completion: completion)
     }
 

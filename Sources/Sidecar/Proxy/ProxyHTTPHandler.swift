@@ -678,7 +678,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var iterator = stream.makeAsyncIterator()
             var ahead: [ByteBuffer] = []  // last chunk first
             var ended = false
-            if stream.isDecoded, !head.headers[canonicalForm: "content-type"].contains(where: { $0.lowercased().hasPrefix("text/event-stream") }) {
+            if stream.isDecoded, !HeaderRules.isEventStream(head.headers) {
                 switch await Self.readAhead(&iterator, limit: limit) {
                 case .read(let chunks, let end): (ahead, ended) = (chunks.reversed(), end)
                 case .failed(let failure): return await answer(instead: stream, failure: failure, limit: limit, request: request, record: &record)

@@ -166,6 +166,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         indirect case truncated(UpstreamBody)
         indirect case decoded(UpstreamBody, ContentCoding, limit: Int)
         indirect case guarded(UpstreamBody, BodyGuard)
+        indirect case transformed(UpstreamBody, any BodyTransform)
     }
 
     let storage: Storage
@@ -205,6 +206,9 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     /// a body that is not a live transfer (a paced mock answer) is cut too, not only a live one.
     public func guarded(by bodyGuard: BodyGuard) -> UpstreamBody { .init(storage: .guarded(self, bodyGuard)) }
 
+    /// The same body rewritten by `transform` as it streams (what it holds back comes out at the end).
+    public func transformed(by transform: any BodyTransform) -> UpstreamBody { .init(storage: .transformed(self, transform)) }
+
     /// The same body with echoed credentials replaced.
     public func scrubbed(by scrubber: SecretScrubber) -> UpstreamBody {
         scrubber.isEmpty ? self : .init(storage: .scrubbed(self, scrubber))
@@ -224,7 +228,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     public var isDecoded: Bool {
         switch storage {
         case .decoded: return true
-        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .guarded(let base, _): return base.isDecoded
+        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .guarded(let base, _), .transformed(let base, _):
+            return base.isDecoded
         default: return false
         }
     }
@@ -233,7 +238,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
     public func cancel() {
         switch storage {
         case .bodyStream(let s): s.cancel()
-        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .decoded(let base, _, _): base.cancel()
+        case .scrubbed(let base, _), .observed(let base, _, _), .truncated(let base), .decoded(let base, _, _), .transformed(let base, _):
+            base.cancel()
         case .guarded(let base, let bodyGuard):
             bodyGuard.trip()
             base.cancel()
@@ -259,6 +265,13 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 throw error.kind == .responseTooLarge ? error : .undecodable
             }
         case .guarded(let base, _): return try base.whole(leaf)
+        case .transformed(let base, let transform):
+            return try base.whole(leaf).map { b in
+                var out = transform.transform(b)
+                var rest = transform.finish()
+                out.writeBuffer(&rest)
+                return out
+            }
         case .observed(let base, let observe, let finished):
             return try base.whole(leaf).map { b in
                 observe(b)
@@ -295,6 +308,8 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             return AsyncIterator(state: .decoded(AsyncIterator.Box(base.makeAsyncIterator()), coding, limit: limit, inflater: nil))
         case .guarded(let base, let bodyGuard):
             return AsyncIterator(state: .guarded(AsyncIterator.Box(base.makeAsyncIterator()), bodyGuard))
+        case .transformed(let base, let transform):
+            return AsyncIterator(state: .transformed(AsyncIterator.Box(base.makeAsyncIterator()), transform, done: false))
         }
     }
 
@@ -309,6 +324,7 @@ public struct UpstreamBody: AsyncSequence, Sendable {
             case truncated(Box, sent: Bool)
             case decoded(Box, ContentCoding, limit: Int, inflater: Inflater?)
             case guarded(Box, BodyGuard)
+            case transformed(Box, any BodyTransform, done: Bool)
         }
         var state: State
 
@@ -372,6 +388,17 @@ public struct UpstreamBody: AsyncSequence, Sendable {
                 let chunk = try await box.iterator.next()
                 if bodyGuard.tripped { throw UpstreamError(.cancelled, beforeSend: false, detail: "stopped") }
                 return chunk
+            case .transformed(let box, let transform, let done):
+                if done { return nil }
+                while true {
+                    guard let chunk = try await box.iterator.next() else {
+                        state = .transformed(box, transform, done: true)
+                        let rest = transform.finish()
+                        return rest.readableBytes > 0 ? rest : nil
+                    }
+                    let out = transform.transform(chunk)
+                    if out.readableBytes > 0 { return out }
+                }
             case .truncated(let box, let sent):
                 if sent {
                     var e = UpstreamError(.protocolError, beforeSend: false, detail: "connection closed mid-body")
@@ -407,4 +434,13 @@ public final class BodyGuard: Sendable {
 
     public var tripped: Bool { flag.load(ordering: .acquiring) }
     public func trip() { flag.store(true, ordering: .releasing) }
+}
+
+/// A stateful rewrite of a body as it streams (`UpstreamBody.transformed(by:)`): each chunk in, the bytes to
+/// pass on out — possibly fewer, when some are held back until a later chunk shows what they are.
+public protocol BodyTransform: AnyObject, Sendable {
+    /// The bytes to pass on for `chunk`.
+    func transform(_ chunk: ByteBuffer) -> ByteBuffer
+    /// What is still held back, at the body's end.
+    func finish() -> ByteBuffer
 }
