@@ -55,8 +55,11 @@ public enum HeaderRules {
     /// The headers the agent sees from an upstream response. `dropLength`: the body may no longer be
     /// the length the upstream declared (its credential echoes are scrubbed), so its `Content-Length`
     /// is left out here, in the same pass, and the answer is framed for what is actually sent.
+    ///
+    /// The upstream's own `X-Request-Id` (OpenAI's `req_…`, what its support asks for) is passed on as
+    /// `X-Upstream-Request-Id`: `X-Request-Id` is the sidecar's, the id of its access log line.
     public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String, dropLength: Bool = false) -> HTTPHeaders {
-        forwarded(upstreamHeaders, host: nil, requestID: requestID) { field in
+        forwarded(upstreamHeaders, host: nil, requestID: requestID, keepingUpstreamID: true) { field in
             switch field {
             case .hopByHop, .requestID, .via: true
             case .contentLength: dropLength
@@ -73,7 +76,7 @@ public enum HeaderRules {
     /// `keep-alive` / `close` name nothing) sends the message down a second pass that knows the names
     /// first, because a named field may come before the `Connection` field that names it.
     private static func forwarded(
-        _ source: HTTPHeaders, host: String?, requestID: String, named: ConnectionNamed? = nil,
+        _ source: HTTPHeaders, host: String?, requestID: String, named: ConnectionNamed? = nil, keepingUpstreamID: Bool = false,
         drops: (HeaderName.Class) -> Bool
     ) -> HTTPHeaders {
         // Collected as pairs and wrapped once: `HTTPHeaders.add` checks each name for non-ASCII bytes
@@ -82,19 +85,36 @@ public enum HeaderRules {
         var fields: [(String, String)] = []
         fields.reserveCapacity(source.count + 3)
         var via: String?
+        var upstreamID = !keepingUpstreamID
         for (name, value) in source {
             if let named, named.contains(name) { continue }
             let field = HeaderName.classify(name)
             if named == nil, field.isConnection, !ConnectionNamed(value: value).names.isEmpty {
-                return forwarded(source, host: host, requestID: requestID, named: connectionNamed(source), drops: drops)
+                return forwarded(
+                    source, host: host, requestID: requestID, named: connectionNamed(source), keepingUpstreamID: keepingUpstreamID, drops: drops)
             }
             if case .via = field { via = via.map { $0 + ", " + value } ?? value }
+            if !upstreamID, case .requestID = field {
+                upstreamID = true
+                fields.append(("X-Upstream-Request-Id", value))
+            }
             if !drops(field) { fields.append((name, value)) }
         }
         if let host { fields.append(("Host", host)) }
         fields.append(("Via", via.map { $0 + ", " + viaValue } ?? viaValue))
         fields.append(("X-Request-Id", requestID))
         return HTTPHeaders(fields)
+    }
+
+    /// The upstream's request id for the access log: its first `X-Request-Id` when that is an id (1 to
+    /// 128 bytes of letters, digits, `.`, `_`, `:`, `-`), else nil — a log line takes no other header text.
+    public static func upstreamRequestID(_ headers: HTTPHeaders) -> String? {
+        guard let value = headers.first(name: "x-request-id"), !value.isEmpty, value.utf8.count <= 128,
+            value.utf8.allSatisfy({ b in
+                (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2E || b == 0x5F || b == 0x3A || b == 0x2D
+            })
+        else { return nil }
+        return value
     }
 
     /// Field names listed in `Connection` / `Proxy-Connection` (they are hop-by-hop too). Usually none.

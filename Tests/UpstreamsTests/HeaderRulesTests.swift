@@ -54,8 +54,24 @@ struct HeaderRulesTests {
         let out = HeaderRules.agentHeaders(from: upstream, requestID: "rid")
         #expect(out["connection"].isEmpty && out["transfer-encoding"].isEmpty)
         #expect(out["x-request-id"] == ["rid"])
+        #expect(out["x-upstream-request-id"] == ["upstream-id"])
         #expect(out["via"] == ["1.1 agent-sidecar"])
         #expect(out["content-type"] == ["text/event-stream"])
+        // Named in Connection (the second pass), repeated: the first is kept as the upstream's id.
+        let named = HTTPHeaders([("Connection", "x-foo"), ("x-foo", "1"), ("x-request-id", "a"), ("X-Request-Id", "b")])
+        let again = HeaderRules.agentHeaders(from: named, requestID: "rid")
+        #expect(again["x-upstream-request-id"] == ["a"] && again["x-request-id"] == ["rid"] && again["x-foo"].isEmpty)
+        #expect(HeaderRules.agentHeaders(from: HTTPHeaders(), requestID: "rid")["x-upstream-request-id"].isEmpty)
+    }
+
+    /// What the access log takes of the upstream's request id: an id, or nothing.
+    @Test(arguments: [
+        ("req_7f3a9c0b1d2e4f56", "req_7f3a9c0b1d2e4f56"), ("a.b:c-d_E9", "a.b:c-d_E9"), ("", nil), ("[REDACTED]", nil),
+        ("id with space", nil), ("id\"quote", nil), (String(repeating: "a", count: 128), String(repeating: "a", count: 128)),
+        (String(repeating: "a", count: 129), nil), ("é", nil),
+    ] as [(String, String?)])
+    func upstreamRequestIDForTheLog(_ value: String, _ expected: String?) {
+        #expect(HeaderRules.upstreamRequestID(HTTPHeaders([("X-Request-Id", value)])) == expected)
     }
 
     /// The upstream's `Content-Length` is relayed as it is unless the body was rewritten (scrubbed), and

@@ -37,6 +37,30 @@ def test_sdk_with_base_url(pki, https_upstream, sidecar_factory, http2):
     assert json.loads(rec.body)["max_tokens"] == 16
 
 
+def test_openais_request_id_reaches_the_agent_and_the_log_and_upstream_text_does_not(pki, https_upstream, sidecar_factory):
+    key = "sk-REAL-0123456789abcdef"
+    ids = iter(["req_7f3a9c0b1d2e4f56", key])
+
+    def handler(h, rec):
+        # OpenAI's own id; then a hostile upstream echoing the key in the id and in the chaos mark.
+        up_id = next(ids)
+        https_upstream.send_json(h, 200, COMPLETION, extra_headers=[("x-request-id", up_id), ("X-Chaos-Injected", key)])
+
+    https_upstream.routes["/v1/chat/completions"] = handler
+    s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    ours = raw.headers["x-request-id"]
+    assert raw.headers["x-upstream-request-id"] == "req_7f3a9c0b1d2e4f56" and ours != "req_7f3a9c0b1d2e4f56"
+    line = s.access(ours)
+    assert line["upstream_request_id"] == "req_7f3a9c0b1d2e4f56" and "chaos" not in line
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-upstream-request-id"] == "[REDACTED]"
+    line = s.access(raw.headers["x-request-id"])
+    assert "upstream_request_id" not in line and "chaos" not in line
+    assert not any(key in l for l in s.lines)
+
+
 def test_sdk_with_http_proxy(pki, https_upstream, sidecar_factory, monkeypatch):
     https_upstream.routes["/v1/chat/completions"] = completion_route(https_upstream)
     s = sidecar_factory(live_config(pki, https_upstream), env=LIVE_ENV)

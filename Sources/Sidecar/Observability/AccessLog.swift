@@ -47,6 +47,7 @@ struct AccessLog: Sendable {
         JSONBytes.field(#","outcome":"#, r.outcome, into: &s)
         if let u = r.upstreamStatus { JSONBytes.field(#","upstream_status":"#, u, into: &s) }
         if let h = r.upstreamHost { JSONBytes.field(#","upstream_host":"#, h, into: &s) }
+        if let u = r.upstreamRequestID { JSONBytes.field(#","upstream_request_id":"#, u, into: &s) }
         if let a = r.agentID { JSONBytes.field(#","agent_id":"#, a, into: &s) }
         if let t = r.tokenID { JSONBytes.field(#","token_id":"#, t, into: &s) }
         if let run = r.runID { JSONBytes.field(#","run_id":"#, run, into: &s) }

@@ -23,6 +23,8 @@ struct RequestRecord: Sendable {
         var outcome: String = "ok"
         var upstreamStatus: Int?
         var upstreamHost: String?
+        /// The upstream's own id of the call (`X-Request-Id`), when it is an id (`HeaderRules.upstreamRequestID`).
+        var upstreamRequestID: String?
         /// The authenticated agent and token id (never the token).
         var agentID: String?
         var tokenID: String?

@@ -756,7 +756,9 @@ final class Pipeline: Sendable {
     {
         var response = response
         record.upstreamStatus = Int(response.status.code)
-        record.chaos = response.headers.first(name: "x-chaos-injected")
+        // Only the chaos transport's own marks: an upstream that sends the header cannot put other text
+        // (an echoed key, before the scrubber has run) into the access log.
+        record.chaos = response.headers.first(name: "x-chaos-injected").flatMap { ChaosTransport.kinds.contains($0) ? $0 : nil }
         if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > settings.maxResponseBodyBytes {
             response.body.cancel()
             release()
@@ -773,6 +775,7 @@ final class Pipeline: Sendable {
             // Replacing a secret changes the length: `proxyResponse` leaves the upstream's
             // `Content-Length` out (`dropLength`), and the framing is recomputed for what is sent.
         }
+        record.upstreamRequestID = HeaderRules.upstreamRequestID(response.headers)  // after the scrubber
         return response
     }
 

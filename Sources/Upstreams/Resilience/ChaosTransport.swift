@@ -24,6 +24,9 @@ public final class ChaosTransport: UpstreamTransport {
 
     public var current: ChaosSettings { settings.withLock { $0 } }
 
+    /// Every `X-Chaos-Injected` value this transport writes.
+    public static let kinds: Set<String> = ["error", "rate_limit", "timeout", "truncate", "latency"]
+
     public func update(_ new: ChaosSettings) {
         settings.withLock { $0 = new }
         if let seed = new.seed { rng.withLock { $0 = SplitMix64(seed: seed) } }
