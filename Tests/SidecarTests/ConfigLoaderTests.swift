@@ -11,6 +11,8 @@ struct ConfigLoaderTests {
         #expect(c.proxyListen.description == "127.0.0.1:8080" && c.adminListen.description == "127.0.0.1:9090")
         #expect(c.mockTools == Set(Tool.allCases))
         #expect(c.redisURL == nil && !c.chaos.enabled)
+        // OpenAI's deadline is the official SDK's own (600 s): a long answer it waits for is not cut here.
+        #expect(c.tools[.openai]!.timeout == .seconds(600) && c.tools[.serpapi]!.timeout == .seconds(30))
     }
 
     @Test func readsAFullDocument() throws {

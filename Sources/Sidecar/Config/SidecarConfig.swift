@@ -52,7 +52,9 @@ public struct ToolConfig: Sendable, Hashable {
         ToolConfig(
             mode: .mock, baseURL: ToolEndpoint.defaultBaseURL(for: tool),
             hosts: EntryClassifier.defaultHosts[tool] ?? [], connectTimeout: .seconds(5),
-            timeout: tool == .openai ? .seconds(120) : .seconds(30),
+            // OpenAI: the official SDK's own default (600 s). A reasoning model thinking for minutes, or
+            // a long stream, that the agent would wait for without the sidecar is not cut by it.
+            timeout: tool == .openai ? .seconds(600) : .seconds(30),
             credentialEnv: [.serpapi: "SERPAPI_API_KEY", .openai: "OPENAI_API_KEY", .gmailSend: "GMAIL_ACCESS_TOKEN"][tool],
             upgradeToHTTPS: false)
     }
