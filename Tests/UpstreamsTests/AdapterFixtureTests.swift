@@ -179,9 +179,34 @@ struct AdapterFixtureTests {
         }
     }
 
+    /// Moderations (what guardrails call): a POST with a JSON body, free, safe to retry; the mock flags
+    /// a text containing "kill" and answers one result per input string.
+    @Test func openAIModerationsAreAnAction() throws {
+        let adapter = OpenAIAdapter()
+        let body = ByteBuffer(string: #"{"model":"omni-moderation-latest","input":["hello","I will kill the process"]}"#)
+        let call = try adapter.interpret(ToolRequest(method: .POST, path: "/v1/moderations", body: body))
+        guard case .openai(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(call.action == "moderations" && p.model == "omni-moderation-latest" && !p.stream)
+        #expect(adapter.traits(of: call) == CallTraits(idempotent: true, cacheable: false, sideEffecting: false))
+        let answer = try Self.mockBody(adapter.mockResponse(for: call))
+        let results = answer["results"]?.arrayValue ?? []
+        #expect(results.count == 2 && answer["id"]?.stringValue?.hasPrefix("modr-") == true)
+        #expect(results.first?["flagged"] == .bool(false) && results.last?["flagged"] == .bool(true))
+        #expect(results.last?["categories"]?["violence"] == .bool(true) && results.last?["categories"]?["hate"] == .bool(false))
+        #expect(results.first?["category_scores"]?.objectValue?.count == OpenAIAdapter.moderationCategories.count)
+        let compat = try adapter.compatRequest(action: "moderations", params: ["input": "hi"])
+        #expect(compat.path == "/v1/moderations" && compat.method == .POST)
+        #expect(throws: ToolRequestError.unknownAction("openai moderations must be POST")) {
+            try adapter.interpret(ToolRequest(method: .GET, path: "/v1/moderations"))
+        }
+        let bad = adapter.mockResponse(for: try adapter.interpret(ToolRequest(method: .POST, path: "/v1/moderations", body: ByteBuffer(string: "{}"))))
+        #expect(bad.status == .badRequest)
+    }
+
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
-        let unknown = ToolRequestError.unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses and GET /v1/models")
+        let unknown = ToolRequestError.unknownAction(
+            "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations and GET /v1/models")
         for path in [
             "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
             "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",

@@ -131,6 +131,9 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     assert events[-1].response.usage.total_tokens > 0
     with client.responses.stream(model="gpt-4.1-mini", input="hi") as stream:
         assert stream.get_final_response().output_text.startswith("Mock response")
+    # Moderations: the mock flags "kill" for violence, one result per input string.
+    mod = client.moderations.create(model="omni-moderation-latest", input=["hello", "kill it"])
+    assert [r.flagged for r in mod.results] == [False, True] and mod.results[1].categories.violence
 
 
 def test_mock_streams_reach_the_agent_chunk_by_chunk(sidecar_factory, tmp_path):
@@ -186,6 +189,16 @@ def test_sdk_model_list_and_retrieve_pass_guards_and_spend_no_budget(pki, https_
     # A write to the list is no action.
     r = httpx.post(f"{s.proxy_url}/openai/v1/models", headers={"Authorization": f"Bearer {s.new_token(role='worker')}"}, json={})
     assert r.status_code == 400 and r.json()["code"] == "unknown_action"
+    # Moderations (a guardrail's call): free like the list — neither the model guard nor the budget reads them.
+    up.routes["/v1/moderations"] = lambda h, rec: up.send_json(h, 200, {"id": "modr-1", "model": "omni-moderation-latest", "results": [
+        {"flagged": True, "categories": {"violence": True}, "category_scores": {"violence": 0.9}}]})
+    for _ in range(3):
+        m = client.moderations.create(model="omni-moderation-latest", input="I will kill the process")
+        assert m.results[0].flagged and m.results[0].categories.violence
+    rec = up.requests[-1]
+    assert rec.path == "/v1/moderations" and rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="chatter"), max_retries=0).moderations.create(input="x")
 
 
 RETRY_POLICY = """version: 1

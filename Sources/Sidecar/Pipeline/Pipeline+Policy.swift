@@ -145,10 +145,11 @@ extension Pipeline {
         return Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome)
     }
 
-    /// What the policy reads of a call. The model list spends nothing and uses no model: no guard, budget
-    /// or reservation reads it (the tool's scope and limits on calls still do).
+    /// What the policy reads of a call. The model list and moderations spend no tokens (OpenAI does not
+    /// bill moderations, and their answers carry no usage): no guard, budget or reservation reads them
+    /// (the tool's scope and limits on calls still do).
     static func policyParameters(_ call: ToolCall) -> CallParameters {
-        if call.tool == .openai, call.action == "models" { return .none }
+        if call.tool == .openai, call.action == "models" || call.action == "moderations" { return .none }
         switch call.parameters {
         case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
         case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)

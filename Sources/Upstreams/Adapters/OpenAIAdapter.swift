@@ -1,8 +1,13 @@
 import NIOCore
 import NIOHTTP1
 
-/// OpenAI: chat completions, embeddings and responses; and the model list (`GET /v1/models`,
+/// OpenAI: chat completions, embeddings and responses; moderations (`POST /v1/moderations`, free, what
+/// guardrails call before or after a completion); and the model list (`GET /v1/models`,
 /// `GET /v1/models/{id}`), which SDKs call to check a key or pick a model — a read that spends nothing.
+///
+/// Not brokered: what reads or changes objects stored under the key by id (`GET /v1/responses/{id}`,
+/// files, batches, fine-tuning). Every agent behind the sidecar shares its key, so OpenAI could not tell
+/// whose they are: one agent could read another's by its id.
 ///
 /// The body is parsed once to read `model`, the token cap and `stream`; the original bytes go upstream
 /// unchanged. The agent's own `Authorization` is removed by the header rules; the real key is injected.
@@ -42,6 +47,7 @@ public struct OpenAIAdapter: ToolAdapter {
 
     static let actionByPath: [String: String] = [
         "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+        "/v1/moderations": "moderations",
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
@@ -75,7 +81,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolCall(tool: tool, action: "models", request: request, parameters: .openai(params))
         }
         guard let action = Self.actionByPath[request.path] else {
-            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses and GET /v1/models")
+            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
@@ -169,7 +175,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolRequest(method: .GET, path: "/v1/models/" + id)
         }
         guard let path = Self.pathByAction[action] else {
-            throw .unknownAction("openai actions are chat, embeddings, responses, models")
+            throw .unknownAction("openai actions are chat, embeddings, responses, moderations, models")
         }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
@@ -191,7 +197,7 @@ public struct OpenAIAdapter: ToolAdapter {
     public func traits(of call: ToolCall) -> CallTraits {
         guard case .openai(let p) = call.parameters else { return .init(idempotent: false, cacheable: false, sideEffecting: false) }
         // A completion is not idempotent in content, but repeating a failed one has no side effect.
-        if call.action == "models" { return CallTraits(idempotent: true, cacheable: false, sideEffecting: false) }
+        if call.action == "models" || call.action == "moderations" { return CallTraits(idempotent: true, cacheable: false, sideEffecting: false) }
         return CallTraits(idempotent: true, cacheable: !p.stream && p.temperature == 0, sideEffecting: false)
     }
 
@@ -264,6 +270,8 @@ public struct OpenAIAdapter: ToolAdapter {
                 "object": "list", "data": .array(data), "model": .string(model),
                 "usage": ["prompt_tokens": .number(Double(prompt)), "total_tokens": .number(Double(prompt))],
             ])
+        case "moderations":
+            return Self.mockModeration(json, seed: seed, model: p.model)
         default:  // responses
             return mockResponses(seed: seed, model: model, promptTokens: prompt, stream: p.stream)
         }
