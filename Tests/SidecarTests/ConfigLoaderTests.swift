@@ -11,6 +11,12 @@ struct ConfigLoaderTests {
         #expect(c.proxyListen.description == "127.0.0.1:8080" && c.adminListen.description == "127.0.0.1:9090")
         #expect(c.mockTools == Set(Tool.allCases))
         #expect(c.redisURL == nil && !c.chaos.enabled)
+        // A screenshot-sized body passes (32 MiB); the compatibility API's tool-call JSON keeps 1 MiB; 256 MiB
+        // of bodies at once across connections.
+        #expect(c.limits.maxRequestBodyBytes == 32 << 20 && c.limits.compatBodyBytes == 1 << 20 && c.limits.maxBufferedRequestBytes == 256 << 20)
+        let big = try ConfigLoader.parse("limits: {max_request_body_bytes: 536870912}")
+        #expect(big.limits.maxBufferedRequestBytes == 512 << 20 && big.limits.compatBodyBytes == 1 << 20)
+        #expect(try ConfigLoader.parse("limits: {max_request_body_bytes: 1000}").limits.compatBodyBytes == 1000)
         // OpenAI's deadline is the official SDK's own (600 s): a long answer it waits for is not cut here.
         #expect(c.tools[.openai]!.timeout == .seconds(600) && c.tools[.serpapi]!.timeout == .seconds(30))
     }
@@ -47,6 +53,7 @@ struct ConfigLoaderTests {
         ("tools: {serpapi: {hosts: [api.openai.com]}}", "tools.serpapi.hosts"),
         ("limits: {max_header_bytes: 10}", "limits.max_header_bytes"),
         ("limits: {idle_timeout: 0s}", "limits.idle_timeout"),
+        ("limits: {max_request_body_bytes: 4096, max_buffered_request_bytes: 4095}", "limits.max_buffered_request_bytes"),
         ("upstream: {ca_bundle: /does/not/exist.pem}", "upstream.ca_bundle"),
         ("log: {level: loud}", "log.level"),
         ("version: 2", "version"),

@@ -576,3 +576,71 @@ def test_gmail_recipient_tricks_are_refused(guarded, message):
                       headers={"Authorization": f"Bearer {guarded.token}"}, timeout=10)
     assert r.status_code in (400, 403) and r.json()["code"] in ("param_denied", "ambiguous_parameter", "invalid_parameter")
     assert not any(rec.path.startswith("/gmail") for rec in guarded.up.requests)
+
+
+# ---------------------------------------------------------------- request bodies: large ones pass, all of them at once are bounded
+
+
+def test_a_screenshot_sent_inline_reaches_openai(pki, https_upstream, sidecar_factory):
+    """A vision or computer-use agent sends its screenshot as a base64 data URL in the chat body: ~5 MB
+    pass with the default limits, through the openai package, to the upstream byte for byte."""
+    import base64
+    import openai
+    got = {}
+
+    def handler(h, rec):
+        got["size"] = len(rec.body)
+        got["url"] = json.loads(rec.body)["messages"][0]["content"][1]["image_url"]["url"]
+        https_upstream.send_json(h, 200, {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "a login form"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    https_upstream.routes["/v1/chat/completions"] = handler
+    s = open_sidecar(pki, https_upstream, sidecar_factory, auth=True)
+    image = "data:image/png;base64," + base64.b64encode(os.urandom(3_900_000)).decode()
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0, timeout=30)
+    r = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is on the screen?"}, {"type": "image_url", "image_url": {"url": image}}]}])
+    assert r.choices[0].message.content == "a login form"
+    assert got["size"] > 5_000_000 and got["url"] == image
+
+
+def test_bodies_held_across_connections_are_bounded_and_given_back(pki, https_upstream, sidecar_factory):
+    """Two 2 MiB bodies at once do not fit a 3 MiB bound: the chunk that would pass it is refused with 503
+    `sidecar_overloaded` and Retry-After; once the first request is answered its bytes are given back and
+    the next 2 MiB body is read whole."""
+    s = open_sidecar(pki, https_upstream, sidecar_factory, auth=True,
+                     extra="limits:\n  max_request_body_bytes: 2097152\n  max_buffered_request_bytes: 3145728\n  drain_timeout: 2s\n")
+    tok = s.new_token()
+    size = 2 << 20
+
+    def head():
+        return (f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n").encode()
+
+    body = b"[" + b"0," * (size // 2 - 1) + b"]"
+    assert len(body) == size
+    first = socket.create_connection(("127.0.0.1", s.proxy_port))
+    first.sendall(head() + body[: 1536 << 10])  # 1.5 MiB held
+    time.sleep(0.3)
+    second = socket.create_connection(("127.0.0.1", s.proxy_port))
+    try:
+        second.sendall(head() + body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused and shut before all of it was read
+    data, _ = read_all(second)
+    status, headers, text = parse_response(data)
+    problem = json.loads(text[: int(headers["content-length"])])
+    assert (status, problem["code"], headers.get("retry-after")) == (503, "sidecar_overloaded", "1")
+    first.sendall(body[1536 << 10:])
+    data, _ = read_all(first, timeout=2)
+    status, _, text = parse_response(data)
+    assert status == 400, text  # the body is read whole and judged (a JSON array is no chat request)
+    first.close()
+    third = socket.create_connection(("127.0.0.1", s.proxy_port))
+    third.sendall(head() + body)
+    data, _ = read_all(third, timeout=2)
+    assert parse_response(data)[0] == 400
+    third.close()
+    line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("outcome") == "sidecar_overloaded")
+    assert line["status"] == 503

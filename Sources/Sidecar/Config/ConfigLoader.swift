@@ -37,10 +37,17 @@ public enum ConfigLoader {
 
         let limits = root["limits"]
         try limits.checkKeys([
-            "max_header_bytes", "max_request_body_bytes", "max_response_body_bytes", "idle_timeout", "header_timeout", "body_timeout", "drain_timeout",
+            "max_header_bytes", "max_request_body_bytes", "max_buffered_request_bytes", "max_response_body_bytes", "idle_timeout", "header_timeout",
+            "body_timeout", "drain_timeout",
         ])
         c.limits.maxHeaderBytes = try limits["max_header_bytes"].int(default: c.limits.maxHeaderBytes, range: 1024...1_048_576)
         c.limits.maxRequestBodyBytes = try limits["max_request_body_bytes"].int(default: c.limits.maxRequestBodyBytes, range: 0...1_073_741_824)
+        c.limits.maxBufferedRequestBytes = try limits["max_buffered_request_bytes"].int(
+            default: max(c.limits.maxBufferedRequestBytes, c.limits.maxRequestBodyBytes), range: 0...68_719_476_736)
+        guard c.limits.maxBufferedRequestBytes >= c.limits.maxRequestBodyBytes else {
+            throw limits["max_buffered_request_bytes"].error(
+                "must be at least max_request_body_bytes (\(c.limits.maxRequestBodyBytes)): one whole body must fit")
+        }
         c.limits.maxResponseBodyBytes = try limits["max_response_body_bytes"].int(default: c.limits.maxResponseBodyBytes, range: 1024...1_073_741_824)
         c.limits.idleTimeout = try positive(limits["idle_timeout"], default: c.limits.idleTimeout)
         c.limits.headerTimeout = try positive(limits["header_timeout"], default: c.limits.headerTimeout)

@@ -64,8 +64,16 @@ public struct ToolConfig: Sendable, Hashable {
 public struct ListenerLimits: Sendable, Hashable {
     /// Request line plus all header fields; larger heads get 431.
     public var maxHeaderBytes = 32 * 1024
-    public var maxRequestBodyBytes = 1024 * 1024
+    /// One request's body. 32 MiB: a vision or computer-use agent sends screenshots inline as base64
+    /// (OpenAI takes up to 50 MB of images per request); nginx's 1 MiB refused a single phone photo.
+    /// The compatibility API, whose bodies are a tool call's JSON, keeps 1 MiB (`compatBodyBytes`).
+    public var maxRequestBodyBytes = 32 * 1024 * 1024
+    /// Request bodies held at once across every connection: a body that would go past it is refused
+    /// (503 `sidecar_overloaded`), so many large bodies at once cannot exhaust memory.
+    public var maxBufferedRequestBytes = 256 * 1024 * 1024
     public var maxResponseBodyBytes = 32 * 1024 * 1024
+    /// The compatibility API's body limit: at most 1 MiB, whatever `maxRequestBodyBytes` allows.
+    public var compatBodyBytes: Int { min(maxRequestBodyBytes, 1024 * 1024) }
     /// A connection that sends nothing for this long between requests (or mid-request) is closed.
     public var idleTimeout: Duration = .seconds(60)
     /// From the first byte of a request to the end of its head (a drip-fed head is cut: 408).

@@ -20,7 +20,7 @@ extension GatewayError {
             // Worth retrying only when the window turns within a client's patience.
             guard let after = retryAfterSeconds else { return nil }
             return after <= Self.patientRetryAfter ? nil : false
-        case .concurrencyLimited, .toolThrottled, .stateUnavailable, .breakerOpen, .toolSaturated, .duplicateInFlight, .requestTimeout,
+        case .concurrencyLimited, .toolThrottled, .stateUnavailable, .breakerOpen, .toolSaturated, .sidecarOverloaded, .duplicateInFlight, .requestTimeout,
             .tooManyStreams, .adminRateLimited, .upstreamUnreachable, .upstreamTimeout, .upstreamProtocolError, .credentialUnavailable,
             .shuttingDown, .internalError, .approvalPending:
             // approval_pending: the identical call succeeds once a human approves it.

@@ -49,6 +49,8 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case secretExfiltration = "secret_exfiltration"
         case breakerOpen = "breaker_open"
         case toolSaturated = "tool_saturated"
+        /// The sidecar holds `limits.max_buffered_request_bytes` of request bodies already.
+        case sidecarOverloaded = "sidecar_overloaded"
         case toolThrottled = "tool_throttled"
         // Agent runs (calls that name a run, and the runs API).
         case runNotFound = "run_not_found"
@@ -103,7 +105,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .approvalPending, .approvalDenied, .approvalExpired, .approvalForbidden: return .forbidden
             case .approvalNotFound: return .notFound
             case .approvalNotPending: return .conflict
-            case .breakerOpen, .toolSaturated: return .serviceUnavailable
+            case .breakerOpen, .toolSaturated, .sidecarOverloaded: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
             case .stateUnavailable: return .serviceUnavailable
             case .tokenMissing, .tokenMalformed, .tokenInvalid, .tokenExpired, .tokenRevoked, .agentDisabled, .agentUnknown,
@@ -165,6 +167,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .egressDenied: return "Destination not allowed"
             case .breakerOpen: return "Tool temporarily unavailable (circuit open)"
             case .toolSaturated: return "Tool saturated"
+            case .sidecarOverloaded: return "Sidecar overloaded"
             case .toolThrottled: return "Tool asked to slow down"
             case .adminUnauthorized: return "Admin token required"
             case .invalidJSON: return "Malformed JSON"
@@ -265,6 +268,10 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
     static func framing(_ detail: String) -> Self { .init(.invalidFraming, detail) }
     static func headersTooLarge(limit: Int) -> Self { .init(.headersTooLarge, "request head exceeds \(limit) bytes") }
     static func bodyTooLarge(limit: Int) -> Self { .init(.bodyTooLarge, "request body exceeds \(limit) bytes") }
+    static func overloaded(buffered: Int) -> Self {
+        .init(.sidecarOverloaded, "the sidecar holds \(buffered) bytes of request bodies already (limits.max_buffered_request_bytes); try again",
+              headers: [("Retry-After", "1")])
+    }
     static func routeNotFound() -> Self {
         .init(.routeNotFound, "no route for this path; use /openai/v1/..., /serpapi/search, /gmail/v1/..., /fetch?url=, /api/proxy-request, or an absolute http:// URL through the proxy")
     }

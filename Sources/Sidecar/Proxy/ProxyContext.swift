@@ -15,10 +15,13 @@ final class ProxyContext: Sendable {
     let metrics: GatewayMetrics
     let accessLog: AccessLog
     let draining = DrainState()
+    /// Request bodies held across connections.
+    let bodies: RequestBodyBudget
 
     init(pipeline: Pipeline, limits: ListenerLimits, metrics: GatewayMetrics, accessLog: AccessLog) {
         self.pipeline = pipeline
         self.limits = limits
+        self.bodies = RequestBodyBudget(limit: limits.maxBufferedRequestBytes)
         self.metrics = metrics
         self.accessLog = accessLog
     }

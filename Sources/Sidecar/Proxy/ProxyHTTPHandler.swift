@@ -94,8 +94,13 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private var limits: ListenerLimits { shared.limits }
-    /// One more whole request may wait behind the current one; beyond that, reading stops.
-    private var queueLimit: Int { limits.maxHeaderBytes + limits.maxRequestBodyBytes }
+    /// What may wait behind the current request (pipelined) before reading stops: a head and up to
+    /// 1 MiB of its body — the rest is read once the body is the current one, counted in `shared.bodies`.
+    private var queueLimit: Int { limits.maxHeaderBytes + min(limits.maxRequestBodyBytes, 1024 * 1024) }
+    /// The body limit of the request being read (the compatibility API's is smaller).
+    private var bodyLimit = 0
+    /// Bytes of the current request's body taken from `shared.bodies`, given back when it is finished.
+    private var heldBodyBytes = 0
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -104,6 +109,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        releaseBody()
         idleCheck?.cancel()
         cancelDeadlines()
         self.context = nil
@@ -149,8 +155,12 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if let problem = Self.framingProblem(head, limits: limits) {
                 return refuse(problem, head: head, record: &record)
             }
-            if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), head: head, record: &record)
+            bodyLimit = limits.maxRequestBodyBytes
+            if head.method == .POST, head.uri.hasPrefix("/api/proxy-request"), Self.entry(of: head, tunnel: tunnel) == .compat {
+                bodyLimit = limits.compatBodyBytes
+            }
+            if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > bodyLimit {
+                return refuse(.bodyTooLarge(limit: bodyLimit), head: head, record: &record)
             }
             headStarted = nil
             let chunked = head.headers.contains(name: "transfer-encoding")
@@ -169,9 +179,13 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             guard case .collecting(let head, var body, var record) = state else { return }
             state = .processing  // releases `body`'s storage for in-place appends
             inputGuard.body(chunk.readableBytes)
-            if (body?.readableBytes ?? 0) + chunk.readableBytes > limits.maxRequestBodyBytes {
-                return refuse(.bodyTooLarge(limit: limits.maxRequestBodyBytes), head: head, record: &record)
+            if (body?.readableBytes ?? 0) + chunk.readableBytes > bodyLimit {
+                return refuse(.bodyTooLarge(limit: bodyLimit), head: head, record: &record)
             }
+            guard shared.bodies.take(chunk.readableBytes) else {
+                return refuse(.overloaded(buffered: shared.bodies.current), head: head, record: &record)
+            }
+            heldBodyBytes += chunk.readableBytes
             if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
             state = .collecting(head: head, body: body, record: record)
         case .end:
@@ -358,6 +372,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// two seconds pass. Closing at once with unread input would make the kernel send a reset that can
     /// destroy the answer before the client reads it.
     private func refuse(_ problem: GatewayError, head: HTTPRequestHead?, record: inout RequestRecord) {
+        releaseBody()  // before the answer leaves: a client told of it may send the next body at once
         guard let context else { return }
         inputGuard.reset()
         cancelDeadlines()
@@ -410,9 +425,18 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Records a finished request: one access log line and the request metrics.
     private func complete(_ record: inout RequestRecord) {
+        releaseBody()
         record.totalDuration = MonotonicInstant.now - record.start
         shared.metrics.inFlight.decrement()
         shared.finish(record)
+    }
+
+    /// Gives the current request's body bytes back to the shared budget (its request is finished, or the
+    /// connection is gone).
+    private func releaseBody() {
+        guard heldBodyBytes > 0 else { return }
+        shared.bodies.give(heldBodyBytes)
+        heldBodyBytes = 0
     }
 
     // MARK: CONNECT
@@ -741,6 +765,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context else { return finishRequest(record, keepAlive: false) }
         let (first, rest) = encodedWhole(head, body: body, context: context)
         if rest != nil { context.write(Self.wrapOutboundOut(first), promise: nil) }
+        releaseBody()
         writeFinal(rest ?? first, context: context, keepAlive: keepAlive)
         finishRequest(record, keepAlive: keepAlive)
     }
@@ -785,6 +810,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
         var end = context.channel.allocator.buffer(capacity: chunkedResponse ? 8 : 0)
         if chunkedResponse { end.writeStaticString(ResponseEncoder.lastChunk) }
+        releaseBody()
         writeFinal(end, context: context, keepAlive: keepAlive)
         finishRequest(record, keepAlive: keepAlive)
     }
