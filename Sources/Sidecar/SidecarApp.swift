@@ -154,7 +154,7 @@ public enum SidecarApp {
             onToken: { secrets.add("gmail-token", .init(label: Tool.gmailSend.rawValue, value: $0.reveal(), canary: false), keep: 2) })
         let kek = try KeyEncryptionKey.load(env: config.vault.kekEnv, file: config.vault.kekFile, environment: environment)
         let credentials = try VaultCredentialSource(
-            directory: config.vaultDir, kek: kek, fallback: credentialsFromEnvironment(config, environment), gmail: gmail, catalog: secrets)
+            directory: config.vaultDir, kek: kek, fallback: try credentialsFromEnvironment(config, environment), gmail: gmail, catalog: secrets)
         if !credentials.versions.isEmpty {
             logger.info("vault unsealed", metadata: ["versions": "\(credentials.versions.map { "\($0.key)=v\($0.value)" }.sorted().joined(separator: ","))"])
         }
@@ -443,10 +443,21 @@ public enum SidecarApp {
         listener(host: address.ipAddress ?? "", port: address.port ?? 0)
     }
 
-    static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) -> [Tool: Credential] {
+    /// The brokered tools' credentials from their `credential_env` variables. A value read from a file or
+    /// a Kubernetes Secret often ends in a newline: white space around it is trimmed (as the vault's
+    /// entries are). One with a space or control character inside, which no header can carry, stops the
+    /// start naming the variable — never the value — instead of failing every call.
+    static func credentialsFromEnvironment(_ config: SidecarConfig, _ env: [String: String]) throws(StartupError) -> [Tool: Credential] {
         var out: [Tool: Credential] = [:]
         for (tool, t) in config.tools where tool.isBrokered {
-            if let name = t.credentialEnv, let value = env[name], !value.isEmpty { out[tool] = Credential(value) }
+            guard let name = t.credentialEnv, let raw = env[name] else { continue }
+            let value = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !value.isEmpty else { continue }
+            guard value.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
+                throw StartupError(
+                    "\(name): the \(tool.rawValue) credential has a space, control or non-ASCII character inside it, which no request header can carry (the value is not shown)")
+            }
+            out[tool] = Credential(value)
         }
         return out
     }

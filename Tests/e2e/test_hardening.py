@@ -375,7 +375,7 @@ def busy_port():
     return s
 
 
-@pytest.mark.parametrize("case", ["proxy port busy", "admin port busy", "unreadable key", "bad ca bundle", "state dir unusable"])
+@pytest.mark.parametrize("case", ["proxy port busy", "admin port busy", "unreadable key", "bad ca bundle", "state dir unusable", "broken credential"])
 def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
     env, document, expect = {}, "version: 1\n", ""
     holder = None
@@ -395,6 +395,11 @@ def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
         bundle.write_text("garbage")
         document += f"upstream: {{ca_bundle: \"{bundle}\"}}\n"
         expect = f"upstream.ca_bundle {bundle}"
+    elif case == "broken credential":
+        # Two lines where one key belongs (a paste gone wrong): named, never shown, before anything listens.
+        env["OPENAI_API_KEY"] = "sk-REAL-0123456789\nabcdef"
+        document += "tools: {openai: {mode: live}}\n"
+        expect = "OPENAI_API_KEY: the openai credential"
     else:
         (tmp_path / "file").write_text("x")
         env["SIDECAR_STATE_DIR"] = str(tmp_path / "file" / "state")
@@ -408,6 +413,7 @@ def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
     failed = [l for l in lines if l.get("msg") == "sidecar failed"]
     assert len(failed) == 1 and expect in failed[0]["error"], lines[-3:]
     assert "Client not shut down" not in stderr
+    assert "sk-REAL" not in json.dumps(lines) + stderr
     # The one line says it: no other error or warning around it (a listener cancelled half-way, a drain
     # deadline that did not pass).
     noise = [l for l in lines if l.get("level") in ("error", "warning") and "no credential" not in l.get("msg", "")]
