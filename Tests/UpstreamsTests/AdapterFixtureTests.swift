@@ -203,10 +203,24 @@ struct AdapterFixtureTests {
         #expect(bad.status == .badRequest)
     }
 
+    /// The Agents SDK's trace upload (on by default): taken by the mock with 204, never retried here.
+    @Test func openAITraceUploadsAreAnAction() throws {
+        let adapter = OpenAIAdapter()
+        let body = ByteBuffer(string: #"{"data":[{"object":"trace","id":"trace_1","workflow_name":"Agent workflow"}]}"#)
+        let call = try adapter.interpret(ToolRequest(method: .POST, path: "/v1/traces/ingest", body: body))
+        #expect(call.action == "traces")
+        #expect(adapter.traits(of: call) == CallTraits(idempotent: false, cacheable: false, sideEffecting: false))
+        let answer = adapter.mockResponse(for: call)
+        #expect(answer.status == .noContent && answer.body.bufferedBytes?.readableBytes ?? 0 == 0)
+        #expect(throws: ToolRequestError.invalidBody("openai traces needs a JSON object body")) {
+            try adapter.interpret(ToolRequest(method: .POST, path: "/v1/traces/ingest"))
+        }
+    }
+
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
         let unknown = ToolRequestError.unknownAction(
-            "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations and GET /v1/models")
+            "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
         for path in [
             "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
             "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",

@@ -573,6 +573,7 @@ CLIENT_VENVS = ROOT / ".build" / "e2e-clients"
 CLIENT_SETS = {
     "main": ["openai", "serpapi", "requests", "httpx", "google-api-python-client", "google-auth", "PySocks", "aiohttp"],
     "gsr": ["google-search-results", "requests"],
+    "agents": ["openai-agents"],
 }
 
 

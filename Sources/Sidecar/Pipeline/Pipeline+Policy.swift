@@ -145,11 +145,16 @@ extension Pipeline {
         return Settlement(checks: admitted.checks, admission: admitted.admission, outcome: outcome)
     }
 
-    /// What the policy reads of a call. The model list and moderations spend no tokens (OpenAI does not
-    /// bill moderations, and their answers carry no usage): no guard, budget or reservation reads them
-    /// (the tool's scope and limits on calls still do).
+    /// What the policy reads of a call. The model list, moderations and trace uploads spend no tokens
+    /// (OpenAI bills none of them, and their answers carry no usage): no guard, budget or reservation
+    /// reads them (the tool's scope and limits on calls still do).
     static func policyParameters(_ call: ToolCall) -> CallParameters {
-        if call.tool == .openai, call.action == "models" || call.action == "moderations" { return .none }
+        if call.tool == .openai {
+            switch call.action {
+            case "models", "moderations", "traces": return .none
+            default: break
+            }
+        }
         switch call.parameters {
         case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
         case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)

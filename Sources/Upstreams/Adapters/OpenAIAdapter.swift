@@ -2,8 +2,9 @@ import NIOCore
 import NIOHTTP1
 
 /// OpenAI: chat completions, embeddings and responses; moderations (`POST /v1/moderations`, free, what
-/// guardrails call before or after a completion); and the model list (`GET /v1/models`,
-/// `GET /v1/models/{id}`), which SDKs call to check a key or pick a model — a read that spends nothing.
+/// guardrails call before or after a completion); traces (`POST /v1/traces/ingest`, where the Agents
+/// SDK uploads its runs' traces by default); and the model list (`GET /v1/models`, `GET /v1/models/{id}`),
+/// which SDKs call to check a key or pick a model — a read that spends nothing.
 ///
 /// Not brokered: what reads or changes objects stored under the key by id (`GET /v1/responses/{id}`,
 /// files, batches, fine-tuning). Every agent behind the sidecar shares its key, so OpenAI could not tell
@@ -47,7 +48,7 @@ public struct OpenAIAdapter: ToolAdapter {
 
     static let actionByPath: [String: String] = [
         "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
-        "/v1/moderations": "moderations",
+        "/v1/moderations": "moderations", "/v1/traces/ingest": "traces",
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
@@ -81,7 +82,8 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolCall(tool: tool, action: "models", request: request, parameters: .openai(params))
         }
         guard let action = Self.actionByPath[request.path] else {
-            throw .unknownAction("openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations and GET /v1/models")
+            throw .unknownAction(
+                "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
@@ -175,7 +177,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolRequest(method: .GET, path: "/v1/models/" + id)
         }
         guard let path = Self.pathByAction[action] else {
-            throw .unknownAction("openai actions are chat, embeddings, responses, moderations, models")
+            throw .unknownAction("openai actions are chat, embeddings, responses, moderations, traces, models")
         }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
@@ -198,6 +200,8 @@ public struct OpenAIAdapter: ToolAdapter {
         guard case .openai(let p) = call.parameters else { return .init(idempotent: false, cacheable: false, sideEffecting: false) }
         // A completion is not idempotent in content, but repeating a failed one has no side effect.
         if call.action == "models" || call.action == "moderations" { return CallTraits(idempotent: true, cacheable: false, sideEffecting: false) }
+        // A trace batch sent twice is two batches: the SDK retries it itself.
+        if call.action == "traces" { return CallTraits(idempotent: false, cacheable: false, sideEffecting: false) }
         return CallTraits(idempotent: true, cacheable: !p.stream && p.temperature == 0, sideEffecting: false)
     }
 
@@ -272,6 +276,9 @@ public struct OpenAIAdapter: ToolAdapter {
             ])
         case "moderations":
             return Self.mockModeration(json, seed: seed, model: p.model)
+        case "traces":
+            // Taken, as the real endpoint takes a batch: nothing to say.
+            return UpstreamResponse(status: .noContent, headers: HTTPHeaders(), body: .empty)
         default:  // responses
             return mockResponses(seed: seed, model: model, promptTokens: prompt, stream: p.stream)
         }
