@@ -231,6 +231,8 @@ public enum SidecarApp {
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
                 enabled: config.accessLog,
                 writer: BufferedLineWriter(onDropped: { metrics.accessLogDrops.increment(by: Int64($0)) })))
+        let bodies = context.bodies
+        metrics.watchBufferedBodies { bodies.current }
 
         for tool in Tool.allCases where tool.isBrokered && config.tools[tool]?.mode == .live {
             if (try? await credentials.credential(for: tool)) == nil {

@@ -650,3 +650,6 @@ def test_bodies_held_across_connections_are_bounded_and_given_back(pki, https_up
     third.close()
     line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("outcome") == "sidecar_overloaded")
     assert line["status"] == 503
+    text = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert metric(text, "gateway_outcomes_total", tool="none", outcome="sidecar_overloaded") == 1  # refused before it was read
+    assert metric(text, "gateway_request_bodies_buffered_bytes") == 0  # every body given back

@@ -1,5 +1,6 @@
 import Policy
 import Prometheus
+import Synchronization
 import Upstreams
 
 /// The sidecar's Prometheus metrics, all created through the registry with HELP text (so
@@ -51,6 +52,9 @@ public final class GatewayMetrics: Sendable {
     private let cacheSharedHits: [String: Prometheus.Counter]
     private let cacheUndecodables: [String: Prometheus.Counter]
     private let cacheBytesGauge: Gauge
+    /// Request body bytes held across connections, read when the metrics are scraped.
+    private let bufferedBodiesGauge: Gauge
+    private let bufferedBodies = Mutex<(@Sendable () -> Int)?>(nil)
     private let bulkheadQueues: [String: Gauge]
     private let bulkheadRejections: [String: Prometheus.Counter]
     private let chaosInjected: [String: Prometheus.Counter]
@@ -226,6 +230,8 @@ public final class GatewayMetrics: Sendable {
         cacheUndecodables = perTool { registry.makeCounter(descriptor: cUndecodable, labels: [("tool", $0)]) }
         cacheBytesGauge = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "cache", unitName: "bytes",
             helpText: "Bytes held by the response cache."))
+        bufferedBodiesGauge = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "request_bodies_buffered",
+            unitName: "bytes", helpText: "Request body bytes held across connections now (limits.max_buffered_request_bytes bounds them)."))
         let qLen = MetricNameDescriptor(namespace: "gateway", metricName: "bulkhead_queue", unitName: "",
             helpText: "Calls waiting for an upstream slot, by tool.")
         bulkheadQueues = perTool { registry.makeGauge(descriptor: qLen, labels: [("tool", $0)]) }
@@ -322,7 +328,13 @@ public final class GatewayMetrics: Sendable {
         }
     }
 
-    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+    public func exposition() -> [UInt8] {
+        if let read = bufferedBodies.withLock({ $0 }) { bufferedBodiesGauge.set(to: Double(read())) }
+        return registry.emitToBuffer()
+    }
+
+    /// Where `gateway_request_bodies_buffered_bytes` is read at each scrape (nothing per request).
+    func watchBufferedBodies(_ read: @escaping @Sendable () -> Int) { bufferedBodies.withLock { $0 = read } }
 
     /// One counter per value of a closed label set, all made at start (recording takes no registry lock).
     private static func counters(
