@@ -256,14 +256,8 @@ public struct ExfiltrationScanner: Sendable {
         return changed ? out : nil
     }
 
-    static func hexValue(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
+    /// A hex digit's value: the one reading of percent-escapes (`QueryString`, `PathSegment`).
+    static func hexValue(_ c: UInt8) -> UInt8? { QueryString.hexValue(c) }
 }
 
 private func memcmpEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool {

@@ -134,7 +134,7 @@ public struct QueryString: Sendable, Hashable {
         }
     }
 
-    /// A hex digit's value (percent-decoding here and in `PathSegment`).
+    /// A hex digit's value (percent-decoding here, in `PathSegment` and in `ExfiltrationScanner`).
     static func hexValue(_ b: UInt8) -> UInt8? {
         switch b {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
