@@ -455,7 +455,7 @@ public enum SidecarApp {
             guard let name = t.credentialEnv, let raw = env[name] else { continue }
             let value = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             guard !value.isEmpty else { continue }
-            guard value.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
+            guard Credential.isHeaderSafe(value) else {
                 throw StartupError(
                     "\(name): the \(tool.rawValue) credential has a space, control or non-ASCII character inside it, which no request header can carry (the value is not shown)")
             }

@@ -23,13 +23,13 @@ enum ByteSearch {
         return false
     }
 
-    /// The offset of the last occurrence of `needle` in `haystack` that ends by `end` (default: the
-    /// whole haystack), or nil.
-    static func lastIndex(of needle: [UInt8], in haystack: [UInt8], endingBy end: Int? = nil) -> Int? {
+    /// The offset of the last occurrence of `needle` in `haystack` that starts at `start` or later and
+    /// ends by `end` (default: the whole haystack), or nil.
+    static func lastIndex(of needle: [UInt8], in haystack: [UInt8], startingAt start: Int = 0, endingBy end: Int? = nil) -> Int? {
         let end = min(end ?? haystack.count, haystack.count)
         guard !needle.isEmpty, needle.count <= end else { return nil }
         var i = end - needle.count
-        while i >= 0 {
+        while i >= start {
             if haystack[i] == needle[0], haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
             i -= 1
         }

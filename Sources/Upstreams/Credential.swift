@@ -31,6 +31,11 @@ public struct Credential: Sendable, Hashable, CustomStringConvertible, CustomDeb
 
     public func reveal() -> String { value }
 
+    /// Whether a credential's text can be written into a request header as it is: visible ASCII only,
+    /// no space or control character (checked where credentials are loaded, so one pasted with a line
+    /// break inside fails the start instead of every call).
+    public static func isHeaderSafe(_ text: String) -> Bool { text.utf8.allSatisfy { $0 >= 0x21 && $0 <= 0x7E } }
+
     public var isEmpty: Bool { value.isEmpty }
 
     public var description: String { "Credential(v\(version), <redacted>)" }

@@ -106,15 +106,20 @@ public enum HeaderRules {
         return HTTPHeaders(fields)
     }
 
-    /// The upstream's request id for the access log: its first `X-Request-Id` when that is an id (1 to
-    /// 128 bytes of letters, digits, `.`, `_`, `:`, `-`), else nil — a log line takes no other header text.
+    /// The upstream's request id for the access log: its first `X-Request-Id` when that is an id
+    /// (`isSafeID`), else nil — a log line takes no other header text.
     public static func upstreamRequestID(_ headers: HTTPHeaders) -> String? {
-        guard let value = headers.first(name: "x-request-id"), !value.isEmpty, value.utf8.count <= 128,
-            value.utf8.allSatisfy({ b in
-                (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x2E || b == 0x5F || b == 0x3A || b == 0x2D
-            })
-        else { return nil }
-        return value
+        headers.first(name: "x-request-id").flatMap { isSafeID($0) ? $0 : nil }
+    }
+
+    /// A request id that can go into a log field as it is: 1 to 128 letters, digits, `-`, `.`, `_`, `:`
+    /// (the agent's own `X-Request-Id` is taken by the same rule).
+    public static func isSafeID(_ s: String) -> Bool {
+        (1...128).contains(s.utf8.count)
+            && s.utf8.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x2E
+                    || b == 0x5F || b == 0x3A
+            }
     }
 
     /// Field names listed in `Connection` / `Proxy-Connection` (they are hop-by-hop too). Usually none.

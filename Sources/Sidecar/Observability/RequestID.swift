@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NIOHTTP1
+import Upstreams
 
 /// The id that ties an access log line, the upstream request and the agent's response together.
 enum RequestID {
@@ -32,13 +33,7 @@ enum RequestID {
         }
     }
 
-    static func isSafe(_ s: String) -> Bool {
-        (1...128).contains(s.utf8.count)
-            && s.utf8.allSatisfy { b in
-                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x2E
-                    || b == 0x5F || b == 0x3A
-            }
-    }
+    static func isSafe(_ s: String) -> Bool { HeaderRules.isSafeID(s) }
 }
 
 /// xoshiro256** seeded once per thread from `SystemRandomNumberGenerator`.

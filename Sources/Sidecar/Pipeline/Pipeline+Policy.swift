@@ -149,12 +149,7 @@ extension Pipeline {
     /// (OpenAI bills none of them, and their answers carry no usage): no guard, budget or reservation
     /// reads them (the tool's scope and limits on calls still do).
     static func policyParameters(_ call: ToolCall) -> CallParameters {
-        if call.tool == .openai {
-            switch call.action {
-            case "models", "moderations", "traces": return .none
-            default: break
-            }
-        }
+        if call.tool == .openai, OpenAIAdapter.spendsNoTokens(call.action) { return .none }
         switch call.parameters {
         case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
         case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)

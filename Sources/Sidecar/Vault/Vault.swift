@@ -50,7 +50,11 @@ struct VaultContents: Sendable {
             switch entry.kind {
             case .apiKey:
                 guard let text = String(bytes: plain, encoding: .utf8), !text.isEmpty else { throw VaultError("\(path): empty secret") }
-                contents.secrets[tool] = .apiKey(Credential(text.trimmingCharacters(in: .whitespacesAndNewlines), version: entry.version))
+                let key = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                guard Credential.isHeaderSafe(key) else {
+                    throw VaultError("\(path): the secret has a space, control or non-ASCII character inside it (the value is not shown)")
+                }
+                contents.secrets[tool] = .apiKey(Credential(key, version: entry.version))
             case .oauthRefresh:
                 guard let secret = try? JSONDecoder().decode(OAuthRefreshSecret.self, from: Data(plain)) else {
                     throw VaultError("\(path): oauth_refresh entries hold {refresh_token, client_id, client_secret}")

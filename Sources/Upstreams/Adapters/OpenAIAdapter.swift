@@ -52,6 +52,15 @@ public struct OpenAIAdapter: ToolAdapter {
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
+    /// Actions OpenAI bills no tokens for and whose answers carry no usage: no guard, token budget or
+    /// run reservation reads them (`Pipeline.policyParameters`), and they are never cached.
+    public static func spendsNoTokens(_ action: String) -> Bool {
+        switch action {
+        case "models", "moderations", "traces": return true
+        default: return false
+        }
+    }
+
     /// `/v1/models` (nil inside: the list) or `/v1/models/{id}` (the id); nil for any other path.
     static func modelsPath(_ path: String) -> String?? {
         let prefix = "/v1/models"
@@ -199,9 +208,8 @@ public struct OpenAIAdapter: ToolAdapter {
     public func traits(of call: ToolCall) -> CallTraits {
         guard case .openai(let p) = call.parameters else { return .init(idempotent: false, cacheable: false, sideEffecting: false) }
         // A completion is not idempotent in content, but repeating a failed one has no side effect.
-        if call.action == "models" || call.action == "moderations" { return CallTraits(idempotent: true, cacheable: false, sideEffecting: false) }
         // A trace batch sent twice is two batches: the SDK retries it itself.
-        if call.action == "traces" { return CallTraits(idempotent: false, cacheable: false, sideEffecting: false) }
+        if Self.spendsNoTokens(call.action) { return CallTraits(idempotent: call.action != "traces", cacheable: false, sideEffecting: false) }
         return CallTraits(idempotent: true, cacheable: !p.stream && p.temperature == 0, sideEffecting: false)
     }
 

@@ -56,7 +56,7 @@ public final class OpenAIAddedUsageRemover: BodyTransform {
     public func finish() -> ByteBuffer {
         state.withLock { s in
             defer { s.carry = [] }
-            if s.carry.isEmpty || Self.isAddedUsage(s.carry[...]) { return ByteBuffer() }
+            if s.carry.isEmpty || Self.isAddedUsage(s.carry, s.carry.indices) { return ByteBuffer() }
             return ByteBuffer(bytes: s.carry)
         }
     }
@@ -84,7 +84,7 @@ public final class OpenAIAddedUsageRemover: BodyTransform {
                 i += 1
                 continue
             }
-            if isAddedUsage(bytes[start..<end]) { drops.append(start..<end) }
+            if isAddedUsage(bytes, start..<end) { drops.append(start..<end) }
             start = end
             i = end
         }
@@ -94,19 +94,22 @@ public final class OpenAIAddedUsageRemover: BodyTransform {
     static let usageKey = Array("\"usage\"".utf8)
     static let dataField = Array("data:".utf8)
 
-    /// Whether one SSE event is a chat chunk with no choices and a usage object: its data parses as a
-    /// JSON object whose `choices` is `[]` and whose `usage` is an object. Only an event that names
-    /// `"usage"` with an object value is parsed (every other chunk says `"usage": null` or nothing).
-    static func isAddedUsage(_ event: ArraySlice<UInt8>) -> Bool {
-        guard let key = ByteSearch.lastIndex(of: usageKey, in: Array(event)) else { return false }
-        var i = event.startIndex + key + usageKey.count
-        func skipSpace() { while i < event.endIndex, [0x20, 0x09, 0x0A, 0x0D].contains(event[i]) { i += 1 } }
+    /// Whether the SSE event at `range` of `bytes` is a chat chunk with no choices and a usage object: its
+    /// data parses as a JSON object whose `choices` is `[]` and whose `usage` is an object. Only an event
+    /// that names `"usage"` with an object value is parsed (every other chunk says `"usage": null` or
+    /// nothing); the search reads the bytes in place, no copy of the event.
+    static func isAddedUsage(_ bytes: [UInt8], _ range: Range<Int>) -> Bool {
+        guard let key = ByteSearch.lastIndex(of: usageKey, in: bytes, startingAt: range.lowerBound, endingBy: range.upperBound) else { return false }
+        var i = key + usageKey.count
+        func skipSpace() {
+            while i < range.upperBound, JSONReader.isWhitespace(bytes[i]) { i += 1 }
+        }
         skipSpace()
-        guard i < event.endIndex, event[i] == UInt8(ascii: ":") else { return false }
+        guard i < range.upperBound, bytes[i] == UInt8(ascii: ":") else { return false }
         i += 1
         skipSpace()
-        guard i < event.endIndex, event[i] == UInt8(ascii: "{") else { return false }
-        guard let data = dataOf(event), case .object(let object)? = JSONValue.parse(data),
+        guard i < range.upperBound, bytes[i] == UInt8(ascii: "{") else { return false }
+        guard let data = dataOf(bytes[range]), case .object(let object)? = JSONValue.parse(data),
             case .array(let choices)? = object["choices"], choices.isEmpty, case .object? = object["usage"]
         else { return false }
         return true
