@@ -2,8 +2,10 @@
 ///
 /// We parse URLs ourselves instead of using Foundation's `URL` because a proxy must agree with itself
 /// about where a request goes: the host we classify, check and log is exactly the host we connect to.
-/// Userinfo (`http://user:pass@host/`) is dropped — it is a classic trick to make a URL look like it
-/// points somewhere else, and it is never forwarded. Fragments are dropped (they never go on the wire).
+/// Userinfo (`http://user:pass@host/`) is refused, as RFC 9110 §4.2.4 asks of a URL from an untrusted
+/// source: it is the classic way to make a URL look like it points somewhere else
+/// (`http://api.openai.com@evil.test/`), and dropping it silently would send a call without the
+/// credentials its author put there. Fragments are dropped (they never go on the wire).
 public struct TargetURL: Sendable, Hashable, CustomStringConvertible {
     public var scheme: String
     /// Lowercased host name, or an IP literal (IPv6 without brackets).
@@ -53,7 +55,9 @@ public struct TargetURL: Sendable, Hashable, CustomStringConvertible {
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
         var authority = rest[..<authorityEnd]
         let tail = rest[authorityEnd...]
-        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
+        guard !authority.utf8.contains(UInt8(ascii: "@")) else {
+            throw .init("URL must not carry userinfo (user:password@host); credentials go in a header")
+        }
         guard !authority.isEmpty else { throw .init("URL has no host") }
 
         var host: Substring

@@ -59,7 +59,7 @@ struct EgressGuardTests {
     ]
 
     static let allowed: [String] = [
-        "http://example.com/", "https://example.com:8443/x?y=1", "http://127.0.0.1@example.com/", "http://93.184.216.34/",
+        "http://example.com/", "https://example.com:8443/x?y=1", "http://example.com:80/", "http://93.184.216.34/",
         "http://8.8.8.8/", "http://[2606:4700::1111]/", "http://1.1.1.1:9090/", "http://172.32.0.1/", "http://100.128.0.1/",
         "http://11.0.0.1/",
     ]

@@ -24,8 +24,8 @@ struct EntryClassifierTests {
         .init(method: .GET, uri: "http://example.com/a?b=c", expected: .success(.tool(entry: .forward, tool: .httpFetch, path: "/a", query: "b=c", target: TargetURL(scheme: "http", host: "example.com", path: "/a", query: "b=c")))),
         // A look-alike host is not the tool (exact match only).
         .init(method: .GET, uri: "http://serpapi.com.evil.test/search", expected: .success(.tool(entry: .forward, tool: .httpFetch, path: "/search", query: nil, target: TargetURL(scheme: "http", host: "serpapi.com.evil.test", path: "/search")))),
-        // Userinfo is dropped: the host is what follows the last @.
-        .init(method: .GET, uri: "http://api.openai.com@example.com/", expected: .success(.tool(entry: .forward, tool: .httpFetch, path: "/", query: nil, target: TargetURL(scheme: "http", host: "example.com")))),
+        // Userinfo is refused (RFC 9110 §4.2.4): it makes a URL look like it goes somewhere it does not.
+        .init(method: .GET, uri: "http://api.openai.com@example.com/", expected: .failure(.invalidTarget("URL must not carry userinfo (user:password@host); credentials go in a header"))),
         // Reverse routes.
         .init(method: .POST, uri: "/openai/v1/chat/completions", expected: .success(.tool(entry: .reverse, tool: .openai, path: "/v1/chat/completions", query: nil, target: nil))),
         .init(method: .GET, uri: "/serpapi/search?q=a&num=2", expected: .success(.tool(entry: .reverse, tool: .serpapi, path: "/search", query: "q=a&num=2", target: nil))),
@@ -58,7 +58,6 @@ struct TargetURLTests {
         ("http://Example.COM", "http://example.com/"),
         ("https://example.com:443/a", "https://example.com/a"),
         ("https://example.com:8443/a?b", "https://example.com:8443/a?b"),
-        ("http://user:pw@example.com/x", "http://example.com/x"),
         ("http://[::1]:8080/", "http://[::1]:8080/"),
         ("http://example.com/p#frag", "http://example.com/p"),
         ("http://example.com?q=1", "http://example.com/?q=1"),
@@ -67,7 +66,8 @@ struct TargetURLTests {
         #expect(try TargetURL.parse(input).description == expected)
     }
 
-    @Test(arguments: ["example.com", "gopher://x", "http://", "http://[::1/", "http://a b/", "http://x:0/", "http://x/a b", "http://ex%41mple.com/"])
+    @Test(arguments: ["example.com", "gopher://x", "http://", "http://[::1/", "http://a b/", "http://x:0/", "http://x/a b", "http://ex%41mple.com/",
+                            "http://user:pw@example.com/x", "http://user@example.com/", "http://@example.com/", "https://a.test@b.test:443/"])
     func rejects(_ input: String) {
         #expect(throws: TargetURLError.self) { try TargetURL.parse(input) }
     }

@@ -50,6 +50,10 @@ CASES = [
     ("fetch without url", b"GET /fetch HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     ("fetch with a non-http url", b"GET /fetch?url=file%3A%2F%2F%2Fetc%2Fpasswd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     ("absolute-form with bad port", b"GET http://example.com:99999/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    # Userinfo names one host and goes to another (RFC 9110 §4.2.4: treat it as an error), on every entry.
+    ("absolute-form with userinfo", b"GET http://serpapi.com@127.0.0.1:1/search HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    ("absolute-form with user:password", b"GET http://u:p@serpapi.com/search?q=x HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    ("fetch url with userinfo", b"GET /fetch?url=http%3A%2F%2Fexample.com%40127.0.0.1%3A1%2F HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     # Once trapped the process (Int64 of infinity) or left the call without a deadline (NaN).
     ("X-Request-Timeout infinite", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: inf\r\n\r\n", 400, "invalid_parameter"),
     ("X-Request-Timeout NaN", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: NaN\r\n\r\n", 400, "invalid_parameter"),
@@ -63,8 +67,10 @@ CASES = [
 
 @pytest.mark.parametrize("name,data,status,code", CASES, ids=[c[0] for c in CASES])
 def test_client_mistakes(sidecar, name, data, status, code):
+    before = len(sidecar.upstream.requests)
     got_status, headers, body = parse_response(raw_request(sidecar.proxy_port, data))
     assert got_status == status
+    assert len(sidecar.upstream.requests) == before  # nothing reached the upstream
     assert headers["content-type"] == "application/problem+json"
     problem = json.loads(body[: int(headers["content-length"])])
     assert problem["status"] == status and problem["title"] and problem["detail"] and problem["request_id"]

@@ -218,7 +218,7 @@ def test_agent_can_narrow_the_deadline(pki, https_upstream, sidecar_factory):
 
 EGRESS_DENIED = [
     "http://169.254.169.254/latest/meta-data/", "http://2130706433/", "http://0177.0.0.1/", "http://0x7f.1/", "http://127.1/",
-    "http://[::ffff:127.0.0.1]/", "http://[::1]/", "http://localhost/", "http://user@10.0.0.1/", "http://[fd00::1]/",
+    "http://[::ffff:127.0.0.1]/", "http://[::1]/", "http://localhost/", "http://10.0.0.1./", "http://[fd00::1]/",
 ]
 
 
