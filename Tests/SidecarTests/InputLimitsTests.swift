@@ -87,6 +87,43 @@ struct InputLimitsTests {
         let distinct = others.map { ($0, "v") } + [("X-Agent-Id", "agt_a"), ("Authorization", "Bearer a")]
         #expect(SingleValuedFields.problem(in: distinct, authorization: true, contentType: true, others: others) == nil)
     }
+
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with one that is not `host[:port]`, is 400;
+    /// HTTP/1.0 may leave it out, and so may `CONNECT` (its target is in the request line).
+    @Test(arguments: [
+        (HTTPMethod.GET, HTTPVersion.http1_1, "serpapi.com", true),
+        (.GET, .http1_1, "127.0.0.1:8080", true),
+        (.GET, .http1_1, "[::1]:8080", true),
+        (.GET, .http1_1, "[2001:db8::1]", true),
+        (.GET, .http1_1, "my_host.internal", true),
+        (.GET, .http1_1, "", true),
+        (.GET, .http1_1, nil, false),
+        (.POST, .http1_1, nil, false),
+        (.GET, .http1_0, nil, true),
+        (.CONNECT, .http1_1, nil, true),
+        (.CONNECT, .http1_1, "api.openai.com:443", true),
+        (.CONNECT, .http1_1, "api.openai.com:443 x", false),
+        (.GET, .http1_1, "a b", false),
+        (.GET, .http1_1, "user@evil.test", false),
+        (.GET, .http1_1, "evil.test/path", false),
+        (.GET, .http1_1, "evil.test?x", false),
+        (.GET, .http1_1, "evil.test#x", false),
+        (.GET, .http1_1, "host:port", false),
+        (.GET, .http1_1, "host:123456", false),
+        (.GET, .http1_1, "host:80:80", false),
+        (.GET, .http1_1, "[::1", false),
+        (.GET, .http1_1, "[]", false),
+        (.GET, .http1_1, "[::1]x", false),
+        (.GET, .http1_1, "é.test", false),
+        (.GET, .http1_1, "a\tb", false),
+    ] as [(HTTPMethod, HTTPVersion, String?, Bool)])
+    func theHostField(_ method: HTTPMethod, _ version: HTTPVersion, _ host: String?, _ accepted: Bool) {
+        var head = HTTPRequestHead(version: version, method: method, uri: method == .CONNECT ? "api.openai.com:443" : "/serpapi/search")
+        if let host { head.headers.add(name: "Host", value: host) }
+        let problem = HostField.problem(in: head)
+        #expect((problem == nil) == accepted, "\(host ?? "nil")")
+        if let problem { #expect(problem.codeString == "malformed_request" && problem.status == .badRequest) }
+    }
 }
 
 /// An identity store that can lose its data, as Redis without persistence does.

@@ -33,9 +33,11 @@ struct PipelineTests {
             credentials: StaticCredentials(credentials), settings: PipelineSettings(config: config))
     }
 
+    /// An HTTP/1.1 request as a client sends it: with a `Host` field unless the test names one.
     static func request(_ method: HTTPMethod, _ uri: String, headers: [(String, String)] = [], body: String? = nil) -> InboundRequest {
-        InboundRequest(
-            head: HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(headers)),
+        let host = headers.contains { $0.0.lowercased() == "host" } ? [] : [("Host", "sidecar.test")]
+        return InboundRequest(
+            head: HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(host + headers)),
             body: body.map { ByteBuffer(string: $0) }, requestID: "rid-1")
     }
 

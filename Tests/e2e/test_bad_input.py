@@ -53,6 +53,10 @@ CASES = [
     # Userinfo names one host and goes to another (RFC 9110 §4.2.4: treat it as an error), on every entry.
     ("absolute-form with userinfo", b"GET http://serpapi.com@127.0.0.1:1/search HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     ("absolute-form with user:password", b"GET http://u:p@serpapi.com/search?q=x HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    # RFC 9112 §3.2: an HTTP/1.1 request without Host, or with one that is not host[:port], is a 400.
+    ("no Host", b"GET /serpapi/search?q=x HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "malformed_request"),
+    ("Host with a space", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: serpapi.com evil.test\r\n\r\n", 400, "malformed_request"),
+    ("Host with userinfo", b"GET http://serpapi.com/search?q=x HTTP/1.1\r\nHost: a@evil.test\r\n\r\n", 400, "malformed_request"),
     ("fetch url with userinfo", b"GET /fetch?url=http%3A%2F%2Fexample.com%40127.0.0.1%3A1%2F HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
     # Once trapped the process (Int64 of infinity) or left the call without a deadline (NaN).
     ("X-Request-Timeout infinite", b"GET /serpapi/search?q=x HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: inf\r\n\r\n", 400, "invalid_parameter"),
@@ -79,6 +83,11 @@ def test_client_mistakes(sidecar, name, data, status, code):
     assert headers["x-request-id"] == problem["request_id"]
     # Still alive and serving.
     assert requests.get(f"{sidecar.admin_url}/healthz", timeout=5).status_code == 200
+
+
+def test_http_1_0_may_leave_host_out(sidecar):
+    status, _, body = parse_response(raw_request(sidecar.proxy_port, b"GET /serpapi/search?q=x HTTP/1.0\r\n\r\n"))
+    assert status == 200, body
 
 
 def test_upstream_unreachable_is_502(sidecar):

@@ -37,7 +37,7 @@ extension Pipeline {
         guard let interception else { throw GatewayError.connectRefused() }
         let target: ConnectTarget
         do { target = try ConnectTarget.parse(head.uri) } catch { throw GatewayError.invalidTarget(error.reason) }
-        if let problem = SingleValuedFields.problem(in: head.headers, entry: .tunnel) { throw problem }
+        if let problem = SingleValuedFields.problem(in: head.headers, entry: .tunnel) ?? HostField.problem(in: head) { throw problem }
         let token = TokenExtractor.token(in: head.headers, forwardProxy: true)
         let identity = try authenticate(token: token, headers: head.headers, record: &record)
         guard interception.settings.allowedPorts.contains(target.port) else {

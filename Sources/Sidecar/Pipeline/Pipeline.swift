@@ -464,6 +464,10 @@ final class Pipeline: Sendable {
     /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the
     /// compatibility API, whose envelope is read by `compat`.
     func prepare(_ request: InboundRequest, record: inout RequestRecord) throws(GatewayError) -> Prepared? {
+        if let problem = HostField.problem(in: request.head) {
+            record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
+            throw problem
+        }
         let classification: Classification
         let classified =
             request.tunnel.map {
