@@ -6,6 +6,14 @@ public enum JSONParseError: Error, Sendable, Hashable {
     /// One object names a member twice (compared after unescaping): parsers disagree on which one
     /// counts, so a guard could read one value while the upstream acts on the other.
     case duplicateKey(String)
+
+    /// For a problem's detail: the reason in words, a repeated name cut to 64 characters.
+    public var reason: String {
+        switch self {
+        case .invalid(let why): return why
+        case .duplicateKey(let name): return "the JSON body names \"\(name.prefix(64))\" twice in one object"
+        }
+    }
 }
 
 /// A strict RFC 8259 reader over bytes.

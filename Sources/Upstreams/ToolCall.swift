@@ -150,7 +150,7 @@ public struct ToolRequestError: Error, Sendable, Hashable, CustomStringConvertib
     /// could read differently) is ambiguous; anything else is an invalid body (`expected` says what is).
     public static func body(_ error: JSONParseError, expected: String) -> Self {
         switch error {
-        case .duplicateKey(let name): return .ambiguousParameter("the JSON body names \"\(name.prefix(64))\" twice in one object")
+        case .duplicateKey: return .ambiguousParameter(error.reason)
         case .invalid(let why): return .invalidBody("\(expected) (\(why))")
         }
     }

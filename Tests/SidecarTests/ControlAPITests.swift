@@ -87,6 +87,9 @@ struct ControlAPITests {
             #expect(r.status == .unauthorized)
             r = try await client.execute(uri: "/api/agents", method: .post, headers: Self.auth, body: ByteBuffer(string: "{not json"))
             #expect(r.status == .badRequest && problem(r) == "invalid_json")
+            // The reason in words, not the Swift value (`invalid("...")`, `duplicateKey("name")`).
+            r = try await client.execute(uri: "/api/agents", method: .post, headers: Self.auth, body: ByteBuffer(string: #"{"name":"a","name":"b"}"#))
+            #expect(Self.json(r)["detail"]?.stringValue == #"the body is not valid JSON (the JSON body names "name" twice in one object)"#)
             r = try await client.execute(
                 uri: "/api/agents", method: .post, headers: [.authorization: "Bearer \(Self.adminToken)", .contentType: "text/plain"],
                 body: ByteBuffer(string: "{}"))

@@ -34,6 +34,27 @@ def test_health_readiness_and_metrics_pass_promtool(sidecar_factory, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/nothing"), ("DELETE", "/api/runs"), ("PUT", "/api/agents"),
+                                         ("POST", "/healthz"), ("DELETE", "/metrics"), ("GET", "/api")])
+def test_the_admin_port_answers_a_missing_route_with_a_problem(sidecar_factory, method, path):
+    s = sidecar_factory(None)
+    for token in (s.admin_token, None):  # with the admin token or without, the same answer
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = requests.request(method, f"{s.admin_url}{path}", headers=headers, timeout=5)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", (r.status_code, r.headers, r.text)
+        assert r.json()["code"] == "route_not_found" and r.json()["request_id"] == r.headers["x-request-id"]
+    # The routes themselves are unchanged.
+    assert requests.get(f"{s.admin_url}/ca.pem", timeout=5).text.startswith("-----BEGIN CERTIFICATE-----")
+    assert s.admin_request("GET", "/api/runs").status_code == 200
+
+
+def test_ca_pem_with_interception_off_is_a_problem(sidecar_factory):
+    s = sidecar_factory("version: 1\nintercept: {enabled: false}\n")
+    r = requests.get(f"{s.admin_url}/ca.pem", timeout=5)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert "intercept.enabled" in r.json()["detail"]
+
+
 def test_readiness_does_not_flap_under_load(sidecar_factory):
     s = sidecar_factory(None)
     stop = threading.Event()

@@ -42,7 +42,7 @@ enum AdminBody {
         let json: JSONValue
         let exact: Bool
         do { (json, exact) = try JSONValue.parseStrictNotingExactness(body.readableBytesView) } catch {
-            return .failure(GatewayError(.invalidJSON, "the body is not valid JSON (\(error))"))
+            return .failure(GatewayError(.invalidJSON, "the body is not valid JSON (\(error.reason))"))
         }
         guard case .object(let object) = json else {
             var e = GatewayError(.validationFailed, "the body must be a JSON object")

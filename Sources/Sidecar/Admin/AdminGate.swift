@@ -40,7 +40,21 @@ struct AdminGate<Context: RequestContext & RemoteAddressRequestContext>: RouterM
         limiter = AddressLimiter(rate: settings.ratePerSecond, burst: settings.burst, now: now)
     }
 
+    /// Every answer of this port that is not a route's own is a problem too: Hummingbird's router answers a
+    /// path or method it has no route for with an empty 404, which a client cannot tell from a missing run.
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await gated(request, context: context, next: next)
+        } catch let error as HTTPError where error.status == .notFound {
+            return AdminProblem.response(Self.noRoute)
+        }
+    }
+
+    static var noRoute: GatewayError {
+        GatewayError(.routeNotFound, "no admin route for this method and path (/healthz, /readyz, /metrics, /ca.pem, /api/...)")
+    }
+
+    private func gated(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if Self.exempt.contains(request.uri.path) { return try await next(request, context) }
         let address = context.remoteAddress?.ipAddress ?? "unknown"
         if let retry = limiter.refusal(address) {

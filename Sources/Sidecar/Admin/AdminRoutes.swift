@@ -29,7 +29,7 @@ struct AdminRoutes: Sendable {
         }
         router.get("ca.pem") { _, _ in
             guard let caPEM else {
-                return Self.json(["status": 404, "title": "Not found", "detail": "interception is off (intercept.enabled: false)"], status: .notFound)
+                return AdminProblem.response(GatewayError(.routeNotFound, "interception is off (intercept.enabled: false)"))
             }
             return Response(
                 status: .ok, headers: [.contentType: "application/x-pem-file", .cacheControl: "no-cache"],
