@@ -234,6 +234,9 @@ public enum SidecarApp {
         let bodies = context.bodies
         metrics.watchBufferedBodies { bodies.current }
 
+        for warning in config.warnings() {
+            logger.warning("risky setting", metadata: ["field": "\(warning.field)", "why": "\(warning.message)"])
+        }
         for tool in Tool.allCases where tool.isBrokered && config.tools[tool]?.mode == .live {
             if (try? await credentials.credential(for: tool)) == nil {
                 logger.warning(

@@ -135,4 +135,21 @@ struct ConfigLoaderTests {
         let c = try ConfigLoader.parse("redis: {url: 'redis://10.0.0.1:7000', cluster: true}")
         #expect(c.redisCluster && RedisLocation.parse(c.redisURL!, cluster: c.redisCluster)?.cluster == true)
     }
+
+    /// Valid settings an operator most likely did not mean are named at start, not refused.
+    @Test(arguments: [
+        ("tools: {openai: {mode: live, base_url: \"http://api.openai.com\"}}", ["tools.openai.base_url"]),
+        ("tools: {openai: {mode: live, base_url: \"http://10.0.0.7:4000\"}}", ["tools.openai.base_url"]),
+        ("tools: {serpapi: {mode: live, base_url: \"http://127.0.0.1:9000\"}, gmail_send: {mode: live, base_url: \"http://localhost:1\"}}", []),
+        ("tools: {openai: {mode: mock, base_url: \"http://api.openai.com\"}}", []),
+        ("tools: {openai: {mode: live, base_url: \"https://api.openai.com\"}}", []),
+        ("egress: {allow_cidrs: [\"10.0.0.0/8\", \"0.0.0.0/0\"]}", ["egress.allow_cidrs[1]"]),
+        ("egress: {allow_cidrs: [\"169.254.0.0/16\"]}", ["egress.allow_cidrs[0]"]),
+        ("egress: {allow_cidrs: [\"fd00::/8\"]}", ["egress.allow_cidrs[0]"]),
+        ("egress: {allow_cidrs: [\"10.0.0.0/8\", \"127.0.0.0/8\", \"fc00::/8\"]}", []),
+        ("version: 1", []),
+    ])
+    func riskySettingsAreNamed(_ document: String, _ fields: [String]) throws {
+        #expect(try ConfigLoader.parse(document).warnings().map(\.field) == fields)
+    }
 }

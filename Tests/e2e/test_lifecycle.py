@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, LIVE_ENV, live_config
+from conftest import BIN, LIVE_ENV, Sidecar, live_config
 
 
 def test_health_readiness_and_metrics_pass_promtool(sidecar_factory, tmp_path):
@@ -115,6 +115,18 @@ def test_check_config_names_the_offending_field(tmp_path):
     p = subprocess.run([str(BIN), "check-config", str(bad)], capture_output=True, text=True)
     assert p.returncode != 0
     assert "tools.openai.timeout" in p.stderr
+    # Valid but most likely not meant: named, not refused — by check-config and in one line at start.
+    risky = tmp_path / "risky.yaml"
+    risky.write_text('version: 1\ntools:\n  openai: {mode: live, base_url: "http://api.openai.com"}\negress:\n  allow_cidrs: ["0.0.0.0/0"]\n')
+    p = subprocess.run([str(BIN), "check-config", str(risky)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert [l.split(":")[1].strip() for l in p.stdout.splitlines() if l.startswith("warning:")] == ["tools.openai.base_url", "egress.allow_cidrs[0]"]
+    s = Sidecar(risky.read_text(), env={"OPENAI_API_KEY": "sk-REAL-0123456789abcdef"})
+    try:
+        fields = sorted(r["field"] for r in s.logs("risky setting"))
+        assert fields == ["egress.allow_cidrs[0]", "tools.openai.base_url"] and "sk-REAL" not in "\n".join(s.lines)
+    finally:
+        s.stop()
     p = subprocess.run([str(BIN), "version"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("sidecar ")
 

@@ -60,6 +60,7 @@ public struct SidecarCommand: AsyncParsableCommand {
                         throw DocumentError(path: "policy.file(\(policy))." + error.path, message: error.message)
                     }
                 }
+                for warning in config.warnings() { print("warning: \(warning.field): \(warning.message)") }
                 print("ok: \(file)")
             } catch {
                 FileHandle.standardError.write(Data("\(file): \(error)\n".utf8))

@@ -1,0 +1,39 @@
+import Upstreams
+
+/// A setting that is valid and works, but that an operator most likely did not mean: it is named in a
+/// warning line at start (the field path, as configuration errors are), never refused — an internal
+/// plain-`http` LLM gateway or a fetch tool allowed into every range can be what a deployment wants.
+struct ConfigWarning: Sendable, Hashable {
+    let field: String
+    let message: String
+}
+
+extension SidecarConfig {
+    /// Checked once, at start.
+    func warnings() -> [ConfigWarning] {
+        var out: [ConfigWarning] = []
+        for tool in Tool.allCases where tool.isBrokered {
+            guard let t = tools[tool], t.mode == .live, t.baseURL.scheme == "http", !Self.isLoopback(t.baseURL.host) else { continue }
+            out.append(
+                ConfigWarning(
+                    field: "tools.\(tool.rawValue).base_url",
+                    message: "sends the \(tool.rawValue) credential in cleartext to \(t.baseURL.host); use https:// unless that network is trusted"))
+        }
+        for (i, cidr) in egressAllow.enumerated() where Self.metadataAddresses.contains(where: cidr.contains) {
+            out.append(
+                ConfigWarning(
+                    field: "egress.allow_cidrs[\(i)]",
+                    message: "\(cidr) lets http_fetch reach the cloud metadata service (169.254.169.254), where instance credentials live"))
+        }
+        return out
+    }
+
+    /// AWS, GCP and Azure's instance metadata address, and AWS's IPv6 one.
+    private static let metadataAddresses: [IPAddress] = [IPAddress.parse("169.254.169.254"), IPAddress.parse("fd00:ec2::254")].compactMap { $0 }
+
+    private static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host.hasSuffix(".localhost") { return true }
+        guard let ip = IPAddress.parse(host) else { return false }
+        return [CIDR("127.0.0.0/8"), CIDR("::1/128")].contains { $0?.contains(ip) == true }
+    }
+}
