@@ -50,6 +50,20 @@ struct UsageMeterTests {
         }
     }
 
+    /// A negative count (a broken or hostile upstream) is no usage: settled, it would hand back tokens
+    /// earlier calls spent. Zero is usage.
+    @Test(arguments: [
+        (#"{"usage":{"prompt_tokens":5,"completion_tokens":-1000000,"total_tokens":-999995}}"#, nil),
+        (#"{"usage":{"prompt_tokens":-5,"completion_tokens":10}}"#, nil),
+        (#"{"usage":{"total_tokens":-1}}"#, nil),
+        (#"{"usage":{"input_tokens":3,"output_tokens":-2,"total_tokens":1}}"#, nil),
+        (#"{"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}"#, 0),
+        (#"{"usage":{"prompt_tokens":2,"completion_tokens":3}}"#, 5),
+    ] as [(String, Int?)])
+    func negativeCountsAreNoUsage(_ body: String, _ expected: Int?) {
+        #expect(Self.metered([body]) == expected, "\(body)")
+    }
+
     @Test func aDuplicateUsageIsNotSettledFromEither() {
         // The full parse refuses the document; the meter reads the last member — the settlement is only
         // accounting (never a guard), and either way no more than one of the two values is used.

@@ -89,6 +89,9 @@ public final class OpenAIUsageMeter: Sendable {
             guard let found = members, let u = found else { continue }
             let input = u["prompt_tokens"]?.intValue ?? u["input_tokens"]?.intValue
             let output = u["completion_tokens"]?.intValue ?? u["output_tokens"]?.intValue
+            // A negative count is no usage: settled as it stands it would hand back what earlier calls
+            // spent (the ledger settles `usage - reserved`). The call keeps its reservation instead.
+            guard (input ?? 0) >= 0, (output ?? 0) >= 0, (u["total_tokens"]?.intValue ?? 0) >= 0 else { return nil }
             if let total = u["total_tokens"]?.intValue ?? input.flatMap({ i in output.map { i + $0 } }) {
                 return Usage(input: input ?? 0, output: output ?? max(0, total - (input ?? 0)), total: total)
             }
