@@ -375,7 +375,8 @@ def busy_port():
     return s
 
 
-@pytest.mark.parametrize("case", ["proxy port busy", "admin port busy", "unreadable key", "bad ca bundle", "state dir unusable", "broken credential"])
+@pytest.mark.parametrize("case", ["proxy port busy", "admin port busy", "unreadable key", "bad ca bundle", "state dir unusable", "broken credential",
+                                  "short admin token"])
 def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
     env, document, expect = {}, "version: 1\n", ""
     holder = None
@@ -395,6 +396,10 @@ def test_start_up_failures_end_in_one_line_and_exit_1(tmp_path, case):
         bundle.write_text("garbage")
         document += f"upstream: {{ca_bundle: \"{bundle}\"}}\n"
         expect = f"upstream.ca_bundle {bundle}"
+    elif case == "short admin token":
+        # Guessable at the admin port's 100 requests a second; the generated one is 256 bits.
+        env["SIDECAR_ADMIN_TOKEN"] = "admin-pw\n"
+        expect = "SIDECAR_ADMIN_TOKEN: the admin token must be at least 16 characters"
     elif case == "broken credential":
         # Two lines where one key belongs (a paste gone wrong): named, never shown, before anything listens.
         env["OPENAI_API_KEY"] = "sk-REAL-0123456789\nabcdef"

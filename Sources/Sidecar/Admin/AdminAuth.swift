@@ -9,14 +9,23 @@ struct AdminToken: Sendable, CustomStringConvertible {
 
     init(_ token: String) { digest = Array(SHA256.hash(data: Array(token.utf8))) }
 
+    /// An operator's token from `source` (a variable or a file), trimmed; refused when short.
+    init(operators text: String, source: String) throws {
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard t.count >= 16 else { throw VaultError("\(source): the admin token must be at least 16 characters") }
+        self.init(t)
+    }
+
     /// `SIDECAR_ADMIN_TOKEN`, else the token file; the file is created (0600, 256 random bits) on first
-    /// start so a fresh install is never left with a guessable default.
+    /// start so a fresh install is never left with a guessable default. An operator's token, from either
+    /// place, is trimmed (a Kubernetes secret or `echo` leaves a newline) and must be 16 characters or more:
+    /// the admin port answers 100 guesses a second per address.
     static func load(path: String, environment: [String: String]) throws -> (AdminToken, generated: Bool) {
-        if let t = environment["SIDECAR_ADMIN_TOKEN"], !t.isEmpty { return (AdminToken(t), false) }
+        if let raw = environment["SIDECAR_ADMIN_TOKEN"], !raw.isEmpty {
+            return (try AdminToken(operators: raw, source: "SIDECAR_ADMIN_TOKEN"), false)
+        }
         if let text = try? String(contentsOfFile: path, encoding: .utf8) {
-            let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard t.count >= 16 else { throw VaultError("\(path): admin token must be at least 16 characters") }
-            return (AdminToken(t), false)
+            return (try AdminToken(operators: text, source: path), false)
         }
         try FileManager.default.createDirectory(
             atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
