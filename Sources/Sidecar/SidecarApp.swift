@@ -42,6 +42,10 @@ public enum SidecarApp {
         // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
         var redis: RedisClient?
         if let url = config.redisURL, var location = RedisLocation.parse(url, cluster: config.redisCluster) {
+            if location.secure {
+                let tls = try config.redisCABundle.map { try RedisTLS(caBundle: $0) } ?? RedisTLS.system.get()
+                for i in location.seeds.indices { location.seeds[i].tls = tls }
+            }
             // A `redis://` URL that names a cluster node is followed as a cluster: sent as one server, every
             // key on another node would answer MOVED (and read as "Redis down").
             switch await RedisClient.isClusterNode(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout)) {

@@ -70,8 +70,20 @@ import Testing
         #expect(seeds?.cluster == true && seeds?.seeds.map(\.port) == [7000, 7001] && seeds?.seeds.allSatisfy { $0.password == "p@" } == true)
         #expect(RedisLocation.parse("redis://a:1", cluster: true)?.cluster == true)
         #expect("\(seeds!)" == "redis+cluster://10.0.0.1:7000,10.0.0.2:7001")
-        for bad in ["redis://a:1,b:2", "redis+cluster://a:1/3", "redis+cluster://a:1,", "http://a", "redis+cluster://"] {
+        for bad in ["redis://a:1,b:2", "redis+cluster://a:1/3", "redis+cluster://a:1,", "http://a", "redis+cluster://", "rediss+cluster://a:1/3", "redisss://a"] {
             #expect(RedisLocation.parse(bad) == nil, "\(bad)")
         }
+    }
+
+    /// `rediss://` and `rediss+cluster://` run TLS on every connection, seeds and (inheriting the seed)
+    /// the nodes a cluster names later; the plain schemes never do.
+    @Test func tlsLocations() {
+        let one = RedisLocation.parse("rediss://:pw@cache.example:6380/2")
+        #expect(one?.secure == true && one?.cluster == false && one?.seeds.first?.database == 2 && one?.seeds.first?.password == "pw")
+        #expect("\(one!)" == "rediss://***@cache.example:6380/2")
+        let seeds = RedisLocation.parse("rediss+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001")
+        #expect(seeds?.cluster == true && seeds?.seeds.allSatisfy(\.secure) == true && "\(seeds!)" == "rediss+cluster://10.0.0.1:7000,10.0.0.2:7001")
+        #expect(RedisLocation.parse("rediss://a:1", cluster: true)?.seeds.first?.secure == true)
+        #expect(RedisLocation.parse("redis://a:1")?.secure == false && RedisLocation.parse("redis+cluster://a:1")?.secure == false)
     }
 }

@@ -238,13 +238,20 @@ class Redis:
     """A throwaway redis-server on a loopback port (random unless given); `start` again after `kill`
     brings it back on the same port."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls: "PKI | None" = None, password=None):
         self.port = port or free_port()
+        self.tls, self.password = tls, password
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.tls:
+            # TLS only, as managed Redis with in-transit encryption: the plain port is off.
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert_pem),
+                         "--tls-key-file", str(self.tls.key_pem), "--tls-ca-cert-file", str(self.tls.ca_pem), "--tls-auth-clients", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -260,7 +267,8 @@ class Redis:
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss://{auth}localhost:{self.port}/0" if self.tls else f"redis://{auth}127.0.0.1:{self.port}/0"
 
 
 class RedisCluster:

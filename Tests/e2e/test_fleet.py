@@ -41,10 +41,10 @@ def fleet(tmp_path, sidecar_factory):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
 
-    def start(redis_url, n=1, extra_env=None, sidecar_ids=None):
+    def start(redis_url, n=1, extra_env=None, sidecar_ids=None, extra_config=""):
         out = []
         for i in range(n):
-            cfg = f"version: 1\nauth: {{keys_dir: \"{keys}\"}}\npolicy: {{file: \"{policy}\"}}\nlimits: {{drain_timeout: 2s}}\n"
+            cfg = f"version: 1\nauth: {{keys_dir: \"{keys}\"}}\npolicy: {{file: \"{policy}\"}}\nlimits: {{drain_timeout: 2s}}\n" + extra_config
             env = {"SIDECAR_ADMIN_TOKEN": ADMIN, "SIDECAR_STATE_DIR": str(tmp_path / f"state{i}-{len(out)}-{time.time_ns()}"),
                    "SIDECAR_ID": (sidecar_ids or [f"sc-{i}"] * n)[i]}
             if redis_url:
@@ -97,6 +97,38 @@ def test_quota_of_50_is_exactly_50_across_three_sidecars(redis, fleet):
     assert refused["RateLimit-Policy"].startswith('"quota";q=50;w=')
     served = {s.proxy: sum(1 for l in s.logs("access") if l.get("outcome") == "ok" and l.get("tool") == "serpapi") for s in sidecars}
     assert sum(served.values()) == 50 and all(v > 0 for v in served.values()), served
+
+
+def test_a_tls_redis_is_shared_and_an_untrusted_one_is_named_at_start(pki, fleet):
+    """`rediss://` with the operator's CA (`redis.ca_bundle`): the password and every count travel
+    encrypted, and the quota is still exact across two sidecars. The same server without the bundle (its
+    certificate chains to no system root) is named at start, with why."""
+    tls_redis = Redis(tls=pki, password="s3cret-redis-pw")
+    try:
+        assert tls_redis.url.startswith("rediss://")
+        sidecars = fleet(tls_redis.url, n=2, extra_config=f'redis: {{ca_bundle: "{pki.ca_pem}"}}\n')
+        for s in sidecars:
+            assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["redis"] == "up"
+            assert not s.logs("redis is not usable at start; its limit classes follow state.on_redis_failure until it is")
+        _, token = token_for(sidecars[0])
+        wait_known(sidecars, token)
+        statuses = [requests.get(f"{sidecars[i % 2].proxy_url}/serpapi/search?q=tls-{i}", headers={"X-Agent-Token": token}, timeout=15).status_code
+                    for i in range(56)]
+        assert statuses.count(200) == 50 and statuses.count(429) == 6, statuses
+        untrusted = fleet(tls_redis.url, n=1)[0]
+        line = untrusted.wait_for_log(lambda l: l.get("msg", "").startswith("redis is not usable at start"))
+        assert "TLS: CERTIFICATE_VERIFY_FAILED" in line["error"], line
+        assert "rediss://***@localhost" in line["redis"]
+        assert all("s3cret-redis-pw" not in l for s in sidecars + [untrusted] for l in s.lines)
+    finally:
+        tls_redis.kill()
+
+
+def test_a_ca_bundle_without_a_tls_redis_url_is_a_config_error(tmp_path, pki):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'version: 1\nredis: {{url: "redis://127.0.0.1:6379", ca_bundle: "{pki.ca_pem}"}}\n')
+    p = subprocess.run([str(BIN), "check-config", str(cfg)], capture_output=True, text=True)
+    assert p.returncode == 1 and "redis.ca_bundle: needs a TLS Redis URL" in p.stderr, p.stderr
 
 
 def test_rate_limit_of_20_per_second_holds_across_two_sidecars(redis, fleet):

@@ -20,6 +20,10 @@ public enum ConfigLoader {
         if config.resilience.sharedCache, config.redisURL == nil {
             throw DocumentError(path: "resilience.cache.shared", message: "needs Redis (redis.url or REDIS_URL)")
         }
+        // A bundle for a connection that runs no TLS would be ignored without a word.
+        if config.redisCABundle != nil, config.redisURL.flatMap({ RedisLocation.parse($0, cluster: config.redisCluster) })?.secure != true {
+            throw DocumentError(path: "redis.ca_bundle", message: "needs a TLS Redis URL (rediss:// or rediss+cluster://)")
+        }
         return config
     }
 
@@ -106,8 +110,9 @@ public enum ConfigLoader {
         c.mockStreamDelay = try mock["stream_delay"].duration(default: c.mockStreamDelay)
 
         let redis = root["redis"]
-        try redis.checkKeys(["url", "cluster", "pool_size", "command_timeout", "connect_timeout"])
+        try redis.checkKeys(["url", "cluster", "pool_size", "command_timeout", "connect_timeout", "ca_bundle"])
         c.redisURL = try redis["url"].string()
+        c.redisCABundle = try redis["ca_bundle"].string()
         c.redisCluster = try redis["cluster"].bool(default: false)
         if let url = c.redisURL, RedisLocation.parse(url, cluster: c.redisCluster) == nil {
             throw redis["url"].error(RedisLocation.syntax)

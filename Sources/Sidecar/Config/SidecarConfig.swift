@@ -136,6 +136,9 @@ public struct SidecarConfig: Sendable {
     public var redisURL: String?
     /// `redis.cluster`: the URL names seed nodes of a Redis Cluster (also implied by `redis+cluster://`).
     public var redisCluster = false
+    /// `redis.ca_bundle`: the CA(s) a `rediss://` server's certificate must chain to, instead of the
+    /// system's trust roots (a managed service's or the organisation's own CA).
+    public var redisCABundle: String?
     /// Pause between chunks of mock streaming answers.
     public var mockStreamDelay: Duration = .milliseconds(5)
     public var auth = AuthSettings()

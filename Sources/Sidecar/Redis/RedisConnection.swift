@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Upstreams
 
 /// One outgoing command with the promise its reply completes and the time by which it must.
@@ -86,6 +87,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         }
     }
 
+    static func isTLS(_ error: any Error) -> Bool { error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError }
+
     private func isPush(_ v: RedisValue) -> Bool {
         guard let a = v.array, let kind = a.first?.string else { return false }
         return kind == "message" || kind == "pmessage"
@@ -97,7 +100,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(RedisError.unavailable("connection error"))
+        // A TLS failure says why (an untrusted certificate, a name that does not match): the operator
+        // reads it in the start-up line, not a bare "connection error".
+        fail(RedisError.unavailable(Self.isTLS(error) ? RedisTLS.describe(error) : "connection error"))
         context.close(promise: nil)
     }
 
@@ -125,6 +130,10 @@ final class RedisConnection: Sendable {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if endpoint.secure {
+                            let tls = try endpoint.tls ?? RedisTLS.system.get()
+                            try channel.pipeline.syncOperations.addHandler(tls.handler(host: endpoint.host))
+                        }
                         try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
                     }
                 }
@@ -162,8 +171,9 @@ final class RedisConnection: Sendable {
         let promise = channel.eventLoop.makePromise(of: RedisValue.self)
         var buffer = channel.allocator.buffer(capacity: 64)
         RESP.encode(args, into: &buffer)
-        channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout, lazy: lazy)).whenFailure { _ in
-            promise.fail(RedisError.unavailable("write failed"))
+        channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout, lazy: lazy)).whenFailure { error in
+            // A failed TLS handshake fails the writes queued behind it first: say why here too.
+            promise.fail(RedisError.unavailable(RedisChannelHandler.isTLS(error) ? RedisTLS.describe(error) : "write failed"))
         }
         return promise.futureResult
     }
@@ -171,17 +181,22 @@ final class RedisConnection: Sendable {
     func close() { channel.close(promise: nil) }
 }
 
-/// Where Redis is, from `REDIS_URL` (`redis://[[user]:password@]host[:port][/db]`).
+/// Where Redis is, from `REDIS_URL` (`redis://[[user]:password@]host[:port][/db]`; `rediss://` for TLS).
 struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
     var host: String
     var port: Int
     var username: String?
     var password: String?
     var database: Int
+    /// `rediss://`: every connection runs TLS (with `tls`, or the system's trust roots).
+    var secure = false
+    /// The operator's TLS context (`redis.ca_bundle`); cluster nodes found later inherit it from the seed.
+    var tls: RedisTLS? = nil
 
     static func parse(_ url: String) -> RedisEndpoint? {
-        guard url.hasPrefix("redis://") else { return nil }
-        var rest = Substring(url.dropFirst("redis://".count))
+        let secure = url.hasPrefix("rediss://")
+        guard secure || url.hasPrefix("redis://") else { return nil }
+        var rest = Substring(url.dropFirst(secure ? "rediss://".count : "redis://".count))
         var username: String?
         var password: String?
         if let at = rest.lastIndex(of: "@") {
@@ -213,11 +228,11 @@ struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         }
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }
-        return RedisEndpoint(host: host, port: port, username: username, password: password, database: database)
+        return RedisEndpoint(host: host, port: port, username: username, password: password, database: database, secure: secure)
     }
 
     /// Never prints the password.
-    var description: String { "redis://\(password == nil ? "" : "***@")\(host):\(port)/\(database)" }
+    var description: String { "\(secure ? "rediss" : "redis")://\(password == nil ? "" : "***@")\(host):\(port)/\(database)" }
 }
 
 import Foundation
@@ -230,16 +245,22 @@ struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
     var cluster: Bool
 
     static let syntax =
-        "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only)"
+        "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only; rediss:// and rediss+cluster:// for TLS)"
+
+    /// Whether connections run TLS (`rediss://`, `rediss+cluster://`).
+    var secure: Bool { seeds[0].secure }
 
     static func parse(_ url: String, cluster: Bool = false) -> RedisLocation? {
         var cluster = cluster
         var rest: Substring
-        if url.hasPrefix("redis+cluster://") {
+        var scheme = "redis://"
+        if let prefix = ["redis+cluster://", "rediss+cluster://"].first(where: url.hasPrefix) {
             cluster = true
-            rest = url.dropFirst("redis+cluster://".count)
-        } else if url.hasPrefix("redis://") {
-            rest = url.dropFirst("redis://".count)
+            scheme = prefix == "rediss+cluster://" ? "rediss://" : "redis://"
+            rest = url.dropFirst(prefix.count)
+        } else if let prefix = ["redis://", "rediss://"].first(where: url.hasPrefix) {
+            scheme = prefix
+            rest = url.dropFirst(prefix.count)
         } else {
             return nil
         }
@@ -257,7 +278,7 @@ struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
         guard !hosts.isEmpty, cluster || hosts.count == 1 else { return nil }
         var seeds: [RedisEndpoint] = []
         for host in hosts {
-            guard let e = RedisEndpoint.parse("redis://" + userinfo + host + path) else { return nil }
+            guard let e = RedisEndpoint.parse(scheme + userinfo + host + path) else { return nil }
             if cluster, e.database != 0 { return nil }
             seeds.append(e)
         }
@@ -266,6 +287,8 @@ struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
 
     /// Never prints the password.
     var description: String {
-        cluster ? "redis+cluster://" + seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",") : seeds[0].description
+        cluster
+            ? (secure ? "rediss+cluster://" : "redis+cluster://") + seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",")
+            : seeds[0].description
     }
 }
