@@ -234,42 +234,54 @@ def test_stdlib_aiohttp_and_the_async_openai_client(tunnel_sidecar, https_upstre
 
 def test_the_openai_agents_sdk_runs_and_uploads_its_traces(sidecar_factory, tmp_path):
     """The Agents SDK as written in its README, with a function tool, plain and streamed, against the
-    mocks: its Responses API calls and its default trace upload (POST /v1/traces/ingest) all pass — no
-    "[non-fatal] Tracing client error" in the agent's output."""
+    mocks: the mocked model calls the tool, the SDK runs it and sends its result back, and the answer
+    quotes it; a typed agent (output_type) gets its type. Its Responses API calls and its default trace
+    upload (POST /v1/traces/ingest) all pass — no "[non-fatal] Tracing client error" in the output."""
     s = sidecar_factory(None, env={"SIDECAR_STATE_DIR": str(tmp_path / "state")})
     ca = tmp_path / "sidecar-ca.pem"
     ca.write_text(requests.get(f"{s.admin_url}/ca.pem", timeout=5).text)
     env = {**client_env(s, s.new_token(), ca, tmp_path), "OPENAI_API_KEY": "sk-placeholder"}
     script = """
         import asyncio, json
+        from pydantic import BaseModel
         from agents import Agent, Runner, function_tool
+
+        calls = []
 
         @function_tool
         def get_weather(city: str) -> str:
+            calls.append(city)
             return f"sunny in {city}"
+
+        class Weather(BaseModel):
+            city: str
+            celsius: int
 
         async def main():
             agent = Agent(name="helper", instructions="Be brief.", model="gpt-4.1-mini", tools=[get_weather])
-            plain = await Runner.run(agent, "hello")
-            streamed = Runner.run_streamed(agent, "hello again")
+            plain = await Runner.run(agent, "What is the weather in Lisbon?")
+            streamed = Runner.run_streamed(agent, "And in Porto?")
             kinds = {event.type async for event in streamed.stream_events()}
-            return plain.final_output, streamed.final_output, sorted(kinds)
+            typed = await Runner.run(Agent(name="typed", model="gpt-4.1-mini", output_type=Weather), "Lisbon?")
+            return plain.final_output, streamed.final_output, sorted(kinds), typed.final_output.model_dump()
 
-        plain, streamed, kinds = asyncio.run(main())
-        print(json.dumps({"plain": plain, "streamed": streamed, "kinds": kinds}))
+        plain, streamed, kinds, typed = asyncio.run(main())
+        print(json.dumps({"plain": plain, "streamed": streamed, "kinds": kinds, "typed": typed, "calls": calls}))
     """
     out = subprocess.run([str(client_python("agents")), "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["plain"].startswith("Mock response") and result["streamed"].startswith("Mock response")
-    assert "raw_response_event" in result["kinds"]
+    assert result["calls"] == ["mock city", "mock city"], result
+    assert result["plain"] == result["streamed"] == "Mock answer from the tool result: sunny in mock city"
+    assert {"raw_response_event", "run_item_stream_event"} <= set(result["kinds"])
+    assert result["typed"] == {"city": "mock city", "celsius": 1}
     assert "Tracing client error" not in out.stdout + out.stderr
     deadline = time.time() + 5
     while time.time() < deadline and not [r for r in s.logs("access") if r.get("action") == "traces"]:
         time.sleep(0.05)
     traces = [r for r in s.logs("access") if r.get("action") == "traces"]
     assert traces and all(r["status"] == 204 and r["entry"] == "tunnel" for r in traces)
-    assert len([r for r in s.logs("access") if r.get("action") == "responses"]) == 2
+    assert len([r for r in s.logs("access") if r.get("action") == "responses"]) == 5  # two per tool run, one typed
 
 
 @pytest.mark.parametrize("client", ["requests", "httpx"])

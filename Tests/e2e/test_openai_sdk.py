@@ -136,6 +136,79 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     assert [r.flagged for r in mod.results] == [False, True] and mod.results[1].categories.violence
 
 
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
+           "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 3}, "unit": {"type": "string", "enum": ["f", "c"]}}}
+NOTE = {"type": "object", "properties": {"text": {"type": "string", "minLength": 12}}}
+
+
+def test_a_tool_loop_and_typed_outputs_run_against_the_mock(sidecar_factory):
+    """The embedded default's mocked model honours tools and output formats as a model would: it calls a
+    function (the one the user names, else the first, or the one tool_choice names) with arguments that
+    satisfy its schema, answers the tool's result in text, and gives a typed answer a value of its
+    schema — plain and streamed, chat completions and the Responses API."""
+    from pydantic import BaseModel
+
+    class Day(BaseModel):
+        date: str
+        high: float
+
+    class Forecast(BaseModel):
+        city: str
+        days: list[Day]
+        windy: bool
+        note: str | None
+
+    s = sidecar_factory(None, env={})
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(), max_retries=0)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER, "strict": True}},
+             {"type": "function", "function": {"name": "send_note", "parameters": NOTE}}]
+    ask = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=tools)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["city"], str) and args["days"] >= 3 and args["unit"] == "f"
+    named = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "please send_note that"}], tools=tools)
+    note = named.choices[0].message.tool_calls[0]
+    assert note.function.name == "send_note" and len(json.loads(note.function.arguments)["text"]) >= 12
+    forced = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=tools,
+                                            tool_choice={"type": "function", "function": {"name": "send_note"}})
+    assert forced.choices[0].message.tool_calls[0].function.name == "send_note"
+    none = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=tools, tool_choice="none")
+    assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason == "stop"
+    # Streamed: the SDK's helper assembles the call from its pieces.
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=ask, tools=tools) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    # The tool's result goes back: the answer is text that uses it.
+    answered = ask + [r.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    done = client.chat.completions.create(model="gpt-4o-mini", messages=answered, tools=tools)
+    assert done.choices[0].finish_reason == "stop" and "sunny, 21 C" in done.choices[0].message.content
+    # Typed outputs (pydantic through the SDK's parse helpers), chat and responses, plain and streamed.
+    parsed = client.chat.completions.parse(model="gpt-4o-mini", messages=ask, response_format=Forecast).choices[0].message.parsed
+    assert isinstance(parsed, Forecast) and len(parsed.days) == 1 and isinstance(parsed.days[0].high, float)
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=ask, response_format=Forecast) as stream:
+        assert isinstance(stream.get_final_completion().choices[0].message.parsed, Forecast)
+    assert isinstance(client.responses.parse(model="gpt-4.1-mini", input="Lisbon?", text_format=Forecast).output_parsed, Forecast)
+    obj = client.chat.completions.create(model="gpt-4o-mini", messages=ask, response_format={"type": "json_object"})
+    assert json.loads(obj.choices[0].message.content)["reply"].startswith("This is a mock reply")
+    # The Responses API: a function_call item, then text after its output; streamed with argument deltas.
+    rtools = [{"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True}]
+    resp = client.responses.create(model="gpt-4.1-mini", input="Weather in Lisbon?", tools=rtools)
+    fc = resp.output[0]
+    assert fc.type == "function_call" and fc.name == "get_weather" and json.loads(fc.arguments)["days"] >= 3
+    follow = client.responses.create(model="gpt-4.1-mini", tools=rtools, input=[
+        {"role": "user", "content": "Weather in Lisbon?"}, fc.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": fc.call_id, "output": "rain, 14 C"}])
+    assert "rain, 14 C" in follow.output_text
+    with client.responses.stream(model="gpt-4.1-mini", input="Weather in Lisbon?", tools=rtools) as stream:
+        events = list(stream)
+        streamed = stream.get_final_response()
+    assert "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta") == fc.arguments
+    assert streamed.output[0].type == "function_call" and streamed.output[0].arguments == fc.arguments
+
+
 def test_mock_streams_reach_the_agent_chunk_by_chunk(sidecar_factory, tmp_path):
     """A mocked `stream: true` answer is paced like a live one (mock.stream_delay between chunks), not
     written in one piece at the end."""

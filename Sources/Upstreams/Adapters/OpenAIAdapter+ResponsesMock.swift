@@ -8,10 +8,22 @@ import NIOHTTP1
 /// `response.completed` carrying the whole response with its usage. Every event names its type twice
 /// (the SSE `event:` line and the payload's `type`) and carries a `sequence_number` from 0; there is no
 /// `[DONE]` sentinel (that is the chat completions stream's).
+///
+/// With function tools the mocked model calls one (`OpenAIAdapter+ToolMock`): a `function_call` output
+/// item, streamed as `response.function_call_arguments.delta` events; after a `function_call_output` it
+/// answers in text. `text.format` of type `json_schema` is answered with a value of the schema.
 extension OpenAIAdapter {
-    func mockResponses(seed: UInt64, model: String, promptTokens: Int, stream: Bool) -> UpstreamResponse {
-        let reply = "Mock response \(Mock.hex(seed).prefix(8))."
+    func mockResponses(_ json: JSONValue, seed: UInt64, model: String, promptTokens: Int, stream: Bool) -> UpstreamResponse {
+        let items = json["input"]?.arrayValue ?? []
+        let last = items.last
+        let afterToolResult = last?["type"]?.stringValue == "function_call_output"
+        let userText = json["input"]?.stringValue ?? Self.contentText(items.last { $0["role"]?.stringValue == "user" }?["content"])
         let ids = MockResponseIDs(response: "resp_mock\(Mock.hex(seed))", message: "msg_mock\(Mock.hex(seed))")
+        if let call = Self.mockToolCall(Self.responsesFunctions(json), choice: json["tool_choice"], afterToolResult: afterToolResult, userText: userText, seed: seed) {
+            return mockResponsesToolCall(call, ids: ids, model: model, promptTokens: promptTokens, stream: stream)
+        }
+        let text = afterToolResult ? Self.mockAnswer(toToolResult: last?["output"]?.stringValue ?? "") : "Mock response \(Mock.hex(seed).prefix(8))."
+        let reply = Self.mockFormatted(text, format: json["text"]?["format"])
         let usage: JSONValue = [
             "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(Self.tokenCount(reply))),
             "total_tokens": .number(Double(promptTokens + Self.tokenCount(reply))),
@@ -33,6 +45,38 @@ extension OpenAIAdapter {
         events.append("response.output_text.done", part.merging(["text": .string(reply), "logprobs": []]) { $1 })
         events.append("response.content_part.done", part.merging(["part": MockResponseIDs.text(reply)]) { $1 })
         events.append("response.output_item.done", ["output_index": 0, "item": ids.messageItem(reply, status: "completed")])
+        events.append("response.completed", ["response": done])
+        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(events.chunks, delay: mockStreamDelay))
+    }
+
+    /// A response whose one output is a function call, or its event stream.
+    private func mockResponsesToolCall(_ call: MockToolCall, ids: MockResponseIDs, model: String, promptTokens: Int, stream: Bool) -> UpstreamResponse {
+        let output = Self.tokenCount(call.arguments)
+        let usage: JSONValue = [
+            "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(output)),
+            "total_tokens": .number(Double(promptTokens + output)),
+            "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0],
+        ]
+        let itemID = "fc_mock" + ids.response.dropFirst("resp_mock".count)
+        func item(_ arguments: String, status: String) -> JSONValue {
+            [
+                "type": "function_call", "id": .string(itemID), "call_id": .string(call.id), "name": .string(call.name),
+                "arguments": .string(arguments), "status": .string(status),
+            ]
+        }
+        let done = Self.mockResponseObject(ids, model: model, status: "completed", output: [item(call.arguments, status: "completed")], usage: usage)
+        guard stream else { return Mock.json(done) }
+        var events = ResponsesEventWriter()
+        let started = Self.mockResponseObject(ids, model: model, status: "in_progress", output: [], usage: nil)
+        events.append("response.created", ["response": started])
+        events.append("response.in_progress", ["response": started])
+        events.append("response.output_item.added", ["output_index": 0, "item": item("", status: "in_progress")])
+        for piece in Self.streamPieces(call.arguments) {
+            events.append("response.function_call_arguments.delta", ["item_id": .string(itemID), "output_index": 0, "delta": .string(piece)])
+        }
+        events.append("response.function_call_arguments.done", ["item_id": .string(itemID), "output_index": 0, "arguments": .string(call.arguments)])
+        events.append("response.output_item.done", ["output_index": 0, "item": item(call.arguments, status: "completed")])
         events.append("response.completed", ["response": done])
         let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
         return UpstreamResponse(status: .ok, headers: headers, body: .chunks(events.chunks, delay: mockStreamDelay))

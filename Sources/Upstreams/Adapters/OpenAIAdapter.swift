@@ -240,20 +240,34 @@ public struct OpenAIAdapter: ToolAdapter {
         let prompt = p.estimatedInputTokens
         switch call.action {
         case "chat":
-            let reply = Self.mockReply(to: json)
+            let id = "chatcmpl-mock-\(Mock.hex(seed))"
+            let includeUsage = json["stream_options"]?["include_usage"]?.boolValue ?? false
+            let last = json["messages"]?.arrayValue?.last
+            let afterToolResult = last?["role"]?.stringValue == "tool"
+            let call = Self.mockToolCall(
+                Self.chatFunctions(json), choice: json["tool_choice"], afterToolResult: afterToolResult, userText: Self.lastUserText(json),
+                seed: seed)
+            let reply: String
+            var message: [String: JSONValue] = ["role": "assistant", "refusal": nil, "annotations": []]
+            if let call {
+                reply = call.arguments
+                message["content"] = .null
+                message["tool_calls"] = [["id": .string(call.id), "type": "function", "function": ["name": .string(call.name), "arguments": .string(call.arguments)]]]
+            } else {
+                reply = Self.mockFormatted(
+                    afterToolResult ? Self.mockAnswer(toToolResult: Self.contentText(last?["content"])) : Self.mockReply(to: json),
+                    format: json["response_format"])
+                message["content"] = .string(reply)
+            }
             let completion = min(Self.tokenCount(reply), p.maxTokens ?? Int.max)
             if p.stream {
                 return streamResponse(
-                    id: "chatcmpl-mock-\(Mock.hex(seed))", model: model, reply: reply, promptTokens: prompt,
-                    completionTokens: completion, includeUsage: json["stream_options"]?["include_usage"]?.boolValue ?? false)
+                    id: id, model: model, reply: reply, toolCall: call, promptTokens: prompt, completionTokens: completion, includeUsage: includeUsage)
             }
             return Mock.json([
-                "id": .string("chatcmpl-mock-\(Mock.hex(seed))"), "object": "chat.completion", "created": 1_700_000_000,
+                "id": .string(id), "object": "chat.completion", "created": 1_700_000_000,
                 "model": .string(model), "system_fingerprint": "fp_mock",
-                "choices": [[
-                    "index": 0, "message": ["role": "assistant", "content": .string(reply), "refusal": nil, "annotations": []],
-                    "logprobs": nil, "finish_reason": "stop",
-                ]],
+                "choices": [["index": 0, "message": .object(message), "logprobs": nil, "finish_reason": call == nil ? "stop" : "tool_calls"]],
                 "usage": [
                     "prompt_tokens": .number(Double(prompt)), "completion_tokens": .number(Double(completion)),
                     "total_tokens": .number(Double(prompt + completion)),
@@ -288,12 +302,14 @@ public struct OpenAIAdapter: ToolAdapter {
             // Taken, as the real endpoint takes a batch: nothing to say.
             return UpstreamResponse(status: .noContent, headers: HTTPHeaders(), body: .empty)
         default:  // responses
-            return mockResponses(seed: seed, model: model, promptTokens: prompt, stream: p.stream)
+            return mockResponses(json, seed: seed, model: model, promptTokens: prompt, stream: p.stream)
         }
     }
 
+    /// The chat stream: the reply's words as content deltas, or — for a tool call — the call opened with
+    /// its id and name, then its arguments in pieces, as OpenAI streams them (`delta.tool_calls[0]`).
     private func streamResponse(
-        id: String, model: String, reply: String, promptTokens: Int, completionTokens: Int, includeUsage: Bool
+        id: String, model: String, reply: String, toolCall: MockToolCall?, promptTokens: Int, completionTokens: Int, includeUsage: Bool
     ) -> UpstreamResponse {
         func chunk(_ delta: JSONValue, finish: JSONValue = nil, usage: JSONValue = nil, choices: Bool = true) -> ByteBuffer {
             var obj: [String: JSONValue] = [
@@ -304,9 +320,21 @@ public struct OpenAIAdapter: ToolAdapter {
             if usage != .null { obj["usage"] = usage }
             return ByteBuffer(string: "data: \(JSONValue.object(obj).serialized)\n\n")
         }
-        var chunks = [chunk(["role": "assistant", "content": ""])]
-        for w in Self.streamPieces(reply) { chunks.append(chunk(["content": .string(w)])) }
-        chunks.append(chunk([:], finish: "stop"))
+        var chunks: [ByteBuffer]
+        if let call = toolCall {
+            chunks = [chunk([
+                "role": "assistant", "content": nil,
+                "tool_calls": [["index": 0, "id": .string(call.id), "type": "function", "function": ["name": .string(call.name), "arguments": ""]]],
+            ])]
+            for piece in Self.streamPieces(reply) {
+                chunks.append(chunk(["tool_calls": [["index": 0, "function": ["arguments": .string(piece)]]]]))
+            }
+            chunks.append(chunk([:], finish: "tool_calls"))
+        } else {
+            chunks = [chunk(["role": "assistant", "content": ""])]
+            for w in Self.streamPieces(reply) { chunks.append(chunk(["content": .string(w)])) }
+            chunks.append(chunk([:], finish: "stop"))
+        }
         if includeUsage {
             chunks.append(chunk([:], usage: [
                 "prompt_tokens": .number(Double(promptTokens)), "completion_tokens": .number(Double(completionTokens)),
@@ -319,13 +347,19 @@ public struct OpenAIAdapter: ToolAdapter {
     }
 
     static func mockReply(to json: JSONValue) -> String {
-        var last = ""
-        for m in json["messages"]?.arrayValue ?? [] where m["role"]?.stringValue == "user" {
-            if let s = m["content"]?.stringValue { last = s }
-            else if let parts = m["content"]?.arrayValue { last = parts.compactMap { $0["text"]?.stringValue }.joined(separator: " ") }
-        }
-        let excerpt = String(last.prefix(40))
-        return "This is a mock reply from the agent sidecar to: \(excerpt)"
+        "This is a mock reply from the agent sidecar to: \(lastUserText(json).prefix(40))"
+    }
+
+    /// The text of the last user message of a chat request (its content string, or its text parts).
+    static func lastUserText(_ json: JSONValue) -> String {
+        let last = (json["messages"]?.arrayValue ?? []).last { $0["role"]?.stringValue == "user" }
+        return contentText(last?["content"])
+    }
+
+    /// A message's content as text: the string, or its parts' texts joined.
+    static func contentText(_ content: JSONValue?) -> String {
+        if let s = content?.stringValue { return s }
+        return (content?.arrayValue ?? []).compactMap { $0["text"]?.stringValue }.joined(separator: " ")
     }
 
     static func tokenCount(_ s: String) -> Int { max(1, s.split(separator: " ").count) }
