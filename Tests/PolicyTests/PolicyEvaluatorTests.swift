@@ -167,7 +167,21 @@ struct PolicyEvaluatorTests {
         (["roles": ["r": ["allow": ["*"], "rules": [["scope": "*", "guards": ["allow_hosts": ["*evil.com"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].guards.allow_hosts[0]"),
         (["roles": ["r": ["allow": ["*"], "rules": [["scope": "serpapi:search", "budget": ["tokens": 5, "window": "day"] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].budget"),
         (["roles": ["r": ["allow": ["*"], "rules": [["scope": "*", "mode": "maybe"] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].mode"),
+        // A guard the scope's tool never carries would restrict nothing.
+        (["roles": ["r": ["allow": ["*"], "rules": [["scope": "serpapi:search", "guards": ["models": ["gpt-4o"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].guards.models"),
+        (["roles": ["r": ["allow": ["*"], "rules": [["scope": "openai:*", "guards": ["allowed_domains": ["example.com"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].guards.allowed_domains"),
+        (["roles": ["r": ["allow": ["*"], "rules": [["scope": "http_fetch:get", "guards": ["max_num": 5] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>], "roles.r.rules[0].guards.max_num"),
     ]
+
+    /// Under `*` every guard applies to the calls that carry its parameter; under a tool's scope, its own.
+    @Test func guardsThatFitTheScopeCompile() throws {
+        let doc = YAMLish.node(["roles": ["r": ["allow": ["*"], "rules": [
+            ["scope": "*", "guards": ["models": ["gpt-4o"], "engines": ["google"]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>,
+            ["scope": "openai:*", "guards": ["models": ["gpt-4o"], "max_tokens": 10, "max_body_bytes": 1000] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>,
+            ["scope": "gmail_send:send", "guards": ["reject_crlf": true, "max_body_bytes": 1000] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>,
+        ] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>)
+        _ = try PolicyCompiler.compile(doc, source: "t")
+    }
     static let errorCases: [(DocumentNode, String)] = rawErrorCases.map { (YAMLish.node($0.0), $0.1) }
 
     @Test(arguments: errorCases)

@@ -78,6 +78,8 @@ struct AdapterFixtureTests {
         let call = try adapter.interpret(
             ToolRequest(method: .POST, path: "/v1/embeddings", body: try Self.fixture("openai_embeddings_request.json")))
         #expect(call.action == "embeddings")
+        // No output tokens: a max_tokens guard has nothing to cap, a budget nothing to reserve but the input.
+        if case .openai(let p) = call.parameters { #expect(p.maxTokens == 0) } else { Issue.record("not openai parameters") }
         let mock = try Self.mockBody(adapter.mockResponse(for: call))
         let data = try #require(mock["data"]?.arrayValue)
         #expect(data.count == 2)

@@ -231,7 +231,7 @@ roles:
     allow: ["openai:*"]
     rules:
       - scope: "openai:*"
-        guards: {models: [gpt-4o-mini], max_tokens: 100}
+        guards: {models: [gpt-4o-mini, text-embedding-3-small], max_tokens: 100}
         budget: {tokens: 50, window: day}
   chatter:
     allow: ["openai:chat"]
@@ -272,6 +272,14 @@ def test_sdk_model_list_and_retrieve_pass_guards_and_spend_no_budget(pki, https_
     assert rec.path == "/v1/moderations" and rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
     with pytest.raises(openai.PermissionDeniedError):
         openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="chatter"), max_retries=0).moderations.create(input="x")
+    # Embeddings produce no output tokens: the max_tokens guard has nothing to require (it refused every
+    # embedding as "max_tokens is required"), and the budget reserves only the input.
+    up.routes["/v1/embeddings"] = lambda h, rec: up.send_json(h, 200, {"object": "list", "model": "text-embedding-3-small", "data": [
+        {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    for _ in range(3):
+        assert client.embeddings.create(model="text-embedding-3-small", input="hello", encoding_format="float").data[0].embedding == [0.5, 0.25]
+    with pytest.raises(openai.PermissionDeniedError):  # the model guard still reads them
+        client.embeddings.create(model="text-embedding-ada-002", input="hello")
 
 
 RETRY_POLICY = """version: 1

@@ -135,6 +135,15 @@ public enum PolicyCompiler {
         return v
     }
 
+    /// The tool whose calls each guard field judges (`max_body_bytes` and `mode` judge any call).
+    static let guardOwners: [(key: String, tool: String)] = [
+        ("allow_hosts", "http_fetch"), ("block_hosts", "http_fetch"), ("schemes", "http_fetch"), ("ports", "http_fetch"),
+        ("methods", "http_fetch"), ("allow_cidrs", "http_fetch"), ("models", "openai"), ("max_tokens", "openai"),
+        ("allow_stream", "openai"), ("allowed_domains", "gmail_send"), ("max_recipients", "gmail_send"),
+        ("max_subject_bytes", "gmail_send"), ("max_email_body_bytes", "gmail_send"), ("reject_crlf", "gmail_send"),
+        ("engines", "serpapi"), ("max_num", "serpapi"),
+    ]
+
     static func compileRule(_ node: DocumentReader, id: String, isCIDR: (String) -> Bool = { _ in false }) throws(DocumentError) -> Rule {
         try node.checkKeys(["scope", "mode", "guards", "time_window", "rate", "quota", "budget", "approval"])
         guard let scopeText = try node["scope"].string(), let scope = ScopePattern(scopeText, known: knownActions) else {
@@ -151,6 +160,13 @@ public enum PolicyCompiler {
             "allowed_domains", "max_recipients", "max_subject_bytes", "max_email_body_bytes", "reject_crlf", "engines",
             "max_num", "max_body_bytes", "allow_cidrs", "mode",
         ])
+        // A guard only the calls of another tool carry would be ignored without a word
+        // (`guards: {models: [...]}` under `scope: serpapi:search` restricts nothing).
+        if let tool = scope.tool {
+            for (key, owner) in guardOwners where owner != tool && g[key].isPresent {
+                throw g[key].error("judges \(owner) calls only; this rule's scope is \(scope)")
+            }
+        }
         func hosts(_ n: DocumentReader) throws(DocumentError) -> [HostPattern]? {
             guard let list = try n.strings() else { return nil }
             var out: [HostPattern] = []

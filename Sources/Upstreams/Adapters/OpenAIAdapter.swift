@@ -112,6 +112,9 @@ public struct OpenAIAdapter: ToolAdapter {
             guard let n = v.intValue, n >= 0 else { throw .invalidParameter("\(key) must be a non-negative integer") }
             maxTokens = max(maxTokens ?? 0, n)
         }
+        // An embedding produces no output tokens: nothing for a max_tokens guard to cap (it would refuse
+        // every embedding as "max_tokens is required" under `openai:*`) and nothing to reserve but the input.
+        if action == "embeddings" { maxTokens = 0 }
         let stream = json["stream"]?.boolValue ?? false
         if let s = json["stream"], s != .null, s.boolValue == nil { throw .invalidParameter("stream must be a boolean") }
         let temperature = json["temperature"]?.doubleValue
