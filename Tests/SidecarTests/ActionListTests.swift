@@ -15,6 +15,11 @@ struct ActionListTests {
         }
     }
 
+    @Test func thePolicyKnowsWhichOpenAIActionsSpendNoTokens() {
+        let free = Set(Tool.openai.actions.filter(OpenAIAdapter.spendsNoTokens))
+        #expect(free == PolicyCompiler.tokenFreeOpenAIActions)
+    }
+
     @Test func everyOpenAIRouteIsAnAction() {
         let routed = Set(OpenAIAdapter.actionByPath.values).union(["models"])
         #expect(routed == Set(Tool.openai.actions))

@@ -135,6 +135,9 @@ public enum PolicyCompiler {
         return v
     }
 
+    /// OpenAI actions that bill no tokens (the adapter's `spendsNoTokens`; a test keeps the two equal).
+    public static let tokenFreeOpenAIActions: Set<String> = ["models", "moderations", "traces"]
+
     /// The tool whose calls each guard field judges (`max_body_bytes` and `mode` judge any call).
     static let guardOwners: [(key: String, tool: String)] = [
         ("allow_hosts", "http_fetch"), ("block_hosts", "http_fetch"), ("schemes", "http_fetch"), ("ports", "http_fetch"),
@@ -251,6 +254,9 @@ public enum PolicyCompiler {
         if budget.isPresent {
             try budget.checkKeys(["tokens", "window", "timezone", "mode"])
             guard scope.tool == "openai" else { throw budget.error("budgets count OpenAI tokens: the rule's scope must be openai:*") }
+            if let action = scope.action, tokenFreeOpenAIActions.contains(action) {
+                throw budget.error("openai:\(action) spends no tokens: a budget there would count nothing")
+            }
             let tokens = try positiveInt(budget["tokens"])!
             guard let w = try budget["window"].string(), let period = CalendarPeriod(rawValue: w) else {
                 throw budget["window"].error("expected hour, day, week or month")
