@@ -649,6 +649,33 @@ def test_a_stream_resumes_after_a_restart_missing_nothing(tmp_path, start):
     assert api(s2, "GET", f"/api/runs/{run}").json()["ledger"]["calls"] == 5
 
 
+def test_sigterm_ends_open_event_streams_at_once_and_the_client_resumes(tmp_path, start):
+    """Streams still open when the sidecar is told to stop: graceful shutdown waited for them to end,
+    which a running run's stream never does, so the process hung until killed. They now end at once
+    (exit 0 well within the drain), and each client, reconnecting with its Last-Event-ID, misses nothing."""
+    state = tmp_path / "kept-state"
+    s = start(state=state)
+    _, tok = agent_token(s)
+    run = new_run(s, token=tok)
+    assert search(s, tok, run, "before").status_code == 200
+    streams = [SSE(f"{s.admin_url}/api/runs/{run}/events", {"Authorization": f"Bearer {ADMIN}"}) for _ in range(3)]
+    for st in streams:
+        st.wait_for(lambda e: e["event"] == "tool.call")
+    started = time.monotonic()
+    assert s.stop(timeout=15) == 0
+    assert time.monotonic() - started < 3
+    assert all(st.done.wait(2) for st in streams)
+    s2 = start(state=state)
+    assert search(s2, tok, run, "after").status_code == 200
+    assert api(s2, "POST", f"/api/runs/{run}/complete").status_code == 200
+    seen = streams[0].events
+    resumed = SSE(f"{s2.admin_url}/api/runs/{run}/events", {"Authorization": f"Bearer {ADMIN}"}, last_event_id=seen[-1]["id"])
+    assert resumed.done.wait(5)
+    ids = [int(e["id"]) for e in seen + resumed.events]
+    assert ids == list(range(1, len(ids) + 1)), ids
+    assert [e["event"] for e in resumed.events] == ["tool.call", "run.completed"]
+
+
 def test_a_stream_resumes_on_another_sidecar(start):
     redis = Redis()
     try:

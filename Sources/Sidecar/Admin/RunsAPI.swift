@@ -3,6 +3,8 @@ import HTTPTypes
 import Hummingbird
 import NIOCore
 import Policy
+import ServiceLifecycle
+import Synchronization
 import Upstreams
 
 /// The runs API on the admin port (README "Agent runs"). Callers authenticate with the admin token, or
@@ -222,7 +224,10 @@ struct RunsAPI: Sendable {
 /// One client's event stream of a run: the events after its `Last-Event-ID`, read from the store, then
 /// each new one as the hub says there is one — always read after the last id sent, so nothing is skipped
 /// or sent twice. A comment line every `runs.heartbeat` keeps proxies from closing an idle stream; the
-/// stream ends after the run's final event.
+/// stream ends after the run's final event — or when the sidecar shuts down: the server's graceful
+/// shutdown waits for every answer to end, and a stream of a running run would never end on its own (the
+/// process hung until killed). The client reconnects (`retry: 2000`) with its `Last-Event-ID` and misses
+/// nothing.
 struct RunEventStream: Sendable {
     let runs: RunService
     let run: String
@@ -244,12 +249,24 @@ struct RunEventStream: Sendable {
             subscription.cancel()
             runs.metrics.runs.sseConnections.decrement()
         }
+        let stopping = ShutdownFlag()
+        try await withGracefulShutdownHandler {
+            try await stream(to: &writer, stopping: stopping)
+        } onGracefulShutdown: {
+            stopping.raise()
+            wake()
+        }
+        try await writer.finish(nil)
+    }
+
+    private func stream(to writer: inout any ResponseBodyWriter, stopping: ShutdownFlag) async throws {
+        let heartbeat = runs.settings.heartbeat
         var last = after
         var lastWrite = ContinuousClock.now
         try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
         var wakes = subscription.wakes.makeAsyncIterator()
         var checked = false
-        while true {
+        while !stopping.isRaised {
             let batch = try await runs.store.events(run, after: last, limit: 500)
             var final = false
             if !batch.isEmpty {
@@ -280,8 +297,14 @@ struct RunEventStream: Sendable {
             }
             guard await wakes.next() != nil else { break }
         }
-        try await writer.finish(nil)
     }
+}
+
+/// Set once by a graceful-shutdown handler, read by the stream's loop.
+final class ShutdownFlag: Sendable {
+    private let raised = Atomic<Bool>(false)
+    func raise() { raised.store(true, ordering: .relaxed) }
+    var isRaised: Bool { raised.load(ordering: .relaxed) }
 }
 
 /// A run creation request, validated: field errors all at once as 422 with per-field details.
