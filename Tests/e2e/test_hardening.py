@@ -121,6 +121,42 @@ def test_an_idle_keep_alive_connection_keeps_idle_timeout(timed):
         time.sleep(1.6)  # longer than header_timeout: idle between requests is not a slow head
 
 
+def test_the_admin_port_closes_stalled_and_idle_connections_but_not_a_stream(sidecar_factory):
+    """The admin port (Hummingbird) kept every connection forever: a head that never ends, or a client
+    that connects and says nothing, held a descriptor each — enough of them starve the probes. They now
+    close after limits.idle_timeout; a run's event stream, an answer being written, is never cut."""
+    s = sidecar_factory("version: 1\nlimits: {idle_timeout: 1s, drain_timeout: 2s}\n")
+    port = int(s.admin.rsplit(":", 1)[1])
+
+    def seconds_to_close(sock, limit):
+        sock.settimeout(limit)
+        start = time.monotonic()
+        try:
+            while sock.recv(4096):
+                pass
+            return time.monotonic() - start
+        except (socket.timeout, ConnectionResetError):
+            return None
+
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    idle = socket.create_connection(("127.0.0.1", port))
+    assert (seconds_to_close(stalled, 5) or 99) < 3
+    assert (seconds_to_close(idle, 5) or 99) < 3
+    run = s.admin_request("POST", "/api/runs", {"name": "watched"}).json()["run"]["id"]
+    with requests.get(f"{s.admin_url}/api/runs/{run}/events", headers={"Authorization": f"Bearer {s.admin_token}"},
+                      stream=True, timeout=10) as stream:
+        time.sleep(2.5)  # idle on the wire, longer than idle_timeout
+        assert s.admin_request("POST", f"/api/runs/{run}/start").status_code == 200
+        seen = []
+        for line in stream.iter_lines():
+            seen.append(line)
+            if b"run.running" in line:
+                break
+        assert any(b"run.running" in l for l in seen), seen
+    assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+
+
 # ---------------------------------------------------------------- 3. redirects
 
 
