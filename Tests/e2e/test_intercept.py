@@ -334,6 +334,20 @@ def test_a_tunnel_carries_many_requests_and_a_revocation_applies_to_the_next(tun
     tls.close()
 
 
+def test_sigterm_closes_idle_tunnels_at_once(tunnel_sidecar, https_upstream):
+    """Pooled tunnels an SDK keeps open, idle, when the sidecar is stopped: closed at once like idle
+    keep-alive connections. Each waited NIO's default 5 s for the agent's TLS close_notify (its client
+    is not reading), holding the process that long."""
+    s = tunnel_sidecar
+    token = s.new_token()
+    tunnels = [open_tunnel(s, "serpapi.com:443", token)[0] for _ in range(3)]
+    status, _, _ = tunnel_request(tunnels[0], b"GET /search?q=warm HTTP/1.1\r\nHost: serpapi.com\r\n\r\n")
+    assert status == 200
+    started = time.monotonic()
+    assert s.stop(timeout=15) == 0
+    assert time.monotonic() - started < 2.5
+
+
 # ---------------------------------------------------------------- raw tunnels and bad input
 
 

@@ -82,6 +82,10 @@ final class LeafCertificates: Sendable {
         // HTTP/1.1 only: the tunnel's requests are read by the HTTP/1.1 decoder (ALPN makes h2 clients fall back).
         tls.applicationProtocols = ["http/1.1"]
         tls.minimumTLSVersion = .tlsv12
+        // How long a closing tunnel waits for the agent's close_notify after sending its own (the answers
+        // are flushed before it). An idle pooled connection's client is not reading, so at shutdown every
+        // open tunnel held the process this long (NIO's default 5 s).
+        tls.shutdownTimeout = .milliseconds(500)
         let context = try NIOSSLContext(configuration: tls)
         let lifetime = notAfter.timeIntervalSince(now)
         return Leaf(context: context, renewAt: now.addingTimeInterval(lifetime * 0.9))
