@@ -1,6 +1,5 @@
 import NIOCore
 import NIOPosix
-import NIOSSL
 import Upstreams
 
 /// One outgoing command with the promise its reply completes and the time by which it must.
@@ -87,8 +86,6 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         }
     }
 
-    static func isTLS(_ error: any Error) -> Bool { error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError }
-
     private func isPush(_ v: RedisValue) -> Bool {
         guard let a = v.array, let kind = a.first?.string else { return false }
         return kind == "message" || kind == "pmessage"
@@ -102,7 +99,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A TLS failure says why (an untrusted certificate, a name that does not match): the operator
         // reads it in the start-up line, not a bare "connection error".
-        fail(RedisError.unavailable(Self.isTLS(error) ? RedisTLS.describe(error) : "connection error"))
+        fail(RedisError.unavailable(RedisTLS.isTLSError(error) ? RedisTLS.describe(error) : "connection error"))
         context.close(promise: nil)
     }
 
@@ -173,7 +170,7 @@ final class RedisConnection: Sendable {
         RESP.encode(args, into: &buffer)
         channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout, lazy: lazy)).whenFailure { error in
             // A failed TLS handshake fails the writes queued behind it first: say why here too.
-            promise.fail(RedisError.unavailable(RedisChannelHandler.isTLS(error) ? RedisTLS.describe(error) : "write failed"))
+            promise.fail(RedisError.unavailable(RedisTLS.isTLSError(error) ? RedisTLS.describe(error) : "write failed"))
         }
         return promise.futureResult
     }

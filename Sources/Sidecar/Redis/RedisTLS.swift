@@ -38,6 +38,8 @@ final class RedisTLS: Sendable, Hashable {
         return try NIOSSLClientHandler(context: context, serverHostname: name)
     }
 
+    static func isTLSError(_ error: any Error) -> Bool { error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError }
+
     /// A TLS failure in a line an operator reads: BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`), not
     /// the nested error values with the library's source paths.
     static func describe(_ error: any Error) -> String {

@@ -54,9 +54,16 @@ enum MockSchemaInstance {
         case "string":
             return .string(string(s, name: name))
         case "integer", "number":
-            let low = s["minimum"]?.doubleValue ?? s["exclusiveMinimum"]?.doubleValue.map { $0 + 1 } ?? 0
-            let high = s["maximum"]?.doubleValue ?? s["exclusiveMaximum"]?.doubleValue.map { $0 - 1 } ?? Double.greatestFiniteMagnitude
-            return .number(max(low, min(1, high)).rounded(type == "integer" ? .up : .toNearestOrEven))
+            // 1, moved into the bounds (an exclusive bound one past it), whole for an integer.
+            let integer = type == "integer"
+            var value = 1.0
+            if let low = s["minimum"]?.doubleValue ?? s["exclusiveMinimum"]?.doubleValue.map({ $0 + 1 }), value < low {
+                value = integer ? low.rounded(.up) : low
+            }
+            if let high = s["maximum"]?.doubleValue ?? s["exclusiveMaximum"]?.doubleValue.map({ $0 - 1 }), value > high {
+                value = integer ? high.rounded(.down) : high
+            }
+            return .number(value)
         case "boolean":
             return .bool(true)
         case "null":
