@@ -53,7 +53,7 @@ public struct TargetURL: Sendable, Hashable, CustomStringConvertible {
         var rest = string[schemeEnd.upperBound...]
         if let hash = rest.firstIndex(of: "#") { rest = rest[..<hash] }
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
-        var authority = rest[..<authorityEnd]
+        let authority = rest[..<authorityEnd]
         let tail = rest[authorityEnd...]
         guard !authority.utf8.contains(UInt8(ascii: "@")) else {
             throw .init("URL must not carry userinfo (user:password@host); credentials go in a header")

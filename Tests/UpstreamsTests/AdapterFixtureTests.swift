@@ -73,6 +73,16 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(mocked.last!, recorded.last!) == [], "usage chunk")
     }
 
+    /// The legacy completions endpoint is its own action, guarded like chat (model, max_tokens, stream).
+    @Test func openAILegacyCompletions() throws {
+        let body = ByteBuffer(string: #"{"model":"gpt-3.5-turbo-instruct","prompt":"Say hi","max_tokens":5,"stream":true}"#)
+        let call = try OpenAIAdapter().interpret(ToolRequest(method: .POST, path: "/v1/completions", body: body))
+        #expect(call.action == "completions")
+        guard case .openai(let p) = call.parameters else { Issue.record("not openai parameters"); return }
+        #expect(p.model == "gpt-3.5-turbo-instruct" && p.maxTokens == 5 && p.stream)
+        #expect(throws: ToolRequestError.self) { try OpenAIAdapter().interpret(ToolRequest(method: .GET, path: "/v1/completions")) }
+    }
+
     @Test func openAIEmbeddingsHonourBase64Encoding() throws {
         let adapter = OpenAIAdapter()
         let call = try adapter.interpret(
@@ -222,7 +232,7 @@ struct AdapterFixtureTests {
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
         let unknown = ToolRequestError.unknownAction(
-            "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
+            "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
         for path in [
             "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
             "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",

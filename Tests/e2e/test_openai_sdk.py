@@ -131,6 +131,14 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     assert events[-1].response.usage.total_tokens > 0
     with client.responses.stream(model="gpt-4.1-mini", input="hi") as stream:
         assert stream.get_final_response().output_text.startswith("Mock response")
+    # The legacy completions endpoint (client.completions.create; LangChain's OpenAI LLM class): text cut to
+    # max_tokens words, streamed as text_completion chunks, with the usage chunk when asked.
+    comp = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", max_tokens=3)
+    assert comp.object == "text_completion" and comp.choices[0].text == "Mock completion of: " and comp.choices[0].finish_reason == "length"
+    assert comp.usage.completion_tokens == 3
+    chunks = list(client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Mock completion of: Say hi"
+    assert chunks[-1].usage.total_tokens > 0 and [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     # Moderations: the mock flags "kill" for violence, one result per input string.
     mod = client.moderations.create(model="omni-moderation-latest", input=["hello", "kill it"])
     assert [r.flagged for r in mod.results] == [False, True] and mod.results[1].categories.violence

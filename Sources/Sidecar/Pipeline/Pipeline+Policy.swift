@@ -218,7 +218,7 @@ extension Pipeline {
     /// Asks OpenAI to include usage in a streamed answer, so the budget settles from the real count.
     /// The agent is not shown the chunk it did not ask for (`OpenAIAddedUsageRemover`).
     static func requestingUsage(_ call: ToolCall) -> ToolCall {
-        guard call.action == "chat", case .openai(var p) = call.parameters, p.stream, let body = call.request.body,
+        guard call.action == "chat" || call.action == "completions", case .openai(var p) = call.parameters, p.stream, let body = call.request.body,
             let asking = OpenAIAdapter.includingUsage(body)
         else { return call }
         var out = call

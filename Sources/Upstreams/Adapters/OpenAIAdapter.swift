@@ -47,7 +47,7 @@ public struct OpenAIAdapter: ToolAdapter {
     }
 
     static let actionByPath: [String: String] = [
-        "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+        "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
         "/v1/moderations": "moderations", "/v1/traces/ingest": "traces",
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
@@ -92,7 +92,7 @@ public struct OpenAIAdapter: ToolAdapter {
         }
         guard let action = Self.actionByPath[request.path] else {
             throw .unknownAction(
-                "openai supports POST /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
+                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
@@ -189,7 +189,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolRequest(method: .GET, path: "/v1/models/" + id)
         }
         guard let path = Self.pathByAction[action] else {
-            throw .unknownAction("openai actions are chat, embeddings, responses, moderations, traces, models")
+            throw .unknownAction("openai actions are chat, completions, embeddings, responses, moderations, traces, models")
         }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
@@ -197,6 +197,7 @@ public struct OpenAIAdapter: ToolAdapter {
             object["prompt"] = nil
         }
         if action == "chat", object["model"] == nil { object["model"] = "gpt-4o-mini" }
+        if action == "completions", object["model"] == nil { object["model"] = "gpt-3.5-turbo-instruct" }
         let text = JSONValue.object(object).serialized
         return ToolRequest(
             method: .POST, path: path, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: text))
@@ -281,6 +282,8 @@ public struct OpenAIAdapter: ToolAdapter {
                 ],
                 "service_tier": "default",
             ])
+        case "completions":
+            return mockCompletion(json, seed: seed, model: model, promptTokens: prompt, maxTokens: p.maxTokens, stream: p.stream)
         case "embeddings":
             let inputs: [JSONValue]
             switch json["input"] {
