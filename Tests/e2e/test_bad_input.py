@@ -96,6 +96,18 @@ def test_upstream_unreachable_is_502(sidecar):
     assert r.json()["code"] == "upstream_unreachable"
 
 
+@pytest.mark.parametrize("http2", [True, False], ids=["ahc", "h1pool"])
+def test_an_upstream_certificate_the_sidecar_does_not_trust_is_named(pki, https_upstream, sidecar_factory, http2):
+    """Without upstream.ca_bundle the fake upstream's certificate chains to no trusted root: the problem
+    says so in words (it said "NIOSSLError"), and nothing was sent."""
+    cfg = live_config(pki, https_upstream, http2=http2).replace(f"  ca_bundle: {pki.ca_pem}\n", "")
+    s = sidecar_factory(cfg, env=LIVE_ENV)
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=x", headers={"X-Agent-Token": s.new_token()}, timeout=10)
+    assert r.status_code == 502 and r.json()["code"] == "upstream_unreachable"
+    assert r.json()["detail"] == "could not connect to the upstream (TLS: CERTIFICATE_VERIFY_FAILED)"
+    assert not https_upstream.requests
+
+
 def test_upstream_deadline_is_504(sidecar):
     started = time.time()
     r = requests.post(f"{sidecar.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)

@@ -38,15 +38,12 @@ final class RedisTLS: Sendable, Hashable {
         return try NIOSSLClientHandler(context: context, serverHostname: name)
     }
 
-    static func isTLSError(_ error: any Error) -> Bool { error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError }
+    static func isTLSError(_ error: any Error) -> Bool { TLSFailure.isTLS(error) }
 
-    /// A TLS failure in a line an operator reads: BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`), not
-    /// the nested error values with the library's source paths.
+    /// The reason, with a hint where the operator's setting is the likely cause.
     static func describe(_ error: any Error) -> String {
-        let text = "\(error)"
-        if text.contains("failedToValidateHostname") { return "TLS: the server's certificate does not name the host or address in the URL" }
-        guard let at = text.range(of: "OPENSSL_internal:") else { return "TLS: \(text.prefix(200))" }
-        let reason = text[at.upperBound...].prefix { $0 != " " && $0 != "]" && $0 != ")" }
+        let reason = TLSFailure.reason(error)
+        if reason.hasPrefix("the certificate does not name") { return "TLS: the server's certificate does not name the host or address in the URL" }
         let hint = reason == "CERTIFICATE_VERIFY_FAILED" ? " (the server's certificate does not chain to redis.ca_bundle, or to the system's roots without it, or names another host)" : ""
         return "TLS: \(reason)\(hint)"
     }

@@ -115,7 +115,11 @@ public final class HTTPClientTransport: UpstreamTransport {
             }
         }
         if error is CancellationError { return UpstreamError(.cancelled, beforeSend: false, detail: "cancelled") }
-        if error is NIOConnectionError || error is SocketAddressError || error is NIOSSLError {
+        if TLSFailure.isTLS(error) {
+            // Said in words: an untrusted certificate (upstream.ca_bundle) or one for another name.
+            return UpstreamError(.unreachable, beforeSend: true, detail: "TLS: \(TLSFailure.reason(error))")
+        }
+        if error is NIOConnectionError || error is SocketAddressError {
             return UpstreamError(.unreachable, beforeSend: true, detail: String(describing: type(of: error)))
         }
         if let e = error as? ChannelError {
