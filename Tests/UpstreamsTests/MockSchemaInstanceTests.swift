@@ -23,6 +23,8 @@ struct MockSchemaInstanceTests {
         (##"{"type":["null","boolean"]}"##, "true"),
         (##"{"anyOf":[{"type":"null"},{"type":"string","format":"date"}]}"##, ##""2025-01-01""##),
         (##"{"type":"array","items":{"type":"string","format":"email"},"minItems":2}"##, ##"["mock@example.com","mock@example.com"]"##),
+        (##"{"type":"array","items":{"type":"boolean"},"maxItems":0}"##, "[]"),
+        (##"{"type":"array","items":{"type":"boolean"},"minItems":3,"maxItems":2}"##, "[true,true]"),
         (##"{"type":"string","minLength":12}"##, ##""mock valuexx""##),
         (##"{"type":"string","maxLength":3}"##, ##""moc""##),
         // pydantic's nested models: a reference into $defs.

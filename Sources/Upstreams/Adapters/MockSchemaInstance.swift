@@ -4,7 +4,7 @@
 /// a value it accepts, so an agent's tool loop and typed outputs run against the embedded default.
 ///
 /// Covered: `type` (one or a list; `null` is taken last), `properties` (every one, as strict schemas
-/// require), `items` with `minItems`, `enum`, `const`, `anyOf`/`oneOf`/`allOf` (the first non-null
+/// require), `items` with `minItems`/`maxItems`, `enum`, `const`, `anyOf`/`oneOf`/`allOf` (the first non-null
 /// branch), `$ref` into `#/$defs/…` or `#/definitions/…` (pydantic's nested models), string `format`s
 /// and `minLength`, number bounds. Anything else is the simplest value of its type. Recursion (a
 /// self-referencing model) stops at a fixed depth with `null`, and the whole value at a fixed number of
@@ -45,7 +45,8 @@ enum MockSchemaInstance {
             }
             return .object(out)
         case "array":
-            let count = max(1, min(s["minItems"]?.intValue ?? 1, 8))
+            // One item (as many as minItems asks, up to 8), none when maxItems is 0.
+            let count = min(max(1, min(s["minItems"]?.intValue ?? 1, 8)), max(0, s["maxItems"]?.intValue ?? 8))
             var items: [JSONValue] = []
             for _ in 0..<count where budget > 0 {
                 items.append(instance(of: s["items"] ?? [:], root: root, name: name, depth: depth + 1, budget: &budget))
