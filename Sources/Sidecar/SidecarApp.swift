@@ -37,7 +37,7 @@ public enum SidecarApp {
         // Held until everything else has shut down (the first step added runs last), then let go.
         let lock = try lockStateDirectory(config.stateDir, fleet: config.redisURL != nil, logger: logger)
         started.add { withExtendedLifetime(lock) {} }
-        if let bundle = config.caBundlePath { try checkCABundle(bundle) }
+        if let bundle = config.caBundlePath { _ = try readCABundle(bundle, field: "upstream.ca_bundle") }
 
         // Shared state: Redis when configured (a fleet), else the embedded SQLite store (one host).
         var redis: RedisClient?
@@ -386,14 +386,15 @@ public enum SidecarApp {
         }
     }
 
-    /// `upstream.ca_bundle` holds certificates TLS can use (a bad bundle otherwise fails only at the first
-    /// upstream call, or inside a client that is already running).
-    static func checkCABundle(_ path: String) throws {
+    /// A CA bundle setting (`upstream.ca_bundle`, `redis.ca_bundle`) holds certificates TLS can use — read
+    /// at start, since a bad bundle otherwise fails only at the first call, inside a client already running.
+    static func readCABundle(_ path: String, field: String) throws -> [NIOSSLCertificate] {
         let certificates: [NIOSSLCertificate]
         do { certificates = try NIOSSLCertificate.fromPEMFile(path) } catch {
-            throw StartupError("upstream.ca_bundle \(path): not a PEM certificate bundle (\(error))")
+            throw StartupError("\(field) \(path): not a PEM certificate bundle (\(error))")
         }
-        guard !certificates.isEmpty else { throw StartupError("upstream.ca_bundle \(path): holds no certificate") }
+        guard !certificates.isEmpty else { throw StartupError("\(field) \(path): holds no certificate") }
+        return certificates
     }
 
     /// The interception CA when `intercept.enabled` (generated on first start unless the operator brings one).

@@ -33,7 +33,6 @@ extension SidecarConfig {
 
     private static func isLoopback(_ host: String) -> Bool {
         if host == "localhost" || host.hasSuffix(".localhost") { return true }
-        guard let ip = IPAddress.parse(host) else { return false }
-        return [CIDR("127.0.0.0/8"), CIDR("::1/128")].contains { $0?.contains(ip) == true }
+        return IPAddress.parse(host).flatMap(EgressGuard.internalRange(of:)) == "loopback"
     }
 }

@@ -19,7 +19,12 @@ enum HostField {
     /// bracketed IP literal, then digits after the last colon outside brackets. Empty is allowed (a
     /// target without an authority). Space, `@`, `/`, `?`, `#`, quotes, controls and non-ASCII are not.
     static func isValid(_ value: String) -> Bool {
-        let bytes = Array(value.utf8)
+        // Over the string's own bytes: this runs on every request, and an Array copy was an allocation each.
+        var value = value
+        return value.withUTF8(isValid(bytes:))
+    }
+
+    private static func isValid(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         var i = 0
         if bytes.first == UInt8(ascii: "[") {
             guard let close = bytes.firstIndex(of: UInt8(ascii: "]")), close > 1 else { return false }

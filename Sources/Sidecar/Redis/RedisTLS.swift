@@ -15,14 +15,7 @@ final class RedisTLS: Sendable, Hashable {
     init(caBundle: String?) throws {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
-        if let caBundle {
-            let certificates: [NIOSSLCertificate]
-            do { certificates = try NIOSSLCertificate.fromPEMFile(caBundle) } catch {
-                throw StartupError("redis.ca_bundle \(caBundle): not a PEM certificate bundle (\(error))")
-            }
-            guard !certificates.isEmpty else { throw StartupError("redis.ca_bundle \(caBundle): holds no certificate") }
-            configuration.trustRoots = .certificates(certificates)
-        }
+        if let caBundle { configuration.trustRoots = .certificates(try SidecarApp.readCABundle(caBundle, field: "redis.ca_bundle")) }
         do { context = try NIOSSLContext(configuration: configuration) } catch {
             throw StartupError("redis TLS: cannot make a client context (\(error))")
         }

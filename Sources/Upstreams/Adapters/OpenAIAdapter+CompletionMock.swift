@@ -37,7 +37,6 @@ extension OpenAIAdapter {
             chunks.append(ByteBuffer(string: "data: \(object("", finish: nil, usage: usage, choices: false).serialized)\n\n"))
         }
         chunks.append(ByteBuffer(string: "data: [DONE]\n\n"))
-        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
-        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(chunks, delay: mockStreamDelay))
+        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(chunks, delay: mockStreamDelay))
     }
 }

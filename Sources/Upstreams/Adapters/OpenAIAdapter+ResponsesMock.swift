@@ -24,11 +24,7 @@ extension OpenAIAdapter {
         }
         let text = afterToolResult ? Self.mockAnswer(toToolResult: last?["output"]?.stringValue ?? "") : "Mock response \(Mock.hex(seed).prefix(8))."
         let reply = Self.mockFormatted(text, format: json["text"]?["format"])
-        let usage: JSONValue = [
-            "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(Self.tokenCount(reply))),
-            "total_tokens": .number(Double(promptTokens + Self.tokenCount(reply))),
-            "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0],
-        ]
+        let usage = Self.mockResponsesUsage(input: promptTokens, output: Self.tokenCount(reply))
         let done = Self.mockResponseObject(ids, model: model, status: "completed", output: [ids.messageItem(reply, status: "completed")], usage: usage)
         guard stream else { return Mock.json(done) }
 
@@ -46,18 +42,12 @@ extension OpenAIAdapter {
         events.append("response.content_part.done", part.merging(["part": MockResponseIDs.text(reply)]) { $1 })
         events.append("response.output_item.done", ["output_index": 0, "item": ids.messageItem(reply, status: "completed")])
         events.append("response.completed", ["response": done])
-        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
-        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(events.chunks, delay: mockStreamDelay))
+        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(events.chunks, delay: mockStreamDelay))
     }
 
     /// A response whose one output is a function call, or its event stream.
     private func mockResponsesToolCall(_ call: MockToolCall, ids: MockResponseIDs, model: String, promptTokens: Int, stream: Bool) -> UpstreamResponse {
-        let output = Self.tokenCount(call.arguments)
-        let usage: JSONValue = [
-            "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(output)),
-            "total_tokens": .number(Double(promptTokens + output)),
-            "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0],
-        ]
+        let usage = Self.mockResponsesUsage(input: promptTokens, output: Self.tokenCount(call.arguments))
         let itemID = "fc_mock" + ids.response.dropFirst("resp_mock".count)
         func item(_ arguments: String, status: String) -> JSONValue {
             [
@@ -78,8 +68,15 @@ extension OpenAIAdapter {
         events.append("response.function_call_arguments.done", ["item_id": .string(itemID), "output_index": 0, "arguments": .string(call.arguments)])
         events.append("response.output_item.done", ["output_index": 0, "item": item(call.arguments, status: "completed")])
         events.append("response.completed", ["response": done])
-        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
-        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(events.chunks, delay: mockStreamDelay))
+        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(events.chunks, delay: mockStreamDelay))
+    }
+
+    /// A response's usage, as the Responses API reports it.
+    static func mockResponsesUsage(input: Int, output: Int) -> JSONValue {
+        [
+            "input_tokens": .number(Double(input)), "output_tokens": .number(Double(output)), "total_tokens": .number(Double(input + output)),
+            "input_tokens_details": ["cached_tokens": 0], "output_tokens_details": ["reasoning_tokens": 0],
+        ]
     }
 
     /// The response object, as `POST /v1/responses` answers it and as the stream's lifecycle events carry it.

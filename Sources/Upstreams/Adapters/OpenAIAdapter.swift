@@ -348,8 +348,7 @@ public struct OpenAIAdapter: ToolAdapter {
             ], choices: false))
         }
         chunks.append(ByteBuffer(string: "data: [DONE]\n\n"))
-        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
-        return UpstreamResponse(status: .ok, headers: headers, body: .chunks(chunks, delay: mockStreamDelay))
+        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(chunks, delay: mockStreamDelay))
     }
 
     static func mockReply(to json: JSONValue) -> String {

@@ -63,6 +63,9 @@ public struct ToolAdapters: Sendable {
 
 /// Helpers for deterministic mock answers.
 enum Mock {
+    /// The head of a mocked event stream, as OpenAI sends it.
+    static var eventStreamHeaders: HTTPHeaders { HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]) }
+
     /// FNV-1a, so mock ids depend only on the request, never on time or randomness.
     static func hash<S: Sequence>(_ bytes: S) -> UInt64 where S.Element == UInt8 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325

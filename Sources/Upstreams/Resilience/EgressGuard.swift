@@ -57,10 +57,16 @@ public struct EgressGuard: Sendable {
             if listener.address == nil || listener.address == ip { return "the sidecar's own listener" }
         }
         if allowed.contains(where: { $0.contains(ip) }) || granted.contains(where: { $0.contains(ip) }) { return nil }
+        return Self.internalRange(of: ip)
+    }
+
+    /// The internal range an address is in ("loopback", "private", "link-local", …), or nil for a
+    /// public one.
+    public static func internalRange(of ip: IPAddress) -> String? {
         let table: [(CIDR, String)]
         switch ip {
-        case .v4: table = Self.deniedV4
-        case .v6: table = Self.deniedV6
+        case .v4: table = deniedV4
+        case .v6: table = deniedV6
         }
         return table.first { $0.0.contains(ip) }?.1
     }
