@@ -83,6 +83,28 @@ struct AdapterFixtureTests {
         #expect(throws: ToolRequestError.self) { try OpenAIAdapter().interpret(ToolRequest(method: .GET, path: "/v1/completions")) }
     }
 
+    /// `n` choices (and legacy `best_of` candidates) each get the cap upstream: the call's cap is the product.
+    @Test(arguments: [
+        (#"{"model":"m","max_tokens":100,"n":3}"#, 300 as Int?),
+        (#"{"model":"m","max_tokens":100,"n":1}"#, 100),
+        (#"{"model":"m","max_tokens":10,"n":2,"best_of":5}"#, 50),
+        (#"{"model":"m","max_completion_tokens":7,"n":null}"#, 7),
+        (#"{"model":"m","n":4}"#, nil),
+        (#"{"model":"m","max_tokens":8000000000000000,"n":2000}"#, Int.max),
+    ])
+    func openAIChoicesMultiplyTheCap(_ body: String, _ expected: Int?) throws {
+        let call = try OpenAIAdapter().interpret(ToolRequest(method: .POST, path: "/v1/completions", body: ByteBuffer(string: body)))
+        guard case .openai(let p) = call.parameters else { Issue.record("not openai parameters"); return }
+        #expect(p.maxTokens == expected, "\(body)")
+    }
+
+    @Test(arguments: [#"{"model":"m","n":0}"#, #"{"model":"m","n":"2"}"#, #"{"model":"m","best_of":1.5}"#, #"{"model":"m","n":-1}"#])
+    func openAIChoiceCountsMustBePositiveIntegers(_ body: String) {
+        #expect(throws: ToolRequestError.self) {
+            try OpenAIAdapter().interpret(ToolRequest(method: .POST, path: "/v1/chat/completions", body: ByteBuffer(string: body)))
+        }
+    }
+
     @Test func openAIEmbeddingsHonourBase64Encoding() throws {
         let adapter = OpenAIAdapter()
         let call = try adapter.interpret(

@@ -597,6 +597,18 @@ def test_openai_bodies_the_upstream_would_read_differently_are_refused(guarded, 
     assert not guarded.up.acted
 
 
+@pytest.mark.parametrize("body", [
+    {"model": "gpt-4o-mini", "max_tokens": 60, "n": 2, "messages": []},
+    {"model": "gpt-4o-mini", "max_tokens": 30, "n": 1, "best_of": 4, "prompt": "x"},
+])
+def test_a_cap_times_the_choices_the_upstream_makes_is_judged_whole(guarded, body):
+    """max_tokens holds per choice upstream: 60 tokens × n 2 may generate 120, over the cap of 100."""
+    path = "/openai/v1/completions" if "prompt" in body else "/openai/v1/chat/completions"
+    r = requests.post(f"{guarded.proxy_url}{path}", json=body, headers={"Authorization": f"Bearer {guarded.token}"}, timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == "param_denied" and r.json()["parameter"] == "max_tokens"
+    assert not guarded.up.acted
+
+
 @pytest.mark.parametrize("query", ["q=a&num=5&num=100", "q=a&engine=google&engine=bing", "q=a&num=5&n%75m=100", "q=a;num=100", "q=a&num[]=100"])
 def test_serpapi_queries_the_upstream_would_read_differently_are_refused(guarded, query):
     r = requests.get(f"{guarded.proxy_url}/serpapi/search?{query}", headers={"X-Agent-Token": guarded.token}, timeout=10)

@@ -77,7 +77,10 @@ public struct OpenAIAdapter: ToolAdapter {
     private static let modelIDExtra = Array("._:-".utf8)
 
     /// The members of a request body that `interpret` reads.
-    static let guardedMembers = ["model"] + tokenCaps + ["stream", "temperature"]
+    static let guardedMembers = ["model"] + tokenCaps + choiceCounts + ["stream", "temperature"]
+    /// How many outputs one request asks for, each with the full token cap: chat's `n` choices, the legacy
+    /// endpoint's `best_of` candidates (of which `n` are returned).
+    static let choiceCounts = ["n", "best_of"]
     static let tokenCaps = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
 
     public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
@@ -111,6 +114,18 @@ public struct OpenAIAdapter: ToolAdapter {
             guard let v = json[key], v != .null else { continue }
             guard let n = v.intValue, n >= 0 else { throw .invalidParameter("\(key) must be a non-negative integer") }
             maxTokens = max(maxTokens ?? 0, n)
+        }
+        // The cap holds per choice upstream: with `n: 10` a `max_tokens: 100` call may generate 1 000 tokens.
+        // The guard and the budget read what the whole call may generate, as the upstream will spend it.
+        var choices = 1
+        for key in Self.choiceCounts {
+            guard let v = json[key], v != .null else { continue }
+            guard let c = v.intValue, c >= 1 else { throw .invalidParameter("\(key) must be a positive integer") }
+            choices = max(choices, c)
+        }
+        if let cap = maxTokens, choices > 1 {
+            let (total, overflow) = cap.multipliedReportingOverflow(by: choices)
+            maxTokens = overflow ? Int.max : total
         }
         // An embedding produces no output tokens: nothing for a max_tokens guard to cap (it would refuse
         // every embedding as "max_tokens is required" under `openai:*`) and nothing to reserve but the input.
