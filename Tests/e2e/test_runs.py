@@ -676,6 +676,34 @@ def test_sigterm_ends_open_event_streams_at_once_and_the_client_resumes(tmp_path
     assert [e["event"] for e in resumed.events] == ["tool.call", "run.completed"]
 
 
+def test_a_client_that_goes_away_frees_its_stream_place_at_once(start):
+    """A stream whose client closed its connection was noticed only at its next write (a heartbeat, up
+    to two heartbeats later) and held one of the run's max_streams_per_run places until then: a client
+    reconnecting at once was refused 429. The connection's close now ends the stream."""
+    import socket
+    s = start(config=runs_config(start.keys, start.policy).replace("heartbeat: 500ms, max_streams_per_run: 4",
+                                                                    "heartbeat: 60s, max_streams_per_run: 1"))
+    run = new_run(s)
+    host, port = s.admin.rsplit(":", 1)
+    for _ in range(3):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(f"GET /api/runs/{run}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n".encode())
+        got = b""
+        while b"retry: 2000" not in got:
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200")
+        sock.close()
+        deadline = time.monotonic() + 2
+        while metric(requests.get(f"{s.admin_url}/metrics", timeout=5).text, "gateway_sse_connections") != 0:
+            assert time.monotonic() < deadline, "the stream outlived its client"
+            time.sleep(0.05)
+    st = SSE(f"{s.admin_url}/api/runs/{run}/events", {"Authorization": f"Bearer {ADMIN}"})
+    assert st.status == 200
+    st.close()
+
+
 def test_a_stream_resumes_on_another_sidecar(start):
     redis = Redis()
     try:

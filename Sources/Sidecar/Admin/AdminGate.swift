@@ -6,14 +6,17 @@ import Policy
 import Synchronization
 
 /// The admin port's request context: Hummingbird's, plus the client's address (for the per-address rate
-/// limit).
+/// limit) and when its connection closes (a long answer — a run's event stream — stops then, instead
+/// of noticing at its next write and holding its place until then).
 struct AdminContext: RequestContext, RemoteAddressRequestContext {
     var coreContext: CoreRequestContextStorage
     let remoteAddress: SocketAddress?
+    let connectionClosed: EventLoopFuture<Void>
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress
+        connectionClosed = source.channel.closeFuture
     }
 }
 

@@ -34,7 +34,9 @@ struct RunsAPI: Sendable {
             }
         }
         group.get(":id/events") { request, context in
-            await respond { try await self.events(request, id: try Self.id(context), caller: try self.caller(request)) }
+            await respond {
+                try await self.events(request, id: try Self.id(context), caller: try self.caller(request), connectionClosed: context.connectionClosed)
+            }
         }
     }
 
@@ -181,7 +183,7 @@ struct RunsAPI: Sendable {
 
     // MARK: Event stream
 
-    func events(_ request: Request, id: String, caller: RunCaller) async throws(GatewayError) -> Response {
+    func events(_ request: Request, id: String, caller: RunCaller, connectionClosed: EventLoopFuture<Void>? = nil) async throws(GatewayError) -> Response {
         guard let run = try await load(id), caller.may(access: run) else { throw GatewayError(.runNotFound, "no run \(id)") }
         // The header (what `EventSource` sends on reconnect) or the query; both, naming different events,
         // is ambiguous rather than one of them silently.
@@ -200,7 +202,8 @@ struct RunsAPI: Sendable {
                 .tooManyStreams, "run \(id) has \(runs.hub.maxStreamsPerRun) event streams open on this sidecar (runs.max_streams_per_run)",
                 headers: [("Retry-After", "5")])
         }
-        let stream = RunEventStream(runs: runs, run: run.id, after: last.flatMap { $0.isEmpty ? nil : $0 }, subscription: subscription)
+        let stream = RunEventStream(
+            runs: runs, run: run.id, after: last.flatMap { $0.isEmpty ? nil : $0 }, subscription: subscription, connectionClosed: connectionClosed)
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream; charset=utf-8"
         headers[.cacheControl] = "no-cache"
@@ -227,12 +230,15 @@ struct RunsAPI: Sendable {
 /// stream ends after the run's final event — or when the sidecar shuts down: the server's graceful
 /// shutdown waits for every answer to end, and a stream of a running run would never end on its own (the
 /// process hung until killed). The client reconnects (`retry: 2000`) with its `Last-Event-ID` and misses
-/// nothing.
+/// nothing. A client that goes away ends its stream at once (its connection's close wakes the loop): a
+/// stream noticed only at its next heartbeat write held one of the run's `max_streams_per_run` places
+/// for up to two heartbeats, and a client reconnecting at once was refused 429.
 struct RunEventStream: Sendable {
     let runs: RunService
     let run: String
     let after: String?
     let subscription: (wakes: AsyncStream<Void>, wake: @Sendable () -> Void, cancel: @Sendable () -> Void)
+    var connectionClosed: EventLoopFuture<Void>?
 
     func write(to writer: inout any ResponseBodyWriter) async throws {
         runs.metrics.runs.sseConnections.increment()
@@ -250,6 +256,10 @@ struct RunEventStream: Sendable {
             runs.metrics.runs.sseConnections.decrement()
         }
         let stopping = ShutdownFlag()
+        connectionClosed?.whenComplete { _ in
+            stopping.raise()
+            wake()
+        }
         try await withGracefulShutdownHandler {
             try await stream(to: &writer, stopping: stopping)
         } onGracefulShutdown: {
@@ -300,7 +310,7 @@ struct RunEventStream: Sendable {
     }
 }
 
-/// Set once by a graceful-shutdown handler, read by the stream's loop.
+/// Set once by a graceful-shutdown handler or the client's going away, read by the stream's loop.
 final class ShutdownFlag: Sendable {
     private let raised = Atomic<Bool>(false)
     func raise() { raised.store(true, ordering: .relaxed) }
