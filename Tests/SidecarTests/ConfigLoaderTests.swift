@@ -1,3 +1,4 @@
+import Foundation
 import Policy
 import Testing
 import Upstreams
@@ -151,5 +152,43 @@ struct ConfigLoaderTests {
     ])
     func riskySettingsAreNamed(_ document: String, _ fields: [String]) throws {
         #expect(try ConfigLoader.parse(document).warnings().map(\.field) == fields)
+    }
+
+    /// A YAML mistake is named by line and column, never by quoting the document: its lines hold Redis
+    /// passwords and credentials (Yams quotes the lines around the problem, and a duplicated key's
+    /// error carried the whole document).
+    @Test(arguments: [
+        "version: 1\nredis: {url: \"redis://:s3cr3t-pw@h:6379\"\n",
+        "redis:\n  url: redis://:s3cr3t-pw@h:6379\n  url: x\n",
+        "redis:\n\turl: redis://:s3cr3t-pw@h:6379\n",
+        "redis: {url: \"redis://:s3cr3t-pw@h:6379\"}\n---\nversion: 1\n",
+        "x: \"s3cr3t-pw\nredis: [*s3cr3t-pw]\n",
+        "s3cr3t-pw: &a [*b]\n",
+        "x: " + String(repeating: "[", count: 3000) + "s3cr3t-pw" + String(repeating: "]", count: 3000),
+    ])
+    func yamlErrorsNeverQuoteTheDocument(_ yaml: String) {
+        do {
+            _ = try ConfigLoader.parse(yaml)
+            Issue.record("accepted invalid YAML")
+        } catch {
+            #expect(error.message.hasPrefix("not valid YAML: line "))
+            #expect(!error.message.contains("s3cr3t") && error.message.utf8.count < 200, "\(error.message)")
+        }
+    }
+
+    @Test func unreadableFilesSayWhy() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("textfile-\(UInt64.random(in: 0...UInt64.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let latin1 = dir.appendingPathComponent("latin1.yaml")
+        try Data([0x78, 0x3A, 0x20, 0xE9, 0x0A]).write(to: latin1)
+        for (path, reason) in [(dir.path + "/none.yaml", "no such file"), (dir.path, "it is a directory"), (latin1.path, "not UTF-8 text")] {
+            do {
+                _ = try ConfigLoader.load(path: path, environment: [:])
+                Issue.record("read \(path)")
+            } catch {
+                #expect(error.message == "cannot read \(path): \(reason)")
+            }
+        }
     }
 }

@@ -11,9 +11,7 @@ public enum ConfigLoader {
         var config = SidecarConfig()
         if let path {
             let text: String
-            do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-                throw DocumentError(path: "", message: "cannot read \(path)")
-            }
+            do { text = try TextFile.read(path) } catch { throw DocumentError(path: "", message: error.description) }
             config = try parse(text)
         }
         try applyEnvironment(environment, to: &config)

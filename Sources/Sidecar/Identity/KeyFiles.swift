@@ -72,6 +72,6 @@ enum KeyFiles {
     }
 
     static func read(_ path: String) throws -> String {
-        do { return try String(contentsOfFile: path, encoding: .utf8) } catch { throw KeyError("cannot read \(path)") }
+        do { return try TextFile.read(path) } catch { throw KeyError(error.description) }
     }
 }

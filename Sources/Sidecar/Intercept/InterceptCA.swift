@@ -80,10 +80,10 @@ struct InterceptCA: Sendable {
         let certText: String
         let keyText: String
         do {
-            certText = try String(contentsOfFile: certPath, encoding: .utf8)
-            keyText = try String(contentsOfFile: keyPath, encoding: .utf8)
+            certText = try TextFile.read(certPath)
+            keyText = try TextFile.read(keyPath)
         } catch {
-            throw LoadError("\(field): cannot read \(certPath) or \(keyPath)")
+            throw LoadError("\(field): \(error)")
         }
         let documents: [PEMDocument]
         do { documents = try PEMDocument.parseMultiple(pemString: certText).filter { $0.discriminator == "CERTIFICATE" } } catch {

@@ -46,10 +46,8 @@ final class PolicyRuntime: Sendable {
         try PolicyCompiler.compile(YAMLDocument.parse(text), source: text, isCIDR: { CIDR($0) != nil })
     }
 
-    static func read(_ path: String) throws -> String {
-        do { return try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw DocumentError(path: "", message: "cannot read policy file \(path)")
-        }
+    static func read(_ path: String) throws(DocumentError) -> String {
+        do { return try TextFile.read(path) } catch { throw DocumentError(path: "", message: "policy file: \(error)") }
     }
 
     static func mtime(_ path: String) -> Date? {
@@ -64,7 +62,7 @@ final class PolicyRuntime: Sendable {
         let text: String
         do { text = try Self.read(file) } catch {
             metrics.policyReloadFailures.increment()
-            throw DocumentError(path: "", message: "cannot read policy file \(file)")
+            throw error
         }
         return try install(text, reason: reason)
     }
