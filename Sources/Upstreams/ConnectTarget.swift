@@ -51,11 +51,18 @@ public struct ConnectTarget: Sendable, Hashable, CustomStringConvertible {
         return ConnectTarget(host: name, port: port, ip: ip)
     }
 
+    /// Whether an operator's host (a listen address, a Redis server; IPv6 without brackets) is an IP
+    /// literal or a host name — so `local host` or an unbalanced `[::1` is a configuration error, not
+    /// a lookup that fails at run time.
+    public static func isHost(_ s: String) -> Bool {
+        IPAddress.parse(s) != nil || isHostName(s.hasSuffix(".") ? String(s.lowercased().dropLast()) : s.lowercased())
+    }
+
     /// `host:port` as it was asked for (IPv6 bracketed).
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// Labels of letters, digits, `-` and `_`, none empty, none over 63 bytes, the whole at most 253.
-    static func isHostName(_ s: String) -> Bool {
+    public static func isHostName(_ s: String) -> Bool {
         guard !s.isEmpty, s.utf8.count <= 253 else { return false }
         for label in s.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
             guard !label.isEmpty, label.count <= 63, label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-"),

@@ -69,8 +69,14 @@ import Testing
         let seeds = RedisLocation.parse("redis+cluster://u:p%40@10.0.0.1:7000,10.0.0.2:7001")
         #expect(seeds?.cluster == true && seeds?.seeds.map(\.port) == [7000, 7001] && seeds?.seeds.allSatisfy { $0.password == "p@" } == true)
         #expect(RedisLocation.parse("redis://a:1", cluster: true)?.cluster == true)
+        let v6 = RedisLocation.parse("redis://:50%25off@[::1]:7000")?.seeds.first
+        #expect(v6?.host == "::1" && v6?.port == 7000 && v6?.password == "50%off")
         #expect("\(seeds!)" == "redis+cluster://10.0.0.1:7000,10.0.0.2:7001")
-        for bad in ["redis://a:1,b:2", "redis+cluster://a:1/3", "redis+cluster://a:1,", "http://a", "redis+cluster://", "rediss+cluster://a:1/3", "redisss://a"] {
+        for bad in ["redis://a:1,b:2", "redis+cluster://a:1/3", "redis+cluster://a:1,", "http://a", "redis+cluster://", "rediss+cluster://a:1/3", "redisss://a",
+            // Hosts that are neither an IP literal nor a name, and a password whose `%` escapes nothing: a
+            // configuration error, not a lookup or a NOAUTH at run time.
+            "redis://local host:6379", "redis://:pw@[::1", "redis://:pw@[::1:6379", "redis://h_ost!:1", "redis://:50%off@cache:6379",
+            "redis://us%zz:pw@cache", "redis+cluster://a:1,b c:2"] {
             #expect(RedisLocation.parse(bad) == nil, "\(bad)")
         }
     }

@@ -82,6 +82,8 @@ struct ConfigLoaderTests {
         ("state: {concurrency_lease: 1s}", "state.concurrency_lease"),
         ("redis: {url: 'redis+cluster://a:1/2'}", "redis.url"),
         ("redis: {url: 'redis://a:1,b:2'}", "redis.url"),
+        ("listen: {proxy: 'local host:8080'}", "listen.proxy"),
+        ("listen: {admin: '[::1:9090'}", "listen.admin"),
         ("vault: {canaries: {short: abc}}", "vault.canaries.short"),
     ])
     func namesTheOffendingField(_ yaml: String, _ path: String) {

@@ -18,7 +18,7 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         }
         var host = String(s[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { return nil }
+        guard ConnectTarget.isHost(host) else { return nil }
         return HostPort(host: host, port: port)
     }
 

@@ -199,12 +199,19 @@ struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
         if let at = rest.lastIndex(of: "@") {
             let userinfo = rest[..<at]
             rest = rest[rest.index(after: at)...]
+            // A `%` not followed by two hex digits is refused, not read as no password at all (the
+            // server answered NOAUTH at run time).
             if let colon = userinfo.firstIndex(of: ":") {
                 let u = userinfo[..<colon]
-                username = u.isEmpty ? nil : String(u).removingPercentEncoding
-                password = String(userinfo[userinfo.index(after: colon)...]).removingPercentEncoding
+                if !u.isEmpty {
+                    guard let name = String(u).removingPercentEncoding else { return nil }
+                    username = name
+                }
+                guard let secret = String(userinfo[userinfo.index(after: colon)...]).removingPercentEncoding else { return nil }
+                password = secret
             } else {
-                password = String(userinfo).removingPercentEncoding
+                guard let secret = String(userinfo).removingPercentEncoding else { return nil }
+                password = secret
             }
         }
         var database = 0
@@ -224,7 +231,7 @@ struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
             host = String(rest[..<colon])
         }
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { return nil }
+        guard ConnectTarget.isHost(host) else { return nil }
         return RedisEndpoint(host: host, port: port, username: username, password: password, database: database, secure: secure)
     }
 
@@ -242,7 +249,7 @@ struct RedisLocation: Sendable, Equatable, CustomStringConvertible {
     var cluster: Bool
 
     static let syntax =
-        "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only; rediss:// and rediss+cluster:// for TLS)"
+        "expected redis://[[user]:password@]host[:port][/db] or redis+cluster://[[user]:password@]host:port[,host:port…] (a cluster has database 0 only; rediss:// and rediss+cluster:// for TLS; a % in the password written %25)"
 
     /// Whether connections run TLS (`rediss://`, `rediss+cluster://`).
     var secure: Bool { seeds[0].secure }
