@@ -83,6 +83,11 @@ struct ConfigLoaderTests {
         ("redis: {url: 'redis+cluster://a:1/2'}", "redis.url"),
         ("redis: {url: 'redis://a:1,b:2'}", "redis.url"),
         ("listen: {proxy: 'local host:8080'}", "listen.proxy"),
+        ("tools: {openai: {credential_env: sk-proj-abcdefghijklmnop1234567890}}", "tools.openai.credential_env"),
+        ("tools: {openai: {credential_env: 'MY KEY'}}", "tools.openai.credential_env"),
+        ("tools: {serpapi: {credential_env: 9LIVES}}", "tools.serpapi.credential_env"),
+        ("vault: {kek_env: 'q1w2e3r4t5y6u7i8o9p0+/='}", "vault.kek_env"),
+        ("auth: {hs256_secret_env: 'my-shared-secret'}", "auth.hs256_secret_env"),
         ("listen: {admin: '[::1:9090'}", "listen.admin"),
         ("vault: {canaries: {short: abc}}", "vault.canaries.short"),
     ])

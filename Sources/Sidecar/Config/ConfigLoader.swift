@@ -137,7 +137,7 @@ public enum ConfigLoader {
         c.auth.defaultTTL = try positive(auth["default_ttl"], default: c.auth.defaultTTL)
         guard c.auth.defaultTTL <= c.auth.maxTTL else { throw auth["default_ttl"].error("must not exceed max_ttl") }
         c.auth.keysDir = try auth["keys_dir"].string()
-        c.auth.hs256SecretEnv = try auth["hs256_secret_env"].string()
+        c.auth.hs256SecretEnv = try environmentName(auth["hs256_secret_env"])
         c.auth.hs256Kid = try auth["hs256_kid"].string(default: c.auth.hs256Kid)
         c.auth.sidecarID = try auth["sidecar_id"].string(default: c.auth.sidecarID)
         c.auth.requireRegisteredAgents = try auth["require_registered_agents"].bool(default: true)
@@ -150,7 +150,7 @@ public enum ConfigLoader {
             c.vault.canaries[id] = text
         }
         c.vault.dir = try vault["dir"].string()
-        c.vault.kekEnv = try vault["kek_env"].string(default: c.vault.kekEnv)
+        c.vault.kekEnv = try environmentName(vault["kek_env"]) ?? c.vault.kekEnv
         c.vault.kekFile = try vault["kek_file"].string()
         if let url = try vault["gmail_token_url"].string() {
             do { _ = try TargetURL.parse(url) } catch { throw vault["gmail_token_url"].error(error.reason) }
@@ -397,7 +397,7 @@ public enum ConfigLoader {
         }
         t.connectTimeout = try positive(node["connect_timeout"], default: t.connectTimeout)
         t.timeout = try positive(node["timeout"], default: t.timeout)
-        t.credentialEnv = try node["credential_env"].string() ?? t.credentialEnv
+        t.credentialEnv = try environmentName(node["credential_env"]) ?? t.credentialEnv
         t.upgradeToHTTPS = try node["upgrade_to_https"].bool(default: false)
         if t.upgradeToHTTPS, tool != .httpFetch { throw node["upgrade_to_https"].error("only applies to http_fetch") }
         for (key, path) in [("organization", \OpenAIAdapter.Account.organization), ("project", \.project)] {
@@ -457,6 +457,20 @@ public enum ConfigLoader {
             guard let mode = ToolMode(rawValue: s) else { throw DocumentError(path: "env.SIDECAR_MODE", message: "expected mock or live") }
             for tool in Tool.allCases { c.tools[tool]!.mode = mode }
         }
+    }
+
+    /// A setting that names an environment variable holding a secret (`credential_env`, `kek_env`,
+    /// `hs256_secret_env`): a POSIX name, `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes. Never the secret
+    /// itself — one pasted here was accepted, and the start-up warning for a live tool without its
+    /// credential printed it as the variable's name; the error does not repeat the value.
+    static func environmentName(_ node: DocumentReader) throws(DocumentError) -> String? {
+        guard let name = try node.string() else { return nil }
+        guard let first = name.utf8.first, name.utf8.count <= 128, !(first >= 0x30 && first <= 0x39),
+            name.utf8.allSatisfy({ b in (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F })
+        else {
+            throw node.error("expected the name of an environment variable (letters, digits and _, not starting with a digit), not the secret itself")
+        }
+        return name
     }
 
     static func hostPort(_ s: String, _ node: DocumentReader) throws(DocumentError) -> HostPort {
