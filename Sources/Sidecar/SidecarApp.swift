@@ -262,6 +262,11 @@ public enum SidecarApp {
         if let receipts { ReceiptsAPI(receipts: receipts).register(on: api) }
         ApprovalsAPI(approvals: approvals, adminToken: adminToken, authenticator: authenticator, maxBodyBytes: config.adminMaxBodyBytes).register(on: router)
         ChaosAPI(chaos: chaos, fleetState: fleet, maxBodyBytes: config.adminMaxBodyBytes, logger: logger).register(on: api)
+        let descriptors = ConnectionCap.raiseDescriptorLimit()
+        let caps = ConnectionCap.budget(descriptors: descriptors, proxy: config.limits.maxConnections, admin: config.adminMaxConnections)
+        if let warning = caps.warning { logger.warning("risky setting", metadata: ["field": "limits.max_connections", "why": "\(warning)"]) }
+        let proxyCap = ConnectionCap(listener: "proxy", max: caps.proxy, metrics: metrics, logger: logger)
+        let adminCap = ConnectionCap(listener: "admin", max: caps.admin, metrics: metrics, logger: logger)
         var hbLogger = Logger(label: "admin")
         hbLogger.logLevel = .warning
         let adminApp = Application(
@@ -270,7 +275,7 @@ public enum SidecarApp {
             // idle, held a descriptor each, and enough of them starve the probes (/healthz) the
             // orchestrator restarts the pod by. The proxy's idle_timeout applies here too; an answer
             // being written (an SSE stream of a run) is never cut by it.
-            server: .http1(configuration: .init(idleTimeout: TimeAmount(config.limits.idleTimeout))),
+            server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionCap.Handler(adminCap)], idleTimeout: TimeAmount(config.limits.idleTimeout))),
             configuration: .init(address: .hostname(config.adminListen.host, port: config.adminListen.port), serverName: nil),
             onServerRunning: { channel in
                 if let address = channel.localAddress {
@@ -289,6 +294,7 @@ public enum SidecarApp {
                 "auth": "\(config.auth.required ? "required" : "off")", "sidecar_id": "\(config.auth.sidecarID)",
                 "chaos": "\(config.chaos.enabled)", "state": "\(redis.map { "\(RedisLocation(seeds: $0.seeds, cluster: $0.cluster))" } ?? "embedded")",
                 "policy": "\(policy.policy.hash.prefix(16))",
+                "max_connections": "proxy=\(caps.proxy),admin=\(caps.admin),descriptors=\(descriptors)",
             ])
         let reload = ReloadOnHangup(logger: logger) {
             let versions = try credentials.reload()
@@ -335,7 +341,7 @@ public enum SidecarApp {
             background.append { await running.run() }
         }
         if let fleet { background.append { await fleet.runFlusher() } }
-        let proxy = try await ProxyServer.bind(listen: config.proxyListen, context: context, readiness: readiness, logger: logger) { address in
+        let proxy = try await ProxyServer.bind(listen: config.proxyListen, context: context, cap: proxyCap, readiness: readiness, logger: logger) { address in
             egress.own.add(Self.listener(address))
             logger.info("listening", metadata: ["listener": "proxy", "address": "\(Self.format(address))"])
         }

@@ -2,6 +2,8 @@
 idle keep-alive connections, parse errors behind a pending response, and the bytes of the answers."""
 
 import json
+import os
+import subprocess
 import socket
 import time
 
@@ -259,3 +261,76 @@ tools:
         rest += data
     sock.close()
     assert payload == total, f"{payload} of {total} bytes"
+
+
+def _flood(port, count):
+    socks = []
+    for _ in range(count):
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+    return socks
+
+
+def test_each_listener_holds_at_most_max_connections_and_a_flood_of_one_leaves_the_other(sidecar_factory):
+    """A client opening connections and sending nothing took a descriptor each until none were left:
+    every listener then failed to accept, and /healthz (what the orchestrator restarts the pod by)
+    timed out with the agents' calls. Each listener now closes a connection past its cap at once."""
+    import requests
+    from conftest import metric
+    s = sidecar_factory("version: 1\nauth: {required: false}\nlimits: {max_connections: 8}\nadmin: {max_connections: 4}\n")
+    idle = _flood(s.proxy_port, 8)
+    time.sleep(0.3)
+    over = socket.create_connection(("127.0.0.1", s.proxy_port), timeout=5)
+    assert closed_within(over, 2), "the ninth connection was kept"
+    m = requests.get(f"{s.admin_url}/metrics", timeout=5).text
+    assert metric(m, "gateway_connections_open", listener="proxy") == 8
+    assert metric(m, "gateway_connections_refused_total", listener="proxy") >= 1
+    assert requests.get(f"{s.admin_url}/healthz", timeout=5).status_code == 200
+    s.wait_for_log(lambda r: r.get("msg") == "connection cap reached; new connections are closed" and r.get("listener") == "proxy")
+    for x in idle:
+        x.close()
+    deadline = time.time() + 5
+    while metric(requests.get(f"{s.admin_url}/metrics", timeout=5).text, "gateway_connections_open", listener="proxy") != 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert requests.get(f"{s.proxy_url}/serpapi/search?q=after", timeout=5).status_code == 200
+    # The admin port's own cap: a flood of it leaves the proxy serving.
+    admin_port = int(s.admin.rsplit(":", 1)[1])
+    idle = _flood(admin_port, 4)
+    time.sleep(0.3)
+    over = socket.create_connection(("127.0.0.1", admin_port), timeout=5)
+    assert closed_within(over, 2)
+    assert requests.get(f"{s.proxy_url}/serpapi/search?q=during", timeout=5).status_code == 200
+    for x in idle:
+        x.close()
+
+
+def test_few_descriptors_a_flood_of_the_proxy_leaves_the_probes_answering(tmp_path):
+    """Sized from `ulimit -n` when not configured: with 256 descriptors, 400 idle connections to the
+    proxy port leave /healthz answering (it timed out before), and the sidecar serves again after."""
+    import requests
+    from conftest import BIN, free_port
+    proxy, admin = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(SIDECAR_STATE_DIR=str(tmp_path / "state"), SIDECAR_PROXY_LISTEN=f"127.0.0.1:{proxy}", SIDECAR_ADMIN_LISTEN=f"127.0.0.1:{admin}")
+    proc = subprocess.Popen(["bash", "-c", f"ulimit -n 256 && exec {BIN} run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{admin}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        idle = _flood(proxy, 400)
+        time.sleep(0.5)
+        assert requests.get(f"http://127.0.0.1:{admin}/healthz", timeout=3).status_code == 200
+        for x in idle:
+            x.close()
+        time.sleep(0.5)
+        r = requests.get(f"http://127.0.0.1:{proxy}/serpapi/search?q=x", timeout=5)
+        assert r.status_code == 401 and r.json()["code"] == "token_missing"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -40,7 +40,7 @@ public enum ConfigLoader {
         let limits = root["limits"]
         try limits.checkKeys([
             "max_header_bytes", "max_request_body_bytes", "max_buffered_request_bytes", "max_response_body_bytes", "idle_timeout", "header_timeout",
-            "body_timeout", "drain_timeout",
+            "body_timeout", "drain_timeout", "max_connections",
         ])
         c.limits.maxHeaderBytes = try limits["max_header_bytes"].int(default: c.limits.maxHeaderBytes, range: 1024...1_048_576)
         c.limits.maxRequestBodyBytes = try limits["max_request_body_bytes"].int(default: c.limits.maxRequestBodyBytes, range: 0...1_073_741_824)
@@ -55,6 +55,7 @@ public enum ConfigLoader {
         c.limits.headerTimeout = try positive(limits["header_timeout"], default: c.limits.headerTimeout)
         c.limits.bodyTimeout = try positive(limits["body_timeout"], default: c.limits.bodyTimeout)
         c.limits.drainTimeout = try limits["drain_timeout"].duration(default: c.limits.drainTimeout)
+        c.limits.maxConnections = try connectionCap(limits["max_connections"])
 
         let upstream = root["upstream"]
         try upstream.checkKeys(["ca_bundle", "http2", "max_connections_per_host"])
@@ -177,7 +178,8 @@ public enum ConfigLoader {
             budget: try action("budget", .closed))
 
         let admin = root["admin"]
-        try admin.checkKeys(["token_file", "max_body_bytes", "rate_limit", "cors_origins"])
+        try admin.checkKeys(["token_file", "max_body_bytes", "rate_limit", "cors_origins", "max_connections"])
+        c.adminMaxConnections = try connectionCap(admin["max_connections"])
         c.adminTokenFile = try admin["token_file"].string()
         c.adminMaxBodyBytes = try admin["max_body_bytes"].int(default: c.adminMaxBodyBytes, range: 1024...16_777_216)
         let rate = admin["rate_limit"]
@@ -493,6 +495,12 @@ public enum ConfigLoader {
         var classes: Set<LimitCheck.Kind> = []
         for kind in LimitCheck.Kind.allCases where try on(try node[kind.rawValue].string(), node[kind.rawValue]) { classes.insert(kind) }
         return classes
+    }
+
+    /// A listener's connection cap: absent (sized from the process's file descriptors) or 1 to 1 000 000.
+    static func connectionCap(_ node: DocumentReader) throws(DocumentError) -> Int? {
+        guard try node.int() != nil else { return nil }
+        return try node.int(default: 0, range: 1...1_000_000)
     }
 
     static func positive(_ node: DocumentReader, default value: Duration) throws(DocumentError) -> Duration {

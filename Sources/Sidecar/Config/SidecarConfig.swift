@@ -82,6 +82,8 @@ public struct ListenerLimits: Sendable, Hashable {
     public var bodyTimeout: Duration = .seconds(30)
     /// How long in-flight requests may take to finish after SIGTERM before connections are cut.
     public var drainTimeout: Duration = .seconds(15)
+    /// Open agent connections at most; nil: sized from the file descriptors (`ConnectionCap.budget`).
+    public var maxConnections: Int?
 }
 
 /// How agents authenticate (DESIGN.md §5).
@@ -149,6 +151,8 @@ public struct SidecarConfig: Sendable {
     /// generated on first start.
     public var adminTokenFile: String?
     public var adminMaxBodyBytes = 256 * 1024
+    /// Open admin-port connections at most; nil: sized from the file descriptors (`ConnectionCap.budget`).
+    public var adminMaxConnections: Int?
     /// The admin port's per-address rate limit and CORS origins.
     var adminGate = AdminGateSettings()
     /// Agent runs: events kept, retention, streams per run, heartbeat.

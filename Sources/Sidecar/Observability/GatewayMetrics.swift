@@ -64,6 +64,9 @@ public final class GatewayMetrics: Sendable {
     let identityDegraded: Gauge
     private let tunnels: [String: Prometheus.Counter]
     let tunnelsOpen: Gauge
+    /// Per listener (`proxy`, `admin`): connections open, and those closed at once for the cap.
+    private let connectionsOpen: [String: Gauge]
+    private let connectionsRefused: [String: Prometheus.Counter]
     let leafCertificates: Gauge
     let leavesMinted: Prometheus.Counter
     static let tunnelModes = ["intercept", "passthrough"]
@@ -86,6 +89,11 @@ public final class GatewayMetrics: Sendable {
         .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
         .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(120),
     ]
+
+    /// The series a listener's connection cap keeps (`proxy` or `admin`).
+    func connectionSeries(listener: String) -> (open: Gauge, refused: Prometheus.Counter) {
+        (connectionsOpen[listener]!, connectionsRefused[listener]!)
+    }
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -252,6 +260,14 @@ public final class GatewayMetrics: Sendable {
         var tunnels: [String: Prometheus.Counter] = [:]
         for m in Self.tunnelModes { for r in Self.tunnelResults { tunnels["\(m)|\(r)"] = registry.makeCounter(descriptor: tunnelName, labels: [("mode", m), ("result", r)]) } }
         self.tunnels = tunnels
+        let connOpen = MetricNameDescriptor(namespace: "gateway", metricName: "connections_open", unitName: "",
+            helpText: "Client connections open, by listener.")
+        let connRefused = MetricNameDescriptor(namespace: "gateway", metricName: "connections_refused", unitName: "total",
+            helpText: "Client connections closed as soon as accepted because the listener had max_connections open.")
+        connectionsOpen = Dictionary(uniqueKeysWithValues: ["proxy", "admin"].map { ($0, registry.makeGauge(descriptor: connOpen, labels: [("listener", $0)])) })
+        connectionsRefused = Dictionary(uniqueKeysWithValues: ["proxy", "admin"].map {
+            ($0, registry.makeCounter(descriptor: connRefused, labels: [("listener", $0)]))
+        })
         tunnelsOpen = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "tunnels_open", unitName: "",
             helpText: "CONNECT tunnels currently open (intercepted and passed through)."))
         leafCertificates = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "intercept_leaf_certificates", unitName: "",

@@ -33,7 +33,7 @@ final class ProxyServer: Service {
     /// with nothing else begun (no admin server to cancel half-way, no noise from it in the log). The
     /// listening channel is closed by the quiescing helper when `run` drains.
     static func bind(
-        listen: HostPort, context: ProxyContext, readiness: Readiness, logger: Logger, onBound: @Sendable (SocketAddress) -> Void
+        listen: HostPort, context: ProxyContext, cap: ConnectionCap, readiness: Readiness, logger: Logger, onBound: @Sendable (SocketAddress) -> Void
     ) async throws -> ProxyServer {
         let group = MultiThreadedEventLoopGroup.singleton
         let quiesce = ServerQuiescingHelper(group: group)
@@ -54,6 +54,7 @@ final class ProxyServer: Service {
                 channel.eventLoop.makeCompletedFuture {
                     connections.add(channel)
                     let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(ConnectionCap.Handler(cap))
                     // NIO's decoder (llhttp) and one handler, which also encodes the answers, queues
                     // pipelined requests, quiesces, times out idle connections and answers parse errors.
                     // Bytes after a CONNECT (an eager ClientHello) are kept for the tunnel that replaces the decoder.
