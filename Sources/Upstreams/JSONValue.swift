@@ -114,8 +114,12 @@ public enum JSONValue: Sendable, Hashable, Codable {
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
 
     /// An integer value, if the number is integral and fits.
+    /// Integers a request may carry are below this (and so exact in a Double): counts read from agents
+    /// stay far enough from `Int.max` that what the sidecar adds up from them cannot overflow.
+    public static let integerBound = 9_000_000_000_000_000
+
     public var intValue: Int? {
-        guard case .number(let n) = self, n.rounded() == n, abs(n) < 9.0e15 else { return nil }
+        guard case .number(let n) = self, n.rounded() == n, abs(n) < Double(Self.integerBound) else { return nil }
         return Int(n)
     }
 

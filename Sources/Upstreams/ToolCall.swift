@@ -90,6 +90,9 @@ public struct OpenAIParameters: Sendable, Hashable {
     /// The sidecar, not the agent, asked for the streamed answer's usage chunk (to settle a budget):
     /// the agent is then not shown it (`OpenAIAddedUsageRemover`).
     public var usageAddedBySidecar = false
+    /// Outputs the call asks for (`n`, `best_of`; 1 without them). `maxTokens` already counts them; a call
+    /// without a cap reserves the default once per choice.
+    public var choices = 1
     public init(model: String?, maxTokens: Int?, stream: Bool, temperature: Double?, estimatedInputTokens: Int) {
         self.model = model
         self.maxTokens = maxTokens

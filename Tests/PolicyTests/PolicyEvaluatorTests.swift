@@ -151,6 +151,27 @@ struct PolicyEvaluatorTests {
         }
     }
 
+    /// A call without a cap reserves the default once per choice it asks for; every reservation is pinned
+    /// below where adding the input (and counters) could overflow — `max_tokens` near the bound once trapped.
+    @Test(arguments: [
+        (nil, 1, 40, 1024 + 40),
+        (nil, 4, 40, 4 * 1024 + 40),
+        (nil, 9_000_000_000_000_000, 40, PolicyEvaluator.countBound + 40),
+        (500, 4, 40, 540),
+        (PolicyEvaluator.countBound, 1, 1 << 28, PolicyEvaluator.countBound + (1 << 28)),
+        (Int.max, 1, 40, Int.max),
+    ] as [(Int?, Int, Int, Int)])
+    func budgetReservationCountsChoicesAndNeverOverflows(_ maxTokens: Int?, _ choices: Int, _ input: Int, _ cost: Int) {
+        let doc = YAMLish.node([
+            "version": 1,
+            "roles": ["r": ["allow": ["openai:*"], "rules": [["scope": "openai:*", "budget": ["tokens": 5000, "window": "day"] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>] as [Any]] as KeyValuePairs<String, Any>] as KeyValuePairs<String, Any>,
+        ] as KeyValuePairs<String, Any>)
+        let evaluator = PolicyEvaluator(policy: try! PolicyCompiler.compile(doc, source: "test"))
+        let e = evaluator.evaluate(
+            Self.request("r", "openai", "chat", .openai(model: "m", maxTokens: maxTokens, stream: false, estimatedInputTokens: input, choices: choices)), at: Self.now)
+        #expect(e.checks.first?.kind == .budget && e.checks.first?.cost == cost)
+    }
+
     @Test func reportModeRulesAllowButRecordWouldDeny() {
         let mail = CallParameters.gmail(recipientDomains: ["evil.test", "example.com", "example.com"], recipients: 3, subjectBytes: 5, bodyBytes: 5, headerInjection: false)
         let e = Self.evaluator.evaluate(Self.request("engager", "gmail_send", "send", mail), at: Self.now)

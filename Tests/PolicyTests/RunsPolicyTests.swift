@@ -22,6 +22,15 @@ struct RunsPolicyTests {
 
     static func holding(_ budget: RunBudget, _ held: RunLedger = RunLedger()) -> RunBudget.Holding { .init(budget: budget, held: held) }
 
+    /// A run reserves an uncapped OpenAI call's default once per choice (`n`, `best_of`), pinned, never trapping.
+    @Test(arguments: [(1, 1024 + 10), (3, 3 * 1024 + 10), (Int.max, PolicyEvaluator.countBound + 10)])
+    func anUncappedCallReservesPerChoice(_ choices: Int, _ tokens: Int) {
+        let charge = RunCharge.reservation(
+            tool: "openai", action: "chat", parameters: .openai(model: nil, maxTokens: nil, stream: false, estimatedInputTokens: 10, choices: choices),
+            prices: RunPrices(), defaultTokens: 1024, maxFetchBytes: 0)
+        #expect(charge.fixed.openAITokens == tokens)
+    }
+
     @Test func fixedChargesStopAtTheLimitExactly() {
         let budget = RunBudget(maxCalls: 3, maxSearches: 2)
         var held = RunLedger()

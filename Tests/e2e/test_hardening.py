@@ -609,6 +609,33 @@ def test_a_cap_times_the_choices_the_upstream_makes_is_judged_whole(guarded, bod
     assert not guarded.up.acted
 
 
+@pytest.mark.parametrize("body", [
+    {"model": "gpt-4o-mini", "max_tokens": 8_000_000_000_000_000, "n": 2000, "messages": []},
+    {"model": "gpt-4o-mini", "max_tokens": 8_999_999_999_999_999, "n": 8_999_999_999_999_999, "messages": []},
+    {"model": "gpt-4o-mini", "max_tokens": 8_999_999_999_999_999, "best_of": 3, "prompt": "x"},
+    {"model": "gpt-4o-mini", "n": 8_999_999_999_999_999, "messages": []},
+])
+def test_extreme_caps_and_choices_are_refused_by_the_budget_not_a_crash(pki, https_upstream, sidecar_factory, tmp_path, body):
+    """The cap times the choices was pinned at Int.max, and the budget added the input to it: one request
+    trapped the process. Every count is now pinned below where sums can overflow."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('version: 1\nroles:\n  b:\n    allow: ["openai:*"]\n    rules:\n'
+                      '      - {scope: "openai:*", budget: {tokens: 100000, window: day, timezone: UTC}}\n'
+                      '      - {scope: "openai:*", mode: report, budget: {tokens: 10, window: hour, timezone: UTC}}\n')
+    up = https_upstream
+    up.routes["/v1/chat/completions"] = lambda h, rec: up.send_json(
+        h, 200, {"id": "x", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    s = sidecar_factory(live_config(pki, up, extra=f"policy: {{file: \"{policy}\"}}\n"), env=LIVE_ENV)
+    token = s.new_token(role="b")
+    path = "/openai/v1/completions" if "prompt" in body else "/openai/v1/chat/completions"
+    for _ in range(3):
+        r = requests.post(f"{s.proxy_url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 429 and r.json()["code"] == "budget_exhausted", r.text
+    ok = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": []},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert ok.status_code == 200 and s.proc.poll() is None
+
+
 @pytest.mark.parametrize("query", ["q=a&num=5&num=100", "q=a&engine=google&engine=bing", "q=a&num=5&n%75m=100", "q=a;num=100", "q=a&num[]=100"])
 def test_serpapi_queries_the_upstream_would_read_differently_are_refused(guarded, query):
     r = requests.get(f"{guarded.proxy_url}/serpapi/search?{query}", headers={"X-Agent-Token": guarded.token}, timeout=10)

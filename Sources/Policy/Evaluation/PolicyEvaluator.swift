@@ -11,6 +11,16 @@ public struct PolicyEvaluator: Sendable {
     /// Budget reservation when a request sets no token cap.
     public let defaultReservation: Int
 
+    /// What an OpenAI call without a token cap reserves: the default for each choice it asks for,
+    /// pinned below where the sums that follow (input, counters) could overflow.
+    public static func uncapped(_ perChoice: Int, choices: Int) -> Int {
+        let (total, overflow) = perChoice.multipliedReportingOverflow(by: max(1, choices))
+        return overflow ? countBound : min(total, countBound)
+    }
+
+    /// The largest count a request carries (the adapters read no integer at or above it: `JSONValue.integerBound`).
+    public static let countBound = 9_000_000_000_000_000
+
     public init(policy: CompiledPolicy, defaultReservation: Int = 1024) {
         self.policy = policy
         self.defaultReservation = defaultReservation
@@ -83,9 +93,9 @@ public struct PolicyEvaluator: Sendable {
             evaluation.checks.append(check)
         }
         for i in rules.indices {
-            guard let b = rules[i].budget, case .openai(_, let maxTokens, _, let input) = request.parameters else { continue }
+            guard let b = rules[i].budget, case .openai(_, let maxTokens, _, let input, let choices) = request.parameters else { continue }
             var check = LimitCheck(kind: .budget, mode: b.mode, key: rules[i].budgetKey, limit: b.tokens)
-            check.cost = (maxTokens ?? defaultReservation) + input
+            check.cost = (maxTokens ?? Self.uncapped(defaultReservation, choices: choices)).addingSaturated(input)
             check.window = Self.windows(b.window, now)
             evaluation.checks.append(check)
             evaluation.budgetTool = true
@@ -111,7 +121,7 @@ public struct PolicyEvaluator: Sendable {
             if let allow = g.allowHosts, !allow.contains(where: { $0.matches(host) }) { return deny("host", "is not allowed") }
             if let ports = g.ports, !ports.contains(port) { return deny("port", "is not allowed") }
             if let methods = g.methods, !methods.contains(method.uppercased()) { return deny("method", "is not allowed") }
-        case .openai(let model, let maxTokens, let stream, _):
+        case .openai(let model, let maxTokens, let stream, _, _):
             if let models = g.models, !(model.map(models.contains) ?? false) { return deny("model", "is not allowed") }
             if let cap = g.maxTokens {
                 guard let requested = maxTokens else { return deny("max_tokens", "is required") }

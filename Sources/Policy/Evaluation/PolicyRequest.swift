@@ -29,7 +29,9 @@ public struct PolicyRequest: Sendable, Hashable {
 /// The guarded parameters of a call, per tool.
 public enum CallParameters: Sendable, Hashable {
     case serpapi(engine: String, num: Int?)
-    case openai(model: String?, maxTokens: Int?, stream: Bool, estimatedInputTokens: Int)
+    /// `choices`: how many outputs the call asks for (`n`, `best_of`); `maxTokens` already counts them, and a
+    /// call without a cap reserves the default once per choice.
+    case openai(model: String?, maxTokens: Int?, stream: Bool, estimatedInputTokens: Int, choices: Int = 1)
     case fetch(scheme: String, host: String, port: Int, method: String)
     case gmail(recipientDomains: [String], recipients: Int, subjectBytes: Int, bodyBytes: Int, headerInjection: Bool)
     case none

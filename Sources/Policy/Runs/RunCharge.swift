@@ -32,8 +32,8 @@ public struct RunCharge: Sendable, Hashable {
         case .gmail where action == "send":
             l.emails = 1
             l.costMicros = prices.perEmailMicros
-        case .openai(let model, let maxTokens, _, let input):
-            let output = maxTokens ?? defaultTokens
+        case .openai(let model, let maxTokens, _, let input, let choices):
+            let output = maxTokens ?? PolicyEvaluator.uncapped(defaultTokens, choices: choices)
             l.openAITokens = output.addingSaturated(input)
             l.costMicros = prices.openAICost(model: model, input: input, output: output)
         case .fetch:
@@ -66,7 +66,7 @@ public struct RunCharge: Sendable, Hashable {
                 l.emails = reserved.emails
                 l.costMicros = prices.perEmailMicros
             }
-        case .openai(let model, _, _, _):
+        case .openai(let model, _, _, _, _):
             if let usage {
                 l.openAITokens = usage.total
                 l.costMicros = prices.openAICost(model: model, input: usage.input, output: usage.output)

@@ -152,7 +152,8 @@ extension Pipeline {
         if call.tool == .openai, OpenAIAdapter.spendsNoTokens(call.action) { return .none }
         switch call.parameters {
         case .serpapi(let s): return .serpapi(engine: s.engine, num: s.num)
-        case .openai(let o): return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens)
+        case .openai(let o):
+            return .openai(model: o.model, maxTokens: o.maxTokens, stream: o.stream, estimatedInputTokens: o.estimatedInputTokens, choices: o.choices)
         case .httpFetch(let f): return .fetch(scheme: f.url.scheme, host: f.url.host, port: f.url.port, method: f.method)
         case .gmail(let g):
             return .gmail(

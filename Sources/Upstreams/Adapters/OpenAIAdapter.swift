@@ -123,9 +123,11 @@ public struct OpenAIAdapter: ToolAdapter {
             guard let c = v.intValue, c >= 1 else { throw .invalidParameter("\(key) must be a positive integer") }
             choices = max(choices, c)
         }
+        // Pinned at the bound any one count has: Int.max here went on into the budget's cost (+ input),
+        // and one request with `max_tokens: 8e15, n: 2000` trapped the process.
         if let cap = maxTokens, choices > 1 {
             let (total, overflow) = cap.multipliedReportingOverflow(by: choices)
-            maxTokens = overflow ? Int.max : total
+            maxTokens = overflow ? JSONValue.integerBound : min(total, JSONValue.integerBound)
         }
         // An embedding produces no output tokens: nothing for a max_tokens guard to cap (it would refuse
         // every embedding as "max_tokens is required" under `openai:*`) and nothing to reserve but the input.
@@ -133,9 +135,10 @@ public struct OpenAIAdapter: ToolAdapter {
         let stream = json["stream"]?.boolValue ?? false
         if let s = json["stream"], s != .null, s.boolValue == nil { throw .invalidParameter("stream must be a boolean") }
         let temperature = json["temperature"]?.doubleValue
-        let params = OpenAIParameters(
+        var params = OpenAIParameters(
             model: model?.stringValue, maxTokens: maxTokens, stream: stream, temperature: temperature,
             estimatedInputTokens: max(1, body.readableBytes / 4))
+        params.choices = action == "embeddings" ? 1 : choices
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
     }
 
