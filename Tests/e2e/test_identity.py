@@ -216,6 +216,21 @@ def test_keys_init_writes_private_keys_0600(tmp_path):
     assert len(list((tmp_path / "k").iterdir())) == 4
 
 
+def test_keys_init_on_a_directory_with_keys_is_refused_unless_rotating(tmp_path):
+    """A second `keys init` added a pair without a word, and tokens minted there from then on were
+    encrypted to a fleet key no sidecar had: every new token refused. It now needs --rotate."""
+    k = tmp_path / "k"
+    assert subprocess.run([str(BIN), "keys", "init", str(k)], capture_output=True).returncode == 0
+    again = subprocess.run([str(BIN), "keys", "init", str(k)], capture_output=True, text=True)
+    assert again.returncode != 0 and "--rotate" in again.stderr and len(list(k.iterdir())) == 4
+    rotated = subprocess.run([str(BIN), "keys", "init", "--rotate", str(k)], capture_output=True, text=True)
+    assert rotated.returncode == 0 and len(list(k.iterdir())) == 8
+    for agent in ("", "a b", "x" * 129, "a\nb"):
+        out = subprocess.run([str(BIN), "token", "issue", "--keys-dir", str(k), "--agent", agent, "--role", "developer"],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and not out.stdout and "--agent" in out.stderr
+
+
 def test_minting_on_a_sidecar_without_an_issuer_key_is_a_409(sidecar_factory, tmp_path):
     """Asking the wrong sidecar to mint is the operator's mistake, answered 409 `minting_disabled` (it
     was a 503, which told monitoring the sidecar was broken): with authentication off, and on a fleet

@@ -14,7 +14,20 @@ struct Keys: ParsableCommand {
         @Argument(help: "Directory to write the key files into.")
         var directory: String
 
+        @Flag(help: "Add a new pair beside the keys already in the directory (rotation: tokens are then minted with the new pair).")
+        var rotate = false
+
+        /// A second `keys init` on a directory with keys used to add a pair without a word — and tokens
+        /// minted there from then on were encrypted to a fleet key no sidecar had yet: every new token
+        /// was refused. Adding a pair is rotation, and says so.
         func run() throws {
+            let existing = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
+                ($0.hasPrefix("fleet-") || $0.hasPrefix("issuer-")) && $0.hasSuffix(".pem")
+            }
+            guard existing.isEmpty || rotate else {
+                throw ValidationError(
+                    "\(directory) already holds \(existing.count) key files; --rotate adds a new pair beside them (give every sidecar the new fleet key before minting with it)")
+            }
             let generated = try KeyFiles.initialize(directory: directory)
             print("fleet key id:  \(generated.fleetKid)")
             print("issuer key id: \(generated.issuerKid)")
@@ -41,6 +54,12 @@ struct TokenCommand: ParsableCommand {
         @Option(help: "Configuration file for issuer, audience, max_ttl and the state directory.") var config: String?
 
         func run() throws {
+            // A token every sidecar would refuse (an empty `sub` or role) is not printed as if it worked.
+            for (name, value) in [("--agent", agent), ("--role", role)] {
+                guard (1...128).contains(value.utf8.count), value.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F }) else {
+                    throw ValidationError("\(name) must be 1 to 128 characters without spaces or control characters")
+                }
+            }
             let cfg = try ConfigLoader.load(path: config)
             guard let lifetime = DocumentReader.parseDuration(ttl), lifetime > .zero else {
                 throw ValidationError("--ttl must be a duration like 15m")
