@@ -174,3 +174,33 @@ def test_nothing_secret_leaks_into_logs_metrics_or_responses(pki, https_upstream
     # The echoing upstream did receive the real key; the agent saw it redacted.
     assert any(rec.header("Authorization") == "Bearer sk-LEAKCHECK-openai-1234" for rec in https_upstream.requests)
     assert "[REDACTED]" in seen[0]
+
+
+def test_seal_refuses_what_the_vault_would_refuse_at_start_and_never_overwrites(tmp_path):
+    """A key with a space or control character inside sealed fine and stopped every later start; a Gmail
+    JSON missing a member was sealed as an API key (its text the bearer token); --out naming an existing
+    entry overwrote it. Each is refused at seal time, without printing the secret."""
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    env = dict(os.environ, KEK_BASE64=KEK)
+
+    def run(*args, secret=None):
+        e = dict(env)
+        cmd = [str(BIN), "secrets", "seal", *args]
+        if secret is not None:
+            e["S"] = secret
+            cmd += ["--from-env", "S"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=e)
+    for bad in ("sk-abc def", "sk-abc\r\nX-Injected: 1", "sk-\x01abc", "sk-ключ"):
+        out = run("--tool", "openai", "--out", str(vault), secret=bad)
+        assert out.returncode != 0 and "no request header can carry" in out.stderr and "sk-abc" not in out.stderr
+    assert list(vault.iterdir()) == []
+    partial = tmp_path / "g.json"
+    partial.write_text('{"refresh_token": "1//refresh-secret"}')
+    out = run("--tool", "gmail_send", "--out", str(vault), "--from-file", str(partial))
+    assert out.returncode != 0 and "client_id" in out.stderr and "refresh-secret" not in out.stderr
+    assert run("--tool", "openai", "--out", str(vault), secret=" sk-padded-0123456789\n").returncode == 0
+    first = (vault / "openai-v1.sealed").read_bytes()
+    out = run("--tool", "openai", "--out", str(vault / "openai-v1.sealed"), secret="sk-other-0123456789")
+    assert out.returncode != 0 and "exists" in out.stderr and (vault / "openai-v1.sealed").read_bytes() == first
+    assert run("--tool", "openai", "--out", str(vault), "--version", "0", secret="sk-x-0123456789").returncode != 0

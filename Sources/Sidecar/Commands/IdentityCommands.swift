@@ -100,6 +100,7 @@ struct Secrets: ParsableCommand {
 
         func run() throws {
             guard let tool = Tool(rawValue: tool), tool.isBrokered else { throw ValidationError("--tool must be serpapi, openai or gmail_send") }
+            if let version, version < 1 { throw ValidationError("--version must be 1 or more") }
             let env = ProcessInfo.processInfo.environment
             guard let kek = try KeyEncryptionKey.load(env: "KEK_BASE64", file: kekFile, environment: env) else {
                 throw ValidationError("no key-encryption key: set KEK_BASE64 (sidecar secrets new-kek) or pass --kek-file")
@@ -126,8 +127,18 @@ struct Secrets: ParsableCommand {
             if sealedKind == .oauthRefresh, !isJSON {
                 throw ValidationError("oauth_refresh secrets are JSON {refresh_token, client_id, client_secret}")
             }
+            // What the vault would refuse at start is refused here, when the operator is at hand: a Gmail
+            // JSON missing a member was sealed as an API key (the JSON text as the bearer token), and a
+            // key with a space or control character inside sealed fine and stopped every start later.
             if sealedKind == .apiKey {
-                while let last = secret.last, last == 10 || last == 13 || last == 32 { secret.removeLast() }
+                if tool == .gmailSend, secret.first(where: { $0 != 32 && $0 != 9 && $0 != 10 && $0 != 13 }) == UInt8(ascii: "{") {
+                    throw ValidationError("a gmail_send JSON secret needs refresh_token, client_id and client_secret (strings)")
+                }
+                while let last = secret.last, last == 10 || last == 13 || last == 32 || last == 9 { secret.removeLast() }
+                while let first = secret.first, first == 10 || first == 13 || first == 32 || first == 9 { secret.removeFirst() }
+                guard !secret.isEmpty, let text = String(validating: secret, as: UTF8.self), Credential.isHeaderSafe(text) else {
+                    throw ValidationError("the secret is empty or has a space, control or non-ASCII character inside it, which no request header can carry (the value is not shown)")
+                }
             }
             var isDirectory: ObjCBool = false
             let outIsDirectory = FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) && isDirectory.boolValue
@@ -135,6 +146,10 @@ struct Secrets: ParsableCommand {
             let v = version ?? VaultContents.nextVersion(for: tool, in: directory.isEmpty ? "." : directory)
             let entry = try SealedEntry.seal(secret, tool: tool, version: v, kind: sealedKind, kek: kek, now: Int64(Date().timeIntervalSince1970))
             let path = outIsDirectory ? (out as NSString).appendingPathComponent("\(tool.rawValue)-v\(v).sealed") : out
+            // Never over an entry already sealed: the file named v1 came to hold v3, and v1 was gone.
+            guard !FileManager.default.fileExists(atPath: path) else {
+                throw ValidationError("\(path) exists; seal into the vault directory (the next version is chosen) or name a new file")
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             guard FileManager.default.createFile(atPath: path, contents: try encoder.encode(entry), attributes: [.posixPermissions: 0o600]) else {
