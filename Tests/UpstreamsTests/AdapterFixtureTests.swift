@@ -237,6 +237,41 @@ struct AdapterFixtureTests {
         #expect(bad.status == .badRequest)
     }
 
+    /// Image generation and speech: actions with no token cap (a `max_tokens` guard has nothing to
+    /// judge, `n` counts images), so the budget reserves their input; mocked as OpenAI answers them.
+    @Test func openAIImagesAndSpeechAreActions() throws {
+        let adapter = OpenAIAdapter()
+        let image = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/images/generations", body: ByteBuffer(string: #"{"model":"gpt-image-1","prompt":"a red fox","n":2}"#)))
+        guard case .openai(let p) = image.parameters else { Issue.record("wrong parameters"); return }
+        #expect(image.action == "images" && p.model == "gpt-image-1" && p.maxTokens == 0 && p.choices == 1)
+        #expect(adapter.traits(of: image) == CallTraits(idempotent: true, cacheable: false, sideEffecting: false))
+        let answer = try Self.mockBody(adapter.mockResponse(for: image))
+        #expect(answer["data"]?.arrayValue?.count == 2 && answer["data"]?.arrayValue?.first?["b64_json"]?.stringValue == OpenAIAdapter.mockPNGBase64)
+        #expect(answer["usage"]?["total_tokens"]?.intValue ?? 0 > 0)
+        let dalle = try Self.mockBody(adapter.mockResponse(for: try adapter.interpret(
+            ToolRequest(method: .POST, path: "/images/generations", body: ByteBuffer(string: #"{"model":"dall-e-3","prompt":"x"}"#)))))
+        #expect(dalle["data"]?.arrayValue?.first?["url"]?.stringValue?.hasPrefix("https://") == true && dalle["usage"] == nil)
+        for bad in [#"{"prompt":""}"#, #"{"prompt":"x","n":11}"#] {
+            let call = try adapter.interpret(ToolRequest(method: .POST, path: "/v1/images/generations", body: ByteBuffer(string: bad)))
+            #expect(adapter.mockResponse(for: call).status == .badRequest)
+        }
+        let speech = try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/audio/speech", body: ByteBuffer(string: #"{"model":"tts-1","input":"hello","voice":"alloy","response_format":"wav"}"#)))
+        #expect(speech.action == "speech")
+        let audio = adapter.mockResponse(for: speech)
+        let bytes = audio.body.bufferedBytes.map { Array($0.readableBytesView) } ?? []
+        #expect(audio.status == .ok && audio.headers.first(name: "content-type") == "audio/wav" && bytes.starts(with: Array("RIFF".utf8)))
+        #expect(bytes.count == 44 + 4800 && Array(bytes[8..<16]) == Array("WAVEfmt ".utf8))
+        let mp3 = adapter.mockResponse(for: try adapter.interpret(
+            ToolRequest(method: .POST, path: "/v1/audio/speech", body: ByteBuffer(string: #"{"model":"tts-1","input":"hi","voice":"alloy"}"#))))
+        #expect(mp3.headers.first(name: "content-type") == "audio/mpeg" && mp3.body.bufferedBytes?.readableBytesView.first == 0xFF)
+        #expect(throws: ToolRequestError.unknownAction("openai speech must be POST")) {
+            try adapter.interpret(ToolRequest(method: .GET, path: "/v1/audio/speech"))
+        }
+        #expect(try adapter.compatRequest(action: "images", params: ["prompt": "x"]).path == "/v1/images/generations")
+    }
+
     /// The Agents SDK's trace upload (on by default): taken by the mock with 204, never retried here.
     @Test func openAITraceUploadsAreAnAction() throws {
         let adapter = OpenAIAdapter()
@@ -254,7 +289,7 @@ struct AdapterFixtureTests {
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
         let unknown = ToolRequestError.unknownAction(
-            "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
+            "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/audio/speech, /v1/traces/ingest and GET /v1/models")
         for path in [
             "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
             "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",

@@ -142,6 +142,14 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     # Moderations: the mock flags "kill" for violence, one result per input string.
     mod = client.moderations.create(model="omni-moderation-latest", input=["hello", "kill it"])
     assert [r.flagged for r in mod.results] == [False, True] and mod.results[1].categories.violence
+    # An image tool and a voice tool (they were 400 unknown_action): typed answers from the mock.
+    import base64
+    img = client.images.generate(model="gpt-image-1", prompt="a red fox", n=2)
+    assert len(img.data) == 2 and base64.b64decode(img.data[0].b64_json).startswith(b"\x89PNG") and img.usage.total_tokens > 0
+    assert client.images.generate(model="dall-e-3", prompt="a red fox").data[0].url.startswith("https://")
+    wav = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hello", response_format="wav")
+    assert wav.content[:4] == b"RIFF" and wav.content[8:12] == b"WAVE"
+    assert client.audio.speech.create(model="tts-1", voice="alloy", input="hello").content[:2] == b"\xff\xfb"
 
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
@@ -288,6 +296,14 @@ def test_sdk_model_list_and_retrieve_pass_guards_and_spend_no_budget(pki, https_
         assert client.embeddings.create(model="text-embedding-3-small", input="hello", encoding_format="float").data[0].embedding == [0.5, 0.25]
     with pytest.raises(openai.PermissionDeniedError):  # the model guard still reads them
         client.embeddings.create(model="text-embedding-ada-002", input="hello")
+    # Images: no token cap to require either; the budget reserves the prompt and settles to the usage.
+    up.routes["/v1/images/generations"] = lambda h, rec: up.send_json(h, 200, {"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}],
+        "usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}})
+    for _ in range(3):
+        assert client.images.generate(model="gpt-4o-mini", prompt="fox").data[0].b64_json == "iVBORw0KGgo="
+    assert up.requests[-1].path == "/v1/images/generations" and up.requests[-1].header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    with pytest.raises(openai.PermissionDeniedError):  # the model guard reads an image's model too
+        client.images.generate(model="dall-e-3", prompt="fox")
 
 
 RETRY_POLICY = """version: 1

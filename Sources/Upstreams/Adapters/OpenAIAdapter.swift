@@ -1,7 +1,8 @@
 import NIOCore
 import NIOHTTP1
 
-/// OpenAI: chat completions, embeddings and responses; moderations (`POST /v1/moderations`, free, what
+/// OpenAI: chat completions, embeddings and responses; image generation and speech (`images`,
+/// `speech`: no token cap, mocked in `OpenAIAdapter+MediaMock`); moderations (`POST /v1/moderations`, free, what
 /// guardrails call before or after a completion); traces (`POST /v1/traces/ingest`, where the Agents
 /// SDK uploads its runs' traces by default); and the model list (`GET /v1/models`, `GET /v1/models/{id}`),
 /// which SDKs call to check a key or pick a model — a read that spends nothing.
@@ -48,7 +49,7 @@ public struct OpenAIAdapter: ToolAdapter {
 
     static let actionByPath: [String: String] = [
         "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
-        "/v1/moderations": "moderations", "/v1/traces/ingest": "traces",
+        "/v1/moderations": "moderations", "/v1/traces/ingest": "traces", "/v1/images/generations": "images", "/v1/audio/speech": "speech",
     ]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
@@ -82,6 +83,10 @@ public struct OpenAIAdapter: ToolAdapter {
     /// endpoint's `best_of` candidates (of which `n` are returned).
     static let choiceCounts = ["n", "best_of"]
     static let tokenCaps = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+    /// Actions whose output is not tokens under a cap — a vector, an image, audio: a `max_tokens` guard
+    /// has nothing to judge (it would refuse every call as "max_tokens is required" under `openai:*`) and
+    /// the budget reserves their input only, settled to the answer's `usage` when it has one.
+    static let withoutTokenCap: Set<String> = ["embeddings", "images", "speech"]
 
     public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
         var request = request
@@ -95,7 +100,7 @@ public struct OpenAIAdapter: ToolAdapter {
         }
         guard let action = Self.actionByPath[request.path] else {
             throw .unknownAction(
-                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/traces/ingest and GET /v1/models")
+                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/audio/speech, /v1/traces/ingest and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         let expected = "openai \(action) needs a JSON object body"
@@ -131,14 +136,16 @@ public struct OpenAIAdapter: ToolAdapter {
         }
         // An embedding produces no output tokens: nothing for a max_tokens guard to cap (it would refuse
         // every embedding as "max_tokens is required" under `openai:*`) and nothing to reserve but the input.
-        if action == "embeddings" { maxTokens = 0 }
+        // An image or speech is not generated tokens under a cap either (`n` there counts images).
+        let uncapped = Self.withoutTokenCap.contains(action)
+        if uncapped { maxTokens = 0 }
         let stream = json["stream"]?.boolValue ?? false
         if let s = json["stream"], s != .null, s.boolValue == nil { throw .invalidParameter("stream must be a boolean") }
         let temperature = json["temperature"]?.doubleValue
         var params = OpenAIParameters(
             model: model?.stringValue, maxTokens: maxTokens, stream: stream, temperature: temperature,
             estimatedInputTokens: max(1, body.readableBytes / 4))
-        params.choices = action == "embeddings" ? 1 : choices
+        params.choices = uncapped ? 1 : choices
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
     }
 
@@ -207,7 +214,7 @@ public struct OpenAIAdapter: ToolAdapter {
             return ToolRequest(method: .GET, path: "/v1/models/" + id)
         }
         guard let path = Self.pathByAction[action] else {
-            throw .unknownAction("openai actions are chat, completions, embeddings, responses, moderations, traces, models")
+            throw .unknownAction("openai actions are chat, completions, embeddings, responses, moderations, images, speech, traces, models")
         }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
@@ -322,6 +329,10 @@ public struct OpenAIAdapter: ToolAdapter {
             ])
         case "moderations":
             return Self.mockModeration(json, seed: seed, model: p.model)
+        case "images":
+            return Self.mockImages(json, seed: seed)
+        case "speech":
+            return Self.mockSpeech(json)
         case "traces":
             // Taken, as the real endpoint takes a batch: nothing to say.
             return UpstreamResponse(status: .noContent, headers: HTTPHeaders(), body: .empty)
