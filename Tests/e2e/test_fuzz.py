@@ -33,7 +33,24 @@ version: 1
 auth: {required: false}
 limits: {max_header_bytes: 8192, max_request_body_bytes: 65536}
 egress: {allow_cidrs: ["127.0.0.0/8"]}
+policy: {file: "%s"}
 """
+
+# Every limit on every call, so fuzzed numbers reach the limits' arithmetic (a cap times its choices once
+# trapped there): report-mode limits count whatever comes and refuse nothing; the enforce budget is big.
+FUZZ_RULES = """    allow: ["*"]
+    rules:
+      - scope: "*"
+        mode: report
+        rate: {limit: 5, per: 1s, burst: 5}
+        quota: {limit: 10, window: hour, timezone: UTC, cost: 3}
+      - scope: "openai:*"
+        mode: report
+        budget: {tokens: 10, window: day, timezone: UTC}
+      - scope: "openai:*"
+        budget: {tokens: 1000000000000, window: week, timezone: UTC}
+"""
+FUZZ_POLICY = "version: 1\nroles:\n  anonymous:\n" + FUZZ_RULES + "  developer:\n" + FUZZ_RULES
 
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 RAW_MAIL = base64.urlsafe_b64encode(b"From: a@example.com\r\nTo: b@example.com\r\nSubject: s\r\n\r\nbody").decode().rstrip("=")
@@ -50,6 +67,11 @@ TEMPLATES = [
     ("POST", "/openai/v1/chat/completions", [], dict(CHAT, stream=True)),
     ("POST", "/openai/v1/embeddings", [], {"model": "text-embedding-3-small", "input": ["a", "b"]}),
     ("POST", "/openai/v1/responses", [], {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 8}),
+    ("POST", "/openai/v1/chat/completions", [], dict(CHAT, n=3)),
+    ("POST", "/openai/v1/completions", [], {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "max_tokens": 4, "best_of": 2}),
+    ("POST", "/openai/v1/moderations", [], {"input": ["a", "b"]}),
+    ("POST", "/openai/v1/images/generations", [], {"model": "gpt-image-1", "prompt": "fox", "n": 2}),
+    ("POST", "/openai/v1/audio/speech", [], {"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "wav"}),
     ("POST", "/gmail/v1/users/me/messages/send", [], {"raw": RAW_MAIL}),
     ("GET", "/gmail/v1/users/me/profile", [], None),
     ("GET", "/fetch?url=http%3A%2F%2Fexample.com%2F", [], None),
@@ -66,7 +88,7 @@ NASTY_STRINGS = ["", " ", "\x00", "%", "%zz", "%00", "%ff%fe", "..%2f..%2f", "/.
                  "\ud7ff", "a" * 3000, "-1", "0", "18446744073709551616", "1e309", "NaN", "null", "[]", "{}",
                  "http://", "http://[::1]/", "http://0x7f000001/", "http://user:pass@127.0.0.1:1/", "file:///etc/passwd",
                  "javascript:alert(1)", "\r\nX-Injected: 1", "\"", "\\", "'", "<script>", "*", "?", "#", "&", "="]
-NASTY_VALUES = [None, True, False, 0, -1, 2 ** 63, -(2 ** 63) - 1, 2 ** 64, 1.5, -0.0, 1e308, "", [], {}, [[[[]]]],
+NASTY_VALUES = [None, True, False, 0, -1, 2 ** 31, 2 ** 52, 8_999_999_999_999_999, 2 ** 63, -(2 ** 63) - 1, 2 ** 64, 1.5, -0.0, 1e308, "", [], {}, [[[[]]]],
                 {"a": {"b": {"c": {}}}}, "x" * 5000, ["x"] * 200]
 
 
@@ -87,8 +109,15 @@ def encode(method, target, headers, body: bytes | None, host="x", framing="lengt
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogatepass") + (body or b"")
 
 
+BIG_COUNTS = [2 ** 52, 8_999_999_999_999_999, 2 ** 63]
+
+
 def mutate_json(rng: random.Random, value, depth=0):
-    """A structure-aware mutation: replace, drop or add one member somewhere in the document."""
+    """A structure-aware mutation: replace, drop or add one member somewhere in the document — or, now
+    and then, every number at its top level at once (a cap times its choices overflowed only when both
+    were huge, which one member at a time never reaches)."""
+    if depth == 0 and isinstance(value, dict) and rng.random() < 0.25:
+        return {k: rng.choice(BIG_COUNTS) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
     if isinstance(value, dict) and value and depth < 4 and rng.random() < 0.7:
         key = rng.choice(list(value))
         out = dict(value)
@@ -291,9 +320,15 @@ def run_cases(sidecar, seed: int, make):
     return statuses
 
 
+def mock_config(tmp_path) -> str:
+    policy = tmp_path / "fuzz-policy.yaml"
+    policy.write_text(FUZZ_POLICY)
+    return MOCK_CONFIG % policy
+
+
 @pytest.fixture
-def mock_sidecar(sidecar_factory):
-    return sidecar_factory(MOCK_CONFIG)
+def mock_sidecar(sidecar_factory, tmp_path):
+    return sidecar_factory(mock_config(tmp_path))
 
 
 def assert_log_lines_are_json(sidecar):
@@ -321,10 +356,10 @@ def test_fuzzed_requests_get_4xx_problems_never_5xx(mock_sidecar):
     assert_log_lines_are_json(mock_sidecar)
 
 
-def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
+def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory, tmp_path):
     """With authentication on, a token that is garbage, truncated, re-encoded or bit-flipped is a 401
     problem (or a 4xx for the request itself), never a 5xx."""
-    s = sidecar_factory(MOCK_CONFIG.replace("auth: {required: false}\n", ""))
+    s = sidecar_factory(mock_config(tmp_path).replace("auth: {required: false}\n", ""))
     good = s.new_token()
 
     head = good.split(".")[0]
@@ -369,9 +404,9 @@ def test_fuzzed_agent_tokens_are_refused_with_401(sidecar_factory):
         assert not any(p in line for p in pieces), line
 
 
-def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory):
+def test_fuzzed_control_api_bodies_are_4xx(sidecar_factory, tmp_path):
     """The control API with the admin token and hostile JSON bodies: 4xx, never 5xx."""
-    s = sidecar_factory(MOCK_CONFIG)
+    s = sidecar_factory(mock_config(tmp_path))
     agent = s.new_agent()
     templates = [("POST", "/api/agents", {"name": "n", "role": "developer", "created_by": "fuzz"}),
                  ("POST", "/api/create-agent", {"name": "n", "role": "scraper"}),
