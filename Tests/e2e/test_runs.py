@@ -704,6 +704,29 @@ def test_a_client_that_goes_away_frees_its_stream_place_at_once(start):
     st.close()
 
 
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_an_agent_holds_at_most_max_open_per_agent_unfinished_runs(start, store):
+    """Every unfinished run is kept (the embedded store holds them in memory): an agent creating runs it
+    never finished grew the sidecar without bound. Its next create past the cap is 429; a finished run
+    frees a place; the operator is not capped."""
+    redis = Redis() if store == "redis" else None
+    try:
+        s = start(redis_url=redis.url if redis else None,
+                  config=runs_config(start.keys, start.policy).replace("max_streams_per_run: 4}", "max_streams_per_run: 4, max_open_per_agent: 3}"))
+        _, tok = agent_token(s)
+        made = [api(s, "POST", "/api/runs", {"name": f"r{i}"}, token=tok) for i in range(3)]
+        assert all(r.status_code == 201 for r in made)
+        over = api(s, "POST", "/api/runs", {"name": "r3"}, token=tok)
+        assert over.status_code == 429 and over.json()["code"] == "too_many_open_runs"
+        assert api(s, "POST", f"/api/runs/{made[0].json()['id']}/cancel", token=tok).status_code == 202
+        assert api(s, "POST", "/api/runs", {"name": "r4"}, token=tok).status_code == 201
+        assert api(s, "POST", "/api/runs", {"name": "r5"}, token=tok).status_code == 429
+        assert api(s, "POST", "/api/runs", {"name": "ops"}).status_code == 201  # the admin token
+    finally:
+        if redis:
+            redis.kill()
+
+
 def test_a_stream_resumes_on_another_sidecar(start):
     redis = Redis()
     try:

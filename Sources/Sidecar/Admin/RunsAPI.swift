@@ -95,6 +95,17 @@ struct RunsAPI: Sendable {
             id = Run.newChildID(parent: parent.id)
             chain = parent.chain
         }
+        // An agent's unfinished runs are bounded; the operator (the admin token) is not. Checked before the
+        // create, so two creates at once may pass one past the cap — a bound on growth, not a ledger.
+        if case .agent = caller, let agent = spec.agent {
+            let open: Int
+            do { open = try await runs.store.openCount(agent: agent) } catch { throw RunService.storeError() }
+            guard open < runs.settings.maxOpenPerAgent else {
+                throw GatewayError(
+                    .tooManyOpenRuns,
+                    "agent \(agent) has \(open) runs not finished (runs.max_open_per_agent \(runs.settings.maxOpenPerAgent)); complete, fail or cancel some first")
+            }
+        }
         let now = runs.now()
         let run = Run(
             id: id, agent: spec.agent ?? "", createdBy: caller.name, name: spec.name, input: spec.input, tags: spec.tags, status: .created,

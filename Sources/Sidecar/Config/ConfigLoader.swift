@@ -196,7 +196,8 @@ public enum ConfigLoader {
         }
 
         let runs = root["runs"]
-        try runs.checkKeys(["max_events", "retention", "max_streams_per_run", "heartbeat"])
+        try runs.checkKeys(["max_events", "retention", "max_streams_per_run", "heartbeat", "max_open_per_agent"])
+        c.runs.maxOpenPerAgent = try runs["max_open_per_agent"].int(default: c.runs.maxOpenPerAgent, range: 1...1_000_000)
         c.runs.maxEvents = try runs["max_events"].int(default: c.runs.maxEvents, range: 10...1_000_000)
         c.runs.maxStreamsPerRun = try runs["max_streams_per_run"].int(default: c.runs.maxStreamsPerRun, range: 1...10_000)
         if let r = try runs["retention"].duration() {

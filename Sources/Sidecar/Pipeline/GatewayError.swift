@@ -72,6 +72,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case approvalForbidden = "approval_forbidden"
         case approvalNotPending = "approval_not_pending"
         case tooManyStreams = "too_many_streams"
+        case tooManyOpenRuns = "too_many_open_runs"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
@@ -120,7 +121,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .runNotStarted, .runCancelled, .runFinished, .runAlreadyCancelled, .runNotPaused, .idempotencyConflict, .duplicateInFlight,
                 .duplicateOutcomeUnknown:
                 return .conflict
-            case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .adminRateLimited: return .tooManyRequests
+            case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .tooManyOpenRuns, .adminRateLimited: return .tooManyRequests
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
             case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
@@ -193,6 +194,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .approvalForbidden: return "Not an approver of this call"
             case .approvalNotPending: return "Approval already decided"
             case .tooManyStreams: return "Too many event streams on this run"
+            case .tooManyOpenRuns: return "Too many unfinished runs for this agent"
             case .adminRateLimited: return "Too many admin requests from this address"
             case .originNotAllowed: return "Origin not allowed"
             case .upstreamUnreachable: return "Upstream unreachable"

@@ -12,6 +12,8 @@ final class RedisRunStore: RunStore {
     static let index = "sidecar:runs"
     /// Runs not finished (a set), and running runs by the time their `max_duration` ends (a sorted set).
     static let active = "sidecar:runs:active"
+    /// An agent's unfinished runs (the cap `runs.max_open_per_agent`).
+    static func open(_ agent: String) -> String { "sidecar:runs:open:" + agent }
     static let deadlines = "sidecar:runs:deadlines"
 
     init(redis: RedisClient, maxEvents: Int = 10_000) {
@@ -100,6 +102,7 @@ final class RedisRunStore: RunStore {
         }
         _ = try checked(try await redis.send(["ZADD", Self.index, String(run.createdAt), run.id]))
         _ = try await redis.send(["SADD", Self.active, run.id])
+        if !run.agent.isEmpty { _ = try await redis.send(["SADD", Self.open(run.agent), run.id]) }
         return .created(run)
     }
 
@@ -192,6 +195,7 @@ final class RedisRunStore: RunStore {
     private func track(_ run: Run) async throws {
         if run.status.isTerminal {
             _ = try await redis.send(["SREM", Self.active, run.id])
+            if !run.agent.isEmpty { _ = try await redis.send(["SREM", Self.open(run.agent), run.id]) }
             _ = try await redis.send(["ZREM", Self.deadlines, run.id])
         } else if run.status == .running, let max = run.budget.maxDurationSeconds, let started = run.startedAt {
             _ = try await redis.send(["ZADD", Self.deadlines, String(started + Int64(max) * 1000), run.id])
@@ -213,6 +217,21 @@ final class RedisRunStore: RunStore {
     }
 
     func activeCount() async throws -> Int { Int(try checked(try await redis.send(["SCARD", Self.active])).int ?? 0) }
+
+    /// The agent's set, less members that finished or are gone (a missed `SREM` must not hold a place):
+    /// they are checked only when the set is not small, and removed.
+    func openCount(agent: String) async throws -> Int {
+        let key = Self.open(agent)
+        let count = Int(try checked(try await redis.send(["SCARD", key])).int ?? 0)
+        guard count >= 16 else { return count }
+        var open = 0
+        for member in try checked(try await redis.send(["SMEMBERS", key])).array ?? [] {
+            guard let id = member.string else { continue }
+            let status = try await redis.send(["HGET", Self.hash(id), "status"]).string.flatMap(RunStatus.init(rawValue:))
+            if let status, !status.isTerminal { open += 1 } else { _ = try await redis.send(["SREM", key, id]) }
+        }
+        return open
+    }
 
     func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) async throws -> RunReservation {
         let chain = Run.chain(of: id)

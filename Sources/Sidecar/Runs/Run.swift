@@ -232,6 +232,8 @@ protocol RunStore: Sendable {
     func expired(now: Int64) async throws -> [String]
     /// Runs created, running or paused.
     func activeCount() async throws -> Int
+    /// `agent`'s runs created, running or paused (the cap `runs.max_open_per_agent` reads it).
+    func openCount(agent: String) async throws -> Int
     /// Whether `id` has the form of this store's event ids (a `Last-Event-ID` that does not is a 400).
     func validEventID(_ id: String) -> Bool
 }

@@ -42,6 +42,9 @@ struct RunBook: Sendable {
     /// Runs not finished (all of them are in memory: loaded at start, kept until they finish).
     var activeCount: Int { runs.values.reduce(0) { $0 + ($1.status.isTerminal ? 0 : 1) } }
 
+    /// `agent`'s runs not finished (a walk over the runs in memory: asked once per create).
+    func openCount(agent: String) -> Int { runs.values.reduce(0) { $0 + ($1.agent == agent && !$1.status.isTerminal ? 1 : 0) } }
+
     /// The ids of `ids` that are not in memory.
     func missing(_ ids: [String]) -> [String] { ids.filter { runs.index(forKey: $0) == nil } }
 

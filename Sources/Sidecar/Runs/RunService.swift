@@ -14,6 +14,10 @@ struct RunSettings: Sendable, Hashable {
     var maxStreamsPerRun = 16
     /// A comment line on an idle event stream this often, so proxies keep it open.
     var heartbeat: Duration = .seconds(15)
+    /// Runs not finished that one agent may hold; its next create is 429 `too_many_open_runs`. Every
+    /// unfinished run is kept (the embedded store holds them in memory), so an agent creating runs it
+    /// never finishes grew the sidecar without bound.
+    var maxOpenPerAgent = 1000
 }
 
 /// Agent runs (README "Agent runs"): the one place that joins the run store, the tool calls that name a
