@@ -110,4 +110,11 @@ struct GmailTokenProviderTests {
         #expect(try await provider.accessToken(for: Self.secret, version: 1).reveal() == "ya29.access-2", "inside the margin")
         #expect(try await provider.accessToken(for: Self.secret, version: 2).reveal() == "ya29.access-3", "rotated secret")
     }
+
+    /// A token living less than the margin is kept for half its life, not exchanged again on every call;
+    /// one said to live no time at all is never kept.
+    @Test(arguments: [(3600, 1000 + 3540), (30, 1000 + 15), (0, 1000), (-5, 1000), (9_000_000_000_000_000, 1000 + 9_000_000_000_000_000 - 60)] as [(Int64, Int64)])
+    func shortLivedTokensAreKeptForHalfTheirLife(_ expiresIn: Int64, _ refreshAt: Int64) {
+        #expect(GmailTokenProvider.refreshAt(now: 1000, expiresIn: expiresIn) == refreshAt)
+    }
 }

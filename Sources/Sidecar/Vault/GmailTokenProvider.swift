@@ -39,12 +39,19 @@ struct HTTPTokenEndpoint: OAuthTokenEndpoint {
 actor GmailTokenProvider {
     private let endpoint: any OAuthTokenEndpoint
     private let now: @Sendable () -> Int64
-    private var cached: (version: Int, credential: Credential, expiresAt: Int64)?
+    private var cached: (version: Int, credential: Credential, refreshAt: Int64)?
     private var refreshing: (version: Int, task: Task<(Credential, Int64), any Error>)?
     private(set) var exchanges = 0
 
-    /// Refresh this long before expiry, so a request never goes out with a token about to die.
+    /// Refresh this long before expiry, so a request never goes out with a token about to die — or at
+    /// half the token's life when that is shorter: a token endpoint answering `expires_in` under the margin
+    /// made every call exchange the refresh token again.
     static let margin: Int64 = 60
+
+    static func refreshAt(now: Int64, expiresIn: Int64) -> Int64 {
+        let life = max(0, expiresIn)
+        return now + max(life / 2, life - margin)
+    }
 
     /// Told each new access token (the exfiltration check's catalog).
     private let onToken: (@Sendable (Credential) -> Void)?
@@ -56,20 +63,20 @@ actor GmailTokenProvider {
     }
 
     func accessToken(for secret: OAuthRefreshSecret, version: Int) async throws -> Credential {
-        if let c = cached, c.version == version, c.expiresAt - Self.margin > now() { return c.credential }
+        if let c = cached, c.version == version, c.refreshAt > now() { return c.credential }
         // Single flight: callers arriving during a refresh (the actor is re-entered while it awaits) share it.
         if let r = refreshing, r.version == version { return try await r.task.value.0 }
         let endpoint = self.endpoint
         let now = self.now
         let task = Task { () throws -> (Credential, Int64) in
             let (token, expiresIn) = try await endpoint.exchange(secret)
-            return (Credential(token, version: version), now() + expiresIn)
+            return (Credential(token, version: version), Self.refreshAt(now: now(), expiresIn: expiresIn))
         }
         refreshing = (version, task)
         defer { if refreshing?.version == version { refreshing = nil } }
-        let (credential, expiresAt) = try await task.value
+        let (credential, refreshAt) = try await task.value
         exchanges += 1
-        cached = (version, credential, expiresAt)
+        cached = (version, credential, refreshAt)
         onToken?(credential)
         return credential
     }
