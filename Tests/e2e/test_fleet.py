@@ -247,6 +247,13 @@ def test_policy_reload_under_load_fails_no_request(fleet):
                            headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5)
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "roles.x.allow[0]"
         assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
+        # A "billion laughs" (nine nested aliases of nine) held the admin request at full CPU: refused at once.
+        laughs = 'version: 1\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+            f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for n, p in zip("bcdefghi", "abcdefgh"))
+        started = time.monotonic()
+        bomb = requests.put(f"{s.admin_url}/api/policy", data=laughs, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert bomb.status_code == 422 and "anchors" in bomb.text and time.monotonic() - started < 2
+        assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
         # A bad file on disk is refused too, and counted. Written whole (a rename), as a deploy tool does:
         # write_text truncates first, and a poll between the truncate and the write would count the empty
         # file as a second refusal.
@@ -256,7 +263,7 @@ def test_policy_reload_under_load_fails_no_request(fleet):
         # The file is polled every second: wait for the poll to refuse it (a fixed 1.5 s sleep was a guess
         # a loaded machine could lose), then the active policy must be unchanged.
         deadline = time.time() + 15
-        while "gateway_policy_reload_failures_total 2" not in requests.get(f"{s.admin_url}/metrics", timeout=5).text:
+        while "gateway_policy_reload_failures_total 3" not in requests.get(f"{s.admin_url}/metrics", timeout=5).text:
             assert time.time() < deadline, "the bad file was not refused"
             time.sleep(0.1)
         assert s.admin_request("GET", "/api/policy", token=ADMIN).json()["hash"] == active
@@ -266,7 +273,7 @@ def test_policy_reload_under_load_fails_no_request(fleet):
             t.join()
     assert len(results) > 100 and set(results) == {200}, (len(results), set(results))
     metrics = requests.get(f"{s.admin_url}/metrics", timeout=5).text
-    assert "gateway_policy_reload_failures_total 2" in metrics
+    assert "gateway_policy_reload_failures_total 3" in metrics  # two refused PUTs and the bad file
 
 
 def test_embedded_quota_counts_survive_a_restart(tmp_path, sidecar_factory):

@@ -4,6 +4,12 @@ import Yams
 /// Parses YAML text into the neutral `DocumentNode` tree that configuration and policy readers walk.
 enum YAMLDocument {
     static func parse(_ text: String) throws(DocumentError) -> DocumentNode {
+        // Refused before Yams reads the text: it resolves each alias to the anchored node, so nine
+        // nested aliases of nine make 9⁹ nodes to walk (and to hash, when one is a mapping key) — a
+        // 300-byte "billion laughs" held check-config, a start and `PUT /api/policy` at full CPU.
+        if let line = anchorLine(text) {
+            throw DocumentError(path: "", message: "line \(line): YAML anchors and aliases (&name, *name) are not supported")
+        }
         let node: Yams.Node?
         do {
             node = try Yams.compose(yaml: text)
@@ -36,6 +42,66 @@ enum YAMLDocument {
         default:
             return "the document cannot be read"
         }
+    }
+
+    /// The line of the first anchor (`&name` where a node begins: at a line's start, after `- `, `: `,
+    /// `? `, `[`, `{` or `,`), outside quoted scalars and comments; nil when there is none. Without an
+    /// anchor no alias can resolve (libyaml refuses an undefined one), so this is all that needs finding.
+    /// Conservative: a block scalar's line that begins with `&` is taken for an anchor too.
+    static func anchorLine(_ text: String) -> Int? {
+        let bytes = Array(text.utf8)
+        guard bytes.contains(UInt8(ascii: "&")) else { return nil }
+        var line = 1
+        var nodeStart = true
+        var afterSpace = true
+        var quote: UInt8?
+        var i = 0
+        func isBlank(_ j: Int) -> Bool { j >= bytes.count || bytes[j] == 0x20 || bytes[j] == 0x09 || bytes[j] == 0x0A || bytes[j] == 0x0D }
+        while i < bytes.count {
+            let b = bytes[i]
+            if b == 0x0A { line += 1 }
+            if let q = quote {
+                if q == UInt8(ascii: "\""), b == UInt8(ascii: "\\") {
+                    i += 2
+                    continue
+                }
+                if b == q {
+                    if q == UInt8(ascii: "'"), i + 1 < bytes.count, bytes[i + 1] == q { i += 2; continue }
+                    quote = nil
+                }
+                i += 1
+                continue
+            }
+            switch b {
+            case 0x0A, 0x0D:
+                nodeStart = true
+                afterSpace = true
+            case 0x20, 0x09:
+                afterSpace = true
+            case UInt8(ascii: "#") where afterSpace:
+                while i + 1 < bytes.count, bytes[i + 1] != 0x0A { i += 1 }
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                if nodeStart { quote = b }
+                nodeStart = false
+                afterSpace = false
+            case UInt8(ascii: "&"):
+                if nodeStart { return line }
+                afterSpace = false
+            case UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","):
+                nodeStart = true
+                afterSpace = false
+            case UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: ":"):
+                nodeStart = isBlank(i + 1) && (b == UInt8(ascii: ":") || nodeStart)
+                afterSpace = false
+            case UInt8(ascii: "!") where nodeStart:
+                while i + 1 < bytes.count, !isBlank(i + 1) { i += 1 }
+            default:
+                nodeStart = false
+                afterSpace = false
+            }
+            i += 1
+        }
+        return nil
     }
 
     private static func convert(_ node: Yams.Node, path: String) throws(DocumentError) -> DocumentNode {
