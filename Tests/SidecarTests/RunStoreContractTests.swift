@@ -27,20 +27,20 @@ enum RunStoreContract {
     }
 
     /// An agent's unfinished runs (the cap `runs.max_open_per_agent`): counted per agent, and a run leaves
-    /// the count when it finishes — past the size where the Redis store re-checks its members too.
+    /// the count when it finishes — at the cap, where the Redis store re-checks its members, too.
     static func openCounts(_ store: any RunStore) async throws {
         var made: [String] = []
         for i in 0..<20 {
             made.append(created(try await store.create(newRun(agent: "agt_open", at: 7_000_000 + Int64(i)), caller: "agt_open", clientToken: nil, digest: ""))!.id)
         }
         _ = try await store.create(newRun(agent: "agt_other"), caller: "agt_other", clientToken: nil, digest: "")
-        #expect(try await store.openCount(agent: "agt_open") == 20)
+        #expect(try await store.openCount(agent: "agt_open", cap: 5) == 20)
         _ = try await store.apply(.start, to: made[0], reason: nil, now: 7_100_000)
         _ = try await store.apply(.complete, to: made[0], reason: nil, now: 7_100_001)
         _ = try await store.apply(.cancel, to: made[1], reason: nil, now: 7_100_002)
-        #expect(try await store.openCount(agent: "agt_open") == 18)
-        #expect(try await store.openCount(agent: "agt_other") == 1)
-        #expect(try await store.openCount(agent: "agt_none") == 0)
+        #expect(try await store.openCount(agent: "agt_open", cap: 5) == 18)
+        #expect(try await store.openCount(agent: "agt_other", cap: 5) == 1)
+        #expect(try await store.openCount(agent: "agt_none", cap: 5) == 0)
     }
 
     static func idempotency(_ store: any RunStore) async throws {

@@ -99,7 +99,7 @@ struct RunsAPI: Sendable {
         // create, so two creates at once may pass one past the cap — a bound on growth, not a ledger.
         if case .agent = caller, let agent = spec.agent {
             let open: Int
-            do { open = try await runs.store.openCount(agent: agent) } catch { throw RunService.storeError() }
+            do { open = try await runs.store.openCount(agent: agent, cap: runs.settings.maxOpenPerAgent) } catch { throw RunService.storeError() }
             guard open < runs.settings.maxOpenPerAgent else {
                 throw GatewayError(
                     .tooManyOpenRuns,

@@ -462,7 +462,7 @@ final class EmbeddedRunStore: RunStore {
     func expired(now: Int64) async throws -> [String] { book.withLock { $0.expired(now: now) } }
 
     func activeCount() async throws -> Int { book.withLock { $0.activeCount } }
-    func openCount(agent: String) async throws -> Int { book.withLock { $0.openCount(agent: agent) } }
+    func openCount(agent: String, cap: Int) async throws -> Int { book.withLock { $0.openCount(agent: agent) } }
 
     /// Writes the ledgers of calls that settled without an event since (every second until shutdown).
     func runFlusher() async {

@@ -218,12 +218,12 @@ final class RedisRunStore: RunStore {
 
     func activeCount() async throws -> Int { Int(try checked(try await redis.send(["SCARD", Self.active])).int ?? 0) }
 
-    /// The agent's set, less members that finished or are gone (a missed `SREM` must not hold a place):
-    /// they are checked only when the set is not small, and removed.
-    func openCount(agent: String) async throws -> Int {
+    /// The agent's set; once it reaches the cap, less members that finished or are gone (a missed `SREM`
+    /// must not hold a place), which are removed. Below the cap a stale member changes no decision.
+    func openCount(agent: String, cap: Int) async throws -> Int {
         let key = Self.open(agent)
         let count = Int(try checked(try await redis.send(["SCARD", key])).int ?? 0)
-        guard count >= 16 else { return count }
+        guard count >= cap else { return count }
         var open = 0
         for member in try checked(try await redis.send(["SMEMBERS", key])).array ?? [] {
             guard let id = member.string else { continue }

@@ -232,8 +232,9 @@ protocol RunStore: Sendable {
     func expired(now: Int64) async throws -> [String]
     /// Runs created, running or paused.
     func activeCount() async throws -> Int
-    /// `agent`'s runs created, running or paused (the cap `runs.max_open_per_agent` reads it).
-    func openCount(agent: String) async throws -> Int
+    /// `agent`'s runs created, running or paused, for the cap `runs.max_open_per_agent` (`cap`: a store
+    /// whose count may be stale re-checks it once it reaches the cap).
+    func openCount(agent: String, cap: Int) async throws -> Int
     /// Whether `id` has the form of this store's event ids (a `Last-Event-ID` that does not is a 400).
     func validEventID(_ id: String) -> Bool
 }
