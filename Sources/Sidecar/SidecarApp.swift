@@ -275,7 +275,9 @@ public enum SidecarApp {
             // idle, held a descriptor each, and enough of them starve the probes (/healthz) the
             // orchestrator restarts the pod by. The proxy's idle_timeout applies here too; an answer
             // being written (an SSE stream of a run) is never cut by it.
-            server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionCap.Handler(adminCap)], idleTimeout: TimeAmount(config.limits.idleTimeout))),
+            server: .http1(
+                configuration: .init(
+                    additionalChannelHandlers: [ConnectionCap.Handler(adminCap), EventStreamHangup()], idleTimeout: TimeAmount(config.limits.idleTimeout))),
             configuration: .init(address: .hostname(config.adminListen.host, port: config.adminListen.port), serverName: nil),
             onServerRunning: { channel in
                 if let address = channel.localAddress {

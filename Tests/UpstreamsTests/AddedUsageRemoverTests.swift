@@ -93,6 +93,20 @@ struct AddedUsageRemoverTests {
         #expect(String(buffer: remover.transform(ByteBuffer(string: Self.done))) == Self.done)
     }
 
+    /// Events dripped a byte at a time: each byte searched the whole held event again (its length squared
+    /// per event). Now each byte is searched once.
+    @Test func aDrippedStreamIsFilteredInLinearTime() {
+        let event = "data: {\"choices\":[{\"delta\":{\"content\":\"" + String(repeating: "y", count: 60_000) + "\"}}]}\n\n"
+        let body = Array((event + event + Self.usage + Self.done).utf8)
+        let remover = OpenAIAddedUsageRemover()
+        var out = 0
+        let started = ContinuousClock.now
+        for b in body { out += remover.transform(ByteBuffer(bytes: [b])).readableBytes }
+        out += remover.finish().readableBytes
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(out == 2 * event.utf8.count + Self.done.utf8.count)
+    }
+
     /// An event that never ends is not held without bound: past `maxHeld` everything passes.
     @Test func anEventThatNeverEndsStopsTheFiltering() {
         let remover = OpenAIAddedUsageRemover()

@@ -82,4 +82,28 @@ struct UsageMeterTests {
         #expect(Self.metered(["event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"total_tokens\":9}}}\n\n"]) == 9)
         #expect(Self.metered(["data: {\"choices\":[{\"delta\":{\"content\":\"no usage\"}}]}\n\n", "data: [DONE]\n\n"]) == nil)
     }
+
+    /// The same stream cut anywhere — one byte at a time, every line in one chunk, CRLF endings — settles
+    /// to the same usage.
+    @Test func aStreamCutAnywhereSettlesAlike() {
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":5}}\n\ndata: [DONE]\n\n"
+        #expect(Self.metered(text.map { String($0) }) == 5)
+        #expect(Self.metered([text]) == 5)
+        #expect(Self.metered([text.replacingOccurrences(of: "\n", with: "\r\n")]) == 5)
+    }
+
+    /// A hostile upstream's line without an end, in small chunks: the unfinished line was searched again
+    /// with every chunk (quadratic: 8 MiB in 4 KiB chunks held the loop for minutes). It is now searched
+    /// once, dropped past 4 MiB, and the usage line after it is still read.
+    @Test func anEndlessLineIsReadInLinearTimeAndDropped() {
+        let meter = OpenAIUsageMeter()
+        meter.observe(ByteBuffer(string: "data: {\"choices\":[]}\n\n"))
+        let piece = ByteBuffer(string: "data: " + String(repeating: "x", count: 4090))
+        let started = ContinuousClock.now
+        for _ in 0..<(8 << 20) / 4096 { meter.observe(piece) }
+        meter.observe(ByteBuffer(string: "\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":7}}\n\n"))
+        #expect(ContinuousClock.now - started < .seconds(5))
+        meter.finish()
+        #expect(meter.totalTokens == 7)
+    }
 }

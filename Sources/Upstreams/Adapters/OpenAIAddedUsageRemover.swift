@@ -31,19 +31,26 @@ public final class OpenAIAddedUsageRemover: BodyTransform {
         state.withLock { s in
             if s.passing { return chunk }
             let fresh = s.carry.isEmpty
-            var bytes = s.carry
-            bytes.append(contentsOf: chunk.readableBytesView)
-            let (drops, end) = Self.scan(bytes)
-            if fresh, drops.isEmpty, end == bytes.count { return chunk }
-            s.carry = Array(bytes[end...])
+            // The held bytes hold no event end (they were cut after the last one): only the new bytes, and
+            // the three before them where an end may begin, are searched — the whole held event was
+            // searched again with every chunk, so an event dripped a byte at a time cost its length squared.
+            // The chunk is added to them in place (a copy of the held bytes per chunk was quadratic too).
+            let resume = max(0, s.carry.count - 3)
+            s.carry.append(contentsOf: chunk.readableBytesView)
+            let (drops, end) = Self.scan(s.carry, from: resume)
+            if fresh, drops.isEmpty, end == s.carry.count {
+                s.carry.removeAll(keepingCapacity: true)
+                return chunk
+            }
             var out = ByteBuffer()
             out.reserveCapacity(end)
             var at = 0
             for drop in drops {
-                out.writeBytes(bytes[at..<drop.lowerBound])
+                out.writeBytes(s.carry[at..<drop.lowerBound])
                 at = drop.upperBound
             }
-            out.writeBytes(bytes[at..<end])
+            out.writeBytes(s.carry[at..<end])
+            if end > 0 { s.carry.removeFirst(end) }
             if s.carry.count > Self.maxHeld {
                 s.passing = true
                 out.writeBytes(s.carry)
@@ -63,10 +70,10 @@ public final class OpenAIAddedUsageRemover: BodyTransform {
 
     /// The complete events of `bytes` that are the added usage chunk, and where the last complete event
     /// ends (what follows is an unfinished event).
-    static func scan(_ bytes: [UInt8]) -> (drops: [Range<Int>], end: Int) {
+    static func scan(_ bytes: [UInt8], from resume: Int = 0) -> (drops: [Range<Int>], end: Int) {
         var drops: [Range<Int>] = []
         var start = 0
-        var i = 0
+        var i = resume
         let n = bytes.count
         while i < n {
             let b = bytes[i]

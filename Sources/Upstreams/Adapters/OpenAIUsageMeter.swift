@@ -14,7 +14,10 @@ public final class OpenAIUsageMeter: Sendable {
     }
 
     private struct State {
+        /// The stream's unfinished last line (bytes after its last newline).
         var pending: [UInt8] = []
+        /// The unfinished line grew past `maxJSONBytes`: dropped until its newline.
+        var skipping = false
         var body: [UInt8] = []
         var usage: Usage?
         var sse = false
@@ -38,21 +41,46 @@ public final class OpenAIUsageMeter: Sendable {
                 s.sse = bytes.starts(with: Self.dataPrefix) || bytes.starts(with: Self.eventPrefix)
             }
             if s.sse {
-                s.pending.append(contentsOf: bytes)
-                while let nl = s.pending.firstIndex(of: 10) {
-                    let line = Array(s.pending[..<nl])
-                    s.pending.removeFirst(nl + 1)
-                    // Only a line that names usage is read (most chunks carry one token of content).
-                    if line.starts(with: Self.dataPrefix), ByteSearch.lastIndex(of: Self.usageKey, in: line) != nil,
-                        let usage = Self.usage(in: Array(line.dropFirst(5)))
-                    {
-                        s.usage = usage
-                    }
-                }
+                Self.lines(of: Array(bytes), into: &s)
             } else if s.body.count + bytes.count <= Self.maxJSONBytes {
                 s.body.append(contentsOf: bytes)
             }
         }
+    }
+
+    /// Reads the stream's complete lines, searching only the new bytes for newlines: the unfinished line
+    /// was searched again with every chunk and each line cut off the front of the buffer (a copy of the
+    /// rest), so an upstream streaming a long line in small chunks, or many lines in one chunk, took time
+    /// quadratic in its size, on the event loop. A line longer than `maxJSONBytes` is not kept (a usage
+    /// line is small); the lines after it are read.
+    private static func lines(of new: [UInt8], into s: inout State) {
+        var from = 0
+        while let nl = new[from...].firstIndex(of: 10) {
+            if s.skipping {
+                s.skipping = false
+            } else if s.pending.isEmpty {
+                consider(new[from..<nl], into: &s)
+            } else {
+                s.pending.append(contentsOf: new[from..<nl])
+                consider(s.pending[...], into: &s)
+            }
+            s.pending.removeAll(keepingCapacity: true)
+            from = nl + 1
+        }
+        guard !s.skipping, from < new.count else { return }
+        if s.pending.count + (new.count - from) > maxJSONBytes {
+            s.skipping = true
+            s.pending = []
+        } else {
+            s.pending.append(contentsOf: new[from...])
+        }
+    }
+
+    /// Only a line that names usage is read (most chunks carry one token of content).
+    private static func consider(_ line: ArraySlice<UInt8>, into s: inout State) {
+        guard line.starts(with: dataPrefix) else { return }
+        let text = Array(line)
+        if ByteSearch.lastIndex(of: usageKey, in: text) != nil, let usage = usage(in: Array(text.dropFirst(5))) { s.usage = usage }
     }
 
     /// Call when the body has ended: parses a JSON (non-streaming) answer.
