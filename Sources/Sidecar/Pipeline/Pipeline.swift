@@ -135,6 +135,7 @@ final class Pipeline: Sendable {
     func start(
         _ request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
     ) -> @Sendable () -> Void {
+        if let body = request.body, body.readableBytes >= Self.offLoopBodyBytes { return startOffLoop(request, record: record, on: loop, then: then) }
         let prepared: Prepared
         do {
             guard let p = try prepare(request, record: &record) else {
@@ -176,6 +177,27 @@ final class Pipeline: Sendable {
             let cancel = startAdmitted(prepared, request: request, record: record, on: loop, then: then, runCall: runCall)
             runCall.onAbort(cancel)
             return cancel
+        }
+    }
+
+    /// Bodies this large are read — interpreted, searched for keys, digested, and (mocked) answered — in a
+    /// task on `LongReadExecutor`'s thread rather than on the connection's loop. Reading is linear, but a
+    /// 30 MB JSON body held its loop for seconds (10–18 s in a debug build), and every other connection on
+    /// that loop waited behind it.
+    static let offLoopBodyBytes = 256 * 1024
+
+    /// The whole request in a task: the stages every entry's task path runs (`call`, killable by its run),
+    /// so the answer is the same as on the loop.
+    private func startOffLoop(
+        _ request: InboundRequest, record: consuming RequestRecord, on loop: any EventLoop, then: @escaping @Sendable (consuming Handled) -> Void
+    ) -> @Sendable () -> Void {
+        continued(request, on: loop, record: record, preferring: LongReadExecutor.shared, then: then) { (r: inout RequestRecord) throws(GatewayError) in
+            guard let prepared = try self.prepare(request, record: &r) else { return try await self.compat(request, record: &r) }
+            let runCall = self.makeRunCall(prepared)
+            r.runCall = runCall
+            return try await self.killable(runCall, record: &r) { (r: inout RequestRecord) throws(GatewayError) in
+                try await self.call(prepared, record: &r, runCall: runCall)
+            }
         }
     }
 
@@ -322,18 +344,20 @@ final class Pipeline: Sendable {
 
     /// The rest of a request in a task; its answer goes to `then` on the loop.
     private func continued(
-        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, then: @escaping @Sendable (consuming Handled) -> Void,
+        _ request: InboundRequest, on loop: any EventLoop, record: RequestRecord, preferring executor: (any TaskExecutor)? = nil,
+        then: @escaping @Sendable (consuming Handled) -> Void,
         _ body: @escaping @Sendable (inout RequestRecord) async throws(GatewayError) -> ProxyResponse
     ) -> @Sendable () -> Void {
-        loop.run(inTask: {
-            var record = record
-            do throws(GatewayError) {
-                let response = try await body(&record)
-                return self.answer(response, record: record)
-            } catch {
-                return self.failed(error, request: request, record: record)
-            }
-        }, then: then)
+        loop.run(
+            inTask: {
+                var record = record
+                do throws(GatewayError) {
+                    let response = try await body(&record)
+                    return self.answer(response, record: record)
+                } catch {
+                    return self.failed(error, request: request, record: record)
+                }
+            }, preferring: executor, then: then)
     }
 
     /// A refusal or failure as the agent's answer.
