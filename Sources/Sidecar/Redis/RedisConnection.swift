@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Upstreams
@@ -29,7 +30,13 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     /// that much later for other hosts; on this host the next command on the connection follows it.
     static let lazyFlushDelay = TimeAmount.milliseconds(1)
 
-    init(onPush: (@Sendable (RedisValue) -> Void)? = nil) { self.onPush = onPush }
+    /// Why the connection failed, when TLS said (read by writes that fail after the channel closed).
+    private let fault: RedisConnection.Fault
+
+    init(onPush: (@Sendable (RedisValue) -> Void)? = nil, fault: RedisConnection.Fault = .init()) {
+        self.onPush = onPush
+        self.fault = fault
+    }
 
     /// Replies arrive in order, so one periodic check of the oldest command replaces a timer per command:
     /// if it is overdue, the connection can no longer be trusted and is closed (failing every waiter).
@@ -99,6 +106,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A TLS failure says why (an untrusted certificate, a name that does not match): the operator
         // reads it in the start-up line, not a bare "connection error".
+        if RedisTLS.isTLSError(error) { fault.record(RedisTLS.describe(error)) }
         fail(RedisError.unavailable(RedisTLS.isTLSError(error) ? RedisTLS.describe(error) : "connection error"))
         context.close(promise: nil)
     }
@@ -111,8 +119,20 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 /// A connected, authenticated Redis connection.
 final class RedisConnection: Sendable {
     let channel: any Channel
+    private let fault: Fault
 
-    init(channel: any Channel) { self.channel = channel }
+    init(channel: any Channel, fault: Fault = .init()) {
+        self.channel = channel
+        self.fault = fault
+    }
+
+    /// A TLS failure seen by the handler, kept for the writes queued behind the handshake: whether they
+    /// fail before or after the channel closes (a race), they say why — "write failed" alone named nothing.
+    final class Fault: Sendable {
+        private let reason = NIOLockedValueBox<String?>(nil)
+        func record(_ text: String) { reason.withLockedValue { $0 = $0 ?? text } }
+        var text: String? { reason.withLockedValue { $0 } }
+    }
 
     var isActive: Bool { channel.isActive }
 
@@ -121,6 +141,7 @@ final class RedisConnection: Sendable {
         onPush: (@Sendable (RedisValue) -> Void)? = nil
     ) async throws -> RedisConnection {
         let channel: any Channel
+        let fault = Fault()
         do {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(timeout)
@@ -131,14 +152,14 @@ final class RedisConnection: Sendable {
                             let tls = try endpoint.tls ?? RedisTLS.system.get()
                             try channel.pipeline.syncOperations.addHandler(tls.handler(host: endpoint.host))
                         }
-                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
+                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush, fault: fault))
                     }
                 }
                 .connect(host: endpoint.host, port: endpoint.port).get()
         } catch {
             throw RedisError.unavailable("cannot connect to \(endpoint.host):\(endpoint.port)")
         }
-        let connection = RedisConnection(channel: channel)
+        let connection = RedisConnection(channel: channel, fault: fault)
         do {
             if let password = endpoint.password {
                 let auth = endpoint.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
@@ -168,9 +189,10 @@ final class RedisConnection: Sendable {
         let promise = channel.eventLoop.makePromise(of: RedisValue.self)
         var buffer = channel.allocator.buffer(capacity: 64)
         RESP.encode(args, into: &buffer)
+        let fault = self.fault
         channel.write(RedisOutbound(bytes: buffer, promise: promise, deadline: .now() + timeout, lazy: lazy)).whenFailure { error in
             // A failed TLS handshake fails the writes queued behind it first: say why here too.
-            promise.fail(RedisError.unavailable(RedisTLS.isTLSError(error) ? RedisTLS.describe(error) : "write failed"))
+            promise.fail(RedisError.unavailable(RedisTLS.isTLSError(error) ? RedisTLS.describe(error) : fault.text ?? "write failed"))
         }
         return promise.futureResult
     }
