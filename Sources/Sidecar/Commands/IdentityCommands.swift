@@ -131,14 +131,15 @@ struct Secrets: ParsableCommand {
             // JSON missing a member was sealed as an API key (the JSON text as the bearer token), and a
             // key with a space or control character inside sealed fine and stopped every start later.
             if sealedKind == .apiKey {
-                if tool == .gmailSend, secret.first(where: { $0 != 32 && $0 != 9 && $0 != 10 && $0 != 13 }) == UInt8(ascii: "{") {
+                // Trimmed and checked as the vault reads it at start (`VaultContents`).
+                let text = String(validating: secret, as: UTF8.self)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+                if tool == .gmailSend, text.hasPrefix("{") {
                     throw ValidationError("a gmail_send JSON secret needs refresh_token, client_id and client_secret (strings)")
                 }
-                while let last = secret.last, last == 10 || last == 13 || last == 32 || last == 9 { secret.removeLast() }
-                while let first = secret.first, first == 10 || first == 13 || first == 32 || first == 9 { secret.removeFirst() }
-                guard !secret.isEmpty, let text = String(validating: secret, as: UTF8.self), Credential.isHeaderSafe(text) else {
+                guard !text.isEmpty, Credential.isHeaderSafe(text) else {
                     throw ValidationError("the secret is empty or has a space, control or non-ASCII character inside it, which no request header can carry (the value is not shown)")
                 }
+                secret = Array(text.utf8)
             }
             var isDirectory: ObjCBool = false
             let outIsDirectory = FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) && isDirectory.boolValue
