@@ -208,6 +208,7 @@ struct ConfigLoaderTests {
         ("x:\n  - &y 2\n", 2),
         ("? &k a\n: 1\n", 1),
         ("x: !!str &t v\n", 1),
+        ("x: {\"a\":&y [1]}\n", 1),
         ("x: \"a&b\"\ny: 'it''s &not'\nz: a&b\nu: http://h/?a=1&b=2  # &comment\n# &also\nw: \"\\\"&q\"\n", 0),
         ("version: 1\n", 0),
     ] as [(String, Int)])

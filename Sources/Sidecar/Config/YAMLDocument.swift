@@ -44,7 +44,7 @@ enum YAMLDocument {
         }
     }
 
-    /// The line of the first anchor (`&name` where a node begins: at a line's start, after `- `, `: `,
+    /// The line of the first anchor (`&name` where a node begins: at a line's start, after `- `, any `:`,
     /// `? `, `[`, `{` or `,`), outside quoted scalars and comments; nil when there is none. Without an
     /// anchor no alias can resolve (libyaml refuses an undefined one), so this is all that needs finding.
     /// Conservative: a block scalar's line that begins with `&` is taken for an anchor too.
@@ -90,8 +90,12 @@ enum YAMLDocument {
             case UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","):
                 nodeStart = true
                 afterSpace = false
-            case UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: ":"):
-                nodeStart = isBlank(i + 1) && (b == UInt8(ascii: ":") || nodeStart)
+            case UInt8(ascii: ":"):
+                // Any colon: in a flow mapping libyaml takes a value right after a quoted key's colon
+                // (`{"a":&x …}`), so waiting for a blank would let that anchor through.
+                nodeStart = true
+            case UInt8(ascii: "-"), UInt8(ascii: "?"):
+                nodeStart = isBlank(i + 1) && nodeStart
                 afterSpace = false
             case UInt8(ascii: "!") where nodeStart:
                 while i + 1 < bytes.count, !isBlank(i + 1) { i += 1 }
