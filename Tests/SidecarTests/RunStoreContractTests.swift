@@ -65,6 +65,19 @@ enum RunStoreContract {
             return
         }
         #expect(other.id != first.id)
+        // Asked without creating (a create refused by the open-run cap): the same answers, nothing made.
+        let now = first.createdAt
+        guard case .existing(let seen)? = try await store.previous(caller: "agt_a", clientToken: "token-123", digest: "d1", now: now) else {
+            Issue.record("a known key and body was not found")
+            return
+        }
+        #expect(seen.id == first.id)
+        guard case .conflict? = try await store.previous(caller: "agt_a", clientToken: "token-123", digest: "d2", now: now) else {
+            Issue.record("a known key with another body was not a conflict")
+            return
+        }
+        #expect(try await store.previous(caller: "agt_c", clientToken: "token-123", digest: "d1", now: now) == nil)
+        #expect(try await store.previous(caller: "agt_a", clientToken: "token-999", digest: "d1", now: now) == nil)
         // Fifty at once with one key: one run.
         let ids = try await withThrowingTaskGroup(of: String?.self) { group in
             for _ in 0..<50 {

@@ -720,10 +720,16 @@ def test_an_agent_holds_at_most_max_open_per_agent_unfinished_runs(start, store)
         s = start(redis_url=redis.url if redis else None,
                   config=runs_config(start.keys, start.policy).replace("max_streams_per_run: 4}", "max_streams_per_run: 4, max_open_per_agent: 3}"))
         _, tok = agent_token(s)
-        made = [api(s, "POST", "/api/runs", {"name": f"r{i}"}, token=tok) for i in range(3)]
+        made = [api(s, "POST", "/api/runs", {"name": f"r{i}", "client_token": f"create-key-{i}"}, token=tok) for i in range(3)]
         assert all(r.status_code == 201 for r in made)
         over = api(s, "POST", "/api/runs", {"name": "r3"}, token=tok)
         assert over.status_code == 429 and over.json()["code"] == "too_many_open_runs"
+        # At the cap, a replay of a create that succeeded (a client retrying after a lost answer) is
+        # answered with its run, a changed body is still a conflict, and a new key is refused.
+        replay = api(s, "POST", "/api/runs", {"name": "r1", "client_token": "create-key-1"}, token=tok)
+        assert replay.status_code == 200 and replay.json()["idempotent"] is True and replay.json()["id"] == made[1].json()["id"]
+        assert api(s, "POST", "/api/runs", {"name": "other", "client_token": "create-key-1"}, token=tok).json()["code"] == "idempotency_conflict"
+        assert api(s, "POST", "/api/runs", {"name": "r3", "client_token": "create-key-3"}, token=tok).status_code == 429
         assert api(s, "POST", f"/api/runs/{made[0].json()['id']}/cancel", token=tok).status_code == 202
         assert api(s, "POST", "/api/runs", {"name": "r4"}, token=tok).status_code == 201
         assert api(s, "POST", "/api/runs", {"name": "r5"}, token=tok).status_code == 429

@@ -100,6 +100,14 @@ struct RunsAPI: Sendable {
         if case .agent = caller, let agent = spec.agent {
             let open: Int
             do { open = try await runs.store.openCount(agent: agent, cap: runs.settings.maxOpenPerAgent) } catch { throw RunService.storeError() }
+            if open >= runs.settings.maxOpenPerAgent, let clientToken = spec.clientToken {
+                // A replay of a create that succeeded is answered as below, not refused.
+                let previous: RunCreation?
+                do { previous = try await runs.store.previous(caller: caller.name, clientToken: clientToken, digest: spec.digest, now: runs.now()) } catch {
+                    throw RunService.storeError()
+                }
+                if let previous { return try Self.answer(previous, runs: runs) }
+            }
             guard open < runs.settings.maxOpenPerAgent else {
                 throw GatewayError(
                     .tooManyOpenRuns,
@@ -114,14 +122,18 @@ struct RunsAPI: Sendable {
         do { created = try await runs.store.create(run, caller: caller.name, clientToken: spec.clientToken, digest: spec.digest) } catch {
             throw RunService.storeError()
         }
+        return try Self.answer(created, runs: runs)
+    }
+
+    private static func answer(_ created: RunCreation, runs: RunService) throws(GatewayError) -> Response {
         switch created {
         case .created(let run):
             runs.metrics.runs.entered(.created)
             runs.announce([run.id])
-            return Self.json(Self.runBody(run, extra: ["idempotent": false]), status: .created)
+            return json(runBody(run, extra: ["idempotent": false]), status: .created)
         case .existing(let run):
             runs.metrics.runs.idempotencyHits.increment()
-            return Self.json(Self.runBody(run, extra: ["idempotent": true]), status: .ok)
+            return json(runBody(run, extra: ["idempotent": true]), status: .ok)
         case .conflict:
             throw GatewayError(.idempotencyConflict, "this client_token was used in the last 24 h with a different request")
         }

@@ -309,6 +309,18 @@ final class EmbeddedRunStore: RunStore {
         return creation
     }
 
+    func previous(caller: String, clientToken: String, digest: String, now: Int64) async throws -> RunCreation? {
+        let key = RunKeys.idempotency(caller: caller, clientToken: clientToken)
+        let found: (id: String, digest: String)? = try await db.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT run_id, digest FROM run_keys WHERE key = ? AND created_at >= ?", arguments: [key, now - RunKeys.window]
+            ).map { ($0["run_id"], $0["digest"]) }
+        }
+        guard let found else { return nil }
+        guard found.digest == digest else { return .conflict }
+        return try await run(found.id).map { .existing($0) }
+    }
+
     func run(_ id: String) async throws -> Run? {
         try await load([id])
         return book.withLock { $0.runs[id] }

@@ -83,17 +83,15 @@ final class RedisRunStore: RunStore {
         let args = [String(maxEvents), created.type, String(run.createdAt), created.data.serialized] + (try Self.fields(run))
         guard try await redis.evalsha(RunScripts.create, keys: keys, args: args).int == 1 else { throw RedisError.server("run id collision") }
         if let clientToken {
-            let key = "sidecar:runkey:" + RunKeys.idempotency(caller: caller, clientToken: clientToken)
+            let key = Self.idempotencyKey(caller: caller, clientToken: clientToken)
             let value = run.id + " " + digest
             for _ in 0..<3 {
                 if case .simple("OK") = try checked(try await redis.send(["SET", key, value, "NX", "PX", String(RunKeys.window)])) { break }
-                guard let held = try await redis.send(["GET", key]).string else { continue }
-                let parts = held.split(separator: " ", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { continue }
+                guard let held = Self.held(try await redis.send(["GET", key]).string) else { continue }
                 // Another create with this key won: ours is undone.
                 _ = try await redis.send(["DEL", Self.hash(run.id), Self.stream(run.id)])
-                guard parts[1] == digest else { return .conflict }
-                if let existing = try await self.run(parts[0]) { return .existing(existing) }
+                guard held.digest == digest else { return .conflict }
+                if let existing = try await self.run(held.id) { return .existing(existing) }
                 // The key outlived its run (retention shorter than a day): it names this one now.
                 _ = try await redis.send(["SET", key, value, "XX", "PX", String(RunKeys.window)])
                 _ = try await redis.evalsha(RunScripts.create, keys: keys, args: args)
@@ -104,6 +102,23 @@ final class RedisRunStore: RunStore {
         _ = try await redis.send(["SADD", Self.active, run.id])
         if !run.agent.isEmpty { _ = try await redis.send(["SADD", Self.open(run.agent), run.id]) }
         return .created(run)
+    }
+
+    func previous(caller: String, clientToken: String, digest: String, now: Int64) async throws -> RunCreation? {
+        let key = Self.idempotencyKey(caller: caller, clientToken: clientToken)
+        guard let held = Self.held(try checked(try await redis.send(["GET", key])).string) else { return nil }
+        guard held.digest == digest else { return .conflict }
+        return try await run(held.id).map { .existing($0) }
+    }
+
+    private static func idempotencyKey(caller: String, clientToken: String) -> String {
+        "sidecar:runkey:" + RunKeys.idempotency(caller: caller, clientToken: clientToken)
+    }
+
+    /// An idempotency key's value: "<run id> <body digest>".
+    private static func held(_ value: String?) -> (id: String, digest: String)? {
+        guard let parts = value?.split(separator: " ", maxSplits: 1), parts.count == 2 else { return nil }
+        return (String(parts[0]), String(parts[1]))
     }
 
     func run(_ id: String) async throws -> Run? {

@@ -210,6 +210,10 @@ protocol RunStore: Sendable {
     /// of its body (then `.existing`) or another (then `.conflict`). Atomic: concurrent identical creates
     /// make one run. Appends the run's `run.created` event.
     func create(_ run: Run, caller: String, clientToken: String?, digest: String) async throws -> RunCreation
+    /// What `create` would answer for a repeated (`caller`, `clientToken`) without creating anything:
+    /// `.existing` or `.conflict`, nil when the key is unknown in the window. Asked when a create is about
+    /// to be refused (the open-run cap): a replay of a run already made is answered, not refused.
+    func previous(caller: String, clientToken: String, digest: String, now: Int64) async throws -> RunCreation?
     func run(_ id: String) async throws -> Run?
     /// Newest first; `cursor` is the last id of the previous page.
     func list(status: RunStatus?, agent: String?, cursor: String?, limit: Int) async throws -> (runs: [Run], next: String?)
