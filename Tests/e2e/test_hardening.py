@@ -281,6 +281,30 @@ def test_an_encoding_that_cannot_be_decoded_is_refused(pki, https_upstream, side
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error"
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "identity"])
+@pytest.mark.parametrize("tool", ["openai", "http_fetch"])
+def test_a_transfer_coding_besides_chunked_is_refused_on_every_tool(pki, http_upstream, sidecar_factory, coding, tool):
+    """`Transfer-Encoding` is hop-by-hop: relayed without it, bytes gzip-framed by the upstream would reach
+    the agent as if they were the body — past the scrubber unseen, or as garbage on a fetch. Every tool
+    refuses such an answer (502), and nothing of it reaches the agent."""
+    payload = gzip.compress(b'{"echo": "sk-REAL-0123456789abcdef"}')
+
+    def route(h, rec):
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: {coding}\r\n\r\n".encode()
+        body = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n" if "chunked" in coding else payload
+        h.wfile.write(head + body)
+        h.wfile.flush()
+        h.close_connection = True
+    http_upstream.routes["/"] = route
+    s = sidecar_factory(live_config(pki, http_upstream, auth=False), env=LIVE_ENV)
+    if tool == "openai":
+        r = requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+    else:
+        r = requests.get(f"{http_upstream.base_url}/page", proxies={"http": s.proxy_url}, timeout=10)
+    assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+    assert payload not in r.content
+
+
 def assert_502_then_connection_usable(s, up):
     """The agent gets 502 `upstream_protocol_error` (no echoed key in it), and its connection serves the next call."""
     with requests.Session() as session:

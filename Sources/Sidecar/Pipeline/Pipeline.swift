@@ -792,6 +792,14 @@ final class Pipeline: Sendable {
             release()
             throw GatewayError(UpstreamError(.responseTooLarge, beforeSend: false, detail: "content-length \(length)"))
         }
+        // A transfer coding besides chunked (`gzip, chunked`) frames the bytes in a way the sidecar does
+        // not undo, and the header is hop-by-hop: passed on without it, the coded bytes would reach the
+        // agent as if they were the body (and past the scrubber unseen). Refused on every tool, as Envoy does.
+        guard response.headers[canonicalForm: "transfer-encoding"].allSatisfy({ $0.lowercased() == "chunked" }) else {
+            response.body.cancel()
+            release()
+            throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "a transfer coding besides chunked"))
+        }
         let scrubber = outbound.scrubber
         if !scrubber.isEmpty {
             // An upstream may ignore `Accept-Encoding: identity`; an echoed key inside a compressed body would
@@ -808,10 +816,9 @@ final class Pipeline: Sendable {
     }
 
     /// Undoes a brokered answer's content coding (gzip, deflate) so the scrubber reads plain bytes; any
-    /// other coding — or a transfer coding besides chunked — is a 502 `upstream_protocol_error`.
+    /// other coding is a 502 `upstream_protocol_error` (a transfer coding besides chunked is refused before).
     func decodeForScrubbing(_ response: inout UpstreamResponse, release: @Sendable () -> Void) throws(GatewayError) {
-        let transfer = response.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
-        guard transfer.allSatisfy({ $0 == "chunked" }), let coding = ContentCoding(headers: response.headers) else {
+        guard let coding = ContentCoding(headers: response.headers) else {
             response.body.cancel()
             release()
             throw GatewayError(.undecodable)
