@@ -223,7 +223,8 @@ public enum SidecarApp {
             receipts = log
         }
         let approvalStore: any ApprovalStore = redis.map { RedisApprovalStore(redis: $0) } ?? EmbeddedApprovalStore()
-        let approvals = ApprovalService(store: approvalStore, runs: runs, metrics: metrics, logger: logger, now: unixMillis)
+        let approvals = ApprovalService(
+            store: approvalStore, runs: runs, metrics: metrics, logger: logger, now: unixMillis, maxPendingPerAgent: config.approvalsMaxPendingPerAgent)
         let idempotency = IdempotencyLedger(store: idempotencyStore, settings: config.idempotency, metrics: metrics, logger: logger)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,

@@ -56,22 +56,76 @@ import Testing
     @Test func aGrantIsSpentOnceUnderConcurrentClaims() async throws {
         let store = EmbeddedApprovalStore()
         let fresh = Self.approval(.pending, expiresAt: 10_000)
-        #expect(try await store.claim(fresh, now: 0).0 == .created)
+        #expect(try await store.claim(fresh, now: 0, maxPending: 100).0 == .created)
         _ = try await store.decide(id: "apr_1", approve: true, by: "admin", reason: nil, now: 1)
         let granted = try await withThrowingTaskGroup(of: Bool.self) { group in
-            for _ in 0..<16 { group.addTask { try await store.claim(Self.approval(.pending, expiresAt: 10_000, id: "apr_other"), now: 2).0 == .granted } }
+            for _ in 0..<16 { group.addTask { try await store.claim(Self.approval(.pending, expiresAt: 10_000, id: "apr_other"), now: 2, maxPending: 100).0 == .granted } }
             return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
         }
         #expect(granted == 1)
         // The others found the grant spent: one asked again (a new pending approval), the rest wait on it.
-        #expect(try await store.pending(limit: 10).map(\.id) == ["apr_other"])
+        #expect(try await store.pending(limit: 10, now: 3).map(\.id) == ["apr_other"])
 
         let again = EmbeddedApprovalStore()
-        _ = try await again.claim(fresh, now: 0)
+        _ = try await again.claim(fresh, now: 0, maxPending: 100)
         _ = try await again.decide(id: "apr_1", approve: true, by: "admin", reason: nil, now: 1)
-        #expect(try await again.claim(fresh, now: 2).0 == .granted)
+        #expect(try await again.claim(fresh, now: 2, maxPending: 100).0 == .granted)
         try await again.restore(id: "apr_1", now: 2)
-        #expect(try await again.claim(fresh, now: 3).0 == .granted, "a grant given back is usable again")
+        #expect(try await again.claim(fresh, now: 3, maxPending: 100).0 == .granted, "a grant given back is usable again")
+    }
+
+    /// Both stores: an agent waits on at most `maxPending` live pending approvals — a repeat of a call
+    /// already asked for is still answered, another agent is not affected, an expired or decided one
+    /// frees its place — and the list shows only live pending approvals.
+    static func pendingCap(_ store: any ApprovalStore) async throws {
+        func ask(_ agent: String, _ n: Int, expiresAt: Int64 = 10_000) -> Approval {
+            Approval(
+                id: "apr_\(agent)_\(n)", key: "\(agent)-\(n)", agent: agent, run: nil, tool: "gmail_send", action: "send", digest: "d\(n)", policy: "p",
+                status: .pending, createdAt: Int64(n), expiresAt: expiresAt, approvers: [], summary: [:])
+        }
+        #expect(try await store.claim(ask("agt_x", 0, expiresAt: 500), now: 100, maxPending: 3).0 == .created)
+        #expect(try await store.claim(ask("agt_x", 1), now: 100, maxPending: 3).0 == .created)
+        #expect(try await store.claim(ask("agt_x", 2), now: 100, maxPending: 3).0 == .created)
+        #expect(try await store.claim(ask("agt_x", 3), now: 200, maxPending: 3).0 == .tooManyPending)
+        #expect(try await store.approval(id: "apr_agt_x_3") == nil, "nothing is stored for a refused claim")
+        #expect(try await store.claim(ask("agt_x", 1), now: 200, maxPending: 3).0 == .pending, "a repeat is answered")
+        #expect(try await store.claim(ask("agt_y", 0), now: 200, maxPending: 3).0 == .created, "another agent has its own places")
+        // The first expires at 500: its place is free, and the list no longer shows it.
+        #expect(try await store.pending(limit: 10, now: 400).map(\.id).sorted() == ["apr_agt_x_0", "apr_agt_x_1", "apr_agt_x_2", "apr_agt_y_0"])
+        #expect(try await store.pending(limit: 10, now: 600).map(\.id).sorted() == ["apr_agt_x_1", "apr_agt_x_2", "apr_agt_y_0"])
+        #expect(try await store.claim(ask("agt_x", 3), now: 600, maxPending: 3).0 == .created)
+        #expect(try await store.claim(ask("agt_x", 4), now: 600, maxPending: 3).0 == .tooManyPending)
+        // A decision frees a place too.
+        _ = try await store.decide(id: "apr_agt_x_1", approve: false, by: "admin", reason: nil, now: 700)
+        #expect(try await store.claim(ask("agt_x", 4), now: 700, maxPending: 3).0 == .created)
+    }
+
+    @Test func theEmbeddedStoreCapsPendingApprovals() async throws { try await Self.pendingCap(EmbeddedApprovalStore()) }
+
+    @Test(.enabled(if: RedisServer.available)) func theRedisStoreCapsPendingApprovals() async throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let client = RedisTests.client(server, scripts: RedisApprovalStore.scripts)
+        try await server.waitUntilUp(client)
+        try await Self.pendingCap(RedisApprovalStore(redis: client))
+    }
+
+    /// Pending approvals never decided are dropped a day after they expire, as decided ones are: an agent
+    /// asking once per distinct call for ever must not grow the store for ever.
+    @Test func theEmbeddedStoreDropsPendingApprovalsADayPastExpiry() async throws {
+        let store = EmbeddedApprovalStore(capacity: 8)
+        for n in 0..<4 {
+            let a = Approval(
+                id: "apr_old_\(n)", key: "old-\(n)", agent: "agt_\(n)", run: nil, tool: "gmail_send", action: "send", digest: "d", policy: "p",
+                status: .pending, createdAt: 0, expiresAt: 1_000, approvers: [], summary: [:])
+            _ = try await store.claim(a, now: 0, maxPending: 100)
+        }
+        let later = Approval(
+            id: "apr_new", key: "new", agent: "agt_9", run: nil, tool: "gmail_send", action: "send", digest: "d", policy: "p",
+            status: .pending, createdAt: 0, expiresAt: 200_000_000, approvers: [], summary: [:])
+        _ = try await store.claim(later, now: 100_000_000, maxPending: 100)
+        #expect(try await store.approval(id: "apr_old_0") == nil)
+        #expect(try await store.approval(id: "apr_new") != nil)
     }
 
     @Test func ids() {

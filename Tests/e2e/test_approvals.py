@@ -10,6 +10,7 @@ import json
 import subprocess
 import time
 
+import pytest
 import requests
 
 from conftest import BIN, LIVE_ENV, live_config, metric
@@ -209,3 +210,30 @@ def test_the_compatibility_api_meets_the_same_approval_and_ledger(pki, https_ups
     assert r.status == 400 and json.loads(r.read())["code"] == "ambiguous_header"
     conn.close()
     assert len(sent) == 1
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_an_agent_waits_on_at_most_max_pending_per_agent_approvals(pki, https_upstream, sidecar_factory, tmp_path, redis, store):
+    """Each distinct call asks anew: an agent varying one byte per call would fill the approval store and the
+    approvers' list. Past `approvals.max_pending_per_agent` its next new ask is 429; a repeat of a call
+    already asked for is still answered with its approval; a decision frees a place; another agent is not
+    affected."""
+    env, extra = {}, "approvals: {max_pending_per_agent: 2}\n"
+    if store == "redis":
+        keys = tmp_path / "keys"
+        subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+        env, extra = {"REDIS_URL": redis.url}, extra + f"auth: {{keys_dir: \"{keys}\"}}\n"
+    s, sent = start(pki, https_upstream, sidecar_factory, tmp_path, hold="0s", extra=extra, env=env)
+    token, other = s.new_token(), s.new_token(agent_id=s.new_agent(name="other"))
+    asked = [send(s, token, mail(f"draft {i}")) for i in range(2)]
+    assert [r.json()["code"] for r in asked] == ["approval_pending"] * 2
+    over = send(s, token, mail("draft 2"))
+    assert over.status_code == 429 and over.json()["code"] == "too_many_pending_approvals", over.text
+    assert "Retry-After" in over.headers and "approval_id" not in over.json()
+    assert len(pending(s)) == 2, "nothing was created for the refused call"
+    assert send(s, token, mail("draft 0")).json()["approval_id"] == asked[0].json()["approval_id"]
+    assert send(s, other, mail("draft 2")).json()["code"] == "approval_pending"
+    assert decide(s, asked[1].json()["approval_id"], "deny").status_code == 200
+    assert send(s, token, mail("draft 2")).json()["code"] == "approval_pending"
+    assert metric(requests.get(f"{s.admin_url}/metrics", timeout=5).text, "gateway_approval_checks_total", result="too_many_pending") == 1
+    assert sent == []

@@ -68,7 +68,7 @@ struct ApprovalsAPI: Sendable {
             e.extensions["errors"] = [["field": "status", "message": "must be pending"]]
             throw e
         }
-        let all = try await approvals.store.pending(limit: 500)
+        let all = try await approvals.store.pending(limit: 500, now: approvals.now())
         let visible = all.filter { (try? Self.mayDecide(caller, $0)) != nil }
         return AdminRoutes.json(["approvals": .array(visible.map(\.json))], status: .ok)
     }

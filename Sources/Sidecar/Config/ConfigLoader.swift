@@ -27,7 +27,7 @@ public enum ConfigLoader {
 
     public static func parse(_ text: String) throws(DocumentError) -> SidecarConfig {
         let root = DocumentReader(try YAMLDocument.parse(text))
-        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs", "idempotency", "receipts",
+        try root.checkKeys(["version", "listen", "limits", "upstream", "tools", "log", "redis", "mock", "auth", "vault", "state", "admin", "policy", "resilience", "egress", "chaos", "intercept", "runs", "idempotency", "receipts", "approvals",
         ])
         if let v = try root["version"].int(), v != 1 { throw root["version"].error("unsupported version \(v) (expected 1)") }
         var c = SidecarConfig()
@@ -208,6 +208,9 @@ public enum ConfigLoader {
             guard h >= .milliseconds(100), h <= .seconds(300) else { throw runs["heartbeat"].error("must be between 100ms and 5m") }
             c.runs.heartbeat = h
         }
+        let approvals = root["approvals"]
+        try approvals.checkKeys(["max_pending_per_agent"])
+        c.approvalsMaxPendingPerAgent = try approvals["max_pending_per_agent"].int(default: c.approvalsMaxPendingPerAgent, range: 1...1_000_000)
         c.idempotency = try idempotencySettings(root["idempotency"])
         let receipts = root["receipts"]
         try receipts.checkKeys(["enabled", "dir", "max_file_bytes", "seal_interval", "seal_batch"])

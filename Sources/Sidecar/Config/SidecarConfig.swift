@@ -157,6 +157,9 @@ public struct SidecarConfig: Sendable {
     var adminGate = AdminGateSettings()
     /// Agent runs: events kept, retention, streams per run, heartbeat.
     var runs = RunSettings()
+    /// Live pending approvals one agent may wait on; a call that would ask for another is 429
+    /// `too_many_pending_approvals` (each is held in the store until it expires).
+    var approvalsMaxPendingPerAgent = 100
     /// The exactly-once ledger of side-effecting calls.
     var idempotency = IdempotencySettings()
     /// The signed, hash-chained receipt of every call.

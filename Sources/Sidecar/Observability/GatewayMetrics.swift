@@ -173,7 +173,7 @@ public final class GatewayMetrics: Sendable {
         let approvals = MetricNameDescriptor(
             namespace: "gateway", metricName: "approval_checks", unitName: "total",
             helpText: "Calls that needed approval, by what they met: granted, pending (held, then refused), denied, expired.")
-        approvalOutcomes = Self.counters(registry, approvals, label: "result", values: ["granted", "pending", "denied", "expired"])
+        approvalOutcomes = Self.counters(registry, approvals, label: "result", values: ["granted", "pending", "denied", "expired", "too_many_pending"])
         policyReloadFailures = registry.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gateway", metricName: "policy_reload_failures", unitName: "total",
@@ -341,6 +341,7 @@ public final class GatewayMetrics: Sendable {
         case .pending, .created: approvalOutcomes["pending"]?.increment()
         case .denied: approvalOutcomes["denied"]?.increment()
         case .expired: approvalOutcomes["expired"]?.increment()
+        case .tooManyPending: approvalOutcomes["too_many_pending"]?.increment()
         }
     }
 

@@ -73,6 +73,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case approvalNotPending = "approval_not_pending"
         case tooManyStreams = "too_many_streams"
         case tooManyOpenRuns = "too_many_open_runs"
+        case tooManyPendingApprovals = "too_many_pending_approvals"
         // Control API.
         case adminUnauthorized = "admin_unauthorized"
         case invalidJSON = "invalid_json"
@@ -121,7 +122,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .runNotStarted, .runCancelled, .runFinished, .runAlreadyCancelled, .runNotPaused, .idempotencyConflict, .duplicateInFlight,
                 .duplicateOutcomeUnknown:
                 return .conflict
-            case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .tooManyOpenRuns, .adminRateLimited: return .tooManyRequests
+            case .runBudgetExhausted, .runLoopDetected, .tooManyStreams, .tooManyOpenRuns, .tooManyPendingApprovals, .adminRateLimited: return .tooManyRequests
             case .upstreamUnreachable, .upstreamProtocolError, .upstreamResponseTooLarge: return .badGateway
             case .upstreamTimeout: return .gatewayTimeout
             case .credentialUnavailable, .shuttingDown: return .serviceUnavailable
@@ -195,6 +196,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .approvalNotPending: return "Approval already decided"
             case .tooManyStreams: return "Too many event streams on this run"
             case .tooManyOpenRuns: return "Too many unfinished runs for this agent"
+            case .tooManyPendingApprovals: return "Too many pending approvals for this agent"
             case .adminRateLimited: return "Too many admin requests from this address"
             case .originNotAllowed: return "Origin not allowed"
             case .upstreamUnreachable: return "Upstream unreachable"

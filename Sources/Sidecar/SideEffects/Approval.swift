@@ -68,6 +68,9 @@ enum ApprovalClaim: Sendable, Hashable {
     case denied
     /// The pending approval or the grant ran out before it was used.
     case expired
+    /// Nothing usable, and the agent already waits on as many live pending approvals as it may
+    /// (`approvals.max_pending_per_agent`): none was created.
+    case tooManyPending
 
     /// The rule, and the approval as it is after the claim (`created`: `fresh`).
     static func claim(latest: Approval?, fresh: Approval, now: Int64) -> (Self, Approval) {
@@ -116,11 +119,14 @@ enum ApprovalClaim: Sendable, Hashable {
 /// Where approvals live: in memory on one host, in Redis for a fleet (approve on one sidecar, the call
 /// passes on another). Each method is one atomic step.
 protocol ApprovalStore: Sendable {
-    /// Applies `ApprovalClaim.claim` to the latest approval for `fresh.key` and stores the result.
-    func claim(_ fresh: Approval, now: Int64) async throws -> (ApprovalClaim, Approval)
+    /// Applies `ApprovalClaim.claim` to the latest approval for `fresh.key` and stores the result; a claim
+    /// that would create one while `fresh.agent` has `maxPending` live pending approvals is
+    /// `.tooManyPending` and stores nothing (counted before the write: two at once may pass one past it).
+    func claim(_ fresh: Approval, now: Int64, maxPending: Int) async throws -> (ApprovalClaim, Approval)
     func approval(id: String) async throws -> Approval?
     /// Applies `ApprovalClaim.decide`; nil when there is no such approval.
     func decide(id: String, approve: Bool, by: String, reason: String?, now: Int64) async throws -> Result<Approval, GatewayError>?
     func restore(id: String, now: Int64) async throws
-    func pending(limit: Int) async throws -> [Approval]
+    /// Pending approvals not yet expired at `now`, oldest first.
+    func pending(limit: Int, now: Int64) async throws -> [Approval]
 }

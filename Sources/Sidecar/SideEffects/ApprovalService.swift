@@ -16,11 +16,15 @@ final class ApprovalService: Sendable {
     let now: @Sendable () -> Int64
     /// How often a held call looks for the decision (with Redis: one read per look).
     let poll: Duration
+    /// Live pending approvals one agent may wait on (`approvals.max_pending_per_agent`): each distinct
+    /// call asks anew, and an agent varying one byte per call would otherwise fill the store.
+    let maxPendingPerAgent: Int
 
     init(
         store: any ApprovalStore, runs: RunService?, metrics: GatewayMetrics?, logger: Logger, now: @escaping @Sendable () -> Int64,
-        poll: Duration = .milliseconds(100)
+        poll: Duration = .milliseconds(100), maxPendingPerAgent: Int = 100
     ) {
+        self.maxPendingPerAgent = maxPendingPerAgent
         self.store = store
         self.runs = runs
         self.metrics = metrics
@@ -61,6 +65,11 @@ final class ApprovalService: Sendable {
             e = GatewayError(.approvalDenied, "approval \(approval.id) was denied\(approval.reason.map { ": \($0)" } ?? "")")
         case .expired:
             e = GatewayError(.approvalExpired, "approval \(approval.id) expired before it was used; the next identical call asks again")
+        case .tooManyPending:
+            throw GatewayError(
+                .tooManyPendingApprovals,
+                "agent \(agent) already waits on \(maxPendingPerAgent) pending approvals (approvals.max_pending_per_agent); repeat a call already asked for, or wait until some are decided or expire",
+                headers: [("Retry-After", "60")])
         }
         e.extensions["approval_id"] = .string(approval.id)
         throw e
@@ -74,7 +83,7 @@ final class ApprovalService: Sendable {
     }
 
     private func claimed(_ fresh: Approval) async throws(GatewayError) -> (ApprovalClaim, Approval) {
-        do { return try await store.claim(fresh, now: now()) } catch {
+        do { return try await store.claim(fresh, now: now(), maxPending: maxPendingPerAgent) } catch {
             logger.warning("approvals: the store is unavailable; the call is refused", metadata: ["error": "\(error)"])
             var e = GatewayError(.stateUnavailable, "the approval store is unavailable; the call was not sent")
             e.headers = [("Retry-After", "1")]

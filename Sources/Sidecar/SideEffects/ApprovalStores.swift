@@ -8,6 +8,34 @@ final class EmbeddedApprovalStore: ApprovalStore {
     private struct State {
         var byKey: [String: Approval] = [:]
         var keyByID: [String: String] = [:]
+        /// The keys of each agent's pending approvals (some may have expired since), for the cap.
+        var pendingByAgent: [String: Set<String>] = [:]
+
+        mutating func put(_ a: Approval) {
+            if let old = byKey[a.key], old.id != a.id { keyByID[old.id] = nil }
+            byKey[a.key] = a
+            keyByID[a.id] = a.key
+            if a.status == .pending { pendingByAgent[a.agent, default: []].insert(a.key) } else { unlistPending(a) }
+        }
+
+        mutating func remove(_ a: Approval) {
+            byKey[a.key] = nil
+            keyByID[a.id] = nil
+            unlistPending(a)
+        }
+
+        private mutating func unlistPending(_ a: Approval) {
+            guard pendingByAgent[a.agent]?.remove(a.key) != nil, pendingByAgent[a.agent]?.isEmpty == true else { return }
+            pendingByAgent[a.agent] = nil
+        }
+
+        /// `agent`'s pending approvals not expired at `now` (the expired ones are dropped from the list).
+        mutating func livePending(_ agent: String, now: Int64) -> Int {
+            guard let keys = pendingByAgent[agent] else { return 0 }
+            let live = keys.filter { byKey[$0].map { $0.status == .pending && now < $0.expiresAt } ?? false }
+            pendingByAgent[agent] = live.isEmpty ? nil : live
+            return live.count
+        }
     }
 
     private let state = Mutex(State())
@@ -15,13 +43,14 @@ final class EmbeddedApprovalStore: ApprovalStore {
 
     init(capacity: Int = 100_000) { self.capacity = capacity }
 
-    func claim(_ fresh: Approval, now: Int64) async throws -> (ApprovalClaim, Approval) {
+    func claim(_ fresh: Approval, now: Int64, maxPending: Int) async throws -> (ApprovalClaim, Approval) {
         state.withLock { s in
             let (claim, after) = ApprovalClaim.claim(latest: s.byKey[fresh.key], fresh: fresh, now: now)
-            if claim == .created { Self.prune(&s, now: now, capacity: capacity) }
-            if let old = s.byKey[fresh.key], old.id != after.id { s.keyByID[old.id] = nil }
-            s.byKey[fresh.key] = after
-            s.keyByID[after.id] = after.key
+            if claim == .created {
+                guard s.livePending(fresh.agent, now: now) < maxPending else { return (.tooManyPending, fresh) }
+                Self.prune(&s, now: now, capacity: capacity)
+            }
+            s.put(after)
             return (claim, after)
         }
     }
@@ -34,7 +63,7 @@ final class EmbeddedApprovalStore: ApprovalStore {
         state.withLock { s in
             guard let key = s.keyByID[id], let a = s.byKey[key], a.id == id else { return nil }
             let result = ApprovalClaim.decide(a, approve: approve, by: by, reason: reason, now: now)
-            if case .success(let d) = result { s.byKey[key] = d }
+            if case .success(let d) = result { s.put(d) }
             return result
         }
     }
@@ -42,21 +71,23 @@ final class EmbeddedApprovalStore: ApprovalStore {
     func restore(id: String, now: Int64) async throws {
         state.withLock { s in
             guard let key = s.keyByID[id], let a = s.byKey[key], a.id == id, let r = ApprovalClaim.restore(a) else { return }
-            s.byKey[key] = r
+            s.put(r)
         }
     }
 
-    func pending(limit: Int) async throws -> [Approval] {
-        state.withLock { s in Array(s.byKey.values.filter { $0.status == .pending }.sorted { $0.createdAt < $1.createdAt }.prefix(limit)) }
+    func pending(limit: Int, now: Int64) async throws -> [Approval] {
+        state.withLock { s in
+            Array(s.byKey.values.filter { $0.status == .pending && now < $0.expiresAt }.sorted { $0.createdAt < $1.createdAt }.prefix(limit))
+        }
     }
 
     private static func prune(_ s: inout State, now: Int64, capacity: Int) {
         guard s.byKey.count >= capacity / 2 else { return }
-        // Decided, used or expired approvals a day past their expiry go; at capacity, every one not pending.
+        // Every approval a day past its expiry goes — a pending one never decided too (it reads as expired
+        // from then on); at capacity, every one but the live pending ones.
         let full = s.byKey.count >= capacity
-        for (key, a) in s.byKey where a.status != .pending && (full || a.status != .approved && a.expiresAt + 86_400_000 < now) {
-            s.byKey[key] = nil
-            s.keyByID[a.id] = nil
+        for a in s.byKey.values where a.expiresAt + 86_400_000 < now || full && !(a.status == .pending && now < a.expiresAt) {
+            s.remove(a)
         }
     }
 }
@@ -67,6 +98,8 @@ final class EmbeddedApprovalStore: ApprovalStore {
 final class RedisApprovalStore: ApprovalStore {
     private let redis: RedisClient
     private static let pendingSet = "sidecar:approvals:pending"
+    /// One agent's pending approval ids, scored by expiry (for the cap `approvals.max_pending_per_agent`).
+    static func agentPendingSet(_ agent: String) -> String { "sidecar:approvals:pending:" + agent }
     /// Decided approvals stay readable a day past their expiry.
     private static let keep: Int64 = 86_400_000
 
@@ -97,10 +130,10 @@ final class RedisApprovalStore: ApprovalStore {
     }
 
     /// Reads, applies `change`, writes back if nothing changed meanwhile; retried a few times.
-    private func update<T>(_ key: String, now: Int64, _ change: (Approval?) -> (T, Approval?)) async throws -> T {
+    private func update<T>(_ key: String, now: Int64, _ change: (Approval?) async throws -> (T, Approval?)) async throws -> T {
         for _ in 0..<8 {
             let (old, current) = try await load(key)
-            let (result, next) = change(current)
+            let (result, next) = try await change(current)
             guard let next, next != current else { return result }
             let text = String(decoding: try Self.encoder.encode(next), as: UTF8.self)
             let ttl = max(1, next.expiresAt + Self.keep - now)
@@ -110,8 +143,13 @@ final class RedisApprovalStore: ApprovalStore {
                 }
                 if next.status == .pending {
                     _ = try await redis.send(["ZADD", Self.pendingSet, String(next.createdAt), next.id])
+                    _ = try await redis.send(["ZADD", Self.agentPendingSet(next.agent), String(next.expiresAt), next.id])
+                    // The set lives as long as its longest-lived member (NX: a new set; GT: only ever longer).
+                    _ = try await redis.send(["PEXPIRE", Self.agentPendingSet(next.agent), String(ttl), "NX"])
+                    _ = try await redis.send(["PEXPIRE", Self.agentPendingSet(next.agent), String(ttl), "GT"])
                 } else {
                     _ = try await redis.send(["ZREM", Self.pendingSet, next.id])
+                    _ = try await redis.send(["ZREM", Self.agentPendingSet(next.agent), next.id])
                 }
                 return result
             }
@@ -119,11 +157,19 @@ final class RedisApprovalStore: ApprovalStore {
         throw RedisError(kind: .server, message: "approval changed concurrently too often")
     }
 
-    func claim(_ fresh: Approval, now: Int64) async throws -> (ApprovalClaim, Approval) {
+    func claim(_ fresh: Approval, now: Int64, maxPending: Int) async throws -> (ApprovalClaim, Approval) {
         try await update(fresh.key, now: now) { latest in
             let (claim, after) = ApprovalClaim.claim(latest: latest, fresh: fresh, now: now)
+            if claim == .created, try await livePending(fresh.agent, now: now) >= maxPending { return ((.tooManyPending, fresh), nil) }
             return ((claim, after), after)
         }
+    }
+
+    /// `agent`'s pending approvals not expired at `now` (the expired ones are dropped from its set).
+    private func livePending(_ agent: String, now: Int64) async throws -> Int {
+        let set = Self.agentPendingSet(agent)
+        _ = try await redis.send(["ZREMRANGEBYSCORE", set, "-inf", String(now)])
+        return Int(try await redis.send(["ZCARD", set]).int ?? 0)
     }
 
     private func key(of id: String) async throws -> String? { try await redis.send(["GET", Self.idKey(id)]).string }
@@ -151,11 +197,15 @@ final class RedisApprovalStore: ApprovalStore {
         }
     }
 
-    func pending(limit: Int) async throws -> [Approval] {
+    func pending(limit: Int, now: Int64) async throws -> [Approval] {
         let ids = (try await redis.send(["ZRANGE", Self.pendingSet, "0", String(limit * 2)]).array ?? []).compactMap(\.string)
         var out: [Approval] = []
         for id in ids where out.count < limit {
-            if let a = try await approval(id: id), a.status == .pending { out.append(a) } else { _ = try await redis.send(["ZREM", Self.pendingSet, id]) }
+            if let a = try await approval(id: id), a.status == .pending, now < a.expiresAt {
+                out.append(a)
+            } else {
+                _ = try await redis.send(["ZREM", Self.pendingSet, id])
+            }
         }
         return out
     }
