@@ -239,13 +239,24 @@ final class RedisRunStore: RunStore {
         let key = Self.open(agent)
         let count = Int(try checked(try await redis.send(["SCARD", key])).int ?? 0)
         guard count >= cap else { return count }
-        var open = 0
-        for member in try checked(try await redis.send(["SMEMBERS", key])).array ?? [] {
-            guard let id = member.string else { continue }
-            let status = try await redis.send(["HGET", Self.hash(id), "status"]).string.flatMap(RunStatus.init(rawValue:))
-            if let status, !status.isTerminal { open += 1 } else { _ = try await redis.send(["SREM", key, id]) }
+        // At the cap each member is read again (one a purge or another path ended may linger): the reads go
+        // out together, pipelined a hundred at a time, not one round trip after another (1 000 open runs
+        // made every refused create wait on 1 000 replies in turn).
+        let members = (try checked(try await redis.send(["SMEMBERS", key])).array ?? []).compactMap(\.string)
+        var stale: [String] = []
+        for batch in stride(from: 0, to: members.count, by: 100).map({ members[$0..<min($0 + 100, members.count)] }) {
+            stale += try await withThrowingTaskGroup(of: String?.self) { group in
+                for id in batch {
+                    group.addTask {
+                        let status = try await self.redis.send(["HGET", Self.hash(id), "status"]).string.flatMap(RunStatus.init(rawValue:))
+                        return status.map({ !$0.isTerminal }) == true ? nil : id
+                    }
+                }
+                return try await group.reduce(into: []) { if let id = $1 { $0.append(id) } }
+            }
         }
-        return open
+        if !stale.isEmpty { _ = try await redis.send(["SREM", key] + stale) }
+        return members.count - stale.count
     }
 
     func reserve(_ id: String, agent: String, charge: RunCharge, now: Int64) async throws -> RunReservation {
