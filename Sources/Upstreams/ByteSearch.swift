@@ -11,16 +11,21 @@ import Darwin
 /// handling, and the scrubber runs this over every answer body.
 enum ByteSearch {
     static func contains(_ needle: UnsafeRawBufferPointer, in haystack: UnsafeRawBufferPointer) -> Bool {
-        guard let n = needle.baseAddress, needle.count > 0 else { return true }
-        guard let base = haystack.baseAddress, needle.count <= haystack.count else { return false }
+        needle.isEmpty || firstIndex(of: needle, in: haystack, from: 0) != nil
+    }
+
+    /// The offset of the first occurrence of `needle` in `haystack` at `start` or later, or nil.
+    static func firstIndex(of needle: UnsafeRawBufferPointer, in haystack: UnsafeRawBufferPointer, from start: Int) -> Int? {
+        guard let n = needle.baseAddress, needle.count > 0 else { return start }
+        guard let base = haystack.baseAddress, start >= 0, needle.count <= haystack.count - start else { return nil }
         let end = base + (haystack.count - needle.count + 1)
-        var p = base
+        var p = base + start
         while p < end {
-            guard let hit = memchr(p, Int32(needle[0]), end - p) else { return false }
-            if memcmp(hit, n, needle.count) == 0 { return true }
+            guard let hit = memchr(p, Int32(needle[0]), end - p) else { return nil }
+            if memcmp(hit, n, needle.count) == 0 { return base.distance(to: UnsafeRawPointer(hit)) }
             p = UnsafeRawPointer(hit) + 1
         }
-        return false
+        return nil
     }
 
     /// The offset of the last occurrence of `needle` in `haystack` that starts at `start` or later and

@@ -150,6 +150,22 @@ def test_sdk_against_mocks_streaming_and_embeddings(sidecar_factory):
     wav = client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hello", response_format="wav")
     assert wav.content[:4] == b"RIFF" and wav.content[8:12] == b"WAVE"
     assert client.audio.speech.create(model="tts-1", voice="alloy", input="hello").content[:2] == b"\xff\xfb"
+    # File uploads (multipart/form-data; they were 400 unknown_action): transcription as JSON, as text and
+    # streamed, translation, an image edit and a variation.
+    import io
+    audio = ("memo.wav", io.BytesIO(b"RIFF" + bytes(2000)), "audio/wav")
+    assert client.audio.transcriptions.create(model="whisper-1", file=audio).text.startswith("Mock transcription of ")
+    audio[1].seek(0)
+    assert client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="text").startswith("Mock transcription")
+    audio[1].seek(0)
+    events = list(client.audio.transcriptions.create(model="gpt-4o-transcribe", file=audio, stream=True))
+    assert events[-1].type == "transcript.text.done" and "".join(e.delta for e in events[:-1]) == events[-1].text
+    audio[1].seek(0)
+    assert client.audio.translations.create(model="whisper-1", file=audio).text.startswith("Mock translation of ")
+    png = ("cat.png", io.BytesIO(base64.b64decode("iVBORw0KGgo=")), "image/png")
+    assert client.images.edit(model="gpt-image-1", image=png, prompt="add a hat").data[0].b64_json
+    png[1].seek(0)
+    assert len(client.images.create_variation(image=png, n=2).data) == 2
 
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
@@ -349,3 +365,46 @@ def test_sdk_does_not_resend_a_refusal_that_waiting_cannot_lift(pki, https_upstr
     assert cancelled.value.response.headers["x-should-retry"] == "false"
     time.sleep(0.5)
     assert [r.get("outcome") for r in s.logs("access") if r.get("action") == "chat"][2:] == ["run_cancelled"]
+
+
+UPLOAD_POLICY = """version: 1
+roles:
+  worker:
+    allow: ["openai:*"]
+    rules:
+      - scope: "openai:*"
+        guards: {models: [whisper-1, gpt-4o-mini], max_tokens: 100}
+        budget: {tokens: 50, window: day}
+"""
+
+
+def test_sdk_uploads_reach_openai_unchanged_under_the_model_guard(pki, https_upstream, sidecar_factory, tmp_path):
+    """A transcription is a multipart upload: the form reaches OpenAI byte for byte with the real key, the
+    model guard reads its `model` field, the token budget does not count the audio's bytes as prompt, and
+    a form another parser could read differently (`model` twice) is refused before anything is sent."""
+    up = https_upstream
+    up.routes["/v1/audio/transcriptions"] = lambda h, rec: up.send_json(h, 200, {"text": "hello", "usage": {"type": "duration", "seconds": 2}})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(UPLOAD_POLICY)
+    s = sidecar_factory(live_config(pki, up, extra=f"policy: {{file: \"{policy}\"}}\n"), env=LIVE_ENV)
+    token = s.new_token(role="worker")
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=token, max_retries=0)
+    audio = b"RIFF" + os.urandom(40_000)  # 10 000 "tokens" at four bytes each: far past the 50-token budget
+    for _ in range(3):
+        assert client.audio.transcriptions.create(model="whisper-1", file=("memo.wav", audio, "audio/wav"), language="en").text == "hello"
+    rec = up.requests[-1]
+    assert rec.path == "/v1/audio/transcriptions" and rec.header("Authorization") == "Bearer sk-REAL-0123456789abcdef"
+    assert rec.header("Content-Type").startswith("multipart/form-data; boundary=") and audio in rec.body
+    with pytest.raises(openai.PermissionDeniedError):  # the model guard reads the form's model
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("memo.wav", audio, "audio/wav"))
+    sent = len(up.requests)
+    boundary = "xYzBoundary42"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--{boundary}--\r\n")
+    r = httpx.post(f"{s.proxy_url}/openai/v1/audio/transcriptions", content=form.encode(),
+                   headers={"Authorization": f"Bearer {token}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 400 and r.json()["code"] == "ambiguous_parameter", r.text
+    r = httpx.post(f"{s.proxy_url}/openai/v1/audio/transcriptions", json={"model": "whisper-1"}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type", r.text
+    assert len(up.requests) == sent

@@ -20,7 +20,7 @@ import Foundation
 public enum PolicyCompiler {
     /// The tools and actions a policy may name.
     public static let knownActions: [String: [String]] = [
-        "serpapi": ["search"], "openai": ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "speech", "traces"], "http_fetch": ["get", "head"],
+        "serpapi": ["search"], "openai": ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "image_edits", "image_variations", "speech", "transcriptions", "translations", "traces"], "http_fetch": ["get", "head"],
         "gmail_send": ["send", "profile"],
     ]
 

@@ -1,11 +1,14 @@
 import NIOCore
 import NIOHTTP1
 
-/// The mocks of image generation (`POST /v1/images/generations`) and speech (`POST /v1/audio/speech`),
-/// shaped as OpenAI answers them, so an agent with an image or voice tool runs against the embedded
-/// default: `gpt-image-*` models answer base64 PNGs with token usage; DALL·E models a URL, or base64 with
-/// `response_format: b64_json`. Speech is 0.1 s of silence: a WAV file for `wav`, raw 24 kHz 16-bit
-/// samples for `pcm`, MPEG audio frames otherwise. Malformed calls get OpenAI's 400 error shape.
+/// The mocks of image generation (`POST /v1/images/generations`), edits and variations, speech
+/// (`POST /v1/audio/speech`), transcription and translation, shaped as OpenAI answers them, so an agent
+/// with an image or voice tool runs against the embedded default: `gpt-image-*` models answer base64 PNGs
+/// with token usage; DALL·E models a URL, or base64 with `response_format: b64_json`. Speech is 0.1 s of
+/// silence: a WAV file for `wav`, raw 24 kHz 16-bit samples for `pcm`, MPEG audio frames otherwise. A
+/// transcription names the file's size, as JSON, verbose JSON, plain text, SRT or WebVTT, or streamed
+/// (`stream=true`) as `transcript.text.delta` events and a `transcript.text.done` with token usage.
+/// Malformed calls get OpenAI's 400 error shape.
 extension OpenAIAdapter {
     /// A 1×1 PNG: what every mocked image is.
     static let mockPNGBase64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -58,5 +61,59 @@ extension OpenAIAdapter {
         func le16(_ v: Int) -> [UInt8] { (0..<2).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
         return Array("RIFF".utf8) + le32(36 + dataBytes) + Array("WAVEfmt ".utf8) + le32(16) + le16(1) + le16(1) + le32(sampleRate)
             + le32(sampleRate * 2) + le16(2) + le16(16) + Array("data".utf8) + le32(dataBytes)
+    }
+
+    /// The form fields the upload mocks answer from.
+    static let uploadMockFields: Set<String> = ["model", "prompt", "n", "response_format", "stream", "size"]
+
+    func mockUpload(_ call: ToolCall) -> UpstreamResponse {
+        guard let form = try? Self.uploadForm(call.request, names: Self.uploadMockFields) else { return Mock.openAIError("mock: not a form") }
+        guard form.files >= 1 else { return Mock.openAIError("mock: a file is required") }
+        let seed = Mock.hash(call.request.body?.readableBytesView ?? ByteBuffer().readableBytesView)
+        switch call.action {
+        case "image_edits", "image_variations":
+            var json: [String: JSONValue] = ["prompt": .string(form.fields["prompt"] ?? (call.action == "image_variations" ? "a variation" : ""))]
+            if let model = form.fields["model"] { json["model"] = .string(model) }
+            if let n = form.fields["n"] {
+                guard let count = Int(n) else { return Mock.openAIError("mock: n must be an integer") }
+                json["n"] = .number(Double(count))
+            }
+            if let format = form.fields["response_format"] { json["response_format"] = .string(format) }
+            return Self.mockImages(.object(json), seed: seed)
+        default:
+            guard let model = form.fields["model"] else { return Mock.openAIError("mock: model is required") }
+            let bytes = call.request.body?.readableBytes ?? 0
+            let verb = call.action == "translations" ? "translation" : "transcription"
+            let text = "Mock \(verb) of \(bytes) bytes of audio."
+            let tokens: JSONValue = [
+                "type": "tokens", "input_tokens": .number(Double(max(1, bytes / 1000))), "output_tokens": .number(Double(Self.tokenCount(text))),
+                "total_tokens": .number(Double(max(1, bytes / 1000) + Self.tokenCount(text))),
+            ]
+            if form.fields["stream"] == "true", call.action == "transcriptions" {
+                var events = Self.streamPieces(text).map { piece in
+                    ByteBuffer(string: "data: \(JSONValue.object(["type": "transcript.text.delta", "delta": .string(piece)]).serialized)\n\n")
+                }
+                events.append(ByteBuffer(string: "data: \(JSONValue.object(["type": "transcript.text.done", "text": .string(text), "usage": tokens]).serialized)\n\n"))
+                return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(events, delay: mockStreamDelay))
+            }
+            let usage: JSONValue = model.hasPrefix("whisper") ? ["type": "duration", "seconds": 1] : tokens
+            func plain(_ body: String, _ type: String) -> UpstreamResponse {
+                UpstreamResponse(
+                    status: .ok, headers: HTTPHeaders([("Content-Type", type), ("Content-Length", String(body.utf8.count))]),
+                    body: .bytes(ByteBuffer(string: body)))
+            }
+            switch form.fields["response_format"] ?? "json" {
+            case "json": return Mock.json(["text": .string(text), "usage": usage])
+            case "verbose_json":
+                return Mock.json([
+                    "task": .string(call.action == "translations" ? "translate" : "transcribe"), "language": "english", "duration": 1,
+                    "text": .string(text), "segments": [], "usage": usage,
+                ])
+            case "text": return plain(text + "\n", "text/plain; charset=utf-8")
+            case "srt": return plain("1\n00:00:00,000 --> 00:00:01,000\n\(text)\n\n", "text/plain; charset=utf-8")
+            case "vtt": return plain("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n\(text)\n\n", "text/vtt; charset=utf-8")
+            default: return Mock.openAIError("mock: response_format must be json, text, srt, verbose_json or vtt")
+            }
+        }
     }
 }

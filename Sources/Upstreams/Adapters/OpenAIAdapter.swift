@@ -50,7 +50,13 @@ public struct OpenAIAdapter: ToolAdapter {
     static let actionByPath: [String: String] = [
         "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings", "/v1/responses": "responses",
         "/v1/moderations": "moderations", "/v1/traces/ingest": "traces", "/v1/images/generations": "images", "/v1/audio/speech": "speech",
+        "/v1/audio/transcriptions": "transcriptions", "/v1/audio/translations": "translations", "/v1/images/edits": "image_edits",
+        "/v1/images/variations": "image_variations",
     ]
+    /// Actions whose body is a file upload (`multipart/form-data`), read by `MultipartForm`.
+    static let uploadActions: Set<String> = ["transcriptions", "translations", "image_edits", "image_variations"]
+    /// The form fields an upload's policy reads (the mock reads the others it answers from).
+    static let uploadFields: Set<String> = ["model", "stream"]
     static let pathByAction: [String: String] = Dictionary(uniqueKeysWithValues: actionByPath.map { ($1, $0) })
 
     /// Actions OpenAI bills no tokens for and whose answers carry no usage: no guard, token budget or
@@ -86,7 +92,7 @@ public struct OpenAIAdapter: ToolAdapter {
     /// Actions whose output is not tokens under a cap — a vector, an image, audio: a `max_tokens` guard
     /// has nothing to judge (it would refuse every call as "max_tokens is required" under `openai:*`) and
     /// the budget reserves their input only, settled to the answer's `usage` when it has one.
-    static let withoutTokenCap: Set<String> = ["embeddings", "images", "speech"]
+    static let withoutTokenCap = Set(["embeddings", "images", "speech"]).union(uploadActions)
 
     public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
         var request = request
@@ -100,9 +106,10 @@ public struct OpenAIAdapter: ToolAdapter {
         }
         guard let action = Self.actionByPath[request.path] else {
             throw .unknownAction(
-                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/audio/speech, /v1/traces/ingest and GET /v1/models")
+                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/traces/ingest and GET /v1/models")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
+        if Self.uploadActions.contains(action) { return try interpretUpload(request, action: action) }
         let expected = "openai \(action) needs a JSON object body"
         guard let body = request.body else { throw .invalidBody(expected) }
         // Only the members a guard or the budget reads are built; the rest (the messages) is checked as
@@ -147,6 +154,36 @@ public struct OpenAIAdapter: ToolAdapter {
             estimatedInputTokens: max(1, body.readableBytes / 4))
         params.choices = uncapped ? 1 : choices
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
+    }
+
+    /// A file upload (a transcription, an image edit): its `model` and `stream` read from the form as a
+    /// guard needs them; no token cap (the output is text or images of the file), the input estimated
+    /// from the text fields only — an audio file's bytes are not prompt tokens.
+    private func interpretUpload(_ request: ToolRequest, action: String) throws(ToolRequestError) -> ToolCall {
+        let form = try Self.uploadForm(request, names: Self.uploadFields)
+        var stream = false
+        if let s = form.fields["stream"] {
+            guard let b = ["true": true, "false": false][s] else { throw .invalidParameter("stream must be true or false") }
+            stream = b
+        }
+        var params = OpenAIParameters(
+            model: form.fields["model"], maxTokens: 0, stream: stream, temperature: nil, estimatedInputTokens: max(1, form.textBytes / 4))
+        params.choices = 1
+        return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
+    }
+
+    /// The upload's form, read strictly (`MultipartForm`): another content type is 415, a field given twice
+    /// is ambiguous, anything else malformed is an invalid body.
+    static func uploadForm(_ request: ToolRequest, names: Set<String>) throws(ToolRequestError) -> MultipartForm {
+        let types = request.headers["content-type"]
+        let expected = "send multipart/form-data (a file upload)"
+        let boundary: String?
+        do { boundary = types.count == 1 ? try MultipartForm.boundary(ofContentType: types[0]) : nil } catch { throw .invalidBody(error.reason) }
+        guard let boundary else { throw .unsupportedMediaType(expected) }
+        guard let body = request.body else { throw .invalidBody(expected) }
+        do { return try MultipartForm.parse(body.readableBytesView, boundary: boundary, names: names) } catch {
+            throw error.duplicate ? .ambiguousParameter(error.reason) : .invalidBody("\(expected) (\(error.reason))")
+        }
     }
 
     /// A streamed chat body that asks for usage in its last chunk (`stream_options.include_usage`), so a
@@ -216,6 +253,9 @@ public struct OpenAIAdapter: ToolAdapter {
         guard let path = Self.pathByAction[action] else {
             throw .unknownAction("openai actions are chat, completions, embeddings, responses, moderations, images, speech, traces, models")
         }
+        guard !Self.uploadActions.contains(action) else {
+            throw .unknownAction("openai \(action) uploads a file: send it as multipart/form-data to \(path) through the proxy")
+        }
         guard case .object(var object) = params else { throw .invalidBody("params must be an object") }
         if action == "chat", object["messages"] == nil, let prompt = object["prompt"]?.stringValue {
             object["messages"] = [["role": "user", "content": .string(prompt)]]
@@ -261,6 +301,7 @@ public struct OpenAIAdapter: ToolAdapter {
             }
             return Mock.json(Self.mockModel(id))
         }
+        if Self.uploadActions.contains(call.action) { return mockUpload(call) }
         guard let json = Mock.bodyJSON(call), case .openai(let p) = call.parameters else {
             return Mock.openAIError("mock: body is not JSON")
         }

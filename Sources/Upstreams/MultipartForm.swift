@@ -1,0 +1,163 @@
+import Foundation
+
+/// A `multipart/form-data` body (RFC 7578) read as far as the policy needs: the text of the fields it
+/// names, the size of the other text fields, the count of files. The bytes go upstream unchanged.
+///
+/// Read strictly, because a guard must read what the upstream reads: a body two parsers could split
+/// differently is refused, not guessed at — a preamble or transport padding, a part without a
+/// `form-data` name, an RFC 2231 `name*=`, a `Content-Transfer-Encoding`, a read field given twice or as a
+/// file, a part header that is not `name: value`, or a body that does not end with the closing delimiter.
+public struct MultipartForm: Sendable, Hashable {
+    /// The named fields' values (each at most once).
+    public var fields: [String: String] = [:]
+    /// Bytes of the text fields (those without a `filename`): what a token estimate reads.
+    public var textBytes = 0
+    /// Parts with a `filename`.
+    public var files = 0
+
+    public struct Failure: Error, Sendable, Hashable {
+        public let reason: String
+        /// A field given twice (ambiguous), not merely malformed.
+        public let duplicate: Bool
+        init(_ reason: String, duplicate: Bool = false) {
+            self.reason = reason
+            self.duplicate = duplicate
+        }
+    }
+
+    /// The boundary of a `multipart/form-data` content type, or nil for any other type. Throws when the
+    /// type is multipart/form-data but its boundary is missing, repeated or not RFC 2046's 1–70 bchars.
+    public static func boundary(ofContentType value: String) throws(Failure) -> String? {
+        var pieces = value.split(separator: ";", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard HeaderName.equalsIgnoringCase(pieces.removeFirst(), "multipart/form-data") else { return nil }
+        var boundary: String?
+        for piece in pieces where !piece.isEmpty {
+            guard let eq = piece.firstIndex(of: "=") else { throw Failure("a content-type parameter without a value") }
+            guard HeaderName.equalsIgnoringCase(piece[..<eq].trimmingCharacters(in: .whitespaces), "boundary") else { continue }
+            guard boundary == nil else { throw Failure("the boundary is given twice") }
+            var v = Substring(piece[piece.index(after: eq)...].trimmingCharacters(in: .whitespaces))
+            if v.first == "\"" {
+                guard v.count >= 2, v.last == "\"" else { throw Failure("the boundary's quotes are not closed") }
+                v = v.dropFirst().dropLast()
+                guard !v.contains("\\") else { throw Failure("the boundary holds an escape") }
+            }
+            boundary = String(v)
+        }
+        guard let boundary else { throw Failure("multipart/form-data without a boundary") }
+        guard (1...70).contains(boundary.utf8.count), boundary.utf8.last != UInt8(ascii: " "), boundary.utf8.allSatisfy(isBChar) else {
+            throw Failure("the boundary is not 1-70 characters RFC 2046 allows")
+        }
+        return boundary
+    }
+
+    /// RFC 2046 `bchars`: digits, letters and `'()+_,-./:=? ` .
+    private static func isBChar(_ b: UInt8) -> Bool {
+        switch b {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
+        default: return Array("'()+_,-./:=? ".utf8).contains(b)
+        }
+    }
+
+    /// Reads `body`, keeping the text of the fields in `names`.
+    public static func parse(_ body: some Collection<UInt8>, boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
+        let bytes = Array(body)
+        let dash = Array("--".utf8) + Array(boundary.utf8)
+        let delimiter = Array("\r\n".utf8) + dash
+        guard bytes.starts(with: dash) else { throw Failure("the body does not start with the boundary") }
+        var form = MultipartForm()
+        var at = dash.count
+        var seen: Set<String> = []
+        while true {
+            // After a delimiter: "--" closes (an optional CRLF may end the body), CRLF opens a part.
+            if bytes[at...].starts(with: Array("--".utf8)) {
+                let rest = bytes[(at + 2)...]
+                guard rest.isEmpty || rest.elementsEqual("\r\n".utf8) else { throw Failure("bytes after the closing boundary") }
+                return form
+            }
+            guard bytes[at...].starts(with: Array("\r\n".utf8)) else { throw Failure("a boundary not followed by a line end") }
+            at += 2
+            guard let headEnd = index(of: Array("\r\n\r\n".utf8), in: bytes, from: at - 2) else { throw Failure("a part's headers do not end") }
+            let part = try PartHead(bytes[at..<max(at, headEnd)], empty: headEnd == at - 2)
+            let contentStart = headEnd + 4
+            // The next delimiter, looked for from the part's start: one inside its headers (or sharing the
+            // blank line's CRLF) is a part two parsers could split differently.
+            guard let next = index(of: delimiter, in: bytes, from: at - 2) else { throw Failure("the body does not end with the closing boundary") }
+            guard next >= contentStart else { throw Failure("a part's headers do not end") }
+            let content = bytes[contentStart..<next]
+            if names.contains(part.name) {
+                guard seen.insert(part.name).inserted else { throw Failure("\(part.name) is given more than once", duplicate: true) }
+                guard !part.isFile else { throw Failure("\(part.name) is sent as a file") }
+                guard let text = String(validating: content, as: UTF8.self) else { throw Failure("\(part.name) is not UTF-8") }
+                form.fields[part.name] = text
+            }
+            if part.isFile { form.files += 1 } else { form.textBytes += content.count }
+            at = next + delimiter.count
+        }
+    }
+
+    private static func index(of needle: [UInt8], in haystack: [UInt8], from start: Int) -> Int? {
+        haystack.withUnsafeBytes { h in needle.withUnsafeBytes { n in ByteSearch.firstIndex(of: n, in: h, from: start) } }
+    }
+
+    /// A part's headers: its `Content-Disposition: form-data; name="…"` (and `filename`), checked.
+    struct PartHead {
+        var name = ""
+        var isFile = false
+
+        init(_ head: ArraySlice<UInt8>, empty: Bool) throws(Failure) {
+            guard !empty, let text = String(validating: head, as: UTF8.self) else { throw Failure("a part without headers") }
+            var disposition: Substring?
+            for line in text.split(separator: "\r\n", omittingEmptySubsequences: false) {
+                guard let colon = line.firstIndex(of: ":"), FieldSyntax.isToken(String(line[..<colon])),
+                    FieldSyntax.isValue(String(line))
+                else { throw Failure("a part header is not name: value") }
+                let name = line[..<colon]
+                if HeaderName.equalsIgnoringCase(name, "content-transfer-encoding") { throw Failure("a part has a Content-Transfer-Encoding") }
+                if HeaderName.equalsIgnoringCase(name, "content-disposition") {
+                    guard disposition == nil else { throw Failure("a part has two Content-Disposition headers") }
+                    disposition = line[line.index(after: colon)...]
+                }
+            }
+            guard let disposition else { throw Failure("a part without Content-Disposition") }
+            try read(disposition)
+        }
+
+        /// `form-data; name="x"; filename="y"` — quoted or token values, each parameter once.
+        private mutating func read(_ value: Substring) throws(Failure) {
+            var rest = value.drop { $0 == " " || $0 == "\t" }
+            guard rest.lowercased().hasPrefix("form-data") else { throw Failure("a part is not form-data") }
+            rest = rest.dropFirst("form-data".count)
+            var params: [String: String] = [:]
+            while true {
+                rest = rest.drop { $0 == " " || $0 == "\t" }
+                if rest.isEmpty { break }
+                guard rest.first == ";" else { throw Failure("a malformed Content-Disposition") }
+                rest = rest.dropFirst().drop { $0 == " " || $0 == "\t" }
+                guard let eq = rest.firstIndex(of: "=") else { throw Failure("a malformed Content-Disposition") }
+                let key = rest[..<eq].trimmingCharacters(in: .whitespaces).lowercased()
+                guard !key.isEmpty, FieldSyntax.isToken(key), !key.hasSuffix("*") else {
+                    throw Failure("a Content-Disposition parameter the sidecar does not read (\(key.prefix(32)))")
+                }
+                rest = rest[rest.index(after: eq)...].drop { $0 == " " || $0 == "\t" }
+                var v = ""
+                if rest.first == "\"" {
+                    rest = rest.dropFirst()
+                    guard let close = rest.firstIndex(of: "\"") else { throw Failure("a Content-Disposition quote is not closed") }
+                    v = String(rest[..<close])
+                    // A backslash escape is read one way by some servers and another by others.
+                    guard !v.contains("\\") else { throw Failure("a Content-Disposition value holds a backslash") }
+                    rest = rest[rest.index(after: close)...]
+                } else {
+                    let end = rest.firstIndex { $0 == ";" || $0 == " " || $0 == "\t" } ?? rest.endIndex
+                    v = String(rest[..<end])
+                    guard FieldSyntax.isToken(v) else { throw Failure("a malformed Content-Disposition") }
+                    rest = rest[end...]
+                }
+                guard params.updateValue(v, forKey: key) == nil else { throw Failure("a Content-Disposition names \(key) twice") }
+            }
+            guard let name = params["name"], !name.isEmpty else { throw Failure("a part without a name") }
+            self.name = name
+            isFile = params["filename"] != nil
+        }
+    }
+}
