@@ -61,29 +61,11 @@ public struct MultipartForm: Sendable, Hashable {
     /// Reads `body`, keeping the text of the fields in `names`.
     public static func parse(_ body: some Collection<UInt8>, boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
         let bytes = Array(body)
-        let dash = Array("--".utf8) + Array(boundary.utf8)
-        let delimiter = Array("\r\n".utf8) + dash
-        guard bytes.starts(with: dash) else { throw Failure("the body does not start with the boundary") }
         var form = MultipartForm()
-        var at = dash.count
         var seen: Set<String> = []
-        while true {
-            // After a delimiter: "--" closes (an optional CRLF may end the body), CRLF opens a part.
-            if bytes[at...].starts(with: Array("--".utf8)) {
-                let rest = bytes[(at + 2)...]
-                guard rest.isEmpty || rest.elementsEqual("\r\n".utf8) else { throw Failure("bytes after the closing boundary") }
-                return form
-            }
-            guard bytes[at...].starts(with: Array("\r\n".utf8)) else { throw Failure("a boundary not followed by a line end") }
-            at += 2
-            guard let headEnd = index(of: Array("\r\n\r\n".utf8), in: bytes, from: at - 2) else { throw Failure("a part's headers do not end") }
-            let part = try PartHead(bytes[at..<max(at, headEnd)], empty: headEnd == at - 2)
-            let contentStart = headEnd + 4
-            // The next delimiter, looked for from the part's start: one inside its headers (or sharing the
-            // blank line's CRLF) is a part two parsers could split differently.
-            guard let next = index(of: delimiter, in: bytes, from: at - 2) else { throw Failure("the body does not end with the closing boundary") }
-            guard next >= contentStart else { throw Failure("a part's headers do not end") }
-            let content = bytes[contentStart..<next]
+        for range in try parts(bytes, boundary: boundary) {
+            let part = try PartHead(bytes[range.head], empty: range.head.isEmpty)
+            let content = bytes[range.content]
             if names.contains(part.name) {
                 guard seen.insert(part.name).inserted else { throw Failure("\(part.name) is given more than once", duplicate: true) }
                 guard !part.isFile else { throw Failure("\(part.name) is sent as a file") }
@@ -91,6 +73,53 @@ public struct MultipartForm: Sendable, Hashable {
                 form.fields[part.name] = text
             }
             if part.isFile { form.files += 1 } else { form.textBytes += content.count }
+        }
+        return form
+    }
+
+    /// A form's parts without its boundary: each part's header and content bytes, length-prefixed. Two
+    /// uploads of the same parts under different (random) boundaries read alike — what an approval, the
+    /// loop breaker and the idempotency ledger compare — and the prefixes keep it one-to-one. nil for a
+    /// body that is not a well-formed form of `contentType`.
+    public static func canonical(_ body: some Collection<UInt8>, contentType: String) -> [UInt8]? {
+        guard let boundary = try? Self.boundary(ofContentType: contentType) else { return nil }
+        let bytes = Array(body)
+        guard let parts = try? parts(bytes, boundary: boundary) else { return nil }
+        var out = Array("multipart/form-data".utf8)
+        out.reserveCapacity(bytes.count + 16 * parts.count)
+        for part in parts {
+            for range in [part.head, part.content] {
+                out += Array("\n\(range.count):".utf8)
+                out += bytes[range]
+            }
+        }
+        return out
+    }
+
+    /// Where each part's headers and content are in `bytes` (structure only: the headers are read by
+    /// `PartHead`). An empty header range is a part without headers.
+    static func parts(_ bytes: [UInt8], boundary: String) throws(Failure) -> [(head: Range<Int>, content: Range<Int>)] {
+        let dash = Array("--".utf8) + Array(boundary.utf8)
+        let delimiter = Array("\r\n".utf8) + dash
+        guard bytes.starts(with: dash) else { throw Failure("the body does not start with the boundary") }
+        var out: [(head: Range<Int>, content: Range<Int>)] = []
+        var at = dash.count
+        while true {
+            // After a delimiter: "--" closes (an optional CRLF may end the body), CRLF opens a part.
+            if bytes[at...].starts(with: Array("--".utf8)) {
+                let rest = bytes[(at + 2)...]
+                guard rest.isEmpty || rest.elementsEqual("\r\n".utf8) else { throw Failure("bytes after the closing boundary") }
+                return out
+            }
+            guard bytes[at...].starts(with: Array("\r\n".utf8)) else { throw Failure("a boundary not followed by a line end") }
+            at += 2
+            guard let headEnd = index(of: Array("\r\n\r\n".utf8), in: bytes, from: at - 2) else { throw Failure("a part's headers do not end") }
+            let contentStart = headEnd + 4
+            // The next delimiter, looked for from the part's start: one inside its headers (or sharing the
+            // blank line's CRLF) is a part two parsers could split differently.
+            guard let next = index(of: delimiter, in: bytes, from: at - 2) else { throw Failure("the body does not end with the closing boundary") }
+            guard next >= contentStart else { throw Failure("a part's headers do not end") }
+            out.append((head: at..<max(at, headEnd), content: contentStart..<next))
             at = next + delimiter.count
         }
     }

@@ -25,6 +25,35 @@ struct RunCallFingerprintTests {
         RunCall.fingerprint(call(body, query: query, path: path))
     }
 
+    static func upload(boundary: String, model: String = "whisper-1", audio: String = "RIFF0000", type: String? = nil) -> ToolCall {
+        let body = "--\(boundary)\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n\(model)\r\n"
+            + "--\(boundary)\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n\(audio)\r\n--\(boundary)--\r\n"
+        let request = ToolRequest(
+            method: .POST, path: "/v1/audio/transcriptions", headers: ["Content-Type": type ?? "multipart/form-data; boundary=\(boundary)"],
+            body: ByteBuffer(string: body))
+        return ToolCall(
+            tool: .openai, action: "transcriptions", request: request,
+            parameters: .openai(.init(model: model, maxTokens: 0, stream: false, temperature: nil, estimatedInputTokens: 1)))
+    }
+
+    /// An SDK draws a new boundary for every upload: the same upload repeated is the same call to the loop
+    /// breaker, an approval and the ledger; another model or file is not; nor is a body under a content type
+    /// whose boundary does not match (its bytes are taken as they are).
+    @Test func uploadsCompareWithoutTheirBoundary() {
+        let a = Self.upload(boundary: "a1b2c3"), b = Self.upload(boundary: "zz-9876543210")
+        #expect(RunCall.fingerprint(a) == RunCall.fingerprint(b))
+        #expect(RunCall.exactDigest(a) == RunCall.exactDigest(b) && RunCall.digest(a) == RunCall.digest(b))
+        for other in [Self.upload(boundary: "a1b2c3", model: "gpt-4o-transcribe"), Self.upload(boundary: "a1b2c3", audio: "RIFF0001")] {
+            #expect(RunCall.fingerprint(other) != RunCall.fingerprint(a))
+            #expect(RunCall.exactDigest(other) != RunCall.exactDigest(a) && RunCall.digest(other) != RunCall.digest(a))
+        }
+        let mismatched = Self.upload(boundary: "a1b2c3", type: "multipart/form-data; boundary=zz-9876543210")
+        #expect(RunCall.uploadForm(mismatched) == nil && RunCall.exactDigest(mismatched) != RunCall.exactDigest(b))
+        // Parts are length-prefixed: moving bytes from a part's headers into its content is another call.
+        #expect(MultipartForm.canonical(Array("--b\r\nA: x\r\n\r\nyz\r\n--b--".utf8), contentType: "multipart/form-data; boundary=b")
+            != MultipartForm.canonical(Array("--b\r\nA: xy\r\n\r\nz\r\n--b--".utf8), contentType: "multipart/form-data; boundary=b"))
+    }
+
     @Test(arguments: [
         (#"{"a":1,"b":2}"#, #"{ "b": 2, "a": 1 }"#),
         (#"{"a":{"x":[1,2],"y":null}}"#, "{\n\t\"a\" : { \"y\":null , \"x\":[ 1 ,2 ] }\r\n}"),

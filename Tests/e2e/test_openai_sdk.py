@@ -408,3 +408,30 @@ def test_sdk_uploads_reach_openai_unchanged_under_the_model_guard(pki, https_ups
     r = httpx.post(f"{s.proxy_url}/openai/v1/audio/transcriptions", json={"model": "whisper-1"}, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type", r.text
     assert len(up.requests) == sent
+
+
+def test_an_approved_upload_passes_when_the_sdk_repeats_it_under_a_new_boundary(pki, https_upstream, sidecar_factory, tmp_path):
+    """The SDK draws a new multipart boundary for every request: an approval binds the form's parts, not
+    its boundary, so the repeated upload is the approved call (and a different file is not)."""
+    up = https_upstream
+    up.routes["/v1/audio/transcriptions"] = lambda h, rec: up.send_json(h, 200, {"text": "hello"})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("""version: 1
+roles:
+  worker:
+    allow: ["openai:*"]
+    rules:
+      - scope: "openai:transcriptions"
+        approval: {required: true, hold: 0s}
+""")
+    s = sidecar_factory(live_config(pki, up, extra=f"policy: {{file: \"{policy}\"}}\n"), env=LIVE_ENV)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="worker"), max_retries=0)
+    audio = ("memo.wav", b"RIFF" + bytes(500), "audio/wav")
+    with pytest.raises(openai.PermissionDeniedError) as held:
+        client.audio.transcriptions.create(model="whisper-1", file=audio)
+    approval = held.value.body["approval_id"] if isinstance(held.value.body, dict) else held.value.response.json()["approval_id"]
+    assert s.admin_request("POST", f"/api/approvals/{approval}/approve", {}).status_code == 200
+    assert client.audio.transcriptions.create(model="whisper-1", file=audio).text == "hello"
+    with pytest.raises(openai.PermissionDeniedError):  # another file is another call
+        client.audio.transcriptions.create(model="whisper-1", file=("memo.wav", b"RIFF" + bytes(501), "audio/wav"))
+    assert len([r for r in up.requests if r.path == "/v1/audio/transcriptions"]) == 1

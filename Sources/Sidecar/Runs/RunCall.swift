@@ -135,12 +135,22 @@ extension RunCall {
     /// bytes: what an approval binds to. No reading of the body stands between what was approved and what
     /// the upstream receives (a JSON number past 2^53, `1` against `1.0`: equal to a double, not to every
     /// upstream), so a call that differs in any byte is another call.
+    /// A file upload is taken without its boundary (`MultipartForm.canonical`): an SDK draws a new one for
+    /// every request, so the same upload repeated would never be the call that was approved.
     static func exactDigest(_ call: ToolCall) -> String {
-        let body = call.request.body.map { Digest.sha256Hex(bytes: $0.readableBytesView) } ?? ""
+        let body = call.request.body.map { b in uploadForm(call).map { Digest.sha256Hex(bytes: $0) } ?? Digest.sha256Hex(bytes: b.readableBytesView) } ?? ""
         return Digest.sha256Hex([
             call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path, call.request.target?.description ?? "",
             call.request.query.encoded, body,
         ])
+    }
+
+    /// A multipart body's parts without its boundary, or nil (not an upload, or not a well-formed one).
+    static func uploadForm(_ call: ToolCall) -> [UInt8]? {
+        guard let body = call.request.body, let type = call.request.headers.first(name: "content-type"),
+            type.utf8.count > 10, HeaderName.equalsIgnoringCase(type.prefix(10), "multipart/")
+        else { return nil }
+        return MultipartForm.canonical(body.readableBytesView, contentType: type)
     }
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by
@@ -159,6 +169,9 @@ extension RunCall {
             if let json = JSONValue.canonicalText(body.readableBytesView) {
                 parts.append("json")
                 parts.append(json)
+            } else if let form = uploadForm(call) {
+                parts.append("form")
+                parts.append(Digest.sha256Hex(bytes: form))
             } else {
                 parts.append("bytes")
                 parts.append(Digest.sha256Hex(bytes: body.readableBytesView))
