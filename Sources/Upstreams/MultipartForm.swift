@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// A `multipart/form-data` body (RFC 7578) read as far as the policy needs: the text of the fields it
 /// names, the size of the other text fields, the count of files. The bytes go upstream unchanged.
@@ -59,13 +60,21 @@ public struct MultipartForm: Sendable, Hashable {
     }
 
     /// Reads `body`, keeping the text of the fields in `names`.
-    public static func parse(_ body: some Collection<UInt8>, boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
-        let bytes = Array(body)
+    public static func parse(_ body: ByteBuffer, boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
+        try body.withUnsafeReadableBytes { raw in Result { () throws(Failure) in try parse(raw, boundary: boundary, names: names) } }.get()
+    }
+
+    public static func parse(_ body: [UInt8], boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
+        try body.withUnsafeBytes { raw in Result { () throws(Failure) in try parse(raw, boundary: boundary, names: names) } }.get()
+    }
+
+    /// Over the bytes where they lie: a 30 MB upload is not copied to be read.
+    static func parse(_ bytes: UnsafeRawBufferPointer, boundary: String, names: Set<String>) throws(Failure) -> MultipartForm {
         var form = MultipartForm()
         var seen: Set<String> = []
         for range in try parts(bytes, boundary: boundary) {
-            let part = try PartHead(bytes[range.head], empty: range.head.isEmpty)
-            let content = bytes[range.content]
+            let part = try PartHead(UnsafeRawBufferPointer(rebasing: bytes[range.head]))
+            let content = UnsafeRawBufferPointer(rebasing: bytes[range.content])
             if names.contains(part.name) {
                 guard seen.insert(part.name).inserted else { throw Failure("\(part.name) is given more than once", duplicate: true) }
                 guard !part.isFile else { throw Failure("\(part.name) is sent as a file") }
@@ -81,51 +90,61 @@ public struct MultipartForm: Sendable, Hashable {
     /// uploads of the same parts under different (random) boundaries read alike — what an approval, the
     /// loop breaker and the idempotency ledger compare — and the prefixes keep it one-to-one. nil for a
     /// body that is not a well-formed form of `contentType`.
-    public static func canonical(_ body: some Collection<UInt8>, contentType: String) -> [UInt8]? {
+    public static func canonical(_ body: ByteBuffer, contentType: String) -> [UInt8]? {
         guard let boundary = try? Self.boundary(ofContentType: contentType) else { return nil }
-        let bytes = Array(body)
-        guard let parts = try? parts(bytes, boundary: boundary) else { return nil }
-        var out = Array("multipart/form-data".utf8)
-        out.reserveCapacity(bytes.count + 16 * parts.count)
-        for part in parts {
-            for range in [part.head, part.content] {
-                out += Array("\n\(range.count):".utf8)
-                out += bytes[range]
+        return body.withUnsafeReadableBytes { bytes -> [UInt8]? in
+            guard let parts = try? parts(bytes, boundary: boundary) else { return nil }
+            var out = Array("multipart/form-data".utf8)
+            out.reserveCapacity(bytes.count + 16 * parts.count)
+            for part in parts {
+                for range in [part.head, part.content] {
+                    out += Array("\n\(range.count):".utf8)
+                    out += UnsafeRawBufferPointer(rebasing: bytes[range])
+                }
             }
+            return out
         }
-        return out
     }
+
+    /// Parts a form may have. OpenAI's have a handful (an edit takes at most 16 images); a 32 MiB body of
+    /// empty parts would be 600 000 of them to read, each with its headers.
+    public static let maxParts = 1000
 
     /// Where each part's headers and content are in `bytes` (structure only: the headers are read by
     /// `PartHead`). An empty header range is a part without headers.
-    static func parts(_ bytes: [UInt8], boundary: String) throws(Failure) -> [(head: Range<Int>, content: Range<Int>)] {
+    static func parts(_ bytes: UnsafeRawBufferPointer, boundary: String) throws(Failure) -> [(head: Range<Int>, content: Range<Int>)] {
         let dash = Array("--".utf8) + Array(boundary.utf8)
         let delimiter = Array("\r\n".utf8) + dash
-        guard bytes.starts(with: dash) else { throw Failure("the body does not start with the boundary") }
+        /// Whether `literal` stands at `offset`.
+        func at(_ offset: Int, _ literal: [UInt8]) -> Bool {
+            offset >= 0 && bytes.count - offset >= literal.count && literal.withUnsafeBytes { memcmp(bytes.baseAddress! + offset, $0.baseAddress!, literal.count) == 0 }
+        }
+        func index(of needle: [UInt8], from start: Int) -> Int? {
+            needle.withUnsafeBytes { ByteSearch.firstIndex(of: $0, in: bytes, from: start) }
+        }
+        let crlf = Array("\r\n".utf8), dashes = Array("--".utf8), blank = Array("\r\n\r\n".utf8)
+        guard at(0, dash) else { throw Failure("the body does not start with the boundary") }
         var out: [(head: Range<Int>, content: Range<Int>)] = []
-        var at = dash.count
+        var offset = dash.count
         while true {
             // After a delimiter: "--" closes (an optional CRLF may end the body), CRLF opens a part.
-            if bytes[at...].starts(with: Array("--".utf8)) {
-                let rest = bytes[(at + 2)...]
-                guard rest.isEmpty || rest.elementsEqual("\r\n".utf8) else { throw Failure("bytes after the closing boundary") }
+            if at(offset, dashes) {
+                let rest = bytes.count - offset - 2
+                guard rest == 0 || rest == 2 && at(offset + 2, crlf) else { throw Failure("bytes after the closing boundary") }
                 return out
             }
-            guard bytes[at...].starts(with: Array("\r\n".utf8)) else { throw Failure("a boundary not followed by a line end") }
-            at += 2
-            guard let headEnd = index(of: Array("\r\n\r\n".utf8), in: bytes, from: at - 2) else { throw Failure("a part's headers do not end") }
+            guard at(offset, crlf) else { throw Failure("a boundary not followed by a line end") }
+            offset += 2
+            guard let headEnd = index(of: blank, from: offset - 2) else { throw Failure("a part's headers do not end") }
             let contentStart = headEnd + 4
             // The next delimiter, looked for from the part's start: one inside its headers (or sharing the
             // blank line's CRLF) is a part two parsers could split differently.
-            guard let next = index(of: delimiter, in: bytes, from: at - 2) else { throw Failure("the body does not end with the closing boundary") }
+            guard let next = index(of: delimiter, from: offset - 2) else { throw Failure("the body does not end with the closing boundary") }
             guard next >= contentStart else { throw Failure("a part's headers do not end") }
-            out.append((head: at..<max(at, headEnd), content: contentStart..<next))
-            at = next + delimiter.count
+            guard out.count < maxParts else { throw Failure("more than \(maxParts) parts") }
+            out.append((head: offset..<max(offset, headEnd), content: contentStart..<next))
+            offset = next + delimiter.count
         }
-    }
-
-    private static func index(of needle: [UInt8], in haystack: [UInt8], from start: Int) -> Int? {
-        haystack.withUnsafeBytes { h in needle.withUnsafeBytes { n in ByteSearch.firstIndex(of: n, in: h, from: start) } }
     }
 
     /// A part's headers: its `Content-Disposition: form-data; name="…"` (and `filename`), checked.
@@ -133,8 +152,9 @@ public struct MultipartForm: Sendable, Hashable {
         var name = ""
         var isFile = false
 
-        init(_ head: ArraySlice<UInt8>, empty: Bool) throws(Failure) {
-            guard !empty, let text = String(validating: head, as: UTF8.self) else { throw Failure("a part without headers") }
+        init(_ head: UnsafeRawBufferPointer) throws(Failure) {
+            guard !head.isEmpty else { throw Failure("a part without headers") }
+            guard let text = String(validating: head, as: UTF8.self) else { throw Failure("a part's headers are not UTF-8") }
             var disposition: Substring?
             for line in text.split(separator: "\r\n", omittingEmptySubsequences: false) {
                 guard let colon = line.firstIndex(of: ":"), FieldSyntax.isToken(String(line[..<colon])),

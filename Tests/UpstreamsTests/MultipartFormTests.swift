@@ -77,6 +77,14 @@ import Testing
         #expect(throws: MultipartForm.Failure.self, "\(name)") { try MultipartForm.parse(body, boundary: Self.b, names: ["model"]) }
     }
 
+    @Test func partsAreBounded() throws {
+        let parts = (0..<MultipartForm.maxParts).map { Self.field("f\($0)", "") }
+        #expect(try MultipartForm.parse(Self.body(parts), boundary: Self.b, names: []).textBytes == 0)
+        #expect(throws: MultipartForm.Failure("more than 1000 parts")) {
+            try MultipartForm.parse(Self.body(parts + [Self.field("one", "more")]), boundary: Self.b, names: [])
+        }
+    }
+
     @Test func aDuplicateIsAmbiguousNotMalformed() {
         do {
             _ = try MultipartForm.parse(Self.body([Self.field("model", "a"), Self.field("model", "b")]), boundary: Self.b, names: ["model"])

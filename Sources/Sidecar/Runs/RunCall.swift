@@ -150,7 +150,7 @@ extension RunCall {
         guard let body = call.request.body, let type = call.request.headers.first(name: "content-type"),
             type.utf8.count > 10, HeaderName.equalsIgnoringCase(type.prefix(10), "multipart/")
         else { return nil }
-        return MultipartForm.canonical(body.readableBytesView, contentType: type)
+        return MultipartForm.canonical(body, contentType: type)
     }
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by

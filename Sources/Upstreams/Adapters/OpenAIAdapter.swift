@@ -181,7 +181,7 @@ public struct OpenAIAdapter: ToolAdapter {
         do { boundary = types.count == 1 ? try MultipartForm.boundary(ofContentType: types[0]) : nil } catch { throw .invalidBody(error.reason) }
         guard let boundary else { throw .unsupportedMediaType(expected) }
         guard let body = request.body else { throw .invalidBody(expected) }
-        do { return try MultipartForm.parse(body.readableBytesView, boundary: boundary, names: names) } catch {
+        do { return try MultipartForm.parse(body, boundary: boundary, names: names) } catch {
             throw error.duplicate ? .ambiguousParameter(error.reason) : .invalidBody("\(expected) (\(error.reason))")
         }
     }
