@@ -68,9 +68,22 @@ enum Mock {
 
     /// FNV-1a, so mock ids depend only on the request, never on time or randomness.
     static func hash<S: Sequence>(_ bytes: S) -> UInt64 where S.Element == UInt8 {
+        // Over contiguous storage when there is one: a 30 MB body walked through `ByteBufferView`'s
+        // indices took seconds unoptimised (the test build).
+        if let h = bytes.withContiguousStorageIfAvailable({ hash(buffer: $0) }) { return h }
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in bytes {
             h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        return h
+    }
+
+    private static func hash(buffer: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        guard let p = buffer.baseAddress else { return h }
+        for i in 0..<buffer.count {
+            h ^= UInt64(p[i])
             h = h &* 0x100_0000_01b3
         }
         return h
