@@ -235,7 +235,7 @@ public enum SidecarApp {
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(
                 enabled: config.accessLog,
-                writer: BufferedLineWriter(onDropped: { metrics.accessLogDrops.increment(by: Int64($0)) })))
+                writer: BufferedLineWriter(onDropped: { metrics.accessLogDrops.increment(by: Int64($0)) })), logger: logger)
         let bodies = context.bodies
         metrics.watchBufferedBodies { bodies.current }
 

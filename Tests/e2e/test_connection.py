@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import requests
 
 from conftest import LIVE_ENV, live_config, parse_response
 
@@ -124,6 +125,25 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(sidecar):
     # Far sooner than the 10 s drain deadline: nothing was in flight.
     assert time.time() - started < 3.0
     s.close()
+
+
+def test_tls_sent_to_the_plain_proxy_port_is_named_in_the_log_once(sidecar):
+    """`HTTPS_PROXY=https://…` (a careless setting) makes a client speak TLS to the plain-HTTP port: its
+    handshake fails, and the sidecar's log says why and what to set — once per 10 s, however many try."""
+    import ssl
+    host, port = sidecar.proxy.split(":")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=5) as c:
+            with pytest.raises(ssl.SSLError):
+                ctx.wrap_socket(c, server_hostname="api.openai.com")
+    line = sidecar.wait_for_log(lambda r: "spoke TLS to the plain-HTTP proxy port" in r.get("msg", ""))
+    assert line["level"] in ("warning", "warn") and "HTTPS_PROXY" in line["msg"]
+    time.sleep(0.3)
+    assert len([r for r in sidecar.logs() if "spoke TLS" in r.get("msg", "")]) == 1
+    # The proxy port serves on.
+    assert requests.get(f"{sidecar.proxy_url}/serpapi/search?q=x", timeout=5).status_code == 200
 
 
 def test_http_1_0_answers_close_and_head_answers_carry_no_body(sidecar):

@@ -15,8 +15,7 @@ final class ConnectionCap: Sendable {
     let listener: String
     let max: Int
     private let open = Atomic<Int>(0)
-    private let refusedSinceLog = Atomic<Int>(0)
-    private let lastLog = Atomic<Int64>(0)
+    private let throttle = LogThrottle()
     private let openGauge: Gauge
     private let refusedCounter: Prometheus.Counter
     private let logger: Logger
@@ -37,17 +36,10 @@ final class ConnectionCap: Sendable {
         }
         open.wrappingSubtract(1, ordering: .relaxed)
         refusedCounter.increment()
-        refusedSinceLog.wrappingAdd(1, ordering: .relaxed)
-        let tenSeconds: Int64 = 10_000_000_000
-        let clock = Int64(NIODeadline.now().uptimeNanoseconds)
-        let last = lastLog.load(ordering: .relaxed)
-        if clock - last >= tenSeconds, lastLog.compareExchange(expected: last, desired: clock, ordering: .relaxed).exchanged {
+        if let refused = throttle.admit() {
             logger.warning(
                 "connection cap reached; new connections are closed",
-                metadata: [
-                    "listener": "\(listener)", "max_connections": "\(max)",
-                    "refused": "\(refusedSinceLog.exchange(0, ordering: .relaxed))",
-                ])
+                metadata: ["listener": "\(listener)", "max_connections": "\(max)", "refused": "\(refused)"])
         }
         return false
     }

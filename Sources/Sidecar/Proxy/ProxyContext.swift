@@ -17,9 +17,13 @@ final class ProxyContext: Sendable {
     let draining = DrainState()
     /// Request bodies held across connections.
     let bodies: RequestBodyBudget
+    let logger: Logger
+    /// The warning for a TLS handshake sent to this plain-HTTP port (`HTTPS_PROXY=https://…`).
+    let tlsOnPlainPort = LogThrottle()
 
-    init(pipeline: Pipeline, limits: ListenerLimits, metrics: GatewayMetrics, accessLog: AccessLog) {
+    init(pipeline: Pipeline, limits: ListenerLimits, metrics: GatewayMetrics, accessLog: AccessLog, logger: Logger) {
         self.pipeline = pipeline
+        self.logger = logger
         self.limits = limits
         self.bodies = RequestBodyBudget(limit: limits.maxBufferedRequestBytes)
         self.metrics = metrics

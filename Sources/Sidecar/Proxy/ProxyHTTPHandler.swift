@@ -407,7 +407,17 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // The decoder reports a message cut off by end of input as it closes: the agent went away, there
         // is no one to answer, and `channelInactive` (next) logs a started request as `client_closed`.
         guard context.channel.isActive else { return }
-        let mapped = GatewayError(parserError: error, maxHeaderBytes: limits.maxHeaderBytes)
+        var mapped = GatewayError(parserError: error, maxHeaderBytes: limits.maxHeaderBytes)
+        if inputGuard.isTLSHandshake {
+            // A careless proxy setting, not an attack: say so where the operator looks (the agent's client
+            // reads no HTTP answer on its TLS connection; it reports "wrong version number" or the like).
+            mapped = .malformed("a TLS handshake reached the plain-HTTP proxy port: set HTTPS_PROXY to http://host:port (the sidecar intercepts CONNECT tunnels itself)")
+            if let count = shared.tlsOnPlainPort.admit() {
+                shared.logger.warning(
+                    "a client spoke TLS to the plain-HTTP proxy port; its HTTPS_PROXY must be http://<host>:<port>, not https://",
+                    metadata: ["connections": "\(count)"])
+            }
+        }
         var record: RequestRecord
         if case .collecting(_, _, let started) = state {
             record = started

@@ -68,6 +68,12 @@ struct RequestInputGuard {
         headPending = false
     }
 
+    /// Whether the connection opened with a TLS handshake record (content type 22, version 3.x): a client
+    /// told `HTTPS_PROXY=https://…`, which speaks TLS to this plain-HTTP port.
+    var isTLSHandshake: Bool {
+        rawAtHead == 0 && linePrefix.count >= 3 && linePrefix[0] == 0x16 && linePrefix[1] == 0x03 && linePrefix[2] <= 0x04
+    }
+
     /// Whether the request being read names the compatibility API in its request line.
     var namesCompatibilityAPI: Bool {
         guard let space = linePrefix.firstIndex(of: 0x20) else { return false }
