@@ -188,8 +188,9 @@ public struct EntryClassifier: Sendable {
                 let rest = String(decoding: UnsafeBufferPointer(rebasing: path[(prefix.count - 1)...]), as: UTF8.self)
                 return .success(.tool(entry: .reverse, tool: tool, path: rest, query: query, target: nil))
             }
-            // Gmail's real API paths start with /gmail/v1/, so the prefix is kept in the upstream path.
-            if path.starts(with: "/gmail/".utf8) {
+            // Gmail's real API paths start with /gmail/v1/ (media uploads /upload/gmail/v1/), so the prefix is
+            // kept in the upstream path.
+            if path.starts(with: "/gmail/".utf8) || path.starts(with: "/upload/gmail/".utf8) {
                 return .success(.tool(entry: .reverse, tool: .gmailSend, path: String(decoding: path, as: UTF8.self), query: query, target: nil))
             }
             return .failure(.routeNotFound)

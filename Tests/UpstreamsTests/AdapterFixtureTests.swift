@@ -342,6 +342,36 @@ struct AdapterFixtureTests {
         #expect(Self.shapeMismatches(mock, try Self.json("gmail_profile_response.json")) == [])
     }
 
+    /// A media upload (`/upload/gmail/v1/…/messages/send?uploadType=media`, the message as
+    /// message/rfc822) is the same send, its recipients read from the message; any other upload type,
+    /// content type or path is refused.
+    @Test func gmailMediaUploadIsASend() throws {
+        let adapter = GmailAdapter()
+        let message = "To: a@example.com, b@partner.example\r\nBcc: c@example.org\r\nSubject: q3\r\n\r\nattached"
+        func upload(_ query: String, type: String? = "message/rfc822", path: String = "/upload/gmail/v1/users/me/messages/send", body: String? = nil) -> ToolRequest {
+            var headers = HTTPHeaders()
+            if let type { headers.add(name: "Content-Type", value: type) }
+            return ToolRequest(method: .POST, path: path, query: QueryString(parsing: query), headers: headers, body: ByteBuffer(string: body ?? message))
+        }
+        let call = try adapter.interpret(upload("uploadType=media&alt=json"))
+        guard case .gmail(let p) = call.parameters else { Issue.record("wrong parameters"); return }
+        #expect(call.action == "send" && p.recipients == ["a@example.com", "b@partner.example", "c@example.org"] && p.subjectBytes == 2)
+        #expect(adapter.traits(of: call).sideEffecting)
+        #expect(try adapter.interpret(upload("uploadType=media", type: "Message/RFC822; charset=utf-8")).action == "send")
+        for query in ["", "uploadType=multipart", "uploadType=resumable", "uploadType=media&uploadType=media"] {
+            #expect(throws: ToolRequestError.self, "\(query)") { try adapter.interpret(upload(query)) }
+        }
+        #expect(throws: ToolRequestError.unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822")) {
+            try adapter.interpret(upload("uploadType=media", type: "application/json"))
+        }
+        #expect(throws: ToolRequestError.self) { try adapter.interpret(upload("uploadType=media", type: nil)) }
+        #expect(throws: ToolRequestError.self) { try adapter.interpret(upload("uploadType=media", body: "not a message")) }
+        #expect(throws: ToolRequestError.self) { try adapter.interpret(upload("uploadType=media", body: "To: a@example.com\r\nSubject: x\r\nBcc: x\rTo: evil@attacker.example\r\n\r\nhi")) }
+        #expect(throws: ToolRequestError.self) {
+            try adapter.interpret(ToolRequest(method: .GET, path: "/upload/gmail/v1/users/me/profile"))
+        }
+    }
+
     /// Only the two paths, exactly: any other shape is an unknown action, never read as one of them.
     @Test(arguments: [
         ("GET", "/gmail/v1/users/me/profile", "profile"), ("POST", "/gmail/v1/users/u1/messages/send", "send"),

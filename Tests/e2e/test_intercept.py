@@ -199,6 +199,36 @@ def test_google_api_python_client_sends_gmail(tunnel_sidecar, https_upstream, tm
     assert access_lines(s, "gmail_send")[-1]["action"] == "send"
 
 
+def test_google_api_python_client_sends_gmail_as_a_media_upload(tunnel_sidecar, https_upstream, tmp_path):
+    """A message with an attachment past the JSON endpoint's size goes as a media upload
+    (`send(media_body=…)`: /upload/gmail/v1/…?uploadType=media, the message as message/rfc822): brokered
+    like the JSON send — recipients read for the guards, the real token injected, the bytes unchanged."""
+    s = tunnel_sidecar
+    https_upstream.routes["/upload/gmail/v1/users/me/messages/send"] = lambda h, rec: https_upstream.send_json(h, 200, {"id": "u1", "labelIds": ["SENT"]})
+    result = run_client("main", """
+        import io, json
+        from email.message import EmailMessage
+        from google.oauth2.credentials import Credentials
+        from googleapiclient.discovery import build
+        from googleapiclient.http import MediaIoBaseUpload
+        message = EmailMessage()
+        message["To"] = "ops@example.com"
+        message["Subject"] = "report with attachment"
+        message.set_content("see attached")
+        message.add_attachment(b"quarterly numbers, region by region\\n" * 30000, maintype="text", subtype="csv", filename="q3.csv")
+        gmail = build("gmail", "v1", credentials=Credentials(token="placeholder-oauth-token"), cache_discovery=False)
+        media = MediaIoBaseUpload(io.BytesIO(message.as_bytes()), mimetype="message/rfc822")
+        sent = gmail.users().messages().send(userId="me", media_body=media).execute()
+        print(json.dumps(sent))
+    """, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert result["id"] == "u1"
+    rec = brokered(https_upstream, "/upload/gmail/v1/users/me/messages/send")
+    assert "uploadType=media" in rec.path and rec.header("Content-Type") == "message/rfc822"
+    assert rec.header("Authorization") == "Bearer ya29.REAL-gmail-token" and b"report with attachment" in rec.body
+    line = access_lines(s, "gmail_send")[-1]
+    assert line["action"] == "send" and line["status"] == 200
+
+
 def test_stdlib_aiohttp_and_the_async_openai_client(tunnel_sidecar, https_upstream, tmp_path):
     """Three more HTTP stacks an agent may be written on, each taking the proxy from the environment:
     the standard library's urllib (its own CONNECT code), aiohttp with `trust_env=True`, and the openai

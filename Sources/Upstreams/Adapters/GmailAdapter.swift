@@ -1,15 +1,22 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// Gmail: `users.messages.send` (a raw RFC 2822 message, base64url) and `users.getProfile`.
-/// The access token is injected as a bearer; sending is never retried or cached.
+/// Gmail: `users.messages.send` (a raw RFC 2822 message, base64url, or — for a message past the JSON
+/// endpoint's size, with attachments — the message itself as a media upload:
+/// `POST /upload/gmail/v1/users/{id}/messages/send?uploadType=media`, `Content-Type: message/rfc822`, what
+/// google-api-python-client sends for `send(media_body=…)`) and `users.getProfile`. The access token is
+/// injected as a bearer; sending is never retried or cached.
 public struct GmailAdapter: ToolAdapter {
     public let tool = Tool.gmailSend
 
     public init() {}
 
     public func interpret(_ request: ToolRequest) throws(ToolRequestError) -> ToolCall {
-        let parts = request.path.split(separator: "/", omittingEmptySubsequences: false)
+        var parts = request.path.split(separator: "/", omittingEmptySubsequences: false)
+        // The media-upload path of the same method: `/upload/gmail/v1/...`.
+        let upload = parts.count >= 2 && parts[1] == "upload"
+        if upload { parts.remove(at: 1) }
         // ["", "gmail", "v1", "users", userId, ...]
         guard parts.count >= 6, parts[1] == "gmail", parts[2] == "v1", parts[3] == "users", !parts[4].isEmpty else {
             throw .unknownAction("gmail_send supports POST /gmail/v1/users/{id}/messages/send and GET /gmail/v1/users/{id}/profile")
@@ -24,6 +31,9 @@ public struct GmailAdapter: ToolAdapter {
         let isSend = rest.count == 2 && rest.first == "messages" && rest.last == "send"
         let isProfile = rest.count == 1 && rest.first == "profile"
         switch request.method {
+        case .POST where isSend && upload:
+            let message = try Self.uploadedMessage(request)
+            return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(try Self.parameters(userId: userId, message)))
         case .POST where isSend:
             let expected = "messages.send needs a JSON body {\"raw\": base64url}"
             guard let body = request.body else { throw .invalidBody(expected) }
@@ -33,22 +43,44 @@ public struct GmailAdapter: ToolAdapter {
             guard let raw = json["raw"]?.stringValue else { throw .invalidParameter("raw is required") }
             guard let bytes = Base64.decode(raw) else { throw .invalidParameter("raw is not base64url") }
             guard let message = RFC2822Message.parse(bytes) else { throw .invalidParameter("raw is not an RFC 2822 message") }
-            let recipients: [MailAddress]
-            switch message.checkedRecipients() {
-            case .success(let r): recipients = r
-            case .failure(let e): throw e
-            }
-            let params = GmailParameters(
-                userId: userId, recipients: recipients,
-                subjectBytes: message.values("subject").first?.utf8.count ?? 0, bodyBytes: message.bodyBytes,
-                headerInjection: message.headerInjection)
-            return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(params))
-        case .GET where isProfile:
+            return ToolCall(tool: tool, action: "send", request: request, parameters: .gmail(try Self.parameters(userId: userId, message)))
+        case .GET where isProfile && !upload:
             let params = GmailParameters(userId: userId, recipients: [], subjectBytes: 0, bodyBytes: 0, headerInjection: false)
             return ToolCall(tool: tool, action: "profile", request: request, parameters: .gmail(params))
         default:
             throw .unknownAction("gmail_send supports POST .../messages/send and GET .../profile")
         }
+    }
+
+    /// What a send's guards read of its message: recipients (checked), subject and body sizes.
+    static func parameters(userId: String, _ message: RFC2822Message) throws(ToolRequestError) -> GmailParameters {
+        let recipients: [MailAddress]
+        switch message.checkedRecipients() {
+        case .success(let r): recipients = r
+        case .failure(let e): throw e
+        }
+        return GmailParameters(
+            userId: userId, recipients: recipients, subjectBytes: message.values("subject").first?.utf8.count ?? 0,
+            bodyBytes: message.bodyBytes, headerInjection: message.headerInjection)
+    }
+
+    /// The message of a media upload: `uploadType=media` (given once), the body the RFC 2822 message as
+    /// `message/rfc822`. A multipart or resumable upload wraps the message in a form the guards would have
+    /// to unwrap as Gmail does (metadata beside the message, a session to continue): refused, with what to
+    /// send instead.
+    static func uploadedMessage(_ request: ToolRequest) throws(ToolRequestError) -> RFC2822Message {
+        let types = request.query.items.filter { $0.name == "uploadType" }.map(\.value)
+        guard types == ["media"] else {
+            throw .invalidParameter("a Gmail upload must be uploadType=media (the message as message/rfc822), or send {\"raw\": base64url} to /gmail/v1/users/{id}/messages/send")
+        }
+        let contentTypes = request.headers["content-type"]
+        guard contentTypes.count == 1, let type = contentTypes.first?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces),
+            HeaderName.equalsIgnoringCase(type, "message/rfc822")
+        else { throw .unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822") }
+        guard let body = request.body, body.readableBytes > 0, let message = RFC2822Message.parse(Array(body.readableBytesView)) else {
+            throw .invalidBody("the upload is not an RFC 2822 message")
+        }
+        return message
     }
 
     /// "me" or an address (`PathSegment`: its "@" as is or as %40).
