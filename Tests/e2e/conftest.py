@@ -57,7 +57,7 @@ class PKI:
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         self.ca_pem = directory / "ca.pem"
@@ -276,8 +276,12 @@ class RedisCluster:
     made by `redis-cli --cluster create`, with a short node timeout so a failover takes about a second.
     Nodes are stopped by PID."""
 
-    def __init__(self, directory: Path, masters=3, replicas=0):
+    def __init__(self, directory: Path, masters=3, replicas=0, tls: "PKI | None" = None):
+        """With `tls`, every node listens with TLS only (clients, replication and the cluster bus), as a
+        managed cluster with in-transit encryption; `url` is then `rediss+cluster://`. (The bus is mutual
+        TLS: the PKI's certificate serves as the nodes' client certificate too.)"""
         self.directory = directory
+        self.tls = tls
         self.ports = []
         while len(self.ports) < masters * (1 + replicas):
             port = self.free_node_port()
@@ -286,7 +290,7 @@ class RedisCluster:
         self.procs = {}
         for port in self.ports:
             self.start_node(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+        subprocess.run(["redis-cli", *self.cli_tls(), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                         "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
         self.wait_ok()
         deadline = time.time() + 30
@@ -312,11 +316,19 @@ class RedisCluster:
                 continue
         raise RuntimeError("no free port pair")
 
+    def cli_tls(self):
+        return ["--tls", "--cacert", str(self.tls.ca_pem)] if self.tls else []
+
     def start_node(self, port):
         d = self.directory / f"node-{port}"
         d.mkdir(parents=True, exist_ok=True)
+        listen = ["--port", str(port)]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                      "--tls-cert-file", str(self.tls.cert_pem), "--tls-key-file", str(self.tls.key_pem),
+                      "--tls-ca-cert-file", str(self.tls.ca_pem), "--tls-auth-clients", "no"]
         self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            ["redis-server", *listen, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "1000", "--save", "",
              "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(d), "--logfile", str(d / "log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
@@ -329,6 +341,8 @@ class RedisCluster:
         raise RuntimeError("redis-server did not start")
 
     def node(self, port):
+        if self.tls:
+            return redis_py.Redis(host="127.0.0.1", port=port, socket_timeout=5, ssl=True, ssl_ca_certs=str(self.tls.ca_pem))
         return redis_py.Redis(host="127.0.0.1", port=port, socket_timeout=5)
 
     def live_ports(self):
@@ -369,7 +383,8 @@ class RedisCluster:
 
     @property
     def url(self):
-        return f"redis+cluster://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}"
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}"
 
     def kill(self, port):
         self.procs[port].kill()

@@ -195,3 +195,30 @@ def test_a_cluster_url_to_a_plain_redis_is_used_as_one_server(tmp_path, fleet):
         assert s.logs("redis is configured as a cluster but the server is not one; using it as one server")
     finally:
         r.kill()
+
+
+def test_a_tls_cluster_shares_quotas_across_sidecars(tmp_path, pki, fleet):
+    """`rediss+cluster://`: every connection — the seeds and each node the slot table names — runs TLS,
+    the node certificates checked against the addresses the cluster gives; quotas stay exact across two
+    sidecars with agents on every master, and a sidecar that does not trust the cluster's CA says so at
+    start."""
+    c = RedisCluster(tmp_path / "tls-cluster", masters=3, tls=pki)
+    try:
+        trusted = f"redis: {{ca_bundle: \"{pki.ca_pem}\"}}\n"
+        sidecars = fleet(c.url, n=2, extra_config=trusted)
+        agents = [token_for(sidecars[0]) for _ in range(12)]
+        assert {c.owner(tag_slot(c, agent)) for agent, _ in agents} == set(c.masters())
+        for _, token in agents:
+            wait_known(sidecars, token)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(lambda i: (agents[i % 12][0], call(sidecars[i % 2], agents[i % 12][1], f"t{i}")), range(12 * 55)))
+        for agent in {a for a, _ in agents}:
+            outcomes = [r for a, r in results if a == agent]
+            assert outcomes.count((200, "ok")) == 50 and outcomes.count((429, "quota_exceeded")) == 5, (agent, outcomes)
+        for s in sidecars:
+            assert requests.get(f"{s.admin_url}/readyz", timeout=5).json()["redis"] == "up"
+        untrusting = fleet(c.url, n=1)[0]
+        line = untrusting.wait_for_log(lambda r: "redis" in r.get("msg", "") and "CERTIFICATE_VERIFY_FAILED" in str(r.get("error", "")), timeout=10)
+        assert line["level"] in ("warning", "error")
+    finally:
+        c.stop()
