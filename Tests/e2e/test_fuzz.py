@@ -56,6 +56,11 @@ CHAT = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", 
 RAW_MAIL = base64.urlsafe_b64encode(b"From: a@example.com\r\nTo: b@example.com\r\nSubject: s\r\n\r\nbody").decode().rstrip("=")
 
 # (method, request-target, extra header lines, JSON body or None): one valid request per entry and action.
+FORM = ("--fzB0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+        "--fzB0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF..WAVE\r\n"
+        "--fzB0undary--\r\n").encode()
+FORM_TYPE = "Content-Type: multipart/form-data; boundary=fzB0undary"
+
 TEMPLATES = [
     ("GET", "http://serpapi.com/search?q=coffee&engine=google&num=3", [], None),
     ("GET", "http://example.com/page?x=1", [], None),
@@ -72,6 +77,10 @@ TEMPLATES = [
     ("POST", "/openai/v1/moderations", [], {"input": ["a", "b"]}),
     ("POST", "/openai/v1/images/generations", [], {"model": "gpt-image-1", "prompt": "fox", "n": 2}),
     ("POST", "/openai/v1/audio/speech", [], {"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "wav"}),
+    ("POST", "/openai/v1/audio/transcriptions", [FORM_TYPE], FORM),
+    ("POST", "http://api.openai.com/v1/images/edits", [FORM_TYPE], FORM.replace(b"whisper-1", b"gpt-image-1")),
+    ("POST", "/upload/gmail/v1/users/me/messages/send?uploadType=media", ["Content-Type: message/rfc822"],
+     b"To: b@example.com\r\nSubject: s\r\n\r\nhello"),
     ("POST", "/gmail/v1/users/me/messages/send", [], {"raw": RAW_MAIL}),
     ("GET", "/gmail/v1/users/me/profile", [], None),
     ("GET", "/fetch?url=http%3A%2F%2Fexample.com%2F", [], None),
@@ -169,7 +178,9 @@ def case(rng: random.Random) -> bytes:
     method, target, headers, body = rng.choice(TEMPLATES)
     headers = list(headers)
     r = rng.random()
-    if r < 0.35 and body is not None:  # valid HTTP, hostile JSON
+    if r < 0.35 and isinstance(body, bytes):  # valid HTTP, a hostile form or message
+        body = mutate_bytes(rng, body)
+    elif r < 0.35 and body is not None:  # valid HTTP, hostile JSON
         body = mutate_json(rng, body)
     elif r < 0.55:  # valid HTTP, hostile target
         nasty = rng.choice(NASTY_STRINGS)
@@ -188,7 +199,7 @@ def case(rng: random.Random) -> bytes:
                                        "Content-Type"]) + ": " + rng.choice(NASTY_STRINGS).replace("\r", "").replace("\n", ""))
     if rng.random() < 0.7:
         headers.append("Connection: close")  # the sidecar closes after answering: the case ends at once
-    raw_body = None if body is None else json.dumps(body).encode()
+    raw_body = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     if raw_body is not None and rng.random() < 0.1:
         raw_body = raw_body[: rng.randrange(len(raw_body) + 1)]  # truncated JSON, honest framing
     data = encode(method, target, headers, raw_body, framing="chunked" if rng.random() < 0.2 else "length")
