@@ -45,22 +45,28 @@ struct LoopLimitsTests {
         return try await promise.futureResult.get()
     }
 
+    /// What the connection handler does once it writes the answer: completes it from its loop.
+    static func written(_ handled: Pipeline.Handled) async throws {
+        let completion = handled.response.completion
+        try await loop.submit { completion.start(on: loop) }.get()
+    }
+
     @Test func admittedOnTheLoopHeldUntilTheAnswerIsWrittenAndCounted() async throws {
         let t = LoopStartTests.LoopTransport { _ in ResilientCallerTests.answer(200) }
         let p = try Self.pipeline(t, limits: try EmbeddedLimitStore(databasePath: ":memory:"))
         let first = try await Self.call(p, 1)
         #expect(first.response.status == .ok)
         #expect(t.started.withLock { $0 } == 1 && t.sent.withLock { $0 } == 0, "admitted and sent from the loop, no task")
-        guard case .sync = first.response.completion else {
+        guard case .settle = first.response.completion else {
             Issue.record("a loop-path call settles its limits on the loop")
             return
         }
         let second = try await Self.call(p, 2)
         #expect(second.record.outcome == "concurrency_limited", "the slot is held until the answer has been written")
-        first.response.completion.start()
+        try await Self.written(first)
         let third = try await Self.call(p, 3)
         #expect(third.response.status == .ok, "written, settled: the slot is free")
-        third.response.completion.start()
+        try await Self.written(third)
         let fourth = try await Self.call(p, 4)
         #expect(fourth.record.outcome == "quota_exceeded" && fourth.response.status.code == 429)
         #expect(fourth.response.headers.first(name: "retry-after") != nil)
@@ -76,11 +82,11 @@ struct LoopLimitsTests {
         let p = try Self.pipeline(t, limits: try EmbeddedLimitStore(databasePath: ":memory:"))
         let failed = try await Self.call(p, 1)
         #expect(failed.record.outcome == "upstream_unreachable")
-        failed.response.completion.start()
+        try await Self.written(failed)
         for n in 2...3 {
             let ok = try await Self.call(p, n)
             #expect(ok.response.status == .ok, "call \(n)")
-            ok.response.completion.start()
+            try await Self.written(ok)
         }
         #expect(try await Self.call(p, 4).record.outcome == "quota_exceeded")
     }

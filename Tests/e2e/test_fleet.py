@@ -364,6 +364,33 @@ def stream_chat(s, token, stop_after=None):
     return time.time() - started, chunks
 
 
+def test_an_agent_calling_again_as_soon_as_it_has_the_answer_finds_its_slot_free_on_any_sidecar(redis, tmp_path, sidecar_factory):
+    """Concurrency 1 across a fleet, an agent calling one sidecar after the other the moment each answer
+    arrives (whole answers and streams): the slot is given back before the answer's last byte goes out,
+    so no call meets `concurrency_limited`."""
+    keys = tmp_path / "keys"
+    subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LEASE_POLICY)
+    cfg = f"version: 1\nauth: {{keys_dir: \"{keys}\"}}\npolicy: {{file: \"{policy}\"}}\nmock: {{stream_delay: 0ms}}\n"
+    a, b = [sidecar_factory(cfg, env={"SIDECAR_ADMIN_TOKEN": ADMIN, "REDIS_URL": redis.url, "SIDECAR_ID": f"sc-{i}",
+                                      "SIDECAR_STATE_DIR": str(tmp_path / f"state{i}")}) for i in range(2)]
+    _, token = token_for(a, role="streamer")
+    wait_known([a, b], token)
+    sessions = [requests.Session(), requests.Session()]
+    refused = []
+    for i in range(300):
+        s, session = ((a, sessions[0]), (b, sessions[1]))[i % 2]
+        if i % 3 == 0:
+            r = session.post(f"{s.proxy_url}/openai/v1/chat/completions", headers={"X-Agent-Token": token}, timeout=10,
+                             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        else:
+            r = session.get(f"{s.proxy_url}/serpapi/search?q=n{i}", headers={"X-Agent-Token": token}, timeout=10)
+        if r.status_code != 200:
+            refused.append((i, r.status_code, r.text[:80]))
+    assert refused == []
+
+
 def test_concurrency_leases_renew_for_long_calls_and_free_within_the_ttl_when_a_holder_dies(redis, tmp_path, sidecar_factory):
     keys = tmp_path / "keys"
     subprocess.run([str(BIN), "keys", "init", str(keys)], check=True, capture_output=True)

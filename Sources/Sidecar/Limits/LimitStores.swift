@@ -338,11 +338,15 @@ final class RedisLimitStore: LoopLimitStore {
 
     func settleSoon(agent: String, _ s: Settlement, on loop: any EventLoop) {
         if s.local { return local.settle(agent: agent, s) }
+        // A concurrency slot goes back at once (written before the answer's last bytes, which follow on
+        // this loop): the agent's next call, on any sidecar, must find it free. Other settlements may
+        // wait a moment to share a write.
+        let lazy = !s.checks.contains { $0.kind == .concurrency }
         let sent: EventLoopFuture<RedisValue>?
         switch settleCommand(agent: agent, s) {
         case nil: return
-        case .command(let command)?: sent = redis.start(command, on: loop, lazy: true)
-        case .script(let keys, let args)?: sent = redis.evalsha(AdmissionScripts.settle, keys: keys, args: args, on: loop, lazy: true)
+        case .command(let command)?: sent = redis.start(command, on: loop, lazy: lazy)
+        case .script(let keys, let args)?: sent = redis.evalsha(AdmissionScripts.settle, keys: keys, args: args, on: loop, lazy: lazy)
         }
         // No live connection on this loop: the async path connects (or fails, as `settle` may).
         if sent == nil { Task { try? await self.settle(agent: agent, s) } }

@@ -333,7 +333,7 @@ final class Pipeline: Sendable {
             try Self.checkGrant(response, release: call.release, runCall: runCall)
             let answer = proxyResponse(
                 response, release: call.release, admitted: admitted, requestID: request.requestID, scrubbed: !outbound.scrubber.isEmpty,
-                addedUsage: Self.addedUsage(outbound.call), on: loop, runCall: runCall)
+                addedUsage: Self.addedUsage(outbound.call), runCall: runCall)
             return self.answer(answer, record: consume record)
         } catch {
             settleSoon(admitted, refund: error.nothingSent, upstreamStatus: nil, on: loop)
@@ -618,7 +618,7 @@ final class Pipeline: Sendable {
     /// `loop`: where a loop-path call settles its limits without a task (nil: in a task).
     func proxyResponse(
         _ response: UpstreamResponse, release: @escaping @Sendable () -> Void, admitted: Admitted?, requestID: String, scrubbed: Bool,
-        addedUsage: Bool = false, on loop: (any EventLoop)? = nil, runCall: RunCall? = nil
+        addedUsage: Bool = false, runCall: RunCall? = nil
     ) -> ProxyResponse {
         var response = response
         var lengthChanges = scrubbed
@@ -650,9 +650,13 @@ final class Pipeline: Sendable {
             body = .stream(response.body, limit: limit)
         }
         let completion: ProxyResponse.Completion
-        if let admitted, let loop, loopLimits != nil {
-            completion = .sync {
+        if let admitted, loopLimits != nil {
+            completion = .settle { loop in
                 release()
+                guard let loop else {
+                    Task { await self.settle(admitted, refund: false, upstreamStatus: status) }
+                    return
+                }
                 self.settleSoon(admitted, refund: false, upstreamStatus: status, on: loop)
             }
         } else if let admitted {

@@ -17,22 +17,31 @@ struct ProxyResponse: Sendable {
         case sync(@Sendable () -> Void)
         /// Also settles the call's limits (a store round trip): done in a task.
         case async(@Sendable () async -> Void)
+        /// Also settles the call's limits, with the store's command written from the loop given — the
+        /// connection's, before the answer's last bytes, so the agent's next call (on any sidecar) finds
+        /// its concurrency slot free; without a loop, in a task.
+        case settle(@Sendable ((any EventLoop)?) -> Void)
 
-        /// Runs it from a task, after a streamed body.
-        func run() async {
+        /// Runs it from a task (after a streamed body, or before its end), on `loop` when given.
+        func run(on loop: (any EventLoop)? = nil) async {
             switch self {
             case .none: break
             case .sync(let release): release()
             case .async(let settle): await settle()
+            case .settle(let settle):
+                guard let loop else { return settle(nil) }
+                if loop.inEventLoop { settle(loop) } else { try? await loop.submit { settle(loop) }.get() }
             }
         }
 
-        /// Runs it from the loop: a release at once, a settlement in a task of its own.
-        func start() {
+        /// Runs it from `loop` (the caller is on it): a release at once, a settlement's command written
+        /// now or, without a loop, in a task of its own.
+        func start(on loop: (any EventLoop)? = nil) {
             switch self {
             case .none: break
             case .sync(let release): release()
             case .async(let settle): Task { await settle() }
+            case .settle(let settle): settle(loop)
             }
         }
     }

@@ -538,7 +538,7 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if case .stream(let body, _) = response.body { body.cancel() }
             handled.record.outcome = "client_closed"
             finishRequest(handled.record, keepAlive: false)
-            return response.completion.start()
+            return response.completion.start(on: context?.eventLoop)
         }
         let stream: UpstreamBody
         let limit: Int
@@ -546,8 +546,10 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .whole(let answer, let body):
             // Moved on (`consume`): a record still held here would be copied when the write fills it in.
             let record = (consume handled).record
-            respondWhole(answer, body: body, to: request, record: consume record)
-            return response.completion.start()
+            // The slot and budgets are settled before the answer goes out: an agent that calls again as
+            // soon as it has the answer — on this sidecar or another — finds its concurrency slot free.
+            response.completion.start(on: context.eventLoop)
+            return respondWhole(answer, body: body, to: request, record: consume record)
         case .stream(let body, let l):
             (stream, limit) = (body, l)
         }
@@ -556,11 +558,15 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
             response, method: request.method, version: request.version, bufferedLength: nil,
             closing: closes(after: request))
         let record = handled.record
+        let loop = context.eventLoop
         inFlight = Task {
             var record = record
-            await sink.respond(stream, limit: limit, head: head, request: request, record: &record)
-            // After the last byte (or after giving up): release the concurrency slot, settle budgets.
-            await response.completion.run()
+            // Before the last byte is written (as for a whole answer), or after giving up: release the
+            // concurrency slot, settle budgets.
+            let settled = await sink.respond(stream, limit: limit, head: head, request: request, record: &record) {
+                await response.completion.run(on: loop)
+            }
+            if !settled { await response.completion.run(on: loop) }
         }
     }
 
@@ -707,15 +713,24 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// before the head goes out: one that is corrupt, cut off or too large within the first
         /// `readAhead` bytes is answered as the problem it is, not as a head and then a cut connection.
         /// Not an event stream: its events must reach the agent as they come.
-        func respond(_ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, request: HTTPRequestHead, record: inout RequestRecord) async {
+        /// Returns whether `beforeEnd` ran: it runs once the body has all been read and written, before
+        /// the message's end is written.
+        @discardableResult
+        func respond(
+            _ stream: UpstreamBody, limit: Int, head: ResponseEncoder.Head, request: HTTPRequestHead, record: inout RequestRecord,
+            beforeEnd: () async -> Void = {}
+        ) async -> Bool {
             let framing = head.framing
             var iterator = stream.makeAsyncIterator()
             var ahead: [ByteBuffer] = []  // last chunk first
             var ended = false
+            var settled = false
             if stream.isDecoded, !HeaderRules.isEventStream(head.headers) {
                 switch await Self.readAhead(&iterator, limit: limit) {
                 case .read(let chunks, let end): (ahead, ended) = (chunks.reversed(), end)
-                case .failed(let failure): return await answer(instead: stream, failure: failure, limit: limit, request: request, record: &record)
+                case .failed(let failure):
+                    await answer(instead: stream, failure: failure, limit: limit, request: request, record: &record)
+                    return false
                 }
             }
             record.status = Int(head.status.code)
@@ -753,10 +768,14 @@ final class ProxyHTTPHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
                 if let hasher { record.responseDigest = SHA256Value(hasher.finalize()) }
                 let final = record
+                await beforeEnd()
+                settled = true
                 try await onLoop { try $0.writeEnd(completing: final, keepAlive: !head.close) }
+                return true
             } catch {
                 record.upstreamDuration = record.upstreamStart.map { .now - $0 }
                 await abort(record)
+                return settled
             }
         }
 
