@@ -41,6 +41,10 @@ public struct MultipartForm: Sendable, Hashable {
                 guard v.count >= 2, v.last == "\"" else { throw Failure("the boundary's quotes are not closed") }
                 v = v.dropFirst().dropLast()
                 guard !v.contains("\\") else { throw Failure("the boundary holds an escape") }
+            } else if !FieldSyntax.isToken(String(v)) {
+                // Unquoted, a value is a token (RFC 2045): `boundary=a b` is `a` to a parser that stops at the
+                // space — and every `--a` line in the body a delimiter to it, content to this one.
+                throw Failure("an unquoted boundary must be a token (quote one with spaces or separators)")
             }
             boundary = String(v)
         }

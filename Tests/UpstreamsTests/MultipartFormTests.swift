@@ -32,6 +32,8 @@ import Testing
     @Test(arguments: [
         ("multipart/form-data; boundary=abc", "abc"),
         ("Multipart/Form-Data;boundary=\"a b'c\"", "a b'c"),
+        ("multipart/form-data; boundary=\"a:b/c=d?\"", "a:b/c=d?"),
+        ("multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", "----WebKitFormBoundary7MA4YWxkTrZu0gW"),
         ("multipart/form-data; charset=utf-8; boundary=x", "x"),
     ])
     func boundaries(type: String, boundary: String) throws {
@@ -44,6 +46,7 @@ import Testing
             "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=a; boundary=b",
             "multipart/form-data; boundary=" + String(repeating: "a", count: 71), "multipart/form-data; boundary=a\"b",
             "multipart/form-data; boundary=\"abc", "multipart/form-data; boundary=\"a\\\"b\"", "multipart/form-data; boundary=a<b",
+            "multipart/form-data; boundary=a b", "multipart/form-data; boundary=a:b", "multipart/form-data; boundary=a/b=",
         ] {
             #expect(throws: MultipartForm.Failure.self, "\(bad)") { try MultipartForm.boundary(ofContentType: bad) }
         }
