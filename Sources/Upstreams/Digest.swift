@@ -9,7 +9,15 @@ public enum Digest {
 
     /// SHA-256 of raw bytes as lowercase hex (bodies that are not text).
     public static func sha256Hex<Bytes: Sequence>(bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        hex(SHA256.hash(data: Array(bytes)))
+        // Over contiguous storage where there is one (a body's `ByteBufferView`): no copy of the bytes.
+        if let digest = bytes.withContiguousStorageIfAvailable({ buffer -> String in
+            var hash = SHA256()
+            hash.update(bufferPointer: UnsafeRawBufferPointer(buffer))
+            return hex(hash.finalize())
+        }) {
+            return digest
+        }
+        return hex(SHA256.hash(data: Array(bytes)))
     }
 
     /// Lowercase hex of bytes (written directly: no formatter per byte).

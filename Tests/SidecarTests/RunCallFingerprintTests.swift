@@ -48,7 +48,7 @@ struct RunCallFingerprintTests {
             #expect(RunCall.exactDigest(other) != RunCall.exactDigest(a) && RunCall.digest(other) != RunCall.digest(a))
         }
         let mismatched = Self.upload(boundary: "a1b2c3", type: "multipart/form-data; boundary=zz-9876543210")
-        #expect(RunCall.uploadForm(mismatched) == nil && RunCall.exactDigest(mismatched) != RunCall.exactDigest(b))
+        #expect(RunCall.uploadDigest(mismatched) == nil && RunCall.exactDigest(mismatched) != RunCall.exactDigest(b))
         // Parts are length-prefixed: moving bytes from a part's headers into its content is another call.
         #expect(MultipartForm.canonical(ByteBuffer(string: "--b\r\nA: x\r\n\r\nyz\r\n--b--"), contentType: "multipart/form-data; boundary=b")
             != MultipartForm.canonical(ByteBuffer(string: "--b\r\nA: xy\r\n\r\nz\r\n--b--"), contentType: "multipart/form-data; boundary=b"))

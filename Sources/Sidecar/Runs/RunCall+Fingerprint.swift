@@ -48,9 +48,9 @@ extension RunCall {
                 if let json = FingerprintJSON.digest(bytes) {
                     h.mix(0x6a)  // "j"
                     h.add(json)
-                } else if let form = RunCall.uploadForm(call) {
+                } else if let form = RunCall.uploadDigest(call) {
                     h.mix(0x66)  // "f": the parts without the boundary an SDK draws anew each time
-                    form.withUnsafeBytes { h.add(bytes: $0) }
+                    h.add(form)
                 } else {
                     h.mix(0x62)  // "b"
                     h.add(bytes: bytes)

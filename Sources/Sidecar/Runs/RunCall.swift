@@ -138,19 +138,20 @@ extension RunCall {
     /// A file upload is taken without its boundary (`MultipartForm.canonical`): an SDK draws a new one for
     /// every request, so the same upload repeated would never be the call that was approved.
     static func exactDigest(_ call: ToolCall) -> String {
-        let body = call.request.body.map { b in uploadForm(call).map { Digest.sha256Hex(bytes: $0) } ?? Digest.sha256Hex(bytes: b.readableBytesView) } ?? ""
+        let body = call.request.body.map { uploadDigest(call) ?? Digest.sha256Hex(bytes: $0.readableBytesView) } ?? ""
         return Digest.sha256Hex([
             call.tool.rawValue, call.action, call.request.method.rawValue, call.request.path, call.request.target?.description ?? "",
             call.request.query.encoded, body,
         ])
     }
 
-    /// A multipart body's parts without its boundary, or nil (not an upload, or not a well-formed one).
-    static func uploadForm(_ call: ToolCall) -> [UInt8]? {
+    /// SHA-256 of a multipart body's parts without its boundary, or nil (not an upload, or not a
+    /// well-formed one).
+    static func uploadDigest(_ call: ToolCall) -> String? {
         guard let body = call.request.body, let type = call.request.headers.first(name: "content-type"),
             type.utf8.count > 10, HeaderName.equalsIgnoringCase(type.prefix(10), "multipart/")
         else { return nil }
-        return MultipartForm.canonical(body, contentType: type)
+        return MultipartForm.canonicalDigest(body, contentType: type)
     }
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by
@@ -169,9 +170,9 @@ extension RunCall {
             if let json = JSONValue.canonicalText(body.readableBytesView) {
                 parts.append("json")
                 parts.append(json)
-            } else if let form = uploadForm(call) {
+            } else if let form = uploadDigest(call) {
                 parts.append("form")
-                parts.append(Digest.sha256Hex(bytes: form))
+                parts.append(form)
             } else {
                 parts.append("bytes")
                 parts.append(Digest.sha256Hex(bytes: body.readableBytesView))
