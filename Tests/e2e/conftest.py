@@ -259,6 +259,7 @@ class Redis:
                 return
             except OSError:
                 time.sleep(0.05)
+        self.kill()  # no fixture teardown follows a constructor that raised
         raise RuntimeError("redis-server did not start")
 
     def kill(self):
@@ -288,15 +289,21 @@ class RedisCluster:
             if port not in self.ports:
                 self.ports.append(port)
         self.procs = {}
-        for port in self.ports:
-            self.start_node(port)
-        subprocess.run(["redis-cli", *self.cli_tls(), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                        "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        self.wait_ok()
-        deadline = time.time() + 30
-        while replicas and not all(self.node(p).info("replication").get("master_link_status", "up") == "up" for p in self.ports):
-            assert time.time() < deadline, "replicas did not sync"
-            time.sleep(0.1)
+        try:
+            for port in self.ports:
+                self.start_node(port)
+            subprocess.run(["redis-cli", *self.cli_tls(), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                            "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            self.wait_ok()
+            deadline = time.time() + 30
+            while replicas and not all(self.node(p).info("replication").get("master_link_status", "up") == "up" for p in self.ports):
+                assert time.time() < deadline, "replicas did not sync"
+                time.sleep(0.1)
+        except BaseException:
+            # The fixture's teardown never runs for a constructor that raised: the nodes started so far
+            # would outlive the test run.
+            self.stop()
+            raise
 
     @staticmethod
     def free_node_port():
