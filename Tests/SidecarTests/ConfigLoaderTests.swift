@@ -156,6 +156,13 @@ struct ConfigLoaderTests {
         ("egress: {allow_cidrs: [\"fd00::/8\"]}", ["egress.allow_cidrs[0]"]),
         ("egress: {allow_cidrs: [\"10.0.0.0/8\", \"127.0.0.0/8\", \"fc00::/8\"]}", []),
         ("version: 1", []),
+        ("auth: {required: false}\nlisten: {proxy: \"0.0.0.0:8080\"}", ["auth.required"]),
+        ("auth: {required: false}\nlisten: {proxy: \"[::]:8080\"}", ["auth.required"]),
+        ("auth: {required: false}\nlisten: {proxy: \"10.1.2.3:8080\"}", ["auth.required"]),
+        ("auth: {required: false}\nlisten: {proxy: \"127.0.0.1:8080\"}", []),
+        ("auth: {required: false}\nlisten: {proxy: \"localhost:8080\"}", []),
+        ("auth: {required: false}\nlisten: {proxy: \"[::1]:8080\"}", []),
+        ("listen: {proxy: \"0.0.0.0:8080\"}", []),
     ])
     func riskySettingsAreNamed(_ document: String, _ fields: [String]) throws {
         #expect(try ConfigLoader.parse(document).warnings().map(\.field) == fields)

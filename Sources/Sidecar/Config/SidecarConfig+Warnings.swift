@@ -25,6 +25,16 @@ extension SidecarConfig {
                     field: "egress.allow_cidrs[\(i)]",
                     message: "\(cidr) lets http_fetch reach the cloud metadata service (169.254.169.254), where instance credentials live"))
         }
+        // Without authentication the proxy spends this host's credentials for whoever reaches it: on
+        // loopback that is this host's processes; anywhere else, the network (Smokescreen's "open proxy").
+        if !auth.required, !Self.isLoopback(proxyListen.host) {
+            out.append(
+                ConfigWarning(
+                    field: "auth.required",
+                    message:
+                        "is false and the proxy listens on \(proxyListen), beyond this host: anyone who can reach it calls every tool with this sidecar's credentials, unauthenticated"
+                ))
+        }
         return out
     }
 
