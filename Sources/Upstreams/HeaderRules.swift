@@ -49,7 +49,7 @@ public enum HeaderRules {
     /// Whether an answer is a Server-Sent Events stream (`Content-Type: text/event-stream`, any case,
     /// any parameters).
     public static func isEventStream(_ headers: HTTPHeaders) -> Bool {
-        headers[canonicalForm: "content-type"].contains { $0.lowercased().hasPrefix("text/event-stream") }
+        headers[canonicalForm: "content-type"].contains { HeaderName.isMediaType($0, "text/event-stream") }
     }
 
     /// The headers the agent sees from an upstream response. `dropLength`: the body may no longer be
@@ -257,6 +257,15 @@ public enum HeaderName {
             }
         }
         return (fast ?? nil) ?? zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
+    }
+
+    /// Whether a `Content-Type` value is of media type `type` (RFC 9110 §8.3.1: `type/subtype` without
+    /// case, then any parameters after `;`). `application/json; charset=utf-8` is `application/json`;
+    /// `application/jsonl` and `text/event-stream-x` are other types, which a prefix test took for these.
+    public static func isMediaType(_ value: some StringProtocol, _ type: String) -> Bool {
+        let value = Substring(value)
+        let end = value.utf8.firstIndex(of: UInt8(ascii: ";")) ?? value.utf8.endIndex
+        return equalsIgnoringCase(value[..<end].trimmingOWS, type)
     }
 
     private static func matches(_ bytes: UnsafeBufferPointer<UInt8>, lowercase: [UInt8]) -> Bool {

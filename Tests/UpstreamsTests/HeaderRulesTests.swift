@@ -121,4 +121,28 @@ struct HeaderRulesTests {
         #expect(HeaderName.equalsIgnoringCase(b, a) == generic)
         #expect(HeaderName.equalsIgnoringCase(a, a))
     }
+
+    /// A media type is the value before its parameters, compared without case — not a prefix: the
+    /// compatibility API took `application/jsonl` for JSON and the stream meter `text/event-stream-x`
+    /// for Server-Sent Events.
+    @Test(arguments: [
+        ("application/json", "application/json", true),
+        ("Application/JSON; charset=utf-8", "application/json", true),
+        ("  application/json\t;charset=utf-8", "application/json", true),
+        ("application/json;", "application/json", true),
+        ("application/jsonl", "application/json", false),
+        ("application/json-seq", "application/json", false),
+        ("application/json+x; a=b", "application/json", false),
+        ("application/", "application/json", false),
+        ("", "application/json", false),
+        ("text/event-stream", "text/event-stream", true),
+        ("text/event-stream-x", "text/event-stream", false),
+        ("text/html; x=text/event-stream", "text/event-stream", false),
+        ("message/rfc822", "message/rfc822", true),
+        ("message/rfc822x", "message/rfc822", false),
+    ])
+    func mediaTypeIsTheWholeTypeBeforeItsParameters(_ value: String, _ type: String, _ expected: Bool) {
+        #expect(HeaderName.isMediaType(value, type) == expected)
+        #expect(HeaderName.isMediaType(Substring(value), type) == expected)
+    }
 }

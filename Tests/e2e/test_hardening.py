@@ -201,6 +201,7 @@ COMPAT_CASES = [
     ("chunked too large", b"POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
      + (b"8000\r\n" + b"a" * 0x8000 + b"\r\n") * 40 + b"0\r\n\r\n", 413, "body_too_large"),
     ("wrong type", b"POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}", 415, "unsupported_media_type"),
+    ("a type that only starts like json", b"POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: application/jsonl\r\nContent-Length: 2\r\n\r\n{}", 415, "unsupported_media_type"),
     ("not json", b"POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{{{", 400, "invalid_body"),
     ("duplicate key", b'POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{"tool":"serpapi","tool":"openai","a":1}', 400, "ambiguous_parameter"),
     ("no tool", b"POST /api/proxy-request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", 401, "token_missing"),

@@ -36,7 +36,7 @@ enum AdminBody {
         case .failure(let e): return .failure(e)
         }
         if allowEmpty, body.readableBytes == 0 { return .success([:]) }
-        guard let type = request.headers[.contentType], type.lowercased().hasPrefix("application/json") else {
+        guard let type = request.headers[.contentType], HeaderName.isMediaType(type, "application/json") else {
             return .failure(GatewayError(.unsupportedMediaType, "send Content-Type: application/json"))
         }
         let json: JSONValue

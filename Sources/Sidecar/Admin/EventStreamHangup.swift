@@ -1,6 +1,7 @@
 import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
+import Upstreams
 
 /// Closes an admin connection whose client shut its sending side while an event stream is being
 /// written to it.
@@ -22,7 +23,7 @@ final class EventStreamHangup: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head):
-            streaming = head.headerFields[.contentType]?.lowercased().hasPrefix("text/event-stream") ?? false
+            streaming = head.headerFields[.contentType].map { HeaderName.isMediaType($0, "text/event-stream") } ?? false
         case .end:
             streaming = false
         case .body:

@@ -7,7 +7,7 @@ import Upstreams
 /// only the envelope differs. The upstream body is buffered (bounded) to be wrapped.
 extension Pipeline {
     func compat(_ request: InboundRequest, record: inout RequestRecord) async throws(GatewayError) -> ProxyResponse {
-        if let type = request.head.headers.first(name: "content-type"), !type.lowercased().hasPrefix("application/json") {
+        if let type = request.head.headers.first(name: "content-type"), !HeaderName.isMediaType(type, "application/json") {
             throw GatewayError(ToolRequestError.unsupportedMediaType("send application/json"))
         }
         let expected = "expected a JSON object {tool, action, params}"

@@ -74,9 +74,7 @@ public struct GmailAdapter: ToolAdapter {
             throw .invalidParameter("a Gmail upload must be uploadType=media (the message as message/rfc822), or send {\"raw\": base64url} to /gmail/v1/users/{id}/messages/send")
         }
         let contentTypes = request.headers["content-type"]
-        guard contentTypes.count == 1, let type = contentTypes.first?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces),
-            HeaderName.equalsIgnoringCase(type, "message/rfc822")
-        else { throw .unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822") }
+        guard contentTypes.count == 1, HeaderName.isMediaType(contentTypes[0], "message/rfc822") else { throw .unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822") }
         guard let body = request.body, body.readableBytes > 0, let message = RFC2822Message.parse(Array(body.readableBytesView)) else {
             throw .invalidBody("the upload is not an RFC 2822 message")
         }
