@@ -168,6 +168,24 @@ struct ConfigLoaderTests {
         #expect(try ConfigLoader.parse(document).warnings().map(\.field) == fields)
     }
 
+    /// A secret file the operator names is named in a warning when users other than its owner may read
+    /// or write it; a file that cannot be read is the loader's error, not a warning.
+    @Test(arguments: [
+        ([0o600, 0o400, 0o700], [String]()),
+        ([0o644, 0o600, 0o600], ["admin.token_file"]),
+        ([0o600, 0o640, 0o604], ["vault.kek_file", "intercept.ca_key"]),
+        ([0o602, 0o620, 0o606], ["admin.token_file", "vault.kek_file", "intercept.ca_key"]),
+    ])
+    func secretFilesOpenToOthersAreNamed(_ modes: [Int], _ fields: [String]) throws {
+        var config = try ConfigLoader.parse("admin: {token_file: /s/admin}\nvault: {kek_file: /s/kek}")
+        config.intercept.caKey = "/s/ca.key"  // set here: the loader reads the CA files it is given
+        let byPath = ["/s/admin": modes[0], "/s/kek": modes[1], "/s/ca.key": modes[2]]
+        let warnings = config.warnings(fileMode: { byPath[$0] })
+        #expect(warnings.map(\.field) == fields)
+        #expect(warnings.allSatisfy { $0.message.contains("chmod 600") })
+        #expect(try ConfigLoader.parse("admin: {token_file: /s/missing}").warnings(fileMode: { _ in nil }).isEmpty)
+    }
+
     /// A YAML mistake is named by line and column, never by quoting the document: its lines hold Redis
     /// passwords and credentials (Yams quotes the lines around the problem, and a duplicated key's
     /// error carried the whole document).

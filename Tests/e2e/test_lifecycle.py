@@ -127,6 +127,18 @@ def test_check_config_names_the_offending_field(tmp_path):
         assert fields == ["egress.allow_cidrs[0]", "tools.openai.base_url"] and "sk-REAL" not in "\n".join(s.lines)
     finally:
         s.stop()
+    # A key file others may read, and an unauthenticated proxy listening beyond loopback.
+    kek = tmp_path / "kek"
+    kek.write_text("k" * 32)
+    kek.chmod(0o644)
+    open_proxy = tmp_path / "open.yaml"
+    open_proxy.write_text(f"version: 1\nauth: {{required: false}}\nlisten: {{proxy: '0.0.0.0:0'}}\nvault: {{kek_file: {kek}}}\n")
+    p = subprocess.run([str(BIN), "check-config", str(open_proxy)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert [l.split(":")[1].strip() for l in p.stdout.splitlines() if l.startswith("warning:")] == ["vault.kek_file", "auth.required"]
+    kek.chmod(0o600)
+    p = subprocess.run([str(BIN), "check-config", str(open_proxy)], capture_output=True, text=True)
+    assert [l.split(":")[1].strip() for l in p.stdout.splitlines() if l.startswith("warning:")] == ["auth.required"]
     p = subprocess.run([str(BIN), "version"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("sidecar ")
 

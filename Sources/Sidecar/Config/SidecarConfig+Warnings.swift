@@ -1,3 +1,4 @@
+import Foundation
 import Upstreams
 
 /// A setting that is valid and works, but that an operator most likely did not mean: it is named in a
@@ -9,9 +10,21 @@ struct ConfigWarning: Sendable, Hashable {
 }
 
 extension SidecarConfig {
-    /// Checked once, at start.
-    func warnings() -> [ConfigWarning] {
+    /// Checked once, at start. `fileMode` reads a file's permission bits (nil: no such file, or not
+    /// readable — the loader reports that itself); tests give a table.
+    func warnings(fileMode: (String) -> Int? = Self.fileMode) -> [ConfigWarning] {
         var out: [ConfigWarning] = []
+        // A secret the operator brought in a file others may read is theirs too — as OpenSSH and
+        // PostgreSQL judge key files, but named rather than refused: a Kubernetes secret volume mounts
+        // 0644 unless told otherwise, and inside a one-user container that is what the operator meant.
+        for (field, path) in [("admin.token_file", adminTokenFile), ("vault.kek_file", vault.kekFile), ("intercept.ca_key", intercept.caKey)] {
+            guard let path, let mode = fileMode(path), mode & 0o077 != 0 else { continue }
+            out.append(
+                ConfigWarning(
+                    field: field,
+                    message: "\(path) holds a secret and is open to users other than its owner (mode \(String(mode & 0o777, radix: 8))); chmod 600 it (Kubernetes: defaultMode: 0400 on the secret's volume)"
+                ))
+        }
         for tool in Tool.allCases where tool.isBrokered {
             guard let t = tools[tool], t.mode == .live, t.baseURL.scheme == "http", !Self.isLoopback(t.baseURL.host) else { continue }
             out.append(
@@ -36,6 +49,11 @@ extension SidecarConfig {
                 ))
         }
         return out
+    }
+
+    /// A file's permission bits, nil when it cannot be read.
+    static func fileMode(_ path: String) -> Int? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int
     }
 
     /// AWS, GCP and Azure's instance metadata address, and AWS's IPv6 one.
