@@ -15,6 +15,12 @@ if [[ "${PLAIN_RELEASE:-0}" == 1 ]]; then
   SIDECAR_BIN=$PWD/.build/release/sidecar
   build_sidecar() { swift build "${RELEASE[@]}" --product sidecar >&2; }
 fi
+# BENCH_BIN=path: measure that binary as it is, with no build (a copy of the production binary, while
+# the sources change meanwhile; a run of several scripts builds once).
+if [[ -n "${BENCH_BIN:-}" ]]; then
+  SIDECAR_BIN=$BENCH_BIN
+  build_sidecar() { [[ -x "$SIDECAR_BIN" ]] || { echo "BENCH_BIN=$SIDECAR_BIN is not an executable" >&2; return 1; }; }
+fi
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
