@@ -306,6 +306,28 @@ def test_a_transfer_coding_besides_chunked_is_refused_on_every_tool(pki, http_up
     assert payload not in r.content
 
 
+@pytest.mark.parametrize("tool", ["openai", "http_fetch"])
+def test_an_upstream_407_is_not_passed_on_as_the_sidecars_own(pki, http_upstream, sidecar_factory, tool):
+    """A 407 from beyond the sidecar would read, to the agent, as its proxy (the sidecar) refusing its
+    token, and a client may answer it with its proxy credentials. It is the sidecar failing to reach the
+    upstream: 502, without the upstream's Proxy-Authenticate."""
+    def route(h, rec):
+        h.send_response(407)
+        h.send_header("Proxy-Authenticate", 'Basic realm="corp"')
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", "4")
+        h.end_headers()
+        h.wfile.write(b"auth")
+    http_upstream.routes["/"] = route
+    s = sidecar_factory(live_config(pki, http_upstream, auth=False), env=LIVE_ENV)
+    if tool == "openai":
+        r = requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+    else:
+        r = requests.get(f"{http_upstream.base_url}/page", proxies={"http": s.proxy_url}, timeout=10)
+    assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
+    assert "407" in r.json()["detail"] and "proxy-authenticate" not in {k.lower() for k in r.headers}
+
+
 def assert_502_then_connection_usable(s, up):
     """The agent gets 502 `upstream_protocol_error` (no echoed key in it), and its connection serves the next call."""
     with requests.Session() as session:

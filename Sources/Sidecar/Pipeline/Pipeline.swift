@@ -804,6 +804,16 @@ final class Pipeline: Sendable {
             release()
             throw GatewayError(UpstreamError(.protocolError, beforeSend: false, detail: "a transfer coding besides chunked"))
         }
+        // 407 is a proxy's word about its own credentials. Passed on, the agent would take it for the
+        // sidecar — its proxy — refusing its token, and a client may answer it with its proxy
+        // credentials: the agent token. A proxy between the sidecar and the API wants credentials the
+        // sidecar does not have; that is the sidecar's failure to reach the API.
+        guard response.status != .proxyAuthenticationRequired else {
+            response.body.cancel()
+            release()
+            throw GatewayError(
+                UpstreamError(.protocolError, beforeSend: false, detail: "the upstream answered 407: a proxy on the way to it wants credentials the sidecar does not have"))
+        }
         let scrubber = outbound.scrubber
         if !scrubber.isEmpty {
             // An upstream may ignore `Accept-Encoding: identity`; an echoed key inside a compressed body would
