@@ -376,4 +376,14 @@ struct RunBookTests {
             #expect(!Run.isValidID(bad), "\(bad)")
         }
     }
+
+    /// Redis reads the events after a `Last-Event-ID` from the next id a stream can hold: `(id`, the
+    /// exclusive start, is Redis 6.2's syntax, refused by the 6.0 that managed services still run.
+    @Test(arguments: [
+        ("1700000000000-0", "1700000000000-1"), ("5-41", "5-42"), ("0-9999999999999999999", "0-10000000000000000000"),
+        ("9999999999999999999-0", "9999999999999999999-1"),
+    ])
+    func theEventsAfterAnIDStartAtItsSuccessor(_ id: String, _ next: String) {
+        #expect(RedisRunStore.successor(of: id) == next)
+    }
 }

@@ -237,3 +237,10 @@ def test_an_agent_waits_on_at_most_max_pending_per_agent_approvals(pki, https_up
     assert send(s, token, mail("draft 2")).json()["code"] == "approval_pending"
     assert metric(requests.get(f"{s.admin_url}/metrics", timeout=5).text, "gateway_approval_checks_total", result="too_many_pending") == 1
     assert sent == []
+    if store == "redis":
+        # Each agent's set of pending approvals ends with its longest-lived member (with Redis 6 too: no
+        # `PEXPIRE … GT`, a Redis 7 option that an older server refuses and the set would then never expire).
+        import redis as redis_py
+        client = redis_py.Redis.from_url(redis.url)
+        sets = list(client.scan_iter("sidecar:approvals:pending:*"))
+        assert len(sets) == 2 and all(0 < client.pttl(k) <= 25 * 3600 * 1000 for k in sets), [(k, client.pttl(k)) for k in sets]

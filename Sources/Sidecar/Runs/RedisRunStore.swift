@@ -298,9 +298,18 @@ final class RedisRunStore: RunStore {
     }
 
     func events(_ id: String, after: String?, limit: Int) async throws -> [RunEvent] {
-        let start = after.map { "(" + $0 } ?? "-"
+        let start = after.map(Self.successor(of:)) ?? "-"
         let reply = try checked(try await redis.send(["XRANGE", Self.stream(id), start, "+", "COUNT", String(limit)]))
         return (reply.array ?? []).compactMap(Self.event)
+    }
+
+    /// The first id a stream can hold after `id` (`ms-seq` → `ms-(seq+1)`), where `XRANGE` starts to read
+    /// the events after it: its exclusive `(id` start is Redis 6.2's, and managed services still run 6.0.
+    /// (A valid id's parts have at most 19 digits, so `seq + 1` fits.)
+    static func successor(of id: String) -> String {
+        let parts = id.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let ms = UInt64(parts[0]), let seq = UInt64(parts[1]), seq < UInt64.max else { return "(" + id }
+        return "\(ms)-\(seq + 1)"
     }
 
     func validEventID(_ id: String) -> Bool {

@@ -116,7 +116,17 @@ final class RedisApprovalStore: ApprovalStore {
         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
         return 1
         """)
-    static let scripts = [compareAndSet]
+    /// Adds a pending approval to its agent's set, and makes the set live at least `ARGV[3]` ms: as long
+    /// as its longest-lived member. (`PEXPIRE … GT` would say it in one command, from Redis 7 only; the
+    /// managed Redis services still run 6.x.)
+    static let addPending = LuaScript(
+        """
+        redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+        local left = redis.call('PTTL', KEYS[1])
+        if left < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+        return 1
+        """)
+    static let scripts = [compareAndSet, addPending]
 
     private static let encoder: JSONEncoder = {
         let e = JSONEncoder()
@@ -143,10 +153,7 @@ final class RedisApprovalStore: ApprovalStore {
                 }
                 if next.status == .pending {
                     _ = try await redis.send(["ZADD", Self.pendingSet, String(next.createdAt), next.id])
-                    _ = try await redis.send(["ZADD", Self.agentPendingSet(next.agent), String(next.expiresAt), next.id])
-                    // The set lives as long as its longest-lived member (NX: a new set; GT: only ever longer).
-                    _ = try await redis.send(["PEXPIRE", Self.agentPendingSet(next.agent), String(ttl), "NX"])
-                    _ = try await redis.send(["PEXPIRE", Self.agentPendingSet(next.agent), String(ttl), "GT"])
+                    _ = try await redis.evalsha(Self.addPending, keys: [Self.agentPendingSet(next.agent)], args: [String(next.expiresAt), next.id, String(ttl)])
                 } else {
                     _ = try await redis.send(["ZREM", Self.pendingSet, next.id])
                     _ = try await redis.send(["ZREM", Self.agentPendingSet(next.agent), next.id])
