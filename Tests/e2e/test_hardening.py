@@ -282,6 +282,13 @@ def test_an_encoding_that_cannot_be_decoded_is_refused(pki, https_upstream, side
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error"
 
 
+def call_through(s, up, tool):
+    """One call of `tool` through the sidecar to `up`: an OpenAI embeddings call, or an http_fetch GET."""
+    if tool == "openai":
+        return requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
+    return requests.get(f"{up.base_url}/page", proxies={"http": s.proxy_url}, timeout=10)
+
+
 @pytest.mark.parametrize("coding", ["gzip, chunked", "identity"])
 @pytest.mark.parametrize("tool", ["openai", "http_fetch"])
 def test_a_transfer_coding_besides_chunked_is_refused_on_every_tool(pki, http_upstream, sidecar_factory, coding, tool):
@@ -298,10 +305,7 @@ def test_a_transfer_coding_besides_chunked_is_refused_on_every_tool(pki, http_up
         h.close_connection = True
     http_upstream.routes["/"] = route
     s = sidecar_factory(live_config(pki, http_upstream, auth=False), env=LIVE_ENV)
-    if tool == "openai":
-        r = requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
-    else:
-        r = requests.get(f"{http_upstream.base_url}/page", proxies={"http": s.proxy_url}, timeout=10)
+    r = call_through(s, http_upstream, tool)
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
     assert payload not in r.content
 
@@ -311,19 +315,10 @@ def test_an_upstream_407_is_not_passed_on_as_the_sidecars_own(pki, http_upstream
     """A 407 from beyond the sidecar would read, to the agent, as its proxy (the sidecar) refusing its
     token, and a client may answer it with its proxy credentials. It is the sidecar failing to reach the
     upstream: 502, without the upstream's Proxy-Authenticate."""
-    def route(h, rec):
-        h.send_response(407)
-        h.send_header("Proxy-Authenticate", 'Basic realm="corp"')
-        h.send_header("Content-Type", "text/plain")
-        h.send_header("Content-Length", "4")
-        h.end_headers()
-        h.wfile.write(b"auth")
-    http_upstream.routes["/"] = route
+    http_upstream.routes["/"] = lambda h, rec: h.wfile.write(
+        b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="corp"\r\nContent-Length: 4\r\n\r\nauth')
     s = sidecar_factory(live_config(pki, http_upstream, auth=False), env=LIVE_ENV)
-    if tool == "openai":
-        r = requests.post(f"{s.proxy_url}/openai/v1/embeddings", json={"model": "m", "input": "x"}, timeout=10)
-    else:
-        r = requests.get(f"{http_upstream.base_url}/page", proxies={"http": s.proxy_url}, timeout=10)
+    r = call_through(s, http_upstream, tool)
     assert r.status_code == 502 and r.json()["code"] == "upstream_protocol_error", r.text
     assert "407" in r.json()["detail"] and "proxy-authenticate" not in {k.lower() for k in r.headers}
 
