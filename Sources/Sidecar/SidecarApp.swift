@@ -48,7 +48,13 @@ public enum SidecarApp {
             }
             // A `redis://` URL that names a cluster node is followed as a cluster: sent as one server, every
             // key on another node would answer MOVED (and read as "Redis down").
-            switch await RedisClient.isClusterNode(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout)) {
+            let info = await RedisClient.serverInfo(location.seeds[0], timeout: TimeAmount(config.redisConnectTimeout))
+            if let info, info.tooOld {
+                // Not refused: limits, identity and approvals work; a run's events (Streams) do not.
+                logger.warning(
+                    "redis is older than 5.0: runs' event streams (XADD) will fail", metadata: ["redis_version": "\(info.version!.map(String.init).joined(separator: "."))"])
+            }
+            switch info?.cluster {
             case true? where !location.cluster:
                 logger.notice("redis is a cluster node; following the cluster", metadata: ["redis": "\(location)"])
                 location.cluster = true

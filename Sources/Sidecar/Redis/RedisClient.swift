@@ -217,15 +217,15 @@ final class RedisClient: Sendable {
 
     // MARK: - Cluster
 
-    /// Whether the server at `endpoint` runs in cluster mode (`INFO cluster`); nil when it cannot be
-    /// asked (the configured mode stands).
-    static func isClusterNode(_ endpoint: RedisEndpoint, timeout: TimeAmount) async -> Bool? {
+    /// Whether the server at `endpoint` runs in cluster mode, and its version (`INFO`: its default
+    /// sections hold both); nil when it cannot be asked (the configured mode stands).
+    static func serverInfo(_ endpoint: RedisEndpoint, timeout: TimeAmount) async -> RedisServerInfo? {
         guard let c = try? await RedisConnection.connect(endpoint, timeout: timeout, group: MultiThreadedEventLoopGroup.singleton) else {
             return nil
         }
         defer { c.close() }
-        guard let info = try? await c.send(["INFO", "cluster"], timeout: timeout).string else { return nil }
-        return info.contains("cluster_enabled:1")
+        guard let info = try? await c.send(["INFO"], timeout: timeout).string else { return nil }
+        return RedisServerInfo(info: info)
     }
 
     /// The node that serves `key`'s slot (any node for a keyless command); nil before any map is known.
