@@ -144,6 +144,23 @@ struct ConfigLoaderTests {
         #expect(c.redisCluster && RedisLocation.parse(c.redisURL!, cluster: c.redisCluster)?.cluster == true)
     }
 
+    /// Both listeners on one address would fail the second bind as "address already in use": refused
+    /// when the configuration is read, naming both, also when the environment sets one of them.
+    @Test(arguments: [
+        ("127.0.0.1:8080", "127.0.0.1:8080", true), ("0.0.0.0:8080", "127.0.0.1:8080", true), ("127.0.0.1:9090", "[::]:9090", true),
+        ("localhost:7000", "LOCALHOST:7000", true),
+        ("127.0.0.1:8080", "127.0.0.1:9090", false), ("127.0.0.1:0", "127.0.0.1:0", false), ("127.0.0.1:8080", "10.0.0.1:8080", false),
+    ])
+    func listenersOnOneAddressAreRefused(_ proxy: String, _ admin: String, _ refused: Bool) {
+        let env = ["SIDECAR_PROXY_LISTEN": proxy, "SIDECAR_ADMIN_LISTEN": admin]
+        do {
+            _ = try ConfigLoader.load(path: nil, environment: env)
+            #expect(!refused)
+        } catch {
+            #expect(refused && error.path == "listen.admin" && error.message.contains(proxy.replacingOccurrences(of: "LOCALHOST", with: "localhost")), "\(error)")
+        }
+    }
+
     /// Valid settings an operator most likely did not mean are named at start, not refused.
     @Test(arguments: [
         ("tools: {openai: {mode: live, base_url: \"http://api.openai.com\"}}", ["tools.openai.base_url"]),

@@ -18,6 +18,11 @@ public enum ConfigLoader {
         if config.resilience.sharedCache, config.redisURL == nil {
             throw DocumentError(path: "resilience.cache.shared", message: "needs Redis (redis.url or REDIS_URL)")
         }
+        // Both listeners on one address: the second bind would fail as "address already in use", naming
+        // no one — the sidecar itself holds it. A wildcard host covers every other host on its port.
+        if HostPort.overlap(config.proxyListen, config.adminListen) {
+            throw DocumentError(path: "listen.admin", message: "\(config.adminListen) is the proxy's address too (listen.proxy \(config.proxyListen)); give the admin port its own")
+        }
         // A bundle for a connection that runs no TLS would be ignored without a word.
         if config.redisCABundle != nil, config.redisURL.flatMap({ RedisLocation.parse($0, cluster: config.redisCluster) })?.secure != true {
             throw DocumentError(path: "redis.ca_bundle", message: "needs a TLS Redis URL (rediss:// or rediss+cluster://)")

@@ -23,6 +23,14 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Whether two listeners could not both bind: the same port (not 0, which picks a free one) on the same
+    /// host, or on a host and a wildcard (`0.0.0.0`, `::`), which takes the port on every address.
+    static func overlap(_ a: HostPort, _ b: HostPort) -> Bool {
+        guard a.port == b.port, a.port != 0 else { return false }
+        let wildcards: Set<String> = ["0.0.0.0", "::", "*", ""]
+        return a.host.lowercased() == b.host.lowercased() || wildcards.contains(a.host) || wildcards.contains(b.host)
+    }
 }
 
 /// Whether a tool's calls go to the real API or are answered by the adapter's mock.
