@@ -30,8 +30,8 @@ public struct MultipartForm: Sendable, Hashable {
     /// The boundary of a `multipart/form-data` content type, or nil for any other type. Throws when the
     /// type is multipart/form-data but its boundary is missing, repeated or not RFC 2046's 1–70 bchars.
     public static func boundary(ofContentType value: String) throws(Failure) -> String? {
-        var pieces = value.split(separator: ";", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard HeaderName.equalsIgnoringCase(pieces.removeFirst(), "multipart/form-data") else { return nil }
+        guard HeaderName.isMediaType(value, "multipart/form-data") else { return nil }
+        let pieces = value.split(separator: ";", omittingEmptySubsequences: false).dropFirst().map { $0.trimmingCharacters(in: .whitespaces) }
         var boundary: String?
         for piece in pieces where !piece.isEmpty {
             guard let eq = piece.firstIndex(of: "=") else { throw Failure("a content-type parameter without a value") }
@@ -91,25 +91,18 @@ public struct MultipartForm: Sendable, Hashable {
         return form
     }
 
-    /// A form's parts without its boundary: each part's header and content bytes, length-prefixed. Two
-    /// uploads of the same parts under different (random) boundaries read alike — what an approval, the
-    /// loop breaker and the idempotency ledger compare — and the prefixes keep it one-to-one. nil for a
-    /// body that is not a well-formed form of `contentType`.
-    public static func canonical(_ body: ByteBuffer, contentType: String) -> [UInt8]? {
-        var out: [UInt8] = []
-        guard canonicalPieces(body, contentType: contentType, { out += $0 }) else { return nil }
-        return out
-    }
-
-    /// SHA-256 (hex) of `canonical`, hashed piece by piece where the bytes lie: what the digests of a call
-    /// compare, without a copy of a 30 MB upload.
+    /// SHA-256 (hex) of a form's parts without its boundary: each part's header and content bytes,
+    /// length-prefixed, hashed piece by piece where the bytes lie (no copy of a 30 MB upload). Two uploads
+    /// of the same parts under different (random) boundaries digest alike — what an approval, the loop
+    /// breaker and the idempotency ledger compare — and the prefixes keep it one-to-one. nil for a body
+    /// that is not a well-formed form of `contentType`.
     public static func canonicalDigest(_ body: ByteBuffer, contentType: String) -> String? {
         var hash = SHA256()
         guard canonicalPieces(body, contentType: contentType, { hash.update(bufferPointer: $0) }) else { return nil }
         return Digest.hex(hash.finalize())
     }
 
-    /// `canonical`'s bytes in order, handed to `take`; false for a body that is not a well-formed form.
+    /// The canonical form's bytes in order, handed to `take`; false for a body that is not a well-formed form.
     private static func canonicalPieces(_ body: ByteBuffer, contentType: String, _ take: (UnsafeRawBufferPointer) -> Void) -> Bool {
         guard let boundary = try? Self.boundary(ofContentType: contentType) else { return false }
         return body.withUnsafeReadableBytes { bytes -> Bool in

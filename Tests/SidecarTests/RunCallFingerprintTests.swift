@@ -50,8 +50,8 @@ struct RunCallFingerprintTests {
         let mismatched = Self.upload(boundary: "a1b2c3", type: "multipart/form-data; boundary=zz-9876543210")
         #expect(RunCall.uploadDigest(mismatched) == nil && RunCall.exactDigest(mismatched) != RunCall.exactDigest(b))
         // Parts are length-prefixed: moving bytes from a part's headers into its content is another call.
-        #expect(MultipartForm.canonical(ByteBuffer(string: "--b\r\nA: x\r\n\r\nyz\r\n--b--"), contentType: "multipart/form-data; boundary=b")
-            != MultipartForm.canonical(ByteBuffer(string: "--b\r\nA: xy\r\n\r\nz\r\n--b--"), contentType: "multipart/form-data; boundary=b"))
+        #expect(MultipartForm.canonicalDigest(ByteBuffer(string: "--b\r\nA: x\r\n\r\nyz\r\n--b--"), contentType: "multipart/form-data; boundary=b")
+            != MultipartForm.canonicalDigest(ByteBuffer(string: "--b\r\nA: xy\r\n\r\nz\r\n--b--"), contentType: "multipart/form-data; boundary=b"))
     }
 
     @Test(arguments: [

@@ -135,7 +135,7 @@ extension RunCall {
     /// bytes: what an approval binds to. No reading of the body stands between what was approved and what
     /// the upstream receives (a JSON number past 2^53, `1` against `1.0`: equal to a double, not to every
     /// upstream), so a call that differs in any byte is another call.
-    /// A file upload is taken without its boundary (`MultipartForm.canonical`): an SDK draws a new one for
+    /// A file upload is taken without its boundary (`MultipartForm.canonicalDigest`): an SDK draws a new one for
     /// every request, so the same upload repeated would never be the call that was approved.
     static func exactDigest(_ call: ToolCall) -> String {
         let body = call.request.body.map { uploadDigest(call) ?? Digest.sha256Hex(bytes: $0.readableBytesView) } ?? ""
@@ -149,7 +149,7 @@ extension RunCall {
     /// well-formed one).
     static func uploadDigest(_ call: ToolCall) -> String? {
         guard let body = call.request.body, let type = call.request.headers.first(name: "content-type"),
-            type.utf8.count > 10, HeaderName.equalsIgnoringCase(type.prefix(10), "multipart/")
+            HeaderName.isMediaType(type, "multipart/form-data")
         else { return nil }
         return MultipartForm.canonicalDigest(body, contentType: type)
     }
