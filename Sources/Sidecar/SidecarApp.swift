@@ -232,11 +232,23 @@ public enum SidecarApp {
         let approvals = ApprovalService(
             store: approvalStore, runs: runs, metrics: metrics, logger: logger, now: unixMillis, maxPendingPerAgent: config.approvalsMaxPendingPerAgent)
         let idempotency = IdempotencyLedger(store: idempotencyStore, settings: config.idempotency, metrics: metrics, logger: logger)
+        // Who was handed which stored OpenAI response: in Redis with a fleet, else in its own SQLite file.
+        let ownerStore: any ResponseOwnerStore
+        if let redis {
+            ownerStore = RedisResponseOwnerStore(redis: redis)
+        } else {
+            let path = (config.stateDir as NSString).appendingPathComponent("responses.sqlite")
+            do { ownerStore = try EmbeddedResponseOwnerStore(path: path) } catch {
+                throw StartupError("state.dir: cannot open the stored-response owners \(path) (\(error))")
+            }
+        }
+        let owners = ResponseOwners(store: ownerStore, logger: logger, now: unixMillis)
         let pipeline = Pipeline(
             classifier: EntryClassifier(hosts: config.tools.mapValues(\.hosts)), adapters: adapters,
             transport: transport, credentials: credentials, settings: PipelineSettings(config: config),
             authenticator: authenticator, metrics: metrics, policy: policy, limits: limits, resilience: resilience, egress: egress,
-            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency, receipts: receipts, approvals: approvals)
+            interception: interception, runs: runs, leases: leases, secrets: secrets, idempotency: idempotency, receipts: receipts, approvals: approvals,
+            owners: owners)
         let readiness = Readiness()
         let context = ProxyContext(
             pipeline: pipeline, limits: config.limits, metrics: metrics, accessLog: AccessLog(

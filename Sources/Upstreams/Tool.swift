@@ -25,7 +25,7 @@ public enum Tool: String, Sendable, Hashable, CaseIterable, Codable, CustomStrin
     /// Every action of the tool. Actions are a closed set so they can be metric labels and policy keys.
     public var actions: [String] { Self.actionLists[index] }
 
-    private static let actionLists = [["search"], ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "image_edits", "image_variations", "speech", "transcriptions", "translations", "traces"], ["get", "head"], ["send", "profile"]]
+    private static let actionLists = [["search"], ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "image_edits", "image_variations", "speech", "transcriptions", "translations", "traces", "stored_responses"], ["get", "head"], ["send", "profile"]]
 
     /// The reverse-route prefix an SDK uses as its base URL (`/openai/v1/...`).
     public var reversePrefix: String {

@@ -93,6 +93,9 @@ public struct OpenAIParameters: Sendable, Hashable {
     /// Outputs the call asks for (`n`, `best_of`; 1 without them). `maxTokens` already counts them; a call
     /// without a cap reserves the default once per choice.
     public var choices = 1
+    /// The stored response the call reads, changes or continues from (`/v1/responses/{id}…`, or a new
+    /// response's `previous_response_id`): the sidecar lets an agent name only responses it was given.
+    public var storedResponse: String?
     public init(model: String?, maxTokens: Int?, stream: Bool, temperature: Double?, estimatedInputTokens: Int) {
         self.model = model
         self.maxTokens = maxTokens

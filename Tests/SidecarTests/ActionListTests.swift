@@ -21,7 +21,7 @@ struct ActionListTests {
     }
 
     @Test func everyOpenAIRouteIsAnAction() {
-        let routed = Set(OpenAIAdapter.actionByPath.values).union(["models"])
+        let routed = Set(OpenAIAdapter.actionByPath.values).union(["models", "stored_responses"])
         #expect(routed == Set(Tool.openai.actions))
     }
 }

@@ -289,10 +289,13 @@ struct AdapterFixtureTests {
     @Test func openAIRejectsWhatIsNotAnAction() {
         let adapter = OpenAIAdapter()
         let unknown = ToolRequestError.unknownAction(
-            "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/traces/ingest and GET /v1/models")
+            "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/traces/ingest, GET /v1/models and the stored responses /v1/responses/{id}")
         for path in [
             "/v1/files", "/v1/models/a/b", "/v1/modelsx", "/v1/models/" + String(repeating: "m", count: 257), "/v1/models/..",
             "/v1/models/.", "/v1/models/..%2Ffiles", "/v1/models/gpt%2D4o", "/v1/models/a b", "/v1/models/a;b",
+            "/v1/responses/", "/v1/responses/abc", "/v1/responses/resp_", "/v1/responses/resp_a/b", "/v1/responses/resp_a/cancel/x",
+            "/v1/responses/resp_a%2F..%2Ffiles", "/v1/responses/resp_..", "/v1/responses/resp_" + String(repeating: "a", count: 124),
+            "/v1/responses/resp_a/input_itemsx", "/v1/responses/resp_a//cancel",
         ] {
             #expect(throws: unknown) { try adapter.interpret(ToolRequest(method: .GET, path: path)) }
         }

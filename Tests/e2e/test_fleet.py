@@ -434,3 +434,32 @@ def test_concurrency_leases_renew_for_long_calls_and_free_within_the_ttl_when_a_
         assert time.time() - killed < 3.5, "the dead holder's slot did not free within the lease TTL"
         time.sleep(0.1)
     held.close()
+
+
+def test_a_stored_response_handed_out_by_one_sidecar_is_its_agents_on_every_sidecar(redis, fleet):
+    """The owners of stored OpenAI responses are in Redis: the agent polls its background response through
+    another sidecar of the fleet; another agent is refused on both."""
+    import openai
+    s1, s2 = fleet(redis.url, n=2)
+    agent_a, ta = token_for(s1, role="developer")
+    _, tb = token_for(s1, role="developer")
+    wait_known([s1, s2], ta)
+    wait_known([s1, s2], tb)
+    made = openai.OpenAI(base_url=f"{s1.proxy_url}/openai/v1", api_key=ta, max_retries=0).responses.create(
+        model="gpt-4o-mini", input="fleet", background=True)
+    a2 = openai.OpenAI(base_url=f"{s2.proxy_url}/openai/v1", api_key=ta, max_retries=0)
+    # The record is written to Redis beside the answer: on another sidecar it is there within moments.
+    deadline = time.time() + 2
+    while True:
+        try:
+            assert a2.responses.retrieve(made.id).status == "completed"
+            break
+        except openai.NotFoundError:
+            assert time.time() < deadline
+            time.sleep(0.02)
+    assert redis_py.Redis.from_url(redis.url).pttl(f"sidecar:openai:response:{made.id}:{agent_a}") > 29 * 86_400_000
+    for s in (s1, s2):
+        b = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=tb, max_retries=0)
+        with pytest.raises(openai.NotFoundError) as e:
+            b.responses.retrieve(made.id)
+        assert e.value.body["code"] == "response_not_found"

@@ -494,6 +494,25 @@ def test_the_loop_breaker_pauses_a_repeating_agent_and_spares_a_varied_one(start
     assert metric(m, "gateway_run_loops_detected_total", action="pause") == 2
 
 
+def test_polling_a_background_response_is_not_a_loop(start):
+    """The official SDK's way to wait for a background response — retrieve it every few seconds — is the same
+    call many times by design: counted on the run, never a loop; creating one again and again still is."""
+    import openai
+    s = start()
+    _, looper = agent_token(s, role="looper")
+    run = new_run(s, token=looper)
+    client = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=looper, max_retries=0, default_headers={"X-Run-Id": run})
+    made = client.responses.create(model="gpt-4o-mini", input="deep research", background=True)
+    for _ in range(12):
+        assert client.responses.retrieve(made.id).status == "completed"
+    assert api(s, "GET", f"/api/runs/{run}").json()["status"] == "running"
+    for _ in range(4):  # five creations of the same response in all
+        client.responses.create(model="gpt-4o-mini", input="deep research", background=True)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.responses.create(model="gpt-4o-mini", input="deep research", background=True)
+    assert e.value.body["code"] == "run_loop_detected"
+
+
 def test_the_loop_breaker_can_cancel_instead(start):
     s = start()
     _, tok = agent_token(s, role="canceller")

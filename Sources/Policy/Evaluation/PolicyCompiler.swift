@@ -20,7 +20,7 @@ import Foundation
 public enum PolicyCompiler {
     /// The tools and actions a policy may name.
     public static let knownActions: [String: [String]] = [
-        "serpapi": ["search"], "openai": ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "image_edits", "image_variations", "speech", "transcriptions", "translations", "traces"], "http_fetch": ["get", "head"],
+        "serpapi": ["search"], "openai": ["chat", "completions", "embeddings", "responses", "models", "moderations", "images", "image_edits", "image_variations", "speech", "transcriptions", "translations", "traces", "stored_responses"], "http_fetch": ["get", "head"],
         "gmail_send": ["send", "profile"],
     ]
 
@@ -136,7 +136,7 @@ public enum PolicyCompiler {
     }
 
     /// OpenAI actions that bill no tokens (the adapter's `spendsNoTokens`; a test keeps the two equal).
-    public static let tokenFreeOpenAIActions: Set<String> = ["models", "moderations", "traces"]
+    public static let tokenFreeOpenAIActions: Set<String> = ["models", "moderations", "traces", "stored_responses"]
 
     /// The tool whose calls each guard field judges (`max_body_bytes` and `mode` judge any call).
     static let guardOwners: [(key: String, tool: String)] = [

@@ -78,7 +78,7 @@ public final class GatewayMetrics: Sendable {
         "ok", "cached", "token_missing", "token_malformed", "token_invalid", "token_expired", "token_revoked",
         "agent_disabled", "agent_unknown", "provenance_mismatch",
     ]
-    static let securityKinds = ["provenance_mismatch", "revoked_use", "forgery", "scope_violation", "admin_auth_failure", "exfiltration", "canary"]
+    static let securityKinds = ["provenance_mismatch", "revoked_use", "forgery", "scope_violation", "admin_auth_failure", "exfiltration", "canary", "response_not_owned"]
 
     static let toolLabels = Tool.allCases.map(\.rawValue) + ["none"]
     /// `ok`, every problem code, and `client_closed` (the agent went away mid-response).

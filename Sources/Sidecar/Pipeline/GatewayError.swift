@@ -26,6 +26,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case connectRefused = "connect_refused"
         case connectPortDenied = "connect_port_denied"
         case misdirectedRequest = "misdirected_request"
+        case responseNotFound = "response_not_found"
         // Identity (401 on reverse routes and the compatibility API, 407 on the forward proxy).
         case tokenMissing = "token_missing"
         case tokenMalformed = "token_malformed"
@@ -105,7 +106,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .misdirectedRequest: return .misdirectedRequest
             case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied, .secretExfiltration: return .forbidden
             case .approvalPending, .approvalDenied, .approvalExpired, .approvalForbidden: return .forbidden
-            case .approvalNotFound: return .notFound
+            case .approvalNotFound, .responseNotFound: return .notFound
             case .approvalNotPending: return .conflict
             case .breakerOpen, .toolSaturated, .sidecarOverloaded: return .serviceUnavailable
             case .rateLimited, .quotaExceeded, .budgetExhausted, .concurrencyLimited, .toolThrottled: return .tooManyRequests
@@ -150,6 +151,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .connectRefused: return "CONNECT tunnels are not opened"
             case .connectPortDenied: return "CONNECT port not allowed"
             case .misdirectedRequest: return "Request for another host than the tunnel's"
+            case .responseNotFound: return "No such stored response for this agent"
             case .tokenMissing: return "Agent token required"
             case .tokenMalformed: return "Agent token malformed"
             case .tokenInvalid: return "Agent token invalid"

@@ -73,6 +73,8 @@ final class Pipeline: Sendable {
     let receipts: ReceiptLog?
     /// Approval holds (nil: a rule's `approval:` cannot be met, so such calls are refused).
     let approvals: ApprovalService?
+    /// Which agent was given which stored OpenAI response (nil: none is, so none can be named).
+    let owners: ResponseOwners?
 
     init(
         classifier: EntryClassifier, adapters: ToolAdapters, transport: any UpstreamTransport,
@@ -80,8 +82,9 @@ final class Pipeline: Sendable {
         metrics: GatewayMetrics? = nil, policy: PolicyRuntime? = nil, limits: (any LimitStore)? = nil,
         resilience: ResilientCaller? = nil, egress: EgressGuard? = nil, interception: Interception? = nil, runs: RunService? = nil,
         leases: LeaseRenewer? = nil, secrets: SecretCatalog? = nil, idempotency: IdempotencyLedger? = nil, receipts: ReceiptLog? = nil,
-        approvals: ApprovalService? = nil
+        approvals: ApprovalService? = nil, owners: ResponseOwners? = nil
     ) {
+        self.owners = owners
         self.approvals = approvals
         self.receipts = receipts
         self.idempotency = idempotency
@@ -148,11 +151,14 @@ final class Pipeline: Sendable {
             then(failed(error, request: request, record: record))
             return {}
         }
-        // A side effect (claimed in the idempotency ledger first) or a call that needs approval: `call`,
-        // which every entry goes through, in a task — or, for a side effect with neither an approval nor
-        // a run on a ledger that answers by callback, the same stages on the loop.
+        // A side effect (claimed in the idempotency ledger first), a call that needs approval or one that
+        // names a stored response (its owner is read first): `call`, which every entry goes through, in a
+        // task — or, for a side effect with none of the rest on a ledger that answers by callback, the
+        // same stages on the loop.
         if isGuarded(prepared) {
-            if prepared.evaluated.approval == nil, prepared.run == nil, let ledger = idempotency, let store = ledger.callbacks {
+            if prepared.evaluated.approval == nil, prepared.run == nil, Self.storedResponse(prepared.call) == nil, let ledger = idempotency,
+                let store = ledger.callbacks
+            {
                 return onceOnly(prepared, ledger: ledger, store: store, request: request, record: record, on: loop, then: then)
             }
             let runCall = makeRunCall(prepared)
@@ -268,7 +274,8 @@ final class Pipeline: Sendable {
         let meter = prepared.evaluated.meter ?? (call.tool == .openai ? OpenAIUsageMeter() : nil)
         return RunCall(
             run: run, agent: prepared.identity.agentID, role: prepared.identity.role, requestID: prepared.requestID, tool: call.tool,
-            action: call.action, parameters: Self.policyParameters(call), fingerprint: RunCall.fingerprint(call), meter: meter)
+            action: call.action, parameters: Self.policyParameters(call), fingerprint: RunCall.fingerprint(call), meter: meter,
+            polls: Self.storedResponse(call) != nil && call.request.method == .GET)
     }
 
     /// The rest of the call (admit, credential, upstream), from a task (`runCall`: already admitted by
@@ -483,6 +490,7 @@ final class Pipeline: Sendable {
     /// The call is a side effect the ledger covers, or needs approval: `call` guards it, in a task.
     func isGuarded(_ prepared: Prepared) -> Bool {
         prepared.evaluated.approval != nil || idempotency?.settings.covers(prepared.call.tool, action: prepared.call.action) == true
+            || Self.storedResponse(prepared.call) != nil
     }
 
     /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the
@@ -543,6 +551,7 @@ final class Pipeline: Sendable {
     /// Every entry's call goes through here (the loop path of `start` too, for a guarded call), so a side
     /// effect is claimed and an approval required however the agent reached the sidecar.
     func call(_ prepared: Prepared, record: inout RequestRecord, runCall: RunCall? = nil) async throws(GatewayError) -> ProxyResponse {
+        try await checkStoredResponse(prepared)
         guard let ledger = idempotency, ledger.settings.covers(prepared.call.tool, action: prepared.call.action) else {
             return try await approvedCall(prepared, record: &record, runCall: runCall)
         }
@@ -826,6 +835,7 @@ final class Pipeline: Sendable {
             // `Content-Length` out (`dropLength`), and the framing is recomputed for what is sent.
         }
         record.upstreamRequestID = HeaderRules.upstreamRequestID(response.headers)  // after the scrubber
+        claimResponseID(&response, call: outbound.call, record: record)
         return response
     }
 

@@ -20,6 +20,9 @@ final class RunCall: Sendable {
     let parameters: CallParameters
     /// What the loop breaker compares (`RunCall.fingerprint`).
     let fingerprint: CallFingerprint
+    /// A status poll (a stored response read until it is done): the same call by design, many times,
+    /// so the loop breaker does not see it — the run's ledger still counts it.
+    let polls: Bool
     /// Reads an OpenAI answer's usage as it streams (openai calls only; the token budget's when one
     /// applies, so both settle from the same reading).
     let meter: OpenAIUsageMeter?
@@ -41,8 +44,9 @@ final class RunCall: Sendable {
 
     init(
         run: String, agent: String, role: String, requestID: String, tool: Tool, action: String, parameters: CallParameters, fingerprint: CallFingerprint,
-        meter: OpenAIUsageMeter?
+        meter: OpenAIUsageMeter?, polls: Bool = false
     ) {
+        self.polls = polls
         self.run = run
         self.agent = agent
         self.role = role

@@ -174,6 +174,7 @@ final class RunService: Sendable {
 
     /// The loop breaker's look at an admitted call: nil, or the loop it makes.
     private func loopCheck(_ call: RunCall, identity: AgentIdentity, _ evaluator: PolicyEvaluator?) -> LoopRefusal? {
+        guard !call.polls else { return nil }
         let loop = evaluator?.policy.loopSettings(agent: identity.agentID, role: identity.role) ?? LoopDetector.Settings()
         let now = now()
         let verdict = detectors.withLock { d -> LoopDetector.Verdict? in

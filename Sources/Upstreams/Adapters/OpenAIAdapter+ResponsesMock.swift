@@ -26,6 +26,10 @@ extension OpenAIAdapter {
         let reply = Self.mockFormatted(text, format: json["text"]?["format"])
         let usage = Self.mockResponsesUsage(input: promptTokens, output: Self.tokenCount(reply))
         let done = Self.mockResponseObject(ids, model: model, status: "completed", output: [ids.messageItem(reply, status: "completed")], usage: usage)
+        // A background response is answered queued; retrieving it (`stored_responses`) finds it completed.
+        if json["background"]?.boolValue == true, !stream {
+            return Mock.json(Self.mockResponseObject(ids, model: model, status: "queued", output: [], usage: nil))
+        }
         guard stream else { return Mock.json(done) }
 
         var events = ResponsesEventWriter()
@@ -69,6 +73,22 @@ extension OpenAIAdapter {
         events.append("response.output_item.done", ["output_index": 0, "item": item(call.arguments, status: "completed")])
         events.append("response.completed", ["response": done])
         return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(events.chunks, delay: mockStreamDelay))
+    }
+
+    /// A stored response, by its id: retrieved (completed), deleted, cancelled, or its input items (none kept).
+    func mockStoredResponse(_ call: ToolCall) -> UpstreamResponse {
+        guard case .openai(let p) = call.parameters, let id = p.storedResponse else { return Mock.openAIError("mock: no response id") }
+        let suffix = id.dropFirst("resp_".count)
+        let ids = MockResponseIDs(response: id, message: "msg_" + suffix)
+        if call.request.path.hasSuffix("/input_items") {
+            return Mock.json(["object": "list", "data": [], "first_id": nil, "last_id": nil, "has_more": false])
+        }
+        if call.request.method == .DELETE { return Mock.json(["id": .string(id), "object": "response", "deleted": true]) }
+        let cancelled = call.request.path.hasSuffix("/cancel")
+        let reply = "Mock response \(suffix.prefix(8))."
+        let output: [JSONValue] = cancelled ? [] : [ids.messageItem(reply, status: "completed")]
+        let usage = cancelled ? JSONValue.null : Self.mockResponsesUsage(input: 1, output: Self.tokenCount(reply))
+        return Mock.json(Self.mockResponseObject(ids, model: "gpt-4o-mini", status: cancelled ? "cancelled" : "completed", output: output, usage: usage))
     }
 
     /// A response's usage, as the Responses API reports it.

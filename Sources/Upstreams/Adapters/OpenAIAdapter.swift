@@ -7,9 +7,14 @@ import NIOHTTP1
 /// SDK uploads its runs' traces by default); and the model list (`GET /v1/models`, `GET /v1/models/{id}`),
 /// which SDKs call to check a key or pick a model — a read that spends nothing.
 ///
-/// Not brokered: what reads or changes objects stored under the key by id (`GET /v1/responses/{id}`,
-/// files, batches, fine-tuning). Every agent behind the sidecar shares its key, so OpenAI could not tell
-/// whose they are: one agent could read another's by its id.
+/// Stored responses (`stored_responses`: `GET`/`DELETE /v1/responses/{id}`, `POST …/{id}/cancel`, `GET
+/// …/{id}/input_items` — how an agent polls a `background: true` response) and a new response's
+/// `previous_response_id` name a response by its id. Every agent behind the sidecar shares one key, so
+/// OpenAI cannot tell whose a response is: the call carries the id (`OpenAIParameters.storedResponse`)
+/// and the sidecar lets an agent name only the responses it handed that agent.
+///
+/// Not brokered: the other objects stored under the key by id (files, batches, fine-tuning,
+/// conversations), for the same reason.
 ///
 /// The body is parsed once to read `model`, the token cap and `stream`; the original bytes go upstream
 /// unchanged. The agent's own `Authorization` is removed by the header rules; the real key is injected.
@@ -63,7 +68,7 @@ public struct OpenAIAdapter: ToolAdapter {
     /// run reservation reads them (`Pipeline.policyParameters`), and they are never cached.
     public static func spendsNoTokens(_ action: String) -> Bool {
         switch action {
-        case "models", "moderations", "traces": return true
+        case "models", "moderations", "traces", "stored_responses": return true
         default: return false
         }
     }
@@ -79,12 +84,46 @@ public struct OpenAIAdapter: ToolAdapter {
         return Self.isModelID(id) ? .some(String(id)) : nil
     }
 
+    /// `/v1/responses/{id}` and what follows the id (`""`, `"/cancel"`, `"/input_items"`); nil for any other
+    /// path, and for an id that is not one (`/v1/responses/..%2Ffiles` never reaches OpenAI).
+    static func storedResponsePath(_ path: String) -> (id: String, rest: Substring)? {
+        let prefix = "/v1/responses/"
+        guard path.hasPrefix(prefix) else { return nil }
+        let tail = path.dropFirst(prefix.count)
+        let id = tail.prefix { $0 != "/" }
+        let rest = tail.dropFirst(id.count)
+        guard Self.isResponseID(id), ["", "/cancel", "/input_items"].contains(rest) else { return nil }
+        return (String(id), rest)
+    }
+
+    /// A response id as OpenAI issues them (`resp_` and letters, digits, `_` or `-`).
+    static func isResponseID(_ id: Substring) -> Bool {
+        id.hasPrefix("resp_") && id.utf8.count > 5 && PathSegment.isID(id, extra: Array("_-".utf8), maxBytes: 128)
+    }
+
+    /// A call on a stored response: it spends nothing and is guarded by nothing but its owner (the
+    /// pipeline's check) — a retrieval streams (`?stream=true`) as the answer says, not as a guard reads.
+    private func interpretStoredResponse(_ request: ToolRequest, id: String, rest: Substring) throws(ToolRequestError) -> ToolCall {
+        let allowed: [HTTPMethod] =
+            switch rest {
+            case "/cancel": [.POST]
+            case "/input_items": [.GET]
+            default: [.GET, .DELETE]
+            }
+        guard allowed.contains(request.method) else {
+            throw .unknownAction("openai stored responses: GET or DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items")
+        }
+        var params = OpenAIParameters(model: nil, maxTokens: nil, stream: false, temperature: nil, estimatedInputTokens: 0)
+        params.storedResponse = id
+        return ToolCall(tool: tool, action: "stored_responses", request: request, parameters: .openai(params))
+    }
+
     /// A model id as a path segment (`PathSegment`; fine-tuned ids hold ':', '_' and '.').
     static func isModelID(_ id: Substring) -> Bool { PathSegment.isID(id, extra: modelIDExtra, maxBytes: 256) }
     private static let modelIDExtra = Array("._:-".utf8)
 
     /// The members of a request body that `interpret` reads.
-    static let guardedMembers = ["model"] + tokenCaps + choiceCounts + ["stream", "temperature"]
+    static let guardedMembers = ["model"] + tokenCaps + choiceCounts + ["stream", "temperature", "previous_response_id"]
     /// How many outputs one request asks for, each with the full token cap: chat's `n` choices, the legacy
     /// endpoint's `best_of` candidates (of which `n` are returned).
     static let choiceCounts = ["n", "best_of"]
@@ -104,9 +143,12 @@ public struct OpenAIAdapter: ToolAdapter {
             let params = OpenAIParameters(model: model, maxTokens: nil, stream: false, temperature: nil, estimatedInputTokens: 0)
             return ToolCall(tool: tool, action: "models", request: request, parameters: .openai(params))
         }
+        if let (id, rest) = Self.storedResponsePath(request.path) {
+            return try interpretStoredResponse(request, id: id, rest: rest)
+        }
         guard let action = Self.actionByPath[request.path] else {
             throw .unknownAction(
-                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/traces/ingest and GET /v1/models")
+                "openai supports POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/traces/ingest, GET /v1/models and the stored responses /v1/responses/{id}")
         }
         guard request.method == .POST else { throw .unknownAction("openai \(action) must be POST") }
         if Self.uploadActions.contains(action) { return try interpretUpload(request, action: action) }
@@ -153,6 +195,12 @@ public struct OpenAIAdapter: ToolAdapter {
             model: model?.stringValue, maxTokens: maxTokens, stream: stream, temperature: temperature,
             estimatedInputTokens: max(1, body.readableBytes / 4))
         params.choices = uncapped ? 1 : choices
+        if action == "responses", let previous = json["previous_response_id"], previous != .null {
+            guard let id = previous.stringValue, Self.isResponseID(Substring(id)) else {
+                throw .invalidParameter("previous_response_id must be a response id (resp_…)")
+            }
+            params.storedResponse = id
+        }
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
     }
 
@@ -301,6 +349,7 @@ public struct OpenAIAdapter: ToolAdapter {
             }
             return Mock.json(Self.mockModel(id))
         }
+        if call.action == "stored_responses" { return mockStoredResponse(call) }
         if Self.uploadActions.contains(call.action) { return mockUpload(call) }
         guard let json = Mock.bodyJSON(call), case .openai(let p) = call.parameters else {
             return Mock.openAIError("mock: body is not JSON")
