@@ -29,7 +29,7 @@ struct StoredResponseTests {
         #expect(try Self.named(.POST, "/v1/chat/completions", body: #"{"model":"m","messages":[],"previous_response_id":"resp_x1"}"#) == ("chat", nil))
     }
 
-    @Test func aWrongMethodOrIdIsRefused() {
+    @Test func aWrongMethodOrIdIsRefused() throws {
         for (method, path) in [(HTTPMethod.POST, "/v1/responses/resp_a"), (.PUT, "/v1/responses/resp_a"), (.GET, "/v1/responses/resp_a/cancel"),
                                (.DELETE, "/v1/responses/resp_a/input_items")] {
             #expect(throws: ToolRequestError.self) { try Self.adapter.interpret(ToolRequest(method: method, path: path)) }
@@ -39,6 +39,12 @@ struct StoredResponseTests {
                 try Self.adapter.interpret(ToolRequest(method: .POST, path: "/v1/responses", body: ByteBuffer(string: #"{"model":"m","previous_response_id":"# + value + "}")))
             }
         }
+        for value in [#""conv_1""#, #"{"id":"conv_1"}"#] {
+            #expect(throws: ToolRequestError.self) {
+                try Self.adapter.interpret(ToolRequest(method: .POST, path: "/v1/responses", body: ByteBuffer(string: #"{"model":"m","input":"hi","conversation":"# + value + "}")))
+            }
+        }
+        #expect(try Self.named(.POST, "/v1/responses", body: #"{"model":"m","input":"hi","conversation":null}"#) == ("responses", nil))
         // Named twice, it is ambiguous (the upstream would read one of the two).
         #expect(throws: ToolRequestError.self) {
             try Self.adapter.interpret(ToolRequest(

@@ -110,6 +110,10 @@ def test_an_agent_uses_only_the_responses_it_was_handed_and_they_survive_a_resta
     assert not upstream_calls_naming(https_upstream, "resp_0999a1b2c3")
     line = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("outcome") == "response_not_found")
     assert line["action"] == "stored_responses" and line["status"] == 404
+    # Nor does a conversation: no answer through the sidecar hands one out.
+    with pytest.raises(openai.BadRequestError) as e:
+        a.responses.create(model="gpt-4.1-mini", input="x", conversation="conv_0001")
+    assert e.value.body["code"] == "invalid_parameter" and not upstream_calls_naming(https_upstream, "conv_0001")
     # A path that is not a response id never reaches OpenAI.
     r = requests.get(f"{s.proxy_url}/openai/v1/responses/resp_a%2F..%2Ffiles", headers={"Authorization": f"Bearer {ta}"}, timeout=5)
     assert r.status_code == 400 and r.json()["code"] == "unknown_action"

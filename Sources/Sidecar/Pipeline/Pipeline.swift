@@ -487,7 +487,8 @@ final class Pipeline: Sendable {
         return SHA256Value(hasher.finalize())
     }
 
-    /// The call is a side effect the ledger covers, or needs approval: `call` guards it, in a task.
+    /// The call is a side effect the ledger covers, needs approval, or names a stored response whose owner
+    /// is read first: `call` guards it, in a task.
     func isGuarded(_ prepared: Prepared) -> Bool {
         prepared.evaluated.approval != nil || idempotency?.settings.covers(prepared.call.tool, action: prepared.call.action) == true
             || Self.storedResponse(prepared.call) != nil

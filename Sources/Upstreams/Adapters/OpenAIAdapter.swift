@@ -123,7 +123,7 @@ public struct OpenAIAdapter: ToolAdapter {
     private static let modelIDExtra = Array("._:-".utf8)
 
     /// The members of a request body that `interpret` reads.
-    static let guardedMembers = ["model"] + tokenCaps + choiceCounts + ["stream", "temperature", "previous_response_id"]
+    static let guardedMembers = ["model"] + tokenCaps + choiceCounts + ["stream", "temperature", "previous_response_id", "conversation"]
     /// How many outputs one request asks for, each with the full token cap: chat's `n` choices, the legacy
     /// endpoint's `best_of` candidates (of which `n` are returned).
     static let choiceCounts = ["n", "best_of"]
@@ -200,6 +200,11 @@ public struct OpenAIAdapter: ToolAdapter {
                 throw .invalidParameter("previous_response_id must be a response id (resp_…)")
             }
             params.storedResponse = id
+        }
+        // A conversation is an object stored under the shared key that no answer through the sidecar hands
+        // out (the Conversations API is not brokered): naming one would read whatever it holds.
+        if action == "responses", let conversation = json["conversation"], conversation != .null {
+            throw .invalidParameter("conversation: conversations are not brokered (stored under the key every agent shares); continue with previous_response_id or send the input")
         }
         return ToolCall(tool: tool, action: action, request: request, parameters: .openai(params))
     }
