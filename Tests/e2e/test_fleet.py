@@ -463,3 +463,19 @@ def test_a_stored_response_handed_out_by_one_sidecar_is_its_agents_on_every_side
         with pytest.raises(openai.NotFoundError) as e:
             b.responses.retrieve(made.id)
         assert e.value.body["code"] == "response_not_found"
+    # Redis down: what a sidecar remembers still answers; what it would have to read is 503, not a guess.
+    redis.kill()
+    try:
+        time.sleep(0.2)
+        assert a2.responses.retrieve(made.id).status == "completed"
+        b = openai.OpenAI(base_url=f"{s2.proxy_url}/openai/v1", api_key=tb, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            b.responses.retrieve(made.id)
+        assert e.value.status_code == 503 and e.value.body["code"] == "state_unavailable"
+        # A response created meanwhile is still its agent's on the sidecar that handed it out.
+        a1 = openai.OpenAI(base_url=f"{s1.proxy_url}/openai/v1", api_key=ta, max_retries=0)
+        later = a1.responses.create(model="gpt-4o-mini", input="while redis is down", background=True)
+        assert a1.responses.retrieve(later.id).status == "completed"
+        s1.wait_for_log(lambda r: r.get("msg", "").startswith("stored responses: owners could not be recorded"))
+    finally:
+        redis.start()

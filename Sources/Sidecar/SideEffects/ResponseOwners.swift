@@ -27,6 +27,8 @@ final class ResponseOwners: Sendable {
     private let recent = Mutex(LRUCache<Pair, Bool>(capacity: 16_384))
     private let now: @Sendable () -> Int64
     private let logger: Logger
+    /// A store that is down fails every claim: one line per 10 s says how many.
+    private let failures = LogThrottle()
 
     private struct Pair: Hashable {
         var id: String
@@ -47,11 +49,13 @@ final class ResponseOwners: Sendable {
             return false
         }
         guard !known else { return }
-        let (store, logger, at) = (store, logger, now())
+        let (store, logger, failures, at) = (store, logger, failures, now())
         Task {
             do { try await store.claim(id, agent: agent, ttl: Self.ttl, now: at) } catch {
-                logger.warning("stored responses: a response's owner could not be recorded; it stays readable through this sidecar until it restarts",
-                    metadata: ["agent": "\(agent)", "error": "\(error)"])
+                guard let count = failures.admit() else { return }
+                logger.warning(
+                    "stored responses: owners could not be recorded; those responses stay readable through this sidecar while it remembers them",
+                    metadata: ["failures": "\(count)", "error": "\(error)"])
             }
         }
     }
