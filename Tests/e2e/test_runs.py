@@ -505,6 +505,7 @@ def test_polling_a_background_response_is_not_a_loop(start):
     made = client.responses.create(model="gpt-4o-mini", input="deep research", background=True)
     for _ in range(12):
         assert client.responses.retrieve(made.id).status == "completed"
+        assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     assert api(s, "GET", f"/api/runs/{run}").json()["status"] == "running"
     for _ in range(4):  # five creations of the same response in all
         client.responses.create(model="gpt-4o-mini", input="deep research", background=True)

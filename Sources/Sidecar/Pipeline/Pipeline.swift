@@ -275,7 +275,14 @@ final class Pipeline: Sendable {
         return RunCall(
             run: run, agent: prepared.identity.agentID, role: prepared.identity.role, requestID: prepared.requestID, tool: call.tool,
             action: call.action, parameters: Self.policyParameters(call), fingerprint: RunCall.fingerprint(call), meter: meter,
-            polls: Self.storedResponse(call) != nil && call.request.method == .GET)
+            polls: Self.isPoll(call))
+    }
+
+    /// A read an agent repeats by design and that spends and changes nothing: a stored response polled
+    /// until it is done, the model list an SDK reads to check its key. The loop breaker does not see it.
+    static func isPoll(_ call: ToolCall) -> Bool {
+        guard call.tool == .openai, call.request.method == .GET || call.request.method == .HEAD else { return false }
+        return call.action == "models" || storedResponse(call) != nil
     }
 
     /// The rest of the call (admit, credential, upstream), from a task (`runCall`: already admitted by
