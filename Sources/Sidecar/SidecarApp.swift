@@ -124,6 +124,7 @@ public enum SidecarApp {
             settings[tool] = UpstreamClientSettings(
                 connectTimeout: t.connectTimeout, caBundlePath: config.caBundlePath, http2: config.http2,
                 maxConnectionsPerHost: config.maxConnectionsPerHost)
+            settings[tool]?.proxy = config.upstreamProxy
         }
         let live = try HTTPClientTransport(settings: settings, logger: Logger(label: "upstream"))
         started.add { await live.shutdown() }
@@ -132,7 +133,7 @@ public enum SidecarApp {
         let pool = try HTTP1ConnectionPool(
             connectTimeouts: config.tools.mapValues(\.connectTimeout), maxIdlePerOrigin: config.maxConnectionsPerHost, tls: tls)
         started.add { pool.shutdown() }
-        let clients = ProtocolRouterTransport(http1: pool, http2Capable: live, offerHTTP2: config.http2)
+        let clients = ProtocolRouterTransport(http1: pool, http2Capable: live, offerHTTP2: config.http2, proxied: config.upstreamProxy != nil)
         // The configured listeners now (a fixed port is known before it is bound), the bound ones as they come up.
         let egress = EgressGuard(
             allowed: config.egressAllow, ownListeners: [config.proxyListen, config.adminListen].map { Self.listener(host: $0.host, port: $0.port) })
@@ -154,7 +155,9 @@ public enum SidecarApp {
         let resilience = ResilientCaller(
             transport: chaos, settings: resilienceSettings, metrics: metrics, logger: logger, fleet: fleet, shared: sharedCache)
         let transport = chaos
-        let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
+        var oauthConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
+        oauthConfiguration.proxy = config.upstreamProxy?.clientProxy
+        let oauthClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: oauthConfiguration)
         started.add { try? await oauthClient.shutdown() }
         // Every value the sidecar injects, and the canaries: what no outbound call may carry.
         let secrets = SecretCatalog()
@@ -316,6 +319,7 @@ public enum SidecarApp {
                 "chaos": "\(config.chaos.enabled)", "state": "\(redis.map { "\(RedisLocation(seeds: $0.seeds, cluster: $0.cluster))" } ?? "embedded")",
                 "policy": "\(policy.policy.hash.prefix(16))",
                 "max_connections": "proxy=\(caps.proxy),admin=\(caps.admin),descriptors=\(descriptors)",
+                "upstream_proxy": "\(config.upstreamProxy.map { "\($0)" } ?? "none")",
             ])
         let reload = ReloadOnHangup(logger: logger) {
             let versions = try credentials.reload()

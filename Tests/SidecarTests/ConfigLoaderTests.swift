@@ -180,6 +180,8 @@ struct ConfigLoaderTests {
         ("auth: {required: false}\nlisten: {proxy: \"localhost:8080\"}", []),
         ("auth: {required: false}\nlisten: {proxy: \"[::1]:8080\"}", []),
         ("listen: {proxy: \"0.0.0.0:8080\"}", []),
+        ("upstream: {proxy: \"http://proxy.corp:3128\"}\ntools: {http_fetch: {mode: live}}", ["upstream.proxy"]),
+        ("upstream: {proxy: \"http://proxy.corp:3128\"}\ntools: {http_fetch: {mode: mock}}", []),
     ])
     func riskySettingsAreNamed(_ document: String, _ fields: [String]) throws {
         #expect(try ConfigLoader.parse(document).warnings().map(\.field) == fields)

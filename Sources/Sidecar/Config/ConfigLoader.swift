@@ -63,7 +63,13 @@ public enum ConfigLoader {
         c.limits.maxConnections = try connectionCap(limits["max_connections"])
 
         let upstream = root["upstream"]
-        try upstream.checkKeys(["ca_bundle", "http2", "max_connections_per_host"])
+        try upstream.checkKeys(["ca_bundle", "http2", "max_connections_per_host", "proxy"])
+        if let text = try upstream["proxy"].string(), !text.isEmpty {
+            switch UpstreamProxy.parse(text) {
+            case .success(let proxy): c.upstreamProxy = proxy
+            case .failure(let e): throw upstream["proxy"].error(e.reason)
+            }
+        }
         if let ca = try upstream["ca_bundle"].string() {
             guard FileManager.default.isReadableFile(atPath: ca) else { throw upstream["ca_bundle"].error("file not readable: \(ca)") }
             c.caBundlePath = ca

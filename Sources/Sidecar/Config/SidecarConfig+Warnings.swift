@@ -38,6 +38,15 @@ extension SidecarConfig {
                     field: "egress.allow_cidrs[\(i)]",
                     message: "\(cidr) lets http_fetch reach the cloud metadata service (169.254.169.254), where instance credentials live"))
         }
+        // The egress proxy carries the brokered tools; http_fetch connects to the address its guard
+        // checked, which a proxy resolving the name again would not be.
+        if let proxy = upstreamProxy, tools[.httpFetch]?.mode == .live {
+            out.append(
+                ConfigWarning(
+                    field: "upstream.proxy",
+                    message: "carries serpapi, openai and gmail_send through \(proxy); http_fetch still connects straight to its destination (its SSRF guard checks the address it connects to), so on a host without its own route out it fails (or deny http_fetch in the policy)"
+                ))
+        }
         // Without authentication the proxy spends this host's credentials for whoever reaches it: on
         // loopback that is this host's processes; anywhere else, the network (Smokescreen's "open proxy").
         if !auth.required, !Self.isLoopback(proxyListen.host) {

@@ -138,6 +138,8 @@ public struct SidecarConfig: Sendable {
     /// informational, then meets the body; `test_fuzz.py` pins it). HTTP/1.1 over the sidecar's own pool
     /// refuses such an answer as a 502, and costs less CPU per request.
     public var http2 = false
+    /// `upstream.proxy`: the HTTP egress proxy brokered calls leave through (nil: straight out).
+    public var upstreamProxy: UpstreamProxy?
     public var maxConnectionsPerHost = 256
     public var tools: [Tool: ToolConfig] = Dictionary(uniqueKeysWithValues: Tool.allCases.map { ($0, ToolConfig.defaults(for: $0)) })
     public var logLevel = "info"

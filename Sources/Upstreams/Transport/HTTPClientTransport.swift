@@ -15,6 +15,8 @@ public struct UpstreamClientSettings: Sendable, Hashable {
     public var http2: Bool
     public var maxConnectionsPerHost: Int
     public var idleTimeout: Duration
+    /// The HTTP proxy calls leave through (`upstream.proxy`); nil: straight to the upstream.
+    public var proxy: UpstreamProxy?
 
     public init(
         connectTimeout: Duration = .seconds(5), caBundlePath: String? = nil, http2: Bool = true,
@@ -51,7 +53,7 @@ public final class HTTPClientTransport: UpstreamTransport {
                 tlsConfiguration: tls, redirectConfiguration: .disallow,
                 timeout: .init(connect: TimeAmount(s.connectTimeout), read: nil),
                 connectionPool: .init(idleTimeout: TimeAmount(s.idleTimeout)),
-                proxy: nil, ignoreUncleanSSLShutdown: false, decompression: .disabled)
+                proxy: s.proxy?.clientProxy, ignoreUncleanSSLShutdown: false, decompression: .disabled)
             config.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = s.maxConnectionsPerHost
             // Our own retry layer decides about retries; a refused connect must fail fast.
             config.connectionPool.retryConnectionEstablishment = false
@@ -110,6 +112,13 @@ public final class HTTPClientTransport: UpstreamTransport {
                 return UpstreamError(.protocolError, beforeSend: false, detail: "connection closed by upstream")
             case .invalidURL, .emptyHost, .emptyScheme:
                 return UpstreamError(.unreachable, beforeSend: true, detail: "invalid upstream URL")
+            // The egress proxy (`upstream.proxy`) did not open the tunnel: nothing reached the upstream.
+            case .proxyAuthenticationRequired:
+                return UpstreamError(.unreachable, beforeSend: true, detail: "the egress proxy refused the sidecar's proxy credentials (407)")
+            case .invalidProxyResponse:
+                return UpstreamError(.unreachable, beforeSend: true, detail: "the egress proxy did not open a tunnel to the upstream")
+            case .httpProxyHandshakeTimeout:
+                return UpstreamError(.unreachable, beforeSend: true, detail: "the egress proxy did not answer CONNECT in time")
             default:
                 return UpstreamError(.protocolError, beforeSend: false, detail: "client error \(e.shortDescription)")
             }
@@ -182,5 +191,12 @@ final class StreamingResponseDelegate: HTTPClientResponseDelegate, @unchecked Se
 
     func didFinishRequest(task: HTTPClient.Task<Void>) throws {
         body.finish()
+    }
+}
+
+extension UpstreamProxy {
+    /// The proxy as async-http-client takes it (its credentials as `Proxy-Authorization: Basic`).
+    public var clientProxy: HTTPClient.Configuration.Proxy {
+        .server(host: host, port: port, authorization: username.map { .basic(username: $0, password: password ?? "") })
     }
 }
