@@ -12,6 +12,18 @@ public enum HeaderRules {
     /// The `Via` pseudonym this sidecar adds to forwarded messages.
     public static let viaValue = "1.1 agent-sidecar"
 
+    /// This process's mark, in the comment of the `Via` it adds on the way up (`1.1 agent-sidecar
+    /// (3f9a1c2b)`): a request that comes in carrying it went out of this sidecar and came back — a tool's
+    /// `base_url` or the egress proxy pointing at the sidecar itself — and is refused instead of sent
+    /// round again (`isLoop`). Random per process: sidecars chained on purpose never share one.
+    public static let loopMark = String(UInt32.random(in: .min ... .max), radix: 16)
+    static let upstreamVia = viaValue + " (" + loopMark + ")"
+
+    /// Whether a request's `Via` fields carry this process's mark.
+    public static func isLoop(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "via"].contains { $0.contains("(" + loopMark + ")") }
+    }
+
     /// The headers an upstream sees: cleaned, `Host` from the target, `Via` appended, request id attached.
     public static func upstreamHeaders(
         from agentHeaders: HTTPHeaders, tool: Tool, target: TargetURL, requestID: String
@@ -23,7 +35,7 @@ public enum HeaderRules {
     public static func upstreamHeaders(
         from agentHeaders: HTTPHeaders, tool: Tool, authority: String, requestID: String
     ) -> HTTPHeaders {
-        forwarded(agentHeaders, host: authority, requestID: requestID) { field in
+        forwarded(agentHeaders, host: authority, requestID: requestID, via: upstreamVia) { field in
             switch field {
             // Carried into what the sidecar writes at the end: the gathered `Via`, the request id.
             case .requestID, .via: true
@@ -59,7 +71,7 @@ public enum HeaderRules {
     /// The upstream's own `X-Request-Id` (OpenAI's `req_…`, what its support asks for) is passed on as
     /// `X-Upstream-Request-Id`: `X-Request-Id` is the sidecar's, the id of its access log line.
     public static func agentHeaders(from upstreamHeaders: HTTPHeaders, requestID: String, dropLength: Bool = false) -> HTTPHeaders {
-        forwarded(upstreamHeaders, host: nil, requestID: requestID, keepingUpstreamID: true) { field in
+        forwarded(upstreamHeaders, host: nil, requestID: requestID, via: viaValue, keepingUpstreamID: true) { field in
             switch field {
             case .hopByHop, .requestID, .via: true
             case .contentLength: dropLength
@@ -76,7 +88,7 @@ public enum HeaderRules {
     /// `keep-alive` / `close` name nothing) sends the message down a second pass that knows the names
     /// first, because a named field may come before the `Connection` field that names it.
     private static func forwarded(
-        _ source: HTTPHeaders, host: String?, requestID: String, named: ConnectionNamed? = nil, keepingUpstreamID: Bool = false,
+        _ source: HTTPHeaders, host: String?, requestID: String, via ours: String, named: ConnectionNamed? = nil, keepingUpstreamID: Bool = false,
         drops: (HeaderName.Class) -> Bool
     ) -> HTTPHeaders {
         // Collected as pairs and wrapped once: `HTTPHeaders.add` checks each name for non-ASCII bytes
@@ -91,7 +103,8 @@ public enum HeaderRules {
             let field = HeaderName.classify(name)
             if named == nil, field.isConnection, !ConnectionNamed(value: value).names.isEmpty {
                 return forwarded(
-                    source, host: host, requestID: requestID, named: connectionNamed(source), keepingUpstreamID: keepingUpstreamID, drops: drops)
+                    source, host: host, requestID: requestID, via: ours, named: connectionNamed(source), keepingUpstreamID: keepingUpstreamID,
+                    drops: drops)
             }
             if case .via = field { via = via.map { $0 + ", " + value } ?? value }
             if !upstreamID, case .requestID = field {
@@ -101,7 +114,7 @@ public enum HeaderRules {
             if !drops(field) { fields.append((name, value)) }
         }
         if let host { fields.append(("Host", host)) }
-        fields.append(("Via", via.map { $0 + ", " + viaValue } ?? viaValue))
+        fields.append(("Via", via.map { $0 + ", " + ours } ?? ours))
         fields.append(("X-Request-Id", requestID))
         return HTTPHeaders(fields)
     }

@@ -28,6 +28,10 @@ struct RetryTests {
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 503, expected: .status5xx),
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 500, expected: .status5xx),
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 501, expected: nil),
+        Row(tool: .serpapi, traits: readOnly, method: .GET, status: 505, expected: nil),
+        Row(tool: .openai, traits: readOnly, method: .POST, status: 508, expected: nil),
+        Row(tool: .httpFetch, traits: readOnly, method: .GET, status: 511, expected: nil),
+        Row(tool: .httpFetch, traits: readOnly, method: .GET, status: 599, expected: .status5xx),
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 429, expected: nil),
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 404, expected: nil),
         Row(tool: .serpapi, traits: readOnly, method: .GET, status: 200, expected: nil),
@@ -50,6 +54,13 @@ struct RetryTests {
     ])
     func whatIsRetried(_ row: Row) {
         #expect(RetryPolicy.reason(tool: row.tool, traits: row.traits, method: row.method, status: row.status, error: row.error) == row.expected)
+    }
+
+    @Test func anUpstreamThatSaysDoNotRetryIsHeard() {
+        #expect(RetryPolicy.saysDoNotRetry(["x-should-retry": "false"]))
+        #expect(RetryPolicy.saysDoNotRetry(["X-Should-Retry": " FALSE "]))
+        #expect(!RetryPolicy.saysDoNotRetry(["x-should-retry": "true"]))
+        #expect(!RetryPolicy.saysDoNotRetry([:]))
     }
 
     @Test func fullJitterBackoffStaysUnderTheExponentialCeilingAndTheCap() {

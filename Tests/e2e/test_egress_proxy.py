@@ -6,6 +6,7 @@ import base64
 import socket
 import subprocess
 import threading
+import time
 
 import openai
 import requests
@@ -128,3 +129,28 @@ def test_a_proxy_url_the_sidecar_cannot_use_is_a_config_error_that_never_echoes_
         out = p.stdout + p.stderr
         assert p.returncode != 0 and "upstream.proxy" in out and reason in out, (value, out)
         assert "s3cret" not in out
+
+
+def test_a_sidecar_configured_to_call_itself_refuses_the_loop_at_once(pki, sidecar_factory):
+    """A careless configuration: a tool's base_url, or the egress proxy, pointing back at the sidecar. The
+    request comes back carrying the Via mark the sidecar put on it and is answered 508 `forwarding_loop`
+    at the first return — not sent round until a limit stops it (with authentication off nothing else would)."""
+    port = free_port()
+    env = {**LIVE_ENV, "SIDECAR_PROXY_LISTEN": f"127.0.0.1:{port}"}
+    cfg = f"version: 1\nauth: {{required: false}}\ntools:\n  serpapi: {{mode: live, base_url: \"http://127.0.0.1:{port}/serpapi\"}}\n"
+    s = sidecar_factory(cfg, env=env)
+    r = requests.get(f"{s.proxy_url}/serpapi/search?q=round", timeout=15)
+    assert r.status_code == 508 and r.json()["code"] == "forwarding_loop", r.text
+    time.sleep(0.3)
+    assert sum(1 for l in s.lines if '"msg":"access"' in l) == 2  # the call, and its one return
+
+    port = free_port()
+    env = {**LIVE_ENV, "SIDECAR_PROXY_LISTEN": f"127.0.0.1:{port}"}
+    cfg = (f"version: 1\nauth: {{required: false}}\nupstream: {{proxy: \"http://127.0.0.1:{port}\", ca_bundle: \"{pki.ca_pem}\"}}\n"
+           "tools:\n  openai: {mode: live, base_url: \"https://api.openai.com\"}\n")
+    s = sidecar_factory(cfg, env=env)
+    (s.state_dir / "ca").exists()
+    r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, timeout=15)
+    assert r.status_code in (502, 508), r.text
+    time.sleep(0.3)
+    assert sum(1 for l in s.lines if '"msg":"access"' in l) <= 3

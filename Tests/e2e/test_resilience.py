@@ -142,6 +142,28 @@ def test_transient_failures_are_retried_and_gmail_never_is(pki, https_upstream, 
     assert sends.calls == 1, "a send must never be retried"
 
 
+def test_an_upstream_that_says_do_not_retry_or_answers_a_permanent_5xx_is_not_retried(pki, https_upstream, sidecar_factory):
+    calls = {"n": 0}
+
+    def refuse(h, rec):
+        calls["n"] += 1
+        q = rec.path.split("q=")[1].split("&")[0]
+        if q == "told":
+            return FakeUpstream.send_json(h, 503, {"error": "no"}, extra_headers=[("x-should-retry", "false")])
+        FakeUpstream.send_json(h, int(q), {"error": "permanent"})
+
+    https_upstream.routes["/search"] = refuse
+    # A breaker that opens only on a long run of failures: each answer here is one.
+    s = sidecar_factory(live_config(pki, https_upstream, extra=RESILIENCE.replace("consecutive_failures: 3", "consecutive_failures: 50")), env=LIVE_ENV)
+    token = s.new_token()
+    for q, status in [("told", 503), ("508", 508), ("505", 505), ("511", 511)]:
+        calls["n"] = 0
+        assert serp(s, token, q).status_code == status
+        assert calls["n"] == 1, q
+    calls["n"] = 0
+    assert serp(s, token, "503").status_code == 503 and calls["n"] == 3  # a plain 503 still is
+
+
 def test_openai_429_honours_retry_after_ms(pki, https_upstream, sidecar_factory):
     state = {"n": 0, "times": []}
 

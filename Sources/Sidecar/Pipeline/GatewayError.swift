@@ -27,6 +27,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
         case connectPortDenied = "connect_port_denied"
         case misdirectedRequest = "misdirected_request"
         case responseNotFound = "response_not_found"
+        case forwardingLoop = "forwarding_loop"
         // Identity (401 on reverse routes and the compatibility API, 407 on the forward proxy).
         case tokenMissing = "token_missing"
         case tokenMalformed = "token_malformed"
@@ -104,6 +105,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .methodNotAllowed: return .methodNotAllowed
             case .unsupportedMediaType: return .unsupportedMediaType
             case .misdirectedRequest: return .misdirectedRequest
+            case .forwardingLoop: return .loopDetected
             case .connectRefused, .connectPortDenied, .scopeDenied, .paramDenied, .offHours, .egressDenied, .secretExfiltration: return .forbidden
             case .approvalPending, .approvalDenied, .approvalExpired, .approvalForbidden: return .forbidden
             case .approvalNotFound, .responseNotFound: return .notFound
@@ -152,6 +154,7 @@ public struct GatewayError: Error, Sendable, Hashable, CustomStringConvertible {
             case .connectPortDenied: return "CONNECT port not allowed"
             case .misdirectedRequest: return "Request for another host than the tunnel's"
             case .responseNotFound: return "No such stored response for this agent"
+            case .forwardingLoop: return "Request came back to the sidecar that sent it"
             case .tokenMissing: return "Agent token required"
             case .tokenMalformed: return "Agent token malformed"
             case .tokenInvalid: return "Agent token invalid"

@@ -504,6 +504,14 @@ final class Pipeline: Sendable {
     /// classify ─► authenticate ─► interpret ─► scope ─► policy (synchronous). nil for the
     /// compatibility API, whose envelope is read by `compat`.
     func prepare(_ request: InboundRequest, record: inout RequestRecord) throws(GatewayError) -> Prepared? {
+        // A request this sidecar sent upstream, come back: a tool's base_url (or the egress proxy) points
+        // at the sidecar itself. Refused before anything else, or it would go round until a limit stopped it.
+        if request.head.headers.contains(name: "via"), HeaderRules.isLoop(request.head.headers) {
+            record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
+            throw GatewayError(
+                .forwardingLoop,
+                "this request already went out of this sidecar: a tool's base_url or upstream.proxy points back at the sidecar itself")
+        }
         if let problem = HostField.problem(in: request.head) {
             record.entry = ProxyHTTPHandler.entry(of: request.head, tunnel: request.tunnel)
             throw problem

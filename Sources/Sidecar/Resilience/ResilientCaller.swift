@@ -384,10 +384,13 @@ final class ResilientCaller: Sendable {
         let status: Int?
         let error: UpstreamError?
         var throttleWait: Int64?
+        var upstreamSaysNo = false
         switch sent {
         case .response(let r):
             (status, error) = (Int(r.status.code), nil)
             if r.status == .tooManyRequests { throttleWait = RetryPolicy.serverDelay(r.headers) }
+            // OpenAI's (and every Stainless-served API's) word that the same request will fail again.
+            upstreamSaysNo = r.status.code >= 400 && RetryPolicy.saysDoNotRetry(r.headers)
         case .failure(let e):
             (status, error) = (nil, e)
         }
@@ -398,7 +401,7 @@ final class ResilientCaller: Sendable {
             breakers.withLock { b in b[c.breakerKey]?.onThrottleHint(waitMilliseconds: wait, now: t) }
         }
         let reason = RetryPolicy.reason(tool: tool, traits: c.traits, method: c.request.method, status: status, error: error)
-        guard let reason, c.attempt < settings.tools[tool]!.retry.maxAttempts, !c.probe else { return nil }
+        guard let reason, !upstreamSaysNo, c.attempt < settings.tools[tool]!.retry.maxAttempts, !c.probe else { return nil }
         return reason
     }
 

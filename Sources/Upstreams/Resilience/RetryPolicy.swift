@@ -35,8 +35,18 @@ public struct RetryPolicy: Sendable, Hashable {
         }
         guard let status else { return nil }
         if status == 429 { return tool == .openai ? .throttled : nil }
-        if (500...599).contains(status), status != 501 { return .status5xx }
+        if (500...599).contains(status), !permanent5xx.contains(status) { return .status5xx }
         return nil
+    }
+
+    /// Server errors that say the request itself cannot be served, not that the server is struggling:
+    /// 501 Not Implemented, 505 HTTP Version Not Supported, 508 Loop Detected, 511 Network
+    /// Authentication Required. Sent again, they fail again.
+    static let permanent5xx: Set<Int> = [501, 505, 508, 511]
+
+    /// `x-should-retry: false` on an answer: the upstream says the same request will fail again.
+    public static func saysDoNotRetry(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "x-should-retry"].contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "false" }
     }
 
     /// Full-jitter exponential backoff (`random` in [0, 1)): a uniform wait in [0, min(cap, base·2ⁿ)].
