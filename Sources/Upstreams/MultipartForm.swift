@@ -27,10 +27,10 @@ public struct MultipartForm: Sendable, Hashable {
         }
     }
 
-    /// The boundary of a `multipart/form-data` content type, or nil for any other type. Throws when the
-    /// type is multipart/form-data but its boundary is missing, repeated or not RFC 2046's 1–70 bchars.
-    public static func boundary(ofContentType value: String) throws(Failure) -> String? {
-        guard HeaderName.isMediaType(value, "multipart/form-data") else { return nil }
+    /// The boundary of a `multipart/form-data` content type (or of `mediaType`), or nil for any other type.
+    /// Throws when the type is that one but its boundary is missing, repeated or not RFC 2046's 1–70 bchars.
+    public static func boundary(ofContentType value: String, mediaType: String = "multipart/form-data") throws(Failure) -> String? {
+        guard HeaderName.isMediaType(value, mediaType) else { return nil }
         let pieces = value.split(separator: ";", omittingEmptySubsequences: false).dropFirst().map { $0.trimmingCharacters(in: .whitespaces) }
         var boundary: String?
         for piece in pieces where !piece.isEmpty {
@@ -49,7 +49,7 @@ public struct MultipartForm: Sendable, Hashable {
             }
             boundary = String(v)
         }
-        guard let boundary else { throw Failure("multipart/form-data without a boundary") }
+        guard let boundary else { throw Failure("\(mediaType) without a boundary") }
         guard (1...70).contains(boundary.utf8.count), boundary.utf8.last != UInt8(ascii: " "), boundary.utf8.allSatisfy(isBChar) else {
             throw Failure("the boundary is not 1-70 characters RFC 2046 allows")
         }

@@ -361,7 +361,7 @@ struct AdapterFixtureTests {
         #expect(call.action == "send" && p.recipients == ["a@example.com", "b@partner.example", "c@example.org"] && p.subjectBytes == 2)
         #expect(adapter.traits(of: call).sideEffecting)
         #expect(try adapter.interpret(upload("uploadType=media", type: "Message/RFC822; charset=utf-8")).action == "send")
-        for query in ["", "uploadType=multipart", "uploadType=resumable", "uploadType=media&uploadType=media"] {
+        for query in ["", "uploadType=multipart", "uploadType=resumable", "uploadType=media&uploadType=media", "uploadType=multipart&uploadType=media"] {
             #expect(throws: ToolRequestError.self, "\(query)") { try adapter.interpret(upload(query)) }
         }
         #expect(throws: ToolRequestError.unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822")) {

@@ -229,6 +229,46 @@ def test_google_api_python_client_sends_gmail_as_a_media_upload(tunnel_sidecar, 
     assert line["action"] == "send" and line["status"] == 200
 
 
+def test_google_api_python_client_sends_a_reply_in_a_thread_as_a_multipart_upload(tunnel_sidecar, https_upstream, tmp_path):
+    """`send(body={"threadId": …}, media_body=…)`: metadata and message as multipart/related (uploadType=multipart,
+    written by Python's email package with bare LF line ends). Brokered: the recipients of the message part
+    guarded, the real token injected, the bytes unchanged; the same send repeated under a new boundary is
+    the same call to the idempotency ledger (replayed, not sent twice)."""
+    s = tunnel_sidecar
+    sent = []
+
+    def send(h, rec):
+        sent.append(rec)
+        https_upstream.send_json(h, 200, {"id": f"r{len(sent)}", "threadId": "t1", "labelIds": ["SENT"]})
+
+    https_upstream.routes["/upload/gmail/v1/users/me/messages/send"] = send
+    script = """
+        import io, json
+        from email.message import EmailMessage
+        from google.oauth2.credentials import Credentials
+        from googleapiclient.discovery import build
+        from googleapiclient.http import MediaIoBaseUpload
+        message = EmailMessage()
+        message["To"] = "ops@example.com"
+        message["Subject"] = "re: report"
+        message.set_content("numbers attached")
+        message.add_attachment(b"region,total\\n" * 20000, maintype="text", subtype="csv", filename="q3.csv")
+        gmail = build("gmail", "v1", credentials=Credentials(token="placeholder-oauth-token"), cache_discovery=False)
+        out = []
+        for _ in range(2):
+            media = MediaIoBaseUpload(io.BytesIO(message.as_bytes()), mimetype="message/rfc822")
+            out.append(gmail.users().messages().send(userId="me", body={"threadId": "t1"}, media_body=media).execute())
+        print(json.dumps(out))
+    """
+    result = run_client("main", script, client_env(s, s.new_token(), s.ca_file, tmp_path))
+    assert [r["id"] for r in result] == ["r1", "r1"] and len(sent) == 1
+    rec = sent[0]
+    assert "uploadType=multipart" in rec.path and rec.header("Content-Type").startswith("multipart/related")
+    assert rec.header("Authorization") == "Bearer ya29.REAL-gmail-token" and b"re: report" in rec.body and b'"threadId": "t1"' in rec.body
+    lines = access_lines(s, "gmail_send")
+    assert lines[-2]["action"] == "send" and lines[-2]["status"] == 200 and lines[-1]["idempotency"] == "replay"
+
+
 def test_stdlib_aiohttp_and_the_async_openai_client(tunnel_sidecar, https_upstream, tmp_path):
     """Three more HTTP stacks an agent may be written on, each taking the proxy from the environment:
     the standard library's urllib (its own CONNECT code), aiohttp with `trust_env=True`, and the openai

@@ -152,10 +152,13 @@ extension RunCall {
     /// SHA-256 of a multipart body's parts without its boundary, or nil (not an upload, or not a
     /// well-formed one).
     static func uploadDigest(_ call: ToolCall) -> String? {
-        guard let body = call.request.body, let type = call.request.headers.first(name: "content-type"),
-            HeaderName.isMediaType(type, "multipart/form-data")
-        else { return nil }
-        return MultipartForm.canonicalDigest(body, contentType: type)
+        guard let body = call.request.body, let type = call.request.headers.first(name: "content-type") else { return nil }
+        if HeaderName.isMediaType(type, "multipart/form-data") { return MultipartForm.canonicalDigest(body, contentType: type) }
+        // A Gmail multipart upload: the metadata and the message, without the boundary.
+        if call.tool == .gmailSend, HeaderName.isMediaType(type, "multipart/related") {
+            return RelatedUpload.canonicalDigest(body, contentType: type, media: "message/rfc822")
+        }
+        return nil
     }
 
     /// A call reduced to what it asks for: tool, action, method, path, target, the query pairs sorted by

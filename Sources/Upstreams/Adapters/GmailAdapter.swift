@@ -64,19 +64,39 @@ public struct GmailAdapter: ToolAdapter {
             bodyBytes: message.bodyBytes, headerInjection: message.headerInjection)
     }
 
-    /// The message of a media upload: `uploadType=media` (given once), the body the RFC 2822 message as
-    /// `message/rfc822`. A multipart or resumable upload wraps the message in a form the guards would have
-    /// to unwrap as Gmail does (metadata beside the message, a session to continue): refused, with what to
-    /// send instead.
+    /// The message of an upload: `uploadType=media` (given once), the body the RFC 2822 message as
+    /// `message/rfc822`; or `uploadType=multipart`, the metadata and the message as `multipart/related`
+    /// (`RelatedUpload`). A resumable upload is a session of several requests, the message in a later
+    /// one than the recipients' check would see: refused, with what to send instead.
     static func uploadedMessage(_ request: ToolRequest) throws(ToolRequestError) -> RFC2822Message {
         let types = request.query.items.filter { $0.name == "uploadType" }.map(\.value)
+        if types == ["multipart"] { return try relatedMessage(request) }
         guard types == ["media"] else {
-            throw .invalidParameter("a Gmail upload must be uploadType=media (the message as message/rfc822), or send {\"raw\": base64url} to /gmail/v1/users/{id}/messages/send")
+            throw .invalidParameter(
+                "a Gmail upload must be uploadType=media (the message as message/rfc822) or multipart (metadata and message as multipart/related), or send {\"raw\": base64url} to /gmail/v1/users/{id}/messages/send")
         }
         let contentTypes = request.headers["content-type"]
         guard contentTypes.count == 1, HeaderName.isMediaType(contentTypes[0], "message/rfc822") else { throw .unsupportedMediaType("a Gmail media upload is the message itself: Content-Type: message/rfc822") }
         guard let body = request.body, body.readableBytes > 0, let message = RFC2822Message.parse(Array(body.readableBytesView)) else {
             throw .invalidBody("the upload is not an RFC 2822 message")
+        }
+        return message
+    }
+
+    /// The message of a multipart upload. Its metadata may say where the message goes (`threadId`,
+    /// `labelIds`); a `raw` there would be a second message beside the one the guards read.
+    static func relatedMessage(_ request: ToolRequest) throws(ToolRequestError) -> RFC2822Message {
+        let expected = "a Gmail multipart upload is multipart/related: the JSON metadata, then the message as message/rfc822"
+        let contentTypes = request.headers["content-type"]
+        guard contentTypes.count == 1, let body = request.body else { throw .unsupportedMediaType(expected) }
+        let parsed: RelatedUpload?
+        do { parsed = try RelatedUpload.parse(body, contentType: contentTypes[0], media: "message/rfc822") } catch {
+            throw .invalidBody("\(expected) (\(error.reason))")
+        }
+        guard let upload = parsed else { throw .unsupportedMediaType(expected) }
+        guard upload.metadata["raw"] == nil else { throw .invalidParameter("the metadata of a multipart upload cannot hold raw as well: the message is the second part") }
+        guard let message = body.withUnsafeReadableBytes({ RFC2822Message.parse(Array(UnsafeRawBufferPointer(rebasing: $0[upload.media]))) }) else {
+            throw .invalidBody("the uploaded part is not an RFC 2822 message")
         }
         return message
     }
