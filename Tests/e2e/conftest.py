@@ -223,6 +223,19 @@ class LoopbackServer:
         self.sock.close()
 
 
+def read_head(sock) -> tuple[bytes, bytes]:
+    """Reads from `sock` until a blank line ends a message head; returns the head and what came after it
+    (the head alone, and nothing after, when the peer closed first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
 # ---------------------------------------------------------------- ports and redis-server
 
 

@@ -11,7 +11,7 @@ import time
 import openai
 import requests
 
-from conftest import BIN, LIVE_ENV, LoopbackServer, free_port, live_config
+from conftest import BIN, LIVE_ENV, LoopbackServer, free_port, live_config, read_head
 
 
 class ConnectProxy(LoopbackServer):
@@ -25,14 +25,10 @@ class ConnectProxy(LoopbackServer):
 
     def _serve(self, conn):
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                head += data
-            text, rest = head.split(b"\r\n\r\n", 1)
-            text = text.decode("latin-1")
+            head, rest = read_head(conn)
+            if not head:
+                return
+            text = head.decode("latin-1")
             self.heads.append(text)
             method, target, _ = text.split("\r\n")[0].split(" ", 2)
             if self.password is not None:

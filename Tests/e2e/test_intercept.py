@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import LIVE_ENV, client_python, live_config, metric, parse_response, sse_chunk, start_chunked
+from conftest import LIVE_ENV, client_python, live_config, metric, parse_response, read_head, sse_chunk, start_chunked
 
 COMPLETION = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
@@ -199,13 +199,8 @@ def test_google_api_python_client_sends_gmail(tunnel_sidecar, https_upstream, tm
     assert access_lines(s, "gmail_send")[-1]["action"] == "send"
 
 
-def test_google_api_python_client_sends_gmail_as_a_media_upload(tunnel_sidecar, https_upstream, tmp_path):
-    """A message with an attachment past the JSON endpoint's size goes as a media upload
-    (`send(media_body=…)`: /upload/gmail/v1/…?uploadType=media, the message as message/rfc822): brokered
-    like the JSON send — recipients read for the guards, the real token injected, the bytes unchanged."""
-    s = tunnel_sidecar
-    https_upstream.routes["/upload/gmail/v1/users/me/messages/send"] = lambda h, rec: https_upstream.send_json(h, 200, {"id": "u1", "labelIds": ["SENT"]})
-    result = run_client("main", """
+# A message with a large attachment, and the Gmail client, as an agent would have them (`message`, `gmail`).
+GMAIL_UPLOAD = """
         import io, json
         from email.message import EmailMessage
         from google.oauth2.credentials import Credentials
@@ -213,10 +208,20 @@ def test_google_api_python_client_sends_gmail_as_a_media_upload(tunnel_sidecar, 
         from googleapiclient.http import MediaIoBaseUpload
         message = EmailMessage()
         message["To"] = "ops@example.com"
-        message["Subject"] = "report with attachment"
+        message["Subject"] = "{subject}"
         message.set_content("see attached")
         message.add_attachment(b"quarterly numbers, region by region\\n" * 30000, maintype="text", subtype="csv", filename="q3.csv")
         gmail = build("gmail", "v1", credentials=Credentials(token="placeholder-oauth-token"), cache_discovery=False)
+"""
+
+
+def test_google_api_python_client_sends_gmail_as_a_media_upload(tunnel_sidecar, https_upstream, tmp_path):
+    """A message with an attachment past the JSON endpoint's size goes as a media upload
+    (`send(media_body=…)`: /upload/gmail/v1/…?uploadType=media, the message as message/rfc822): brokered
+    like the JSON send — recipients read for the guards, the real token injected, the bytes unchanged."""
+    s = tunnel_sidecar
+    https_upstream.routes["/upload/gmail/v1/users/me/messages/send"] = lambda h, rec: https_upstream.send_json(h, 200, {"id": "u1", "labelIds": ["SENT"]})
+    result = run_client("main", GMAIL_UPLOAD.format(subject="report with attachment") + """
         media = MediaIoBaseUpload(io.BytesIO(message.as_bytes()), mimetype="message/rfc822")
         sent = gmail.users().messages().send(userId="me", media_body=media).execute()
         print(json.dumps(sent))
@@ -242,18 +247,7 @@ def test_google_api_python_client_sends_a_reply_in_a_thread_as_a_multipart_uploa
         https_upstream.send_json(h, 200, {"id": f"r{len(sent)}", "threadId": "t1", "labelIds": ["SENT"]})
 
     https_upstream.routes["/upload/gmail/v1/users/me/messages/send"] = send
-    script = """
-        import io, json
-        from email.message import EmailMessage
-        from google.oauth2.credentials import Credentials
-        from googleapiclient.discovery import build
-        from googleapiclient.http import MediaIoBaseUpload
-        message = EmailMessage()
-        message["To"] = "ops@example.com"
-        message["Subject"] = "re: report"
-        message.set_content("numbers attached")
-        message.add_attachment(b"region,total\\n" * 20000, maintype="text", subtype="csv", filename="q3.csv")
-        gmail = build("gmail", "v1", credentials=Credentials(token="placeholder-oauth-token"), cache_discovery=False)
+    script = GMAIL_UPLOAD.format(subject="re: report") + """
         out = []
         for _ in range(2):
             media = MediaIoBaseUpload(io.BytesIO(message.as_bytes()), mimetype="message/rfc822")
@@ -265,8 +259,8 @@ def test_google_api_python_client_sends_a_reply_in_a_thread_as_a_multipart_uploa
     rec = sent[0]
     assert "uploadType=multipart" in rec.path and rec.header("Content-Type").startswith("multipart/related")
     assert rec.header("Authorization") == "Bearer ya29.REAL-gmail-token" and b"re: report" in rec.body and b'"threadId": "t1"' in rec.body
-    lines = access_lines(s, "gmail_send")
-    assert lines[-2]["action"] == "send" and lines[-2]["status"] == 200 and lines[-1]["idempotency"] == "replay"
+    replay = s.wait_for_log(lambda r: r.get("msg") == "access" and r.get("tool") == "gmail_send" and r.get("idempotency") == "replay")
+    assert replay["action"] == "send" and replay["status"] == 200
 
 
 def test_stdlib_aiohttp_and_the_async_openai_client(tunnel_sidecar, https_upstream, tmp_path):
@@ -430,13 +424,7 @@ def connect(s, target, token=None, extra="", timeout=5.0):
     sock = socket.create_connection(("127.0.0.1", s.proxy_port), timeout=timeout)
     auth = proxy_auth(token) if token else ""
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}{extra}\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, rest = read_head(sock)
     m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
     while m and len(rest) < int(m.group(1)):
         chunk = sock.recv(4096)
