@@ -137,6 +137,7 @@ def test_a_sidecar_configured_to_call_itself_refuses_the_loop_at_once(pki, sidec
     s = sidecar_factory(cfg, env=env)
     r = requests.get(f"{s.proxy_url}/serpapi/search?q=round", timeout=15)
     assert r.status_code == 508 and r.json()["code"] == "forwarding_loop", r.text
+    s.wait_for_log(lambda l: l.get("msg") == "access" and l.get("tool") == "serpapi")
     time.sleep(0.3)
     assert sum(1 for l in s.lines if '"msg":"access"' in l) == 2  # the call, and its one return
 
@@ -145,8 +146,8 @@ def test_a_sidecar_configured_to_call_itself_refuses_the_loop_at_once(pki, sidec
     cfg = (f"version: 1\nauth: {{required: false}}\nupstream: {{proxy: \"http://127.0.0.1:{port}\", ca_bundle: \"{pki.ca_pem}\"}}\n"
            "tools:\n  openai: {mode: live, base_url: \"https://api.openai.com\"}\n")
     s = sidecar_factory(cfg, env=env)
-    (s.state_dir / "ca").exists()
     r = requests.post(f"{s.proxy_url}/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, timeout=15)
     assert r.status_code in (502, 508), r.text
+    s.wait_for_log(lambda l: l.get("msg") == "access" and l.get("tool") == "openai" and l.get("entry") == "reverse")
     time.sleep(0.3)
     assert sum(1 for l in s.lines if '"msg":"access"' in l) <= 3
