@@ -134,6 +134,14 @@ struct ConfigLoaderTests {
         #expect(c.proxyListen.port == 0 && c.chaos.enabled && c.redisURL == "redis://127.0.0.1:6379/0")
         #expect(c.mockTools.isEmpty && c.logLevel == "warning")
         #expect(throws: DocumentError.self) { try ConfigLoader.applyEnvironment(["FF_CHAOS": "sometimes"], to: &c) }
+        try ConfigLoader.applyEnvironment(["SIDECAR_UPSTREAM_PROXY": "http://svc:s3cret@proxy.corp:3128"], to: &c)
+        #expect(c.upstreamProxy == UpstreamProxy(host: "proxy.corp", port: 3128, username: "svc", password: "s3cret"))
+        do {
+            try ConfigLoader.applyEnvironment(["SIDECAR_UPSTREAM_PROXY": "https://svc:s3cret@proxy.corp:3128"], to: &c)
+            Issue.record("an https proxy was taken")
+        } catch {
+            #expect(error.path == "env.SIDECAR_UPSTREAM_PROXY" && !"\(error)".contains("s3cret"))
+        }
     }
 
     @Test func leaseClassesAndClusterLocations() throws {

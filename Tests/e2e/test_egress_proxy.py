@@ -108,9 +108,8 @@ def test_a_proxy_that_refuses_or_is_gone_is_a_gateway_error_never_a_direct_call(
         assert proxy.heads and proxy.heads[0].startswith("CONNECT ")
     finally:
         proxy.close()
-    # Nothing listens where the proxy should be.
-    cfg = live_config(pki, https_upstream).replace("upstream:\n", f"upstream:\n  proxy: http://127.0.0.1:{free_port()}\n", 1)
-    gone = sidecar_factory(cfg, env=LIVE_ENV)
+    # Nothing listens where the proxy should be (named in the environment this time).
+    gone = sidecar_factory(live_config(pki, https_upstream), env={**LIVE_ENV, "SIDECAR_UPSTREAM_PROXY": f"http://127.0.0.1:{free_port()}"})
     r = requests.post(f"{gone.proxy_url}/openai/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {gone.new_token()}"}, timeout=15)
     assert r.status_code == 502 and r.json()["code"] == "upstream_unreachable" and not https_upstream.requests
 

@@ -438,6 +438,14 @@ public enum ConfigLoader {
             guard let hp = HostPort.parse(s) else { throw DocumentError(path: "env.SIDECAR_ADMIN_LISTEN", message: "expected host:port") }
             c.adminListen = hp
         }
+        // The egress proxy from a Kubernetes Secret rather than the config file: its URL may hold a password.
+        // (Not the standard HTTPS_PROXY: in an agent's pod that may well point at this sidecar.)
+        if let s = env["SIDECAR_UPSTREAM_PROXY"], !s.isEmpty {
+            switch UpstreamProxy.parse(s) {
+            case .success(let proxy): c.upstreamProxy = proxy
+            case .failure(let e): throw DocumentError(path: "env.SIDECAR_UPSTREAM_PROXY", message: e.reason)
+            }
+        }
         if let s = env["SIDECAR_LOG_LEVEL"] ?? env["LOG_LEVEL"], !s.isEmpty {
             c.logLevel = try logLevel(s, DocumentReader(nil, path: "env.SIDECAR_LOG_LEVEL"))
         }
