@@ -144,11 +144,18 @@ def test_an_agent_uses_only_the_responses_it_was_handed_and_they_survive_a_resta
 
 def test_a_role_without_stored_responses_cannot_read_them(sidecar_factory, tmp_path):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\nroles:\n  writer: {allow: [\"openai:responses\"]}\n")
+    policy.write_text("version: 1\nroles:\n  writer: {allow: [\"openai:responses\"]}\n  developer: {allow: [\"*\"]}\n")
     s = sidecar_factory(f"version: 1\npolicy: {{file: \"{policy}\"}}\n", env={})
     a = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="writer"), max_retries=0)
     made = a.responses.create(model="gpt-4o-mini", input="hi", background=True)
     assert made.status == "queued"
+    # With the scope (the mock): a background response's events streamed again, and resumed after the 3rd.
+    b = openai.OpenAI(base_url=f"{s.proxy_url}/openai/v1", api_key=s.new_token(role="developer"), max_retries=0)
+    mine = b.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    events = list(b.responses.retrieve(mine.id, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed" and events[-1].response.id == mine.id
+    resumed = list(b.responses.retrieve(mine.id, stream=True, starting_after=3))
+    assert [e.sequence_number for e in resumed] == [e.sequence_number for e in events][4:]
     with pytest.raises(openai.PermissionDeniedError) as e:
         a.responses.retrieve(made.id)
     assert e.value.body["code"] == "scope_denied" and "openai:stored_responses" in e.value.body["detail"]

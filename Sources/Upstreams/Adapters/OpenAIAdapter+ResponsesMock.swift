@@ -31,7 +31,12 @@ extension OpenAIAdapter {
             return Mock.json(Self.mockResponseObject(ids, model: model, status: "queued", output: [], usage: nil))
         }
         guard stream else { return Mock.json(done) }
+        return textEventStream(ids, model: model, reply: reply, done: done)
+    }
 
+    /// A text reply's event stream, from `response.created` to `response.completed` (`done`), the events
+    /// numbered past `after` left out (a stored response's stream resumed with `starting_after`).
+    private func textEventStream(_ ids: MockResponseIDs, model: String, reply: String, done: JSONValue, after: Int = -1) -> UpstreamResponse {
         var events = ResponsesEventWriter()
         let started = Self.mockResponseObject(ids, model: model, status: "in_progress", output: [], usage: nil)
         events.append("response.created", ["response": started])
@@ -46,7 +51,8 @@ extension OpenAIAdapter {
         events.append("response.content_part.done", part.merging(["part": MockResponseIDs.text(reply)]) { $1 })
         events.append("response.output_item.done", ["output_index": 0, "item": ids.messageItem(reply, status: "completed")])
         events.append("response.completed", ["response": done])
-        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(events.chunks, delay: mockStreamDelay))
+        let chunks = Array(events.chunks.dropFirst(max(0, after + 1)))
+        return UpstreamResponse(status: .ok, headers: Mock.eventStreamHeaders, body: .chunks(chunks, delay: mockStreamDelay))
     }
 
     /// A response whose one output is a function call, or its event stream.
@@ -88,7 +94,13 @@ extension OpenAIAdapter {
         let reply = "Mock response \(suffix.prefix(8))."
         let output: [JSONValue] = cancelled ? [] : [ids.messageItem(reply, status: "completed")]
         let usage = cancelled ? JSONValue.null : Self.mockResponsesUsage(input: 1, output: Self.tokenCount(reply))
-        return Mock.json(Self.mockResponseObject(ids, model: "gpt-4o-mini", status: cancelled ? "cancelled" : "completed", output: output, usage: usage))
+        let object = Self.mockResponseObject(ids, model: "gpt-4o-mini", status: cancelled ? "cancelled" : "completed", output: output, usage: usage)
+        // `retrieve(id, stream=True, starting_after=n)`: the response's events again, after the n-th.
+        if !cancelled, call.request.query.items.contains(where: { $0.name == "stream" && $0.value == "true" }) {
+            let after = call.request.query.items.last { $0.name == "starting_after" }.flatMap { Int($0.value) } ?? -1
+            return textEventStream(ids, model: "gpt-4o-mini", reply: reply, done: object, after: after)
+        }
+        return Mock.json(object)
     }
 
     /// A response's usage, as the Responses API reports it.
