@@ -17,11 +17,12 @@ public enum HeaderRules {
     /// `base_url` or the egress proxy pointing at the sidecar itself — and is refused instead of sent
     /// round again (`isLoop`). Random per process: sidecars chained on purpose never share one.
     public static let loopMark = String(UInt32.random(in: .min ... .max), radix: 16)
-    static let upstreamVia = viaValue + " (" + loopMark + ")"
+    private static let loopComment = "(" + loopMark + ")"
+    static let upstreamVia = viaValue + " " + loopComment
 
     /// Whether a request's `Via` fields carry this process's mark.
     public static func isLoop(_ headers: HTTPHeaders) -> Bool {
-        headers[canonicalForm: "via"].contains { $0.contains("(" + loopMark + ")") }
+        headers[canonicalForm: "via"].contains { $0.contains(loopComment) }
     }
 
     /// The headers an upstream sees: cleaned, `Host` from the target, `Via` appended, request id attached.

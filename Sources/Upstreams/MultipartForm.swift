@@ -160,6 +160,13 @@ public struct MultipartForm: Sendable, Hashable {
         }
     }
 
+    /// A part's header line as its name and its value (after the colon, white space kept): nil unless the
+    /// name is a token and the line holds no byte a field may not (here and in `RelatedUpload`).
+    static func headerField(_ line: Substring) -> (name: Substring, value: Substring)? {
+        guard let colon = line.firstIndex(of: ":"), FieldSyntax.isToken(String(line[..<colon])), FieldSyntax.isValue(String(line)) else { return nil }
+        return (line[..<colon], line[line.index(after: colon)...])
+    }
+
     /// A part's headers: its `Content-Disposition: form-data; name="…"` (and `filename`), checked.
     struct PartHead {
         var name = ""
@@ -170,14 +177,11 @@ public struct MultipartForm: Sendable, Hashable {
             guard let text = String(validating: head, as: UTF8.self) else { throw Failure("a part's headers are not UTF-8") }
             var disposition: Substring?
             for line in text.split(separator: "\r\n", omittingEmptySubsequences: false) {
-                guard let colon = line.firstIndex(of: ":"), FieldSyntax.isToken(String(line[..<colon])),
-                    FieldSyntax.isValue(String(line))
-                else { throw Failure("a part header is not name: value") }
-                let name = line[..<colon]
+                guard let (name, value) = MultipartForm.headerField(line) else { throw Failure("a part header is not name: value") }
                 if HeaderName.equalsIgnoringCase(name, "content-transfer-encoding") { throw Failure("a part has a Content-Transfer-Encoding") }
                 if HeaderName.equalsIgnoringCase(name, "content-disposition") {
                     guard disposition == nil else { throw Failure("a part has two Content-Disposition headers") }
-                    disposition = line[line.index(after: colon)...]
+                    disposition = value
                 }
             }
             guard let disposition else { throw Failure("a part without Content-Disposition") }

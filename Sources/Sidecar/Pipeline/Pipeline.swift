@@ -156,8 +156,10 @@ final class Pipeline: Sendable {
         // task — or, for a side effect with none of the rest on a ledger that answers by callback, the
         // same stages on the loop.
         if isGuarded(prepared) {
-            if prepared.evaluated.approval == nil, prepared.run == nil, Self.storedResponse(prepared.call) == nil, let ledger = idempotency,
-                let store = ledger.callbacks
+            // The loop path is the ledger's claim and the plain stages, nothing else: only a call the ledger
+            // covers, and none that waits for anything more (an approval, a run, an owner to read).
+            if let ledger = idempotency, let store = ledger.callbacks, ledger.settings.covers(prepared.call.tool, action: prepared.call.action),
+                prepared.evaluated.approval == nil, prepared.run == nil, Self.storedResponse(prepared.call) == nil
             {
                 return onceOnly(prepared, ledger: ledger, store: store, request: request, record: record, on: loop, then: then)
             }

@@ -98,8 +98,9 @@ public struct OpenAIAdapter: ToolAdapter {
 
     /// A response id as OpenAI issues them (`resp_` and letters, digits, `_` or `-`).
     static func isResponseID(_ id: Substring) -> Bool {
-        id.hasPrefix("resp_") && id.utf8.count > 5 && PathSegment.isID(id, extra: Array("_-".utf8), maxBytes: 128)
+        id.hasPrefix("resp_") && id.utf8.count > 5 && PathSegment.isID(id, extra: responseIDExtra, maxBytes: 128)
     }
+    private static let responseIDExtra = Array("_-".utf8)
 
     /// A call on a stored response: it spends nothing and is guarded by nothing but its owner (the
     /// pipeline's check) — a retrieval streams (`?stream=true`) as the answer says, not as a guard reads.

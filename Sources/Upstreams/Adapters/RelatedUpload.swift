@@ -77,11 +77,8 @@ public struct RelatedUpload: Sendable, Hashable {
     static func partType(_ head: [Substring]) throws(Failure) -> String {
         var type: String?
         for line in head {
-            guard let colon = line.firstIndex(of: ":"), FieldSyntax.isToken(String(line[..<colon])), FieldSyntax.isValue(String(line)) else {
-                throw Failure("a part header is not name: value")
-            }
-            let name = line[..<colon]
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            guard let (name, raw) = MultipartForm.headerField(line) else { throw Failure("a part header is not name: value") }
+            let value = raw.trimmingCharacters(in: .whitespaces)
             if HeaderName.equalsIgnoringCase(name, "content-type") {
                 guard type == nil else { throw Failure("a part has two Content-Type headers") }
                 type = value

@@ -1,3 +1,5 @@
+import Foundation
+
 /// `upstream.proxy`: the HTTP proxy the sidecar's brokered calls leave through — a corporate egress proxy,
 /// where the host has no route to the internet of its own. An `https://` upstream is reached through a
 /// `CONNECT` tunnel (TLS end to end: the proxy sees the host name, never the credential); a cleartext one
@@ -35,7 +37,10 @@ public struct UpstreamProxy: Sendable, Hashable, CustomStringConvertible {
             let userinfo = authority[..<at]
             authority = authority[authority.index(after: at)...]
             let parts = userinfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            guard let user = percentDecoded(parts[0]), !user.isEmpty, let pass = parts.count == 2 ? percentDecoded(parts[1]) : "" else {
+            // Percent-decoded as a Redis URL's userinfo is (`removingPercentEncoding`: nil for a broken escape).
+            guard let user = String(parts[0]).removingPercentEncoding, !user.isEmpty,
+                let pass = parts.count == 2 ? String(parts[1]).removingPercentEncoding : ""
+            else {
                 return .failure(.init("the proxy's user name and password must be percent-encoded"))
             }
             username = user
@@ -59,20 +64,6 @@ public struct UpstreamProxy: Sendable, Hashable, CustomStringConvertible {
             return .failure(.init("the proxy needs a port from 1 to 65535 (http://host:port)"))
         }
         return .success(UpstreamProxy(host: String(host), port: port, username: username, password: password))
-    }
-
-    private static func percentDecoded(_ text: Substring) -> String? {
-        var out: [UInt8] = []
-        var bytes = Array(text.utf8)[...]
-        while let b = bytes.popFirst() {
-            guard b == UInt8(ascii: "%") else {
-                out.append(b)
-                continue
-            }
-            guard bytes.count >= 2, let hi = QueryString.hexValue(bytes.removeFirst()), let lo = QueryString.hexValue(bytes.removeFirst()) else { return nil }
-            out.append(hi << 4 | lo)
-        }
-        return String(validating: out, as: UTF8.self)
     }
 }
 
